@@ -1,0 +1,46 @@
+# The two commands of the README: `make demo` and `make test`. Both build .venv on first use.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-stamp
+PYTEST_ARGS ?=
+
+.PHONY: demo test lint typecheck proto proto-check buf-lint buf-breaking unit integration bench clean venv
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/greenchannel demo
+
+test: $(STAMP) lint typecheck proto-check buf-lint buf-breaking
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy
+
+# Regenerate the committed Python beside the .proto files.
+proto: $(STAMP)
+	$(BIN)/python proto/generate.py
+
+# Fails when regenerating would change any committed file.
+proto-check: $(STAMP)
+	$(BIN)/python proto/generate.py --check
+
+buf-lint: $(STAMP)
+	$(BIN)/python proto/generate.py --lint
+
+buf-breaking: $(STAMP)
+	$(BIN)/python proto/generate.py --breaking-against main
+
+clean:
+	rm -rf $(VENV) build .mypy_cache .ruff_cache .pytest_cache

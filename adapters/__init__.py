@@ -1,0 +1,1 @@
+"""Agency-side adapters."""

@@ -1,0 +1,1 @@
+"""Reference agency systems, the sample directory and the demo scenario."""

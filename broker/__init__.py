@@ -1,0 +1,1 @@
+"""GreenChannel broker: protocol core (broker.protocol), the hub service and the CLI."""

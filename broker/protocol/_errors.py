@@ -1,0 +1,117 @@
+"""Errors of the protocol core.
+
+The tree::
+
+    ProtocolError
+    ├── VerificationError            a signature or claim did not verify (never retried)
+    │   ├── MalformedSignatureError  not a detached EdDSA JWS with b64=false / crit, or claims missing
+    │   ├── UnknownKeyError          no key with that kid for the issuer
+    │   ├── RevokedKeyError          the key was revoked at or before the signing time
+    │   ├── KeyNotValidError         the signing time lies outside the key's validity window
+    │   ├── BadSignatureError        the Ed25519 signature does not match header + body
+    │   ├── DigestMismatchError      the body digest claim does not match the bytes that travelled
+    │   ├── WrongAudienceError       the message was addressed to someone else
+    │   ├── WrongIssuerError         signed by an agency other than the declared sender
+    │   ├── ExpiredError             past `exp` (plus the allowed clock skew)
+    │   └── NotYetValidError         `iat` lies in the future beyond the allowed clock skew
+    ├── KeyFileError                 a key file is missing, unreadable or not an Ed25519 / X25519 key
+    ├── RegistryError                the agency directory is wrong; names the file and the field
+    │   └── UnknownAgencyError       no agency with that id
+    └── NatsServerError              the embedded nats-server could not be started or stopped
+
+Library exceptions (cryptography, pyjwt, nats) are translated into these once, at the boundary.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BadSignatureError",
+    "DigestMismatchError",
+    "ExpiredError",
+    "KeyFileError",
+    "KeyNotValidError",
+    "MalformedSignatureError",
+    "NatsServerError",
+    "NotYetValidError",
+    "ProtocolError",
+    "RegistryError",
+    "RevokedKeyError",
+    "UnknownAgencyError",
+    "UnknownKeyError",
+    "VerificationError",
+    "WrongAudienceError",
+    "WrongIssuerError",
+]
+
+
+class ProtocolError(Exception):
+    """Root of every error raised by :mod:`broker.protocol`."""
+
+
+class VerificationError(ProtocolError):
+    """A signed message or token did not verify. Never retried: the bytes will not get better."""
+
+    #: Stable machine-readable reason, used in gRPC error details and signed rejection events.
+    reason: str = "VERIFICATION_FAILED"
+
+
+class MalformedSignatureError(VerificationError):
+    reason = "MALFORMED_SIGNATURE"
+
+
+class UnknownKeyError(VerificationError):
+    reason = "UNKNOWN_KEY"
+
+
+class RevokedKeyError(VerificationError):
+    reason = "REVOKED_KEY"
+
+
+class KeyNotValidError(VerificationError):
+    reason = "KEY_NOT_VALID"
+
+
+class BadSignatureError(VerificationError):
+    reason = "BAD_SIGNATURE"
+
+
+class DigestMismatchError(VerificationError):
+    reason = "DIGEST_MISMATCH"
+
+
+class WrongAudienceError(VerificationError):
+    reason = "WRONG_AUDIENCE"
+
+
+class WrongIssuerError(VerificationError):
+    reason = "WRONG_ISSUER"
+
+
+class ExpiredError(VerificationError):
+    reason = "EXPIRED"
+
+
+class NotYetValidError(VerificationError):
+    reason = "NOT_YET_VALID"
+
+
+class KeyFileError(ProtocolError):
+    """A key file is missing, unreadable, or holds the wrong kind of key."""
+
+
+class RegistryError(ProtocolError):
+    """The agency directory is invalid. The message names the file and the field."""
+
+    def __init__(self, message: str, *, file: str | None = None, field: str | None = None) -> None:
+        self.file = file
+        self.field = field
+        where = ", ".join(part for part in (file, f"field {field!r}" if field else None) if part)
+        super().__init__(f"{where}: {message}" if where else message)
+
+
+class UnknownAgencyError(RegistryError):
+    """No agency with the given id is registered."""
+
+
+class NatsServerError(ProtocolError):
+    """The embedded nats-server could not be started, did not become ready, or did not stop."""
