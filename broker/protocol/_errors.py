@@ -13,24 +13,33 @@ The tree::
     │   ├── WrongAudienceError       the message was addressed to someone else
     │   ├── WrongIssuerError         signed by an agency other than the declared sender
     │   ├── ExpiredError             past `exp` (plus the allowed clock skew)
+    │   ├── LifetimeTooLongError     `exp` lies further after `iat` than the verifier allows
     │   └── NotYetValidError         `iat` lies in the future beyond the allowed clock skew
+    ├── InvalidMessageError          a message breaks the contract's field rules; lists every violation
     ├── KeyFileError                 a key file is missing, unreadable or not an Ed25519 / X25519 key
     ├── RegistryError                the agency directory is wrong; names the file and the field
     │   └── UnknownAgencyError       no agency with that id
-    └── NatsServerError              the embedded nats-server could not be started or stopped
+    ├── NatsServerError              the embedded nats-server could not be started or stopped
+    └── NatsError                    a NATS / JetStream operation failed (nats-py error, translated)
 
 Library exceptions (cryptography, pyjwt, nats) are translated into these once, at the boundary.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 __all__ = [
     "BadSignatureError",
     "DigestMismatchError",
     "ExpiredError",
+    "FieldViolation",
+    "InvalidMessageError",
     "KeyFileError",
     "KeyNotValidError",
+    "LifetimeTooLongError",
     "MalformedSignatureError",
+    "NatsError",
     "NatsServerError",
     "NotYetValidError",
     "ProtocolError",
@@ -91,8 +100,40 @@ class ExpiredError(VerificationError):
     reason = "EXPIRED"
 
 
+class LifetimeTooLongError(VerificationError):
+    """``exp - iat`` exceeds the verifier's limit.
+
+    Separate from :class:`MalformedSignatureError` because the token is well formed: the
+    signer asked for more lifetime than policy grants (bearer tokens: 5 minutes), and the cap
+    is what bounds how long a revoked key's back-dated signatures can keep working.
+    """
+
+    reason = "LIFETIME_TOO_LONG"
+
+
 class NotYetValidError(VerificationError):
     reason = "NOT_YET_VALID"
+
+
+class InvalidMessageError(ProtocolError):
+    """A message breaks the field rules declared in the contract (protovalidate annotations)."""
+
+    def __init__(self, message: str, violations: tuple[FieldViolation, ...]) -> None:
+        self.violations = violations
+        listed = "; ".join(f"{v.field}: {v.description}" for v in violations)
+        super().__init__(f"{message}: {listed}" if listed else message)
+
+
+@dataclass(frozen=True, kw_only=True)
+class FieldViolation:
+    """One broken field rule, in the shape of google.rpc.BadRequest.FieldViolation."""
+
+    field: str
+    """Dotted path of the field, e.g. ``stop_payment.amount``."""
+    rule: str
+    """The rule id, e.g. ``int64.gt`` or ``amount.positive``."""
+    description: str
+    """What is wrong, for people."""
 
 
 class KeyFileError(ProtocolError):
@@ -115,3 +156,12 @@ class UnknownAgencyError(RegistryError):
 
 class NatsServerError(ProtocolError):
     """The embedded nats-server could not be started, did not become ready, or did not stop."""
+
+
+class NatsError(ProtocolError):
+    """A NATS or JetStream operation failed. ``code`` / ``err_code`` are the server's, when it answered."""
+
+    def __init__(self, message: str, *, code: int | None = None, err_code: int | None = None) -> None:
+        self.code = code
+        self.err_code = err_code
+        super().__init__(message)

@@ -1,0 +1,186 @@
+"""gRPC bearer tokens: short-lived JWTs (EdDSA, attached payload) signed with the agency key.
+
+Claims: ``iss`` = ``sub`` = agency id, ``aud`` (the broker), ``iat``, ``exp`` (at most
+``max_ttl`` after ``iat``), ``jti`` (required; the caller records it in the replay cache until
+``exp``). The header carries the ``kid``.
+
+pyjwt parses and checks the signature, with ``algorithms`` pinned to EdDSA and a public key
+*object* (so a PEM/HMAC key confusion is impossible). Its own time checks are switched off:
+they read the wall clock, and every time decision here goes through the injected clock.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+import jwt
+from jwt.types import Options
+
+from ._clock import Clock
+from ._errors import (
+    BadSignatureError,
+    MalformedSignatureError,
+    NotYetValidError,
+    WrongAudienceError,
+)
+from ._keys import SigningKey
+from ._registry import BROKER_ID
+from ._signing import (
+    KeyStore,
+    _check_times,
+    _ed25519_key,
+    _find_signing_key,
+    _kid_of,
+    _numeric_date,
+    claim_text,
+)
+
+__all__ = ["BROKER_AUDIENCE", "TokenClaims", "mint_bearer_token", "verify_bearer_token"]
+
+BROKER_AUDIENCE = BROKER_ID
+"""Default ``aud`` of bearer tokens presented to the broker's Bus API."""
+
+_ALG = "EdDSA"
+_MAX_TTL = timedelta(minutes=5)
+_MAX_TOKEN_CHARS = 4096
+
+# Every claim check pyjwt would make is made here instead, with typed errors and the
+# injected clock; pyjwt keeps parsing, the alg allow-list and the signature.
+_NO_CLAIM_CHECKS: Options = {
+    "verify_exp": False,
+    "verify_nbf": False,
+    "verify_iat": False,
+    "verify_aud": False,
+    "verify_iss": False,
+    "verify_sub": False,
+    "verify_jti": False,
+    "require": [],
+}
+_UNVERIFIED: Options = {"verify_signature": False, **_NO_CLAIM_CHECKS}
+
+_JWT = jwt.PyJWT()
+
+
+@dataclass(frozen=True, kw_only=True)
+class TokenClaims:
+    """What a verified bearer token proves."""
+
+    agency_id: str
+    """The authenticated agency (``iss`` = ``sub``)."""
+    jti: str
+    """Token id; record it in the replay cache until ``exp``."""
+    iat: datetime
+    """Issue time (UTC)."""
+    exp: datetime
+    """Expiry (UTC, exclusive)."""
+    kid: str
+    """The agency key that signed the token."""
+
+
+def mint_bearer_token(
+    key: SigningKey,
+    *,
+    agency_id: str,
+    clock: Clock,
+    ttl: timedelta = timedelta(minutes=2),
+    audience: str = BROKER_AUDIENCE,
+) -> str:
+    """A bearer token for ``agency_id``; ``ttl`` at most 5 minutes, as the broker requires."""
+    if not agency_id:
+        raise ValueError("agency_id must be a non-empty string")
+    ttl_seconds = int(ttl.total_seconds())
+    # Refused here rather than minted and refused by the broker on first use.
+    if not 1 <= ttl_seconds <= _MAX_TTL.total_seconds():
+        raise ValueError(f"ttl must be between 1 s and {_MAX_TTL}, got {ttl}")
+    iat = math.floor(clock.now().timestamp())
+    claims = {
+        "iss": agency_id,
+        "sub": agency_id,
+        "aud": audience,
+        "iat": iat,
+        "exp": iat + ttl_seconds,
+        "jti": uuid.uuid4().hex,
+    }
+    return _JWT.encode(claims, key.private, algorithm=_ALG, headers={"kid": _kid_of(key)})
+
+
+def verify_bearer_token(
+    token: str,
+    *,
+    keys: KeyStore,
+    clock: Clock,
+    audience: str = BROKER_AUDIENCE,
+    skew: timedelta = timedelta(seconds=30),
+    max_ttl: timedelta = _MAX_TTL,
+) -> TokenClaims:
+    """Authenticate a bearer token. Does not consult the replay cache: the caller does, with
+    the returned ``jti`` and ``exp``.
+
+    Failures, in check order: MalformedSignatureError (not a JWT, alg other than EdDSA, a
+    missing or mistyped claim, ``sub`` != ``iss``), WrongAudienceError, UnknownKeyError,
+    RevokedKeyError / KeyNotValidError (key state at ``iat``), BadSignatureError,
+    LifetimeTooLongError (``exp - iat`` > ``max_ttl``), ExpiredError, NotYetValidError.
+    """
+    if not isinstance(token, str) or len(token) > _MAX_TOKEN_CHARS:
+        raise MalformedSignatureError(f"bearer token must be a str of at most {_MAX_TOKEN_CHARS} chars")
+    try:
+        # Unverified first: the issuer names the key set to look in.
+        unverified = _JWT.decode_complete(token, options=_UNVERIFIED)
+    except jwt.PyJWTError as exc:
+        raise MalformedSignatureError(f"not a JWT: {exc}") from exc
+    header: dict[str, Any] = unverified["header"]
+    payload: dict[str, Any] = unverified["payload"]
+
+    if header.get("alg") != _ALG:
+        raise MalformedSignatureError(f"alg must be {_ALG!r}, got {header.get('alg')!r}")
+    kid = claim_text(header, "kid")
+    agency_id = claim_text(payload, "iss")
+    if claim_text(payload, "sub") != agency_id:
+        raise MalformedSignatureError("sub must equal iss (the agency authenticates as itself)")
+    jti = claim_text(payload, "jti")
+    iat = _time(payload, "iat")
+    exp = _time(payload, "exp")
+    if exp <= iat:
+        raise MalformedSignatureError("exp must lie after iat")
+    nbf = _time(payload, "nbf") if "nbf" in payload else None
+    if not _audience_matches(payload.get("aud"), audience):
+        raise WrongAudienceError(f"token is not for {audience!r}")
+
+    public = _find_signing_key(keys, agency_id, kid, iat)
+    try:
+        _JWT.decode_complete(token, key=_ed25519_key(public.raw), algorithms=[_ALG], options=_NO_CLAIM_CHECKS)
+    except jwt.InvalidSignatureError as exc:  # before PyJWTError: it subclasses DecodeError
+        raise BadSignatureError(f"token {jti!r} of {agency_id!r} does not verify") from exc
+    except jwt.PyJWTError as exc:
+        raise MalformedSignatureError(f"token {jti!r} rejected: {exc}") from exc
+
+    _check_times(iat, exp, clock=clock, skew=skew, max_ttl=max_ttl)
+    if nbf is not None and nbf > clock.now() + skew:
+        raise NotYetValidError(f"token not valid before {nbf.isoformat()}")
+    return TokenClaims(agency_id=agency_id, jti=jti, iat=iat, exp=exp, kid=kid)
+
+
+def _audience_matches(aud: object, audience: str) -> bool:
+    # RFC 7519 §4.1.3 allows a string or an array; tokens minted by agencies' own stacks may
+    # use either.
+    if isinstance(aud, str):
+        return aud == audience
+    if isinstance(aud, list) and aud and all(isinstance(item, str) for item in aud):
+        return audience in aud
+    raise MalformedSignatureError("aud must be a string or a non-empty array of strings")
+
+
+def _time(claims: dict[str, Any], name: str) -> datetime:
+    value = claims.get(name)
+    # RFC 7519 NumericDate may carry fractions; bool is excluded although it subclasses int.
+    if (
+        not isinstance(value, int | float)
+        or isinstance(value, bool)
+        or (isinstance(value, float) and not math.isfinite(value))
+    ):
+        raise MalformedSignatureError(f"claim {name!r} must be a number (seconds since epoch)")
+    return _numeric_date(value, name)
