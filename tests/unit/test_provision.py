@@ -1,0 +1,179 @@
+"""First-run key provisioning, rotation and revocation."""
+
+from __future__ import annotations
+
+import stat
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import x25519
+
+from broker.protocol import (
+    KeyFileError,
+    KeyUse,
+    ManualClock,
+    Registry,
+    UnknownAgencyError,
+    ensure_agency_keys,
+    key_overlay_path,
+    load_agency_encryption_key,
+    load_agency_signing_key,
+    load_broker_signing_key,
+    load_directory,
+    revoke_key,
+    rotate_agency_key,
+)
+
+SAMPLE = Path(__file__).resolve().parents[2] / "agencies" / "directory.toml"
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def _private_files(state: Path) -> set[Path]:
+    return set((state / "keys").glob("*/*.pem"))
+
+
+def _registry(state: Path) -> Registry:
+    return load_directory(SAMPLE, key_overlays=[key_overlay_path(state)])
+
+
+@pytest.fixture
+def state(tmp_path: Path) -> Path:
+    ensure_agency_keys(SAMPLE, tmp_path, clock=ManualClock(T0))
+    return tmp_path
+
+
+def test_first_run_generates_a_key_pair_per_agency_and_a_broker_key(state: Path) -> None:
+    registry = _registry(state)
+    files = _private_files(state)
+    assert len(files) == 2 * len(registry) + 1
+    for agency in registry.agencies():
+        assert {p.stem for p in (state / "keys" / agency.id).glob("*.pem")} == {k.kid for k in agency.keys}
+        assert all(key.not_before == T0 for key in agency.keys)
+    assert {p.stem for p in (state / "keys" / "_broker").glob("*.pem")} == {
+        k.kid for k in registry.broker_keys()
+    }
+
+
+def test_private_key_files_are_owner_only(state: Path) -> None:
+    for path in _private_files(state):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+        assert stat.S_IMODE(path.parent.stat().st_mode) & 0o077 == 0, path.parent
+
+
+def test_second_run_changes_nothing(state: Path) -> None:
+    files = _private_files(state)
+    overlay = key_overlay_path(state).read_text(encoding="utf-8")
+    returned = ensure_agency_keys(SAMPLE, state, clock=ManualClock(T0 + timedelta(days=1)))
+    assert returned == key_overlay_path(state)
+    assert _private_files(state) == files
+    assert key_overlay_path(state).read_text(encoding="utf-8") == overlay
+
+
+def test_loaded_private_keys_match_the_registry(state: Path) -> None:
+    registry = _registry(state)
+    agency = registry.get("bank-icbc")
+    signing = load_agency_signing_key(state, "bank-icbc")
+    assert agency.key(signing.kid) == signing.public(not_before=T0)
+    registry.public_keys("bank-icbc")[0].ed25519().verify(signing.sign(b"freeze"), b"freeze")
+
+    encryption = load_agency_encryption_key(state, "bank-icbc")
+    public = x25519.X25519PublicKey.from_public_bytes(agency.encryption_keys()[0].raw)
+    peer = x25519.X25519PrivateKey.generate()
+    assert encryption.exchange(peer.public_key()) == peer.exchange(public)
+
+    broker = load_broker_signing_key(state)
+    assert [k.kid for k in registry.broker_keys()] == [broker.kid]
+
+
+def test_only_the_named_agencies(tmp_path: Path) -> None:
+    ensure_agency_keys(SAMPLE, tmp_path, agencies=["bank-icbc"], clock=ManualClock(T0), broker=False)
+    registry = _registry(tmp_path)
+    assert len(registry.get("bank-icbc").keys) == 2
+    assert registry.get("bank-ccb").keys == ()
+    assert registry.broker_keys() == ()
+    with pytest.raises(KeyFileError):
+        load_broker_signing_key(tmp_path)
+
+
+def test_unknown_agency_is_refused(tmp_path: Path) -> None:
+    with pytest.raises(UnknownAgencyError):
+        ensure_agency_keys(SAMPLE, tmp_path, agencies=["bank-nowhere"], clock=ManualClock(T0))
+    with pytest.raises(UnknownAgencyError):
+        load_agency_signing_key(tmp_path, "../../etc")
+
+
+def test_lost_overlay_is_rebuilt_from_private_keys(state: Path) -> None:
+    files = _private_files(state)
+    kid = load_agency_signing_key(state, "carrier-cmcc").kid
+    key_overlay_path(state).unlink()
+    ensure_agency_keys(SAMPLE, state, clock=ManualClock(T0))
+    assert _private_files(state) == files
+    assert load_agency_signing_key(state, "carrier-cmcc").kid == kid
+
+
+def test_rotation_keeps_the_old_key_for_the_overlap(state: Path) -> None:
+    old = load_agency_signing_key(state, "police-310115").kid
+    now = T0 + timedelta(days=30)
+    new = rotate_agency_key(state, "police-310115", clock=ManualClock(now), overlap=timedelta(hours=2))
+    assert new != old
+
+    agency = _registry(state).get("police-310115")
+    old_key, new_key = agency.key(old), agency.key(new)
+    assert old_key is not None
+    assert new_key is not None
+    assert old_key.not_after == now + timedelta(hours=2)
+    assert new_key.not_before == now
+    assert new_key.not_after is None
+    assert old_key.valid_at(now + timedelta(hours=1))
+    assert new_key.valid_at(now + timedelta(hours=1))
+    assert not old_key.valid_at(now + timedelta(hours=2))
+    assert len(agency.encryption_keys()) == 1  # rotation is about signing keys only
+
+    assert load_agency_signing_key(state, "police-310115").kid == new
+    assert load_agency_signing_key(state, "police-310115", at=now - timedelta(seconds=1)).kid == old
+    # The rotated-out key still counts as present, so the next run adds nothing.
+    files = _private_files(state)
+    ensure_agency_keys(SAMPLE, state, clock=ManualClock(now))
+    assert _private_files(state) == files
+
+
+def test_rotation_needs_a_positive_overlap_and_an_existing_key(state: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="positive"):
+        rotate_agency_key(state, "bank-icbc", clock=ManualClock(T0), overlap=timedelta(0))
+    with pytest.raises(KeyFileError):
+        rotate_agency_key(tmp_path / "empty", "bank-icbc", clock=ManualClock(T0))
+
+
+def test_revocation_is_recorded_and_never_moves_later(state: Path) -> None:
+    kid = load_agency_signing_key(state, "bank-cmb").kid
+    at = T0 + timedelta(days=3)
+    revoke_key(state, "bank-cmb", kid, at=at)
+    revoke_key(state, "bank-cmb", kid, at=at + timedelta(days=1))
+    key = _registry(state).get("bank-cmb").key(kid)
+    assert key is not None
+    assert key.revoked_at == at
+    assert not key.valid_at(at)
+    assert key.valid_at(at - timedelta(seconds=1))
+
+    with pytest.raises(KeyFileError, match="no usable"):
+        load_agency_signing_key(state, "bank-cmb")
+    # A revoked key is replaced on the next run; the encryption key is left alone.
+    ensure_agency_keys(SAMPLE, state, clock=ManualClock(at + timedelta(hours=1)))
+    agency = _registry(state).get("bank-cmb")
+    assert len(agency.signing_keys()) == 2
+    assert len(agency.encryption_keys()) == 1
+    assert load_agency_signing_key(state, "bank-cmb").kid != kid
+
+
+def test_revocation_errors(state: Path) -> None:
+    with pytest.raises(KeyFileError):
+        revoke_key(state, "bank-cmb", "no-such-kid", at=T0)
+    with pytest.raises(ValueError, match="timezone"):
+        revoke_key(state, "bank-cmb", load_agency_signing_key(state, "bank-cmb").kid, at=datetime(2026, 1, 2))
+
+
+def test_encryption_key_use_is_recorded(state: Path) -> None:
+    registry = _registry(state)
+    for agency in registry.agencies():
+        assert [k.use for k in agency.keys] == [KeyUse.SIG, KeyUse.ENC]
