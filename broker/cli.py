@@ -1,12 +1,99 @@
-"""The ``greenchannel`` command line."""
+"""The ``greenchannel`` command line. The environment is read here and nowhere else."""
 
 from __future__ import annotations
 
+import argparse
+import asyncio
+import json
+import os
 import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from broker._logging import configure_logging
+from broker.protocol import ProtocolError, SystemClock
+from broker.protocol._provision import ensure_agency_keys
 
 __all__ = ["main"]
 
+NATS_URL_ENV = "GREENCHANNEL_NATS_URL"
+STATE_DIR_ENV = "GREENCHANNEL_STATE_DIR"
 
-def main(argv: list[str] | None = None) -> int:
-    print("greenchannel: not implemented yet", file=sys.stderr)
+
+def _parser() -> argparse.ArgumentParser:
+    from agencies import DEFAULT_DIRECTORY
+
+    parser = argparse.ArgumentParser(prog="greenchannel", description="GreenChannel anti-fraud bus")
+    parser.add_argument(
+        "--state-dir",
+        type=Path,
+        default=Path(os.environ.get(STATE_DIR_ENV, ".greenchannel")),
+        help=f"keys and local data (default: ${STATE_DIR_ENV} or .greenchannel)",
+    )
+    parser.add_argument(
+        "--directory", type=Path, default=DEFAULT_DIRECTORY, help="agency directory TOML (default: sample)"
+    )
+    parser.add_argument(
+        "--log-level", default="warning", choices=["debug", "info", "warning", "error"], help="log level"
+    )
+    parser.add_argument("--log-json", action="store_true", help="logs as JSON lines on stderr")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    demo = commands.add_parser("demo", help="run the demo scenario end to end")
+    demo.add_argument("--json", action="store_true", help="print the report as one JSON object")
+
+    keys = commands.add_parser("keys", help="manage local keys")
+    keys_commands = keys.add_subparsers(dest="keys_command", required=True)
+    keys_commands.add_parser("init", help="generate missing keys for every agency and the broker")
+    return parser
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from agencies import DemoConfig, run_demo
+
+    config = DemoConfig(
+        state_dir=args.state_dir, directory=args.directory, nats_url=os.environ.get(NATS_URL_ENV)
+    )
+    say = (lambda _text: None) if args.json else print
+    report = asyncio.run(run_demo(config, say=say))
+    if args.json:
+        print(
+            json.dumps(
+                {
+                    "ok": report.ok,
+                    "request_id": report.request_id,
+                    "recipient": report.recipient,
+                    "delivered": report.delivered,
+                    "tampered_refused": report.tampered_refused,
+                    "steps": [{"step": text, "at_ms": round(at, 3)} for text, at in report.steps],
+                },
+                ensure_ascii=False,
+            )
+        )
+    else:
+        print("demo: " + ("OK" if report.ok else "FAILED"))
+    return 0 if report.ok else 1
+
+
+def _keys_init(args: argparse.Namespace) -> int:
+    overlay = ensure_agency_keys(args.directory, args.state_dir, clock=SystemClock())
+    print(f"keys ready; public keys in {overlay}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    configure_logging(args.log_level, json_logs=args.log_json)
+    try:
+        if args.command == "demo":
+            return _demo(args)
+        if args.command == "keys":
+            return _keys_init(args)
+    except ProtocolError as exc:
+        print(f"greenchannel: {exc}", file=sys.stderr)
+        return 1
     return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
