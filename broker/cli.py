@@ -42,6 +42,18 @@ def _parser() -> argparse.ArgumentParser:
     demo = commands.add_parser("demo", help="run the demo scenario end to end")
     demo.add_argument("--json", action="store_true", help="print the report as one JSON object")
 
+    serve = commands.add_parser("broker", help="run the broker (embedded NATS unless $GREENCHANNEL_NATS_URL)")
+    serve.add_argument("--listen", default="127.0.0.1:50051", help="gRPC address (default 127.0.0.1:50051)")
+    serve.add_argument(
+        "--policy", type=Path, default=None, help="authorization policy TOML (default: sample)"
+    )
+    serve.add_argument("--no-reflection", action="store_true", help="do not serve gRPC reflection")
+    serve.add_argument(
+        "--tls-cert", type=Path, help="server certificate (PEM); enables mTLS with --tls-key/--tls-ca"
+    )
+    serve.add_argument("--tls-key", type=Path, help="server private key (PEM)")
+    serve.add_argument("--tls-ca", type=Path, help="CA that signs client certificates (PEM)")
+
     keys = commands.add_parser("keys", help="manage local keys")
     keys_commands = keys.add_subparsers(dest="keys_command", required=True)
     keys_commands.add_parser("init", help="generate missing keys for every agency and the broker")
@@ -75,6 +87,13 @@ def _demo(args: argparse.Namespace) -> int:
     return 0 if report.ok else 1
 
 
+def _broker(args: argparse.Namespace) -> int:
+    from broker._run_broker import run_broker
+
+    asyncio.run(run_broker(args, nats_url=os.environ.get(NATS_URL_ENV)))
+    return 0
+
+
 def _keys_init(args: argparse.Namespace) -> int:
     overlay = ensure_agency_keys(args.directory, args.state_dir, clock=SystemClock())
     print(f"keys ready; public keys in {overlay}")
@@ -89,6 +108,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _demo(args)
         if args.command == "keys":
             return _keys_init(args)
+        if args.command == "broker":
+            return _broker(args)
+    except KeyboardInterrupt:
+        return 130
     except ProtocolError as exc:
         print(f"greenchannel: {exc}", file=sys.stderr)
         return 1

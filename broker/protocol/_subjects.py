@@ -10,7 +10,8 @@ Layout::
 
     GC_INBOX       gc.inbox.<agency>.<priority>.<type>    requests for an agency's adapter
     GC_EVENTS      gc.events.<agency>.<request_id>        signed lifecycle events, adapter -> broker
-    GC_WATCH       gc.status.<request_id>                 notarized status changes, broker -> watchers
+    GC_WATCH       gc.status.<sender>.<recipient>.<case_owner>.<case>.<request_id>
+                                                          notarized status changes, broker -> watchers
     GC_LEDGER      gc.ledger.entry, gc.ledger.checkpoint  append-only, hash-chained ledger
     GC_DEADLINES   gc.deadline.<request_id>.<phase>       message schedules (one per subject)
                    gc.deadline.fired.<request_id>.<phase> where a schedule fires
@@ -55,6 +56,7 @@ __all__ = [
     "status_subject",
     "stream_specs",
     "validate_agency_id",
+    "validate_case_number",
     "validate_request_id",
 ]
 
@@ -191,14 +193,46 @@ def events_filter(agency: str | None = None) -> str:
 # --- GC_WATCH -------------------------------------------------------------------------
 
 
-def status_subject(request_id: str | uuid.UUID) -> str:
-    """``gc.status.<request_id>``: a notarized status change, published by the broker."""
-    return f"gc.status.{validate_request_id(request_id)}"
+_CASE_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{3,63}")
 
 
-def status_filter(request_id: str | uuid.UUID | None = None) -> str:
-    """Filter for one request's status changes, or for all of them (``None``)."""
-    return "gc.status.>" if request_id is None else status_subject(request_id)
+def validate_case_number(case_number: str) -> str:
+    if not isinstance(case_number, str) or not _CASE_RE.fullmatch(case_number):
+        raise ValueError(f"not a case number usable as a subject token: {case_number!r}")
+    return case_number
+
+
+def status_subject(
+    *, sender: str, recipient: str, case_owner: str, case_number: str, request_id: str | uuid.UUID
+) -> str:
+    """A notarized status change, published by the broker.
+
+    The parties and the case are subject tokens so a watcher's filter selects what it may see
+    on the server, instead of every watcher reading every change.
+    """
+    return (
+        f"gc.status.{validate_agency_id(sender)}.{validate_agency_id(recipient)}."
+        f"{validate_agency_id(case_owner)}.{validate_case_number(case_number)}.{validate_request_id(request_id)}"
+    )
+
+
+def status_filter(
+    *,
+    sender: str = "*",
+    recipient: str = "*",
+    case_owner: str = "*",
+    case_number: str = "*",
+    request_id: str = "*",
+) -> str:
+    """Filter over status changes; every token defaults to the wildcard."""
+    tokens = (
+        sender if sender == "*" else validate_agency_id(sender),
+        recipient if recipient == "*" else validate_agency_id(recipient),
+        case_owner if case_owner == "*" else validate_agency_id(case_owner),
+        case_number if case_number == "*" else validate_case_number(case_number),
+        request_id if request_id == "*" else validate_request_id(request_id),
+    )
+    return "gc.status." + ".".join(tokens)
 
 
 # --- GC_DEADLINES ---------------------------------------------------------------------

@@ -101,9 +101,21 @@ def test_event_status_deadline_deadletter_ledger_names() -> None:
     assert event_subject("bank-icbc", RID) == f"gc.events.bank-icbc.{RID}"
     assert events_filter() == "gc.events.>"
     assert events_filter("bank-icbc") == "gc.events.bank-icbc.>"
-    assert status_subject(RID) == f"gc.status.{RID}"
-    assert status_filter(RID) == f"gc.status.{RID}"
-    assert status_filter() == "gc.status.>"
+    assert (
+        status_subject(
+            sender="police-1",
+            recipient="bank-a",
+            case_owner="police-1",
+            case_number="SH-2026-1",
+            request_id=RID,
+        )
+        == f"gc.status.police-1.bank-a.police-1.SH-2026-1.{RID}"
+    )
+    assert status_filter(request_id=RID) == f"gc.status.*.*.*.*.{RID}"
+    assert status_filter(recipient="bank-a") == "gc.status.*.bank-a.*.*.*"
+    assert status_filter() == "gc.status.*.*.*.*.*"
+    with pytest.raises(ValueError, match="case number"):
+        status_filter(case_number="a.b")
     assert deadline_subject(RID, "acknowledge") == f"gc.deadline.{RID}.acknowledge"
     assert deadline_fired_subject(RID, "acknowledge") == f"gc.deadline.fired.{RID}.acknowledge"
     assert deadletter_subject("carrier-cmcc") == "gc.deadletter.carrier-cmcc"
@@ -114,7 +126,13 @@ def test_event_status_deadline_deadletter_ledger_names() -> None:
 def test_request_id_accepts_uuid_objects_and_canonical_strings() -> None:
     value = uuid.UUID(RID)
     assert validate_request_id(value) == RID
-    assert status_subject(value) == f"gc.status.{RID}"
+    assert status_subject(
+        sender="police-1",
+        recipient="bank-a",
+        case_owner="police-1",
+        case_number="SH-2026-1",
+        request_id=value,
+    ).endswith(RID)
 
 
 @pytest.mark.parametrize("agency", INJECTIONS)
@@ -152,7 +170,13 @@ def test_request_id_injection_and_non_canonical_rejected(request_id: str) -> Non
     with pytest.raises(ValueError, match="request id"):
         validate_request_id(request_id)
     with pytest.raises(ValueError, match="invalid"):
-        status_subject(request_id)
+        status_subject(
+            sender="police-1",
+            recipient="bank-a",
+            case_owner="police-1",
+            case_number="SH-2026-1",
+            request_id=request_id,
+        )
     with pytest.raises(ValueError, match="invalid"):
         event_subject("bank-a", request_id)
     with pytest.raises(ValueError, match="invalid"):
@@ -212,7 +236,13 @@ def test_every_subject_lands_in_exactly_one_stream() -> None:
     subjects = [
         inbox_subject("bank-a", "green", "freeze"),
         event_subject("bank-a", RID),
-        status_subject(RID),
+        status_subject(
+            sender="police-1",
+            recipient="bank-a",
+            case_owner="police-1",
+            case_number="SH-2026-1",
+            request_id=RID,
+        ),
         LEDGER_ENTRY_SUBJECT,
         LEDGER_CHECKPOINT_SUBJECT,
         deadline_subject(RID, "deliver"),

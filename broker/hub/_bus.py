@@ -1,0 +1,238 @@
+"""BusService: submit, follow and act on requests."""
+
+from __future__ import annotations
+
+import base64
+from collections.abc import AsyncIterator
+
+import grpc
+import structlog
+from greenchannel.v1 import bus_pb2, bus_pb2_grpc, common_pb2, lifecycle_pb2, results_pb2
+
+from broker.protocol import Clock
+from broker.protocol._envelope import CANCELLATION_TYPE
+from broker.protocol._registry import BROKER_ID, AgencyKind, Registry
+from broker.protocol._signing import verify_detached
+from broker.protocol._subjects import status_filter
+from broker.protocol._validation import decode_message, validate_message
+
+from ._auth import Authenticator, Caller
+from ._errors import IllegalTransitionError, InvalidRequestError, PermissionDeniedError
+from ._events import BrokerEvents, Refused
+from ._grpc_status import guard_stream, guard_unary, to_hub_error
+from ._policy import Policy
+from ._store import RequestStore
+from ._submit import Intake
+from ._watchlog import WatchLog, WatchPosition
+
+__all__ = ["BusServicer"]
+
+log = structlog.get_logger(__name__)
+
+_DEFAULT_PAGE = 100
+
+
+def _validated(message: object, prefix: str = "") -> None:
+    try:
+        validate_message(message, prefix=prefix)  # type: ignore[arg-type]
+    except Exception as exc:
+        raise to_hub_error(exc) from exc
+
+
+class BusServicer(bus_pb2_grpc.BusServiceServicer):
+    def __init__(
+        self,
+        *,
+        auth: Authenticator,
+        intake: Intake,
+        requests: RequestStore,
+        watchlog: WatchLog,
+        policy: Policy,
+        registry: Registry,
+        broker_events: BrokerEvents,
+        clock: Clock,
+    ) -> None:
+        self._auth = auth
+        self._intake = intake
+        self._requests = requests
+        self._watchlog = watchlog
+        self._policy = policy
+        self._registry = registry
+        self._broker_events = broker_events
+        self._clock = clock
+
+    # -- reading ---------------------------------------------------------------------------
+
+    def _readable(self, caller: Caller, status: lifecycle_pb2.RequestStatus) -> bool:
+        return self._policy.can_read(
+            caller.agency,
+            sender=status.sender,
+            recipient=status.recipient,
+            case_owner=status.case_ref.issuing_agency,
+        )
+
+    async def _readable_status(self, caller: Caller, request_id: str) -> lifecycle_pb2.RequestStatus:
+        status = (await self._requests.get(request_id)).status
+        if not self._readable(caller, status):
+            raise PermissionDeniedError(
+                "this request is neither sent by, addressed to, nor in a case of the caller"
+            )
+        return status
+
+    @guard_unary
+    async def Get(
+        self, request: bus_pb2.GetRequest, context: grpc.aio.ServicerContext
+    ) -> bus_pb2.GetResponse:
+        caller = await self._auth.authenticate(context)
+        _validated(request)
+        return bus_pb2.GetResponse(status=await self._readable_status(caller, request.id))
+
+    @guard_stream
+    async def Watch(
+        self, request: bus_pb2.WatchRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[bus_pb2.WatchResponse]:
+        caller = await self._auth.authenticate(context)
+        _validated(request)
+        me = caller.agency
+        regulator = me.kind == AgencyKind.REGULATOR
+        scope = request.WhichOneof("scope")
+        if scope == "request_id":
+            await self._readable_status(caller, request.request_id)
+            subject_filter = status_filter(request_id=request.request_id)
+        elif scope == "case_number":
+            subject_filter = status_filter(case_number=request.case_number)
+        else:
+            subject_filter = status_filter()
+        position = WatchPosition(after_cursor=request.after_cursor, only_new=request.only_new)
+        log.info("watch.started", agency=me.id, scope=scope or "mine", after_cursor=request.after_cursor)
+        async for record in self._watchlog.follow([subject_filter], position):
+            # Server-side filters cannot express "sender OR recipient OR case owner" without
+            # overlapping subjects, so the parties are checked here, on the record's own data.
+            if regulator or scope == "request_id" or await self._party(me.id, record):
+                yield record
+
+    async def _party(self, agency_id: str, record: bus_pb2.WatchResponse) -> bool:
+        event = lifecycle_pb2.LifecycleEvent.FromString(record.event.event.payload)
+        if event.actor == agency_id:
+            return True
+        status = (await self._requests.get(record.request_id)).status
+        return agency_id in (status.sender, status.recipient, status.case_ref.issuing_agency)
+
+    @guard_unary
+    async def List(
+        self, request: bus_pb2.ListRequest, context: grpc.aio.ServicerContext
+    ) -> bus_pb2.ListResponse:
+        caller = await self._auth.authenticate(context)
+        _validated(request)
+        after = request.submitted_after.ToDatetime() if request.HasField("submitted_after") else None
+        before = request.submitted_before.ToDatetime() if request.HasField("submitted_before") else None
+        cursor = _decode_token(request.page_token)
+        size = request.page_size or _DEFAULT_PAGE
+        matches: list[lifecycle_pb2.RequestStatus] = []
+        async for status in self._requests.scan():
+            if cursor and status.id >= cursor:
+                continue
+            if not self._readable(caller, status):
+                continue
+            if request.role == bus_pb2.ROLE_SENDER and status.sender != caller.agency.id:
+                continue
+            if request.role == bus_pb2.ROLE_RECIPIENT and status.recipient != caller.agency.id:
+                continue
+            if request.states and status.state not in request.states:
+                continue
+            if request.types and status.type not in request.types:
+                continue
+            if request.case_number and status.case_ref.case_number != request.case_number:
+                continue
+            submitted = status.submitted_at.ToDatetime()
+            if (after and submitted < after) or (before and submitted >= before):
+                continue
+            matches.append(status)
+        # UUIDv7 ids sort by submission time: newest first, and the last id is the page cursor.
+        matches.sort(key=lambda s: s.id, reverse=True)
+        page = matches[:size]
+        next_token = _encode_token(page[-1].id) if len(matches) > size else ""
+        return bus_pb2.ListResponse(requests=page, next_page_token=next_token)
+
+    # -- acting ----------------------------------------------------------------------------
+
+    @guard_unary
+    async def Submit(
+        self, request: bus_pb2.SubmitRequest, context: grpc.aio.ServicerContext
+    ) -> bus_pb2.SubmitResponse:
+        caller = await self._auth.authenticate(context)
+        _validated(request)
+        outcome = await self._intake.submit(caller, request.request)
+        return bus_pb2.SubmitResponse(status=outcome.status, duplicate=outcome.duplicate)
+
+    @guard_unary
+    async def Extend(
+        self, request: bus_pb2.ExtendRequest, context: grpc.aio.ServicerContext
+    ) -> bus_pb2.ExtendResponse:
+        caller = await self._auth.authenticate(context)
+        _validated(request)
+        outcome = await self._intake.submit(caller, request.request, body="extend")
+        return bus_pb2.ExtendResponse(status=outcome.status)
+
+    @guard_unary
+    async def Release(
+        self, request: bus_pb2.ReleaseRequest, context: grpc.aio.ServicerContext
+    ) -> bus_pb2.ReleaseResponse:
+        caller = await self._auth.authenticate(context)
+        _validated(request)
+        outcome = await self._intake.submit(caller, request.request, body="release")
+        return bus_pb2.ReleaseResponse(status=outcome.status)
+
+    @guard_unary
+    async def Cancel(
+        self, request: bus_pb2.CancelRequest, context: grpc.aio.ServicerContext
+    ) -> bus_pb2.CancelResponse:
+        caller = await self._auth.authenticate(context)
+        _validated(request)
+        signed = request.cancellation
+        try:
+            cancellation = decode_message(lifecycle_pb2.Cancellation, signed.payload, prefix="cancellation.")
+            verify_detached(
+                signed.signature,
+                signed.payload,
+                keys=self._registry,
+                audience=BROKER_ID,
+                clock=self._clock,
+                expected_issuer=caller.agency.id,
+                expected_type=CANCELLATION_TYPE,
+            )
+            validate_message(cancellation, prefix="cancellation.")
+        except Exception as exc:
+            raise to_hub_error(exc, signature_field="cancellation.signature") from exc
+        current = (await self._requests.get(cancellation.request_id)).status
+        if current.sender != caller.agency.id:
+            raise PermissionDeniedError("only the sender of a request may cancel it", reason="NOT_SENDER")
+        try:
+            status = await self._broker_events.emit(
+                cancellation.request_id,
+                common_pb2.REQUEST_STATE_CANCELLED,
+                reason=results_pb2.REASON_CODE_CANCELLED,
+                detail=cancellation.reason,
+            )
+        except Refused as refused:
+            raise IllegalTransitionError(
+                "the request can no longer be cancelled: the agency has already taken it",
+                reason=refused.reason,
+            ) from refused
+        log.info("request.cancelled", request_id=cancellation.request_id, sender=caller.agency.id)
+        return bus_pb2.CancelResponse(status=status)
+
+
+def _encode_token(request_id: str) -> str:
+    return base64.urlsafe_b64encode(request_id.encode()).decode()
+
+
+def _decode_token(token: str) -> str:
+    if not token:
+        return ""
+    try:
+        return base64.urlsafe_b64decode(token.encode()).decode()
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InvalidRequestError(
+            "page_token is not one this service issued", reason="BAD_PAGE_TOKEN"
+        ) from exc

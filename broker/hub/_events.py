@@ -1,0 +1,317 @@
+"""Apply the lifecycle events adapters send back, after verifying each one.
+
+One durable pull consumer on GC_EVENTS, shared by every broker replica (JetStream hands each
+event to one of them). An event changes a request only if it is signed by the agency it names,
+was published on that agency's subject, is bound to the request's body digest, and is a legal
+next step; anything else is refused, recorded, and changes nothing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from dataclasses import dataclass
+from datetime import datetime
+from types import TracebackType
+
+import nats.errors
+import structlog
+from google.protobuf.message import DecodeError
+from google.protobuf.timestamp_pb2 import Timestamp
+from greenchannel.v1 import common_pb2, envelope_pb2, lifecycle_pb2, results_pb2
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.client import JetStreamContext
+
+from broker.protocol import Clock, ProtocolError, SigningKey
+from broker.protocol._envelope import sign_event, verify_event
+from broker.protocol._ids import new_uuid7
+from broker.protocol._nats import fetch_batch
+from broker.protocol._registry import BROKER_ID, Registry
+from broker.protocol._subjects import EVENTS_STREAM, deadletter_subject, events_filter
+
+from ._errors import IllegalTransitionError, NotFoundError
+from ._lifecycle import is_outcome, next_state
+from ._store import RequestStore
+from ._watchlog import WatchLog
+
+__all__ = [
+    "EVENTS_CONSUMER",
+    "BrokerEvents",
+    "EventProcessor",
+    "EventProcessorConfig",
+    "Refused",
+    "apply_event",
+]
+
+log = structlog.get_logger(__name__)
+
+EVENTS_CONSUMER = "broker-events"
+
+_PHASE_DONE_BY: dict[common_pb2.Phase.ValueType, int] = {
+    common_pb2.PHASE_DELIVER: 2,  # DELIVERED or anything after it
+    common_pb2.PHASE_ACKNOWLEDGE: 3,
+    common_pb2.PHASE_EXECUTE: 4,
+}
+_PROGRESS: dict[common_pb2.RequestState.ValueType, int] = {
+    common_pb2.REQUEST_STATE_SUBMITTED: 1,
+    common_pb2.REQUEST_STATE_DELIVERED: 2,
+    common_pb2.REQUEST_STATE_ACKNOWLEDGED: 3,
+}
+# Events about what the adapter could not even verify carry the digest of what it received.
+_UNVERIFIED_REASONS = {results_pb2.REASON_CODE_SIGNATURE_INVALID, results_pb2.REASON_CODE_INVALID_REQUEST}
+
+
+@dataclass(frozen=True, kw_only=True)
+class EventProcessorConfig:
+    """How the broker consumes events."""
+
+    batch: int = 64
+    """Events fetched per pull."""
+    fetch_timeout: float = 1.0
+    """Seconds a pull waits when there is nothing to do."""
+    ack_wait: float = 30.0
+    """Seconds before JetStream redelivers an unacked event to another replica."""
+    unknown_request_retries: int = 5
+    """How often an event for a request not (yet) stored is put back before it is refused."""
+    unknown_request_delay: float = 0.5
+    """Seconds before such an event is offered again."""
+
+
+class Refused(Exception):
+    """An event that must not change anything; recorded with its reason."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+def _progress(state: common_pb2.RequestState.ValueType) -> int:
+    if state in _PROGRESS:
+        return _PROGRESS[state]
+    return 4 if is_outcome(state) else 0
+
+
+def _timestamp(when: datetime) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(when)
+    return stamp
+
+
+def apply_event(
+    status: lifecycle_pb2.RequestStatus,
+    event: lifecycle_pb2.LifecycleEvent,
+    signed: envelope_pb2.SignedMessage,
+    *,
+    now: datetime,
+) -> lifecycle_pb2.RequestStatus | None:
+    """The new status after ``event``, or None when it was applied before. Raises Refused."""
+    if any(_event_id(recorded) == event.event_id for recorded in status.events):
+        return None
+    header = envelope_pb2.EnvelopeHeader.FromString(status.notarized_header)
+    unverified_failure = (
+        event.state == common_pb2.REQUEST_STATE_FAILED and event.reason in _UNVERIFIED_REASONS
+    )
+    if event.request_digest != header.body_digest and not unverified_failure:
+        raise Refused("DIGEST_MISMATCH", "event is bound to another request body")
+    try:
+        state = next_state(
+            status.state,
+            event.state,
+            actor=event.actor,
+            sender=status.sender,
+            recipient=status.recipient,
+            request_type=status.type,
+        )
+    except IllegalTransitionError as exc:
+        raise Refused(exc.reason, str(exc)) from exc
+    updated = lifecycle_pb2.RequestStatus()
+    updated.CopyFrom(status)
+    updated.state = state
+    updated.updated_at.CopyFrom(_timestamp(now))
+    updated.events.append(
+        lifecycle_pb2.RecordedEvent(event=signed, recorded_at=_timestamp(now), seq=len(status.events) + 1)
+    )
+    if event.reason:
+        updated.reason = event.reason
+    if event.HasField("result"):
+        updated.result.CopyFrom(event.result)
+    reached = _progress(event.state)
+    for phase in updated.deadlines.phases:
+        if not phase.HasField("done_at") and reached >= _PHASE_DONE_BY.get(phase.phase, 99):
+            phase.done_at.CopyFrom(event.at)
+    return updated
+
+
+def _event_id(recorded: lifecycle_pb2.RecordedEvent) -> str:
+    return lifecycle_pb2.LifecycleEvent.FromString(recorded.event.payload).event_id
+
+
+class BrokerEvents:
+    """Steps the broker itself takes (cancellation, escalation, expiry): signed by the broker key,
+    checked by the same state machine and logged exactly like adapters' events."""
+
+    def __init__(
+        self, *, requests: RequestStore, watchlog: WatchLog, broker_key: SigningKey, clock: Clock
+    ) -> None:
+        self._requests = requests
+        self._watchlog = watchlog
+        self._broker_key = broker_key
+        self._clock = clock
+
+    async def emit(
+        self,
+        request_id: str,
+        state: common_pb2.RequestState.ValueType,
+        *,
+        reason: results_pb2.ReasonCode.ValueType = results_pb2.REASON_CODE_UNSPECIFIED,
+        detail: str = "",
+        phase: common_pb2.Phase.ValueType = common_pb2.PHASE_UNSPECIFIED,
+    ) -> lifecycle_pb2.RequestStatus:
+        """Apply a broker event; raises Refused when the state machine does not allow it now."""
+        current = (await self._requests.get(request_id)).status
+        now = self._clock.now()
+        event = lifecycle_pb2.LifecycleEvent(
+            event_id=new_uuid7(self._clock),
+            request_id=request_id,
+            state=state,
+            actor=BROKER_ID,
+            at=_timestamp(now),
+            request_digest=envelope_pb2.EnvelopeHeader.FromString(current.notarized_header).body_digest,
+            reason=reason,
+            detail=detail,
+            phase=phase,
+        )
+        signed = sign_event(event, key=self._broker_key, clock=self._clock)
+        status = await self._requests.update(request_id, lambda s: apply_event(s, event, signed, now=now))
+        recorded = next(r for r in status.events if _event_id(r) == event.event_id)
+        await self._watchlog.append(status, recorded, event_id=event.event_id)
+        return status
+
+
+class EventProcessor:
+    """Consumes GC_EVENTS; an async context manager running one consume loop."""
+
+    def __init__(
+        self,
+        *,
+        js: JetStreamContext,
+        registry: Registry,
+        requests: RequestStore,
+        watchlog: WatchLog,
+        clock: Clock,
+        config: EventProcessorConfig | None = None,
+    ) -> None:
+        self._js = js
+        self._registry = registry
+        self._requests = requests
+        self._watchlog = watchlog
+        self._clock = clock
+        self._config = config or EventProcessorConfig()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
+
+    async def __aenter__(self) -> EventProcessor:
+        sub = await self._js.pull_subscribe(
+            events_filter(),
+            durable=EVENTS_CONSUMER,
+            stream=EVENTS_STREAM,
+            config=ConsumerConfig(
+                ack_policy=AckPolicy.EXPLICIT,
+                deliver_policy=DeliverPolicy.ALL,
+                ack_wait=self._config.ack_wait,
+                max_deliver=-1,
+            ),
+        )
+        self._task = asyncio.create_task(self._run(sub), name="broker-events")
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop pulling; the event in hand is finished first (it is short), then the loop ends."""
+        self._stopping.set()
+        if self._task is not None:
+            task, self._task = self._task, None
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    async def _run(self, sub: JetStreamContext.PullSubscription) -> None:
+        while not self._stopping.is_set():
+            try:
+                msgs = await fetch_batch(sub, self._config.batch, self._config.fetch_timeout)
+            except ProtocolError as exc:
+                log.warning("events.fetch_failed", error=str(exc))
+                await asyncio.sleep(self._config.fetch_timeout)
+                continue
+            for msg in msgs:
+                try:
+                    await self.handle(msg)
+                except Exception:
+                    # Not acked: JetStream redelivers after ack_wait. Never lose an event to a bug
+                    # or a NATS hiccup.
+                    log.exception("events.handle_failed")
+
+    async def handle(self, msg: Msg) -> None:
+        tokens = msg.subject.split(".")
+        subject_agency, subject_request = (tokens[2], tokens[3]) if len(tokens) == 4 else ("", "")
+        try:
+            signed = envelope_pb2.SignedMessage.FromString(msg.data)
+            event, _claims = verify_event(signed, keys=self._registry, clock=self._clock)
+        except (ProtocolError, DecodeError) as exc:
+            await self._refuse(msg, subject_agency, subject_request, "UNVERIFIABLE", type(exc).__name__)
+            return
+        if event.actor != subject_agency or event.request_id != subject_request:
+            await self._refuse(
+                msg, subject_agency, subject_request, "WRONG_SUBJECT", "subject and event disagree"
+            )
+            return
+        now = self._clock.now()
+        try:
+            status = await self._requests.update(
+                event.request_id, lambda current: apply_event(current, event, signed, now=now)
+            )
+        except NotFoundError:
+            if (msg.metadata.num_delivered or 1) <= self._config.unknown_request_retries:
+                # The submit may still be storing the request on another replica.
+                await msg.nak(delay=self._config.unknown_request_delay)
+                return
+            await self._refuse(msg, event.actor, event.request_id, "UNKNOWN_REQUEST", "no such request")
+            return
+        except Refused as refused:
+            await self._refuse(msg, event.actor, event.request_id, refused.reason, str(refused))
+            return
+        recorded = next(r for r in status.events if _event_id(r) == event.event_id)
+        # Idempotent: Nats-Msg-Id = event id, so a redelivered event is logged once.
+        await self._watchlog.append(status, recorded, event_id=event.event_id)
+        await msg.ack()
+        log.info(
+            "request.event_applied",
+            request_id=event.request_id,
+            actor=event.actor,
+            state=common_pb2.RequestState.Name(event.state),
+            now_state=common_pb2.RequestState.Name(status.state),
+        )
+
+    async def _refuse(self, msg: Msg, actor: str, request_id: str, reason: str, detail: str) -> None:
+        """Record a refused event and drop it: it must not be redelivered or change anything."""
+        record = {
+            "kind": "event_refused",
+            "reason": reason,
+            "detail": detail,
+            "actor": actor,
+            "request_id": request_id,
+            "stream_seq": msg.metadata.sequence.stream,
+            "at": self._clock.now().isoformat(),
+        }
+        log.warning("request.event_refused", reason=reason, actor=actor, request_id=request_id)
+        try:
+            await self._js.publish(deadletter_subject(BROKER_ID), json.dumps(record).encode())
+        except nats.errors.Error:
+            log.exception("events.refusal_not_recorded")
+            return  # not termed: redelivered and recorded on a later attempt
+        await msg.term()

@@ -1,0 +1,180 @@
+"""The request state machine: which event may move a request from which state, and by whom.
+
+Progress runs SUBMITTED < DELIVERED < ACKNOWLEDGED < outcome (EXECUTED, PARTIALLY_EXECUTED,
+REJECTED, FAILED). Forward jumps are legal because adapters' events travel independently and
+one may be lost or overtaken (ACKNOWLEDGED straight from SUBMITTED is fine); an event at or
+behind the current progress is refused as ``OUT_OF_ORDER`` so the caller can drop a straggler.
+
+Holds (STOP_PAYMENT, FREEZE) live on after execution: the broker may then record EXTENDED
+(repeatedly), RELEASED or EXPIRED. ESCALATED annotates any non-final state without changing it.
+
+Checks run in a fixed order, so one event gets one answer: the actor first (an event from the
+wrong party is refused whatever the state), then final states, then order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import TypeAlias
+
+from greenchannel.v1 import common_pb2
+
+from broker.protocol._registry import BROKER_ID
+
+from ._errors import IllegalTransitionError
+
+__all__ = ["is_final", "is_outcome", "next_state"]
+
+_State: TypeAlias = common_pb2.RequestState.ValueType
+_RequestType: TypeAlias = common_pb2.RequestType.ValueType
+
+_S = common_pb2
+_OUTCOMES = frozenset(
+    {
+        _S.REQUEST_STATE_EXECUTED,
+        _S.REQUEST_STATE_PARTIALLY_EXECUTED,
+        _S.REQUEST_STATE_REJECTED,
+        _S.REQUEST_STATE_FAILED,
+    }
+)
+_DONE = frozenset({_S.REQUEST_STATE_EXECUTED, _S.REQUEST_STATE_PARTIALLY_EXECUTED})
+_ALWAYS_FINAL = frozenset(
+    {
+        _S.REQUEST_STATE_REJECTED,
+        _S.REQUEST_STATE_FAILED,
+        _S.REQUEST_STATE_CANCELLED,
+        _S.REQUEST_STATE_RELEASED,
+        _S.REQUEST_STATE_EXPIRED,
+    }
+)
+_HOLD_TYPES = frozenset({_S.REQUEST_TYPE_STOP_PAYMENT, _S.REQUEST_TYPE_FREEZE})
+_HOLD_EVENTS = frozenset({_S.REQUEST_STATE_EXTENDED, _S.REQUEST_STATE_RELEASED, _S.REQUEST_STATE_EXPIRED})
+# A hold that was executed (and maybe extended) can be extended, released or expire.
+_HOLDING = _DONE | {_S.REQUEST_STATE_EXTENDED}
+_CANCELLABLE = frozenset({_S.REQUEST_STATE_SUBMITTED, _S.REQUEST_STATE_DELIVERED})
+
+_OUTCOME_RANK = 4
+_RANK: Mapping[_State, int] = {
+    _S.REQUEST_STATE_SUBMITTED: 1,
+    _S.REQUEST_STATE_DELIVERED: 2,
+    _S.REQUEST_STATE_ACKNOWLEDGED: 3,
+    **dict.fromkeys(_OUTCOMES, _OUTCOME_RANK),
+    # After an outcome, as far as adapters' progress events are concerned.
+    **dict.fromkeys(_HOLD_EVENTS, _OUTCOME_RANK + 1),
+}
+
+# Who may record each event: the recipient's adapter, the broker, or either.
+_RECIPIENT = "recipient"
+_BROKER = "broker"
+_EITHER = "recipient or broker"
+_ACTORS: Mapping[_State, str] = {
+    _S.REQUEST_STATE_SUBMITTED: _BROKER,
+    _S.REQUEST_STATE_DELIVERED: _RECIPIENT,
+    _S.REQUEST_STATE_ACKNOWLEDGED: _RECIPIENT,
+    _S.REQUEST_STATE_EXECUTED: _RECIPIENT,
+    _S.REQUEST_STATE_PARTIALLY_EXECUTED: _RECIPIENT,
+    _S.REQUEST_STATE_REJECTED: _RECIPIENT,
+    _S.REQUEST_STATE_FAILED: _EITHER,
+    _S.REQUEST_STATE_CANCELLED: _BROKER,
+    _S.REQUEST_STATE_EXTENDED: _BROKER,
+    _S.REQUEST_STATE_RELEASED: _BROKER,
+    _S.REQUEST_STATE_EXPIRED: _BROKER,
+    _S.REQUEST_STATE_ESCALATED: _BROKER,
+}
+
+
+def _name(state: _State) -> str:
+    try:
+        return common_pb2.RequestState.Name(state).removeprefix("REQUEST_STATE_")
+    except ValueError:
+        return str(int(state))
+
+
+def _type_name(request_type: _RequestType) -> str:
+    try:
+        return common_pb2.RequestType.Name(request_type).removeprefix("REQUEST_TYPE_")
+    except ValueError:
+        return str(int(request_type))
+
+
+def is_outcome(state: _State) -> bool:
+    """EXECUTED, PARTIALLY_EXECUTED, REJECTED or FAILED: the agency's (or the broker's) answer."""
+    return state in _OUTCOMES
+
+
+def is_final(state: _State, request_type: _RequestType | None = None) -> bool:
+    """No further event can change the state (ESCALATED aside).
+
+    EXECUTED and PARTIALLY_EXECUTED are final only for types that hold nothing; without
+    ``request_type`` they count as not final, the safe answer for a watcher deciding to stop.
+    """
+    if state in _ALWAYS_FINAL:
+        return True
+    return state in _DONE and request_type is not None and request_type not in _HOLD_TYPES
+
+
+def next_state(
+    current: _State,
+    event: _State,
+    *,
+    actor: str,
+    sender: str,
+    recipient: str,
+    request_type: _RequestType,
+) -> _State:
+    """The state to store after ``event`` recorded by ``actor``; raise :class:`IllegalTransitionError`.
+
+    ``current`` is REQUEST_STATE_UNSPECIFIED for a request not yet stored. ``sender`` never acts
+    on the lifecycle itself: its cancellations, extensions and releases are recorded by the
+    broker, so an event signed by the sender is ``WRONG_ACTOR`` unless it is also the broker.
+    Reasons: ``WRONG_ACTOR``, ``ILLEGAL_TRANSITION``, ``OUT_OF_ORDER``.
+    """
+    _check_actor(event, actor, recipient)
+    what = f"{_name(event)} on a {_type_name(request_type)} request in state {_name(current)}"
+    if current == _S.REQUEST_STATE_UNSPECIFIED:
+        if event != _S.REQUEST_STATE_SUBMITTED:
+            raise _illegal(what, "a request starts as SUBMITTED")
+        return event
+    if is_final(current, request_type):
+        raise _illegal(what, f"{_name(current)} is final")
+    if current not in _RANK:
+        raise _illegal(what, f"{_name(current)} is not a stored state")
+    if event == _S.REQUEST_STATE_ESCALATED:
+        return current
+    if event == _S.REQUEST_STATE_CANCELLED:
+        if current not in _CANCELLABLE:
+            raise _illegal(what, "once acknowledged, the agency has taken it; it can no longer be cancelled")
+        return event
+    if event in _HOLD_EVENTS:
+        if request_type not in _HOLD_TYPES:
+            raise _illegal(what, "only STOP_PAYMENT and FREEZE requests place a hold")
+        if current not in _HOLDING:
+            raise _illegal(what, "there is a hold only once the request is executed")
+        return event
+    rank = _RANK.get(event)
+    if rank is None:
+        raise _illegal(what, "not a lifecycle event")
+    if rank <= _RANK[current]:
+        if rank == _OUTCOME_RANK:
+            # A second outcome contradicts the first; it is not a straggler to drop.
+            raise _illegal(what, "the request already has its outcome")
+        raise IllegalTransitionError(f"{what}: the request is already past that", reason="OUT_OF_ORDER")
+    return event
+
+
+def _illegal(what: str, why: str) -> IllegalTransitionError:
+    return IllegalTransitionError(f"{what}: {why}", reason="ILLEGAL_TRANSITION")
+
+
+def _check_actor(event: _State, actor: str, recipient: str) -> None:
+    allowed = _ACTORS.get(event)
+    if allowed is None:
+        return  # not an event at all; the state checks refuse it with a better message
+    ok = (allowed != _BROKER and actor == recipient) or (allowed != _RECIPIENT and actor == BROKER_ID)
+    if not ok:
+        expected = {_RECIPIENT: f"the recipient {recipient!r}", _BROKER: "the broker"}.get(
+            allowed, f"the recipient {recipient!r} or the broker"
+        )
+        raise IllegalTransitionError(
+            f"{_name(event)} recorded by {actor!r}: only {expected} may record it", reason="WRONG_ACTOR"
+        )

@@ -1,0 +1,236 @@
+"""The broker process: gRPC services over NATS JetStream, stateless itself.
+
+Start-up order: directory and keys, NATS, streams and buckets, event consumer, then the gRPC
+port (health SERVING last). Shutdown reverses it: health NOT_SERVING, stop intake and let
+in-flight calls finish, stop the event consumer after its current event, drain NATS.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import TracebackType
+
+import grpc
+import structlog
+from greenchannel.v1 import (
+    bus_pb2,
+    bus_pb2_grpc,
+    ledger_pb2,
+    ledger_pb2_grpc,
+    registry_pb2,
+    registry_pb2_grpc,
+)
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from nats.aio.client import Client
+
+from broker.protocol import Clock, SystemClock
+from broker.protocol._directory import load_directory
+from broker.protocol._nats import NatsSettings, connect, ensure_streams
+from broker.protocol._provision import key_overlay_path, load_broker_signing_key
+from broker.protocol._registry import Registry
+from broker.protocol._subjects import stream_specs
+
+from ._auth import Authenticator, open_replay_cache
+from ._bus import BusServicer
+from ._deadlines import DEFAULT_DEADLINES, DeadlineTable
+from ._directory_service import LedgerServicer, RegistryServicer
+from ._events import BrokerEvents, EventProcessor, EventProcessorConfig
+from ._policy import Policy, load_policy
+from ._store import IdempotencyStore, RequestStore
+from ._submit import Intake
+from ._tls import TlsFiles, server_credentials
+from ._watchlog import WatchLog
+
+__all__ = ["SERVICE_NAMES", "Broker", "BrokerConfig"]
+
+log = structlog.get_logger(__name__)
+
+SERVICE_NAMES = (
+    bus_pb2.DESCRIPTOR.services_by_name["BusService"].full_name,
+    registry_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name,
+    ledger_pb2.DESCRIPTOR.services_by_name["LedgerService"].full_name,
+)
+
+_DEFAULT_POLICY = Path(__file__).resolve().parents[2] / "agencies" / "policy.toml"
+_DEFAULT_DIRECTORY = Path(__file__).resolve().parents[2] / "agencies" / "directory.toml"
+
+
+@dataclass(frozen=True, kw_only=True)
+class BrokerConfig:
+    """Everything the broker needs; the CLI builds it from flags and the environment."""
+
+    nats: NatsSettings
+    """Where NATS is (the CLI starts an embedded server when no URL is given)."""
+    state_dir: Path
+    """Holds the broker's private key and the key overlay of the directory."""
+    directory: Path = _DEFAULT_DIRECTORY
+    """The agency directory TOML."""
+    policy: Path = _DEFAULT_POLICY
+    """The authorization policy TOML."""
+    listen: str = "127.0.0.1:50051"
+    """gRPC listen address; port 0 picks a free port."""
+    reflection: bool = True
+    """Serve gRPC server reflection, so any standard client can discover the services."""
+    tls: TlsFiles | None = None
+    """Serve TLS with client certificates (mTLS) instead of plaintext."""
+    require_tls_identity: bool = False
+    """With TLS: the client certificate must name the same agency as the bearer token."""
+    deadlines: DeadlineTable = DEFAULT_DEADLINES
+    """Phase deadlines and hold validity per request type and priority."""
+    events: EventProcessorConfig = field(default_factory=EventProcessorConfig)
+    """How adapters' events are consumed."""
+    max_message_bytes: int = 2 * 1024 * 1024
+    """Largest gRPC message accepted; bigger ones get RESOURCE_EXHAUSTED before any work."""
+    shutdown_grace: float = 5.0
+    """Seconds in-flight calls get to finish on shutdown."""
+    replicas: int = 1
+    """JetStream replicas for streams and buckets (3 on a cluster)."""
+    clock: Clock = field(default_factory=SystemClock)
+    """Time source."""
+
+
+class Broker:
+    """One broker replica. ``async with Broker(config) as broker: ... broker.port``."""
+
+    def __init__(self, config: BrokerConfig) -> None:
+        self._config = config
+        self._nc: Client | None = None
+        self._server: grpc.aio.Server | None = None
+        self._health: health.aio.HealthServicer | None = None
+        self._events: EventProcessor | None = None
+        self._port = 0
+        self._closed = False
+        self.registry: Registry | None = None
+        self.policy: Policy | None = None
+
+    @property
+    def port(self) -> int:
+        return self._port
+
+    @property
+    def address(self) -> str:
+        host = self._config.listen.rsplit(":", 1)[0]
+        return f"{host}:{self._port}"
+
+    async def __aenter__(self) -> Broker:
+        try:
+            await self._start()
+        except BaseException:
+            await self.aclose()
+            raise
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def _start(self) -> None:
+        config = self._config
+        overlay = key_overlay_path(config.state_dir)
+        registry = load_directory(config.directory, key_overlays=[overlay] if overlay.exists() else [])
+        policy = load_policy(config.policy)
+        broker_key = load_broker_signing_key(config.state_dir)
+        self.registry, self.policy = registry, policy
+
+        self._nc = await connect(config.nats)
+        js = self._nc.jetstream()
+        await ensure_streams(js, stream_specs(config.replicas))
+        requests = await RequestStore.open(js, replicas=config.replicas)
+        idempotency = await IdempotencyStore.open(js, replicas=config.replicas)
+        replay = await open_replay_cache(js)
+        watchlog = WatchLog(js)
+        auth = Authenticator(registry, replay, config.clock, require_tls_identity=config.require_tls_identity)
+        intake = Intake(
+            registry=registry,
+            policy=policy,
+            deadlines=config.deadlines,
+            requests=requests,
+            idempotency=idempotency,
+            watchlog=watchlog,
+            js=js,
+            broker_key=broker_key,
+            clock=config.clock,
+        )
+        broker_events = BrokerEvents(
+            requests=requests, watchlog=watchlog, broker_key=broker_key, clock=config.clock
+        )
+        self._events = EventProcessor(
+            js=js,
+            registry=registry,
+            requests=requests,
+            watchlog=watchlog,
+            clock=config.clock,
+            config=config.events,
+        )
+        await self._events.__aenter__()
+
+        server = grpc.aio.server(
+            options=[
+                ("grpc.max_receive_message_length", config.max_message_bytes),
+                ("grpc.max_send_message_length", 4 * config.max_message_bytes),
+            ]
+        )
+        bus_pb2_grpc.add_BusServiceServicer_to_server(
+            BusServicer(
+                auth=auth,
+                intake=intake,
+                requests=requests,
+                watchlog=watchlog,
+                policy=policy,
+                registry=registry,
+                broker_events=broker_events,
+                clock=config.clock,
+            ),
+            server,
+        )
+        registry_pb2_grpc.add_RegistryServiceServicer_to_server(
+            RegistryServicer(auth=auth, registry=registry), server
+        )
+        ledger_pb2_grpc.add_LedgerServiceServicer_to_server(LedgerServicer(auth=auth, js=js), server)
+        self._health = health.aio.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
+        if config.reflection:
+            reflection.enable_server_reflection(
+                (
+                    *SERVICE_NAMES,
+                    health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                    reflection.SERVICE_NAME,
+                ),
+                server,
+            )
+        if config.tls is not None:
+            self._port = server.add_secure_port(config.listen, server_credentials(config.tls))
+        else:
+            self._port = server.add_insecure_port(config.listen)
+        await server.start()
+        self._server = server
+        for name in ("", *SERVICE_NAMES):
+            await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("broker.started", address=self.address, tls=config.tls is not None, agencies=len(registry))
+
+    async def aclose(self) -> None:
+        """Graceful and idempotent: stop intake, finish in-flight work, then close NATS."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._health is not None:
+            await self._health.enter_graceful_shutdown()
+        if self._server is not None:
+            await self._server.stop(self._config.shutdown_grace)
+        if self._events is not None:
+            await self._events.aclose()
+        if self._nc is not None and not self._nc.is_closed:
+            try:
+                await asyncio.wait_for(self._nc.drain(), timeout=self._config.shutdown_grace)
+            except (TimeoutError, Exception):
+                log.warning("broker.drain_incomplete")
+                await self._nc.close()
+        log.info("broker.stopped")
+
+    async def serve_forever(self) -> None:
+        if self._server is not None:
+            await self._server.wait_for_termination()

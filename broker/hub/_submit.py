@@ -1,0 +1,238 @@
+"""Intake: verify, authorize, route, notarize, store, publish. Nothing leaves unless every check passed.
+
+Order matters for "nothing lost, nothing twice":
+
+1. every check (signature, field rules, routing, policy) runs before any side effect;
+2. the idempotency key is claimed (KV create), so a retry maps to the first request id;
+3. the request's state is created in KV (SUBMITTED, with the notarized header);
+4. the envelope is published to the recipient's inbox with ``Nats-Msg-Id`` = request id;
+5. the SUBMITTED event goes to the watch log.
+
+A crash between 3 and 4 leaves a SUBMITTED request with no inbox message; the client's retry
+(same idempotency key; ``BusClient`` always sets one) finds it still SUBMITTED and publishes the
+envelope again, rebuilt byte for byte from the stored header when the retry carries the same
+signed bytes. If the first publish did land, JetStream's duplicate window drops the second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from datetime import datetime
+
+import nats.errors
+import structlog
+from google.protobuf.timestamp_pb2 import Timestamp
+from greenchannel.v1 import common_pb2, envelope_pb2, lifecycle_pb2
+
+from broker.protocol import Clock, SigningKey, body_digest
+from broker.protocol._envelope import VerifiedRequest, notarize, sign_event, type_name, verify_request
+from broker.protocol._ids import new_uuid7
+from broker.protocol._registry import BROKER_ID, Agency, AgencyKind, Registry
+from broker.protocol._subjects import inbox_subject
+
+from ._auth import Caller
+from ._deadlines import DeadlineTable
+from ._errors import InvalidRequestError, NotFoundError, PermissionDeniedError, UnavailableError
+from ._grpc_status import to_hub_error
+from ._policy import Policy
+from ._routing import resolve_recipient
+from ._store import IdempotencyStore, RequestStore
+from ._watchlog import WatchLog
+
+__all__ = ["Intake", "SubmitOutcome"]
+
+log = structlog.get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class SubmitOutcome:
+    status: lifecycle_pb2.RequestStatus
+    duplicate: bool
+
+
+def _timestamp(when: datetime) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(when)
+    return stamp
+
+
+class Intake:
+    """The Submit pipeline, shared by Submit, Extend and Release."""
+
+    def __init__(
+        self,
+        *,
+        registry: Registry,
+        policy: Policy,
+        deadlines: DeadlineTable,
+        requests: RequestStore,
+        idempotency: IdempotencyStore,
+        watchlog: WatchLog,
+        js: object,
+        broker_key: SigningKey,
+        clock: Clock,
+    ) -> None:
+        self._registry = registry
+        self._policy = policy
+        self._deadlines = deadlines
+        self._requests = requests
+        self._idempotency = idempotency
+        self._watchlog = watchlog
+        self._js = js
+        self._broker_key = broker_key
+        self._clock = clock
+
+    def check(
+        self, caller: Caller, signed: envelope_pb2.SignedMessage, *, body: str | None = None
+    ) -> tuple[VerifiedRequest, Agency]:
+        """Every check, no side effect. ``body`` restricts the request body kind (Extend, Release)."""
+        try:
+            verified = verify_request(signed, keys=self._registry, sender=caller.agency.id, clock=self._clock)
+        except Exception as exc:
+            raise to_hub_error(exc, signature_field="request.signature") from exc
+        if body is not None and verified.request.WhichOneof("body") != body:
+            raise InvalidRequestError(
+                f"this call takes a request whose body is {body}",
+                reason="WRONG_BODY",
+            )
+        self._may_send_at_all(caller.agency, verified.request_type)
+        recipient = resolve_recipient(verified.request, self._registry)
+        self._policy.authorize_submit(
+            sender=caller.agency,
+            request_type=verified.request_type,
+            recipient=recipient,
+            case_ref=verified.request.case_ref,
+        )
+        return verified, recipient
+
+    def _may_send_at_all(self, sender: Agency, request_type: common_pb2.RequestType.ValueType) -> None:
+        """Refuse before routing when no rule lets this kind of agency send this type to anyone:
+        a bank ordering a freeze is told so, not that the account could not be routed."""
+        if sender.kind == AgencyKind.REGULATOR:
+            raise PermissionDeniedError(
+                "regulators read the bus; they cannot submit requests", reason="READ_ONLY"
+            )
+        if not any(sender.kind in rule.senders and request_type in rule.types for rule in self._policy.rules):
+            raise PermissionDeniedError(
+                f"agencies of kind {sender.kind} may not send {type_name(request_type).lower()} requests",
+                reason="TYPE_NOT_ALLOWED",
+            )
+
+    async def submit(
+        self, caller: Caller, signed: envelope_pb2.SignedMessage, *, body: str | None = None
+    ) -> SubmitOutcome:
+        verified, recipient = self.check(caller, signed, body=body)
+        request_id = new_uuid7(self._clock)
+        key = verified.request.idempotency_key
+        if key:
+            bound = await self._idempotency.claim(caller.agency.id, key, request_id)
+            if bound != request_id:
+                return await self._resubmit(bound, verified, recipient)
+        status = await self._accept(request_id, verified, recipient)
+        log.info(
+            "request.submitted",
+            request_id=request_id,
+            case=status.case_ref.case_number,
+            type=type_name(status.type),
+            sender=status.sender,
+            recipient=status.recipient,
+            priority=common_pb2.Priority.Name(status.priority),
+        )
+        return SubmitOutcome(status=status, duplicate=False)
+
+    async def _accept(
+        self, request_id: str, verified: VerifiedRequest, recipient: Agency
+    ) -> lifecycle_pb2.RequestStatus:
+        """Notarize, store, publish to the inbox, log the SUBMITTED event (steps 3 to 5)."""
+        request = verified.request
+        received_at = self._clock.now()
+        envelope = notarize(
+            verified,
+            request_id=request_id,
+            recipient=recipient.id,
+            deadlines=self._deadlines.deadlines(verified.request_type, request.priority, received_at),
+            broker_key=self._broker_key,
+            clock=self._clock,
+        )
+        header = envelope_pb2.EnvelopeHeader.FromString(envelope.header)
+        recorded, event_id = self._submitted_event(request_id, verified, received_at)
+        status = lifecycle_pb2.RequestStatus(
+            id=request_id,
+            type=verified.request_type,
+            sender=verified.claims.iss,
+            recipient=recipient.id,
+            case_ref=request.case_ref,
+            priority=request.priority,
+            parent_id=request.parent_id,
+            hop=request.hop,
+            state=common_pb2.REQUEST_STATE_SUBMITTED,
+            submitted_at=header.received_at,
+            updated_at=header.received_at,
+            deadlines=header.deadlines,
+            events=[recorded],
+            notarized_header=envelope.header,
+            notary_signature=envelope.notary_signature,
+        )
+        if not await self._requests.create(status):
+            # A concurrent retry under the same idempotency key won the race; it publishes.
+            return (await self._requests.get(request_id)).status
+        # Both are idempotent (Nats-Msg-Id) and independent: one round trip instead of two.
+        await asyncio.gather(
+            self._publish(status, envelope), self._watchlog.append(status, recorded, event_id=event_id)
+        )
+        return status
+
+    async def _resubmit(self, request_id: str, verified: VerifiedRequest, recipient: Agency) -> SubmitOutcome:
+        """A retry with a known idempotency key: return the first request, finishing its intake if needed."""
+        try:
+            stored = (await self._requests.get(request_id)).status
+        except NotFoundError:
+            # The first attempt claimed the key and stopped before storing: finish it under that id.
+            log.warning("request.resuming_interrupted_intake", request_id=request_id)
+            return SubmitOutcome(status=await self._accept(request_id, verified, recipient), duplicate=True)
+        if stored.state == common_pb2.REQUEST_STATE_SUBMITTED:
+            header = envelope_pb2.EnvelopeHeader.FromString(stored.notarized_header)
+            same_bytes = header.body_digest == body_digest(verified.signed.payload) and (
+                header.body_signature_digest == body_digest(verified.signed.signature.encode("ascii"))
+            )
+            if same_bytes:
+                envelope = envelope_pb2.Envelope(
+                    header=stored.notarized_header,
+                    notary_signature=stored.notary_signature,
+                    body=verified.signed.payload,
+                    body_signature=verified.signed.signature,
+                )
+                # Deduplicated by JetStream if the first publish landed; delivered if it did not.
+                await self._publish(stored, envelope)
+        log.info("request.duplicate_submission", request_id=request_id, sender=stored.sender)
+        return SubmitOutcome(status=stored, duplicate=True)
+
+    def _submitted_event(
+        self, request_id: str, verified: VerifiedRequest, received_at: datetime
+    ) -> tuple[lifecycle_pb2.RecordedEvent, str]:
+        event_id = new_uuid7(self._clock)
+        event = lifecycle_pb2.LifecycleEvent(
+            event_id=event_id,
+            request_id=request_id,
+            state=common_pb2.REQUEST_STATE_SUBMITTED,
+            actor=BROKER_ID,
+            at=_timestamp(received_at),
+            request_digest=body_digest(verified.signed.payload),
+        )
+        signed = sign_event(event, key=self._broker_key, clock=self._clock)
+        recorded = lifecycle_pb2.RecordedEvent(event=signed, recorded_at=_timestamp(received_at), seq=1)
+        return recorded, event_id
+
+    async def _publish(self, status: lifecycle_pb2.RequestStatus, envelope: envelope_pb2.Envelope) -> None:
+        subject = inbox_subject(
+            status.recipient,
+            "green" if status.priority == common_pb2.PRIORITY_GREEN else "standard",
+            type_name(status.type).lower(),
+        )
+        try:
+            await self._js.publish(  # type: ignore[attr-defined]
+                subject, envelope.SerializeToString(), headers={"Nats-Msg-Id": status.id}
+            )
+        except nats.errors.Error as exc:
+            raise UnavailableError(f"cannot publish to the recipient's inbox: {exc}") from exc

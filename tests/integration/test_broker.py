@@ -1,0 +1,175 @@
+"""The broker end to end: real nats-server, real grpc.aio broker replicas and clients."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import grpc
+import pytest
+from greenchannel.v1 import bus_pb2, common_pb2, results_pb2
+
+from broker.hub._grpc_status import error_details
+from tests.integration.broker_world import BANK, POLICE, World, broker_world, stop_payment
+
+pytestmark = pytest.mark.integration
+
+EXECUTED = results_pb2.Result(
+    outcome=common_pb2.REQUEST_STATE_EXECUTED,
+    amount_held=common_pb2.Money(currency="CNY", minor_units=4_800_000),
+    agency_reference="HOLD-1",
+)
+
+
+async def collect(
+    world: World, broker_index: int, request_id: str, until: int
+) -> list[bus_pb2.WatchResponse]:
+    seen: list[bus_pb2.WatchResponse] = []
+    async with world.client(world.brokers[broker_index]) as police:
+
+        async def follow() -> None:
+            async for update in police.watch(request_id=request_id):
+                seen.append(update)
+                if update.state == until:
+                    return
+
+        await asyncio.wait_for(follow(), 10)
+    return seen
+
+
+async def test_submission_lands_notarized_in_the_right_inbox_and_events_flow_back(tmp_path: Path) -> None:
+    async with broker_world(tmp_path) as world:
+        broker = await world.start_broker()
+        async with world.client(broker) as police:
+            accepted = await police.submit(stop_payment())
+        status = accepted.status
+        assert status.state == common_pb2.REQUEST_STATE_SUBMITTED
+        assert (status.sender, status.recipient) == (POLICE, BANK)
+        assert [p.phase for p in status.deadlines.phases] == [
+            common_pb2.PHASE_DELIVER,
+            common_pb2.PHASE_ACKNOWLEDGE,
+            common_pb2.PHASE_EXECUTE,
+        ]
+        assert status.deadlines.HasField("hold_expires_at")
+
+        [opened] = await world.inbox(BANK)
+        assert opened.header.id == status.id
+        assert opened.sender_claims.iss == POLICE
+        assert opened.notary_claims.iss == "greenchannel-broker"
+        assert opened.request.stop_payment.account.account_number == "6222020200001234567"
+        assert await world.inbox("bank-ccb", wait=0.3) == []
+
+        for state in (common_pb2.REQUEST_STATE_DELIVERED, common_pb2.REQUEST_STATE_ACKNOWLEDGED):
+            await world.adapter_event(opened, state)
+        await world.adapter_event(opened, common_pb2.REQUEST_STATE_EXECUTED, result=EXECUTED)
+
+        seen = await collect(world, 0, status.id, common_pb2.REQUEST_STATE_EXECUTED)
+        assert [u.state for u in seen] == [
+            common_pb2.REQUEST_STATE_SUBMITTED,
+            common_pb2.REQUEST_STATE_DELIVERED,
+            common_pb2.REQUEST_STATE_ACKNOWLEDGED,
+            common_pb2.REQUEST_STATE_EXECUTED,
+        ]
+        assert [u.cursor for u in seen] == sorted(u.cursor for u in seen)
+        async with world.client(broker) as police:
+            final = await police.get(status.id)
+        assert final.result.amount_held.minor_units == 4_800_000
+        assert all(p.HasField("done_at") for p in final.deadlines.phases)
+        assert [e.seq for e in final.events] == [1, 2, 3, 4]
+
+
+async def test_watch_resumes_after_a_cursor_without_loss_or_repeat(tmp_path: Path) -> None:
+    async with broker_world(tmp_path) as world:
+        broker = await world.start_broker()
+        async with world.client(broker) as police:
+            status = (await police.submit(stop_payment())).status
+            [opened] = await world.inbox(BANK)
+            await world.adapter_event(opened, common_pb2.REQUEST_STATE_DELIVERED)
+            first = await collect(world, 0, status.id, common_pb2.REQUEST_STATE_DELIVERED)
+            await world.adapter_event(opened, common_pb2.REQUEST_STATE_ACKNOWLEDGED)
+            await world.adapter_event(opened, common_pb2.REQUEST_STATE_EXECUTED, result=EXECUTED)
+            rest: list[bus_pb2.WatchResponse] = []
+
+            async def follow() -> None:
+                async for update in police.watch(request_id=status.id, after_cursor=first[-1].cursor):
+                    rest.append(update)
+                    if update.state == common_pb2.REQUEST_STATE_EXECUTED:
+                        return
+
+            await asyncio.wait_for(follow(), 10)
+        assert [u.state for u in first + rest] == [
+            common_pb2.REQUEST_STATE_SUBMITTED,
+            common_pb2.REQUEST_STATE_DELIVERED,
+            common_pb2.REQUEST_STATE_ACKNOWLEDGED,
+            common_pb2.REQUEST_STATE_EXECUTED,
+        ]
+
+
+async def test_broker_restart_loses_no_request_and_no_event(tmp_path: Path) -> None:
+    async with broker_world(tmp_path) as world:
+        broker = await world.start_broker()
+        async with world.client(broker) as police:
+            ids = [
+                (await police.submit(stop_payment(case_number=f"SH-PD-2026-{i:04d}"))).status.id
+                for i in range(5)
+            ]
+        opened = {o.header.id: o for o in await world.inbox(BANK)}
+        assert set(opened) == set(ids)
+        await broker.aclose()
+        world.brokers.clear()
+
+        # Adapters keep working while no broker runs: their events wait in JetStream.
+        for request_id in ids:
+            await world.adapter_event(opened[request_id], common_pb2.REQUEST_STATE_DELIVERED)
+            await world.adapter_event(opened[request_id], common_pb2.REQUEST_STATE_EXECUTED, result=EXECUTED)
+
+        restarted = await world.start_broker()
+        async with world.client(restarted) as police:
+            for request_id in ids:
+                final = await police.wait_for(request_id, {common_pb2.REQUEST_STATE_EXECUTED})
+                assert [e.seq for e in final.events] == [1, 2, 3]
+            listed = await police.list(role=bus_pb2.ROLE_SENDER)
+        assert {s.id for s in listed.requests} == set(ids)
+
+
+async def test_two_replicas_on_one_nats_serve_the_same_requests(tmp_path: Path) -> None:
+    async with broker_world(tmp_path) as world:
+        first = await world.start_broker()
+        second = await world.start_broker()
+        async with world.client(first) as via_first, world.client(second) as via_second:
+            status = (await via_first.submit(stop_payment())).status
+            assert (await via_second.get(status.id)).id == status.id
+            [opened] = await world.inbox(BANK)
+            for state in (common_pb2.REQUEST_STATE_DELIVERED, common_pb2.REQUEST_STATE_ACKNOWLEDGED):
+                await world.adapter_event(opened, state)
+            await world.adapter_event(opened, common_pb2.REQUEST_STATE_EXECUTED, result=EXECUTED)
+            via_one = await via_first.wait_for(status.id, {common_pb2.REQUEST_STATE_EXECUTED})
+            via_two = await via_second.get(status.id)
+        assert via_one.events == via_two.events
+        assert len(via_two.events) == 4
+        # The same idempotency key through the other replica returns the first request.
+        async with world.client(first) as a, world.client(second) as b:
+            signed = a.sign(stop_payment(case_number="SH-PD-2026-0099"), idempotency_key="retry-key-0001")
+            one = await a.submit_signed(signed)
+            two = await b.submit_signed(signed)
+        assert (one.duplicate, two.duplicate) == (False, True)
+        assert one.status.id == two.status.id
+        assert len([o for o in await world.inbox(BANK) if o.header.id == one.status.id]) == 1
+
+
+async def test_cancel_before_delivery_and_refusal_after_acknowledgement(tmp_path: Path) -> None:
+    async with broker_world(tmp_path) as world:
+        broker = await world.start_broker()
+        async with world.client(broker) as police:
+            cancelled = (await police.submit(stop_payment(case_number="SH-PD-2026-0100"))).status
+            after = await police.cancel(cancelled.id, "victim found the money was not sent")
+            assert after.state == common_pb2.REQUEST_STATE_CANCELLED
+
+            taken = (await police.submit(stop_payment(case_number="SH-PD-2026-0101"))).status
+            opened = next(o for o in await world.inbox(BANK) if o.header.id == taken.id)
+            await world.adapter_event(opened, common_pb2.REQUEST_STATE_ACKNOWLEDGED)
+            await police.wait_for(taken.id, {common_pb2.REQUEST_STATE_ACKNOWLEDGED})
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await police.cancel(taken.id)
+        details = error_details(caught.value)
+        assert details.code == grpc.StatusCode.FAILED_PRECONDITION
