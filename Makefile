@@ -42,5 +42,10 @@ buf-lint: $(STAMP)
 buf-breaking: $(STAMP)
 	$(BIN)/python proto/generate.py --breaking-against main
 
+# Benchmarks: timing lives here, never in test assertions. Results also go to build/bench-*.json.
+bench: $(STAMP)
+	@mkdir -p build
+	$(BIN)/python -m tests.bench.bench_submit --n 1000 --json build/bench-submit.json
+
 clean:
 	rm -rf $(VENV) build .mypy_cache .ruff_cache .pytest_cache
