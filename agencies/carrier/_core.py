@@ -1,0 +1,144 @@
+"""The reference carrier core: lines, SIMs, handsets, call records and warnings in SQLite."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from greenchannel.v1 import carrier_pb2
+
+from agencies._common import AgencyCore, CarrierError
+from broker.protocol import Clock
+
+from . import _orders as orders
+from . import _store as store
+from ._config import CarrierConfig
+from ._model import CallRecord, Line, LineStatus, SentWarning
+from ._schema import CARRIER_SCHEMA
+
+__all__ = ["CarrierCore"]
+
+
+class CarrierCore(AgencyCore):
+    """One carrier's number registry. Thread-safe; close it (or use it as a context manager)."""
+
+    def __init__(self, config: CarrierConfig, *, clock: Clock | None = None) -> None:
+        super().__init__(
+            agency_id=config.agency_id, database=config.database, schema=CARRIER_SCHEMA, clock=clock
+        )
+        self._config = config
+
+    @property
+    def config(self) -> CarrierConfig:
+        return self._config
+
+    # -- CarrierService ---------------------------------------------------------------------------
+
+    def block_number(self, request: carrier_pb2.BlockNumberRequest) -> carrier_pb2.BlockNumberResponse:
+        """Block or unblock the number, SIM and/or handset of a line."""
+        return self._run(
+            "CarrierService.BlockNumber", request, carrier_pb2.BlockNumberResponse, orders.block_number
+        )
+
+    def warn_subscriber(
+        self, request: carrier_pb2.WarnSubscriberRequest
+    ) -> carrier_pb2.WarnSubscriberResponse:
+        """预警劝阻: call or text the subscriber with an approved template, now."""
+        return self._run(
+            "CarrierService.WarnSubscriber",
+            request,
+            carrier_pb2.WarnSubscriberResponse,
+            orders.warn_subscriber,
+        )
+
+    def query_subscriber_data(
+        self, request: carrier_pb2.QuerySubscriberDataRequest
+    ) -> carrier_pb2.QuerySubscriberDataResponse:
+        """Subscriber identity or call records in a period, in clear (the adapter seals them)."""
+        return self._run(
+            "CarrierService.QuerySubscriberData",
+            request,
+            carrier_pb2.QuerySubscriberDataResponse,
+            orders.query_subscriber_data,
+        )
+
+    # -- the carrier's own business ---------------------------------------------------------------
+
+    def register_line(
+        self,
+        e164: str,
+        *,
+        iccid: str,
+        imsi: str,
+        subscriber_name: str,
+        imei: str = "",
+        id_type: str = "",
+        id_number: str = "",
+        activated_at: datetime | None = None,
+    ) -> Line:
+        """Activate a line under real-name registration."""
+        ln = Line(
+            e164=e164,
+            iccid=iccid,
+            imsi=imsi,
+            imei=imei,
+            subscriber_name=subscriber_name,
+            id_type=id_type,
+            id_number=id_number,
+            status=LineStatus.ACTIVE,
+            activated_at=activated_at or self._clock.now(),
+            number_blocked=False,
+            sim_blocked=False,
+            imei_blocked=False,
+        )
+        with self._db.transaction() as conn:
+            if store.line(conn, e164) is not None:
+                raise CarrierError("the number is already registered")
+            store.insert_line(conn, ln)
+        return ln
+
+    def cancel_line(self, e164: str) -> None:
+        with self._db.transaction() as conn:
+            if store.line(conn, e164) is None:
+                raise CarrierError("no such number")
+            conn.execute("UPDATE numbers SET status = 'cancelled' WHERE e164 = ?", (e164,))
+
+    def record_call(
+        self,
+        e164: str,
+        other_party: str,
+        *,
+        direction: str = "out",
+        started_at: datetime,
+        duration_s: int,
+        cell_id: str = "",
+    ) -> None:
+        """Add a call detail record to one of this carrier's lines."""
+        if direction not in ("out", "in"):
+            raise ValueError("direction is 'out' or 'in'")
+        with self._db.transaction() as conn:
+            if store.line(conn, e164) is None:
+                raise CarrierError("no such number")
+            store.insert_call(
+                conn,
+                CallRecord(
+                    e164=e164,
+                    direction=direction,
+                    other_party=other_party,
+                    started_at=started_at,
+                    duration_s=duration_s,
+                    cell_id=cell_id,
+                ),
+            )
+
+    def line(self, e164: str) -> Line | None:
+        with self._db.transaction() as conn:
+            return store.line(conn, e164)
+
+    def calls_of(self, e164: str, start: datetime, end: datetime) -> tuple[CallRecord, ...]:
+        with self._db.transaction() as conn:
+            return tuple(store.calls_between(conn, e164, start, end))
+
+    def warnings_to(self, e164: str) -> tuple[SentWarning, ...]:
+        """Warnings delivered to the line, oldest first."""
+        with self._db.transaction() as conn:
+            return tuple(store.warnings_to(conn, e164))

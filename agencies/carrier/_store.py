@@ -1,0 +1,134 @@
+"""SQL over the carrier's tables. Every function runs inside the caller's transaction."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import datetime
+
+from agencies._common import from_us, to_us
+
+from ._model import CallRecord, Line, LineStatus, SentWarning
+
+__all__ = [
+    "calls_between",
+    "insert_block_action",
+    "insert_call",
+    "insert_line",
+    "insert_warning",
+    "line",
+    "set_flags",
+    "warnings_to",
+]
+
+_LINE_COLUMNS = (
+    "e164, iccid, imsi, imei, subscriber_name, id_type, id_number, status, activated_at_us,"
+    " number_blocked, sim_blocked, imei_blocked"
+)
+_FLAG_COLUMNS = {"number": "number_blocked", "sim": "sim_blocked", "imei": "imei_blocked"}
+
+
+def line(conn: sqlite3.Connection, e164: str) -> Line | None:
+    row = conn.execute(f"SELECT {_LINE_COLUMNS} FROM numbers WHERE e164 = ?", (e164,)).fetchone()  # noqa: S608
+    if row is None:
+        return None
+    return Line(
+        e164=row["e164"],
+        iccid=row["iccid"],
+        imsi=row["imsi"],
+        imei=row["imei"],
+        subscriber_name=row["subscriber_name"],
+        id_type=row["id_type"],
+        id_number=row["id_number"],
+        status=LineStatus(row["status"]),
+        activated_at=from_us(row["activated_at_us"]),
+        number_blocked=bool(row["number_blocked"]),
+        sim_blocked=bool(row["sim_blocked"]),
+        imei_blocked=bool(row["imei_blocked"]),
+    )
+
+
+def insert_line(conn: sqlite3.Connection, ln: Line) -> None:
+    conn.execute(
+        f"INSERT INTO numbers ({_LINE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
+        (
+            ln.e164,
+            ln.iccid,
+            ln.imsi,
+            ln.imei,
+            ln.subscriber_name,
+            ln.id_type,
+            ln.id_number,
+            ln.status.value,
+            to_us(ln.activated_at),
+            int(ln.number_blocked),
+            int(ln.sim_blocked),
+            int(ln.imei_blocked),
+        ),
+    )
+
+
+def set_flags(conn: sqlite3.Connection, e164: str, kinds: tuple[str, ...], blocked: bool) -> None:
+    for kind in kinds:
+        column = _FLAG_COLUMNS[kind]  # a fixed column name, never caller text
+        conn.execute(f"UPDATE numbers SET {column} = ? WHERE e164 = ?", (int(blocked), e164))  # noqa: S608
+
+
+def insert_block_action(
+    conn: sqlite3.Connection, request_id: str, e164: str, kinds: tuple[str, ...], unblock: bool, at: datetime
+) -> None:
+    conn.execute(
+        "INSERT INTO block_actions (request_id, e164, kinds, unblock, at_us) VALUES (?, ?, ?, ?, ?)",
+        (request_id, e164, ",".join(kinds), int(unblock), to_us(at)),
+    )
+
+
+def insert_call(conn: sqlite3.Connection, call: CallRecord) -> None:
+    conn.execute(
+        "INSERT INTO call_records (e164, direction, other_party, started_at_us, duration_s, cell_id)"
+        " VALUES (?, ?, ?, ?, ?, ?)",
+        (call.e164, call.direction, call.other_party, to_us(call.started_at), call.duration_s, call.cell_id),
+    )
+
+
+def calls_between(conn: sqlite3.Connection, e164: str, start: datetime, end: datetime) -> list[CallRecord]:
+    """Calls of the line that started in ``[start, end)``, oldest first."""
+    rows = conn.execute(
+        "SELECT e164, direction, other_party, started_at_us, duration_s, cell_id FROM call_records"
+        " WHERE e164 = ? AND started_at_us >= ? AND started_at_us < ? ORDER BY started_at_us, record_id",
+        (e164, to_us(start), to_us(end)),
+    ).fetchall()
+    return [
+        CallRecord(
+            e164=row["e164"],
+            direction=row["direction"],
+            other_party=row["other_party"],
+            started_at=from_us(row["started_at_us"]),
+            duration_s=row["duration_s"],
+            cell_id=row["cell_id"],
+        )
+        for row in rows
+    ]
+
+
+def insert_warning(conn: sqlite3.Connection, warning: SentWarning) -> None:
+    conn.execute(
+        "INSERT INTO warnings (request_id, e164, channel, template_id, at_us) VALUES (?, ?, ?, ?, ?)",
+        (warning.request_id, warning.e164, warning.channel, warning.template_id, to_us(warning.at)),
+    )
+
+
+def warnings_to(conn: sqlite3.Connection, e164: str) -> list[SentWarning]:
+    rows = conn.execute(
+        "SELECT request_id, e164, channel, template_id, at_us FROM warnings WHERE e164 = ? ORDER BY at_us",
+        (e164,),
+    ).fetchall()
+    return [
+        SentWarning(
+            request_id=row["request_id"],
+            e164=row["e164"],
+            channel=row["channel"],
+            template_id=row["template_id"],
+            at=from_us(row["at_us"]),
+        )
+        for row in rows
+    ]

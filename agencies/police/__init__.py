@@ -1,0 +1,16 @@
+"""A reference police desk implementing ``greenchannel.v1.PoliceService``."""
+
+from ._config import AssistanceRule, PoliceDeskConfig
+from ._core import PoliceDesk
+from ._model import AssistanceCase, FiledReport
+from ._servicer import POLICE_SERVICE, PoliceServicer
+
+__all__ = [
+    "POLICE_SERVICE",
+    "AssistanceCase",
+    "AssistanceRule",
+    "FiledReport",
+    "PoliceDesk",
+    "PoliceDeskConfig",
+    "PoliceServicer",
+]

@@ -1,0 +1,63 @@
+"""How a reference police desk is set up: its store and its rules for incoming assistance."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+
+from greenchannel.v1 import requests_pb2
+
+from agencies._common import MEMORY
+
+__all__ = ["AssistanceRule", "PoliceDeskConfig"]
+
+_DETAIL_MAX = 1024
+
+
+@dataclass(frozen=True, kw_only=True)
+class AssistanceRule:
+    """What the desk does with an assistance request of one kind."""
+
+    complete: bool = True
+    """Complete the task and send a report (True), or decline it."""
+    findings: str = "task completed as requested"
+    """The report's findings when completed; sealed to the requesting police."""
+    decline_reason: str = ""
+    """Why it is declined; travels in ``Result.detail``, so never personal data."""
+
+    def __post_init__(self) -> None:
+        if not self.complete and not self.decline_reason.strip():
+            raise ValueError("a declining rule needs a reason")
+        if len(self.decline_reason) > _DETAIL_MAX:
+            raise ValueError(f"a decline reason has at most {_DETAIL_MAX} characters")
+
+    @classmethod
+    def accept_and_complete(cls, findings: str = "task completed as requested") -> AssistanceRule:
+        return cls(complete=True, findings=findings)
+
+    @classmethod
+    def decline(cls, reason: str) -> AssistanceRule:
+        return cls(complete=False, decline_reason=reason)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PoliceDeskConfig:
+    """A police desk's identity, store and assistance rules."""
+
+    agency_id: str
+    """This police agency's id (``police-440305``)."""
+    database: str | Path = MEMORY
+    """SQLite file, created if missing, or ``":memory:"``."""
+    rules: Mapping[requests_pb2.AssistanceKind.ValueType, AssistanceRule] = field(
+        default_factory=lambda: MappingProxyType({})
+    )
+    """Rule per ``AssistanceKind``; kinds not listed follow :attr:`default_rule`."""
+    default_rule: AssistanceRule = field(default_factory=AssistanceRule)
+    """Rule for kinds without their own."""
+    regions: tuple[str, ...] = ()
+    """Region-code prefixes the desk serves (its ``police_regions``); others are declined. Empty: all."""
+
+    def rule_for(self, kind: requests_pb2.AssistanceKind.ValueType) -> AssistanceRule:
+        return self.rules.get(kind, self.default_rule)

@@ -1,0 +1,69 @@
+"""The reference police desk: takes assistance requests by rule and files fraud reports, in SQLite."""
+
+from __future__ import annotations
+
+from functools import partial
+
+from greenchannel.v1 import police_pb2
+
+from agencies._common import AgencyCore
+from broker.protocol import Clock
+
+from . import _orders as orders
+from . import _store as store
+from ._config import PoliceDeskConfig
+from ._model import AssistanceCase, FiledReport
+from ._schema import POLICE_SCHEMA
+
+__all__ = ["PoliceDesk"]
+
+
+class PoliceDesk(AgencyCore):
+    """One police agency's desk for incoming bus traffic. Thread-safe; close it when done."""
+
+    def __init__(self, config: PoliceDeskConfig, *, clock: Clock | None = None) -> None:
+        super().__init__(
+            agency_id=config.agency_id, database=config.database, schema=POLICE_SCHEMA, clock=clock
+        )
+        self._config = config
+
+    @property
+    def config(self) -> PoliceDeskConfig:
+        return self._config
+
+    # -- PoliceService ----------------------------------------------------------------------------
+
+    def handle_assistance(
+        self, request: police_pb2.HandleAssistanceRequest
+    ) -> police_pb2.HandleAssistanceResponse:
+        """Complete with a report, or decline, by the configured rule for the assistance kind."""
+        return self._run(
+            "PoliceService.HandleAssistance",
+            request,
+            police_pb2.HandleAssistanceResponse,
+            partial(orders.handle_assistance, self._config),
+        )
+
+    def receive_fraud_report(
+        self, request: police_pb2.ReceiveFraudReportRequest
+    ) -> police_pb2.ReceiveFraudReportResponse:
+        """File a fraud report from a bank, carrier or platform."""
+        return self._run(
+            "PoliceService.ReceiveFraudReport",
+            request,
+            police_pb2.ReceiveFraudReportResponse,
+            partial(orders.receive_fraud_report, self._config),
+            body="report",
+        )
+
+    # -- the desk's own records -------------------------------------------------------------------
+
+    def assistance_cases(self) -> tuple[AssistanceCase, ...]:
+        """Assistance requests answered, oldest first."""
+        with self._db.transaction() as conn:
+            return tuple(store.assistance_cases(conn))
+
+    def fraud_reports(self) -> tuple[FiledReport, ...]:
+        """Fraud reports filed, oldest first."""
+        with self._db.transaction() as conn:
+            return tuple(store.fraud_reports(conn))

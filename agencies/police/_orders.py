@@ -1,0 +1,97 @@
+"""The desk's handling of each order, run inside the journalled transaction of :class:`PoliceDesk`."""
+
+from __future__ import annotations
+
+import sqlite3
+from datetime import datetime
+
+from greenchannel.v1 import agency_pb2, police_pb2, requests_pb2, results_pb2
+
+from agencies._common import executed, from_timestamp, new_reference, rejected, rfc3339
+
+from . import _store as store
+from ._config import PoliceDeskConfig
+from ._model import AssistanceCase, FiledReport
+
+__all__ = ["handle_assistance", "receive_fraud_report"]
+
+
+def handle_assistance(
+    config: PoliceDeskConfig,
+    conn: sqlite3.Connection,
+    now: datetime,
+    ctx: agency_pb2.OrderContext,
+    order: requests_pb2.Assistance,
+) -> police_pb2.HandleAssistanceResponse:
+    kind = requests_pb2.AssistanceKind.Name(order.kind).removeprefix("ASSISTANCE_KIND_")
+    reference = new_reference("XC", now)  # 协查
+    rule = config.rule_for(order.kind)
+    decline_reason = rule.decline_reason if not rule.complete else ""
+    if config.regions and not order.region.startswith(config.regions):
+        decline_reason = "region not served by this desk"
+    store.insert_assistance(
+        conn,
+        AssistanceCase(
+            request_id=ctx.request_id,
+            reference=reference,
+            sender=ctx.sender,
+            case_number=ctx.case_ref.case_number,
+            kind=kind,
+            region=order.region,
+            task=order.task,
+            decision="declined" if decline_reason else "completed",
+            at=now,
+        ),
+    )
+    if decline_reason:
+        result = rejected(results_pb2.REASON_CODE_DECLINED, decline_reason)
+        result.assistance = results_pb2.ASSISTANCE_DECISION_DECLINED
+        result.agency_reference = reference
+        return police_pb2.HandleAssistanceResponse(result=result)
+    report = results_pb2.DataAnswer()
+    report.records.add().fields.update(
+        {
+            "kind": kind,
+            "region": order.region,
+            "findings": rule.findings,
+            "subjects": str(len(order.accounts) + len(order.phones) + len(order.platform_accounts)),
+            "completed_at": rfc3339(now),
+            "desk": config.agency_id,
+            "reference": reference,
+        }
+    )
+    result = executed("assistance completed; report attached")
+    result.assistance = results_pb2.ASSISTANCE_DECISION_COMPLETED
+    result.agency_reference = reference
+    return police_pb2.HandleAssistanceResponse(result=result, report=report)
+
+
+def receive_fraud_report(
+    config: PoliceDeskConfig,
+    conn: sqlite3.Connection,
+    now: datetime,
+    ctx: agency_pb2.OrderContext,
+    report: requests_pb2.FraudReport,
+) -> police_pb2.ReceiveFraudReportResponse:
+    reference = new_reference("FR", now)
+    store.insert_report(
+        conn,
+        FiledReport(
+            request_id=ctx.request_id,
+            reference=reference,
+            sender=ctx.sender,
+            kind=requests_pb2.FraudReportKind.Name(report.kind).removeprefix("FRAUD_REPORT_KIND_"),
+            summary=report.summary,
+            accounts=len(report.accounts),
+            phones=len(report.phones),
+            platform_accounts=len(report.platform_accounts),
+            amount=report.amount.minor_units if report.HasField("amount") else None,
+            currency=report.amount.currency if report.HasField("amount") else "",
+            observed_at=from_timestamp(report.observed_at) if report.HasField("observed_at") else None,
+            region=report.region,
+            received_at=now,
+        ),
+    )
+    result = executed("report filed")
+    result.agency_reference = reference
+    return police_pb2.ReceiveFraudReportResponse(result=result)

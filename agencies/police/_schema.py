@@ -1,0 +1,40 @@
+"""The desk's tables: assistance requests taken and fraud reports filed."""
+
+from __future__ import annotations
+
+from agencies._common import JOURNAL_SCHEMA
+
+__all__ = ["POLICE_SCHEMA"]
+
+POLICE_SCHEMA = (
+    """
+CREATE TABLE IF NOT EXISTS assistance_cases (
+    request_id  TEXT PRIMARY KEY,
+    reference   TEXT NOT NULL UNIQUE,
+    sender      TEXT NOT NULL,
+    case_number TEXT NOT NULL,
+    kind        TEXT NOT NULL,
+    region      TEXT NOT NULL,
+    task        TEXT NOT NULL,
+    decision    TEXT NOT NULL CHECK (decision IN ('completed', 'declined')),
+    at_us       INTEGER NOT NULL
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS fraud_reports (
+    request_id        TEXT PRIMARY KEY,
+    reference         TEXT NOT NULL UNIQUE,
+    sender            TEXT NOT NULL,
+    kind              TEXT NOT NULL,
+    summary           TEXT NOT NULL,
+    accounts          INTEGER NOT NULL,
+    phones            INTEGER NOT NULL,
+    platform_accounts INTEGER NOT NULL,
+    amount            INTEGER,
+    currency          TEXT NOT NULL DEFAULT '',
+    observed_at_us    INTEGER,
+    region            TEXT NOT NULL DEFAULT '',
+    received_at_us    INTEGER NOT NULL
+) WITHOUT ROWID;
+"""
+    + JOURNAL_SCHEMA
+)

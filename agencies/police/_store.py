@@ -1,0 +1,97 @@
+"""SQL over the desk's tables. Every function runs inside the caller's transaction."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from agencies._common import from_us, to_us
+
+from ._model import AssistanceCase, FiledReport
+
+__all__ = ["assistance_cases", "fraud_reports", "insert_assistance", "insert_report"]
+
+_CASE_COLUMNS = "request_id, reference, sender, case_number, kind, region, task, decision, at_us"
+_REPORT_COLUMNS = (
+    "request_id, reference, sender, kind, summary, accounts, phones, platform_accounts, amount, currency,"
+    " observed_at_us, region, received_at_us"
+)
+
+
+def insert_assistance(conn: sqlite3.Connection, case: AssistanceCase) -> None:
+    conn.execute(
+        f"INSERT INTO assistance_cases ({_CASE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
+        (
+            case.request_id,
+            case.reference,
+            case.sender,
+            case.case_number,
+            case.kind,
+            case.region,
+            case.task,
+            case.decision,
+            to_us(case.at),
+        ),
+    )
+
+
+def assistance_cases(conn: sqlite3.Connection) -> list[AssistanceCase]:
+    rows = conn.execute(f"SELECT {_CASE_COLUMNS} FROM assistance_cases ORDER BY at_us, request_id").fetchall()  # noqa: S608
+    return [
+        AssistanceCase(
+            request_id=row["request_id"],
+            reference=row["reference"],
+            sender=row["sender"],
+            case_number=row["case_number"],
+            kind=row["kind"],
+            region=row["region"],
+            task=row["task"],
+            decision=row["decision"],
+            at=from_us(row["at_us"]),
+        )
+        for row in rows
+    ]
+
+
+def insert_report(conn: sqlite3.Connection, report: FiledReport) -> None:
+    conn.execute(
+        f"INSERT INTO fraud_reports ({_REPORT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
+        (
+            report.request_id,
+            report.reference,
+            report.sender,
+            report.kind,
+            report.summary,
+            report.accounts,
+            report.phones,
+            report.platform_accounts,
+            report.amount,
+            report.currency,
+            to_us(report.observed_at) if report.observed_at is not None else None,
+            report.region,
+            to_us(report.received_at),
+        ),
+    )
+
+
+def fraud_reports(conn: sqlite3.Connection) -> list[FiledReport]:
+    rows = conn.execute(
+        f"SELECT {_REPORT_COLUMNS} FROM fraud_reports ORDER BY received_at_us, request_id"  # noqa: S608
+    ).fetchall()
+    return [
+        FiledReport(
+            request_id=row["request_id"],
+            reference=row["reference"],
+            sender=row["sender"],
+            kind=row["kind"],
+            summary=row["summary"],
+            accounts=row["accounts"],
+            phones=row["phones"],
+            platform_accounts=row["platform_accounts"],
+            amount=row["amount"],
+            currency=row["currency"],
+            observed_at=from_us(row["observed_at_us"]) if row["observed_at_us"] is not None else None,
+            region=row["region"],
+            received_at=from_us(row["received_at_us"]),
+        )
+        for row in rows
+    ]
