@@ -457,6 +457,10 @@ PLATFORM_ACCOUNTS: tuple[SeedPlatformAccount, ...] = (
 )
 
 
+# Beneficiary names travel with payment instructions: the paying bank records them.
+_HOLDERS = {a.number: a.holder for a in ACCOUNTS}
+
+
 def seed_anchor(now: datetime) -> datetime:
     """The story's "now": ``now`` floored to the minute, so agencies seeded moments apart agree."""
     return now.replace(second=0, microsecond=0)
@@ -498,6 +502,7 @@ def _book(core: BankCore, agency_id: str, anchor: datetime, mine: list[SeedAccou
             t.transfer_id,
             to_bank_code=t.to_bank_code,
             from_bank=t.from_bank,
+            to_holder=_HOLDERS.get(t.to_account, ""),
         )
         booked += 1
     return len(mine) + booked

@@ -145,6 +145,7 @@ class BankCore(AgencyCore):
         *,
         to_bank_code: str = "",
         from_bank: str = "",
+        to_holder: str = "",
     ) -> str:
         """Move ``amount`` minor units; returns the transfer id.
 
@@ -184,6 +185,7 @@ class BankCore(AgencyCore):
                     to_account=to_account,
                     to_bank=self.agency_id if target is not None else to_bank,
                     to_bank_code="" if target is not None else to_bank_code,
+                    to_holder=target.holder_name if target is not None else to_holder,
                     amount=amount,
                     currency=local.currency,
                     at=when,

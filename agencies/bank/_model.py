@@ -71,6 +71,8 @@ class Transfer:
     """Receiving bank's agency id; empty for banks outside the directory."""
     to_bank_code: str
     """Receiving bank's clearing code, for banks outside the directory."""
+    to_holder: str
+    """Beneficiary name as the payment instruction gave it."""
     amount: int
     """Minor units."""
     currency: str

@@ -327,6 +327,7 @@ def _onward(
                 at=to_timestamp(t.at),
                 transfer_id=t.transfer_id,
                 to_bank_code=t.to_bank_code,
+                to_holder_name=t.to_holder,
             )
         )
     return picked

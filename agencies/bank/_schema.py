@@ -28,6 +28,7 @@ CREATE TABLE IF NOT EXISTS transfers (
     to_account   TEXT NOT NULL,
     to_bank      TEXT NOT NULL DEFAULT '',
     to_bank_code TEXT NOT NULL DEFAULT '',
+    to_holder    TEXT NOT NULL DEFAULT '',
     amount       INTEGER NOT NULL CHECK (amount > 0),
     currency     TEXT NOT NULL,
     at_us        INTEGER NOT NULL

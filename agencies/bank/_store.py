@@ -31,7 +31,8 @@ _HOLD_COLUMNS = (
     "hold_id, request_id, account_number, amount, kind, created_at_us, expires_at_us, status, converted_from"
 )
 _TRANSFER_COLUMNS = (
-    "transfer_id, from_account, from_bank, to_account, to_bank, to_bank_code, amount, currency, at_us"
+    "transfer_id, from_account, from_bank, to_account, to_bank, to_bank_code, to_holder,"
+    " amount, currency, at_us"
 )
 
 
@@ -95,7 +96,7 @@ def available(conn: sqlite3.Connection, number: str, now: datetime) -> int:
 
 def insert_transfer(conn: sqlite3.Connection, t: Transfer) -> None:
     conn.execute(
-        f"INSERT INTO transfers ({_TRANSFER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
+        f"INSERT INTO transfers ({_TRANSFER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
         (
             t.transfer_id,
             t.from_account,
@@ -103,6 +104,7 @@ def insert_transfer(conn: sqlite3.Connection, t: Transfer) -> None:
             t.to_account,
             t.to_bank,
             t.to_bank_code,
+            t.to_holder,
             t.amount,
             t.currency,
             to_us(t.at),
@@ -148,6 +150,7 @@ def _transfer(row: sqlite3.Row) -> Transfer:
         to_account=row["to_account"],
         to_bank=row["to_bank"],
         to_bank_code=row["to_bank_code"],
+        to_holder=row["to_holder"],
         amount=row["amount"],
         currency=row["currency"],
         at=from_us(row["at_us"]),

@@ -265,7 +265,15 @@ def _mule(core: BankCore, clock: ManualClock) -> None:
         "IN-VICTIM",
         from_bank="bank-cmb",
     )
-    core.transfer(ACCT, "6217000010087654321", "bank-ccb", 2_000_000, START - timedelta(minutes=100), "OUT-1")
+    core.transfer(
+        ACCT,
+        "6217000010087654321",
+        "bank-ccb",
+        2_000_000,
+        START - timedelta(minutes=100),
+        "OUT-1",
+        to_holder="王某某",
+    )
     core.transfer(ACCT, "6228480018812345670", "bank-abc", 1_500_000, START - timedelta(minutes=90), "OUT-2")
     core.transfer(
         ACCT,
@@ -296,6 +304,8 @@ def test_partial_hold_lists_the_latest_onward_transfers_that_cover_the_shortfall
     assert at(outside.at) == START - timedelta(minutes=80)
     ccb = result.onward_transfers[2]
     assert (ccb.to_bank, ccb.amount) == ("bank-ccb", cny(2_000_000))
+    # The beneficiary name travels with the trail so the receiving bank can check it before holding.
+    assert ccb.to_holder_name == "王某某"
     (hold,) = core.holds_for(request.context.request_id)
     assert hold.amount == 700_000
     assert core.available(ACCT) == 0

@@ -133,6 +133,7 @@ class OnwardTransfer(_message.Message):
     AT_FIELD_NUMBER: _builtins.int
     TRANSFER_ID_FIELD_NUMBER: _builtins.int
     TO_BANK_CODE_FIELD_NUMBER: _builtins.int
+    TO_HOLDER_NAME_FIELD_NUMBER: _builtins.int
     to_account: _builtins.str
     """Receiving account number."""
     to_bank: _builtins.str
@@ -141,6 +142,8 @@ class OnwardTransfer(_message.Message):
     """The bank's transfer id."""
     to_bank_code: _builtins.str
     """Receiving bank's clearing name or code, for banks outside the directory."""
+    to_holder_name: _builtins.str
+    """Beneficiary name as the payment instruction gave it: the receiving bank checks it before holding."""
     @_builtins.property
     def amount(self) -> _common_pb2.Money:
         """Amount moved on."""
@@ -158,10 +161,11 @@ class OnwardTransfer(_message.Message):
         at: _timestamp_pb2.Timestamp | None = ...,
         transfer_id: _builtins.str = ...,
         to_bank_code: _builtins.str = ...,
+        to_holder_name: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "at", b"at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "at", b"at", "to_account", b"to_account", "to_bank", b"to_bank", "to_bank_code", b"to_bank_code", "transfer_id", b"transfer_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "at", b"at", "to_account", b"to_account", "to_bank", b"to_bank", "to_bank_code", b"to_bank_code", "to_holder_name", b"to_holder_name", "transfer_id", b"transfer_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
