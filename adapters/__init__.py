@@ -1,1 +1,54 @@
-"""Agency-side adapters."""
+"""Agency-side adapters: consume an agency's inbox, verify, call its own system, answer signed.
+
+One runtime (:class:`AdapterRuntime`) serves every agency kind; what differs per kind is the
+gRPC service it calls (:func:`backend_for`): ``BankService``, ``CarrierService``,
+``PlatformService`` or ``PoliceService``.
+"""
+
+from ._backends import (
+    TRANSIENT_CODES,
+    AgencyBackend,
+    BackendOutcome,
+    GrpcAgencyBackend,
+    backend_for,
+    open_agency_channel,
+)
+from ._config import AdapterConfig
+from ._context import order_context
+from ._errors import (
+    AdapterConfigError,
+    AdapterError,
+    AgencyCallError,
+    AgencyUnavailableError,
+    IdempotencyConflictError,
+    UnsupportedRequestError,
+)
+from ._events import EVENT_ID_NAMESPACE, event_id_for, refusal_event_id
+from ._idempotency import ExecutionRecord, ExecutionState, IdempotencyStore
+from ._runtime import LANES, TASK_PREFIX, AdapterRuntime
+
+__all__ = [
+    "EVENT_ID_NAMESPACE",
+    "LANES",
+    "TASK_PREFIX",
+    "TRANSIENT_CODES",
+    "AdapterConfig",
+    "AdapterConfigError",
+    "AdapterError",
+    "AdapterRuntime",
+    "AgencyBackend",
+    "AgencyCallError",
+    "AgencyUnavailableError",
+    "BackendOutcome",
+    "ExecutionRecord",
+    "ExecutionState",
+    "GrpcAgencyBackend",
+    "IdempotencyConflictError",
+    "IdempotencyStore",
+    "UnsupportedRequestError",
+    "backend_for",
+    "event_id_for",
+    "open_agency_channel",
+    "order_context",
+    "refusal_event_id",
+]

@@ -24,6 +24,7 @@ from ._errors import (
     ProtocolError,
     RegistryError,
     RevokedKeyError,
+    SealingError,
     UnknownAgencyError,
     UnknownKeyError,
     VerificationError,
@@ -58,6 +59,7 @@ from ._provision import (
     rotate_agency_key,
 )
 from ._registry import Agency, AgencyKind, Registry
+from ._sealing import DATA_ANSWER_CONTENT_TYPE, current_encryption_key, open_sealed, seal
 from ._signing import (
     Claims,
     KeyStore,
@@ -102,6 +104,7 @@ from ._tokens import BROKER_AUDIENCE, TokenClaims, mint_bearer_token, verify_bea
 
 __all__ = [
     "BROKER_AUDIENCE",
+    "DATA_ANSWER_CONTENT_TYPE",
     "DEADLETTER_STREAM",
     "DEADLINES_STREAM",
     "EVENTS_STREAM",
@@ -144,6 +147,7 @@ __all__ = [
     "Registry",
     "RegistryError",
     "RevokedKeyError",
+    "SealingError",
     "SigningKey",
     "StaticKeyStore",
     "StreamSpec",
@@ -158,6 +162,7 @@ __all__ = [
     "b64url_encode",
     "body_digest",
     "connect",
+    "current_encryption_key",
     "deadletter_subject",
     "deadline_fired_filter",
     "deadline_fired_subject",
@@ -182,9 +187,11 @@ __all__ = [
     "mint_bearer_token",
     "nats_error",
     "nats_for",
+    "open_sealed",
     "revoke_key",
     "rotate_agency_key",
     "save_signing_key",
+    "seal",
     "sign_detached",
     "status_filter",
     "status_subject",

@@ -20,7 +20,8 @@ The tree::
     ├── RegistryError                the agency directory is wrong; names the file and the field
     │   └── UnknownAgencyError       no agency with that id
     ├── NatsServerError              the embedded nats-server could not be started or stopped
-    └── NatsError                    a NATS / JetStream operation failed (nats-py error, translated)
+    ├── NatsError                    a NATS / JetStream operation failed (nats-py error, translated)
+    └── SealingError                 a data answer could not be sealed, or does not open (wrong key, tampered)
 
 Library exceptions (cryptography, pyjwt, nats) are translated into these once, at the boundary.
 """
@@ -45,6 +46,7 @@ __all__ = [
     "ProtocolError",
     "RegistryError",
     "RevokedKeyError",
+    "SealingError",
     "UnknownAgencyError",
     "UnknownKeyError",
     "VerificationError",
@@ -165,3 +167,12 @@ class NatsError(ProtocolError):
         self.code = code
         self.err_code = err_code
         super().__init__(message)
+
+
+class SealingError(ProtocolError):
+    """A payload could not be sealed to a recipient, or does not open.
+
+    Beyond naming the key a payload was sealed to (public in the payload anyway), opening fails
+    alike for a wrong key, tampered bytes and associated data bound to another request, sender,
+    recipient or content type: telling those apart would only help a forger.
+    """

@@ -1,0 +1,220 @@
+"""The agency's own system as the adapter calls it: one gRPC service per agency kind.
+
+Each kind maps the request types it handles to one call of its service (``BankService`` for
+banks, and so on). Everything else a kind is sent is refused by the runtime before anything is
+called. gRPC errors are translated here, once: transient ones become
+:class:`AgencyUnavailableError` (retried), the rest :class:`AgencyCallError`. Status details
+are never copied into errors or logs: the agency system may describe a customer there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, Protocol
+
+import grpc
+from google.protobuf.message import Message
+from greenchannel.v1 import (
+    agency_pb2,
+    bank_pb2,
+    bank_pb2_grpc,
+    carrier_pb2,
+    carrier_pb2_grpc,
+    common_pb2,
+    platform_pb2,
+    platform_pb2_grpc,
+    police_pb2,
+    police_pb2_grpc,
+    results_pb2,
+)
+
+from broker.protocol._envelope import OpenedEnvelope, type_name
+from broker.protocol._registry import AgencyKind
+
+from ._errors import AdapterConfigError, AgencyCallError, AgencyUnavailableError, UnsupportedRequestError
+
+__all__ = [
+    "TRANSIENT_CODES",
+    "AgencyBackend",
+    "BackendOutcome",
+    "GrpcAgencyBackend",
+    "backend_for",
+    "open_agency_channel",
+]
+
+TRANSIENT_CODES = frozenset(
+    {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED}
+)
+"""gRPC codes after which the same call is tried again (agency services are idempotent by request id)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class BackendOutcome:
+    """What the agency system answered."""
+
+    result: results_pb2.Result
+    """Its result, as it said it; ``encrypted_payload`` is the adapter's to fill."""
+    answer: results_pb2.DataAnswer | None = None
+    """Personal data in clear (data answers, assistance reports); sealed before it leaves the adapter."""
+
+
+class AgencyBackend(Protocol):
+    """The agency's system, as the runtime calls it."""
+
+    def supports(self, request_type: common_pb2.RequestType.ValueType) -> bool:
+        """Whether this agency handles ``request_type`` at all; if not, nothing is called."""
+        ...
+
+    async def execute(
+        self,
+        opened: OpenedEnvelope,
+        context: agency_pb2.OrderContext,
+        *,
+        timeout: float,  # noqa: ASYNC109 -- the gRPC call's deadline, sent to the agency system
+    ) -> BackendOutcome:
+        """Carry out the verified order; idempotent by ``context.request_id``.
+
+        Raises :class:`AgencyUnavailableError` on transient failures, :class:`AgencyCallError`
+        on other call failures and :class:`UnsupportedRequestError` for a type it does not handle.
+        """
+        ...
+
+
+@dataclass(frozen=True)
+class _Call:
+    """One request type's service call: ``method(RequestMessage(context=..., <order_field>=body))``."""
+
+    method: str
+    request: type[Message]
+    order_field: str = "order"
+    answer_field: str | None = None
+
+
+def _calls(table: dict[str, _Call]) -> Mapping[str, _Call]:
+    return MappingProxyType(table)
+
+
+# Keys are the Request.body oneof names (the request type tokens of the inbox subjects).
+_BANK = _calls(
+    {
+        "stop_payment": _Call("StopPayment", bank_pb2.StopPaymentRequest),
+        "freeze": _Call("Freeze", bank_pb2.FreezeRequest),
+        "release": _Call("ReleaseHold", bank_pb2.ReleaseHoldRequest),
+        "extend": _Call("ExtendHold", bank_pb2.ExtendHoldRequest),
+        "data_request": _Call("QueryBankData", bank_pb2.QueryBankDataRequest, answer_field="answer"),
+    }
+)
+_CARRIER = _calls(
+    {
+        "number_block": _Call("BlockNumber", carrier_pb2.BlockNumberRequest),
+        "warning": _Call("WarnSubscriber", carrier_pb2.WarnSubscriberRequest),
+        "data_request": _Call(
+            "QuerySubscriberData", carrier_pb2.QuerySubscriberDataRequest, answer_field="answer"
+        ),
+    }
+)
+_PLATFORM = _calls(
+    {
+        "account_block": _Call("BlockAccount", platform_pb2.BlockAccountRequest),
+        "warning": _Call("WarnUser", platform_pb2.WarnUserRequest),
+        "data_request": _Call(
+            "QueryPlatformData", platform_pb2.QueryPlatformDataRequest, answer_field="answer"
+        ),
+    }
+)
+_POLICE = _calls(
+    {
+        "assistance": _Call("HandleAssistance", police_pb2.HandleAssistanceRequest, answer_field="report"),
+        "fraud_report": _Call(
+            "ReceiveFraudReport", police_pb2.ReceiveFraudReportRequest, order_field="report"
+        ),
+    }
+)
+
+_SERVICES: Mapping[AgencyKind, tuple[Any, Mapping[str, _Call]]] = MappingProxyType(
+    {
+        AgencyKind.BANK: (bank_pb2_grpc.BankServiceStub, _BANK),
+        AgencyKind.CARRIER: (carrier_pb2_grpc.CarrierServiceStub, _CARRIER),
+        AgencyKind.PLATFORM: (platform_pb2_grpc.PlatformServiceStub, _PLATFORM),
+        AgencyKind.POLICE: (police_pb2_grpc.PoliceServiceStub, _POLICE),
+    }
+)
+
+
+def _token(request_type: common_pb2.RequestType.ValueType) -> str:
+    return type_name(request_type).lower()
+
+
+class GrpcAgencyBackend:
+    """An agency service reached over a gRPC channel, one call per supported request type."""
+
+    def __init__(self, kind: AgencyKind, stub: Any, calls: Mapping[str, _Call]) -> None:
+        self._kind = kind
+        self._stub = stub
+        self._calls = calls
+
+    @property
+    def kind(self) -> AgencyKind:
+        return self._kind
+
+    def supports(self, request_type: common_pb2.RequestType.ValueType) -> bool:
+        return request_type != common_pb2.REQUEST_TYPE_UNSPECIFIED and _token(request_type) in self._calls
+
+    async def execute(
+        self,
+        opened: OpenedEnvelope,
+        context: agency_pb2.OrderContext,
+        *,
+        timeout: float,  # noqa: ASYNC109 -- the gRPC call's deadline
+    ) -> BackendOutcome:
+        body = opened.request.WhichOneof("body")
+        call = self._calls.get(body) if body is not None else None
+        if body is None or call is None:
+            raise UnsupportedRequestError(
+                f"{self._kind} agencies do not handle {body or 'an empty'} requests"
+            )
+        request = call.request(context=context, **{call.order_field: getattr(opened.request, body)})
+        try:
+            response = await getattr(self._stub, call.method)(request, timeout=timeout)
+        except grpc.aio.AioRpcError as exc:
+            raise _translate(exc, call.method) from exc
+        answer = None
+        if call.answer_field is not None and response.HasField(call.answer_field):
+            answer = getattr(response, call.answer_field)
+        return BackendOutcome(result=response.result, answer=answer)
+
+
+def _translate(exc: grpc.aio.AioRpcError, method: str) -> AgencyCallError:
+    code = exc.code()
+    name = code.name if isinstance(code, grpc.StatusCode) else str(code)
+    message = f"{method} failed with {name}"
+    if code in TRANSIENT_CODES:
+        return AgencyUnavailableError(message, code=name)
+    return AgencyCallError(message, code=name)
+
+
+def backend_for(kind: AgencyKind, channel: grpc.aio.Channel) -> AgencyBackend:
+    """The backend for an agency of ``kind`` whose system answers on ``channel``."""
+    try:
+        stub_type, calls = _SERVICES[kind]
+    except KeyError:
+        raise AdapterConfigError(
+            f"agencies of kind {kind!r} receive no orders; there is no service"
+        ) from None
+    return GrpcAgencyBackend(kind, stub_type(channel), calls)
+
+
+def open_agency_channel(target: str, *, reconnect_backoff_max: float) -> grpc.aio.Channel:
+    """An insecure channel to the agency system, which runs next to the adapter.
+
+    gRPC's reconnect backoff is capped so that, once the agency system is back, the adapter's
+    own retries reach it within ``reconnect_backoff_max`` seconds instead of up to two minutes.
+    """
+    cap_ms = max(1, int(reconnect_backoff_max * 1000))
+    options = [
+        ("grpc.initial_reconnect_backoff_ms", min(1000, cap_ms)),
+        ("grpc.max_reconnect_backoff_ms", cap_ms),
+    ]
+    return grpc.aio.insecure_channel(target, options=options)

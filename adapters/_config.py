@@ -1,0 +1,112 @@
+"""Adapter configuration. Built by the entry point; nothing here reads the environment."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from broker.protocol._nats import NatsSettings
+from broker.protocol._subjects import validate_agency_id
+
+__all__ = ["AdapterConfig"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdapterConfig:
+    """How one agency's adapter runs."""
+
+    agency_id: str
+    """The agency this adapter speaks for (``bank-icbc``): whose inbox it reads and whose key signs."""
+
+    agency_target: str
+    """gRPC address of the agency's own system (``host:port``), used when no backend is given."""
+
+    state_dir: Path
+    """Directory for the adapter's local state (the idempotency database); created if missing."""
+
+    nats: NatsSettings | None = None
+    """How to reach NATS when the runtime connects itself; ``None`` when a client is handed in."""
+
+    call_timeout: float = 10.0
+    """Deadline in seconds of one call to the agency system."""
+
+    retry_initial: float = 0.2
+    """First backoff in seconds after a transient failure; doubles on each further failure."""
+
+    retry_max: float = 10.0
+    """Upper bound in seconds of one backoff."""
+
+    retry_budget: float = 300.0
+    """Seconds from the first attempt after which a still-unavailable agency gets FAILED.
+
+    The last attempt starts at the latest when the budget ends, so the whole may run up to
+    ``call_timeout`` longer.
+    """
+
+    reconnect_backoff_max: float = 5.0
+    """Upper bound in seconds of gRPC's own reconnect backoff on the channel it opens.
+
+    gRPC's default (120 s) would leave a recovered agency system unused for minutes while the
+    channel waits; a short bound lets the adapter's retries see it come back.
+    """
+
+    ack_wait: float = 30.0
+    """JetStream ack wait of the inbox consumers; ``in_progress`` heartbeats go out every third of it."""
+
+    batch_size: int = 8
+    """Messages pulled at once from the GREEN lane."""
+
+    standard_batch_size: int = 1
+    """Messages pulled at once from the STANDARD lane. One means a GREEN arrival waits for at most
+    one STANDARD message; larger pulls trade that for fewer round trips."""
+
+    idle_fetch_timeout: float = 1.0
+    """Seconds a pull on the GREEN lane waits when both lanes were empty; bounds STANDARD latency
+    when idle and how long a graceful shutdown waits for a pull to end."""
+
+    poll_timeout: float = 0.05
+    """Seconds a pull waits on a lane whose consumer reported messages (they may have gone to
+    another instance in between)."""
+
+    publish_timeout: float = 5.0
+    """Seconds to wait for the PubAck of an event or dead-letter record."""
+
+    nak_delay: float = 1.0
+    """Seconds before JetStream redelivers a message whose handling failed on a NATS error."""
+
+    shutdown_grace: float = 10.0
+    """Seconds a graceful shutdown lets the in-flight message finish before cancelling its call."""
+
+    def __post_init__(self) -> None:
+        validate_agency_id(self.agency_id)
+        if not self.agency_target:
+            raise ValueError("AdapterConfig.agency_target must not be empty")
+        positive = {
+            "call_timeout": self.call_timeout,
+            "retry_initial": self.retry_initial,
+            "retry_max": self.retry_max,
+            "reconnect_backoff_max": self.reconnect_backoff_max,
+            "ack_wait": self.ack_wait,
+            "idle_fetch_timeout": self.idle_fetch_timeout,
+            "poll_timeout": self.poll_timeout,
+            "publish_timeout": self.publish_timeout,
+        }
+        for name, value in positive.items():
+            if not value > 0:
+                raise ValueError(f"AdapterConfig.{name} must be > 0, got {value}")
+        for name, value in {
+            "retry_budget": self.retry_budget,
+            "nak_delay": self.nak_delay,
+            "shutdown_grace": self.shutdown_grace,
+        }.items():
+            if value < 0:
+                raise ValueError(f"AdapterConfig.{name} must be >= 0, got {value}")
+        if self.retry_max < self.retry_initial:
+            raise ValueError("AdapterConfig.retry_max must be >= retry_initial")
+        if self.batch_size < 1 or self.standard_batch_size < 1:
+            raise ValueError("AdapterConfig: batch sizes must be >= 1")
+
+    @property
+    def heartbeat_interval(self) -> float:
+        """Seconds between ``in_progress`` heartbeats of the messages held."""
+        return self.ack_wait / 3

@@ -1,0 +1,770 @@
+"""The adapter runtime: an agency's inbox in, verified orders to its own system, signed events out.
+
+Per message, in this order, each step published and PubAck'ed before the next::
+
+    verify (notarization, sender signature, field rules)   refused -> FAILED event + dead letter, term
+    DELIVERED
+    ACKNOWLEDGED                                           (a type the kind does not handle: REJECTED)
+    record "started"; call the agency system (retried while transient, heartbeats meanwhile)
+    seal a data answer to the requester; sign the terminal event; record it; publish it
+    ack the inbox message
+
+A redelivery finds the terminal event recorded and publishes the same bytes again; one that finds
+only "started" (a crash or shutdown mid-call) calls again with the same request id, which every
+agency service absorbs.
+
+GREEN is always taken before STANDARD: STANDARD is only pulled when the GREEN consumer has nothing
+to deliver, and when both are idle the runtime waits on GREEN. Messages are handled one at a time;
+every message fetched but not yet answered gets an ``in_progress`` heartbeat every third of
+``ack_wait``, so JetStream never hands it to another instance while this one works on it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+from dataclasses import dataclass
+from types import TracebackType
+from typing import Any, Literal, Self
+
+import nats.errors
+import structlog
+from google.protobuf.message import DecodeError
+from greenchannel.v1 import common_pb2, envelope_pb2, results_pb2
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.client import JetStreamContext
+
+from broker.protocol._clock import Clock
+from broker.protocol._envelope import OpenedEnvelope, open_envelope, sign_event, type_name
+from broker.protocol._errors import (
+    InvalidMessageError,
+    NatsError,
+    RegistryError,
+    SealingError,
+    VerificationError,
+)
+from broker.protocol._keys import SigningKey
+from broker.protocol._nats import connect, fetch_batch, nats_error
+from broker.protocol._registry import Agency, Registry
+from broker.protocol._sealing import DATA_ANSWER_CONTENT_TYPE, current_encryption_key, seal
+from broker.protocol._signing import body_digest
+from broker.protocol._subjects import (
+    DEADLETTER_STREAM,
+    EVENTS_STREAM,
+    INBOX_STREAM,
+    deadletter_subject,
+    event_subject,
+    inbox_consumer,
+    inbox_filter,
+    validate_request_id,
+)
+from broker.protocol._validation import validate_message
+
+from ._backends import AgencyBackend, BackendOutcome, backend_for, open_agency_channel
+from ._config import AdapterConfig
+from ._context import order_context
+from ._errors import (
+    AdapterConfigError,
+    AdapterError,
+    AgencyCallError,
+    AgencyUnavailableError,
+    IdempotencyConflictError,
+    UnsupportedRequestError,
+)
+from ._events import (
+    build_event,
+    deadletter_record,
+    event_id_for,
+    reason_name,
+    refusal_event_id,
+    replayable,
+    state_name,
+)
+from ._idempotency import ExecutionRecord, ExecutionState, IdempotencyStore
+from ._retry import Backoff
+
+__all__ = ["LANES", "TASK_PREFIX", "AdapterRuntime"]
+
+_log = structlog.get_logger(__name__)
+
+LANES = ("green", "standard")
+"""Inbox lanes, in the order they are served."""
+
+TASK_PREFIX = "greenchannel-adapter"
+"""Name prefix of every task a runtime starts (``<prefix>-<agency>-consume`` / ``-heartbeat``)."""
+
+# gRPC codes that say the order itself was wrong, not the agency system.
+_INVALID_REQUEST_CODES = frozenset({"INVALID_ARGUMENT", "OUT_OF_RANGE"})
+# After a NATS failure in the consume loop: wait this long before pulling again.
+_FETCH_ERROR_PAUSE = 1.0
+
+_FAILED = common_pb2.REQUEST_STATE_FAILED
+
+
+class _Phase(enum.Enum):
+    NEW = "new"
+    RUNNING = "running"
+    CLOSING = "closing"
+    CLOSED = "closed"
+
+
+class _Interrupted(Exception):
+    """Shutdown began while a message waited to retry; it goes back to the stream unanswered."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class _Answer:
+    """The terminal answer to one request, and whether an operator should look at it."""
+
+    result: results_pb2.Result
+    deadletter: str | None = None
+    """Reason name to dead-letter the request under, when the adapter (not the agency) failed it."""
+    error: str = ""
+    """Name of the error behind an adapter-made failure, for the dead letter."""
+
+
+def _failure(
+    reason: results_pb2.ReasonCode.ValueType,
+    detail: str,
+    *,
+    error: str,
+    outcome: common_pb2.RequestState.ValueType = _FAILED,
+) -> _Answer:
+    return _Answer(
+        result=results_pb2.Result(outcome=outcome, reason=reason, detail=detail),
+        deadletter=reason_name(reason) if outcome == _FAILED else None,
+        error=error,
+    )
+
+
+class AdapterRuntime:
+    """Runs one agency's adapter: an async context manager around the consume loop.
+
+    ``backend`` defaults to the agency kind's gRPC service at ``config.agency_target`` (the runtime
+    then owns the channel); ``nats_client`` defaults to a connection made from ``config.nats``
+    (the runtime then owns and drains it). What is handed in is never closed here.
+    """
+
+    def __init__(
+        self,
+        config: AdapterConfig,
+        *,
+        registry: Registry,
+        signing_key: SigningKey,
+        clock: Clock,
+        backend: AgencyBackend | None = None,
+        nats_client: Client | None = None,
+    ) -> None:
+        self._config = config
+        self._registry = registry
+        self._key = signing_key
+        self._clock = clock
+        self._backend = backend
+        self._nc = nats_client
+        self._owns_nc = nats_client is None
+        self._channel: Any = None  # the grpc.aio.Channel, when the runtime opened it
+        self._js: JetStreamContext | None = None
+        self._store: IdempotencyStore | None = None
+        self._subs: dict[str, JetStreamContext.PullSubscription] = {}
+        self._held: dict[int, Msg] = {}  # fetched, not yet acked / termed / naked; kept alive by heartbeats
+        self._stopping = asyncio.Event()
+        self._phase = _Phase.NEW
+        self._consume_task: asyncio.Task[None] | None = None
+        self._heartbeat_task: asyncio.Task[None] | None = None
+        self._closed = asyncio.Event()
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    @property
+    def agency_id(self) -> str:
+        return self._config.agency_id
+
+    @property
+    def running(self) -> bool:
+        """Whether the consume loop runs (started and not closing)."""
+        return self._phase is _Phase.RUNNING
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    async def start(self) -> None:
+        """Check the identity, bind the two inbox consumers and start consuming."""
+        if self._phase is not _Phase.NEW:
+            raise AdapterError(f"adapter {self.agency_id} was already started")
+        self._phase = _Phase.RUNNING
+        try:
+            agency = self._check_identity()
+            if self._backend is None:
+                channel = open_agency_channel(
+                    self._config.agency_target, reconnect_backoff_max=self._config.reconnect_backoff_max
+                )
+                self._channel = channel
+                self._backend = backend_for(agency.kind, channel)
+            if self._nc is None:
+                if self._config.nats is None:
+                    raise AdapterConfigError("AdapterConfig.nats is required when no NATS client is given")
+                self._nc = await connect(self._config.nats)
+            self._js = self._nc.jetstream()
+            self._store = IdempotencyStore.in_state_dir(self._config.state_dir, clock=self._clock)
+            for lane in LANES:
+                self._subs[lane] = await self._bind(self._js, lane)
+        except BaseException:
+            await self._release()
+            self._phase = _Phase.CLOSED
+            self._closed.set()
+            raise
+        name = f"{TASK_PREFIX}-{self.agency_id}"
+        self._consume_task = asyncio.create_task(self._consume(), name=f"{name}-consume")
+        self._heartbeat_task = asyncio.create_task(self._heartbeat(), name=f"{name}-heartbeat")
+        _log.info("adapter.started", agency=self.agency_id, kind=str(agency.kind))
+
+    async def aclose(self) -> None:
+        """Stop fetching, let the in-flight message finish (or nak it after the grace), release all.
+
+        Idempotent; concurrent callers all return once the runtime is closed.
+        """
+        if self._phase is _Phase.CLOSED:
+            return
+        if self._phase is _Phase.CLOSING:
+            await self._closed.wait()
+            return
+        if self._phase is _Phase.NEW:
+            self._phase = _Phase.CLOSED
+            self._closed.set()
+            return
+        self._phase = _Phase.CLOSING
+        self._stopping.set()
+        try:
+            task = self._consume_task
+            if task is not None and not task.done():
+                # A pull ends within idle_fetch_timeout, so the grace covers it too.
+                grace = self._config.shutdown_grace + self._config.idle_fetch_timeout
+                _done, pending = await asyncio.wait({task}, timeout=grace)
+                if pending:
+                    _log.warning("adapter.shutdown_cancels_in_flight", agency=self.agency_id)
+                    task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await self._nak_held()
+        finally:
+            await self._release()
+            self._phase = _Phase.CLOSED
+            self._closed.set()
+            _log.info("adapter.stopped", agency=self.agency_id)
+
+    async def _release(self) -> None:
+        """Stop heartbeats, unbind, close what the runtime opened. Safe on a half-started runtime."""
+        heartbeat = self._heartbeat_task
+        if heartbeat is not None:
+            heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await heartbeat
+        for sub in self._subs.values():
+            with contextlib.suppress(nats.errors.Error, ValueError):
+                await sub.unsubscribe()
+        self._subs.clear()
+        if self._store is not None:
+            self._store.close()
+        channel = self._channel
+        if channel is not None:
+            self._channel = None
+            await channel.close()
+        if self._owns_nc and self._nc is not None and not self._nc.is_closed:
+            try:
+                await self._nc.drain()
+            except (nats.errors.Error, TimeoutError) as exc:
+                _log.warning("adapter.nats_drain_failed", error_type=type(exc).__name__)
+
+    def _check_identity(self) -> Agency:
+        try:
+            agency = self._registry.get(self.agency_id)
+        except RegistryError as exc:
+            raise AdapterConfigError(f"agency {self.agency_id!r} is not in the registry") from exc
+        if self._key.kid not in {key.kid for key in agency.signing_keys()}:
+            # The broker would refuse every event this adapter signs.
+            raise AdapterConfigError(
+                f"signing key {self._key.kid} is not a registered key of {self.agency_id!r}"
+            )
+        return agency
+
+    async def _bind(self, js: JetStreamContext, lane: str) -> JetStreamContext.PullSubscription:
+        """Create or update the lane's durable consumer, then bind a pull subscription to it."""
+        durable = inbox_consumer(self.agency_id, lane)
+        config = ConsumerConfig(
+            name=durable,
+            durable_name=durable,
+            filter_subject=inbox_filter(self.agency_id, lane),
+            deliver_policy=DeliverPolicy.ALL,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=self._config.ack_wait,
+            # Never give up on a message: while the agency system is down the inbox waits.
+            max_deliver=-1,
+        )
+        try:
+            await js.add_consumer(INBOX_STREAM, config)
+            return await js.pull_subscribe_bind(durable=durable, stream=INBOX_STREAM)
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise nats_error(exc, f"bind inbox consumer {durable}") from exc
+
+    # -- consuming ------------------------------------------------------------------------------
+
+    async def _consume(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                msgs = await self._next_batch()
+            except NatsError as exc:
+                _log.warning("adapter.fetch_failed", error=str(exc))
+                await self._pause(_FETCH_ERROR_PAUSE)
+                continue
+            except Exception as exc:
+                # The loop must outlive anything a pull can raise, or the inbox silently stops.
+                _log.error("adapter.fetch_failed", error_type=type(exc).__name__)
+                await self._pause(_FETCH_ERROR_PAUSE)
+                continue
+            for msg in msgs:
+                self._held[id(msg)] = msg
+            for msg in msgs:
+                if self._stopping.is_set():
+                    break  # still held: aclose naks it for another instance
+                await self._handle(msg)
+
+    async def _next_batch(self) -> list[Msg]:
+        """GREEN if it has anything, else STANDARD, else wait on GREEN for ``idle_fetch_timeout``.
+
+        Whether a lane has anything is asked of its consumer (one API round trip) rather than
+        found out by a timed pull, which would cost every STANDARD message the pull's timeout.
+        """
+        config = self._config
+        green, standard = self._subs["green"], self._subs["standard"]
+        msgs: list[Msg] = []
+        if await _has_work(green):
+            msgs = await fetch_batch(green, config.batch_size, config.poll_timeout)
+        # Only now, with GREEN found empty, is STANDARD pulled.
+        if not msgs and not self._stopping.is_set() and await _has_work(standard):
+            msgs = await fetch_batch(standard, config.standard_batch_size, config.poll_timeout)
+        if not msgs and not self._stopping.is_set():
+            # Both lanes idle: wait on GREEN, so a green-channel order is taken the moment it lands.
+            msgs = await fetch_batch(green, config.batch_size, config.idle_fetch_timeout)
+        return msgs
+
+    async def _pause(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), timeout=seconds)
+
+    async def _heartbeat(self) -> None:
+        """Tell JetStream every held message is still being worked on, every ack_wait / 3."""
+        while True:
+            await asyncio.sleep(self._config.heartbeat_interval)
+            for msg in list(self._held.values()):
+                try:
+                    await msg.in_progress()
+                except (nats.errors.Error, TimeoutError) as exc:
+                    _log.debug("adapter.heartbeat_failed", error_type=type(exc).__name__)
+
+    async def _nak_held(self) -> None:
+        for msg in list(self._held.values()):
+            self._held.pop(id(msg), None)
+            try:
+                await msg.nak()
+            except (nats.errors.Error, TimeoutError) as exc:
+                # It comes back after ack_wait anyway.
+                _log.warning("adapter.nak_failed", error_type=type(exc).__name__)
+
+    async def _handle(self, msg: Msg) -> None:
+        """Process one message; nothing that goes wrong with it stops the loop."""
+        metadata = msg.metadata
+        with structlog.contextvars.bound_contextvars(stream_seq=metadata.sequence.stream):
+            try:
+                await self._process(msg)
+            except _Interrupted:
+                return  # stays held; aclose naks it
+            except (NatsError, AdapterError) as exc:
+                # NATS or the local store failed mid-way: every step is idempotent, so try again later.
+                _log.warning("adapter.message_retry_later", error_type=type(exc).__name__, error=str(exc))
+                await self._settle(msg, "nak")
+            except Exception as exc:
+                # Only the type: the message text of an unexpected error may quote the request.
+                _log.error("adapter.message_failed", error_type=type(exc).__name__)
+                await self._settle(msg, "nak")
+
+    async def _settle(self, msg: Msg, how: Literal["ack", "term", "nak"]) -> None:
+        """Ack, term or nak ``msg`` and stop holding it."""
+        self._held.pop(id(msg), None)
+        try:
+            if how == "ack":
+                await msg.ack_sync(timeout=self._config.publish_timeout)
+            elif how == "term":
+                await msg.term()
+            else:
+                await msg.nak(delay=self._config.nak_delay)
+        except (nats.errors.Error, TimeoutError) as exc:
+            # Redelivered after ack_wait; the idempotency store answers it then.
+            _log.warning("adapter.settle_failed", how=how, error_type=type(exc).__name__)
+
+    # -- one message ----------------------------------------------------------------------------
+
+    async def _process(self, msg: Msg) -> None:
+        try:
+            envelope = envelope_pb2.Envelope.FromString(msg.data)
+        except DecodeError:
+            await self._refuse(msg, None, results_pb2.REASON_CODE_INVALID_REQUEST, error="DecodeError")
+            return
+        try:
+            opened = open_envelope(envelope, keys=self._registry, recipient=self.agency_id, clock=self._clock)
+            request_id = validate_request_id(opened.header.id)
+        except VerificationError as exc:
+            await self._refuse(
+                msg, envelope, results_pb2.REASON_CODE_SIGNATURE_INVALID, error=type(exc).__name__
+            )
+            return
+        except InvalidMessageError as exc:
+            await self._refuse(
+                msg,
+                envelope,
+                results_pb2.REASON_CODE_INVALID_REQUEST,
+                error=type(exc).__name__,
+                fields=[violation.field for violation in exc.violations],
+            )
+            return
+        except ValueError:
+            await self._refuse(msg, envelope, results_pb2.REASON_CODE_INVALID_REQUEST, error="ValueError")
+            return
+        with structlog.contextvars.bound_contextvars(
+            request_id=request_id,
+            request_type=type_name(opened.header.type),
+            sender=opened.header.sender,
+        ):
+            await self._execute(msg, opened, request_id, body_digest(envelope.body))
+
+    async def _execute(self, msg: Msg, opened: OpenedEnvelope, request_id: str, digest: str) -> None:
+        store = self._require_store()
+        try:
+            record = await asyncio.to_thread(store.get, request_id)
+            if record is not None and record.request_digest != digest:
+                raise IdempotencyConflictError(f"request {request_id} was recorded with another body")
+            if record is not None and record.state is ExecutionState.TERMINAL:
+                await self._replay(msg, record)
+                return
+            await self._publish_state(opened, digest, common_pb2.REQUEST_STATE_DELIVERED)
+            if not self._require_backend().supports(opened.header.type):
+                answer = _failure(
+                    results_pb2.REASON_CODE_NOT_AUTHORIZED,
+                    f"{self.agency_id} does not handle {type_name(opened.header.type)} requests",
+                    error="UnsupportedRequestError",
+                    outcome=common_pb2.REQUEST_STATE_REJECTED,
+                )
+                await self._finish(msg, opened, digest, answer)
+                return
+            await self._publish_state(opened, digest, common_pb2.REQUEST_STATE_ACKNOWLEDGED)
+            record = await asyncio.to_thread(store.mark_started, request_id, digest)
+            if record.state is ExecutionState.TERMINAL:
+                await self._replay(msg, record)
+                return
+            if record.starts > 1:
+                _log.info("adapter.resuming", starts=record.starts)
+            answer = await self._call_agency(opened)
+        except IdempotencyConflictError:
+            # The same id with another body: answering either way would misattribute a result.
+            _log.error("adapter.request_id_conflict")
+            await self._deadletter(msg, request_id, "CONFLICTING_REQUEST", "IdempotencyConflictError")
+            await self._settle(msg, "term")
+            return
+        await self._finish(msg, opened, digest, answer)
+
+    async def _replay(self, msg: Msg, record: ExecutionRecord) -> None:
+        await self._publish_terminal(record)
+        _log.info("adapter.replayed_terminal_event", event_id=record.event_id)
+        await self._settle(msg, "ack")
+
+    async def _publish_terminal(self, record: ExecutionRecord) -> None:
+        """Publish the recorded terminal event: the same id, and the same bytes while they verify."""
+        if record.terminal_event is None or record.event_id is None:
+            raise AdapterError(f"request {record.request_id} has no terminal event recorded")
+        data = replayable(record.terminal_event, key=self._key, keys=self._registry, clock=self._clock)
+        if data != record.terminal_event:
+            _log.info("adapter.terminal_event_resigned", event_id=record.event_id)
+        await self._publish(
+            event_subject(self.agency_id, record.request_id), data, record.event_id, stream=EVENTS_STREAM
+        )
+
+    async def _call_agency(self, opened: OpenedEnvelope) -> _Answer:
+        """Call the agency system until it answers, a non-transient error, or the retry budget ends."""
+        config = self._config
+        backend = self._require_backend()
+        context = order_context(opened)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        backoff = Backoff(config.retry_initial, config.retry_max)
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                outcome = await backend.execute(opened, context, timeout=config.call_timeout)
+            except AgencyUnavailableError as exc:
+                elapsed = loop.time() - started
+                if elapsed >= config.retry_budget:
+                    _log.warning("adapter.agency_unavailable", attempts=attempt, code=exc.code)
+                    return _failure(
+                        results_pb2.REASON_CODE_AGENCY_UNAVAILABLE,
+                        f"agency system unavailable: {attempt} attempts in {elapsed:.1f} s, last {exc.code}",
+                        error=type(exc).__name__,
+                    )
+                delay = min(backoff.next(), config.retry_budget - elapsed)
+                _log.info("adapter.agency_retry", attempt=attempt, code=exc.code, delay=round(delay, 3))
+                await self._pause(delay)
+                if self._stopping.is_set():
+                    raise _Interrupted from exc
+                continue
+            except AgencyCallError as exc:
+                _log.warning("adapter.agency_call_failed", attempt=attempt, code=exc.code)
+                reason = (
+                    results_pb2.REASON_CODE_INVALID_REQUEST
+                    if exc.code in _INVALID_REQUEST_CODES
+                    else results_pb2.REASON_CODE_INTERNAL
+                )
+                return _failure(
+                    reason, f"agency system refused the call: {exc.code}", error=type(exc).__name__
+                )
+            except UnsupportedRequestError as exc:
+                return _failure(
+                    results_pb2.REASON_CODE_NOT_AUTHORIZED,
+                    str(exc),
+                    error=type(exc).__name__,
+                    outcome=common_pb2.REQUEST_STATE_REJECTED,
+                )
+            return self._answer_from(opened, outcome)
+
+    def _answer_from(self, opened: OpenedEnvelope, outcome: BackendOutcome) -> _Answer:
+        """The agency's result, checked against the contract, with any data answer sealed."""
+        result = results_pb2.Result()
+        result.CopyFrom(outcome.result)
+        # Only the adapter seals; whatever the agency system put here is not ours to forward.
+        result.ClearField("encrypted_payload")
+        try:
+            validate_message(result, prefix="result.")
+        except InvalidMessageError as exc:
+            _log.warning("adapter.agency_result_invalid", fields=[v.field for v in exc.violations])
+            return _failure(
+                results_pb2.REASON_CODE_INTERNAL,
+                "agency system answered with a result that breaks the contract",
+                error=type(exc).__name__,
+            )
+        if outcome.answer is not None:
+            try:
+                result.encrypted_payload.CopyFrom(self._seal_answer(opened, outcome.answer))
+            except SealingError as exc:
+                _log.warning("adapter.answer_not_sealed", error=str(exc))
+                return _failure(
+                    results_pb2.REASON_CODE_INTERNAL,
+                    "the answer could not be sealed to the requester",
+                    error=type(exc).__name__,
+                )
+        return _Answer(result=result)
+
+    def _seal_answer(
+        self, opened: OpenedEnvelope, answer: results_pb2.DataAnswer
+    ) -> results_pb2.EncryptedPayload:
+        requester = opened.header.sender
+        try:
+            agency = self._registry.get(requester)
+        except RegistryError as exc:
+            raise SealingError(f"requester {requester!r} is not in the registry") from exc
+        return seal(
+            answer.SerializeToString(),
+            current_encryption_key(agency, at=self._clock.now()),
+            request_id=opened.header.id,
+            sender=self.agency_id,
+            recipient=requester,
+            content_type=DATA_ANSWER_CONTENT_TYPE,
+        )
+
+    async def _finish(self, msg: Msg, opened: OpenedEnvelope, digest: str, answer: _Answer) -> None:
+        """Sign, record, publish the terminal event; dead-letter adapter-made failures; ack."""
+        request_id = opened.header.id
+        result = answer.result
+        event = build_event(
+            event_id=event_id_for(request_id, result.outcome),
+            request_id=request_id,
+            state=result.outcome,
+            actor=self.agency_id,
+            at=self._clock.now(),
+            request_digest=digest,
+            reason=result.reason,
+            detail=result.detail,
+            result=result,
+        )
+        signed = sign_event(event, key=self._key, clock=self._clock).SerializeToString()
+        # Recorded before it is published: from here on a redelivery replays it, never re-executes.
+        record = await asyncio.to_thread(
+            self._require_store().record_terminal,
+            request_id,
+            digest,
+            event_id=event.event_id,
+            signed_event=signed,
+        )
+        await self._publish_terminal(record)
+        _log.info(
+            "adapter.answered",
+            state=state_name(result.outcome),
+            reason=reason_name(result.reason),
+            sealed=result.HasField("encrypted_payload"),
+        )
+        if answer.deadletter is not None:
+            await self._deadletter(msg, request_id, answer.deadletter, answer.error)
+        await self._settle(msg, "ack")
+
+    async def _publish_state(
+        self, opened: OpenedEnvelope, digest: str, state: common_pb2.RequestState.ValueType
+    ) -> None:
+        request_id = opened.header.id
+        event = build_event(
+            event_id=event_id_for(request_id, state),
+            request_id=request_id,
+            state=state,
+            actor=self.agency_id,
+            at=self._clock.now(),
+            request_digest=digest,
+        )
+        signed = sign_event(event, key=self._key, clock=self._clock)
+        await self._publish(
+            event_subject(self.agency_id, request_id),
+            signed.SerializeToString(),
+            event.event_id,
+            stream=EVENTS_STREAM,
+        )
+
+    # -- refusals and dead letters --------------------------------------------------------------
+
+    async def _refuse(
+        self,
+        msg: Msg,
+        envelope: envelope_pb2.Envelope | None,
+        reason: results_pb2.ReasonCode.ValueType,
+        *,
+        error: str,
+        fields: list[str] | None = None,
+    ) -> None:
+        """A message that did not verify: never executed, answered FAILED if it names a request."""
+        request_id = _claimed_request_id(envelope, msg)
+        _log.warning(
+            "adapter.refused",
+            claimed_request_id=request_id,
+            reason=reason_name(reason),
+            error_type=error,
+        )
+        if envelope is not None and request_id is not None:
+            digest = body_digest(envelope.body)
+            detail = f"the message did not verify ({error}); nothing was executed"
+            event = build_event(
+                event_id=refusal_event_id(request_id, digest),
+                request_id=request_id,
+                state=_FAILED,
+                actor=self.agency_id,
+                at=self._clock.now(),
+                request_digest=digest,
+                reason=reason,
+                detail=detail,
+                result=results_pb2.Result(outcome=_FAILED, reason=reason, detail=detail),
+            )
+            signed = sign_event(event, key=self._key, clock=self._clock)
+            await self._publish(
+                event_subject(self.agency_id, request_id),
+                signed.SerializeToString(),
+                event.event_id,
+                stream=EVENTS_STREAM,
+            )
+        await self._deadletter(msg, request_id, reason_name(reason), error, fields=fields or [])
+        await self._settle(msg, "term")
+
+    async def _deadletter(
+        self,
+        msg: Msg,
+        request_id: str | None,
+        reason: str,
+        error: str,
+        *,
+        fields: list[str] | None = None,
+    ) -> None:
+        metadata = msg.metadata
+        record = deadletter_record(
+            agency=self.agency_id,
+            reason=reason,
+            error=error,
+            at=self._clock.now(),
+            stream=metadata.stream,
+            stream_seq=metadata.sequence.stream,
+            subject=msg.subject,
+            deliveries=metadata.num_delivered,
+            request_id=request_id,
+            fields=fields or [],
+        )
+        # One record per inbox message, however often it is redelivered.
+        msg_id = f"deadletter/{self.agency_id}/{metadata.stream}/{metadata.sequence.stream}"
+        await self._publish(deadletter_subject(self.agency_id), record, msg_id, stream=DEADLETTER_STREAM)
+
+    # -- plumbing -------------------------------------------------------------------------------
+
+    async def _publish(self, subject: str, data: bytes, msg_id: str, *, stream: str) -> None:
+        js = self._js
+        assert js is not None
+        try:
+            ack = await js.publish(
+                subject,
+                data,
+                timeout=self._config.publish_timeout,
+                stream=stream,
+                headers={"Nats-Msg-Id": msg_id},
+            )
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise nats_error(exc, f"publish to {subject}") from exc
+        if ack.duplicate:
+            _log.debug("adapter.publish_deduplicated", subject=subject, msg_id=msg_id)
+
+    def _require_store(self) -> IdempotencyStore:
+        assert self._store is not None, "started runtimes have a store"
+        return self._store
+
+    def _require_backend(self) -> AgencyBackend:
+        assert self._backend is not None, "started runtimes have a backend"
+        return self._backend
+
+
+async def _has_work(sub: JetStreamContext.PullSubscription) -> bool:
+    """Whether the lane's consumer has messages to deliver or redeliver.
+
+    ``num_ack_pending`` counts messages naked for redelivery, and also any another instance
+    holds: then a pull may come back empty, which costs one ``poll_timeout``, nothing more.
+    Called only while this runtime holds nothing, so none of them are its own.
+    """
+    try:
+        info = await sub.consumer_info()
+    except (nats.errors.Error, TimeoutError) as exc:
+        raise nats_error(exc, "consumer info") from exc
+    return bool(info.num_pending) or bool(info.num_ack_pending)
+
+
+def _claimed_request_id(envelope: envelope_pb2.Envelope | None, msg: Msg) -> str | None:
+    """The request id an unverified message claims: its (unverified) header's, else its Nats-Msg-Id."""
+    candidates: list[str] = []
+    if envelope is not None:
+        header = envelope_pb2.EnvelopeHeader()
+        with contextlib.suppress(DecodeError):
+            header.ParseFromString(envelope.header)
+            candidates.append(header.id)
+    if msg.headers:
+        candidates.append(msg.headers.get("Nats-Msg-Id", ""))
+    for candidate in candidates:
+        try:
+            return validate_request_id(candidate)
+        except ValueError:
+            continue
+    return None
