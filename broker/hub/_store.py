@@ -68,12 +68,14 @@ class StoredStatus:
 class RequestStore:
     """One KV entry per request (key: request id), holding a RequestStatus without personal data."""
 
-    def __init__(self, kv: KeyValue) -> None:
+    def __init__(self, kv: KeyValue, js: JetStreamContext, bucket: str = REQUESTS_BUCKET) -> None:
         self._kv = kv
+        self._js = js
+        self._bucket = bucket
 
     @classmethod
     async def open(cls, js: JetStreamContext, *, replicas: int = 1) -> RequestStore:
-        return cls(await open_bucket(js, REQUESTS_BUCKET, replicas=replicas))
+        return cls(await open_bucket(js, REQUESTS_BUCKET, replicas=replicas), js)
 
     async def create(self, status: lifecycle_pb2.RequestStatus) -> bool:
         """Store a new request; False if a request with this id already exists."""
@@ -88,9 +90,11 @@ class RequestStore:
     async def get(self, request_id: str) -> StoredStatus:
         try:
             entry = await self._kv.get(request_id)
-        except nats.js.errors.KeyNotFoundError as exc:
-            raise NotFoundError(f"no request {request_id}") from exc
-        except nats.js.errors.InvalidKeyError as exc:
+        except (
+            nats.js.errors.KeyNotFoundError,
+            nats.js.errors.KeyDeletedError,
+            nats.js.errors.InvalidKeyError,
+        ) as exc:
             raise NotFoundError(f"no request {request_id}") from exc
         except nats.errors.Error as exc:
             raise UnavailableError(f"cannot read request: {exc}") from exc
@@ -124,12 +128,14 @@ class RequestStore:
 
     async def scan(self) -> AsyncIterator[lifecycle_pb2.RequestStatus]:
         """Every stored request. A full scan: fine for the reference deployment's List."""
+        # Keys come from the bucket stream's per-subject state, answered by the server in one
+        # reply: nats-py's kv.keys() runs a watcher that can race itself and report no keys.
+        prefix = f"$KV.{self._bucket}."
         try:
-            keys = await self._kv.keys()
-        except nats.js.errors.NoKeysError:
-            return
+            info = await self._js.stream_info(f"KV_{self._bucket}", subjects_filter=prefix + ">")
         except nats.errors.Error as exc:
             raise UnavailableError(f"cannot list requests: {exc}") from exc
+        keys = sorted(subject.removeprefix(prefix) for subject in (info.state.subjects or {}))
         for key in keys:
             try:
                 yield (await self.get(key)).status
