@@ -1,44 +1,58 @@
-"""The demo scenario, as far as the bus is built: one GREEN stop-payment, end to end, for real.
+"""The demo scenario: a fraud reported in Shanghai, chased across banks, carriers, a platform and regions.
 
-Police sign a stop-payment; the broker's protocol core verifies it, routes it by account prefix,
-notarizes it and publishes it to the bank's JetStream inbox; the bank side pulls it, verifies the
-notarization and the police signature, and acks it. A tampered copy is published too, and refused.
-Nothing is simulated: real keys, a real nats-server with JetStream, real signatures.
+Everything is real: the embedded nats-server, the broker, every agency's reference system behind
+its own adapter, signed and notarized messages, money held in SQLite bank cores. The scenario:
+
+1. a victim in Pudong (region 310115) reports a transfer of 50,000.00 CNY to a fraud account;
+   police-310115 sends a GREEN stop-payment to the fraud account's bank;
+2. the bank holds what is left and lists where the rest went (accounts at other banks);
+3. police stop those accounts too (child requests: parent id and hop), and convert the first
+   hold into a freeze;
+4. the carrier blocks the fraudster's number; another carrier warns the next potential victim;
+5. the platform restricts the fraudster's account;
+6. a data request brings back the fraud account holder's details, sealed to the police;
+7. police in Pudong ask police in Shenzhen Nanshan (440305) for assistance: done;
+8. a stop-payment naming the wrong holder is refused with MISMATCH.
+
+It ends with a table of every request, its final state and its times, and exits non-zero unless
+every request ended as the scenario expects.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
-import nats
 from google.protobuf.timestamp_pb2 import Timestamp
-from greenchannel.v1 import common_pb2, envelope_pb2, requests_pb2
+from greenchannel.v1 import common_pb2, lifecycle_pb2, requests_pb2, results_pb2
 
-from broker.protocol import (
-    Clock,
-    ProtocolError,
-    SystemClock,
-    VerificationError,
-)
-from broker.protocol._directory import load_directory
-from broker.protocol._embedded import EmbeddedNatsConfig, nats_for
-from broker.protocol._envelope import notarize, open_envelope, sign_request, verify_request
-from broker.protocol._ids import new_uuid7
-from broker.protocol._nats import NatsSettings, connect, ensure_streams, fetch_batch
-from broker.protocol._provision import ensure_agency_keys, load_agency_signing_key, load_broker_signing_key
-from broker.protocol._registry import Registry
-from broker.protocol._subjects import INBOX_STREAM, inbox_consumer, inbox_filter, inbox_subject, stream_specs
+from broker.client import BusClient
+from broker.protocol import Clock, SystemClock
+from broker.protocol._envelope import type_name
+from broker.protocol._provision import load_agency_encryption_key
+from broker.protocol._sealing import open_sealed
 
-__all__ = ["DemoConfig", "DemoReport", "run_demo"]
+from . import _seed as seed
+from ._stack import DEFAULT_DIRECTORY, Stack, StackConfig
+from .bank import BankCore
 
-DEFAULT_DIRECTORY = Path(__file__).with_name("directory.toml")
+__all__ = ["DemoConfig", "DemoReport", "DemoRequest", "run_demo"]
 
 POLICE = "police-310115"
-FRAUD_ACCOUNT = "6222020200001234567"
+POLICE_B = "police-440305"
+CASE = "SH-PD-2026-1121-0001"
+
+_FINAL = {
+    common_pb2.REQUEST_STATE_EXECUTED,
+    common_pb2.REQUEST_STATE_PARTIALLY_EXECUTED,
+    common_pb2.REQUEST_STATE_REJECTED,
+    common_pb2.REQUEST_STATE_FAILED,
+    common_pb2.REQUEST_STATE_CANCELLED,
+}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -46,138 +60,395 @@ class DemoConfig:
     """How to run the demo."""
 
     state_dir: Path
-    """Where keys and the embedded NATS store live (created if missing)."""
+    """Keys live here (generated on first run); each run's data goes to a fresh directory."""
     directory: Path = DEFAULT_DIRECTORY
     """The agency directory."""
     nats_url: str | None = None
     """An existing NATS with JetStream; None starts the embedded server."""
     clock: Clock = field(default_factory=SystemClock)
     """Time source."""
+    wait: timedelta = timedelta(seconds=30)
+    """How long to wait for any one request to finish before calling the run failed."""
+
+
+@dataclass(kw_only=True)
+class DemoRequest:
+    """One request of the scenario and how it ended."""
+
+    label: str
+    id: str
+    type: str
+    priority: str
+    sender: str
+    recipient: str
+    state: str
+    reason: str
+    parent: str
+    hop: int
+    deliver_ms: float | None
+    acknowledge_ms: float | None
+    finish_ms: float | None
+    expected: tuple[str, ...]
+
+    @property
+    def ok(self) -> bool:
+        return self.state in self.expected
+
+    def as_json(self) -> dict[str, object]:
+        return {
+            "label": self.label,
+            "id": self.id,
+            "type": self.type,
+            "priority": self.priority,
+            "sender": self.sender,
+            "recipient": self.recipient,
+            "state": self.state,
+            "reason": self.reason,
+            "parent": self.parent,
+            "hop": self.hop,
+            "expected": list(self.expected),
+            "timings_ms": {
+                "deliver": self.deliver_ms,
+                "acknowledge": self.acknowledge_ms,
+                "finish": self.finish_ms,
+            },
+        }
 
 
 @dataclass(kw_only=True)
 class DemoReport:
-    """What happened, step by step."""
+    """The scenario's outcome."""
 
-    steps: list[tuple[str, float]] = field(default_factory=list)
-    """(what happened, milliseconds since the start)."""
-    request_id: str = ""
-    """Id of the delivered request."""
-    recipient: str = ""
-    """Who it was routed to."""
-    delivered: bool = False
-    """The bank side verified and acked it."""
-    tampered_refused: str = ""
-    """Name of the error that refused the tampered copy."""
+    requests: list[DemoRequest] = field(default_factory=list)
+    """Every request, in the order it was sent."""
+    held_minor_units: int = 0
+    """Money held or frozen across all banks by the end."""
+    data_answer_fields: int = 0
+    """Fields of the decrypted data answer (the values are not reported)."""
 
     @property
     def ok(self) -> bool:
-        return self.delivered and bool(self.tampered_refused)
+        return bool(self.requests) and all(r.ok for r in self.requests) and self.data_answer_fields > 0
 
 
-def _sample_request(clock: Clock) -> requests_pb2.Request:
-    issued = Timestamp()
-    issued.FromDatetime(clock.now())
-    return requests_pb2.Request(
-        case_ref=common_pb2.CaseRef(
-            case_number="SH-PD-2026-1121-0001",
-            issuing_agency=POLICE,
-            legal_instrument_id="沪公(浦)急止字[2026]1121号",
-            legal_instrument_type=common_pb2.LEGAL_INSTRUMENT_TYPE_STOP_PAYMENT_NOTICE,
-        ),
-        priority=common_pb2.PRIORITY_GREEN,
-        issued_at=issued,
-        stop_payment=requests_pb2.StopPayment(
-            account=common_pb2.BankAccountRef(account_number=FRAUD_ACCOUNT, holder_name="李某"),
-            amount=common_pb2.Money(currency="CNY", minor_units=4_800_000),
-        ),
+def _ms(status: lifecycle_pb2.RequestStatus, states: Collection[int]) -> float | None:
+    """Milliseconds from the broker's receipt to the first event reaching one of ``states``."""
+    start = status.submitted_at.ToDatetime()
+    for recorded in status.events:
+        event = lifecycle_pb2.LifecycleEvent.FromString(recorded.event.payload)
+        if event.state in states:
+            return round((recorded.recorded_at.ToDatetime() - start).total_seconds() * 1000, 1)
+    return None
+
+
+def _state(value: common_pb2.RequestState.ValueType) -> str:
+    return common_pb2.RequestState.Name(value).removeprefix("REQUEST_STATE_")
+
+
+def _case(
+    instrument: common_pb2.LegalInstrumentType.ValueType, number: str, owner: str = POLICE
+) -> common_pb2.CaseRef:
+    return common_pb2.CaseRef(
+        case_number=CASE if owner == POLICE else "SZ-NS-2026-1121-0007",
+        issuing_agency=owner,
+        legal_instrument_id=number,
+        legal_instrument_type=instrument,
     )
+
+
+def _money(minor_units: int) -> common_pb2.Money:
+    return common_pb2.Money(currency="CNY", minor_units=minor_units)
+
+
+def _yuan(money: common_pb2.Money) -> str:
+    return f"{money.minor_units / 100:,.2f} {money.currency}"
+
+
+class _Scenario:
+    def __init__(self, stack: Stack, config: DemoConfig, say: Callable[[str], None]) -> None:
+        self.stack = stack
+        self.config = config
+        self.say = say
+        self.report = DemoReport()
+        self.clients: dict[str, BusClient] = {}
+
+    def client(self, agency: str) -> BusClient:
+        if agency not in self.clients:
+            self.clients[agency] = self.stack.client(agency)
+        return self.clients[agency]
+
+    async def close(self) -> None:
+        for client in self.clients.values():
+            await client.aclose()
+
+    async def send(
+        self,
+        label: str,
+        request: requests_pb2.Request,
+        *,
+        expect: Collection[common_pb2.RequestState.ValueType],
+        sender: str = POLICE,
+    ) -> lifecycle_pb2.RequestStatus:
+        bus = self.client(sender)
+        accepted = await bus.submit(request)
+        status = await bus.wait_for(accepted.status.id, _FINAL, within=self.config.wait)
+        entry = DemoRequest(
+            label=label,
+            id=status.id,
+            type=type_name(status.type),
+            priority=common_pb2.Priority.Name(status.priority).removeprefix("PRIORITY_"),
+            sender=status.sender,
+            recipient=status.recipient,
+            state=_state(status.state),
+            reason=results_pb2.ReasonCode.Name(status.reason).removeprefix("REASON_CODE_")
+            if status.reason
+            else "",
+            parent=status.parent_id,
+            hop=status.hop,
+            deliver_ms=_ms(status, {common_pb2.REQUEST_STATE_DELIVERED}),
+            acknowledge_ms=_ms(status, {common_pb2.REQUEST_STATE_ACKNOWLEDGED}),
+            finish_ms=_ms(status, _FINAL),
+            expected=tuple(_state(s) for s in expect),
+        )
+        self.report.requests.append(entry)
+        mark = "ok " if entry.ok else "!! "
+        reason = f" ({entry.reason})" if entry.reason else ""
+        self.say(f"  {mark}{label}: {entry.type} -> {entry.recipient}: {entry.state}{reason}")
+        return status
+
+    def _request(self, case: common_pb2.CaseRef, **fields: Any) -> requests_pb2.Request:
+        issued = Timestamp()
+        issued.FromDatetime(self.config.clock.now())
+        return requests_pb2.Request(
+            case_ref=case, priority=common_pb2.PRIORITY_GREEN, issued_at=issued, **fields
+        )
+
+    async def run(self) -> DemoReport:
+        say = self.say
+        say(f"1. A victim in Pudong reports paying {_yuan(_money(seed.FRAUD_AMOUNT))} to a fraud account.")
+        first = await self.send(
+            "stop the fraud account",
+            self._request(
+                _case(common_pb2.LEGAL_INSTRUMENT_TYPE_STOP_PAYMENT_NOTICE, "沪公(浦)急止字[2026]1121号"),
+                stop_payment=requests_pb2.StopPayment(
+                    account=common_pb2.BankAccountRef(
+                        account_number=seed.FRAUD_ACCOUNT, holder_name=seed.FRAUD_HOLDER
+                    ),
+                    amount=_money(seed.FRAUD_AMOUNT),
+                    fraud_transfer_id=seed.FRAUD_TRANSFER_ID,
+                ),
+            ),
+            expect=[common_pb2.REQUEST_STATE_PARTIALLY_EXECUTED],
+        )
+        say(
+            f"2. The bank held {_yuan(first.result.amount_held)}; "
+            f"{len(first.result.onward_transfers)} onward transfers show where the rest went."
+        )
+        say("3. Police stop the receiving accounts and convert the first hold into a freeze.")
+        for onward in first.result.onward_transfers:
+            if not onward.to_bank:
+                say(
+                    f"   lead for investigators: {_yuan(onward.amount)} left for a bank outside the directory"
+                )
+                continue
+            await self.send(
+                f"stop onward account at {onward.to_bank}",
+                self._request(
+                    _case(
+                        common_pb2.LEGAL_INSTRUMENT_TYPE_STOP_PAYMENT_NOTICE, "沪公(浦)急止字[2026]1121-1号"
+                    ),
+                    parent_id=first.id,
+                    hop=first.hop + 1,
+                    stop_payment=requests_pb2.StopPayment(
+                        account=common_pb2.BankAccountRef(
+                            account_number=onward.to_account,
+                            holder_name=onward.to_holder_name,
+                            bank=onward.to_bank,
+                        ),
+                        amount=onward.amount,
+                        fraud_transfer_id=onward.transfer_id,
+                    ),
+                ),
+                expect=[common_pb2.REQUEST_STATE_EXECUTED, common_pb2.REQUEST_STATE_PARTIALLY_EXECUTED],
+            )
+        await self.send(
+            "convert the hold into a freeze",
+            self._request(
+                _case(common_pb2.LEGAL_INSTRUMENT_TYPE_FREEZE_NOTICE, "沪公(浦)冻字[2026]1121号"),
+                parent_id=first.id,
+                freeze=requests_pb2.Freeze(
+                    account=common_pb2.BankAccountRef(
+                        account_number=seed.FRAUD_ACCOUNT, holder_name=seed.FRAUD_HOLDER
+                    ),
+                    amount=first.result.amount_held,
+                    converts_request_id=first.id,
+                ),
+            ),
+            expect=[common_pb2.REQUEST_STATE_EXECUTED],
+        )
+
+        say("4. The carrier blocks the fraudster's number; the next potential victim is warned.")
+        await self.send(
+            "block the fraudster's line",
+            self._request(
+                _case(common_pb2.LEGAL_INSTRUMENT_TYPE_BLOCK_ORDER, "沪公(浦)停机字[2026]1121号"),
+                number_block=requests_pb2.NumberBlock(
+                    phone=common_pb2.PhoneRef(
+                        e164=seed.FRAUDSTER_PHONE, iccid=seed.FRAUDSTER_ICCID, imei=seed.FRAUDSTER_IMEI
+                    ),
+                    scope=requests_pb2.BLOCK_SCOPE_ALL,
+                ),
+            ),
+            expect=[common_pb2.REQUEST_STATE_EXECUTED],
+        )
+        await self.send(
+            "warn the potential victim",
+            self._request(
+                _case(common_pb2.LEGAL_INSTRUMENT_TYPE_BLOCK_ORDER, "沪公(浦)劝阻字[2026]1121号"),
+                warning=requests_pb2.Warning(
+                    phone=common_pb2.PhoneRef(e164=seed.POTENTIAL_VICTIM_PHONE),
+                    channel=requests_pb2.WARNING_CHANNEL_CALL,
+                    template_id="investment-scam-call",
+                ),
+            ),
+            expect=[common_pb2.REQUEST_STATE_EXECUTED],
+        )
+
+        say("5. The platform restricts the fraudster's account.")
+        await self.send(
+            "restrict the fraudster's account",
+            self._request(
+                _case(common_pb2.LEGAL_INSTRUMENT_TYPE_BLOCK_ORDER, "沪公(浦)封号字[2026]1121号"),
+                account_block=requests_pb2.AccountBlock(
+                    account=common_pb2.PlatformAccountRef(
+                        platform=seed.WECHAT, account_id=seed.FRAUDSTER_WECHAT_ID
+                    ),
+                    level=requests_pb2.RESTRICTION_LEVEL_SUSPEND,
+                ),
+            ),
+            expect=[common_pb2.REQUEST_STATE_EXECUTED],
+        )
+
+        say("6. A data request brings back the fraud account holder's details, sealed to the police.")
+        answered = await self.send(
+            "who holds the fraud account",
+            self._request(
+                _case(common_pb2.LEGAL_INSTRUMENT_TYPE_EVIDENCE_NOTICE, "沪公(浦)调证字[2026]1121号"),
+                data_request=requests_pb2.DataRequest(
+                    category=requests_pb2.DATA_CATEGORY_ACCOUNT_HOLDER,
+                    account=common_pb2.BankAccountRef(
+                        account_number=seed.FRAUD_ACCOUNT, holder_name=seed.FRAUD_HOLDER
+                    ),
+                ),
+            ),
+            expect=[common_pb2.REQUEST_STATE_EXECUTED],
+        )
+        self._read_answer(answered)
+
+        say("7. Pudong police ask Shenzhen Nanshan police for assistance.")
+        await self.send(
+            "assistance from Shenzhen Nanshan",
+            self._request(
+                _case(common_pb2.LEGAL_INSTRUMENT_TYPE_ASSISTANCE_LETTER, "沪公(浦)协字[2026]1121号"),
+                assistance=requests_pb2.Assistance(
+                    region="440305",
+                    kind=requests_pb2.ASSISTANCE_KIND_COLLECT_EVIDENCE,
+                    task="Collect the mule account holder's statements at the Nanshan branch.",
+                ),
+            ),
+            expect=[common_pb2.REQUEST_STATE_EXECUTED],
+        )
+
+        say("8. A stop-payment naming the wrong holder is refused rather than acted on.")
+        await self.send(
+            "stop with a wrong holder name",
+            self._request(
+                _case(common_pb2.LEGAL_INSTRUMENT_TYPE_STOP_PAYMENT_NOTICE, "沪公(浦)急止字[2026]1121-9号"),
+                stop_payment=requests_pb2.StopPayment(
+                    account=common_pb2.BankAccountRef(
+                        account_number=seed.MULE_ABC_ACCOUNT, holder_name="张某某"
+                    ),
+                    amount=_money(100_000),
+                ),
+            ),
+            expect=[common_pb2.REQUEST_STATE_REJECTED],
+        )
+        self.report.held_minor_units = self._held()
+        return self.report
+
+    def _read_answer(self, status: lifecycle_pb2.RequestStatus) -> None:
+        sealed = status.result.encrypted_payload
+        if not sealed.ciphertext:
+            self.say("   !! the answer carried no sealed payload")
+            return
+        key = load_agency_encryption_key(self.config.state_dir, POLICE)
+        clear = open_sealed(
+            sealed, key, request_id=status.id, sender=status.recipient, recipient=status.sender
+        )
+        answer = results_pb2.DataAnswer.FromString(clear)
+        self.report.data_answer_fields = len(answer.holder)
+        self.say(
+            f"   decrypted by {POLICE} only: {len(answer.holder)} holder fields "
+            f"({', '.join(sorted(answer.holder))}); the bus carried ciphertext"
+        )
+
+    def _held(self) -> int:
+        total = 0
+        for reference in self.stack.agencies.values():
+            core = reference.core
+            if isinstance(core, BankCore):
+                for account in seed.ACCOUNTS:
+                    if account.bank == reference.agency.id:
+                        total += core.balance(account.number) - core.available(account.number)
+        return total
+
+
+def _table(report: DemoReport) -> list[str]:
+    header = ("request", "type", "to", "state", "reason", "deliver", "ack", "finish")
+    rows = [
+        (
+            r.label,
+            r.type,
+            r.recipient,
+            r.state,
+            r.reason or "-",
+            "-" if r.deliver_ms is None else f"{r.deliver_ms:.1f}",
+            "-" if r.acknowledge_ms is None else f"{r.acknowledge_ms:.1f}",
+            "-" if r.finish_ms is None else f"{r.finish_ms:.1f}",
+        )
+        for r in report.requests
+    ]
+    widths = [max(len(str(row[i])) for row in (header, *rows)) for i in range(len(header))]
+    lines = ["  ".join(str(cell).ljust(width) for cell, width in zip(header, widths, strict=True))]
+    lines.append("  ".join("-" * width for width in widths))
+    lines += [
+        "  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)) for row in rows
+    ]
+    return lines
 
 
 async def run_demo(config: DemoConfig, *, say: Callable[[str], None] = print) -> DemoReport:
-    report = DemoReport()
-    started = time.perf_counter()
-
-    def step(text: str) -> None:
-        elapsed = (time.perf_counter() - started) * 1000
-        report.steps.append((text, elapsed))
-        say(f"[{elapsed:8.1f} ms] {text}")
-
-    clock = config.clock
-    overlay = ensure_agency_keys(config.directory, config.state_dir, clock=clock)
-    registry: Registry = load_directory(config.directory, key_overlays=[overlay])
-    step(f"directory loaded: {len(registry.agencies())} agencies, keys in {overlay.parent}")
-
-    async with nats_for(config.nats_url, EmbeddedNatsConfig(store_dir=config.state_dir / "nats")) as url:
-        nc = await connect(NatsSettings.from_url(url, name="greenchannel-demo"))
-        try:
-            js = nc.jetstream()
-            await ensure_streams(js, stream_specs())
-            step(f"NATS JetStream ready at {url}")
-            await _deliver_one(config, registry, js, clock, report, step)
-        finally:
-            await nc.drain()
-    return report
-
-
-async def _deliver_one(
-    config: DemoConfig,
-    registry: Registry,
-    js: nats.js.JetStreamContext,
-    clock: Clock,
-    report: DemoReport,
-    step: Callable[[str], None],
-) -> None:
-    police_key = load_agency_signing_key(config.state_dir, POLICE)
-    broker_key = load_broker_signing_key(config.state_dir)
-
-    signed = sign_request(_sample_request(clock), key=police_key, sender=POLICE, clock=clock)
-    step(f"{POLICE} signed a GREEN stop-payment ({len(signed.payload)} bytes, EdDSA detached JWS)")
-
-    verified = verify_request(signed, keys=registry, sender=POLICE, clock=clock)
-    bank = registry.bank_for_account(verified.request.stop_payment.account.account_number)
-    if bank is None:
-        raise ProtocolError("the sample account does not route to any bank in the directory")
-    request_id = new_uuid7(clock)
-    envelope = notarize(
-        verified,
-        request_id=request_id,
-        recipient=bank.id,
-        deadlines=envelope_pb2.Deadlines(),
-        broker_key=broker_key,
-        clock=clock,
-    )
-    step(f"broker verified the signature, routed by account prefix to {bank.id}, notarized {request_id}")
-
-    subject = inbox_subject(bank.id, "green", "stop_payment")
-    ack = await js.publish(subject, envelope.SerializeToString(), headers={"Nats-Msg-Id": request_id})
-    again = await js.publish(subject, envelope.SerializeToString(), headers={"Nats-Msg-Id": request_id})
-    step(f"published to {subject} (stream seq {ack.seq}); republish deduplicated: {again.duplicate}")
-
-    tampered = envelope_pb2.Envelope()
-    tampered.CopyFrom(envelope)
-    body = requests_pb2.Request.FromString(tampered.body)
-    body.stop_payment.amount.minor_units = 1
-    tampered.body = body.SerializeToString()
-    await js.publish(subject, tampered.SerializeToString(), headers={"Nats-Msg-Id": request_id + "-tampered"})
-    step("published a tampered copy (amount changed after signing)")
-
-    sub = await js.pull_subscribe(
-        inbox_filter(bank.id, "green"), durable=inbox_consumer(bank.id, "green"), stream=INBOX_STREAM
-    )
-    for msg in await fetch_batch(sub, 10, timeout=2.0):
-        candidate = envelope_pb2.Envelope.FromString(msg.data)
-        try:
-            opened = open_envelope(candidate, keys=registry, recipient=bank.id, clock=clock)
-        except VerificationError as exc:
-            report.tampered_refused = type(exc).__name__
-            step(f"{bank.id} refused a message: {type(exc).__name__}")
-            await msg.term()
-            continue
-        amount, case = opened.request.stop_payment.amount, opened.header.case_ref.case_number
-        step(
-            f"{bank.id} verified notarization + {opened.header.sender} signature: "
-            f"hold {amount.minor_units / 100:.2f} {amount.currency}, case {case}"
+    """Start the whole stack in a fresh data directory and play the scenario."""
+    with tempfile.TemporaryDirectory(prefix="greenchannel-demo-") as data:
+        stack_config = StackConfig(
+            keys_dir=config.state_dir,
+            data_dir=Path(data),
+            directory=config.directory,
+            nats_url=config.nats_url,
+            clock=config.clock,
         )
-        await msg.ack_sync(timeout=timedelta(seconds=2).total_seconds())
-        report.request_id, report.recipient, report.delivered = opened.header.id, bank.id, True
+        say("Starting NATS, the broker, and every agency's system with its adapter ...")
+        async with Stack(stack_config) as stack:
+            say(f"Broker on {stack.broker_address}; {len(stack.adapters)} agencies online.")
+            scenario = _Scenario(stack, config, say)
+            try:
+                report = await scenario.run()
+            finally:
+                await scenario.close()
+    say("")
+    for line in _table(report):
+        say(line)
+    say("")
+    say(f"Money held or frozen across banks: {report.held_minor_units / 100:,.2f} CNY")
+    say("Times are milliseconds from the broker's receipt of each request.")
+    return report

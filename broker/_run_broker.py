@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
+from dataclasses import replace
 from pathlib import Path
 
 import structlog
@@ -45,8 +46,9 @@ async def run_broker(args: argparse.Namespace, *, nats_url: str | None) -> None:
             listen=args.listen,
             reflection=not args.no_reflection,
             tls=_tls(args),
-            **({"policy": args.policy} if args.policy else {}),
         )
+        if args.policy is not None:
+            config = replace(config, policy=args.policy)
         async with Broker(config) as broker:
             print(
                 f"greenchannel broker listening on {broker.address} (NATS {url}); Ctrl-C to stop", flush=True

@@ -69,21 +69,14 @@ def _demo(args: argparse.Namespace) -> int:
     say = (lambda _text: None) if args.json else print
     report = asyncio.run(run_demo(config, say=say))
     if args.json:
-        print(
-            json.dumps(
-                {
-                    "ok": report.ok,
-                    "request_id": report.request_id,
-                    "recipient": report.recipient,
-                    "delivered": report.delivered,
-                    "tampered_refused": report.tampered_refused,
-                    "steps": [{"step": text, "at_ms": round(at, 3)} for text, at in report.steps],
-                },
-                ensure_ascii=False,
-            )
-        )
+        document = {
+            "ok": report.ok,
+            "requests": [r.as_json() for r in report.requests],
+            "held_minor_units": report.held_minor_units,
+        }
+        print(json.dumps(document, ensure_ascii=False))
     else:
-        print("demo: " + ("OK" if report.ok else "FAILED"))
+        print("demo: " + ("every request ended as expected" if report.ok else "FAILED: see the table above"))
     return 0 if report.ok else 1
 
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import signal
 import socket
@@ -23,7 +22,7 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-async def test_broker_command_serves_health_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
+def test_broker_command_serves_health_and_stops_cleanly_on_sigterm(tmp_path: Path) -> None:
     port = _free_port()
     env = {k: v for k, v in os.environ.items() if k != "GREENCHANNEL_NATS_URL"}
     process = subprocess.Popen(
@@ -43,15 +42,15 @@ async def test_broker_command_serves_health_and_stops_cleanly_on_sigterm(tmp_pat
     )
     try:
         assert process.stdout is not None
-        line = await asyncio.wait_for(asyncio.to_thread(process.stdout.readline), 30)
+        line = process.stdout.readline()
         assert b"listening on 127.0.0.1:" in line, line
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-            reply = await health_pb2_grpc.HealthStub(channel).Check(
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(
                 health_pb2.HealthCheckRequest(service="greenchannel.v1.BusService"), timeout=5
             )
         assert reply.status == health_pb2.HealthCheckResponse.SERVING
         process.send_signal(signal.SIGTERM)
-        assert await asyncio.wait_for(asyncio.to_thread(process.wait), 30) == 0
+        assert process.wait(timeout=30) == 0
     finally:
         if process.poll() is None:
             process.kill()

@@ -1,0 +1,168 @@
+"""The whole bus on one machine: NATS, the broker, and every agency's system with its adapter.
+
+This is what ``greenchannel up`` and ``greenchannel demo`` run. Each agency of the directory
+(regulators aside: they run no service) gets its reference system as a real gRPC server and an
+adapter consuming its inbox, exactly as it would be deployed at the agency, only all in one
+process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from pathlib import Path
+from types import TracebackType
+
+import structlog
+from nats.aio.client import Client
+
+from adapters import AdapterConfig, AdapterRuntime
+from broker.client import BusClient
+from broker.hub import Broker, BrokerConfig
+from broker.hub._deadlines import DEFAULT_DEADLINES, DeadlineTable
+from broker.hub._events import EventProcessorConfig
+from broker.protocol import Clock, SystemClock
+from broker.protocol._directory import load_directory
+from broker.protocol._embedded import EmbeddedNatsConfig, nats_for
+from broker.protocol._nats import NatsSettings, connect
+from broker.protocol._provision import ensure_agency_keys, load_agency_signing_key
+from broker.protocol._registry import AgencyKind, Registry
+
+from ._serve import AgencyServer, ReferenceAgency, build_reference_agency
+
+__all__ = ["DEFAULT_DIRECTORY", "Stack", "StackConfig"]
+
+log = structlog.get_logger(__name__)
+
+DEFAULT_DIRECTORY = Path(__file__).with_name("directory.toml")
+
+
+@dataclass(frozen=True, kw_only=True)
+class StackConfig:
+    """What to run and where its state lives."""
+
+    keys_dir: Path
+    """State directory holding the keys (generated on first use) and nothing else of this run."""
+    data_dir: Path
+    """Where this run keeps NATS's store, the agencies' databases and the adapters' state."""
+    directory: Path = DEFAULT_DIRECTORY
+    """The agency directory."""
+    policy: Path | None = None
+    """Authorization policy; None is the sample policy."""
+    nats_url: str | None = None
+    """An existing NATS (JetStream on); None starts the embedded server."""
+    listen: str = "127.0.0.1:0"
+    """The broker's gRPC address."""
+    deadlines: DeadlineTable = DEFAULT_DEADLINES
+    """Phase deadlines."""
+    adapter: AdapterConfig | None = None
+    """Template for every adapter's settings (agency id, target and state dir are filled in)."""
+    seed_at: datetime | None = None
+    """Anchor of the demo story's records; None is the current minute."""
+    clock: Clock = field(default_factory=SystemClock)
+    """Time source."""
+
+
+class Stack:
+    """``async with Stack(config) as stack:`` everything runs; leaving stops it in reverse order."""
+
+    def __init__(self, config: StackConfig) -> None:
+        self._config = config
+        self._exit = contextlib.AsyncExitStack()
+        self.registry: Registry | None = None
+        self.broker: Broker | None = None
+        self.nats_url = ""
+        self.agencies: dict[str, ReferenceAgency] = {}
+        self.servers: dict[str, AgencyServer] = {}
+        self.adapters: dict[str, AdapterRuntime] = {}
+
+    async def __aenter__(self) -> Stack:
+        try:
+            await self._start()
+        except BaseException:
+            await self._exit.aclose()
+            raise
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self._exit.aclose()
+
+    @property
+    def broker_address(self) -> str:
+        assert self.broker is not None, "the stack is not running"
+        return self.broker.address
+
+    def client(self, agency_id: str) -> BusClient:
+        """A BusClient speaking for ``agency_id`` with its own key."""
+        key = load_agency_signing_key(self._config.keys_dir, agency_id)
+        return BusClient(self.broker_address, agency_id=agency_id, signing_key=key, clock=self._config.clock)
+
+    async def _start(self) -> None:
+        config = self._config
+        clock = config.clock
+        overlay = ensure_agency_keys(config.directory, config.keys_dir, clock=clock)
+        registry = load_directory(config.directory, key_overlays=[overlay])
+        self.registry = registry
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+
+        self.nats_url = await self._exit.enter_async_context(
+            nats_for(config.nats_url, EmbeddedNatsConfig(store_dir=config.data_dir / "nats"))
+        )
+        settings = NatsSettings.from_url(self.nats_url, name="greenchannel-broker")
+        broker_config = BrokerConfig(
+            nats=settings,
+            state_dir=config.keys_dir,
+            directory=config.directory,
+            listen=config.listen,
+            deadlines=config.deadlines,
+            events=EventProcessorConfig(fetch_timeout=0.5),
+            clock=clock,
+        )
+        if config.policy is not None:
+            broker_config = replace(broker_config, policy=config.policy)
+        self.broker = await self._exit.enter_async_context(Broker(broker_config))
+
+        # One NATS connection carries every adapter of this process.
+        nc = await connect(NatsSettings.from_url(self.nats_url, name="greenchannel-adapters"))
+        self._exit.push_async_callback(_drain, nc)
+        agencies_dir = config.data_dir / "agencies"
+        agencies_dir.mkdir(exist_ok=True)
+        for agency in registry.agencies():
+            if agency.kind is AgencyKind.REGULATOR:
+                continue
+            reference = build_reference_agency(
+                agency, data_dir=agencies_dir, clock=clock, seed_at=config.seed_at
+            )
+            self._exit.callback(reference.close)
+            server = await self._exit.enter_async_context(reference.server())
+            adapter_state = config.data_dir / "adapters" / agency.id
+            if config.adapter is None:
+                adapter_config = AdapterConfig(
+                    agency_id=agency.id, agency_target=server.address, state_dir=adapter_state
+                )
+            else:
+                adapter_config = replace(
+                    config.adapter, agency_id=agency.id, agency_target=server.address, state_dir=adapter_state
+                )
+            adapter = AdapterRuntime(
+                adapter_config,
+                registry=registry,
+                signing_key=load_agency_signing_key(config.keys_dir, agency.id),
+                clock=clock,
+                nats_client=nc,
+            )
+            await self._exit.enter_async_context(adapter)
+            self.agencies[agency.id], self.servers[agency.id], self.adapters[agency.id] = (
+                reference,
+                server,
+                adapter,
+            )
+        log.info("stack.started", broker=self.broker.address, agencies=len(self.agencies))
+
+
+async def _drain(nc: Client) -> None:
+    if not nc.is_closed:
+        await nc.drain()
