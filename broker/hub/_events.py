@@ -60,7 +60,10 @@ _PROGRESS: dict[common_pb2.RequestState.ValueType, int] = {
     common_pb2.REQUEST_STATE_ACKNOWLEDGED: 3,
 }
 # Events about what the adapter could not even verify carry the digest of what it received.
-_UNVERIFIED_REASONS = {results_pb2.REASON_CODE_SIGNATURE_INVALID, results_pb2.REASON_CODE_INVALID_REQUEST}
+_UNVERIFIED_REASONS: set[results_pb2.ReasonCode.ValueType] = {
+    results_pb2.REASON_CODE_SIGNATURE_INVALID,
+    results_pb2.REASON_CODE_INVALID_REQUEST,
+}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -110,10 +113,12 @@ def apply_event(
     if any(_event_id(recorded) == event.event_id for recorded in status.events):
         return None
     header = envelope_pb2.EnvelopeHeader.FromString(status.notarized_header)
-    unverified_failure = (
-        event.state == common_pb2.REQUEST_STATE_FAILED and event.reason in _UNVERIFIED_REASONS
-    )
-    if event.request_digest != header.body_digest and not unverified_failure:
+    if event.request_digest != header.body_digest:
+        if event.state == common_pb2.REQUEST_STATE_FAILED and event.reason in _UNVERIFIED_REASONS:
+            # The adapter refused a copy that is not the body we notarized: someone put a forged
+            # message on its inbox under this request's id. Recorded, but the genuine request is
+            # untouched, or a forger could fail any request by id.
+            raise Refused("FORGED_COPY", "the recipient refused a forged copy of this request")
         raise Refused("DIGEST_MISMATCH", "event is bound to another request body")
     try:
         state = next_state(
