@@ -6,7 +6,7 @@ one may be lost or overtaken (ACKNOWLEDGED straight from SUBMITTED is fine); an 
 behind the current progress is refused as ``OUT_OF_ORDER`` so the caller can drop a straggler.
 
 Holds (STOP_PAYMENT, FREEZE) live on after execution: the broker may then record EXTENDED
-(repeatedly), RELEASED or EXPIRED. ESCALATED annotates any non-final state without changing it.
+(repeatedly), RELEASED or EXPIRED. ESCALATED and REMINDED annotate any non-final state without changing it.
 
 Checks run in a fixed order, so one event gets one answer: the actor first (an event from the
 wrong party is refused whatever the state), then final states, then order.
@@ -80,6 +80,7 @@ _ACTORS: Mapping[_State, str] = {
     _S.REQUEST_STATE_RELEASED: _BROKER,
     _S.REQUEST_STATE_EXPIRED: _BROKER,
     _S.REQUEST_STATE_ESCALATED: _BROKER,
+    _S.REQUEST_STATE_REMINDED: _BROKER,
 }
 
 
@@ -139,7 +140,8 @@ def next_state(
         raise _illegal(what, f"{_name(current)} is final")
     if current not in _RANK:
         raise _illegal(what, f"{_name(current)} is not a stored state")
-    if event == _S.REQUEST_STATE_ESCALATED:
+    if event in (_S.REQUEST_STATE_ESCALATED, _S.REQUEST_STATE_REMINDED):
+        # Annotations of the timeline (deadline reminders and breaches), not steps of it.
         return current
     if event == _S.REQUEST_STATE_CANCELLED:
         if current not in _CANCELLABLE:

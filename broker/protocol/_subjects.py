@@ -16,6 +16,7 @@ Layout::
     GC_DEADLINES   gc.deadline.<request_id>.<phase>       message schedules (one per subject)
                    gc.deadline.fired.<request_id>.<phase> where a schedule fires
     GC_DEADLETTER  gc.deadletter.<agency>                 messages an adapter could not process
+    GC_NOTICES     gc.notice.<agency>                     escalation notices to duty desks and supervisors
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ __all__ = [
     "LEDGER_CHECKPOINT_SUBJECT",
     "LEDGER_ENTRY_SUBJECT",
     "LEDGER_STREAM",
+    "NOTICES_STREAM",
     "PRIORITIES",
     "REGISTRY_BUCKET",
     "REPLAY_BUCKET",
@@ -52,6 +54,7 @@ __all__ = [
     "inbox_consumer",
     "inbox_filter",
     "inbox_subject",
+    "notice_subject",
     "status_filter",
     "status_subject",
     "stream_specs",
@@ -66,6 +69,7 @@ WATCH_STREAM = "GC_WATCH"
 LEDGER_STREAM = "GC_LEDGER"
 DEADLINES_STREAM = "GC_DEADLINES"
 DEADLETTER_STREAM = "GC_DEADLETTER"
+NOTICES_STREAM = "GC_NOTICES"
 
 LEDGER_ENTRY_SUBJECT = "gc.ledger.entry"
 LEDGER_CHECKPOINT_SUBJECT = "gc.ledger.checkpoint"
@@ -269,6 +273,14 @@ def deadletter_subject(agency: str) -> str:
     return f"gc.deadletter.{validate_agency_id(agency)}"
 
 
+# --- GC_NOTICES -----------------------------------------------------------------------
+
+
+def notice_subject(agency: str) -> str:
+    """``gc.notice.<agency>``: escalation notices (reminders, breaches) for an agency's duty desk."""
+    return f"gc.notice.{validate_agency_id(agency)}"
+
+
 # --- stream specifications ------------------------------------------------------------
 
 
@@ -368,5 +380,12 @@ def stream_specs(replicas: int = 1) -> tuple[StreamSpec, ...]:
             description="Messages an adapter could not process, kept for an operator.",
             replicas=replicas,
             max_age=90 * _DAY,
+        ),
+        StreamSpec(
+            name=NOTICES_STREAM,
+            subjects=("gc.notice.>",),
+            description="Signed escalation notices for agencies' duty desks and supervisors.",
+            replicas=replicas,
+            max_age=200 * _DAY,
         ),
     )

@@ -24,14 +24,15 @@ EXE, PEX, REJ, FAI = (
     T.REQUEST_STATE_REJECTED,
     T.REQUEST_STATE_FAILED,
 )
-CAN, EXT, REL, EXP, ESC = (
+CAN, EXT, REL, EXP, ESC, REM = (
     T.REQUEST_STATE_CANCELLED,
     T.REQUEST_STATE_EXTENDED,
     T.REQUEST_STATE_RELEASED,
     T.REQUEST_STATE_EXPIRED,
     T.REQUEST_STATE_ESCALATED,
+    T.REQUEST_STATE_REMINDED,
 )
-EVENTS = [SUB, DEL, ACK, EXE, PEX, REJ, FAI, CAN, EXT, REL, EXP, ESC]
+EVENTS = [SUB, DEL, ACK, EXE, PEX, REJ, FAI, CAN, EXT, REL, EXP, ESC, REM]
 STORED = [UNSPEC, SUB, DEL, ACK, EXE, PEX, REJ, FAI, CAN, EXT, REL, EXP]
 
 SENDER, RECIPIENT, STRANGER = "police-310115", "bank-icbc", "bank-ccb"
@@ -61,6 +62,7 @@ ACTORS: dict[State, str] = {
     REL: "b",
     EXP: "b",
     ESC: "b",
+    REM: "b",
 }
 
 # Every legal (current, event) -> stored state, for any request type.
@@ -68,15 +70,19 @@ LEGAL_ANY: dict[tuple[State, State], State] = {
     (UNSPEC, SUB): SUB,
     **{(SUB, e): e for e in (DEL, ACK, EXE, PEX, REJ, FAI, CAN)},
     (SUB, ESC): SUB,
+    (SUB, REM): SUB,
     **{(DEL, e): e for e in (ACK, EXE, PEX, REJ, FAI, CAN)},
     (DEL, ESC): DEL,
+    (DEL, REM): DEL,
     **{(ACK, e): e for e in (EXE, PEX, REJ, FAI)},
     (ACK, ESC): ACK,
+    (ACK, REM): ACK,
 }
 # And in addition for stop-payments and freezes: the life of the hold.
 LEGAL_HOLD: dict[tuple[State, State], State] = {
     **{(s, e): e for s in (EXE, PEX, EXT) for e in (EXT, REL, EXP)},
     **{(s, ESC): s for s in (EXE, PEX, EXT)},
+    **{(s, REM): s for s in (EXE, PEX, EXT)},
 }
 # Stragglers: at or behind the current progress, on a state that can still change.
 OUT_OF_ORDER_ANY = {(SUB, SUB), (DEL, SUB), (DEL, DEL), (ACK, SUB), (ACK, DEL), (ACK, ACK)}

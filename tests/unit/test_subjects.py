@@ -24,6 +24,7 @@ from broker.protocol import (
     inbox_consumer,
     inbox_filter,
     inbox_subject,
+    notice_subject,
     status_filter,
     status_subject,
     stream_specs,
@@ -216,7 +217,15 @@ def test_non_strings_rejected() -> None:
 
 def test_stream_specs() -> None:
     specs = {spec.name: spec for spec in stream_specs(replicas=3)}
-    assert set(specs) == {"GC_INBOX", "GC_EVENTS", "GC_WATCH", "GC_LEDGER", "GC_DEADLINES", "GC_DEADLETTER"}
+    assert set(specs) == {
+        "GC_INBOX",
+        "GC_EVENTS",
+        "GC_WATCH",
+        "GC_LEDGER",
+        "GC_DEADLINES",
+        "GC_DEADLETTER",
+        "GC_NOTICES",
+    }
     assert all(spec.replicas == 3 and spec.storage == "file" for spec in specs.values())
     assert all(spec.duplicate_window > timedelta(0) for spec in specs.values())
     ledger = specs[LEDGER_STREAM]
@@ -248,6 +257,7 @@ def test_every_subject_lands_in_exactly_one_stream() -> None:
         deadline_subject(RID, "deliver"),
         deadline_fired_subject(RID, "deliver"),
         deadletter_subject("bank-a"),
+        notice_subject("bank-a"),
     ]
     for subject in subjects:
         owners = [s.name for s in specs if any(_subject_matches(f, subject) for f in s.subjects)]

@@ -204,7 +204,9 @@ class _RequestStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RequestS
     REQUEST_STATE_EXPIRED: _RequestState.ValueType  # 12
     """Hold ran out."""
     REQUEST_STATE_ESCALATED: _RequestState.ValueType  # 13
-    """A deadline was breached and escalated. Not terminal."""
+    """A deadline was breached and escalated. Recorded in the timeline; does not change the state."""
+    REQUEST_STATE_REMINDED: _RequestState.ValueType  # 14
+    """Half of a phase's time is gone and the recipient was reminded. Recorded; does not change the state."""
 
 class RequestState(_RequestState, metaclass=_RequestStateEnumTypeWrapper):
     """Lifecycle states of a request."""
@@ -233,7 +235,9 @@ REQUEST_STATE_RELEASED: RequestState.ValueType  # 11
 REQUEST_STATE_EXPIRED: RequestState.ValueType  # 12
 """Hold ran out."""
 REQUEST_STATE_ESCALATED: RequestState.ValueType  # 13
-"""A deadline was breached and escalated. Not terminal."""
+"""A deadline was breached and escalated. Recorded in the timeline; does not change the state."""
+REQUEST_STATE_REMINDED: RequestState.ValueType  # 14
+"""Half of a phase's time is gone and the recipient was reminded. Recorded; does not change the state."""
 Global___RequestState: _TypeAlias = RequestState  # noqa: Y015
 
 class _Phase:

@@ -8,6 +8,7 @@ from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from greenchannel.v1 import common_pb2 as _common_pb2
 from greenchannel.v1 import envelope_pb2 as _envelope_pb2
 from greenchannel.v1 import results_pb2 as _results_pb2
@@ -21,6 +22,28 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _NoticeKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _NoticeKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_NoticeKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    NOTICE_KIND_UNSPECIFIED: _NoticeKind.ValueType  # 0
+    NOTICE_KIND_REMINDER: _NoticeKind.ValueType  # 1
+    """Half of a phase's time is gone."""
+    NOTICE_KIND_BREACH: _NoticeKind.ValueType  # 2
+    """A phase deadline passed."""
+
+class NoticeKind(_NoticeKind, metaclass=_NoticeKindEnumTypeWrapper):
+    """What an escalation notice is about."""
+
+NOTICE_KIND_UNSPECIFIED: NoticeKind.ValueType  # 0
+NOTICE_KIND_REMINDER: NoticeKind.ValueType  # 1
+"""Half of a phase's time is gone."""
+NOTICE_KIND_BREACH: NoticeKind.ValueType  # 2
+"""A phase deadline passed."""
+Global___NoticeKind: _TypeAlias = NoticeKind  # noqa: Y015
 
 @_typing.final
 class LifecycleEvent(_message.Message):
@@ -247,3 +270,67 @@ class Cancellation(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Cancellation: _TypeAlias = Cancellation  # noqa: Y015
+
+@_typing.final
+class EscalationNotice(_message.Message):
+    """The broker tells an agency's duty desk, or its supervisor, that a deadline is at risk or breached.
+    Travels as a SignedMessage (signed by the broker) on the addressee's notice subject.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    CASE_NUMBER_FIELD_NUMBER: _builtins.int
+    PHASE_FIELD_NUMBER: _builtins.int
+    DUE_AT_FIELD_NUMBER: _builtins.int
+    RESPONSIBLE_FIELD_NUMBER: _builtins.int
+    DUTY_CONTACT_FIELD_NUMBER: _builtins.int
+    SUPERVISOR_FIELD_NUMBER: _builtins.int
+    ADDRESSEE_FIELD_NUMBER: _builtins.int
+    AT_FIELD_NUMBER: _builtins.int
+    kind: Global___NoticeKind.ValueType
+    """Reminder or breach."""
+    request_id: _builtins.str
+    """The request."""
+    case_number: _builtins.str
+    """Its case number."""
+    phase: _common_pb2.Phase.ValueType
+    """The phase at risk."""
+    responsible: _builtins.str
+    """The agency that owes the step."""
+    duty_contact: _builtins.str
+    """Its duty desk contact, from the registry."""
+    supervisor: _builtins.str
+    """Its supervisor agency, from the registry."""
+    addressee: _builtins.str
+    """Who this notice is addressed to (the responsible agency or its supervisor)."""
+    @_builtins.property
+    def due_at(self) -> _timestamp_pb2.Timestamp:
+        """When the phase is (or was) due."""
+
+    @_builtins.property
+    def at(self) -> _timestamp_pb2.Timestamp:
+        """When the broker sent it."""
+
+    def __init__(
+        self,
+        *,
+        kind: Global___NoticeKind.ValueType = ...,
+        request_id: _builtins.str = ...,
+        case_number: _builtins.str = ...,
+        phase: _common_pb2.Phase.ValueType = ...,
+        due_at: _timestamp_pb2.Timestamp | None = ...,
+        responsible: _builtins.str = ...,
+        duty_contact: _builtins.str = ...,
+        supervisor: _builtins.str = ...,
+        addressee: _builtins.str = ...,
+        at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "due_at", b"due_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["addressee", b"addressee", "at", b"at", "case_number", b"case_number", "due_at", b"due_at", "duty_contact", b"duty_contact", "kind", b"kind", "phase", b"phase", "request_id", b"request_id", "responsible", b"responsible", "supervisor", b"supervisor"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___EscalationNotice: _TypeAlias = EscalationNotice  # noqa: Y015

@@ -58,6 +58,10 @@ class _ReasonCodeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ReasonCode
     """The hold ran out."""
     REASON_CODE_INTERNAL: _ReasonCode.ValueType  # 15
     """Unexpected error in the agency system."""
+    REASON_CODE_CONVERTED: _ReasonCode.ValueType  # 16
+    """A stop-payment hold became a freeze."""
+    REASON_CODE_DEADLINE_BREACHED: _ReasonCode.ValueType  # 17
+    """A phase deadline passed."""
 
 class ReasonCode(_ReasonCode, metaclass=_ReasonCodeEnumTypeWrapper):
     """Why a request was not (fully) executed."""
@@ -93,6 +97,10 @@ REASON_CODE_EXPIRED: ReasonCode.ValueType  # 14
 """The hold ran out."""
 REASON_CODE_INTERNAL: ReasonCode.ValueType  # 15
 """Unexpected error in the agency system."""
+REASON_CODE_CONVERTED: ReasonCode.ValueType  # 16
+"""A stop-payment hold became a freeze."""
+REASON_CODE_DEADLINE_BREACHED: ReasonCode.ValueType  # 17
+"""A phase deadline passed."""
 Global___ReasonCode: _TypeAlias = ReasonCode  # noqa: Y015
 
 class _AssistanceDecision:
