@@ -20,8 +20,8 @@ from nats.aio.client import Client
 from adapters import AdapterConfig, AdapterRuntime
 from broker.client import BusClient
 from broker.hub import Broker, BrokerConfig
-from broker.hub._deadlines import DEFAULT_DEADLINES, DeadlineTable
 from broker.hub._events import EventProcessorConfig
+from broker.hub._sla_policy import DEFAULT_SLA_POLICY_PATH, SlaPolicy, load_sla_policy
 from broker.protocol import Clock, SystemClock
 from broker.protocol._directory import load_directory
 from broker.protocol._embedded import EmbeddedNatsConfig, nats_for
@@ -54,8 +54,8 @@ class StackConfig:
     """An existing NATS (JetStream on); None starts the embedded server."""
     listen: str = "127.0.0.1:0"
     """The broker's gRPC address."""
-    deadlines: DeadlineTable = DEFAULT_DEADLINES
-    """Phase deadlines."""
+    sla: SlaPolicy = field(default_factory=lambda: load_sla_policy(DEFAULT_SLA_POLICY_PATH))
+    """The green-channel SLA policy (deadlines, holds, escalation)."""
     adapter: AdapterConfig | None = None
     """Template for every adapter's settings (agency id, target and state dir are filled in)."""
     seed_at: datetime | None = None
@@ -117,7 +117,7 @@ class Stack:
             state_dir=config.keys_dir,
             directory=config.directory,
             listen=config.listen,
-            deadlines=config.deadlines,
+            sla=config.sla,
             events=EventProcessorConfig(fetch_timeout=0.5),
             clock=clock,
         )

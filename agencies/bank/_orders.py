@@ -128,6 +128,12 @@ def release_hold(
     order: requests_pb2.Release,
 ) -> bank_pb2.ReleaseHoldResponse:
     env = Env(config=config, now=now)
+    if not order.HasField("account"):
+        # The broker's own notice that a hold lapsed: it names only the hold (it keeps no account
+        # data). Lifting a hold that already ran out is done, not an error.
+        lapsed = _lapsed_release(conn, env, order.target_request_id)
+        if lapsed is not None:
+            return bank_pb2.ReleaseHoldResponse(result=lapsed)
     target = _target_hold(conn, env, order.account, order.target_request_id)
     if isinstance(target, results_pb2.Result):
         return bank_pb2.ReleaseHoldResponse(result=target)
@@ -238,9 +244,32 @@ def _checked_account(
     return acct
 
 
+def _lapsed_release(conn: sqlite3.Connection, env: Env, target_request_id: str) -> results_pb2.Result | None:
+    """Answer a release that names only the hold: done if it lapsed; None to release it normally."""
+    hold = store.hold_by_request(conn, target_request_id, env.now)
+    if hold is None:
+        return rejected(results_pb2.REASON_CODE_NO_ACTIVE_HOLD, "no hold or freeze from that request")
+    if hold.status is HoldStatus.ACTIVE:
+        return None
+    result = executed("the hold had already lapsed; nothing is held any more")
+    result.reason = results_pb2.REASON_CODE_ALREADY_DONE
+    result.agency_reference = hold.hold_id
+    return result
+
+
 def _target_hold(
     conn: sqlite3.Connection, env: Env, ref: common_pb2.BankAccountRef, target_request_id: str
 ) -> tuple[Hold, Account] | results_pb2.Result:
+    if not ref.account_number:
+        hold = store.hold_by_request(conn, target_request_id, env.now)
+        if hold is None or hold.status is not HoldStatus.ACTIVE:
+            return rejected(
+                results_pb2.REASON_CODE_NO_ACTIVE_HOLD, "no active hold or freeze from that request"
+            )
+        account = store.account(conn, hold.account_number)
+        if account is None:
+            return rejected(results_pb2.REASON_CODE_NOT_FOUND, "the held account no longer exists")
+        return hold, account
     acct = _checked_account(conn, env, ref, currency=None, must_be_open=False)
     if isinstance(acct, results_pb2.Result):
         return acct

@@ -1,8 +1,8 @@
 """Green-channel SLAs: phase budgets per request type and priority, and how long holds last.
 
-The table is fixed here for now; SLA policy files per jurisdiction will replace
-:data:`DEFAULT_DEADLINES` behind the same small interface (:meth:`DeadlineTable.budgets`,
-:meth:`~DeadlineTable.hold_validity`, :meth:`~DeadlineTable.deadlines`).
+The numbers are data: :mod:`broker.hub._sla_policy` reads them from a policy file per
+jurisdiction and builds a :class:`DeadlineTable`. :data:`DEFAULT_SLA_POLICY` is the shipped
+Chinese policy, ``agencies/sla/cn.toml``, and :data:`DEFAULT_DEADLINES` its table.
 """
 
 from __future__ import annotations
@@ -15,7 +15,9 @@ from typing import TypeAlias
 
 from greenchannel.v1 import common_pb2, envelope_pb2
 
-__all__ = ["DEFAULT_DEADLINES", "DeadlineTable", "PhaseBudget"]
+from ._sla_policy import DEFAULT_SLA_POLICY_PATH, SlaPolicy, load_sla_policy
+
+__all__ = ["DEFAULT_DEADLINES", "DEFAULT_SLA_POLICY", "DeadlineTable", "PhaseBudget"]
 
 _RequestType: TypeAlias = common_pb2.RequestType.ValueType
 _Priority: TypeAlias = common_pb2.Priority.ValueType
@@ -115,48 +117,9 @@ class DeadlineTable:
         )
 
 
-def _default_table() -> DeadlineTable:
-    urgent = PhaseBudget(
-        deliver=timedelta(seconds=30), acknowledge=timedelta(minutes=2), execute=timedelta(minutes=10)
-    )
-    green_execute = {
-        request_type: urgent.execute
-        for request_type in (
-            common_pb2.REQUEST_TYPE_STOP_PAYMENT,
-            common_pb2.REQUEST_TYPE_FREEZE,
-            common_pb2.REQUEST_TYPE_RELEASE,
-            common_pb2.REQUEST_TYPE_EXTEND,
-            common_pb2.REQUEST_TYPE_NUMBER_BLOCK,
-            common_pb2.REQUEST_TYPE_ACCOUNT_BLOCK,
-            common_pb2.REQUEST_TYPE_WARNING,
-        )
-    } | {
-        # Urgent data requests: 8 hours, as EU 2023/977 art. 5 for urgent requests.
-        common_pb2.REQUEST_TYPE_DATA_REQUEST: timedelta(hours=8),
-        common_pb2.REQUEST_TYPE_ASSISTANCE: timedelta(hours=24),
-        common_pb2.REQUEST_TYPE_FRAUD_REPORT: timedelta(hours=1),
-    }
-    # Standard: 3 days to execute for everything, data requests included (EU 2023/977: 3 days).
-    standard = PhaseBudget(
-        deliver=timedelta(hours=1), acknowledge=timedelta(hours=8), execute=timedelta(days=3)
-    )
-    budgets: dict[tuple[_RequestType, _Priority], PhaseBudget] = {}
-    for request_type, execute in green_execute.items():
-        budgets[(request_type, common_pb2.PRIORITY_GREEN)] = PhaseBudget(
-            deliver=urgent.deliver, acknowledge=urgent.acknowledge, execute=execute
-        )
-        budgets[(request_type, common_pb2.PRIORITY_STANDARD)] = standard
-    return DeadlineTable(
-        budgets=budgets,
-        holds={
-            # 紧急止付: 48 hours; each extension adds another 48 hours.
-            common_pb2.REQUEST_TYPE_STOP_PAYMENT: timedelta(hours=48),
-            common_pb2.REQUEST_TYPE_EXTEND: timedelta(hours=48),
-            # 快速冻结: six months, counted as 183 days.
-            common_pb2.REQUEST_TYPE_FREEZE: timedelta(days=183),
-        },
-    )
+# A broken shipped policy is a bug, so importing this module fails loudly with its PolicyError.
+DEFAULT_SLA_POLICY: SlaPolicy = load_sla_policy(DEFAULT_SLA_POLICY_PATH)
+"""The shipped Chinese green-channel policy (``agencies/sla/cn.toml``): deadlines, holds, escalation."""
 
-
-DEFAULT_DEADLINES: DeadlineTable = _default_table()
-"""Chinese green-channel practice; every type has a GREEN and a STANDARD budget."""
+DEFAULT_DEADLINES: DeadlineTable = DEFAULT_SLA_POLICY.deadlines
+"""The deadline table of :data:`DEFAULT_SLA_POLICY`; every type has a GREEN and a STANDARD budget."""

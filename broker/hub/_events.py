@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
@@ -34,6 +36,7 @@ from broker.protocol._subjects import EVENTS_STREAM, deadletter_subject, events_
 from ._errors import IllegalTransitionError, NotFoundError
 from ._lifecycle import is_outcome, next_state
 from ._store import RequestStore
+from ._timers import DeadlineScheduler
 from ._watchlog import WatchLog
 
 __all__ = [
@@ -41,6 +44,7 @@ __all__ = [
     "BrokerEvents",
     "EventProcessor",
     "EventProcessorConfig",
+    "HoldLifecycle",
     "Refused",
     "apply_event",
 ]
@@ -142,6 +146,10 @@ def apply_event(
         updated.reason = event.reason
     if event.HasField("result"):
         updated.result.CopyFrom(event.result)
+    if event.state == common_pb2.REQUEST_STATE_ESCALATED:
+        for phase in updated.deadlines.phases:
+            if phase.phase == event.phase:
+                phase.breached = True
     reached = _progress(event.state)
     for phase in updated.deadlines.phases:
         if not phase.HasField("done_at") and reached >= _PHASE_DONE_BY.get(phase.phase, 99):
@@ -173,12 +181,19 @@ class BrokerEvents:
         reason: results_pb2.ReasonCode.ValueType = results_pb2.REASON_CODE_UNSPECIFIED,
         detail: str = "",
         phase: common_pb2.Phase.ValueType = common_pb2.PHASE_UNSPECIFIED,
+        event_id: str | None = None,
+        also: Callable[[lifecycle_pb2.RequestStatus], None] | None = None,
     ) -> lifecycle_pb2.RequestStatus:
-        """Apply a broker event; raises Refused when the state machine does not allow it now."""
+        """Apply a broker event; raises Refused when the state machine does not allow it now.
+
+        ``event_id`` makes the step idempotent when the same cause can be handled twice (a timer
+        redelivered after a crash): the second application finds the id and changes nothing.
+        ``also`` changes more of the status in the same compare-and-set (e.g. a new hold expiry).
+        """
         current = (await self._requests.get(request_id)).status
         now = self._clock.now()
         event = lifecycle_pb2.LifecycleEvent(
-            event_id=new_uuid7(self._clock),
+            event_id=event_id or new_uuid7(self._clock),
             request_id=request_id,
             state=state,
             actor=BROKER_ID,
@@ -189,7 +204,14 @@ class BrokerEvents:
             phase=phase,
         )
         signed = sign_event(event, key=self._broker_key, clock=self._clock)
-        status = await self._requests.update(request_id, lambda s: apply_event(s, event, signed, now=now))
+
+        def change(stored: lifecycle_pb2.RequestStatus) -> lifecycle_pb2.RequestStatus | None:
+            updated = apply_event(stored, event, signed, now=now)
+            if updated is not None and also is not None:
+                also(updated)
+            return updated
+
+        status = await self._requests.update(request_id, change)
         recorded = next(r for r in status.events if _event_id(r) == event.event_id)
         await self._watchlog.append(status, recorded, event_id=event.event_id)
         return status
@@ -207,7 +229,9 @@ class EventProcessor:
         watchlog: WatchLog,
         clock: Clock,
         config: EventProcessorConfig | None = None,
+        holds: HoldLifecycle | None = None,
     ) -> None:
+        self._holds = holds
         self._js = js
         self._registry = registry
         self._requests = requests
@@ -293,6 +317,8 @@ class EventProcessor:
         recorded = next(r for r in status.events if _event_id(r) == event.event_id)
         # Idempotent: Nats-Msg-Id = event id, so a redelivered event is logged once.
         await self._watchlog.append(status, recorded, event_id=event.event_id)
+        if is_outcome(event.state) and self._holds is not None:
+            await self._holds.after_outcome(status)
         await msg.ack()
         log.info(
             "request.event_applied",
@@ -320,3 +346,65 @@ class EventProcessor:
             log.exception("events.refusal_not_recorded")
             return  # not termed: redelivered and recorded on a later attempt
         await msg.term()
+
+
+_HOLD_TYPES = {common_pb2.REQUEST_TYPE_STOP_PAYMENT, common_pb2.REQUEST_TYPE_FREEZE}
+_HOLD_PLACED = {common_pb2.REQUEST_STATE_EXECUTED, common_pb2.REQUEST_STATE_PARTIALLY_EXECUTED}
+_FOLLOW_UP_NAMESPACE = uuid.UUID("6a0f4b8e-2c1d-5e7f-9a3b-4c5d6e7f8a9b")
+
+
+class HoldLifecycle:
+    """What an outcome means for holds: a placed hold starts its expiry timer; an executed
+    extension, release or conversion changes the hold it targets. Every step has a stable event
+    id, so an outcome processed twice changes the target once."""
+
+    def __init__(
+        self, *, requests: RequestStore, broker_events: BrokerEvents, scheduler: DeadlineScheduler
+    ) -> None:
+        self._requests = requests
+        self._events = broker_events
+        self._scheduler = scheduler
+
+    async def after_outcome(self, status: lifecycle_pb2.RequestStatus) -> None:
+        if status.type in _HOLD_TYPES and status.state in _HOLD_PLACED:
+            await self._scheduler.schedule_expiry(status)
+        if not status.target_id or status.state not in _HOLD_PLACED:
+            return
+        step = str(uuid.uuid5(_FOLLOW_UP_NAMESPACE, f"{status.id}/{status.target_id}"))
+        try:
+            if status.type == common_pb2.REQUEST_TYPE_EXTEND:
+                new_end = status.deadlines.hold_expires_at
+                if status.result.HasField("hold_until"):
+                    new_end = status.result.hold_until
+
+                def extend(target: lifecycle_pb2.RequestStatus) -> None:
+                    target.deadlines.hold_expires_at.CopyFrom(new_end)
+
+                target = await self._events.emit(
+                    status.target_id,
+                    common_pb2.REQUEST_STATE_EXTENDED,
+                    detail=f"extended by {status.id}",
+                    event_id=step,
+                    also=extend,
+                )
+                await self._scheduler.schedule_expiry(target)
+            elif status.type == common_pb2.REQUEST_TYPE_RELEASE:
+                await self._events.emit(
+                    status.target_id,
+                    common_pb2.REQUEST_STATE_RELEASED,
+                    detail=f"released by {status.id}",
+                    event_id=step,
+                )
+            elif status.type == common_pb2.REQUEST_TYPE_FREEZE:
+                await self._events.emit(
+                    status.target_id,
+                    common_pb2.REQUEST_STATE_RELEASED,
+                    reason=results_pb2.REASON_CODE_CONVERTED,
+                    detail=f"converted into freeze {status.id}",
+                    event_id=step,
+                )
+        except Refused as refused:
+            # E.g. the hold lapsed (EXPIRED is final) before the bank executed the release.
+            log.info(
+                "hold.follow_up_refused", request_id=status.id, target=status.target_id, reason=refused.reason
+            )

@@ -35,12 +35,14 @@ from broker.protocol._subjects import stream_specs
 
 from ._auth import Authenticator, open_replay_cache
 from ._bus import BusServicer
-from ._deadlines import DEFAULT_DEADLINES, DeadlineTable
+from ._deadlines_watch import DeadlineWatch, DeadlineWatchConfig
 from ._directory_service import LedgerServicer, RegistryServicer
-from ._events import BrokerEvents, EventProcessor, EventProcessorConfig
+from ._events import BrokerEvents, EventProcessor, EventProcessorConfig, HoldLifecycle
 from ._policy import Policy, load_policy
+from ._sla_policy import DEFAULT_SLA_POLICY_PATH, SlaPolicy, load_sla_policy
 from ._store import IdempotencyStore, RequestStore
 from ._submit import Intake
+from ._timers import DeadlineScheduler
 from ._tls import TlsFiles, server_credentials
 from ._watchlog import WatchLog
 
@@ -78,10 +80,12 @@ class BrokerConfig:
     """Serve TLS with client certificates (mTLS) instead of plaintext."""
     require_tls_identity: bool = False
     """With TLS: the client certificate must name the same agency as the bearer token."""
-    deadlines: DeadlineTable = DEFAULT_DEADLINES
-    """Phase deadlines and hold validity per request type and priority."""
+    sla: SlaPolicy = field(default_factory=lambda: load_sla_policy(DEFAULT_SLA_POLICY_PATH))
+    """Green-channel SLA: phase deadlines, hold rules and the escalation ladder."""
     events: EventProcessorConfig = field(default_factory=EventProcessorConfig)
     """How adapters' events are consumed."""
+    timers: DeadlineWatchConfig = field(default_factory=DeadlineWatchConfig)
+    """How fired deadline timers are consumed."""
     max_message_bytes: int = 2 * 1024 * 1024
     """Largest gRPC message accepted; bigger ones get RESOURCE_EXHAUSTED before any work."""
     shutdown_grace: float = 5.0
@@ -101,6 +105,7 @@ class Broker:
         self._server: grpc.aio.Server | None = None
         self._health: health.aio.HealthServicer | None = None
         self._events: EventProcessor | None = None
+        self._deadlines: DeadlineWatch | None = None
         self._port = 0
         self._closed = False
         self.registry: Registry | None = None
@@ -143,11 +148,14 @@ class Broker:
         idempotency = await IdempotencyStore.open(js, replicas=config.replicas)
         replay = await open_replay_cache(js)
         watchlog = WatchLog(js)
+        scheduler = DeadlineScheduler(js, reminder_at=config.sla.escalation.reminder_at)
         auth = Authenticator(registry, replay, config.clock, require_tls_identity=config.require_tls_identity)
         intake = Intake(
             registry=registry,
             policy=policy,
-            deadlines=config.deadlines,
+            deadlines=config.sla.deadlines,
+            holds=config.sla.holds,
+            scheduler=scheduler,
             requests=requests,
             idempotency=idempotency,
             watchlog=watchlog,
@@ -165,8 +173,22 @@ class Broker:
             watchlog=watchlog,
             clock=config.clock,
             config=config.events,
+            holds=HoldLifecycle(requests=requests, broker_events=broker_events, scheduler=scheduler),
         )
         await self._events.__aenter__()
+        self._deadlines = DeadlineWatch(
+            js=js,
+            registry=registry,
+            requests=requests,
+            broker_events=broker_events,
+            scheduler=scheduler,
+            releaser=intake,
+            broker_key=broker_key,
+            clock=config.clock,
+            escalation=config.sla.escalation,
+            config=config.timers,
+        )
+        await self._deadlines.__aenter__()
 
         server = grpc.aio.server(
             options=[
@@ -223,6 +245,8 @@ class Broker:
             await self._server.stop(self._config.shutdown_grace)
         if self._events is not None:
             await self._events.aclose()
+        if self._deadlines is not None:
+            await self._deadlines.aclose()
         if self._nc is not None and not self._nc.is_closed:
             try:
                 await asyncio.wait_for(self._nc.drain(), timeout=self._config.shutdown_grace)

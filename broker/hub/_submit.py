@@ -17,30 +17,63 @@ signed bytes. If the first publish did land, JetStream's duplicate window drops 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 import nats.errors
 import structlog
 from google.protobuf.timestamp_pb2 import Timestamp
-from greenchannel.v1 import common_pb2, envelope_pb2, lifecycle_pb2
+from greenchannel.v1 import common_pb2, envelope_pb2, lifecycle_pb2, requests_pb2
+from nats.js.client import JetStreamContext
 
-from broker.protocol import Clock, SigningKey, body_digest
-from broker.protocol._envelope import VerifiedRequest, notarize, sign_event, type_name, verify_request
+from broker.protocol import Clock, FieldViolation, SigningKey, body_digest
+from broker.protocol._envelope import (
+    VerifiedRequest,
+    notarize,
+    sign_event,
+    sign_request,
+    type_name,
+    verify_request,
+)
 from broker.protocol._ids import new_uuid7
 from broker.protocol._registry import BROKER_ID, Agency, AgencyKind, Registry
 from broker.protocol._subjects import inbox_subject
 
 from ._auth import Caller
 from ._deadlines import DeadlineTable
-from ._errors import InvalidRequestError, NotFoundError, PermissionDeniedError, UnavailableError
+from ._deadlines_watch import release_request_for
+from ._errors import (
+    IllegalTransitionError,
+    InvalidRequestError,
+    NotFoundError,
+    PermissionDeniedError,
+    UnavailableError,
+)
 from ._grpc_status import to_hub_error
 from ._policy import Policy
 from ._routing import resolve_recipient
 from ._store import IdempotencyStore, RequestStore
+from ._timers import DeadlineScheduler
 from ._watchlog import WatchLog
 
+if TYPE_CHECKING:
+    from ._sla_policy import HoldRule
+
 __all__ = ["Intake", "SubmitOutcome"]
+
+_HOLD_TYPES = {common_pb2.REQUEST_TYPE_STOP_PAYMENT, common_pb2.REQUEST_TYPE_FREEZE}
+_HOLDING = {
+    common_pb2.REQUEST_STATE_EXECUTED,
+    common_pb2.REQUEST_STATE_PARTIALLY_EXECUTED,
+    common_pb2.REQUEST_STATE_EXTENDED,
+}
+
+
+def _event_state(recorded: lifecycle_pb2.RecordedEvent) -> common_pb2.RequestState.ValueType:
+    return lifecycle_pb2.LifecycleEvent.FromString(recorded.event.payload).state
+
 
 log = structlog.get_logger(__name__)
 
@@ -69,10 +102,14 @@ class Intake:
         requests: RequestStore,
         idempotency: IdempotencyStore,
         watchlog: WatchLog,
-        js: object,
+        js: JetStreamContext,
         broker_key: SigningKey,
         clock: Clock,
+        holds: Mapping[common_pb2.RequestType.ValueType, HoldRule],
+        scheduler: DeadlineScheduler,
     ) -> None:
+        self._holds = holds
+        self._scheduler = scheduler
         self._registry = registry
         self._policy = policy
         self._deadlines = deadlines
@@ -83,9 +120,9 @@ class Intake:
         self._broker_key = broker_key
         self._clock = clock
 
-    def check(
+    async def check(
         self, caller: Caller, signed: envelope_pb2.SignedMessage, *, body: str | None = None
-    ) -> tuple[VerifiedRequest, Agency]:
+    ) -> tuple[VerifiedRequest, Agency, lifecycle_pb2.RequestStatus | None]:
         """Every check, no side effect. ``body`` restricts the request body kind (Extend, Release)."""
         try:
             verified = verify_request(signed, keys=self._registry, sender=caller.agency.id, clock=self._clock)
@@ -104,7 +141,70 @@ class Intake:
             recipient=recipient,
             case_ref=verified.request.case_ref,
         )
-        return verified, recipient
+        if verified.request.WhichOneof("body") == "release" and not verified.request.release.HasField(
+            "account"
+        ):
+            raise InvalidRequestError(
+                "a release must name the account, which the bank checks again",
+                (
+                    FieldViolation(
+                        field="request.release.account", rule="required", description="value is required"
+                    ),
+                ),
+            )
+        target = await self._check_target(caller.agency, verified, recipient)
+        return verified, recipient, target
+
+    async def _check_target(
+        self, sender: Agency, verified: VerifiedRequest, recipient: Agency
+    ) -> lifecycle_pb2.RequestStatus | None:
+        """Extensions, releases and conversions act on an active hold of the sender's, at that bank."""
+        request = verified.request
+        body = request.WhichOneof("body")
+        if body == "extend":
+            target_id = request.extend.target_request_id
+        elif body == "release":
+            target_id = request.release.target_request_id
+        elif body == "freeze" and request.freeze.converts_request_id:
+            target_id = request.freeze.converts_request_id
+        else:
+            return None
+        try:
+            target = (await self._requests.get(target_id)).status
+        except NotFoundError as exc:
+            raise IllegalTransitionError(
+                "there is no request with that target id", reason="NO_SUCH_HOLD"
+            ) from exc
+        if sender.id not in (target.sender, target.case_ref.issuing_agency):
+            raise PermissionDeniedError(
+                "only the police who placed a hold may act on it", reason="NOT_HOLD_OWNER"
+            )
+        wanted = {common_pb2.REQUEST_TYPE_STOP_PAYMENT} if body == "freeze" else _HOLD_TYPES
+        if target.type not in wanted:
+            raise IllegalTransitionError(
+                f"the target is a {type_name(target.type)}, not a hold", reason="NOT_A_HOLD"
+            )
+        if target.recipient != recipient.id:
+            raise IllegalTransitionError(f"the hold is at {target.recipient}", reason="WRONG_BANK")
+        if target.state not in _HOLDING:
+            raise IllegalTransitionError(
+                f"the hold is not active (it is {common_pb2.RequestState.Name(target.state)})",
+                reason="NO_ACTIVE_HOLD",
+            )
+        rule = self._holds.get(target.type)
+        if body == "extend" and rule is not None and rule.max_extensions is not None:
+            done = sum(1 for r in target.events if _event_state(r) == common_pb2.REQUEST_STATE_EXTENDED)
+            if done >= rule.max_extensions:
+                raise IllegalTransitionError(
+                    f"this {type_name(target.type).lower()} was already extended {done} times, the most the"
+                    " SLA policy allows; convert it into a freeze instead",
+                    reason="EXTENSION_LIMIT",
+                )
+        if body == "freeze" and rule is not None and not rule.convertible_to_freeze:
+            raise IllegalTransitionError(
+                "the SLA policy does not let stop-payments become freezes", reason="NOT_CONVERTIBLE"
+            )
+        return target
 
     def _may_send_at_all(self, sender: Agency, request_type: common_pb2.RequestType.ValueType) -> None:
         """Refuse before routing when no rule lets this kind of agency send this type to anyone:
@@ -122,14 +222,14 @@ class Intake:
     async def submit(
         self, caller: Caller, signed: envelope_pb2.SignedMessage, *, body: str | None = None
     ) -> SubmitOutcome:
-        verified, recipient = self.check(caller, signed, body=body)
+        verified, recipient, target = await self.check(caller, signed, body=body)
         request_id = new_uuid7(self._clock)
         key = verified.request.idempotency_key
         if key:
             bound = await self._idempotency.claim(caller.agency.id, key, request_id)
             if bound != request_id:
-                return await self._resubmit(bound, verified, recipient)
-        status = await self._accept(request_id, verified, recipient)
+                return await self._resubmit(bound, verified, recipient, target)
+        status = await self._accept(request_id, verified, recipient, target)
         log.info(
             "request.submitted",
             request_id=request_id,
@@ -142,16 +242,27 @@ class Intake:
         return SubmitOutcome(status=status, duplicate=False)
 
     async def _accept(
-        self, request_id: str, verified: VerifiedRequest, recipient: Agency
+        self,
+        request_id: str,
+        verified: VerifiedRequest,
+        recipient: Agency,
+        target: lifecycle_pb2.RequestStatus | None,
     ) -> lifecycle_pb2.RequestStatus:
-        """Notarize, store, publish to the inbox, log the SUBMITTED event (steps 3 to 5)."""
+        """Notarize, store, publish to the inbox, log the SUBMITTED event, set its timer (steps 3 to 5)."""
         request = verified.request
         received_at = self._clock.now()
+        deadlines = self._deadlines.deadlines(verified.request_type, request.priority, received_at)
+        if request.WhichOneof("body") == "extend" and target is not None:
+            # The bank is told the new end: the current end of the hold plus one extension.
+            rule = self._holds.get(target.type)
+            current_end = target.deadlines.hold_expires_at.ToDatetime(tzinfo=UTC)
+            if rule is not None:
+                deadlines.hold_expires_at.FromDatetime(current_end + rule.extension)
         envelope = notarize(
             verified,
             request_id=request_id,
             recipient=recipient.id,
-            deadlines=self._deadlines.deadlines(verified.request_type, request.priority, received_at),
+            deadlines=deadlines,
             broker_key=self._broker_key,
             clock=self._clock,
         )
@@ -173,24 +284,34 @@ class Intake:
             events=[recorded],
             notarized_header=envelope.header,
             notary_signature=envelope.notary_signature,
+            target_id=target.id if target is not None else "",
         )
         if not await self._requests.create(status):
             # A concurrent retry under the same idempotency key won the race; it publishes.
             return (await self._requests.get(request_id)).status
-        # Both are idempotent (Nats-Msg-Id) and independent: one round trip instead of two.
+        # All idempotent (Nats-Msg-Id, or one schedule per subject) and independent: one round trip.
         await asyncio.gather(
-            self._publish(status, envelope), self._watchlog.append(status, recorded, event_id=event_id)
+            self._publish(status, envelope),
+            self._watchlog.append(status, recorded, event_id=event_id),
+            self._scheduler.schedule_next(status),
         )
         return status
 
-    async def _resubmit(self, request_id: str, verified: VerifiedRequest, recipient: Agency) -> SubmitOutcome:
+    async def _resubmit(
+        self,
+        request_id: str,
+        verified: VerifiedRequest,
+        recipient: Agency,
+        target: lifecycle_pb2.RequestStatus | None,
+    ) -> SubmitOutcome:
         """A retry with a known idempotency key: return the first request, finishing its intake if needed."""
         try:
             stored = (await self._requests.get(request_id)).status
         except NotFoundError:
             # The first attempt claimed the key and stopped before storing: finish it under that id.
             log.warning("request.resuming_interrupted_intake", request_id=request_id)
-            return SubmitOutcome(status=await self._accept(request_id, verified, recipient), duplicate=True)
+            status = await self._accept(request_id, verified, recipient, target)
+            return SubmitOutcome(status=status, duplicate=True)
         if stored.state == common_pb2.REQUEST_STATE_SUBMITTED:
             header = envelope_pb2.EnvelopeHeader.FromString(stored.notarized_header)
             same_bytes = header.body_digest == body_digest(verified.signed.payload) and (
@@ -207,6 +328,34 @@ class Intake:
                 await self._publish(stored, envelope)
         log.info("request.duplicate_submission", request_id=request_id, sender=stored.sender)
         return SubmitOutcome(status=stored, duplicate=True)
+
+    async def originate(
+        self, request: requests_pb2.Request, *, idempotency_key: str
+    ) -> lifecycle_pb2.RequestStatus:
+        """A request the broker itself sends (the release of a lapsed hold), signed by the broker key.
+
+        No policy applies (the broker is not an agency); the contract's rules and routing do.
+        """
+        prepared = requests_pb2.Request()
+        prepared.CopyFrom(request)
+        prepared.issued_at.FromDatetime(self._clock.now())
+        prepared.idempotency_key = idempotency_key
+        signed = sign_request(prepared, key=self._broker_key, sender=BROKER_ID, clock=self._clock)
+        verified = verify_request(signed, keys=self._registry, sender=BROKER_ID, clock=self._clock)
+        recipient = resolve_recipient(verified.request, self._registry)
+        target = None
+        if prepared.WhichOneof("body") == "release":
+            target = (await self._requests.get(prepared.release.target_request_id)).status
+        request_id = new_uuid7(self._clock)
+        bound = await self._idempotency.claim(BROKER_ID, idempotency_key, request_id)
+        if bound != request_id:
+            return (await self._resubmit(bound, verified, recipient, target)).status
+        return await self._accept(request_id, verified, recipient, target)
+
+    async def release_lapsed(self, target: lifecycle_pb2.RequestStatus) -> None:
+        """Tell the bank to lift a hold that lapsed (HoldReleaser)."""
+        status = await self.originate(release_request_for(target), idempotency_key=f"lapse-{target.id}")
+        log.info("hold.release_sent", request_id=status.id, target=target.id, recipient=status.recipient)
 
     def _submitted_event(
         self, request_id: str, verified: VerifiedRequest, received_at: datetime
@@ -231,8 +380,6 @@ class Intake:
             type_name(status.type).lower(),
         )
         try:
-            await self._js.publish(  # type: ignore[attr-defined]
-                subject, envelope.SerializeToString(), headers={"Nats-Msg-Id": status.id}
-            )
+            await self._js.publish(subject, envelope.SerializeToString(), headers={"Nats-Msg-Id": status.id})
         except nats.errors.Error as exc:
             raise UnavailableError(f"cannot publish to the recipient's inbox: {exc}") from exc

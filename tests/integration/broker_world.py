@@ -21,7 +21,6 @@ from nats.js.client import JetStreamContext
 
 from broker.client import BusClient
 from broker.hub import Broker, BrokerConfig
-from broker.hub._deadlines import DEFAULT_DEADLINES
 from broker.hub._events import EventProcessorConfig
 from broker.protocol import SigningKey, SystemClock, body_digest
 from broker.protocol._directory import load_directory
@@ -81,7 +80,6 @@ class World:
             "state_dir": self.state_dir,
             "directory": DIRECTORY,
             "listen": "127.0.0.1:0",
-            "deadlines": DEFAULT_DEADLINES,
             "events": EventProcessorConfig(fetch_timeout=0.2, unknown_request_delay=0.1),
             "shutdown_grace": 1.0,
         }

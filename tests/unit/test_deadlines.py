@@ -1,4 +1,4 @@
-"""The default green-channel SLA table, hold validity, computed deadlines and scaling."""
+"""The default green-channel SLA table (the shipped CN policy), hold validity, computed deadlines, scaling."""
 
 from __future__ import annotations
 
@@ -70,7 +70,7 @@ def test_uncovered_type_or_priority(request_type: RequestType, priority: Priorit
     [
         (T.REQUEST_TYPE_STOP_PAYMENT, 48 * H),
         (T.REQUEST_TYPE_FREEZE, 183 * D),
-        (T.REQUEST_TYPE_EXTEND, 48 * H),
+        (T.REQUEST_TYPE_EXTEND, 24 * H),
         (T.REQUEST_TYPE_RELEASE, None),
         (T.REQUEST_TYPE_NUMBER_BLOCK, None),
         (T.REQUEST_TYPE_ACCOUNT_BLOCK, None),

@@ -164,6 +164,7 @@ class RequestStatus(_message.Message):
     RESULT_FIELD_NUMBER: _builtins.int
     NOTARIZED_HEADER_FIELD_NUMBER: _builtins.int
     NOTARY_SIGNATURE_FIELD_NUMBER: _builtins.int
+    TARGET_ID_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Request id."""
     type: _common_pb2.RequestType.ValueType
@@ -186,6 +187,8 @@ class RequestStatus(_message.Message):
     """Serialized EnvelopeHeader and the broker's signature over it: the notarization."""
     notary_signature: _builtins.str
     """Broker's detached JWS over notarized_header."""
+    target_id: _builtins.str
+    """EXTEND and RELEASE: the hold they act on. A FREEZE that converts a stop-payment: that stop-payment."""
     @_builtins.property
     def case_ref(self) -> _common_pb2.CaseRef:
         """Case and instrument."""
@@ -230,10 +233,11 @@ class RequestStatus(_message.Message):
         result: _results_pb2.Result | None = ...,
         notarized_header: _builtins.bytes = ...,
         notary_signature: _builtins.str = ...,
+        target_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["case_ref", b"case_ref", "deadlines", b"deadlines", "result", b"result", "submitted_at", b"submitted_at", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_ref", b"case_ref", "deadlines", b"deadlines", "events", b"events", "hop", b"hop", "id", b"id", "notarized_header", b"notarized_header", "notary_signature", b"notary_signature", "parent_id", b"parent_id", "priority", b"priority", "reason", b"reason", "recipient", b"recipient", "result", b"result", "sender", b"sender", "state", b"state", "submitted_at", b"submitted_at", "type", b"type", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_ref", b"case_ref", "deadlines", b"deadlines", "events", b"events", "hop", b"hop", "id", b"id", "notarized_header", b"notarized_header", "notary_signature", b"notary_signature", "parent_id", b"parent_id", "priority", b"priority", "reason", b"reason", "recipient", b"recipient", "result", b"result", "sender", b"sender", "state", b"state", "submitted_at", b"submitted_at", "target_id", b"target_id", "type", b"type", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -407,7 +407,9 @@ class Release(_message.Message):
     """Reason given to the bank."""
     @_builtins.property
     def account(self) -> _common_pb2.BankAccountRef:
-        """The account, checked again by the bank."""
+        """The account, checked again by the bank. Agencies must name it; the broker's own release of a
+        lapsed hold names only the target (it never holds account data).
+        """
 
     def __init__(
         self,

@@ -1,0 +1,141 @@
+"""``greenchannel sla report``: SLA compliance per agency and request type, read from the Bus API.
+
+The report reads the deadlines the broker notarized into every request, so it needs no SLA
+policy file: whichever policy was in force when a request arrived is the one it is judged by.
+A regulator sees every request; any other agency sees the requests it may read (its own).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import re
+import sys
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+import grpc
+from greenchannel.v1 import lifecycle_pb2
+
+from broker.client import BusClient
+from broker.hub._grpc_status import error_details
+from broker.hub._sla_report import render_table, report_to_json, sla_report
+from broker.protocol import Clock, ProtocolError, SystemClock
+from broker.protocol._provision import load_agency_signing_key
+
+__all__ = ["DEFAULT_BROKER", "add_sla_parser", "fetch_all_statuses", "run_sla", "sla_report_command"]
+
+DEFAULT_BROKER = "127.0.0.1:50051"
+"""Where ``greenchannel broker`` listens by default."""
+
+_PAGE_SIZE = 1000  # the largest page BusService.List serves
+_AGENCY_ID = re.compile(r"[a-z0-9][a-z0-9-]{1,62}")
+
+
+async def fetch_all_statuses(bus: BusClient) -> list[lifecycle_pb2.RequestStatus]:
+    """Every request the caller may read, following ``next_page_token`` to the end."""
+    statuses: list[lifecycle_pb2.RequestStatus] = []
+    token = ""
+    seen_tokens: set[str] = set()
+    while True:
+        page = await bus.list(page_size=_PAGE_SIZE, page_token=token)
+        statuses.extend(page.requests)
+        token = page.next_page_token
+        if not token or token in seen_tokens:
+            # A token seen before would page forever; what was read so far is still a report.
+            return statuses
+        seen_tokens.add(token)
+
+
+def _error_lines(exc: grpc.aio.AioRpcError) -> Iterator[str]:
+    details = error_details(exc)
+    reason = f" ({details.reason})" if details.reason else ""
+    yield f"greenchannel sla report: the broker answered {details.code.name}{reason}: {details.message}"
+    for name, description in details.field_violations:
+        yield f"  {name}: {description}"
+
+
+async def sla_report_command(
+    *,
+    broker: str,
+    agency_id: str,
+    state_dir: Path,
+    as_json: bool,
+    clock: Clock | None = None,
+    now: datetime | None = None,
+    out: TextIO | None = None,
+    err: TextIO | None = None,
+) -> int:
+    """Print the SLA report as ``agency_id``; 0 on success, 1 when the broker or the key fails.
+
+    ``clock`` signs the bearer tokens (and is ``now`` unless given); tests pass a ManualClock.
+    """
+    out = out or sys.stdout
+    err = err or sys.stderr
+    clock = clock or SystemClock()
+    try:
+        key = load_agency_signing_key(state_dir, agency_id)
+    except ProtocolError as exc:
+        print(f"greenchannel sla report: {exc}", file=err)
+        return 1
+    try:
+        async with BusClient(broker, agency_id=agency_id, signing_key=key, clock=clock) as bus:
+            statuses = await fetch_all_statuses(bus)
+    except grpc.aio.AioRpcError as exc:
+        for line in _error_lines(exc):
+            print(line, file=err)
+        return 1
+    report = sla_report(statuses, now=now or clock.now())
+    if as_json:
+        print(json.dumps(report_to_json(report), ensure_ascii=False), file=out)
+    else:
+        print(render_table(report), end="", file=out)
+    return 0
+
+
+def _agency(text: str) -> str:
+    if not _AGENCY_ID.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not an agency id (lowercase letters, digits, dashes)")
+    return text
+
+
+def add_sla_parser(subparsers: Any, *, default_broker: str = DEFAULT_BROKER) -> None:
+    """Register ``sla report --as AGENCY [--broker HOST:PORT] [--json]`` on the top-level subparsers.
+
+    ``subparsers`` is what ``ArgumentParser.add_subparsers`` returned (argparse keeps its type
+    private). The parsed namespace has ``command == "sla"`` and ``sla_command == "report"``.
+    """
+    sla = subparsers.add_parser("sla", help="green-channel SLA compliance")
+    commands = sla.add_subparsers(dest="sla_command", required=True)
+    report = commands.add_parser(
+        "report", help="deadlines met and breached per agency and request type, and times to finish"
+    )
+    report.add_argument(
+        "--as",
+        dest="agency",
+        required=True,
+        type=_agency,
+        metavar="AGENCY",
+        help="agency to read as (a regulator sees every request), e.g. regulator-pboc",
+    )
+    report.add_argument(
+        "--broker",
+        default=default_broker,
+        metavar="HOST:PORT",
+        help=f"broker address (default {default_broker})",
+    )
+    report.add_argument("--json", action="store_true", help="print the report as one JSON object")
+
+
+def run_sla(args: argparse.Namespace) -> int:
+    """Run the parsed ``sla`` command; needs the top-level ``--state-dir`` (the agency's keys)."""
+    if args.sla_command == "report":
+        return asyncio.run(
+            sla_report_command(
+                broker=args.broker, agency_id=args.agency, state_dir=args.state_dir, as_json=args.json
+            )
+        )
+    return 2

@@ -1,0 +1,485 @@
+"""SLA policy as data: deadlines, hold rules and the escalation ladder of one jurisdiction.
+
+The file format is documented at the top of ``agencies/sla/cn.toml``, the default policy. Every
+problem in a policy file raises :class:`PolicyError` naming the file and a field path in TOML
+spelling (``sla.version``, ``deadline[3].execute``, ``hold.freeze.max_extensions``); indexes count
+entries in file order from 0. Unknown fields are rejected: a typo must not silently loosen or
+tighten a deadline.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from pathlib import Path
+from types import MappingProxyType
+from typing import TYPE_CHECKING, NoReturn, TypeAlias
+
+from greenchannel.v1 import common_pb2
+
+from ._errors import PolicyError
+
+if TYPE_CHECKING:
+    from ._deadlines import DeadlineTable
+
+__all__ = [
+    "DEFAULT_SLA_POLICY_PATH",
+    "SLA_POLICY_VERSION",
+    "EscalationLadder",
+    "HoldRule",
+    "SlaPolicy",
+    "format_duration",
+    "load_sla_policy",
+    "parse_duration",
+]
+
+SLA_POLICY_VERSION = 1
+
+DEFAULT_SLA_POLICY_PATH = Path(__file__).resolve().parents[2] / "agencies" / "sla" / "cn.toml"
+"""The Chinese green-channel policy, the default of every broker."""
+
+_RequestType: TypeAlias = common_pb2.RequestType.ValueType
+_Priority: TypeAlias = common_pb2.Priority.ValueType
+
+_T = common_pb2
+_TYPE_PREFIX = "REQUEST_TYPE_"
+# Lowercase names, as the subjects and the authorization policy spell them (``stop_payment``).
+_TYPES_BY_NAME: Mapping[str, _RequestType] = {
+    name.removeprefix(_TYPE_PREFIX).lower(): value
+    for name, value in common_pb2.RequestType.items()
+    if value != _T.REQUEST_TYPE_UNSPECIFIED
+}
+_PRIORITIES_BY_NAME: Mapping[str, _Priority] = {"green": _T.PRIORITY_GREEN, "standard": _T.PRIORITY_STANDARD}
+_HOLD_TYPES: Mapping[str, _RequestType] = {
+    "stop_payment": _T.REQUEST_TYPE_STOP_PAYMENT,
+    "freeze": _T.REQUEST_TYPE_FREEZE,
+}
+
+_TOP = frozenset({"sla", "escalation", "hold", "deadline"})
+_HEADER = frozenset({"version", "jurisdiction", "description"})
+_ESCALATION = frozenset({"reminder_at", "breach_at", "notify_duty_desk", "notify_supervisor"})
+_HOLD = frozenset({"validity", "extension", "max_extensions", "convertible_to_freeze"})
+_FREEZE_HOLD = _HOLD - {"convertible_to_freeze"}
+_DEADLINE = frozenset({"description", "types", "priority", "deliver", "acknowledge", "execute"})
+_PHASES = ("deliver", "acknowledge", "execute")
+
+_JURISDICTION = re.compile(r"[A-Z]{2}(-[A-Z0-9]{1,8})?")
+_DURATION = re.compile(r"([1-9][0-9]{0,8})([smhd])")
+_UNITS: Mapping[str, timedelta] = {
+    "s": timedelta(seconds=1),
+    "m": timedelta(minutes=1),
+    "h": timedelta(hours=1),
+    "d": timedelta(days=1),
+}
+# Ten years: far beyond any legal hold, far below timedelta's and Timestamp's limits.
+_LONGEST = timedelta(days=3660)
+
+
+def parse_duration(text: str) -> timedelta:
+    """``"30s"``, ``"2m"``, ``"8h"``, ``"3d"``: a positive whole number and one unit; else ``ValueError``.
+
+    Deliberately strict: no signs, fractions, spaces, upper case or combined units, so that what
+    the file says is exactly what it means.
+    """
+    match = _DURATION.fullmatch(text)
+    if match is None:
+        raise ValueError(
+            f"{text!r} is not a duration: write a positive whole number and one unit "
+            '(s, m, h or d), e.g. "30s", "2m", "8h", "3d"'
+        )
+    value = int(match[1]) * _UNITS[match[2]]
+    if value > _LONGEST:
+        raise ValueError(f"{text!r} is longer than the longest allowed duration ({_LONGEST.days}d)")
+    return value
+
+
+def format_duration(value: timedelta) -> str:
+    """The shortest exact spelling :func:`parse_duration` reads back, or seconds with a fraction."""
+    for unit in ("d", "h", "m", "s"):
+        count, rest = divmod(value, _UNITS[unit])
+        if not rest and count > 0:
+            return f"{count}{unit}"
+    return f"{value.total_seconds():g}s"
+
+
+@dataclass(frozen=True, kw_only=True)
+class HoldRule:
+    """How long a hold placed by a request type lasts and how often it may be extended."""
+
+    validity: timedelta
+    """How long the hold lasts, counted from the broker's receive time of the request."""
+    extension: timedelta
+    """What one extension (a renewal, for a freeze) adds to the hold's expiry."""
+    max_extensions: int | None
+    """How many extensions are allowed; None is no limit (a freeze is renewable)."""
+    convertible_to_freeze: bool = False
+    """At its end the hold lapses on its own unless a FREEZE converts it (紧急止付 -> 快速冻结)."""
+
+    def __post_init__(self) -> None:
+        if self.validity <= timedelta(0) or self.extension <= timedelta(0):
+            raise ValueError("hold validity and extension must be positive")
+        if self.max_extensions is not None and self.max_extensions < 0:
+            raise ValueError("max_extensions must be >= 0, or None for no limit")
+
+    @property
+    def longest(self) -> timedelta | None:
+        """Validity plus every allowed extension; None when renewals are unlimited."""
+        if self.max_extensions is None:
+            return None
+        return self.validity + self.extension * self.max_extensions
+
+    def may_extend(self, extensions_so_far: int) -> bool:
+        """Whether one more extension is allowed after ``extensions_so_far``."""
+        return self.max_extensions is None or extensions_so_far < self.max_extensions
+
+    def scaled(self, factor: float) -> HoldRule:
+        return HoldRule(
+            validity=self.validity * factor,
+            extension=self.extension * factor,
+            max_extensions=self.max_extensions,
+            convertible_to_freeze=self.convertible_to_freeze,
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class EscalationLadder:
+    """When a phase deadline is at risk and who hears about a breach."""
+
+    reminder_at: float
+    """Fraction of a phase's budget after which the responsible agency is reminded (0 < x < breach_at)."""
+    breach_at: float = 1.0
+    """Fraction at which the phase is breached: always 1.0, the deadline itself."""
+    notify_duty_desk: bool = True
+    """On breach, tell the responsible agency's duty desk (``duty_contact`` in the directory)."""
+    notify_supervisor: bool = True
+    """On breach, tell the responsible agency's supervisor agency."""
+
+    def __post_init__(self) -> None:
+        if self.breach_at != 1.0:
+            raise ValueError("breach_at must be 1.0: a deadline is breached exactly when it passes")
+        if not 0.0 < self.reminder_at < self.breach_at:
+            raise ValueError("reminder_at must be above 0 and below breach_at")
+
+    def reminder_time(self, received_at: datetime, due_at: datetime) -> datetime:
+        """When to remind, for a phase counted from ``received_at`` and due at ``due_at``."""
+        return received_at + (due_at - received_at) * self.reminder_at
+
+
+@dataclass(frozen=True, kw_only=True)
+class SlaPolicy:
+    """One jurisdiction's green-channel SLA: deadlines, hold rules, escalation."""
+
+    jurisdiction: str
+    """ISO 3166-1 alpha-2 code (``CN``; ``EU`` for the Union), optionally with a subdivision."""
+    deadlines: DeadlineTable
+    """Phase budgets per (type, priority) and the hold validity the broker notarizes."""
+    holds: Mapping[_RequestType, HoldRule]
+    """Hold rules of the types that place a hold: STOP_PAYMENT and FREEZE."""
+    escalation: EscalationLadder
+    """Reminder and breach thresholds and who is told."""
+    description: str = ""
+    """For people."""
+    source: str = ""
+    """The file it was read from, for logs and error messages; empty when built in code."""
+
+    def hold_rule(self, request_type: _RequestType) -> HoldRule | None:
+        """The rule of a hold placed by ``request_type``; None for types that hold nothing."""
+        return self.holds.get(request_type)
+
+    def scaled(self, factor: float) -> SlaPolicy:
+        """Every duration multiplied by ``factor`` (extension counts unchanged): short SLAs for tests."""
+        return replace(
+            self,
+            deadlines=self.deadlines.scaled(factor),
+            holds=MappingProxyType({key: rule.scaled(factor) for key, rule in self.holds.items()}),
+        )
+
+
+# -- the file -----------------------------------------------------------------------------------
+
+
+def _type_name(value: object) -> str:
+    names = {str: "a string", bool: "a boolean", int: "an integer", float: "a float"}
+    names |= {list: "an array", dict: "a table"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _name_of(request_type: _RequestType) -> str:
+    return common_pb2.RequestType.Name(request_type).removeprefix(_TYPE_PREFIX).lower()
+
+
+@dataclass(frozen=True)
+class _Scope:
+    """One TOML table and where it sits, so every error names file and field path."""
+
+    file: str
+    path: str
+    table: Mapping[str, object]
+
+    def at(self, name: str) -> str:
+        return f"{self.path}.{name}" if self.path else name
+
+    def fail(self, name: str, message: str) -> NoReturn:
+        raise PolicyError(message, file=self.file, field=self.at(name))
+
+    def only(self, allowed: frozenset[str]) -> None:
+        for name in self.table:
+            if name not in allowed:
+                self.fail(name, f"unknown field (expected one of: {', '.join(sorted(allowed))})")
+
+    def child(self, name: str, *, required: bool = True) -> _Scope | None:
+        """The sub-table ``name``; None when absent and not required."""
+        if name not in self.table:
+            if required:
+                self.fail(name, f"missing required table [{self.at(name)}]")
+            return None
+        value = self.table[name]
+        if not isinstance(value, dict):
+            self.fail(name, f"expected a table, got {_type_name(value)}")
+        return _Scope(self.file, self.at(name), value)
+
+    def string(self, name: str, *, required: bool) -> str:
+        if name not in self.table:
+            if required:
+                self.fail(name, "missing required field")
+            return ""
+        value = self.table[name]
+        if not isinstance(value, str):
+            self.fail(name, f"expected a string, got {_type_name(value)}")
+        return value
+
+    def boolean(self, name: str, *, default: bool) -> bool:
+        value = self.table.get(name, default)
+        if not isinstance(value, bool):
+            self.fail(name, f"expected true or false, got {_type_name(value)}")
+        return value
+
+    def fraction(self, name: str, *, default: float | None) -> float:
+        if name not in self.table:
+            if default is None:
+                self.fail(name, "missing required field")
+            return default
+        value = self.table[name]
+        # bool is an int subclass; `reminder_at = true` is a mistake, not 1.
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+            self.fail(name, f"expected a number between 0 and 1, got {_type_name(value)}")
+        return float(value)
+
+    def duration(self, name: str) -> timedelta:
+        if name not in self.table:
+            self.fail(name, 'missing required field (a duration such as "30s", "8h", "3d")')
+        value = self.table[name]
+        if not isinstance(value, str):
+            self.fail(name, f'expected a duration string such as "30s", "8h", "3d", got {_type_name(value)}')
+        try:
+            return parse_duration(value)
+        except ValueError as exc:
+            self.fail(name, str(exc))
+
+
+def _header(root: _Scope) -> tuple[str, str]:
+    header = root.child("sla")
+    assert header is not None
+    header.only(_HEADER)
+    version = header.table.get("version")
+    if version is None:
+        header.fail("version", "missing required field")
+    if type(version) is not int:  # bool is an int subclass; `version = true` is a mistake
+        header.fail("version", f"expected an integer, got {_type_name(version)}")
+    if version != SLA_POLICY_VERSION:
+        header.fail("version", f"unsupported version {version}; this release reads {SLA_POLICY_VERSION}")
+    jurisdiction = header.string("jurisdiction", required=True)
+    if not _JURISDICTION.fullmatch(jurisdiction):
+        header.fail(
+            "jurisdiction",
+            f"{jurisdiction!r} is not a jurisdiction code: two upper-case letters (ISO 3166-1, or EU), "
+            'optionally "-" and a subdivision, e.g. "CN", "EU", "CN-31"',
+        )
+    return jurisdiction, header.string("description", required=False)
+
+
+def _escalation(root: _Scope) -> EscalationLadder:
+    scope = root.child("escalation")
+    assert scope is not None
+    scope.only(_ESCALATION)
+    breach_at = scope.fraction("breach_at", default=1.0)
+    if breach_at != 1.0:
+        scope.fail(
+            "breach_at", f"must be 1.0, got {breach_at}: a deadline is breached exactly when it passes"
+        )
+    reminder_at = scope.fraction("reminder_at", default=None)
+    if not 0.0 < reminder_at < breach_at:
+        scope.fail("reminder_at", f"must be above 0 and below breach_at ({breach_at}), got {reminder_at}")
+    return EscalationLadder(
+        reminder_at=reminder_at,
+        breach_at=breach_at,
+        notify_duty_desk=scope.boolean("notify_duty_desk", default=True),
+        notify_supervisor=scope.boolean("notify_supervisor", default=True),
+    )
+
+
+def _hold(scope: _Scope, name: str) -> HoldRule:
+    scope.only(_HOLD if name == "stop_payment" else _FREEZE_HOLD)
+    validity = scope.duration("validity")
+    extension = scope.duration("extension") if "extension" in scope.table else validity
+    raw_max = scope.table.get("max_extensions", -1)
+    if type(raw_max) is not int:
+        scope.fail("max_extensions", f"expected an integer (-1 for no limit), got {_type_name(raw_max)}")
+    if raw_max < -1:
+        scope.fail("max_extensions", f"must be 0 or more, or -1 for no limit; got {raw_max}")
+    return HoldRule(
+        validity=validity,
+        extension=extension,
+        max_extensions=None if raw_max == -1 else raw_max,
+        convertible_to_freeze=scope.boolean("convertible_to_freeze", default=False),
+    )
+
+
+def _holds(root: _Scope) -> dict[_RequestType, HoldRule]:
+    scope = root.child("hold")
+    assert scope is not None
+    scope.only(frozenset(_HOLD_TYPES))
+    holds: dict[_RequestType, HoldRule] = {}
+    for name, request_type in _HOLD_TYPES.items():
+        child = scope.child(name)
+        assert child is not None
+        holds[request_type] = _hold(child, name)
+    return holds
+
+
+def _deadline_types(scope: _Scope) -> list[_RequestType]:
+    if "types" not in scope.table:
+        scope.fail("types", "missing required field")
+    value = scope.table["types"]
+    if not isinstance(value, list):
+        scope.fail("types", f"expected an array of request type names, got {_type_name(value)}")
+    if not value:
+        scope.fail("types", "must not be empty (list at least one request type)")
+    types: list[_RequestType] = []
+    for i, item in enumerate(value):
+        if not isinstance(item, str):
+            scope.fail(f"types[{i}]", f"expected a string, got {_type_name(item)}")
+        request_type = _TYPES_BY_NAME.get(item)
+        if request_type is None:
+            expected = ", ".join(_TYPES_BY_NAME)
+            scope.fail(f"types[{i}]", f"unknown request type {item!r} (expected one of: {expected})")
+        if request_type in types:
+            scope.fail(f"types[{i}]", f"{item!r} is listed twice")
+        types.append(request_type)
+    return types
+
+
+_Budget: TypeAlias = tuple[timedelta, timedelta, timedelta]
+_Key: TypeAlias = tuple[_RequestType, _Priority]
+
+
+def _budget(scope: _Scope) -> _Budget:
+    deliver, acknowledge, execute = (scope.duration(name) for name in _PHASES)
+    for (earlier, shorter), (later, longer) in (
+        (("deliver", deliver), ("acknowledge", acknowledge)),
+        (("acknowledge", acknowledge), ("execute", execute)),
+    ):
+        if longer < shorter:
+            # Every phase is counted from receipt, so a later phase cannot be due before an earlier one.
+            scope.fail(
+                later,
+                f"{later} ({format_duration(longer)}) is shorter than {earlier} "
+                f"({format_duration(shorter)}); every phase counts from the broker's receive time, "
+                "so deliver <= acknowledge <= execute",
+            )
+    return deliver, acknowledge, execute
+
+
+def _deadlines(root: _Scope) -> dict[_Key, _Budget]:
+    raw = root.table.get("deadline")
+    if raw is None:
+        root.fail("deadline", "missing required [[deadline]] tables")
+    if not isinstance(raw, list) or not all(isinstance(item, dict) for item in raw):
+        root.fail("deadline", "expected an array of tables [[deadline]]")
+    budgets: dict[_Key, _Budget] = {}
+    covered_by: dict[_Key, int] = {}
+    for index, table in enumerate(raw):
+        scope = _Scope(root.file, f"deadline[{index}]", table)
+        scope.only(_DEADLINE)
+        scope.string("description", required=False)
+        types = _deadline_types(scope)
+        priority_name = scope.string("priority", required=True)
+        priority = _PRIORITIES_BY_NAME.get(priority_name)
+        if priority is None:
+            scope.fail("priority", f"unknown priority {priority_name!r} (expected one of: green, standard)")
+        budget = _budget(scope)
+        for position, request_type in enumerate(types):
+            key = (request_type, priority)
+            if key in covered_by:
+                scope.fail(
+                    f"types[{position}]",
+                    f"{_name_of(request_type)} at priority {priority_name} is already covered by "
+                    f"deadline[{covered_by[key]}]; each (type, priority) pair is covered exactly once",
+                )
+            covered_by[key] = index
+            budgets[key] = budget
+    missing = [
+        f"{type_name} at {priority_name}"
+        for type_name, request_type in _TYPES_BY_NAME.items()
+        for priority_name, priority in _PRIORITIES_BY_NAME.items()
+        if (request_type, priority) not in budgets
+    ]
+    if missing:
+        root.fail("deadline", f"no deadline for {', '.join(missing)}: every type needs one per priority")
+    return budgets
+
+
+def _table(budgets: Mapping[_Key, _Budget], holds: Mapping[_RequestType, HoldRule]) -> DeadlineTable:
+    """The broker's :class:`DeadlineTable` for these budgets and holds.
+
+    EXTEND's hold validity in the table is what one stop-payment extension adds, as the table has
+    always answered; the hub reads the target's own :class:`HoldRule` where it knows the target.
+    """
+    # Imported here: _deadlines loads the default policy through this module as it is imported.
+    from ._deadlines import DeadlineTable, PhaseBudget  # noqa: PLC0415
+
+    validity = {request_type: rule.validity for request_type, rule in holds.items()}
+    validity[_T.REQUEST_TYPE_EXTEND] = holds[_T.REQUEST_TYPE_STOP_PAYMENT].extension
+    return DeadlineTable(
+        budgets={
+            key: PhaseBudget(deliver=deliver, acknowledge=acknowledge, execute=execute)
+            for key, (deliver, acknowledge, execute) in budgets.items()
+        },
+        holds=validity,
+    )
+
+
+def _read_toml(path: Path) -> dict[str, object]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except OSError as exc:
+        raise PolicyError(f"cannot read the SLA policy file: {exc.strerror or exc}", file=str(path)) from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise PolicyError(f"not valid TOML: {exc}", file=str(path)) from exc
+
+
+def load_sla_policy(path: Path) -> SlaPolicy:
+    """Read and check an SLA policy file; raise :class:`PolicyError` naming the file and field.
+
+    Nothing is logged: the default policy is loaded while modules are imported, before the
+    command line has configured logging.
+    """
+    root = _Scope(str(path), "", _read_toml(path))
+    root.only(_TOP)
+    jurisdiction, description = _header(root)
+    escalation = _escalation(root)
+    holds = _holds(root)
+    budgets = _deadlines(root)
+    return SlaPolicy(
+        jurisdiction=jurisdiction,
+        deadlines=_table(budgets, holds),
+        holds=MappingProxyType(holds),
+        escalation=escalation,
+        description=description,
+        source=str(path),
+    )

@@ -1,0 +1,356 @@
+"""SLA policy files: the shipped CN and EU policies, hold rules, escalation, scaling and bad files."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from greenchannel.v1 import common_pb2
+
+from broker.hub._deadlines import DEFAULT_DEADLINES, DEFAULT_SLA_POLICY
+from broker.hub._errors import PolicyError
+from broker.hub._sla_policy import (
+    DEFAULT_SLA_POLICY_PATH,
+    EscalationLadder,
+    HoldRule,
+    SlaPolicy,
+    format_duration,
+    load_sla_policy,
+    parse_duration,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+CN = ROOT / "agencies" / "sla" / "cn.toml"
+EU = ROOT / "agencies" / "sla" / "eu.toml"
+
+T = common_pb2
+GREEN, STANDARD = T.PRIORITY_GREEN, T.PRIORITY_STANDARD
+S, M, H, D = timedelta(seconds=1), timedelta(minutes=1), timedelta(hours=1), timedelta(days=1)
+ALL_TYPES = [value for value in T.RequestType.values() if value != T.REQUEST_TYPE_UNSPECIFIED]
+RECEIVED = datetime(2026, 3, 1, 9, 30, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+def cn() -> SlaPolicy:
+    return load_sla_policy(CN)
+
+
+@pytest.fixture(scope="module")
+def eu() -> SlaPolicy:
+    return load_sla_policy(EU)
+
+
+def execute(
+    policy: SlaPolicy, request_type: T.RequestType.ValueType, priority: T.Priority.ValueType
+) -> timedelta:
+    return policy.deadlines.budgets(request_type, priority).execute
+
+
+# -- the shipped policies -----------------------------------------------------------------------
+
+
+def test_default_path_is_the_cn_policy(cn: SlaPolicy) -> None:
+    assert DEFAULT_SLA_POLICY_PATH == CN
+    assert cn.jurisdiction == "CN"
+    assert cn.source == str(CN)
+
+
+def test_default_deadlines_are_the_cn_policy(cn: SlaPolicy) -> None:
+    assert DEFAULT_SLA_POLICY.jurisdiction == "CN"
+    assert DEFAULT_DEADLINES is DEFAULT_SLA_POLICY.deadlines
+    assert DEFAULT_SLA_POLICY.holds == cn.holds
+    for request_type in ALL_TYPES:
+        for priority in (GREEN, STANDARD):
+            assert DEFAULT_DEADLINES.budgets(request_type, priority) == cn.deadlines.budgets(
+                request_type, priority
+            )
+        assert DEFAULT_DEADLINES.hold_validity(request_type) == cn.deadlines.hold_validity(request_type)
+
+
+def test_cn_green_is_seconds_to_minutes_and_standard_hours_to_days(cn: SlaPolicy) -> None:
+    for request_type in ALL_TYPES:
+        green = cn.deadlines.budgets(request_type, GREEN)
+        standard = cn.deadlines.budgets(request_type, STANDARD)
+        assert green.deliver == 30 * S
+        assert green.acknowledge == 2 * M
+        assert (standard.deliver, standard.acknowledge, standard.execute) == (1 * H, 8 * H, 3 * D)
+    assert execute(cn, T.REQUEST_TYPE_STOP_PAYMENT, GREEN) == 10 * M
+    assert execute(cn, T.REQUEST_TYPE_DATA_REQUEST, GREEN) == 8 * H
+    assert execute(cn, T.REQUEST_TYPE_DATA_REQUEST, STANDARD) == 3 * D
+
+
+def test_cn_stop_payment_holds_48h_extended_at_most_twice(cn: SlaPolicy) -> None:
+    rule = cn.hold_rule(T.REQUEST_TYPE_STOP_PAYMENT)
+    assert rule == HoldRule(validity=48 * H, extension=24 * H, max_extensions=2, convertible_to_freeze=True)
+    assert [rule.may_extend(n) for n in range(4)] == [True, True, False, False]
+    assert rule.longest == 96 * H
+    assert cn.deadlines.hold_validity(T.REQUEST_TYPE_STOP_PAYMENT) == 48 * H
+    assert cn.deadlines.hold_validity(T.REQUEST_TYPE_EXTEND) == 24 * H
+
+
+def test_cn_freeze_holds_six_months_renewable_without_limit(cn: SlaPolicy) -> None:
+    rule = cn.hold_rule(T.REQUEST_TYPE_FREEZE)
+    assert rule == HoldRule(validity=183 * D, extension=183 * D, max_extensions=None)
+    assert rule.may_extend(1000)
+    assert rule.longest is None
+    assert not rule.convertible_to_freeze
+    assert cn.hold_rule(T.REQUEST_TYPE_DATA_REQUEST) is None
+
+
+def test_cn_escalation_ladder(cn: SlaPolicy) -> None:
+    assert cn.escalation == EscalationLadder(
+        reminder_at=0.5, breach_at=1.0, notify_duty_desk=True, notify_supervisor=True
+    )
+    assert cn.escalation.reminder_time(RECEIVED, RECEIVED + 10 * M) == RECEIVED + 5 * M
+
+
+def test_eu_example_data_requests_follow_2023_977(eu: SlaPolicy) -> None:
+    assert eu.jurisdiction == "EU"
+    assert execute(eu, T.REQUEST_TYPE_DATA_REQUEST, GREEN) == 8 * H
+    assert execute(eu, T.REQUEST_TYPE_ASSISTANCE, GREEN) == 3 * D
+    assert execute(eu, T.REQUEST_TYPE_DATA_REQUEST, STANDARD) == 7 * D
+    assert execute(eu, T.REQUEST_TYPE_ASSISTANCE, STANDARD) == 7 * D
+    assert execute(eu, T.REQUEST_TYPE_FREEZE, STANDARD) == 3 * D
+    stop = eu.hold_rule(T.REQUEST_TYPE_STOP_PAYMENT)
+    assert stop is not None
+    assert stop.max_extensions == 1
+    assert stop.convertible_to_freeze
+    freeze = eu.hold_rule(T.REQUEST_TYPE_FREEZE)
+    assert freeze is not None
+    assert freeze.max_extensions is None
+    # The table the broker notarizes from is built from the policy's holds.
+    deadlines = eu.deadlines.deadlines(T.REQUEST_TYPE_STOP_PAYMENT, GREEN, RECEIVED)
+    assert deadlines.hold_expires_at.ToDatetime(tzinfo=UTC) == RECEIVED + 5 * D
+
+
+def test_both_policies_cover_every_type_and_priority(cn: SlaPolicy, eu: SlaPolicy) -> None:
+    for policy in (cn, eu):
+        for request_type in ALL_TYPES:
+            for priority in (GREEN, STANDARD):
+                policy.deadlines.budgets(request_type, priority)
+
+
+# -- scaling ------------------------------------------------------------------------------------
+
+
+def test_scaled_multiplies_every_duration(cn: SlaPolicy) -> None:
+    fast = cn.scaled(0.001)
+    assert fast.deadlines.budgets(T.REQUEST_TYPE_STOP_PAYMENT, GREEN).deliver == timedelta(milliseconds=30)
+    assert fast.deadlines.hold_validity(T.REQUEST_TYPE_FREEZE) == 183 * D * 0.001
+    assert fast.deadlines.hold_validity(T.REQUEST_TYPE_EXTEND) == 24 * H * 0.001
+    stop = fast.hold_rule(T.REQUEST_TYPE_STOP_PAYMENT)
+    assert stop == HoldRule(
+        validity=48 * H * 0.001, extension=24 * H * 0.001, max_extensions=2, convertible_to_freeze=True
+    )
+    assert fast.escalation == cn.escalation
+    assert fast.jurisdiction == "CN"
+    # The original is untouched.
+    assert cn.deadlines.budgets(T.REQUEST_TYPE_STOP_PAYMENT, GREEN).deliver == 30 * S
+
+
+@pytest.mark.parametrize("factor", [0.0, -1.0, float("nan")])
+def test_scaled_needs_a_positive_factor(cn: SlaPolicy, factor: float) -> None:
+    with pytest.raises(ValueError, match="positive"):
+        cn.scaled(factor)
+
+
+# -- durations ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("30s", 30 * S), ("2m", 2 * M), ("8h", 8 * H), ("3d", 3 * D), ("183d", 183 * D), ("90m", 90 * M)],
+)
+def test_parse_duration(text: str, expected: timedelta) -> None:
+    assert parse_duration(text) == expected
+
+
+@pytest.mark.parametrize(
+    "text", ["", "0s", "-1h", "+1h", "1.5h", "1 h", " 8h", "8H", "8", "h", "1h30m", "08h", "1w", "99999d"]
+)
+def test_parse_duration_refuses(text: str) -> None:
+    with pytest.raises(ValueError, match="duration"):
+        parse_duration(text)
+
+
+@pytest.mark.parametrize(
+    ("value", "text"),
+    [
+        (30 * S, "30s"),
+        (2 * M, "2m"),
+        (90 * M, "90m"),
+        (8 * H, "8h"),
+        (3 * D, "3d"),
+        (timedelta(0, 0, 1500), "0.0015s"),
+    ],
+)
+def test_format_duration(value: timedelta, text: str) -> None:
+    assert format_duration(value) == text
+
+
+# -- the objects check themselves ---------------------------------------------------------------
+
+
+def test_hold_rule_and_ladder_checks() -> None:
+    with pytest.raises(ValueError, match="positive"):
+        HoldRule(validity=timedelta(0), extension=H, max_extensions=1)
+    with pytest.raises(ValueError, match="max_extensions"):
+        HoldRule(validity=H, extension=H, max_extensions=-1)
+    with pytest.raises(ValueError, match="breach_at"):
+        EscalationLadder(reminder_at=0.5, breach_at=0.9)
+    with pytest.raises(ValueError, match="reminder_at"):
+        EscalationLadder(reminder_at=1.0)
+
+
+# -- bad files ----------------------------------------------------------------------------------
+
+HEADER = '[sla]\nversion = 1\njurisdiction = "CN"\n'
+ESCALATION = "[escalation]\nreminder_at = 0.5\n"
+HOLDS = '[hold.stop_payment]\nvalidity = "48h"\nmax_extensions = 2\n\n[hold.freeze]\nvalidity = "183d"\n'
+EVERYTHING = (
+    '[[deadline]]\ntypes = ["stop_payment", "freeze", "release", "extend", "number_block",\n'
+    '  "account_block", "data_request", "assistance", "warning", "fraud_report"]\n'
+)
+GREEN_ALL = EVERYTHING + 'priority = "green"\ndeliver = "30s"\nacknowledge = "2m"\nexecute = "10m"\n'
+STANDARD_ALL = EVERYTHING + 'priority = "standard"\ndeliver = "1h"\nacknowledge = "8h"\nexecute = "3d"\n'
+GOOD = f"{HEADER}\n{ESCALATION}\n{HOLDS}\n{GREEN_ALL}\n{STANDARD_ALL}"
+
+
+def deadline(types: str = '["stop_payment"]', priority: str = '"green"', **phases: str) -> str:
+    values = {"deliver": '"30s"', "acknowledge": '"2m"', "execute": '"10m"'} | phases
+    body = "\n".join(f"{name} = {value}" for name, value in values.items() if value)
+    return f"[[deadline]]\ntypes = {types}\npriority = {priority}\n{body}\n"
+
+
+def test_the_minimal_good_file_loads(tmp_path: Path) -> None:
+    path = tmp_path / "sla.toml"
+    path.write_text(GOOD, encoding="utf-8")
+    policy = load_sla_policy(path)
+    assert policy.escalation.notify_supervisor
+    assert policy.escalation.breach_at == 1.0
+    stop = policy.hold_rule(T.REQUEST_TYPE_STOP_PAYMENT)
+    assert stop == HoldRule(validity=48 * H, extension=48 * H, max_extensions=2)  # extension = validity
+    freeze = policy.hold_rule(T.REQUEST_TYPE_FREEZE)
+    assert freeze is not None
+    assert freeze.max_extensions is None
+
+
+BROKEN = [
+    # (file text, field, words in the message)
+    (GOOD + "\n[extra]\n", "extra", "unknown field"),
+    (GOOD.replace("version = 1", "version = 2"), "sla.version", "unsupported version 2"),
+    (GOOD.replace("version = 1", "version = true"), "sla.version", "expected an integer"),
+    (GOOD.replace("version = 1\n", ""), "sla.version", "missing required field"),
+    (GOOD.replace('jurisdiction = "CN"', 'jurisdiction = "china"'), "sla.jurisdiction", "not a jurisdiction"),
+    (GOOD.replace('jurisdiction = "CN"', "jurisdiction = 86"), "sla.jurisdiction", "expected a string"),
+    (GOOD.replace(HEADER, ""), "sla", "missing required table [sla]"),
+    (GOOD.replace(ESCALATION, ""), "escalation", "missing required table"),
+    (GOOD.replace("reminder_at = 0.5", "reminder_at = 1.5"), "escalation.reminder_at", "below breach_at"),
+    (GOOD.replace("reminder_at = 0.5", "reminder_at = 0"), "escalation.reminder_at", "above 0"),
+    (GOOD.replace("reminder_at = 0.5", 'reminder_at = "half"'), "escalation.reminder_at", "a number"),
+    (GOOD.replace("reminder_at = 0.5", "reminder_at = true"), "escalation.reminder_at", "a number"),
+    (GOOD.replace("reminder_at = 0.5", "reminder_at = 0.5\nbreach_at = 0.9"), "escalation.breach_at", "1.0"),
+    (
+        GOOD.replace("reminder_at = 0.5", "reminder_at = 0.5\nnotify_duty = true"),
+        "escalation.notify_duty",
+        "unknown",
+    ),
+    (
+        GOOD.replace("reminder_at = 0.5", 'reminder_at = 0.5\nnotify_supervisor = "yes"'),
+        "escalation.notify_supervisor",
+        "true or false",
+    ),
+    (
+        GOOD.replace('validity = "48h"', 'validity = "48 hours"'),
+        "hold.stop_payment.validity",
+        "not a duration",
+    ),
+    (GOOD.replace('validity = "48h"', 'validity = "-48h"'), "hold.stop_payment.validity", "not a duration"),
+    (GOOD.replace('validity = "48h"', 'validity = "0h"'), "hold.stop_payment.validity", "not a duration"),
+    (GOOD.replace('validity = "48h"', "validity = 48"), "hold.stop_payment.validity", "duration string"),
+    (GOOD.replace('validity = "48h"\n', ""), "hold.stop_payment.validity", "missing required field"),
+    (
+        GOOD.replace("max_extensions = 2", "max_extensions = -2"),
+        "hold.stop_payment.max_extensions",
+        "-1 for no",
+    ),
+    (
+        GOOD.replace("max_extensions = 2", "max_extensions = 2.0"),
+        "hold.stop_payment.max_extensions",
+        "integer",
+    ),
+    (GOOD.replace("max_extensions = 2", "max_extension = 2"), "hold.stop_payment.max_extension", "unknown"),
+    (
+        GOOD.replace('validity = "183d"', 'validity = "183d"\nconvertible_to_freeze = true'),
+        "hold.freeze.convertible_to_freeze",
+        "unknown field",
+    ),
+    (GOOD.replace('[hold.freeze]\nvalidity = "183d"\n', ""), "hold.freeze", "missing required table"),
+    (GOOD + '\n[hold.number_block]\nvalidity = "1d"\n', "hold.number_block", "unknown field"),
+    (GOOD.replace(GREEN_ALL, ""), "deadline", "no deadline for stop_payment at green"),
+    (GOOD.replace(GREEN_ALL, "").replace(STANDARD_ALL, ""), "deadline", "missing required [[deadline]]"),
+    (GOOD.replace('execute = "10m"', 'execute = "10 minutes"'), "deadline[0].execute", "not a duration"),
+    (GOOD.replace('execute = "10m"', 'execute = "1s"'), "deadline[0].execute", "shorter than acknowledge"),
+    (GOOD.replace('acknowledge = "2m"', 'acknowledge = "10s"'), "deadline[0].acknowledge", "shorter than"),
+    (GOOD.replace('execute = "10m"\n', ""), "deadline[0].execute", "missing required field"),
+    (GOOD.replace('priority = "green"', 'priority = "urgent"'), "deadline[0].priority", "unknown priority"),
+    (GOOD.replace('priority = "green"', 'priority = "GREEN"'), "deadline[0].priority", "unknown priority"),
+    (
+        GOOD.replace('"fraud_report"]\npriority = "standard"', '"fraud_reprt"]\npriority = "standard"'),
+        "deadline[1].types[9]",
+        "unknown request type 'fraud_reprt'",
+    ),
+    (
+        GOOD.replace('["stop_payment", "freeze"', '["stop_payment", "stop_payment"', 1),
+        "deadline[0].types[1]",
+        "listed twice",
+    ),
+    (GOOD + "\n" + deadline(), "deadline[2].types[0]", "already covered by deadline[0]"),
+    (GOOD + "\n" + deadline(types="[]"), "deadline[2].types", "must not be empty"),
+    (GOOD + "\n" + deadline(types='"freeze"'), "deadline[2].types", "expected an array"),
+    (GOOD + "\n" + deadline(types="[1]"), "deadline[2].types[0]", "expected a string"),
+    (GOOD + "\n" + deadline(deliver='"30s"\nexpire = "1d"'), "deadline[2].expire", "unknown field"),
+    (
+        f"{HEADER}\n{ESCALATION}\n{HOLDS}\n" + GREEN_ALL.replace("[[deadline]]", "[deadline]"),
+        "deadline",
+        "array of tables",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("text", "field", "words"), BROKEN, ids=[f"{i}-{b[1]}" for i, b in enumerate(BROKEN)]
+)
+def test_bad_policy_file(tmp_path: Path, text: str, field: str, words: str) -> None:
+    path = tmp_path / "sla.toml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(PolicyError) as caught:
+        load_sla_policy(path)
+    assert caught.value.file == str(path)
+    assert caught.value.field == field, str(caught.value)
+    assert words in str(caught.value)
+    assert str(path) in str(caught.value)
+    assert repr(field) in str(caught.value)
+
+
+def test_unreadable_and_invalid_toml(tmp_path: Path) -> None:
+    missing = tmp_path / "missing.toml"
+    with pytest.raises(PolicyError, match="cannot read") as caught:
+        load_sla_policy(missing)
+    assert (caught.value.file, caught.value.field) == (str(missing), None)
+    garbage = tmp_path / "garbage.toml"
+    garbage.write_text("[sla\nversion = ", encoding="utf-8")
+    with pytest.raises(PolicyError, match="not valid TOML") as caught:
+        load_sla_policy(garbage)
+    assert caught.value.file == str(garbage)
+
+
+def test_a_missing_pair_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "sla.toml"
+    path.write_text(
+        GOOD.replace('"warning", "fraud_report"]\npriority = "standard"', '"warning"]\npriority = "standard"')
+    )
+    with pytest.raises(PolicyError, match="no deadline for fraud_report at standard") as caught:
+        load_sla_policy(path)
+    assert caught.value.field == "deadline"
