@@ -46,6 +46,7 @@ buf-breaking: $(STAMP)
 bench: $(STAMP)
 	@mkdir -p build
 	$(BIN)/python -m tests.bench.bench_submit --n 1000 --json build/bench-submit.json
+	$(BIN)/python -m tests.bench.bench_timers --n 1000 --json build/bench-timers.json
 
 clean:
 	rm -rf $(VENV) build .mypy_cache .ruff_cache .pytest_cache

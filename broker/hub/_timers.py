@@ -100,7 +100,8 @@ class DeadlineScheduler:
         self._js = js
         self._reminder_at = reminder_at
 
-    async def _set(self, payload: TimerPayload, timer: str) -> None:
+    async def set(self, payload: TimerPayload, timer: str) -> None:
+        """Set (or replace) the one-shot timer ``timer`` of the payload's request."""
         headers = {
             "Nats-Schedule": f"@at {_rfc3339(payload.fire_at)}",
             "Nats-Schedule-Target": deadline_fired_subject(payload.request_id, timer),
@@ -139,7 +140,7 @@ class DeadlineScheduler:
             rungs = [rung for rung in rungs if _key(rung) > key]
         if not rungs:
             return None
-        await self._set(rungs[0], "sla")
+        await self.set(rungs[0], "sla")
         return rungs[0]
 
     async def schedule_expiry(self, status: lifecycle_pb2.RequestStatus) -> None:
@@ -151,4 +152,4 @@ class DeadlineScheduler:
         payload = TimerPayload(
             request_id=status.id, kind=TimerKind.EXPIRY, phase="hold", due_at=due, fire_at=due
         )
-        await self._set(payload, "hold-expiry")
+        await self.set(payload, "hold-expiry")
