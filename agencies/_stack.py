@@ -8,6 +8,7 @@ process.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from dataclasses import dataclass, field, replace
 from datetime import datetime
@@ -130,37 +131,37 @@ class Stack:
         self._exit.push_async_callback(_drain, nc)
         agencies_dir = config.data_dir / "agencies"
         agencies_dir.mkdir(exist_ok=True)
-        for agency in registry.agencies():
-            if agency.kind is AgencyKind.REGULATOR:
-                continue
+        served = [agency for agency in registry.agencies() if agency.kind is not AgencyKind.REGULATOR]
+        for agency in served:
             reference = build_reference_agency(
                 agency, data_dir=agencies_dir, clock=clock, seed_at=config.seed_at
             )
             self._exit.callback(reference.close)
-            server = await self._exit.enter_async_context(reference.server())
-            adapter_state = config.data_dir / "adapters" / agency.id
-            if config.adapter is None:
-                adapter_config = AdapterConfig(
-                    agency_id=agency.id, agency_target=server.address, state_dir=adapter_state
-                )
-            else:
-                adapter_config = replace(
-                    config.adapter, agency_id=agency.id, agency_target=server.address, state_dir=adapter_state
-                )
+            self.agencies[agency.id] = reference
+            self.servers[agency.id] = await self._exit.enter_async_context(reference.server())
+        # Adapters stop first, all at once: each waits out its current pull, and one after the
+        # other that would make a shutdown take as long as all of them together.
+        self._exit.push_async_callback(self._close_adapters)
+        for agency in served:
             adapter = AdapterRuntime(
-                adapter_config,
+                self._adapter_config(agency.id, self.servers[agency.id].address),
                 registry=registry,
                 signing_key=load_agency_signing_key(config.keys_dir, agency.id),
                 clock=clock,
                 nats_client=nc,
             )
-            await self._exit.enter_async_context(adapter)
-            self.agencies[agency.id], self.servers[agency.id], self.adapters[agency.id] = (
-                reference,
-                server,
-                adapter,
-            )
+            self.adapters[agency.id] = adapter
+            await adapter.start()
         log.info("stack.started", broker=self.broker.address, agencies=len(self.agencies))
+
+    def _adapter_config(self, agency_id: str, target: str) -> AdapterConfig:
+        state = self._config.data_dir / "adapters" / agency_id
+        if self._config.adapter is None:
+            return AdapterConfig(agency_id=agency_id, agency_target=target, state_dir=state)
+        return replace(self._config.adapter, agency_id=agency_id, agency_target=target, state_dir=state)
+
+    async def _close_adapters(self) -> None:
+        await asyncio.gather(*(adapter.aclose() for adapter in self.adapters.values()))
 
 
 async def _drain(nc: Client) -> None:

@@ -11,6 +11,7 @@ from pathlib import Path
 import structlog
 
 from broker.hub import Broker, BrokerConfig
+from broker.hub._sla_policy import load_sla_policy
 from broker.hub._tls import TlsFiles
 from broker.protocol import SystemClock
 from broker.protocol._embedded import EmbeddedNatsConfig, nats_for
@@ -49,6 +50,8 @@ async def run_broker(args: argparse.Namespace, *, nats_url: str | None) -> None:
         )
         if args.policy is not None:
             config = replace(config, policy=args.policy)
+        if args.sla_policy is not None:
+            config = replace(config, sla=load_sla_policy(args.sla_policy))
         async with Broker(config) as broker:
             print(
                 f"greenchannel broker listening on {broker.address} (NATS {url}); Ctrl-C to stop", flush=True

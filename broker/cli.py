@@ -10,6 +10,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from broker._cli_requests import DEFAULT_BROKER, add_request_parsers, run_status, run_submit, run_watch
+from broker._cli_sla import add_sla_parser, run_sla
+from broker._cli_up import add_up_parser, run_up
 from broker._logging import configure_logging
 from broker.protocol import ProtocolError, SystemClock
 from broker.protocol._provision import ensure_agency_keys
@@ -18,6 +21,7 @@ __all__ = ["main"]
 
 NATS_URL_ENV = "GREENCHANNEL_NATS_URL"
 STATE_DIR_ENV = "GREENCHANNEL_STATE_DIR"
+BROKER_ENV = "GREENCHANNEL_BROKER"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -53,10 +57,20 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--tls-key", type=Path, help="server private key (PEM)")
     serve.add_argument("--tls-ca", type=Path, help="CA that signs client certificates (PEM)")
+    serve.add_argument(
+        "--sla-policy",
+        type=Path,
+        default=None,
+        help="SLA policy TOML (default: agencies/sla/cn.toml; agencies/sla/eu.toml is an EU-style example)",
+    )
 
     keys = commands.add_parser("keys", help="manage local keys")
     keys_commands = keys.add_subparsers(dest="keys_command", required=True)
     keys_commands.add_parser("init", help="generate missing keys for every agency and the broker")
+
+    add_up_parser(commands)
+    add_request_parsers(commands, default_broker=os.environ.get(BROKER_ENV) or DEFAULT_BROKER)
+    add_sla_parser(commands, default_broker=os.environ.get(BROKER_ENV) or DEFAULT_BROKER)
     return parser
 
 
@@ -103,6 +117,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _keys_init(args)
         if args.command == "broker":
             return _broker(args)
+        if args.command == "up":
+            return run_up(args, nats_url=os.environ.get(NATS_URL_ENV))
+        if args.command == "submit":
+            return run_submit(args)
+        if args.command == "watch":
+            return run_watch(args)
+        if args.command == "status":
+            return run_status(args)
+        if args.command == "sla":
+            return run_sla(args)
     except KeyboardInterrupt:
         return 130
     except ProtocolError as exc:

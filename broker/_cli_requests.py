@@ -1,0 +1,956 @@
+"""``greenchannel submit | watch | status``: requests from the command line, through the Bus API.
+
+Every command speaks for one agency (``--as``), with that agency's signing key from the state
+directory, to a broker (``--broker``). A request is checked against the contract's field rules
+before it is signed and sent, so a malformed phone number is reported with its field path and
+nothing leaves the machine. Exit status: 0 done, 1 the bus or a key said no (the gRPC status is
+printed with its details), 2 a usage error (bad option value, contract violation).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import re
+import signal
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+
+import grpc
+import grpc.aio
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import x25519
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.message import DecodeError
+from google.protobuf.timestamp_pb2 import Timestamp
+from greenchannel.v1 import common_pb2, lifecycle_pb2, requests_pb2, results_pb2
+
+from broker._cli_render import (
+    FINAL_STATES,
+    answer_lines,
+    error_document,
+    error_lines,
+    event_document,
+    event_line,
+    short_state,
+    short_type,
+    status_document,
+    status_lines,
+    submitted_lines,
+)
+from broker.client import BusClient
+from broker.hub._grpc_status import error_details
+from broker.protocol import InvalidMessageError, KeyFileError, ProtocolError, SealingError, SystemClock
+from broker.protocol._provision import load_agency_encryption_key, load_agency_signing_key
+from broker.protocol._sealing import DATA_ANSWER_CONTENT_TYPE, open_sealed
+from broker.protocol._validation import validate_message
+
+__all__ = [
+    "DEFAULT_BROKER",
+    "REQUEST_KINDS",
+    "RequestKind",
+    "add_request_parsers",
+    "build_request",
+    "parse_amount",
+    "run_status",
+    "run_submit",
+    "run_watch",
+]
+
+DEFAULT_BROKER = "127.0.0.1:50051"
+"""Where ``up`` listens by default, and so where the request commands look by default."""
+
+_AGENCY_ID = re.compile(r"[a-z0-9][a-z0-9-]{1,62}")
+_PLAIN_DECIMAL = re.compile(r"\+?[0-9]+(\.[0-9]*)?")
+_MAX_MINOR_UNITS = 2**63 - 1  # Money.minor_units is an int64
+# BusClient.watch already retries a few times within about a second; beyond that `watch` keeps
+# trying, at most this far apart, until the broker is back or the person stops it.
+_RESUMABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED}
+_RESUME_DELAY_MIN = 0.5
+_RESUME_DELAY_MAX = 5.0
+_I = common_pb2.LegalInstrumentType
+
+
+class _CliError(Exception):
+    """A failure the command reports in one message, with its exit status."""
+
+    def __init__(self, message: str, *, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+# -- option value types (argparse names the option in its error, and exits 2) ---------------------
+
+
+def parse_amount(text: str) -> int:
+    """A decimal amount (``48000.00``, ``48000``) in minor units (two decimals); never via float."""
+    garbage = argparse.ArgumentTypeError(f"{text!r} is not a decimal amount such as 48000.00")
+    try:
+        amount = Decimal(text.strip())
+    except InvalidOperation:
+        raise garbage from None
+    if not amount.is_finite():
+        raise garbage
+    if amount.is_signed() and amount != 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is negative; give the amount as a positive number")
+    if amount == 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is zero; give the amount as a positive number")
+    # Decimal also reads "1e3" and "1_000": fine for programs, too easy to misread on a legal notice.
+    if not _PLAIN_DECIMAL.fullmatch(text.strip()):
+        raise garbage
+    minor = amount * 100
+    if minor != minor.to_integral_value():
+        raise argparse.ArgumentTypeError(f"{text!r} has more than 2 decimal places")
+    if minor > _MAX_MINOR_UNITS:
+        raise argparse.ArgumentTypeError(f"{text!r} is too large")
+    return int(minor)
+
+
+def _agency(text: str) -> str:
+    if not _AGENCY_ID.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not an agency id (lowercase letters, digits, dashes)")
+    return text
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be greater than zero")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be greater than zero")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
+    return value
+
+
+def _instant(text: str) -> datetime:
+    """ISO 8601; without an offset it is the local time of this machine."""
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an ISO 8601 time such as 2026-11-21T09:30"
+        ) from None
+    return when.astimezone()
+
+
+def _choices(prefix: str, names: Sequence[str]) -> list[str]:
+    """``["call-records", ...]``: the enum's names (but UNSPECIFIED) as people type them."""
+    return [
+        name.removeprefix(prefix).lower().replace("_", "-")
+        for name in names
+        if not name.endswith("_UNSPECIFIED")
+    ]
+
+
+def _constant(prefix: str, choice: str) -> str:
+    """``DATA_CATEGORY_CALL_RECORDS`` for ``call-records``."""
+    return prefix + choice.upper().replace("-", "_")
+
+
+_SCOPES = _choices("BLOCK_SCOPE_", requests_pb2.BlockScope.keys())
+_LEVELS = _choices("RESTRICTION_LEVEL_", requests_pb2.RestrictionLevel.keys())
+_CATEGORIES = _choices("DATA_CATEGORY_", requests_pb2.DataCategory.keys())
+_ASSISTANCE = _choices("ASSISTANCE_KIND_", requests_pb2.AssistanceKind.keys())
+_CHANNELS = _choices("WARNING_CHANNEL_", requests_pb2.WarningChannel.keys())
+_REPORTS = _choices("FRAUD_REPORT_KIND_", requests_pb2.FraudReportKind.keys())
+_INSTRUMENTS = _choices("LEGAL_INSTRUMENT_TYPE_", _I.keys())
+_PRIORITIES = _choices("PRIORITY_", common_pb2.Priority.keys())
+
+
+# -- request bodies -------------------------------------------------------------------------------
+
+
+def _bank_account(args: argparse.Namespace) -> common_pb2.BankAccountRef:
+    return common_pb2.BankAccountRef(
+        account_number=args.account, holder_name=args.name, bank=getattr(args, "bank", None) or ""
+    )
+
+
+def _money(args: argparse.Namespace) -> common_pb2.Money:
+    return common_pb2.Money(currency=args.currency, minor_units=args.amount)
+
+
+def _phone(args: argparse.Namespace) -> common_pb2.PhoneRef:
+    return common_pb2.PhoneRef(
+        e164=args.phone,
+        iccid=getattr(args, "iccid", None) or "",
+        imsi=getattr(args, "imsi", None) or "",
+        imei=getattr(args, "imei", None) or "",
+    )
+
+
+def _platform_account(args: argparse.Namespace) -> common_pb2.PlatformAccountRef:
+    return common_pb2.PlatformAccountRef(platform=args.platform, account_id=args.account_id)
+
+
+def _account_options(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
+    parser.add_argument("--account", required=required, help="account or card number")
+    parser.add_argument("--name", required=required, help="account holder's name as the bank records it")
+    parser.add_argument("--bank", help="bank agency id (default: routed by the account number's prefix)")
+
+
+def _money_options(parser: argparse.ArgumentParser, *, required: bool = True) -> None:
+    parser.add_argument(
+        "--amount",
+        type=parse_amount,
+        required=required,
+        help="decimal amount, e.g. 48000.00 (2 decimals at most)",
+    )
+    parser.add_argument("--currency", default="CNY", help="ISO 4217 code (default CNY)")
+
+
+def _stop_payment_options(parser: argparse.ArgumentParser) -> None:
+    _account_options(parser)
+    _money_options(parser)
+    parser.add_argument("--fraud-transfer-id", help="the victim's payment (bank transfer id), if known")
+
+
+def _stop_payment(request: requests_pb2.Request, args: argparse.Namespace) -> None:
+    request.stop_payment.CopyFrom(
+        requests_pb2.StopPayment(
+            account=_bank_account(args), amount=_money(args), fraud_transfer_id=args.fraud_transfer_id or ""
+        )
+    )
+
+
+def _freeze_options(parser: argparse.ArgumentParser) -> None:
+    _account_options(parser)
+    _money_options(parser)
+    parser.add_argument(
+        "--converts", metavar="REQUEST_ID", help="the stop-payment whose hold this freeze converts"
+    )
+
+
+def _freeze(request: requests_pb2.Request, args: argparse.Namespace) -> None:
+    request.freeze.CopyFrom(
+        requests_pb2.Freeze(
+            account=_bank_account(args), amount=_money(args), converts_request_id=args.converts or ""
+        )
+    )
+
+
+def _release_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--target", required=True, metavar="REQUEST_ID", help="the stop-payment or freeze to lift"
+    )
+    _account_options(parser)
+    parser.add_argument("--reason", default="", help="reason given to the bank (no personal data)")
+
+
+def _release(request: requests_pb2.Request, args: argparse.Namespace) -> None:
+    request.release.CopyFrom(
+        requests_pb2.Release(target_request_id=args.target, account=_bank_account(args), reason=args.reason)
+    )
+
+
+def _extend_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--target", required=True, metavar="REQUEST_ID", help="the stop-payment or freeze to extend"
+    )
+    _account_options(parser)
+    parser.add_argument(
+        "--hours",
+        type=_positive_int,
+        default=48,
+        help="extension asked for (default 48; the SLA policy caps it)",
+    )
+
+
+def _extend(request: requests_pb2.Request, args: argparse.Namespace) -> None:
+    extension = Duration()
+    extension.FromTimedelta(timedelta(hours=args.hours))
+    request.extend.CopyFrom(
+        requests_pb2.Extend(target_request_id=args.target, account=_bank_account(args), extension=extension)
+    )
+
+
+def _number_block_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--phone", required=True, help="E.164 number, e.g. +8615012340001")
+    parser.add_argument("--iccid", help="SIM serial")
+    parser.add_argument("--imsi", help="subscriber identity")
+    parser.add_argument("--imei", help="handset identity")
+    parser.add_argument("--scope", choices=_SCOPES, default="number", help="what to block (default number)")
+    parser.add_argument("--unblock", action="store_true", help="lift an earlier block instead")
+
+
+def _number_block(request: requests_pb2.Request, args: argparse.Namespace) -> None:
+    request.number_block.CopyFrom(
+        requests_pb2.NumberBlock(
+            phone=_phone(args),
+            scope=requests_pb2.BlockScope.Value(_constant("BLOCK_SCOPE_", args.scope)),
+            unblock=args.unblock,
+        )
+    )
+
+
+def _platform_options(parser: argparse.ArgumentParser, *, required: bool) -> None:
+    parser.add_argument("--platform", required=required, help="platform code, e.g. wechat")
+    parser.add_argument("--account-id", required=required, help="the platform's account identifier")
+
+
+def _account_block_options(parser: argparse.ArgumentParser) -> None:
+    _platform_options(parser, required=True)
+    parser.add_argument("--level", choices=_LEVELS, default="suspend", help="how far (default suspend)")
+    parser.add_argument("--unblock", action="store_true", help="lift an earlier restriction instead")
+
+
+def _account_block(request: requests_pb2.Request, args: argparse.Namespace) -> None:
+    request.account_block.CopyFrom(
+        requests_pb2.AccountBlock(
+            account=_platform_account(args),
+            level=requests_pb2.RestrictionLevel.Value(_constant("RESTRICTION_LEVEL_", args.level)),
+            unblock=args.unblock,
+        )
+    )
+
+
+def _one_subject(args: argparse.Namespace, *, allow_account: bool) -> str:
+    """Which subject the options name: ``account``, ``phone`` or ``platform``; exactly one."""
+    given = []
+    if allow_account and (args.account or args.name):
+        if not (args.account and args.name):
+            raise _CliError("--account and --name go together", exit_code=2)
+        given.append("account")
+    if args.phone:
+        given.append("phone")
+    if args.platform or args.account_id:
+        if not (args.platform and args.account_id):
+            raise _CliError("--platform and --account-id go together", exit_code=2)
+        given.append("platform")
+    choices = (
+        "--account/--name, --phone or --platform/--account-id"
+        if allow_account
+        else ("--phone or --platform/--account-id")
+    )
+    if len(given) != 1:
+        raise _CliError(f"name exactly one subject: {choices}", exit_code=2)
+    return given[0]
+
+
+def _data_request_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--category", required=True, choices=_CATEGORIES, help="what data")
+    _account_options(parser, required=False)
+    parser.add_argument("--phone", help="E.164 number (subscriber, call records)")
+    _platform_options(parser, required=False)
+    parser.add_argument(
+        "--from", dest="period_from", type=_instant, help="period start, ISO 8601 (local time)"
+    )
+    parser.add_argument("--to", dest="period_to", type=_instant, help="period end (exclusive), ISO 8601")
+
+
+def _timestamp(when: datetime) -> Timestamp:
+    stamp = Timestamp()
+    stamp.FromDatetime(when)
+    return stamp
+
+
+def _data_request(request: requests_pb2.Request, args: argparse.Namespace) -> None:
+    body = requests_pb2.DataRequest(
+        category=requests_pb2.DataCategory.Value(_constant("DATA_CATEGORY_", args.category))
+    )
+    subject = _one_subject(args, allow_account=True)
+    if subject == "account":
+        body.account.CopyFrom(_bank_account(args))
+    elif subject == "phone":
+        body.phone.CopyFrom(common_pb2.PhoneRef(e164=args.phone))
+    else:
+        body.platform_account.CopyFrom(_platform_account(args))
+    if (args.period_from is None) != (args.period_to is None):
+        raise _CliError("--from and --to go together", exit_code=2)
+    if args.period_from is not None:
+        body.period.CopyFrom(
+            common_pb2.TimeRange(start=_timestamp(args.period_from), end=_timestamp(args.period_to))
+        )
+    request.data_request.CopyFrom(body)
+
+
+def _assistance_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--region", required=True, help="GB/T 2260 region code where help is needed, e.g. 440305"
+    )
+    parser.add_argument("--kind", required=True, choices=_ASSISTANCE, help="what is asked")
+    parser.add_argument("--task", required=True, help="the task in words")
+
+
+def _assistance(request: requests_pb2.Request, args: argparse.Namespace) -> None:
+    request.assistance.CopyFrom(
+        requests_pb2.Assistance(
+            region=args.region,
+            kind=requests_pb2.AssistanceKind.Value(_constant("ASSISTANCE_KIND_", args.kind)),
+            task=args.task,
+        )
+    )
+
+
+def _warning_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--phone", help="E.164 number of the person to reach (a carrier's subscriber)")
+    _platform_options(parser, required=False)
+    parser.add_argument("--channel", required=True, choices=_CHANNELS, help="how to reach them")
+    parser.add_argument("--template", required=True, help="approved message template id")
+
+
+def _warning(request: requests_pb2.Request, args: argparse.Namespace) -> None:
+    body = requests_pb2.Warning(
+        channel=requests_pb2.WarningChannel.Value(_constant("WARNING_CHANNEL_", args.channel)),
+        template_id=args.template,
+    )
+    if _one_subject(args, allow_account=False) == "phone":
+        body.phone.CopyFrom(common_pb2.PhoneRef(e164=args.phone))
+    else:
+        body.platform_account.CopyFrom(_platform_account(args))
+    request.warning.CopyFrom(body)
+
+
+def _fraud_report_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--kind", required=True, choices=_REPORTS, help="what is reported")
+    parser.add_argument("--summary", required=True, help="what was seen, in words")
+    parser.add_argument("--region", default="", help="region code the report concerns (routes to its police)")
+    parser.add_argument("--account", action="append", default=[], help="an account involved (repeatable)")
+    parser.add_argument(
+        "--name",
+        action="append",
+        default=[],
+        help="holder of the --account at the same position (repeatable)",
+    )
+    parser.add_argument("--phone", action="append", default=[], help="a line involved (repeatable)")
+    _money_options(parser, required=False)
+
+
+def _fraud_report(request: requests_pb2.Request, args: argparse.Namespace) -> None:
+    if len(args.account) != len(args.name):
+        raise _CliError("give one --name for each --account, in the same order", exit_code=2)
+    body = requests_pb2.FraudReport(
+        kind=requests_pb2.FraudReportKind.Value(_constant("FRAUD_REPORT_KIND_", args.kind)),
+        summary=args.summary,
+        region=args.region,
+        accounts=[
+            common_pb2.BankAccountRef(account_number=a, holder_name=n)
+            for a, n in zip(args.account, args.name, strict=True)
+        ],
+        phones=[common_pb2.PhoneRef(e164=p) for p in args.phone],
+    )
+    if args.amount is not None:
+        body.amount.CopyFrom(_money(args))
+    request.fraud_report.CopyFrom(body)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RequestKind:
+    """One ``submit`` type: its options, its body, and the legal instrument it rests on."""
+
+    name: str
+    """The command-line name (dashes)."""
+    help: str
+    """One line for ``--help``."""
+    instrument: common_pb2.LegalInstrumentType.ValueType
+    """Legal instrument type implied by the request type."""
+    add_options: Callable[[argparse.ArgumentParser], None]
+    """Adds the type's own options."""
+    fill: Callable[[requests_pb2.Request, argparse.Namespace], None]
+    """Sets the request body from the parsed options."""
+
+
+REQUEST_KINDS: dict[str, RequestKind] = {
+    kind.name: kind
+    for kind in (
+        RequestKind(
+            name="stop-payment",
+            help="紧急止付: hold the funds on an account now",
+            instrument=_I.LEGAL_INSTRUMENT_TYPE_STOP_PAYMENT_NOTICE,
+            add_options=_stop_payment_options,
+            fill=_stop_payment,
+        ),
+        RequestKind(
+            name="freeze",
+            help="快速冻结: freeze funds on an account",
+            instrument=_I.LEGAL_INSTRUMENT_TYPE_FREEZE_NOTICE,
+            add_options=_freeze_options,
+            fill=_freeze,
+        ),
+        RequestKind(
+            name="release",
+            help="lift a hold or freeze",
+            instrument=_I.LEGAL_INSTRUMENT_TYPE_RELEASE_NOTICE,
+            add_options=_release_options,
+            fill=_release,
+        ),
+        RequestKind(
+            name="extend",
+            help="extend a hold or renew a freeze",
+            # Extending the 48 h hold of a stop-payment is the common case; --instrument-type
+            # freeze-notice says it renews a freeze.
+            instrument=_I.LEGAL_INSTRUMENT_TYPE_STOP_PAYMENT_NOTICE,
+            add_options=_extend_options,
+            fill=_extend,
+        ),
+        RequestKind(
+            name="number-block",
+            help="block a phone number, SIM or handset",
+            instrument=_I.LEGAL_INSTRUMENT_TYPE_BLOCK_ORDER,
+            add_options=_number_block_options,
+            fill=_number_block,
+        ),
+        RequestKind(
+            name="account-block",
+            help="restrict an internet platform account",
+            instrument=_I.LEGAL_INSTRUMENT_TYPE_BLOCK_ORDER,
+            add_options=_account_block_options,
+            fill=_account_block,
+        ),
+        RequestKind(
+            name="data-request",
+            help="ask for data (answered sealed to the requester)",
+            instrument=_I.LEGAL_INSTRUMENT_TYPE_EVIDENCE_NOTICE,
+            add_options=_data_request_options,
+            fill=_data_request,
+        ),
+        RequestKind(
+            name="assistance",
+            help="ask police of another region for assistance",
+            instrument=_I.LEGAL_INSTRUMENT_TYPE_ASSISTANCE_LETTER,
+            add_options=_assistance_options,
+            fill=_assistance,
+        ),
+        RequestKind(
+            name="warning",
+            help="预警劝阻: have a carrier or platform reach a potential victim",
+            instrument=_I.LEGAL_INSTRUMENT_TYPE_BLOCK_ORDER,
+            add_options=_warning_options,
+            fill=_warning,
+        ),
+        RequestKind(
+            name="fraud-report",
+            help="report fraud intelligence to the police",
+            instrument=_I.LEGAL_INSTRUMENT_TYPE_NONE,
+            add_options=_fraud_report_options,
+            fill=_fraud_report,
+        ),
+    )
+}
+"""Every ``submit`` type by its command-line name."""
+
+
+def build_request(args: argparse.Namespace, *, now: datetime) -> requests_pb2.Request:
+    """The unsigned request the options describe, checked against the contract's field rules.
+
+    Raises :class:`~broker.protocol.InvalidMessageError` (paths like
+    ``request.number_block.phone.e164``) before anything is signed or sent.
+    """
+    kind = REQUEST_KINDS[args.request_type]
+    instrument = (
+        _I.Value(_constant("LEGAL_INSTRUMENT_TYPE_", args.instrument_type))
+        if args.instrument_type
+        else kind.instrument
+    )
+    request = requests_pb2.Request(
+        case_ref=common_pb2.CaseRef(
+            case_number=args.case,
+            # Nobody acts under another agency's case: the sender owns the case reference.
+            issuing_agency=args.agency,
+            legal_instrument_id=args.instrument_id or args.case,
+            legal_instrument_type=instrument,
+        ),
+        priority=common_pb2.Priority.Value(_constant("PRIORITY_", args.priority)),
+        recipient=args.recipient or "",
+        parent_id=args.parent or "",
+        hop=args.hop,
+        idempotency_key=args.idempotency_key or "",
+        issued_at=_timestamp(now),
+    )
+    kind.fill(request, args)
+    validate_message(request, prefix="request.")
+    return request
+
+
+# -- argparse -------------------------------------------------------------------------------------
+
+
+def _connection_options(parser: argparse.ArgumentParser, default_broker: str) -> None:
+    parser.add_argument(
+        "--as",
+        dest="agency",
+        required=True,
+        type=_agency,
+        metavar="AGENCY",
+        help="agency to act as (its key signs)",
+    )
+    parser.add_argument(
+        "--broker",
+        default=default_broker,
+        metavar="HOST:PORT",
+        help=f"broker address (default: $GREENCHANNEL_BROKER or {DEFAULT_BROKER}; now {default_broker})",
+    )
+    parser.add_argument("--json", action="store_true", help="machine-readable JSON on stdout")
+
+
+def _submit_common(default_broker: str) -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    _connection_options(common, default_broker)
+    common.add_argument("--case", required=True, metavar="CASE_NUMBER", help="case number (owned by --as)")
+    common.add_argument(
+        "--instrument-id", metavar="ID", help="legal instrument number (default: the case number)"
+    )
+    common.add_argument(
+        "--instrument-type",
+        metavar="TYPE",
+        choices=_INSTRUMENTS,
+        help="override the instrument type the request type implies",
+    )
+    common.add_argument("--priority", choices=_PRIORITIES, default="green", help="SLA lane (default green)")
+    common.add_argument(
+        "--recipient", type=_agency, metavar="AGENCY", help="recipient (default: routed by the body)"
+    )
+    common.add_argument("--parent", metavar="REQUEST_ID", help="the request this one follows from")
+    common.add_argument(
+        "--hop", type=_non_negative_int, default=0, help="hops from the chain's first request"
+    )
+    common.add_argument(
+        "--idempotency-key", metavar="K", help="resubmitting with the same key returns the first request"
+    )
+    common.add_argument(
+        "--wait", action="store_true", help="follow the request until it reaches a final state"
+    )
+    common.add_argument(
+        "--timeout",
+        type=_positive_seconds,
+        default=60.0,
+        metavar="SECONDS",
+        help="how long --wait waits (default 60)",
+    )
+    return common
+
+
+def add_request_parsers(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser], *, default_broker: str
+) -> None:
+    """Register ``submit <type>``, ``watch`` and ``status`` on the ``greenchannel`` parser."""
+    common = _submit_common(default_broker)
+    submit = commands.add_parser("submit", help="sign and submit a request as an agency")
+    types = submit.add_subparsers(dest="request_type", required=True, metavar="TYPE")
+    for kind in REQUEST_KINDS.values():
+        parser = types.add_parser(kind.name, parents=[common], help=kind.help, description=kind.help)
+        kind.add_options(parser)
+
+    watch = commands.add_parser("watch", help="follow lifecycle events live until Ctrl-C")
+    _connection_options(watch, default_broker)
+    scope = watch.add_mutually_exclusive_group()
+    scope.add_argument("--request", metavar="ID", help="one request")
+    scope.add_argument("--case", metavar="CASE", help="every request of a case (its owner and regulators)")
+    watch.add_argument(
+        "--after",
+        type=_non_negative_int,
+        default=0,
+        metavar="CURSOR",
+        help="resume after this cursor (default: replay)",
+    )
+
+    status = commands.add_parser("status", help="one request: state, deadlines, result and timeline")
+    status.add_argument("id", metavar="ID", help="request id")
+    _connection_options(status, default_broker)
+    status.add_argument("--decrypt", action="store_true", help="open the sealed data answer")
+    status.add_argument(
+        "--key",
+        type=Path,
+        metavar="FILE",
+        help="X25519 private key, PKCS#8 PEM (default: --as agency's key in --state-dir); implies --decrypt",
+    )
+
+
+# -- running --------------------------------------------------------------------------------------
+
+
+def _say(lines: Sequence[str]) -> None:
+    for line in lines:
+        print(line, flush=True)
+
+
+def _json(document: object) -> None:
+    print(json.dumps(document, ensure_ascii=False), flush=True)
+
+
+def _complain(command: str, lines: Sequence[str]) -> None:
+    if lines:
+        print(f"greenchannel {command}: {lines[0]}", file=sys.stderr)
+        for line in lines[1:]:
+            print(line, file=sys.stderr)
+
+
+def _client(args: argparse.Namespace) -> BusClient:
+    key = load_agency_signing_key(args.state_dir, args.agency)
+    return BusClient(args.broker, agency_id=args.agency, signing_key=key)
+
+
+def _fail(
+    command: str, args: argparse.Namespace, lines: Sequence[str], document: dict[str, object] | None = None
+) -> None:
+    """Report a failure on stderr; with ``--json`` also as ``{"error": ...}`` on stdout."""
+    if args.json:
+        _json(document or {"error": {"code": "FAILED", "reason": None, "message": lines[0]}})
+    _complain(command, lines)
+
+
+def _guarded(
+    command: str, args: argparse.Namespace, work: Callable[[], Awaitable[int]], *, stopped_exit: int = 130
+) -> int:
+    """Run ``work``; every expected failure becomes a message on stderr and an exit status.
+
+    ``stopped_exit`` is the status after Ctrl-C / SIGTERM: 130 where it interrupts the command,
+    0 for ``watch``, which has no other way to end.
+    """
+    try:
+        return asyncio.run(_until_signalled(work(), stopped_exit=stopped_exit))
+    except grpc.aio.AioRpcError as exc:
+        details = error_details(exc)
+        lines = error_lines(details)
+        if details.code is grpc.StatusCode.UNAVAILABLE:
+            lines.append(f"  is a broker (greenchannel up) running at {args.broker}?")
+        _fail(command, args, lines, error_document(details))
+        return 1
+    except InvalidMessageError as exc:
+        violations = [(v.field, v.description) for v in exc.violations]
+        document: dict[str, object] = {
+            "error": {
+                "code": "INVALID_ARGUMENT",
+                "reason": "CONTRACT_VIOLATION",
+                "message": "the request breaks the contract; nothing was sent",
+                "field_violations": [{"field": f, "description": d} for f, d in violations],
+            }
+        }
+        lines = [
+            "the request breaks the contract; nothing was sent:",
+            *(f"  {f}: {d}" for f, d in violations),
+        ]
+        _fail(command, args, lines, document)
+        return 2
+    except _CliError as exc:
+        _fail(command, args, [str(exc)])
+        return exc.exit_code
+    except KeyFileError as exc:
+        hint = f"  keys come from --state-dir {args.state_dir}; give the one `greenchannel up` runs with"
+        _fail(command, args, [str(exc), hint])
+        return 1
+    except ProtocolError as exc:
+        _fail(command, args, [str(exc)])
+        return 1
+    except BrokenPipeError:
+        # The reader went away (`| head`): stop quietly. Python flushes stdout once more at exit;
+        # pointing it at /dev/null keeps that flush from failing too (the recipe of the docs).
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+async def _until_signalled(work: Awaitable[int], *, stopped_exit: int) -> int:
+    """Run ``work``; SIGINT or SIGTERM cancels it (its cleanup runs) and gives ``stopped_exit``."""
+    loop = asyncio.get_running_loop()
+    task = asyncio.ensure_future(work)
+    stopped = False
+
+    def stop() -> None:
+        nonlocal stopped
+        stopped = True
+        task.cancel()
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop)
+    try:
+        return await task
+    except asyncio.CancelledError:
+        if stopped:
+            return stopped_exit
+        raise
+    finally:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(signum)
+
+
+def run_submit(args: argparse.Namespace) -> int:
+    """``greenchannel submit <type> ...``."""
+    return _guarded("submit", args, lambda: _submit(args))
+
+
+async def _submit(args: argparse.Namespace) -> int:
+    clock = SystemClock()
+    request = build_request(args, now=clock.now())
+    async with _client(args) as bus:
+        accepted = await bus.submit(request)
+        if not args.wait:
+            if args.json:
+                _json(status_document(accepted.status, duplicate=accepted.duplicate))
+            else:
+                _say(submitted_lines(accepted, agency=args.agency))
+            return 0
+        request_id = accepted.status.id
+        # On stderr, so stdout stays one document; tells the id even if the wait is interrupted.
+        print(
+            f"submitted {request_id}; waiting up to {args.timeout:g} s for a final state "
+            "(Ctrl-C stops the waiting, not the request)",
+            file=sys.stderr,
+            flush=True,
+        )
+        try:
+            status = await bus.wait_for(request_id, FINAL_STATES, within=timedelta(seconds=args.timeout))
+            waited_out = False
+        except TimeoutError:
+            status = await bus.get(request_id)
+            waited_out = True
+    if args.json:
+        _json(status_document(status, duplicate=accepted.duplicate))
+    else:
+        _say(status_lines(status))
+    if waited_out:
+        # Not a _CliError: stdout already has its one document (the status as it stands).
+        _complain(
+            "submit",
+            [
+                f"{request_id} did not reach a final state within {args.timeout:g} s "
+                f"(now {short_state(status.state)}); it goes on: "
+                f"greenchannel watch --as {args.agency} --request {request_id}"
+            ],
+        )
+        return 1
+    return 0
+
+
+def run_watch(args: argparse.Namespace) -> int:
+    """``greenchannel watch ...``: one line (or JSON object) per event until Ctrl-C."""
+    return _guarded("watch", args, lambda: _watch(args), stopped_exit=0)
+
+
+async def _watch(args: argparse.Namespace) -> int:
+    types: dict[str, str] = {}
+    cursor: int = args.after
+    seen = False
+    delay = 0.0
+    async with _client(args) as bus:
+
+        async def type_of(request_id: str) -> str:
+            # Events do not carry the request type; one Get per request tells it.
+            if request_id not in types:
+                try:
+                    types[request_id] = short_type((await bus.get(request_id)).type)
+                except grpc.aio.AioRpcError:
+                    return "?"
+            return types[request_id]
+
+        while True:
+            try:
+                async for update in bus.watch(
+                    request_id=args.request, case_number=args.case, after_cursor=cursor
+                ):
+                    cursor, seen, delay = update.cursor, True, 0.0
+                    request_type = await type_of(update.request_id)
+                    if args.json:
+                        _json(event_document(update, request_type=request_type))
+                    else:
+                        print(event_line(update, request_type=request_type), flush=True)
+                why = "the broker ended the stream"
+            except grpc.aio.AioRpcError as exc:
+                # Before the first event a failure is more likely a wrong address or scope than an
+                # outage: report it. After, the broker is restarting: wait for it, however long.
+                if not seen or exc.code() not in _RESUMABLE:
+                    raise
+                why = f"connection lost ({exc.code().name})"
+            if not seen:
+                raise _CliError("the broker ended the watch before any event")
+            delay = min(_RESUME_DELAY_MAX, max(_RESUME_DELAY_MIN, delay * 2))
+            print(
+                f"greenchannel watch: {why}; resuming after cursor {cursor} in {delay:g} s",
+                file=sys.stderr,
+                flush=True,
+            )
+            await asyncio.sleep(delay)
+
+
+def run_status(args: argparse.Namespace) -> int:
+    """``greenchannel status ID ...``."""
+    if args.key is not None:
+        args.decrypt = True
+    return _guarded("status", args, lambda: _status(args))
+
+
+def _read_x25519(path: Path) -> x25519.X25519PrivateKey:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise _CliError(f"{path}: cannot read the key file: {exc.strerror}") from exc
+    try:
+        private = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        raise _CliError(f"{path}: not an unencrypted PEM private key") from exc
+    if not isinstance(private, x25519.X25519PrivateKey):
+        raise _CliError(f"{path}: not an X25519 (encryption) key; signing keys cannot decrypt")
+    return private
+
+
+def _open_answer(
+    status: lifecycle_pb2.RequestStatus, key: x25519.X25519PrivateKey, *, key_name: str
+) -> results_pb2.DataAnswer:
+    if not status.result.HasField("encrypted_payload"):
+        state = short_state(status.state)
+        raise _CliError(f"request {status.id} ({state}) carries no sealed answer to decrypt")
+    sealed = status.result.encrypted_payload
+    if sealed.content_type and sealed.content_type != DATA_ANSWER_CONTENT_TYPE:
+        raise _CliError(f"the sealed answer is a {sealed.content_type}, not a {DATA_ANSWER_CONTENT_TYPE}")
+    try:
+        # Sealed by the recipient (who answered) to the sender (who asked).
+        clear = open_sealed(
+            sealed, key, request_id=status.id, sender=status.recipient, recipient=status.sender
+        )
+    except SealingError as exc:
+        raise _CliError(
+            f"cannot decrypt the answer with {key_name}: {exc}; it is sealed to {status.sender}'s X25519 key"
+        ) from exc
+    try:
+        return results_pb2.DataAnswer.FromString(clear)
+    except DecodeError as exc:
+        raise _CliError("the decrypted answer is not a DataAnswer") from exc
+
+
+async def _status(args: argparse.Namespace) -> int:
+    key: x25519.X25519PrivateKey | None = None
+    key_name = ""
+    if args.decrypt:
+        # Before any call: a key that cannot be read is reported without touching the bus.
+        if args.key is not None:
+            key, key_name = _read_x25519(args.key), str(args.key)
+        else:
+            key = load_agency_encryption_key(args.state_dir, args.agency)
+            key_name = f"{args.agency}'s key in {args.state_dir}"
+    async with _client(args) as bus:
+        status = await bus.get(args.id)
+    answer = _open_answer(status, key, key_name=key_name) if key is not None else None
+    if args.json:
+        _json(status_document(status, answer=answer))
+    else:
+        lines = status_lines(status)
+        if answer is not None:
+            lines += ["", *answer_lines(answer)]
+        _say(lines)
+    return 0
