@@ -5,22 +5,18 @@ from __future__ import annotations
 from datetime import datetime
 
 import grpc
-import nats.errors
-import nats.js.errors
 from google.protobuf.timestamp_pb2 import Timestamp
-from greenchannel.v1 import common_pb2, ledger_pb2, ledger_pb2_grpc, registry_pb2, registry_pb2_grpc
-from nats.js.client import JetStreamContext
+from greenchannel.v1 import common_pb2, registry_pb2, registry_pb2_grpc
 
 from broker.protocol._keys import KeyUse
 from broker.protocol._registry import Agency, AgencyKind, Registry
-from broker.protocol._subjects import LEDGER_STREAM
 from broker.protocol._validation import validate_message
 
 from ._auth import Authenticator
-from ._errors import NotFoundError, UnavailableError, UnroutableError
+from ._errors import NotFoundError, UnroutableError
 from ._grpc_status import guard_unary, to_hub_error
 
-__all__ = ["LedgerServicer", "RegistryServicer", "agency_to_proto"]
+__all__ = ["RegistryServicer", "agency_to_proto"]
 
 _KINDS = {
     AgencyKind.POLICE: common_pb2.AGENCY_KIND_POLICE,
@@ -141,36 +137,3 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         _checked(request)
         agency = self._registry.police_for_region(request.region)
         return registry_pb2.ResolveRegionResponse(agency=_found(agency, "region", "region"))
-
-
-class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
-    """Serves what the ledger stream holds. Entries are appended by the ledger (a later part)."""
-
-    def __init__(self, *, auth: Authenticator, js: JetStreamContext) -> None:
-        self._auth = auth
-        self._js = js
-
-    async def _head(self) -> int:
-        try:
-            info = await self._js.stream_info(LEDGER_STREAM)
-        except nats.js.errors.NotFoundError:
-            return 0
-        except nats.errors.Error as exc:
-            raise UnavailableError(f"cannot read the ledger: {exc}") from exc
-        return int(info.state.last_seq or 0)
-
-    @guard_unary
-    async def ListEntries(
-        self, request: ledger_pb2.ListEntriesRequest, context: grpc.aio.ServicerContext
-    ) -> ledger_pb2.ListEntriesResponse:
-        await self._auth.authenticate(context)
-        _checked(request)
-        return ledger_pb2.ListEntriesResponse(entries=[], head_seq=await self._head())
-
-    @guard_unary
-    async def ListCheckpoints(
-        self, request: ledger_pb2.ListCheckpointsRequest, context: grpc.aio.ServicerContext
-    ) -> ledger_pb2.ListCheckpointsResponse:
-        await self._auth.authenticate(context)
-        _checked(request)
-        return ledger_pb2.ListCheckpointsResponse(checkpoints=[])

@@ -34,6 +34,7 @@ from broker.protocol._registry import BROKER_ID, Registry
 from broker.protocol._subjects import EVENTS_STREAM, deadletter_subject, events_filter
 
 from ._errors import IllegalTransitionError, NotFoundError
+from ._ledger import LedgerWriter
 from ._lifecycle import is_outcome, next_state
 from ._store import RequestStore
 from ._timers import DeadlineScheduler
@@ -230,8 +231,10 @@ class EventProcessor:
         clock: Clock,
         config: EventProcessorConfig | None = None,
         holds: HoldLifecycle | None = None,
+        ledger: LedgerWriter | None = None,
     ) -> None:
         self._holds = holds
+        self._ledger = ledger
         self._js = js
         self._registry = registry
         self._requests = requests
@@ -340,6 +343,14 @@ class EventProcessor:
             "at": self._clock.now().isoformat(),
         }
         log.warning("request.event_refused", reason=reason, actor=actor, request_id=request_id)
+        if self._ledger is not None:
+            await self._ledger.record_rejection(
+                record_id=f"rejection:{msg.metadata.sequence.stream}",
+                actor=actor,
+                request_id=request_id,
+                refused=msg.data,
+                at=self._clock.now(),
+            )
         try:
             await self._js.publish(deadletter_subject(BROKER_ID), json.dumps(record).encode())
         except nats.errors.Error:

@@ -36,8 +36,10 @@ from broker.protocol._subjects import stream_specs
 from ._auth import Authenticator, open_replay_cache
 from ._bus import BusServicer
 from ._deadlines_watch import DeadlineWatch, DeadlineWatchConfig
-from ._directory_service import LedgerServicer, RegistryServicer
+from ._directory_service import RegistryServicer
 from ._events import BrokerEvents, EventProcessor, EventProcessorConfig, HoldLifecycle
+from ._ledger import LedgerConfig, LedgerSequencer, LedgerWriter, ensure_ledger_streams
+from ._ledger_service import LedgerServicer
 from ._policy import Policy, load_policy
 from ._sla_policy import DEFAULT_SLA_POLICY_PATH, SlaPolicy, load_sla_policy
 from ._store import IdempotencyStore, RequestStore
@@ -86,6 +88,8 @@ class BrokerConfig:
     """How adapters' events are consumed."""
     timers: DeadlineWatchConfig = field(default_factory=DeadlineWatchConfig)
     """How fired deadline timers are consumed."""
+    ledger: LedgerConfig = field(default_factory=LedgerConfig)
+    """How the ledger's sequencer chains records and how often it signs checkpoints."""
     max_message_bytes: int = 2 * 1024 * 1024
     """Largest gRPC message accepted; bigger ones get RESOURCE_EXHAUSTED before any work."""
     shutdown_grace: float = 5.0
@@ -106,6 +110,7 @@ class Broker:
         self._health: health.aio.HealthServicer | None = None
         self._events: EventProcessor | None = None
         self._deadlines: DeadlineWatch | None = None
+        self._ledger: LedgerSequencer | None = None
         self._port = 0
         self._closed = False
         self.registry: Registry | None = None
@@ -144,10 +149,12 @@ class Broker:
         self._nc = await connect(config.nats)
         js = self._nc.jetstream()
         await ensure_streams(js, stream_specs(config.replicas))
+        await ensure_ledger_streams(js, replicas=config.replicas)
+        ledger = LedgerWriter(js)
         requests = await RequestStore.open(js, replicas=config.replicas)
         idempotency = await IdempotencyStore.open(js, replicas=config.replicas)
         replay = await open_replay_cache(js)
-        watchlog = WatchLog(js)
+        watchlog = WatchLog(js, ledger=ledger)
         scheduler = DeadlineScheduler(js, reminder_at=config.sla.escalation.reminder_at)
         auth = Authenticator(registry, replay, config.clock, require_tls_identity=config.require_tls_identity)
         intake = Intake(
@@ -173,6 +180,7 @@ class Broker:
             watchlog=watchlog,
             clock=config.clock,
             config=config.events,
+            ledger=ledger,
             holds=HoldLifecycle(requests=requests, broker_events=broker_events, scheduler=scheduler),
         )
         await self._events.__aenter__()
@@ -189,6 +197,8 @@ class Broker:
             config=config.timers,
         )
         await self._deadlines.__aenter__()
+        self._ledger = LedgerSequencer(js, broker_key, config.clock, config.ledger)
+        await self._ledger.__aenter__()
 
         server = grpc.aio.server(
             options=[
@@ -247,6 +257,8 @@ class Broker:
             await self._events.aclose()
         if self._deadlines is not None:
             await self._deadlines.aclose()
+        if self._ledger is not None:
+            await self._ledger.aclose()
         if self._nc is not None and not self._nc.is_closed:
             try:
                 await asyncio.wait_for(self._nc.drain(), timeout=self._config.shutdown_grace)

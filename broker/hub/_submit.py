@@ -326,6 +326,11 @@ class Intake:
                 )
                 # Deduplicated by JetStream if the first publish landed; delivered if it did not.
                 await self._publish(stored, envelope)
+            # Likewise the SUBMITTED record (watch log and ledger), which the first attempt may
+            # not have reached.
+            first = stored.events[0]
+            event_id = lifecycle_pb2.LifecycleEvent.FromString(first.event.payload).event_id
+            await self._watchlog.append(stored, first, event_id=event_id)
         log.info("request.duplicate_submission", request_id=request_id, sender=stored.sender)
         return SubmitOutcome(status=stored, duplicate=True)
 

@@ -21,6 +21,7 @@ from nats.js.client import JetStreamContext
 from broker.protocol._subjects import WATCH_STREAM, status_subject
 
 from ._errors import UnavailableError
+from ._ledger import LedgerWriter
 
 __all__ = ["WatchLog", "WatchPosition"]
 
@@ -38,8 +39,9 @@ class WatchPosition:
 
 
 class WatchLog:
-    def __init__(self, js: JetStreamContext) -> None:
+    def __init__(self, js: JetStreamContext, *, ledger: LedgerWriter | None = None) -> None:
         self._js = js
+        self._ledger = ledger
 
     async def append(
         self, status: lifecycle_pb2.RequestStatus, recorded: lifecycle_pb2.RecordedEvent, *, event_id: str
@@ -57,6 +59,9 @@ class WatchLog:
             await self._js.publish(subject, record.SerializeToString(), headers={"Nats-Msg-Id": event_id})
         except nats.errors.Error as exc:
             raise UnavailableError(f"cannot publish status change: {exc}") from exc
+        # Every accepted request, event and breach passes here once: the ledger records it too.
+        if self._ledger is not None:
+            await self._ledger.record_event(status, recorded, event_id=event_id)
 
     async def follow(
         self, filters: Sequence[str], position: WatchPosition, *, idle_heartbeat: float = 5.0

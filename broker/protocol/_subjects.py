@@ -13,6 +13,7 @@ Layout::
     GC_WATCH       gc.status.<sender>.<recipient>.<case_owner>.<case>.<request_id>
                                                           notarized status changes, broker -> watchers
     GC_LEDGER      gc.ledger.entry, gc.ledger.checkpoint  append-only, hash-chained ledger
+    GC_LEDGER_INTAKE gc.ledger.intake                     records waiting to be chained (work queue)
     GC_DEADLINES   gc.deadline.<request_id>.<phase>       message schedules (one per subject)
                    gc.deadline.fired.<request_id>.<phase> where a schedule fires
     GC_DEADLETTER  gc.deadletter.<agency>                 messages an adapter could not process
@@ -36,6 +37,9 @@ __all__ = [
     "KV_BUCKETS",
     "LEDGER_CHECKPOINT_SUBJECT",
     "LEDGER_ENTRY_SUBJECT",
+    "LEDGER_INTAKE_STREAM",
+    "LEDGER_INTAKE_SUBJECT",
+    "LEDGER_SEQUENCER_CONSUMER",
     "LEDGER_STREAM",
     "NOTICES_STREAM",
     "PRIORITIES",
@@ -73,6 +77,11 @@ NOTICES_STREAM = "GC_NOTICES"
 
 LEDGER_ENTRY_SUBJECT = "gc.ledger.entry"
 LEDGER_CHECKPOINT_SUBJECT = "gc.ledger.checkpoint"
+# Handlers publish ledger records here and move on; the sequencer chains them off the hot path.
+# A work queue, so it is not among stream_specs(): the ledger creates it (broker.hub._ledger).
+LEDGER_INTAKE_STREAM = "GC_LEDGER_INTAKE"
+LEDGER_INTAKE_SUBJECT = "gc.ledger.intake"
+LEDGER_SEQUENCER_CONSUMER = "ledger-sequencer"
 
 REQUESTS_BUCKET = "gc_requests"
 REGISTRY_BUCKET = "gc_registry"

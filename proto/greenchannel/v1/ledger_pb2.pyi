@@ -86,10 +86,15 @@ class LedgerEntry(_message.Message):
     prev_hash: _builtins.str
     """Hash of the previous entry; empty for the first."""
     hash: _builtins.str
-    """Hash of this entry: sha-256 over prev_hash and the entry's other fields."""
+    """Hash of this entry: "sha-256:" + base64url of the SHA-256 of the entry's serialized bytes as
+    stored, which hold prev_hash and every other field but leave this one empty. Filled only in
+    API responses, for convenience; verifiers recompute it from LedgerRecord.entry.
+    """
     @_builtins.property
     def at(self) -> _timestamp_pb2.Timestamp:
-        """When the broker appended it."""
+        """When the broker recorded what the entry records, by its clock. Set before the entry is
+        chained, so whichever broker replica chains it builds the very same bytes.
+        """
 
     @_builtins.property
     def parties(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
@@ -117,6 +122,43 @@ class LedgerEntry(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___LedgerEntry: _TypeAlias = LedgerEntry  # noqa: Y015
+
+@_typing.final
+class LedgerRecord(_message.Message):
+    """One link of the hash chain as the ledger stores it. Every caller gets seq, hash and prev_hash
+    of every entry in range, so any agency can check the chain's links and the signed checkpoints
+    even through entries it may not read; the entry bytes come only with entries it may read.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SEQ_FIELD_NUMBER: _builtins.int
+    HASH_FIELD_NUMBER: _builtins.int
+    PREV_HASH_FIELD_NUMBER: _builtins.int
+    ENTRY_FIELD_NUMBER: _builtins.int
+    seq: _builtins.int
+    """Position in the chain, from 1."""
+    hash: _builtins.str
+    """"sha-256:" + base64url of the SHA-256 of the stored entry bytes."""
+    prev_hash: _builtins.str
+    """Hash of the entry before; empty for the first."""
+    entry: _builtins.bytes
+    """The serialized LedgerEntry exactly as stored (its hash field empty); empty when withheld."""
+    def __init__(
+        self,
+        *,
+        seq: _builtins.int = ...,
+        hash: _builtins.str = ...,
+        prev_hash: _builtins.str = ...,
+        entry: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entry", b"entry", "hash", b"hash", "prev_hash", b"prev_hash", "seq", b"seq"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LedgerRecord: _TypeAlias = LedgerRecord  # noqa: Y015
 
 @_typing.final
 class Checkpoint(_message.Message):
@@ -192,21 +234,35 @@ class ListEntriesResponse(_message.Message):
 
     ENTRIES_FIELD_NUMBER: _builtins.int
     HEAD_SEQ_FIELD_NUMBER: _builtins.int
+    RECORDS_FIELD_NUMBER: _builtins.int
+    NEXT_AFTER_SEQ_FIELD_NUMBER: _builtins.int
     head_seq: _builtins.int
     """Highest seq in the ledger now."""
+    next_after_seq: _builtins.int
+    """The highest seq this page covered: pass it as after_seq for the next page. Equals head_seq
+    once the end is reached.
+    """
     @_builtins.property
     def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___LedgerEntry]:
         """In chain order."""
+
+    @_builtins.property
+    def records(self) -> _containers.RepeatedCompositeFieldContainer[Global___LedgerRecord]:
+        """Every entry in range, in chain order, as stored: the bytes only of the entries the caller may
+        read, seq / hash / prev_hash of all of them (filtered by request_id: only the readable ones).
+        """
 
     def __init__(
         self,
         *,
         entries: _abc.Iterable[Global___LedgerEntry] | None = ...,
         head_seq: _builtins.int = ...,
+        records: _abc.Iterable[Global___LedgerRecord] | None = ...,
+        next_after_seq: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries", "head_seq", b"head_seq"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries", "head_seq", b"head_seq", "next_after_seq", b"next_after_seq", "records", b"records"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
