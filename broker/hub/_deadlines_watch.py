@@ -8,8 +8,6 @@ since it was set does nothing but set the next rung of the ladder.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -21,15 +19,14 @@ import structlog
 from google.protobuf.timestamp_pb2 import Timestamp
 from greenchannel.v1 import common_pb2, lifecycle_pb2, requests_pb2, results_pb2
 from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 
-from broker.protocol import Clock, ProtocolError, SigningKey
+from broker.protocol import Clock, SigningKey
 from broker.protocol._envelope import sign_message
-from broker.protocol._nats import fetch_batch
 from broker.protocol._registry import BROKER_ID, Registry
 from broker.protocol._subjects import DEADLINES_STREAM, deadline_fired_filter, notice_subject
 
+from ._consumer import ConsumerLoop, ConsumerSpec
 from ._errors import NotFoundError, UnavailableError
 from ._events import BrokerEvents, Refused
 from ._lifecycle import is_final
@@ -111,22 +108,21 @@ class DeadlineWatch:
         self._broker_key = broker_key
         self._clock = clock
         self._config = config or DeadlineWatchConfig()
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = asyncio.Event()
+        self._loop = ConsumerLoop(
+            js,
+            ConsumerSpec(
+                name=DEADLINES_CONSUMER,
+                stream=DEADLINES_STREAM,
+                filter_subject=deadline_fired_filter(),
+                batch=self._config.batch,
+                fetch_timeout=self._config.fetch_timeout,
+                ack_wait=self._config.ack_wait,
+            ),
+            self.handle,
+        )
 
     async def __aenter__(self) -> DeadlineWatch:
-        sub = await self._js.pull_subscribe(
-            deadline_fired_filter(),
-            durable=DEADLINES_CONSUMER,
-            stream=DEADLINES_STREAM,
-            config=ConsumerConfig(
-                ack_policy=AckPolicy.EXPLICIT,
-                deliver_policy=DeliverPolicy.ALL,
-                ack_wait=self._config.ack_wait,
-                max_deliver=-1,
-            ),
-        )
-        self._task = asyncio.create_task(self._run(sub), name="broker-deadlines")
+        await self._loop.__aenter__()
         return self
 
     async def __aexit__(
@@ -135,25 +131,8 @@ class DeadlineWatch:
         await self.aclose()
 
     async def aclose(self) -> None:
-        self._stopping.set()
-        if self._task is not None:
-            task, self._task = self._task, None
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-    async def _run(self, sub: JetStreamContext.PullSubscription) -> None:
-        while not self._stopping.is_set():
-            try:
-                msgs = await fetch_batch(sub, self._config.batch, self._config.fetch_timeout)
-            except ProtocolError as exc:
-                log.warning("deadlines.fetch_failed", error=str(exc))
-                await asyncio.sleep(self._config.fetch_timeout)
-                continue
-            for msg in msgs:
-                try:
-                    await self.handle(msg)
-                except Exception:
-                    log.exception("deadlines.handle_failed")  # not acked: comes back after ack_wait
+        """Stop pulling; the message in hand is finished first (it is short), then the loop ends."""
+        await self._loop.aclose()
 
     async def handle(self, msg: Msg) -> None:
         try:

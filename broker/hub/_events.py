@@ -8,8 +8,6 @@ next step; anything else is refused, recorded, and changes nothing.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 import uuid
 from collections.abc import Callable
@@ -23,16 +21,15 @@ from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
 from greenchannel.v1 import common_pb2, envelope_pb2, lifecycle_pb2, results_pb2
 from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 
 from broker.protocol import Clock, ProtocolError, SigningKey
 from broker.protocol._envelope import sign_event, verify_event
 from broker.protocol._ids import new_uuid7
-from broker.protocol._nats import fetch_batch
 from broker.protocol._registry import BROKER_ID, Registry
 from broker.protocol._subjects import EVENTS_STREAM, deadletter_subject, events_filter
 
+from ._consumer import ConsumerLoop, ConsumerSpec
 from ._errors import IllegalTransitionError, NotFoundError
 from ._ledger import LedgerWriter
 from ._lifecycle import is_outcome, next_state
@@ -241,22 +238,21 @@ class EventProcessor:
         self._watchlog = watchlog
         self._clock = clock
         self._config = config or EventProcessorConfig()
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = asyncio.Event()
+        self._loop = ConsumerLoop(
+            js,
+            ConsumerSpec(
+                name=EVENTS_CONSUMER,
+                stream=EVENTS_STREAM,
+                filter_subject=events_filter(),
+                batch=self._config.batch,
+                fetch_timeout=self._config.fetch_timeout,
+                ack_wait=self._config.ack_wait,
+            ),
+            self.handle,
+        )
 
     async def __aenter__(self) -> EventProcessor:
-        sub = await self._js.pull_subscribe(
-            events_filter(),
-            durable=EVENTS_CONSUMER,
-            stream=EVENTS_STREAM,
-            config=ConsumerConfig(
-                ack_policy=AckPolicy.EXPLICIT,
-                deliver_policy=DeliverPolicy.ALL,
-                ack_wait=self._config.ack_wait,
-                max_deliver=-1,
-            ),
-        )
-        self._task = asyncio.create_task(self._run(sub), name="broker-events")
+        await self._loop.__aenter__()
         return self
 
     async def __aexit__(
@@ -265,28 +261,8 @@ class EventProcessor:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Stop pulling; the event in hand is finished first (it is short), then the loop ends."""
-        self._stopping.set()
-        if self._task is not None:
-            task, self._task = self._task, None
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-
-    async def _run(self, sub: JetStreamContext.PullSubscription) -> None:
-        while not self._stopping.is_set():
-            try:
-                msgs = await fetch_batch(sub, self._config.batch, self._config.fetch_timeout)
-            except ProtocolError as exc:
-                log.warning("events.fetch_failed", error=str(exc))
-                await asyncio.sleep(self._config.fetch_timeout)
-                continue
-            for msg in msgs:
-                try:
-                    await self.handle(msg)
-                except Exception:
-                    # Not acked: JetStream redelivers after ack_wait. Never lose an event to a bug
-                    # or a NATS hiccup.
-                    log.exception("events.handle_failed")
+        """Stop pulling; the message in hand is finished first (it is short), then the loop ends."""
+        await self._loop.aclose()
 
     async def handle(self, msg: Msg) -> None:
         tokens = msg.subject.split(".")
