@@ -253,12 +253,9 @@ class Broker:
             await self._health.enter_graceful_shutdown()
         if self._server is not None:
             await self._server.stop(self._config.shutdown_grace)
-        if self._events is not None:
-            await self._events.aclose()
-        if self._deadlines is not None:
-            await self._deadlines.aclose()
-        if self._ledger is not None:
-            await self._ledger.aclose()
+        # Each loop finishes the message in hand after its current pull; together, not in turn.
+        loops = [loop for loop in (self._events, self._deadlines, self._ledger) if loop is not None]
+        await asyncio.gather(*(loop.aclose() for loop in loops))
         if self._nc is not None and not self._nc.is_closed:
             try:
                 await asyncio.wait_for(self._nc.drain(), timeout=self._config.shutdown_grace)

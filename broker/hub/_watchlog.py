@@ -55,13 +55,18 @@ class WatchLog:
             case_number=status.case_ref.case_number,
             request_id=status.id,
         )
+        # Every accepted request, event and breach passes here once: the ledger records it too.
+        # Both writes are idempotent and independent, so they share one round trip.
+        writes = [self._publish(subject, record, event_id)]
+        if self._ledger is not None:
+            writes.append(self._ledger.record_event(status, recorded, event_id=event_id))
+        await asyncio.gather(*writes)
+
+    async def _publish(self, subject: str, record: bus_pb2.WatchResponse, event_id: str) -> None:
         try:
             await self._js.publish(subject, record.SerializeToString(), headers={"Nats-Msg-Id": event_id})
         except nats.errors.Error as exc:
             raise UnavailableError(f"cannot publish status change: {exc}") from exc
-        # Every accepted request, event and breach passes here once: the ledger records it too.
-        if self._ledger is not None:
-            await self._ledger.record_event(status, recorded, event_id=event_id)
 
     async def follow(
         self, filters: Sequence[str], position: WatchPosition, *, idle_heartbeat: float = 5.0

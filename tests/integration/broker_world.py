@@ -21,7 +21,9 @@ from nats.js.client import JetStreamContext
 
 from broker.client import BusClient
 from broker.hub import Broker, BrokerConfig
+from broker.hub._deadlines_watch import DeadlineWatchConfig
 from broker.hub._events import EventProcessorConfig
+from broker.hub._ledger import LedgerConfig
 from broker.protocol import SigningKey, SystemClock, body_digest
 from broker.protocol._directory import load_directory
 from broker.protocol._embedded import EmbeddedNats, EmbeddedNatsConfig
@@ -81,6 +83,8 @@ class World:
             "directory": DIRECTORY,
             "listen": "127.0.0.1:0",
             "events": EventProcessorConfig(fetch_timeout=0.2, unknown_request_delay=0.1),
+            "timers": DeadlineWatchConfig(fetch_timeout=0.2),
+            "ledger": LedgerConfig(fetch_timeout=0.2),
             "shutdown_grace": 1.0,
         }
         values.update(overrides)
