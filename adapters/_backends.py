@@ -55,7 +55,8 @@ class BackendOutcome:
     """What the agency system answered."""
 
     result: results_pb2.Result
-    """Its result, as it said it; ``encrypted_payload`` is the adapter's to fill."""
+    """Its result, as it said it, onward transfers in full; the adapter redacts them and fills
+    ``encrypted_payload``, ``sealed_details`` and ``broker_details``."""
     answer: results_pb2.DataAnswer | None = None
     """Personal data in clear (data answers, assistance reports); sealed before it leaves the adapter."""
 

@@ -2,12 +2,16 @@
 
 Per message, in this order, each step published and PubAck'ed before the next::
 
+    open the sealed body with the agency's X25519 key      does not open -> refused as a bad signature
     verify (notarization, sender signature, field rules)   refused -> FAILED event + dead letter, term
     DELIVERED
     ACKNOWLEDGED                                           (a type the kind does not handle: REJECTED)
     record "started"; call the agency system (retried while transient, heartbeats meanwhile)
-    seal a data answer to the requester; sign the terminal event; record it; publish it
+    seal a data answer to the requester; redact the onward transfers, their full copy sealed to
+    the requester and to the broker; sign the terminal event; record it; publish it
     ack the inbox message
+
+Nothing personal leaves the adapter in clear: not in events, dead letters or logs.
 
 A redelivery finds the terminal event recorded and publishes the same bytes again; one that finds
 only "started" (a crash or shutdown mid-call) calls again with the same request id, which every
@@ -30,6 +34,7 @@ from typing import Any, Literal, Self
 
 import nats.errors
 import structlog
+from cryptography.hazmat.primitives.asymmetric import x25519
 from google.protobuf.message import DecodeError
 from greenchannel.v1 import common_pb2, envelope_pb2, results_pb2
 from nats.aio.client import Client
@@ -38,7 +43,15 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 
 from broker.protocol._clock import Clock
-from broker.protocol._envelope import OpenedEnvelope, open_envelope, sign_event, type_name
+from broker.protocol._envelope import (
+    BROKER_ID,
+    OpenedEnvelope,
+    SealedBodyError,
+    open_envelope,
+    sign_event,
+    type_name,
+    unseal_envelope,
+)
 from broker.protocol._errors import (
     InvalidMessageError,
     NatsError,
@@ -46,10 +59,18 @@ from broker.protocol._errors import (
     SealingError,
     VerificationError,
 )
-from broker.protocol._keys import SigningKey
+from broker.protocol._keys import PublicKey, SigningKey
 from broker.protocol._nats import connect, fetch_batch, nats_error
 from broker.protocol._registry import Agency, Registry
-from broker.protocol._sealing import DATA_ANSWER_CONTENT_TYPE, current_encryption_key, seal
+from broker.protocol._sealing import (
+    DATA_ANSWER_CONTENT_TYPE,
+    DecryptionKeys,
+    current_broker_encryption_key,
+    current_encryption_key,
+    encryption_kid,
+    seal,
+    seal_result_details,
+)
 from broker.protocol._signing import body_digest
 from broker.protocol._subjects import (
     DEADLETTER_STREAM,
@@ -146,6 +167,8 @@ class AdapterRuntime:
     ``backend`` defaults to the agency kind's gRPC service at ``config.agency_target`` (the runtime
     then owns the channel); ``nats_client`` defaults to a connection made from ``config.nats``
     (the runtime then owns and drains it). What is handed in is never closed here.
+    ``decryption_keys`` are the agency's X25519 private keys, which open sealed request bodies;
+    without them every sealed request is refused (FAILED, SIGNATURE_INVALID), only clear ones run.
     """
 
     def __init__(
@@ -157,10 +180,12 @@ class AdapterRuntime:
         clock: Clock,
         backend: AgencyBackend | None = None,
         nats_client: Client | None = None,
+        decryption_keys: DecryptionKeys | None = None,
     ) -> None:
         self._config = config
         self._registry = registry
         self._key = signing_key
+        self._decryption_keys = _key_ring(decryption_keys)
         self._clock = clock
         self._backend = backend
         self._nc = nats_client
@@ -294,6 +319,14 @@ class AdapterRuntime:
             raise AdapterConfigError(
                 f"signing key {self._key.kid} is not a registered key of {self.agency_id!r}"
             )
+        keys = self._decryption_keys
+        if keys is None:
+            _log.warning("adapter.no_decryption_key", agency=self.agency_id)
+        elif not {encryption_kid(key) for key in keys} & {key.kid for key in agency.encryption_keys()}:
+            # Nothing is ever sealed to an unregistered key: every sealed request would be refused.
+            raise AdapterConfigError(
+                f"none of the {len(keys)} decryption keys is a registered key of {self.agency_id!r}"
+            )
         return agency
 
     async def _bind(self, js: JetStreamContext, lane: str) -> JetStreamContext.PullSubscription:
@@ -419,8 +452,17 @@ class AdapterRuntime:
             await self._refuse(msg, None, results_pb2.REASON_CODE_INVALID_REQUEST, error="DecodeError")
             return
         try:
+            # From here on ``envelope`` is the clear one, so a refusal is bound to the opened body.
+            envelope = unseal_envelope(envelope, self._decryption_keys, recipient=self.agency_id)
             opened = open_envelope(envelope, keys=self._registry, recipient=self.agency_id, clock=self._clock)
             request_id = validate_request_id(opened.header.id)
+        except SealedBodyError as exc:
+            # The message names key ids and what failed, never content.
+            _log.warning("adapter.sealed_body_not_opened", detail=str(exc))
+            await self._refuse(
+                msg, envelope, results_pb2.REASON_CODE_SIGNATURE_INVALID, error=type(exc).__name__
+            )
+            return
         except VerificationError as exc:
             await self._refuse(
                 msg, envelope, results_pb2.REASON_CODE_SIGNATURE_INVALID, error=type(exc).__name__
@@ -544,11 +586,13 @@ class AdapterRuntime:
             return self._answer_from(opened, outcome)
 
     def _answer_from(self, opened: OpenedEnvelope, outcome: BackendOutcome) -> _Answer:
-        """The agency's result, checked against the contract, with any data answer sealed."""
+        """The agency's result, checked against the contract, with any data answer sealed and the
+        onward transfers redacted (their full copy sealed to the requester and the broker)."""
         result = results_pb2.Result()
         result.CopyFrom(outcome.result)
         # Only the adapter seals; whatever the agency system put here is not ours to forward.
-        result.ClearField("encrypted_payload")
+        for sealed_field in ("encrypted_payload", "sealed_details", "broker_details"):
+            result.ClearField(sealed_field)
         try:
             validate_message(result, prefix="result.")
         except InvalidMessageError as exc:
@@ -568,7 +612,49 @@ class AdapterRuntime:
                     "the answer could not be sealed to the requester",
                     error=type(exc).__name__,
                 )
+        if result.onward_transfers:
+            result = self._seal_details(opened, result)
         return _Answer(result=result)
+
+    def _seal_details(self, opened: OpenedEnvelope, result: results_pb2.Result) -> results_pb2.Result:
+        """Redact the onward transfers; seal their full copy to the requester and to the broker.
+
+        The agency has already acted (a hold is in place), so a copy that cannot be sealed is left
+        out and logged rather than turning the answer into a failure; the transfers are redacted
+        whatever happens.
+        """
+        now = self._clock.now()
+        requester = opened.header.sender
+        requester_key: PublicKey | None = None
+        broker_key: PublicKey | None = None
+        try:
+            broker_key = current_broker_encryption_key(self._registry, at=now)
+        except SealingError as exc:
+            _log.warning("adapter.details_not_sealed_to_broker", error=str(exc))
+        if requester == BROKER_ID:
+            # The broker asked itself (a chase, the release of a lapsed hold): both copies are its own.
+            requester_key = broker_key
+        else:
+            try:
+                requester_key = current_encryption_key(self._registry.get(requester), at=now)
+            except (RegistryError, SealingError) as exc:
+                _log.warning("adapter.details_not_sealed_to_requester", error=str(exc))
+
+        def sealed(to_requester: PublicKey | None, to_broker: PublicKey | None) -> results_pb2.Result:
+            return seal_result_details(
+                result,
+                request_id=opened.header.id,
+                sender=self.agency_id,
+                recipient=requester,
+                requester_key=to_requester,
+                broker_key=to_broker,
+            )
+
+        try:
+            return sealed(requester_key, broker_key)
+        except SealingError as exc:
+            _log.warning("adapter.details_not_sealed", error=str(exc))
+            return sealed(None, None)
 
     def _seal_answer(
         self, opened: OpenedEnvelope, answer: results_pb2.DataAnswer
@@ -617,6 +703,8 @@ class AdapterRuntime:
             state=state_name(result.outcome),
             reason=reason_name(result.reason),
             sealed=result.HasField("encrypted_payload"),
+            onward_transfers=len(result.onward_transfers),
+            details_sealed=result.HasField("sealed_details"),
         )
         if answer.deadletter is not None:
             await self._deadletter(msg, request_id, answer.deadletter, answer.error)
@@ -662,7 +750,7 @@ class AdapterRuntime:
             error_type=error,
         )
         if envelope is not None and request_id is not None:
-            digest = body_digest(envelope.body)
+            digest = _received_digest(envelope)
             detail = f"the message did not verify ({error}); nothing was executed"
             event = build_event(
                 event_id=refusal_event_id(request_id, digest),
@@ -750,6 +838,24 @@ async def _has_work(sub: JetStreamContext.PullSubscription) -> bool:
     except (nats.errors.Error, TimeoutError) as exc:
         raise nats_error(exc, "consumer info") from exc
     return bool(info.num_pending) or bool(info.num_ack_pending)
+
+
+def _key_ring(keys: DecryptionKeys | None) -> tuple[x25519.X25519PrivateKey, ...] | None:
+    if keys is None:
+        return None
+    return (keys,) if isinstance(keys, x25519.X25519PrivateKey) else tuple(keys)
+
+
+def _received_digest(envelope: envelope_pb2.Envelope) -> str:
+    """Digest of the body as received: the clear body, or (not opened) the sealed one.
+
+    A sealed body that did not open cannot be the body the broker notarized as far as anyone can
+    tell, so its refusal must not carry the notarized digest: the broker then records it as a
+    forged copy instead of failing the genuine request.
+    """
+    if envelope.HasField("sealed_body"):
+        return body_digest(envelope.sealed_body.SerializeToString())
+    return body_digest(envelope.body)
 
 
 def _claimed_request_id(envelope: envelope_pb2.Envelope | None, msg: Msg) -> str | None:

@@ -5,9 +5,11 @@ its own adapter, signed and notarized messages, money held in SQLite bank cores.
 
 1. a victim in Pudong (region 310115) reports a transfer of 50,000.00 CNY to a fraud account;
    police-310115 sends a GREEN stop-payment to the fraud account's bank;
-2. the bank holds what is left and lists where the rest went (accounts at other banks);
-3. police stop those accounts too (child requests: parent id and hop), and convert the first
-   hold into a freeze;
+2. the bank holds what is left and lists where the rest went (accounts at other banks), the
+   accounts and names sealed to the police: the bus sees amounts and banks only;
+3. the broker chases that money by itself: child stop-payments to the receiving banks (parent id
+   and hop), hop after hop, within the case's bounds; what left the directory becomes a lead;
+   police convert the first hold into a freeze;
 4. the carrier blocks the fraudster's number; another carrier warns the next potential victim;
 5. the platform restricts the fraudster's account;
 6. a data request brings back the fraud account holder's details, sealed to the police;
@@ -20,6 +22,7 @@ every request ended as the scenario expects.
 
 from __future__ import annotations
 
+import asyncio
 import tempfile
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
@@ -28,12 +31,14 @@ from pathlib import Path
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
-from greenchannel.v1 import common_pb2, lifecycle_pb2, requests_pb2, results_pb2
+from greenchannel.v1 import common_pb2, lifecycle_pb2, requests_pb2, results_pb2, trail_pb2
 
+from broker._cli_trail import fetch_trail, open_accounts, render_trail
 from broker.client import BusClient
+from broker.hub._result_privacy import open_result_details
 from broker.protocol import Clock, SystemClock
 from broker.protocol._envelope import type_name
-from broker.protocol._provision import load_agency_encryption_key
+from broker.protocol._provision import load_agency_encryption_key, load_agency_signing_key
 from broker.protocol._sealing import open_sealed
 
 from . import _seed as seed
@@ -192,6 +197,14 @@ class _Scenario:
         bus = self.client(sender)
         accepted = await bus.submit(request)
         status = await bus.wait_for(accepted.status.id, _FINAL, within=self.config.wait)
+        return self._record(label, status, expect)
+
+    def _record(
+        self,
+        label: str,
+        status: lifecycle_pb2.RequestStatus,
+        expect: Collection[common_pb2.RequestState.ValueType],
+    ) -> lifecycle_pb2.RequestStatus:
         entry = DemoRequest(
             label=label,
             id=status.id,
@@ -215,6 +228,18 @@ class _Scenario:
         reason = f" ({entry.reason})" if entry.reason else ""
         self.say(f"  {mark}{label}: {entry.type} -> {entry.recipient}: {entry.state}{reason}")
         return status
+
+    async def _settled_trail(self) -> trail_pb2.Trail:
+        """The case's money trail once every stop-payment the broker sent has an outcome."""
+        key = load_agency_signing_key(self.config.state_dir, POLICE)
+        deadline = asyncio.get_running_loop().time() + self.config.wait.total_seconds()
+        while True:
+            trail = await fetch_trail(
+                self.stack.broker_address, agency_id=POLICE, signing_key=key, case_number=CASE
+            )
+            if trail.settled or asyncio.get_running_loop().time() > deadline:
+                return trail
+            await asyncio.sleep(0.05)
 
     def _request(self, case: common_pb2.CaseRef, **fields: Any) -> requests_pb2.Request:
         issued = Timestamp()
@@ -244,33 +269,46 @@ class _Scenario:
             f"2. The bank held {_yuan(first.result.amount_held)}; "
             f"{len(first.result.onward_transfers)} onward transfers show where the rest went."
         )
-        say("3. Police stop the receiving accounts and convert the first hold into a freeze.")
-        for onward in first.result.onward_transfers:
-            if not onward.to_bank:
-                say(
-                    f"   lead for investigators: {_yuan(onward.amount)} left for a bank outside the directory"
-                )
-                continue
-            await self.send(
-                f"stop onward account at {onward.to_bank}",
-                self._request(
-                    _case(
-                        common_pb2.LEGAL_INSTRUMENT_TYPE_STOP_PAYMENT_NOTICE, "沪公(浦)急止字[2026]1121-1号"
-                    ),
-                    parent_id=first.id,
-                    hop=first.hop + 1,
-                    stop_payment=requests_pb2.StopPayment(
-                        account=common_pb2.BankAccountRef(
-                            account_number=onward.to_account,
-                            holder_name=onward.to_holder_name,
-                            bank=onward.to_bank,
-                        ),
-                        amount=onward.amount,
-                        fraud_transfer_id=onward.transfer_id,
-                    ),
-                ),
-                expect=[common_pb2.REQUEST_STATE_EXECUTED, common_pb2.REQUEST_STATE_PARTIALLY_EXECUTED],
+        # The result on the bus lists the transfers redacted; the accounts and names are sealed to us
+        # (and to the broker, which chases them).
+        details = open_result_details(
+            first.result,
+            load_agency_encryption_key(self.config.state_dir, POLICE),
+            request_id=first.id,
+            sender=first.sender,
+            recipient=first.recipient,
+        )
+        say(f"   police open the sealed details: {len(details.onward_transfers)} receiving accounts.")
+        say("3. The broker chases the money by itself, hop after hop; police convert the first hold.")
+        trail = await self._settled_trail()
+        chased = sorted(
+            (
+                (r.hop, node.bank, r.request_id)
+                for node in trail.nodes
+                for r in node.requests
+                if r.role == trail_pb2.TRAIL_ROLE_CHASE
+            ),
+        )
+        police = self.client(POLICE)
+        for _hop, _bank, request_id in chased:
+            status = await police.get(request_id)
+            self._record(
+                f"chased by the broker (hop {status.hop})",
+                status,
+                [common_pb2.REQUEST_STATE_EXECUTED, common_pb2.REQUEST_STATE_PARTIALLY_EXECUTED],
             )
+        for lead in trail.leads:
+            where = lead.to_bank or "a bank outside the directory"
+            say(f"   lead for investigators: {_yuan(lead.amount)} left for {where} (hop {lead.hop})")
+        # The trail as `greenchannel trail` shows it to the police (account numbers opened with
+        # their key; holders' names left out of the demo's console).
+        opened = open_accounts(trail, load_agency_encryption_key(self.config.state_dir, POLICE))
+        numbers = {
+            node_id: common_pb2.BankAccountRef(account_number=account.account_number, bank=account.bank)
+            for node_id, account in opened.items()
+        }
+        for line in render_trail(trail, numbers):
+            say(f"   {line}" if line else "")
         await self.send(
             "convert the hold into a freeze",
             self._request(

@@ -27,7 +27,11 @@ from broker.protocol import Clock, SystemClock
 from broker.protocol._directory import load_directory
 from broker.protocol._embedded import EmbeddedNatsConfig, nats_for
 from broker.protocol._nats import NatsSettings, connect
-from broker.protocol._provision import ensure_agency_keys, load_agency_signing_key
+from broker.protocol._provision import (
+    ensure_agency_keys,
+    load_agency_encryption_keys,
+    load_agency_signing_key,
+)
 from broker.protocol._registry import AgencyKind, Registry
 
 from ._serve import AgencyServer, ReferenceAgency, build_reference_agency
@@ -147,6 +151,7 @@ class Stack:
                 self._adapter_config(agency.id, self.servers[agency.id].address),
                 registry=registry,
                 signing_key=load_agency_signing_key(config.keys_dir, agency.id),
+                decryption_keys=load_agency_encryption_keys(config.keys_dir, agency.id),
                 clock=clock,
                 nats_client=nc,
             )

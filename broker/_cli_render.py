@@ -228,8 +228,13 @@ def status_document(
     *,
     duplicate: bool | None = None,
     answer: results_pb2.DataAnswer | None = None,
+    details: results_pb2.ResultDetails | None = None,
 ) -> dict[str, object]:
-    """The JSON of ``submit --json`` and ``status --json``: a summary, timings, timeline, full status."""
+    """The JSON of ``submit --json`` and ``status --json``: a summary, timings, timeline, full status.
+
+    The status is as the bus holds it (onward transfers redacted); ``details`` are the decrypted
+    ones, under ``"details"``, when the caller could open them.
+    """
     document: dict[str, object] = {
         "id": status.id,
         "type": short_type(status.type),
@@ -251,6 +256,8 @@ def status_document(
         document["duplicate"] = duplicate
     if answer is not None:
         document["answer"] = answer_document(answer)
+    if details is not None:
+        document["details"] = MessageToDict(details, preserving_proto_field_name=True)
     return document
 
 
@@ -302,8 +309,9 @@ def _deadline_lines(status: lifecycle_pb2.RequestStatus) -> list[str]:
     return lines
 
 
-def _onward_lines(result: results_pb2.Result) -> list[str]:
-    onward = result.onward_transfers
+def _onward_lines(result: results_pb2.Result, details: results_pb2.ResultDetails | None) -> list[str]:
+    """The transfers, decrypted if ``details`` are given, else as the bus holds them (redacted)."""
+    onward = details.onward_transfers if details is not None else result.onward_transfers
     if not onward:
         return []
     currencies = {t.amount.currency for t in onward}
@@ -317,7 +325,7 @@ def _onward_lines(result: results_pb2.Result) -> list[str]:
     rows = [
         (
             t.to_bank or (f"outside ({t.to_bank_code})" if t.to_bank_code else "outside"),
-            mask_account(t.to_account),
+            mask_account(t.to_account) if t.to_account else "sealed",
             money(t.amount),
             _local(t.at, millis=False) if t.HasField("at") else _NONE,
         )
@@ -329,7 +337,9 @@ def _onward_lines(result: results_pb2.Result) -> list[str]:
     ]
 
 
-def _result_lines(status: lifecycle_pb2.RequestStatus) -> list[str]:
+def _result_lines(
+    status: lifecycle_pb2.RequestStatus, details: results_pb2.ResultDetails | None
+) -> list[str]:
     if not status.HasField("result"):
         return []
     result = status.result
@@ -360,7 +370,11 @@ def _result_lines(status: lifecycle_pb2.RequestStatus) -> list[str]:
                 f"{sealed.content_type or 'payload'}, {len(sealed.ciphertext)} bytes (open with --decrypt)",
             )
         )
-    return ["result", *_pairs(pairs, indent="  "), *_onward_lines(result)]
+    if result.HasField("sealed_details") and details is None:
+        pairs.append(
+            ("onward details", f"accounts and names sealed to {status.sender} (open with --decrypt)")
+        )
+    return ["result", *_pairs(pairs, indent="  "), *_onward_lines(result, details)]
 
 
 def _timeline_lines(status: lifecycle_pb2.RequestStatus) -> list[str]:
@@ -378,8 +392,14 @@ def _timeline_lines(status: lifecycle_pb2.RequestStatus) -> list[str]:
     return ["timeline", *table(("seq", "state", "actor", "at", "+ms", "note"), rows, indent="  ")]
 
 
-def status_lines(status: lifecycle_pb2.RequestStatus) -> list[str]:
-    """The human view of ``status`` (and of ``submit --wait``): header, deadlines, result, timeline."""
+def status_lines(
+    status: lifecycle_pb2.RequestStatus, *, details: results_pb2.ResultDetails | None = None
+) -> list[str]:
+    """The human view of ``status`` (and of ``submit --wait``): header, deadlines, result, timeline.
+
+    Onward transfers are the decrypted ``details`` when given (accounts still masked), else the
+    redacted ones the bus holds.
+    """
     case = status.case_ref
     instrument = common_pb2.LegalInstrumentType.Name(case.legal_instrument_type).removeprefix(
         "LEGAL_INSTRUMENT_TYPE_"
@@ -404,7 +424,12 @@ def status_lines(status: lifecycle_pb2.RequestStatus) -> list[str]:
             f"{_local(status.submitted_at)} (times are local, UTC{offset})",
         ),
     ]
-    sections = [_pairs(header), _deadline_lines(status), _result_lines(status), _timeline_lines(status)]
+    sections = [
+        _pairs(header),
+        _deadline_lines(status),
+        _result_lines(status, details),
+        _timeline_lines(status),
+    ]
     lines: list[str] = []
     for section in sections:
         if section:

@@ -47,9 +47,17 @@ from broker._cli_render import (
 )
 from broker.client import BusClient
 from broker.hub._grpc_status import error_details
-from broker.protocol import InvalidMessageError, KeyFileError, ProtocolError, SealingError, SystemClock
-from broker.protocol._provision import load_agency_encryption_key, load_agency_signing_key
-from broker.protocol._sealing import DATA_ANSWER_CONTENT_TYPE, open_sealed
+from broker.hub._result_privacy import open_result_details
+from broker.protocol import (
+    InvalidMessageError,
+    KeyFileError,
+    ProtocolError,
+    SealingError,
+    SystemClock,
+    UnknownAgencyError,
+)
+from broker.protocol._provision import load_agency_encryption_keys, load_agency_signing_key
+from broker.protocol._sealing import DATA_ANSWER_CONTENT_TYPE, DecryptionKeys, open_sealed
 from broker.protocol._validation import validate_message
 
 __all__ = [
@@ -674,7 +682,11 @@ def add_request_parsers(
     status = commands.add_parser("status", help="one request: state, deadlines, result and timeline")
     status.add_argument("id", metavar="ID", help="request id")
     _connection_options(status, default_broker)
-    status.add_argument("--decrypt", action="store_true", help="open the sealed data answer")
+    status.add_argument(
+        "--decrypt",
+        action="store_true",
+        help="open the sealed data answer (onward transfers open with the --as agency's key anyway)",
+    )
     status.add_argument(
         "--key",
         type=Path,
@@ -820,10 +832,11 @@ async def _submit(args: argparse.Namespace) -> int:
         except TimeoutError:
             status = await bus.get(request_id)
             waited_out = True
+    details = _own_details(status, args)
     if args.json:
-        _json(status_document(status, duplicate=accepted.duplicate))
+        _json(status_document(status, duplicate=accepted.duplicate, details=details))
     else:
-        _say(status_lines(status))
+        _say(status_lines(status, details=details))
     if waited_out:
         # Not a _CliError: stdout already has its one document (the status as it stands).
         _complain(
@@ -909,10 +922,57 @@ def _read_x25519(path: Path) -> x25519.X25519PrivateKey:
     return private
 
 
+def _own_keys(args: argparse.Namespace) -> tuple[x25519.X25519PrivateKey, ...] | None:
+    """The --as agency's X25519 keys in the state directory, if it has any (old ones included)."""
+    try:
+        return load_agency_encryption_keys(args.state_dir, args.agency)
+    except (KeyFileError, UnknownAgencyError):
+        return None
+
+
+def _own_details(
+    status: lifecycle_pb2.RequestStatus, args: argparse.Namespace
+) -> results_pb2.ResultDetails | None:
+    """The onward transfers in full when the caller's own key opens them; None otherwise.
+
+    Quiet on purpose: without the key (another agency asking, or no key here) the redacted view
+    is the right one, not an error.
+    """
+    if not status.result.HasField("sealed_details"):
+        return None
+    keys = _own_keys(args)
+    if keys is None:
+        return None
+    try:
+        return open_result_details(
+            status.result, keys, request_id=status.id, sender=status.sender, recipient=status.recipient
+        )
+    except SealingError:
+        return None
+
+
+def _open_details(
+    status: lifecycle_pb2.RequestStatus, keys: DecryptionKeys, *, key_name: str
+) -> results_pb2.ResultDetails | None:
+    if not status.result.HasField("sealed_details"):
+        return None
+    try:
+        return open_result_details(
+            status.result, keys, request_id=status.id, sender=status.sender, recipient=status.recipient
+        )
+    except SealingError as exc:
+        raise _CliError(
+            f"cannot decrypt the onward transfers with {key_name}: {exc}; "
+            f"they are sealed to {status.sender}'s X25519 key"
+        ) from exc
+
+
 def _open_answer(
-    status: lifecycle_pb2.RequestStatus, key: x25519.X25519PrivateKey, *, key_name: str
-) -> results_pb2.DataAnswer:
+    status: lifecycle_pb2.RequestStatus, key: DecryptionKeys, *, key_name: str
+) -> results_pb2.DataAnswer | None:
     if not status.result.HasField("encrypted_payload"):
+        if status.result.HasField("sealed_details"):
+            return None  # nothing but the onward transfers to open
         state = short_state(status.state)
         raise _CliError(f"request {status.id} ({state}) carries no sealed answer to decrypt")
     sealed = status.result.encrypted_payload
@@ -934,22 +994,27 @@ def _open_answer(
 
 
 async def _status(args: argparse.Namespace) -> int:
-    key: x25519.X25519PrivateKey | None = None
+    key: DecryptionKeys | None = None
     key_name = ""
     if args.decrypt:
         # Before any call: a key that cannot be read is reported without touching the bus.
         if args.key is not None:
             key, key_name = _read_x25519(args.key), str(args.key)
         else:
-            key = load_agency_encryption_key(args.state_dir, args.agency)
+            key = load_agency_encryption_keys(args.state_dir, args.agency)
             key_name = f"{args.agency}'s key in {args.state_dir}"
     async with _client(args) as bus:
         status = await bus.get(args.id)
-    answer = _open_answer(status, key, key_name=key_name) if key is not None else None
-    if args.json:
-        _json(status_document(status, answer=answer))
+    answer: results_pb2.DataAnswer | None = None
+    if key is not None:
+        answer = _open_answer(status, key, key_name=key_name)
+        details = _open_details(status, key, key_name=key_name)
     else:
-        lines = status_lines(status)
+        details = _own_details(status, args)
+    if args.json:
+        _json(status_document(status, answer=answer, details=details))
+    else:
+        lines = status_lines(status, details=details)
         if answer is not None:
             lines += ["", *answer_lines(answer)]
         _say(lines)

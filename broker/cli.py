@@ -13,6 +13,7 @@ from pathlib import Path
 from broker._cli_ledger import add_ledger_parser, run_ledger
 from broker._cli_requests import DEFAULT_BROKER, add_request_parsers, run_status, run_submit, run_watch
 from broker._cli_sla import add_sla_parser, run_sla
+from broker._cli_trail import add_trail_parser, run_trail
 from broker._cli_up import add_up_parser, run_up
 from broker._logging import configure_logging
 from broker.protocol import ProtocolError, SystemClock
@@ -72,6 +73,7 @@ def _parser() -> argparse.ArgumentParser:
     add_up_parser(commands)
     add_request_parsers(commands, default_broker=os.environ.get(BROKER_ENV) or DEFAULT_BROKER)
     add_sla_parser(commands, default_broker=os.environ.get(BROKER_ENV) or DEFAULT_BROKER)
+    add_trail_parser(commands, default_broker=os.environ.get(BROKER_ENV) or DEFAULT_BROKER)
     add_ledger_parser(commands, default_broker=os.environ.get(BROKER_ENV) or DEFAULT_BROKER)
     return parser
 
@@ -129,6 +131,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_status(args)
         if args.command == "sla":
             return run_sla(args)
+        if args.command == "trail":
+            return run_trail(args)
         if args.command == "ledger":
             return run_ledger(args)
     except KeyboardInterrupt:

@@ -23,6 +23,7 @@ from ._grpc_status import guard_stream, guard_unary, to_hub_error
 from ._policy import Policy
 from ._store import RequestStore
 from ._submit import Intake
+from ._trail_service import TrailService
 from ._watchlog import WatchLog, WatchPosition
 
 __all__ = ["BusServicer"]
@@ -51,7 +52,9 @@ class BusServicer(bus_pb2_grpc.BusServiceServicer):
         registry: Registry,
         broker_events: BrokerEvents,
         clock: Clock,
+        trail: TrailService,
     ) -> None:
+        self._trail = trail
         self._auth = auth
         self._intake = intake
         self._requests = requests
@@ -153,6 +156,18 @@ class BusServicer(bus_pb2_grpc.BusServiceServicer):
         page = matches[:size]
         next_token = _encode_token(page[-1].id) if len(matches) > size else ""
         return bus_pb2.ListResponse(requests=page, next_page_token=next_token)
+
+    # -- the money trail (TrailService authenticates, authorizes and guards) ------------------
+
+    async def GetTrail(
+        self, request: bus_pb2.GetTrailRequest, context: grpc.aio.ServicerContext
+    ) -> bus_pb2.GetTrailResponse:
+        return await self._trail.GetTrail(request, context)
+
+    async def SetChasing(
+        self, request: bus_pb2.SetChasingRequest, context: grpc.aio.ServicerContext
+    ) -> bus_pb2.SetChasingResponse:
+        return await self._trail.SetChasing(request, context)
 
     # -- acting ----------------------------------------------------------------------------
 

@@ -8,6 +8,7 @@ next step; anything else is refused, recorded, and changes nothing.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
 from collections.abc import Callable
@@ -35,6 +36,7 @@ from ._ledger import LedgerWriter
 from ._lifecycle import is_outcome, next_state
 from ._store import RequestStore
 from ._timers import DeadlineScheduler
+from ._trail import TrailChaser, TrailNotReadyError
 from ._watchlog import WatchLog
 
 __all__ = [
@@ -228,9 +230,11 @@ class EventProcessor:
         clock: Clock,
         config: EventProcessorConfig | None = None,
         holds: HoldLifecycle | None = None,
+        trail: TrailChaser | None = None,
         ledger: LedgerWriter | None = None,
     ) -> None:
         self._holds = holds
+        self._trail = trail
         self._ledger = ledger
         self._js = js
         self._registry = registry
@@ -296,8 +300,19 @@ class EventProcessor:
         recorded = next(r for r in status.events if _event_id(r) == event.event_id)
         # Idempotent: Nats-Msg-Id = event id, so a redelivered event is logged once.
         await self._watchlog.append(status, recorded, event_id=event.event_id)
-        if is_outcome(event.state) and self._holds is not None:
-            await self._holds.after_outcome(status)
+        if is_outcome(event.state):
+            hooks = [hook for hook in (self._holds, self._trail) if hook is not None]
+            # The hold's timers and the chase of its onward transfers are independent and both
+            # idempotent: side by side, and both again if either fails.
+            outcomes = await asyncio.gather(
+                *(hook.after_outcome(status) for hook in hooks), return_exceptions=True
+            )
+            failures = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
+            if any(isinstance(failure, TrailNotReadyError) for failure in failures):
+                await msg.nak(delay=self._config.unknown_request_delay)
+                return
+            if failures:
+                raise failures[0]
         await msg.ack()
         log.info(
             "request.event_applied",

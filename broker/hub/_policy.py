@@ -2,8 +2,12 @@
 
 The file format is documented at the top of ``agencies/policy.toml``. Every problem in a
 policy file raises :class:`PolicyError` naming the file and a field path in TOML spelling
-(``policy.version``, ``rule[3].types[1]``); indexes count entries in file order from 0.
-Unknown fields are rejected: a typo must not silently widen or narrow what is allowed.
+(``policy.version``, ``rule[3].types[1]``, ``chase.min_amount.CNY``); indexes count entries in
+file order from 0. Unknown fields are rejected: a typo must not silently widen or narrow what is
+allowed.
+
+Besides who may send what, the policy bounds how far the broker chases money on its own
+(``[chase]``, :class:`ChasePolicy`): the authorization every case's money trail runs under.
 """
 
 from __future__ import annotations
@@ -11,8 +15,10 @@ from __future__ import annotations
 import re
 import tomllib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
 from pathlib import Path
+from types import MappingProxyType
 from typing import NoReturn, TypeAlias
 
 import structlog
@@ -22,16 +28,29 @@ from broker.protocol import Agency, AgencyKind
 
 from ._errors import PermissionDeniedError, PolicyError
 
-__all__ = ["POLICY_VERSION", "Policy", "PolicyRule", "load_policy", "request_type_name"]
+__all__ = [
+    "DEFAULT_CHASE",
+    "POLICY_VERSION",
+    "ChasePolicy",
+    "Policy",
+    "PolicyRule",
+    "load_policy",
+    "request_type_name",
+]
 
 POLICY_VERSION = 1
 
 _log = structlog.get_logger(__name__)
 
-_TOP = frozenset({"policy", "rule"})
+_TOP = frozenset({"policy", "rule", "chase"})
 _HEADER = frozenset({"version", "description"})
 _RULE = frozenset({"description", "senders", "types", "recipients", "recipient_regions"})
+_CHASE = frozenset({"enabled", "max_depth", "min_amount", "max_accounts", "max_requests", "description"})
 _REGION_PREFIX = re.compile(r"[0-9]{2,6}")
+_CURRENCY = re.compile(r"[A-Z]{3}")
+_DECIMAL = re.compile(r"[0-9]+(\.[0-9]{1,2})?")
+_MAX_HOP = 64  # the contract's bound on Request.hop
+_MAX_MINOR_UNITS = 2**63 - 1  # Money.minor_units is an int64
 _TYPE_PREFIX = "REQUEST_TYPE_"
 
 _RequestType: TypeAlias = common_pb2.RequestType.ValueType
@@ -84,13 +103,52 @@ class PolicyRule:
         return not self.recipient_regions or any(region.startswith(p) for p in self.recipient_regions)
 
 
+@dataclass(frozen=True, kw_only=True)
+class ChasePolicy:
+    """How far the broker chases onward transfers on its own: the authorization of every case.
+
+    Police narrow these per case through the Bus API (``SetChasing``), never widen them.
+    """
+
+    enabled: bool = True
+    """Whether a new case is chased; police switch it per case."""
+    max_depth: int = 8
+    """Deepest hop a child stop-payment may have (the police's first request is hop 0), at most 64."""
+    min_amounts: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({"CNY": 100_000}))
+    """Smallest amount worth a stop-payment, in minor units per ISO 4217 currency; a currency not
+    listed has no minimum beyond zero."""
+    max_accounts: int = 64
+    """Most accounts one case may place holds on (the police's own requests count too)."""
+    max_requests: int = 256
+    """Most stop-payments the broker may send for one case (merges send one per path)."""
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.max_depth <= _MAX_HOP:
+            raise ValueError(f"max_depth must be between 0 and {_MAX_HOP}")
+        if self.max_accounts < 1 or self.max_requests < 0:
+            raise ValueError("max_accounts must be at least 1 and max_requests not negative")
+        for currency, minor_units in self.min_amounts.items():
+            if not _CURRENCY.fullmatch(currency) or not 0 < minor_units <= _MAX_MINOR_UNITS:
+                raise ValueError(f"min_amounts[{currency!r}] must be a positive amount of an ISO 4217 code")
+        object.__setattr__(self, "min_amounts", MappingProxyType(dict(self.min_amounts)))
+
+    def min_amount(self, currency: str) -> int:
+        """Minor units below which money in ``currency`` is not chased (0: no minimum)."""
+        return self.min_amounts.get(currency, 0)
+
+
+DEFAULT_CHASE = ChasePolicy()
+"""The bounds used when a policy file has no ``[chase]`` table."""
+
+
 class Policy:
     """Immutable authorization rules; everything no rule allows is denied."""
 
-    __slots__ = ("_by_route", "_rules")
+    __slots__ = ("_by_route", "_chase", "_rules")
 
-    def __init__(self, rules: Iterable[PolicyRule]) -> None:
+    def __init__(self, rules: Iterable[PolicyRule], *, chase: ChasePolicy = DEFAULT_CHASE) -> None:
         self._rules = tuple(rules)
+        self._chase = chase
         by_route: dict[_Route, list[PolicyRule]] = {}
         for rule in self._rules:
             for sender in rule.senders:
@@ -104,6 +162,11 @@ class Policy:
     @property
     def rules(self) -> tuple[PolicyRule, ...]:
         return self._rules
+
+    @property
+    def chase(self) -> ChasePolicy:
+        """Bounds of the broker's own chasing of onward transfers."""
+        return self._chase
 
     def authorize_submit(
         self,
@@ -270,6 +333,56 @@ def _parse_rule(scope: _Scope) -> PolicyRule:
     )
 
 
+def _chase_int(scope: _Scope, name: str, default: int, *, low: int, high: int) -> int:
+    value = scope.table.get(name, default)
+    if type(value) is not int:
+        scope.fail(name, f"expected an integer, got {_type_name(value)}")
+    if not low <= value <= high:
+        scope.fail(name, f"must be between {low} and {high}, got {value}")
+    return value
+
+
+def _min_amounts(scope: _Scope) -> Mapping[str, int]:
+    if "min_amount" not in scope.table:
+        return DEFAULT_CHASE.min_amounts
+    table = scope.table["min_amount"]
+    if not isinstance(table, dict):
+        scope.fail("min_amount", f'expected a table of currency = "amount", got {_type_name(table)}')
+    amounts = _Scope(scope.file, scope.at("min_amount"), table)
+    found: dict[str, int] = {}
+    for currency, text in table.items():
+        if not _CURRENCY.fullmatch(currency):
+            amounts.fail(currency, "not an ISO 4217 currency code (three capital letters)")
+        if not isinstance(text, str):
+            # A float (1000.0) would be read through binary floating point: amounts are strings.
+            amounts.fail(currency, f'expected a decimal string such as "1000.00", got {_type_name(text)}')
+        if not _DECIMAL.fullmatch(text):
+            amounts.fail(currency, f"{text!r} is not a decimal amount with at most two decimals")
+        try:
+            minor_units = int(Decimal(text) * 100)
+        except InvalidOperation:  # pragma: no cover - the pattern admits only plain decimals
+            amounts.fail(currency, f"{text!r} is not a decimal amount")
+        if not 0 < minor_units <= _MAX_MINOR_UNITS:
+            amounts.fail(currency, f"{text!r} must be greater than zero and fit in 64 bits of minor units")
+        found[currency] = minor_units
+    return found
+
+
+def _parse_chase(scope: _Scope) -> ChasePolicy:
+    scope.only(_CHASE)
+    scope.optional_string("description")
+    enabled = scope.table.get("enabled", DEFAULT_CHASE.enabled)
+    if not isinstance(enabled, bool):
+        scope.fail("enabled", f"expected a boolean, got {_type_name(enabled)}")
+    return ChasePolicy(
+        enabled=enabled,
+        max_depth=_chase_int(scope, "max_depth", DEFAULT_CHASE.max_depth, low=0, high=_MAX_HOP),
+        min_amounts=_min_amounts(scope),
+        max_accounts=_chase_int(scope, "max_accounts", DEFAULT_CHASE.max_accounts, low=1, high=100_000),
+        max_requests=_chase_int(scope, "max_requests", DEFAULT_CHASE.max_requests, low=0, high=1_000_000),
+    )
+
+
 def _read_toml(path: Path) -> dict[str, object]:
     try:
         with path.open("rb") as handle:
@@ -307,6 +420,19 @@ def load_policy(path: Path) -> Policy:
         # Deny-all is never what an operator means to deploy; it is a file that lost its rules.
         root.fail("rule", "no [[rule]] tables: a policy without rules denies everything")
     rules = [_parse_rule(_Scope(root.file, f"rule[{i}]", item)) for i, item in enumerate(raw_rules)]
-    policy = Policy(rules)
-    _log.info("policy.loaded", file=str(path), rules=len(rules))
+    chase = DEFAULT_CHASE
+    if "chase" in root.table:
+        chase_table = root.table["chase"]
+        if not isinstance(chase_table, dict):
+            root.fail("chase", f"expected a table, got {_type_name(chase_table)}")
+        chase = _parse_chase(_Scope(root.file, "chase", chase_table))
+    policy = Policy(rules, chase=chase)
+    _log.info(
+        "policy.loaded",
+        file=str(path),
+        rules=len(rules),
+        chase=chase.enabled,
+        chase_max_depth=chase.max_depth,
+        chase_max_accounts=chase.max_accounts,
+    )
     return policy

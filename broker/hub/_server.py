@@ -29,7 +29,11 @@ from nats.aio.client import Client
 from broker.protocol import Clock, SystemClock
 from broker.protocol._directory import load_directory
 from broker.protocol._nats import NatsSettings, connect, ensure_streams
-from broker.protocol._provision import key_overlay_path, load_broker_signing_key
+from broker.protocol._provision import (
+    key_overlay_path,
+    load_broker_encryption_key,
+    load_broker_signing_key,
+)
 from broker.protocol._registry import Registry
 from broker.protocol._subjects import stream_specs
 
@@ -46,6 +50,9 @@ from ._store import IdempotencyStore, RequestStore
 from ._submit import Intake
 from ._timers import DeadlineScheduler
 from ._tls import TlsFiles, server_credentials
+from ._trail import TrailChaser, TrailRecorder, sealed_onward_transfers
+from ._trail_service import TrailService
+from ._trail_store import TrailStore
 from ._watchlog import WatchLog
 
 __all__ = ["SERVICE_NAMES", "Broker", "BrokerConfig"]
@@ -157,7 +164,15 @@ class Broker:
         watchlog = WatchLog(js, ledger=ledger)
         scheduler = DeadlineScheduler(js, reminder_at=config.sla.escalation.reminder_at)
         auth = Authenticator(registry, replay, config.clock, require_tls_identity=config.require_tls_identity)
+        trail_recorder = TrailRecorder.for_broker(
+            store=TrailStore(js, replicas=config.replicas),
+            registry=registry,
+            policy=policy,
+            broker_key=broker_key,
+            clock=config.clock,
+        )
         intake = Intake(
+            trail=trail_recorder,
             registry=registry,
             policy=policy,
             deadlines=config.sla.deadlines,
@@ -169,6 +184,12 @@ class Broker:
             js=js,
             broker_key=broker_key,
             clock=config.clock,
+        )
+        trail_chaser = TrailChaser(
+            recorder=trail_recorder,
+            requests=requests,
+            sender=intake,
+            source=sealed_onward_transfers(load_broker_encryption_key(config.state_dir)),
         )
         broker_events = BrokerEvents(
             requests=requests, watchlog=watchlog, broker_key=broker_key, clock=config.clock
@@ -182,6 +203,7 @@ class Broker:
             config=config.events,
             ledger=ledger,
             holds=HoldLifecycle(requests=requests, broker_events=broker_events, scheduler=scheduler),
+            trail=trail_chaser,
         )
         await self._events.__aenter__()
         self._deadlines = DeadlineWatch(
@@ -216,6 +238,7 @@ class Broker:
                 registry=registry,
                 broker_events=broker_events,
                 clock=config.clock,
+                trail=TrailService(auth=auth, chaser=trail_chaser, policy=policy),
             ),
             server,
         )

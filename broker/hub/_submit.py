@@ -32,13 +32,16 @@ from broker.protocol import Clock, FieldViolation, SigningKey, body_digest
 from broker.protocol._envelope import (
     VerifiedRequest,
     notarize,
+    seal_for_recipient,
     sign_event,
     sign_request,
     type_name,
     verify_request,
 )
+from broker.protocol._errors import SealingError
 from broker.protocol._ids import new_uuid7
 from broker.protocol._registry import BROKER_ID, Agency, AgencyKind, Registry
+from broker.protocol._sealing import current_encryption_key
 from broker.protocol._subjects import inbox_subject
 
 from ._auth import Caller
@@ -60,6 +63,7 @@ from ._watchlog import WatchLog
 
 if TYPE_CHECKING:
     from ._sla_policy import HoldRule
+    from ._trail import TrailRecorder
 
 __all__ = ["Intake", "SubmitOutcome"]
 
@@ -107,7 +111,9 @@ class Intake:
         clock: Clock,
         holds: Mapping[common_pb2.RequestType.ValueType, HoldRule],
         scheduler: DeadlineScheduler,
+        trail: TrailRecorder | None = None,
     ) -> None:
+        self._trail = trail
         self._holds = holds
         self._scheduler = scheduler
         self._registry = registry
@@ -289,6 +295,12 @@ class Intake:
         if not await self._requests.create(status):
             # A concurrent retry under the same idempotency key won the race; it publishes.
             return (await self._requests.get(request_id)).status
+        if self._trail is not None:
+            # Before the inbox has it: the money trail knows the hold, its account and amount (the
+            # body is at hand only now) before the bank can answer.
+            await self._trail.submitted(
+                request_id, request, sender=verified.claims.iss, recipient=recipient.id
+            )
         # All idempotent (Nats-Msg-Id, or one schedule per subject) and independent: one round trip.
         await asyncio.gather(
             self._publish(status, envelope),
@@ -379,6 +391,13 @@ class Intake:
         return recorded, event_id
 
     async def _publish(self, status: lifecycle_pb2.RequestStatus, envelope: envelope_pb2.Envelope) -> None:
+        # The body is personal data: sealed to the recipient's current X25519 key, afresh on every
+        # (re-)publish; the same Nats-Msg-Id lets JetStream drop a second copy all the same.
+        try:
+            recipient_key = current_encryption_key(self._registry.get(status.recipient), at=self._clock.now())
+        except SealingError as exc:
+            raise UnavailableError(f"cannot seal the request to {status.recipient}: {exc}") from exc
+        envelope = seal_for_recipient(envelope, recipient_key)
         subject = inbox_subject(
             status.recipient,
             "green" if status.priority == common_pb2.PRIORITY_GREEN else "standard",

@@ -11,6 +11,11 @@ canonical, so nothing is re-encoded before it is verified):
 
 The sender's signature is checked at the notarized receive time, not at delivery: a message that
 waited in an inbox while a bank was offline is still the message the broker accepted.
+
+A request body is personal data (account numbers, names, phone numbers), so the broker publishes
+it sealed to the recipient (:func:`seal_for_recipient`): ``sealed_body`` instead of ``body``.
+Digests and signatures stay over the clear bytes, so sealing changes none of them; the recipient
+opens the body (:func:`unseal_envelope`) and verifies exactly what it would have verified in clear.
 """
 
 from __future__ import annotations
@@ -18,14 +23,22 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
 from greenchannel.v1 import common_pb2, envelope_pb2, lifecycle_pb2, requests_pb2
 
 from ._clock import Clock, ManualClock
-from ._errors import DigestMismatchError, MalformedSignatureError, WrongAudienceError
+from ._errors import (
+    DigestMismatchError,
+    MalformedSignatureError,
+    SealingError,
+    VerificationError,
+    WrongAudienceError,
+)
 from ._ids import new_uuid7
-from ._keys import SigningKey
+from ._keys import PublicKey, SigningKey
 from ._registry import BROKER_ID
+from ._sealing import REQUEST_CONTENT_TYPE, DecryptionKeys, open_sealed, seal
 from ._signing import Claims, KeyStore, body_digest, sign_detached, verify_detached
 from ._validation import decode_message, parse_and_validate, validate_message
 
@@ -33,14 +46,17 @@ __all__ = [
     "BROKER_ID",
     "BUS_AUDIENCE",
     "OpenedEnvelope",
+    "SealedBodyError",
     "VerifiedRequest",
     "notarize",
     "open_envelope",
     "request_type_of",
+    "seal_for_recipient",
     "sign_event",
     "sign_message",
     "sign_request",
     "type_name",
+    "unseal_envelope",
     "verify_event",
     "verify_request",
 ]
@@ -228,10 +244,88 @@ class OpenedEnvelope:
     """The broker's signature claims."""
 
 
+class SealedBodyError(VerificationError):
+    """A sealed request body does not open: not sealed to this recipient's key, tampered, rebound to
+    another request or pair, or the recipient holds no key. Treated like a bad signature."""
+
+    reason = "SEALED_BODY"
+
+
+def seal_for_recipient(envelope: envelope_pb2.Envelope, recipient_key: PublicKey) -> envelope_pb2.Envelope:
+    """The envelope with its body sealed to ``recipient_key`` (the recipient's current ``enc`` key).
+
+    The associated data binds the notarized id, sender and recipient; a fresh ephemeral key each
+    time, so a re-publish of the same request carries other ciphertext (give it the same
+    ``Nats-Msg-Id``). An envelope already sealed is returned as it is.
+    """
+    if envelope.HasField("sealed_body"):
+        return envelope
+    header = envelope_pb2.EnvelopeHeader.FromString(envelope.header)
+    return envelope_pb2.Envelope(
+        header=envelope.header,
+        notary_signature=envelope.notary_signature,
+        body_signature=envelope.body_signature,
+        sealed_body=seal(
+            envelope.body,
+            recipient_key,
+            request_id=header.id,
+            sender=header.sender,
+            recipient=header.recipient,
+            content_type=REQUEST_CONTENT_TYPE,
+        ),
+    )
+
+
+def unseal_envelope(
+    envelope: envelope_pb2.Envelope, keys: DecryptionKeys | None, *, recipient: str
+) -> envelope_pb2.Envelope:
+    """The envelope with its sealed body opened into ``body``; an unsealed one as it is.
+
+    Only decrypts: :func:`open_envelope` then verifies everything, including the header whose id
+    and sender the associated data was taken from (a forged header fails there, or here). Raises
+    :class:`SealedBodyError` when the body does not open with ``keys`` (None: this party holds no
+    decryption key), and when an envelope carries both a clear and a sealed body.
+    """
+    if not envelope.HasField("sealed_body"):
+        return envelope
+    if envelope.body:
+        raise SealedBodyError("the envelope carries both a clear and a sealed body")
+    sealed = envelope.sealed_body
+    if sealed.content_type != REQUEST_CONTENT_TYPE:
+        raise SealedBodyError(f"the sealed body is a {sealed.content_type!r}, not a Request")
+    if keys is None:
+        raise SealedBodyError(f"{recipient} holds no decryption key to open a sealed request body")
+    header = envelope_pb2.EnvelopeHeader()
+    try:
+        header.ParseFromString(envelope.header)
+    except DecodeError as exc:
+        raise SealedBodyError("the envelope header does not decode") from exc
+    try:
+        body = open_sealed(sealed, keys, request_id=header.id, sender=header.sender, recipient=recipient)
+    except SealingError as exc:
+        raise SealedBodyError(f"the sealed body does not open: {exc}") from exc
+    return envelope_pb2.Envelope(
+        header=envelope.header,
+        notary_signature=envelope.notary_signature,
+        body=body,
+        body_signature=envelope.body_signature,
+    )
+
+
 def open_envelope(
-    envelope: envelope_pb2.Envelope, *, keys: KeyStore, recipient: str, clock: Clock
+    envelope: envelope_pb2.Envelope,
+    *,
+    keys: KeyStore,
+    recipient: str,
+    clock: Clock,
+    decrypt: DecryptionKeys | None = None,
 ) -> OpenedEnvelope:
-    """Verify an envelope as its recipient: broker notarization, then sender signature, then fields."""
+    """Verify an envelope as its recipient: broker notarization, then sender signature, then fields.
+
+    A sealed body is opened first with ``decrypt``, the recipient's X25519 key(s); without them a
+    sealed envelope raises :class:`SealedBodyError`. An envelope in clear needs no key.
+    """
+    envelope = unseal_envelope(envelope, decrypt, recipient=recipient)
     notary_claims = verify_detached(
         envelope.notary_signature,
         envelope.header,

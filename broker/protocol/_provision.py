@@ -4,7 +4,8 @@ Layout under ``state_dir``::
 
     keys/directory-keys.toml        public keys (overlay for load_directory), never committed
     keys/<agency-id>/<kid>.pem      private keys, PKCS#8 PEM, mode 0600
-    keys/_broker/<kid>.pem          the broker's notarization key
+    keys/_broker/<kid>.pem          the broker's notarization key and its X25519 key, which opens
+                                    the result details it needs to chase money
     keys/.lock                      serializes writers (broker and adapters may start together)
 
 The overlay is the record of each key's validity window and revocation; a private key whose kid
@@ -45,7 +46,9 @@ __all__ = [
     "ensure_agency_keys",
     "key_overlay_path",
     "load_agency_encryption_key",
+    "load_agency_encryption_keys",
     "load_agency_signing_key",
+    "load_broker_encryption_key",
     "load_broker_signing_key",
     "revoke_key",
     "rotate_agency_key",
@@ -211,11 +214,51 @@ def load_agency_encryption_key(
     return private
 
 
+def load_agency_encryption_keys(state_dir: Path, agency_id: str) -> tuple[x25519.X25519PrivateKey, ...]:
+    """Every X25519 key of the agency with its private half on disk, newest first.
+
+    Rotated-out, expired and revoked keys included: what was sealed to them stays readable with
+    them (a revoked key is no longer sealed to, but old answers are still the agency's to read).
+    """
+    directory = _owner_dir(state_dir, agency_id)
+    path = key_overlay_path(state_dir)
+    entries = read_overlay(path) if path.exists() else []
+    ranked = sorted(
+        (
+            (entry.key.not_before or _EPOCH, position, entry)
+            for position, entry in enumerate(entries)
+            if entry.agency == agency_id
+            and entry.key.use is KeyUse.ENC
+            and (directory / f"{entry.key.kid}.pem").exists()
+        ),
+        key=lambda c: c[:2],
+        reverse=True,
+    )
+    keys: list[x25519.X25519PrivateKey] = []
+    for _, _, entry in ranked:
+        pem = directory / f"{entry.key.kid}.pem"
+        private = _read_private(pem)
+        if _public_of(private) != (entry.key.raw, KeyUse.ENC):
+            raise KeyFileError(f"{pem}: holds a different key than kid {entry.key.kid!r}")
+        assert isinstance(private, x25519.X25519PrivateKey)
+        keys.append(private)
+    if not keys:
+        raise KeyFileError(f"{state_dir}: no enc key for agency {agency_id!r}; run ensure_agency_keys")
+    return tuple(keys)
+
+
 def load_broker_signing_key(state_dir: Path, *, at: datetime | None = None) -> SigningKey:
     """The broker's newest unrevoked notarization key (valid at ``at`` if given)."""
     private = _load_private(state_dir, None, KeyUse.SIG, at)
     assert isinstance(private, ed25519.Ed25519PrivateKey)
     return SigningKey(private)
+
+
+def load_broker_encryption_key(state_dir: Path, *, at: datetime | None = None) -> x25519.X25519PrivateKey:
+    """The broker's newest unrevoked X25519 key (valid at ``at`` if given): opens ``broker_details``."""
+    private = _load_private(state_dir, None, KeyUse.ENC, at)
+    assert isinstance(private, x25519.X25519PrivateKey)
+    return private
 
 
 # -- writers ----------------------------------------------------------------------------------
@@ -247,7 +290,7 @@ def ensure_agency_keys(
     with _locked(state_dir) as entries:
         for owner in owners:
             _adopt_orphans(state_dir, owner, entries, now)
-            for use in (KeyUse.SIG,) if owner is None else (KeyUse.SIG, KeyUse.ENC):
+            for use in (KeyUse.SIG, KeyUse.ENC):
                 if not any(
                     e.agency == owner and e.key.use is use and _usable(state_dir, e, now) for e in entries
                 ):
@@ -256,12 +299,19 @@ def ensure_agency_keys(
 
 
 def rotate_agency_key(
-    state_dir: Path, agency_id: str, *, clock: Clock, overlap: timedelta = timedelta(hours=1)
+    state_dir: Path,
+    agency_id: str,
+    *,
+    clock: Clock,
+    overlap: timedelta = timedelta(hours=1),
+    use: KeyUse = KeyUse.SIG,
 ) -> str:
-    """Add a new signing key valid from now; current ones stay valid for ``overlap`` more.
+    """Add a new key of ``use`` valid from now; current ones stay valid for ``overlap`` more.
 
-    The overlap lets messages signed just before the rotation still verify in flight.
-    Returns the new kid.
+    Signing keys: the overlap lets messages signed just before the rotation still verify in
+    flight. Encryption keys: new answers are sealed to the new key at once (the newest wins); the
+    old private key stays on disk, so what was sealed to it stays readable
+    (:func:`load_agency_encryption_keys`). Returns the new kid.
     """
     if overlap <= timedelta(0):
         raise ValueError("overlap must be positive; revoke_key is the immediate cut-off")
@@ -271,16 +321,16 @@ def rotate_agency_key(
         current = [
             i
             for i, e in enumerate(entries)
-            if e.agency == agency_id and e.key.use is KeyUse.SIG and _usable(state_dir, e, now)
+            if e.agency == agency_id and e.key.use is use and _usable(state_dir, e, now)
         ]
         if not current:
-            raise KeyFileError(f"{state_dir}: agency {agency_id!r} has no signing key to rotate")
+            raise KeyFileError(f"{state_dir}: agency {agency_id!r} has no {use} key to rotate")
         end = now + overlap
         for i in current:
             key = entries[i].key
             if key.not_after is None or key.not_after > end:
                 entries[i] = _entry(agency_id, replace(key, not_after=end))
-        new = _generate(directory, KeyUse.SIG, now)
+        new = _generate(directory, use, now)
         entries.append(_entry(agency_id, new))
     return new.kid
 

@@ -234,8 +234,6 @@ class Registry:
         # Two owners of one key could sign as each other.
         owner: dict[str, str] = {}
         for j, key in enumerate(self._broker_keys):
-            if key.use is not KeyUse.SIG:
-                raise RegistryError("broker keys are signing keys", file=source, field=f"broker_key[{j}].use")
             if key.kid in owner:
                 raise RegistryError(f"duplicate kid {key.kid!r}", file=source, field=f"broker_key[{j}].kid")
             owner[key.kid] = "the broker"
@@ -310,7 +308,7 @@ class Registry:
         return agency.keys if agency is not None else ()
 
     def broker_keys(self) -> tuple[PublicKey, ...]:
-        """The broker's notarization (countersignature) keys."""
+        """The broker's keys, both uses: ``sig`` notarizes, ``enc`` receives sealed result details."""
         return self._broker_keys
 
     # -- routing ------------------------------------------------------------------------------

@@ -29,7 +29,11 @@ from broker.protocol._directory import load_directory
 from broker.protocol._embedded import EmbeddedNats, EmbeddedNatsConfig
 from broker.protocol._envelope import OpenedEnvelope, open_envelope, sign_event
 from broker.protocol._nats import NatsSettings, connect, fetch_batch
-from broker.protocol._provision import ensure_agency_keys, load_agency_signing_key
+from broker.protocol._provision import (
+    ensure_agency_keys,
+    load_agency_encryption_keys,
+    load_agency_signing_key,
+)
 from broker.protocol._registry import Registry
 from broker.protocol._subjects import INBOX_STREAM, event_subject, inbox_filter
 
@@ -113,7 +117,13 @@ class World:
                 for msg in msgs:
                     envelope = envelope_pb2.Envelope.FromString(msg.data)
                     opened.append(
-                        open_envelope(envelope, keys=self.registry, recipient=agency, clock=SystemClock())
+                        open_envelope(
+                            envelope,
+                            keys=self.registry,
+                            recipient=agency,
+                            clock=SystemClock(),
+                            decrypt=load_agency_encryption_keys(self.state_dir, agency),
+                        )
                     )
                     await msg.ack()
                 wait = 0.2

@@ -1,8 +1,9 @@
 """The adapter runtime for real: its own nats-server, real keys and signatures, real gRPC servers.
 
 A police agency signs, the broker key notarizes and the envelope lands in bank-icbc's inbox
-exactly as agencies/_demo.py does it; the runtime for bank-icbc calls a small BankService
-servicer on port 0 that counts its calls. Events are read back from GC_EVENTS and verified.
+exactly as agencies/_demo.py does it (in clear, or its body sealed to the bank as the broker
+publishes it); the runtime for bank-icbc calls a small BankService servicer on port 0 that counts
+its calls. Events are read back from GC_EVENTS and verified.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import nats.js.errors
 import pytest
 import pytest_asyncio
 import structlog
+from cryptography.hazmat.primitives.asymmetric import x25519
 from google.protobuf.timestamp_pb2 import Timestamp
 from greenchannel.v1 import (
     bank_pb2,
@@ -43,19 +45,29 @@ from adapters import (
     ExecutionState,
     IdempotencyStore,
 )
-from broker.protocol import ManualClock, Registry, SigningKey
+from broker.hub._result_privacy import onward_transfers_for_broker, open_result_details
+from broker.protocol import KeyUse, ManualClock, PublicKey, Registry, SigningKey
 from broker.protocol._directory import load_directory
 from broker.protocol._embedded import EmbeddedNats, EmbeddedNatsConfig
-from broker.protocol._envelope import VerifiedRequest, notarize, sign_request, verify_event, verify_request
+from broker.protocol._envelope import (
+    BROKER_ID,
+    VerifiedRequest,
+    notarize,
+    seal_for_recipient,
+    sign_request,
+    verify_event,
+    verify_request,
+)
 from broker.protocol._ids import new_uuid7
 from broker.protocol._nats import NatsSettings, connect, ensure_streams, fetch_batch
 from broker.protocol._provision import (
     ensure_agency_keys,
     load_agency_encryption_key,
     load_agency_signing_key,
+    load_broker_encryption_key,
     load_broker_signing_key,
 )
-from broker.protocol._sealing import open_sealed
+from broker.protocol._sealing import current_encryption_key, open_sealed
 from broker.protocol._signing import body_digest, verify_detached
 from broker.protocol._subjects import (
     DEADLETTER_STREAM,
@@ -78,6 +90,8 @@ ACCOUNT = "6222020200001234567"
 # Personal data the bank answers with: must never appear in clear on the bus or in the logs.
 SECRET_NAME = "张三丰-secret-holder"
 SECRET_ID_NUMBER = "110101199001011234"
+ONWARD_ACCOUNT = "6217000010087654321"
+ONWARD_NAME = "王某某-onward-holder"
 
 EXECUTED = common_pb2.REQUEST_STATE_EXECUTED
 FAILED = common_pb2.REQUEST_STATE_FAILED
@@ -94,6 +108,9 @@ class World:
     police_key: SigningKey
     broker_key: SigningKey
     bank_key: SigningKey
+    bank_enc: x25519.X25519PrivateKey
+    police_enc: x25519.X25519PrivateKey
+    broker_enc: x25519.X25519PrivateKey
 
 
 @pytest.fixture(scope="module")
@@ -108,6 +125,9 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> World:
         police_key=load_agency_signing_key(state, POLICE),
         broker_key=load_broker_signing_key(state),
         bank_key=load_agency_signing_key(state, BANK),
+        bank_enc=load_agency_encryption_key(state, BANK),
+        police_enc=load_agency_encryption_key(state, POLICE),
+        broker_enc=load_broker_encryption_key(state),
     )
 
 
@@ -155,6 +175,8 @@ class CountingBank(bank_pb2_grpc.BankServiceServicer):
     order: list[str] = field(default_factory=list)
     contexts: list[Any] = field(default_factory=list)
     gate: asyncio.Event | None = None
+    orders: list[Any] = field(default_factory=list)
+    onward: list[results_pb2.OnwardTransfer] = field(default_factory=list)
 
     def _seen(self, method: str, request: Any) -> None:
         self.calls[method] += 1
@@ -167,6 +189,7 @@ class CountingBank(bank_pb2_grpc.BankServiceServicer):
 
     async def StopPayment(self, request: Any, context: Any) -> bank_pb2.StopPaymentResponse:
         self._seen("StopPayment", request)
+        self.orders.append(request.order)
         if self.gate is not None:
             await self.gate.wait()
         return bank_pb2.StopPaymentResponse(
@@ -175,6 +198,7 @@ class CountingBank(bank_pb2_grpc.BankServiceServicer):
                 amount_held=request.order.amount,
                 hold_until=request.context.hold_until,
                 agency_reference=f"HOLD-{request.context.request_id[-12:]}",
+                onward_transfers=self.onward,
             )
         )
 
@@ -285,11 +309,18 @@ def deadlines(clock: ManualClock) -> envelope_pb2.Deadlines:
 
 
 def notarized(
-    world: World, request: requests_pb2.Request, *, validate: bool = True, request_id: str | None = None
+    world: World,
+    request: requests_pb2.Request,
+    *,
+    validate: bool = True,
+    request_id: str | None = None,
+    by_broker: bool = False,
 ) -> envelope_pb2.Envelope:
-    signed = sign_request(request, key=world.police_key, sender=POLICE, clock=world.clock)
+    """Signed by the police (or, ``by_broker``, by the broker itself, as a chase is) and notarized."""
+    sender, key = (BROKER_ID, world.broker_key) if by_broker else (POLICE, world.police_key)
+    signed = sign_request(request, key=key, sender=sender, clock=world.clock)
     if validate:
-        verified = verify_request(signed, keys=world.registry, sender=POLICE, clock=world.clock)
+        verified = verify_request(signed, keys=world.registry, sender=sender, clock=world.clock)
     else:  # a broker that forgot the field rules
         claims = verify_detached(
             signed.signature,
@@ -306,6 +337,13 @@ def notarized(
         deadlines=deadlines(world.clock),
         broker_key=world.broker_key,
         clock=world.clock,
+    )
+
+
+def sealed_to_bank(world: World, envelope: envelope_pb2.Envelope) -> envelope_pb2.Envelope:
+    """The envelope as the broker publishes it: its body sealed to the bank's current key."""
+    return seal_for_recipient(
+        envelope, current_encryption_key(world.registry.get(BANK), at=world.clock.now())
     )
 
 
@@ -435,9 +473,14 @@ def config(tmp_path: Path, bank: BankServer, **overrides: Any) -> AdapterConfig:
     return AdapterConfig(**(settings | overrides))
 
 
-def runtime(world: World, nc: Client, cfg: AdapterConfig) -> AdapterRuntime:
+def runtime(world: World, nc: Client, cfg: AdapterConfig, *, decrypt: bool = True) -> AdapterRuntime:
     return AdapterRuntime(
-        cfg, registry=world.registry, signing_key=world.bank_key, clock=world.clock, nats_client=nc
+        cfg,
+        registry=world.registry,
+        signing_key=world.bank_key,
+        clock=world.clock,
+        nats_client=nc,
+        decryption_keys=[world.bank_enc] if decrypt else None,
     )
 
 
@@ -809,3 +852,171 @@ async def test_refuses_to_start_with_a_foreign_key_or_without_a_service(
     assert not adapter.running
     assert not adapter_tasks()
     assert not nc.is_closed  # handed in, so never closed by the runtime
+
+
+# -- sealed request bodies and redacted results -------------------------------------------------
+
+
+async def test_a_sealed_request_is_opened_executed_and_bound_to_its_clear_body(
+    js: JetStreamContext, nc: Client, world: World, bank: BankServer, tmp_path: Path
+) -> None:
+    clear = notarized(world, request_of("stop_payment", world.clock))
+    envelope = sealed_to_bank(world, clear)
+    async with runtime(world, nc, config(tmp_path, bank)):
+        request_id = await publish(js, envelope, body="stop_payment")
+        found = await events_until(js, world, request_id, EXECUTED)
+        await eventually(lambda: inbox_settled(js))
+
+    assert states(found) == ["DELIVERED", "ACKNOWLEDGED", "EXECUTED"]
+    # The events name the body the broker notarized: the clear bytes, not the ciphertext.
+    header = envelope_pb2.EnvelopeHeader.FromString(clear.header)
+    assert header.body_digest == body_digest(clear.body)
+    assert {event.request_digest for event in found} == {header.body_digest}
+    assert bank.servicer.orders[0].account.account_number == ACCOUNT
+    inbox = [msg.data for msg in await stored(js, INBOX_STREAM)]
+    assert inbox
+    assert not any(ACCOUNT.encode() in data or "李某".encode() in data for data in inbox)
+
+
+def sealed_to_a_stranger(world: World, envelope: envelope_pb2.Envelope) -> envelope_pb2.Envelope:
+    stranger = x25519.X25519PrivateKey.generate().public_key().public_bytes_raw()
+    return seal_for_recipient(envelope, PublicKey.from_raw(stranger, use=KeyUse.ENC))
+
+
+def tampered(world: World, envelope: envelope_pb2.Envelope) -> envelope_pb2.Envelope:
+    sealed = sealed_to_bank(world, envelope)
+    ciphertext = bytearray(sealed.sealed_body.ciphertext)
+    ciphertext[3] ^= 0x01
+    sealed.sealed_body.ciphertext = bytes(ciphertext)
+    return sealed
+
+
+@pytest.mark.parametrize("make", [sealed_to_a_stranger, tampered], ids=["wrong-key", "tampered"])
+async def test_a_sealed_body_that_does_not_open_never_reaches_the_bank(
+    js: JetStreamContext,
+    nc: Client,
+    world: World,
+    bank: BankServer,
+    tmp_path: Path,
+    make: Callable[[World, envelope_pb2.Envelope], envelope_pb2.Envelope],
+) -> None:
+    clear = notarized(world, request_of("stop_payment", world.clock))
+    with structlog.testing.capture_logs() as logs:
+        async with runtime(world, nc, config(tmp_path, bank)):
+            request_id = await publish(js, make(world, clear), body="stop_payment")
+            found = await events_until(js, world, request_id, FAILED)
+            await eventually(lambda: inbox_settled(js))
+            letters = await deadletters(js)
+
+    assert bank.servicer.total == 0
+    assert states(found) == ["FAILED"]
+    assert found[0].reason == results_pb2.REASON_CODE_SIGNATURE_INVALID
+    # Not the notarized digest: the broker files this as a forged copy, the request stays open.
+    assert found[0].request_digest != envelope_pb2.EnvelopeHeader.FromString(clear.header).body_digest
+    assert letters[0]["error"] == "SealedBodyError"
+    assert letters[0]["reason"] == "SIGNATURE_INVALID"
+    assert any(entry["event"] == "adapter.sealed_body_not_opened" for entry in logs)
+
+
+async def test_without_a_decryption_key_sealed_requests_are_refused_and_clear_ones_run(
+    js: JetStreamContext, nc: Client, world: World, bank: BankServer, tmp_path: Path
+) -> None:
+    sealed = sealed_to_bank(world, notarized(world, request_of("stop_payment", world.clock)))
+    with structlog.testing.capture_logs() as logs:
+        async with runtime(world, nc, config(tmp_path, bank), decrypt=False):
+            sealed_id = await publish(js, sealed, body="stop_payment")
+            clear_id = await submit(js, world)
+            await events_until(js, world, sealed_id, FAILED)
+            await events_until(js, world, clear_id, EXECUTED)
+            await eventually(lambda: inbox_settled(js))
+    assert bank.servicer.calls == Counter({"StopPayment": 1})
+    assert bank.servicer.order == [clear_id]
+    assert any(entry["event"] == "adapter.no_decryption_key" for entry in logs)
+
+
+async def test_refuses_to_start_with_decryption_keys_that_are_not_the_agencys(
+    nc: Client, world: World, bank: BankServer, tmp_path: Path
+) -> None:
+    adapter = AdapterRuntime(
+        config(tmp_path, bank),
+        registry=world.registry,
+        signing_key=world.bank_key,
+        clock=world.clock,
+        nats_client=nc,
+        decryption_keys=world.police_enc,
+    )
+    with pytest.raises(AdapterConfigError, match="decryption keys"):
+        await adapter.start()
+    await adapter.aclose()
+
+
+async def test_onward_transfers_travel_redacted_and_open_for_the_requester_and_the_broker(
+    js: JetStreamContext, nc: Client, world: World, bank: BankServer, tmp_path: Path
+) -> None:
+    at = Timestamp()
+    at.FromDatetime(T0 - timedelta(minutes=30))
+    onward = results_pb2.OnwardTransfer(
+        to_account=ONWARD_ACCOUNT,
+        to_bank="bank-ccb",
+        amount=common_pb2.Money(currency="CNY", minor_units=2_000_000),
+        at=at,
+        transfer_id="ICBC5520000001",
+        to_holder_name=ONWARD_NAME,
+    )
+    bank.servicer.onward = [onward]
+    sealed = sealed_to_bank(world, notarized(world, request_of("stop_payment", world.clock)))
+    with structlog.testing.capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
+        async with runtime(world, nc, config(tmp_path, bank)):
+            request_id = await publish(js, sealed, body="stop_payment")
+            found = await events_until(js, world, request_id, EXECUTED)
+            await eventually(lambda: inbox_settled(js))
+
+    result = found[-1].result
+    [redacted] = result.onward_transfers
+    assert (redacted.to_account, redacted.to_holder_name) == ("", "")
+    assert (redacted.to_bank, redacted.transfer_id) == ("bank-ccb", onward.transfer_id)
+    assert redacted.amount == onward.amount
+    details = open_result_details(
+        result, world.police_enc, request_id=request_id, sender=POLICE, recipient=BANK
+    )
+    assert list(details.onward_transfers) == [onward]
+    chased = onward_transfers_for_broker(
+        result, broker_key=world.broker_enc, request_id=request_id, sender=POLICE, recipient=BANK
+    )
+    assert chased == [onward]
+
+    secrets = (ONWARD_ACCOUNT, ONWARD_NAME, ACCOUNT, "李某")
+    on_the_bus = [msg.data for stream in (INBOX_STREAM, EVENTS_STREAM) for msg in await stored(js, stream)]
+    assert not any(secret.encode() in data for secret in secrets for data in on_the_bus)
+    logged = repr(logs)
+    assert not any(secret in logged for secret in secrets)
+    answered = next(entry for entry in logs if entry["event"] == "adapter.answered")
+    assert answered["details_sealed"] is True
+    assert answered["onward_transfers"] == 1
+
+
+async def test_onward_transfers_of_a_request_the_broker_sent_are_sealed_to_the_broker_twice(
+    js: JetStreamContext, nc: Client, world: World, bank: BankServer, tmp_path: Path
+) -> None:
+    at = Timestamp()
+    at.FromDatetime(T0 - timedelta(minutes=30))
+    onward = results_pb2.OnwardTransfer(
+        to_account=ONWARD_ACCOUNT,
+        to_bank="bank-ccb",
+        amount=common_pb2.Money(currency="CNY", minor_units=2_000_000),
+        at=at,
+        transfer_id="ICBC5520000001",
+    )
+    bank.servicer.onward = [onward]
+    envelope = notarized(world, request_of("stop_payment", world.clock), by_broker=True)
+    with structlog.testing.capture_logs() as logs:
+        async with runtime(world, nc, config(tmp_path, bank)):
+            request_id = await publish(js, sealed_to_bank(world, envelope), body="stop_payment")
+            found = await events_until(js, world, request_id, EXECUTED)
+            await eventually(lambda: inbox_settled(js))
+
+    result = found[-1].result
+    binding = {"request_id": request_id, "sender": BROKER_ID, "recipient": BANK}
+    assert list(open_result_details(result, world.broker_enc, **binding).onward_transfers) == [onward]
+    assert onward_transfers_for_broker(result, broker_key=world.broker_enc, **binding) == [onward]
+    assert not any(entry["event"].startswith("adapter.details_not_sealed") for entry in logs)

@@ -17,20 +17,14 @@ pytestmark = pytest.mark.integration
 
 EXPECTED = [
     ("stop the fraud account", "STOP_PAYMENT", "bank-icbc", "PARTIALLY_EXECUTED", "INSUFFICIENT_FUNDS"),
-    (
-        "stop onward account at bank-abc",
-        "STOP_PAYMENT",
-        "bank-abc",
-        "PARTIALLY_EXECUTED",
-        "INSUFFICIENT_FUNDS",
-    ),
-    (
-        "stop onward account at bank-ccb",
-        "STOP_PAYMENT",
-        "bank-ccb",
-        "PARTIALLY_EXECUTED",
-        "INSUFFICIENT_FUNDS",
-    ),
+    # The broker's own stop-payments, hop by hop (two at hop 1, two at hop 2, one at hop 3).
+    *[
+        ("chased by the broker (hop 1)", "STOP_PAYMENT", bank, "PARTIALLY_EXECUTED", "INSUFFICIENT_FUNDS")
+        for bank in ("bank-abc", "bank-ccb")
+    ],
+    ("chased by the broker (hop 2)", "STOP_PAYMENT", "bank-cmb", "EXECUTED", ""),
+    ("chased by the broker (hop 2)", "STOP_PAYMENT", "bank-icbc", "PARTIALLY_EXECUTED", "INSUFFICIENT_FUNDS"),
+    ("chased by the broker (hop 3)", "STOP_PAYMENT", "bank-ccb", "EXECUTED", ""),
     ("convert the hold into a freeze", "FREEZE", "bank-icbc", "EXECUTED", ""),
     ("block the fraudster's line", "NUMBER_BLOCK", "carrier-cmcc", "EXECUTED", ""),
     ("warn the potential victim", "WARNING", "carrier-ctcc", "EXECUTED", ""),
@@ -50,12 +44,17 @@ async def test_the_scenario_ends_in_every_expected_state(tmp_path: Path) -> None
     got = [(r.label, r.type, r.recipient, r.state, r.reason) for r in report.requests]
     assert got == EXPECTED
     assert report.ok
-    # 15,000 left on the fraud account (now frozen) + what the two onward accounts still had.
-    assert report.held_minor_units == 2_400_000
+    # Everything but the 5,000.00 that left the directory: 15,000 frozen on the fraud account and
+    # what the five accounts the broker chased still had.
+    assert report.held_minor_units == 4_500_000
     first = report.requests[0]
     children = [r for r in report.requests if r.parent == first.id]
     assert {r.hop for r in children if r.type == "STOP_PAYMENT"} == {1}
-    assert all(r.sender == "police-310115" for r in report.requests)
+    assert all(
+        r.sender == ("greenchannel-broker" if r.label.startswith("chased") else "police-310115")
+        for r in report.requests
+    )
+    assert {r.hop for r in report.requests if r.label.startswith("chased")} == {1, 2, 3}
     assert all(r.finish_ms is not None and r.deliver_ms is not None for r in report.requests)
     assert report.data_answer_fields > 0
     # The holder's name was decrypted by the police client; it is not printed.

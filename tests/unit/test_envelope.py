@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import x25519
 from google.protobuf.timestamp_pb2 import Timestamp
 from greenchannel.v1 import common_pb2, envelope_pb2, lifecycle_pb2, requests_pb2
 
@@ -22,14 +24,19 @@ from broker.protocol import (
 )
 from broker.protocol._envelope import (
     BROKER_ID,
+    SealedBodyError,
     notarize,
     open_envelope,
+    seal_for_recipient,
     sign_event,
     sign_request,
+    unseal_envelope,
     verify_event,
     verify_request,
 )
 from broker.protocol._ids import new_uuid7
+from broker.protocol._keys import KeyUse, PublicKey
+from broker.protocol._sealing import REQUEST_CONTENT_TYPE
 from broker.protocol._signing import StaticKeyStore, body_digest
 
 T0 = datetime(2026, 11, 21, 9, 0, tzinfo=UTC)
@@ -252,3 +259,121 @@ def test_bad_signature_bytes_are_refused() -> None:
     signed.signature = f"{head}..{flipped}"
     with pytest.raises(BadSignatureError):
         verify_event(signed, keys=world.keys, clock=world.clock)
+
+
+# -- sealed bodies ------------------------------------------------------------------------------
+
+
+def enc_public(private: x25519.X25519PrivateKey) -> PublicKey:
+    return PublicKey.from_raw(private.public_key().public_bytes_raw(), use=KeyUse.ENC)
+
+
+def sealed(world: World, bank_key: x25519.X25519PrivateKey) -> envelope_pb2.Envelope:
+    return seal_for_recipient(notarized(world), enc_public(bank_key))
+
+
+def test_sealed_body_opens_for_the_recipient_and_verifies_as_in_clear() -> None:
+    world = World()
+    bank_key = x25519.X25519PrivateKey.generate()
+    clear = notarized(world)
+    envelope = seal_for_recipient(clear, enc_public(bank_key))
+    assert envelope.body == b""
+    assert envelope.sealed_body.content_type == REQUEST_CONTENT_TYPE
+    # Header, notarization and sender signature are untouched: they stay over the clear bytes.
+    assert (envelope.header, envelope.notary_signature, envelope.body_signature) == (
+        clear.header,
+        clear.notary_signature,
+        clear.body_signature,
+    )
+    for secret in (b"6222020200001234567", "王某某".encode()):
+        assert secret not in envelope.SerializeToString()
+
+    opened = open_envelope(
+        envelope, keys=world.keys, recipient="bank-icbc", clock=world.clock, decrypt=bank_key
+    )
+    assert opened.request.stop_payment.account.account_number == "6222020200001234567"
+    assert unseal_envelope(envelope, [bank_key], recipient="bank-icbc") == clear
+    assert seal_for_recipient(envelope, enc_public(bank_key)) is envelope  # sealed once
+
+
+def test_resealing_uses_a_fresh_ephemeral_key() -> None:
+    world = World()
+    bank_key = x25519.X25519PrivateKey.generate()
+    clear = notarized(world)
+    first = seal_for_recipient(clear, enc_public(bank_key))
+    second = seal_for_recipient(clear, enc_public(bank_key))
+    assert first.sealed_body.ephemeral_public_key != second.sealed_body.ephemeral_public_key
+    assert unseal_envelope(first, bank_key, recipient="bank-icbc") == unseal_envelope(
+        second, bank_key, recipient="bank-icbc"
+    )
+
+
+def test_an_envelope_in_clear_still_opens_without_a_key() -> None:
+    world = World()
+    envelope = notarized(world)
+    assert unseal_envelope(envelope, None, recipient="bank-icbc") is envelope
+    opened = open_envelope(envelope, keys=world.keys, recipient="bank-icbc", clock=world.clock)
+    assert opened.request.stop_payment.amount.minor_units == 5_000_000
+
+
+def test_sealed_body_does_not_open_with_another_key_or_without_one() -> None:
+    world = World()
+    envelope = sealed(world, x25519.X25519PrivateKey.generate())
+    for keys in (x25519.X25519PrivateKey.generate(), [x25519.X25519PrivateKey.generate()], None):
+        with pytest.raises(SealedBodyError):
+            open_envelope(envelope, keys=world.keys, recipient="bank-icbc", clock=world.clock, decrypt=keys)
+
+
+def tampered_ciphertext(envelope: envelope_pb2.Envelope) -> None:
+    ciphertext = bytearray(envelope.sealed_body.ciphertext)
+    ciphertext[0] ^= 1
+    envelope.sealed_body.ciphertext = bytes(ciphertext)
+
+
+def tampered_header(envelope: envelope_pb2.Envelope) -> None:
+    # Another request id in the (unverified) header: the associated data no longer matches.
+    header = envelope_pb2.EnvelopeHeader.FromString(envelope.header)
+    header.id = new_uuid7(ManualClock(T0))
+    envelope.header = header.SerializeToString()
+
+
+def relabelled(envelope: envelope_pb2.Envelope) -> None:
+    envelope.sealed_body.content_type = "greenchannel.v1.DataAnswer"
+
+
+def both_bodies(envelope: envelope_pb2.Envelope) -> None:
+    envelope.body = stop_payment(minor_units=1).SerializeToString()
+
+
+@pytest.mark.parametrize("tamper", [tampered_ciphertext, tampered_header, relabelled, both_bodies])
+def test_tampered_sealed_envelope_is_a_sealed_body_error(
+    tamper: Callable[[envelope_pb2.Envelope], None],
+) -> None:
+    world = World()
+    bank_key = x25519.X25519PrivateKey.generate()
+    envelope = sealed(world, bank_key)
+    tamper(envelope)
+    with pytest.raises(SealedBodyError):
+        unseal_envelope(envelope, bank_key, recipient="bank-icbc")
+
+
+def test_sealed_body_opened_by_another_recipient_is_refused() -> None:
+    """bank-ccb holding bank-icbc's key still cannot pass the envelope off as its own."""
+    world = World()
+    bank_key = x25519.X25519PrivateKey.generate()
+    with pytest.raises(SealedBodyError):
+        unseal_envelope(sealed(world, bank_key), bank_key, recipient="bank-ccb")
+
+
+def test_a_forged_body_sealed_to_the_recipient_fails_the_digest() -> None:
+    """Anyone can seal to a public key: what opens is still checked against the notarization."""
+    world = World()
+    bank_key = x25519.X25519PrivateKey.generate()
+    envelope = notarized(world)
+    forged = sign_request(
+        stop_payment(minor_units=1), key=world.police, sender="police-310115", clock=world.clock
+    )
+    envelope.body = forged.payload
+    envelope = seal_for_recipient(envelope, enc_public(bank_key))
+    with pytest.raises(DigestMismatchError):
+        open_envelope(envelope, keys=world.keys, recipient="bank-icbc", clock=world.clock, decrypt=bank_key)

@@ -24,6 +24,8 @@ from broker.protocol import (
     revoke_key,
     rotate_agency_key,
 )
+from broker.protocol._provision import load_agency_encryption_keys, load_broker_encryption_key
+from broker.protocol._sealing import encryption_kid
 
 SAMPLE = Path(__file__).resolve().parents[2] / "agencies" / "directory.toml"
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -43,16 +45,18 @@ def state(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def test_first_run_generates_a_key_pair_per_agency_and_a_broker_key(state: Path) -> None:
+def test_first_run_generates_a_key_pair_per_agency_and_for_the_broker(state: Path) -> None:
     registry = _registry(state)
     files = _private_files(state)
-    assert len(files) == 2 * len(registry) + 1
+    assert len(files) == 2 * len(registry) + 2
     for agency in registry.agencies():
         assert {p.stem for p in (state / "keys" / agency.id).glob("*.pem")} == {k.kid for k in agency.keys}
         assert all(key.not_before == T0 for key in agency.keys)
     assert {p.stem for p in (state / "keys" / "_broker").glob("*.pem")} == {
         k.kid for k in registry.broker_keys()
     }
+    # One to notarize, one to receive the result details it chases money with.
+    assert sorted(k.use for k in registry.broker_keys()) == [KeyUse.ENC, KeyUse.SIG]
 
 
 def test_private_key_files_are_owner_only(state: Path) -> None:
@@ -83,7 +87,10 @@ def test_loaded_private_keys_match_the_registry(state: Path) -> None:
     assert encryption.exchange(peer.public_key()) == peer.exchange(public)
 
     broker = load_broker_signing_key(state)
-    assert [k.kid for k in registry.broker_keys()] == [broker.kid]
+    assert [k.kid for k in registry.broker_keys() if k.use is KeyUse.SIG] == [broker.kid]
+    broker_enc = load_broker_encryption_key(state)
+    [broker_public] = [k for k in registry.broker_keys() if k.use is KeyUse.ENC]
+    assert encryption_kid(broker_enc) == broker_public.kid
 
 
 def test_only_the_named_agencies(tmp_path: Path) -> None:
@@ -94,6 +101,8 @@ def test_only_the_named_agencies(tmp_path: Path) -> None:
     assert registry.broker_keys() == ()
     with pytest.raises(KeyFileError):
         load_broker_signing_key(tmp_path)
+    with pytest.raises(KeyFileError):
+        load_broker_encryption_key(tmp_path)
 
 
 def test_unknown_agency_is_refused(tmp_path: Path) -> None:
@@ -177,3 +186,22 @@ def test_encryption_key_use_is_recorded(state: Path) -> None:
     registry = _registry(state)
     for agency in registry.agencies():
         assert [k.use for k in agency.keys] == [KeyUse.SIG, KeyUse.ENC]
+
+
+def test_encryption_key_rotation_keeps_the_old_private_key_readable(state: Path) -> None:
+    old = load_agency_encryption_key(state, "police-310115")
+    now = T0 + timedelta(days=30)
+    new_kid = rotate_agency_key(
+        state, "police-310115", clock=ManualClock(now), overlap=timedelta(hours=1), use=KeyUse.ENC
+    )
+    agency = _registry(state).get("police-310115")
+    assert [k.kid for k in agency.encryption_keys()] == [encryption_kid(old), new_kid]
+    assert len(agency.signing_keys()) == 1  # the signing key is left alone
+    # New answers are sealed to the newest key; the old one stays on disk to open old answers.
+    assert encryption_kid(load_agency_encryption_key(state, "police-310115")) == new_kid
+    assert [encryption_kid(k) for k in load_agency_encryption_keys(state, "police-310115")] == [
+        new_kid,
+        encryption_kid(old),
+    ]
+    with pytest.raises(KeyFileError, match="no enc key"):
+        load_agency_encryption_keys(state, "regulator-nowhere")

@@ -18,11 +18,13 @@ from broker.protocol import (
     Registry,
     RegistryError,
     UnknownAgencyError,
+    UnknownKeyError,
     b64url_encode,
     ensure_agency_keys,
     load_directory,
 )
 from broker.protocol._registry import BROKER_ID
+from broker.protocol._signing import _find_signing_key
 
 SAMPLE = Path(__file__).resolve().parents[2] / "agencies" / "directory.toml"
 
@@ -52,8 +54,8 @@ def test_sample_with_overlay_has_keys_for_everyone(sample: Registry) -> None:
         assert sample.public_keys(agency.id) == agency.keys
         sig = agency.signing_keys()[0]
         assert agency.key(sig.kid) is sig
-    assert len(sample.broker_keys()) == 1
-    assert sample.broker_keys()[0].use is KeyUse.SIG
+    # One to notarize, one to receive the result details the broker chases money with.
+    assert sorted(key.use for key in sample.broker_keys()) == [KeyUse.ENC, KeyUse.SIG]
 
 
 def test_kinds_and_supervisors(sample: Registry) -> None:
@@ -87,6 +89,17 @@ def test_lookups_of_unknown_agency(sample: Registry) -> None:
 def test_broker_keys_are_served_under_the_broker_id(sample: Registry) -> None:
     assert sample.broker_keys()
     assert sample.public_keys(BROKER_ID) == sample.broker_keys()
+
+
+def test_a_broker_encryption_key_loads_but_never_verifies_a_signature(tmp_path: Path) -> None:
+    directory = tmp_path / "directory.toml"
+    directory.write_text(BASE + f'\n[[broker_key]]\nkid = "{K3.kid}"\nx = "{X3}"\nuse = "enc"\n')
+    registry = load_directory(directory)
+    assert registry.broker_keys() == (K3,)
+    assert registry.public_keys(BROKER_ID) == (K3,)
+    # A notarization naming the encryption key's kid finds it, and is refused for its use.
+    with pytest.raises(UnknownKeyError, match="encryption key"):
+        _find_signing_key(registry, BROKER_ID, K3.kid, datetime(2026, 6, 1, tzinfo=UTC))
 
 
 @pytest.mark.parametrize(
@@ -400,9 +413,10 @@ BAD = [
         append=f'\n[[agency.key]]\nkid = "{K1.kid}"\nx = "{X1}"\nuse = "sig"\n',
     ),
     Bad(
-        "broker-key-for-encryption",
-        "broker_key[0].use",
-        append=f'\n[[broker_key]]\nkid = "{K3.kid}"\nx = "{X3}"\nuse = "enc"\n',
+        "broker-key-shared-with-an-agency",
+        "agency[0].key[0].kid",
+        append=f'\n[[broker_key]]\nkid = "{K1.kid}"\nx = "{X1}"\nuse = "sig"\n',
+        match="duplicate kid",
     ),
     Bad(
         "overlay-unknown-agency",

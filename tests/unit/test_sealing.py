@@ -9,10 +9,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import x25519
 from greenchannel.v1 import results_pb2
 
-from broker.protocol import Agency, AgencyKind, KeyUse, PublicKey, generate_signing_key
+from broker.protocol import Agency, AgencyKind, KeyUse, PublicKey, Registry, generate_signing_key
 from broker.protocol._errors import SealingError
 from broker.protocol._sealing import (
     DATA_ANSWER_CONTENT_TYPE,
+    DecryptionKeys,
+    current_broker_encryption_key,
     current_encryption_key,
     open_sealed,
     seal,
@@ -41,9 +43,7 @@ def sealed_to(private: x25519.X25519PrivateKey, plaintext: bytes = SECRET) -> re
     )
 
 
-def open_with(
-    private: x25519.X25519PrivateKey, payload: results_pb2.EncryptedPayload, **override: str
-) -> bytes:
+def open_with(private: DecryptionKeys, payload: results_pb2.EncryptedPayload, **override: str) -> bytes:
     binding = {"request_id": REQUEST_ID, "sender": SENDER, "recipient": RECIPIENT} | override
     return open_sealed(payload, private, **binding)
 
@@ -218,3 +218,22 @@ def test_no_valid_encryption_key_is_an_error() -> None:
         current_encryption_key(police_with(revoked), at=T0 + timedelta(days=2))
     with pytest.raises(SealingError, match="no encryption key"):
         current_encryption_key(police_with(), at=T0)
+
+
+def test_a_key_ring_picks_the_key_each_answer_was_sealed_to() -> None:
+    old_private, new_private = x25519.X25519PrivateKey.generate(), x25519.X25519PrivateKey.generate()
+    ring = [new_private, old_private]  # what an agency keeps after rotating its encryption key
+    assert open_with(ring, sealed_to(old_private)) == SECRET
+    assert open_with(ring, sealed_to(new_private)) == SECRET
+    with pytest.raises(SealingError, match="none of the 1 keys"):
+        open_with([new_private], sealed_to(old_private))
+
+
+def test_the_broker_encryption_key_comes_from_the_registry() -> None:
+    private = x25519.X25519PrivateKey.generate()
+    sig = generate_signing_key().public(not_before=T0)
+    enc = enc_public(private, not_before=T0)
+    registry = Registry([], broker_keys=[sig, enc])
+    assert current_broker_encryption_key(registry, at=T0) == enc
+    with pytest.raises(SealingError, match="the broker has no encryption key"):
+        current_broker_encryption_key(Registry([], broker_keys=[sig]), at=T0)

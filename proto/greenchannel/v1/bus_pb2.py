@@ -27,9 +27,10 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from greenchannel.v1 import common_pb2 as greenchannel_dot_v1_dot_common__pb2
 from greenchannel.v1 import envelope_pb2 as greenchannel_dot_v1_dot_envelope__pb2
 from greenchannel.v1 import lifecycle_pb2 as greenchannel_dot_v1_dot_lifecycle__pb2
+from greenchannel.v1 import trail_pb2 as greenchannel_dot_v1_dot_trail__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19greenchannel/v1/bus.proto\x12\x0fgreenchannel.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1cgreenchannel/v1/common.proto\x1a\x1egreenchannel/v1/envelope.proto\x1a\x1fgreenchannel/v1/lifecycle.proto\"H\n\rSubmitRequest\x12\x37\n\x07request\x18\x01 \x01(\x0b\x32\x1e.greenchannel.v1.SignedMessageB\x06\xbaH\x03\xc8\x01\x01\"S\n\x0eSubmitResponse\x12.\n\x06status\x18\x01 \x01(\x0b\x32\x1e.greenchannel.v1.RequestStatus\x12\x11\n\tduplicate\x18\x02 \x01(\x08\"\"\n\nGetRequest\x12\x14\n\x02id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\"=\n\x0bGetResponse\x12.\n\x06status\x18\x01 \x01(\x0b\x32\x1e.greenchannel.v1.RequestStatus\"\x9e\x01\n\x0cWatchRequest\x12\x1e\n\nrequest_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01H\x00\x12=\n\x0b\x63\x61se_number\x18\x02 \x01(\tB&\xbaH#r!2\x1f^[A-Za-z0-9][A-Za-z0-9-]{3,63}$H\x00\x12\x14\n\x0c\x61\x66ter_cursor\x18\x03 \x01(\x04\x12\x10\n\x08only_new\x18\x04 \x01(\x08\x42\x07\n\x05scope\"\x90\x01\n\rWatchResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12-\n\x05\x65vent\x18\x02 \x01(\x0b\x32\x1e.greenchannel.v1.RecordedEvent\x12,\n\x05state\x18\x03 \x01(\x0e\x32\x1d.greenchannel.v1.RequestState\x12\x0e\n\x06\x63ursor\x18\x04 \x01(\x04\"M\n\rCancelRequest\x12<\n\x0c\x63\x61ncellation\x18\x01 \x01(\x0b\x32\x1e.greenchannel.v1.SignedMessageB\x06\xbaH\x03\xc8\x01\x01\"@\n\x0e\x43\x61ncelResponse\x12.\n\x06status\x18\x01 \x01(\x0b\x32\x1e.greenchannel.v1.RequestStatus\"H\n\rExtendRequest\x12\x37\n\x07request\x18\x01 \x01(\x0b\x32\x1e.greenchannel.v1.SignedMessageB\x06\xbaH\x03\xc8\x01\x01\"@\n\x0e\x45xtendResponse\x12.\n\x06status\x18\x01 \x01(\x0b\x32\x1e.greenchannel.v1.RequestStatus\"I\n\x0eReleaseRequest\x12\x37\n\x07request\x18\x01 \x01(\x0b\x32\x1e.greenchannel.v1.SignedMessageB\x06\xbaH\x03\xc8\x01\x01\"A\n\x0fReleaseResponse\x12.\n\x06status\x18\x01 \x01(\x0b\x32\x1e.greenchannel.v1.RequestStatus\"\x9c\x03\n\x0bListRequest\x12<\n\x06states\x18\x01 \x03(\x0e\x32\x1d.greenchannel.v1.RequestStateB\r\xbaH\n\x92\x01\x07\"\x05\x82\x01\x02\x10\x01\x12:\n\x05types\x18\x02 \x03(\x0e\x32\x1c.greenchannel.v1.RequestTypeB\r\xbaH\n\x92\x01\x07\"\x05\x82\x01\x02\x10\x01\x12>\n\x0b\x63\x61se_number\x18\x03 \x01(\tB)\xbaH&r$2\"^([A-Za-z0-9][A-Za-z0-9-]{3,63})?$\x12\x33\n\x0fsubmitted_after\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x10submitted_before\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\x04role\x18\x06 \x01(\x0e\x32\x15.greenchannel.v1.RoleB\x08\xbaH\x05\x82\x01\x02\x10\x01\x12\x1b\n\tpage_size\x18\x07 \x01(\rB\x08\xbaH\x05*\x03\x18\xe8\x07\x12\x1c\n\npage_token\x18\x08 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x02\"Y\n\x0cListResponse\x12\x30\n\x08requests\x18\x01 \x03(\x0b\x32\x1e.greenchannel.v1.RequestStatus\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t*A\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_SENDER\x10\x01\x12\x12\n\x0eROLE_RECIPIENT\x10\x02\x32\x8c\x04\n\nBusService\x12I\n\x06Submit\x12\x1e.greenchannel.v1.SubmitRequest\x1a\x1f.greenchannel.v1.SubmitResponse\x12@\n\x03Get\x12\x1b.greenchannel.v1.GetRequest\x1a\x1c.greenchannel.v1.GetResponse\x12H\n\x05Watch\x12\x1d.greenchannel.v1.WatchRequest\x1a\x1e.greenchannel.v1.WatchResponse0\x01\x12I\n\x06\x43\x61ncel\x12\x1e.greenchannel.v1.CancelRequest\x1a\x1f.greenchannel.v1.CancelResponse\x12I\n\x06\x45xtend\x12\x1e.greenchannel.v1.ExtendRequest\x1a\x1f.greenchannel.v1.ExtendResponse\x12L\n\x07Release\x12\x1f.greenchannel.v1.ReleaseRequest\x1a .greenchannel.v1.ReleaseResponse\x12\x43\n\x04List\x12\x1c.greenchannel.v1.ListRequest\x1a\x1d.greenchannel.v1.ListResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x19greenchannel/v1/bus.proto\x12\x0fgreenchannel.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1cgreenchannel/v1/common.proto\x1a\x1egreenchannel/v1/envelope.proto\x1a\x1fgreenchannel/v1/lifecycle.proto\x1a\x1bgreenchannel/v1/trail.proto\"H\n\rSubmitRequest\x12\x37\n\x07request\x18\x01 \x01(\x0b\x32\x1e.greenchannel.v1.SignedMessageB\x06\xbaH\x03\xc8\x01\x01\"S\n\x0eSubmitResponse\x12.\n\x06status\x18\x01 \x01(\x0b\x32\x1e.greenchannel.v1.RequestStatus\x12\x11\n\tduplicate\x18\x02 \x01(\x08\"\"\n\nGetRequest\x12\x14\n\x02id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\"=\n\x0bGetResponse\x12.\n\x06status\x18\x01 \x01(\x0b\x32\x1e.greenchannel.v1.RequestStatus\"\x9e\x01\n\x0cWatchRequest\x12\x1e\n\nrequest_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01H\x00\x12=\n\x0b\x63\x61se_number\x18\x02 \x01(\tB&\xbaH#r!2\x1f^[A-Za-z0-9][A-Za-z0-9-]{3,63}$H\x00\x12\x14\n\x0c\x61\x66ter_cursor\x18\x03 \x01(\x04\x12\x10\n\x08only_new\x18\x04 \x01(\x08\x42\x07\n\x05scope\"\x90\x01\n\rWatchResponse\x12\x12\n\nrequest_id\x18\x01 \x01(\t\x12-\n\x05\x65vent\x18\x02 \x01(\x0b\x32\x1e.greenchannel.v1.RecordedEvent\x12,\n\x05state\x18\x03 \x01(\x0e\x32\x1d.greenchannel.v1.RequestState\x12\x0e\n\x06\x63ursor\x18\x04 \x01(\x04\"M\n\rCancelRequest\x12<\n\x0c\x63\x61ncellation\x18\x01 \x01(\x0b\x32\x1e.greenchannel.v1.SignedMessageB\x06\xbaH\x03\xc8\x01\x01\"@\n\x0e\x43\x61ncelResponse\x12.\n\x06status\x18\x01 \x01(\x0b\x32\x1e.greenchannel.v1.RequestStatus\"H\n\rExtendRequest\x12\x37\n\x07request\x18\x01 \x01(\x0b\x32\x1e.greenchannel.v1.SignedMessageB\x06\xbaH\x03\xc8\x01\x01\"@\n\x0e\x45xtendResponse\x12.\n\x06status\x18\x01 \x01(\x0b\x32\x1e.greenchannel.v1.RequestStatus\"I\n\x0eReleaseRequest\x12\x37\n\x07request\x18\x01 \x01(\x0b\x32\x1e.greenchannel.v1.SignedMessageB\x06\xbaH\x03\xc8\x01\x01\"A\n\x0fReleaseResponse\x12.\n\x06status\x18\x01 \x01(\x0b\x32\x1e.greenchannel.v1.RequestStatus\"\x9c\x03\n\x0bListRequest\x12<\n\x06states\x18\x01 \x03(\x0e\x32\x1d.greenchannel.v1.RequestStateB\r\xbaH\n\x92\x01\x07\"\x05\x82\x01\x02\x10\x01\x12:\n\x05types\x18\x02 \x03(\x0e\x32\x1c.greenchannel.v1.RequestTypeB\r\xbaH\n\x92\x01\x07\"\x05\x82\x01\x02\x10\x01\x12>\n\x0b\x63\x61se_number\x18\x03 \x01(\tB)\xbaH&r$2\"^([A-Za-z0-9][A-Za-z0-9-]{3,63})?$\x12\x33\n\x0fsubmitted_after\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x34\n\x10submitted_before\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12-\n\x04role\x18\x06 \x01(\x0e\x32\x15.greenchannel.v1.RoleB\x08\xbaH\x05\x82\x01\x02\x10\x01\x12\x1b\n\tpage_size\x18\x07 \x01(\rB\x08\xbaH\x05*\x03\x18\xe8\x07\x12\x1c\n\npage_token\x18\x08 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x02\"Y\n\x0cListResponse\x12\x30\n\x08requests\x18\x01 \x03(\x0b\x32\x1e.greenchannel.v1.RequestStatus\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"\x8b\x01\n\x0fGetTrailRequest\x12;\n\x0b\x63\x61se_number\x18\x01 \x01(\tB&\xbaH#r!2\x1f^[A-Za-z0-9][A-Za-z0-9-]{3,63}$\x12;\n\x0eissuing_agency\x18\x02 \x01(\tB#\xbaH r\x1e\x32\x1c^([a-z0-9][a-z0-9-]{1,62})?$\"9\n\x10GetTrailResponse\x12%\n\x05trail\x18\x01 \x01(\x0b\x32\x16.greenchannel.v1.Trail\"\x8f\x01\n\x11SetChasingRequest\x12;\n\x0b\x63\x61se_number\x18\x01 \x01(\tB&\xbaH#r!2\x1f^[A-Za-z0-9][A-Za-z0-9-]{3,63}$\x12\x0f\n\x07\x65nabled\x18\x02 \x01(\x08\x12,\n\x06\x62ounds\x18\x03 \x01(\x0b\x32\x1c.greenchannel.v1.ChaseBounds\";\n\x12SetChasingResponse\x12%\n\x05trail\x18\x01 \x01(\x0b\x32\x16.greenchannel.v1.Trail*A\n\x04Role\x12\x14\n\x10ROLE_UNSPECIFIED\x10\x00\x12\x0f\n\x0bROLE_SENDER\x10\x01\x12\x12\n\x0eROLE_RECIPIENT\x10\x02\x32\xb4\x05\n\nBusService\x12I\n\x06Submit\x12\x1e.greenchannel.v1.SubmitRequest\x1a\x1f.greenchannel.v1.SubmitResponse\x12@\n\x03Get\x12\x1b.greenchannel.v1.GetRequest\x1a\x1c.greenchannel.v1.GetResponse\x12H\n\x05Watch\x12\x1d.greenchannel.v1.WatchRequest\x1a\x1e.greenchannel.v1.WatchResponse0\x01\x12I\n\x06\x43\x61ncel\x12\x1e.greenchannel.v1.CancelRequest\x1a\x1f.greenchannel.v1.CancelResponse\x12I\n\x06\x45xtend\x12\x1e.greenchannel.v1.ExtendRequest\x1a\x1f.greenchannel.v1.ExtendResponse\x12L\n\x07Release\x12\x1f.greenchannel.v1.ReleaseRequest\x1a .greenchannel.v1.ReleaseResponse\x12\x43\n\x04List\x12\x1c.greenchannel.v1.ListRequest\x1a\x1d.greenchannel.v1.ListResponse\x12O\n\x08GetTrail\x12 .greenchannel.v1.GetTrailRequest\x1a!.greenchannel.v1.GetTrailResponse\x12U\n\nSetChasing\x12\".greenchannel.v1.SetChasingRequest\x1a#.greenchannel.v1.SetChasingResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -62,36 +63,50 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTREQUEST'].fields_by_name['page_size']._serialized_options = b'\272H\005*\003\030\350\007'
   _globals['_LISTREQUEST'].fields_by_name['page_token']._loaded_options = None
   _globals['_LISTREQUEST'].fields_by_name['page_token']._serialized_options = b'\272H\005r\003\030\200\002'
-  _globals['_ROLE']._serialized_start=1702
-  _globals['_ROLE']._serialized_end=1767
-  _globals['_SUBMITREQUEST']._serialized_start=203
-  _globals['_SUBMITREQUEST']._serialized_end=275
-  _globals['_SUBMITRESPONSE']._serialized_start=277
-  _globals['_SUBMITRESPONSE']._serialized_end=360
-  _globals['_GETREQUEST']._serialized_start=362
-  _globals['_GETREQUEST']._serialized_end=396
-  _globals['_GETRESPONSE']._serialized_start=398
-  _globals['_GETRESPONSE']._serialized_end=459
-  _globals['_WATCHREQUEST']._serialized_start=462
-  _globals['_WATCHREQUEST']._serialized_end=620
-  _globals['_WATCHRESPONSE']._serialized_start=623
-  _globals['_WATCHRESPONSE']._serialized_end=767
-  _globals['_CANCELREQUEST']._serialized_start=769
-  _globals['_CANCELREQUEST']._serialized_end=846
-  _globals['_CANCELRESPONSE']._serialized_start=848
-  _globals['_CANCELRESPONSE']._serialized_end=912
-  _globals['_EXTENDREQUEST']._serialized_start=914
-  _globals['_EXTENDREQUEST']._serialized_end=986
-  _globals['_EXTENDRESPONSE']._serialized_start=988
-  _globals['_EXTENDRESPONSE']._serialized_end=1052
-  _globals['_RELEASEREQUEST']._serialized_start=1054
-  _globals['_RELEASEREQUEST']._serialized_end=1127
-  _globals['_RELEASERESPONSE']._serialized_start=1129
-  _globals['_RELEASERESPONSE']._serialized_end=1194
-  _globals['_LISTREQUEST']._serialized_start=1197
-  _globals['_LISTREQUEST']._serialized_end=1609
-  _globals['_LISTRESPONSE']._serialized_start=1611
-  _globals['_LISTRESPONSE']._serialized_end=1700
-  _globals['_BUSSERVICE']._serialized_start=1770
-  _globals['_BUSSERVICE']._serialized_end=2294
+  _globals['_GETTRAILREQUEST'].fields_by_name['case_number']._loaded_options = None
+  _globals['_GETTRAILREQUEST'].fields_by_name['case_number']._serialized_options = b'\272H#r!2\037^[A-Za-z0-9][A-Za-z0-9-]{3,63}$'
+  _globals['_GETTRAILREQUEST'].fields_by_name['issuing_agency']._loaded_options = None
+  _globals['_GETTRAILREQUEST'].fields_by_name['issuing_agency']._serialized_options = b'\272H r\0362\034^([a-z0-9][a-z0-9-]{1,62})?$'
+  _globals['_SETCHASINGREQUEST'].fields_by_name['case_number']._loaded_options = None
+  _globals['_SETCHASINGREQUEST'].fields_by_name['case_number']._serialized_options = b'\272H#r!2\037^[A-Za-z0-9][A-Za-z0-9-]{3,63}$'
+  _globals['_ROLE']._serialized_start=2139
+  _globals['_ROLE']._serialized_end=2204
+  _globals['_SUBMITREQUEST']._serialized_start=232
+  _globals['_SUBMITREQUEST']._serialized_end=304
+  _globals['_SUBMITRESPONSE']._serialized_start=306
+  _globals['_SUBMITRESPONSE']._serialized_end=389
+  _globals['_GETREQUEST']._serialized_start=391
+  _globals['_GETREQUEST']._serialized_end=425
+  _globals['_GETRESPONSE']._serialized_start=427
+  _globals['_GETRESPONSE']._serialized_end=488
+  _globals['_WATCHREQUEST']._serialized_start=491
+  _globals['_WATCHREQUEST']._serialized_end=649
+  _globals['_WATCHRESPONSE']._serialized_start=652
+  _globals['_WATCHRESPONSE']._serialized_end=796
+  _globals['_CANCELREQUEST']._serialized_start=798
+  _globals['_CANCELREQUEST']._serialized_end=875
+  _globals['_CANCELRESPONSE']._serialized_start=877
+  _globals['_CANCELRESPONSE']._serialized_end=941
+  _globals['_EXTENDREQUEST']._serialized_start=943
+  _globals['_EXTENDREQUEST']._serialized_end=1015
+  _globals['_EXTENDRESPONSE']._serialized_start=1017
+  _globals['_EXTENDRESPONSE']._serialized_end=1081
+  _globals['_RELEASEREQUEST']._serialized_start=1083
+  _globals['_RELEASEREQUEST']._serialized_end=1156
+  _globals['_RELEASERESPONSE']._serialized_start=1158
+  _globals['_RELEASERESPONSE']._serialized_end=1223
+  _globals['_LISTREQUEST']._serialized_start=1226
+  _globals['_LISTREQUEST']._serialized_end=1638
+  _globals['_LISTRESPONSE']._serialized_start=1640
+  _globals['_LISTRESPONSE']._serialized_end=1729
+  _globals['_GETTRAILREQUEST']._serialized_start=1732
+  _globals['_GETTRAILREQUEST']._serialized_end=1871
+  _globals['_GETTRAILRESPONSE']._serialized_start=1873
+  _globals['_GETTRAILRESPONSE']._serialized_end=1930
+  _globals['_SETCHASINGREQUEST']._serialized_start=1933
+  _globals['_SETCHASINGREQUEST']._serialized_end=2076
+  _globals['_SETCHASINGRESPONSE']._serialized_start=2078
+  _globals['_SETCHASINGRESPONSE']._serialized_end=2137
+  _globals['_BUSSERVICE']._serialized_start=2207
+  _globals['_BUSSERVICE']._serialized_end=2899
 # @@protoc_insertion_point(module_scope)

@@ -12,6 +12,7 @@ from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from greenchannel.v1 import common_pb2 as _common_pb2
 from greenchannel.v1 import envelope_pb2 as _envelope_pb2
 from greenchannel.v1 import lifecycle_pb2 as _lifecycle_pb2
+from greenchannel.v1 import trail_pb2 as _trail_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -444,3 +445,111 @@ class ListResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ListResponse: _TypeAlias = ListResponse  # noqa: Y015
+
+@_typing.final
+class GetTrailRequest(_message.Message):
+    """Read a case's money trail."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CASE_NUMBER_FIELD_NUMBER: _builtins.int
+    ISSUING_AGENCY_FIELD_NUMBER: _builtins.int
+    case_number: _builtins.str
+    """The case."""
+    issuing_agency: _builtins.str
+    """Police agency owning the case; empty is the caller. Regulators name it."""
+    def __init__(
+        self,
+        *,
+        case_number: _builtins.str = ...,
+        issuing_agency: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_number", b"case_number", "issuing_agency", b"issuing_agency"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetTrailRequest: _TypeAlias = GetTrailRequest  # noqa: Y015
+
+@_typing.final
+class GetTrailResponse(_message.Message):
+    """A case's money trail."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRAIL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def trail(self) -> _trail_pb2.Trail:
+        """The trail, with each request's current state."""
+
+    def __init__(
+        self,
+        *,
+        trail: _trail_pb2.Trail | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["trail", b"trail"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["trail", b"trail"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetTrailResponse: _TypeAlias = GetTrailResponse  # noqa: Y015
+
+@_typing.final
+class SetChasingRequest(_message.Message):
+    """Chasing on or off for one case, and optionally narrower bounds."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CASE_NUMBER_FIELD_NUMBER: _builtins.int
+    ENABLED_FIELD_NUMBER: _builtins.int
+    BOUNDS_FIELD_NUMBER: _builtins.int
+    case_number: _builtins.str
+    """The caller's case."""
+    enabled: _builtins.bool
+    """Chase onward transfers of this case. Switching it on again chases what was left as leads meanwhile."""
+    @_builtins.property
+    def bounds(self) -> _trail_pb2.ChaseBounds:
+        """Bounds for this case: each field given replaces the current one and must lie within the
+        policy's (a smaller depth, account or request count; a larger minimum). Unset keeps them.
+        """
+
+    def __init__(
+        self,
+        *,
+        case_number: _builtins.str = ...,
+        enabled: _builtins.bool = ...,
+        bounds: _trail_pb2.ChaseBounds | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["bounds", b"bounds"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bounds", b"bounds", "case_number", b"case_number", "enabled", b"enabled"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetChasingRequest: _TypeAlias = SetChasingRequest  # noqa: Y015
+
+@_typing.final
+class SetChasingResponse(_message.Message):
+    """The trail after the change."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TRAIL_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def trail(self) -> _trail_pb2.Trail:
+        """The trail, with each request's current state."""
+
+    def __init__(
+        self,
+        *,
+        trail: _trail_pb2.Trail | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["trail", b"trail"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["trail", b"trail"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___SetChasingResponse: _TypeAlias = SetChasingResponse  # noqa: Y015

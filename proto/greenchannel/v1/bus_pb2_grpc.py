@@ -71,6 +71,16 @@ class BusServiceStub:
                 request_serializer=greenchannel_dot_v1_dot_bus__pb2.ListRequest.SerializeToString,
                 response_deserializer=greenchannel_dot_v1_dot_bus__pb2.ListResponse.FromString,
                 _registered_method=True)
+        self.GetTrail = channel.unary_unary(
+                '/greenchannel.v1.BusService/GetTrail',
+                request_serializer=greenchannel_dot_v1_dot_bus__pb2.GetTrailRequest.SerializeToString,
+                response_deserializer=greenchannel_dot_v1_dot_bus__pb2.GetTrailResponse.FromString,
+                _registered_method=True)
+        self.SetChasing = channel.unary_unary(
+                '/greenchannel.v1.BusService/SetChasing',
+                request_serializer=greenchannel_dot_v1_dot_bus__pb2.SetChasingRequest.SerializeToString,
+                response_deserializer=greenchannel_dot_v1_dot_bus__pb2.SetChasingResponse.FromString,
+                _registered_method=True)
 
 
 class BusServiceServicer:
@@ -127,6 +137,21 @@ class BusServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetTrail(self, request, context):
+        """The money trail of a case: accounts held with their amounts, and the money that escaped.
+        The police owning the case and regulators may read it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetChasing(self, request, context):
+        """Switch the broker's chasing of a case on or off, or narrow its bounds. The case owner only.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BusServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -164,6 +189,16 @@ def add_BusServiceServicer_to_server(servicer, server):
                     servicer.List,
                     request_deserializer=greenchannel_dot_v1_dot_bus__pb2.ListRequest.FromString,
                     response_serializer=greenchannel_dot_v1_dot_bus__pb2.ListResponse.SerializeToString,
+            ),
+            'GetTrail': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetTrail,
+                    request_deserializer=greenchannel_dot_v1_dot_bus__pb2.GetTrailRequest.FromString,
+                    response_serializer=greenchannel_dot_v1_dot_bus__pb2.GetTrailResponse.SerializeToString,
+            ),
+            'SetChasing': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetChasing,
+                    request_deserializer=greenchannel_dot_v1_dot_bus__pb2.SetChasingRequest.FromString,
+                    response_serializer=greenchannel_dot_v1_dot_bus__pb2.SetChasingResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -357,6 +392,60 @@ class BusService:
             '/greenchannel.v1.BusService/List',
             greenchannel_dot_v1_dot_bus__pb2.ListRequest.SerializeToString,
             greenchannel_dot_v1_dot_bus__pb2.ListResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetTrail(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/greenchannel.v1.BusService/GetTrail',
+            greenchannel_dot_v1_dot_bus__pb2.GetTrailRequest.SerializeToString,
+            greenchannel_dot_v1_dot_bus__pb2.GetTrailResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetChasing(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/greenchannel.v1.BusService/SetChasing',
+            greenchannel_dot_v1_dot_bus__pb2.SetChasingRequest.SerializeToString,
+            greenchannel_dot_v1_dot_bus__pb2.SetChasingResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -49,6 +49,12 @@ class BusServiceStub:
     """Release a hold or freeze (a signed Request whose body is Release)."""
     List: _grpc.UnaryUnaryMultiCallable[_bus_pb2.ListRequest, _bus_pb2.ListResponse]
     """Requests the caller sent or received, filtered."""
+    GetTrail: _grpc.UnaryUnaryMultiCallable[_bus_pb2.GetTrailRequest, _bus_pb2.GetTrailResponse]
+    """The money trail of a case: accounts held with their amounts, and the money that escaped.
+    The police owning the case and regulators may read it.
+    """
+    SetChasing: _grpc.UnaryUnaryMultiCallable[_bus_pb2.SetChasingRequest, _bus_pb2.SetChasingResponse]
+    """Switch the broker's chasing of a case on or off, or narrow its bounds. The case owner only."""
 
 @_typing.type_check_only
 class BusServiceAsyncStub(BusServiceStub):
@@ -71,6 +77,12 @@ class BusServiceAsyncStub(BusServiceStub):
     """Release a hold or freeze (a signed Request whose body is Release)."""
     List: _aio.UnaryUnaryMultiCallable[_bus_pb2.ListRequest, _bus_pb2.ListResponse]  # type: ignore[assignment]
     """Requests the caller sent or received, filtered."""
+    GetTrail: _aio.UnaryUnaryMultiCallable[_bus_pb2.GetTrailRequest, _bus_pb2.GetTrailResponse]  # type: ignore[assignment]
+    """The money trail of a case: accounts held with their amounts, and the money that escaped.
+    The police owning the case and regulators may read it.
+    """
+    SetChasing: _aio.UnaryUnaryMultiCallable[_bus_pb2.SetChasingRequest, _bus_pb2.SetChasingResponse]  # type: ignore[assignment]
+    """Switch the broker's chasing of a case on or off, or narrow its bounds. The case owner only."""
 
 class BusServiceServicer(metaclass=_abc_1.ABCMeta):
     """Submit requests, follow them, and act on them. Every call carries a bearer JWT signed by the
@@ -132,5 +144,23 @@ class BusServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_bus_pb2.ListResponse, _abc.Awaitable[_bus_pb2.ListResponse]]:
         """Requests the caller sent or received, filtered."""
+
+    @_abc_1.abstractmethod
+    def GetTrail(
+        self,
+        request: _bus_pb2.GetTrailRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_bus_pb2.GetTrailResponse, _abc.Awaitable[_bus_pb2.GetTrailResponse]]:
+        """The money trail of a case: accounts held with their amounts, and the money that escaped.
+        The police owning the case and regulators may read it.
+        """
+
+    @_abc_1.abstractmethod
+    def SetChasing(
+        self,
+        request: _bus_pb2.SetChasingRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_bus_pb2.SetChasingResponse, _abc.Awaitable[_bus_pb2.SetChasingResponse]]:
+        """Switch the broker's chasing of a case on or off, or narrow its bounds. The case owner only."""
 
 def add_BusServiceServicer_to_server(servicer: BusServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -157,7 +157,9 @@ class EnvelopeHeader(_message.Message):
     priority: _common_pb2.Priority.ValueType
     """GREEN or STANDARD."""
     body_digest: _builtins.str
-    """Digest of Envelope.body ("sha-256:" + base64url)."""
+    """Digest of the serialized Request ("sha-256:" + base64url): Envelope.body, or what
+    Envelope.sealed_body opens to.
+    """
     body_signature_digest: _builtins.str
     """Digest of the sender's JWS, binding this notarization to that exact signature."""
     @_builtins.property
@@ -219,10 +221,13 @@ class Envelope(_message.Message):
     body: _builtins.bytes
     """Serialized Request exactly as the sender signed it. Empty when sealed_body is set."""
     body_signature: _builtins.str
-    """The sender's detached JWS over body."""
+    """The sender's detached JWS over the serialized Request (body, or sealed_body opened)."""
     @_builtins.property
     def sealed_body(self) -> _results_pb2.EncryptedPayload:
-        """The serialized Request sealed to the recipient, so NATS holds no personal data in clear."""
+        """The serialized Request sealed to the recipient, so NATS holds no personal data in clear:
+        content type "greenchannel.v1.Request", associated data binding the header's id, sender and
+        recipient. The recipient opens it before verifying the digests and the sender's signature.
+        """
 
     def __init__(
         self,

@@ -131,7 +131,10 @@ Global___AssistanceDecision: _TypeAlias = AssistanceDecision  # noqa: Y015
 
 @_typing.final
 class OnwardTransfer(_message.Message):
-    """Money that left the account before the hold: the trail to chase."""
+    """Money that left the account before the hold: the trail to chase.
+    In a Result as it travels, to_account and to_holder_name are empty (redacted): the full
+    transfers are sealed into Result.sealed_details and Result.broker_details (ResultDetails).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -143,7 +146,7 @@ class OnwardTransfer(_message.Message):
     TO_BANK_CODE_FIELD_NUMBER: _builtins.int
     TO_HOLDER_NAME_FIELD_NUMBER: _builtins.int
     to_account: _builtins.str
-    """Receiving account number."""
+    """Receiving account number; empty where redacted."""
     to_bank: _builtins.str
     """Receiving bank's agency id, when known to the sending bank."""
     transfer_id: _builtins.str
@@ -264,6 +267,8 @@ class Result(_message.Message):
     AGENCY_REFERENCE_FIELD_NUMBER: _builtins.int
     BLOCK_FIELD_NUMBER: _builtins.int
     ASSISTANCE_FIELD_NUMBER: _builtins.int
+    SEALED_DETAILS_FIELD_NUMBER: _builtins.int
+    BROKER_DETAILS_FIELD_NUMBER: _builtins.int
     outcome: _common_pb2.RequestState.ValueType
     """EXECUTED, PARTIALLY_EXECUTED, REJECTED or FAILED."""
     reason: Global___ReasonCode.ValueType
@@ -298,6 +303,16 @@ class Result(_message.Message):
     def block(self) -> Global___BlockOutcome:
         """Blocks and warnings."""
 
+    @_builtins.property
+    def sealed_details(self) -> Global___EncryptedPayload:
+        """Personal details of this result (ResultDetails: the onward transfers in full), sealed to the
+        requester. onward_transfers above is the redacted copy: no account numbers, no names.
+        """
+
+    @_builtins.property
+    def broker_details(self) -> Global___EncryptedPayload:
+        """The same ResultDetails sealed to the broker, which chases the money in memory only."""
+
     def __init__(
         self,
         *,
@@ -312,14 +327,40 @@ class Result(_message.Message):
         agency_reference: _builtins.str = ...,
         block: Global___BlockOutcome | None = ...,
         assistance: Global___AssistanceDecision.ValueType = ...,
+        sealed_details: Global___EncryptedPayload | None = ...,
+        broker_details: Global___EncryptedPayload | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["amount_frozen", b"amount_frozen", "amount_held", b"amount_held", "block", b"block", "encrypted_payload", b"encrypted_payload", "hold_until", b"hold_until"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["amount_frozen", b"amount_frozen", "amount_held", b"amount_held", "block", b"block", "broker_details", b"broker_details", "encrypted_payload", b"encrypted_payload", "hold_until", b"hold_until", "sealed_details", b"sealed_details"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agency_reference", b"agency_reference", "amount_frozen", b"amount_frozen", "amount_held", b"amount_held", "assistance", b"assistance", "block", b"block", "detail", b"detail", "encrypted_payload", b"encrypted_payload", "hold_until", b"hold_until", "onward_transfers", b"onward_transfers", "outcome", b"outcome", "reason", b"reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agency_reference", b"agency_reference", "amount_frozen", b"amount_frozen", "amount_held", b"amount_held", "assistance", b"assistance", "block", b"block", "broker_details", b"broker_details", "detail", b"detail", "encrypted_payload", b"encrypted_payload", "hold_until", b"hold_until", "onward_transfers", b"onward_transfers", "outcome", b"outcome", "reason", b"reason", "sealed_details", b"sealed_details"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Result: _TypeAlias = Result  # noqa: Y015
+
+@_typing.final
+class ResultDetails(_message.Message):
+    """The personal details of a Result, sealed (content type "greenchannel.v1.ResultDetails")."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ONWARD_TRANSFERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def onward_transfers(self) -> _containers.RepeatedCompositeFieldContainer[Global___OnwardTransfer]:
+        """The onward transfers in full: receiving account numbers and beneficiary names included."""
+
+    def __init__(
+        self,
+        *,
+        onward_transfers: _abc.Iterable[Global___OnwardTransfer] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["onward_transfers", b"onward_transfers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ResultDetails: _TypeAlias = ResultDetails  # noqa: Y015
 
 @_typing.final
 class DataAnswer(_message.Message):
