@@ -31,15 +31,30 @@ from pathlib import Path
 from typing import Any
 
 from google.protobuf.timestamp_pb2 import Timestamp
-from greenchannel.v1 import common_pb2, lifecycle_pb2, requests_pb2, results_pb2, trail_pb2
+from greenchannel.v1 import (
+    common_pb2,
+    envelope_pb2,
+    ledger_pb2,
+    lifecycle_pb2,
+    requests_pb2,
+    results_pb2,
+    trail_pb2,
+)
 
+from broker._cli_ledger import LedgerFile, export_ledger, read_ledger_file, registry_keys
+from broker._cli_sla import fetch_all_statuses
 from broker._cli_trail import fetch_trail, open_accounts, render_trail
 from broker.client import BusClient
+from broker.hub._ledger import LedgerConfig
 from broker.hub._result_privacy import open_result_details
-from broker.protocol import Clock, SystemClock
+from broker.hub._sla_report import render_table, sla_report
+from broker.protocol import Clock, SigningKey, SystemClock
 from broker.protocol._envelope import type_name
+from broker.protocol._ledger_chain import verify_chain
+from broker.protocol._nats import NatsSettings, connect
 from broker.protocol._provision import load_agency_encryption_key, load_agency_signing_key
 from broker.protocol._sealing import open_sealed
+from broker.protocol._subjects import LEDGER_INTAKE_STREAM
 
 from . import _seed as seed
 from ._stack import DEFAULT_DIRECTORY, Stack, StackConfig
@@ -130,10 +145,23 @@ class DemoReport:
     """Money held or frozen across all banks by the end."""
     data_answer_fields: int = 0
     """Fields of the decrypted data answer (the values are not reported)."""
+    ledger_entries: int = 0
+    """Entries in the ledger export the regulator verified."""
+    ledger_verified: bool = False
+    """Whether that export verified offline: chain and every checkpoint signature."""
+    sla_met: int = 0
+    """Phase deadlines met, over every request of the run."""
+    sla_breached: int = 0
+    """Phase deadlines breached."""
 
     @property
     def ok(self) -> bool:
-        return bool(self.requests) and all(r.ok for r in self.requests) and self.data_answer_fields > 0
+        return (
+            bool(self.requests)
+            and all(r.ok for r in self.requests)
+            and self.data_answer_fields > 0
+            and self.ledger_verified
+        )
 
 
 def _ms(status: lifecycle_pb2.RequestStatus, states: Collection[int]) -> float | None:
@@ -474,6 +502,8 @@ async def run_demo(config: DemoConfig, *, say: Callable[[str], None] = print) ->
             directory=config.directory,
             nats_url=config.nats_url,
             clock=config.clock,
+            # Checkpoints every half second, so the regulator's export at the end is covered.
+            ledger=LedgerConfig(checkpoint_interval=timedelta(seconds=0.5)),
         )
         say("Starting NATS, the broker, and every agency's system with its adapter ...")
         async with Stack(stack_config) as stack:
@@ -481,6 +511,7 @@ async def run_demo(config: DemoConfig, *, say: Callable[[str], None] = print) ->
             scenario = _Scenario(stack, config, say)
             try:
                 report = await scenario.run()
+                await _prove(stack, config, report, Path(data), say)
             finally:
                 await scenario.close()
     say("")
@@ -490,3 +521,59 @@ async def run_demo(config: DemoConfig, *, say: Callable[[str], None] = print) ->
     say(f"Money held or frozen across banks: {report.held_minor_units / 100:,.2f} CNY")
     say("Times are milliseconds from the broker's receipt of each request.")
     return report
+
+
+async def _prove(
+    stack: Stack, config: DemoConfig, report: DemoReport, data: Path, say: Callable[[str], None]
+) -> None:
+    """As the regulator: export the ledger and verify it offline; then the SLA report."""
+    regulator = "regulator-pboc"
+    key = load_agency_signing_key(config.state_dir, regulator)
+    export = data / "ledger.jsonl"
+    ledger = await _covered_export(stack, key, export, regulator)
+    keys = registry_keys(config.directory, config.state_dir)
+    checked = verify_chain(ledger.records, ledger.checkpoints, keys=keys)
+    report.ledger_entries = len(ledger.records)
+    report.ledger_verified = checked.ok and checked.uncovered == 0
+    verdict = "VERIFIED" if report.ledger_verified else "NOT VERIFIED"
+    say(
+        f"9. The regulator exports the ledger ({len(ledger.records)} entries, "
+        f"{len(ledger.checkpoints)} signed checkpoints) and verifies it offline: {verdict}."
+    )
+    for problem in checked.problems:
+        say(f"   !! {problem.kind}: entry {problem.seq}: {problem.detail}")
+    async with stack.client(regulator) as bus:
+        statuses = await fetch_all_statuses(bus)
+    sla = sla_report(statuses, now=config.clock.now())
+    report.sla_met, report.sla_breached = sla.met, sla.breached
+    say(f"10. SLA report: {sla.met} phase deadlines met, {sla.breached} breached.")
+    for line in render_table(sla).splitlines():
+        say(f"   {line}")
+
+
+async def _covered_export(stack: Stack, key: SigningKey, out: Path, agency: str) -> LedgerFile:
+    """An export whose last checkpoint covers every entry: the sequencer chains asynchronously."""
+    deadline = asyncio.get_running_loop().time() + 15
+    while True:
+        await export_ledger(broker=stack.broker_address, agency_id=agency, signing_key=key, out=out)
+        ledger = read_ledger_file(out)
+        covered = max((_checkpoint_seq(c) for c in ledger.checkpoints), default=0)
+        settled = await _ledger_intake_empty(stack)
+        if (settled and ledger.records and covered >= ledger.records[-1].seq) or (
+            asyncio.get_running_loop().time() > deadline
+        ):
+            return ledger
+        await asyncio.sleep(0.25)
+
+
+def _checkpoint_seq(signed: envelope_pb2.SignedMessage) -> int:
+    return ledger_pb2.Checkpoint.FromString(signed.payload).seq
+
+
+async def _ledger_intake_empty(stack: Stack) -> bool:
+    nc = await connect(NatsSettings.from_url(stack.nats_url, name="greenchannel-demo-probe"))
+    try:
+        info = await nc.jetstream().stream_info(LEDGER_INTAKE_STREAM)
+        return int(info.state.messages or 0) == 0
+    finally:
+        await nc.drain()

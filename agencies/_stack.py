@@ -22,6 +22,7 @@ from adapters import AdapterConfig, AdapterRuntime
 from broker.client import BusClient
 from broker.hub import Broker, BrokerConfig
 from broker.hub._events import EventProcessorConfig
+from broker.hub._ledger import LedgerConfig
 from broker.hub._sla_policy import DEFAULT_SLA_POLICY_PATH, SlaPolicy, load_sla_policy
 from broker.protocol import Clock, SystemClock
 from broker.protocol._directory import load_directory
@@ -61,6 +62,8 @@ class StackConfig:
     """The broker's gRPC address."""
     sla: SlaPolicy = field(default_factory=lambda: load_sla_policy(DEFAULT_SLA_POLICY_PATH))
     """The green-channel SLA policy (deadlines, holds, escalation)."""
+    ledger: LedgerConfig = field(default_factory=LedgerConfig)
+    """How often the broker signs a checkpoint of the ledger, and how it chains records."""
     adapter: AdapterConfig | None = None
     """Template for every adapter's settings (agency id, target and state dir are filled in)."""
     seed_at: datetime | None = None
@@ -123,6 +126,7 @@ class Stack:
             directory=config.directory,
             listen=config.listen,
             sla=config.sla,
+            ledger=config.ledger,
             events=EventProcessorConfig(fetch_timeout=0.5),
             clock=clock,
         )

@@ -91,6 +91,8 @@ def _demo(args: argparse.Namespace) -> int:
             "ok": report.ok,
             "requests": [r.as_json() for r in report.requests],
             "held_minor_units": report.held_minor_units,
+            "ledger": {"entries": report.ledger_entries, "verified": report.ledger_verified},
+            "sla": {"met": report.sla_met, "breached": report.sla_breached},
         }
         print(json.dumps(document, ensure_ascii=False))
     else:

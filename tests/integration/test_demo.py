@@ -44,6 +44,12 @@ async def test_the_scenario_ends_in_every_expected_state(tmp_path: Path) -> None
     got = [(r.label, r.type, r.recipient, r.state, r.reason) for r in report.requests]
     assert got == EXPECTED
     assert report.ok
+    # The regulator's export of the ledger verified offline, covered by signed checkpoints.
+    assert report.ledger_verified
+    assert report.ledger_entries >= 3 * len(report.requests)
+    assert report.sla_met > 0
+    assert any(line.startswith("9. ") and "VERIFIED" in line for line in lines)
+    assert any(line.startswith("10. SLA report") for line in lines)
     # Everything but the 5,000.00 that left the directory: 15,000 frozen on the fraud account and
     # what the five accounts the broker chased still had.
     assert report.held_minor_units == 4_500_000
@@ -74,6 +80,10 @@ def test_cli_demo_json_prints_one_object_and_exits_zero(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     report = json.loads(done.stdout)
     assert report["ok"] is True
+    assert report["ledger"]["verified"] is True
+    assert report["ledger"]["entries"] > 0
+    assert set(report["sla"]) == {"met", "breached"}
+    assert report["sla"]["met"] > 0
     assert len(report["requests"]) == len(EXPECTED)
     for entry in report["requests"]:
         assert set(entry) >= {
