@@ -17,10 +17,11 @@ import pytest_asyncio
 from greenchannel.v1 import common_pb2, envelope_pb2, requests_pb2
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from adapters import AdapterConfig
+from adapters import AdapterConfig, FraudReporter
 from agencies import Stack, StackConfig
 from agencies import _seed as seed
 from agencies.bank import BankCore
+from agencies.police import PoliceDesk
 from broker.protocol._nats import NatsSettings, connect, fetch_batch
 from broker.protocol._subjects import DEADLETTER_STREAM, INBOX_STREAM, inbox_filter
 from tests.integration.broker_world import stop_payment
@@ -197,3 +198,24 @@ async def test_a_bank_that_is_down_gets_the_request_when_it_is_back(stack: Stack
         await server.start()
     assert done.state in (common_pb2.REQUEST_STATE_EXECUTED, common_pb2.REQUEST_STATE_PARTIALLY_EXECUTED)
     assert core.execution_count(request_id) == 1
+
+
+async def test_a_bank_reports_fraud_to_the_police_of_the_region(stack: Stack) -> None:
+    report = requests_pb2.FraudReport(
+        kind=requests_pb2.FRAUD_REPORT_KIND_MULE_ACCOUNT,
+        summary="Account received 12 small credits from unrelated payers and forwarded them within minutes.",
+        accounts=[
+            common_pb2.BankAccountRef(
+                account_number=seed.MULE_ICBC_ACCOUNT, holder_name=seed.MULE_ICBC_HOLDER
+            )
+        ],
+        region="310115",
+    )
+    async with stack.client("bank-icbc") as bank_bus:
+        status = await FraudReporter(bank_bus).send(report, reference="ICBC-FR-2026-0001")
+        assert status.recipient == "police-310115"
+        done = await bank_bus.wait_for(status.id, DONE)
+    assert done.state == common_pb2.REQUEST_STATE_EXECUTED
+    desk = stack.agencies["police-310115"].core
+    assert isinstance(desk, PoliceDesk)
+    assert any(filed.request_id == status.id for filed in desk.fraud_reports())
