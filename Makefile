@@ -47,6 +47,11 @@ bench: $(STAMP)
 	@mkdir -p build
 	$(BIN)/python -m tests.bench.bench_submit --n 1000 --json build/bench-submit.json
 	$(BIN)/python -m tests.bench.bench_timers --n 1000 --json build/bench-timers.json
+	$(BIN)/python -m tests.bench.bench_trail --reps 7 --json build/bench-trail.json
+	$(BIN)/python -m tests.bench.bench_floor --json build/bench-floor.json
+	$(BIN)/python -m tests.bench.bench_open_requests --sizes 10000,100000 --json build/bench-open-requests.json
+	@# Last: it ends with the one-line summary. With py-spy in the venv it also profiles (build/bench-profile).
+	$(BIN)/python -m tests.bench.bench_e2e --json build/bench-e2e.json $(if $(wildcard $(BIN)/py-spy),--profile build/bench-profile)
 
 clean:
 	rm -rf $(VENV) build .mypy_cache .ruff_cache .pytest_cache
