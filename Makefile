@@ -18,8 +18,9 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/greenchannel demo
 
+# The process-killing fault scenarios run under `make faults` (minutes; see its target).
 test: $(STAMP) lint typecheck proto-check buf-lint buf-breaking
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest --ignore=tests/faults/test_faults.py $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -52,6 +53,13 @@ bench: $(STAMP)
 	$(BIN)/python -m tests.bench.bench_open_requests --sizes 10000,100000 --json build/bench-open-requests.json
 	@# Last: it ends with the one-line summary. With py-spy in the venv it also profiles (build/bench-profile).
 	$(BIN)/python -m tests.bench.bench_e2e --json build/bench-e2e.json $(if $(wildcard $(BIN)/py-spy),--profile build/bench-profile)
+
+# The fault suite: real processes (nats-server, broker, agencies) killed under load, single node and
+# a 3-node cluster. FAULTS_LEVEL=short is about a minute; long (the default here) several.
+FAULTS_LEVEL ?= long
+.PHONY: faults
+faults: $(STAMP)
+	GREENCHANNEL_FAULTS_LEVEL=$(FAULTS_LEVEL) $(BIN)/python -m pytest tests/faults $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) build .mypy_cache .ruff_cache .pytest_cache

@@ -32,8 +32,15 @@ def _tls(args: argparse.Namespace) -> TlsFiles | None:
     return TlsFiles(cert=args.tls_cert, key=args.tls_key, ca=args.tls_ca)
 
 
+_MAX_REPLICAS = 5  # JetStream's limit
+
+
 async def run_broker(args: argparse.Namespace, *, nats_url: str | None) -> None:
     state_dir: Path = args.state_dir
+    # getattr: a parser without --replicas (an older cli.py) means a single replica.
+    replicas: int = getattr(args, "replicas", 1)
+    if not 1 <= replicas <= _MAX_REPLICAS:
+        raise SystemExit(f"greenchannel broker: --replicas must be 1 to {_MAX_REPLICAS}, got {replicas}")
     ensure_agency_keys(args.directory, state_dir, clock=SystemClock())
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -47,6 +54,7 @@ async def run_broker(args: argparse.Namespace, *, nats_url: str | None) -> None:
             listen=args.listen,
             reflection=not args.no_reflection,
             tls=_tls(args),
+            replicas=replicas,
         )
         if args.policy is not None:
             config = replace(config, policy=args.policy)

@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from broker._cli_agencies import add_agencies_parser, run_agencies
 from broker._cli_ledger import add_ledger_parser, run_ledger
 from broker._cli_requests import DEFAULT_BROKER, add_request_parsers, run_status, run_submit, run_watch
 from broker._cli_sla import add_sla_parser, run_sla
@@ -55,6 +56,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--no-reflection", action="store_true", help="do not serve gRPC reflection")
     serve.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        metavar="N",
+        help="JetStream replicas of the broker's streams and buckets (3 on a NATS cluster)",
+    )
+    serve.add_argument(
         "--tls-cert", type=Path, help="server certificate (PEM); enables mTLS with --tls-key/--tls-ca"
     )
     serve.add_argument("--tls-key", type=Path, help="server private key (PEM)")
@@ -71,6 +79,7 @@ def _parser() -> argparse.ArgumentParser:
     keys_commands.add_parser("init", help="generate missing keys for every agency and the broker")
 
     add_up_parser(commands)
+    add_agencies_parser(commands)
     add_request_parsers(commands, default_broker=os.environ.get(BROKER_ENV) or DEFAULT_BROKER)
     add_sla_parser(commands, default_broker=os.environ.get(BROKER_ENV) or DEFAULT_BROKER)
     add_trail_parser(commands, default_broker=os.environ.get(BROKER_ENV) or DEFAULT_BROKER)
@@ -123,6 +132,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _keys_init(args)
         if args.command == "broker":
             return _broker(args)
+        if args.command == "agencies":
+            return run_agencies(args, nats_url=os.environ.get(NATS_URL_ENV))
         if args.command == "up":
             return run_up(args, nats_url=os.environ.get(NATS_URL_ENV))
         if args.command == "submit":

@@ -126,14 +126,16 @@ class KvReplayCache:
         return True
 
 
-async def open_replay_cache(js: JetStreamContext, *, bucket: str = REPLAY_BUCKET) -> KvReplayCache:
+async def open_replay_cache(
+    js: JetStreamContext, *, bucket: str = REPLAY_BUCKET, replicas: int = 1
+) -> KvReplayCache:
     """Bind the replay bucket, creating it (TTL :data:`REPLAY_TTL`) if it does not exist yet.
 
     Idempotent, and safe when several replicas start at once. A bucket found with a shorter
     TTL is extended: it would forget tokens that can still be replayed.
     """
     try:
-        kv = await _bind_or_create(js, bucket)
+        kv = await _bind_or_create(js, bucket, replicas)
         info = await js.stream_info(f"KV_{bucket}")
         max_age = info.config.max_age or 0.0  # 0 = kept forever
         if 0 < max_age < REPLAY_TTL.total_seconds():
@@ -145,7 +147,7 @@ async def open_replay_cache(js: JetStreamContext, *, bucket: str = REPLAY_BUCKET
     return KvReplayCache(kv)
 
 
-async def _bind_or_create(js: JetStreamContext, bucket: str) -> KeyValue:
+async def _bind_or_create(js: JetStreamContext, bucket: str, replicas: int) -> KeyValue:
     try:
         return await js.key_value(bucket)
     except nats.js.errors.BucketNotFoundError:
@@ -156,6 +158,8 @@ async def _bind_or_create(js: JetStreamContext, bucket: str) -> KeyValue:
         history=1,
         ttl=REPLAY_TTL.total_seconds(),
         storage=StorageType.FILE,
+        # On a cluster the cache must survive a node: every authenticated call writes to it.
+        replicas=replicas,
     )
     try:
         kv = await js.create_key_value(config)

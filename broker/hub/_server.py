@@ -160,7 +160,7 @@ class Broker:
         ledger = LedgerWriter(js)
         requests = await RequestStore.open(js, replicas=config.replicas)
         idempotency = await IdempotencyStore.open(js, replicas=config.replicas)
-        replay = await open_replay_cache(js)
+        replay = await open_replay_cache(js, replicas=config.replicas)
         watchlog = WatchLog(js, ledger=ledger)
         scheduler = DeadlineScheduler(js, reminder_at=config.sla.escalation.reminder_at)
         auth = Authenticator(registry, replay, config.clock, require_tls_identity=config.require_tls_identity)

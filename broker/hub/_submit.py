@@ -17,10 +17,10 @@ signed bytes. If the first publish did land, JetStream's duplicate window drops 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import nats.errors
 import structlog
@@ -293,8 +293,12 @@ class Intake:
             target_id=target.id if target is not None else "",
         )
         if not await self._requests.create(status):
-            # A concurrent retry under the same idempotency key won the race; it publishes.
-            return (await self._requests.get(request_id)).status
+            # Stored already: by a concurrent retry, or by an earlier attempt whose write landed
+            # although it saw an error (a leader change). Finish the intake rather than assume
+            # the other one does.
+            stored = (await self._requests.get(request_id)).status
+            await self._finish(stored, verified)
+            return stored
         if self._trail is not None:
             # Before the inbox has it: the money trail knows the hold, its account and amount (the
             # body is at hand only now) before the bank can answer.
@@ -324,6 +328,26 @@ class Intake:
             log.warning("request.resuming_interrupted_intake", request_id=request_id)
             status = await self._accept(request_id, verified, recipient, target)
             return SubmitOutcome(status=status, duplicate=True)
+        await self._finish(stored, verified)
+        log.info("request.duplicate_submission", request_id=request_id, sender=stored.sender)
+        return SubmitOutcome(status=stored, duplicate=True)
+
+    async def _finish(self, stored: lifecycle_pb2.RequestStatus, verified: VerifiedRequest) -> None:
+        """Redo every intake step after the stored state, in case the first attempt died before it.
+
+        Each is idempotent: the SUBMITTED record (watch log and ledger) under its event id, the
+        inbox publish under the request id (only while nobody took the request yet, and only with
+        the very bytes that were notarized), and the request's deadline timer.
+        """
+        first = stored.events[0]
+        event_id = lifecycle_pb2.LifecycleEvent.FromString(first.event.payload).event_id
+        as_submitted = lifecycle_pb2.RequestStatus()
+        as_submitted.CopyFrom(stored)
+        as_submitted.state = common_pb2.REQUEST_STATE_SUBMITTED
+        del as_submitted.events[1:]
+        writes: list[Coroutine[Any, Any, object]] = [
+            self._watchlog.append(as_submitted, first, event_id=event_id)
+        ]
         if stored.state == common_pb2.REQUEST_STATE_SUBMITTED:
             header = envelope_pb2.EnvelopeHeader.FromString(stored.notarized_header)
             same_bytes = header.body_digest == body_digest(verified.signed.payload) and (
@@ -337,14 +361,9 @@ class Intake:
                     body_signature=verified.signed.signature,
                 )
                 # Deduplicated by JetStream if the first publish landed; delivered if it did not.
-                await self._publish(stored, envelope)
-            # Likewise the SUBMITTED record (watch log and ledger), which the first attempt may
-            # not have reached.
-            first = stored.events[0]
-            event_id = lifecycle_pb2.LifecycleEvent.FromString(first.event.payload).event_id
-            await self._watchlog.append(stored, first, event_id=event_id)
-        log.info("request.duplicate_submission", request_id=request_id, sender=stored.sender)
-        return SubmitOutcome(status=stored, duplicate=True)
+                writes.append(self._publish(stored, envelope))
+        writes.append(self._scheduler.schedule_next(stored))
+        await asyncio.gather(*writes)
 
     async def originate(
         self, request: requests_pb2.Request, *, idempotency_key: str

@@ -1,0 +1,315 @@
+"""``greenchannel agencies``: the reference agency systems and their adapters, without a broker.
+
+Each agency of the directory (regulators aside: they run no service), or those named by
+``--only``, gets its reference system as a real gRPC server and an adapter consuming its inbox,
+all in this one process, against the NATS of ``$GREENCHANNEL_NATS_URL`` where a broker runs
+elsewhere. It runs until SIGINT / SIGTERM. This is the agencies' half of ``greenchannel up`` as a
+process of its own, so it can be stopped, killed and started again while the broker keeps
+running: the agencies' databases and the adapters' state live under ``--data`` and survive.
+
+``python -m broker._cli_agencies`` runs the same command on its own (flat flags:
+``--state-dir``, ``--directory``, ``--log-level`` and the command's own).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import signal
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+
+import nats.errors
+import nats.js.errors
+import structlog
+from nats.aio.client import Client
+
+from adapters import AdapterConfig, AdapterRuntime
+from agencies import DEFAULT_DIRECTORY, build_reference_agency
+from broker._logging import configure_logging
+from broker.protocol import ProtocolError, SystemClock
+from broker.protocol._directory import load_directory
+from broker.protocol._nats import NatsSettings, connect
+from broker.protocol._provision import (
+    ensure_agency_keys,
+    load_agency_encryption_keys,
+    load_agency_signing_key,
+)
+from broker.protocol._registry import Agency, AgencyKind, Registry
+from broker.protocol._subjects import INBOX_STREAM
+
+__all__ = [
+    "READY_PREFIX",
+    "AgenciesConfig",
+    "AgencyFleet",
+    "add_agencies_parser",
+    "main",
+    "run_agencies",
+]
+
+log = structlog.get_logger(__name__)
+
+READY_PREFIX = "greenchannel agencies: "
+"""Start of the line printed on stdout once every adapter consumes its inbox."""
+
+_NATS_URL_ENV = "GREENCHANNEL_NATS_URL"
+_STATE_DIR_ENV = "GREENCHANNEL_STATE_DIR"
+_RUN_DIR = "run"  # the same place `greenchannel up` keeps agency data, so both see the same banks
+_POLL = 0.25
+
+
+@dataclass(frozen=True, kw_only=True)
+class AgenciesConfig:
+    """What to run and where its state lives."""
+
+    keys_dir: Path
+    """State directory with the agencies' keys (generated there on first use)."""
+    data_dir: Path
+    """Agency databases (``agencies/<id>.sqlite3``) and adapter state (``adapters/<id>/``)."""
+    directory: Path
+    """The agency directory."""
+    nats_url: str
+    """The broker's NATS: one URL or several, comma separated."""
+    only: tuple[str, ...] = ()
+    """Agency ids to run; empty: every agency that runs a service."""
+    ack_wait: float = 30.0
+    """Inbox ack wait in seconds: how long a message held by a crashed adapter waits to be redelivered."""
+    idle_fetch_timeout: float = 0.25
+    """Seconds an idle adapter's pull waits; bounds how long a graceful stop waits for each."""
+    streams_timeout: float = 60.0
+    """Seconds to wait for the broker to have created the inbox stream."""
+
+
+class AgencyFleet:
+    """The selected agencies' systems and adapters: ``async with AgencyFleet(config) as fleet``.
+
+    Leaving stops the adapters first (all at once, each finishing its message in hand), then the
+    agency servers, then closes the databases and drains NATS.
+    """
+
+    def __init__(self, config: AgenciesConfig) -> None:
+        self._config = config
+        self._exit = contextlib.AsyncExitStack()
+        self.adapters: dict[str, AdapterRuntime] = {}
+        self.addresses: dict[str, str] = {}
+
+    async def __aenter__(self) -> AgencyFleet:
+        try:
+            await self._start()
+        except BaseException:
+            await self._exit.aclose()
+            raise
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self._exit.aclose()
+
+    async def _start(self) -> None:
+        config = self._config
+        clock = SystemClock()
+        overlay = ensure_agency_keys(config.directory, config.keys_dir, clock=clock)
+        registry = load_directory(config.directory, key_overlays=[overlay])
+        served = select_agencies(registry, config.only)
+        agencies_dir = config.data_dir / "agencies"
+        agencies_dir.mkdir(parents=True, exist_ok=True)
+
+        nc = await connect(NatsSettings.from_url(config.nats_url, name="greenchannel-agencies"))
+        self._exit.push_async_callback(_drain, nc)
+        await _wait_for_inbox_stream(nc, config.streams_timeout)
+
+        servers = {}
+        for agency in served:
+            reference = build_reference_agency(agency, data_dir=agencies_dir, clock=clock)
+            self._exit.callback(reference.close)
+            servers[agency.id] = await self._exit.enter_async_context(reference.server())
+            self.addresses[agency.id] = servers[agency.id].address
+        # Registered after the servers, so it runs before them: adapters stop first, together.
+        self._exit.push_async_callback(self._close_adapters)
+        for agency in served:
+            adapter = AdapterRuntime(
+                AdapterConfig(
+                    agency_id=agency.id,
+                    agency_target=servers[agency.id].address,
+                    state_dir=config.data_dir / "adapters" / agency.id,
+                    ack_wait=config.ack_wait,
+                    idle_fetch_timeout=config.idle_fetch_timeout,
+                ),
+                registry=registry,
+                signing_key=load_agency_signing_key(config.keys_dir, agency.id),
+                clock=clock,
+                nats_client=nc,
+                decryption_keys=load_agency_encryption_keys(config.keys_dir, agency.id) or None,
+            )
+            self.adapters[agency.id] = adapter
+            await adapter.start()
+        log.info("agencies.started", agencies=len(self.adapters))
+
+    async def _close_adapters(self) -> None:
+        await asyncio.gather(*(adapter.aclose() for adapter in self.adapters.values()))
+
+
+def select_agencies(registry: Registry, only: Sequence[str]) -> list[Agency]:
+    """The agencies to run: ``only`` (in directory order), or every one that runs a service."""
+    serving = [agency for agency in registry.agencies() if agency.kind is not AgencyKind.REGULATOR]
+    if not only:
+        return serving
+    known = {agency.id: agency for agency in registry.agencies()}
+    unknown = sorted(set(only) - set(known))
+    if unknown:
+        raise ProtocolError(f"not in the directory: {', '.join(unknown)}")
+    regulators = sorted(a for a in only if known[a].kind is AgencyKind.REGULATOR)
+    if regulators:
+        raise ProtocolError(f"regulators run no agency service: {', '.join(regulators)}")
+    wanted = set(only)
+    return [agency for agency in serving if agency.id in wanted]
+
+
+async def _wait_for_inbox_stream(nc: Client, timeout: float) -> None:  # noqa: ASYNC109
+    """The broker creates the streams; adapters only bind consumers to them."""
+    js = nc.jetstream()
+    deadline = time.monotonic() + timeout
+    told = False
+    while True:
+        try:
+            await js.stream_info(INBOX_STREAM)
+            return
+        except nats.js.errors.NotFoundError:
+            pass
+        except (nats.errors.Error, TimeoutError) as exc:
+            log.warning("agencies.nats_not_ready", error_type=type(exc).__name__)
+        if time.monotonic() >= deadline:
+            raise ProtocolError(
+                f"stream {INBOX_STREAM} does not exist after {timeout:.0f}s: start the broker on this NATS"
+            )
+        if not told:
+            log.warning("agencies.waiting_for_broker_streams", stream=INBOX_STREAM)
+            told = True
+        await asyncio.sleep(_POLL)
+
+
+async def _drain(nc: Client) -> None:
+    if not nc.is_closed:
+        await nc.drain()
+
+
+# -- command line -------------------------------------------------------------------------------
+
+
+def _agency_ids(text: str) -> tuple[str, ...]:
+    ids = tuple(part.strip() for part in text.split(",") if part.strip())
+    if not ids:
+        raise argparse.ArgumentTypeError("name at least one agency id")
+    return ids
+
+
+def _positive(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from exc
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0: {text!r}")
+    return value
+
+
+def _add_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--only",
+        type=_agency_ids,
+        default=(),
+        metavar="ID,ID",
+        help="run only these agencies (default: every agency of the directory except regulators)",
+    )
+    parser.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help=f"agency databases and adapter state (default: <state-dir>/{_RUN_DIR}, as `greenchannel up`)",
+    )
+    parser.add_argument(
+        "--ack-wait",
+        type=_positive,
+        default=30.0,
+        metavar="SECONDS",
+        help="inbox ack wait: how soon a message held by a crashed adapter is delivered again (default 30)",
+    )
+
+
+def add_agencies_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Register ``agencies`` on the ``greenchannel`` parser."""
+    agencies = commands.add_parser(
+        "agencies",
+        help="run the reference agency systems and adapters against $GREENCHANNEL_NATS_URL, until Ctrl-C",
+    )
+    _add_options(agencies)
+
+
+def run_agencies(args: argparse.Namespace, *, nats_url: str | None) -> int:
+    """Run until SIGINT / SIGTERM; 0 after a graceful stop, 1 when they could not start."""
+    if not nats_url:
+        print(
+            f"greenchannel agencies: set ${_NATS_URL_ENV} to the broker's NATS "
+            "(`greenchannel up` runs broker and agencies together)",
+            file=sys.stderr,
+        )
+        return 1
+    state_dir: Path = args.state_dir
+    config = AgenciesConfig(
+        keys_dir=state_dir,
+        data_dir=args.data if args.data is not None else state_dir / _RUN_DIR,
+        directory=args.directory,
+        nats_url=nats_url,
+        only=tuple(args.only),
+        ack_wait=args.ack_wait,
+    )
+    try:
+        return asyncio.run(_serve(config))
+    except (ProtocolError, OSError) as exc:
+        print(f"greenchannel agencies: cannot start: {exc}", file=sys.stderr)
+        return 1
+
+
+async def _serve(config: AgenciesConfig) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    # Installed before starting: a signal during start-up finishes starting, then stops cleanly.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    async with AgencyFleet(config) as fleet:
+        print(
+            f"{READY_PREFIX}{len(fleet.adapters)} agencies online ({', '.join(fleet.adapters)}); "
+            f"data in {config.data_dir}; Ctrl-C to stop",
+            flush=True,
+        )
+        await stop.wait()
+        log.info("agencies.stopping")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m broker._cli_agencies``: the command without the rest of the CLI."""
+    parser = argparse.ArgumentParser(
+        prog="greenchannel-agencies", description="GreenChannel reference agencies and their adapters"
+    )
+    parser.add_argument(
+        "--state-dir", type=Path, default=Path(os.environ.get(_STATE_DIR_ENV, ".greenchannel"))
+    )
+    parser.add_argument("--directory", type=Path, default=DEFAULT_DIRECTORY)
+    parser.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
+    parser.add_argument("--log-json", action="store_true")
+    _add_options(parser)
+    args = parser.parse_args(argv)
+    configure_logging(args.log_level, json_logs=args.log_json)
+    return run_agencies(args, nats_url=os.environ.get(_NATS_URL_ENV))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Fault tests: the real stack as separate processes, with processes and NATS nodes killed under load."""

@@ -1,0 +1,374 @@
+"""What must hold after every fault: nothing lost, nothing twice, every deadline fired, a sound ledger.
+
+"Lost" and "final" are read from the broker (Bus API); "executed twice" from the reference bank's
+own database (its execution journal and holds) and from the ledger; "the ledger verifies" from an
+export as a regulator, proved offline exactly as ``greenchannel ledger verify`` does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from greenchannel.v1 import bus_pb2, common_pb2, ledger_pb2, lifecycle_pb2
+
+from adapters import IdempotencyStore
+from agencies.bank import BankConfig, BankCore
+from broker._cli_ledger import export_ledger, read_ledger_file, registry_keys
+from broker.client import BusClient
+from broker.protocol import SystemClock
+from broker.protocol._ledger_chain import verify_chain
+from broker.protocol._provision import load_agency_signing_key
+
+from ._load import RETRYABLE, Submission
+from ._world import REGULATOR, FaultWorld
+
+__all__ = [
+    "FINAL",
+    "BankAudit",
+    "LedgerAudit",
+    "Tracker",
+    "audit_banks",
+    "audit_ledger",
+]
+
+S = common_pb2
+FINAL = frozenset(
+    {
+        S.REQUEST_STATE_EXECUTED,
+        S.REQUEST_STATE_PARTIALLY_EXECUTED,
+        S.REQUEST_STATE_REJECTED,
+        S.REQUEST_STATE_FAILED,
+        S.REQUEST_STATE_CANCELLED,
+        S.REQUEST_STATE_RELEASED,
+        S.REQUEST_STATE_EXPIRED,
+    }
+)
+"""An outcome was reached (a stop-payment's hold may live on, but the request is answered)."""
+_OUTCOMES = frozenset(
+    {
+        S.REQUEST_STATE_EXECUTED,
+        S.REQUEST_STATE_PARTIALLY_EXECUTED,
+        S.REQUEST_STATE_REJECTED,
+        S.REQUEST_STATE_FAILED,
+    }
+)
+_POLL = 0.3
+
+
+def events_of(status: lifecycle_pb2.RequestStatus) -> list[lifecycle_pb2.LifecycleEvent]:
+    return [lifecycle_pb2.LifecycleEvent.FromString(r.event.payload) for r in status.events]
+
+
+def deliver_breached(status: lifecycle_pb2.RequestStatus) -> bool:
+    return any(e.state == S.REQUEST_STATE_ESCALATED and e.phase == S.PHASE_DELIVER for e in events_of(status))
+
+
+class Tracker:
+    """Follows the police's requests: one Watch stream, plus a slow Get sweep over what is still open.
+
+    The Watch is what an agency sees; it is resumed from its cursor whenever it breaks. It is not
+    trusted alone: after a NATS restart an open Watch went quiet for about 15 s (see the report),
+    so every ``sweep_interval`` the oldest open requests are read with Get, a few at a time (each
+    Get costs the broker a token check and a KV read; polling everything would load it more than
+    the load does). A request final by Get that the Watch never shows final is a watch gap.
+    """
+
+    def __init__(self, client: BusClient, *, sweep_interval: float = 0.5, sweep_size: int = 16) -> None:
+        self._client = client
+        self._sweep_interval = sweep_interval
+        self._sweep_size = sweep_size
+        self.watched: dict[str, int] = {}
+        """Request id -> state after the last event the Watch showed."""
+        self.got: dict[str, lifecycle_pb2.RequestStatus] = {}
+        """Request id -> status read by Get once it was final (or breached, for probes)."""
+        self.breached: set[str] = set()
+        """Requests whose deliver deadline breach (ESCALATED) the Watch showed."""
+        self.seen: dict[str, list[int]] = {}
+        self.cursor = 0
+        self.resumes = 0
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def start(self) -> None:
+        if not self._tasks:
+            self._tasks = [asyncio.create_task(self._follow(), name="faults-watch")]
+
+    async def aclose(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks = []
+
+    async def _follow(self) -> None:
+        while True:
+            try:
+                # Unscoped: every request the police sent (each scenario has a NATS of its own).
+                async for update in self._client.watch(after_cursor=self.cursor):
+                    self.cursor = update.cursor
+                    self.watched[update.request_id] = update.state
+                    self.seen.setdefault(update.request_id, []).append(update.cursor)
+                    event = lifecycle_pb2.LifecycleEvent.FromString(update.event.event.payload)
+                    if event.state == S.REQUEST_STATE_ESCALATED and event.phase == S.PHASE_DELIVER:
+                        self.breached.add(update.request_id)
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() not in RETRYABLE:
+                    raise
+            # The broker is down for longer than BusClient's own resumes cover: keep trying.
+            self.resumes += 1
+            await asyncio.sleep(_POLL)
+
+    def watch_final(self, request_id: str) -> bool:
+        return self.watched.get(request_id) in FINAL
+
+    def final(self, request_id: str) -> bool:
+        return self.watch_final(request_id) or request_id in self.got
+
+    def watch_gaps(self, submissions: list[Submission]) -> list[str]:
+        """Load requests final by Get that the Watch has not shown final."""
+        return sorted(
+            rid
+            for s in submissions
+            if s.acked and s.expect_execution
+            for rid in s.request_ids
+            if rid in self.got and not self.watch_final(rid)
+        )
+
+    async def wait_final(self, submissions: list[Submission], *, timeout: float) -> list[Submission]:  # noqa: ASYNC109
+        """Wait until every acknowledged load submission is final; returns those that are not."""
+
+        def open_() -> list[str]:
+            return [
+                rid
+                for s in submissions
+                if s.acked and s.expect_execution
+                for rid in s.request_ids
+                if not self.final(rid)
+            ]
+
+        remaining = await self._wait(open_, lambda status: status.state in FINAL, timeout)
+        return [s for s in submissions if s.request_ids & remaining]
+
+    async def wait_escalated(self, probes: list[Submission], *, timeout: float) -> list[Submission]:  # noqa: ASYNC109
+        """Wait until every acknowledged probe has its deliver deadline breach; returns the others."""
+
+        def open_() -> list[str]:
+            return [
+                rid
+                for s in probes
+                if s.acked
+                for rid in s.request_ids
+                if rid not in self.breached and not (rid in self.got and deliver_breached(self.got[rid]))
+            ]
+
+        remaining = await self._wait(open_, deliver_breached, timeout)
+        return [s for s in probes if s.request_ids & remaining]
+
+    async def _wait(
+        self,
+        open_: Callable[[], list[str]],
+        done: Callable[[lifecycle_pb2.RequestStatus], bool],
+        timeout: float,  # noqa: ASYNC109
+    ) -> set[str]:
+        self.start()
+        deadline = time.monotonic() + timeout
+        next_sweep = time.monotonic() + self._sweep_interval
+        while (remaining := open_()) and time.monotonic() < deadline:
+            if time.monotonic() >= next_sweep:
+                await self._sweep(sorted(remaining)[: self._sweep_size], done)
+                next_sweep = time.monotonic() + self._sweep_interval
+            else:
+                await asyncio.sleep(0.05)
+        if remaining:
+            await self._sweep(remaining, done)  # a last look at each before calling it lost
+        return set(open_())
+
+    async def _sweep(
+        self, request_ids: list[str], done: Callable[[lifecycle_pb2.RequestStatus], bool]
+    ) -> None:
+        semaphore = asyncio.Semaphore(8)
+
+        async def look(request_id: str) -> None:
+            async with semaphore:
+                try:
+                    status = await self._client.get(request_id)
+                except grpc.aio.AioRpcError as exc:
+                    if exc.code() in RETRYABLE:
+                        return
+                    raise
+            if done(status):
+                self.got[request_id] = status
+
+        await asyncio.gather(*(look(rid) for rid in request_ids))
+
+
+async def sent_requests(client: BusClient) -> list[lifecycle_pb2.RequestStatus]:
+    """Every request the broker holds that the client's agency sent (all pages)."""
+    found: list[lifecycle_pb2.RequestStatus] = []
+    token = ""
+    while True:
+        # 100 a page: a page of 1,000 statuses with long timelines passed gRPC's 4 MB default.
+        page = await client.list(role=bus_pb2.ROLE_SENDER, page_size=100, page_token=token)
+        found.extend(page.requests)
+        token = page.next_page_token
+        if not token:
+            return found
+
+
+def timeline_duplicates(status: lifecycle_pb2.RequestStatus) -> int:
+    """Outcome events beyond the first in a request's timeline (an answer recorded twice)."""
+    outcomes = [e for e in events_of(status) if e.state in _OUTCOMES]
+    return max(0, len(outcomes) - 1)
+
+
+@dataclass(kw_only=True)
+class BankAudit:
+    """The reference banks' own view of the load."""
+
+    executed: int = 0
+    """Load requests with exactly one journal row and one hold of the asked amount."""
+    not_executed: list[str] = field(default_factory=list)
+    """Request ids the broker calls EXECUTED with no journal row at the bank."""
+    duplicated: list[str] = field(default_factory=list)
+    """Request ids journalled or held more than once, or holds no load request accounts for."""
+    resumed: int = 0
+    """Requests whose adapter started the bank call more than once (it crashed mid-execution)."""
+
+
+def audit_banks(world: FaultWorld, submissions: list[Submission]) -> BankAudit:
+    """Read each bank's database and each adapter's state. Run after the agencies process stopped."""
+    audit = BankAudit()
+    clock = SystemClock()
+    for bank, account in world.accounts.items():
+        mine = [s for s in submissions if s.bank == bank and s.acked and s.expect_execution]
+        expected = {rid for s in mine for rid in s.request_ids}
+        with BankCore(BankConfig(agency_id=bank, database=world.bank_database(bank)), clock=clock) as core:
+            for request_id in sorted(expected):
+                journal = core.execution_count(request_id)
+                holds = core.holds_for(request_id)
+                if journal == 0 and not holds:
+                    audit.not_executed.append(request_id)
+                elif journal > 1 or len(holds) > 1:
+                    audit.duplicated.append(request_id)
+                elif len(holds) == 1 and holds[0].amount == 100:
+                    audit.executed += 1
+                else:
+                    audit.not_executed.append(request_id)
+            # A hold for a request id the load never saw: a second request made from one submission.
+            audit.duplicated.extend(
+                hold.request_id for hold in core.holds_on(account) if hold.request_id not in expected
+            )
+        store_path = world.adapter_state(bank) / "idempotency.sqlite3"
+        if store_path.exists():
+            with IdempotencyStore(store_path, clock=clock) as store:
+                for request_id in expected:
+                    record = store.get(request_id)
+                    if record is not None and record.starts > 1:
+                        audit.resumed += 1
+    return audit
+
+
+@dataclass(kw_only=True)
+class LedgerAudit:
+    """An export as the regulator, verified offline."""
+
+    ok: bool
+    """The chain and every checkpoint verify."""
+    records: int
+    """Entries exported."""
+    problems: list[str]
+    """What did not verify."""
+    missing: list[str]
+    """Executed load requests with no EXECUTED entry in the ledger."""
+    doubled: list[str]
+    """Load requests with more than one REQUEST or EXECUTED entry."""
+
+
+async def audit_ledger(
+    world: FaultWorld,
+    submissions: list[Submission],
+    out: Path,
+    *,
+    timeout: float = 20.0,  # noqa: ASYNC109
+) -> LedgerAudit:
+    """Export as ``regulator-pboc`` until every executed request is in it (the ledger trails a
+    little behind the events), then verify the chain and count entries per request."""
+    key = load_agency_signing_key(world.keys_dir, REGULATOR)
+    keys = registry_keys(world.directory, world.keys_dir)
+    executed = {rid for s in submissions if s.acked and s.expect_execution for rid in s.request_ids}
+    submitted = {rid for s in submissions if s.acked for rid in s.request_ids}
+    deadline = time.monotonic() + timeout
+    while True:
+        await export_ledger(broker=world.broker_address, agency_id=REGULATOR, signing_key=key, out=out)
+        ledger = read_ledger_file(out)
+        requests: Counter[str] = Counter()
+        outcomes: Counter[str] = Counter()
+        for record in ledger.records:
+            if record.entry is None:
+                continue
+            entry = ledger_pb2.LedgerEntry.FromString(record.entry)
+            if entry.kind == ledger_pb2.LEDGER_ENTRY_KIND_REQUEST:
+                requests[entry.request_id] += 1
+            elif entry.kind == ledger_pb2.LEDGER_ENTRY_KIND_EVENT and entry.state == S.REQUEST_STATE_EXECUTED:
+                outcomes[entry.request_id] += 1
+        missing = sorted(
+            f"{rid} (request entries {requests[rid]}, executed entries {outcomes[rid]})"
+            for rid in executed
+            if outcomes[rid] == 0 or requests[rid] == 0
+        )
+        if not missing or time.monotonic() >= deadline:
+            break
+        await asyncio.sleep(1.0)
+    report = verify_chain(ledger.records, ledger.checkpoints, keys=keys)
+    doubled = sorted(rid for rid in submitted if requests[rid] > 1 or outcomes[rid] > 1)
+    problems = [str(p) for p in report.problems] + [f"line {n}: {why}" for n, why in ledger.unreadable]
+    return LedgerAudit(
+        ok=report.ok and not ledger.unreadable,
+        records=report.records,
+        problems=problems,
+        missing=missing,
+        doubled=doubled,
+    )
+
+
+async def diagnose(nats_url: str) -> str:
+    """Streams and durable consumers as the server sees them: where a stuck request waits."""
+    from broker.protocol._nats import NatsSettings, connect
+
+    lines: list[str] = []
+    nc = await connect(NatsSettings.from_url(nats_url, name="faults-diagnose", initial_connect_timeout=5.0))
+    try:
+        js = nc.jetstream(timeout=5.0)
+        for stream in await js.streams_info():
+            name = stream.config.name or "?"
+            leader = stream.cluster.leader if stream.cluster else None
+            peers = (
+                ",".join(
+                    f"{p.name}:{'cur' if p.current else 'lag'}{'/off' if p.offline else ''}"
+                    for p in stream.cluster.replicas or []
+                )
+                if stream.cluster
+                else ""
+            )
+            lines.append(f"stream {name}: msgs={stream.state.messages} leader={leader} peers=[{peers}]")
+            if name.startswith("KV_"):
+                continue
+            for info in await js.consumers_info(name):
+                if not info.config.durable_name:
+                    continue
+                c_leader = info.cluster.leader if info.cluster else None
+                lines.append(
+                    f"  consumer {info.name}: pending={info.num_pending} ack_pending={info.num_ack_pending} "
+                    f"redelivered={info.num_redelivered} waiting={info.num_waiting} leader={c_leader}"
+                )
+    except Exception as exc:  # a diagnosis must never hide the failure it explains
+        lines.append(f"(diagnosis failed: {type(exc).__name__}: {exc})")
+    finally:
+        await nc.close()
+    return "\n".join(lines)

@@ -1,0 +1,412 @@
+"""The fault scenarios: a steady load through the real stack while processes and NATS nodes die.
+
+``single_node``: one nats-server with a file store; the broker is SIGKILLed and restarted, the
+agencies process is SIGKILLed while it holds orders, the nats-server is SIGKILLed and restarted.
+``cluster``: three nats-servers with R3 streams and KV; one node is killed, restarted and caught
+up, then another. After every fault each request acknowledged so far must reach a final state;
+at the end the banks' own records, the ledger and the deadline probes are audited.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import signal
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from greenchannel.v1 import common_pb2
+
+from agencies import _seed as seed
+from broker.protocol._cluster import EmbeddedCluster, EmbeddedClusterConfig
+from broker.protocol._embedded import EmbeddedNats, EmbeddedNatsConfig
+from broker.protocol._nats import NatsSettings, connect
+from broker.protocol._subjects import INBOX_STREAM, REQUESTS_BUCKET, inbox_consumer
+
+from ._checks import FINAL, Tracker, audit_banks, audit_ledger, diagnose, sent_requests, timeline_duplicates
+from ._load import Load, Submission
+from ._settings import FaultSettings
+from ._world import LOAD_HOLDER, FaultWorld, WorldConfig
+
+__all__ = ["ScenarioReport", "run_cluster", "run_single_node"]
+
+S = common_pb2
+PROBE_BANK = "bank-abc"
+"""Its adapter never runs: requests to it can only ever see their deadlines fire."""
+KILL_BANK = "bank-icbc"
+"""The bank whose orders are in flight when the agencies process is killed."""
+
+
+@dataclass(kw_only=True)
+class ScenarioReport:
+    """What one scenario did and found."""
+
+    scenario: str
+    settings: FaultSettings
+    requests: int = 0
+    """Load requests the broker acknowledged."""
+    probes: int = 0
+    """Deadline probes acknowledged."""
+    kills: Counter[str] = field(default_factory=Counter)
+    """SIGKILLs by target (broker, agencies, nats, node)."""
+    lost: list[str] = field(default_factory=list)
+    """Acknowledged requests with no final state, or EXECUTED without the bank having executed them."""
+    duplicated: list[str] = field(default_factory=list)
+    """Requests created, executed, held or recorded more than once."""
+    refused: list[str] = field(default_factory=list)
+    """Submissions never acknowledged (a non-transient error, or retries ran out)."""
+    not_executed: list[str] = field(default_factory=list)
+    """Final, but not EXECUTED (every load request should be)."""
+    escalated: int = 0
+    """Probes whose deliver deadline fired (ESCALATED)."""
+    missed_deadlines: list[str] = field(default_factory=list)
+    """Probes whose deliver deadline never fired."""
+    ledger_ok: bool = False
+    """The export verifies: every link of the chain and every checkpoint signature."""
+    ledger_records: int = 0
+    ledger_problems: list[str] = field(default_factory=list)
+    ledger_missing: list[str] = field(default_factory=list)
+    """Executed requests whose REQUEST or EXECUTED entry the (verified) ledger lacks."""
+    resumed: int = 0
+    """Requests the adapter had started when it was killed, and started again after."""
+    in_flight: list[int] = field(default_factory=list)
+    """Inbox messages held (unacked) by the adapter at each agencies kill."""
+    watch_gaps: list[str] = field(default_factory=list)
+    """Requests final by Get whose final state the Watch never showed."""
+    watch_resumes: int = 0
+    """Times the Watch had to be opened again (the broker was down)."""
+    diagnosis: str = ""
+    """Streams and consumers as the server saw them when something was left open."""
+    after_fault: list[str] = field(default_factory=list)
+    """Per fault: how long until everything acknowledged before it was final."""
+    notes: list[str] = field(default_factory=list)
+    """Timings and observations worth a line in the summary."""
+    seconds: float = 0.0
+
+    def line(self) -> str:
+        kills = sum(self.kills.values())
+        detail = ",".join(f"{k}:{v}" for k, v in sorted(self.kills.items()))
+        return (
+            f"faults: scenario={self.scenario} level={self.settings.level} seed={self.settings.seed} "
+            f"requests={self.requests} kills={kills} ({detail}) lost={len(self.lost)} "
+            f"duplicated={len(self.duplicated)} escalations_ok={self.escalated}/{self.probes} "
+            f"ledger={'verified' if self.ledger_ok else 'NOT VERIFIED'} ({self.ledger_records} entries, "
+            f"{len(self.ledger_missing)} missing) "
+            f"resumed={self.resumed} in_flight_at_kill={self.in_flight} refused={len(self.refused)} "
+            f"seconds={self.seconds:.1f}"
+        )
+
+    def failures(self) -> list[str]:
+        problems = []
+        if self.lost:
+            problems.append(f"lost: {self.lost[:10]}")
+        if self.duplicated:
+            problems.append(f"duplicated: {sorted(set(self.duplicated))[:10]}")
+        if self.refused:
+            problems.append(f"refused: {self.refused[:5]}")
+        if self.watch_gaps:
+            problems.append(f"final but never shown on Watch: {self.watch_gaps[:10]}")
+        if self.not_executed:
+            problems.append(f"final but not executed: {self.not_executed[:10]}")
+        if self.escalated != self.probes:
+            problems.append(
+                f"deadlines that did not fire: {self.probes - self.escalated} of {self.probes}: "
+                f"{self.missed_deadlines}"
+            )
+        if not self.ledger_ok:
+            problems.append(f"ledger does not verify: {self.ledger_problems[:10]}")
+        if self.ledger_missing:
+            problems.append(f"missing from the ledger: {self.ledger_missing[:10]}")
+        return problems
+
+
+class _Run:
+    """The load, the tracker and the faults of one scenario."""
+
+    def __init__(
+        self,
+        world: FaultWorld,
+        settings: FaultSettings,
+        report: ScenarioReport,
+        nats_url: str,
+        *,
+        rate: float,
+    ) -> None:
+        self.nats_url = nats_url
+        self.world = world
+        self.settings = settings
+        self.report = report
+        self.rng = random.Random(f"{settings.seed}/{report.scenario}")
+        self.client = world.client(timeout=5.0)
+        self.load = Load(
+            self.client,
+            case_prefix=f"FAULTS-{report.scenario.upper()}-{settings.seed}",
+            accounts=world.accounts,
+            holder=LOAD_HOLDER,
+            rate=rate,
+        )
+        self.tracker = Tracker(self.client)
+        self.probes: list[Submission] = []
+
+    async def __aenter__(self) -> _Run:
+        self.tracker.start()
+        self.load.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Stop the load (abandoning submissions still retrying), the Watch and the client. Idempotent."""
+        await self.load.abort()
+        await self.tracker.aclose()
+        await self.client.aclose()
+
+    def probe(self) -> None:
+        """A STANDARD stop-payment to a bank nobody answers for: its deadlines must fire."""
+        self.probes.append(
+            self.load.submit(
+                PROBE_BANK,
+                seed.MULE_ABC_ACCOUNT,
+                expect_execution=False,
+                priority=S.PRIORITY_STANDARD,
+                holder=seed.MULE_ABC_HOLDER,
+            )
+        )
+
+    async def pause(self) -> None:
+        await asyncio.sleep(self.rng.uniform(*self.settings.load_between))
+
+    async def outage(self) -> None:
+        await asyncio.sleep(self.rng.uniform(*self.settings.outage))
+
+    async def fault(
+        self,
+        name: str,
+        act: Callable[[], Awaitable[None]],
+        *,
+        whole: Callable[[], Awaitable[None]] | None = None,
+    ) -> None:
+        """Load for a while, a probe, the fault (kill and restart), then wait until everything
+        acknowledged so far is final, and (``whole``) until the system has fully recovered."""
+        await self.pause()
+        self.probe()
+        started = time.monotonic()
+        await act()
+        self.report.kills[name] += 1
+        recovered = time.monotonic()
+        # Everything submitted up to now, including what was retrying through the fault.
+        submitted = list(self.load.submissions)
+
+        async def settle() -> list[Submission]:
+            await self.load.wait_acked(submitted, timeout=self.settings.settle_timeout)
+            return await self.tracker.wait_final(submitted, timeout=self.settings.settle_timeout)
+
+        if whole is None:
+            open_ = await settle()
+        else:
+            open_, _ = await asyncio.gather(settle(), whole())
+        self.report.after_fault.append(
+            f"{name}: down and back in {recovered - started:.1f}s, "
+            f"everything acknowledged final {time.monotonic() - recovered:.1f}s later"
+        )
+        if open_:
+            self.report.diagnosis = await self.diagnose()
+            raise AssertionError(
+                f"after {name} kill {self.report.kills[name]}: {len(open_)} acknowledged requests "
+                f"not final within {self.settings.settle_timeout}s, e.g. {open_[0].request_ids}"
+                f"\n{self.report.diagnosis}\n{self.world.broker.tail()}\n{self.world.agencies.tail()}"
+            )
+
+    async def diagnose(self) -> str:
+        """The server's view of streams and consumers, and (test entry only) the broker's tasks."""
+        if "tests.faults._broker_entry" in self.world.broker.spec.argv and self.world.broker.signal(
+            signal.SIGUSR1
+        ):
+            await asyncio.sleep(1.0)
+        return await diagnose(self.nats_url)
+
+    async def kill_broker(self) -> None:
+        await self.world.broker.kill()
+        await self.outage()
+        await self.world.broker.start()
+
+    async def kill_agencies(self, nats_url: str) -> None:
+        """Kill the agencies process while its adapter holds orders it has not answered yet."""
+        self.load.burst(KILL_BANK, self.settings.burst)
+        held = await _wait_held(nats_url, KILL_BANK, timeout=10.0)
+        await self.world.agencies.kill()
+        self.report.in_flight.append(held)
+        await self.outage()
+        await self.world.agencies.start()
+
+    async def finish(self, root: Path) -> None:
+        """Stop the load; settle; audit broker, ledger and banks; stop the stack."""
+        report, settings = self.report, self.settings
+        began = time.monotonic()
+        await self.load.stop()
+        submissions = self.load.submissions
+        load = [s for s in submissions if s.expect_execution]
+        report.requests = sum(s.acked for s in load)
+        report.probes = sum(s.acked for s in self.probes)
+        report.refused = [f"{s.key}: {s.error}" for s in submissions if not s.acked]
+        open_ = await self.tracker.wait_final(submissions, timeout=settings.settle_timeout)
+        report.lost.extend(rid for s in open_ for rid in s.request_ids)
+        if open_:
+            report.diagnosis = await self.diagnose()
+        missed = await self.tracker.wait_escalated(self.probes, timeout=settings.settle_timeout)
+        report.escalated = report.probes - len(missed)
+        report.missed_deadlines = [
+            f"{rid} (submit attempts {s.attempts})" for s in missed for rid in s.request_ids
+        ]
+        # One logical submission answered with two request ids is a duplicate whatever follows.
+        report.duplicated.extend(rid for s in submissions if len(s.request_ids) > 1 for rid in s.request_ids)
+        known = {rid for s in submissions for rid in s.request_ids}
+        executing = {rid for s in load for rid in s.request_ids}
+        for status in await sent_requests(self.client):
+            if status.id not in known or timeline_duplicates(status):
+                report.duplicated.append(status.id)
+            elif (
+                status.id in executing and status.state in FINAL and status.state != S.REQUEST_STATE_EXECUTED
+            ):
+                report.not_executed.append(f"{status.id}: {S.RequestState.Name(status.state)}")
+        ledger = await audit_ledger(self.world, submissions, root / "ledger.jsonl")
+        report.ledger_ok = ledger.ok
+        report.ledger_records = ledger.records
+        report.ledger_problems = ledger.problems
+        report.ledger_missing = ledger.missing
+        report.duplicated.extend(ledger.doubled)
+        # The Watch may lag (about 15 s after a NATS restart): give it that before calling a gap.
+        for _ in range(40):
+            if not self.tracker.watch_gaps(submissions):
+                break
+            await asyncio.sleep(0.5)
+        report.watch_gaps = [
+            f"{rid} (watch cursors {self.tracker.seen.get(rid)})"
+            for rid in self.tracker.watch_gaps(submissions)
+        ]
+        report.watch_resumes = self.tracker.resumes
+        await self.aclose()
+        await self.world.stop()
+        banks = audit_banks(self.world, submissions)
+        report.lost.extend(banks.not_executed)
+        report.duplicated.extend(banks.duplicated)
+        report.resumed = banks.resumed
+        report.notes.append(f"settled, audited and stopped in {time.monotonic() - began:.1f}s")
+
+
+async def _wait_held(nats_url: str, bank: str, *, timeout: float) -> int:  # noqa: ASYNC109
+    """Poll the bank's GREEN inbox consumer until its adapter holds unacked messages; how many."""
+    nc = await connect(NatsSettings.from_url(nats_url, name="faults-probe", initial_connect_timeout=5.0))
+    try:
+        js = nc.jetstream()
+        deadline = time.monotonic() + timeout
+        while True:
+            info = await js.consumer_info(INBOX_STREAM, inbox_consumer(bank, "green"))
+            held = int(info.num_ack_pending or 0)
+            if held or time.monotonic() >= deadline:
+                return held
+            await asyncio.sleep(0.005)
+    finally:
+        with contextlib.suppress(Exception):
+            await nc.close()
+
+
+def _share(total: int, rounds: int, round_: int) -> int:
+    """How many of ``total`` faults fall in round ``round_`` of ``rounds`` (spread evenly)."""
+    return total // rounds + (1 if round_ < total % rounds else 0)
+
+
+def _node_config(store_dir: Path | None = None) -> EmbeddedNatsConfig:
+    # Restarted while this process runs gRPC: a preexec_fn fork would crash now and then (see
+    # EmbeddedNatsConfig.parent_death_signal). The scenarios stop their servers themselves.
+    return EmbeddedNatsConfig(store_dir=store_dir, parent_death_signal=False)
+
+
+async def run_single_node(settings: FaultSettings, root: Path) -> ScenarioReport:
+    """Broker, agencies and the one nats-server killed in turn, under load."""
+    report = ScenarioReport(scenario="single-node", settings=settings)
+    began = time.monotonic()
+    async with EmbeddedNats(_node_config(store_dir=root / "nats")) as nats_server:
+        config = WorldConfig(
+            root=root,
+            nats_url=nats_server.url,
+            ack_wait=settings.ack_wait,
+            broker_ack_wait=settings.broker_ack_wait,
+        )
+        async with FaultWorld(config) as world:
+            report.notes.append(f"stack up in {time.monotonic() - began:.1f}s")
+            async with _Run(world, settings, report, nats_server.url, rate=settings.rate) as run:
+
+                async def kill_nats() -> None:
+                    await nats_server.kill()
+                    await run.outage()
+                    await nats_server.restart()
+
+                async def kill_agencies() -> None:
+                    await run.kill_agencies(nats_server.url)
+
+                # Round after round: NATS, agencies, broker. NATS first, because an open Watch
+                # stalls for ~15 s after a NATS restart and a broker restart re-opens the Watch.
+                rounds = max(settings.nats_kills, settings.agencies_kills, settings.broker_kills)
+                for round_ in range(rounds):
+                    if round_ < settings.nats_kills:
+                        await run.fault("nats", kill_nats)
+                    if round_ < settings.agencies_kills:
+                        await run.fault("agencies", kill_agencies)
+                    for _ in range(_share(settings.broker_kills, rounds, round_)):
+                        await run.fault("broker", run.kill_broker)
+                await run.pause()
+                await run.finish(root)
+    report.seconds = time.monotonic() - began
+    return report
+
+
+async def run_cluster(settings: FaultSettings, root: Path) -> ScenarioReport:
+    """Three nats-servers, R3 streams and KV: one node killed and brought back, then another."""
+    report = ScenarioReport(scenario="cluster", settings=settings)
+    began = time.monotonic()
+    cluster_config = EmbeddedClusterConfig(store_dir=root / "nats", name="faults", node=_node_config())
+    async with EmbeddedCluster(cluster_config) as cluster:
+        config = WorldConfig(
+            root=root,
+            nats_url=cluster.url,
+            replicas=3,
+            ack_wait=settings.ack_wait,
+            broker_ack_wait=settings.broker_ack_wait,
+        )
+        async with FaultWorld(config) as world:
+            await cluster.wait_current(timeout=30.0)
+            report.notes.append(f"stack up in {time.monotonic() - began:.1f}s")
+            async with _Run(world, settings, report, cluster.url, rate=settings.cluster_rate) as run:
+                victim = -1
+                for round_ in range(2 * settings.cluster_rounds):
+                    # First the node leading the request state, then one that differs from the last.
+                    leader = await cluster.stream_leader(
+                        f"KV_{REQUESTS_BUCKET}" if round_ % 2 == 0 else INBOX_STREAM
+                    )
+                    victim = leader if leader != victim else (victim + 1) % len(cluster.nodes)
+                    target = victim
+
+                    async def kill_node(index: int = target) -> None:
+                        await cluster.kill(index)
+                        # The load runs on two nodes for a while: degraded, not a blip.
+                        await asyncio.sleep(run.rng.uniform(*settings.node_down))
+                        await cluster.restart(index)
+
+                    async def caught_up(index: int = target) -> None:
+                        began = time.monotonic()
+                        await cluster.wait_current(timeout=60.0)
+                        run.report.notes.append(
+                            f"node {index} caught up {time.monotonic() - began:.1f}s after restart"
+                        )
+
+                    await run.fault("node", kill_node, whole=caught_up)
+                await run.pause()
+                await run.finish(root)
+    report.seconds = time.monotonic() - began
+    return report

@@ -1,0 +1,101 @@
+"""How hard the fault suite pushes: a short setting inside ``make test``, a long one for ``make faults``."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+__all__ = ["LEVEL_ENV", "SEED_ENV", "FaultSettings", "settings_from_env"]
+
+LEVEL_ENV = "GREENCHANNEL_FAULTS_LEVEL"
+"""``short`` (default) or ``long``."""
+SEED_ENV = "GREENCHANNEL_FAULTS_SEED"
+"""Seed of the random kill moments; printed with every report so a run can be repeated."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class FaultSettings:
+    """One level of the suite."""
+
+    level: str
+    """Name of the level, printed in the report."""
+    seed: int
+    """Seed of the random moments at which faults strike."""
+    rate: float
+    """Requests submitted per second by the steady load (single node)."""
+    cluster_rate: float
+    """The same on the three-node cluster, where every write waits for two fsyncs of three."""
+    load_between: tuple[float, float]
+    """Seconds of load (uniformly drawn from this range) before each fault."""
+    outage: tuple[float, float]
+    """Seconds a killed component stays down before it is started again."""
+    broker_kills: int
+    """SIGKILLs of the broker process in the single-node scenario."""
+    agencies_kills: int
+    """SIGKILLs of the agencies process (mid-execution) in the single-node scenario."""
+    nats_kills: int
+    """SIGKILLs of the single nats-server."""
+    node_down: tuple[float, float]
+    """Seconds a killed cluster node stays down: the cluster runs degraded meanwhile."""
+    cluster_rounds: int
+    """Rounds of the cluster scenario; each kills one node, restarts it, then kills another."""
+    burst: int
+    """Requests submitted at once right before an agencies kill, so there is work in flight."""
+    settle_timeout: float
+    """Seconds every request acknowledged so far gets to reach a final state after a fault."""
+    ack_wait: float
+    """Inbox ack wait of the adapters: how soon a message a killed adapter held comes back."""
+    broker_ack_wait: float | None
+    """Ack wait of the broker's consumers; None: the real default, through the real CLI."""
+
+    @classmethod
+    def short(cls, seed: int) -> FaultSettings:
+        return cls(
+            level="short",
+            seed=seed,
+            rate=12.0,
+            cluster_rate=6.0,
+            load_between=(0.3, 0.8),
+            outage=(0.2, 0.8),
+            broker_kills=2,
+            agencies_kills=1,
+            nats_kills=1,
+            node_down=(1.0, 2.0),
+            cluster_rounds=1,
+            burst=12,
+            settle_timeout=45.0,
+            ack_wait=2.0,
+            broker_ack_wait=2.0,
+        )
+
+    @classmethod
+    def long(cls, seed: int) -> FaultSettings:
+        return cls(
+            level="long",
+            seed=seed,
+            rate=15.0,
+            cluster_rate=8.0,
+            load_between=(2.0, 6.0),
+            outage=(0.2, 3.0),
+            broker_kills=3,
+            agencies_kills=3,
+            nats_kills=2,
+            node_down=(3.0, 8.0),
+            cluster_rounds=3,
+            burst=30,
+            settle_timeout=90.0,
+            ack_wait=3.0,
+            broker_ack_wait=None,
+        )
+
+
+def settings_from_env() -> FaultSettings:
+    """The level named by ``$GREENCHANNEL_FAULTS_LEVEL`` (the test entry point reads it here)."""
+    level = os.environ.get(LEVEL_ENV, "short").strip().lower() or "short"
+    raw_seed = os.environ.get(SEED_ENV, "").strip()
+    seed = int(raw_seed) if raw_seed else int.from_bytes(os.urandom(4), "big")
+    if level == "short":
+        return FaultSettings.short(seed)
+    if level == "long":
+        return FaultSettings.long(seed)
+    raise ValueError(f"${LEVEL_ENV} must be short or long, not {level!r}")

@@ -1,0 +1,180 @@
+"""Intake interrupted between its writes: the paths the fault suite found broken, made deterministic.
+
+A submit stores the idempotency key, then the request, then publishes the inbox message, the
+SUBMITTED record (watch log and ledger) and the first deadline timer. A broker crash, or a
+cluster node taking a stream leader with it, can stop it after any of these; the client's retry
+(same signed bytes, same idempotency key) must then finish what the first attempt left undone.
+Each test fails one step the way the cluster scenario saw it fail, and checks the retry's result.
+
+The fault suite found all three (a request stored but never delivered, a retry without a deadline
+timer, a SUBMITTED record missing from the ledger); ``Intake._finish`` fixes them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from pathlib import Path
+
+import grpc
+import pytest
+from greenchannel.v1 import bus_pb2, common_pb2, ledger_pb2, lifecycle_pb2
+from nats.js.api import AckPolicy, ConsumerConfig
+from nats.js.client import JetStreamContext
+
+from broker.client import BusClient
+from broker.hub._errors import NotFoundError, UnavailableError
+from broker.hub._sla_policy import SlaPolicy, load_sla_policy
+from broker.hub._store import RequestStore
+from broker.hub._timers import DeadlineScheduler
+from broker.hub._watchlog import WatchLog
+from broker.protocol._nats import fetch_batch
+from broker.protocol._subjects import LEDGER_STREAM, WATCH_STREAM
+from tests.integration.broker_world import POLICE, World, broker_world, stop_payment
+
+from ._world import scaled_sla_policy
+
+pytestmark = pytest.mark.integration
+
+S = common_pb2
+
+
+def _short_deadlines(tmp_path: Path) -> SlaPolicy:
+    return load_sla_policy(
+        scaled_sla_policy(tmp_path / "sla.toml", deliver="1s", acknowledge="2s", execute="3s")
+    )
+
+
+def _states(status: lifecycle_pb2.RequestStatus) -> list[int]:
+    return [lifecycle_pb2.LifecycleEvent.FromString(e.event.payload).state for e in status.events]
+
+
+async def _ledger_kinds(js: JetStreamContext, request_id: str) -> list[int]:
+    sub = await js.pull_subscribe(
+        "gc.ledger.entry", stream=LEDGER_STREAM, config=ConsumerConfig(ack_policy=AckPolicy.NONE)
+    )
+    try:
+        entries = [ledger_pb2.LedgerEntry.FromString(m.data) for m in await fetch_batch(sub, 1000, 1.0)]
+    finally:
+        await sub.unsubscribe()
+    return [e.kind for e in entries if e.request_id == request_id]
+
+
+async def _watch_states(js: JetStreamContext, request_id: str) -> list[int]:
+    sub = await js.pull_subscribe(
+        f"gc.status.*.*.*.*.{request_id}",
+        stream=WATCH_STREAM,
+        config=ConsumerConfig(ack_policy=AckPolicy.NONE),
+    )
+    try:
+        return [bus_pb2.WatchResponse.FromString(m.data).state for m in await fetch_batch(sub, 100, 1.0)]
+    finally:
+        await sub.unsubscribe()
+
+
+async def _wait_for(world: World, client: BusClient, request_id: str, state: int, *, within: float) -> bool:
+    for _ in range(int(within / 0.1)):
+        if state in _states(await client.get(request_id)):
+            return True
+        await asyncio.sleep(0.1)
+    return False
+
+
+async def test_a_retry_sets_the_timer_the_first_attempt_could_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original = DeadlineScheduler.schedule_next
+    failures = [UnavailableError("cannot set a deadline timer: no responders")]
+
+    async def flaky(self: DeadlineScheduler, status: lifecycle_pb2.RequestStatus, **kwargs: object) -> object:
+        if failures:
+            raise failures.pop()  # GC_DEADLINES is electing a leader
+        return await original(self, status, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(DeadlineScheduler, "schedule_next", flaky)
+    async with broker_world(tmp_path) as world:
+        broker = await world.start_broker(sla=_short_deadlines(tmp_path))
+        async with world.client(broker) as police:
+            # BusClient retries the UNAVAILABLE with the same signed bytes.
+            reply = await police.submit(stop_payment(priority=S.PRIORITY_STANDARD))
+            assert reply.duplicate
+            # Nobody answers: the deliver deadline (1 s) must be breached.
+            assert await _wait_for(world, police, reply.status.id, S.REQUEST_STATE_ESCALATED, within=2.5)
+
+
+async def test_a_retry_records_submitted_even_after_the_recipient_moved_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original = WatchLog.append
+    failed: list[str] = []
+
+    async def flaky(
+        self: WatchLog,
+        status: lifecycle_pb2.RequestStatus,
+        recorded: lifecycle_pb2.RecordedEvent,
+        *,
+        event_id: str,
+    ) -> None:
+        if status.state == S.REQUEST_STATE_SUBMITTED and not failed:
+            failed.append(status.id)  # the broker dies here, after the inbox publish landed
+            raise UnavailableError("cannot publish status change")
+        await original(self, status, recorded, event_id=event_id)
+
+    monkeypatch.setattr(WatchLog, "append", flaky)
+    async with broker_world(tmp_path) as world:
+        broker = await world.start_broker()
+        police = BusClient(broker.address, agency_id=POLICE, signing_key=world.key(POLICE), attempts=1)
+        try:
+            signed = police.sign(stop_payment(), idempotency_key=f"intake-{uuid.uuid4().hex}")
+            with pytest.raises(grpc.aio.AioRpcError):
+                await police.submit_signed(signed)
+            # The bank's adapter got the order and said so before the police retried.
+            opened = (await world.inbox())[0]
+            await world.adapter_event(opened, S.REQUEST_STATE_DELIVERED)
+            assert await _wait_for(world, police, opened.header.id, S.REQUEST_STATE_DELIVERED, within=5.0)
+            reply = await police.submit_signed(signed)
+            assert reply.duplicate
+            request_id = reply.status.id
+            for _ in range(30):  # the ledger sequencer chains asynchronously
+                kinds = await _ledger_kinds(world.js, request_id)
+                if ledger_pb2.LEDGER_ENTRY_KIND_EVENT in kinds:
+                    break
+                await asyncio.sleep(0.1)
+        finally:
+            await police.aclose()
+        assert S.REQUEST_STATE_SUBMITTED in await _watch_states(world.js, request_id)
+        assert ledger_pb2.LEDGER_ENTRY_KIND_REQUEST in await _ledger_kinds(world.js, request_id)
+
+
+async def test_a_request_stored_by_a_failed_attempt_is_still_delivered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    create, get = RequestStore.create, RequestStore.get
+    step: list[str] = []
+
+    async def lossy_create(self: RequestStore, status: lifecycle_pb2.RequestStatus) -> bool:
+        stored = await create(self, status)
+        if not step:
+            step.append("created")  # committed, but the PubAck is lost: the stream leader moved
+            raise UnavailableError("cannot store request: timeout")
+        return stored
+
+    async def stale_get(self: RequestStore, request_id: str) -> object:
+        if step == ["created"]:
+            step.append("stale")  # the retry reads before the write is visible to it
+            raise NotFoundError(f"no request {request_id}")
+        return await get(self, request_id)
+
+    monkeypatch.setattr(RequestStore, "create", lossy_create)
+    monkeypatch.setattr(RequestStore, "get", stale_get)
+    async with broker_world(tmp_path) as world:
+        broker = await world.start_broker(sla=_short_deadlines(tmp_path))
+        async with world.client(broker) as police:
+            reply = await police.submit(stop_payment(priority=S.PRIORITY_STANDARD))
+            request_id = reply.status.id
+            assert step == ["created", "stale"]
+            # Accepted, so it must reach the bank, or at least have its deadlines fire.
+            escalated = await _wait_for(world, police, request_id, S.REQUEST_STATE_ESCALATED, within=2.5)
+            delivered = request_id in [o.header.id for o in await world.inbox(wait=0.5)]
+        assert delivered, "accepted but never published to the bank's inbox"
+        assert escalated
