@@ -26,7 +26,7 @@ from broker.protocol._envelope import sign_message
 from broker.protocol._registry import BROKER_ID, Registry
 from broker.protocol._subjects import DEADLINES_STREAM, deadline_fired_filter, notice_subject
 
-from ._consumer import ConsumerLoop, ConsumerSpec
+from ._consumer import ConsumerLoop, ConsumerSpec, subject_token
 from ._errors import NotFoundError, UnavailableError
 from ._events import BrokerEvents, Refused
 from ._lifecycle import is_final
@@ -65,8 +65,10 @@ class DeadlineWatchConfig:
     """Timers fetched per pull."""
     fetch_timeout: float = 1.0
     """Seconds a pull waits when nothing fired."""
-    ack_wait: float = 30.0
-    """Seconds before an unacked timer goes to another replica."""
+    ack_wait: float = 6.0
+    """Seconds before a timer a dead replica held goes to another; held ones are kept alive."""
+    concurrency: int = 32
+    """Fired timers handled at once; those of one request stay in order."""
 
 
 def _timestamp_of(when: datetime) -> Timestamp:
@@ -117,8 +119,10 @@ class DeadlineWatch:
                 batch=self._config.batch,
                 fetch_timeout=self._config.fetch_timeout,
                 ack_wait=self._config.ack_wait,
+                concurrency=self._config.concurrency,
             ),
             self.handle,
+            key=subject_token(3),  # gc.deadline.fired.<request_id>.<phase>
         )
 
     async def __aenter__(self) -> DeadlineWatch:

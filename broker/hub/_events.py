@@ -30,7 +30,7 @@ from broker.protocol._ids import new_uuid7
 from broker.protocol._registry import BROKER_ID, Registry
 from broker.protocol._subjects import EVENTS_STREAM, deadletter_subject, events_filter
 
-from ._consumer import ConsumerLoop, ConsumerSpec
+from ._consumer import ConsumerLoop, ConsumerSpec, subject_token
 from ._errors import IllegalTransitionError, NotFoundError
 from ._ledger import LedgerWriter
 from ._lifecycle import is_outcome, next_state
@@ -78,8 +78,10 @@ class EventProcessorConfig:
     """Events fetched per pull."""
     fetch_timeout: float = 1.0
     """Seconds a pull waits when there is nothing to do."""
-    ack_wait: float = 30.0
-    """Seconds before JetStream redelivers an unacked event to another replica."""
+    ack_wait: float = 6.0
+    """Seconds before an event a dead replica held goes to another; held ones are kept alive."""
+    concurrency: int = 64
+    """Events applied at once (each is a few round trips); one request's stay in order."""
     unknown_request_retries: int = 5
     """How often an event for a request not (yet) stored is put back before it is refused."""
     unknown_request_delay: float = 0.5
@@ -251,8 +253,10 @@ class EventProcessor:
                 batch=self._config.batch,
                 fetch_timeout=self._config.fetch_timeout,
                 ack_wait=self._config.ack_wait,
+                concurrency=self._config.concurrency,
             ),
             self.handle,
+            key=subject_token(3),  # gc.events.<agency>.<request_id>
         )
 
     async def __aenter__(self) -> EventProcessor:
@@ -265,7 +269,7 @@ class EventProcessor:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Stop pulling; the message in hand is finished first (it is short), then the loop ends."""
+        """Stop pulling; the events in hand are finished first, then the loop ends."""
         await self._loop.aclose()
 
     async def handle(self, msg: Msg) -> None:
