@@ -111,8 +111,21 @@ def _demo(args: argparse.Namespace) -> int:
 
 def _broker(args: argparse.Namespace) -> int:
     from broker._run_broker import run_broker
+    from broker.hub._errors import PolicyError
+    from broker.hub._policy import load_policy
+    from broker.hub._sla_policy import load_sla_policy
 
-    asyncio.run(run_broker(args, nats_url=os.environ.get(NATS_URL_ENV)))
+    try:
+        # Every file is checked before anything is created: a typo in a policy must not leave
+        # keys, a NATS store or a half-started broker behind, nor end in a traceback.
+        if args.policy is not None:
+            load_policy(args.policy)
+        if args.sla_policy is not None:
+            load_sla_policy(args.sla_policy)
+        asyncio.run(run_broker(args, nats_url=os.environ.get(NATS_URL_ENV)))
+    except PolicyError as exc:  # not a ProtocolError: the hub's own root
+        print(f"greenchannel: {exc}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -40,6 +40,7 @@ from broker.protocol._subjects import stream_specs
 from ._auth import Authenticator, open_replay_cache
 from ._bus import BusServicer
 from ._deadlines_watch import DeadlineWatch, DeadlineWatchConfig
+from ._decode_guard import DecodeGuard
 from ._directory_service import RegistryServicer
 from ._events import BrokerEvents, EventProcessor, EventProcessorConfig, HoldLifecycle
 from ._ledger import LedgerConfig, LedgerSequencer, LedgerWriter, ensure_ledger_streams
@@ -223,6 +224,7 @@ class Broker:
         await self._ledger.__aenter__()
 
         server = grpc.aio.server(
+            interceptors=[DecodeGuard()],
             options=[
                 ("grpc.max_receive_message_length", config.max_message_bytes),
                 ("grpc.max_send_message_length", 4 * config.max_message_bytes),

@@ -341,7 +341,9 @@ def open_envelope(
         raise WrongAudienceError(f"notarized for {header.recipient!r}, not {recipient!r}")
     if (
         body_digest(envelope.body) != header.body_digest
-        or body_digest(envelope.body_signature.encode("ascii")) != header.body_signature_digest
+        # UTF-8, not ASCII: the notarized signature was ASCII, so it encodes alike, and a forged
+        # one with other characters must be a digest mismatch, not a UnicodeEncodeError.
+        or body_digest(envelope.body_signature.encode("utf-8")) != header.body_signature_digest
     ):
         raise DigestMismatchError("body or its signature differ from what the broker notarized")
     request = decode_message(requests_pb2.Request, envelope.body, prefix="request.")

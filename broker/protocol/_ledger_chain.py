@@ -302,7 +302,8 @@ def _examine(index: int, record: ChainRecord) -> _Rec:
     if record.entry is not None:
         content_hash = entry_hash(record.entry)
         hashes.add(content_hash)
-        if not hmac.compare_digest(content_hash, record.hash):
+        # As bytes: compare_digest refuses str with non-ASCII characters (a forged export).
+        if not hmac.compare_digest(content_hash.encode(), record.hash.encode()):
             reasons.append("its bytes do not hash to its stated hash")
         try:
             parsed = ledger_pb2.LedgerEntry.FromString(record.entry)

@@ -142,15 +142,21 @@ def encryption_kid(private_key: x25519.X25519PrivateKey) -> str:
     return jwk_thumbprint(_raw_public(private_key.public_key()), KeyUse.ENC)
 
 
+def _same_kid(claimed: str, kid: str) -> bool:
+    # Compared as bytes: hmac.compare_digest raises TypeError for a str with non-ASCII characters,
+    # and the claimed kid is whatever the (unauthenticated) payload says.
+    return hmac.compare_digest(claimed.encode("utf-8"), kid.encode("utf-8"))
+
+
 def _key_for(payload: results_pb2.EncryptedPayload, keys: DecryptionKeys) -> x25519.X25519PrivateKey:
     """The key the payload was sealed to, chosen by kid, so a rotated key gives a clear answer."""
     if isinstance(keys, x25519.X25519PrivateKey):
         kid = encryption_kid(keys)
-        if not hmac.compare_digest(payload.recipient_kid, kid):
+        if not _same_kid(payload.recipient_kid, kid):
             raise SealingError(f"sealed to key {payload.recipient_kid!r}, not to {kid!r}")
         return keys
     for key in keys:
-        if hmac.compare_digest(payload.recipient_kid, encryption_kid(key)):
+        if _same_kid(payload.recipient_kid, encryption_kid(key)):
             return key
     raise SealingError(f"sealed to key {payload.recipient_kid!r}, none of the {len(keys)} keys given")
 

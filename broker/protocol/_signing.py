@@ -293,7 +293,10 @@ def _parse(token: str) -> tuple[str, bytes, dict[str, Any]]:
             object_pairs_hook=_unique_members,
             parse_constant=_reject_constant,
         )
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:
+        # ValueError covers UnicodeDecodeError and JSONDecodeError, and also what json raises for
+        # an integer of more than 4300 digits (sys.int_info.str_digits_check_threshold), which
+        # fits in a header under the size cap.
         raise MalformedSignatureError("header is not UTF-8 JSON") from exc
     if not isinstance(header, dict):
         raise MalformedSignatureError("header is not a JSON object")
