@@ -126,17 +126,22 @@ def apply_event(
             # untouched, or a forger could fail any request by id.
             raise Refused("FORGED_COPY", "the recipient refused a forged copy of this request")
         raise Refused("DIGEST_MISMATCH", "event is bound to another request body")
-    try:
-        state = next_state(
-            status.state,
-            event.state,
-            actor=event.actor,
-            sender=status.sender,
-            recipient=status.recipient,
-            request_type=status.type,
-        )
-    except IllegalTransitionError as exc:
-        raise Refused(exc.reason, str(exc)) from exc
+    if _is_late_step(status, event):
+        # A genuine step that arrived after a later one (two replicas took one request's events,
+        # or a redelivery overtook it): the timeline gets it, the state does not go back.
+        state = status.state
+    else:
+        try:
+            state = next_state(
+                status.state,
+                event.state,
+                actor=event.actor,
+                sender=status.sender,
+                recipient=status.recipient,
+                request_type=status.type,
+            )
+        except IllegalTransitionError as exc:
+            raise Refused(exc.reason, str(exc)) from exc
     updated = lifecycle_pb2.RequestStatus()
     updated.CopyFrom(status)
     updated.state = state
@@ -157,6 +162,20 @@ def apply_event(
         if not phase.HasField("done_at") and reached >= _PHASE_DONE_BY.get(phase.phase, 99):
             phase.done_at.CopyFrom(event.at)
     return updated
+
+
+def _is_late_step(status: lifecycle_pb2.RequestStatus, event: lifecycle_pb2.LifecycleEvent) -> bool:
+    """DELIVERED or ACKNOWLEDGED from the recipient, behind the request's progress, and not yet in
+    its timeline. A step the timeline already has is a straggler and refused (``OUT_OF_ORDER``),
+    so a recipient cannot grow a request's record without bound."""
+    if event.state not in _PROGRESS or event.actor != status.recipient:
+        return False
+    if _progress(status.state) <= _PROGRESS[event.state]:
+        return False
+    return all(
+        lifecycle_pb2.LifecycleEvent.FromString(recorded.event.payload).state != event.state
+        for recorded in status.events
+    )
 
 
 def _event_id(recorded: lifecycle_pb2.RecordedEvent) -> str:

@@ -3,7 +3,9 @@
 Progress runs SUBMITTED < DELIVERED < ACKNOWLEDGED < outcome (EXECUTED, PARTIALLY_EXECUTED,
 REJECTED, FAILED). Forward jumps are legal because adapters' events travel independently and
 one may be lost or overtaken (ACKNOWLEDGED straight from SUBMITTED is fine); an event at or
-behind the current progress is refused as ``OUT_OF_ORDER`` so the caller can drop a straggler.
+behind the current progress is refused as ``OUT_OF_ORDER`` so the caller can drop a straggler
+(``broker.hub._events.apply_event`` still records, without moving the state, a recipient's
+DELIVERED or ACKNOWLEDGED that was merely overtaken and is not yet in the timeline).
 
 Holds (STOP_PAYMENT, FREEZE) live on after execution: the broker may then record EXTENDED
 (repeatedly), RELEASED or EXPIRED. ESCALATED and REMINDED annotate any non-final state without changing it.

@@ -3,11 +3,19 @@
 Every change is a compare-and-set on the entry's revision (``update(last=rev)``): two broker
 replicas applying events to one request never overwrite each other; the loser re-reads and
 re-applies its change on top.
+
+A replica remembers the statuses it wrote last, with their revisions, and tries its next change
+on top of that copy first: most events of a request are applied by the replica that stored it,
+so the read before the compare-and-set is usually waste. The copy is only ever a guess. A
+compare-and-set on it fails if anyone wrote since, and a change that refuses or finds nothing to
+do on the copy is decided again on a fresh read, since an older state may refuse what the
+current one allows.
 """
 
 from __future__ import annotations
 
 import hashlib
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import timedelta
@@ -29,6 +37,8 @@ __all__ = ["IdempotencyStore", "RequestStore", "StoredStatus", "open_bucket"]
 log = structlog.get_logger(__name__)
 
 _CAS_ATTEMPTS = 16
+# Statuses (a few KiB each) a replica remembers for its next compare-and-set.
+_REMEMBERED = 2048
 
 
 async def open_bucket(
@@ -72,6 +82,21 @@ class RequestStore:
         self._kv = kv
         self._js = js
         self._bucket = bucket
+        self._written: OrderedDict[str, StoredStatus] = OrderedDict()
+
+    def _remember(self, status: lifecycle_pb2.RequestStatus, revision: int) -> None:
+        self._written[status.id] = StoredStatus(status=status, revision=revision)
+        self._written.move_to_end(status.id)
+        if len(self._written) > _REMEMBERED:
+            self._written.popitem(last=False)
+
+    def _remembered(self, request_id: str) -> StoredStatus | None:
+        known = self._written.pop(request_id, None)
+        if known is None:
+            return None
+        copy = lifecycle_pb2.RequestStatus()
+        copy.CopyFrom(known.status)  # ``change`` may modify what it gets
+        return StoredStatus(status=copy, revision=known.revision)
 
     @classmethod
     async def open(cls, js: JetStreamContext, *, replicas: int = 1) -> RequestStore:
@@ -80,11 +105,12 @@ class RequestStore:
     async def create(self, status: lifecycle_pb2.RequestStatus) -> bool:
         """Store a new request; False if a request with this id already exists."""
         try:
-            await self._kv.create(status.id, status.SerializeToString())
+            revision = await self._kv.create(status.id, status.SerializeToString())
         except nats.js.errors.KeyWrongLastSequenceError:
             return False
         except nats.errors.Error as exc:
             raise UnavailableError(f"cannot store request: {exc}") from exc
+        self._remember(status, revision)
         return True
 
     async def get(self, request_id: str) -> StoredStatus:
@@ -111,20 +137,36 @@ class RequestStore:
         ``change`` gets a fresh copy each attempt and returns the new status, or None to leave
         the entry as it is (e.g. the event was already applied). It may raise to refuse.
         """
+        guess = self._remembered(request_id)
+        if guess is not None:
+            try:
+                updated = change(guess.status)
+            except Exception:  # decided again below, on the current state
+                updated = None
+            if updated is not None:
+                written = await self._write(request_id, updated, guess.revision)
+                if written:
+                    return updated
         for _ in range(_CAS_ATTEMPTS):
             current = await self.get(request_id)
             updated = change(current.status)
             if updated is None:
                 return current.status
-            try:
-                await self._kv.update(request_id, updated.SerializeToString(), last=current.revision)
-            except nats.js.errors.KeyWrongLastSequenceError:
-                log.debug("request_store.cas_retry", request_id=request_id)
-                continue
-            except nats.errors.Error as exc:
-                raise UnavailableError(f"cannot update request: {exc}") from exc
-            return updated
+            if await self._write(request_id, updated, current.revision):
+                return updated
         raise ConflictError(f"request {request_id} kept changing under concurrent updates")
+
+    async def _write(self, request_id: str, updated: lifecycle_pb2.RequestStatus, last: int) -> bool:
+        """Compare-and-set; False when someone else wrote since ``last``."""
+        try:
+            revision = await self._kv.update(request_id, updated.SerializeToString(), last=last)
+        except nats.js.errors.KeyWrongLastSequenceError:
+            log.debug("request_store.cas_retry", request_id=request_id)
+            return False
+        except nats.errors.Error as exc:
+            raise UnavailableError(f"cannot update request: {exc}") from exc
+        self._remember(updated, revision)
+        return True
 
     async def scan(self) -> AsyncIterator[lifecycle_pb2.RequestStatus]:
         """Every stored request. A full scan: fine for the reference deployment's List."""

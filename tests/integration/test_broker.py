@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 
 import grpc
 import pytest
-from greenchannel.v1 import bus_pb2, common_pb2, results_pb2
+from greenchannel.v1 import bus_pb2, common_pb2, lifecycle_pb2, results_pb2
 
 from broker.hub._grpc_status import error_details
+from broker.protocol._registry import BROKER_ID
+from broker.protocol._subjects import DEADLETTER_STREAM, deadletter_subject
 from tests.integration.broker_world import BANK, POLICE, World, broker_world, stop_payment
 
 pytestmark = pytest.mark.integration
@@ -173,3 +176,38 @@ async def test_cancel_before_delivery_and_refusal_after_acknowledgement(tmp_path
                 await police.cancel(taken.id)
         details = error_details(caught.value)
         assert details.code == grpc.StatusCode.FAILED_PRECONDITION
+
+
+async def test_an_overtaken_step_joins_the_timeline_and_a_repeated_one_is_refused(tmp_path: Path) -> None:
+    async with broker_world(tmp_path) as world:
+        broker = await world.start_broker()
+        async with world.client(broker) as police:
+            status = (await police.submit(stop_payment())).status
+            [opened] = await world.inbox(BANK)
+            # The outcome is applied first (another replica took it, or it overtook the others).
+            await world.adapter_event(opened, common_pb2.REQUEST_STATE_EXECUTED, result=EXECUTED)
+            await police.wait_for(status.id, {common_pb2.REQUEST_STATE_EXECUTED})
+            await world.adapter_event(opened, common_pb2.REQUEST_STATE_DELIVERED)
+            await world.adapter_event(opened, common_pb2.REQUEST_STATE_ACKNOWLEDGED)
+            for _ in range(200):
+                current = await police.get(status.id)
+                if len(current.events) == 4:
+                    break
+                await asyncio.sleep(0.05)
+            assert current.state == common_pb2.REQUEST_STATE_EXECUTED  # the state never goes back
+            states = [lifecycle_pb2.LifecycleEvent.FromString(r.event.payload).state for r in current.events]
+            assert states == [
+                common_pb2.REQUEST_STATE_SUBMITTED,
+                common_pb2.REQUEST_STATE_EXECUTED,
+                common_pb2.REQUEST_STATE_DELIVERED,
+                common_pb2.REQUEST_STATE_ACKNOWLEDGED,
+            ]
+            # A second DELIVERED is a straggler: refused, the timeline stays as it is.
+            await world.adapter_event(opened, common_pb2.REQUEST_STATE_DELIVERED)
+            for _ in range(200):
+                if (await world.js.stream_info(DEADLETTER_STREAM)).state.messages:
+                    break
+                await asyncio.sleep(0.05)
+            refusal = await world.js.get_last_msg(DEADLETTER_STREAM, deadletter_subject(BROKER_ID))
+            assert json.loads(refusal.data or b"")["reason"] == "OUT_OF_ORDER"
+            assert len((await police.get(status.id)).events) == 4

@@ -342,6 +342,8 @@ async def arena(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Arena
             line_block = (await police.submit(_line_block())).status.id
         submitted, acknowledged, executed = ids
         opened = {o.header.id: o for o in await world.inbox(BANK)}
+        # DELIVERED, then ACKNOWLEDGED: a DELIVERED now repeats a step the timeline already has.
+        await world.adapter_event(opened[acknowledged], common_pb2.REQUEST_STATE_DELIVERED)
         await world.adapter_event(opened[acknowledged], common_pb2.REQUEST_STATE_ACKNOWLEDGED)
         await world.adapter_event(opened[executed], common_pb2.REQUEST_STATE_EXECUTED, result=EXECUTED)
         arena = Arena(
