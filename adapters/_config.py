@@ -27,6 +27,10 @@ class AdapterConfig:
     nats: NatsSettings | None = None
     """How to reach NATS when the runtime connects itself; ``None`` when a client is handed in."""
 
+    js_api_prefix: str = "$JS.API"
+    """JetStream API prefix of the connection. Under per-agency NATS users (an account per agency)
+    the inbox consumers' API is imported as ``broker.protocol._nats_auth.AGENCY_JS_API_PREFIX``."""
+
     call_timeout: float = 10.0
     """Deadline in seconds of one call to the agency system."""
 
@@ -53,12 +57,24 @@ class AdapterConfig:
     ack_wait: float = 30.0
     """JetStream ack wait of the inbox consumers; ``in_progress`` heartbeats go out every third of it."""
 
-    batch_size: int = 8
-    """Messages pulled at once from the GREEN lane."""
+    concurrency: int = 32
+    """Inbox messages handled at once (each one's steps still strictly in order).
+
+    Handling is mostly waiting (PubAcks, the journal's fsync, the agency system), so messages in
+    flight side by side multiply throughput; the bound keeps one adapter from flooding its agency
+    system and caps what a crash hands back to JetStream for redelivery."""
+
+    standard_concurrency: int = 8
+    """At most this many STANDARD messages in flight (and never more than ``concurrency``): the
+    rest of the slots stay free for GREEN, so a green-channel order never waits for a slot that
+    STANDARD traffic holds."""
+
+    batch_size: int = 32
+    """Messages pulled at once from the GREEN lane (never more than the free slots)."""
 
     standard_batch_size: int = 1
-    """Messages pulled at once from the STANDARD lane. One means a GREEN arrival waits for at most
-    one STANDARD message; larger pulls trade that for fewer round trips."""
+    """Messages pulled at once from the STANDARD lane (never more than its free slots). One pull
+    per message keeps STANDARD from being taken in bulk the moment GREEN goes quiet."""
 
     idle_fetch_timeout: float = 1.0
     """Seconds a pull on the GREEN lane waits when both lanes were empty; bounds STANDARD latency
@@ -75,7 +91,7 @@ class AdapterConfig:
     """Seconds before JetStream redelivers a message whose handling failed on a NATS error."""
 
     shutdown_grace: float = 10.0
-    """Seconds a graceful shutdown lets the in-flight message finish before cancelling its call."""
+    """Seconds a graceful shutdown lets the messages in flight finish before cancelling their calls."""
 
     def __post_init__(self) -> None:
         validate_agency_id(self.agency_id)
@@ -105,6 +121,8 @@ class AdapterConfig:
             raise ValueError("AdapterConfig.retry_max must be >= retry_initial")
         if self.batch_size < 1 or self.standard_batch_size < 1:
             raise ValueError("AdapterConfig: batch sizes must be >= 1")
+        if self.concurrency < 1 or self.standard_concurrency < 1:
+            raise ValueError("AdapterConfig: concurrency and standard_concurrency must be >= 1")
 
     @property
     def heartbeat_interval(self) -> float:

@@ -1,12 +1,12 @@
 """The adapter runtime: an agency's inbox in, verified orders to its own system, signed events out.
 
-Per message, in this order, each step published and PubAck'ed before the next::
+Per message, in this order::
 
     open the sealed body with the agency's X25519 key      does not open -> refused as a bad signature
     verify (notarization, sender signature, field rules)   refused -> FAILED event + dead letter, term
-    DELIVERED
-    ACKNOWLEDGED                                           (a type the kind does not handle: REJECTED)
-    record "started"; call the agency system (retried while transient, heartbeats meanwhile)
+    DELIVERED, then ACKNOWLEDGED, and "started" recorded   (a type the kind does not handle: REJECTED)
+      meanwhile; all three durable before going on
+    call the agency system (retried while transient, heartbeats meanwhile)
     seal a data answer to the requester; redact the onward transfers, their full copy sealed to
     the requester and to the broker; sign the terminal event; record it; publish it
     ack the inbox message
@@ -17,10 +17,22 @@ A redelivery finds the terminal event recorded and publishes the same bytes agai
 only "started" (a crash or shutdown mid-call) calls again with the same request id, which every
 agency service absorbs.
 
+Up to ``concurrency`` messages are handled side by side, each in a task of its own whose steps
+stay strictly in order; two copies of one request id (a redelivery, a duplicate) never run at the
+same time: the second waits for the first and then replays its answer. What one message waits for
+(PubAcks, the journal's fsync) it shares with the others in flight: DELIVERED and ACKNOWLEDGED
+are sent back to back on the one connection and their PubAcks awaited together (JetStream stores
+the publishes of one connection to one stream in the order sent, so the broker still reads
+DELIVERED < ACKNOWLEDGED < outcome: the outcome goes out only after both PubAcks came back), and
+the journal's writes of all messages in flight share one commit (``GroupCommitJournal``).
+
 GREEN is always taken before STANDARD: STANDARD is only pulled when the GREEN consumer has nothing
-to deliver, and when both are idle the runtime waits on GREEN. Messages are handled one at a time;
-every message fetched but not yet answered gets an ``in_progress`` heartbeat every third of
-``ack_wait``, so JetStream never hands it to another instance while this one works on it.
+to deliver and no GREEN message taken here is still on its way to the agency system, and at most
+``standard_concurrency`` STANDARD messages are in flight, so GREEN always has slots; when both
+lanes are idle the runtime waits on GREEN. Every message fetched but not yet answered gets an
+``in_progress`` heartbeat every third of ``ack_wait``, so JetStream never hands it to another
+instance while this one works on it. A graceful shutdown stops pulling, lets the messages in
+flight finish within ``shutdown_grace`` and naks the rest for another instance.
 """
 
 from __future__ import annotations
@@ -28,18 +40,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal, Self
 
 import nats.errors
+import nats.js.errors
 import structlog
 from cryptography.hazmat.primitives.asymmetric import x25519
 from google.protobuf.message import DecodeError
 from greenchannel.v1 import common_pb2, envelope_pb2, results_pb2
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, PubAck
 from nats.js.client import JetStreamContext
 
 from broker.protocol._clock import Clock
@@ -104,7 +118,7 @@ from ._events import (
     replayable,
     state_name,
 )
-from ._idempotency import ExecutionRecord, ExecutionState, IdempotencyStore
+from ._idempotency import ExecutionRecord, ExecutionState, GroupCommitJournal, IdempotencyStore
 from ._retry import Backoff
 
 __all__ = ["LANES", "TASK_PREFIX", "AdapterRuntime"]
@@ -115,7 +129,8 @@ LANES = ("green", "standard")
 """Inbox lanes, in the order they are served."""
 
 TASK_PREFIX = "greenchannel-adapter"
-"""Name prefix of every task a runtime starts (``<prefix>-<agency>-consume`` / ``-heartbeat``)."""
+"""Name prefix of every task a runtime starts (``<prefix>-<agency>-consume`` / ``-heartbeat`` /
+``-message``)."""
 
 # gRPC codes that say the order itself was wrong, not the agency system.
 _INVALID_REQUEST_CODES = frozenset({"INVALID_ARGUMENT", "OUT_OF_RANGE"})
@@ -193,8 +208,16 @@ class AdapterRuntime:
         self._channel: Any = None  # the grpc.aio.Channel, when the runtime opened it
         self._js: JetStreamContext | None = None
         self._store: IdempotencyStore | None = None
+        self._journal: GroupCommitJournal | None = None
         self._subs: dict[str, JetStreamContext.PullSubscription] = {}
-        self._held: dict[int, Msg] = {}  # fetched, not yet acked / termed / naked; kept alive by heartbeats
+        # Fetched, not yet acked / termed / naked, with their lane; kept alive by heartbeats.
+        self._held: dict[int, tuple[Msg, str]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()  # one per message in flight
+        self._in_lane: dict[str, int] = dict.fromkeys(LANES, 0)  # messages in flight per lane
+        # GREEN messages in flight that have not reached the agency call yet: STANDARD waits for them.
+        self._green_waiting: set[int] = set()
+        self._requests: dict[str, asyncio.Future[None]] = {}  # request ids in flight -> done
+        self._wake = asyncio.Event()  # a slot came free, or shutdown began
         self._stopping = asyncio.Event()
         self._phase = _Phase.NEW
         self._consume_task: asyncio.Task[None] | None = None
@@ -238,8 +261,9 @@ class AdapterRuntime:
                 if self._config.nats is None:
                     raise AdapterConfigError("AdapterConfig.nats is required when no NATS client is given")
                 self._nc = await connect(self._config.nats)
-            self._js = self._nc.jetstream()
+            self._js = self._nc.jetstream(prefix=self._config.js_api_prefix)
             self._store = IdempotencyStore.in_state_dir(self._config.state_dir, clock=self._clock)
+            self._journal = GroupCommitJournal(self._store)
             for lane in LANES:
                 self._subs[lane] = await self._bind(self._js, lane)
         except BaseException:
@@ -253,7 +277,7 @@ class AdapterRuntime:
         _log.info("adapter.started", agency=self.agency_id, kind=str(agency.kind))
 
     async def aclose(self) -> None:
-        """Stop fetching, let the in-flight message finish (or nak it after the grace), release all.
+        """Stop fetching, let the messages in flight finish (nak the rest after the grace), release all.
 
         Idempotent; concurrent callers all return once the runtime is closed.
         """
@@ -268,17 +292,25 @@ class AdapterRuntime:
             return
         self._phase = _Phase.CLOSING
         self._stopping.set()
+        self._wake.set()
         try:
-            task = self._consume_task
-            if task is not None and not task.done():
+            # The consume loop starts no message once stopping is set, so these are all there are.
+            tasks = {
+                task for task in (self._consume_task, *self._tasks) if task is not None and not task.done()
+            }
+            if tasks:
                 # A pull ends within idle_fetch_timeout, so the grace covers it too.
                 grace = self._config.shutdown_grace + self._config.idle_fetch_timeout
-                _done, pending = await asyncio.wait({task}, timeout=grace)
+                _done, pending = await asyncio.wait(tasks, timeout=grace)
                 if pending:
-                    _log.warning("adapter.shutdown_cancels_in_flight", agency=self.agency_id)
-                    task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+                    _log.warning(
+                        "adapter.shutdown_cancels_in_flight", agency=self.agency_id, tasks=len(pending)
+                    )
+                    for task in pending:
+                        task.cancel()
+                    await asyncio.wait(pending)
+            if self._journal is not None:
+                await self._journal.aclose()
             await self._nak_held()
         finally:
             await self._release()
@@ -343,7 +375,9 @@ class AdapterRuntime:
             max_deliver=-1,
         )
         try:
-            await js.add_consumer(INBOX_STREAM, config)
+            # Under per-agency NATS users the broker creates the consumer and the adapter may not.
+            if not await _provisioned(js, config):
+                await js.add_consumer(INBOX_STREAM, config)
             return await js.pull_subscribe_bind(durable=durable, stream=INBOX_STREAM)
         except (nats.errors.Error, TimeoutError) as exc:
             raise nats_error(exc, f"bind inbox consumer {durable}") from exc
@@ -351,9 +385,22 @@ class AdapterRuntime:
     # -- consuming ------------------------------------------------------------------------------
 
     async def _consume(self) -> None:
+        config = self._config
+        # Under load slots come free one at a time; a pull for each would cost a consumer info
+        # and a fetch round trip per message. So with work in flight a pull waits (at most
+        # poll_timeout) for a quarter of a batch of free slots.
+        refill = max(1, min(config.batch_size, config.concurrency) // 4)
         while not self._stopping.is_set():
+            free = config.concurrency - len(self._tasks)
+            if free < 1:
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            if free < refill:
+                await self._slots_free(refill, within=config.poll_timeout)
+                free = config.concurrency - len(self._tasks)  # still >= 1: tasks only finish meanwhile
             try:
-                msgs = await self._next_batch()
+                lane, msgs = await self._next_batch(free)
             except NatsError as exc:
                 _log.warning("adapter.fetch_failed", error=str(exc))
                 await self._pause(_FETCH_ERROR_PAUSE)
@@ -364,30 +411,81 @@ class AdapterRuntime:
                 await self._pause(_FETCH_ERROR_PAUSE)
                 continue
             for msg in msgs:
-                self._held[id(msg)] = msg
+                self._held[id(msg)] = (msg, lane)
+            if self._stopping.is_set():
+                break  # still held: aclose naks them for another instance
             for msg in msgs:
-                if self._stopping.is_set():
-                    break  # still held: aclose naks it for another instance
-                await self._handle(msg)
+                self._start_message(msg, lane)
 
-    async def _next_batch(self) -> list[Msg]:
-        """GREEN if it has anything, else STANDARD, else wait on GREEN for ``idle_fetch_timeout``.
+    async def _slots_free(self, wanted: int, *, within: float) -> None:
+        """Return once ``wanted`` slots are free, after ``within`` seconds, or at shutdown."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while self._config.concurrency - len(self._tasks) < wanted and not self._stopping.is_set():
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), remaining)
+
+    def _start_message(self, msg: Msg, lane: str) -> None:
+        self._in_lane[lane] += 1
+        if lane == "green":
+            self._green_waiting.add(id(msg))
+        task = asyncio.create_task(self._handle(msg, lane), name=f"{TASK_PREFIX}-{self.agency_id}-message")
+        self._tasks.add(task)
+        task.add_done_callback(self._message_done)
+
+    def _message_done(self, task: asyncio.Task[None]) -> None:
+        # Here, not in the task's own finally: the loop counts free slots by tasks not yet done.
+        self._tasks.discard(task)
+        self._wake.set()
+
+    async def _next_batch(self, free: int) -> tuple[str, list[Msg]]:
+        """GREEN if it has anything, else STANDARD, else wait on GREEN; at most ``free`` messages.
 
         Whether a lane has anything is asked of its consumer (one API round trip) rather than
         found out by a timed pull, which would cost every STANDARD message the pull's timeout.
         """
         config = self._config
         green, standard = self._subs["green"], self._subs["standard"]
-        msgs: list[Msg] = []
-        if await _has_work(green):
-            msgs = await fetch_batch(green, config.batch_size, config.poll_timeout)
-        # Only now, with GREEN found empty, is STANDARD pulled.
-        if not msgs and not self._stopping.is_set() and await _has_work(standard):
-            msgs = await fetch_batch(standard, config.standard_batch_size, config.poll_timeout)
-        if not msgs and not self._stopping.is_set():
-            # Both lanes idle: wait on GREEN, so a green-channel order is taken the moment it lands.
-            msgs = await fetch_batch(green, config.batch_size, config.idle_fetch_timeout)
-        return msgs
+        if await self._has_work("green"):
+            msgs = await fetch_batch(green, min(config.batch_size, free), config.poll_timeout)
+            if msgs:
+                return "green", msgs
+        # Only now, with GREEN found empty and every GREEN taken here already at its agency
+        # system, is STANDARD pulled, into the slots STANDARD may use.
+        standard_free = min(
+            free, min(config.standard_concurrency, config.concurrency) - self._in_lane["standard"]
+        )
+        if (
+            standard_free > 0
+            and not self._green_waiting
+            and not self._stopping.is_set()
+            and await self._has_work("standard")
+        ):
+            msgs = await fetch_batch(
+                standard, min(config.standard_batch_size, standard_free), config.poll_timeout
+            )
+            if msgs:
+                return "standard", msgs
+        if self._stopping.is_set():
+            return "green", []
+        # Nothing to take now: wait on GREEN, so a green-channel order is taken the moment it
+        # lands; only briefly while STANDARD is held back by GREEN in flight or its slot bound.
+        held_back = bool(self._green_waiting) or standard_free < 1
+        wait = config.poll_timeout if held_back else config.idle_fetch_timeout
+        return "green", await fetch_batch(green, min(config.batch_size, free), wait)
+
+    async def _has_work(self, lane: str) -> bool:
+        """Whether the lane's consumer has messages to deliver or redeliver, besides those held here.
+
+        ``num_ack_pending`` counts messages naked for redelivery, and also any another instance
+        holds: then a pull may come back empty, which costs one ``poll_timeout``, nothing more.
+        """
+        held = sum(1 for _msg, where in self._held.values() if where == lane)
+        return await _has_work(self._subs[lane], held=held)
 
     async def _pause(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -397,14 +495,14 @@ class AdapterRuntime:
         """Tell JetStream every held message is still being worked on, every ack_wait / 3."""
         while True:
             await asyncio.sleep(self._config.heartbeat_interval)
-            for msg in list(self._held.values()):
+            for msg, _lane in list(self._held.values()):
                 try:
                     await msg.in_progress()
                 except (nats.errors.Error, TimeoutError) as exc:
                     _log.debug("adapter.heartbeat_failed", error_type=type(exc).__name__)
 
     async def _nak_held(self) -> None:
-        for msg in list(self._held.values()):
+        for msg, _lane in list(self._held.values()):
             self._held.pop(id(msg), None)
             try:
                 await msg.nak()
@@ -412,26 +510,29 @@ class AdapterRuntime:
                 # It comes back after ack_wait anyway.
                 _log.warning("adapter.nak_failed", error_type=type(exc).__name__)
 
-    async def _handle(self, msg: Msg) -> None:
-        """Process one message; nothing that goes wrong with it stops the loop."""
+    async def _handle(self, msg: Msg, lane: str) -> None:
+        """Process one message; nothing that goes wrong with it stops the loop or the others."""
         metadata = msg.metadata
-        with structlog.contextvars.bound_contextvars(stream_seq=metadata.sequence.stream):
-            try:
-                await self._process(msg)
-            except _Interrupted:
-                return  # stays held; aclose naks it
-            except (NatsError, AdapterError) as exc:
-                # NATS or the local store failed mid-way: every step is idempotent, so try again later.
-                _log.warning("adapter.message_retry_later", error_type=type(exc).__name__, error=str(exc))
-                await self._settle(msg, "nak")
-            except Exception as exc:
-                # Only the type: the message text of an unexpected error may quote the request.
-                _log.error("adapter.message_failed", error_type=type(exc).__name__)
-                await self._settle(msg, "nak")
+        try:
+            with structlog.contextvars.bound_contextvars(stream_seq=metadata.sequence.stream):
+                try:
+                    await self._process(msg)
+                except _Interrupted:
+                    return  # stays held; aclose naks it
+                except (NatsError, AdapterError) as exc:
+                    # NATS or the local store failed mid-way: every step is idempotent, so try again later.
+                    _log.warning("adapter.message_retry_later", error_type=type(exc).__name__, error=str(exc))
+                    await self._settle(msg, "nak")
+                except Exception as exc:
+                    # Only the type: the message text of an unexpected error may quote the request.
+                    _log.error("adapter.message_failed", error_type=type(exc).__name__)
+                    await self._settle(msg, "nak")
+        finally:
+            self._in_lane[lane] -= 1
+            self._green_waiting.discard(id(msg))
 
     async def _settle(self, msg: Msg, how: Literal["ack", "term", "nak"]) -> None:
         """Ack, term or nak ``msg`` and stop holding it."""
-        self._held.pop(id(msg), None)
         try:
             if how == "ack":
                 await msg.ack_sync(timeout=self._config.publish_timeout)
@@ -442,6 +543,28 @@ class AdapterRuntime:
         except (nats.errors.Error, TimeoutError) as exc:
             # Redelivered after ack_wait; the idempotency store answers it then.
             _log.warning("adapter.settle_failed", how=how, error_type=type(exc).__name__)
+        finally:
+            # Only now: until the server has the ack, the lane's ack_pending still counts it as ours.
+            self._held.pop(id(msg), None)
+
+    @contextlib.asynccontextmanager
+    async def _exclusive(self, request_id: str) -> AsyncIterator[None]:
+        """One message per request id at a time: a second copy waits for the first to finish."""
+        waited = False
+        while (busy := self._requests.get(request_id)) is not None:
+            if not waited:
+                _log.info("adapter.duplicate_waits_for_first")
+                waited = True
+            await asyncio.wait({busy})
+        if waited and self._stopping.is_set():
+            raise _Interrupted
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._requests[request_id] = done
+        try:
+            yield
+        finally:
+            del self._requests[request_id]
+            done.set_result(None)
 
     # -- one message ----------------------------------------------------------------------------
 
@@ -488,16 +611,23 @@ class AdapterRuntime:
             await self._execute(msg, opened, request_id, body_digest(envelope.body))
 
     async def _execute(self, msg: Msg, opened: OpenedEnvelope, request_id: str, digest: str) -> None:
-        store = self._require_store()
+        async with self._exclusive(request_id):
+            await self._execute_alone(msg, opened, request_id, digest)
+
+    async def _execute_alone(self, msg: Msg, opened: OpenedEnvelope, request_id: str, digest: str) -> None:
+        """Execute (or replay) ``request_id``; no other message of that id runs meanwhile."""
+        journal = self._require_journal()
         try:
-            record = await asyncio.to_thread(store.get, request_id)
+            # On the loop, no thread hop: a point read of the last commit, and with this request id
+            # held exclusively here, nothing of it can be in the middle of a write.
+            record = journal.peek(request_id)
             if record is not None and record.request_digest != digest:
                 raise IdempotencyConflictError(f"request {request_id} was recorded with another body")
             if record is not None and record.state is ExecutionState.TERMINAL:
                 await self._replay(msg, record)
                 return
-            await self._publish_state(opened, digest, common_pb2.REQUEST_STATE_DELIVERED)
             if not self._require_backend().supports(opened.header.type):
+                await self._publish_states(opened, digest, common_pb2.REQUEST_STATE_DELIVERED)
                 answer = _failure(
                     results_pb2.REASON_CODE_NOT_AUTHORIZED,
                     f"{self.agency_id} does not handle {type_name(opened.header.type)} requests",
@@ -506,13 +636,22 @@ class AdapterRuntime:
                 )
                 await self._finish(msg, opened, digest, answer)
                 return
-            await self._publish_state(opened, digest, common_pb2.REQUEST_STATE_ACKNOWLEDGED)
-            record = await asyncio.to_thread(store.mark_started, request_id, digest)
-            if record.state is ExecutionState.TERMINAL:
-                await self._replay(msg, record)
+            # "started" is committed while DELIVERED and ACKNOWLEDGED travel: the agency system is
+            # called only once all three are durable. A publish that fails leaves "started" behind
+            # with no call made; the next delivery counts one start too many, nothing worse.
+            started, _ = await asyncio.gather(
+                journal.mark_started(request_id, digest),
+                self._publish_states(
+                    opened, digest, common_pb2.REQUEST_STATE_DELIVERED, common_pb2.REQUEST_STATE_ACKNOWLEDGED
+                ),
+            )
+            if started.state is ExecutionState.TERMINAL:
+                await self._replay(msg, started)
                 return
-            if record.starts > 1:
-                _log.info("adapter.resuming", starts=record.starts)
+            if started.starts > 1:
+                _log.info("adapter.resuming", starts=started.starts)
+            # At its agency system: from now on this GREEN message no longer holds STANDARD back.
+            self._green_waiting.discard(id(msg))
             answer = await self._call_agency(opened)
         except IdempotencyConflictError:
             # The same id with another body: answering either way would misattribute a result.
@@ -689,15 +828,23 @@ class AdapterRuntime:
             result=result,
         )
         signed = sign_event(event, key=self._key, clock=self._clock).SerializeToString()
-        # Recorded before it is published: from here on a redelivery replays it, never re-executes.
-        record = await asyncio.to_thread(
-            self._require_store().record_terminal,
-            request_id,
-            digest,
-            event_id=event.event_id,
-            signed_event=signed,
+        # Recorded (durably) before it is published: from here on a redelivery replays it, never
+        # re-executes.
+        record = await self._require_journal().record_terminal(
+            request_id, digest, event_id=event.event_id, signed_event=signed
         )
-        await self._publish_terminal(record)
+        if record.terminal_event == signed:
+            # Signed a moment ago: publish as is (no re-verification, unlike a replay).
+            publish = self._publish(
+                event_subject(self.agency_id, request_id), signed, event.event_id, stream=EVENTS_STREAM
+            )
+        else:
+            publish = self._publish_terminal(record)  # another answer was recorded first: it stands
+        if answer.deadletter is not None:
+            # Independent streams: the operator's record travels beside the answer.
+            await asyncio.gather(publish, self._deadletter(msg, request_id, answer.deadletter, answer.error))
+        else:
+            await publish
         _log.info(
             "adapter.answered",
             state=state_name(result.outcome),
@@ -706,29 +853,28 @@ class AdapterRuntime:
             onward_transfers=len(result.onward_transfers),
             details_sealed=result.HasField("sealed_details"),
         )
-        if answer.deadletter is not None:
-            await self._deadletter(msg, request_id, answer.deadletter, answer.error)
         await self._settle(msg, "ack")
 
-    async def _publish_state(
-        self, opened: OpenedEnvelope, digest: str, state: common_pb2.RequestState.ValueType
+    async def _publish_states(
+        self, opened: OpenedEnvelope, digest: str, *states: common_pb2.RequestState.ValueType
     ) -> None:
+        """Publish progress events of ``opened`` in this order; return once all are PubAck'ed."""
         request_id = opened.header.id
-        event = build_event(
-            event_id=event_id_for(request_id, state),
-            request_id=request_id,
-            state=state,
-            actor=self.agency_id,
-            at=self._clock.now(),
-            request_digest=digest,
-        )
-        signed = sign_event(event, key=self._key, clock=self._clock)
-        await self._publish(
-            event_subject(self.agency_id, request_id),
-            signed.SerializeToString(),
-            event.event_id,
-            stream=EVENTS_STREAM,
-        )
+        subject = event_subject(self.agency_id, request_id)
+        batch: list[tuple[bytes, str]] = []
+        for state in states:
+            event = build_event(
+                event_id=event_id_for(request_id, state),
+                request_id=request_id,
+                state=state,
+                actor=self.agency_id,
+                at=self._clock.now(),
+                request_digest=digest,
+            )
+            batch.append(
+                (sign_event(event, key=self._key, clock=self._clock).SerializeToString(), event.event_id)
+            )
+        await self._publish_in_order(subject, batch, stream=EVENTS_STREAM)
 
     # -- refusals and dead letters --------------------------------------------------------------
 
@@ -817,27 +963,64 @@ class AdapterRuntime:
         if ack.duplicate:
             _log.debug("adapter.publish_deduplicated", subject=subject, msg_id=msg_id)
 
-    def _require_store(self) -> IdempotencyStore:
-        assert self._store is not None, "started runtimes have a store"
-        return self._store
+    async def _publish_in_order(self, subject: str, batch: list[tuple[bytes, str]], *, stream: str) -> None:
+        """Publish ``(data, msg_id)`` pairs to ``subject`` in order, awaiting their PubAcks together.
+
+        ``publish_async`` returns once a message is in this connection's write buffer, so each one
+        is sent after the one before; the server stores the publishes of one connection to one
+        stream in the order they arrive. One round trip for all of them instead of one each.
+        """
+        js = self._js
+        assert js is not None
+        acks: list[asyncio.Future[PubAck]] = []
+        try:
+            for data, msg_id in batch:
+                acks.append(
+                    await js.publish_async(subject, data, stream=stream, headers={"Nats-Msg-Id": msg_id})
+                )
+            async with asyncio.timeout(self._config.publish_timeout):
+                results = await asyncio.gather(*acks)
+        except (nats.errors.Error, TimeoutError) as exc:
+            for ack in acks:
+                ack.cancel()  # also drops it from the context's table of pending acks
+            raise nats_error(exc, f"publish to {subject}") from exc
+        for (_data, msg_id), result in zip(batch, results, strict=True):
+            if result.duplicate:
+                _log.debug("adapter.publish_deduplicated", subject=subject, msg_id=msg_id)
+
+    def _require_journal(self) -> GroupCommitJournal:
+        assert self._journal is not None, "started runtimes have a journal"
+        return self._journal
 
     def _require_backend(self) -> AgencyBackend:
         assert self._backend is not None, "started runtimes have a backend"
         return self._backend
 
 
-async def _has_work(sub: JetStreamContext.PullSubscription) -> bool:
-    """Whether the lane's consumer has messages to deliver or redeliver.
+async def _provisioned(js: JetStreamContext, want: ConsumerConfig) -> bool:
+    """Whether the lane's consumer already exists as ``want`` describes it: then only bind."""
+    assert want.durable_name is not None
+    try:
+        have = (await js.consumer_info(INBOX_STREAM, want.durable_name)).config
+    except nats.js.errors.NotFoundError:
+        return False
+    return (
+        have.filter_subject == want.filter_subject
+        and have.ack_policy == want.ack_policy
+        and have.ack_wait == want.ack_wait
+        and have.max_deliver == want.max_deliver
+        and have.deliver_subject is None
+    )
 
-    ``num_ack_pending`` counts messages naked for redelivery, and also any another instance
-    holds: then a pull may come back empty, which costs one ``poll_timeout``, nothing more.
-    Called only while this runtime holds nothing, so none of them are its own.
-    """
+
+async def _has_work(sub: JetStreamContext.PullSubscription, *, held: int) -> bool:
+    """Whether the lane's consumer has messages to deliver or redeliver, ``held`` of its
+    ``num_ack_pending`` being this runtime's own (in flight here, not to be pulled again)."""
     try:
         info = await sub.consumer_info()
     except (nats.errors.Error, TimeoutError) as exc:
         raise nats_error(exc, "consumer info") from exc
-    return bool(info.num_pending) or bool(info.num_ack_pending)
+    return bool(info.num_pending) or (info.num_ack_pending or 0) > held
 
 
 def _key_ring(keys: DecryptionKeys | None) -> tuple[x25519.X25519PrivateKey, ...] | None:

@@ -51,7 +51,7 @@ from broker.hub._sla_report import render_table, sla_report
 from broker.protocol import Clock, SigningKey, SystemClock
 from broker.protocol._envelope import type_name
 from broker.protocol._ledger_chain import verify_chain
-from broker.protocol._nats import NatsSettings, connect
+from broker.protocol._nats import connect
 from broker.protocol._provision import load_agency_encryption_key, load_agency_signing_key
 from broker.protocol._sealing import open_sealed
 from broker.protocol._subjects import LEDGER_INTAKE_STREAM
@@ -504,6 +504,7 @@ async def run_demo(config: DemoConfig, *, say: Callable[[str], None] = print) ->
             clock=config.clock,
             # Checkpoints every half second, so the regulator's export at the end is covered.
             ledger=LedgerConfig(checkpoint_interval=timedelta(seconds=0.5)),
+            nats_auth=True,
         )
         say("Starting NATS, the broker, and every agency's system with its adapter ...")
         async with Stack(stack_config) as stack:
@@ -571,7 +572,7 @@ def _checkpoint_seq(signed: envelope_pb2.SignedMessage) -> int:
 
 
 async def _ledger_intake_empty(stack: Stack) -> bool:
-    nc = await connect(NatsSettings.from_url(stack.nats_url, name="greenchannel-demo-probe"))
+    nc = await connect(stack.nats_settings("greenchannel-demo-probe"))
     try:
         info = await nc.jetstream().stream_info(LEDGER_INTAKE_STREAM)
         return int(info.state.messages or 0) == 0

@@ -28,6 +28,13 @@ from broker.protocol import Clock, SystemClock
 from broker.protocol._directory import load_directory
 from broker.protocol._embedded import EmbeddedNatsConfig, nats_for
 from broker.protocol._nats import NatsSettings, connect
+from broker.protocol._nats_auth import (
+    AGENCY_JS_API_PREFIX,
+    DEFAULT_INBOX_ACK_WAIT,
+    ensure_inbox_consumers,
+    nats_authorization,
+    nats_settings_for,
+)
 from broker.protocol._provision import (
     ensure_agency_keys,
     load_agency_encryption_keys,
@@ -70,6 +77,10 @@ class StackConfig:
     """Anchor of the demo story's records; None is the current minute."""
     clock: Clock = field(default_factory=SystemClock)
     """Time source."""
+    nats_auth: bool = False
+    """Per-agency NATS users on the embedded server (``greenchannel up`` / ``demo``): the broker and
+    each adapter connect with their own nkey seed from ``keys_dir``. Ignored with ``nats_url``,
+    whose server the operator configures (``greenchannel nats-authorization``)."""
 
 
 class Stack:
@@ -81,6 +92,7 @@ class Stack:
         self.registry: Registry | None = None
         self.broker: Broker | None = None
         self.nats_url = ""
+        self._nats_auth = False
         self.agencies: dict[str, ReferenceAgency] = {}
         self.servers: dict[str, AgencyServer] = {}
         self.adapters: dict[str, AdapterRuntime] = {}
@@ -103,6 +115,15 @@ class Stack:
         assert self.broker is not None, "the stack is not running"
         return self.broker.address
 
+    def nats_settings(self, name: str, agency: str | None = None) -> NatsSettings:
+        """Settings to reach this stack's NATS as the broker (``agency=None``) or as ``agency``.
+
+        Without per-agency users both are plain; the broker's are the operator's way in.
+        """
+        if not self._nats_auth:
+            return NatsSettings.from_url(self.nats_url, name=name)
+        return nats_settings_for(self.nats_url, state_dir=self._config.keys_dir, agency=agency, name=name)
+
     def client(self, agency_id: str) -> BusClient:
         """A BusClient speaking for ``agency_id`` with its own key."""
         key = load_agency_signing_key(self._config.keys_dir, agency_id)
@@ -116,10 +137,18 @@ class Stack:
         self.registry = registry
         config.data_dir.mkdir(parents=True, exist_ok=True)
 
-        self.nats_url = await self._exit.enter_async_context(
-            nats_for(config.nats_url, EmbeddedNatsConfig(store_dir=config.data_dir / "nats"))
+        auth = config.nats_auth and not config.nats_url
+        authorization = (
+            nats_authorization(config.keys_dir, [a.id for a in registry.agencies()]) if auth else None
         )
-        settings = NatsSettings.from_url(self.nats_url, name="greenchannel-broker")
+        self.nats_url = await self._exit.enter_async_context(
+            nats_for(
+                config.nats_url,
+                EmbeddedNatsConfig(store_dir=config.data_dir / "nats", authorization=authorization),
+            )
+        )
+        self._nats_auth = auth
+        settings = self.nats_settings("greenchannel-broker")
         broker_config = BrokerConfig(
             nats=settings,
             state_dir=config.keys_dir,
@@ -134,12 +163,26 @@ class Stack:
             broker_config = replace(broker_config, policy=config.policy)
         self.broker = await self._exit.enter_async_context(Broker(broker_config))
 
-        # One NATS connection carries every adapter of this process.
-        nc = await connect(NatsSettings.from_url(self.nats_url, name="greenchannel-adapters"))
-        self._exit.push_async_callback(_drain, nc)
+        served = [agency for agency in registry.agencies() if agency.kind is not AgencyKind.REGULATOR]
+        if auth:
+            # Adapters may not create their consumers under per-agency users: the broker's side does.
+            await self._provision_inboxes([agency.id for agency in served])
+        # Without per-agency users one NATS connection carries every adapter of this process.
+        shared = None if auth else await connect(self.nats_settings("greenchannel-adapters"))
+        clients: dict[str, Client] = {}
+        for agency in served:
+            if shared is not None:
+                clients[agency.id] = shared
+                continue
+            # Registered before the adapters' close, so drained only after the adapters stopped.
+            clients[agency.id] = await connect(
+                self.nats_settings(f"greenchannel-adapter-{agency.id}", agency.id)
+            )
+            self._exit.push_async_callback(_drain, clients[agency.id])
+        if shared is not None:
+            self._exit.push_async_callback(_drain, shared)
         agencies_dir = config.data_dir / "agencies"
         agencies_dir.mkdir(exist_ok=True)
-        served = [agency for agency in registry.agencies() if agency.kind is not AgencyKind.REGULATOR]
         for agency in served:
             reference = build_reference_agency(
                 agency, data_dir=agencies_dir, clock=clock, seed_at=config.seed_at
@@ -157,7 +200,7 @@ class Stack:
                 signing_key=load_agency_signing_key(config.keys_dir, agency.id),
                 decryption_keys=load_agency_encryption_keys(config.keys_dir, agency.id),
                 clock=clock,
-                nats_client=nc,
+                nats_client=clients[agency.id],
             )
             self.adapters[agency.id] = adapter
             await adapter.start()
@@ -165,9 +208,30 @@ class Stack:
 
     def _adapter_config(self, agency_id: str, target: str) -> AdapterConfig:
         state = self._config.data_dir / "adapters" / agency_id
+        prefix = AGENCY_JS_API_PREFIX if self._nats_auth else "$JS.API"
         if self._config.adapter is None:
-            return AdapterConfig(agency_id=agency_id, agency_target=target, state_dir=state)
-        return replace(self._config.adapter, agency_id=agency_id, agency_target=target, state_dir=state)
+            return AdapterConfig(
+                agency_id=agency_id, agency_target=target, state_dir=state, js_api_prefix=prefix
+            )
+        return replace(
+            self._config.adapter,
+            agency_id=agency_id,
+            agency_target=target,
+            state_dir=state,
+            js_api_prefix=prefix,
+        )
+
+    async def _provision_inboxes(self, agency_ids: list[str]) -> None:
+        template = self._config.adapter
+        nc = await connect(self.nats_settings("greenchannel-provision"))
+        try:
+            await ensure_inbox_consumers(
+                nc.jetstream(),
+                agency_ids,
+                ack_wait=template.ack_wait if template is not None else DEFAULT_INBOX_ACK_WAIT,
+            )
+        finally:
+            await _drain(nc)
 
     async def _close_adapters(self) -> None:
         await asyncio.gather(*(adapter.aclose() for adapter in self.adapters.values()))

@@ -35,14 +35,20 @@ from agencies import DEFAULT_DIRECTORY, build_reference_agency
 from broker._logging import configure_logging
 from broker.protocol import ProtocolError, SystemClock
 from broker.protocol._directory import load_directory
-from broker.protocol._nats import NatsSettings, connect
+from broker.protocol._nats import connect
+from broker.protocol._nats_auth import (
+    AGENCY_JS_API_PREFIX,
+    ensure_nats_seeds,
+    nats_settings_for,
+    requires_auth,
+)
 from broker.protocol._provision import (
     ensure_agency_keys,
     load_agency_encryption_keys,
     load_agency_signing_key,
 )
 from broker.protocol._registry import Agency, AgencyKind, Registry
-from broker.protocol._subjects import INBOX_STREAM
+from broker.protocol._subjects import INBOX_STREAM, PRIORITIES, inbox_consumer
 
 __all__ = [
     "READY_PREFIX",
@@ -121,9 +127,22 @@ class AgencyFleet:
         agencies_dir = config.data_dir / "agencies"
         agencies_dir.mkdir(parents=True, exist_ok=True)
 
-        nc = await connect(NatsSettings.from_url(config.nats_url, name="greenchannel-agencies"))
-        self._exit.push_async_callback(_drain, nc)
-        await _wait_for_inbox_stream(nc, config.streams_timeout)
+        # Each adapter connects as its own agency's NATS user (harmless where the server has none).
+        ensure_nats_seeds(config.keys_dir, [agency.id for agency in served], broker=False)
+        clients: dict[str, Client] = {}
+        for agency in served:
+            clients[agency.id] = await connect(
+                nats_settings_for(
+                    config.nats_url,
+                    state_dir=config.keys_dir,
+                    agency=agency.id,
+                    name=f"greenchannel-agency-{agency.id}",
+                )
+            )
+            self._exit.push_async_callback(_drain, clients[agency.id])
+        first = served[0].id
+        auth = requires_auth(clients[first])
+        await _wait_for_inbox(clients[first], first if auth else None, config.streams_timeout)
 
         servers = {}
         for agency in served:
@@ -141,11 +160,12 @@ class AgencyFleet:
                     state_dir=config.data_dir / "adapters" / agency.id,
                     ack_wait=config.ack_wait,
                     idle_fetch_timeout=config.idle_fetch_timeout,
+                    js_api_prefix=AGENCY_JS_API_PREFIX if auth else "$JS.API",
                 ),
                 registry=registry,
                 signing_key=load_agency_signing_key(config.keys_dir, agency.id),
                 clock=clock,
-                nats_client=nc,
+                nats_client=clients[agency.id],
                 decryption_keys=load_agency_encryption_keys(config.keys_dir, agency.id) or None,
             )
             self.adapters[agency.id] = adapter
@@ -172,14 +192,21 @@ def select_agencies(registry: Registry, only: Sequence[str]) -> list[Agency]:
     return [agency for agency in serving if agency.id in wanted]
 
 
-async def _wait_for_inbox_stream(nc: Client, timeout: float) -> None:  # noqa: ASYNC109
-    """The broker creates the streams; adapters only bind consumers to them."""
-    js = nc.jetstream()
+async def _wait_for_inbox(nc: Client, agency: str | None, timeout: float) -> None:  # noqa: ASYNC109
+    """The broker creates the streams; adapters only bind consumers to them.
+
+    Under per-agency NATS users (``agency`` given) an adapter can see its own consumers and nothing
+    else, and the broker creates them: wait for the first one.
+    """
+    js = nc.jetstream(prefix=AGENCY_JS_API_PREFIX) if agency is not None else nc.jetstream()
     deadline = time.monotonic() + timeout
     told = False
     while True:
         try:
-            await js.stream_info(INBOX_STREAM)
+            if agency is not None:
+                await js.consumer_info(INBOX_STREAM, inbox_consumer(agency, PRIORITIES[0]))
+            else:
+                await js.stream_info(INBOX_STREAM)
             return
         except nats.js.errors.NotFoundError:
             pass

@@ -74,6 +74,7 @@ async def _up(args: argparse.Namespace, *, nats_url: str | None) -> int:
         directory=args.directory,
         policy=args.policy,
         nats_url=nats_url,
+        nats_auth=True,
         listen=args.listen,
         # Only the timing is taken from the template; the stack fills in id, target and state.
         adapter=AdapterConfig(

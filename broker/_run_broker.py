@@ -13,9 +13,11 @@ import structlog
 from broker.hub import Broker, BrokerConfig
 from broker.hub._sla_policy import load_sla_policy
 from broker.hub._tls import TlsFiles
-from broker.protocol import SystemClock
+from broker.protocol import AgencyKind, SystemClock
+from broker.protocol._directory import load_directory
 from broker.protocol._embedded import EmbeddedNatsConfig, nats_for
-from broker.protocol._nats import NatsSettings
+from broker.protocol._nats import connect
+from broker.protocol._nats_auth import ensure_inbox_consumers, nats_authorization, nats_settings_for
 from broker.protocol._provision import ensure_agency_keys
 
 __all__ = ["run_broker"]
@@ -41,14 +43,20 @@ async def run_broker(args: argparse.Namespace, *, nats_url: str | None) -> None:
     replicas: int = getattr(args, "replicas", 1)
     if not 1 <= replicas <= _MAX_REPLICAS:
         raise SystemExit(f"greenchannel broker: --replicas must be 1 to {_MAX_REPLICAS}, got {replicas}")
-    ensure_agency_keys(args.directory, state_dir, clock=SystemClock())
+    overlay = ensure_agency_keys(args.directory, state_dir, clock=SystemClock())
+    registry = load_directory(args.directory, key_overlays=[overlay])
+    # Per-agency NATS users: written into the embedded server's config; with $GREENCHANNEL_NATS_URL
+    # the operator installs the same block (`greenchannel nats-authorization`).
+    authorization = nats_authorization(state_dir, [agency.id for agency in registry.agencies()])
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    async with nats_for(nats_url, EmbeddedNatsConfig(store_dir=state_dir / "nats")) as url:
+    embedded = EmbeddedNatsConfig(store_dir=state_dir / "nats", authorization=authorization)
+    async with nats_for(nats_url, embedded) as url:
+        settings = nats_settings_for(url, state_dir=state_dir, agency=None, name="greenchannel-broker")
         config = BrokerConfig(
-            nats=NatsSettings.from_url(url, name="greenchannel-broker"),
+            nats=settings,
             state_dir=state_dir,
             directory=args.directory,
             listen=args.listen,
@@ -61,6 +69,14 @@ async def run_broker(args: argparse.Namespace, *, nats_url: str | None) -> None:
         if args.sla_policy is not None:
             config = replace(config, sla=load_sla_policy(args.sla_policy))
         async with Broker(config) as broker:
+            # Adapters may not create their inbox consumers (a consumer can name where it delivers).
+            nc = await connect(settings)
+            try:
+                await ensure_inbox_consumers(
+                    nc.jetstream(), [a.id for a in registry.agencies() if a.kind is not AgencyKind.REGULATOR]
+                )
+            finally:
+                await nc.drain()
             print(
                 f"greenchannel broker listening on {broker.address} (NATS {url}); Ctrl-C to stop", flush=True
             )

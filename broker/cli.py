@@ -78,6 +78,17 @@ def _parser() -> argparse.ArgumentParser:
     keys_commands = keys.add_subparsers(dest="keys_command", required=True)
     keys_commands.add_parser("init", help="generate missing keys for every agency and the broker")
 
+    nats_auth = commands.add_parser(
+        "nats-authorization",
+        help="print the NATS accounts (per-agency users) for a server of your own ($GREENCHANNEL_NATS_URL)",
+    )
+    nats_auth.add_argument(
+        "--format",
+        choices=["conf", "json"],
+        default="conf",
+        help="nats-server.conf block or JSON (default conf)",
+    )
+
     add_up_parser(commands)
     add_agencies_parser(commands)
     add_request_parsers(commands, default_broker=os.environ.get(BROKER_ENV) or DEFAULT_BROKER)
@@ -135,6 +146,21 @@ def _keys_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def _nats_authorization(args: argparse.Namespace) -> int:
+    from broker.protocol._directory import load_directory
+    from broker.protocol._nats_auth import nats_authorization, render_authorization_conf
+
+    overlay = ensure_agency_keys(args.directory, args.state_dir, clock=SystemClock())
+    registry = load_directory(args.directory, key_overlays=[overlay])
+    # Seeds are generated where missing and stay in <state-dir>/keys/nats; only public keys print.
+    authorization = nats_authorization(args.state_dir, [agency.id for agency in registry.agencies()])
+    if args.format == "json":
+        print(json.dumps({"accounts": authorization.accounts_config()}, indent=2))
+    else:
+        print(render_authorization_conf(authorization), end="")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     configure_logging(args.log_level, json_logs=args.log_json)
@@ -143,6 +169,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _demo(args)
         if args.command == "keys":
             return _keys_init(args)
+        if args.command == "nats-authorization":
+            return _nats_authorization(args)
         if args.command == "broker":
             return _broker(args)
         if args.command == "agencies":

@@ -27,10 +27,12 @@ from typing import Self
 
 import nats.errors
 import nats.js.errors
+import nkeys
 import structlog
 from nats.aio.client import Client
 
 from ._errors import NatsServerError
+from ._nats_auth import NatsAuthorization, NatsPermissions, NatsUser, generate_nats_seed
 
 if sys.platform != "win32":
     import fcntl
@@ -107,6 +109,10 @@ class EmbeddedNatsConfig:
     cluster: ClusterBlock | None = None
     """This server's cluster routes; ``None``: a single server."""
 
+    authorization: NatsAuthorization | None = None
+    """Who may connect (see ``_nats_auth``): JetStream in the broker's account, one account per
+    agency. ``None``: anyone, unauthenticated, in one account (tests and library use)."""
+
     parent_death_signal: bool = True
     """Linux: the server gets SIGTERM when its parent dies (see :func:`_parent_death_signal`).
 
@@ -143,7 +149,34 @@ def find_nats_server(explicit: Path | None = None) -> Path:
     )
 
 
-def _server_config(config: EmbeddedNatsConfig, store_dir: Path, port: int) -> dict[str, object]:
+_PROBE_USER = "_probe"
+_PROBE_INBOX = "_GC_PROBE"
+
+
+@dataclass(frozen=True)
+class _Probe:
+    """The readiness probe's own user on a server with authorization.
+
+    Its seed exists only in this process's memory, for as long as the server object; it may only ask
+    for the account's JetStream info. The broker's seed stays with the broker.
+    """
+
+    seed: str
+    user: NatsUser
+
+    @classmethod
+    def generate(cls) -> _Probe:
+        seed = generate_nats_seed()
+        pair = nkeys.from_seed(bytearray(seed))
+        public = bytes(pair.public_key).decode()
+        pair.wipe()
+        permissions = NatsPermissions(publish=("$JS.API.INFO",), subscribe=(f"{_PROBE_INBOX}.>",))
+        return cls(seed=seed.decode(), user=NatsUser(owner=_PROBE_USER, nkey=public, permissions=permissions))
+
+
+def _server_config(
+    config: EmbeddedNatsConfig, store_dir: Path, port: int, probe: _Probe | None = None
+) -> dict[str, object]:
     jetstream: dict[str, object] = {
         # The server keeps its data in <store_dir>/jetstream.
         "store_dir": str(store_dir),
@@ -173,6 +206,11 @@ def _server_config(config: EmbeddedNatsConfig, store_dir: Path, port: int) -> di
     }
     if config.server_name:
         server["server_name"] = config.server_name
+    if config.authorization is not None:
+        authorization = config.authorization
+        if probe is not None:
+            authorization = authorization.with_broker_side(probe.user)
+        server["accounts"] = authorization.accounts_config()
     if config.cluster is not None:
         block = config.cluster
         server["cluster"] = {
@@ -261,6 +299,7 @@ class EmbeddedNats:
         self._popen: subprocess.Popen[bytes] | None = None
         self._lock_fd: int | None = None
         self._closed = False
+        self._probe = _Probe.generate() if self._config.authorization is not None else None
 
     # -- public state --------------------------------------------------------------------
 
@@ -405,7 +444,7 @@ class EmbeddedNats:
         config_path = store / _CONFIG_FILE
         # nats-server's config syntax is a superset of JSON: json.dumps quotes paths safely.
         config_path.write_text(
-            json.dumps(_server_config(self._config, store, self._port or 0), indent=2) + "\n",
+            json.dumps(_server_config(self._config, store, self._port or 0, self._probe), indent=2) + "\n",
             encoding="utf-8",
         )
         preexec = _parent_death_signal() if self._config.parent_death_signal else None
@@ -456,7 +495,7 @@ class EmbeddedNats:
                 detail = f"{type(last_error).__name__}: {last_error}" if last_error else "no answer"
                 raise self._startup_error(f"JetStream did not answer ({detail})")
             try:
-                await _probe_jetstream(self.url, timeout=min(remaining, 2.0))
+                await _probe_jetstream(self.url, timeout=min(remaining, 2.0), probe=self._probe)
             except (OSError, nats.errors.Error, TimeoutError) as exc:
                 last_error = exc
                 await asyncio.sleep(_POLL_INTERVAL * 5)
@@ -517,7 +556,7 @@ async def _wait_exit(popen: subprocess.Popen[bytes], timeout: float) -> bool:  #
     return True
 
 
-async def _probe_jetstream(url: str, *, timeout: float) -> None:  # noqa: ASYNC109
+async def _probe_jetstream(url: str, *, timeout: float, probe: _Probe | None = None) -> None:  # noqa: ASYNC109
     async def quiet(_exc: Exception) -> None:
         # Refused connections while the server boots are expected; the caller retries.
         return None
@@ -530,6 +569,8 @@ async def _probe_jetstream(url: str, *, timeout: float) -> None:  # noqa: ASYNC1
             max_reconnect_attempts=0,
             connect_timeout=max(1, int(timeout)),
             error_cb=quiet,
+            nkeys_seed_str=None if probe is None else probe.seed,
+            inbox_prefix=_PROBE_INBOX if probe is not None else b"_INBOX",
         )
         await nc.jetstream(timeout=timeout).account_info()
     except nats.js.errors.APIError as exc:

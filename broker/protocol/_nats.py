@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +35,9 @@ _log = structlog.get_logger("greenchannel.nats")
 # another configuration: another broker replica created it between our INFO and CREATE.
 _STREAM_NAME_IN_USE = 10058
 
+# Tokens of letters, digits, '_' and '-', dot separated: no wildcard, no empty token.
+_INBOX_PREFIX = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*")
+
 
 @dataclass(frozen=True, kw_only=True)
 class NatsSettings:
@@ -53,6 +57,20 @@ class NatsSettings:
 
     creds_file: Path | None = None
     """NATS ``.creds`` file (user JWT + nkey seed) for decentralized auth; excludes ``user``."""
+
+    nkey_seed_file: Path | None = None
+    """File holding an nkey user seed (``SU...``): GreenChannel's per-agency and broker users.
+
+    nats-py reads it at each (re)connect to sign the server's nonce; the seed is never logged.
+    Excludes ``user`` and ``creds_file``.
+    """
+
+    inbox_prefix: str | None = None
+    """Prefix of this connection's reply subjects; ``None``: nats-py's ``_INBOX``.
+
+    An agency's user may subscribe only below its own prefix (``_INBOX_<agency>``), so no one else
+    can read its replies and it cannot read anyone else's.
+    """
 
     connect_timeout: float = 2.0
     """Seconds to wait for one TCP + protocol handshake with one server."""
@@ -75,6 +93,10 @@ class NatsSettings:
             raise ValueError("NatsSettings: user and password must be given together")
         if self.creds_file is not None and self.user is not None:
             raise ValueError("NatsSettings: use either creds_file or user/password, not both")
+        if self.nkey_seed_file is not None and (self.user is not None or self.creds_file is not None):
+            raise ValueError("NatsSettings: nkey_seed_file excludes user/password and creds_file")
+        if self.inbox_prefix is not None and not _INBOX_PREFIX.fullmatch(self.inbox_prefix):
+            raise ValueError(f"NatsSettings.inbox_prefix: {self.inbox_prefix!r} is not a subject prefix")
         if self.connect_timeout <= 0 or self.reconnect_time_wait < 0:
             raise ValueError("NatsSettings: connect_timeout must be > 0 and reconnect_time_wait >= 0")
 
@@ -151,6 +173,10 @@ async def connect(settings: NatsSettings) -> Client:
         options["password"] = settings.password
     if settings.creds_file is not None:
         options["user_credentials"] = str(settings.creds_file)
+    if settings.nkey_seed_file is not None:
+        options["nkeys_seed"] = str(settings.nkey_seed_file)
+    if settings.inbox_prefix is not None:
+        options["inbox_prefix"] = settings.inbox_prefix
 
     try:
         await asyncio.wait_for(nc.connect(**options), timeout=settings.initial_connect_timeout)

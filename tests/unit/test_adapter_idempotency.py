@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -17,6 +19,13 @@ from adapters import (
     IdempotencyStore,
 )
 from adapters._events import EVENT_ID_NAMESPACE, event_id_for, refusal_event_id
+from adapters._idempotency import (
+    GroupCommitJournal,
+    JournalOp,
+    OpOutcome,
+    StartOp,
+    TerminalOp,
+)
 from broker.protocol import ManualClock
 
 T0 = datetime(2026, 11, 21, 9, 0, tzinfo=UTC)
@@ -135,3 +144,90 @@ def test_event_ids_are_deterministic_per_request_and_state() -> None:
     # Refusals are bound to the bytes received, so a forgery cannot take a genuine event's id.
     assert refusal_event_id(REQUEST, DIGEST) != event_id_for(REQUEST, common_pb2.REQUEST_STATE_FAILED)
     assert refusal_event_id(REQUEST, DIGEST) != refusal_event_id(REQUEST, OTHER_DIGEST)
+
+
+def request_id(n: int) -> str:
+    return f"01890a5d-ac96-774b-bcce-{n:012d}"
+
+
+def test_a_batch_applies_in_order_in_one_transaction(store: IdempotencyStore) -> None:
+    store.mark_started(REQUEST, DIGEST)
+    outcomes = store.apply(
+        [
+            StartOp(request_id=request_id(1), request_digest=DIGEST),
+            StartOp(request_id=REQUEST, request_digest=OTHER_DIGEST),  # refused alone
+            TerminalOp(request_id=request_id(1), request_digest=DIGEST, event_id="e-1", signed_event=b"one"),
+            StartOp(request_id=request_id(1), request_digest=DIGEST),  # terminal: unchanged
+        ]
+    )
+    assert isinstance(outcomes[1], IdempotencyConflictError)
+    first, _, terminal, again = outcomes
+    assert not isinstance(first, Exception)
+    assert first.state is ExecutionState.STARTED
+    assert first.starts == 1
+    assert terminal == again
+    assert terminal == store.get(request_id(1))
+    assert store.peek(request_id(1)) == terminal
+    assert store.get(REQUEST) == store.peek(REQUEST)
+
+
+def test_peek_reads_the_last_commit_and_refuses_once_closed(store: IdempotencyStore) -> None:
+    assert store.peek(REQUEST) is None
+    started = store.mark_started(REQUEST, DIGEST)
+    assert store.peek(REQUEST) == started
+    store.close()
+    with pytest.raises(AdapterError, match="closed"):
+        store.peek(REQUEST)
+
+
+class CountingStore(IdempotencyStore):
+    """Records the size of every batch committed."""
+
+    batches: list[int]
+
+    def apply(self, ops: Sequence[JournalOp]) -> list[OpOutcome]:
+        self.batches.append(len(ops))
+        return super().apply(ops)
+
+
+async def test_concurrent_writes_share_one_commit_and_are_durable(tmp_path: Path) -> None:
+    clock = ManualClock(T0)
+    store = CountingStore.in_state_dir(tmp_path, clock=clock)
+    assert isinstance(store, CountingStore)
+    store.batches = []
+    journal = GroupCommitJournal(store)
+    started = await asyncio.gather(*(journal.mark_started(request_id(n), DIGEST) for n in range(20)))
+    assert [record.starts for record in started] == [1] * 20
+    assert store.batches == [20]  # queued while none was committing: one transaction, one fsync
+
+    results = await asyncio.gather(
+        journal.record_terminal(request_id(0), DIGEST, event_id="e-0", signed_event=b"zero"),
+        journal.mark_started(request_id(1), OTHER_DIGEST),  # conflicts: fails alone
+        journal.record_terminal(request_id(2), DIGEST, event_id="e-2", signed_event=b"two"),
+        return_exceptions=True,
+    )
+    assert isinstance(results[1], IdempotencyConflictError)
+    await journal.aclose()
+    store.close()
+
+    with IdempotencyStore.in_state_dir(tmp_path, clock=clock) as reopened:
+        zero, one, two = (reopened.get(request_id(n)) for n in range(3))
+    assert zero is not None
+    assert zero.terminal_event == b"zero"
+    assert one is not None
+    assert one.state is ExecutionState.STARTED
+    assert two is not None
+    assert two.event_id == "e-2"
+
+
+async def test_a_commit_that_fails_fails_its_callers(tmp_path: Path) -> None:
+    store = IdempotencyStore.in_state_dir(tmp_path, clock=ManualClock(T0))
+    journal = GroupCommitJournal(store)
+    store.close()
+    with pytest.raises(AdapterError, match="closed"):
+        await journal.mark_started(REQUEST, DIGEST)
+    reopened = IdempotencyStore.in_state_dir(tmp_path, clock=ManualClock(T0))
+    journal = GroupCommitJournal(reopened)
+    assert (await journal.mark_started(REQUEST, DIGEST)).starts == 1
+    await journal.aclose()
+    reopened.close()
