@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import grpc
 import structlog
@@ -13,7 +13,7 @@ from broker.protocol import Clock
 from broker.protocol._envelope import CANCELLATION_TYPE
 from broker.protocol._registry import BROKER_ID, AgencyKind, Registry
 from broker.protocol._signing import verify_detached
-from broker.protocol._subjects import status_filter
+from broker.protocol._subjects import status_filter, status_parties
 from broker.protocol._validation import decode_message, validate_message
 
 from ._auth import Authenticator, Caller
@@ -26,11 +26,23 @@ from ._submit import Intake
 from ._trail_service import TrailService
 from ._watchlog import WatchLog, WatchPosition
 
-__all__ = ["BusServicer"]
+__all__ = ["PAGE_BYTES", "BusServicer"]
 
 log = structlog.get_logger(__name__)
 
 _DEFAULT_PAGE = 100
+PAGE_BYTES = 3 * 1024 * 1024
+"""Encoded bytes a List page stays under. gRPC clients refuse a message over 4 MiB unless told
+otherwise, and a hundred statuses with long timelines passed that; the margin covers framing."""
+# Per item in ListResponse.requests: one tag byte and a length varint (a status is < 2^28 bytes).
+_ITEM_OVERHEAD = 5
+
+
+def _party_of(agency_id: str) -> Callable[[str], bool]:
+    def admit(subject: str) -> bool:
+        return agency_id in status_parties(subject)
+
+    return admit
 
 
 def _validated(message: object, prefix: str = "") -> None:
@@ -53,8 +65,10 @@ class BusServicer(bus_pb2_grpc.BusServiceServicer):
         broker_events: BrokerEvents,
         clock: Clock,
         trail: TrailService,
+        page_bytes: int = PAGE_BYTES,
     ) -> None:
         self._trail = trail
+        self._page_bytes = page_bytes
         self._auth = auth
         self._intake = intake
         self._requests = requests
@@ -108,18 +122,12 @@ class BusServicer(bus_pb2_grpc.BusServiceServicer):
             subject_filter = status_filter()
         position = WatchPosition(after_cursor=request.after_cursor, only_new=request.only_new)
         log.info("watch.started", agency=me.id, scope=scope or "mine", after_cursor=request.after_cursor)
-        async for record in self._watchlog.follow([subject_filter], position):
-            # Server-side filters cannot express "sender OR recipient OR case owner" without
-            # overlapping subjects, so the parties are checked here, on the record's own data.
-            if regulator or scope == "request_id" or await self._party(me.id, record):
-                yield record
-
-    async def _party(self, agency_id: str, record: bus_pb2.WatchResponse) -> bool:
-        event = lifecycle_pb2.LifecycleEvent.FromString(record.event.event.payload)
-        if event.actor == agency_id:
-            return True
-        status = (await self._requests.get(record.request_id)).status
-        return agency_id in (status.sender, status.recipient, status.case_ref.issuing_agency)
+        # Server-side filters cannot express "sender OR recipient OR case owner" without
+        # overlapping subjects, so the parties are checked here, on the subject each record was
+        # published under (it names them): no read per record.
+        admit = None if regulator or scope == "request_id" else _party_of(me.id)
+        async for record in self._watchlog.follow([subject_filter], position, admit=admit):
+            yield record
 
     @guard_unary
     async def List(
@@ -153,8 +161,8 @@ class BusServicer(bus_pb2_grpc.BusServiceServicer):
             matches.append(status)
         # UUIDv7 ids sort by submission time: newest first, and the last id is the page cursor.
         matches.sort(key=lambda s: s.id, reverse=True)
-        page = matches[:size]
-        next_token = _encode_token(page[-1].id) if len(matches) > size else ""
+        page = _bounded_page(matches, size=size, budget=self._page_bytes)
+        next_token = _encode_token(page[-1].id) if len(matches) > len(page) else ""
         return bus_pb2.ListResponse(requests=page, next_page_token=next_token)
 
     # -- the money trail (TrailService authenticates, authorizes and guards) ------------------
@@ -236,6 +244,21 @@ class BusServicer(bus_pb2_grpc.BusServiceServicer):
             ) from refused
         log.info("request.cancelled", request_id=cancellation.request_id, sender=caller.agency.id)
         return bus_pb2.CancelResponse(status=status)
+
+
+def _bounded_page(
+    matches: list[lifecycle_pb2.RequestStatus], *, size: int, budget: int
+) -> list[lifecycle_pb2.RequestStatus]:
+    """The first ``size`` matches, fewer if their encoding would pass ``budget`` bytes (at least one,
+    so a page always moves the cursor on)."""
+    page: list[lifecycle_pb2.RequestStatus] = []
+    used = 0
+    for status in matches[:size]:
+        used += status.ByteSize() + _ITEM_OVERHEAD
+        if page and used > budget:
+            break
+        page.append(status)
+    return page
 
 
 def _encode_token(request_id: str) -> str:

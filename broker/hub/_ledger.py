@@ -43,7 +43,7 @@ import nats.errors
 import nats.js.errors
 import structlog
 from google.protobuf.message import DecodeError
-from greenchannel.v1 import common_pb2, envelope_pb2, ledger_pb2, lifecycle_pb2
+from greenchannel.v1 import bus_pb2, common_pb2, envelope_pb2, ledger_pb2, lifecycle_pb2
 from nats.aio.msg import Msg
 from nats.js.api import (
     AckPolicy,
@@ -65,6 +65,9 @@ from broker.protocol._subjects import (
     LEDGER_INTAKE_SUBJECT,
     LEDGER_SEQUENCER_CONSUMER,
     LEDGER_STREAM,
+    LEDGER_TIMELINE_CONSUMER,
+    WATCH_STREAM,
+    status_filter,
     validate_request_id,
 )
 
@@ -77,6 +80,7 @@ __all__ = [
     "LedgerWriter",
     "StoredEntry",
     "ensure_ledger_streams",
+    "timeline_record",
 ]
 
 log = structlog.get_logger(__name__)
@@ -186,6 +190,52 @@ async def ensure_ledger_streams(
         raise nats_error(exc, action) from exc
 
 
+# -- the timeline: what the watch log already holds -----------------------------------------------
+
+
+def timeline_record(subject: str, data: bytes) -> tuple[str, bytes]:
+    """``(record id, unlinked entry)`` for one message of the watch log (GC_WATCH).
+
+    Every event the broker accepts into a request's timeline is published there once, durably,
+    deduplicated by event id, and the subject names the parties and the case: the sequencers
+    chain it from there, instead of every handler writing it a second time to the intake.
+    SUBMITTED records the request (actor: its sender; digest: the body the broker notarized, which
+    is what the SUBMITTED event is bound to), ESCALATED a deadline breach, anything else a
+    lifecycle event (the digest of the signed event). Raises ValueError for anything else.
+    """
+    tokens = subject.split(".")
+    if len(tokens) != 7 or tokens[:2] != ["gc", "status"]:
+        raise ValueError(f"not a watch log subject: {subject!r}")
+    sender, recipient, case_owner, case_number, request_id = tokens[2:]
+    try:
+        record = bus_pb2.WatchResponse.FromString(data)
+        event = lifecycle_pb2.LifecycleEvent.FromString(record.event.event.payload)
+    except DecodeError as exc:
+        raise ValueError("a watch log record that does not parse") from exc
+    if not event.event_id or event.request_id != request_id or record.request_id != request_id:
+        raise ValueError("a watch log record for another request than its subject names")
+    actor = event.actor
+    if event.state == common_pb2.REQUEST_STATE_SUBMITTED:
+        kind = ledger_pb2.LEDGER_ENTRY_KIND_REQUEST
+        actor = sender  # who asked; the broker only accepted
+        digest = event.request_digest
+    else:
+        breach = event.state == common_pb2.REQUEST_STATE_ESCALATED
+        kind = ledger_pb2.LEDGER_ENTRY_KIND_BREACH if breach else ledger_pb2.LEDGER_ENTRY_KIND_EVENT
+        digest = body_digest(record.event.event.payload)
+    entry = build_entry(
+        kind=kind,
+        actor=actor,
+        at=record.event.recorded_at.ToDatetime(tzinfo=UTC),
+        request_id=request_id,
+        case_number=case_number,
+        parties=list(dict.fromkeys((sender, recipient, case_owner))),
+        state=event.state,
+        subject_digest=digest,
+    )
+    return f"event:{event.event_id}", entry
+
+
 # -- writer -------------------------------------------------------------------------------------
 
 
@@ -251,40 +301,6 @@ class LedgerWriter:
             return
         log.warning("ledger.record_failed", record_id=record_id, attempts=self._attempts)
         raise UnavailableError("the ledger intake did not answer; retry shortly") from failure
-
-    async def record_event(
-        self, status: lifecycle_pb2.RequestStatus, recorded: lifecycle_pb2.RecordedEvent, *, event_id: str
-    ) -> None:
-        """Record an event the broker accepted into a request's timeline (as the watch log does).
-
-        SUBMITTED records the request (actor: its sender; digest: the one the broker notarized),
-        ESCALATED a deadline breach, anything else a lifecycle event (the digest of the signed
-        event). The parties are the sender, the recipient and the police agency owning the case.
-        """
-        event = lifecycle_pb2.LifecycleEvent.FromString(recorded.event.payload)
-        actor = event.actor
-        if event.state == common_pb2.REQUEST_STATE_SUBMITTED and status.notarized_header:
-            kind = ledger_pb2.LEDGER_ENTRY_KIND_REQUEST
-            actor = status.sender  # who asked; the broker only accepted
-            digest = envelope_pb2.EnvelopeHeader.FromString(status.notarized_header).body_digest
-        else:
-            breach = event.state == common_pb2.REQUEST_STATE_ESCALATED
-            kind = ledger_pb2.LEDGER_ENTRY_KIND_BREACH if breach else ledger_pb2.LEDGER_ENTRY_KIND_EVENT
-            digest = body_digest(recorded.event.payload)
-        parties = dict.fromkeys(
-            p for p in (status.sender, status.recipient, status.case_ref.issuing_agency) if p
-        )
-        await self.record(
-            record_id=f"event:{event_id}",
-            kind=kind,
-            actor=actor,
-            request_id=status.id,
-            case_number=status.case_ref.case_number,
-            parties=list(parties),
-            state=event.state,
-            subject_digest=digest,
-            at=recorded.recorded_at.ToDatetime(tzinfo=UTC),
-        )
 
     async def record_rejection(
         self, *, record_id: str, actor: str, request_id: str, refused: bytes, at: datetime
@@ -361,6 +377,7 @@ class LedgerSequencer:
         self._checkpointed = 0
         self._last_checkpoint_at = clock.now()
         self._sub: JetStreamContext.PullSubscription | None = None
+        self._timeline: JetStreamContext.PullSubscription | None = None
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
         self._closed = False
@@ -374,18 +391,10 @@ class LedgerSequencer:
 
     async def __aenter__(self) -> LedgerSequencer:
         try:
-            self._sub = await self._js.pull_subscribe(
-                LEDGER_INTAKE_SUBJECT,
-                durable=LEDGER_SEQUENCER_CONSUMER,
-                stream=LEDGER_INTAKE_STREAM,
-                config=ConsumerConfig(
-                    ack_policy=AckPolicy.EXPLICIT,
-                    deliver_policy=DeliverPolicy.ALL,
-                    ack_wait=self._config.ack_wait.total_seconds(),
-                    max_deliver=-1,
-                    max_ack_pending=-1,
-                ),
+            self._sub = await self._consumer(
+                LEDGER_INTAKE_SUBJECT, LEDGER_SEQUENCER_CONSUMER, LEDGER_INTAKE_STREAM
             )
+            self._timeline = await self._consumer(status_filter(), LEDGER_TIMELINE_CONSUMER, WATCH_STREAM)
             self._head = await self._resync()
             self._checkpointed = await self._last_checkpointed()
         except (nats.errors.Error, TimeoutError) as exc:
@@ -394,6 +403,20 @@ class LedgerSequencer:
         self._task = asyncio.create_task(self._run(), name="ledger-sequencer")
         log.info("ledger.sequencer_started", head_seq=self._head.seq)
         return self
+
+    async def _consumer(self, subject: str, durable: str, stream: str) -> JetStreamContext.PullSubscription:
+        return await self._js.pull_subscribe(
+            subject,
+            durable=durable,
+            stream=stream,
+            config=ConsumerConfig(
+                ack_policy=AckPolicy.EXPLICIT,
+                deliver_policy=DeliverPolicy.ALL,
+                ack_wait=self._config.ack_wait.total_seconds(),
+                max_deliver=-1,
+                max_ack_pending=-1,
+            ),
+        )
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -419,48 +442,76 @@ class LedgerSequencer:
             await asyncio.wait_for(self._final_checkpoint(), timeout=self._config.shutdown_timeout)
         except _TRANSIENT as exc:
             log.warning("ledger.final_checkpoint_failed", error=str(exc) or type(exc).__name__)
-        if self._sub is not None:
-            with contextlib.suppress(nats.errors.Error, ValueError):
-                await self._sub.unsubscribe()
+        for sub in (self._sub, self._timeline):
+            if sub is not None:
+                with contextlib.suppress(nats.errors.Error, ValueError):
+                    await sub.unsubscribe()
         log.info("ledger.sequencer_stopped", head_seq=self._head.seq if self._head else None)
 
     async def _run(self) -> None:
+        assert self._sub is not None
+        assert self._timeline is not None
+        # One pull always waiting on each source, so a quiet intake never delays the timeline.
+        sources = {self._sub: self._from_intake, self._timeline: self._from_timeline}
+        pulls: dict[asyncio.Task[list[Msg]], JetStreamContext.PullSubscription] = {}
         delay = self._config.retry_delay
-        while not self._stopping.is_set():
-            try:
-                if self._head is None:
-                    self._head = await self._resync()
-                assert self._sub is not None
-                msgs = await fetch_batch(self._sub, self._config.batch, self._config.fetch_timeout)
-                if msgs:
-                    await self._chain(msgs)
-                await self._maybe_checkpoint(force=False)
-            except _TRANSIENT as exc:
-                # NATS is away or the stream refused: what is not acked is redelivered; read the
-                # head back before the next append.
-                log.warning("ledger.sequencer_retry", error=str(exc) or type(exc).__name__, delay=delay)
-                self._head = None
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._stopping.wait(), timeout=delay)
-                delay = min(delay * 2, self._config.max_retry_delay)
-            else:
-                delay = self._config.retry_delay
+        try:
+            while not self._stopping.is_set():
+                for sub in sources.keys() - pulls.values():
+                    pulls[asyncio.create_task(self._pull(sub))] = sub
+                done, _ = await asyncio.wait(list(pulls), return_when=asyncio.FIRST_COMPLETED)
+                try:
+                    if self._head is None:
+                        self._head = await self._resync()
+                    for task in done:
+                        sub = pulls.pop(task)
+                        msgs = task.result()
+                        if msgs:
+                            await self._chain([item for msg in msgs if (item := await sources[sub](msg))])
+                    await self._maybe_checkpoint(force=False)
+                except _TRANSIENT as exc:
+                    # NATS is away or the stream refused: what is not acked is redelivered; read
+                    # the head back before the next append.
+                    log.warning("ledger.sequencer_retry", error=str(exc) or type(exc).__name__, delay=delay)
+                    self._head = None
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._stopping.wait(), timeout=delay)
+                    delay = min(delay * 2, self._config.max_retry_delay)
+                else:
+                    delay = self._config.retry_delay
+        finally:
+            # A pull ends by itself within fetch_timeout; what it brought is redelivered later.
+            if pulls:
+                await asyncio.wait(list(pulls))
+
+    async def _pull(self, sub: JetStreamContext.PullSubscription) -> list[Msg]:
+        return await fetch_batch(sub, self._config.batch, self._config.fetch_timeout)
 
     # -- chaining -------------------------------------------------------------------------------
 
-    async def _chain(self, msgs: list[Msg]) -> None:
-        pending: list[_Pending] = []
-        for msg in msgs:
-            try:
-                parse_unlinked(msg.data)
-            except ValueError as exc:
-                # Only a broken or foreign publisher writes this; chaining it would put garbage in
-                # an append-only ledger. Dropped for good, and said so.
-                log.error("ledger.intake_refused", stream_seq=msg.metadata.sequence.stream, error=str(exc))
-                await msg.term()
-                continue
-            record_id = (msg.headers or {}).get("Nats-Msg-Id") or f"intake-{msg.metadata.sequence.stream}"
-            pending.append(_Pending(msg=msg, record=msg.data, msg_id=_entry_msg_id(record_id)))
+    async def _from_intake(self, msg: Msg) -> _Pending | None:
+        try:
+            parse_unlinked(msg.data)
+        except ValueError as exc:
+            # Only a broken or foreign publisher writes this; chaining it would put garbage in
+            # an append-only ledger. Dropped for good, and said so.
+            log.error("ledger.intake_refused", stream_seq=msg.metadata.sequence.stream, error=str(exc))
+            await msg.term()
+            return None
+        record_id = (msg.headers or {}).get("Nats-Msg-Id") or f"intake-{msg.metadata.sequence.stream}"
+        return _Pending(msg=msg, record=msg.data, msg_id=_entry_msg_id(record_id))
+
+    async def _from_timeline(self, msg: Msg) -> _Pending | None:
+        try:
+            record_id, record = timeline_record(msg.subject, msg.data)
+        except ValueError as exc:
+            # Only the broker publishes the watch log; this cannot be a timeline event.
+            log.error("ledger.timeline_refused", stream_seq=msg.metadata.sequence.stream, error=str(exc))
+            await msg.term()
+            return None
+        return _Pending(msg=msg, record=record, msg_id=_entry_msg_id(record_id))
+
+    async def _chain(self, pending: list[_Pending]) -> None:
         collisions = 0
         while pending:
             if self._head is None:

@@ -162,7 +162,7 @@ class Broker:
         requests = await RequestStore.open(js, replicas=config.replicas)
         idempotency = await IdempotencyStore.open(js, replicas=config.replicas)
         replay = await open_replay_cache(js, replicas=config.replicas)
-        watchlog = WatchLog(js, ledger=ledger)
+        watchlog = WatchLog(js)
         scheduler = DeadlineScheduler(js, reminder_at=config.sla.escalation.reminder_at)
         auth = Authenticator(registry, replay, config.clock, require_tls_identity=config.require_tls_identity)
         trail_recorder = TrailRecorder.for_broker(

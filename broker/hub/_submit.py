@@ -305,12 +305,14 @@ class Intake:
             await self._trail.submitted(
                 request_id, request, sender=verified.claims.iss, recipient=recipient.id
             )
-        # All idempotent (Nats-Msg-Id, or one schedule per subject) and independent: one round trip.
+        # All idempotent (Nats-Msg-Id, or one schedule per subject). The SUBMITTED record goes
+        # first: once the inbox has the request the bank may answer at once, and its outcome
+        # must never reach the watch log (and the ledger chained from it) before the request.
         await asyncio.gather(
-            self._publish(status, envelope),
             self._watchlog.append(status, recorded, event_id=event_id),
             self._scheduler.schedule_next(status),
         )
+        await self._publish(status, envelope)
         return status
 
     async def _resubmit(
@@ -345,9 +347,9 @@ class Intake:
         as_submitted.CopyFrom(stored)
         as_submitted.state = common_pb2.REQUEST_STATE_SUBMITTED
         del as_submitted.events[1:]
-        writes: list[Coroutine[Any, Any, object]] = [
-            self._watchlog.append(as_submitted, first, event_id=event_id)
-        ]
+        # The SUBMITTED record before the inbox publish, as in _accept.
+        await self._watchlog.append(as_submitted, first, event_id=event_id)
+        writes: list[Coroutine[Any, Any, object]] = []
         if stored.state == common_pb2.REQUEST_STATE_SUBMITTED:
             header = envelope_pb2.EnvelopeHeader.FromString(stored.notarized_header)
             same_bytes = header.body_digest == body_digest(verified.signed.payload) and (

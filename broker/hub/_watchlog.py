@@ -1,31 +1,49 @@
 """The watch log: every accepted lifecycle event, in order, on the GC_WATCH stream.
 
-Watch streams read it with an ordered consumer; the stream sequence is the resume cursor, so a
-client that reconnects with its last cursor gets exactly the events after it, none twice.
-Subjects carry sender, recipient, case owner and case, so each watcher's filter is applied by
-the server.
+Watch streams read it through an ordered push consumer of their own; the stream sequence is the
+resume cursor, so a client that reconnects with its last cursor gets exactly the events after it,
+none twice. Subjects carry sender, recipient, case owner and case, so each watcher's filter is
+applied by the server.
+
+Why not nats-py's ``ordered_consumer=True``: it notices a lost consumer only when two whole
+heartbeat periods pass without one (10 to 20 s at its 5 s default), and a re-creation that fails
+(JetStream still recovering after a restart) is reported to the error callback and not tried again
+until the next such period. A watcher then sat silent for 12 to 17 s after every nats-server
+restart. :class:`_Follower` re-creates its consumer as soon as the connection has reconnected, or
+heartbeats stop, or the consumer sequence skips, and keeps retrying with a short backoff; it always
+resumes at the stream sequence after the last record it yielded, so nothing is lost or repeated.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Sequence
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 import nats.errors
 import structlog
 from greenchannel.v1 import bus_pb2, lifecycle_pb2
-from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.aio.subscription import Subscription
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 
 from broker.protocol._subjects import WATCH_STREAM, status_subject
 
 from ._errors import UnavailableError
-from ._ledger import LedgerWriter
 
-__all__ = ["WatchLog", "WatchPosition"]
+__all__ = ["WatchConfig", "WatchLog", "WatchPosition"]
 
 log = structlog.get_logger(__name__)
+
+# JetStream status headers (nats-py keeps them as plain header values).
+_STATUS = "Status"
+_CONTROL = "100"  # an idle heartbeat, or a flow control request when it has a reply subject
+_LAST_CONSUMER = "Nats-Last-Consumer"
+_STALLED = "Nats-Consumer-Stalled"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -38,10 +56,47 @@ class WatchPosition:
     """Only events from now on."""
 
 
+@dataclass(frozen=True, kw_only=True)
+class WatchConfig:
+    """How a watch follows GC_WATCH and how fast it recovers its consumer."""
+
+    idle_heartbeat: float = 1.0
+    """Seconds between the server's heartbeats on an idle watch. They are how a consumer lost
+    without a reconnect (its cluster node died) is noticed; one small message per watcher."""
+    missed_heartbeats: int = 3
+    """Heartbeat periods without any message before the consumer is presumed gone and re-created."""
+    poll: float = 0.5
+    """Seconds between looks at the connection while the watch is idle: a reconnect is noticed
+    within this, so a watcher resumes about as soon as NATS is back."""
+    retry_initial: float = 0.1
+    """First pause after a failed consumer (re-)creation; doubled per failure up to retry_max."""
+    retry_max: float = 1.0
+    """Longest pause between (re-)creation attempts."""
+    give_up_after: float = 60.0
+    """Seconds of failed re-creations before the watch ends with UNAVAILABLE (the client resumes
+    from its cursor); the first creation fails at once instead."""
+    inactive_threshold: float = 5.0
+    """Seconds after which the server removes a consumer nobody listens to (a watch that ended or
+    a broker that was killed); re-creation also leaves the old one to this."""
+    request_timeout: float = 2.0
+    """Seconds one consumer creation (or stream info) request may take."""
+
+    def __post_init__(self) -> None:
+        if self.idle_heartbeat <= 0 or self.missed_heartbeats < 1 or self.poll <= 0:
+            raise ValueError("WatchConfig: idle_heartbeat and poll must be > 0, missed_heartbeats >= 1")
+        if self.retry_initial <= 0 or self.retry_max < self.retry_initial:
+            raise ValueError("WatchConfig: need 0 < retry_initial <= retry_max")
+
+
 class WatchLog:
-    def __init__(self, js: JetStreamContext, *, ledger: LedgerWriter | None = None) -> None:
+    def __init__(
+        self,
+        js: JetStreamContext,
+        *,
+        config: WatchConfig | None = None,
+    ) -> None:
         self._js = js
-        self._ledger = ledger
+        self._config = config or WatchConfig()
 
     async def append(
         self, status: lifecycle_pb2.RequestStatus, recorded: lifecycle_pb2.RecordedEvent, *, event_id: str
@@ -55,12 +110,8 @@ class WatchLog:
             case_number=status.case_ref.case_number,
             request_id=status.id,
         )
-        # Every accepted request, event and breach passes here once: the ledger records it too.
-        # Both writes are idempotent and independent, so they share one round trip.
-        writes = [self._publish(subject, record, event_id)]
-        if self._ledger is not None:
-            writes.append(self._ledger.record_event(status, recorded, event_id=event_id))
-        await asyncio.gather(*writes)
+        # The ledger's sequencers chain every accepted event from this stream (timeline_record).
+        await self._publish(subject, record, event_id)
 
     async def _publish(self, subject: str, record: bus_pb2.WatchResponse, event_id: str) -> None:
         try:
@@ -69,38 +120,199 @@ class WatchLog:
             raise UnavailableError(f"cannot publish status change: {exc}") from exc
 
     async def follow(
-        self, filters: Sequence[str], position: WatchPosition, *, idle_heartbeat: float = 5.0
+        self,
+        filters: Sequence[str],
+        position: WatchPosition,
+        *,
+        admit: Callable[[str], bool] | None = None,
     ) -> AsyncIterator[bus_pb2.WatchResponse]:
-        """Yield matching records with their cursor set, until the caller stops iterating."""
-        config = ConsumerConfig(filter_subjects=list(filters))
-        if position.after_cursor:
-            config.deliver_policy = DeliverPolicy.BY_START_SEQUENCE
-            config.opt_start_seq = position.after_cursor + 1
-        elif position.only_new:
-            config.deliver_policy = DeliverPolicy.NEW
-        else:
-            config.deliver_policy = DeliverPolicy.ALL
+        """Yield matching records with their cursor set, until the caller stops iterating.
+
+        ``admit`` sees each record's subject first (it names the parties and the case): records
+        it refuses are skipped unread.
+
+        Raises UnavailableError when the watch cannot be started, or when NATS stays away for
+        longer than ``give_up_after``.
+        """
+        follower = _Follower(self._js, list(filters), self._config)
         try:
-            sub = await self._js.subscribe(
-                filters[0],
-                stream=WATCH_STREAM,
-                config=config,
-                ordered_consumer=True,
-                idle_heartbeat=idle_heartbeat,
-            )
-        except nats.errors.Error as exc:
-            raise UnavailableError(f"cannot watch: {exc}") from exc
-        try:
+            await follower.start(position)
             while True:
-                try:
-                    msg = await sub.next_msg(timeout=3600)
-                except nats.errors.TimeoutError:
+                msg = await follower.next()
+                if admit is not None and not admit(msg.subject):
                     continue
                 record = bus_pb2.WatchResponse.FromString(msg.data)
                 record.cursor = msg.metadata.sequence.stream
                 yield record
         finally:
+            await asyncio.shield(follower.close())
+
+
+class _Follower:
+    """One watcher's ordered consumer on GC_WATCH, re-created from its last stream sequence."""
+
+    def __init__(self, js: JetStreamContext, filters: list[str], config: WatchConfig) -> None:
+        self._js = js
+        # The consumer's deliver subject is an inbox of this connection: JetStreamContext keeps it.
+        self._nc: Client = js._nc
+        self._filters = filters
+        self._config = config
+        self._sub: Subscription | None = None
+        self._last_seq = 0
+        """Stream sequence of the last record handed out (or of the start, for only_new)."""
+        self._next_dseq = 1
+        """Consumer sequence the next record must carry; anything else means a gap."""
+        self._reconnects = 0
+        self._last_heard = 0.0
+
+    async def start(self, position: WatchPosition) -> None:
+        if position.after_cursor:
+            self._last_seq = position.after_cursor
+        elif position.only_new:
+            # Fixed as a sequence now, so a re-created consumer starts at the same place.
             try:
-                await asyncio.shield(sub.unsubscribe())
-            except (nats.errors.Error, asyncio.CancelledError):
-                log.debug("watch.unsubscribe_failed")
+                info = await asyncio.wait_for(
+                    self._js.stream_info(WATCH_STREAM), self._config.request_timeout
+                )
+            except (nats.errors.Error, TimeoutError) as exc:
+                raise UnavailableError(f"cannot watch: {exc}") from exc
+            self._last_seq = info.state.last_seq
+        try:
+            await self._open()
+        except (nats.errors.Error, TimeoutError) as exc:
+            await self.close()
+            raise UnavailableError(f"cannot watch: {exc}") from exc
+
+    async def _open(self) -> None:
+        """Subscribe a fresh inbox and create a consumer delivering to it after ``_last_seq``."""
+        await self._drop_subscription()
+        self._reconnects = self._nc.stats["reconnects"]
+        inbox = self._nc.new_inbox()
+        sub = await self._nc.subscribe(inbox)
+        self._sub = sub
+        config = ConsumerConfig(
+            filter_subjects=self._filters,
+            deliver_subject=inbox,
+            ack_policy=AckPolicy.NONE,
+            max_deliver=1,
+            flow_control=True,
+            idle_heartbeat=self._config.idle_heartbeat,
+            inactive_threshold=self._config.inactive_threshold,
+            num_replicas=1,
+            mem_storage=True,
+        )
+        if self._last_seq:
+            config.deliver_policy = DeliverPolicy.BY_START_SEQUENCE
+            config.opt_start_seq = self._last_seq + 1
+        else:
+            config.deliver_policy = DeliverPolicy.ALL
+        await self._js.add_consumer(WATCH_STREAM, config, timeout=self._config.request_timeout)
+        self._next_dseq = 1
+        self._last_heard = time.monotonic()
+
+    async def _reopen(self, why: str) -> None:
+        """Re-create the consumer after ``_last_seq``, retrying until it works or time runs out."""
+        config = self._config
+        self._check_open()
+        log.info("watch.consumer_reopening", reason=why, after_seq=self._last_seq)
+        pause = config.retry_initial
+        give_up_at = time.monotonic() + config.give_up_after
+        attempts = 0
+        while True:
+            self._check_open()
+            attempts += 1
+            if self._nc.is_connected:
+                try:
+                    await self._open()
+                except (nats.errors.Error, TimeoutError) as exc:
+                    log.debug("watch.consumer_reopen_failed", error_type=type(exc).__name__, attempt=attempts)
+                else:
+                    log.info(
+                        "watch.consumer_reopened", reason=why, after_seq=self._last_seq, attempts=attempts
+                    )
+                    return
+            if time.monotonic() >= give_up_at:
+                raise UnavailableError(
+                    f"cannot watch: no consumer on {WATCH_STREAM} for {config.give_up_after}s"
+                )
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, config.retry_max)
+
+    def _check_open(self) -> None:
+        # Closing or draining (the broker stops): no consumer will come back on this connection.
+        if self._nc.is_closed or self._nc.is_draining:
+            raise UnavailableError("cannot watch: the NATS connection is closing")
+
+    async def next(self) -> Msg:
+        """The next record (in stream order, none twice), re-creating the consumer as needed."""
+        config = self._config
+        stall_after = config.idle_heartbeat * config.missed_heartbeats
+        while True:
+            sub = self._sub
+            if sub is None:
+                await self._reopen("unsubscribed")
+                continue
+            try:
+                msg: Msg | None = await sub.next_msg(timeout=config.poll)
+            except TimeoutError:
+                msg = None
+            except nats.errors.Error as exc:  # the subscription went away under us
+                await self._reopen(type(exc).__name__)
+                continue
+            if self._nc.stats["reconnects"] != self._reconnects:
+                # A restarted server forgot the (memory, R1) consumer; on a mere blip it still
+                # exists, but a fresh one after the last record costs one request and is safe.
+                await self._reopen("reconnected")
+                continue
+            now = time.monotonic()
+            if msg is None:
+                if self._nc.is_connected and now - self._last_heard > stall_after:
+                    await self._reopen("heartbeats_missed")
+                elif not self._nc.is_connected:
+                    self._last_heard = now  # silence while disconnected is not the consumer's fault
+                continue
+            self._last_heard = now
+            status = msg.headers.get(_STATUS) if msg.headers else None
+            if status is None:
+                if msg.metadata.sequence.consumer != self._next_dseq:
+                    # A record was dropped (slow consumer) or the server restarted the sequence.
+                    await self._reopen("sequence_gap")
+                    continue
+                self._next_dseq += 1
+                self._last_seq = msg.metadata.sequence.stream
+                return msg
+            if status != _CONTROL:
+                await self._reopen(f"status_{status}")  # e.g. 409: the consumer was deleted
+                continue
+            await self._control(msg)
+
+    async def _control(self, msg: Msg) -> None:
+        """Answer flow control, check a heartbeat's idea of what we were sent."""
+        headers = msg.headers or {}
+        # A lost answer only pauses delivery: the next heartbeat names the stall, or the
+        # reconnect that lost it makes a new consumer.
+        with contextlib.suppress(nats.errors.Error):
+            if msg.reply:
+                # A flow control request: every record before it has been handed out already.
+                await self._nc.publish(msg.reply)
+                return
+            stalled = headers.get(_STALLED)
+            if stalled:
+                await self._nc.publish(stalled)
+        last = headers.get(_LAST_CONSUMER)
+        if last is not None and last.isdigit() and int(last) != self._next_dseq - 1:
+            await self._reopen("heartbeat_gap")
+
+    async def _drop_subscription(self) -> None:
+        sub, self._sub = self._sub, None
+        if sub is None:
+            return
+        with contextlib.suppress(nats.errors.Error):
+            await sub.unsubscribe()
+
+    async def close(self) -> None:
+        """Stop listening; the server removes the consumer after ``inactive_threshold``."""
+        try:
+            await self._drop_subscription()
+        except asyncio.CancelledError:
+            log.debug("watch.unsubscribe_cancelled")

@@ -41,6 +41,7 @@ __all__ = [
     "LEDGER_INTAKE_SUBJECT",
     "LEDGER_SEQUENCER_CONSUMER",
     "LEDGER_STREAM",
+    "LEDGER_TIMELINE_CONSUMER",
     "NOTICES_STREAM",
     "PRIORITIES",
     "REGISTRY_BUCKET",
@@ -60,6 +61,7 @@ __all__ = [
     "inbox_subject",
     "notice_subject",
     "status_filter",
+    "status_parties",
     "status_subject",
     "stream_specs",
     "validate_agency_id",
@@ -82,6 +84,8 @@ LEDGER_CHECKPOINT_SUBJECT = "gc.ledger.checkpoint"
 LEDGER_INTAKE_STREAM = "GC_LEDGER_INTAKE"
 LEDGER_INTAKE_SUBJECT = "gc.ledger.intake"
 LEDGER_SEQUENCER_CONSUMER = "ledger-sequencer"
+# The sequencers also chain every accepted event straight from the watch log (GC_WATCH).
+LEDGER_TIMELINE_CONSUMER = "ledger-timeline"
 
 REQUESTS_BUCKET = "gc_requests"
 REGISTRY_BUCKET = "gc_registry"
@@ -227,6 +231,14 @@ def status_subject(
         f"gc.status.{validate_agency_id(sender)}.{validate_agency_id(recipient)}."
         f"{validate_agency_id(case_owner)}.{validate_case_number(case_number)}.{validate_request_id(request_id)}"
     )
+
+
+def status_parties(subject: str) -> tuple[str, ...]:
+    """Sender, recipient and case owner named by a :func:`status_subject`; ``()`` for any other."""
+    tokens = subject.split(".")
+    if len(tokens) != 7 or tokens[0] != "gc" or tokens[1] != "status":
+        return ()
+    return (tokens[2], tokens[3], tokens[4])
 
 
 def status_filter(

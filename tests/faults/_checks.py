@@ -13,6 +13,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from datetime import UTC
 from pathlib import Path
 
 import grpc
@@ -73,19 +74,24 @@ def deliver_breached(status: lifecycle_pb2.RequestStatus) -> bool:
 class Tracker:
     """Follows the police's requests: one Watch stream, plus a slow Get sweep over what is still open.
 
-    The Watch is what an agency sees; it is resumed from its cursor whenever it breaks. It is not
-    trusted alone: after a NATS restart an open Watch went quiet for about 15 s (see the report),
-    so every ``sweep_interval`` the oldest open requests are read with Get, a few at a time (each
-    Get costs the broker a token check and a KV read; polling everything would load it more than
-    the load does). A request final by Get that the Watch never shows final is a watch gap.
+    The Watch is what an agency sees; it is resumed from its cursor whenever it breaks, and every
+    record must come once, in cursor order (a repeat is counted). It is not trusted alone: every
+    ``sweep_interval`` the oldest open requests are read with Get, a few at a time (each Get costs
+    the broker a token check and a KV read; polling everything would load it more than the load
+    does), so a Watch that misses a record shows up as a watch gap instead of a hung run.
     """
 
     def __init__(self, client: BusClient, *, sweep_interval: float = 0.5, sweep_size: int = 16) -> None:
         self._client = client
         self._sweep_interval = sweep_interval
         self._sweep_size = sweep_size
-        self.watched: dict[str, int] = {}
+        self.watched: dict[str, S.RequestState.ValueType] = {}
         """Request id -> state after the last event the Watch showed."""
+        self.shown_final: set[str] = set()
+        """Requests the Watch has shown in a final state (a record may come late, see ``late``)."""
+        self.late: list[str] = []
+        """SUBMITTED records shown after later records of their request (request:cursor:after
+        state). Not lost or repeated, but a watcher following ``state`` sees the request go back."""
         self.got: dict[str, lifecycle_pb2.RequestStatus] = {}
         """Request id -> status read by Get once it was final (or breached, for probes)."""
         self.breached: set[str] = set()
@@ -93,6 +99,13 @@ class Tracker:
         self.seen: dict[str, list[int]] = {}
         self.cursor = 0
         self.resumes = 0
+        self.repeated: list[str] = []
+        """Records the Watch showed at or before a cursor it had already passed (request:cursor)."""
+        self.update_times: list[float] = []
+        """Monotonic time of every record the Watch showed: how soon it spoke again after a fault."""
+        self.max_lag = 0.0
+        """Longest time from the broker accepting an event to the Watch showing it (wall clocks of
+        one machine): a Watch that stalls after a fault shows here."""
         self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
@@ -111,10 +124,23 @@ class Tracker:
             try:
                 # Unscoped: every request the police sent (each scenario has a NATS of its own).
                 async for update in self._client.watch(after_cursor=self.cursor):
+                    self.update_times.append(time.monotonic())
+                    if update.cursor <= self.cursor:
+                        self.repeated.append(f"{update.request_id}:{update.cursor}")
+                        continue
                     self.cursor = update.cursor
+                    event = lifecycle_pb2.LifecycleEvent.FromString(update.event.event.payload)
+                    if event.state == S.REQUEST_STATE_SUBMITTED and update.request_id in self.watched:
+                        # Written late, behind later records: its age says nothing about the Watch.
+                        state = S.RequestState.Name(self.watched[update.request_id])
+                        self.late.append(f"{update.request_id}:{update.cursor}:after {state}")
+                    else:
+                        accepted = update.event.recorded_at.ToDatetime(tzinfo=UTC).timestamp()
+                        self.max_lag = max(self.max_lag, time.time() - accepted)
+                    if update.state in FINAL:
+                        self.shown_final.add(update.request_id)
                     self.watched[update.request_id] = update.state
                     self.seen.setdefault(update.request_id, []).append(update.cursor)
-                    event = lifecycle_pb2.LifecycleEvent.FromString(update.event.event.payload)
                     if event.state == S.REQUEST_STATE_ESCALATED and event.phase == S.PHASE_DELIVER:
                         self.breached.add(update.request_id)
             except grpc.aio.AioRpcError as exc:
@@ -124,8 +150,13 @@ class Tracker:
             self.resumes += 1
             await asyncio.sleep(_POLL)
 
+    def first_update_after(self, moment: float) -> float | None:
+        """Seconds from ``moment`` (monotonic) to the first record the Watch showed after it."""
+        later = [t for t in self.update_times if t >= moment]
+        return min(later) - moment if later else None
+
     def watch_final(self, request_id: str) -> bool:
-        return self.watched.get(request_id) in FINAL
+        return request_id in self.shown_final
 
     def final(self, request_id: str) -> bool:
         return self.watch_final(request_id) or request_id in self.got
@@ -213,8 +244,8 @@ async def sent_requests(client: BusClient) -> list[lifecycle_pb2.RequestStatus]:
     found: list[lifecycle_pb2.RequestStatus] = []
     token = ""
     while True:
-        # 100 a page: a page of 1,000 statuses with long timelines passed gRPC's 4 MB default.
-        page = await client.list(role=bus_pb2.ROLE_SENDER, page_size=100, page_token=token)
+        # The largest page a client may ask for: the broker keeps it under gRPC's 4 MiB default.
+        page = await client.list(role=bus_pb2.ROLE_SENDER, page_size=1000, page_token=token)
         found.extend(page.requests)
         token = page.next_page_token
         if not token:

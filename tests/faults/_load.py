@@ -87,9 +87,9 @@ class Submission:
 class Load:
     """Submits at ``rate`` per second while running; :meth:`submit` adds one on demand.
 
-    Every ``per_case`` submissions open a new case: a case keeps its money trail in one KV entry
-    that each of its requests updates, so one case taking the whole load would measure that
-    entry's contention rather than the faults (see the report).
+    Every ``per_case`` submissions open a new case. A case keeps its money trail in one KV entry
+    that each of its requests updates when submitted and again at its outcome, so a large
+    ``per_case`` keeps that entry hot (it once ran out of compare-and-set attempts: ABORTED).
     """
 
     def __init__(

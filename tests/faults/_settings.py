@@ -41,6 +41,9 @@ class FaultSettings:
     """Rounds of the cluster scenario; each kills one node, restarts it, then kills another."""
     burst: int
     """Requests submitted at once right before an agencies kill, so there is work in flight."""
+    per_case: int
+    """Load requests per case: every request of a case changes the case's one money-trail entry,
+    so a case taking seconds of the load at full rate is a hot case, raced by the faults too."""
     settle_timeout: float
     """Seconds every request acknowledged so far gets to reach a final state after a fault."""
     ack_wait: float
@@ -63,6 +66,7 @@ class FaultSettings:
             node_down=(1.0, 2.0),
             cluster_rounds=1,
             burst=12,
+            per_case=60,
             settle_timeout=45.0,
             ack_wait=2.0,
             broker_ack_wait=2.0,
@@ -83,6 +87,7 @@ class FaultSettings:
             node_down=(3.0, 8.0),
             cluster_rounds=3,
             burst=30,
+            per_case=300,
             settle_timeout=90.0,
             ack_wait=3.0,
             broker_ack_wait=None,

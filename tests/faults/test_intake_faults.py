@@ -102,7 +102,7 @@ async def test_a_retry_sets_the_timer_the_first_attempt_could_not(
             assert await _wait_for(world, police, reply.status.id, S.REQUEST_STATE_ESCALATED, within=2.5)
 
 
-async def test_a_retry_records_submitted_even_after_the_recipient_moved_on(
+async def test_a_request_reaches_the_inbox_only_after_its_submitted_record(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     original = WatchLog.append
@@ -116,7 +116,7 @@ async def test_a_retry_records_submitted_even_after_the_recipient_moved_on(
         event_id: str,
     ) -> None:
         if status.state == S.REQUEST_STATE_SUBMITTED and not failed:
-            failed.append(status.id)  # the broker dies here, after the inbox publish landed
+            failed.append(status.id)  # NATS fails the SUBMITTED record (or the broker dies here)
             raise UnavailableError("cannot publish status change")
         await original(self, status, recorded, event_id=event_id)
 
@@ -128,13 +128,15 @@ async def test_a_retry_records_submitted_even_after_the_recipient_moved_on(
             signed = police.sign(stop_payment(), idempotency_key=f"intake-{uuid.uuid4().hex}")
             with pytest.raises(grpc.aio.AioRpcError):
                 await police.submit_signed(signed)
-            # The bank's adapter got the order and said so before the police retried.
-            opened = (await world.inbox())[0]
-            await world.adapter_event(opened, S.REQUEST_STATE_DELIVERED)
-            assert await _wait_for(world, police, opened.header.id, S.REQUEST_STATE_DELIVERED, within=5.0)
+            # The bank cannot have the order yet: its outcome could otherwise reach the watch
+            # log, and the ledger chained from it, before the request itself.
+            assert await world.inbox(wait=0.5) == []
             reply = await police.submit_signed(signed)
             assert reply.duplicate
             request_id = reply.status.id
+            opened = (await world.inbox())[0]
+            await world.adapter_event(opened, S.REQUEST_STATE_DELIVERED)
+            assert await _wait_for(world, police, request_id, S.REQUEST_STATE_DELIVERED, within=5.0)
             for _ in range(30):  # the ledger sequencer chains asynchronously
                 kinds = await _ledger_kinds(world.js, request_id)
                 if ledger_pb2.LEDGER_ENTRY_KIND_EVENT in kinds:
@@ -142,7 +144,9 @@ async def test_a_retry_records_submitted_even_after_the_recipient_moved_on(
                 await asyncio.sleep(0.1)
         finally:
             await police.aclose()
-        assert S.REQUEST_STATE_SUBMITTED in await _watch_states(world.js, request_id)
+        assert failed == [request_id]
+        watched = await _watch_states(world.js, request_id)
+        assert watched == [S.REQUEST_STATE_SUBMITTED, S.REQUEST_STATE_DELIVERED]
         assert ledger_pb2.LEDGER_ENTRY_KIND_REQUEST in await _ledger_kinds(world.js, request_id)
 
 

@@ -10,6 +10,7 @@ import grpc
 import pytest
 from greenchannel.v1 import bus_pb2, common_pb2, lifecycle_pb2, results_pb2
 
+from broker.client import BusClient
 from broker.hub._grpc_status import error_details
 from broker.protocol._registry import BROKER_ID
 from broker.protocol._subjects import DEADLETTER_STREAM, deadletter_subject
@@ -211,3 +212,38 @@ async def test_an_overtaken_step_joins_the_timeline_and_a_repeated_one_is_refuse
             refusal = await world.js.get_last_msg(DEADLETTER_STREAM, deadletter_subject(BROKER_ID))
             assert json.loads(refusal.data or b"")["reason"] == "OUT_OF_ORDER"
             assert len((await police.get(status.id)).events) == 4
+
+
+async def test_watching_everything_of_mine_shows_only_requests_i_am_a_party_to(tmp_path: Path) -> None:
+    async with broker_world(tmp_path) as world:
+        broker = await world.start_broker()
+        async with (
+            world.client(broker) as police,
+            world.client(broker, "bank-icbc") as recipient,
+            world.client(broker, "bank-abc") as bystander,
+        ):
+            seen: dict[str, list[str]] = {"recipient": [], "bystander": []}
+
+            async def follow(name: str, client: BusClient) -> None:
+                async for record in client.watch(only_new=True):
+                    seen[name].append(record.request_id)
+
+            watchers = [
+                asyncio.create_task(follow("recipient", recipient)),
+                asyncio.create_task(follow("bystander", bystander)),
+            ]
+            await asyncio.sleep(0.5)  # both watches are open (only_new) before the request
+            first = (await police.submit(stop_payment())).status.id
+            [opened] = await world.inbox(BANK)
+            await world.adapter_event(opened, common_pb2.REQUEST_STATE_DELIVERED)
+            # A later request to the bystander itself: once it sees that, it would have seen the first.
+            second = (await police.submit(stop_payment(account="6228480000000000001"))).status.id
+            for _ in range(200):
+                if second in seen["bystander"] and seen["recipient"].count(first) == 2:
+                    break
+                await asyncio.sleep(0.05)
+            for task in watchers:
+                task.cancel()
+            await asyncio.gather(*watchers, return_exceptions=True)
+        assert seen["recipient"] == [first, first]  # SUBMITTED and DELIVERED, nothing of bank-abc's
+        assert seen["bystander"] == [second]

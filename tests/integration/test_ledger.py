@@ -51,6 +51,7 @@ from broker.hub._ledger import (
     ensure_ledger_streams,
 )
 from broker.hub._ledger_service import LedgerServicer
+from broker.hub._watchlog import WatchLog
 from broker.protocol import ManualClock, SigningKey, SystemClock, body_digest
 from broker.protocol._directory import load_directory
 from broker.protocol._embedded import EmbeddedNats, EmbeddedNatsConfig
@@ -342,7 +343,7 @@ async def test_sequencer_with_a_stale_head_is_refused_and_catches_up(env: Env, j
     assert_once_each(chain, ["before-stale", "after-stale"])
 
 
-async def test_writer_records_timeline_events_and_rejections(env: Env, js: JetStreamContext) -> None:
+async def test_watch_log_events_and_rejections_are_chained(env: Env, js: JetStreamContext) -> None:
     writer = LedgerWriter(js)
     request_id = str(uuid.uuid4())
     header = envelope_pb2.EnvelopeHeader(id=request_id, body_digest=digest_of("the request"))
@@ -356,7 +357,11 @@ async def test_writer_records_timeline_events_and_rejections(env: Env, js: JetSt
 
     def recorded(state: common_pb2.RequestState.ValueType, actor: str) -> lifecycle_pb2.RecordedEvent:
         event = lifecycle_pb2.LifecycleEvent(
-            event_id=str(uuid.uuid4()), request_id=request_id, state=state, actor=actor
+            event_id=str(uuid.uuid4()),
+            request_id=request_id,
+            state=state,
+            actor=actor,
+            request_digest=header.body_digest,  # every event is bound to the notarized body
         )
         return lifecycle_pb2.RecordedEvent(
             event=envelope_pb2.SignedMessage(payload=event.SerializeToString(), signature="x" * 16),
@@ -368,11 +373,12 @@ async def test_writer_records_timeline_events_and_rejections(env: Env, js: JetSt
         recorded(common_pb2.REQUEST_STATE_DELIVERED, BANK),
         recorded(common_pb2.REQUEST_STATE_ESCALATED, "greenchannel-broker"),
     ]
+    watchlog = WatchLog(js)
     async with LedgerSequencer(js, env.broker_key, ManualClock(T0), CONFIG):
         for item in timeline:
             event_id = lifecycle_pb2.LifecycleEvent.FromString(item.event.payload).event_id
-            await writer.record_event(status, item, event_id=event_id)
-            await writer.record_event(status, item, event_id=event_id)  # a redelivered event
+            await watchlog.append(status, item, event_id=event_id)
+            await watchlog.append(status, item, event_id=event_id)  # a redelivered event
         await writer.record_rejection(
             record_id="rejection:forged-1", actor=BANK, request_id="../../etc", refused=b"forged", at=T0
         )
