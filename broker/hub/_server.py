@@ -228,7 +228,7 @@ class Broker:
             options=[
                 ("grpc.max_receive_message_length", config.max_message_bytes),
                 ("grpc.max_send_message_length", 4 * config.max_message_bytes),
-            ]
+            ],
         )
         bus_pb2_grpc.add_BusServiceServicer_to_server(
             BusServicer(
