@@ -14,6 +14,7 @@ resumes a broken Watch from its last cursor.
 from __future__ import annotations
 
 import asyncio
+import random
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from datetime import timedelta
@@ -34,6 +35,7 @@ from greenchannel.v1 import (
 )
 
 from broker.hub._auth import bearer_metadata
+from broker.hub._grpc_status import error_details
 from broker.protocol import Clock, SigningKey, SystemClock
 from broker.protocol._envelope import BROKER_ID, CANCELLATION_TYPE, sign_message, sign_request
 
@@ -91,9 +93,19 @@ class BusClient:
             try:
                 return await invoke(self._metadata())
             except grpc.aio.AioRpcError as exc:
+                delay = self._backoff * 2 ** (attempt - 1)
+                if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
+                    # Only the broker shedding load is worth a retry (a message too big is not),
+                    # after the delay it asks for, spread so shed clients do not return together.
+                    details = error_details(exc)
+                    if details.reason != "OVERLOADED" or attempt == self._attempts:
+                        raise
+                    asked = details.retry_delay.total_seconds() if details.retry_delay else 0.0
+                    await asyncio.sleep(max(asked, delay) * random.uniform(1.0, 1.5))  # noqa: S311 -- jitter
+                    continue
                 if exc.code() not in _TRANSIENT or attempt == self._attempts:
                     raise
-                await asyncio.sleep(self._backoff * 2 ** (attempt - 1))
+                await asyncio.sleep(delay)
         raise AssertionError("unreachable")
 
     # -- requests --------------------------------------------------------------------------

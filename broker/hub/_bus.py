@@ -7,7 +7,16 @@ from collections.abc import AsyncIterator, Callable
 
 import grpc
 import structlog
-from greenchannel.v1 import bus_pb2, bus_pb2_grpc, common_pb2, lifecycle_pb2, results_pb2
+from google.protobuf.message import DecodeError
+from greenchannel.v1 import (
+    bus_pb2,
+    bus_pb2_grpc,
+    common_pb2,
+    envelope_pb2,
+    lifecycle_pb2,
+    requests_pb2,
+    results_pb2,
+)
 
 from broker.protocol import Clock
 from broker.protocol._envelope import CANCELLATION_TYPE
@@ -16,6 +25,7 @@ from broker.protocol._signing import verify_detached
 from broker.protocol._subjects import status_filter, status_parties
 from broker.protocol._validation import decode_message, validate_message
 
+from ._admission import Admission
 from ._auth import Authenticator, Caller
 from ._errors import IllegalTransitionError, InvalidRequestError, PermissionDeniedError
 from ._events import BrokerEvents, Refused
@@ -36,6 +46,15 @@ PAGE_BYTES = 3 * 1024 * 1024
 otherwise, and a hundred statuses with long timelines passed that; the margin covers framing."""
 # Per item in ListResponse.requests: one tag byte and a length varint (a status is < 2^28 bytes).
 _ITEM_OVERHEAD = 5
+
+
+def _is_green(signed: envelope_pb2.SignedMessage) -> bool:
+    """The priority the request claims, read before anything is checked (only to order shedding:
+    a request that lies about it is refused by the full checks all the same)."""
+    try:
+        return requests_pb2.Request.FromString(signed.payload).priority == common_pb2.PRIORITY_GREEN
+    except DecodeError:
+        return False
 
 
 def _party_of(agency_id: str) -> Callable[[str], bool]:
@@ -66,7 +85,9 @@ class BusServicer(bus_pb2_grpc.BusServiceServicer):
         clock: Clock,
         trail: TrailService,
         page_bytes: int = PAGE_BYTES,
+        admission: Admission | None = None,
     ) -> None:
+        self._admission = admission or Admission()
         self._trail = trail
         self._page_bytes = page_bytes
         self._auth = auth
@@ -183,27 +204,30 @@ class BusServicer(bus_pb2_grpc.BusServiceServicer):
     async def Submit(
         self, request: bus_pb2.SubmitRequest, context: grpc.aio.ServicerContext
     ) -> bus_pb2.SubmitResponse:
-        caller = await self._auth.authenticate(context)
-        _validated(request)
-        outcome = await self._intake.submit(caller, request.request)
+        with self._admission.admit(green=_is_green(request.request)):
+            caller = await self._auth.authenticate(context)
+            _validated(request)
+            outcome = await self._intake.submit(caller, request.request)
         return bus_pb2.SubmitResponse(status=outcome.status, duplicate=outcome.duplicate)
 
     @guard_unary
     async def Extend(
         self, request: bus_pb2.ExtendRequest, context: grpc.aio.ServicerContext
     ) -> bus_pb2.ExtendResponse:
-        caller = await self._auth.authenticate(context)
-        _validated(request)
-        outcome = await self._intake.submit(caller, request.request, body="extend")
+        with self._admission.admit(green=_is_green(request.request)):
+            caller = await self._auth.authenticate(context)
+            _validated(request)
+            outcome = await self._intake.submit(caller, request.request, body="extend")
         return bus_pb2.ExtendResponse(status=outcome.status)
 
     @guard_unary
     async def Release(
         self, request: bus_pb2.ReleaseRequest, context: grpc.aio.ServicerContext
     ) -> bus_pb2.ReleaseResponse:
-        caller = await self._auth.authenticate(context)
-        _validated(request)
-        outcome = await self._intake.submit(caller, request.request, body="release")
+        with self._admission.admit(green=_is_green(request.request)):
+            caller = await self._auth.authenticate(context)
+            _validated(request)
+            outcome = await self._intake.submit(caller, request.request, body="release")
         return bus_pb2.ReleaseResponse(status=outcome.status)
 
     @guard_unary

@@ -11,6 +11,7 @@ The tree::
     ├── NotFoundError           NOT_FOUND           no such request
     ├── ConflictError           ABORTED             concurrent updates kept winning; the caller may retry
     ├── UnavailableError        UNAVAILABLE         NATS / JetStream did not answer; the caller may retry
+    ├── OverloadedError         RESOURCE_EXHAUSTED  too many submissions in hand; retry after RetryInfo
     └── PolicyError             INTERNAL            a policy file is invalid; names the file and the field
 
 ``reason`` is a stable machine-readable code sent as google.rpc.ErrorInfo.reason.
@@ -27,6 +28,7 @@ __all__ = [
     "IllegalTransitionError",
     "InvalidRequestError",
     "NotFoundError",
+    "OverloadedError",
     "PermissionDeniedError",
     "PolicyError",
     "UnavailableError",
@@ -86,6 +88,12 @@ class ConflictError(HubError):
 
 class UnavailableError(HubError):
     reason = "UNAVAILABLE"
+
+
+class OverloadedError(HubError):
+    """Too much in hand right now; the caller should retry after the RetryInfo delay."""
+
+    reason = "OVERLOADED"
 
 
 class PolicyError(HubError):

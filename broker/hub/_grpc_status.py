@@ -50,6 +50,7 @@ from ._errors import (
     IllegalTransitionError,
     InvalidRequestError,
     NotFoundError,
+    OverloadedError,
     PermissionDeniedError,
     PolicyError,
     UnavailableError,
@@ -84,6 +85,7 @@ CODES: Mapping[type[HubError], grpc.StatusCode] = MappingProxyType(
         NotFoundError: grpc.StatusCode.NOT_FOUND,
         ConflictError: grpc.StatusCode.ABORTED,
         UnavailableError: grpc.StatusCode.UNAVAILABLE,
+        OverloadedError: grpc.StatusCode.RESOURCE_EXHAUSTED,
         PolicyError: grpc.StatusCode.INTERNAL,
     }
 )
@@ -94,7 +96,11 @@ _INTERNAL_MESSAGE = "internal error"
 # When to try again. A conflict clears as soon as the competing writer is done; NATS
 # usually needs a leader election or a reconnect, which takes seconds.
 _RETRY_AFTER: Mapping[type[HubError], timedelta] = MappingProxyType(
-    {ConflictError: timedelta(milliseconds=200), UnavailableError: timedelta(seconds=1)}
+    {
+        ConflictError: timedelta(milliseconds=200),
+        UnavailableError: timedelta(seconds=1),
+        OverloadedError: timedelta(milliseconds=250),
+    }
 )
 # The details ride in one trailer; clients refuse metadata above 8 KiB by default (and then
 # see only a bare INTERNAL), so a request that breaks every rule is reported in part.

@@ -37,6 +37,7 @@ from broker.protocol._provision import (
 from broker.protocol._registry import Registry
 from broker.protocol._subjects import stream_specs
 
+from ._admission import Admission, AdmissionConfig
 from ._auth import Authenticator, open_replay_cache
 from ._bus import BusServicer
 from ._deadlines_watch import DeadlineWatch, DeadlineWatchConfig
@@ -98,6 +99,8 @@ class BrokerConfig:
     """How fired deadline timers are consumed."""
     ledger: LedgerConfig = field(default_factory=LedgerConfig)
     """How the ledger's sequencer chains records and how often it signs checkpoints."""
+    admission: AdmissionConfig = field(default_factory=AdmissionConfig)
+    """How many submissions are worked on at once; beyond, RESOURCE_EXHAUSTED at once."""
     max_message_bytes: int = 2 * 1024 * 1024
     """Largest gRPC message accepted; bigger ones get RESOURCE_EXHAUSTED before any work."""
     shutdown_grace: float = 5.0
@@ -119,6 +122,8 @@ class Broker:
         self._events: EventProcessor | None = None
         self._deadlines: DeadlineWatch | None = None
         self._ledger: LedgerSequencer | None = None
+        self.admission = Admission(config.admission)
+        """Submissions in hand, and the bound beyond which they are shed."""
         self._port = 0
         self._closed = False
         self.registry: Registry | None = None
@@ -241,6 +246,7 @@ class Broker:
                 broker_events=broker_events,
                 clock=config.clock,
                 trail=TrailService(auth=auth, chaser=trail_chaser, policy=policy),
+                admission=self.admission,
             ),
             server,
         )

@@ -11,6 +11,7 @@ import pytest
 from greenchannel.v1 import bus_pb2, common_pb2, lifecycle_pb2, results_pb2
 
 from broker.client import BusClient
+from broker.hub._admission import AdmissionConfig
 from broker.hub._grpc_status import error_details
 from broker.protocol._registry import BROKER_ID
 from broker.protocol._subjects import DEADLETTER_STREAM, deadletter_subject
@@ -247,3 +248,38 @@ async def test_watching_everything_of_mine_shows_only_requests_i_am_a_party_to(t
             await asyncio.gather(*watchers, return_exceptions=True)
         assert seen["recipient"] == [first, first]  # SUBMITTED and DELIVERED, nothing of bank-abc's
         assert seen["bystander"] == [second]
+
+
+async def test_past_its_bound_the_broker_sheds_submissions_at_once_and_keeps_room_for_green(
+    tmp_path: Path,
+) -> None:
+    async with broker_world(tmp_path) as world:
+        broker = await world.start_broker(admission=AdmissionConfig(max_in_hand=2, standard_share=0.5))
+        police = BusClient(broker.address, agency_id=POLICE, signing_key=world.key(POLICE), attempts=1)
+        try:
+            with broker.admission.admit(green=True):  # one submission in hand: STANDARD's share is full
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await police.submit(stop_payment(priority=common_pb2.PRIORITY_STANDARD))
+                details = error_details(refused.value)
+                assert (details.code, details.reason) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "OVERLOADED")
+                assert details.retry_delay is not None
+                assert await world.inbox(wait=0.3) == []  # shed before anything was stored or sent
+                green = await police.submit(stop_payment(case_number="SH-PD-2026-0002"))
+                assert green.status.state == common_pb2.REQUEST_STATE_SUBMITTED
+            assert broker.admission.in_hand == 0
+            # With room again, the client's own retry of a shed call goes through.
+            retried = BusClient(broker.address, agency_id=POLICE, signing_key=world.key(POLICE), attempts=3)
+            try:
+                with broker.admission.admit(green=True):
+                    pending = asyncio.create_task(
+                        retried.submit(
+                            stop_payment(case_number="SH-PD-2026-0003", priority=common_pb2.PRIORITY_STANDARD)
+                        )
+                    )
+                    await asyncio.sleep(0.1)  # its first attempt is shed while this one is in hand
+                reply = await pending
+                assert reply.status.state == common_pb2.REQUEST_STATE_SUBMITTED
+            finally:
+                await retried.aclose()
+        finally:
+            await police.aclose()

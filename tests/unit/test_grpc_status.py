@@ -21,6 +21,7 @@ from broker.hub._errors import (
     IllegalTransitionError,
     InvalidRequestError,
     NotFoundError,
+    OverloadedError,
     PermissionDeniedError,
     PolicyError,
     UnavailableError,
@@ -81,6 +82,7 @@ def test_every_hub_error_class_has_the_code_of_the_tree_docstring() -> None:
         NotFoundError: grpc.StatusCode.NOT_FOUND,
         ConflictError: grpc.StatusCode.ABORTED,
         UnavailableError: grpc.StatusCode.UNAVAILABLE,
+        OverloadedError: grpc.StatusCode.RESOURCE_EXHAUSTED,
         PolicyError: grpc.StatusCode.INTERNAL,
     }
     exported = {getattr(_errors, name) for name in _errors.__all__}
