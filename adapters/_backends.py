@@ -9,7 +9,7 @@ are never copied into errors or logs: the agency system may describe a customer 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Protocol
@@ -88,7 +88,8 @@ class _Call:
     """One request type's service call: ``method(RequestMessage(context=..., <order_field>=body))``."""
 
     method: str
-    request: type[Message]
+    # A message class, typed as the call it is: protobuf's stubs give Message.__init__ no fields.
+    request: Callable[..., Message]
     order_field: str = "order"
     answer_field: str | None = None
 

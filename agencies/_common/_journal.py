@@ -83,7 +83,7 @@ class ExecutionJournal:
         if refusal is not None:
             # The id is logged only once it is known to be a UUID: anything else might be anything.
             self._log(method, _loggable(context.request_id), refusal, replayed=False)
-            return response_type(result=refusal)
+            return _with_result(response_type, refusal)
         request_id = context.request_id
         with self._db.transaction() as conn:
             row = conn.execute(
@@ -93,7 +93,7 @@ class ExecutionJournal:
                 if row["method"] != method:
                     reused = invalid_request("request id already used for another order")
                     self._log(method, request_id, reused, replayed=False)
-                    return response_type(result=reused)
+                    return _with_result(response_type, reused)
                 replay = response_type.FromString(row["response"])
                 self._log(method, request_id, _result_of(replay), replayed=True)
                 return replay
@@ -172,3 +172,9 @@ def _loggable(request_id: str) -> str:
 def _result_of(response: Message) -> results_pb2.Result:
     result: results_pb2.Result = getattr(response, "result")  # noqa: B009
     return result
+
+
+def _with_result(response_type: type[R], result: results_pb2.Result) -> R:
+    """``response_type(result=result)``; protobuf's stubs give ``Message.__init__`` no fields."""
+    make: Callable[..., R] = response_type
+    return make(result=result)
