@@ -13,6 +13,7 @@ from nats.js.api import StreamConfig
 from nats.js.client import JetStreamContext
 
 from broker.hub._consumer import ConsumerLoop, ConsumerSpec, subject_token
+from tests._wait import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -25,7 +26,8 @@ async def _stream(js: JetStreamContext) -> tuple[str, str]:
 
 
 def _spec(stream: str, prefix: str, **overrides: float) -> ConsumerSpec:
-    settings: dict[str, float] = {"batch": 16, "fetch_timeout": 0.2, "ack_wait": 1.0, "concurrency": 8}
+    # ack_wait only bounds a redelivery nobody wants here: long, so a loaded machine cannot cause one.
+    settings: dict[str, float] = {"batch": 16, "fetch_timeout": 0.2, "ack_wait": 10.0, "concurrency": 8}
     settings.update(overrides)
     return ConsumerSpec(
         name="loop-test",
@@ -58,7 +60,7 @@ async def test_one_keys_messages_stay_in_order_while_keys_run_side_by_side(js: J
         await asyncio.sleep(0.02)  # a few round trips' worth: the others get their turn meanwhile
         seen[key].append(int(msg.data))
         running.discard(key)
-        await msg.ack()
+        await msg.ack_sync(timeout=10.0)
         if sum(map(len, seen.values())) == 20:
             done.set()
 
@@ -72,17 +74,18 @@ async def test_a_slow_handler_is_kept_alive_and_never_handed_out_twice(js: JetSt
     stream, prefix = await _stream(js)
     await js.publish(f"{prefix}.slow", b"x")
     deliveries: list[int] = []
+    # ack_wait 2 s, heartbeat every 0.67 s: a loaded machine may run the heartbeat late by more
+    # than a second before the message would go back; the handler still outlasts ack_wait 3 times.
+    ack_wait = 2.0
 
     async def handle(msg: Msg) -> None:
         deliveries.append(msg.metadata.num_delivered or 0)
-        await asyncio.sleep(3.0)  # three times ack_wait: only the heartbeats keep it ours
-        await msg.ack()
+        await asyncio.sleep(3 * ack_wait)  # only the heartbeats keep it ours
+        # Confirmed: the server has taken the ack before the handler (and the loop) is done.
+        await msg.ack_sync(timeout=10.0)
 
-    async with ConsumerLoop(js, _spec(stream, prefix, ack_wait=1.0), handle, key=subject_token(-1)):
-        for _ in range(200):
-            if deliveries:
-                break
-            await asyncio.sleep(0.05)
+    async with ConsumerLoop(js, _spec(stream, prefix, ack_wait=ack_wait), handle, key=subject_token(-1)):
+        await eventually(lambda: bool(deliveries), what="the message was handed out")
     # Leaving the block waited for the message in hand; it was delivered once, and acked.
     assert deliveries == [1]
     info = await js.consumer_info(stream, "loop-test")
@@ -99,10 +102,11 @@ async def test_a_failing_handler_leaves_the_message_to_come_back(js: JetStreamCo
         attempts.append(msg.metadata.num_delivered or 0)
         if len(attempts) == 1:
             raise RuntimeError("a bug or a NATS hiccup")
-        await msg.ack()
+        await msg.ack_sync(timeout=10.0)
         done.set()
 
-    async with ConsumerLoop(js, _spec(stream, prefix, ack_wait=0.5), handle, key=subject_token(-1)):
+    # Long enough that the second copy, once in hand, is acked before a third could be sent.
+    async with ConsumerLoop(js, _spec(stream, prefix, ack_wait=2.0), handle, key=subject_token(-1)):
         await asyncio.wait_for(done.wait(), 30)
     assert attempts == [1, 2]
 
