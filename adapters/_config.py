@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from broker.protocol._nats import NatsSettings
+from broker.protocol._nats_auth import DEFAULT_INBOX_ACK_WAIT
 from broker.protocol._subjects import validate_agency_id
 
 __all__ = ["AdapterConfig"]
@@ -54,8 +55,13 @@ class AdapterConfig:
     channel waits; a short bound lets the adapter's retries see it come back.
     """
 
-    ack_wait: float = 30.0
-    """JetStream ack wait of the inbox consumers; ``in_progress`` heartbeats go out every third of it."""
+    ack_wait: float = DEFAULT_INBOX_ACK_WAIT
+    """JetStream ack wait of the inbox consumers; ``in_progress`` heartbeats go out every third of it.
+
+    A held message is kept alive however long its handling takes (retries of an agency system that
+    is down included), so this only bounds how soon what a crashed adapter held is delivered again.
+    Under per-agency NATS users the broker creates the consumers with
+    :data:`~broker.protocol._nats_auth.DEFAULT_INBOX_ACK_WAIT`; the two must agree."""
 
     concurrency: int = 32
     """Inbox messages handled at once (each one's steps still strictly in order).

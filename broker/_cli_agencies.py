@@ -38,6 +38,7 @@ from broker.protocol._directory import load_directory
 from broker.protocol._nats import connect
 from broker.protocol._nats_auth import (
     AGENCY_JS_API_PREFIX,
+    DEFAULT_INBOX_ACK_WAIT,
     ensure_nats_seeds,
     nats_settings_for,
     requires_auth,
@@ -84,7 +85,7 @@ class AgenciesConfig:
     """The broker's NATS: one URL or several, comma separated."""
     only: tuple[str, ...] = ()
     """Agency ids to run; empty: every agency that runs a service."""
-    ack_wait: float = 30.0
+    ack_wait: float = DEFAULT_INBOX_ACK_WAIT
     """Inbox ack wait in seconds: how long a message held by a crashed adapter waits to be redelivered."""
     idle_fetch_timeout: float = 0.25
     """Seconds an idle adapter's pull waits; bounds how long a graceful stop waits for each."""
@@ -264,9 +265,12 @@ def _add_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--ack-wait",
         type=_positive,
-        default=30.0,
+        default=DEFAULT_INBOX_ACK_WAIT,
         metavar="SECONDS",
-        help="inbox ack wait: how soon a message held by a crashed adapter is delivered again (default 30)",
+        help=(
+            "inbox ack wait: how soon a message held by a crashed adapter is delivered again "
+            f"(default {DEFAULT_INBOX_ACK_WAIT:g}; held messages are kept alive every third of it)"
+        ),
     )
 
 

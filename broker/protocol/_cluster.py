@@ -21,18 +21,52 @@ from types import TracebackType
 from typing import Self
 
 import nats.errors
+import nkeys
 import structlog
 from nats.aio.client import Client
 from nats.js.api import ClusterInfo
 
 from ._embedded import ClusterBlock, EmbeddedNats, EmbeddedNatsConfig
 from ._errors import NatsServerError
+from ._nats_auth import NatsPermissions, NatsUser, generate_nats_seed
 
 __all__ = ["EmbeddedCluster", "EmbeddedClusterConfig", "free_ports"]
 
 _log = structlog.get_logger("greenchannel.embedded_cluster")
 
 _POLL_INTERVAL = 0.1
+_PROBE_USER = "_cluster_probe"
+_PROBE_INBOX = "_GC_CLUSTER_PROBE"
+
+
+@dataclass(frozen=True)
+class _Probe:
+    """The cluster's own user for its health checks when the nodes run per-agency accounts.
+
+    A user of the broker's account (where JetStream lives) that may only read stream and consumer
+    info, with replies on a prefix of its own; its seed exists only in this process's memory.
+    """
+
+    seed: str
+    user: NatsUser
+
+    @classmethod
+    def generate(cls) -> _Probe:
+        seed = generate_nats_seed()
+        pair = nkeys.from_seed(bytearray(seed))
+        public = bytes(pair.public_key).decode()
+        pair.wipe()
+        permissions = NatsPermissions(
+            publish=(
+                "$JS.API.INFO",
+                "$JS.API.STREAM.NAMES",
+                "$JS.API.STREAM.INFO.>",
+                "$JS.API.CONSUMER.NAMES.>",
+                "$JS.API.CONSUMER.INFO.>",
+            ),
+            subscribe=(f"{_PROBE_INBOX}.>",),
+        )
+        return cls(seed=seed.decode(), user=NatsUser(owner=_PROBE_USER, nkey=public, permissions=permissions))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -52,7 +86,9 @@ class EmbeddedClusterConfig:
     """Address every client and route port binds to; loopback keeps the cluster private."""
 
     node: EmbeddedNatsConfig = field(default_factory=EmbeddedNatsConfig)
-    """Template for every node (sync, limits, timeouts); store, ports, name and routes are filled in."""
+    """Template for every node (sync, limits, timeouts, ``authorization``); store, ports, name and
+    routes are filled in. With an ``authorization`` every node runs the same per-agency accounts,
+    as a single embedded server does."""
 
     def __post_init__(self) -> None:
         if self.size < 1:
@@ -91,6 +127,7 @@ class EmbeddedCluster:
         self._nodes: list[EmbeddedNats] = []
         self._restarted_at: dict[str, float] = {}
         self._closed = False
+        self._probe = _Probe.generate() if self._config.node.authorization is not None else None
 
     # -- public state --------------------------------------------------------------------
 
@@ -239,10 +276,14 @@ class EmbeddedCluster:
         ports = free_ports(2 * config.size, config.host)
         client_ports, route_ports = ports[: config.size], ports[config.size :]
         routes = tuple(f"nats-route://{config.host}:{port}" for port in route_ports)
+        authorization = config.node.authorization
+        if authorization is not None and self._probe is not None:
+            authorization = authorization.with_broker_side(self._probe.user)
         return [
             EmbeddedNats(
                 replace(
                     config.node,
+                    authorization=authorization,
                     store_dir=root / self._node_name(i),
                     host=config.host,
                     port=client_ports[i],
@@ -264,7 +305,13 @@ class EmbeddedCluster:
             raise NatsServerError("no node of the cluster is running")
         nc = Client()
         await nc.connect(
-            servers=urls, allow_reconnect=False, max_reconnect_attempts=0, connect_timeout=2, error_cb=quiet
+            servers=urls,
+            allow_reconnect=False,
+            max_reconnect_attempts=0,
+            connect_timeout=2,
+            error_cb=quiet,
+            nkeys_seed_str=None if self._probe is None else self._probe.seed,
+            inbox_prefix=_PROBE_INBOX,
         )
         return nc
 

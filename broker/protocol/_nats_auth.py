@@ -89,8 +89,14 @@ An agency's account imports its two consumers' API subjects under this name: imp
 ``$JS.API...`` they would be answered by the account's own (disabled) JetStream instead.
 """
 
-DEFAULT_INBOX_ACK_WAIT = 30.0
-"""Ack wait of the inbox consumers the broker creates; the adapters' default too."""
+DEFAULT_INBOX_ACK_WAIT = 2.0
+"""Ack wait of the inbox consumers the broker creates; the adapters' default too.
+
+Short because an adapter keeps every message it holds alive with ``in_progress`` every third of
+it, however long the agency system takes: the ack wait only decides how soon a message held by
+an adapter that died (SIGKILL, a lost host) is delivered again. At 2 s a GREEN order a crashed
+adapter held is back within about 2 s, not the 30 s it used to wait.
+"""
 
 _SEED_DIR = ("keys", "nats")
 _SEED_SUFFIX = ".nk"

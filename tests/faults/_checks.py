@@ -17,6 +17,7 @@ from datetime import UTC
 from pathlib import Path
 
 import grpc
+from google.protobuf.timestamp_pb2 import Timestamp
 from greenchannel.v1 import bus_pb2, common_pb2, ledger_pb2, lifecycle_pb2
 
 from adapters import IdempotencyStore
@@ -25,6 +26,7 @@ from broker._cli_ledger import export_ledger, read_ledger_file, registry_keys
 from broker.client import BusClient
 from broker.protocol import SystemClock
 from broker.protocol._ledger_chain import verify_chain
+from broker.protocol._nats import NatsSettings, connect
 from broker.protocol._provision import load_agency_signing_key
 
 from ._load import RETRYABLE, Submission
@@ -33,10 +35,12 @@ from ._world import REGULATOR, FaultWorld
 __all__ = [
     "FINAL",
     "BankAudit",
+    "Kill",
     "LedgerAudit",
     "Tracker",
     "audit_banks",
     "audit_ledger",
+    "redelivery_times",
 ]
 
 S = common_pb2
@@ -252,6 +256,57 @@ async def sent_requests(client: BusClient) -> list[lifecycle_pb2.RequestStatus]:
             return found
 
 
+@dataclass(frozen=True, kw_only=True)
+class Kill:
+    """One SIGKILL: what was killed and when (wall clock, as the events' timestamps are)."""
+
+    kind: str
+    """broker, agencies, nats or node."""
+    at: float
+    """``time.time()`` right after the process was gone."""
+
+
+def _seconds(stamp: Timestamp) -> float:
+    return stamp.ToDatetime(tzinfo=UTC).timestamp()
+
+
+def redelivery_times(
+    statuses: list[lifecycle_pb2.RequestStatus], kills: list[Kill]
+) -> dict[str, list[float]]:
+    """Per kill kind: for each GREEN request in flight at a kill, seconds from the kill to its next event.
+
+    After an agencies kill the requests in flight are those an adapter had DELIVERED (it holds the
+    inbox message until the answer is out) without an outcome yet; the time is to the first event
+    the restarted adapter signed for it (the event's own ``at``): redelivery after the inbox ack
+    wait, plus the moment it takes to verify and answer. After a broker, NATS or node kill they are
+    the requests submitted and not yet final; the time is to the broker recording their next
+    event (``recorded_at``), once the killed part is back and its consumers redeliver.
+    """
+    times: dict[str, list[float]] = {}
+    for kill in kills:
+        found = times.setdefault(kill.kind, [])
+        for status in statuses:
+            if status.priority != S.PRIORITY_GREEN:
+                continue
+            records = [
+                (_seconds(r.recorded_at), lifecycle_pb2.LifecycleEvent.FromString(r.event.payload))
+                for r in status.events
+            ]
+            if kill.kind == "agencies":
+                stamps = [(_seconds(event.at), event.state) for _, event in records]
+                held = any(state == S.REQUEST_STATE_DELIVERED for at, state in stamps if at < kill.at)
+                answered = any(state in _OUTCOMES for at, state in stamps if at < kill.at)
+                after = [at for at, _ in stamps if at >= kill.at]
+            else:
+                stamps = [(recorded, event.state) for recorded, event in records]
+                held = any(recorded < kill.at for recorded, _ in stamps)
+                answered = any(state in FINAL for recorded, state in stamps if recorded < kill.at)
+                after = [recorded for recorded, _ in stamps if recorded >= kill.at]
+            if held and not answered and after:
+                found.append(min(after) - kill.at)
+    return times
+
+
 def timeline_duplicates(status: lifecycle_pb2.RequestStatus) -> int:
     """Outcome events beyond the first in a request's timeline (an answer recorded twice)."""
     outcomes = [e for e in events_of(status) if e.state in _OUTCOMES]
@@ -368,12 +423,10 @@ async def audit_ledger(
     )
 
 
-async def diagnose(nats_url: str) -> str:
+async def diagnose(settings: NatsSettings) -> str:
     """Streams and durable consumers as the server sees them: where a stuck request waits."""
-    from broker.protocol._nats import NatsSettings, connect
-
     lines: list[str] = []
-    nc = await connect(NatsSettings.from_url(nats_url, name="faults-diagnose", initial_connect_timeout=5.0))
+    nc = await connect(settings)
     try:
         js = nc.jetstream(timeout=5.0)
         for stream in await js.streams_info():

@@ -27,10 +27,20 @@ from broker.protocol._embedded import EmbeddedNats, EmbeddedNatsConfig
 from broker.protocol._nats import NatsSettings, connect
 from broker.protocol._subjects import INBOX_STREAM, REQUESTS_BUCKET, inbox_consumer
 
-from ._checks import FINAL, Tracker, audit_banks, audit_ledger, diagnose, sent_requests, timeline_duplicates
+from ._checks import (
+    FINAL,
+    Kill,
+    Tracker,
+    audit_banks,
+    audit_ledger,
+    diagnose,
+    redelivery_times,
+    sent_requests,
+    timeline_duplicates,
+)
 from ._load import Load, Submission
 from ._settings import FaultSettings
-from ._world import LOAD_HOLDER, FaultWorld, WorldConfig
+from ._world import LOAD_HOLDER, FaultWorld, WorldConfig, fault_authorization
 
 __all__ = ["ScenarioReport", "run_cluster", "run_single_node"]
 
@@ -85,6 +95,10 @@ class ScenarioReport:
     """Streams and consumers as the server saw them when something was left open."""
     after_fault: list[str] = field(default_factory=list)
     """Per fault: how long until everything acknowledged before it was final."""
+    redelivery: dict[str, list[float]] = field(default_factory=dict)
+    """Per kill kind: seconds from each kill to the next event of each GREEN request in flight at
+    it (see :func:`~tests.faults._checks.redelivery_times`). Reported, not judged: a machine's load
+    moves it; what is judged is that nothing is lost or done twice."""
     notes: list[str] = field(default_factory=list)
     """Timings and observations worth a line in the summary."""
     seconds: float = 0.0
@@ -100,8 +114,31 @@ class ScenarioReport:
             f"ledger={'verified' if self.ledger_ok else 'NOT VERIFIED'} ({self.ledger_records} entries, "
             f"{len(self.ledger_missing)} missing) "
             f"resumed={self.resumed} in_flight_at_kill={self.in_flight} refused={len(self.refused)} "
-            f"seconds={self.seconds:.1f}"
+            f"worst_green_redelivery={self.redelivery_summary()} seconds={self.seconds:.1f}"
         )
+
+    def worst_redelivery(self) -> dict[str, float]:
+        """Per kill kind with GREEN requests in flight: the longest kill-to-next-event time."""
+        return {kind: max(times) for kind, times in sorted(self.redelivery.items()) if times}
+
+    def redelivery_summary(self) -> str:
+        worst = self.worst_redelivery()
+        return ",".join(f"{kind}:{seconds:.1f}s" for kind, seconds in worst.items()) or "none"
+
+    def redelivery_lines(self) -> list[str]:
+        """One line per kill kind: worst, median and count of the redelivery times."""
+        lines = []
+        for kind, times in sorted(self.redelivery.items()):
+            if not times:
+                lines.append(f"GREEN redelivery after a {kind} kill: no GREEN request was in flight")
+                continue
+            ordered = sorted(times)
+            lines.append(
+                f"GREEN redelivery after a {kind} kill: worst {ordered[-1]:.2f}s, "
+                f"median {ordered[len(ordered) // 2]:.2f}s over {len(ordered)} requests in flight "
+                f"({self.kills[kind]} kills)"
+            )
+        return lines
 
     def failures(self) -> list[str]:
         problems = []
@@ -159,6 +196,8 @@ class _Run:
         self.probes: list[Submission] = []
         self.nats_restarts: list[float] = []
         """Monotonic moments at which a killed nats-server (or cluster node) was back."""
+        self.kill_times: list[Kill] = []
+        """Every SIGKILL, when the process was gone: where redelivery times are measured from."""
 
     async def __aenter__(self) -> _Run:
         self.tracker.start()
@@ -236,18 +275,24 @@ class _Run:
             signal.SIGUSR1
         ):
             await asyncio.sleep(1.0)
-        return await diagnose(self.nats_url)
+        return await diagnose(self.world.nats_settings("faults-diagnose"))
+
+    def killed(self, kind: str) -> None:
+        """Note the moment a process of ``kind`` is gone (call right after the kill returns)."""
+        self.kill_times.append(Kill(kind=kind, at=time.time()))
 
     async def kill_broker(self) -> None:
         await self.world.broker.kill()
+        self.killed("broker")
         await self.outage()
         await self.world.broker.start()
 
-    async def kill_agencies(self, nats_url: str) -> None:
+    async def kill_agencies(self) -> None:
         """Kill the agencies process while its adapter holds orders it has not answered yet."""
         self.load.burst(KILL_BANK, self.settings.burst)
-        held = await _wait_held(nats_url, KILL_BANK, timeout=10.0)
+        held = await _wait_held(self.world.nats_settings("faults-probe"), KILL_BANK, timeout=10.0)
         await self.world.agencies.kill()
+        self.killed("agencies")
         self.report.in_flight.append(held)
         await self.outage()
         await self.world.agencies.start()
@@ -275,7 +320,11 @@ class _Run:
         report.duplicated.extend(rid for s in submissions if len(s.request_ids) > 1 for rid in s.request_ids)
         known = {rid for s in submissions for rid in s.request_ids}
         executing = {rid for s in load for rid in s.request_ids}
-        for status in await sent_requests(self.client):
+        statuses = await sent_requests(self.client)
+        report.redelivery = redelivery_times(
+            [status for status in statuses if status.id in executing], self.kill_times
+        )
+        for status in statuses:
             if status.id not in known or timeline_duplicates(status):
                 report.duplicated.append(status.id)
             elif (
@@ -325,9 +374,9 @@ class _Run:
         report.notes.append(f"settled, audited and stopped in {time.monotonic() - began:.1f}s")
 
 
-async def _wait_held(nats_url: str, bank: str, *, timeout: float) -> int:  # noqa: ASYNC109
+async def _wait_held(settings: NatsSettings, bank: str, *, timeout: float) -> int:  # noqa: ASYNC109
     """Poll the bank's GREEN inbox consumer until its adapter holds unacked messages; how many."""
-    nc = await connect(NatsSettings.from_url(nats_url, name="faults-probe", initial_connect_timeout=5.0))
+    nc = await connect(settings)
     try:
         js = nc.jetstream()
         deadline = time.monotonic() + timeout
@@ -347,17 +396,20 @@ def _share(total: int, rounds: int, round_: int) -> int:
     return total // rounds + (1 if round_ < total % rounds else 0)
 
 
-def _node_config(store_dir: Path | None = None) -> EmbeddedNatsConfig:
+def _node_config(root: Path, store_dir: Path | None = None) -> EmbeddedNatsConfig:
     # Restarted while this process runs gRPC: a preexec_fn fork would crash now and then (see
     # EmbeddedNatsConfig.parent_death_signal). The scenarios stop their servers themselves.
-    return EmbeddedNatsConfig(store_dir=store_dir, parent_death_signal=False)
+    # The per-agency accounts of a real deployment: each adapter reaches only its own inbox.
+    return EmbeddedNatsConfig(
+        store_dir=store_dir, parent_death_signal=False, authorization=fault_authorization(root)
+    )
 
 
 async def run_single_node(settings: FaultSettings, root: Path) -> ScenarioReport:
     """Broker, agencies and the one nats-server killed in turn, under load."""
     report = ScenarioReport(scenario="single-node", settings=settings)
     began = time.monotonic()
-    async with EmbeddedNats(_node_config(store_dir=root / "nats")) as nats_server:
+    async with EmbeddedNats(_node_config(root, store_dir=root / "nats")) as nats_server:
         config = WorldConfig(
             root=root,
             nats_url=nats_server.url,
@@ -370,12 +422,10 @@ async def run_single_node(settings: FaultSettings, root: Path) -> ScenarioReport
 
                 async def kill_nats() -> None:
                     await nats_server.kill()
+                    run.killed("nats")
                     await run.outage()
                     await nats_server.restart()
                     run.nats_restarts.append(time.monotonic())
-
-                async def kill_agencies() -> None:
-                    await run.kill_agencies(nats_server.url)
 
                 # Round after round: NATS, agencies, broker. NATS first, so the Watch that was open
                 # all along has to resume by itself (a broker restart makes the client re-open it).
@@ -384,7 +434,7 @@ async def run_single_node(settings: FaultSettings, root: Path) -> ScenarioReport
                     if round_ < settings.nats_kills:
                         await run.fault("nats", kill_nats)
                     if round_ < settings.agencies_kills:
-                        await run.fault("agencies", kill_agencies)
+                        await run.fault("agencies", run.kill_agencies)
                     for _ in range(_share(settings.broker_kills, rounds, round_)):
                         await run.fault("broker", run.kill_broker)
                 await run.pause()
@@ -397,7 +447,7 @@ async def run_cluster(settings: FaultSettings, root: Path) -> ScenarioReport:
     """Three nats-servers, R3 streams and KV: one node killed and brought back, then another."""
     report = ScenarioReport(scenario="cluster", settings=settings)
     began = time.monotonic()
-    cluster_config = EmbeddedClusterConfig(store_dir=root / "nats", name="faults", node=_node_config())
+    cluster_config = EmbeddedClusterConfig(store_dir=root / "nats", name="faults", node=_node_config(root))
     async with EmbeddedCluster(cluster_config) as cluster:
         config = WorldConfig(
             root=root,
@@ -421,6 +471,7 @@ async def run_cluster(settings: FaultSettings, root: Path) -> ScenarioReport:
 
                     async def kill_node(index: int = target) -> None:
                         await cluster.kill(index)
+                        run.killed("node")
                         # The load runs on two nodes for a while: degraded, not a blip.
                         await asyncio.sleep(run.rng.uniform(*settings.node_down))
                         await cluster.restart(index)

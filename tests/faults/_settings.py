@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from broker.protocol._nats_auth import DEFAULT_INBOX_ACK_WAIT
+
 __all__ = ["LEVEL_ENV", "SEED_ENV", "FaultSettings", "settings_from_env"]
 
 LEVEL_ENV = "GREENCHANNEL_FAULTS_LEVEL"
@@ -47,7 +49,8 @@ class FaultSettings:
     settle_timeout: float
     """Seconds every request acknowledged so far gets to reach a final state after a fault."""
     ack_wait: float
-    """Inbox ack wait of the adapters: how soon a message a killed adapter held comes back."""
+    """Inbox ack wait of the adapters: how soon a message a killed adapter held comes back. Both
+    levels use the shipped default, so the redelivery times reported are what a deployment gets."""
     broker_ack_wait: float | None
     """Ack wait of the broker's consumers; None: the real default, through the real CLI."""
 
@@ -68,7 +71,7 @@ class FaultSettings:
             burst=12,
             per_case=60,
             settle_timeout=45.0,
-            ack_wait=2.0,
+            ack_wait=DEFAULT_INBOX_ACK_WAIT,
             broker_ack_wait=2.0,
         )
 
@@ -89,7 +92,7 @@ class FaultSettings:
             burst=30,
             per_case=300,
             settle_timeout=90.0,
-            ack_wait=3.0,
+            ack_wait=DEFAULT_INBOX_ACK_WAIT,
             broker_ack_wait=None,
         )
 

@@ -22,6 +22,9 @@ from broker import cli
 from broker._cli_agencies import READY_PREFIX
 from broker.client import BusClient
 from broker.protocol import SystemClock
+from broker.protocol._directory import load_directory
+from broker.protocol._nats import NatsSettings
+from broker.protocol._nats_auth import NatsAuthorization, nats_authorization, nats_settings_for
 from broker.protocol._provision import ensure_agency_keys, load_agency_signing_key
 
 from ._procs import ManagedProcess, ProcessSpec, child_env
@@ -33,6 +36,7 @@ __all__ = [
     "REGULATOR",
     "FaultWorld",
     "WorldConfig",
+    "fault_authorization",
     "free_port",
     "scaled_sla_policy",
 ]
@@ -52,6 +56,23 @@ def free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+def _keys_dir(root: Path) -> Path:
+    return root / "keys"
+
+
+def fault_authorization(root: Path) -> NatsAuthorization:
+    """The per-agency NATS accounts of a scenario's stack, as ``greenchannel broker`` gives its
+    embedded server: JetStream in the broker's account, one account per agency of the directory.
+
+    Seeds and agency keys go where the world's processes read them (``--state-dir``); call it
+    before starting NATS, which needs the accounts, and so before the world.
+    """
+    keys = _keys_dir(root)
+    overlay = ensure_agency_keys(DEFAULT_DIRECTORY, keys, clock=SystemClock())
+    registry = load_directory(DEFAULT_DIRECTORY, key_overlays=[overlay])
+    return nats_authorization(keys, [agency.id for agency in registry.agencies()])
 
 
 def scaled_sla_policy(path: Path, *, deliver: str, acknowledge: str, execute: str) -> Path:
@@ -96,7 +117,7 @@ class FaultWorld:
     def __init__(self, config: WorldConfig) -> None:
         self.config = config
         root = config.root
-        self.keys_dir = root / "keys"
+        self.keys_dir = _keys_dir(root)
         self.data_dir = root / "data"
         self.logs_dir = root / "logs"
         self.sla_path = root / "sla.toml"
@@ -128,6 +149,12 @@ class FaultWorld:
     @property
     def broker_address(self) -> str:
         return f"127.0.0.1:{self.broker_port}"
+
+    def nats_settings(self, name: str) -> NatsSettings:
+        """Straight onto NATS as the broker's user (its seed), e.g. to read consumer info."""
+        return nats_settings_for(
+            self.config.nats_url, state_dir=self.keys_dir, agency=None, name=name, initial_connect_timeout=5.0
+        )
 
     def client(self, agency: str = POLICE, *, timeout: float = 5.0) -> BusClient:
         """A Bus API client speaking for ``agency``; its channel survives broker restarts."""

@@ -30,6 +30,8 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.write_line(report.line())
         for step in report.after_fault:
             terminalreporter.write_line(f"  after {step}")
+        for line in report.redelivery_lines():
+            terminalreporter.write_line(f"  {line}")
         for note in report.notes:
             terminalreporter.write_line(f"  {note}")
         for problem in report.failures():

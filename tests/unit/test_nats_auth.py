@@ -9,15 +9,19 @@ from pathlib import Path
 
 import pytest
 
+from adapters import AdapterConfig
+from broker._cli_agencies import AgenciesConfig
 from broker.protocol import KeyFileError
 from broker.protocol._embedded import find_nats_server
 from broker.protocol._nats import NatsSettings
 from broker.protocol._nats_auth import (
     AGENCY_JS_API_PREFIX,
     BROKER_ACCOUNT,
+    DEFAULT_INBOX_ACK_WAIT,
     agency_account,
     agency_permissions,
     ensure_nats_seeds,
+    inbox_consumer_config,
     load_nats_public_key,
     nats_authorization,
     nats_seed_path,
@@ -117,3 +121,18 @@ def test_settings_refuse_mixed_credentials_and_wildcard_prefixes(tmp_path: Path)
         NatsSettings(servers=("nats://h:1",), nkey_seed_file=tmp_path / "a.nk", user="u", password="p")
     with pytest.raises(ValueError, match="inbox_prefix"):
         NatsSettings(servers=("nats://h:1",), inbox_prefix="_INBOX.>")
+
+
+def test_a_crashed_adapters_green_order_comes_back_within_seconds_by_default(tmp_path: Path) -> None:
+    """Issue 12: what a SIGKILLed adapter held waits out the inbox ack wait before redelivery. The
+    broker's consumers, the adapter's own and the agencies command all use one short default, so
+    a crashed adapter's GREEN order is delivered again within 3 s (the fault suite measures it)."""
+    assert DEFAULT_INBOX_ACK_WAIT <= 2.0
+    for lane in ("green", "standard"):
+        assert inbox_consumer_config("bank-abc", lane).ack_wait == DEFAULT_INBOX_ACK_WAIT
+    adapter = AdapterConfig(agency_id="bank-abc", agency_target="127.0.0.1:1", state_dir=tmp_path)
+    assert adapter.ack_wait == DEFAULT_INBOX_ACK_WAIT
+    fleet = AgenciesConfig(keys_dir=tmp_path, data_dir=tmp_path, directory=tmp_path, nats_url="nats://x:1")
+    assert fleet.ack_wait == DEFAULT_INBOX_ACK_WAIT
+    # Three heartbeats per ack wait: one may be late or lost before the message would go back.
+    assert adapter.heartbeat_interval == pytest.approx(DEFAULT_INBOX_ACK_WAIT / 3)
