@@ -37,6 +37,7 @@ __all__ = [
     "BankAudit",
     "Kill",
     "LedgerAudit",
+    "Redelivery",
     "Tracker",
     "audit_banks",
     "audit_ledger",
@@ -258,12 +259,25 @@ async def sent_requests(client: BusClient) -> list[lifecycle_pb2.RequestStatus]:
 
 @dataclass(frozen=True, kw_only=True)
 class Kill:
-    """One SIGKILL: what was killed and when (wall clock, as the events' timestamps are)."""
+    """One SIGKILL: what was killed, when, and when it was back (wall clock, as events' timestamps)."""
 
     kind: str
     """broker, agencies, nats or node."""
     at: float
     """``time.time()`` right after the process was gone."""
+    back: float | None = None
+    """``time.time()`` once the restarted process was ready again (its ready line, or NATS answering)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Redelivery:
+    """One GREEN request in flight at a kill, and when it moved again."""
+
+    since_kill: float
+    """Seconds from the kill to the request's next event."""
+    since_back: float | None
+    """Seconds from the killed process being back to that event (0 if it came before): what the
+    ack wait costs on top of restarting the process."""
 
 
 def _seconds(stamp: Timestamp) -> float:
@@ -272,17 +286,17 @@ def _seconds(stamp: Timestamp) -> float:
 
 def redelivery_times(
     statuses: list[lifecycle_pb2.RequestStatus], kills: list[Kill]
-) -> dict[str, list[float]]:
-    """Per kill kind: for each GREEN request in flight at a kill, seconds from the kill to its next event.
+) -> dict[str, list[Redelivery]]:
+    """Per kill kind: each GREEN request in flight at a kill (submitted before it, no outcome yet),
+    and how long until its next event.
 
-    After an agencies kill the requests in flight are those an adapter had DELIVERED (it holds the
-    inbox message until the answer is out) without an outcome yet; the time is to the first event
-    the restarted adapter signed for it (the event's own ``at``): redelivery after the inbox ack
-    wait, plus the moment it takes to verify and answer. After a broker, NATS or node kill they are
-    the requests submitted and not yet final; the time is to the broker recording their next
-    event (``recorded_at``), once the killed part is back and its consumers redeliver.
+    After an agencies kill that is the first event the restarted adapter signed for the request
+    (the event's own ``at``): for a message the killed adapter held, its redelivery after the inbox
+    ack wait, plus the moment it takes to verify and answer it. After a broker, NATS or node kill it
+    is the broker recording the request's next event (``recorded_at``), once the killed part is
+    back and its consumers deliver again.
     """
-    times: dict[str, list[float]] = {}
+    times: dict[str, list[Redelivery]] = {}
     for kill in kills:
         found = times.setdefault(kill.kind, [])
         for status in statuses:
@@ -292,18 +306,25 @@ def redelivery_times(
                 (_seconds(r.recorded_at), lifecycle_pb2.LifecycleEvent.FromString(r.event.payload))
                 for r in status.events
             ]
+            submitted = any(recorded < kill.at for recorded, _ in records)
             if kill.kind == "agencies":
-                stamps = [(_seconds(event.at), event.state) for _, event in records]
-                held = any(state == S.REQUEST_STATE_DELIVERED for at, state in stamps if at < kill.at)
-                answered = any(state in _OUTCOMES for at, state in stamps if at < kill.at)
-                after = [at for at, _ in stamps if at >= kill.at]
+                answered = any(e.state in _OUTCOMES and _seconds(e.at) < kill.at for _, e in records)
+                after = [
+                    _seconds(e.at)
+                    for _, e in records
+                    if e.actor == status.recipient and _seconds(e.at) >= kill.at
+                ]
             else:
-                stamps = [(recorded, event.state) for recorded, event in records]
-                held = any(recorded < kill.at for recorded, _ in stamps)
-                answered = any(state in FINAL for recorded, state in stamps if recorded < kill.at)
-                after = [recorded for recorded, _ in stamps if recorded >= kill.at]
-            if held and not answered and after:
-                found.append(min(after) - kill.at)
+                answered = any(e.state in FINAL and recorded < kill.at for recorded, e in records)
+                after = [recorded for recorded, _ in records if recorded >= kill.at]
+            if submitted and not answered and after:
+                moved = min(after)
+                found.append(
+                    Redelivery(
+                        since_kill=moved - kill.at,
+                        since_back=None if kill.back is None else max(0.0, moved - kill.back),
+                    )
+                )
     return times
 
 

@@ -16,7 +16,7 @@ import signal
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from greenchannel.v1 import common_pb2
@@ -30,6 +30,7 @@ from broker.protocol._subjects import INBOX_STREAM, REQUESTS_BUCKET, inbox_consu
 from ._checks import (
     FINAL,
     Kill,
+    Redelivery,
     Tracker,
     audit_banks,
     audit_ledger,
@@ -95,7 +96,7 @@ class ScenarioReport:
     """Streams and consumers as the server saw them when something was left open."""
     after_fault: list[str] = field(default_factory=list)
     """Per fault: how long until everything acknowledged before it was final."""
-    redelivery: dict[str, list[float]] = field(default_factory=dict)
+    redelivery: dict[str, list[Redelivery]] = field(default_factory=dict)
     """Per kill kind: seconds from each kill to the next event of each GREEN request in flight at
     it (see :func:`~tests.faults._checks.redelivery_times`). Reported, not judged: a machine's load
     moves it; what is judged is that nothing is lost or done twice."""
@@ -119,25 +120,31 @@ class ScenarioReport:
 
     def worst_redelivery(self) -> dict[str, float]:
         """Per kill kind with GREEN requests in flight: the longest kill-to-next-event time."""
-        return {kind: max(times) for kind, times in sorted(self.redelivery.items()) if times}
+        return {
+            kind: max(r.since_kill for r in times) for kind, times in sorted(self.redelivery.items()) if times
+        }
 
     def redelivery_summary(self) -> str:
         worst = self.worst_redelivery()
         return ",".join(f"{kind}:{seconds:.1f}s" for kind, seconds in worst.items()) or "none"
 
     def redelivery_lines(self) -> list[str]:
-        """One line per kill kind: worst, median and count of the redelivery times."""
+        """One line per kill kind: the worst and median times, from the kill and from the restart."""
         lines = []
         for kind, times in sorted(self.redelivery.items()):
             if not times:
                 lines.append(f"GREEN redelivery after a {kind} kill: no GREEN request was in flight")
                 continue
-            ordered = sorted(times)
-            lines.append(
-                f"GREEN redelivery after a {kind} kill: worst {ordered[-1]:.2f}s, "
-                f"median {ordered[len(ordered) // 2]:.2f}s over {len(ordered)} requests in flight "
-                f"({self.kills[kind]} kills)"
+            from_kill = sorted(r.since_kill for r in times)
+            from_back = sorted(r.since_back for r in times if r.since_back is not None)
+            line = (
+                f"GREEN redelivery after a {kind} kill: worst {from_kill[-1]:.2f}s after the kill "
+                f"(median {from_kill[len(from_kill) // 2]:.2f}s) over {len(times)} requests in flight "
+                f"at {self.kills[kind]} kills"
             )
+            if from_back:
+                line += f"; worst {from_back[-1]:.2f}s after the {kind} process was back"
+            lines.append(line)
         return lines
 
     def failures(self) -> list[str]:
@@ -281,11 +288,16 @@ class _Run:
         """Note the moment a process of ``kind`` is gone (call right after the kill returns)."""
         self.kill_times.append(Kill(kind=kind, at=time.time()))
 
+    def back(self) -> None:
+        """Note the moment the last killed process is ready again (call right after its start)."""
+        self.kill_times[-1] = replace(self.kill_times[-1], back=time.time())
+
     async def kill_broker(self) -> None:
         await self.world.broker.kill()
         self.killed("broker")
         await self.outage()
         await self.world.broker.start()
+        self.back()
 
     async def kill_agencies(self) -> None:
         """Kill the agencies process while its adapter holds orders it has not answered yet."""
@@ -296,6 +308,7 @@ class _Run:
         self.report.in_flight.append(held)
         await self.outage()
         await self.world.agencies.start()
+        self.back()
 
     async def finish(self, root: Path) -> None:
         """Stop the load; settle; audit broker, ledger and banks; stop the stack."""
@@ -425,6 +438,7 @@ async def run_single_node(settings: FaultSettings, root: Path) -> ScenarioReport
                     run.killed("nats")
                     await run.outage()
                     await nats_server.restart()
+                    run.back()
                     run.nats_restarts.append(time.monotonic())
 
                 # Round after round: NATS, agencies, broker. NATS first, so the Watch that was open
@@ -475,6 +489,7 @@ async def run_cluster(settings: FaultSettings, root: Path) -> ScenarioReport:
                         # The load runs on two nodes for a while: degraded, not a blip.
                         await asyncio.sleep(run.rng.uniform(*settings.node_down))
                         await cluster.restart(index)
+                        run.back()
                         run.nats_restarts.append(time.monotonic())
 
                     async def caught_up(index: int = target) -> None:

@@ -60,6 +60,7 @@ from broker.protocol._envelope import (
 )
 from broker.protocol._ids import new_uuid7
 from broker.protocol._nats import NatsSettings, connect, ensure_streams, fetch_batch
+from broker.protocol._nats_auth import DEFAULT_INBOX_ACK_WAIT
 from broker.protocol._provision import (
     ensure_agency_keys,
     load_agency_encryption_key,
@@ -78,6 +79,7 @@ from broker.protocol._subjects import (
     inbox_subject,
     stream_specs,
 )
+from tests._wait import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -409,16 +411,8 @@ async def events(js: JetStreamContext, world: World, request_id: str) -> list[li
     return found
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], *, within: float = 10.0) -> None:
-    deadline = asyncio.get_running_loop().time() + within
-    while not await check():
-        if asyncio.get_running_loop().time() > deadline:
-            raise AssertionError("condition not met in time")
-        await asyncio.sleep(0.05)
-
-
 async def events_until(
-    js: JetStreamContext, world: World, request_id: str, state: int, *, within: float = 10.0
+    js: JetStreamContext, world: World, request_id: str, state: int, *, within: float = 30.0
 ) -> list[lifecycle_pb2.LifecycleEvent]:
     seen: list[lifecycle_pb2.LifecycleEvent] = []
 
@@ -426,7 +420,7 @@ async def events_until(
         seen[:] = await events(js, world, request_id)
         return any(event.state == state for event in seen)
 
-    await eventually(reached, within=within)
+    await eventually(reached, within=within, what=f"request {request_id} reached state {state}")
     return seen
 
 
@@ -614,7 +608,9 @@ async def test_green_is_taken_before_standard(
 async def test_bank_down_then_back_executes_once_kept_alive_by_heartbeats(
     js: JetStreamContext, nc: Client, world: World, bank: BankServer, tmp_path: Path
 ) -> None:
-    cfg = config(tmp_path, bank, ack_wait=1.0, retry_budget=30.0)
+    # The shipped ack wait: an agency system that is down keeps the message held (retrying) for
+    # far longer than it, and a heartbeat a loaded machine runs late still comes in time.
+    cfg = config(tmp_path, bank, ack_wait=DEFAULT_INBOX_ACK_WAIT, retry_budget=30.0)
     async with runtime(world, nc, cfg):
         await bank.stop()
         request_id = await submit(js, world)
@@ -622,7 +618,7 @@ async def test_bank_down_then_back_executes_once_kept_alive_by_heartbeats(
         # Another instance pulls on the same consumer, well past ack_wait: only the heartbeats
         # keep JetStream from redelivering the held message to it.
         other = await js.pull_subscribe_bind(durable=inbox_consumer(BANK, "green"), stream=INBOX_STREAM)
-        stolen = await fetch_batch(other, 1, 2.5)
+        stolen = await fetch_batch(other, 1, 3 * cfg.ack_wait)
         await other.unsubscribe()
         await bank.start()  # same port
         found = await events_until(js, world, request_id, EXECUTED)

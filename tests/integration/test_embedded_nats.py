@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import sys
-import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -39,6 +38,7 @@ from broker.protocol import (
     nats_for,
     stream_specs,
 )
+from tests._wait import eventually
 
 pytestmark = pytest.mark.integration
 
@@ -162,17 +162,14 @@ async def test_server_dies_with_a_killed_parent(tmp_path: Path) -> None:
         assert parent.stdout is not None
         line = b""
         while not line.startswith(b"PID "):  # structlog's default output shares stdout
-            line = await asyncio.wait_for(parent.stdout.readline(), timeout=10)
+            line = await asyncio.wait_for(parent.stdout.readline(), timeout=60)
             assert line, "the parent exited before printing the server's pid"
         server_pid = int(line.split()[1])
         assert not _gone(server_pid)
     finally:
         parent.kill()  # no atexit, no __aexit__: only the kernel can tell the server
         await parent.wait()
-    deadline = time.monotonic() + 10
-    while not _gone(server_pid):
-        assert time.monotonic() < deadline, "nats-server outlived its killed parent"
-        await asyncio.sleep(0.05)
+    await eventually(lambda: _gone(server_pid), what="nats-server gone with its killed parent")
     # It shut down on its own (SIGTERM), so the store is free again.
     async with EmbeddedNats(EmbeddedNatsConfig(store_dir=tmp_path)) as server:
         assert server.running
@@ -206,10 +203,7 @@ async def test_kill_and_restart_keep_port_and_persisted_messages(tmp_path: Path)
         assert server.pid != first_pid
 
         # The same client reconnects by itself (max_reconnect_attempts=-1).
-        deadline = time.monotonic() + 5
-        while not nc.is_connected:
-            assert time.monotonic() < deadline, "client did not reconnect"
-            await asyncio.sleep(0.05)
+        await eventually(lambda: nc.is_connected, what="the client reconnected")
         state = (await js.stream_info("DURABLE")).state
         assert state.messages == 3
         ack = await js.publish("durable.x", b"m3", headers={"Nats-Msg-Id": "m3"})
@@ -244,7 +238,7 @@ async def test_publish_consume_ack(js: JetStreamContext) -> None:
         await js.publish(f"{stream}.in", f"m{i}".encode())
     sub = await js.pull_subscribe(f"{stream}.>", durable="worker", stream=stream)
 
-    msgs = await fetch_batch(sub, 10, timeout=1.0)
+    msgs = await fetch_batch(sub, 10, timeout=10.0)  # returns once the messages are there
     assert [m.data for m in msgs] == [b"m0", b"m1", b"m2"]
     for msg in msgs:
         await msg.ack_sync()
@@ -270,9 +264,8 @@ async def test_fetch_on_empty_returns_empty_list(js: JetStreamContext, batch: in
     stream = _unique("EMPTY")
     await js.add_stream(name=stream, subjects=[f"{stream}.>"])
     sub = await js.pull_subscribe(f"{stream}.>", durable="idle", stream=stream)
-    started = time.monotonic()
-    assert await fetch_batch(sub, batch, timeout=0.3) == []
-    assert time.monotonic() - started < 2.0
+    # Returns at its own timeout: bounded here only so that a fetch that hangs fails the test.
+    assert await asyncio.wait_for(fetch_batch(sub, batch, timeout=0.3), 30) == []
 
 
 @pytest.mark.parametrize("batch", [1, 5])
@@ -289,9 +282,9 @@ async def test_drain_after_empty_fetches_is_prompt(nats_server: EmbeddedNats, ba
     await js.publish(f"{stream}.x", b"late")
     assert [m.data for m in await fetch_batch(sub, batch, timeout=0.5)] == [b"late"]
     await asyncio.sleep(0.15)  # let any trailing status message arrive
-    started = time.monotonic()
-    await asyncio.wait_for(nc.drain(), timeout=5)
-    assert time.monotonic() - started < 1.0
+    # Without the cleanup drain() waits out its 30 s drain_timeout; with it, it returns at once.
+    # Half that bound tells the two apart on any machine, however loaded.
+    await asyncio.wait_for(nc.drain(), timeout=15)
 
 
 async def test_fetch_translates_other_errors(nats_server: EmbeddedNats) -> None:
@@ -374,16 +367,17 @@ async def test_scheduled_message_fires_on_its_target(gc_js: JetStreamContext) ->
     fire_at = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=2)
     await gc_js.publish(schedule, b"soon", headers=at(fire_at))
 
-    msgs = await fetch_batch(sub, 1, timeout=5.0)
+    msgs = await fetch_batch(sub, 1, timeout=30.0)  # returns as soon as it fires
     arrived = datetime.now(UTC)
-    assert len(msgs) == 1, "the schedule did not fire within 5 s"
+    assert len(msgs) == 1, "the schedule did not fire within 30 s"
     msg = msgs[0]
     assert msg.subject == target
     assert msg.data == b"soon"
     assert msg.headers is not None
     assert msg.headers["Nats-Scheduler"] == schedule
+    # Never before its time. How late is up to the machine's load: bounded by the fetch above.
     lateness = (arrived - fire_at).total_seconds()
-    assert -0.05 <= lateness < 1.0, lateness
+    assert lateness >= -0.05, lateness
     await msg.ack()
 
     # One-shot: the schedule is gone once it fired, the replaced one with it.
