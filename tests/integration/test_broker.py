@@ -14,7 +14,8 @@ from broker.client import BusClient
 from broker.hub._admission import AdmissionConfig
 from broker.hub._grpc_status import error_details
 from broker.protocol._registry import BROKER_ID
-from broker.protocol._subjects import DEADLETTER_STREAM, deadletter_subject
+from broker.protocol._subjects import DEADLETTER_STREAM, WATCH_STREAM, deadletter_subject
+from tests._wait import eventually
 from tests.integration.broker_world import BANK, POLICE, World, broker_world, stop_payment
 
 pytestmark = pytest.mark.integration
@@ -38,7 +39,7 @@ async def collect(
                 if update.state == until:
                     return
 
-        await asyncio.wait_for(follow(), 10)
+        await asyncio.wait_for(follow(), 60)  # bounds a hung watch only
     return seen
 
 
@@ -101,7 +102,7 @@ async def test_watch_resumes_after_a_cursor_without_loss_or_repeat(tmp_path: Pat
                     if update.state == common_pb2.REQUEST_STATE_EXECUTED:
                         return
 
-            await asyncio.wait_for(follow(), 10)
+            await asyncio.wait_for(follow(), 60)  # bounds a hung watch only
         assert [u.state for u in first + rest] == [
             common_pb2.REQUEST_STATE_SUBMITTED,
             common_pb2.REQUEST_STATE_DELIVERED,
@@ -191,11 +192,14 @@ async def test_an_overtaken_step_joins_the_timeline_and_a_repeated_one_is_refuse
             await police.wait_for(status.id, {common_pb2.REQUEST_STATE_EXECUTED})
             await world.adapter_event(opened, common_pb2.REQUEST_STATE_DELIVERED)
             await world.adapter_event(opened, common_pb2.REQUEST_STATE_ACKNOWLEDGED)
-            for _ in range(200):
+            current = await police.get(status.id)
+
+            async def all_four_recorded() -> bool:
+                nonlocal current
                 current = await police.get(status.id)
-                if len(current.events) == 4:
-                    break
-                await asyncio.sleep(0.05)
+                return len(current.events) == 4
+
+            await eventually(all_four_recorded, what="the four events recorded")
             assert current.state == common_pb2.REQUEST_STATE_EXECUTED  # the state never goes back
             states = [lifecycle_pb2.LifecycleEvent.FromString(r.event.payload).state for r in current.events]
             assert states == [
@@ -206,10 +210,11 @@ async def test_an_overtaken_step_joins_the_timeline_and_a_repeated_one_is_refuse
             ]
             # A second DELIVERED is a straggler: refused, the timeline stays as it is.
             await world.adapter_event(opened, common_pb2.REQUEST_STATE_DELIVERED)
-            for _ in range(200):
-                if (await world.js.stream_info(DEADLETTER_STREAM)).state.messages:
-                    break
-                await asyncio.sleep(0.05)
+
+            async def refused() -> bool:
+                return bool((await world.js.stream_info(DEADLETTER_STREAM)).state.messages)
+
+            await eventually(refused, what="the straggler's refusal in the dead letters")
             refusal = await world.js.get_last_msg(DEADLETTER_STREAM, deadletter_subject(BROKER_ID))
             assert json.loads(refusal.data or b"")["reason"] == "OUT_OF_ORDER"
             assert len((await police.get(status.id)).events) == 4
@@ -229,20 +234,26 @@ async def test_watching_everything_of_mine_shows_only_requests_i_am_a_party_to(t
                 async for record in client.watch(only_new=True):
                     seen[name].append(record.request_id)
 
+            opened_before = len(await world.js.consumers_info(WATCH_STREAM))
             watchers = [
                 asyncio.create_task(follow("recipient", recipient)),
                 asyncio.create_task(follow("bystander", bystander)),
             ]
-            await asyncio.sleep(0.5)  # both watches are open (only_new) before the request
+
+            async def both_open() -> bool:
+                # A watch pins "only new" when it opens, then makes its consumer on the watch log.
+                return len(await world.js.consumers_info(WATCH_STREAM)) >= opened_before + 2
+
+            await eventually(both_open, what="both watches open before the request")
             first = (await police.submit(stop_payment())).status.id
             [opened] = await world.inbox(BANK)
             await world.adapter_event(opened, common_pb2.REQUEST_STATE_DELIVERED)
             # A later request to the bystander itself: once it sees that, it would have seen the first.
             second = (await police.submit(stop_payment(account="6228480000000000001"))).status.id
-            for _ in range(200):
-                if second in seen["bystander"] and seen["recipient"].count(first) == 2:
-                    break
-                await asyncio.sleep(0.05)
+            await eventually(
+                lambda: second in seen["bystander"] and seen["recipient"].count(first) == 2,
+                what="the bystander saw its own request and the recipient both records of the first",
+            )
             for task in watchers:
                 task.cancel()
             await asyncio.gather(*watchers, return_exceptions=True)

@@ -16,7 +16,7 @@ import io
 import json
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -73,6 +73,7 @@ from broker.protocol._subjects import (
     LEDGER_STREAM,
     stream_specs,
 )
+from tests._wait import eventually
 from tests.integration.broker_world import DIRECTORY
 
 pytestmark = pytest.mark.integration
@@ -90,7 +91,7 @@ CONFIG = LedgerConfig(
     max_retry_delay=0.2,
     shutdown_timeout=3.0,
 )
-WAIT = 20.0  # upper bound for the chain to catch up; never a timing assertion
+WAIT = 60.0  # upper bound for the chain to catch up; never a timing assertion
 
 
 @dataclass
@@ -179,14 +180,6 @@ async def read_chain(js: JetStreamContext) -> Chain:
     )
 
 
-async def eventually(check: Callable[[], Awaitable[bool]]) -> None:
-    async with asyncio.timeout(WAIT):
-        while True:
-            if await check():
-                return
-            await asyncio.sleep(0.02)
-
-
 async def wait_chained(js: JetStreamContext, record_ids: Iterable[str]) -> Chain:
     wanted = {digest_of(r) for r in record_ids}
     async with asyncio.timeout(WAIT):
@@ -263,7 +256,7 @@ async def test_killed_sequencer_loses_nothing_and_duplicates_nothing(env: Env, j
     async def some_chained() -> bool:
         return len((await read_chain(js)).records) >= before + 40
 
-    await eventually(some_chained)
+    await eventually(some_chained, within=WAIT, every=0.02)
     # The replica dies mid-way: its connection drops with records in hand, some appended and
     # not acked, some not appended at all. Records keep coming in meanwhile.
     await doomed.close()
@@ -388,7 +381,7 @@ async def test_watch_log_events_and_rejections_are_chained(env: Env, js: JetStre
         async def all_chained() -> bool:
             return wanted <= set((await read_chain(js)).digests)
 
-        await eventually(all_chained)
+        await eventually(all_chained, within=WAIT, every=0.02)
     chain = await read_chain(js)
     entries = {
         e.subject_digest: e

@@ -24,6 +24,7 @@ from agencies.bank import BankCore
 from agencies.police import PoliceDesk
 from broker.protocol._nats import NatsSettings, connect, fetch_batch
 from broker.protocol._subjects import DEADLETTER_STREAM, INBOX_STREAM, inbox_filter
+from tests._wait import eventually
 from tests.integration.broker_world import stop_payment
 
 pytestmark = pytest.mark.integration
@@ -97,14 +98,14 @@ async def settled(stack: Stack, agency: str) -> None:
     nc = await connect(NatsSettings.from_url(stack.nats_url, name="test-probe"))
     try:
         js = nc.jetstream()
-        for _ in range(200):
+
+        async def answered_all() -> bool:
             info = await js.consumer_info(INBOX_STREAM, f"inbox-{agency}-green")
-            if info.num_pending == 0 and info.num_ack_pending == 0:
-                return
-            await asyncio.sleep(0.05)
+            return bool(info.num_pending == 0 and info.num_ack_pending == 0)
+
+        await eventually(answered_all, what=f"{agency}'s adapter settled")
     finally:
         await nc.drain()
-    raise AssertionError(f"{agency}'s adapter did not settle")
 
 
 async def dead_letters(stack: Stack, agency: str) -> list[dict[str, object]]:

@@ -31,6 +31,7 @@ from broker.protocol._nats import NatsSettings, connect
 from broker.protocol._provision import load_agency_encryption_key, load_agency_signing_key
 from broker.protocol._registry import BROKER_ID
 from broker.protocol._subjects import EVENTS_STREAM, event_subject
+from tests._wait import eventually
 from tests.integration.trail_world import (
     POLICE,
     GraphAccount,
@@ -254,11 +255,12 @@ async def test_an_outcome_processed_again_sends_nothing_twice(stack: Stack) -> N
                 outcome.event.SerializeToString(),
                 headers={"Nats-Msg-Id": str(uuid.uuid4())},
             )
-        for _ in range(200):
+
+        async def processed() -> bool:
             info = await js.consumer_info(EVENTS_STREAM, "broker-events")
-            if info.num_pending == 0 and info.num_ack_pending == 0:
-                break
-            await asyncio.sleep(0.05)
+            return bool(info.num_pending == 0 and info.num_ack_pending == 0)
+
+        await eventually(processed, what="the broker processed the replayed outcomes")
     finally:
         await nc.drain()
     after = await wait_settled(stack, police_key(stack), case)
