@@ -21,14 +21,12 @@ from types import TracebackType
 from typing import Self
 
 import nats.errors
-import nkeys
 import structlog
 from nats.aio.client import Client
 from nats.js.api import ClusterInfo
 
-from ._embedded import ClusterBlock, EmbeddedNats, EmbeddedNatsConfig
+from ._embedded import ClusterBlock, EmbeddedNats, EmbeddedNatsConfig, _Probe
 from ._errors import NatsServerError
-from ._nats_auth import NatsPermissions, NatsUser, generate_nats_seed
 
 __all__ = ["EmbeddedCluster", "EmbeddedClusterConfig", "free_ports"]
 
@@ -37,36 +35,15 @@ _log = structlog.get_logger("greenchannel.embedded_cluster")
 _POLL_INTERVAL = 0.1
 _PROBE_USER = "_cluster_probe"
 _PROBE_INBOX = "_GC_CLUSTER_PROBE"
-
-
-@dataclass(frozen=True)
-class _Probe:
-    """The cluster's own user for its health checks when the nodes run per-agency accounts.
-
-    A user of the broker's account (where JetStream lives) that may only read stream and consumer
-    info, with replies on a prefix of its own; its seed exists only in this process's memory.
-    """
-
-    seed: str
-    user: NatsUser
-
-    @classmethod
-    def generate(cls) -> _Probe:
-        seed = generate_nats_seed()
-        pair = nkeys.from_seed(bytearray(seed))
-        public = bytes(pair.public_key).decode()
-        pair.wipe()
-        permissions = NatsPermissions(
-            publish=(
-                "$JS.API.INFO",
-                "$JS.API.STREAM.NAMES",
-                "$JS.API.STREAM.INFO.>",
-                "$JS.API.CONSUMER.NAMES.>",
-                "$JS.API.CONSUMER.INFO.>",
-            ),
-            subscribe=(f"{_PROBE_INBOX}.>",),
-        )
-        return cls(seed=seed.decode(), user=NatsUser(owner=_PROBE_USER, nkey=public, permissions=permissions))
+# The cluster's own user for its health checks when the nodes run per-agency accounts: in the
+# broker's account (where JetStream lives), it may only read stream and consumer info.
+_PROBE_API = (
+    "$JS.API.INFO",
+    "$JS.API.STREAM.NAMES",
+    "$JS.API.STREAM.INFO.>",
+    "$JS.API.CONSUMER.NAMES.>",
+    "$JS.API.CONSUMER.INFO.>",
+)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -127,7 +104,11 @@ class EmbeddedCluster:
         self._nodes: list[EmbeddedNats] = []
         self._restarted_at: dict[str, float] = {}
         self._closed = False
-        self._probe = _Probe.generate() if self._config.node.authorization is not None else None
+        self._probe = (
+            _Probe.generate(owner=_PROBE_USER, publish=_PROBE_API, inbox=_PROBE_INBOX)
+            if self._config.node.authorization is not None
+            else None
+        )
 
     # -- public state --------------------------------------------------------------------
 

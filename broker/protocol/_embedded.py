@@ -165,13 +165,20 @@ class _Probe:
     user: NatsUser
 
     @classmethod
-    def generate(cls) -> _Probe:
+    def generate(
+        cls,
+        *,
+        owner: str = _PROBE_USER,
+        publish: tuple[str, ...] = ("$JS.API.INFO",),
+        inbox: str = _PROBE_INBOX,
+    ) -> _Probe:
+        """A fresh user ``owner`` that may publish only to ``publish``, with replies under ``inbox``."""
         seed = generate_nats_seed()
         pair = nkeys.from_seed(bytearray(seed))
         public = bytes(pair.public_key).decode()
         pair.wipe()
-        permissions = NatsPermissions(publish=("$JS.API.INFO",), subscribe=(f"{_PROBE_INBOX}.>",))
-        return cls(seed=seed.decode(), user=NatsUser(owner=_PROBE_USER, nkey=public, permissions=permissions))
+        permissions = NatsPermissions(publish=publish, subscribe=(f"{inbox}.>",))
+        return cls(seed=seed.decode(), user=NatsUser(owner=owner, nkey=public, permissions=permissions))
 
 
 def _server_config(
