@@ -399,8 +399,10 @@ async def ensure_inbox_consumers(
 ) -> int:
     """Create each agency's missing inbox consumers (broker side); returns how many were created.
 
-    An existing consumer is left as it is: an adapter allowed to (an unauthenticated deployment)
-    may have set its own ack wait, and a broker restart must not undo that.
+    An existing consumer with another ack wait is brought to the one asked: under per-agency
+    users only the broker can change it, and an adapter finding another one than its own would
+    try to and be refused (a store from before the ack wait became short has 30 s consumers).
+    An unauthenticated adapter sets its own again when it binds.
     """
     created = 0
     for agency in agency_ids:
@@ -409,10 +411,18 @@ async def ensure_inbox_consumers(
             config = inbox_consumer_config(agency, lane, ack_wait=float(wait))
             try:
                 try:
-                    await js.consumer_info(INBOX_STREAM, inbox_consumer(agency, lane))
-                    continue
+                    have = await js.consumer_info(INBOX_STREAM, inbox_consumer(agency, lane))
                 except nats.js.errors.NotFoundError:
                     pass
+                else:
+                    if have.config.ack_wait != config.ack_wait:
+                        await js.add_consumer(INBOX_STREAM, config)  # create-or-update, same name
+                        _log.info(
+                            "nats_auth.inbox_consumer_updated",
+                            consumer=config.durable_name,
+                            ack_wait=config.ack_wait,
+                        )
+                    continue
                 await js.add_consumer(INBOX_STREAM, config)
             except (nats.errors.Error, TimeoutError) as exc:
                 raise nats_error(exc, f"create inbox consumer {config.durable_name}") from exc

@@ -27,10 +27,14 @@ from greenchannel.v1 import common_pb2, requests_pb2
 from adapters import AdapterConfig
 from agencies import Stack, StackConfig
 from agencies import _seed as seed
-from broker.protocol._nats import connect
+from broker.protocol._embedded import EmbeddedNats, EmbeddedNatsConfig
+from broker.protocol._nats import NatsSettings, connect, ensure_streams
 from broker.protocol._nats_auth import (
     AGENCY_JS_API_PREFIX,
+    DEFAULT_INBOX_ACK_WAIT,
     agency_inbox_prefix,
+    ensure_inbox_consumers,
+    inbox_consumer_config,
     nats_seed_path,
 )
 from broker.protocol._subjects import (
@@ -46,6 +50,7 @@ from broker.protocol._subjects import (
     deadline_fired_subject,
     event_subject,
     inbox_subject,
+    stream_specs,
 )
 from tests.integration.broker_world import stop_payment
 from tests.integration.hostile_nats import Hostile, raw_connect, violation
@@ -372,3 +377,24 @@ async def test_an_adapter_with_only_its_own_credentials_executes_a_request(stack
             },
         )
     assert status.state in (common_pb2.REQUEST_STATE_EXECUTED, common_pb2.REQUEST_STATE_PARTIALLY_EXECUTED)
+
+
+async def test_the_broker_brings_inbox_consumers_of_an_older_store_to_the_short_ack_wait(
+    tmp_path: Path,
+) -> None:
+    """A store from before the short ack wait has 30 s inbox consumers; an adapter under its own
+    NATS user may not change them and would be refused binding with its (short) one."""
+    async with EmbeddedNats(EmbeddedNatsConfig(store_dir=tmp_path)) as server:
+        nc = await connect(NatsSettings(servers=(server.url,), name="test-upgrade"))
+        try:
+            js = nc.jetstream()
+            await ensure_streams(js, stream_specs(1))
+            await js.add_consumer(INBOX_STREAM, inbox_consumer_config(ABC, "green", ack_wait=30.0))
+            assert await ensure_inbox_consumers(js, [ABC]) == 1  # the standard lane was missing
+            waits = [
+                (await js.consumer_info(INBOX_STREAM, f"inbox-{ABC}-{lane}")).config.ack_wait
+                for lane in ("green", "standard")
+            ]
+        finally:
+            await nc.drain()
+    assert waits == [DEFAULT_INBOX_ACK_WAIT, DEFAULT_INBOX_ACK_WAIT]

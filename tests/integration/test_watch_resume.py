@@ -247,8 +247,13 @@ async def test_watch_log_replays_a_long_history_through_flow_control(tmp_path: P
             await ensure_streams(js, stream_specs(1))
             # 2 KB records, 6 MB in all: enough for the server to ask for flow control replies.
             payload = bus_pb2.WatchResponse(request_id="x" * 2000, state=common_pb2.REQUEST_STATE_EXECUTED)
+            # All at once, each fsynced: on a loaded machine the last PubAcks take far longer than
+            # nats-py's default 5 s, so the bound is generous (it only limits a failure).
             acks = await asyncio.gather(
-                *(js.publish(_record_subject(case), payload.SerializeToString()) for _ in range(3000))
+                *(
+                    js.publish(_record_subject(case), payload.SerializeToString(), timeout=_OVERALL * 2)
+                    for _ in range(3000)
+                )
             )
             seen: list[int] = []
 
