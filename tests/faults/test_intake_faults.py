@@ -12,13 +12,13 @@ timer, a SUBMITTED record missing from the ledger); ``Intake._finish`` fixes the
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from pathlib import Path
 
 import grpc
 import pytest
 from greenchannel.v1 import bus_pb2, common_pb2, ledger_pb2, lifecycle_pb2
+from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.client import JetStreamContext
 
@@ -30,6 +30,7 @@ from broker.hub._timers import DeadlineScheduler
 from broker.hub._watchlog import WatchLog
 from broker.protocol._nats import fetch_batch
 from broker.protocol._subjects import LEDGER_STREAM, WATCH_STREAM
+from tests._wait import eventually
 from tests.integration.broker_world import POLICE, World, broker_world, stop_payment
 
 from ._world import scaled_sla_policy
@@ -37,6 +38,7 @@ from ._world import scaled_sla_policy
 pytestmark = pytest.mark.integration
 
 S = common_pb2
+_BOUND = 30.0  # seconds; only a failure waits this long
 
 
 def _short_deadlines(tmp_path: Path) -> SlaPolicy:
@@ -49,12 +51,22 @@ def _states(status: lifecycle_pb2.RequestStatus) -> list[int]:
     return [lifecycle_pb2.LifecycleEvent.FromString(e.event.payload).state for e in status.events]
 
 
+async def _everything(sub: JetStreamContext.PullSubscription) -> list[Msg]:
+    """Every message the consumer has, however the server splits them over pulls."""
+    found: list[Msg] = []
+    while msgs := await fetch_batch(sub, 1000, _BOUND):
+        found.extend(msgs)
+        if not msgs[-1].metadata.num_pending:
+            break
+    return found
+
+
 async def _ledger_kinds(js: JetStreamContext, request_id: str) -> list[int]:
     sub = await js.pull_subscribe(
         "gc.ledger.entry", stream=LEDGER_STREAM, config=ConsumerConfig(ack_policy=AckPolicy.NONE)
     )
     try:
-        entries = [ledger_pb2.LedgerEntry.FromString(m.data) for m in await fetch_batch(sub, 1000, 1.0)]
+        entries = [ledger_pb2.LedgerEntry.FromString(m.data) for m in await _everything(sub)]
     finally:
         await sub.unsubscribe()
     return [e.kind for e in entries if e.request_id == request_id]
@@ -67,17 +79,22 @@ async def _watch_states(js: JetStreamContext, request_id: str) -> list[int]:
         config=ConsumerConfig(ack_policy=AckPolicy.NONE),
     )
     try:
-        return [bus_pb2.WatchResponse.FromString(m.data).state for m in await fetch_batch(sub, 100, 1.0)]
+        return [bus_pb2.WatchResponse.FromString(m.data).state for m in await _everything(sub)]
     finally:
         await sub.unsubscribe()
 
 
-async def _wait_for(world: World, client: BusClient, request_id: str, state: int, *, within: float) -> bool:
-    for _ in range(int(within / 0.1)):
-        if state in _states(await client.get(request_id)):
-            return True
-        await asyncio.sleep(0.1)
-    return False
+async def _wait_for(world: World, client: BusClient, request_id: str, state: int) -> bool:
+    """Whether the request reaches ``state``; the bound only limits how long a failure takes."""
+
+    async def reached() -> bool:
+        return state in _states(await client.get(request_id))
+
+    try:
+        await eventually(reached, within=_BOUND, every=0.1)
+    except AssertionError:
+        return False
+    return True
 
 
 async def test_a_retry_sets_the_timer_the_first_attempt_could_not(
@@ -99,7 +116,7 @@ async def test_a_retry_sets_the_timer_the_first_attempt_could_not(
             reply = await police.submit(stop_payment(priority=S.PRIORITY_STANDARD))
             assert reply.duplicate
             # Nobody answers: the deliver deadline (1 s) must be breached.
-            assert await _wait_for(world, police, reply.status.id, S.REQUEST_STATE_ESCALATED, within=2.5)
+            assert await _wait_for(world, police, reply.status.id, S.REQUEST_STATE_ESCALATED)
 
 
 async def test_a_request_reaches_the_inbox_only_after_its_submitted_record(
@@ -136,12 +153,12 @@ async def test_a_request_reaches_the_inbox_only_after_its_submitted_record(
             request_id = reply.status.id
             opened = (await world.inbox())[0]
             await world.adapter_event(opened, S.REQUEST_STATE_DELIVERED)
-            assert await _wait_for(world, police, request_id, S.REQUEST_STATE_DELIVERED, within=5.0)
-            for _ in range(30):  # the ledger sequencer chains asynchronously
-                kinds = await _ledger_kinds(world.js, request_id)
-                if ledger_pb2.LEDGER_ENTRY_KIND_EVENT in kinds:
-                    break
-                await asyncio.sleep(0.1)
+            assert await _wait_for(world, police, request_id, S.REQUEST_STATE_DELIVERED)
+
+            async def chained() -> bool:  # the ledger sequencer chains asynchronously
+                return ledger_pb2.LEDGER_ENTRY_KIND_EVENT in await _ledger_kinds(world.js, request_id)
+
+            await eventually(chained, within=_BOUND, every=0.1, what="the DELIVERED event in the ledger")
         finally:
             await police.aclose()
         assert failed == [request_id]
@@ -178,7 +195,15 @@ async def test_a_request_stored_by_a_failed_attempt_is_still_delivered(
             request_id = reply.status.id
             assert step == ["created", "stale"]
             # Accepted, so it must reach the bank, or at least have its deadlines fire.
-            escalated = await _wait_for(world, police, request_id, S.REQUEST_STATE_ESCALATED, within=2.5)
-            delivered = request_id in [o.header.id for o in await world.inbox(wait=0.5)]
+            escalated = await _wait_for(world, police, request_id, S.REQUEST_STATE_ESCALATED)
+
+            async def in_inbox() -> bool:
+                return request_id in [o.header.id for o in await world.inbox(wait=0.5)]
+
+            try:
+                await eventually(in_inbox, within=_BOUND, every=0.0)
+                delivered = True
+            except AssertionError:
+                delivered = False
         assert delivered, "accepted but never published to the bank's inbox"
         assert escalated
