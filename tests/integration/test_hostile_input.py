@@ -295,7 +295,7 @@ class Arena:
     async def deadletter_mark(self) -> int:
         return int((await self.world.js.stream_info(DEADLETTER_STREAM)).state.last_seq)
 
-    async def refusal_after(self, mark: int, request_id: str, *, within: float = 5.0) -> dict[str, Any]:
+    async def refusal_after(self, mark: int, request_id: str, *, within: float = 60.0) -> dict[str, Any]:
         """The broker's refusal record for ``request_id`` published after stream sequence ``mark``.
 
         Waits on a pull consumer (server-side expiry of each pull) instead of sleeping.
@@ -324,7 +324,7 @@ class Arena:
 
 async def _wait_state(arena: Arena, request_id: str, state: common_pb2.RequestState.ValueType) -> None:
     async with arena.world.client(arena.broker) as police:
-        await police.wait_for(request_id, {state}, within=timedelta(seconds=10))
+        await police.wait_for(request_id, {state}, within=timedelta(seconds=60))
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
@@ -816,7 +816,7 @@ async def test_duplicate_submission_returns_the_first_request_and_publishes_noth
     assert after_first.inbox[1] == before.inbox[1] + 1
     assert after_first.request_ids == before.request_ids | {first.status.id}
     assert await arena.snapshot() == after_first
-    inbox = await arena.world.inbox(BANK, wait=0.5)
+    inbox = await arena.world.inbox(BANK, wait=2.0)  # already there: only the last, empty pull waits
     assert [o.header.id for o in inbox].count(first.status.id) == 1
 
 

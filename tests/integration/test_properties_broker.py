@@ -367,7 +367,7 @@ def _mutated_envelope(data: st.DataObject, original: envelope_pb2.Envelope) -> e
     return envelope
 
 
-async def _deadletter_for(arena: Arena, stream_seq: int, *, within: float = 10.0) -> dict[str, Any]:
+async def _deadletter_for(arena: Arena, stream_seq: int, *, within: float = 60.0) -> dict[str, Any]:
     """The adapter's dead letter for inbox message ``stream_seq`` (waits on a pull consumer)."""
     sub = await arena.world.js.pull_subscribe(
         deadletter_subject(BANK),

@@ -143,7 +143,7 @@ async def test_sla_report_as_regulator_counts_what_happened(tmp_path: Path) -> N
                 (standard, T.REQUEST_STATE_DELIVERED),
                 (blocked, T.REQUEST_STATE_DELIVERED),
             ]:
-                await police.wait_for(request_id, {state}, within=timedelta(seconds=10))
+                await police.wait_for(request_id, {state}, within=timedelta(seconds=60))
 
         clock.set(t0 + 30 * M)
         out, err = io.StringIO(), io.StringIO()
