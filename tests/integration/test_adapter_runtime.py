@@ -605,25 +605,26 @@ async def test_green_is_taken_before_standard(
     assert sorted(order[2:]) == sorted(standard)
 
 
+@pytest.mark.parametrize("lane", ["green", "standard"])
 async def test_bank_down_then_back_executes_once_kept_alive_by_heartbeats(
-    js: JetStreamContext, nc: Client, world: World, bank: BankServer, tmp_path: Path
+    js: JetStreamContext, nc: Client, world: World, bank: BankServer, tmp_path: Path, lane: str
 ) -> None:
     # The shipped ack wait: an agency system that is down keeps the message held (retrying) for
     # far longer than it, and a heartbeat a loaded machine runs late still comes in time.
     cfg = config(tmp_path, bank, ack_wait=DEFAULT_INBOX_ACK_WAIT, retry_budget=30.0)
     async with runtime(world, nc, cfg):
         await bank.stop()
-        request_id = await submit(js, world)
+        request_id = await submit(js, world, lane=lane)
         await events_until(js, world, request_id, common_pb2.REQUEST_STATE_ACKNOWLEDGED)
         # Another instance pulls on the same consumer, well past ack_wait: only the heartbeats
         # keep JetStream from redelivering the held message to it.
-        other = await js.pull_subscribe_bind(durable=inbox_consumer(BANK, "green"), stream=INBOX_STREAM)
+        other = await js.pull_subscribe_bind(durable=inbox_consumer(BANK, lane), stream=INBOX_STREAM)
         stolen = await fetch_batch(other, 1, 3 * cfg.ack_wait)
         await other.unsubscribe()
         await bank.start()  # same port
         found = await events_until(js, world, request_id, EXECUTED)
         await eventually(lambda: inbox_settled(js))
-        info = await js.consumer_info(INBOX_STREAM, inbox_consumer(BANK, "green"))
+        info = await js.consumer_info(INBOX_STREAM, inbox_consumer(BANK, lane))
 
     assert stolen == []
     assert states(found) == ["DELIVERED", "ACKNOWLEDGED", "EXECUTED"]
