@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from broker.protocol._nats_auth import BROKER_ACCOUNT, agency_account
+
 from ._scenarios import ScenarioReport, run_cluster, run_single_node
 from ._settings import FaultSettings
 
@@ -55,4 +57,9 @@ async def test_cluster_survives_losing_one_node_then_another(
         config = json.loads(path.read_text(encoding="utf-8"))
         assert config["jetstream"]["sync_interval"] == "always", path
         assert len(config["cluster"]["routes"]) == 3, path
+        # The per-agency accounts of a deployment on every node, as on the single server: JetStream
+        # in the broker's account, each bank adapter in an account of its own.
+        accounts = config["accounts"]
+        assert accounts[BROKER_ACCOUNT]["jetstream"] == "enabled", path
+        assert {agency_account("bank-icbc"), agency_account("bank-ccb")} <= set(accounts), path
     _judge(report)
