@@ -181,11 +181,9 @@ class _Run:
         world: FaultWorld,
         settings: FaultSettings,
         report: ScenarioReport,
-        nats_url: str,
         *,
         rate: float,
     ) -> None:
-        self.nats_url = nats_url
         self.world = world
         self.settings = settings
         self.report = report
@@ -431,7 +429,7 @@ async def run_single_node(settings: FaultSettings, root: Path) -> ScenarioReport
         )
         async with FaultWorld(config) as world:
             report.notes.append(f"stack up in {time.monotonic() - began:.1f}s")
-            async with _Run(world, settings, report, nats_server.url, rate=settings.rate) as run:
+            async with _Run(world, settings, report, rate=settings.rate) as run:
 
                 async def kill_nats() -> None:
                     await nats_server.kill()
@@ -473,7 +471,7 @@ async def run_cluster(settings: FaultSettings, root: Path) -> ScenarioReport:
         async with FaultWorld(config) as world:
             await cluster.wait_current(timeout=30.0)
             report.notes.append(f"stack up in {time.monotonic() - began:.1f}s")
-            async with _Run(world, settings, report, cluster.url, rate=settings.cluster_rate) as run:
+            async with _Run(world, settings, report, rate=settings.cluster_rate) as run:
                 victim = -1
                 for round_ in range(2 * settings.cluster_rounds):
                     # First the node leading the request state, then one that differs from the last.
