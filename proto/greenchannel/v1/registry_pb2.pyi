@@ -45,7 +45,7 @@ Global___KeyUse: _TypeAlias = KeyUse  # noqa: Y015
 
 @_typing.final
 class AgencyKey(_message.Message):
-    """A public key of an agency."""
+    """A public key of an agency, or of the broker (ListBrokerKeys)."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
