@@ -81,6 +81,7 @@ from ._config import AdapterConfig
 from ._errors import AdapterConfigError
 
 __all__ = [
+    "FIELDS",
     "AdapterFileConfig",
     "AdapterMaterials",
     "ServiceTls",
@@ -184,6 +185,8 @@ _TABLES: Mapping[str, Mapping[str, _Field]] = MappingProxyType(
         },
     }
 )
+FIELDS: Mapping[str, tuple[str, ...]] = MappingProxyType({table: tuple(f) for table, f in _TABLES.items()})
+"""Every table of the format (``service.tls`` for the nested one) and its fields, in order."""
 _SUBTABLES = MappingProxyType({"service": ("tls",)})
 
 

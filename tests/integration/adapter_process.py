@@ -81,15 +81,29 @@ def key_file(state_dir: Path, agency: str, kid: str) -> Path:
 
 
 def adapter_toml(
-    broker: BrokerProcess, agency: str, *, target: str, journal: Path, health: bool = True
+    broker: BrokerProcess,
+    agency: str,
+    *,
+    target: str,
+    journal: Path,
+    health: bool = True,
+    tls: dict[str, Path] | None = None,
 ) -> str:
-    """An agency's adapter.toml pointing at its keys in the broker's state directory."""
+    """An agency's adapter.toml pointing at its keys in the broker's state directory.
+
+    ``tls`` (``ca``, and ``cert`` / ``key`` for mTLS) becomes ``[service.tls]``; without it the
+    agency's system is reached in plaintext on this host.
+    """
     state = broker.state_dir
     signing = key_file(state, agency, load_agency_signing_key(state, agency).kid)
     encryption = [
         key_file(state, agency, encryption_kid(k)) for k in load_agency_encryption_keys(state, agency)
     ]
     health_table = '\n[health]\nlisten = "127.0.0.1:0"\n' if health else ""
+    if tls is None:
+        transport = "allow_plaintext = true\n"
+    else:
+        transport = "\n[service.tls]\n" + "".join(f"{k} = {json.dumps(str(v))}\n" for k, v in tls.items())
     return f"""\
 [agency]
 id = "{agency}"
@@ -106,8 +120,7 @@ nkey_seed = {json.dumps(str(nats_seed_path(state, agency)))}
 
 [service]
 target = "{target}"
-allow_plaintext = true
-
+{transport}
 [adapter]
 journal_dir = {json.dumps(str(journal))}
 ack_wait = 30.0

@@ -7,6 +7,9 @@ Bad files are refused with the file and field named, before anything starts.
 
 from __future__ import annotations
 
+import asyncio
+import sys
+import tomllib
 from datetime import timedelta
 from pathlib import Path
 
@@ -15,17 +18,26 @@ import pytest
 from greenchannel.v1 import common_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from adapters import ADAPTER_HEALTH_SERVICE, AdapterConfigError, load_adapter_file, load_adapter_materials
+from adapters import (
+    ADAPTER_HEALTH_SERVICE,
+    AdapterConfigError,
+    ServiceTls,
+    load_adapter_file,
+    load_adapter_materials,
+)
+from adapters._file_config import FIELDS
 from agencies import build_reference_agency
 from agencies.bank import BankCore
 from broker.cli import main
 from broker.client import BusClient
+from broker.hub._tls import TlsFiles, server_credentials
 from broker.protocol import SystemClock
 from broker.protocol._directory import load_directory
 from broker.protocol._provision import ensure_agency_keys, key_overlay_path, load_agency_signing_key
 
-from .adapter_process import DIRECTORY, adapter_process, adapter_toml, broker_process
+from .adapter_process import DIRECTORY, REPO, BrokerProcess, adapter_process, adapter_toml, broker_process
 from .broker_world import BANK, POLICE, stop_payment
+from .test_tls import Pki
 
 pytestmark = pytest.mark.integration
 
@@ -140,39 +152,104 @@ def test_keys_that_do_not_belong_to_the_agency_are_refused_before_anything_start
     assert not (tmp_path / "state").joinpath("journal").exists()
 
 
+async def _stop_payment_executed(broker: BrokerProcess, bank: BankCore) -> None:
+    """police-310115 stops 10,000.00 on the seeded fraud account; the bank holds it, once."""
+    police_key = load_agency_signing_key(broker.state_dir, POLICE)
+    async with BusClient(broker.address, agency_id=POLICE, signing_key=police_key) as police:
+        # 10,000.00 of the 15,000.00 the seeded fraud account still holds: executed in full.
+        submitted = await police.submit(stop_payment(minor_units=1_000_000))
+        request_id = submitted.status.id
+        status = await police.wait_for(request_id, _TERMINAL, within=timedelta(seconds=60))
+    assert common_pb2.RequestState.Name(status.state) == "REQUEST_STATE_EXECUTED"
+    assert status.recipient == BANK
+    assert len(bank.holds_for(request_id)) == 1
+
+
 async def test_the_reference_bank_runs_behind_greenchannel_adapter(tmp_path: Path) -> None:
-    clock = SystemClock()
     async with broker_process(tmp_path / "operator") as broker:
         registry = load_directory(DIRECTORY, key_overlays=[key_overlay_path(broker.state_dir)])
-        with build_reference_agency(registry.get(BANK), data_dir=tmp_path, clock=clock) as bank:
+        with build_reference_agency(registry.get(BANK), data_dir=tmp_path, clock=SystemClock()) as bank:
+            assert isinstance(bank.core, BankCore)
             async with bank.server() as server:
                 config = tmp_path / "bank" / "adapter.toml"
                 config.parent.mkdir()
-                config.write_text(
-                    adapter_toml(broker, BANK, target=server.address, journal=tmp_path / "bank" / "journal"),
-                    encoding="utf-8",
-                )
+                journal = tmp_path / "bank" / "journal"
+                config.write_text(adapter_toml(broker, BANK, target=server.address, journal=journal))
+                check = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "broker.cli", "adapter", "--config", str(config), "--check",
+                    stdout=asyncio.subprocess.PIPE,
+                )  # fmt: skip
+                out, _ = await check.communicate()
+                assert check.returncode == 0
+                assert b"ok (bank bank-icbc)" in out
+                assert not journal.exists()  # --check starts nothing
                 async with adapter_process(config) as adapter:
                     async with grpc.aio.insecure_channel(adapter.health_address) as channel:
                         reply = await health_pb2_grpc.HealthStub(channel).Check(
                             health_pb2.HealthCheckRequest(service=ADAPTER_HEALTH_SERVICE), timeout=10
                         )
                     assert reply.status == health_pb2.HealthCheckResponse.SERVING
-
-                    police_key = load_agency_signing_key(broker.state_dir, POLICE)
-                    async with BusClient(broker.address, agency_id=POLICE, signing_key=police_key) as police:
-                        # 10,000.00 of the 15,000.00 the seeded fraud account still holds: executed in full.
-                        submitted = await police.submit(stop_payment(minor_units=1_000_000))
-                        request_id = submitted.status.id
-                        status = await police.wait_for(
-                            request_id,
-                            _TERMINAL,
-                            within=timedelta(seconds=60),
-                        )
-                    assert common_pb2.RequestState.Name(status.state) == "REQUEST_STATE_EXECUTED"
-                    assert status.recipient == BANK
-                    assert isinstance(bank.core, BankCore)
-                    assert len(bank.core.holds_for(request_id)) == 1
+                    await _stop_payment_executed(broker, bank.core)
                     # SIGTERM: drains and exits 0.
                     assert await adapter.stop() == 0
-                assert (tmp_path / "bank" / "journal").is_dir()
+                assert journal.is_dir()
+
+
+async def test_the_adapter_reaches_its_bank_over_mutual_tls(tmp_path: Path) -> None:
+    pki = Pki(tmp_path)
+    served, client = pki.server(), pki.client(BANK)
+    async with broker_process(tmp_path / "operator") as broker:
+        registry = load_directory(DIRECTORY, key_overlays=[key_overlay_path(broker.state_dir)])
+        with build_reference_agency(registry.get(BANK), data_dir=tmp_path, clock=SystemClock()) as bank:
+            assert isinstance(bank.core, BankCore)
+            # The bank's system accepts only TLS clients with a certificate from its CA.
+            server = grpc.aio.server()
+            bank.add_servicer(bank.servicer, server)
+            credentials = server_credentials(TlsFiles(cert=served.cert, key=served.key, ca=pki.ca))
+            port = server.add_secure_port("127.0.0.1:0", credentials)
+            await server.start()
+            try:
+                config = tmp_path / "bank" / "adapter.toml"
+                config.parent.mkdir()
+                tls = {"ca": pki.ca, "cert": client.cert, "key": client.key}
+                config.write_text(
+                    adapter_toml(
+                        broker, BANK, target=f"127.0.0.1:{port}", journal=tmp_path / "journal", tls=tls
+                    )
+                )
+                async with adapter_process(config) as adapter:
+                    await _stop_payment_executed(broker, bank.core)
+                    assert await adapter.stop() == 0
+            finally:
+                await server.stop(None)
+
+
+def test_the_example_file_shows_every_field_and_reads() -> None:
+    path = REPO / "examples" / "adapter" / "adapter.toml"
+    config = load_adapter_file(path)
+    base = path.parent
+    assert config.adapter.agency_id == "bank-icbc"
+    assert config.signing_key == base / "keys" / "signing.pem"
+    assert config.encryption_keys == (base / "keys" / "encryption.pem",)
+    assert config.directory == base / "directory.toml"
+    assert config.key_overlays == (base / "directory-keys.toml",)
+    assert len(config.nats.servers) == 2
+    assert config.nats.nkey_seed_file == base / "keys" / "bank-icbc.nk"
+    assert config.nats.inbox_prefix == "_INBOX_bank-icbc"
+    assert config.adapter.agency_target == "core.bank-icbc.internal:50061"
+    assert config.tls == ServiceTls(
+        ca=base / "tls" / "bank-ca.pem",
+        cert=base / "tls" / "adapter.pem",
+        key=base / "tls" / "adapter.key",
+        server_name="core.bank-icbc.internal",
+    )
+    assert not config.allow_plaintext
+    assert config.adapter.state_dir == Path("/var/lib/greenchannel/bank-icbc")
+    assert config.health_listen == "127.0.0.1:8081"
+    # Every field of the format is in the example: it is the reference an agency copies.
+    document = tomllib.loads(path.read_text(encoding="utf-8"))
+    for table, fields in FIELDS.items():
+        section = document
+        for part in table.split("."):
+            section = section[part]
+        assert set(fields) <= set(section), table
