@@ -34,7 +34,7 @@ from ._file_config import (
 from ._idempotency import ExecutionRecord, ExecutionState, IdempotencyStore
 from ._reporting import FraudReporter
 from ._runtime import LANES, TASK_PREFIX, AdapterRuntime
-from ._standalone import ADAPTER_HEALTH_SERVICE, StandaloneAdapter
+from ._standalone import ADAPTER_HEALTH_SERVICE, StandaloneAdapter, wait_for_inbox
 
 __all__ = [
     "ADAPTER_HEALTH_SERVICE",
@@ -68,4 +68,5 @@ __all__ = [
     "open_agency_channel",
     "order_context",
     "refusal_event_id",
+    "wait_for_inbox",
 ]

@@ -39,7 +39,7 @@ from ._errors import AdapterConfigError
 from ._file_config import AdapterFileConfig, AdapterMaterials
 from ._runtime import AdapterRuntime
 
-__all__ = ["ADAPTER_HEALTH_SERVICE", "StandaloneAdapter"]
+__all__ = ["ADAPTER_HEALTH_SERVICE", "StandaloneAdapter", "wait_for_inbox"]
 
 _log = structlog.get_logger(__name__)
 
@@ -99,7 +99,7 @@ class StandaloneAdapter:
         # Under per-agency users the inbox API is imported under the agency's own prefix.
         auth = requires_auth(nc)
         runtime_config = replace(config.adapter, js_api_prefix=AGENCY_JS_API_PREFIX if auth else "$JS.API")
-        await _wait_for_inbox(nc, self.agency_id, auth=auth, timeout=config.inbox_timeout)
+        await wait_for_inbox(nc, self.agency_id, auth=auth, timeout=config.inbox_timeout)
 
         channel = open_agency_channel(
             config.adapter.agency_target,
@@ -143,10 +143,12 @@ class StandaloneAdapter:
             await checks.set(name, health_pb2.HealthCheckResponse.SERVING)
 
 
-async def _wait_for_inbox(nc: Client, agency: str, *, auth: bool, timeout: float) -> None:  # noqa: ASYNC109
-    """The broker creates the inbox (and, under per-agency users, the consumers); wait for it.
+async def wait_for_inbox(nc: Client, agency: str, *, auth: bool, timeout: float) -> None:  # noqa: ASYNC109
+    """Wait (at most ``timeout`` seconds) for the broker to have created ``agency``'s inbox.
 
-    Under per-agency users the adapter can see its own consumers and nothing else.
+    Adapters only bind: the broker creates the stream and, under per-agency NATS users (``auth``),
+    the consumers too; such a user sees its own consumers and nothing else, so that is what is
+    asked for. Raises :class:`~broker.protocol.NatsError` when it is still missing.
     """
     js = nc.jetstream(prefix=AGENCY_JS_API_PREFIX) if auth else nc.jetstream()
     deadline = time.monotonic() + timeout
