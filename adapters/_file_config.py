@@ -47,7 +47,9 @@ The format, every field (``*`` required)::
     journal_dir* = "state"                  the adapter's journal (idempotency database); created if missing
     concurrency = 32                        inbox messages in flight at once
     standard_concurrency = 8                at most this many of them STANDARD (<= concurrency)
-    ack_wait = 30.0                         seconds JetStream waits for an ack before redelivering
+    ack_wait = 30.0                         seconds JetStream waits for an ack before redelivering. Under
+                                            per-agency NATS users the broker creates the consumers and
+                                            sets it: leave it out (the consumers' value is used) or match it
     shutdown_grace = 10.0                   seconds a graceful stop lets the messages in flight finish
 
     [health]
@@ -73,7 +75,7 @@ from broker.protocol._directory import load_directory
 from broker.protocol._errors import KeyFileError, RegistryError
 from broker.protocol._keys import SigningKey, load_signing_key
 from broker.protocol._nats import NatsSettings
-from broker.protocol._nats_auth import agency_inbox_prefix, load_nats_public_key
+from broker.protocol._nats_auth import DEFAULT_INBOX_ACK_WAIT, agency_inbox_prefix, load_nats_public_key
 from broker.protocol._registry import AGENCY_ID, Agency, AgencyKind, Registry
 from broker.protocol._sealing import encryption_kid
 
@@ -177,7 +179,7 @@ _TABLES: Mapping[str, Mapping[str, _Field]] = MappingProxyType(
             "journal_dir": _Field("path", required=True),
             "concurrency": _Field("int", default=32, check=_at_least_one),
             "standard_concurrency": _Field("int", default=8, check=_at_least_one),
-            "ack_wait": _Field("number", default=30.0, check=_positive),
+            "ack_wait": _Field("number", check=_positive),
             "shutdown_grace": _Field("number", default=10.0, check=_non_negative),
         },
         "health": {
@@ -227,6 +229,9 @@ class AdapterFileConfig:
     """TLS to the agency's system; None only when ``allow_plaintext``."""
     allow_plaintext: bool
     """Whether the agency's system is reached without TLS."""
+    ack_wait: float | None
+    """The ack wait the file asks for; None: the inbox consumers' own (``adapter.ack_wait`` then
+    holds the default until the adapter has seen them)."""
     inbox_timeout: float
     """Seconds to wait at start for the broker to have created the agency's inbox consumers."""
     health_listen: str | None
@@ -418,7 +423,7 @@ def load_adapter_file(path: Path) -> AdapterFileConfig:
             nats=settings,
             call_timeout=service["call_timeout"],
             retry_budget=service["retry_budget"],
-            ack_wait=adapter["ack_wait"],
+            ack_wait=adapter["ack_wait"] or DEFAULT_INBOX_ACK_WAIT,
             concurrency=adapter["concurrency"],
             standard_concurrency=adapter["standard_concurrency"],
             shutdown_grace=adapter["shutdown_grace"],
@@ -434,6 +439,7 @@ def load_adapter_file(path: Path) -> AdapterFileConfig:
         key_overlays=registry["key_overlays"],
         tls=tls,
         allow_plaintext=service["allow_plaintext"],
+        ack_wait=adapter["ack_wait"],
         inbox_timeout=nats["inbox_timeout"],
         health_listen=health["listen"] if health is not None else None,
     )

@@ -99,7 +99,17 @@ class StandaloneAdapter:
         # Under per-agency users the inbox API is imported under the agency's own prefix.
         auth = requires_auth(nc)
         runtime_config = replace(config.adapter, js_api_prefix=AGENCY_JS_API_PREFIX if auth else "$JS.API")
-        await wait_for_inbox(nc, self.agency_id, auth=auth, timeout=config.inbox_timeout)
+        ack_wait = await wait_for_inbox(nc, self.agency_id, auth=auth, timeout=config.inbox_timeout)
+        if ack_wait is not None:
+            # The broker made the consumers and the adapter may not change them: their ack wait is
+            # the one that counts (heartbeats go out every third of it).
+            if config.ack_wait is not None and config.ack_wait != ack_wait:
+                raise AdapterConfigError(
+                    f"{config.source}: adapter.ack_wait: {config.ack_wait:g} s, but the broker created the "
+                    f"inbox consumers of {self.agency_id} with {ack_wait:g} s; under per-agency NATS users "
+                    "the broker sets it: leave adapter.ack_wait out, or ask the operator to change it"
+                )
+            runtime_config = replace(runtime_config, ack_wait=ack_wait)
 
         channel = open_agency_channel(
             config.adapter.agency_target,
@@ -143,12 +153,19 @@ class StandaloneAdapter:
             await checks.set(name, health_pb2.HealthCheckResponse.SERVING)
 
 
-async def wait_for_inbox(nc: Client, agency: str, *, auth: bool, timeout: float) -> None:  # noqa: ASYNC109
+async def wait_for_inbox(
+    nc: Client,
+    agency: str,
+    *,
+    auth: bool,
+    timeout: float,  # noqa: ASYNC109 -- bounds the whole wait, with a clear error at its end
+) -> float | None:
     """Wait (at most ``timeout`` seconds) for the broker to have created ``agency``'s inbox.
 
     Adapters only bind: the broker creates the stream and, under per-agency NATS users (``auth``),
     the consumers too; such a user sees its own consumers and nothing else, so that is what is
-    asked for. Raises :class:`~broker.protocol.NatsError` when it is still missing.
+    asked for, and its ack wait in seconds returned (None without per-agency users). Raises
+    :class:`~broker.protocol.NatsError` when it is still missing.
     """
     js = nc.jetstream(prefix=AGENCY_JS_API_PREFIX) if auth else nc.jetstream()
     deadline = time.monotonic() + timeout
@@ -156,10 +173,10 @@ async def wait_for_inbox(nc: Client, agency: str, *, auth: bool, timeout: float)
     while True:
         try:
             if auth:
-                await js.consumer_info(INBOX_STREAM, inbox_consumer(agency, PRIORITIES[0]))
-            else:
-                await js.stream_info(INBOX_STREAM)
-            return
+                info = await js.consumer_info(INBOX_STREAM, inbox_consumer(agency, PRIORITIES[0]))
+                return info.config.ack_wait
+            await js.stream_info(INBOX_STREAM)
+            return None
         except nats.js.errors.NotFoundError:
             pass
         except (nats.errors.Error, TimeoutError) as exc:

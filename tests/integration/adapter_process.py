@@ -88,6 +88,7 @@ def adapter_toml(
     journal: Path,
     health: bool = True,
     tls: dict[str, Path] | None = None,
+    ack_wait: float | None = None,
 ) -> str:
     """An agency's adapter.toml pointing at its keys in the broker's state directory.
 
@@ -123,7 +124,7 @@ target = "{target}"
 {transport}
 [adapter]
 journal_dir = {json.dumps(str(journal))}
-ack_wait = 30.0
+{f"ack_wait = {ack_wait}" if ack_wait is not None else ""}
 {health_table}"""
 
 

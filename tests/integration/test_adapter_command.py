@@ -87,6 +87,7 @@ def test_a_minimal_file_reads_with_paths_beside_it(tmp_path: Path) -> None:
     assert config.tls is None
     assert config.health_listen is None
     assert config.adapter.concurrency == 32
+    assert config.ack_wait is None  # the inbox consumers' own, once seen
     assert config.adapter.ack_wait == 30.0
 
 
@@ -183,6 +184,19 @@ async def test_the_reference_bank_runs_behind_greenchannel_adapter(tmp_path: Pat
                 assert check.returncode == 0
                 assert b"ok (bank bank-icbc)" in out
                 assert not journal.exists()  # --check starts nothing
+
+                # The broker made the inbox consumers with its ack wait: another one is refused.
+                other = tmp_path / "bank" / "other-ack-wait.toml"
+                other.write_text(
+                    adapter_toml(broker, BANK, target=server.address, journal=journal, ack_wait=45.0)
+                )
+                refused = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "broker.cli", "adapter", "--config", str(other),
+                    stderr=asyncio.subprocess.PIPE,
+                )  # fmt: skip
+                _, err = await refused.communicate()
+                assert refused.returncode == 1
+                assert f"{other}: adapter.ack_wait: 45 s, but the broker created" in err.decode()
                 async with adapter_process(config) as adapter:
                     async with grpc.aio.insecure_channel(adapter.health_address) as channel:
                         reply = await health_pb2_grpc.HealthStub(channel).Check(
