@@ -174,7 +174,8 @@ async def wait_for_inbox(
         try:
             if auth:
                 info = await js.consumer_info(INBOX_STREAM, inbox_consumer(agency, PRIORITIES[0]))
-                return info.config.ack_wait
+                ack_wait: float | None = info.config.ack_wait
+                return ack_wait
             await js.stream_info(INBOX_STREAM)
             return None
         except nats.js.errors.NotFoundError:
