@@ -14,11 +14,14 @@ import contextlib
 import json
 import shutil
 import subprocess
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import grpc
 import pytest
+from greenchannel.v1 import agency_pb2, bank_pb2, bank_pb2_grpc, common_pb2, requests_pb2, results_pb2
 
 from broker.protocol._directory import read_overlay
 from broker.protocol._keys import KeyUse, b64url_encode
@@ -157,3 +160,56 @@ async def test_node_police_and_node_bank_through_greenchannel_adapter(
             assert len(executed) == 1
 
             assert await adapter.stop() == 0
+
+
+async def test_the_node_bank_executes_each_request_id_once_and_checks_the_holder(node_example: Path) -> None:
+    """The Node bank's BankService semantics, called as an adapter calls it (and a redelivery)."""
+
+    def order(
+        request_id: str, *, holder: str = "李某", units: int = 1_000_000
+    ) -> bank_pb2.StopPaymentRequest:
+        return bank_pb2.StopPaymentRequest(
+            context=agency_pb2.OrderContext(request_id=request_id, sender=POLICE),
+            order=requests_pb2.StopPayment(
+                account=common_pb2.BankAccountRef(account_number=FRAUD_ACCOUNT, holder_name=holder),
+                amount=common_pb2.Money(currency="CNY", minor_units=units),
+            ),
+        )
+
+    first, second, wrong = (str(uuid.uuid4()) for _ in range(3))
+    async with node_bank(node_example) as (address, bank), grpc.aio.insecure_channel(address) as channel:
+        stub = bank_pb2_grpc.BankServiceStub(channel)
+        answer = (await stub.StopPayment(order(first), timeout=10)).result
+        again = (await stub.StopPayment(order(first), timeout=10)).result
+        assert answer.outcome == common_pb2.REQUEST_STATE_EXECUTED
+        assert answer.amount_held.minor_units == 1_000_000
+        assert again == answer  # the same answer, the same hold
+
+        # 50,000.00 on the account, 10,000.00 held: a second order for 45,000.00 gets the rest.
+        partial = (await stub.StopPayment(order(second, units=4_500_000), timeout=10)).result
+        assert partial.outcome == common_pb2.REQUEST_STATE_PARTIALLY_EXECUTED
+        assert partial.reason == results_pb2.REASON_CODE_INSUFFICIENT_FUNDS
+        assert partial.amount_held.minor_units == 4_000_000
+
+        mismatch = (await stub.StopPayment(order(wrong, holder="王某"), timeout=10)).result
+        assert mismatch.outcome == common_pb2.REQUEST_STATE_REJECTED
+        assert mismatch.reason == results_pb2.REASON_CODE_MISMATCH
+        assert not mismatch.HasField("amount_held")
+
+        released = await stub.ReleaseHold(
+            bank_pb2.ReleaseHoldRequest(
+                context=agency_pb2.OrderContext(request_id=str(uuid.uuid4()), sender=POLICE),
+                order=requests_pb2.Release(target_request_id=first),
+            ),
+            timeout=10,
+        )
+        assert released.result.outcome == common_pb2.REQUEST_STATE_EXECUTED
+        assert released.result.agency_reference == answer.agency_reference
+
+        lines: list[dict[str, Any]] = []
+        for request_id in (first, second, wrong):
+            await _read_orders(bank, request_id, lines)
+        assert [(o["outcome"], o["replayed"]) for o in lines if o["request_id"] == first] == [
+            ("REQUEST_STATE_EXECUTED", False),
+            ("REQUEST_STATE_EXECUTED", True),
+        ]
