@@ -52,8 +52,8 @@ The format, every field (``*`` required)::
                                             sets it: leave it out (the consumers' value is used) or match it
     shutdown_grace = 10.0                   seconds a graceful stop lets the messages in flight finish
 
-    [health]
-    listen = "127.0.0.1:8081"               gRPC health service (grpc.health.v1); port 0 picks one
+    [health]                                optional: without it no health service
+    listen* = "127.0.0.1:8081"              gRPC health service (grpc.health.v1); port 0 picks one
 """
 
 from __future__ import annotations
