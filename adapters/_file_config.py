@@ -67,10 +67,10 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, NoReturn
 
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
+import grpc
 from cryptography.hazmat.primitives.asymmetric import x25519
 
+from broker.protocol import channel_credentials, read_encryption_key
 from broker.protocol._directory import load_directory
 from broker.protocol._errors import KeyFileError, RegistryError
 from broker.protocol._keys import SigningKey, load_signing_key
@@ -262,6 +262,8 @@ class AdapterMaterials:
     """Its Ed25519 key, registered for it."""
     decryption_keys: tuple[x25519.X25519PrivateKey, ...]
     """Its X25519 keys, newest first (empty when none are configured)."""
+    channel_credentials: grpc.ChannelCredentials | None = None
+    """TLS to the agency's system, built from ``[service.tls]``; None: plaintext."""
 
 
 # -- reading the file ---------------------------------------------------------------------------
@@ -448,18 +450,6 @@ def load_adapter_file(path: Path) -> AdapterFileConfig:
 # -- reading what it points at ------------------------------------------------------------------
 
 
-def _encryption_key(path: Path) -> x25519.X25519PrivateKey:
-    try:
-        private = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    except OSError as exc:
-        raise KeyFileError(f"{path}: cannot read key file: {exc.strerror}") from exc
-    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-        raise KeyFileError(f"{path}: not an unencrypted PEM private key") from exc
-    if not isinstance(private, x25519.X25519PrivateKey):
-        raise KeyFileError(f"{path}: expected an X25519 key, found {type(private).__name__}")
-    return private
-
-
 def _readable(path: Path, field: str, config: AdapterFileConfig) -> None:
     if not path.is_file():
         raise AdapterConfigError(f"{config.source}: {field}: {path}: no such file")
@@ -500,7 +490,7 @@ def load_adapter_materials(config: AdapterFileConfig) -> AdapterMaterials:
     for i, path in enumerate(config.encryption_keys):
         field = f"agency.encryption_keys[{i}]"
         try:
-            key = _encryption_key(path)
+            key = read_encryption_key(path)
         except KeyFileError as exc:
             fail(field, str(exc))
         if encryption_kid(key) not in registered:
@@ -513,10 +503,17 @@ def load_adapter_materials(config: AdapterFileConfig) -> AdapterMaterials:
             load_nats_public_key(seed)
         except KeyFileError as exc:
             fail("nats.nkey_seed", str(exc))
+    credentials: grpc.ChannelCredentials | None = None
     if config.tls is not None:
-        for name, tls_file in (("ca", config.tls.ca), ("cert", config.tls.cert), ("key", config.tls.key)):
-            if tls_file is not None:
-                _readable(tls_file, f"service.tls.{name}", config)
+        # Read and checked now (the key belongs to the certificate), not at the first handshake.
+        try:
+            credentials = channel_credentials(config.tls.ca, cert=config.tls.cert, key=config.tls.key)
+        except ValueError as exc:
+            fail("service.tls", str(exc))
     return AdapterMaterials(
-        registry=registry, agency=agency, signing_key=signing_key, decryption_keys=tuple(decryption)
+        registry=registry,
+        agency=agency,
+        signing_key=signing_key,
+        decryption_keys=tuple(decryption),
+        channel_credentials=credentials,
     )

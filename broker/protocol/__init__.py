@@ -82,6 +82,7 @@ from ._provision import (
     load_agency_encryption_key,
     load_agency_signing_key,
     load_broker_signing_key,
+    read_encryption_key,
     revoke_key,
     rotate_agency_key,
 )
@@ -129,6 +130,7 @@ from ._subjects import (
     validate_agency_id,
     validate_request_id,
 )
+from ._tls import channel_credentials, read_certificates, read_key_pair
 from ._tokens import BROKER_AUDIENCE, TokenClaims, mint_bearer_token, verify_bearer_token
 
 __all__ = [
@@ -202,6 +204,7 @@ __all__ = [
     "b64url_encode",
     "body_digest",
     "build_entry",
+    "channel_credentials",
     "connect",
     "current_encryption_key",
     "deadletter_subject",
@@ -238,6 +241,9 @@ __all__ = [
     "notice_subject",
     "open_sealed",
     "parse_unlinked",
+    "read_certificates",
+    "read_encryption_key",
+    "read_key_pair",
     "render_authorization_conf",
     "revoke_key",
     "rotate_agency_key",

@@ -50,6 +50,7 @@ __all__ = [
     "load_agency_signing_key",
     "load_broker_encryption_key",
     "load_broker_signing_key",
+    "read_encryption_key",
     "revoke_key",
     "rotate_agency_key",
 ]
@@ -129,6 +130,18 @@ def _read_private(path: Path) -> _PrivateKey:
         raise KeyFileError(f"{path}: not an unencrypted PEM private key") from exc
     if not isinstance(private, ed25519.Ed25519PrivateKey | x25519.X25519PrivateKey):
         raise KeyFileError(f"{path}: expected an Ed25519 or X25519 key, found {type(private).__name__}")
+    return private
+
+
+def read_encryption_key(path: Path) -> x25519.X25519PrivateKey:
+    """The X25519 private key in the PEM file ``path`` (an agency's own key file, anywhere).
+
+    Raises :class:`KeyFileError` naming the file when it cannot be read, is not an unencrypted
+    PEM private key, or holds another kind of key (an Ed25519 signing key given by mistake).
+    """
+    private = _read_private(path)
+    if not isinstance(private, x25519.X25519PrivateKey):
+        raise KeyFileError(f"{path}: expected an X25519 key, found {type(private).__name__}")
     return private
 
 

@@ -8,6 +8,8 @@ Bad files are refused with the file and field named, before anything starts.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
 import sys
 import tomllib
 from datetime import timedelta
@@ -22,6 +24,7 @@ from adapters import (
     ADAPTER_HEALTH_SERVICE,
     AdapterConfigError,
     ServiceTls,
+    StandaloneAdapter,
     load_adapter_file,
     load_adapter_materials,
 )
@@ -31,7 +34,15 @@ from agencies.bank import BankCore
 from broker.cli import main
 from broker.client import BusClient
 from broker.hub._tls import TlsFiles, server_credentials
-from broker.protocol import SystemClock
+from broker.protocol import (
+    EmbeddedNats,
+    EmbeddedNatsConfig,
+    NatsSettings,
+    SystemClock,
+    connect,
+    ensure_streams,
+    stream_specs,
+)
 from broker.protocol._directory import load_directory
 from broker.protocol._provision import ensure_agency_keys, key_overlay_path, load_agency_signing_key
 
@@ -236,6 +247,84 @@ async def test_the_adapter_reaches_its_bank_over_mutual_tls(tmp_path: Path) -> N
                     assert await adapter.stop() == 0
             finally:
                 await server.stop(None)
+
+
+_HEALTH_BOUND = 120.0  # bounds a status that never comes; not a timing assertion
+
+
+async def _follow_health(address: str, seen: list[int]) -> None:
+    """Append every status the adapter's health Watch stream reports, until the stream ends."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        stream = health_pb2_grpc.HealthStub(channel).Watch(
+            health_pb2.HealthCheckRequest(service=ADAPTER_HEALTH_SERVICE)
+        )
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            async for reply in stream:
+                seen.append(reply.status)
+
+
+async def _until(seen: list[int], statuses: list[int], what: str) -> None:
+    deadline = asyncio.get_running_loop().time() + _HEALTH_BOUND
+    while seen[-len(statuses) :] != statuses:
+        assert asyncio.get_running_loop().time() < deadline, f"health never showed {what}: {seen}"
+        await asyncio.sleep(0.05)
+
+
+async def test_health_is_not_serving_while_nats_is_lost_and_during_shutdown(tmp_path: Path) -> None:
+    serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+    state = tmp_path / "state"
+    overlay = ensure_agency_keys(DIRECTORY, state, clock=SystemClock())
+    signing = state / "keys" / BANK / f"{load_agency_signing_key(state, BANK).kid}.pem"
+    # A server this process may stop and start again on the same port (no preexec_fn fork: gRPC runs).
+    server_config = EmbeddedNatsConfig(store_dir=tmp_path / "nats", parent_death_signal=False)
+    async with EmbeddedNats(server_config) as nats_server:
+        setup = await connect(NatsSettings(servers=(nats_server.url,), name="test-setup"))
+        try:
+            await ensure_streams(setup.jetstream(), stream_specs())  # the broker's part: the inbox
+        finally:
+            await setup.close()
+        path = _write(
+            tmp_path,
+            f"""\
+[agency]
+id = "{BANK}"
+signing_key = {json.dumps(str(signing))}
+
+[registry]
+directory = {json.dumps(str(DIRECTORY))}
+key_overlays = [{json.dumps(str(overlay))}]
+
+[nats]
+url = "{nats_server.url}"
+
+[service]
+target = "127.0.0.1:50061"
+allow_plaintext = true
+
+[adapter]
+journal_dir = "journal"
+
+[health]
+listen = "127.0.0.1:0"
+""",
+        )
+        config = load_adapter_file(path)
+        seen: list[int] = []
+        async with StandaloneAdapter(config, load_adapter_materials(config), clock=SystemClock()) as adapter:
+            assert adapter.health_address is not None
+            follower = asyncio.create_task(_follow_health(adapter.health_address, seen))
+            try:
+                await _until(seen, [serving], "SERVING once the inbox is consumed")
+                await nats_server.stop()
+                await _until(seen, [serving, not_serving], "NOT_SERVING while NATS is down")
+                await nats_server.start()
+                await _until(seen, [serving, not_serving, serving], "SERVING again after the reconnect")
+            except BaseException:
+                follower.cancel()
+                raise
+        # Leaving: NOT_SERVING before the runtime drains, then the health server goes away.
+        await asyncio.wait_for(follower, _HEALTH_BOUND)
+        assert seen == [serving, not_serving, serving, not_serving]
 
 
 def test_the_example_file_shows_every_field_and_reads() -> None:
