@@ -47,7 +47,8 @@ __all__ = ["ADAPTER_HEALTH_SERVICE", "StandaloneAdapter", "wait_for_inbox"]
 _log = structlog.get_logger(__name__)
 
 ADAPTER_HEALTH_SERVICE = "greenchannel.adapter"
-"""Health service name reported SERVING while the adapter consumes its inbox (``""`` too)."""
+"""Health service name (``""`` too): SERVING while the adapter consumes its inbox and NATS is
+connected; NOT_SERVING while NATS is lost and from the start of shutdown."""
 
 _POLL = 0.25
 

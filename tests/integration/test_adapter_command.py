@@ -249,6 +249,31 @@ async def test_the_adapter_reaches_its_bank_over_mutual_tls(tmp_path: Path) -> N
                 await server.stop(None)
 
 
+def test_tls_files_are_read_and_checked_before_anything_starts(tmp_path: Path) -> None:
+    """A client key that is not the certificate's fails at load (and --check), not at a handshake."""
+    state = tmp_path / "state"
+    ensure_agency_keys(DIRECTORY, state, clock=SystemClock())
+    signing = state / "keys" / BANK / f"{load_agency_signing_key(state, BANK).kid}.pem"
+    pki = Pki(tmp_path)
+    mine, other = pki.client(BANK), pki.client(POLICE)
+    tls = f'[service.tls]\nca = "{pki.ca}"\ncert = "{mine.cert}"\nkey = "{other.key}"\n'
+    text = (
+        _MINIMAL.replace('"sig.pem"', f'"{signing}"')
+        .replace(
+            'directory = "directory.toml"',
+            f'directory = "{DIRECTORY}"\nkey_overlays = ["{key_overlay_path(state)}"]',
+        )
+        .replace('target = "127.0.0.1:50061"\nallow_plaintext = true\n', f'target = "127.0.0.1:50061"\n{tls}')
+    )
+    path = _write(tmp_path, text)
+    with pytest.raises(AdapterConfigError) as caught:
+        load_adapter_materials(load_adapter_file(path))
+    assert str(caught.value).startswith(f"{path}: service.tls: private key file {other.key} does not belong")
+
+    path.write_text(text.replace(f'key = "{other.key}"', f'key = "{mine.key}"'), encoding="utf-8")
+    assert load_adapter_materials(load_adapter_file(path)).channel_credentials is not None
+
+
 _HEALTH_BOUND = 120.0  # bounds a status that never comes; not a timing assertion
 
 
