@@ -5,7 +5,8 @@ The file is read in two steps, both before anything is started or connected:
 1. :func:`load_adapter_file` parses and checks the TOML itself (tables, fields, types, ranges,
    combinations) into a frozen :class:`AdapterFileConfig`;
 2. :func:`load_adapter_materials` reads what the file points at (the agency's private keys, the
-   directory and its key overlays, the NATS seed) and checks that they agree with each other.
+   directory and its key overlays, the NATS seed, the TLS files) and checks that they agree with
+   each other (a client key belongs to its certificate, a signing key is registered, ...).
 
 Every problem raises :class:`~adapters.AdapterConfigError` naming the file and a field path in
 TOML spelling: ``adapter.toml: nats.url: must be ...``. Unknown tables and fields are refused: a
