@@ -267,8 +267,6 @@ class LedgerWriter:
         so it must be the same on every retry. Raises :class:`~broker.hub.UnavailableError` when
         the intake does not answer after ``attempts`` tries.
         """
-        if not isinstance(record_id, str) or _RECORD_ID.fullmatch(record_id) is None:
-            raise ValueError("record_id must be 1-200 printable ASCII characters without spaces")
         data = build_entry(
             kind=kind,
             actor=actor,
@@ -279,6 +277,28 @@ class LedgerWriter:
             state=state,
             subject_digest=subject_digest,
         )
+        await self._publish(record_id, data)
+
+    async def record_refusal(
+        self, *, record_id: str, caller: str | None, refusal: ledger_pb2.Refusal, at: datetime
+    ) -> None:
+        """Record refused API calls (one, or a summary of many: ``refusal.count``).
+
+        ``caller`` is the authenticated agency, None when the call was refused before it was
+        known (a bad bearer token): then the broker is the actor and only regulators read it.
+        """
+        data = build_entry(
+            kind=ledger_pb2.LEDGER_ENTRY_KIND_REJECTION,
+            actor=caller or BROKER_ID,
+            at=at,
+            parties=[caller] if caller else [],
+            refusal=refusal,
+        )
+        await self._publish(record_id, data)
+
+    async def _publish(self, record_id: str, data: bytes) -> None:
+        if not isinstance(record_id, str) or _RECORD_ID.fullmatch(record_id) is None:
+            raise ValueError("record_id must be 1-200 printable ASCII characters without spaces")
         failure: BaseException | None = None
         for attempt in range(1, self._attempts + 1):
             try:

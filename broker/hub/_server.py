@@ -47,6 +47,7 @@ from ._events import BrokerEvents, EventProcessor, EventProcessorConfig, HoldLif
 from ._ledger import LedgerConfig, LedgerSequencer, LedgerWriter, ensure_ledger_streams
 from ._ledger_service import LedgerServicer
 from ._policy import Policy, load_policy
+from ._refusals import RefusalAudit, RefusalAuditConfig
 from ._sla_policy import DEFAULT_SLA_POLICY_PATH, SlaPolicy, load_sla_policy
 from ._store import IdempotencyStore, RequestStore
 from ._submit import Intake
@@ -99,6 +100,8 @@ class BrokerConfig:
     """How fired deadline timers are consumed."""
     ledger: LedgerConfig = field(default_factory=LedgerConfig)
     """How the ledger's sequencer chains records and how often it signs checkpoints."""
+    refusals: RefusalAuditConfig = field(default_factory=RefusalAuditConfig)
+    """How refused calls are bounded on their way into the ledger (per key and window)."""
     admission: AdmissionConfig = field(default_factory=AdmissionConfig)
     """How many submissions are worked on at once; beyond, RESOURCE_EXHAUSTED at once."""
     max_message_bytes: int = 2 * 1024 * 1024
@@ -122,6 +125,7 @@ class Broker:
         self._events: EventProcessor | None = None
         self._deadlines: DeadlineWatch | None = None
         self._ledger: LedgerSequencer | None = None
+        self._refusals: RefusalAudit | None = None
         self.admission = Admission(config.admission)
         """Submissions in hand, and the bound beyond which they are shed."""
         self._port = 0
@@ -164,6 +168,8 @@ class Broker:
         await ensure_streams(js, stream_specs(config.replicas))
         await ensure_ledger_streams(js, replicas=config.replicas)
         ledger = LedgerWriter(js)
+        refusals = self._refusals = RefusalAudit(ledger, config.clock, config.refusals)
+        await refusals.__aenter__()
         requests = await RequestStore.open(js, replicas=config.replicas)
         idempotency = await IdempotencyStore.open(js, replicas=config.replicas)
         replay = await open_replay_cache(js, replicas=config.replicas)
@@ -229,7 +235,7 @@ class Broker:
         await self._ledger.__aenter__()
 
         server = grpc.aio.server(
-            interceptors=[DecodeGuard()],
+            interceptors=[DecodeGuard(refusals)],
             options=[
                 ("grpc.max_receive_message_length", config.max_message_bytes),
                 ("grpc.max_send_message_length", 4 * config.max_message_bytes),
@@ -245,15 +251,18 @@ class Broker:
                 registry=registry,
                 broker_events=broker_events,
                 clock=config.clock,
-                trail=TrailService(auth=auth, chaser=trail_chaser, policy=policy),
+                trail=TrailService(auth=auth, chaser=trail_chaser, policy=policy, refusals=refusals),
                 admission=self.admission,
+                refusals=refusals,
             ),
             server,
         )
         registry_pb2_grpc.add_RegistryServiceServicer_to_server(
-            RegistryServicer(auth=auth, registry=registry), server
+            RegistryServicer(auth=auth, registry=registry, refusals=refusals), server
         )
-        ledger_pb2_grpc.add_LedgerServiceServicer_to_server(LedgerServicer(auth=auth, js=js), server)
+        ledger_pb2_grpc.add_LedgerServiceServicer_to_server(
+            LedgerServicer(auth=auth, js=js, refusals=refusals), server
+        )
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         if config.reflection:
@@ -284,6 +293,9 @@ class Broker:
             await self._health.enter_graceful_shutdown()
         if self._server is not None:
             await self._server.stop(self._config.shutdown_grace)
+        if self._refusals is not None:
+            # No call comes in any more: the last summaries go to the ledger intake now.
+            await self._refusals.aclose()
         # Each loop finishes the message in hand after its current pull; together, not in turn.
         loops = [loop for loop in (self._events, self._deadlines, self._ledger) if loop is not None]
         await asyncio.gather(*(loop.aclose() for loop in loops))
