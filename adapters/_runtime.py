@@ -74,7 +74,7 @@ from broker.protocol._errors import (
     VerificationError,
 )
 from broker.protocol._keys import PublicKey, SigningKey
-from broker.protocol._nats import connect, fetch_batch, nats_error
+from broker.protocol._nats import close_connection, connect, fetch_batch, nats_error
 from broker.protocol._registry import Agency, Registry
 from broker.protocol._sealing import (
     DATA_ANSWER_CONTENT_TYPE,
@@ -336,10 +336,10 @@ class AdapterRuntime:
             self._channel = None
             await channel.close()
         if self._owns_nc and self._nc is not None and not self._nc.is_closed:
-            try:
-                await self._nc.drain()
-            except (nats.errors.Error, TimeoutError) as exc:
-                _log.warning("adapter.nats_drain_failed", error_type=type(exc).__name__)
+            # Drained when NATS is there; closed at once when it is down (a drain would hang).
+            outcome = await close_connection(self._nc, timeout=self._config.shutdown_grace)
+            if outcome != "drained":
+                _log.warning("adapter.nats_not_drained", agency=self.agency_id, nats=outcome)
 
     def _check_identity(self) -> Agency:
         try:

@@ -35,7 +35,7 @@ from agencies import DEFAULT_DIRECTORY, build_reference_agency
 from broker._logging import configure_logging
 from broker.protocol import ProtocolError, SystemClock
 from broker.protocol._directory import load_directory
-from broker.protocol._nats import connect
+from broker.protocol._nats import close_connection, connect
 from broker.protocol._nats_auth import (
     AGENCY_JS_API_PREFIX,
     ensure_nats_seeds,
@@ -60,6 +60,9 @@ __all__ = [
 ]
 
 log = structlog.get_logger(__name__)
+
+# Seconds a connection gets to drain on a graceful stop; NATS being down closes it at once.
+_DRAIN_TIMEOUT = 5.0
 
 READY_PREFIX = "greenchannel agencies: "
 """Start of the line printed on stdout once every adapter consumes its inbox."""
@@ -104,6 +107,7 @@ class AgencyFleet:
         self._exit = contextlib.AsyncExitStack()
         self.adapters: dict[str, AdapterRuntime] = {}
         self.addresses: dict[str, str] = {}
+        self._nats: dict[str, str] = {}
 
     async def __aenter__(self) -> AgencyFleet:
         try:
@@ -117,6 +121,15 @@ class AgencyFleet:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self._exit.aclose()
+        # One line for the whole stop; "unreachable" when NATS was down (nothing could be drained).
+        outcomes = set(self._nats.values())
+        nats = next((o for o in ("unreachable", "closed", "drained") if o in outcomes), "none")
+        (log.warning if nats in ("unreachable", "closed") else log.info)(
+            "agencies.stopped", agencies=len(self.adapters), nats=nats
+        )
+
+    async def _close_nats(self, agency_id: str, nc: Client) -> None:
+        self._nats[agency_id] = await close_connection(nc, timeout=_DRAIN_TIMEOUT)
 
     async def _start(self) -> None:
         config = self._config
@@ -139,7 +152,7 @@ class AgencyFleet:
                     name=f"greenchannel-agency-{agency.id}",
                 )
             )
-            self._exit.push_async_callback(_drain, clients[agency.id])
+            self._exit.push_async_callback(self._close_nats, agency.id, clients[agency.id])
         first = served[0].id
         auth = requires_auth(clients[first])
         await _wait_for_inbox(clients[first], first if auth else None, config.streams_timeout)
@@ -220,11 +233,6 @@ async def _wait_for_inbox(nc: Client, agency: str | None, timeout: float) -> Non
             log.warning("agencies.waiting_for_broker_streams", stream=INBOX_STREAM)
             told = True
         await asyncio.sleep(_POLL)
-
-
-async def _drain(nc: Client) -> None:
-    if not nc.is_closed:
-        await nc.drain()
 
 
 # -- command line -------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import structlog
 from broker.hub import Broker, BrokerConfig
 from broker.hub._sla_policy import load_sla_policy
 from broker.hub._tls import TlsFiles
-from broker.protocol import AgencyKind, SystemClock
+from broker.protocol import AgencyKind, SystemClock, close_connection
 from broker.protocol._directory import load_directory
 from broker.protocol._embedded import EmbeddedNatsConfig, nats_for
 from broker.protocol._nats import connect
@@ -76,7 +76,7 @@ async def run_broker(args: argparse.Namespace, *, nats_url: str | None) -> None:
                     nc.jetstream(), [a.id for a in registry.agencies() if a.kind is not AgencyKind.REGULATOR]
                 )
             finally:
-                await nc.drain()
+                await close_connection(nc, timeout=settings.connect_timeout)
             print(
                 f"greenchannel broker listening on {broker.address} (NATS {url}); Ctrl-C to stop", flush=True
             )

@@ -144,6 +144,8 @@ class ConsumerLoop:
                 try:
                     msgs = await fetch_batch(sub, min(spec.batch, room), spec.fetch_timeout)
                 except ProtocolError as exc:
+                    if self._stopping.is_set():
+                        break  # the connection was closed to stop: no news
                     log.warning("consumer.fetch_failed", consumer=spec.name, error=str(exc))
                     await asyncio.sleep(spec.fetch_timeout)
                     continue

@@ -461,7 +461,11 @@ class LedgerSequencer:
         try:
             await asyncio.wait_for(self._final_checkpoint(), timeout=self._config.shutdown_timeout)
         except _TRANSIENT as exc:
-            log.warning("ledger.final_checkpoint_failed", error=str(exc) or type(exc).__name__)
+            # The head is signed by the next checkpoint of any replica; only say so when it is news.
+            closed = isinstance(exc.__cause__ or exc, nats.errors.ConnectionClosedError)
+            (log.info if closed else log.warning)(
+                "ledger.final_checkpoint_failed", error=str(exc) or type(exc).__name__
+            )
         for sub in (self._sub, self._timeline):
             if sub is not None:
                 with contextlib.suppress(nats.errors.Error, ValueError):
@@ -490,6 +494,8 @@ class LedgerSequencer:
                             await self._chain([item for msg in msgs if (item := await sources[sub](msg))])
                     await self._maybe_checkpoint(force=False)
                 except _TRANSIENT as exc:
+                    if self._stopping.is_set():
+                        break  # stopping, maybe with NATS closed: what is not acked is redelivered
                     # NATS is away or the stream refused: what is not acked is redelivered; read
                     # the head back before the next append.
                     log.warning("ledger.sequencer_retry", error=str(exc) or type(exc).__name__, delay=delay)
@@ -503,6 +509,9 @@ class LedgerSequencer:
             # A pull ends by itself within fetch_timeout; what it brought is redelivered later.
             if pulls:
                 await asyncio.wait(list(pulls))
+                for task in pulls:
+                    if not task.cancelled():
+                        task.exception()  # retrieved: a pull failing as NATS closed is no news
 
     async def _pull(self, sub: JetStreamContext.PullSubscription) -> list[Msg]:
         return await fetch_batch(sub, self._config.batch, self._config.fetch_timeout)

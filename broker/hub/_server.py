@@ -8,9 +8,11 @@ in-flight calls finish, stop the event consumer after its current event, drain N
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import grpc
 import structlog
@@ -26,7 +28,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from nats.aio.client import Client
 
-from broker.protocol import Clock, SystemClock
+from broker.protocol import Clock, SystemClock, close_connection
 from broker.protocol._directory import load_directory
 from broker.protocol._nats import NatsSettings, connect, ensure_streams
 from broker.protocol._provision import (
@@ -289,6 +291,7 @@ class Broker:
         if self._closed:
             return
         self._closed = True
+        nats = "none"
         if self._health is not None:
             await self._health.enter_graceful_shutdown()
         if self._server is not None:
@@ -298,14 +301,21 @@ class Broker:
             await self._refusals.aclose()
         # Each loop finishes the message in hand after its current pull; together, not in turn.
         loops = [loop for loop in (self._events, self._deadlines, self._ledger) if loop is not None]
-        await asyncio.gather(*(loop.aclose() for loop in loops))
+        stopping: list[Coroutine[Any, Any, object]] = [loop.aclose() for loop in loops]
+        if self._nc is not None and not self._nc.is_connected:
+            # NATS is away: the loops could not finish anything, and each attempt would wait out
+            # its timeout. Closed last in the gather, after every loop has marked itself stopping,
+            # so their pulls fail at once and quietly; what was not acked is redelivered to a
+            # replica that runs, and the ledger's head is signed by the next checkpoint.
+            nats = "unreachable"
+            stopping.append(close_connection(self._nc, timeout=0))
+        await asyncio.gather(*stopping)
         if self._nc is not None and not self._nc.is_closed:
-            try:
-                await asyncio.wait_for(self._nc.drain(), timeout=self._config.shutdown_grace)
-            except (TimeoutError, Exception):
-                log.warning("broker.drain_incomplete")
-                await self._nc.close()
-        log.info("broker.stopped")
+            nats = await close_connection(self._nc, timeout=self._config.shutdown_grace)
+        if nats in ("unreachable", "closed"):
+            log.warning("broker.stopped", nats=nats)
+        else:
+            log.info("broker.stopped", nats=nats)
 
     async def serve_forever(self) -> None:
         if self._server is not None:

@@ -59,6 +59,7 @@ from ._ledger_chain import (
 )
 from ._nats import (
     NatsSettings,
+    close_connection,
     connect,
     ensure_streams,
     fetch_batch,
@@ -202,6 +203,7 @@ __all__ = [
     "b64url_encode",
     "body_digest",
     "build_entry",
+    "close_connection",
     "connect",
     "current_encryption_key",
     "deadletter_subject",
