@@ -5,6 +5,7 @@ the watch log in JetStream streams, so several replicas can serve one NATS clust
 """
 
 from ._errors import (
+    AlreadyExistsError,
     AuthenticationError,
     ConflictError,
     HubError,
@@ -19,6 +20,7 @@ from ._server import SERVICE_NAMES, Broker, BrokerConfig
 
 __all__ = [
     "SERVICE_NAMES",
+    "AlreadyExistsError",
     "AuthenticationError",
     "Broker",
     "BrokerConfig",

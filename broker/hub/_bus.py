@@ -147,6 +147,8 @@ class BusServicer(bus_pb2_grpc.BusServiceServicer):
             await self._readable_status(caller, request.request_id)
             subject_filter = status_filter(request_id=request.request_id)
         elif scope == "case_number":
+            if not regulator:
+                await self._may_watch_case(me.id, request.case_number)
             subject_filter = status_filter(case_number=request.case_number)
         else:
             subject_filter = status_filter()
@@ -158,6 +160,18 @@ class BusServicer(bus_pb2_grpc.BusServiceServicer):
         admit = None if regulator or scope == "request_id" else _party_of(me.id)
         async for record in self._watchlog.follow([subject_filter], position, admit=admit):
             yield record
+
+    async def _may_watch_case(self, agency_id: str, case_number: str) -> None:
+        """A case is watched by its parties: the police owning it, and whoever sent or received a
+        request of it. A case with no request yet is let through: its owner may watch it before
+        the first request (the stream then shows only what the caller is party to)."""
+        parties = await self._watchlog.case_parties(case_number)
+        if parties and agency_id not in parties:
+            raise PermissionDeniedError(
+                "the caller is no party to this case: neither its owner nor sender or recipient of"
+                " any of its requests",
+                reason="NOT_CASE_PARTY",
+            )
 
     @guard_unary
     async def List(

@@ -44,6 +44,7 @@ from broker.protocol import (
 )
 
 from ._errors import (
+    AlreadyExistsError,
     AuthenticationError,
     ConflictError,
     HubError,
@@ -84,6 +85,7 @@ CODES: Mapping[type[HubError], grpc.StatusCode] = MappingProxyType(
         UnroutableError: grpc.StatusCode.FAILED_PRECONDITION,
         IllegalTransitionError: grpc.StatusCode.FAILED_PRECONDITION,
         NotFoundError: grpc.StatusCode.NOT_FOUND,
+        AlreadyExistsError: grpc.StatusCode.ALREADY_EXISTS,
         ConflictError: grpc.StatusCode.ABORTED,
         UnavailableError: grpc.StatusCode.UNAVAILABLE,
         OverloadedError: grpc.StatusCode.RESOURCE_EXHAUSTED,
