@@ -59,7 +59,13 @@ def _stop_payment_request(
 
 
 def _freeze_request(
-    probe: Probe, role: str, amount: int, *, request_id: str | None = None, holder: str | None = None
+    probe: Probe,
+    role: str,
+    amount: int,
+    *,
+    request_id: str | None = None,
+    holder: str | None = None,
+    converts: str = "",
 ) -> bank_pb2.FreezeRequest:
     return bank_pb2.FreezeRequest(
         context=probe.context(
@@ -67,7 +73,11 @@ def _freeze_request(
             instrument=common_pb2.LEGAL_INSTRUMENT_TYPE_FREEZE_NOTICE,
             hold_until=datetime.now(UTC) + _FREEZE,
         ),
-        order=requests_pb2.Freeze(account=_ref(probe, role, holder=holder), amount=_money(probe, amount)),
+        order=requests_pb2.Freeze(
+            account=_ref(probe, role, holder=holder),
+            amount=_money(probe, amount),
+            converts_request_id=converts,
+        ),
     )
 
 
@@ -199,6 +209,26 @@ async def _check_freeze(probe: Probe) -> str:
     finally:
         await _release_all(probe, "freeze", request_id)
     return "EXECUTED, amount_frozen and hold_until set"
+
+
+async def _check_convert(probe: Probe) -> str:
+    whole = _whole(probe, "convert")
+    held_id, answer = await _stop_payment(probe, "convert", whole)
+    freeze_id = new_request_id()
+    try:
+        expect_outcome(answer.result, EXECUTED, what="StopPayment of the whole balance")
+        frozen = await probe.call(
+            "Freeze", _freeze_request(probe, "convert", whole, request_id=freeze_id, converts=held_id)
+        )
+        got = _amount(frozen.result.amount_frozen)
+        expect(
+            frozen.result.outcome == EXECUTED and got == whole,
+            f"Freeze converting the stop-payment hold froze {got} of {whole} "
+            f"({common_pb2.RequestState.Name(frozen.result.outcome)}): the held money was not carried over",
+        )
+    finally:
+        await _release_all(probe, "convert", freeze_id, held_id)
+    return "the stop-payment hold became the freeze, every unit kept"
 
 
 async def _check_extend(probe: Probe) -> str:
@@ -474,6 +504,11 @@ BANK_CHECKS: tuple[Check, ...] = (
         run=_check_stop_payment,
     ),
     Check(name="bank.freeze", proves="a freeze within the balance is EXECUTED and frozen", run=_check_freeze),
+    Check(
+        name="bank.freeze.converts_stop_payment",
+        proves="a freeze naming a stop-payment takes over its hold without losing money",
+        run=_check_convert,
+    ),
     Check(
         name="bank.extend_hold",
         proves="an active hold moves to the new end; an unknown one is NO_ACTIVE_HOLD",

@@ -40,6 +40,7 @@ BANK_ACCOUNT_ROLES = (
     "deadline",
     "errors",
     "data",
+    "convert",
     "onward",
 )
 """The bank accounts a fixture names, one per check that acts on an account."""

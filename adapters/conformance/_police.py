@@ -82,6 +82,8 @@ POLICE_CHECKS: tuple[Check, ...] = (
     ),
     Check(name="police.receive_fraud_report", proves="a fraud report is filed", run=_check_report),
     replay_check("police", _REPORT),
+    # Declining is a legitimate answer; whatever it is, a repeat must get the same one.
+    replay_check("police", _ASSISTANCE, outcome=None),
     malformed_check("police", (_ASSISTANCE, _REPORT)),
     deadline_check("police", _REPORT),
 )

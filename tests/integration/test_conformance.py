@@ -29,6 +29,7 @@ from agencies.bank import BankCore
 from agencies.carrier import CarrierCore
 from agencies.platform import PlatformCore
 from broker.protocol import Registry, SystemClock, load_directory
+from tests.integration.test_tls import Pki
 
 pytestmark = pytest.mark.integration
 
@@ -179,6 +180,38 @@ async def test_cli_certifies_the_reference_bank(
         assert report["passed"] is True
         assert report["kind"] == "bank"
         assert {c["name"] for c in report["checks"]} >= {"bank.idempotency.stop_payment", "bank.deadline"}
+
+
+async def test_cli_certifies_a_bank_behind_mutual_tls(
+    registry: Registry, fixture: ConformanceFixture, tmp_path: Path
+) -> None:
+    pki = Pki(tmp_path)
+    server_files, client_files = pki.server(), pki.client("conformance")
+    credentials = grpc.ssl_server_credentials(
+        [(server_files.key.read_bytes(), server_files.cert.read_bytes())],
+        root_certificates=pki.ca.read_bytes(),
+        require_client_auth=True,
+    )
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    async with reference(registry, "bank", data_dir, fixture) as (agency, _plain):
+        server = grpc.aio.server()
+        bank_pb2_grpc.add_BankServiceServicer_to_server(agency.servicer, server)
+        port = server.add_secure_port("127.0.0.1:0", credentials)
+        await server.start()
+        try:
+            target = f"localhost:{port}"
+            tls = ["--tls-ca", str(pki.ca)]
+            client = ["--tls-cert", str(client_files.cert), "--tls-key", str(client_files.key)]
+            code, out, err = await run_cli("bank", "--target", target, *tls, *client)
+            assert code == 0, out + err
+            assert "conforms" in out.splitlines()[-1]
+            # Without its certificate the kit cannot reach the bank: one clear row, exit 1.
+            code, out, _err = await run_cli("bank", "--target", target, *tls, "--call-timeout", "2")
+            assert code == 1
+            assert "bank.reachable" in out
+        finally:
+            await server.stop(None)
 
 
 async def test_cli_refuses_to_guess_transport(tmp_path: Path) -> None:
