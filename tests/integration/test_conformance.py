@@ -196,7 +196,7 @@ async def test_cli_certifies_a_bank_behind_mutual_tls(
     data_dir.mkdir()
     async with reference(registry, "bank", data_dir, fixture) as (agency, _plain):
         server = grpc.aio.server()
-        bank_pb2_grpc.add_BankServiceServicer_to_server(agency.servicer, server)
+        agency.add_servicer(agency.servicer, server)
         port = server.add_secure_port("127.0.0.1:0", credentials)
         await server.start()
         try:
