@@ -50,6 +50,7 @@ def add_conformance_parser(commands: argparse._SubParsersAction[argparse.Argumen
     parser.add_argument("--check", action="append", default=[], help="run only this check (repeatable)")
     parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
     parser.add_argument("--print-fixture", action="store_true", help="print the shipped fixture and exit")
+    parser.add_argument("--list-checks", action="store_true", help="list the kind's checks and exit")
 
 
 def _usage_error(message: str) -> int:
@@ -79,11 +80,19 @@ def _credentials(args: argparse.Namespace) -> grpc.ChannelCredentials | str | No
 def run_conformance(args: argparse.Namespace) -> int:
     """Exit status: 0 all checks passed, 1 a check failed, 2 a usage or fixture error."""
     # Imported when dispatched: the rest of the CLI never loads the kit.
-    from adapters.conformance import FixtureError, default_fixture_text, load_fixture  # noqa: PLC0415
+    from adapters.conformance import CHECKS, FixtureError, default_fixture_text, load_fixture  # noqa: PLC0415
 
     if args.print_fixture:
         print(default_fixture_text(), end="")
         return 0
+    _stub, checks = CHECKS[args.kind]
+    if args.list_checks:
+        for check in checks:
+            print(f"{check.name}: {check.proves}")
+        return 0
+    unknown = sorted(set(args.check) - {check.name for check in checks})
+    if unknown:
+        return _usage_error(f"no {args.kind} check named {', '.join(unknown)} (see --list-checks)")
     if not args.target:
         return _usage_error("give --target HOST:PORT")
     if args.call_timeout <= 0:

@@ -12,7 +12,7 @@ What the implementer must seed first
 The fixture ``fixture.json`` shipped next to this module (``--fixture`` takes a copy with your own
 platform code or region). All people are fictional; amounts are integer minor units.
 
-* bank: open the eleven accounts under ``bank.accounts`` (number, holder name exactly as given,
+* bank: open the twelve accounts under ``bank.accounts`` (number, holder name exactly as given,
   opening balance, currency ``bank.currency``), then book ``bank.transfers`` in order, each
   ``minutes_before`` minutes before seeding: a payment of 10,000.00 into the ``onward`` account and
   6,000.00 out of it to another bank, so 4,000.00 remains. The bank's lookback for onward
@@ -34,9 +34,11 @@ an unknown account / number is REJECTED/NOT_FOUND; a request id delivered twice 
 answer again with no second effect; a request without context, request id or order gets gRPC
 INVALID_ARGUMENT or a REJECTED/INVALID_REQUEST result and changes nothing; a call whose deadline
 already passed fails DEADLINE_EXCEEDED and the retry with the same request id executes in full,
-once, within the adapter's deadline. Banks additionally: MISMATCH on a wrong holder name for
-stop-payments, freezes and data requests (nothing held, no data, no records quoted in ``detail``),
-hold extension and release, and a stop-payment on money that partly left answered
+once, within the adapter's deadline (gRPC enforces an expired deadline on the caller's side,
+so what this proves of the service is that nothing was left half done). Banks additionally:
+MISMATCH on a wrong holder name for stop-payments, freezes and data requests (nothing held, no
+data, no records quoted in ``detail``), a freeze converting a stop-payment hold, hold extension
+and release, and a stop-payment on money that partly left answered
 PARTIALLY_EXECUTED/INSUFFICIENT_FUNDS with the rest held and the onward transfer listed in full.
 Carriers additionally: MISMATCH when the SIM given is not the number's.
 """

@@ -28,6 +28,7 @@ from agencies._serve import AgencyServer, ReferenceAgency, build_reference_agenc
 from agencies.bank import BankCore
 from agencies.carrier import CarrierCore
 from agencies.platform import PlatformCore
+from broker.cli import main as cli_main
 from broker.protocol import Registry, SystemClock, load_directory
 from tests.integration.test_tls import Pki
 
@@ -206,32 +207,40 @@ async def test_cli_certifies_a_bank_behind_mutual_tls(
             code, out, err = await run_cli("bank", "--target", target, *tls, *client)
             assert code == 0, out + err
             assert "conforms" in out.splitlines()[-1]
-            # Without its certificate the kit cannot reach the bank: one clear row, exit 1.
-            code, out, _err = await run_cli("bank", "--target", target, *tls, "--call-timeout", "2")
-            assert code == 1
-            assert "bank.reachable" in out
+            # Without its certificate the kit cannot reach the bank: one clear row.
+            only_ca = grpc.ssl_channel_credentials(root_certificates=pki.ca.read_bytes())
+            async with grpc.aio.secure_channel(target, only_ca) as channel:
+                report = await run_checks("bank", channel, target=target, fixture=fixture, call_timeout=1.0)
+            assert [o.name for o in report.outcomes] == ["bank.reachable"]
         finally:
             await server.stop(None)
 
 
-async def test_cli_refuses_to_guess_transport(tmp_path: Path) -> None:
-    code, _out, err = await run_cli("bank", "--target", "127.0.0.1:1")
-    assert code == 2
-    assert "--plaintext" in err
+def test_cli_refuses_to_guess_transport(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli_main(["conformance", "bank", "--target", "127.0.0.1:1"]) == 2
+    assert "--plaintext" in capsys.readouterr().err
 
 
-async def test_cli_reports_an_unreachable_target(tmp_path: Path) -> None:
+def test_cli_lists_checks_and_refuses_unknown_ones(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli_main(["conformance", "platform", "--list-checks"]) == 0
+    assert capsys.readouterr().out.splitlines()[0].startswith("platform.block_account: ")
+    argv = ["conformance", "bank", "--target", "127.0.0.1:1", "--plaintext", "--check", "bank.nope"]
+    assert cli_main(argv) == 2
+    assert "bank.nope" in capsys.readouterr().err
+    assert cli_main(["conformance", "bank", "--print-fixture"]) == 0
+    assert json.loads(capsys.readouterr().out)["bank"]["accounts"]["onward"]["balance"] == 0
+
+
+async def test_an_unreachable_target_is_one_failed_row(fixture: ConformanceFixture) -> None:
     # Bind and release a port so that nothing listens on it.
     server = grpc.aio.server()
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
     await server.stop(None)
-    code, out, _err = await run_cli(
-        "bank", "--target", f"127.0.0.1:{port}", "--plaintext", "--call-timeout", "1"
-    )
-    assert code == 1
-    assert "bank.reachable" in out
-    assert "no connection" in out
+    report = await check("bank", f"127.0.0.1:{port}", fixture, call_timeout=1.0)
+    assert not report.passed
+    assert [o.name for o in report.outcomes] == ["bank.reachable"]
+    assert "no connection" in report.outcomes[0].reason
 
 
 # -- broken banks fail, naming the check ----------------------------------------------------------
