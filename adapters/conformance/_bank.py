@@ -14,7 +14,7 @@ from google.protobuf.duration_pb2 import Duration
 from greenchannel.v1 import bank_pb2, bank_pb2_grpc, common_pb2, requests_pb2, results_pb2
 
 from ._generic import Check, Sample, deadline_check, malformed_check
-from ._probe import CheckFailed, Probe, expect, expect_outcome, new_request_id, timestamp
+from ._probe import CheckFailed, Probe, expect, expect_no_data, expect_outcome, new_request_id, timestamp
 
 __all__ = ["BANK_CHECKS", "bank_stub"]
 
@@ -311,10 +311,7 @@ async def _check_not_found(probe: Probe) -> str:
     expect_outcome(
         data.result, REJECTED, results_pb2.REASON_CODE_NOT_FOUND, what="QueryBankData of an unknown account"
     )
-    expect(
-        len(data.answer.holder) == 0 and len(data.answer.records) == 0,
-        "QueryBankData of an unknown account returned data",
-    )
+    expect_no_data(data, what="QueryBankData of an unknown account")
     return "REJECTED/NOT_FOUND"
 
 
@@ -348,10 +345,7 @@ async def _check_mismatch(probe: Probe) -> str:
             results_pb2.REASON_CODE_MISMATCH,
             what="QueryBankData with a wrong holder name",
         )
-        expect(
-            len(data.answer.holder) == 0 and len(data.answer.records) == 0,
-            "QueryBankData with a wrong holder name returned data",
-        )
+        expect_no_data(data, what="QueryBankData with a wrong holder name")
         for result in (sp.result, fz.result, data.result):
             expect(
                 acct.holder not in result.detail and acct.number not in result.detail,

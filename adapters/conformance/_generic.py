@@ -25,7 +25,7 @@ from ._probe import (
     new_request_id,
 )
 
-__all__ = ["Check", "Sample", "deadline_check", "malformed_check", "replay_check"]
+__all__ = ["Check", "Sample", "deadline_check", "malformed_check", "replay_check", "snake_case"]
 
 CheckBody = Callable[[Probe], Awaitable[str]]
 """A check: raises CheckFailed when the service is off the contract, else says what it saw."""
@@ -185,7 +185,7 @@ def replay_check(
         return f"{sample.method} repeated with the same request id: same answer"
 
     return Check(
-        name=f"{kind}.idempotency.{_snake(sample.method)}",
+        name=f"{kind}.idempotency.{snake_case(sample.method)}",
         proves="a request id delivered twice is executed once: the repeat gets the first answer",
         run=run,
     )
@@ -197,5 +197,6 @@ async def _quietly(step: Awaitable[None]) -> None:
         await step
 
 
-def _snake(method: str) -> str:
+def snake_case(method: str) -> str:
+    """``StopPayment`` -> ``stop_payment``, for check names."""
     return "".join(f"_{c.lower()}" if c.isupper() else c for c in method).lstrip("_")

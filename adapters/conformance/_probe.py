@@ -27,6 +27,7 @@ __all__ = [
     "CheckFailed",
     "Probe",
     "expect",
+    "expect_no_data",
     "expect_outcome",
     "expect_same_answer",
     "new_request_id",
@@ -81,6 +82,17 @@ def expect_outcome(
     got = f"{outcome_name(result)}/{reason_name(result)}"
     ok = result.outcome == outcome and (reason is None or result.reason == reason)
     expect(ok, f"{what}: expected {want}, got {got} ({result.detail or 'no detail'})")
+
+
+def expect_no_data(response: Any, *, what: str) -> None:
+    """A refused data request (or assistance report) must carry no personal data at all."""
+    answer = getattr(response, "answer", None)
+    if answer is None:
+        answer = getattr(response, "report", None)
+    expect(
+        answer is None or (len(answer.holder) == 0 and len(answer.records) == 0),
+        f"{what}: refused, yet data came back",
+    )
 
 
 def expect_same_answer(first: Message, second: Message, *, what: str) -> None:
