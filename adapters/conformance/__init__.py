@@ -25,7 +25,8 @@ platform code or region). All people are fictional; amounts are integer minor un
 * police: serve region ``police.region`` (a desk that declines it still passes, if it says so).
 
 Each check works on its own record and undoes what it did (releases its holds, lifts its blocks),
-so checks do not depend on one another and the kit can run again on the same seeded system.
+so checks do not depend on one another and the kit can run again on the same seeded system. A run
+cut short (Ctrl-C) may leave a hold in place: seed afresh before the next one.
 
 The checks
 ----------

@@ -14,7 +14,16 @@ from google.protobuf.duration_pb2 import Duration
 from greenchannel.v1 import bank_pb2, bank_pb2_grpc, common_pb2, requests_pb2, results_pb2
 
 from ._generic import Check, Sample, deadline_check, malformed_check
-from ._probe import CheckFailed, Probe, expect, expect_no_data, expect_outcome, new_request_id, timestamp
+from ._probe import (
+    CheckFailed,
+    Probe,
+    expect,
+    expect_no_data,
+    expect_outcome,
+    expect_same_answer,
+    new_request_id,
+    timestamp,
+)
 
 __all__ = ["BANK_CHECKS", "bank_stub"]
 
@@ -368,8 +377,7 @@ async def _check_idempotent_hold(probe: Probe, *, method: str, role: str) -> str
         first = await probe.call(method, build(probe, role, first_amount, request_id=first_id))
         expect_outcome(first.result, EXECUTED, what=f"{method} (first delivery)")
         repeat = await probe.call(method, build(probe, role, first_amount, request_id=first_id))
-        if repeat != first:
-            raise CheckFailed(f"{method} delivered twice: the repeat got a different answer: executed twice?")
+        expect_same_answer(first, repeat, what=f"{method} delivered twice")
         rest = await probe.call(method, build(probe, role, whole, request_id=second_id))
         got = _amount(getattr(rest.result, field))
         expect(
@@ -408,7 +416,7 @@ async def _check_onward(probe: Probe) -> str:
         held = _amount(result.amount_held)
         expect(
             held == _whole(probe, "onward"),
-            f"amount_held is {held}, the account held {_whole(probe, 'onward')}",
+            f"amount_held is {held}; what was left on the account is {_whole(probe, 'onward')}",
         )
         listed = {t.transfer_id: t for t in result.onward_transfers}
         expect(

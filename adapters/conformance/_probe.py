@@ -10,7 +10,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeAlias
 
 import grpc
 from google.protobuf.message import Message
@@ -38,6 +38,10 @@ __all__ = [
 
 EXPIRED_DEADLINE = -1.0
 """A deadline one second in the past (grpc reads 0 and tiny timeouts as a deadline still ahead)."""
+
+
+Instrument: TypeAlias = common_pb2.LegalInstrumentType.ValueType
+"""The kind of legal instrument an order rests on."""
 
 
 class CheckFailed(Exception):
@@ -125,7 +129,7 @@ class Probe:
         self,
         *,
         request_id: str | None = None,
-        instrument: int = common_pb2.LEGAL_INSTRUMENT_TYPE_STOP_PAYMENT_NOTICE,
+        instrument: Instrument = common_pb2.LEGAL_INSTRUMENT_TYPE_STOP_PAYMENT_NOTICE,
         hold_until: datetime | None = None,
     ) -> agency_pb2.OrderContext:
         """The context the adapter builds from a notarized request: ids, case, times, hold end."""
@@ -138,7 +142,7 @@ class Probe:
                 case_number=fx.case_number,
                 issuing_agency=fx.sender,
                 legal_instrument_id=fx.legal_instrument_id,
-                legal_instrument_type=instrument,  # type: ignore[arg-type]
+                legal_instrument_type=instrument,
             ),
             priority=common_pb2.PRIORITY_GREEN,
             received_at=timestamp(now),
