@@ -23,7 +23,13 @@ import grpc
 import pytest
 from greenchannel.v1 import bank_pb2, bank_pb2_grpc, common_pb2
 
-from adapters.conformance import ConformanceFixture, ConformanceReport, load_fixture, run_checks
+from adapters.conformance import (
+    ConformanceFixture,
+    ConformanceReport,
+    default_fixture_text,
+    load_fixture,
+    run_checks,
+)
 from agencies._serve import AgencyServer, ReferenceAgency, build_reference_agency, serve_agency
 from agencies.bank import BankCore
 from agencies.carrier import CarrierCore
@@ -229,6 +235,42 @@ def test_cli_lists_checks_and_refuses_unknown_ones(capsys: pytest.CaptureFixture
     assert "bank.nope" in capsys.readouterr().err
     assert cli_main(["conformance", "bank", "--print-fixture"]) == 0
     assert json.loads(capsys.readouterr().out)["bank"]["accounts"]["onward"]["balance"] == 0
+
+
+@pytest.mark.parametrize(
+    ("write", "args", "said"),
+    [
+        (lambda p: p.write_text("{not json"), ["--fixture", "{file}"], "cannot read the fixture"),
+        (lambda p: p.write_text('{"version": 1}'), ["--fixture", "{file}"], "missing field 'bank.accounts"),
+        (
+            lambda p: p.write_text(default_fixture_text().replace('"balance": 0', '"balance": "0"')),
+            ["--fixture", "{file}"],
+            "bank.accounts.onward.balance' must be a int",
+        ),
+        (None, ["--fixture", "{file}"], "cannot read the fixture"),
+        (None, ["--tls-ca", "{file}"], "cannot read"),
+        (lambda p: p.write_text("x"), ["--tls-ca", "{file}", "--tls-cert", "{file}"], "go together"),
+        (lambda p: p.write_text("x"), ["--plaintext", "--tls-ca", "{file}"], "excludes"),
+    ],
+    ids=["not-json", "no-accounts", "wrong-type", "no-fixture", "no-ca", "cert-without-key", "plain-and-tls"],
+)
+def test_cli_names_what_is_wrong_and_starts_nothing(
+    write: Callable[[Path], Any] | None,
+    args: list[str],
+    said: str,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    path = tmp_path / "given"
+    if write is not None:
+        write(path)
+    transport = [] if "--tls-ca" in args or "--plaintext" in args else ["--plaintext"]
+    argv = ["conformance", "bank", "--target", "127.0.0.1:1", *transport]
+    argv += [a.replace("{file}", str(path)) for a in args]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    assert said in err, err
+    assert err.startswith("greenchannel conformance: ")
 
 
 async def test_an_unreachable_target_is_one_failed_row(fixture: ConformanceFixture) -> None:
