@@ -181,6 +181,9 @@ def load_fixture(path: Path | None = None) -> ConformanceFixture:
         raise FixtureError(f"{where}: malformed fixture ({type(exc).__name__}: {exc})") from exc
 
 
+_KIND_NAMES = {int: "an integer", str: "a string", list: "a list"}
+
+
 class _Reader:
     def __init__(self, where: str) -> None:
         self._where = where
@@ -191,10 +194,8 @@ class _Reader:
             if not isinstance(node, dict) or part not in node:
                 raise FixtureError(f"{self._where}: missing field {path!r}")
             node = node[part]
-        if kind is int and isinstance(node, bool):
-            raise FixtureError(f"{self._where}: field {path!r} must be an integer")
-        if not isinstance(node, kind):
-            raise FixtureError(f"{self._where}: field {path!r} must be a {kind.__name__}")
+        if not isinstance(node, kind) or (kind is int and isinstance(node, bool)):
+            raise FixtureError(f"{self._where}: field {path!r} must be {_KIND_NAMES[kind]}")
         return node
 
 

@@ -245,7 +245,7 @@ def test_cli_lists_checks_and_refuses_unknown_ones(capsys: pytest.CaptureFixture
         (
             lambda p: p.write_text(default_fixture_text().replace('"balance": 0', '"balance": "0"')),
             ["--fixture", "{file}"],
-            "bank.accounts.onward.balance' must be a int",
+            "bank.accounts.onward.balance' must be an integer",
         ),
         (None, ["--fixture", "{file}"], "cannot read the fixture"),
         (None, ["--tls-ca", "{file}"], "cannot read"),
