@@ -280,6 +280,7 @@ async def _check_release(probe: Probe) -> str:
 
 
 async def _check_query(probe: Probe) -> str:
+    """Data about an account: answered in clear, and refused without data on a wrong name or account."""
     holder = await probe.call(
         "QueryBankData", _data_request(probe, "data", requests_pb2.DATA_CATEGORY_ACCOUNT_HOLDER)
     )
@@ -292,79 +293,83 @@ async def _check_query(probe: Probe) -> str:
         "QueryBankData", _data_request(probe, "onward", requests_pb2.DATA_CATEGORY_TRANSACTIONS)
     )
     expect_outcome(rows.result, EXECUTED, what="QueryBankData TRANSACTIONS")
-    booked = sum(
-        1
-        for t in probe.fixture.transfers
-        if probe.fixture.account("onward").number in (t.from_account, t.to_account)
-    )
+    onward = probe.fixture.account("onward").number
+    booked = sum(1 for t in probe.fixture.transfers if onward in (t.from_account, t.to_account))
     got = len(rows.answer.records)
     expect(
         got >= booked,
         f"TRANSACTIONS of the onward account over 3 days: {got} records, the fixture booked {booked}",
     )
-    return f"holder data and {got} transaction records answered in clear"
+    what = "QueryBankData with a wrong holder name"
+    wrong = await probe.call(
+        "QueryBankData",
+        _data_request(probe, "data", requests_pb2.DATA_CATEGORY_ACCOUNT_HOLDER, holder=_WRONG_HOLDER),
+    )
+    expect_outcome(wrong.result, REJECTED, results_pb2.REASON_CODE_MISMATCH, what=what)
+    expect_no_data(wrong, what=what)
+    _expect_discreet(probe, "data", wrong.result)
+    what = "QueryBankData of an unknown account"
+    unknown = await probe.call(
+        "QueryBankData",
+        _data_request(
+            probe,
+            "data",
+            requests_pb2.DATA_CATEGORY_ACCOUNT_HOLDER,
+            account_number=probe.fixture.unknown_account,
+        ),
+    )
+    expect_outcome(unknown.result, REJECTED, results_pb2.REASON_CODE_NOT_FOUND, what=what)
+    expect_no_data(unknown, what=what)
+    return f"holder data and {got} transaction records in clear; wrong name MISMATCH, unknown NOT_FOUND"
+
+
+def _expect_discreet(probe: Probe, role: str, result: results_pb2.Result) -> None:
+    acct = probe.fixture.account(role)
+    expect(
+        acct.holder not in result.detail and acct.number not in result.detail,
+        "a refusal's detail quotes the account's records (holder name or number)",
+    )
 
 
 async def _check_not_found(probe: Probe) -> str:
     unknown = probe.fixture.unknown_account
-    request = _stop_payment_request(probe, "stop_payment", 100)
-    request.order.account.account_number = unknown
-    answer = await probe.call("StopPayment", request)
-    expect_outcome(
-        answer.result, REJECTED, results_pb2.REASON_CODE_NOT_FOUND, what="StopPayment of an unknown account"
-    )
-    data = await probe.call(
-        "QueryBankData",
-        _data_request(probe, "data", requests_pb2.DATA_CATEGORY_ACCOUNT_HOLDER, account_number=unknown),
-    )
-    expect_outcome(
-        data.result, REJECTED, results_pb2.REASON_CODE_NOT_FOUND, what="QueryBankData of an unknown account"
-    )
-    expect_no_data(data, what="QueryBankData of an unknown account")
-    return "REJECTED/NOT_FOUND"
+    stop = _stop_payment_request(probe, "stop_payment", 100)
+    stop.order.account.account_number = unknown
+    answer = await probe.call("StopPayment", stop)
+    what = "StopPayment of an unknown account"
+    expect_outcome(answer.result, REJECTED, results_pb2.REASON_CODE_NOT_FOUND, what=what)
+    freeze = _freeze_request(probe, "freeze", 100)
+    freeze.order.account.account_number = unknown
+    frozen = await probe.call("Freeze", freeze)
+    what = "Freeze of an unknown account"
+    expect_outcome(frozen.result, REJECTED, results_pb2.REASON_CODE_NOT_FOUND, what=what)
+    return "StopPayment and Freeze: REJECTED/NOT_FOUND"
 
 
 async def _check_mismatch(probe: Probe) -> str:
-    acct = probe.fixture.account("mismatch")
     whole = _whole(probe, "mismatch")
     request_ids: list[str] = []
     try:
         rid, sp = await _stop_payment(probe, "mismatch", whole, holder=_WRONG_HOLDER)
         request_ids.append(rid)
-        expect_outcome(
-            sp.result, REJECTED, results_pb2.REASON_CODE_MISMATCH, what="StopPayment with a wrong holder name"
-        )
-        expect(_amount(sp.result.amount_held) == 0, "StopPayment with a wrong holder name held money")
+        what = "StopPayment with a wrong holder name"
+        expect_outcome(sp.result, REJECTED, results_pb2.REASON_CODE_MISMATCH, what=what)
+        expect(_amount(sp.result.amount_held) == 0, f"{what}: money was held")
         rid = new_request_id()
         request_ids.append(rid)
         fz = await probe.call(
             "Freeze", _freeze_request(probe, "mismatch", whole, request_id=rid, holder=_WRONG_HOLDER)
         )
-        expect_outcome(
-            fz.result, REJECTED, results_pb2.REASON_CODE_MISMATCH, what="Freeze with a wrong holder name"
-        )
-        expect(_amount(fz.result.amount_frozen) == 0, "Freeze with a wrong holder name froze money")
-        data = await probe.call(
-            "QueryBankData",
-            _data_request(probe, "mismatch", requests_pb2.DATA_CATEGORY_ACCOUNT_HOLDER, holder=_WRONG_HOLDER),
-        )
-        expect_outcome(
-            data.result,
-            REJECTED,
-            results_pb2.REASON_CODE_MISMATCH,
-            what="QueryBankData with a wrong holder name",
-        )
-        expect_no_data(data, what="QueryBankData with a wrong holder name")
-        for result in (sp.result, fz.result, data.result):
-            expect(
-                acct.holder not in result.detail and acct.number not in result.detail,
-                "a MISMATCH detail quotes the account's records (holder name or number)",
-            )
+        what = "Freeze with a wrong holder name"
+        expect_outcome(fz.result, REJECTED, results_pb2.REASON_CODE_MISMATCH, what=what)
+        expect(_amount(fz.result.amount_frozen) == 0, f"{what}: money was frozen")
+        for result in (sp.result, fz.result):
+            _expect_discreet(probe, "mismatch", result)
     finally:
         # Only a bank that acted on the wrong name holds anything here.
         await _release_all(probe, "mismatch", *request_ids)
     await _holds_whole_balance(probe, "mismatch", why="after the MISMATCH answers")
-    return "StopPayment, Freeze and QueryBankData: REJECTED/MISMATCH, nothing held, nothing told"
+    return "StopPayment and Freeze: REJECTED/MISMATCH, nothing held, nothing told"
 
 
 async def _check_idempotent_hold(probe: Probe, *, method: str, role: str) -> str:
@@ -523,7 +528,7 @@ BANK_CHECKS: tuple[Check, ...] = (
     ),
     Check(
         name="bank.query_bank_data",
-        proves="holder and transaction data are answered in clear",
+        proves="holder and transaction data are answered in clear; a wrong name or account gets no data",
         run=_check_query,
     ),
     Check(
