@@ -22,6 +22,8 @@ from ._probe import (
     expect_outcome,
     expect_same_answer,
     new_request_id,
+    outcome_name,
+    reason_name,
     timestamp,
 )
 
@@ -154,6 +156,10 @@ async def _release_all(probe: Probe, role: str, *targets: str) -> None:
             await probe.call("ReleaseHold", _release_request(probe, role, target))
 
 
+def _verdict(result: results_pb2.Result) -> str:
+    return f"{outcome_name(result)}/{reason_name(result)}"
+
+
 def _amount(money: common_pb2.Money) -> int:
     return money.minor_units
 
@@ -179,7 +185,7 @@ async def _holds_whole_balance(probe: Probe, role: str, *, why: str) -> None:
         expect(
             answer.result.outcome == EXECUTED and held == whole,
             f"{why}: a stop-payment for the whole balance ({whole}) then held {held} "
-            f"({common_pb2.RequestState.Name(answer.result.outcome)}): money was held before",
+            f"({_verdict(answer.result)}): money was held before",
         )
     finally:
         await _release_all(probe, role, request_id)
@@ -233,7 +239,7 @@ async def _check_convert(probe: Probe) -> str:
         expect(
             frozen.result.outcome == EXECUTED and got == whole,
             f"Freeze converting the stop-payment hold froze {got} of {whole} "
-            f"({common_pb2.RequestState.Name(frozen.result.outcome)}): the held money was not carried over",
+            f"({_verdict(frozen.result)}): the held money was not carried over",
         )
     finally:
         await _release_all(probe, "convert", freeze_id, held_id)
