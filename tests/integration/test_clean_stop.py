@@ -1,4 +1,4 @@
-"""`greenchannel broker` and `greenchannel agencies` stop cleanly on SIGTERM while their NATS is down.
+"""`greenchannel broker`, `agencies` and `adapter` stop cleanly on SIGTERM while their NATS is down.
 
 Real processes: the broker with its embedded nats-server, the agencies command against that
 server. The nats-server is SIGKILLed, each process is told to stop once it has noticed, and it
@@ -8,6 +8,7 @@ the exit is generous (a stop that hangs is the failure, not a slow one).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import select
@@ -21,7 +22,14 @@ from pathlib import Path
 
 import pytest
 
+from agencies import build_reference_agency
 from broker._cli_agencies import READY_PREFIX
+from broker.protocol import SystemClock
+from broker.protocol._directory import load_directory
+from broker.protocol._provision import key_overlay_path
+
+from .adapter_process import DIRECTORY, adapter_process, adapter_toml, broker_process
+from .broker_world import BANK
 
 pytestmark = pytest.mark.integration
 
@@ -124,3 +132,23 @@ def test_the_agencies_stop_cleanly_while_their_nats_is_down(tmp_path: Path) -> N
             _stops_cleanly(agencies, agencies_err, r"agencies\.stopped\s+.*nats=unreachable")
         _wait_for_text(broker_err, "nats.disconnected")
         _stops_cleanly(broker, broker_err, r"broker\.stopped\s+nats=unreachable")
+
+
+async def test_the_adapter_command_stops_cleanly_while_its_nats_is_down(tmp_path: Path) -> None:
+    """``greenchannel adapter --config``: its NATS (the broker's embedded server) killed, then SIGTERM."""
+    async with broker_process(tmp_path / "operator") as broker:
+        registry = load_directory(DIRECTORY, key_overlays=[key_overlay_path(broker.state_dir)])
+        with build_reference_agency(registry.get(BANK), data_dir=tmp_path, clock=SystemClock()) as bank:
+            async with bank.server() as server:
+                config = tmp_path / "bank" / "adapter.toml"
+                config.parent.mkdir()
+                config.write_text(
+                    adapter_toml(broker, BANK, target=server.address, journal=tmp_path / "bank" / "journal")
+                )
+                async with adapter_process(config) as adapter:
+                    _kill_nats(broker.state_dir)
+                    await asyncio.to_thread(_wait_for_text, adapter.log, "nats.disconnected")
+                    assert await asyncio.wait_for(adapter.stop(), STOP_BOUND) == 0, adapter.log.read_text()
+                    log = adapter.log.read_text()
+                    assert "Traceback" not in log, log
+                    assert re.search(r"adapter\.nats_not_drained\s+.*nats=unreachable", log), log
