@@ -21,6 +21,7 @@ from greenchannel.v1 import (
     common_pb2,
     envelope_pb2,
     ledger_pb2,
+    ledger_pb2_grpc,
     lifecycle_pb2,
     requests_pb2,
 )
@@ -261,6 +262,30 @@ async def test_each_refusal_is_chained_into_the_ledger_without_personal_data(
         (case.caller, case.method, details.code.name, details.reason)
     ]
     assert not any(personal in repr(lines) for personal in PERSONAL)
+
+
+async def test_an_agency_reads_its_own_refusals_and_no_one_elses(stage: Stage) -> None:
+    signed = stage.signed(_freeze_by_bank(CARRIER), CARRIER)  # carriers order no freezes
+    await stage.call(
+        lambda bus: bus.Submit(bus_pb2.SubmitRequest(request=signed), metadata=stage.token(CARRIER))
+    )
+
+    def carrier_refusal(entry: ledger_pb2.LedgerEntry) -> bool:
+        return entry.actor == CARRIER and entry.refusal.reason == "TYPE_NOT_ALLOWED"
+
+    await stage.refusals(carrier_refusal)
+    async with grpc.aio.insecure_channel(stage.broker.address) as channel:
+        ledger = ledger_pb2_grpc.LedgerServiceStub(channel)
+
+        async def visible_to(agency: str) -> list[ledger_pb2.LedgerEntry]:
+            response = await ledger.ListEntries(
+                ledger_pb2.ListEntriesRequest(limit=5000), metadata=stage.token(agency), timeout=10
+            )
+            return [entry for entry in response.entries if entry.HasField("refusal")]
+
+        assert any(carrier_refusal(entry) for entry in await visible_to(CARRIER))
+        assert not any(carrier_refusal(entry) for entry in await visible_to(POLICE))
+        assert any(carrier_refusal(entry) for entry in await visible_to("regulator-pboc"))
 
 
 # -- a flood ------------------------------------------------------------------------------------------
