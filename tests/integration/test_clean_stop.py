@@ -152,3 +152,15 @@ async def test_the_adapter_command_stops_cleanly_while_its_nats_is_down(tmp_path
                     log = adapter.log.read_text()
                     assert "Traceback" not in log, log
                     assert re.search(r"adapter\.nats_not_drained\s+.*nats=unreachable", log), log
+
+
+def test_up_stops_cleanly_while_its_nats_is_down(tmp_path: Path) -> None:
+    """``greenchannel up``: broker and agencies in one process, its embedded nats-server killed."""
+    stderr = tmp_path / "up.err"
+    with _process(
+        ["--state-dir", str(tmp_path), "up", "--listen", "127.0.0.1:0"], env=_env(), stderr=stderr
+    ) as up:
+        _ready(up, "greenchannel up: broker on ")
+        _kill_nats(tmp_path)
+        _wait_for_text(stderr, "nats.disconnected")
+        _stops_cleanly(up, stderr, r"broker\.stopped\s+nats=unreachable")
