@@ -130,6 +130,7 @@ from ._subjects import (
     validate_request_id,
 )
 from ._tokens import BROKER_AUDIENCE, TokenClaims, mint_bearer_token, verify_bearer_token
+from ._toml import FileErrorFactory, TomlTable, read_toml, toml_type_name
 
 __all__ = [
     "AGENCY_JS_API_PREFIX",
@@ -166,6 +167,7 @@ __all__ = [
     "EmbeddedNatsConfig",
     "ExpiredError",
     "FieldViolation",
+    "FileErrorFactory",
     "InvalidMessageError",
     "KeyFileError",
     "KeyNotValidError",
@@ -193,6 +195,7 @@ __all__ = [
     "StreamSpec",
     "SystemClock",
     "TokenClaims",
+    "TomlTable",
     "UnknownAgencyError",
     "UnknownKeyError",
     "VerificationError",
@@ -238,6 +241,7 @@ __all__ = [
     "notice_subject",
     "open_sealed",
     "parse_unlinked",
+    "read_toml",
     "render_authorization_conf",
     "revoke_key",
     "rotate_agency_key",
@@ -248,6 +252,7 @@ __all__ = [
     "status_filter",
     "status_subject",
     "stream_specs",
+    "toml_type_name",
     "validate_agency_id",
     "validate_request_id",
     "verify_bearer_token",
