@@ -21,12 +21,11 @@ from greenchannel.v1 import common_pb2, lifecycle_pb2, requests_pb2, results_pb2
 from nats.aio.msg import Msg
 from nats.js.client import JetStreamContext
 
-from broker.protocol import Clock, SigningKey
+from broker.protocol import Clock, ConsumerLoop, ConsumerSpec, SigningKey, subject_token
 from broker.protocol._envelope import sign_message
 from broker.protocol._registry import BROKER_ID, Registry
 from broker.protocol._subjects import DEADLINES_STREAM, deadline_fired_filter, notice_subject
 
-from ._consumer import ConsumerLoop, ConsumerSpec, subject_token
 from ._errors import NotFoundError, UnavailableError
 from ._events import BrokerEvents, Refused
 from ._lifecycle import is_final

@@ -24,13 +24,12 @@ from greenchannel.v1 import common_pb2, envelope_pb2, lifecycle_pb2, results_pb2
 from nats.aio.msg import Msg
 from nats.js.client import JetStreamContext
 
-from broker.protocol import Clock, ProtocolError, SigningKey
+from broker.protocol import Clock, ConsumerLoop, ConsumerSpec, ProtocolError, SigningKey, subject_token
 from broker.protocol._envelope import sign_event, verify_event
 from broker.protocol._ids import new_uuid7
 from broker.protocol._registry import BROKER_ID, Registry
 from broker.protocol._subjects import EVENTS_STREAM, deadletter_subject, events_filter
 
-from ._consumer import ConsumerLoop, ConsumerSpec, subject_token
 from ._errors import IllegalTransitionError, NotFoundError
 from ._ledger import LedgerWriter
 from ._lifecycle import is_outcome, next_state

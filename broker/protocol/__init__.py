@@ -1,6 +1,18 @@
 """The protocol core shared by the broker, the adapters and the agencies."""
 
 from ._clock import Clock, ManualClock, SystemClock
+from ._consumer import (
+    BatchHandler,
+    ConsumerLoop,
+    ConsumerSpec,
+    Lane,
+    LaneBinder,
+    LaneOrder,
+    MessageHandler,
+    create_durable,
+    subject_token,
+    whole_stream,
+)
 from ._directory import load_directory
 from ._embedded import (
     EmbeddedNats,
@@ -157,11 +169,14 @@ __all__ = [
     "Agency",
     "AgencyKind",
     "BadSignatureError",
+    "BatchHandler",
     "ChainProblem",
     "ChainRecord",
     "ChainReport",
     "Claims",
     "Clock",
+    "ConsumerLoop",
+    "ConsumerSpec",
     "DigestMismatchError",
     "EmbeddedNats",
     "EmbeddedNatsConfig",
@@ -173,9 +188,13 @@ __all__ = [
     "KeyNotValidError",
     "KeyStore",
     "KeyUse",
+    "Lane",
+    "LaneBinder",
+    "LaneOrder",
     "LifetimeTooLongError",
     "MalformedSignatureError",
     "ManualClock",
+    "MessageHandler",
     "NatsAuthorization",
     "NatsError",
     "NatsPermissions",
@@ -206,6 +225,7 @@ __all__ = [
     "body_digest",
     "build_entry",
     "connect",
+    "create_durable",
     "current_encryption_key",
     "deadletter_subject",
     "deadline_fired_filter",
@@ -252,6 +272,7 @@ __all__ = [
     "status_filter",
     "status_subject",
     "stream_specs",
+    "subject_token",
     "toml_type_name",
     "validate_agency_id",
     "validate_request_id",
@@ -259,4 +280,5 @@ __all__ = [
     "verify_chain",
     "verify_checkpoint",
     "verify_detached",
+    "whole_stream",
 ]

@@ -194,7 +194,7 @@ class TomlTable:
         """``true`` or ``false``; ``default`` when absent."""
         value = self.values.get(name, default)
         if not isinstance(value, bool):
-            self.fail(name, f"expected true or false, got {toml_type_name(value)}")
+            self.fail(name, f"expected a boolean (true or false), got {toml_type_name(value)}")
         return value
 
     def parsed(self, name: str, parse: Callable[[str], _T], *, expected: str) -> _T:

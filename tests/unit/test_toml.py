@@ -56,7 +56,7 @@ def test_required_optional_defaults_ranges_and_patterns(tmp_path: Path) -> None:
         root.integer("concurrency", low=1, high=64)
     with pytest.raises(ConfigError, match="must be an agency id"):
         root.string("agency", pattern=re.compile(r"[a-z0-9-]+"), mismatch="must be an agency id")
-    with pytest.raises(ConfigError, match="expected true or false, got an integer"):
+    with pytest.raises(ConfigError, match=r"expected a boolean \(true or false\), got an integer"):
         root.boolean("flag", default=False)
     with pytest.raises(ConfigError, match=r"missing required table \[tls\]"):
         root.table("tls")
