@@ -20,6 +20,7 @@ from broker.protocol import (
     RegistryError,
     SealingError,
     current_encryption_key,
+    reason_name,
     seal,
 )
 from broker.protocol._envelope import BROKER_ID, OpenedEnvelope
@@ -27,7 +28,6 @@ from broker.protocol._sealing import current_broker_encryption_key, seal_result_
 from broker.protocol._validation import validate_message
 
 from ._backends import BackendOutcome
-from ._events import reason_name
 
 __all__ = ["Answer", "AnswerBuilder", "failure"]
 

@@ -23,8 +23,8 @@ import structlog
 from greenchannel.v1 import common_pb2, results_pb2
 from nats.aio.msg import Msg
 
-from broker.protocol import Clock, ConsumerLoop
-from broker.protocol._envelope import OpenedEnvelope, type_name
+from broker.protocol import Clock, ConsumerLoop, reason_name, request_type_name, state_name
+from broker.protocol._envelope import OpenedEnvelope
 
 from ._answers import Answer, AnswerBuilder, failure
 from ._backends import AgencyBackend
@@ -36,7 +36,7 @@ from ._errors import (
     IdempotencyConflictError,
     UnsupportedRequestError,
 )
-from ._events import build_event, event_id_for, reason_name, state_name
+from ._events import build_event, event_id_for
 from ._idempotency import ExecutionRecord, ExecutionState, GroupCommitJournal
 from ._inbox import Settle
 from ._opening import Opened
@@ -119,7 +119,8 @@ class Executor:
                 await self._publisher.states(opened, digest, common_pb2.REQUEST_STATE_DELIVERED)
                 answer = failure(
                     results_pb2.REASON_CODE_NOT_AUTHORIZED,
-                    f"{self._config.agency_id} does not handle {type_name(opened.header.type)} requests",
+                    f"{self._config.agency_id} does not handle "
+                    f"{request_type_name(opened.header.type)} requests",
                     error="UnsupportedRequestError",
                     outcome=common_pb2.REQUEST_STATE_REJECTED,
                 )

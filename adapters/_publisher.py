@@ -26,11 +26,12 @@ from broker.protocol import (
     deadletter_subject,
     event_subject,
     nats_error,
+    reason_name,
 )
 from broker.protocol._envelope import OpenedEnvelope, sign_event
 
 from ._errors import AdapterError
-from ._events import build_event, deadletter_record, event_id_for, reason_name, refusal_event_id, replayable
+from ._events import build_event, deadletter_record, event_id_for, refusal_event_id, replayable
 from ._idempotency import ExecutionRecord
 from ._opening import claimed_request_id, received_digest
 

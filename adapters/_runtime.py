@@ -41,8 +41,8 @@ from broker.protocol import (
     RegistryError,
     SigningKey,
     connect,
+    request_type_name,
 )
-from broker.protocol._envelope import type_name
 from broker.protocol._registry import Agency
 from broker.protocol._sealing import DecryptionKeys, encryption_kid
 
@@ -273,7 +273,7 @@ class AdapterRuntime:
             return
         header = order.opened.header
         with structlog.contextvars.bound_contextvars(
-            request_id=order.request_id, request_type=type_name(header.type), sender=header.sender
+            request_id=order.request_id, request_type=request_type_name(header.type), sender=header.sender
         ):
             await self._executor.execute(msg, order)
 

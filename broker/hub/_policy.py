@@ -23,7 +23,15 @@ from typing import TypeAlias
 import structlog
 from greenchannel.v1 import common_pb2
 
-from broker.protocol import Agency, AgencyKind, TomlTable, read_toml, toml_type_name
+from broker.protocol import (
+    REQUEST_TYPES_BY_SLUG,
+    Agency,
+    AgencyKind,
+    TomlTable,
+    read_toml,
+    request_type_slug,
+    toml_type_name,
+)
 
 from ._errors import PermissionDeniedError, PolicyError
 
@@ -34,7 +42,6 @@ __all__ = [
     "Policy",
     "PolicyRule",
     "load_policy",
-    "request_type_name",
 ]
 
 POLICY_VERSION = 1
@@ -50,26 +57,9 @@ _CURRENCY = re.compile(r"[A-Z]{3}")
 _DECIMAL = re.compile(r"[0-9]+(\.[0-9]{1,2})?")
 _MAX_HOP = 64  # the contract's bound on Request.hop
 _MAX_MINOR_UNITS = 2**63 - 1  # Money.minor_units is an int64
-_TYPE_PREFIX = "REQUEST_TYPE_"
 
 _RequestType: TypeAlias = common_pb2.RequestType.ValueType
 _Route: TypeAlias = tuple[AgencyKind, _RequestType, AgencyKind]
-
-
-# Lowercase names, as the subjects spell them (``stop_payment``); UNSPECIFIED is no type.
-_TYPES_BY_NAME: Mapping[str, _RequestType] = {
-    name.removeprefix(_TYPE_PREFIX).lower(): value
-    for name, value in common_pb2.RequestType.items()
-    if value != common_pb2.REQUEST_TYPE_UNSPECIFIED
-}
-
-
-def request_type_name(request_type: _RequestType) -> str:
-    """``REQUEST_TYPE_STOP_PAYMENT`` -> ``stop_payment``; an unknown number stays a number."""
-    try:
-        return common_pb2.RequestType.Name(request_type).removeprefix(_TYPE_PREFIX).lower()
-    except ValueError:
-        return str(int(request_type))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -180,7 +170,7 @@ class Policy:
         Reasons, checked in this order: ``READ_ONLY``, ``NOT_CASE_OWNER``, ``SELF_ADDRESSED``,
         ``TYPE_NOT_ALLOWED``, ``REGION_NOT_ALLOWED``.
         """
-        type_name = request_type_name(request_type)
+        type_name = request_type_slug(request_type)
         if sender.kind is AgencyKind.REGULATOR:
             raise PermissionDeniedError(
                 f"{sender.id!r} is a regulator: regulators read and watch, they never submit requests",
@@ -224,7 +214,7 @@ class Policy:
         allowed: dict[AgencyKind, set[str]] = {}
         for kind, request_type, recipient in self._by_route:
             if kind is sender:
-                allowed.setdefault(recipient, set()).add(request_type_name(request_type))
+                allowed.setdefault(recipient, set()).add(request_type_slug(request_type))
         if not allowed:
             return "nothing"
         return "; ".join(
@@ -252,9 +242,9 @@ def _kinds(scope: TomlTable, name: str) -> frozenset[AgencyKind]:
 def _types(scope: TomlTable) -> frozenset[_RequestType]:
     types: set[_RequestType] = set()
     for i, value in enumerate(scope.strings("types", required=True, non_empty=True, distinct=True)):
-        request_type = _TYPES_BY_NAME.get(value)
+        request_type = REQUEST_TYPES_BY_SLUG.get(value)
         if request_type is None:
-            expected = ", ".join(_TYPES_BY_NAME)
+            expected = ", ".join(REQUEST_TYPES_BY_SLUG)
             scope.fail(f"types[{i}]", f"unknown request type {value!r} (expected one of: {expected})")
         types.add(request_type)
     return frozenset(types)

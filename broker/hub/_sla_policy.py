@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, TypeAlias
 
 from greenchannel.v1 import common_pb2
 
-from broker.protocol import TomlTable, read_toml
+from broker.protocol import REQUEST_TYPES_BY_SLUG, TomlTable, read_toml, request_type_slug
 
 from ._errors import PolicyError
 
@@ -46,13 +46,6 @@ _RequestType: TypeAlias = common_pb2.RequestType.ValueType
 _Priority: TypeAlias = common_pb2.Priority.ValueType
 
 _T = common_pb2
-_TYPE_PREFIX = "REQUEST_TYPE_"
-# Lowercase names, as the subjects and the authorization policy spell them (``stop_payment``).
-_TYPES_BY_NAME: Mapping[str, _RequestType] = {
-    name.removeprefix(_TYPE_PREFIX).lower(): value
-    for name, value in common_pb2.RequestType.items()
-    if value != _T.REQUEST_TYPE_UNSPECIFIED
-}
 _PRIORITIES_BY_NAME: Mapping[str, _Priority] = {"green": _T.PRIORITY_GREEN, "standard": _T.PRIORITY_STANDARD}
 _HOLD_TYPES: Mapping[str, _RequestType] = {
     "stop_payment": _T.REQUEST_TYPE_STOP_PAYMENT,
@@ -203,10 +196,6 @@ class SlaPolicy:
 # -- the file -----------------------------------------------------------------------------------
 
 
-def _name_of(request_type: _RequestType) -> str:
-    return common_pb2.RequestType.Name(request_type).removeprefix(_TYPE_PREFIX).lower()
-
-
 _DURATION_EXPECTED = 'a duration string such as "30s", "8h", "3d"'
 
 
@@ -279,9 +268,9 @@ def _deadline_types(scope: TomlTable) -> list[_RequestType]:
         "types", required=True, non_empty=True, distinct=True, expected="an array of request type names"
     )
     for i, item in enumerate(names):
-        request_type = _TYPES_BY_NAME.get(item)
+        request_type = REQUEST_TYPES_BY_SLUG.get(item)
         if request_type is None:
-            expected = ", ".join(_TYPES_BY_NAME)
+            expected = ", ".join(REQUEST_TYPES_BY_SLUG)
             scope.fail(f"types[{i}]", f"unknown request type {item!r} (expected one of: {expected})")
         types.append(request_type)
     return types
@@ -325,14 +314,14 @@ def _deadlines(root: TomlTable) -> dict[_Key, _Budget]:
             if key in covered_by:
                 scope.fail(
                     f"types[{position}]",
-                    f"{_name_of(request_type)} at priority {priority_name} is already covered by "
+                    f"{request_type_slug(request_type)} at priority {priority_name} is already covered by "
                     f"deadline[{covered_by[key]}]; each (type, priority) pair is covered exactly once",
                 )
             covered_by[key] = index
             budgets[key] = budget
     missing = [
         f"{type_name} at {priority_name}"
-        for type_name, request_type in _TYPES_BY_NAME.items()
+        for type_name, request_type in REQUEST_TYPES_BY_SLUG.items()
         for priority_name, priority in _PRIORITIES_BY_NAME.items()
         if (request_type, priority) not in budgets
     ]

@@ -33,8 +33,9 @@ from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
 from greenchannel.v1 import common_pb2, envelope_pb2, lifecycle_pb2
 
+from broker.protocol import request_type_slug, to_timestamp
+
 from ._lifecycle import is_outcome
-from ._policy import request_type_name
 
 __all__ = [
     "PHASES",
@@ -145,9 +146,7 @@ def _ns(stamp: Timestamp) -> int:
 
 
 def _ns_of(when: datetime) -> int:
-    stamp = Timestamp()
-    stamp.FromDatetime(when)
-    return stamp.ToNanoseconds()
+    return to_timestamp(when).ToNanoseconds()
 
 
 def phase_outcome(deadline: envelope_pb2.PhaseDeadline, *, now: datetime) -> PhaseOutcome:
@@ -262,7 +261,7 @@ def sla_report(statuses: Iterable[lifecycle_pb2.RequestStatus], *, now: datetime
     rows = tuple(
         tally.row(agency, request_type)
         for (agency, request_type), tally in sorted(
-            tallies.items(), key=lambda item: (item[0][0], request_type_name(item[0][1]))
+            tallies.items(), key=lambda item: (item[0][0], request_type_slug(item[0][1]))
         )
     )
     breaches: dict[str, int] = {}
@@ -298,7 +297,7 @@ def report_to_json(report: SlaReport) -> dict[str, Any]:
         "rows": [
             {
                 "agency": row.agency,
-                "type": request_type_name(row.request_type),
+                "type": request_type_slug(row.request_type),
                 "requests": row.requests,
                 "finished": row.finished,
                 "cancelled": row.cancelled,
@@ -368,7 +367,7 @@ def render_table(report: SlaReport) -> str:
     rows = [
         (
             row.agency,
-            request_type_name(row.request_type),
+            request_type_slug(row.request_type),
             str(row.requests),
             *(f"{c.met}/{c.breached}/{c.open}" for c in (row.phases[p] for p in PHASES)),
             str(row.finished),

@@ -69,6 +69,7 @@ from ._ledger_chain import (
     verify_chain,
     verify_checkpoint,
 )
+from ._names import REQUEST_TYPES_BY_SLUG, reason_name, request_type_name, request_type_slug, state_name
 from ._nats import (
     NatsSettings,
     connect,
@@ -107,6 +108,7 @@ from ._signing import (
     sign_detached,
     verify_detached,
 )
+from ._states import EXECUTED_STATES, FINAL_STATES, HOLD_TYPES, HOLDING_STATES, OUTCOME_STATES
 from ._subjects import (
     DEADLETTER_STREAM,
     DEADLINES_STREAM,
@@ -141,6 +143,7 @@ from ._subjects import (
     validate_agency_id,
     validate_request_id,
 )
+from ._timestamps import from_timestamp, optional_timestamp, to_timestamp
 from ._tokens import BROKER_AUDIENCE, TokenClaims, mint_bearer_token, verify_bearer_token
 from ._toml import FileErrorFactory, TomlTable, read_toml, toml_type_name
 
@@ -153,6 +156,10 @@ __all__ = [
     "DEADLETTER_STREAM",
     "DEADLINES_STREAM",
     "EVENTS_STREAM",
+    "EXECUTED_STATES",
+    "FINAL_STATES",
+    "HOLDING_STATES",
+    "HOLD_TYPES",
     "IDEMPOTENCY_BUCKET",
     "INBOX_STREAM",
     "KV_BUCKETS",
@@ -160,11 +167,13 @@ __all__ = [
     "LEDGER_ENTRY_SUBJECT",
     "LEDGER_STREAM",
     "NOTICES_STREAM",
+    "OUTCOME_STATES",
     "PRIORITIES",
     "REGISTRY_BUCKET",
     "REPLAY_BUCKET",
     "REQUESTS_BUCKET",
     "REQUEST_TYPES",
+    "REQUEST_TYPES_BY_SLUG",
     "WATCH_STREAM",
     "Agency",
     "AgencyKind",
@@ -240,6 +249,7 @@ __all__ = [
     "events_filter",
     "fetch_batch",
     "find_nats_server",
+    "from_timestamp",
     "generate_signing_key",
     "inbox_consumer",
     "inbox_filter",
@@ -260,19 +270,25 @@ __all__ = [
     "nats_settings_for",
     "notice_subject",
     "open_sealed",
+    "optional_timestamp",
     "parse_unlinked",
     "read_toml",
+    "reason_name",
     "render_authorization_conf",
+    "request_type_name",
+    "request_type_slug",
     "revoke_key",
     "rotate_agency_key",
     "save_signing_key",
     "seal",
     "sign_checkpoint",
     "sign_detached",
+    "state_name",
     "status_filter",
     "status_subject",
     "stream_specs",
     "subject_token",
+    "to_timestamp",
     "toml_type_name",
     "validate_agency_id",
     "validate_request_id",

@@ -116,8 +116,8 @@ def test_a_spec_refuses_nonsense() -> None:
         ConsumerSpec(name="x", stream="S", filter_subject="a.>", batch=1, fetch_timeout=1, ack_wait=0)
 
 
-def _lane(stream: str, subject: str, **fields: int) -> Lane:
-    return Lane(durable=f"lane-{uuid.uuid4().hex[:8]}", stream=stream, filter_subject=subject, **fields)
+def _lane(stream: str, subject: str, *, batch: int) -> Lane:
+    return Lane(durable=f"lane-{uuid.uuid4().hex[:8]}", stream=stream, filter_subject=subject, batch=batch)
 
 
 async def test_a_lane_is_served_only_when_the_lanes_before_it_have_nothing(js: JetStreamContext) -> None:
