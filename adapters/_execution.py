@@ -23,7 +23,7 @@ import structlog
 from greenchannel.v1 import common_pb2, results_pb2
 from nats.aio.msg import Msg
 
-from broker.protocol import Clock, ConsumerLoop, reason_name, request_type_name, state_name
+from broker.protocol import ConsumerLoop, reason_name, request_type_name, state_name
 from broker.protocol._envelope import OpenedEnvelope
 
 from ._answers import Answer, AnswerBuilder, failure
@@ -36,7 +36,6 @@ from ._errors import (
     IdempotencyConflictError,
     UnsupportedRequestError,
 )
-from ._events import build_event, event_id_for
 from ._idempotency import ExecutionRecord, ExecutionState, GroupCommitJournal
 from ._inbox import Settle
 from ._opening import Opened
@@ -66,7 +65,6 @@ class Executor:
         backend: AgencyBackend,
         publisher: EventPublisher,
         answers: AnswerBuilder,
-        clock: Clock,
         loop: ConsumerLoop,
         settle: Callable[[Msg, Settle], Awaitable[None]],
     ) -> None:
@@ -75,7 +73,6 @@ class Executor:
         self._backend = backend
         self._publisher = publisher
         self._answers = answers
-        self._clock = clock
         self._loop = loop
         self._settle = settle
         self._requests: dict[str, asyncio.Future[None]] = {}  # request ids in flight -> done
@@ -207,17 +204,7 @@ class Executor:
         """Sign, record, publish the terminal event; dead-letter adapter-made failures; ack."""
         request_id = opened.header.id
         result = answer.result
-        event = build_event(
-            event_id=event_id_for(request_id, result.outcome),
-            request_id=request_id,
-            state=result.outcome,
-            actor=self._config.agency_id,
-            at=self._clock.now(),
-            request_digest=digest,
-            reason=result.reason,
-            detail=result.detail,
-            result=result,
-        )
+        event = self._publisher.build(request_id, result.outcome, digest, result=result)
         signed = self._publisher.sign(event)
         # Recorded (durably) before it is published: from here on a redelivery replays it, never
         # re-executes.

@@ -65,6 +65,28 @@ class EventPublisher:
     def sign(self, event: lifecycle_pb2.LifecycleEvent) -> bytes:
         return sign_event(event, key=self._key, clock=self._clock).SerializeToString()
 
+    def build(
+        self,
+        request_id: str,
+        state: common_pb2.RequestState.ValueType,
+        digest: str,
+        *,
+        result: results_pb2.Result | None = None,
+        event_id: str | None = None,
+    ) -> lifecycle_pb2.LifecycleEvent:
+        """This agency's event of ``request_id`` now; an outcome carries its ``result`` (reason, detail)."""
+        return build_event(
+            event_id=event_id or event_id_for(request_id, state),
+            request_id=request_id,
+            state=state,
+            actor=self._agency_id,
+            at=self._clock.now(),
+            request_digest=digest,
+            reason=result.reason if result is not None else results_pb2.REASON_CODE_UNSPECIFIED,
+            detail=result.detail if result is not None else "",
+            result=result,
+        )
+
     async def event(self, request_id: str, signed: bytes, event_id: str) -> None:
         """Publish one signed event of ``request_id``."""
         subject = event_subject(self._agency_id, request_id)
@@ -77,14 +99,7 @@ class EventPublisher:
         request_id = opened.header.id
         batch: list[tuple[bytes, str]] = []
         for state in states:
-            event = build_event(
-                event_id=event_id_for(request_id, state),
-                request_id=request_id,
-                state=state,
-                actor=self._agency_id,
-                at=self._clock.now(),
-                request_digest=digest,
-            )
+            event = self.build(request_id, state, digest)
             batch.append((self.sign(event), event.event_id))
         await self._publish_in_order(event_subject(self._agency_id, request_id), batch, stream=EVENTS_STREAM)
 
@@ -117,16 +132,9 @@ class EventPublisher:
         if envelope is not None and request_id is not None:
             digest = received_digest(envelope)
             detail = f"the message did not verify ({error}); nothing was executed"
-            event = build_event(
-                event_id=refusal_event_id(request_id, digest),
-                request_id=request_id,
-                state=_FAILED,
-                actor=self._agency_id,
-                at=self._clock.now(),
-                request_digest=digest,
-                reason=reason,
-                detail=detail,
-                result=results_pb2.Result(outcome=_FAILED, reason=reason, detail=detail),
+            result = results_pb2.Result(outcome=_FAILED, reason=reason, detail=detail)
+            event = self.build(
+                request_id, _FAILED, digest, result=result, event_id=refusal_event_id(request_id, digest)
             )
             await self.event(request_id, self.sign(event), event.event_id)
         await self.deadletter(msg, request_id, reason_name(reason), error, fields=fields or [])

@@ -162,7 +162,6 @@ class AdapterRuntime:
                 backend=self._backend,
                 publisher=self._publisher,
                 answers=AnswerBuilder(agency_id=self.agency_id, registry=self._registry, clock=self._clock),
-                clock=self._clock,
                 loop=self._loop,
                 settle=self._settle,
             )
