@@ -10,7 +10,9 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from broker._cli_adapter import add_adapter_parser, run_adapter
 from broker._cli_agencies import add_agencies_parser, run_agencies
+from broker._cli_conformance import add_conformance_parser, run_conformance
 from broker._cli_ledger import add_ledger_parser, run_ledger
 from broker._cli_requests import DEFAULT_BROKER, add_request_parsers, run_status, run_submit, run_watch
 from broker._cli_sla import add_sla_parser, run_sla
@@ -91,10 +93,12 @@ def _parser() -> argparse.ArgumentParser:
 
     add_up_parser(commands)
     add_agencies_parser(commands)
+    add_adapter_parser(commands)
     add_request_parsers(commands, default_broker=os.environ.get(BROKER_ENV) or DEFAULT_BROKER)
     add_sla_parser(commands, default_broker=os.environ.get(BROKER_ENV) or DEFAULT_BROKER)
     add_trail_parser(commands, default_broker=os.environ.get(BROKER_ENV) or DEFAULT_BROKER)
     add_ledger_parser(commands, default_broker=os.environ.get(BROKER_ENV) or DEFAULT_BROKER)
+    add_conformance_parser(commands)
     return parser
 
 
@@ -175,6 +179,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _broker(args)
         if args.command == "agencies":
             return run_agencies(args, nats_url=os.environ.get(NATS_URL_ENV))
+        if args.command == "adapter":
+            return run_adapter(args)
         if args.command == "up":
             return run_up(args, nats_url=os.environ.get(NATS_URL_ENV))
         if args.command == "submit":
@@ -189,6 +195,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_trail(args)
         if args.command == "ledger":
             return run_ledger(args)
+        if args.command == "conformance":
+            return run_conformance(args)
     except KeyboardInterrupt:
         return 130
     except ProtocolError as exc:
