@@ -33,7 +33,7 @@ from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
 from greenchannel.v1 import common_pb2, envelope_pb2, lifecycle_pb2
 
-from broker.protocol import request_type_slug, to_timestamp
+from broker.protocol import phase_slug, request_type_slug, to_timestamp
 
 from ._lifecycle import is_outcome
 
@@ -282,10 +282,6 @@ def sla_report(statuses: Iterable[lifecycle_pb2.RequestStatus], *, now: datetime
 # -- output -----------------------------------------------------------------------------------
 
 
-def _phase_name(phase: _Phase) -> str:
-    return common_pb2.Phase.Name(phase).removeprefix("PHASE_").lower()
-
-
 def report_to_json(report: SlaReport) -> dict[str, Any]:
     """A JSON-ready document; times in milliseconds, type and phase names in lower case."""
     return {
@@ -302,7 +298,7 @@ def report_to_json(report: SlaReport) -> dict[str, Any]:
                 "finished": row.finished,
                 "cancelled": row.cancelled,
                 "phases": {
-                    _phase_name(phase): {"met": counts.met, "breached": counts.breached, "open": counts.open}
+                    phase_slug(phase): {"met": counts.met, "breached": counts.breached, "open": counts.open}
                     for phase, counts in row.phases.items()
                 },
                 "time_to_finish_ms": {"median": row.median_ms, "p95": row.p95_ms},
@@ -358,7 +354,7 @@ def render_table(report: SlaReport) -> str:
         "agency",
         "type",
         "requests",
-        *(_phase_name(p) for p in PHASES),
+        *(phase_slug(p) for p in PHASES),
         "finished",
         "cancelled",
         "median",

@@ -69,7 +69,14 @@ from ._ledger_chain import (
     verify_chain,
     verify_checkpoint,
 )
-from ._names import REQUEST_TYPES_BY_SLUG, reason_name, request_type_name, request_type_slug, state_name
+from ._names import (
+    REQUEST_TYPES_BY_SLUG,
+    phase_slug,
+    reason_name,
+    request_type_name,
+    request_type_slug,
+    state_name,
+)
 from ._nats import (
     NatsSettings,
     connect,
@@ -272,6 +279,7 @@ __all__ = [
     "open_sealed",
     "optional_timestamp",
     "parse_unlinked",
+    "phase_slug",
     "read_toml",
     "reason_name",
     "render_authorization_conf",

@@ -413,9 +413,12 @@ class ConsumerLoop:
         held_back = False
         for index, lane in enumerate(self._lanes):
             room = self._lane_room(index, free)
-            if index > 0 and (self._held_back(index) or room < 1):
+            if index > 0 and self._held_back(index):
                 held_back = True
                 break
+            if room < 1:
+                held_back = True  # at its own limit: look again soon
+                continue
             if self._stopping.is_set():
                 return 0, []
             if await self._has_work(index):
@@ -427,7 +430,11 @@ class ConsumerLoop:
         # Nothing to take now: wait on the first lane, so its message is taken the moment it lands;
         # only briefly while a lower lane is held back (by the lanes above or its own limit).
         wait = spec.short_poll if held_back else spec.fetch_timeout
-        return 0, await self._fetch(0, min(top.batch, free), wait)
+        room = min(top.batch, self._lane_room(0, free))
+        if room < 1:
+            await self.wait_stopping(wait)
+            return 0, []
+        return 0, await self._fetch(0, room, wait)
 
     async def _fetch(self, lane: int, count: int, wait: float) -> list[Msg]:
         return await fetch_batch(self._subs[lane], count, wait)

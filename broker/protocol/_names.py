@@ -13,6 +13,7 @@ from greenchannel.v1 import common_pb2, results_pb2
 
 __all__ = [
     "REQUEST_TYPES_BY_SLUG",
+    "phase_slug",
     "reason_name",
     "request_type_name",
     "request_type_slug",
@@ -47,6 +48,14 @@ def reason_name(value: results_pb2.ReasonCode.ValueType) -> str:
     """``SIGNATURE_INVALID`` for REASON_CODE_SIGNATURE_INVALID."""
     try:
         return results_pb2.ReasonCode.Name(value).removeprefix("REASON_CODE_")
+    except ValueError:
+        return str(int(value))
+
+
+def phase_slug(value: common_pb2.Phase.ValueType) -> str:
+    """``deliver`` for PHASE_DELIVER: the spelling of reports and SLA files."""
+    try:
+        return common_pb2.Phase.Name(value).removeprefix("PHASE_").lower()
     except ValueError:
         return str(int(value))
 
