@@ -242,7 +242,7 @@ class ConsumerLoop:
         batch_handler: BatchHandler | None = None,
     ) -> None:
         if (handler is None) == (batch_handler is None):
-            raise ValueError("ConsumerLoop takes a handler or a batch_handler, not both")
+            raise ValueError("ConsumerLoop takes exactly one of handler and batch_handler")
         self._js = js
         self._spec = spec
         self._lanes = spec.resolved_lanes
