@@ -1,4 +1,8 @@
-"""``greenchannel broker``: run one broker replica until SIGINT / SIGTERM."""
+"""``greenchannel broker``: run one broker replica until SIGINT / SIGTERM.
+
+SIGHUP re-reads the directory and key overlays (the broker also notices changed files itself);
+a file that does not load is logged as ``directory.reload_failed`` and the old directory stays.
+"""
 
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ from broker.protocol._embedded import EmbeddedNatsConfig, nats_for
 from broker.protocol._nats import connect
 from broker.protocol._nats_auth import ensure_inbox_consumers, nats_authorization, nats_settings_for
 from broker.protocol._provision import ensure_agency_keys
+from broker.protocol._registry import Registry
 
 __all__ = ["run_broker"]
 
@@ -43,8 +48,15 @@ async def run_broker(args: argparse.Namespace, *, nats_url: str | None) -> None:
     replicas: int = getattr(args, "replicas", 1)
     if not 1 <= replicas <= _MAX_REPLICAS:
         raise SystemExit(f"greenchannel broker: --replicas must be 1 to {_MAX_REPLICAS}, got {replicas}")
-    overlay = ensure_agency_keys(args.directory, state_dir, clock=SystemClock())
-    registry = load_directory(args.directory, key_overlays=[overlay])
+    # getattr: a parser without --key-overlay (an older cli.py) means none.
+    key_overlays: tuple[Path, ...] = tuple(getattr(args, "key_overlay", None) or ())
+    # Keys are made here only for agencies that list none of their own (the demo): an agency that
+    # made its keys on its own host (`greenchannel keys generate`) must not get a second,
+    # broker-held key that could sign in its name.
+    listed = load_directory(args.directory, key_overlays=key_overlays)
+    own = [agency.id for agency in listed.agencies() if not agency.keys]
+    overlay = ensure_agency_keys(args.directory, state_dir, agencies=own, clock=SystemClock())
+    registry = load_directory(args.directory, key_overlays=[overlay, *key_overlays])
     # Per-agency NATS users: written into the embedded server's config; with $GREENCHANNEL_NATS_URL
     # the operator installs the same block (`greenchannel nats-authorization`).
     authorization = nats_authorization(state_dir, [agency.id for agency in registry.agencies()])
@@ -59,6 +71,7 @@ async def run_broker(args: argparse.Namespace, *, nats_url: str | None) -> None:
             nats=settings,
             state_dir=state_dir,
             directory=args.directory,
+            key_overlays=key_overlays,
             listen=args.listen,
             reflection=not args.no_reflection,
             tls=_tls(args),
@@ -68,17 +81,33 @@ async def run_broker(args: argparse.Namespace, *, nats_url: str | None) -> None:
             config = replace(config, policy=args.policy)
         if args.sla_policy is not None:
             config = replace(config, sla=load_sla_policy(args.sla_policy))
-        async with Broker(config) as broker:
-            # Adapters may not create their inbox consumers (a consumer can name where it delivers).
+        broker = Broker(config)
+
+        async def inbox_consumers(_old: Registry, new: Registry) -> None:
+            # Adapters may not create their inbox consumers (a consumer can name where it delivers);
+            # an agency added by a reload gets its own here too.
             nc = await connect(settings)
             try:
                 await ensure_inbox_consumers(
-                    nc.jetstream(), [a.id for a in registry.agencies() if a.kind is not AgencyKind.REGULATOR]
+                    nc.jetstream(), [a.id for a in new.agencies() if a.kind is not AgencyKind.REGULATOR]
                 )
             finally:
                 await nc.drain()
+
+        broker.on_directory_reload(inbox_consumers)
+        async with broker:
+            await inbox_consumers(registry, registry)
+            reloads: set[asyncio.Task[bool]] = set()
+
+            def reload() -> None:
+                task = asyncio.create_task(broker.reload_directory())
+                reloads.add(task)  # the loop keeps only weak references to tasks
+                task.add_done_callback(reloads.discard)
+
+            loop.add_signal_handler(signal.SIGHUP, reload)
             print(
                 f"greenchannel broker listening on {broker.address} (NATS {url}); Ctrl-C to stop", flush=True
             )
             await stop.wait()
+            loop.remove_signal_handler(signal.SIGHUP)
             log.info("broker.stopping")

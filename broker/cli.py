@@ -57,6 +57,13 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--policy", type=Path, default=None, help="authorization policy TOML (default: sample)"
     )
+    serve.add_argument(
+        "--key-overlay",
+        type=Path,
+        action="append",
+        metavar="FILE",
+        help="overlay of agencies' public keys (greenchannel keys ... --write FILE); repeatable, reloaded",
+    )
     serve.add_argument("--no-reflection", action="store_true", help="do not serve gRPC reflection")
     serve.add_argument(
         "--replicas",
