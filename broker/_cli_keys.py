@@ -124,7 +124,9 @@ def add_keys_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser
 
     revoke = sub.add_parser("revoke", help="revoke one key of an agency from --at on")
     revoke.add_argument("--agency", required=True, type=_agency_id, help="the agency id")
-    revoke.add_argument("--kid", required=True, help="the key's kid")
+    revoke.add_argument(
+        "--kid", required=True, help="the key's kid; write --kid=KID, a kid may begin with '-'"
+    )
     revoke.add_argument(
         "--at", type=_instant, default=None, help="ISO 8601 instant with offset, or 'now' (default now)"
     )
