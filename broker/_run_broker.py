@@ -14,7 +14,7 @@ from pathlib import Path
 
 import structlog
 
-from broker.hub import Broker, BrokerConfig
+from broker.hub import Broker, BrokerConfig, DirectoryReloadConfig
 from broker.hub._sla_policy import load_sla_policy
 from broker.hub._tls import TlsFiles
 from broker.protocol import AgencyKind, SystemClock
@@ -50,6 +50,7 @@ async def run_broker(args: argparse.Namespace, *, nats_url: str | None) -> None:
         raise SystemExit(f"greenchannel broker: --replicas must be 1 to {_MAX_REPLICAS}, got {replicas}")
     # getattr: a parser without --key-overlay (an older cli.py) means none.
     key_overlays: tuple[Path, ...] = tuple(getattr(args, "key_overlay", None) or ())
+    poll: float = getattr(args, "directory_poll", 2.0)
     # Keys are made here only for agencies that list none of their own (the demo): an agency that
     # made its keys on its own host (`greenchannel keys generate`) must not get a second,
     # broker-held key that could sign in its name.
@@ -72,6 +73,7 @@ async def run_broker(args: argparse.Namespace, *, nats_url: str | None) -> None:
             state_dir=state_dir,
             directory=args.directory,
             key_overlays=key_overlays,
+            reload=DirectoryReloadConfig(poll_interval=poll if poll > 0 else None),
             listen=args.listen,
             reflection=not args.no_reflection,
             tls=_tls(args),
@@ -110,4 +112,5 @@ async def run_broker(args: argparse.Namespace, *, nats_url: str | None) -> None:
             )
             await stop.wait()
             loop.remove_signal_handler(signal.SIGHUP)
+            await asyncio.gather(*reloads)  # a reload under way finishes before the broker stops
             log.info("broker.stopping")

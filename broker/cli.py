@@ -64,6 +64,13 @@ def _parser() -> argparse.ArgumentParser:
         metavar="FILE",
         help="overlay of agencies' public keys (greenchannel keys ... --write FILE); repeatable, reloaded",
     )
+    serve.add_argument(
+        "--directory-poll",
+        type=float,
+        default=2.0,
+        metavar="SECONDS",
+        help="check the directory and overlays for changes this often (default 2; 0: only on SIGHUP)",
+    )
     serve.add_argument("--no-reflection", action="store_true", help="do not serve gRPC reflection")
     serve.add_argument(
         "--replicas",

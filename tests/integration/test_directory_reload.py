@@ -19,8 +19,7 @@ from greenchannel.v1 import common_pb2, results_pb2
 from structlog.testing import capture_logs
 
 from broker.client import BusClient
-from broker.hub import Broker
-from broker.hub._directory_reload import DirectoryReloadConfig
+from broker.hub import Broker, DirectoryReloadConfig
 from broker.hub._grpc_status import error_details
 from broker.protocol import (
     KeyFileError,
