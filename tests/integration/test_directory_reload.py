@@ -13,14 +13,11 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import grpc
 import pytest
 from greenchannel.v1 import common_pb2, results_pb2
 from structlog.testing import capture_logs
 
-from broker.client import BusClient
 from broker.hub import Broker, DirectoryReloadConfig
-from broker.hub._grpc_status import error_details
 from broker.protocol import (
     KeyFileError,
     SigningKey,
@@ -32,7 +29,7 @@ from broker.protocol import (
     revoke_key,
 )
 from broker.protocol._provision import agency_keys
-from tests.integration.broker_world import BANK, DIRECTORY, POLICE, broker_world, stop_payment
+from tests.integration.broker_world import BANK, DIRECTORY, POLICE, broker_world, stop_payment, token_refusal
 
 pytestmark = pytest.mark.integration
 
@@ -67,18 +64,11 @@ def _joining_bank(tmp_path: Path) -> Path:
 
 
 async def _refusal(broker: Broker, agency: str, key: SigningKey | Path) -> str | None:
-    """The reason the broker refuses a token of ``agency`` signed with ``key`` (or the newest key
-    in that state directory), or None if it accepts it."""
+    """Why the broker refuses ``agency``'s token signed with ``key`` (or the newest key in that
+    state directory); None if it accepts it."""
     if isinstance(key, Path):
         key = load_agency_signing_key(key, agency)
-    async with BusClient(broker.address, agency_id=agency, signing_key=key, timeout=5.0) as client:
-        try:
-            await client.list(page_size=1)
-        except grpc.aio.AioRpcError as exc:
-            details = error_details(exc)
-            assert details.code is grpc.StatusCode.UNAUTHENTICATED, details
-            return details.reason
-    return None
+    return await token_refusal(broker.address, agency, key)
 
 
 async def _eventually(check: Callable[[], bool], what: str, *, within: float = 10.0) -> None:

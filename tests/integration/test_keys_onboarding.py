@@ -18,12 +18,10 @@ import subprocess
 import sys
 from pathlib import Path
 
-import grpc
 import pytest
 
-from broker.client import BusClient
-from broker.hub._grpc_status import error_details
 from broker.protocol import SigningKey, load_agency_signing_key
+from tests.integration.broker_world import token_refusal
 
 pytestmark = pytest.mark.integration
 
@@ -64,14 +62,7 @@ def _free_port() -> int:
 
 
 async def _refusal(address: str, key: SigningKey) -> str | None:
-    async with BusClient(address, agency_id=BANK, signing_key=key, timeout=5.0) as client:
-        try:
-            await client.list(page_size=1)
-        except grpc.aio.AioRpcError as exc:
-            details = error_details(exc)
-            assert details.code is grpc.StatusCode.UNAUTHENTICATED, details
-            return details.reason
-    return None
+    return await token_refusal(address, BANK, key)
 
 
 async def _until(address: str, key: SigningKey, refusal: str | None, *, within: float = 20.0) -> None:
