@@ -18,6 +18,7 @@ import argparse
 import json
 import sys
 from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -252,6 +253,9 @@ def _rotate(args: argparse.Namespace) -> None:
     )
 
 
+_WHERE = {"dir": "the key directory", "overlay": "the overlay", "directory": "the directory file"}
+
+
 def _find_key(args: argparse.Namespace) -> tuple[PublicKey, str]:
     """The key to revoke and where it was found: the key dir, the overlay, or the directory."""
     if args.dir is not None:
@@ -291,14 +295,7 @@ def _revoke(args: argparse.Namespace) -> None:
         )
     if key.revoked_at is not None and key.revoked_at <= at:
         at = key.revoked_at  # an earlier revocation stands: moving it later would re-validate signatures
-    revoked = PublicKey(
-        kid=key.kid,
-        raw=key.raw,
-        use=key.use,
-        not_before=key.not_before,
-        not_after=key.not_after,
-        revoked_at=at,
-    )
+    revoked = replace(key, revoked_at=at)
     if args.dir is not None and found == "dir":
         revoke_key(args.dir, args.agency, args.kid, at=at)
     if args.write is not None:
@@ -309,7 +306,7 @@ def _revoke(args: argparse.Namespace) -> None:
         [revoked],
         comment=(
             f"Revocation of {args.agency}'s key {args.kid} from {_instant_text(at)} on.\n"
-            f"Replace the table with the same kid (found in the {found}).{applied}"
+            f"Replace the table with the same kid (found in {_WHERE[found]}).{applied}"
         ),
     )
 

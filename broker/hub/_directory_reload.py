@@ -167,6 +167,15 @@ class DirectoryReloader:
                     "directory.reload_failed", file=exc.file, field=exc.field, error=str(exc), kept="previous"
                 )
                 return False
+            except Exception as exc:  # a bug here must not end the polling nor the broker
+                log.exception(
+                    "directory.reload_failed",
+                    file=str(self._directory),
+                    field=None,
+                    error=repr(exc),
+                    kept="previous",
+                )
+                return False
             old = self.registry.swap(new)
             before = {agency.id for agency in old.agencies()}
             after = {agency.id for agency in new.agencies()}

@@ -49,10 +49,11 @@ duty_contact = "duty-desk@{AGENCY}"
 """
 
 
-def keys(*argv: str | Path) -> subprocess.CompletedProcess[str]:
+def keys(*argv: str | Path, directory: Path | None = None) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GREENCHANNEL_")}
+    top = ["--directory", str(directory)] if directory is not None else []
     return subprocess.run(
-        [sys.executable, "-m", "broker.cli", "keys", *map(str, argv)],
+        [sys.executable, "-m", "broker.cli", *top, "keys", *map(str, argv)],
         capture_output=True,
         text=True,
         env=env,
@@ -61,16 +62,16 @@ def keys(*argv: str | Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-def ok(*argv: str | Path) -> str:
-    done = keys(*argv)
+def ok(*argv: str | Path, directory: Path | None = None) -> str:
+    done = keys(*argv, directory=directory)
     assert done.returncode == 0, done.stderr
     assert "Traceback" not in done.stderr
     assert "PRIVATE KEY" not in done.stdout
     return done.stdout
 
 
-def refused(*argv: str | Path, says: str) -> None:
-    done = keys(*argv)
+def refused(*argv: str | Path, says: str, directory: Path | None = None) -> None:
+    done = keys(*argv, directory=directory)
     assert done.returncode == 2, (done.stdout, done.stderr)
     assert says in done.stderr, done.stderr
     assert "Traceback" not in done.stderr
@@ -228,6 +229,27 @@ def test_revoke_records_the_instant_in_the_key_dir_and_the_overlay(tmp_path: Pat
     ok("revoke", "--agency", AGENCY, f"--kid={kid}", "--at", "2027-01-01T00:00:00Z", "--write", operator)
     [entry] = [e for e in read_overlay(operator) if e.key.kid == kid]
     assert entry.key.revoked_at == datetime(2026, 12, 3, 1, 0, tzinfo=UTC)
+
+
+def test_revoking_a_key_the_directory_file_lists_prints_its_table_but_never_writes_an_overlay(
+    tmp_path: Path, out: Path
+) -> None:
+    directory = tmp_path / "directory.toml"
+    directory.write_text(ENTRY + ok("generate", "--agency", AGENCY, "--out", out), encoding="utf-8")
+    kid = load_agency_signing_key(out, AGENCY).kid
+    printed = ok("revoke", "--agency", AGENCY, f"--kid={kid}", "--at", "now", directory=directory)
+    [table] = tomllib.loads(printed)["agency"]["key"]
+    assert table["kid"] == kid
+    assert "revoked_at" in table
+    directory.write_text(
+        directory.read_text(encoding="utf-8").replace(printed.split("[[agency.key]]")[0], "")
+    )
+    operator = tmp_path / "operator-keys.toml"
+    refused(
+        "revoke", "--agency", AGENCY, f"--kid={kid}", "--write", operator,
+        says="set revoked_at there", directory=directory,
+    )  # fmt: skip
+    assert not operator.exists()
 
 
 # -- hostile input: exit 2, a clear message, nothing written -------------------------------------
