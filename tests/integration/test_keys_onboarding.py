@@ -18,9 +18,22 @@ import subprocess
 import sys
 from pathlib import Path
 
+import nats
+import nats.errors
 import pytest
+from nats.js.api import ConsumerInfo
 
-from broker.protocol import SigningKey, load_agency_signing_key
+from broker.protocol import (
+    AGENCY_JS_API_PREFIX,
+    INBOX_STREAM,
+    KeyFileError,
+    NatsError,
+    SigningKey,
+    connect,
+    inbox_consumer,
+    load_agency_signing_key,
+    nats_settings_for,
+)
 from tests.integration.broker_world import token_refusal
 
 pytestmark = pytest.mark.integration
@@ -36,6 +49,46 @@ region = "310115"
 bank_prefixes = ["621799"]
 duty_contact = "duty-desk@{BANK}"
 """
+
+
+CARRIER = "carrier-joining"
+CARRIER_ENTRY = f"""
+[[agency]]
+id = "{CARRIER}"
+kind = "carrier"
+name = "Joining Mobile"
+region = "310115"
+number_segments = ["+86199"]
+duty_contact = "duty-desk@{CARRIER}"
+"""
+
+
+async def _carrier_inbox(nats_url: str, state: Path) -> ConsumerInfo:
+    """Connect as the carrier (its seed from the operator's state) and read its inbox consumer
+    through its account's import; raises until the server serves both."""
+    settings = nats_settings_for(
+        nats_url, state_dir=state, agency=CARRIER, name="joining-carrier", initial_connect_timeout=2.0
+    )
+    nc = await connect(settings)
+    try:
+        js = nc.jetstream(prefix=AGENCY_JS_API_PREFIX)
+        info: ConsumerInfo = await js.consumer_info(INBOX_STREAM, inbox_consumer(CARRIER, "GREEN"))
+        return info
+    finally:
+        await nc.close()
+
+
+async def _until_connected(nats_url: str, state: Path, *, within: float = 20.0) -> ConsumerInfo:
+    """Poll :func:`_carrier_inbox`, bounded: the seed file, the NATS user, the account's imports
+    and the consumer appear in turn while the broker handles the reload."""
+    deadline = asyncio.get_running_loop().time() + within
+    while True:
+        try:
+            return await _carrier_inbox(nats_url, state)
+        except (KeyFileError, NatsError, nats.errors.Error, OSError, TimeoutError):
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            await asyncio.sleep(0.1)
 
 
 def _env() -> dict[str, str]:
@@ -131,18 +184,28 @@ async def test_generate_rotate_revoke_through_the_cli_reach_a_running_broker_on_
         await _until(address, first, "REVOKED_KEY")
         assert await _refusal(address, second) is None
 
+        # A carrier joins by a directory edit alone: after SIGHUP it has a NATS user on the
+        # embedded server and its inbox consumers, without a restart.
+        nats_url = line.decode().split("(NATS ", 1)[1].split(")", 1)[0]
+        directory.write_text(directory.read_text(encoding="utf-8") + CARRIER_ENTRY, encoding="utf-8")
+        broker.send_signal(signal.SIGHUP)
+        info = await _until_connected(nats_url, state)
+        assert info.config.filter_subject == f"gc.inbox.{CARRIER}.green.>"
+
         # A broken overlay edit is refused, naming file and field; the registry in force stays.
         overlay.write_text(overlay.read_text(encoding="utf-8") + "\n[[key]]\nagency = 1\n", encoding="utf-8")
         broker.send_signal(signal.SIGHUP)
         deadline = asyncio.get_running_loop().time() + 20
-        while len(reloads()) < 3:
+        while len(reloads()) < 4:
             assert asyncio.get_running_loop().time() < deadline, reloads()
             await asyncio.sleep(0.05)
         assert [e["event"] for e in reloads()] == [
             "directory.reloaded",
             "directory.reloaded",
+            "directory.reloaded",
             "directory.reload_failed",
         ]
+        assert reloads()[2]["added"] == [CARRIER]
         failed = reloads()[-1]
         assert failed["file"] == str(overlay)
         assert str(failed["field"]).endswith(".agency")
