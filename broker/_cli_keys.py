@@ -33,6 +33,7 @@ from broker.protocol import (
     generate_agency_keys,
     jwk_set,
     key_overlay_path,
+    load_agency_signing_key,
     load_directory,
     merge_into_overlay,
     private_key_path,
@@ -156,6 +157,38 @@ def _key_json(key: PublicKey, private_file: Path | None = None) -> dict[str, obj
     return document
 
 
+_EPOCH = datetime.min.replace(tzinfo=UTC)
+
+
+def _adapter_keys(directory: Path, agency: str) -> dict[str, object]:
+    """The ``[agency]`` key fields of ``adapter.toml`` for the keys now in ``directory``: the
+    signing key in force and every encryption key on disk, newest first (old ones still open
+    what was sealed to them)."""
+    root = directory.resolve()
+    signing = load_agency_signing_key(root, agency)
+    encryption = sorted(
+        (key for key in agency_keys(root, agency) if key.use is KeyUse.ENC),
+        key=lambda key: key.not_before or _EPOCH,
+        reverse=True,
+    )
+    return {
+        "signing_key": str(private_key_path(root, agency, signing.kid)),
+        "encryption_keys": [
+            str(path) for key in encryption if (path := private_key_path(root, agency, key.kid)).exists()
+        ],
+    }
+
+
+def _adapter_comment(fields: dict[str, object]) -> str:
+    return "\n".join(
+        [
+            "For adapter.toml ([agency] of greenchannel adapter --config):",
+            f"  signing_key = {json.dumps(fields['signing_key'])}",
+            f"  encryption_keys = {json.dumps(fields['encryption_keys'])}",
+        ]
+    )
+
+
 def _emit(
     args: argparse.Namespace,
     keys: Sequence[PublicKey],
@@ -165,15 +198,21 @@ def _emit(
     extra: dict[str, object] | None = None,
 ) -> None:
     toml = render_key_tables(args.agency, keys, overlay=args.overlay)
+    adapter = _adapter_keys(private_dir, args.agency) if private_dir is not None else None
+    if adapter is not None:
+        comment += "\n" + _adapter_comment(adapter)
     if args.json:
         files = (
-            {k.kid: private_key_path(private_dir, args.agency, k.kid) for k in keys} if private_dir else {}
+            {k.kid: private_key_path(private_dir.resolve(), args.agency, k.kid) for k in keys}
+            if private_dir
+            else {}
         )
         document = {
             "agency": args.agency,
             "keys": [_key_json(key, files.get(key.kid)) for key in keys],
             "toml": toml,
             "jwks": jwk_set(keys),
+            **({"adapter": adapter} if adapter is not None else {}),
             **(extra or {}),
         }
         print(json.dumps(document, indent=2))
@@ -196,7 +235,7 @@ def _generate(args: argparse.Namespace) -> None:
         raise _UsageError(
             f"{exc}; nothing written: use 'keys rotate', or --force to add a second pair"
         ) from None
-    files = "\n".join(f"  {private_key_path(out, args.agency, key.kid)}" for key in pair)
+    files = "\n".join(f"  {private_key_path(out.resolve(), args.agency, key.kid)}" for key in pair)
     where = (
         "[[key]] tables for an overlay file" if args.overlay else f"[[agency.key]] tables for {args.agency}"
     )
@@ -208,7 +247,7 @@ def _generate(args: argparse.Namespace) -> None:
             f"Private keys (mode 0600, never share them; --state-dir {out} loads them):\n{files}"
         ),
         private_dir=out,
-        extra={"state_dir": str(out)},
+        extra={"state_dir": str(out.resolve())},
     )
 
 

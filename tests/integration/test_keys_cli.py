@@ -25,6 +25,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
 
 from broker.protocol import (
+    SystemClock,
+    ensure_agency_keys,
     load_agency_encryption_key,
     load_agency_signing_key,
     load_directory,
@@ -318,3 +320,50 @@ def test_other_hostile_arguments_are_refused_and_nothing_written(tmp_path: Path,
     )
     refused("rotate", "--agency", "bank-other", "--dir", out, says="no sig key to rotate")
     assert snapshot(out) == before
+
+
+def test_the_adapter_config_check_accepts_the_generated_keys(tmp_path: Path, out: Path) -> None:
+    """What generate prints for adapter.toml is what `greenchannel adapter --check` accepts."""
+    document = json.loads(ok("generate", "--agency", AGENCY, "--out", out, "--json"))
+    directory = tmp_path / "directory.toml"
+    directory.write_text(ENTRY + document["toml"], encoding="utf-8")
+    # The operator's side: the broker's public keys, in the operator's state overlay.
+    broker_keys = ensure_agency_keys(directory, tmp_path / "operator", agencies=[], clock=SystemClock())
+    adapter = document["adapter"]
+    config = tmp_path / "adapter.toml"
+    config.write_text(
+        f"""
+[agency]
+id = "{AGENCY}"
+signing_key = {json.dumps(adapter["signing_key"])}
+encryption_keys = {json.dumps(adapter["encryption_keys"])}
+
+[registry]
+directory = "directory.toml"
+key_overlays = [{json.dumps(str(broker_keys))}]
+
+[nats]
+url = "nats://127.0.0.1:4222"
+
+[service]
+target = "127.0.0.1:50061"
+allow_plaintext = true
+
+[adapter]
+journal_dir = "journal"
+""",
+        encoding="utf-8",
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GREENCHANNEL_")}
+    done = subprocess.run(
+        [sys.executable, "-m", "broker.cli", "adapter", "--config", str(config), "--check"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert adapter["signing_key"] == str(
+        out.resolve() / "keys" / AGENCY / f"{document['keys'][0]['kid']}.pem"
+    )
