@@ -17,8 +17,7 @@ from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 from greenchannel.v1 import agency_pb2, common_pb2, results_pb2
 
-from broker.protocol import InvalidMessageError
-from broker.protocol._validation import validate_message
+from broker.protocol import InvalidMessageError, validate_message
 
 from ._fixture import ConformanceFixture
 

@@ -130,6 +130,7 @@ from ._subjects import (
     validate_request_id,
 )
 from ._tokens import BROKER_AUDIENCE, TokenClaims, mint_bearer_token, verify_bearer_token
+from ._validation import validate_message
 
 __all__ = [
     "AGENCY_JS_API_PREFIX",
@@ -249,6 +250,7 @@ __all__ = [
     "status_subject",
     "stream_specs",
     "validate_agency_id",
+    "validate_message",
     "validate_request_id",
     "verify_bearer_token",
     "verify_chain",
