@@ -72,10 +72,13 @@ function book(t, at) {
 }
 
 function seed(file) {
-  if (!file) return DEFAULT_ACCOUNTS.forEach(open);
-  const data = JSON.parse(fs.readFileSync(file, "utf8"));
-  if (Array.isArray(data)) return data.forEach(open);
-  // The conformance fixture: the accounts by role, then the transfers, relative to now.
+  const data = file ? JSON.parse(fs.readFileSync(file, "utf8")) : DEFAULT_ACCOUNTS;
+  if (Array.isArray(data)) {
+    data.forEach(open);
+    return;
+  }
+  // The conformance fixture (adapters/conformance/fixture.json): the accounts by role, then the
+  // transfers, each booked `minutes_before` minutes before now.
   const { currency } = data.bank;
   for (const a of Object.values(data.bank.accounts)) {
     open({ account_number: a.number, holder_name: a.holder, currency, balance_minor_units: a.balance });
@@ -90,7 +93,9 @@ function isActive(hold) {
 
 function available(accountNumber) {
   let held = 0n;
-  for (const hold of holds.values()) if (hold.account_number === accountNumber && isActive(hold)) held += hold.amount;
+  for (const hold of holds.values()) {
+    if (hold.account_number === accountNumber && isActive(hold)) held += hold.amount;
+  }
   return accounts.get(accountNumber).balance - held;
 }
 
@@ -133,7 +138,7 @@ function onwardTransfers(accountNumber, missing, fraudTransferId) {
   if (fraud) since = Math.max(since, fraud.at.getTime());
   const outgoing = transfers
     .filter((t) => t.from_account === accountNumber && !t.from_bank && t.at.getTime() >= since)
-    .reverse();
+    .sort((a, b) => b.at - a.at); // latest first
   const listed = [];
   let covered = 0n;
   for (const t of outgoing) {
@@ -162,21 +167,22 @@ function place(context, order, kind) {
     ? toDate(context.hold_until)
     : new Date(Date.now() + (kind === "freeze" ? FREEZE_HOLD_MS : STOP_PAYMENT_HOLD_MS));
   if (until <= new Date()) return rejected("INVALID_REQUEST", "hold_until lies in the past");
-  const converted = holds.get(order.converts_request_id ?? "");
-  if (kind === "freeze" && converted?.kind === "stop_payment" && isActive(converted) && converted.account_number === number) {
+  const asked = BigInt(order.amount.minor_units ?? 0);
+  if (asked <= 0n) return rejected("INVALID_REQUEST", "amount must be greater than zero");
+  const converted = kind === "freeze" ? holds.get(order.converts_request_id ?? "") : undefined;
+  if (converted?.kind === "stop_payment" && isActive(converted) && converted.account_number === number) {
     // The held money is free again only for this freeze, within this one synchronous call:
     // nothing can move in between, so the freeze keeps every unit the hold had.
     converted.state = "converted";
   }
-  const asked = BigInt(order.amount.minor_units);
   const free = available(number);
   const amount = free < asked ? (free > 0n ? free : 0n) : asked;
   const result = { outcome: EXECUTED };
   if (amount < asked) {
     result.outcome = amount > 0n ? PARTIALLY_EXECUTED : REJECTED;
     result.reason = "REASON_CODE_INSUFFICIENT_FUNDS";
-    result.detail = "less on the account than asked; onward transfers listed";
     result.onward_transfers = onwardTransfers(number, asked - amount, order.fraud_transfer_id);
+    result.detail = `less on the account than asked${result.onward_transfers.length ? "; onward transfers listed" : ""}`;
   }
   result[kind === "freeze" ? "amount_frozen" : "amount_held"] = money(account.currency, amount);
   if (amount > 0n) {
