@@ -4,6 +4,7 @@ Stateless: request state, idempotency keys and the replay cache live in NATS KV,
 the watch log in JetStream streams, so several replicas can serve one NATS cluster.
 """
 
+from ._directory_reload import DirectoryReloadConfig, LiveRegistry
 from ._errors import (
     AuthenticationError,
     ConflictError,
@@ -23,9 +24,11 @@ __all__ = [
     "Broker",
     "BrokerConfig",
     "ConflictError",
+    "DirectoryReloadConfig",
     "HubError",
     "IllegalTransitionError",
     "InvalidRequestError",
+    "LiveRegistry",
     "NotFoundError",
     "PermissionDeniedError",
     "UnavailableError",
