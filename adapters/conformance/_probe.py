@@ -16,9 +16,8 @@ import grpc
 from google.protobuf.message import Message
 from greenchannel.v1 import agency_pb2, common_pb2, results_pb2
 
-from broker.protocol import InvalidMessageError, state_name, to_timestamp
+from broker.protocol import InvalidMessageError, state_name, to_timestamp, validate_message
 from broker.protocol import reason_name as reason_code_name
-from broker.protocol._validation import validate_message
 
 from ._fixture import ConformanceFixture
 

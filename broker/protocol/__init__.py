@@ -161,6 +161,7 @@ from ._subjects import (
 from ._timestamps import from_timestamp, optional_timestamp, to_timestamp
 from ._tokens import BROKER_AUDIENCE, TokenClaims, mint_bearer_token, verify_bearer_token
 from ._toml import FileErrorFactory, TomlTable, read_toml, toml_type_name
+from ._validation import validate_message
 
 __all__ = [
     "AGENCY_JS_API_PREFIX",
@@ -315,6 +316,7 @@ __all__ = [
     "to_timestamp",
     "toml_type_name",
     "validate_agency_id",
+    "validate_message",
     "validate_request_id",
     "verify_bearer_token",
     "verify_chain",
