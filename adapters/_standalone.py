@@ -33,7 +33,7 @@ from nats.aio.client import Client
 
 from broker.protocol._clock import Clock
 from broker.protocol._errors import NatsError
-from broker.protocol._nats import connect
+from broker.protocol._nats import close_connection, connect
 from broker.protocol._nats_auth import AGENCY_JS_API_PREFIX, requires_auth
 from broker.protocol._subjects import INBOX_STREAM, PRIORITIES, inbox_consumer
 
@@ -43,6 +43,9 @@ from ._file_config import AdapterFileConfig, AdapterMaterials
 from ._runtime import AdapterRuntime
 
 __all__ = ["ADAPTER_HEALTH_SERVICE", "StandaloneAdapter", "wait_for_inbox"]
+
+_DRAIN_TIMEOUT = 5.0
+"""Seconds the NATS connection gets to drain on a graceful stop."""
 
 _log = structlog.get_logger(__name__)
 
@@ -199,5 +202,7 @@ async def wait_for_inbox(
 
 
 async def _drain(nc: Client) -> None:
-    if not nc.is_closed:
-        await nc.drain()
+    # Drained when NATS is there; closed at once when it is down (a drain would raise or hang).
+    outcome = await close_connection(nc, timeout=_DRAIN_TIMEOUT)
+    if outcome != "drained":
+        _log.warning("adapter.nats_not_drained", nats=outcome)
