@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import sys
 import tomllib
 from datetime import timedelta
@@ -87,6 +86,15 @@ def _write(tmp_path: Path, text: str) -> Path:
     return path
 
 
+def _minimal_with_keys(state: Path, signer: str = BANK) -> str:
+    """_MINIMAL (bank-icbc) with ``signer``'s signing key from ``state`` and the real directory."""
+    signing = state / "keys" / signer / f"{load_agency_signing_key(state, signer).kid}.pem"
+    return _MINIMAL.replace('"sig.pem"', f'"{signing}"').replace(
+        'directory = "directory.toml"',
+        f'directory = "{DIRECTORY}"\nkey_overlays = ["{key_overlay_path(state)}"]',
+    )
+
+
 def test_a_minimal_file_reads_with_paths_beside_it(tmp_path: Path) -> None:
     config = load_adapter_file(_write(tmp_path, _MINIMAL))
     assert config.adapter.agency_id == "bank-icbc"
@@ -147,12 +155,7 @@ def test_keys_that_do_not_belong_to_the_agency_are_refused_before_anything_start
 ) -> None:
     state = tmp_path / "state"
     ensure_agency_keys(DIRECTORY, state, clock=SystemClock())
-    police_key = state / "keys" / POLICE / f"{load_agency_signing_key(state, POLICE).kid}.pem"
-    text = _MINIMAL.replace('"sig.pem"', f'"{police_key}"').replace(
-        'directory = "directory.toml"',
-        f'directory = "{DIRECTORY}"\nkey_overlays = ["{key_overlay_path(state)}"]',
-    )
-    path = _write(tmp_path, text)
+    path = _write(tmp_path, _minimal_with_keys(state, signer=POLICE))
     with pytest.raises(AdapterConfigError, match=r"agency\.signing_key: key \S+ is not a registered"):
         load_adapter_materials(load_adapter_file(path))
     # Through the command: one line naming the file and field, exit 1, no journal created.
@@ -253,18 +256,10 @@ def test_tls_files_are_read_and_checked_before_anything_starts(tmp_path: Path) -
     """A client key that is not the certificate's fails at load (and --check), not at a handshake."""
     state = tmp_path / "state"
     ensure_agency_keys(DIRECTORY, state, clock=SystemClock())
-    signing = state / "keys" / BANK / f"{load_agency_signing_key(state, BANK).kid}.pem"
     pki = Pki(tmp_path)
     mine, other = pki.client(BANK), pki.client(POLICE)
     tls = f'[service.tls]\nca = "{pki.ca}"\ncert = "{mine.cert}"\nkey = "{other.key}"\n'
-    text = (
-        _MINIMAL.replace('"sig.pem"', f'"{signing}"')
-        .replace(
-            'directory = "directory.toml"',
-            f'directory = "{DIRECTORY}"\nkey_overlays = ["{key_overlay_path(state)}"]',
-        )
-        .replace('target = "127.0.0.1:50061"\nallow_plaintext = true\n', f'target = "127.0.0.1:50061"\n{tls}')
-    )
+    text = _minimal_with_keys(state).replace("allow_plaintext = true\n", tls)
     path = _write(tmp_path, text)
     with pytest.raises(AdapterConfigError) as caught:
         load_adapter_materials(load_adapter_file(path))
@@ -298,8 +293,7 @@ async def _until(seen: list[int], statuses: list[int], what: str) -> None:
 async def test_health_is_not_serving_while_nats_is_lost_and_during_shutdown(tmp_path: Path) -> None:
     serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
     state = tmp_path / "state"
-    overlay = ensure_agency_keys(DIRECTORY, state, clock=SystemClock())
-    signing = state / "keys" / BANK / f"{load_agency_signing_key(state, BANK).kid}.pem"
+    ensure_agency_keys(DIRECTORY, state, clock=SystemClock())
     # A server this process may stop and start again on the same port (no preexec_fn fork: gRPC runs).
     server_config = EmbeddedNatsConfig(store_dir=tmp_path / "nats", parent_death_signal=False)
     async with EmbeddedNats(server_config) as nats_server:
@@ -308,31 +302,9 @@ async def test_health_is_not_serving_while_nats_is_lost_and_during_shutdown(tmp_
             await ensure_streams(setup.jetstream(), stream_specs())  # the broker's part: the inbox
         finally:
             await setup.close()
-        path = _write(
-            tmp_path,
-            f"""\
-[agency]
-id = "{BANK}"
-signing_key = {json.dumps(str(signing))}
-
-[registry]
-directory = {json.dumps(str(DIRECTORY))}
-key_overlays = [{json.dumps(str(overlay))}]
-
-[nats]
-url = "{nats_server.url}"
-
-[service]
-target = "127.0.0.1:50061"
-allow_plaintext = true
-
-[adapter]
-journal_dir = "journal"
-
-[health]
-listen = "127.0.0.1:0"
-""",
-        )
+        text = _minimal_with_keys(state).replace("nats://127.0.0.1:4222", nats_server.url)
+        text = text.replace('journal_dir = "state"', 'journal_dir = "journal"')
+        path = _write(tmp_path, text + '\n[health]\nlisten = "127.0.0.1:0"\n')
         config = load_adapter_file(path)
         seen: list[int] = []
         async with StandaloneAdapter(config, load_adapter_materials(config), clock=SystemClock()) as adapter:
