@@ -24,8 +24,6 @@ from pathlib import Path
 
 import grpc
 import grpc.aio
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import x25519
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import DecodeError
@@ -55,6 +53,7 @@ from broker.protocol import (
     SealingError,
     SystemClock,
     UnknownAgencyError,
+    read_encryption_key,
 )
 from broker.protocol._provision import load_agency_encryption_keys, load_agency_signing_key
 from broker.protocol._sealing import DATA_ANSWER_CONTENT_TYPE, DecryptionKeys, open_sealed
@@ -929,16 +928,9 @@ def run_status(args: argparse.Namespace) -> int:
 
 def _read_x25519(path: Path) -> x25519.X25519PrivateKey:
     try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise _CliError(f"{path}: cannot read the key file: {exc.strerror}") from exc
-    try:
-        private = serialization.load_pem_private_key(data, password=None)
-    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-        raise _CliError(f"{path}: not an unencrypted PEM private key") from exc
-    if not isinstance(private, x25519.X25519PrivateKey):
-        raise _CliError(f"{path}: not an X25519 (encryption) key; signing keys cannot decrypt")
-    return private
+        return read_encryption_key(path)
+    except KeyFileError as exc:
+        raise _CliError(str(exc)) from exc
 
 
 def _own_keys(args: argparse.Namespace) -> tuple[x25519.X25519PrivateKey, ...] | None:

@@ -135,7 +135,7 @@ def _read_private(path: Path) -> _PrivateKey:
     try:
         private = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except OSError as exc:
-        raise KeyFileError(f"{path}: cannot read key file: {exc.strerror}") from exc
+        raise KeyFileError(f"{path}: cannot read the key file: {exc.strerror}") from exc
     except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise KeyFileError(f"{path}: not an unencrypted PEM private key") from exc
     if not isinstance(private, ed25519.Ed25519PrivateKey | x25519.X25519PrivateKey):
@@ -151,7 +151,8 @@ def read_encryption_key(path: Path) -> x25519.X25519PrivateKey:
     """
     private = _read_private(path)
     if not isinstance(private, x25519.X25519PrivateKey):
-        raise KeyFileError(f"{path}: expected an X25519 key, found {type(private).__name__}")
+        # A signing key given by mistake: it cannot open anything sealed.
+        raise KeyFileError(f"{path}: not an X25519 (encryption) key, found {type(private).__name__}")
     return private
 
 
