@@ -19,23 +19,20 @@ import contextlib
 import os
 import signal
 import sys
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-import nats.errors
-import nats.js.errors
 import structlog
 from nats.aio.client import Client
 
-from adapters import AdapterConfig, AdapterRuntime
+from adapters import AdapterConfig, AdapterRuntime, wait_for_inbox
 from agencies import DEFAULT_DIRECTORY, build_reference_agency
 from broker._logging import configure_logging
 from broker.protocol import ProtocolError, SystemClock
 from broker.protocol._directory import load_directory
-from broker.protocol._nats import connect
+from broker.protocol._nats import close_connection, connect
 from broker.protocol._nats_auth import (
     AGENCY_JS_API_PREFIX,
     DEFAULT_INBOX_ACK_WAIT,
@@ -49,7 +46,6 @@ from broker.protocol._provision import (
     load_agency_signing_key,
 )
 from broker.protocol._registry import Agency, AgencyKind, Registry
-from broker.protocol._subjects import INBOX_STREAM, PRIORITIES, inbox_consumer
 
 __all__ = [
     "READY_PREFIX",
@@ -61,6 +57,9 @@ __all__ = [
 ]
 
 log = structlog.get_logger(__name__)
+
+# Seconds a connection gets to drain on a graceful stop; NATS being down closes it at once.
+_DRAIN_TIMEOUT = 5.0
 
 READY_PREFIX = "greenchannel agencies: "
 """Start of the line printed on stdout once every adapter consumes its inbox."""
@@ -105,6 +104,7 @@ class AgencyFleet:
         self._exit = contextlib.AsyncExitStack()
         self.adapters: dict[str, AdapterRuntime] = {}
         self.addresses: dict[str, str] = {}
+        self._nats: dict[str, str] = {}
 
     async def __aenter__(self) -> AgencyFleet:
         try:
@@ -118,6 +118,15 @@ class AgencyFleet:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self._exit.aclose()
+        # One line for the whole stop; "unreachable" when NATS was down (nothing could be drained).
+        outcomes = set(self._nats.values())
+        nats = next((o for o in ("unreachable", "closed", "drained") if o in outcomes), "none")
+        (log.warning if nats in ("unreachable", "closed") else log.info)(
+            "agencies.stopped", agencies=len(self.adapters), nats=nats
+        )
+
+    async def _close_nats(self, agency_id: str, nc: Client) -> None:
+        self._nats[agency_id] = await close_connection(nc, timeout=_DRAIN_TIMEOUT)
 
     async def _start(self) -> None:
         config = self._config
@@ -140,10 +149,10 @@ class AgencyFleet:
                     name=f"greenchannel-agency-{agency.id}",
                 )
             )
-            self._exit.push_async_callback(_drain, clients[agency.id])
+            self._exit.push_async_callback(self._close_nats, agency.id, clients[agency.id])
         first = served[0].id
         auth = requires_auth(clients[first])
-        await _wait_for_inbox(clients[first], first if auth else None, config.streams_timeout)
+        await wait_for_inbox(clients[first], first, auth=auth, timeout=config.streams_timeout)
 
         servers = {}
         for agency in served:
@@ -191,41 +200,6 @@ def select_agencies(registry: Registry, only: Sequence[str]) -> list[Agency]:
         raise ProtocolError(f"regulators run no agency service: {', '.join(regulators)}")
     wanted = set(only)
     return [agency for agency in serving if agency.id in wanted]
-
-
-async def _wait_for_inbox(nc: Client, agency: str | None, timeout: float) -> None:  # noqa: ASYNC109
-    """The broker creates the streams; adapters only bind consumers to them.
-
-    Under per-agency NATS users (``agency`` given) an adapter can see its own consumers and nothing
-    else, and the broker creates them: wait for the first one.
-    """
-    js = nc.jetstream(prefix=AGENCY_JS_API_PREFIX) if agency is not None else nc.jetstream()
-    deadline = time.monotonic() + timeout
-    told = False
-    while True:
-        try:
-            if agency is not None:
-                await js.consumer_info(INBOX_STREAM, inbox_consumer(agency, PRIORITIES[0]))
-            else:
-                await js.stream_info(INBOX_STREAM)
-            return
-        except nats.js.errors.NotFoundError:
-            pass
-        except (nats.errors.Error, TimeoutError) as exc:
-            log.warning("agencies.nats_not_ready", error_type=type(exc).__name__)
-        if time.monotonic() >= deadline:
-            raise ProtocolError(
-                f"stream {INBOX_STREAM} does not exist after {timeout:.0f}s: start the broker on this NATS"
-            )
-        if not told:
-            log.warning("agencies.waiting_for_broker_streams", stream=INBOX_STREAM)
-            told = True
-        await asyncio.sleep(_POLL)
-
-
-async def _drain(nc: Client) -> None:
-    if not nc.is_closed:
-        await nc.drain()
 
 
 # -- command line -------------------------------------------------------------------------------

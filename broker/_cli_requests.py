@@ -24,8 +24,6 @@ from pathlib import Path
 
 import grpc
 import grpc.aio
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import x25519
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import DecodeError
@@ -55,6 +53,7 @@ from broker.protocol import (
     SealingError,
     SystemClock,
     UnknownAgencyError,
+    read_encryption_key,
 )
 from broker.protocol._provision import load_agency_encryption_keys, load_agency_signing_key
 from broker.protocol._sealing import DATA_ANSWER_CONTENT_TYPE, DecryptionKeys, open_sealed
@@ -62,6 +61,8 @@ from broker.protocol._validation import validate_message
 
 __all__ = [
     "DEFAULT_BROKER",
+    "EXIT_NOT_EXECUTED",
+    "NOT_EXECUTED",
     "REQUEST_KINDS",
     "RequestKind",
     "add_request_parsers",
@@ -618,6 +619,15 @@ def _connection_options(parser: argparse.ArgumentParser, default_broker: str) ->
     parser.add_argument("--json", action="store_true", help="machine-readable JSON on stdout")
 
 
+EXIT_NOT_EXECUTED = 3
+"""``submit --wait`` exit status when the request ended without being executed (NOT_EXECUTED)."""
+
+NOT_EXECUTED: frozenset[common_pb2.RequestState.ValueType] = frozenset(
+    {common_pb2.REQUEST_STATE_REJECTED, common_pb2.REQUEST_STATE_FAILED, common_pb2.REQUEST_STATE_CANCELLED}
+)
+"""Final states in which the agency did not act: scripts must not take them for success."""
+
+
 def _submit_common(default_broker: str) -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     _connection_options(common, default_broker)
@@ -643,7 +653,11 @@ def _submit_common(default_broker: str) -> argparse.ArgumentParser:
         "--idempotency-key", metavar="K", help="resubmitting with the same key returns the first request"
     )
     common.add_argument(
-        "--wait", action="store_true", help="follow the request until it reaches a final state"
+        "--wait",
+        action="store_true",
+        help="follow the request until it reaches a final state; exit status 0 when it was executed"
+        f" (in full or in part), {EXIT_NOT_EXECUTED} when it ended rejected, failed or cancelled,"
+        " 1 when it reached no final state within --timeout",
     )
     common.add_argument(
         "--timeout",
@@ -848,6 +862,10 @@ async def _submit(args: argparse.Namespace) -> int:
             ],
         )
         return 1
+    if status.state in NOT_EXECUTED:
+        # Not a _CliError either: the status (with the agency's reason) is on stdout already.
+        _complain("submit", [f"{request_id} ended {short_state(status.state)}: not executed"])
+        return EXIT_NOT_EXECUTED
     return 0
 
 
@@ -910,16 +928,9 @@ def run_status(args: argparse.Namespace) -> int:
 
 def _read_x25519(path: Path) -> x25519.X25519PrivateKey:
     try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise _CliError(f"{path}: cannot read the key file: {exc.strerror}") from exc
-    try:
-        private = serialization.load_pem_private_key(data, password=None)
-    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-        raise _CliError(f"{path}: not an unencrypted PEM private key") from exc
-    if not isinstance(private, x25519.X25519PrivateKey):
-        raise _CliError(f"{path}: not an X25519 (encryption) key; signing keys cannot decrypt")
-    return private
+        return read_encryption_key(path)
+    except KeyFileError as exc:
+        raise _CliError(str(exc)) from exc
 
 
 def _own_keys(args: argparse.Namespace) -> tuple[x25519.X25519PrivateKey, ...] | None:

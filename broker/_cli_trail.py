@@ -25,8 +25,6 @@ from typing import Any, TextIO
 
 import grpc
 import grpc.aio
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import x25519
 from google.protobuf.json_format import MessageToDict
 from greenchannel.v1 import bus_pb2, bus_pb2_grpc, common_pb2, results_pb2, trail_pb2
@@ -36,7 +34,15 @@ from broker._cli_requests import parse_amount
 from broker.hub._auth import bearer_metadata
 from broker.hub._grpc_status import error_details
 from broker.hub._trail_accounts import open_account
-from broker.protocol import Clock, ProtocolError, SealingError, SigningKey, SystemClock
+from broker.protocol import (
+    Clock,
+    KeyFileError,
+    ProtocolError,
+    SealingError,
+    SigningKey,
+    SystemClock,
+    read_encryption_key,
+)
 from broker.protocol._provision import load_agency_encryption_key, load_agency_signing_key
 
 __all__ = [
@@ -324,16 +330,9 @@ def trail_document(
 
 def _read_x25519(path: Path) -> x25519.X25519PrivateKey:
     try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise _CliError(f"{path}: cannot read the key file: {exc.strerror}") from exc
-    try:
-        private = serialization.load_pem_private_key(data, password=None)
-    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-        raise _CliError(f"{path}: not an unencrypted PEM private key") from exc
-    if not isinstance(private, x25519.X25519PrivateKey):
-        raise _CliError(f"{path}: not an X25519 (encryption) key; signing keys cannot decrypt")
-    return private
+        return read_encryption_key(path)
+    except KeyFileError as exc:
+        raise _CliError(str(exc)) from exc
 
 
 async def trail_command(

@@ -10,7 +10,10 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from broker._cli_adapter import add_adapter_parser, run_adapter
 from broker._cli_agencies import add_agencies_parser, run_agencies
+from broker._cli_conformance import add_conformance_parser, run_conformance
+from broker._cli_keys import add_keys_parser, run_keys
 from broker._cli_ledger import add_ledger_parser, run_ledger
 from broker._cli_requests import DEFAULT_BROKER, add_request_parsers, run_status, run_submit, run_watch
 from broker._cli_sla import add_sla_parser, run_sla
@@ -54,6 +57,20 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument(
         "--policy", type=Path, default=None, help="authorization policy TOML (default: sample)"
     )
+    serve.add_argument(
+        "--key-overlay",
+        type=Path,
+        action="append",
+        metavar="FILE",
+        help="overlay of agencies' public keys (greenchannel keys ... --write FILE); repeatable, reloaded",
+    )
+    serve.add_argument(
+        "--directory-poll",
+        type=float,
+        default=2.0,
+        metavar="SECONDS",
+        help="check the directory and overlays for changes this often (default 2; 0: only on SIGHUP)",
+    )
     serve.add_argument("--no-reflection", action="store_true", help="do not serve gRPC reflection")
     serve.add_argument(
         "--replicas",
@@ -74,10 +91,6 @@ def _parser() -> argparse.ArgumentParser:
         help="SLA policy TOML (default: agencies/sla/cn.toml; agencies/sla/eu.toml is an EU-style example)",
     )
 
-    keys = commands.add_parser("keys", help="manage local keys")
-    keys_commands = keys.add_subparsers(dest="keys_command", required=True)
-    keys_commands.add_parser("init", help="generate missing keys for every agency and the broker")
-
     nats_auth = commands.add_parser(
         "nats-authorization",
         help="print the NATS accounts (per-agency users) for a server of your own ($GREENCHANNEL_NATS_URL)",
@@ -90,11 +103,14 @@ def _parser() -> argparse.ArgumentParser:
     )
 
     add_up_parser(commands)
+    add_keys_parser(commands)
     add_agencies_parser(commands)
+    add_adapter_parser(commands)
     add_request_parsers(commands, default_broker=os.environ.get(BROKER_ENV) or DEFAULT_BROKER)
     add_sla_parser(commands, default_broker=os.environ.get(BROKER_ENV) or DEFAULT_BROKER)
     add_trail_parser(commands, default_broker=os.environ.get(BROKER_ENV) or DEFAULT_BROKER)
     add_ledger_parser(commands, default_broker=os.environ.get(BROKER_ENV) or DEFAULT_BROKER)
+    add_conformance_parser(commands)
     return parser
 
 
@@ -140,12 +156,6 @@ def _broker(args: argparse.Namespace) -> int:
     return 0
 
 
-def _keys_init(args: argparse.Namespace) -> int:
-    overlay = ensure_agency_keys(args.directory, args.state_dir, clock=SystemClock())
-    print(f"keys ready; public keys in {overlay}")
-    return 0
-
-
 def _nats_authorization(args: argparse.Namespace) -> int:
     from broker.protocol._directory import load_directory
     from broker.protocol._nats_auth import nats_authorization, render_authorization_conf
@@ -168,13 +178,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.command == "demo":
             return _demo(args)
         if args.command == "keys":
-            return _keys_init(args)
+            return run_keys(args)
         if args.command == "nats-authorization":
             return _nats_authorization(args)
         if args.command == "broker":
             return _broker(args)
         if args.command == "agencies":
             return run_agencies(args, nats_url=os.environ.get(NATS_URL_ENV))
+        if args.command == "adapter":
+            return run_adapter(args)
         if args.command == "up":
             return run_up(args, nats_url=os.environ.get(NATS_URL_ENV))
         if args.command == "submit":
@@ -189,6 +201,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_trail(args)
         if args.command == "ledger":
             return run_ledger(args)
+        if args.command == "conformance":
+            return run_conformance(args)
     except KeyboardInterrupt:
         return 130
     except ProtocolError as exc:

@@ -247,3 +247,15 @@ class BusClient:
             lambda md: self._registry.ResolveAccount(message, metadata=md, timeout=self._timeout)
         )
         return reply.agency
+
+    async def broker_keys(self) -> tuple[registry_pb2.AgencyKey, ...]:
+        """The broker's public keys: ``sig`` ones verify its notarizations, events and checkpoints.
+
+        Each key carries its kid (RFC 7638 thumbprint), validity window and revocation time, so a
+        client can verify what the broker signed without reading anyone's state directory.
+        """
+        message = registry_pb2.ListBrokerKeysRequest()
+        reply: registry_pb2.ListBrokerKeysResponse = await self._call(
+            lambda md: self._registry.ListBrokerKeys(message, metadata=md, timeout=self._timeout)
+        )
+        return tuple(reply.keys)

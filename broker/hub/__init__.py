@@ -4,7 +4,9 @@ Stateless: request state, idempotency keys and the replay cache live in NATS KV,
 the watch log in JetStream streams, so several replicas can serve one NATS cluster.
 """
 
+from ._directory_reload import DirectoryReloadConfig, LiveRegistry
 from ._errors import (
+    AlreadyExistsError,
     AuthenticationError,
     ConflictError,
     HubError,
@@ -19,13 +21,16 @@ from ._server import SERVICE_NAMES, Broker, BrokerConfig
 
 __all__ = [
     "SERVICE_NAMES",
+    "AlreadyExistsError",
     "AuthenticationError",
     "Broker",
     "BrokerConfig",
     "ConflictError",
+    "DirectoryReloadConfig",
     "HubError",
     "IllegalTransitionError",
     "InvalidRequestError",
+    "LiveRegistry",
     "NotFoundError",
     "PermissionDeniedError",
     "UnavailableError",

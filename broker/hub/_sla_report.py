@@ -33,8 +33,9 @@ from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
 from greenchannel.v1 import common_pb2, envelope_pb2, lifecycle_pb2
 
+from broker.protocol import phase_slug, request_type_slug, to_timestamp
+
 from ._lifecycle import is_outcome
-from ._policy import request_type_name
 
 __all__ = [
     "PHASES",
@@ -145,9 +146,7 @@ def _ns(stamp: Timestamp) -> int:
 
 
 def _ns_of(when: datetime) -> int:
-    stamp = Timestamp()
-    stamp.FromDatetime(when)
-    return stamp.ToNanoseconds()
+    return to_timestamp(when).ToNanoseconds()
 
 
 def phase_outcome(deadline: envelope_pb2.PhaseDeadline, *, now: datetime) -> PhaseOutcome:
@@ -262,7 +261,7 @@ def sla_report(statuses: Iterable[lifecycle_pb2.RequestStatus], *, now: datetime
     rows = tuple(
         tally.row(agency, request_type)
         for (agency, request_type), tally in sorted(
-            tallies.items(), key=lambda item: (item[0][0], request_type_name(item[0][1]))
+            tallies.items(), key=lambda item: (item[0][0], request_type_slug(item[0][1]))
         )
     )
     breaches: dict[str, int] = {}
@@ -283,10 +282,6 @@ def sla_report(statuses: Iterable[lifecycle_pb2.RequestStatus], *, now: datetime
 # -- output -----------------------------------------------------------------------------------
 
 
-def _phase_name(phase: _Phase) -> str:
-    return common_pb2.Phase.Name(phase).removeprefix("PHASE_").lower()
-
-
 def report_to_json(report: SlaReport) -> dict[str, Any]:
     """A JSON-ready document; times in milliseconds, type and phase names in lower case."""
     return {
@@ -298,12 +293,12 @@ def report_to_json(report: SlaReport) -> dict[str, Any]:
         "rows": [
             {
                 "agency": row.agency,
-                "type": request_type_name(row.request_type),
+                "type": request_type_slug(row.request_type),
                 "requests": row.requests,
                 "finished": row.finished,
                 "cancelled": row.cancelled,
                 "phases": {
-                    _phase_name(phase): {"met": counts.met, "breached": counts.breached, "open": counts.open}
+                    phase_slug(phase): {"met": counts.met, "breached": counts.breached, "open": counts.open}
                     for phase, counts in row.phases.items()
                 },
                 "time_to_finish_ms": {"median": row.median_ms, "p95": row.p95_ms},
@@ -359,7 +354,7 @@ def render_table(report: SlaReport) -> str:
         "agency",
         "type",
         "requests",
-        *(_phase_name(p) for p in PHASES),
+        *(phase_slug(p) for p in PHASES),
         "finished",
         "cancelled",
         "median",
@@ -368,7 +363,7 @@ def render_table(report: SlaReport) -> str:
     rows = [
         (
             row.agency,
-            request_type_name(row.request_type),
+            request_type_slug(row.request_type),
             str(row.requests),
             *(f"{c.met}/{c.breached}/{c.open}" for c in (row.phases[p] for p in PHASES)),
             str(row.finished),

@@ -33,6 +33,7 @@ from ._errors import MalformedSignatureError, VerificationError
 from ._keys import SigningKey
 from ._registry import BROKER_ID
 from ._signing import KeyStore, body_digest, verify_detached
+from ._timestamps import to_timestamp
 
 __all__ = [
     "CHECKPOINT_AUDIENCE",
@@ -69,9 +70,7 @@ def entry_hash(entry: bytes) -> str:
 def _timestamp(when: datetime) -> Timestamp:
     if when.utcoffset() is None:
         raise ValueError("ledger times must be timezone-aware")
-    stamp = Timestamp()
-    stamp.FromDatetime(when.astimezone(UTC))
-    return stamp
+    return to_timestamp(when.astimezone(UTC))
 
 
 def build_entry(
@@ -84,8 +83,12 @@ def build_entry(
     parties: Iterable[str] = (),
     state: common_pb2.RequestState.ValueType = common_pb2.REQUEST_STATE_UNSPECIFIED,
     subject_digest: str = "",
+    refusal: ledger_pb2.Refusal | None = None,
 ) -> bytes:
-    """The serialized, not yet linked entry (``seq`` 0, no ``prev_hash``) that the intake holds."""
+    """The serialized, not yet linked entry (``seq`` 0, no ``prev_hash``) that the intake holds.
+
+    ``refusal`` goes with REJECTION entries that record refused API calls.
+    """
     if kind == ledger_pb2.LEDGER_ENTRY_KIND_UNSPECIFIED:
         raise ValueError("a ledger entry needs a kind")
     if not actor:
@@ -99,6 +102,7 @@ def build_entry(
         parties=list(parties),
         state=state,
         subject_digest=subject_digest,
+        refusal=refusal,
     )
     return entry.SerializeToString(deterministic=True)
 

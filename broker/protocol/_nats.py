@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,15 @@ from nats.js.manager import JetStreamManager
 from ._errors import NatsError
 from ._subjects import StreamSpec
 
-__all__ = ["NatsSettings", "connect", "ensure_streams", "fetch_batch", "nats_error"]
+__all__ = [
+    "ConnectionListener",
+    "NatsSettings",
+    "close_connection",
+    "connect",
+    "ensure_streams",
+    "fetch_batch",
+    "nats_error",
+]
 
 _log = structlog.get_logger("greenchannel.nats")
 
@@ -107,6 +115,10 @@ class NatsSettings:
         return cls(servers=servers, **kwargs)
 
 
+ConnectionListener = Callable[[bool], Awaitable[None]]
+"""Told ``False`` when an established NATS connection is lost and ``True`` once it is back."""
+
+
 def _redact(url: str) -> str:
     """``host:port`` of a server URL, so credentials in a URL never reach the logs."""
     parts = urlsplit(url if "://" in url else f"nats://{url}")
@@ -126,8 +138,11 @@ def nats_error(exc: BaseException, action: str) -> NatsError:
     return NatsError(f"{action}: {type(exc).__name__}: {exc}")
 
 
-async def connect(settings: NatsSettings) -> Client:
+async def connect(settings: NatsSettings, *, on_connection: ConnectionListener | None = None) -> Client:
     """Connect to NATS, reconnecting forever after the first success; logs connection changes.
+
+    ``on_connection`` hears of each loss and recovery (a health service follows it); a
+    deliberate close is not a loss.
 
     Raises :class:`NatsError` if the first connect does not succeed within
     ``settings.initial_connect_timeout``.
@@ -143,6 +158,8 @@ async def connect(settings: NatsSettings) -> Client:
         # nats-py also calls this on a deliberate close(); only a lost connection is news.
         if not nc.is_closed:
             _log.warning("nats.disconnected", connection=settings.name)
+            if on_connection is not None:
+                await on_connection(False)
 
     async def on_reconnected() -> None:
         url = nc.connected_url
@@ -151,6 +168,8 @@ async def connect(settings: NatsSettings) -> Client:
             connection=settings.name,
             server=f"{url.hostname}:{url.port}" if url is not None else None,
         )
+        if on_connection is not None:
+            await on_connection(True)
 
     async def on_closed() -> None:
         _log.info("nats.closed", connection=settings.name)
@@ -193,6 +212,39 @@ async def connect(settings: NatsSettings) -> Client:
         raise nats_error(exc, f"connect to NATS at {', '.join(servers)}") from exc
     _log.info("nats.connected", connection=settings.name, servers=servers)
     return nc
+
+
+async def close_connection(nc: Client, *, timeout: float) -> str:  # noqa: ASYNC109
+    """Close ``nc`` on shutdown, gracefully when NATS is there, at once when it is not. Never raises.
+
+    Connected: ``drain()`` (subscriptions finish what they hold, publishes are flushed), bounded by
+    ``timeout`` seconds, then a plain close if the drain did not finish. Not connected (NATS down,
+    reconnecting): nats-py's ``drain()`` refuses or waits for a server that may never come back,
+    and its ``close()`` flushes the buffered outgoing data into the dead socket and raises halfway
+    through its cleanup; nothing buffered can be delivered anyway, so it is dropped and the
+    connection closed.
+
+    Returns how it went, for the caller's one log line: ``"drained"``, ``"closed"`` (the drain
+    failed or timed out), ``"unreachable"`` (NATS was not connected) or ``"already_closed"``.
+    """
+    if nc.is_closed:
+        return "already_closed"
+    if nc.is_connected and not nc.is_draining:
+        try:
+            await asyncio.wait_for(nc.drain(), timeout=timeout)
+        except (nats.errors.Error, OSError, TimeoutError) as exc:
+            _log.debug("nats.drain_failed", error_type=type(exc).__name__)
+        else:
+            return "drained"
+        outcome = "closed"
+    else:
+        outcome = "closed" if nc.is_draining else "unreachable"
+    if not nc.is_connected:
+        # nats-py has no public way to drop what it buffered for a server that is gone.
+        nc._pending = []
+        nc._pending_data_size = 0
+    await _close_quietly(nc)
+    return outcome
 
 
 async def _close_quietly(nc: Client) -> None:
