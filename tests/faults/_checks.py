@@ -20,7 +20,7 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from greenchannel.v1 import bus_pb2, common_pb2, ledger_pb2, lifecycle_pb2
 
-from adapters import IdempotencyStore
+from adapters import ExecutionRecord, ExecutionState, IdempotencyStore
 from agencies.bank import BankConfig, BankCore
 from broker._cli_ledger import export_ledger, read_ledger_file, registry_keys
 from broker.client import BusClient
@@ -66,6 +66,8 @@ _OUTCOMES = frozenset(
     }
 )
 _POLL = 0.3
+_AGENCY_SIDE = frozenset({"agencies", "adapter"})
+"""Kill kinds after which a request moves again by its recipient signing its next event."""
 
 
 def events_of(status: lifecycle_pb2.RequestStatus) -> list[lifecycle_pb2.LifecycleEvent]:
@@ -307,7 +309,7 @@ def redelivery_times(
                 for r in status.events
             ]
             submitted = any(recorded < kill.at for recorded, _ in records)
-            if kill.kind == "agencies":
+            if kill.kind in _AGENCY_SIDE:
                 answered = any(e.state in _OUTCOMES and _seconds(e.at) < kill.at for _, e in records)
                 after = [
                     _seconds(e.at)
@@ -345,7 +347,10 @@ class BankAudit:
     duplicated: list[str] = field(default_factory=list)
     """Request ids journalled or held more than once, or holds no load request accounts for."""
     resumed: int = 0
-    """Requests whose adapter started the bank call more than once (it crashed mid-execution)."""
+    """Requests whose bank call was started more than once: by one adapter instance again after
+    it crashed mid-execution, or by a second instance after the first died."""
+    taken_over: int = 0
+    """Requests one instance started and never finished that another instance finished."""
 
 
 def audit_banks(world: FaultWorld, submissions: list[Submission]) -> BankAudit:
@@ -371,14 +376,29 @@ def audit_banks(world: FaultWorld, submissions: list[Submission]) -> BankAudit:
             audit.duplicated.extend(
                 hold.request_id for hold in core.holds_on(account) if hold.request_id not in expected
             )
-        store_path = world.adapter_state(bank) / "idempotency.sqlite3"
-        if store_path.exists():
-            with IdempotencyStore(store_path, clock=clock) as store:
-                for request_id in expected:
-                    record = store.get(request_id)
-                    if record is not None and record.starts > 1:
-                        audit.resumed += 1
+        journals = _journals(world, bank, expected, clock)
+        for request_id in expected:
+            records = [journal[request_id] for journal in journals if request_id in journal]
+            if sum(record.starts for record in records) > 1:
+                audit.resumed += 1
+            states = {record.state for record in records if record.starts > 0}
+            if len(records) > 1 and states == {ExecutionState.STARTED, ExecutionState.TERMINAL}:
+                audit.taken_over += 1
     return audit
+
+
+def _journals(
+    world: FaultWorld, bank: str, request_ids: set[str], clock: SystemClock
+) -> list[dict[str, ExecutionRecord]]:
+    """Each adapter instance's journal entries for ``request_ids``."""
+    journals = []
+    for state_dir in world.adapter_states(bank):
+        path = state_dir / "idempotency.sqlite3"
+        if not path.exists():
+            continue
+        with IdempotencyStore(path, clock=clock) as store:
+            journals.append({rid: record for rid in request_ids if (record := store.get(rid)) is not None})
+    return journals
 
 
 @dataclass(kw_only=True)

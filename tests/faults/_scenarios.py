@@ -1,7 +1,10 @@
 """The fault scenarios: a steady load through the real stack while processes and NATS nodes die.
 
-``single_node``: one nats-server with a file store; the broker is SIGKILLed and restarted, the
-agencies process is SIGKILLed while it holds orders, the nats-server is SIGKILLed and restarted.
+``single_node``: one nats-server with a file store; the banks run their systems in one process and
+two adapter instances each (``greenchannel adapter --config``) on the same inbox consumers. The
+broker is SIGKILLed and restarted, the banks' systems process is SIGKILLed while their adapters
+hold orders, one adapter instance is SIGKILLed while it holds GREEN orders (its standby takes them
+over, the killed one comes back only after), the nats-server is SIGKILLed and restarted.
 ``cluster``: three nats-servers with R3 streams and KV; one node is killed, restarted and caught
 up, then another. After every fault each request acknowledged so far must reach a final state;
 at the end the banks' own records, the ledger and the deadline probes are audited.
@@ -40,6 +43,7 @@ from ._checks import (
     timeline_duplicates,
 )
 from ._load import Load, Submission
+from ._procs import ManagedProcess
 from ._settings import FaultSettings
 from ._world import LOAD_HOLDER, FaultWorld, WorldConfig, fault_authorization
 
@@ -49,7 +53,9 @@ S = common_pb2
 PROBE_BANK = "bank-abc"
 """Its adapter never runs: requests to it can only ever see their deadlines fire."""
 KILL_BANK = "bank-icbc"
-"""The bank whose orders are in flight when the agencies process is killed."""
+"""The bank whose orders are in flight when its systems or one of its adapters is killed."""
+ADAPTER_INSTANCES = 2
+"""Adapter processes per bank in the single-node scenario: one active-active standby each."""
 
 
 @dataclass(kw_only=True)
@@ -83,9 +89,13 @@ class ScenarioReport:
     ledger_missing: list[str] = field(default_factory=list)
     """Executed requests whose REQUEST or EXECUTED entry the (verified) ledger lacks."""
     resumed: int = 0
-    """Requests the adapter had started when it was killed, and started again after."""
-    in_flight: list[int] = field(default_factory=list)
-    """Inbox messages held (unacked) by the adapter at each agencies kill."""
+    """Requests whose bank call an adapter started more than once (after a kill, by the same
+    instance or another one); the bank's own journal shows each executed once."""
+    taken_over: int = 0
+    """Requests one adapter instance started and never finished (it was killed) that another
+    instance finished: the standby's takeover, idempotent through the bank's request id."""
+    in_flight: dict[str, list[int]] = field(default_factory=dict)
+    """Per kill kind (agencies, adapter): GREEN inbox messages held unacknowledged at each kill."""
     watch_gaps: list[str] = field(default_factory=list)
     """Requests final by Get whose final state the Watch never showed."""
     watch_repeats: list[str] = field(default_factory=list)
@@ -114,7 +124,8 @@ class ScenarioReport:
             f"escalations_ok={self.escalated}/{self.probes} "
             f"ledger={'verified' if self.ledger_ok else 'NOT VERIFIED'} ({self.ledger_records} entries, "
             f"{len(self.ledger_missing)} missing) "
-            f"resumed={self.resumed} in_flight_at_kill={self.in_flight} refused={len(self.refused)} "
+            f"resumed={self.resumed} taken_over={self.taken_over} in_flight_at_kill={self.in_flight} "
+            f"refused={len(self.refused)} "
             f"worst_green_redelivery={self.redelivery_summary()} seconds={self.seconds:.1f}"
         )
 
@@ -203,6 +214,8 @@ class _Run:
         """Monotonic moments at which a killed nats-server (or cluster node) was back."""
         self.kill_times: list[Kill] = []
         """Every SIGKILL, when the process was gone: where redelivery times are measured from."""
+        self.down: ManagedProcess | None = None
+        """The adapter instance killed and not yet started again."""
 
     async def __aenter__(self) -> _Run:
         self.tracker.start()
@@ -298,15 +311,37 @@ class _Run:
         self.back()
 
     async def kill_agencies(self) -> None:
-        """Kill the agencies process while its adapter holds orders it has not answered yet."""
+        """Kill the agencies process (in the split shape: the banks' systems) while the adapter
+        holds orders it has not answered yet."""
         self.load.burst(KILL_BANK, self.settings.burst)
         held = await _wait_held(self.world.nats_settings("faults-probe"), KILL_BANK, timeout=10.0)
         await self.world.agencies.kill()
         self.killed("agencies")
-        self.report.in_flight.append(held)
+        self.report.in_flight.setdefault("agencies", []).append(held)
         await self.outage()
         await self.world.agencies.start()
         self.back()
+
+    async def kill_adapter(self) -> None:
+        """Kill one of the bank's adapter instances while they hold GREEN orders; it stays down.
+
+        What it held comes back to the other instance after the inbox ack wait: the time the
+        report measures is the standby's, not a restart's (:meth:`restart_adapter` comes after the
+        fault has settled)."""
+        instances = self.world.adapters[KILL_BANK]
+        victim = instances[self.report.kills["adapter"] % len(instances)]
+        self.load.burst(KILL_BANK, self.settings.burst)
+        held = await _wait_held(self.world.nats_settings("faults-probe"), KILL_BANK, timeout=10.0)
+        await victim.kill()
+        self.killed("adapter")
+        self.report.in_flight.setdefault("adapter", []).append(held)
+        self.down = victim
+
+    async def restart_adapter(self) -> None:
+        """Start the instance :meth:`kill_adapter` left down, so the bank has its standby again."""
+        if self.down is not None:
+            await self.down.start()
+            self.down = None
 
     async def finish(self, root: Path) -> None:
         """Stop the load; settle; audit broker, ledger and banks; stop the stack."""
@@ -382,6 +417,7 @@ class _Run:
         report.lost.extend(banks.not_executed)
         report.duplicated.extend(banks.duplicated)
         report.resumed = banks.resumed
+        report.taken_over = banks.taken_over
         report.notes.append(f"settled, audited and stopped in {time.monotonic() - began:.1f}s")
 
 
@@ -426,6 +462,7 @@ async def run_single_node(settings: FaultSettings, root: Path) -> ScenarioReport
             nats_url=nats_server.url,
             ack_wait=settings.ack_wait,
             broker_ack_wait=settings.broker_ack_wait,
+            adapter_instances=ADAPTER_INSTANCES,
         )
         async with FaultWorld(config) as world:
             report.notes.append(f"stack up in {time.monotonic() - began:.1f}s")
@@ -439,14 +476,19 @@ async def run_single_node(settings: FaultSettings, root: Path) -> ScenarioReport
                     run.back()
                     run.nats_restarts.append(time.monotonic())
 
-                # Round after round: NATS, agencies, broker. NATS first, so the Watch that was open
-                # all along has to resume by itself (a broker restart makes the client re-open it).
-                rounds = max(settings.nats_kills, settings.agencies_kills, settings.broker_kills)
+                # Round after round: NATS, agencies, adapter, broker. NATS first, so the Watch that
+                # was open all along has to resume by itself (a broker restart makes the client
+                # re-open it).
+                kills = (settings.nats_kills, settings.agencies_kills, settings.adapter_kills)
+                rounds = max(*kills, settings.broker_kills)
                 for round_ in range(rounds):
                     if round_ < settings.nats_kills:
                         await run.fault("nats", kill_nats)
                     if round_ < settings.agencies_kills:
                         await run.fault("agencies", run.kill_agencies)
+                    if round_ < settings.adapter_kills:
+                        await run.fault("adapter", run.kill_adapter)
+                        await run.restart_adapter()
                     for _ in range(_share(settings.broker_kills, rounds, round_)):
                         await run.fault("broker", run.kill_broker)
                 await run.pause()

@@ -34,7 +34,10 @@ class FaultSettings:
     broker_kills: int
     """SIGKILLs of the broker process in the single-node scenario."""
     agencies_kills: int
-    """SIGKILLs of the agencies process (mid-execution) in the single-node scenario."""
+    """SIGKILLs of the banks' systems process (mid-execution) in the single-node scenario."""
+    adapter_kills: int
+    """SIGKILLs of one of a bank's two adapter instances while they hold GREEN orders, in the
+    single-node scenario; the other instance (the standby) must take over what it held."""
     nats_kills: int
     """SIGKILLs of the single nats-server."""
     node_down: tuple[float, float]
@@ -65,6 +68,7 @@ class FaultSettings:
             outage=(0.2, 0.8),
             broker_kills=2,
             agencies_kills=1,
+            adapter_kills=1,
             nats_kills=1,
             node_down=(1.0, 2.0),
             cluster_rounds=1,
@@ -86,6 +90,7 @@ class FaultSettings:
             outage=(0.2, 3.0),
             broker_kills=3,
             agencies_kills=3,
+            adapter_kills=3,
             nats_kills=2,
             node_down=(3.0, 8.0),
             cluster_rounds=3,

@@ -3,12 +3,21 @@
 NATS itself (one :class:`EmbeddedNats` or an :class:`EmbeddedCluster`) is started by the
 scenario, which owns it. Keys, the agencies' databases and the adapters' state live under one
 root directory and survive every restart.
+
+The agencies run in one of two shapes. Combined: one ``greenchannel agencies`` process holds the
+banks' reference systems and their adapters. Split, as a bank deploys them: one process holds the
+banks' systems (:mod:`tests.faults._systems_entry`), and each bank runs ``adapter_instances``
+``greenchannel adapter --config`` processes, each with its own journal, pulling from the same
+durable inbox consumers: when one dies, JetStream hands its unacknowledged messages to another
+after the ack wait, without waiting for a restart.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
+import json
 import os
 import socket
 import sys
@@ -19,15 +28,29 @@ from types import TracebackType
 from agencies import DEFAULT_DIRECTORY
 from agencies.bank import BankConfig, BankCore
 from broker import cli
+from broker._cli_adapter import READY_PREFIX as ADAPTER_READY
 from broker._cli_agencies import READY_PREFIX
 from broker.client import BusClient
 from broker.protocol import SystemClock
 from broker.protocol._directory import load_directory
 from broker.protocol._nats import NatsSettings
-from broker.protocol._nats_auth import NatsAuthorization, nats_authorization, nats_settings_for
-from broker.protocol._provision import ensure_agency_keys, load_agency_signing_key
+from broker.protocol._nats_auth import (
+    NatsAuthorization,
+    nats_authorization,
+    nats_seed_path,
+    nats_settings_for,
+)
+from broker.protocol._provision import (
+    ensure_agency_keys,
+    key_overlay_path,
+    load_agency_encryption_keys,
+    load_agency_signing_key,
+    private_key_path,
+)
+from broker.protocol._sealing import encryption_kid
 
 from ._procs import ManagedProcess, ProcessSpec, child_env
+from ._systems_entry import READY as SYSTEMS_READY
 
 __all__ = [
     "BROKER_READY",
@@ -109,6 +132,10 @@ class WorldConfig:
     """Ack wait of the broker's consumers; None: the CLI's broker with its defaults."""
     standard_deadlines: tuple[str, str, str] = ("2s", "3s", "4s")
     """Deliver, acknowledge, execute deadlines of STANDARD requests."""
+    adapter_instances: int = 0
+    """0: the banks' systems and adapters in one ``greenchannel agencies`` process. N: the systems
+    in a process of their own, and N ``greenchannel adapter --config`` processes per bank sharing
+    its inbox consumers (a standby takes over what a killed instance held)."""
 
 
 class FaultWorld:
@@ -135,16 +162,45 @@ class FaultWorld:
                 cwd=REPO,
             )
         )
+        self.system_ports = {bank: free_port() for bank in config.banks}
+        split = config.adapter_instances > 0
         self.agencies = ManagedProcess(
             ProcessSpec(
-                name="agencies",
-                argv=_agencies_argv(self),
-                ready=READY_PREFIX,
+                name="systems" if split else "agencies",
+                argv=_systems_argv(self) if split else _agencies_argv(self),
+                ready=SYSTEMS_READY if split else READY_PREFIX,
                 log_dir=self.logs_dir,
                 env=env,
                 cwd=REPO,
             )
         )
+        """The banks' systems, and in the combined shape their adapters too: the ``agencies`` kill."""
+        self.adapters: dict[str, list[ManagedProcess]] = {
+            bank: [
+                ManagedProcess(
+                    ProcessSpec(
+                        name=f"adapter-{bank}-{n}",
+                        argv=[
+                            sys.executable,
+                            "-m",
+                            "broker.cli",
+                            "--log-level",
+                            "warning",
+                            "adapter",
+                            "--config",
+                            str(self._adapter_file(bank, n)),
+                        ],
+                        ready=ADAPTER_READY,
+                        log_dir=self.logs_dir,
+                        env=env,
+                        cwd=REPO,
+                    )
+                )
+                for n in range(1, config.adapter_instances + 1)
+            ]
+            for bank in config.banks
+        }
+        """Per bank, its adapter instances (split shape only)."""
 
     @property
     def broker_address(self) -> str:
@@ -168,8 +224,20 @@ class FaultWorld:
     def bank_database(self, bank: str) -> Path:
         return self.data_dir / "agencies" / f"{bank}.sqlite3"
 
-    def adapter_state(self, agency: str) -> Path:
-        return self.data_dir / "adapters" / agency
+    def adapter_states(self, agency: str) -> list[Path]:
+        """The journal directory of each of the agency's adapter instances."""
+        if self.config.adapter_instances == 0:
+            return [self.data_dir / "adapters" / agency]
+        return [self._journal(agency, n) for n in range(1, self.config.adapter_instances + 1)]
+
+    def _journal(self, bank: str, n: int) -> Path:
+        return self.data_dir / "adapters" / bank / str(n)
+
+    def _adapter_file(self, bank: str, n: int) -> Path:
+        return self.config.root / "adapters" / f"{bank}-{n}.toml"
+
+    def _all_adapters(self) -> list[ManagedProcess]:
+        return [process for instances in self.adapters.values() for process in instances]
 
     async def __aenter__(self) -> FaultWorld:
         try:
@@ -193,19 +261,65 @@ class FaultWorld:
         deliver, acknowledge, execute = self.config.standard_deadlines
         scaled_sla_policy(self.sla_path, deliver=deliver, acknowledge=acknowledge, execute=execute)
         self._seed_accounts()
+        self._write_adapter_files()
         await self.broker.start()
         await self.agencies.start()
+        # Together: each waits for the broker's inbox stream, then for its consumers.
+        await asyncio.gather(*(process.start() for process in self._all_adapters()))
 
     async def stop(self) -> None:
-        """Agencies first (they finish their message in hand), then the broker; both gracefully."""
-        codes = {"agencies": await self.agencies.stop(), "broker": await self.broker.stop()}
+        """Adapters first (they finish their message in hand), then the systems, then the broker;
+        all gracefully."""
+        adapters = self._all_adapters()
+        stopped = await asyncio.gather(*(process.stop() for process in adapters))
+        codes = {process.spec.name: code for process, code in zip(adapters, stopped, strict=True)}
+        codes |= {"agencies": await self.agencies.stop(), "broker": await self.broker.stop()}
         bad = {name: code for name, code in codes.items() if code not in (0, None)}
         if bad:
             raise AssertionError(f"graceful stop failed: {bad}\n{self.agencies.tail()}\n{self.broker.tail()}")
 
     def kill_all(self) -> None:
-        for process in (self.agencies, self.broker):
+        for process in (*self._all_adapters(), self.agencies, self.broker):
             process.kill_now()
+
+    def _write_adapter_files(self) -> None:
+        """Each instance's adapter.toml, as the bank would write it: its keys and NATS seed in the
+        state directory, the public directory and key overlay, its system, a journal of its own."""
+        keys = self.keys_dir
+        for bank, instances in self.adapters.items():
+            signing = private_key_path(keys, bank, load_agency_signing_key(keys, bank).kid)
+            encryption = [
+                str(private_key_path(keys, bank, encryption_kid(key)))
+                for key in load_agency_encryption_keys(keys, bank)
+            ]
+            for n in range(1, len(instances) + 1):
+                path = self._adapter_file(bank, n)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text(
+                    f"""\
+[agency]
+id = "{bank}"
+signing_key = {json.dumps(str(signing))}
+encryption_keys = {json.dumps(encryption)}
+
+[registry]
+directory = {json.dumps(str(self.directory))}
+key_overlays = [{json.dumps(str(key_overlay_path(keys)))}]
+
+[nats]
+url = {json.dumps(self.config.nats_url.split(","))}
+nkey_seed = {json.dumps(str(nats_seed_path(keys, bank)))}
+
+[service]
+target = "127.0.0.1:{self.system_ports[bank]}"
+allow_plaintext = true
+
+[adapter]
+journal_dir = {json.dumps(str(self._journal(bank, n)))}
+ack_wait = {self.config.ack_wait}
+""",
+                    encoding="utf-8",
+                )
 
     def _seed_accounts(self) -> None:
         """One account with a balance that covers the whole load, in each bank's own database."""
@@ -238,6 +352,22 @@ def _broker_argv(world: FaultWorld, *, replicas: int, ack_wait: float | None) ->
     if ack_wait is not None:
         options += ["--consumer-ack-wait", str(ack_wait)]
     return [sys.executable, "-m", "tests.faults._broker_entry", *common, *options]
+
+
+def _systems_argv(world: FaultWorld) -> list[str]:
+    banks = [f"--bank={bank}={port}" for bank, port in world.system_ports.items()]
+    return [
+        sys.executable,
+        "-m",
+        "tests.faults._systems_entry",
+        "--state-dir",
+        str(world.keys_dir),
+        "--directory",
+        str(world.directory),
+        "--data",
+        str(world.data_dir / "agencies"),
+        *banks,
+    ]
 
 
 def _agencies_argv(world: FaultWorld) -> list[str]:

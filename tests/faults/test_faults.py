@@ -39,6 +39,7 @@ async def test_single_node_survives_broker_agencies_and_nats_kills(
     fault_reports.append(report)
     assert report.kills["broker"] == fault_settings.broker_kills
     assert report.kills["agencies"] == fault_settings.agencies_kills
+    assert report.kills["adapter"] == fault_settings.adapter_kills
     assert report.kills["nats"] == fault_settings.nats_kills
     _judge(report)
 
