@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
-import json
 import os
 import socket
 import sys
@@ -37,17 +36,13 @@ from broker.protocol._nats import NatsSettings
 from broker.protocol._nats_auth import (
     NatsAuthorization,
     nats_authorization,
-    nats_seed_path,
     nats_settings_for,
 )
 from broker.protocol._provision import (
     ensure_agency_keys,
-    key_overlay_path,
-    load_agency_encryption_keys,
     load_agency_signing_key,
-    private_key_path,
 )
-from broker.protocol._sealing import encryption_kid
+from tests.integration.adapter_process import BrokerProcess, adapter_toml
 
 from ._procs import ManagedProcess, ProcessSpec, child_env
 from ._systems_entry import READY as SYSTEMS_READY
@@ -135,7 +130,7 @@ class WorldConfig:
     adapter_instances: int = 0
     """0: the banks' systems and adapters in one ``greenchannel agencies`` process. N: the systems
     in a process of their own, and N ``greenchannel adapter --config`` processes per bank sharing
-    its inbox consumers (a standby takes over what a killed instance held)."""
+    its inbox consumers (a standby takes over what a killed instance held); one NATS URL only."""
 
 
 class FaultWorld:
@@ -285,41 +280,21 @@ class FaultWorld:
     def _write_adapter_files(self) -> None:
         """Each instance's adapter.toml, as the bank would write it: its keys and NATS seed in the
         state directory, the public directory and key overlay, its system, a journal of its own."""
-        keys = self.keys_dir
+        # The operator's side as adapter_toml reads it: the keys' state directory and one NATS URL.
+        operator = BrokerProcess(self.keys_dir, self.broker_address, self.config.nats_url)
         for bank, instances in self.adapters.items():
-            signing = private_key_path(keys, bank, load_agency_signing_key(keys, bank).kid)
-            encryption = [
-                str(private_key_path(keys, bank, encryption_kid(key)))
-                for key in load_agency_encryption_keys(keys, bank)
-            ]
             for n in range(1, len(instances) + 1):
                 path = self._adapter_file(bank, n)
                 path.parent.mkdir(parents=True, exist_ok=True)
-                path.write_text(
-                    f"""\
-[agency]
-id = "{bank}"
-signing_key = {json.dumps(str(signing))}
-encryption_keys = {json.dumps(encryption)}
-
-[registry]
-directory = {json.dumps(str(self.directory))}
-key_overlays = [{json.dumps(str(key_overlay_path(keys)))}]
-
-[nats]
-url = {json.dumps(self.config.nats_url.split(","))}
-nkey_seed = {json.dumps(str(nats_seed_path(keys, bank)))}
-
-[service]
-target = "127.0.0.1:{self.system_ports[bank]}"
-allow_plaintext = true
-
-[adapter]
-journal_dir = {json.dumps(str(self._journal(bank, n)))}
-ack_wait = {self.config.ack_wait}
-""",
-                    encoding="utf-8",
+                text = adapter_toml(
+                    operator,
+                    bank,
+                    target=f"127.0.0.1:{self.system_ports[bank]}",
+                    journal=self._journal(bank, n),
+                    health=False,
+                    ack_wait=self.config.ack_wait,
                 )
+                path.write_text(text, encoding="utf-8")
 
     def _seed_accounts(self) -> None:
         """One account with a balance that covers the whole load, in each bank's own database."""
