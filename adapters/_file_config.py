@@ -48,7 +48,7 @@ The format, every field (``*`` required)::
     journal_dir* = "state"                  the adapter's journal (idempotency database); created if missing
     concurrency = 32                        inbox messages in flight at once
     standard_concurrency = 8                at most this many of them STANDARD (<= concurrency)
-    ack_wait = 30.0                         seconds JetStream waits for an ack before redelivering. Under
+    ack_wait = 2.0                          seconds JetStream waits for an ack before redelivering. Under
                                             per-agency NATS users the broker creates the consumers and
                                             sets it: leave it out (the consumers' value is used) or match it
     shutdown_grace = 10.0                   seconds a graceful stop lets the messages in flight finish

@@ -43,6 +43,7 @@ from broker.protocol import (
     stream_specs,
 )
 from broker.protocol._directory import load_directory
+from broker.protocol._nats_auth import DEFAULT_INBOX_ACK_WAIT
 from broker.protocol._provision import ensure_agency_keys, key_overlay_path, load_agency_signing_key
 
 from .adapter_process import DIRECTORY, REPO, BrokerProcess, adapter_process, adapter_toml, broker_process
@@ -107,7 +108,7 @@ def test_a_minimal_file_reads_with_paths_beside_it(tmp_path: Path) -> None:
     assert config.health_listen is None
     assert config.adapter.concurrency == 32
     assert config.ack_wait is None  # the inbox consumers' own, once seen
-    assert config.adapter.ack_wait == 30.0
+    assert config.adapter.ack_wait == DEFAULT_INBOX_ACK_WAIT  # the shipped inbox default
 
 
 @pytest.mark.parametrize(
