@@ -25,7 +25,6 @@ from ._errors import (
 )
 from ._events import EVENT_ID_NAMESPACE, event_id_for, refusal_event_id
 from ._idempotency import ExecutionRecord, ExecutionState, IdempotencyStore
-from ._reporting import FraudReporter
 from ._runtime import LANES, TASK_PREFIX, AdapterRuntime
 
 __all__ = [
@@ -43,7 +42,6 @@ __all__ = [
     "BackendOutcome",
     "ExecutionRecord",
     "ExecutionState",
-    "FraudReporter",
     "GrpcAgencyBackend",
     "IdempotencyConflictError",
     "IdempotencyStore",

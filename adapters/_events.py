@@ -14,11 +14,8 @@ from datetime import datetime, timedelta
 from google.protobuf.timestamp_pb2 import Timestamp
 from greenchannel.v1 import common_pb2, envelope_pb2, lifecycle_pb2, results_pb2
 
-from broker.protocol._clock import Clock, ManualClock
+from broker.protocol import Clock, KeyStore, ManualClock, SigningKey, VerificationError
 from broker.protocol._envelope import BROKER_ID, EVENT_TYPE, sign_message, verify_event
-from broker.protocol._errors import VerificationError
-from broker.protocol._keys import SigningKey
-from broker.protocol._signing import KeyStore
 
 __all__ = [
     "EVENT_ID_NAMESPACE",

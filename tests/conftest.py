@@ -13,7 +13,7 @@ import pytest_asyncio
 from nats.aio.client import Client
 from nats.js.client import JetStreamContext
 
-from broker.protocol._embedded import EmbeddedNats, EmbeddedNatsConfig
+from broker.embedded import EmbeddedNats, EmbeddedNatsConfig
 from broker.protocol._nats import NatsSettings, connect
 
 

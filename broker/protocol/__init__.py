@@ -2,12 +2,6 @@
 
 from ._clock import Clock, ManualClock, SystemClock
 from ._directory import load_directory
-from ._embedded import (
-    EmbeddedNats,
-    EmbeddedNatsConfig,
-    find_nats_server,
-    nats_for,
-)
 from ._errors import (
     BadSignatureError,
     DigestMismatchError,
@@ -130,6 +124,7 @@ from ._subjects import (
     validate_request_id,
 )
 from ._tokens import BROKER_AUDIENCE, TokenClaims, mint_bearer_token, verify_bearer_token
+from ._trail_sealing import TRAIL_ACCOUNT_CONTENT_TYPE, trail_sealing_context
 
 __all__ = [
     "AGENCY_JS_API_PREFIX",
@@ -152,6 +147,7 @@ __all__ = [
     "REPLAY_BUCKET",
     "REQUESTS_BUCKET",
     "REQUEST_TYPES",
+    "TRAIL_ACCOUNT_CONTENT_TYPE",
     "WATCH_STREAM",
     "Agency",
     "AgencyKind",
@@ -162,8 +158,6 @@ __all__ = [
     "Claims",
     "Clock",
     "DigestMismatchError",
-    "EmbeddedNats",
-    "EmbeddedNatsConfig",
     "ExpiredError",
     "FieldViolation",
     "InvalidMessageError",
@@ -216,7 +210,6 @@ __all__ = [
     "event_subject",
     "events_filter",
     "fetch_batch",
-    "find_nats_server",
     "generate_signing_key",
     "inbox_consumer",
     "inbox_filter",
@@ -232,7 +225,6 @@ __all__ = [
     "mint_bearer_token",
     "nats_authorization",
     "nats_error",
-    "nats_for",
     "nats_seed_path",
     "nats_settings_for",
     "notice_subject",
@@ -248,6 +240,7 @@ __all__ = [
     "status_filter",
     "status_subject",
     "stream_specs",
+    "trail_sealing_context",
     "validate_agency_id",
     "validate_request_id",
     "verify_bearer_token",

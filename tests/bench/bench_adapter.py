@@ -223,7 +223,7 @@ async def _run_once(variant: Variant, args: argparse.Namespace, root: Path) -> R
     import nats.js.errors
     from greenchannel.v1 import common_pb2, envelope_pb2, lifecycle_pb2
 
-    from broker.protocol._embedded import EmbeddedNats, EmbeddedNatsConfig
+    from broker.embedded import EmbeddedNats, EmbeddedNatsConfig
     from broker.protocol._nats import NatsSettings, connect, ensure_streams
     from broker.protocol._subjects import (
         EVENTS_STREAM,

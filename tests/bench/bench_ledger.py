@@ -28,6 +28,7 @@ from greenchannel.v1 import common_pb2, ledger_pb2
 from nats.js.api import StreamConfig
 from nats.js.client import JetStreamContext
 
+from broker.embedded import EmbeddedNats, EmbeddedNatsConfig
 from broker.hub._ledger import (
     LedgerConfig,
     LedgerReader,
@@ -36,7 +37,6 @@ from broker.hub._ledger import (
     ensure_ledger_streams,
 )
 from broker.protocol import ManualClock, SigningKey, StaticKeyStore, body_digest, generate_signing_key
-from broker.protocol._embedded import EmbeddedNats, EmbeddedNatsConfig
 from broker.protocol._envelope import BROKER_ID
 from broker.protocol._ledger_chain import ChainRecord, build_entry, verify_chain
 from broker.protocol._nats import NatsSettings, connect, ensure_streams

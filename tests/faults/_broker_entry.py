@@ -8,7 +8,7 @@ timers, ledger intake). A broker SIGKILLed while it holds fetched messages leave
 for that long; at the default 30 s two kills alone would exceed the short setting's budget. The
 long setting runs the real defaults through the real CLI.
 
-Everything else is the real :func:`broker._run_broker.run_broker`: only the config it builds gets
+Everything else is the real :func:`broker.cli._broker.run_broker`: only the config it builds gets
 the shorter ack waits.
 """
 
@@ -25,7 +25,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import broker._run_broker as run_module
+import broker.cli._broker as run_module
 from agencies import DEFAULT_DIRECTORY
 from broker._logging import configure_logging
 from broker.hub import BrokerConfig

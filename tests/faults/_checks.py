@@ -21,8 +21,7 @@ from greenchannel.v1 import bus_pb2, common_pb2, ledger_pb2, lifecycle_pb2
 
 from adapters import IdempotencyStore
 from agencies.bank import BankConfig, BankCore
-from broker._cli_ledger import export_ledger, read_ledger_file, registry_keys
-from broker.client import BusClient
+from broker.client import BusClient, export_ledger, read_ledger_file, registry_keys
 from broker.protocol import SystemClock
 from broker.protocol._ledger_chain import verify_chain
 from broker.protocol._provision import load_agency_signing_key

@@ -18,8 +18,8 @@ from types import TracebackType
 
 from agencies import DEFAULT_DIRECTORY
 from agencies.bank import BankConfig, BankCore
-from broker import cli
-from broker._cli_agencies import READY_PREFIX
+from broker.cli._agencies import READY_PREFIX
+from broker.cli._main import parser_for
 from broker.client import BusClient
 from broker.protocol import SystemClock
 from broker.protocol._provision import ensure_agency_keys, load_agency_signing_key
@@ -233,12 +233,12 @@ def _agencies_argv(world: FaultWorld) -> list[str]:
     if _cli_accepts(["agencies", "--only", "bank-icbc"]):
         return [sys.executable, "-m", "broker.cli", *common, "agencies", *options]
     # Until broker/cli.py registers the command: the module runs it on its own.
-    return [sys.executable, "-m", "broker._cli_agencies", *common, *options]
+    return [sys.executable, "-m", "broker.cli._agencies", *common, *options]
 
 
 def _cli_accepts(argv: list[str]) -> bool:
     """Whether ``greenchannel`` parses ``argv`` (a flag or command may not be wired in yet)."""
-    parser = cli._parser()
+    parser = parser_for(argv)
     with contextlib.redirect_stderr(io.StringIO()):
         try:
             parser.parse_args(argv)

@@ -45,10 +45,11 @@ from adapters import (
     ExecutionState,
     IdempotencyStore,
 )
-from broker.hub._result_privacy import onward_transfers_for_broker, open_result_details
+from broker.client import open_result_details
+from broker.embedded import EmbeddedNats, EmbeddedNatsConfig
+from broker.hub._result_privacy import onward_transfers_for_broker
 from broker.protocol import KeyUse, ManualClock, PublicKey, Registry, SigningKey
 from broker.protocol._directory import load_directory
-from broker.protocol._embedded import EmbeddedNats, EmbeddedNatsConfig
 from broker.protocol._envelope import (
     BROKER_ID,
     VerifiedRequest,

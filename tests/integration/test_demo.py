@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from agencies import DemoConfig, run_demo
-from broker.protocol._embedded import EmbeddedNats, EmbeddedNatsConfig
+from agencies.demo import DemoConfig, run_demo
+from broker.embedded import EmbeddedNats, EmbeddedNatsConfig
 
 pytestmark = pytest.mark.integration
 

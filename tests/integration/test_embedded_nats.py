@@ -20,12 +20,11 @@ from nats.aio.client import Client
 from nats.js.api import ConsumerConfig
 from nats.js.client import JetStreamContext
 
+from broker.embedded import EmbeddedNats, EmbeddedNatsConfig, nats_for
 from broker.protocol import (
     DEADLINES_STREAM,
     LEDGER_ENTRY_SUBJECT,
     LEDGER_STREAM,
-    EmbeddedNats,
-    EmbeddedNatsConfig,
     NatsError,
     NatsServerError,
     NatsSettings,
@@ -36,7 +35,6 @@ from broker.protocol import (
     deadline_subject,
     ensure_streams,
     fetch_batch,
-    nats_for,
     stream_specs,
 )
 

@@ -28,6 +28,7 @@ import pytest_asyncio
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
 
+from broker.embedded import EmbeddedNats, EmbeddedNatsConfig
 from broker.hub._errors import PolicyError
 from broker.hub._policy import load_policy
 from broker.hub._sla_policy import load_sla_policy
@@ -42,7 +43,6 @@ from broker.protocol import (
     load_signing_key,
 )
 from broker.protocol._directory import load_directory, read_overlay
-from broker.protocol._embedded import EmbeddedNats, EmbeddedNatsConfig
 from broker.protocol._nats import NatsSettings, connect
 from broker.protocol._provision import ensure_agency_keys, load_agency_signing_key
 

@@ -46,9 +46,8 @@ from greenchannel.v1 import (
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.kv import KeyValue
 
+from broker.client import bearer_metadata, error_details
 from broker.hub import Broker
-from broker.hub._auth import bearer_metadata
-from broker.hub._grpc_status import error_details
 from broker.protocol import (
     ManualClock,
     SigningKey,

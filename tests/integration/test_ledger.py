@@ -33,15 +33,12 @@ from nats.aio.client import Client
 from nats.js.api import AckPolicy, RetentionPolicy
 from nats.js.client import JetStreamContext
 
-from broker._cli_ledger import (
-    add_ledger_parser,
-    export_ledger,
-    ledger_export_command,
-    ledger_verify_command,
-    run_ledger,
-)
-from broker.hub._auth import Authenticator, bearer_metadata, open_replay_cache
-from broker.hub._grpc_status import error_details
+from broker.cli._ledger import add_parser as add_ledger_parser
+from broker.cli._ledger import ledger_export_command, ledger_verify_command
+from broker.cli._ledger import run as run_ledger
+from broker.client import bearer_metadata, error_details, export_ledger
+from broker.embedded import EmbeddedNats, EmbeddedNatsConfig
+from broker.hub._auth import Authenticator, open_replay_cache
 from broker.hub._ledger import (
     LedgerConfig,
     LedgerReader,
@@ -54,7 +51,6 @@ from broker.hub._ledger_service import LedgerServicer
 from broker.hub._watchlog import WatchLog
 from broker.protocol import ManualClock, SigningKey, SystemClock, body_digest
 from broker.protocol._directory import load_directory
-from broker.protocol._embedded import EmbeddedNats, EmbeddedNatsConfig
 from broker.protocol._ledger_chain import (
     ChainRecord,
     build_entry,

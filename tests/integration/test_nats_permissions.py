@@ -27,8 +27,8 @@ from greenchannel.v1 import common_pb2, requests_pb2
 from nats.aio.client import Client
 
 from adapters import AdapterConfig
-from agencies import Stack, StackConfig
 from agencies import _seed as seed
+from agencies.demo import Stack, StackConfig
 from broker.protocol._nats import connect
 from broker.protocol._nats_auth import (
     AGENCY_JS_API_PREFIX,

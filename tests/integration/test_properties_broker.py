@@ -46,9 +46,8 @@ from hypothesis import strategies as st
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from adapters import AdapterConfig, AdapterRuntime
+from broker.client import bearer_metadata, error_details
 from broker.hub import Broker
-from broker.hub._auth import bearer_metadata
-from broker.hub._grpc_status import error_details
 from broker.protocol import SystemClock, VerificationError
 from broker.protocol._envelope import notarize, seal_for_recipient, sign_request, verify_event, verify_request
 from broker.protocol._ids import new_uuid7

@@ -18,14 +18,15 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from greenchannel.v1 import common_pb2, envelope_pb2, lifecycle_pb2, requests_pb2, results_pb2
 from nats.js.api import AckPolicy, ConsumerConfig
 
-from broker.hub._deadlines import DEFAULT_SLA_POLICY
-from broker.hub._grpc_status import error_details
-from broker.hub._sla_policy import DEFAULT_SLA_POLICY_PATH, SlaPolicy, load_sla_policy
+from agencies import DEFAULT_SLA_POLICY_PATH
+from broker.client import error_details
+from broker.hub._sla_policy import SlaPolicy, load_sla_policy
 from broker.protocol import SystemClock
 from broker.protocol._envelope import BROKER_ID
 from broker.protocol._nats import fetch_batch
 from broker.protocol._signing import verify_detached
 from broker.protocol._subjects import DEADLINES_STREAM, NOTICES_STREAM, notice_subject
+from tests._sla import DEFAULT_SLA_POLICY
 from tests.integration.broker_world import BANK, POLICE, World, broker_world, stop_payment
 
 pytestmark = pytest.mark.integration

@@ -18,7 +18,9 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from greenchannel.v1 import common_pb2, lifecycle_pb2, requests_pb2, results_pb2
 
-from broker._cli_sla import add_sla_parser, fetch_all_statuses, run_sla, sla_report_command
+from broker.cli._sla import add_parser as add_sla_parser
+from broker.cli._sla import run as run_sla
+from broker.cli._sla import sla_report_command
 from broker.client import BusClient
 from broker.protocol import ManualClock, SystemClock
 from broker.protocol._envelope import OpenedEnvelope, sign_event
@@ -219,7 +221,7 @@ async def test_paging_reads_every_request(tmp_path: Path) -> None:
         async with world.client(broker, REGULATOR) as regulator:
             first = await regulator.list(page_size=2)
             assert first.next_page_token  # more than one page to follow
-            statuses = await fetch_all_statuses(regulator)
+            statuses = await regulator.list_all()
         assert {s.id for s in statuses} == ids
 
 

@@ -22,9 +22,10 @@ from greenchannel.v1 import common_pb2, lifecycle_pb2, trail_pb2
 from nats.js.client import JetStreamContext
 
 from adapters import AdapterConfig
-from agencies import Stack, StackConfig
 from agencies import _seed as demo
-from broker._cli_trail import fetch_trail, open_accounts, switch_chasing, trail_command
+from agencies.demo import Stack, StackConfig
+from broker.cli._trail import trail_command
+from broker.client import fetch_trail, open_accounts, switch_chasing
 from broker.hub._trail_store import TRAILS_BUCKET, TrailChange, TrailStore, trail_key
 from broker.protocol import SigningKey
 from broker.protocol._nats import NatsSettings, connect

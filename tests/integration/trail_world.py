@@ -34,9 +34,9 @@ from greenchannel.v1 import (
     trail_pb2,
 )
 
-from agencies import Stack, StackConfig
 from agencies.bank import BankCore
-from broker._cli_trail import fetch_trail
+from agencies.demo import Stack, StackConfig
+from broker.client import fetch_trail
 from broker.hub import _server
 from broker.hub._bus import BusServicer
 from broker.hub._events import HoldLifecycle

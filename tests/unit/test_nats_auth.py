@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from broker.embedded import find_nats_server
 from broker.protocol import KeyFileError
-from broker.protocol._embedded import find_nats_server
 from broker.protocol._nats import NatsSettings
 from broker.protocol._nats_auth import (
     AGENCY_JS_API_PREFIX,

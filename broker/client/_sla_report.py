@@ -33,9 +33,6 @@ from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
 from greenchannel.v1 import common_pb2, envelope_pb2, lifecycle_pb2
 
-from ._lifecycle import is_outcome
-from ._policy import request_type_name
-
 __all__ = [
     "PHASES",
     "PhaseCounts",
@@ -52,6 +49,33 @@ __all__ = [
 
 _RequestType: TypeAlias = common_pb2.RequestType.ValueType
 _Phase: TypeAlias = common_pb2.Phase.ValueType
+
+# The hub's own helpers (broker.hub._lifecycle.is_outcome, broker.hub._policy.request_type_name)
+# are out of a client's reach; issue 11 moves them into broker.protocol's shared helpers, and
+# these two go then.
+_OUTCOMES = frozenset(
+    {
+        common_pb2.REQUEST_STATE_EXECUTED,
+        common_pb2.REQUEST_STATE_PARTIALLY_EXECUTED,
+        common_pb2.REQUEST_STATE_REJECTED,
+        common_pb2.REQUEST_STATE_FAILED,
+    }
+)
+_TYPE_PREFIX = "REQUEST_TYPE_"
+
+
+def is_outcome(state: common_pb2.RequestState.ValueType) -> bool:
+    """EXECUTED, PARTIALLY_EXECUTED, REJECTED or FAILED: the agency's (or the broker's) answer."""
+    return state in _OUTCOMES
+
+
+def request_type_name(request_type: _RequestType) -> str:
+    """``REQUEST_TYPE_STOP_PAYMENT`` -> ``stop_payment``; an unknown number stays a number."""
+    try:
+        return common_pb2.RequestType.Name(request_type).removeprefix(_TYPE_PREFIX).lower()
+    except ValueError:
+        return str(int(request_type))
+
 
 PHASES: tuple[_Phase, ...] = (
     common_pb2.PHASE_DELIVER,

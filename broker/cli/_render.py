@@ -18,7 +18,7 @@ from google.protobuf.json_format import MessageToDict
 from google.protobuf.timestamp_pb2 import Timestamp
 from greenchannel.v1 import bus_pb2, common_pb2, lifecycle_pb2, results_pb2
 
-from broker.hub._grpc_status import ErrorDetails
+from broker.client import ErrorDetails
 
 __all__ = [
     "FINAL_STATES",

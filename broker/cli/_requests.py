@@ -32,22 +32,7 @@ from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
 from greenchannel.v1 import common_pb2, lifecycle_pb2, requests_pb2, results_pb2
 
-from broker._cli_render import (
-    FINAL_STATES,
-    answer_lines,
-    error_document,
-    error_lines,
-    event_document,
-    event_line,
-    short_state,
-    short_type,
-    status_document,
-    status_lines,
-    submitted_lines,
-)
-from broker.client import BusClient
-from broker.hub._grpc_status import error_details
-from broker.hub._result_privacy import open_result_details
+from broker.client import BusClient, error_details, open_result_details
 from broker.protocol import (
     InvalidMessageError,
     KeyFileError,
@@ -60,19 +45,35 @@ from broker.protocol._provision import load_agency_encryption_keys, load_agency_
 from broker.protocol._sealing import DATA_ANSWER_CONTENT_TYPE, DecryptionKeys, open_sealed
 from broker.protocol._validation import validate_message
 
+from . import _env
+from ._render import (
+    FINAL_STATES,
+    answer_lines,
+    error_document,
+    error_lines,
+    event_document,
+    event_line,
+    short_state,
+    short_type,
+    status_document,
+    status_lines,
+    submitted_lines,
+)
+
 __all__ = [
     "DEFAULT_BROKER",
     "REQUEST_KINDS",
     "RequestKind",
-    "add_request_parsers",
+    "add_parser",
     "build_request",
     "parse_amount",
+    "run",
     "run_status",
     "run_submit",
     "run_watch",
 ]
 
-DEFAULT_BROKER = "127.0.0.1:50051"
+DEFAULT_BROKER = _env.DEFAULT_BROKER
 """Where ``up`` listens by default, and so where the request commands look by default."""
 
 _AGENCY_ID = re.compile(r"[a-z0-9][a-z0-9-]{1,62}")
@@ -655,44 +656,64 @@ def _submit_common(default_broker: str) -> argparse.ArgumentParser:
     return common
 
 
-def add_request_parsers(
-    commands: argparse._SubParsersAction[argparse.ArgumentParser], *, default_broker: str
+def add_parser(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    help: str,
 ) -> None:
-    """Register ``submit <type>``, ``watch`` and ``status`` on the ``greenchannel`` parser."""
-    common = _submit_common(default_broker)
-    submit = commands.add_parser("submit", help="sign and submit a request as an agency")
-    types = submit.add_subparsers(dest="request_type", required=True, metavar="TYPE")
-    for kind in REQUEST_KINDS.values():
-        parser = types.add_parser(kind.name, parents=[common], help=kind.help, description=kind.help)
-        kind.add_options(parser)
+    """Register ``submit <type>``, ``watch`` or ``status`` (``name``) on the ``greenchannel`` parser."""
+    default_broker = _env.default_broker()
+    if name == "submit":
+        common = _submit_common(default_broker)
+        submit = commands.add_parser("submit", help=help)
+        types = submit.add_subparsers(dest="request_type", required=True, metavar="TYPE")
+        for kind in REQUEST_KINDS.values():
+            parser = types.add_parser(kind.name, parents=[common], help=kind.help, description=kind.help)
+            kind.add_options(parser)
+    elif name == "watch":
+        watch = commands.add_parser("watch", help=help)
+        _connection_options(watch, default_broker)
+        scope = watch.add_mutually_exclusive_group()
+        scope.add_argument("--request", metavar="ID", help="one request")
+        scope.add_argument(
+            "--case", metavar="CASE", help="every request of a case (its owner and regulators)"
+        )
+        watch.add_argument(
+            "--after",
+            type=_non_negative_int,
+            default=0,
+            metavar="CURSOR",
+            help="resume after this cursor (default: replay)",
+        )
+    elif name == "status":
+        status = commands.add_parser("status", help=help)
+        status.add_argument("id", metavar="ID", help="request id")
+        _connection_options(status, default_broker)
+        status.add_argument(
+            "--decrypt",
+            action="store_true",
+            help="open the sealed data answer (onward transfers open with the --as agency's key anyway)",
+        )
+        status.add_argument(
+            "--key",
+            type=Path,
+            metavar="FILE",
+            help="X25519 private key, PKCS#8 PEM (default: --as agency's key in --state-dir); "
+            "implies --decrypt",
+        )
+    else:
+        raise ValueError(f"not a request command: {name}")
 
-    watch = commands.add_parser("watch", help="follow lifecycle events live until Ctrl-C")
-    _connection_options(watch, default_broker)
-    scope = watch.add_mutually_exclusive_group()
-    scope.add_argument("--request", metavar="ID", help="one request")
-    scope.add_argument("--case", metavar="CASE", help="every request of a case (its owner and regulators)")
-    watch.add_argument(
-        "--after",
-        type=_non_negative_int,
-        default=0,
-        metavar="CURSOR",
-        help="resume after this cursor (default: replay)",
-    )
 
-    status = commands.add_parser("status", help="one request: state, deadlines, result and timeline")
-    status.add_argument("id", metavar="ID", help="request id")
-    _connection_options(status, default_broker)
-    status.add_argument(
-        "--decrypt",
-        action="store_true",
-        help="open the sealed data answer (onward transfers open with the --as agency's key anyway)",
-    )
-    status.add_argument(
-        "--key",
-        type=Path,
-        metavar="FILE",
-        help="X25519 private key, PKCS#8 PEM (default: --as agency's key in --state-dir); implies --decrypt",
-    )
+def run(args: argparse.Namespace) -> int:
+    """Run the parsed ``submit``, ``watch`` or ``status``."""
+    if args.command == "submit":
+        return run_submit(args)
+    if args.command == "watch":
+        return run_watch(args)
+    if args.command == "status":
+        return run_status(args)
+    return 2
 
 
 # -- running --------------------------------------------------------------------------------------

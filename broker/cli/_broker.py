@@ -1,0 +1,139 @@
+"""``greenchannel broker``: run one broker replica until SIGINT / SIGTERM.
+
+The only command that loads :mod:`broker.hub` (and :mod:`broker.embedded`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+from pathlib import Path
+
+import structlog
+
+from broker.embedded import EmbeddedNatsConfig, nats_for
+from broker.hub import Broker, BrokerConfig, PolicyError, TlsFiles, load_policy, load_sla_policy
+from broker.protocol import (
+    AgencyKind,
+    SystemClock,
+    connect,
+    ensure_agency_keys,
+    ensure_inbox_consumers,
+    load_directory,
+    nats_authorization,
+    nats_settings_for,
+)
+
+from . import _env
+from ._samples import sample_policy, sample_sla_policy
+
+__all__ = ["add_parser", "run", "run_broker"]
+
+log = structlog.get_logger(__name__)
+
+
+def _tls(args: argparse.Namespace) -> TlsFiles | None:
+    given = [args.tls_cert, args.tls_key, args.tls_ca]
+    if not any(given):
+        return None
+    if not all(given):
+        raise SystemExit("greenchannel broker: --tls-cert, --tls-key and --tls-ca go together")
+    return TlsFiles(cert=args.tls_cert, key=args.tls_key, ca=args.tls_ca)
+
+
+_MAX_REPLICAS = 5  # JetStream's limit
+
+
+def add_parser(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str = "broker",
+    help: str = "",
+) -> None:
+    """Register ``broker`` on the ``greenchannel`` parser."""
+    serve = commands.add_parser(name, help=help)
+    serve.add_argument("--listen", default="127.0.0.1:50051", help="gRPC address (default 127.0.0.1:50051)")
+    serve.add_argument(
+        "--policy", type=Path, default=None, help="authorization policy TOML (default: sample)"
+    )
+    serve.add_argument("--no-reflection", action="store_true", help="do not serve gRPC reflection")
+    serve.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        metavar="N",
+        help="JetStream replicas of the broker's streams and buckets (3 on a NATS cluster)",
+    )
+    serve.add_argument(
+        "--tls-cert", type=Path, help="server certificate (PEM); enables mTLS with --tls-key/--tls-ca"
+    )
+    serve.add_argument("--tls-key", type=Path, help="server private key (PEM)")
+    serve.add_argument("--tls-ca", type=Path, help="CA that signs client certificates (PEM)")
+    serve.add_argument(
+        "--sla-policy",
+        type=Path,
+        default=None,
+        help="SLA policy TOML (default: agencies/sla/cn.toml; agencies/sla/eu.toml is an EU-style example)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Check every file, then run the broker until SIGINT / SIGTERM."""
+    try:
+        # Every file is checked before anything is created: a typo in a policy must not leave
+        # keys, a NATS store or a half-started broker behind, nor end in a traceback.
+        if args.policy is not None:
+            load_policy(args.policy)
+        if args.sla_policy is not None:
+            load_sla_policy(args.sla_policy)
+        asyncio.run(run_broker(args, nats_url=_env.nats_url()))
+    except PolicyError as exc:  # not a ProtocolError: the hub's own root
+        print(f"greenchannel: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def run_broker(args: argparse.Namespace, *, nats_url: str | None) -> None:
+    state_dir: Path = args.state_dir
+    # getattr: a parser without --replicas (an older cli.py) means a single replica.
+    replicas: int = getattr(args, "replicas", 1)
+    if not 1 <= replicas <= _MAX_REPLICAS:
+        raise SystemExit(f"greenchannel broker: --replicas must be 1 to {_MAX_REPLICAS}, got {replicas}")
+    overlay = ensure_agency_keys(args.directory, state_dir, clock=SystemClock())
+    registry = load_directory(args.directory, key_overlays=[overlay])
+    # Per-agency NATS users: written into the embedded server's config; with $GREENCHANNEL_NATS_URL
+    # the operator installs the same block (`greenchannel nats-authorization`).
+    authorization = nats_authorization(state_dir, [agency.id for agency in registry.agencies()])
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    embedded = EmbeddedNatsConfig(store_dir=state_dir / "nats", authorization=authorization)
+    async with nats_for(nats_url, embedded) as url:
+        settings = nats_settings_for(url, state_dir=state_dir, agency=None, name="greenchannel-broker")
+        config = BrokerConfig(
+            nats=settings,
+            state_dir=state_dir,
+            directory=args.directory,
+            policy=args.policy if args.policy is not None else sample_policy(),
+            sla=load_sla_policy(args.sla_policy if args.sla_policy is not None else sample_sla_policy()),
+            listen=args.listen,
+            reflection=not args.no_reflection,
+            tls=_tls(args),
+            replicas=replicas,
+        )
+        async with Broker(config) as broker:
+            # Adapters may not create their inbox consumers (a consumer can name where it delivers).
+            nc = await connect(settings)
+            try:
+                await ensure_inbox_consumers(
+                    nc.jetstream(), [a.id for a in registry.agencies() if a.kind is not AgencyKind.REGULATOR]
+                )
+            finally:
+                await nc.drain()
+            print(
+                f"greenchannel broker listening on {broker.address} (NATS {url}); Ctrl-C to stop", flush=True
+            )
+            await stop.wait()
+            log.info("broker.stopping")
