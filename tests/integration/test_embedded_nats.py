@@ -146,7 +146,7 @@ async def test_server_dies_with_a_killed_parent(tmp_path: Path) -> None:
     script = (
         "import asyncio, sys\n"
         "from pathlib import Path\n"
-        "from broker.protocol import EmbeddedNats, EmbeddedNatsConfig\n"
+        "from broker.embedded import EmbeddedNats, EmbeddedNatsConfig\n"
         "async def main():\n"
         "    async with EmbeddedNats(EmbeddedNatsConfig(store_dir=Path(sys.argv[1]))) as s:\n"
         "        print('PID', s.pid, flush=True)\n"
