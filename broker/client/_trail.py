@@ -62,6 +62,25 @@ def open_accounts(
     return opened
 
 
+def _one_call(
+    target: str,
+    agency_id: str,
+    signing_key: SigningKey,
+    clock: Clock | None,
+    credentials: grpc.ChannelCredentials | None,
+    deadline: float,
+) -> BusClient:
+    """A client for one call on a channel of its own (closed when the ``async with`` ends)."""
+    return BusClient(
+        target,
+        agency_id=agency_id,
+        signing_key=signing_key,
+        clock=clock,
+        credentials=credentials,
+        timeout=deadline,
+    )
+
+
 async def fetch_trail(
     target: str,
     *,
@@ -74,14 +93,7 @@ async def fetch_trail(
     credentials: grpc.ChannelCredentials | None = None,
 ) -> trail_pb2.Trail:
     """One ``GetTrail`` as ``agency_id`` on a channel of its own; ``grpc.aio.AioRpcError`` when refused."""
-    async with BusClient(
-        target,
-        agency_id=agency_id,
-        signing_key=signing_key,
-        clock=clock,
-        credentials=credentials,
-        timeout=deadline,
-    ) as bus:
+    async with _one_call(target, agency_id, signing_key, clock, credentials, deadline) as bus:
         return await bus.trail(case_number, issuing_agency=issuing_agency)
 
 
@@ -98,12 +110,5 @@ async def switch_chasing(
     credentials: grpc.ChannelCredentials | None = None,
 ) -> trail_pb2.Trail:
     """One ``SetChasing`` as ``agency_id`` (the case owner); the trail after the change."""
-    async with BusClient(
-        target,
-        agency_id=agency_id,
-        signing_key=signing_key,
-        clock=clock,
-        credentials=credentials,
-        timeout=deadline,
-    ) as bus:
+    async with _one_call(target, agency_id, signing_key, clock, credentials, deadline) as bus:
         return await bus.set_chasing(case_number, enabled=enabled, bounds=bounds)
