@@ -24,10 +24,19 @@ from ._errors import (
     UnsupportedRequestError,
 )
 from ._events import EVENT_ID_NAMESPACE, event_id_for, refusal_event_id
+from ._file_config import (
+    AdapterFileConfig,
+    AdapterMaterials,
+    ServiceTls,
+    load_adapter_file,
+    load_adapter_materials,
+)
 from ._idempotency import ExecutionRecord, ExecutionState, IdempotencyStore
 from ._runtime import LANES, TASK_PREFIX, AdapterRuntime
+from ._standalone import ADAPTER_HEALTH_SERVICE, StandaloneAdapter, wait_for_inbox
 
 __all__ = [
+    "ADAPTER_HEALTH_SERVICE",
     "EVENT_ID_NAMESPACE",
     "LANES",
     "TASK_PREFIX",
@@ -35,6 +44,8 @@ __all__ = [
     "AdapterConfig",
     "AdapterConfigError",
     "AdapterError",
+    "AdapterFileConfig",
+    "AdapterMaterials",
     "AdapterRuntime",
     "AgencyBackend",
     "AgencyCallError",
@@ -45,10 +56,15 @@ __all__ = [
     "GrpcAgencyBackend",
     "IdempotencyConflictError",
     "IdempotencyStore",
+    "ServiceTls",
+    "StandaloneAdapter",
     "UnsupportedRequestError",
     "backend_for",
     "event_id_for",
+    "load_adapter_file",
+    "load_adapter_materials",
     "open_agency_channel",
     "order_context",
     "refusal_event_id",
+    "wait_for_inbox",
 ]

@@ -208,15 +208,26 @@ def backend_for(kind: AgencyKind, channel: grpc.aio.Channel) -> AgencyBackend:
     return GrpcAgencyBackend(kind, stub_type(channel), calls)
 
 
-def open_agency_channel(target: str, *, reconnect_backoff_max: float) -> grpc.aio.Channel:
-    """An insecure channel to the agency system, which runs next to the adapter.
+def open_agency_channel(
+    target: str,
+    *,
+    reconnect_backoff_max: float,
+    credentials: grpc.ChannelCredentials | None = None,
+    server_name: str | None = None,
+) -> grpc.aio.Channel:
+    """A channel to the agency system: TLS with ``credentials``, else insecure (a system on this host).
 
     gRPC's reconnect backoff is capped so that, once the agency system is back, the adapter's
     own retries reach it within ``reconnect_backoff_max`` seconds instead of up to two minutes.
+    ``server_name`` overrides the name expected in the server's certificate.
     """
     cap_ms = max(1, int(reconnect_backoff_max * 1000))
-    options = [
+    options: list[tuple[str, str | int]] = [
         ("grpc.initial_reconnect_backoff_ms", min(1000, cap_ms)),
         ("grpc.max_reconnect_backoff_ms", cap_ms),
     ]
-    return grpc.aio.insecure_channel(target, options=options)
+    if credentials is None:
+        return grpc.aio.insecure_channel(target, options=options)
+    if server_name is not None:
+        options.append(("grpc.ssl_target_name_override", server_name))
+    return grpc.aio.secure_channel(target, credentials, options=options)

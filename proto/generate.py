@@ -1,6 +1,7 @@
 """Generate, check and lint the wire contract, offline.
 
-    python proto/generate.py                         regenerate the committed Python beside the .proto files
+    python proto/generate.py                         regenerate the committed Python beside the .proto files,
+                                                     and greenchannel/v1/greenchannel.v1.binpb
     python proto/generate.py --check                 fail if regenerating would change a committed file
     python proto/generate.py --lint                  buf lint (STANDARD rules) on the contract
     python proto/generate.py --breaking-against REF  buf breaking against the contract at git REF
@@ -9,7 +10,12 @@ Why not plain `buf generate` / `buf lint` on the sources: the contract imports
 `buf/validate/validate.proto`, which lives in the Buf registry, out of reach here, and no package
 ships it as source. The protovalidate wheel does carry its compiled descriptor, so we build a
 FileDescriptorSet from the installed wheel and hand it to protoc (`--descriptor_set_in`), and give
-buf compiled images instead of sources. Nothing third-party is copied into the repository.
+buf compiled images instead of sources. Nothing third-party is copied by hand into the repository.
+
+For clients in other languages the same build writes `greenchannel/v1/greenchannel.v1.binpb`: one
+self-contained FileDescriptorSet with every greenchannel/v1 file, buf/validate/validate.proto and the
+google/protobuf files they import, so a foreign loader needs nothing else. No source info, so its
+bytes depend only on the contract and the pinned tools; `--check` fails if it drifts, like the code.
 """
 
 from __future__ import annotations
@@ -25,18 +31,36 @@ ROOT = Path(__file__).resolve().parent
 REPO = ROOT.parent
 PACKAGE_DIR = Path("greenchannel") / "v1"
 GENERATED_SUFFIXES = ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py", "_pb2_grpc.pyi")
+DESCRIPTOR_SET = "greenchannel.v1.binpb"
+"""The self-contained FileDescriptorSet beside the generated code, for loaders in other languages."""
 BIN = Path(sys.executable).parent
 
 
 def _validate_descriptor_set(out: Path) -> Path:
-    """buf/validate/validate.proto and its imports as a FileDescriptorSet, from installed packages."""
-    from google.protobuf import descriptor_pb2, duration_pb2, field_mask_pb2, timestamp_pb2
+    """buf/validate/validate.proto and its imports as a FileDescriptorSet, from installed packages.
+
+    The google/protobuf files are compiled from the sources grpcio-tools bundles (pinned in the dev
+    extra) rather than copied from the protobuf runtime (a version range), so the shipped descriptor
+    set stays byte-for-byte reproducible from a fresh clone.
+    """
+    from google.protobuf import descriptor_pb2
+    from grpc_tools import protoc
     from protovalidate._gen.buf.validate import validate_pb
 
-    fds = descriptor_pb2.FileDescriptorSet()
-    for module in (descriptor_pb2, duration_pb2, field_mask_pb2, timestamp_pb2):
-        module.DESCRIPTOR.CopyToProto(fds.file.add())
-    fds.file.add().ParseFromString(validate_pb.desc().proto.to_binary())
+    validate = descriptor_pb2.FileDescriptorProto.FromString(validate_pb.desc().proto.to_binary())
+    wkt = out.with_suffix(".wkt.binpb")
+    include = Path(protoc.__file__).parent / "_proto"
+    argv = [
+        "protoc",
+        f"-I{include}",
+        "--include_imports",
+        f"--descriptor_set_out={wkt}",
+        *validate.dependency,
+    ]
+    if protoc.main(argv) != 0:
+        raise SystemExit(f"protoc failed on {', '.join(validate.dependency)}")
+    fds = descriptor_pb2.FileDescriptorSet.FromString(wkt.read_bytes())
+    fds.file.append(validate)
     out.write_bytes(fds.SerializeToString())
     return out
 
@@ -61,6 +85,13 @@ def _protoc(args: list[str], *, proto_root: Path, scratch: Path, services_only: 
 
 
 def _generate(out_dir: Path, scratch: Path) -> None:
+    # Everything a foreign loader needs, imports first (protoc orders the set topologically).
+    (out_dir / PACKAGE_DIR).mkdir(parents=True, exist_ok=True)
+    _protoc(
+        ["--include_imports", f"--descriptor_set_out={out_dir / PACKAGE_DIR / DESCRIPTOR_SET}"],
+        proto_root=ROOT,
+        scratch=scratch,
+    )
     _protoc(
         [
             f"--plugin=protoc-gen-mypy={BIN / 'protoc-gen-mypy'}",
@@ -97,7 +128,9 @@ def _buf(*args: str) -> int:
 
 
 def _generated_files(directory: Path) -> set[str]:
-    return {p.name for p in directory.iterdir() if p.name.endswith(GENERATED_SUFFIXES)}
+    return {
+        p.name for p in directory.iterdir() if p.name.endswith(GENERATED_SUFFIXES) or p.name == DESCRIPTOR_SET
+    }
 
 
 def generate() -> int:

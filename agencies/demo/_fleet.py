@@ -10,23 +10,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-import nats.errors
-import nats.js.errors
 import structlog
 from nats.aio.client import Client
 
-from adapters import AdapterConfig, AdapterRuntime
+from adapters import AdapterConfig, AdapterRuntime, wait_for_inbox
 from agencies import build_reference_agency
 from broker.protocol import (
     AGENCY_JS_API_PREFIX,
-    INBOX_STREAM,
-    PRIORITIES,
     Agency,
     AgencyKind,
     ProtocolError,
@@ -35,7 +30,6 @@ from broker.protocol import (
     connect,
     ensure_agency_keys,
     ensure_nats_seeds,
-    inbox_consumer,
     load_agency_signing_key,
     load_directory,
     nats_settings_for,
@@ -122,7 +116,7 @@ class AgencyFleet:
             self._exit.push_async_callback(_drain, clients[agency.id])
         first = served[0].id
         auth = requires_auth(clients[first])
-        await _wait_for_inbox(clients[first], first if auth else None, config.streams_timeout)
+        await wait_for_inbox(clients[first], first, auth=auth, timeout=config.streams_timeout)
 
         servers = {}
         for agency in served:
@@ -170,36 +164,6 @@ def select_agencies(registry: Registry, only: Sequence[str]) -> list[Agency]:
         raise ProtocolError(f"regulators run no agency service: {', '.join(regulators)}")
     wanted = set(only)
     return [agency for agency in serving if agency.id in wanted]
-
-
-async def _wait_for_inbox(nc: Client, agency: str | None, timeout: float) -> None:  # noqa: ASYNC109
-    """The broker creates the streams; adapters only bind consumers to them.
-
-    Under per-agency NATS users (``agency`` given) an adapter can see its own consumers and nothing
-    else, and the broker creates them: wait for the first one.
-    """
-    js = nc.jetstream(prefix=AGENCY_JS_API_PREFIX) if agency is not None else nc.jetstream()
-    deadline = time.monotonic() + timeout
-    told = False
-    while True:
-        try:
-            if agency is not None:
-                await js.consumer_info(INBOX_STREAM, inbox_consumer(agency, PRIORITIES[0]))
-            else:
-                await js.stream_info(INBOX_STREAM)
-            return
-        except nats.js.errors.NotFoundError:
-            pass
-        except (nats.errors.Error, TimeoutError) as exc:
-            log.warning("agencies.nats_not_ready", error_type=type(exc).__name__)
-        if time.monotonic() >= deadline:
-            raise ProtocolError(
-                f"stream {INBOX_STREAM} does not exist after {timeout:.0f}s: start the broker on this NATS"
-            )
-        if not told:
-            log.warning("agencies.waiting_for_broker_streams", stream=INBOX_STREAM)
-            told = True
-        await asyncio.sleep(_POLL)
 
 
 async def _drain(nc: Client) -> None:

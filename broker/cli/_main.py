@@ -51,6 +51,10 @@ COMMANDS: dict[str, Command] = {
         module="broker.cli._agencies",
         help="run the reference agency systems and adapters against $GREENCHANNEL_NATS_URL, until Ctrl-C",
     ),
+    "adapter": Command(
+        module="broker.cli._adapter",
+        help="run ONE agency's adapter against its own system, configured by a TOML file",
+    ),
     "submit": Command(module="broker.cli._requests", help="sign and submit a request as an agency"),
     "watch": Command(module="broker.cli._requests", help="follow lifecycle events live until Ctrl-C"),
     "status": Command(
@@ -62,6 +66,10 @@ COMMANDS: dict[str, Command] = {
         help="a case's money trail: accounts held with amounts, and what escaped the chase",
     ),
     "ledger": Command(module="broker.cli._ledger", help="export and verify the tamper-evident ledger"),
+    "conformance": Command(
+        module="broker.cli._conformance",
+        help="certify an agency's own BankService / CarrierService / PlatformService / PoliceService",
+    ),
 }
 """Every subcommand, in ``--help`` order."""
 

@@ -272,6 +272,18 @@ class BusClient:
         )
         return reply.agency
 
+    async def broker_keys(self) -> tuple[registry_pb2.AgencyKey, ...]:
+        """The broker's public keys: ``sig`` ones verify its notarizations, events and checkpoints.
+
+        Each key carries its kid (RFC 7638 thumbprint), validity window and revocation time, so a
+        client can verify what the broker signed without reading anyone's state directory.
+        """
+        message = registry_pb2.ListBrokerKeysRequest()
+        reply: registry_pb2.ListBrokerKeysResponse = await self._call(
+            lambda md: self._registry.ListBrokerKeys(message, metadata=md, timeout=self._timeout)
+        )
+        return tuple(reply.keys)
+
     # -- money trail -----------------------------------------------------------------------
 
     async def trail(self, case_number: str, *, issuing_agency: str = "") -> trail_pb2.Trail:

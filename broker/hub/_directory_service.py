@@ -8,7 +8,7 @@ import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from greenchannel.v1 import common_pb2, registry_pb2, registry_pb2_grpc
 
-from broker.protocol._keys import KeyUse
+from broker.protocol._keys import KeyUse, PublicKey
 from broker.protocol._registry import Agency, AgencyKind, Registry
 from broker.protocol._validation import validate_message
 
@@ -16,7 +16,7 @@ from ._auth import Authenticator
 from ._errors import NotFoundError, UnroutableError
 from ._grpc_status import guard_unary, to_hub_error
 
-__all__ = ["RegistryServicer", "agency_to_proto"]
+__all__ = ["RegistryServicer", "agency_to_proto", "key_to_proto"]
 
 _KINDS = {
     AgencyKind.POLICE: common_pb2.AGENCY_KIND_POLICE,
@@ -36,6 +36,17 @@ def _timestamp(when: datetime | None) -> Timestamp | None:
     return stamp
 
 
+def key_to_proto(key: PublicKey) -> registry_pb2.AgencyKey:
+    return registry_pb2.AgencyKey(
+        kid=key.kid,
+        public_key=key.raw,
+        use=registry_pb2.KEY_USE_SIG if key.use is KeyUse.SIG else registry_pb2.KEY_USE_ENC,
+        not_before=_timestamp(key.not_before),
+        not_after=_timestamp(key.not_after),
+        revoked_at=_timestamp(key.revoked_at),
+    )
+
+
 def agency_to_proto(agency: Agency) -> registry_pb2.Agency:
     return registry_pb2.Agency(
         id=agency.id,
@@ -44,17 +55,7 @@ def agency_to_proto(agency: Agency) -> registry_pb2.Agency:
         region=agency.region,
         supervisor=agency.supervisor or "",
         duty_contact=agency.duty_contact,
-        keys=[
-            registry_pb2.AgencyKey(
-                kid=key.kid,
-                public_key=key.raw,
-                use=registry_pb2.KEY_USE_SIG if key.use is KeyUse.SIG else registry_pb2.KEY_USE_ENC,
-                not_before=_timestamp(key.not_before),
-                not_after=_timestamp(key.not_after),
-                revoked_at=_timestamp(key.revoked_at),
-            )
-            for key in agency.keys
-        ],
+        keys=[key_to_proto(key) for key in agency.keys],
     )
 
 
@@ -137,3 +138,14 @@ class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
         _checked(request)
         agency = self._registry.police_for_region(request.region)
         return registry_pb2.ResolveRegionResponse(agency=_found(agency, "region", "region"))
+
+    @guard_unary
+    async def ListBrokerKeys(
+        self, request: registry_pb2.ListBrokerKeysRequest, context: grpc.aio.ServicerContext
+    ) -> registry_pb2.ListBrokerKeysResponse:
+        # Public keys, yet authenticated like every other call: deny by default.
+        await self._auth.authenticate(context)
+        _checked(request)
+        return registry_pb2.ListBrokerKeysResponse(
+            keys=[key_to_proto(k) for k in self._registry.broker_keys()]
+        )

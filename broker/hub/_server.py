@@ -23,7 +23,6 @@ from greenchannel.v1 import (
     registry_pb2_grpc,
 )
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 from nats.aio.client import Client
 
 from broker.protocol import Clock, SystemClock
@@ -47,6 +46,7 @@ from ._events import BrokerEvents, EventProcessor, EventProcessorConfig, HoldLif
 from ._ledger import LedgerConfig, LedgerSequencer, LedgerWriter, ensure_ledger_streams
 from ._ledger_service import LedgerServicer
 from ._policy import Policy, load_policy
+from ._reflection import enable_reflection
 from ._sla_policy import SlaPolicy
 from ._store import IdempotencyStore, RequestStore
 from ._submit import Intake
@@ -88,7 +88,7 @@ class BrokerConfig:
     listen: str = "127.0.0.1:50051"
     """gRPC listen address; port 0 picks a free port."""
     reflection: bool = True
-    """Serve gRPC server reflection, so any standard client can discover the services."""
+    """Serve gRPC server reflection (v1 and v1alpha), so any standard client can discover the services."""
     tls: TlsFiles | None = None
     """Serve TLS with client certificates (mTLS) instead of plaintext."""
     require_tls_identity: bool = False
@@ -257,13 +257,8 @@ class Broker:
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         if config.reflection:
-            reflection.enable_server_reflection(
-                (
-                    *SERVICE_NAMES,
-                    health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
-                    reflection.SERVICE_NAME,
-                ),
-                server,
+            enable_reflection(
+                (*SERVICE_NAMES, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name), server
             )
         if config.tls is not None:
             self._port = server.add_secure_port(config.listen, server_credentials(config.tls))

@@ -135,6 +135,24 @@ async def test_reflection_lists_every_bus_method_and_health(brokers: Brokers) ->
     assert {*SERVICE_NAMES, HEALTH} <= set(services.stdout.split())
 
 
+@pytest.mark.parametrize("protocol", ["grpc-v1", "grpc-v1alpha"])
+async def test_reflection_speaks_v1_and_v1alpha(brokers: Brokers, protocol: str) -> None:
+    services = await brokers.curl("--reflect-protocol", protocol, "--list-services", _url(brokers.reflecting))
+    assert services.returncode == 0, services.stderr
+    listed = set(services.stdout.split())
+    assert {*SERVICE_NAMES, HEALTH} <= listed
+    assert {"grpc.reflection.v1.ServerReflection", "grpc.reflection.v1alpha.ServerReflection"} <= listed
+
+
+async def test_reflection_describes_itself_under_v1(brokers: Brokers) -> None:
+    # Listing methods resolves every listed service's schema, reflection's own v1 file included.
+    described = await brokers.curl(
+        "--reflect-protocol", "grpc-v1", "--list-methods", _url(brokers.reflecting)
+    )
+    assert described.returncode == 0, described.stderr
+    assert "grpc.reflection.v1.ServerReflection/ServerReflectionInfo" in described.stdout.split()
+
+
 async def test_health_check_reports_serving_for_the_server_and_each_service(brokers: Brokers) -> None:
     for service in ("", *SERVICE_NAMES):
         check = await brokers.curl(
@@ -144,8 +162,14 @@ async def test_health_check_reports_serving_for_the_server_and_each_service(brok
         assert check.json() == {"status": "SERVING"}
 
 
-async def test_a_real_call_through_reflection_resolves_the_account(brokers: Brokers) -> None:
+# buf tries v1 first and falls back to v1alpha; each pinned, the schema comes through that one alone.
+@pytest.mark.parametrize("protocol", [None, "grpc-v1", "grpc-v1alpha"])
+async def test_a_real_call_through_reflection_resolves_the_account(
+    brokers: Brokers, protocol: str | None
+) -> None:
+    pinned = ("--reflect-protocol", protocol) if protocol else ()
     resolved = await brokers.curl(
+        *pinned,
         "-H",
         brokers.token_header(),
         "-d",

@@ -59,10 +59,16 @@ def test_an_agency_role_never_loads_the_hub_or_the_cli(module: str) -> None:
 
 @pytest.mark.parametrize("module", ["adapters", "broker.client", "broker.protocol"])
 def test_the_core_roles_need_no_server_extras(module: str) -> None:
-    """Health, reflection and the embedded nats-server are the broker's and the agencies' extras."""
+    """Reflection and the embedded nats-server are the broker's and the agencies' extras."""
     loaded = loaded_after(f"import {module}")
     assert under(loaded, "broker.embedded") == []
-    assert under(loaded, *REFLECTION, *HEALTH) == []
+    assert under(loaded, *REFLECTION) == []
+
+
+@pytest.mark.parametrize("module", ["broker.client", "broker.protocol"])
+def test_a_client_needs_no_health_service(module: str) -> None:
+    """Health is served by the broker, the agencies and the standalone adapter, not by a client."""
+    assert under(loaded_after(f"import {module}"), *HEALTH) == []
 
 
 def test_adapters_do_not_load_the_client() -> None:

@@ -45,7 +45,7 @@ Global___KeyUse: _TypeAlias = KeyUse  # noqa: Y015
 
 @_typing.final
 class AgencyKey(_message.Message):
-    """A public key of an agency."""
+    """A public key of an agency, or of the broker (ListBrokerKeys)."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -418,3 +418,46 @@ class ResolveRegionResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ResolveRegionResponse: _TypeAlias = ResolveRegionResponse  # noqa: Y015
+
+@_typing.final
+class ListBrokerKeysRequest(_message.Message):
+    """The broker's public keys."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListBrokerKeysRequest: _TypeAlias = ListBrokerKeysRequest  # noqa: Y015
+
+@_typing.final
+class ListBrokerKeysResponse(_message.Message):
+    """The broker's public keys, current and past, in directory order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KEYS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def keys(self) -> _containers.RepeatedCompositeFieldContainer[Global___AgencyKey]:
+        """Signing keys (notarizations, broker events, ledger checkpoints) and encryption keys
+        (onward-transfer details sealed to the broker), each with its validity window and revocation.
+        """
+
+    def __init__(
+        self,
+        *,
+        keys: _abc.Iterable[Global___AgencyKey] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["keys", b"keys"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListBrokerKeysResponse: _TypeAlias = ListBrokerKeysResponse  # noqa: Y015

@@ -65,6 +65,11 @@ class RegistryServiceStub:
                 request_serializer=greenchannel_dot_v1_dot_registry__pb2.ResolveRegionRequest.SerializeToString,
                 response_deserializer=greenchannel_dot_v1_dot_registry__pb2.ResolveRegionResponse.FromString,
                 _registered_method=True)
+        self.ListBrokerKeys = channel.unary_unary(
+                '/greenchannel.v1.RegistryService/ListBrokerKeys',
+                request_serializer=greenchannel_dot_v1_dot_registry__pb2.ListBrokerKeysRequest.SerializeToString,
+                response_deserializer=greenchannel_dot_v1_dot_registry__pb2.ListBrokerKeysResponse.FromString,
+                _registered_method=True)
 
 
 class RegistryServiceServicer:
@@ -113,6 +118,13 @@ class RegistryServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListBrokerKeys(self, request, context):
+        """The broker's own public keys: verify its notarizations (sig) and seal answers it reads (enc).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RegistryServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -145,6 +157,11 @@ def add_RegistryServiceServicer_to_server(servicer, server):
                     servicer.ResolveRegion,
                     request_deserializer=greenchannel_dot_v1_dot_registry__pb2.ResolveRegionRequest.FromString,
                     response_serializer=greenchannel_dot_v1_dot_registry__pb2.ResolveRegionResponse.SerializeToString,
+            ),
+            'ListBrokerKeys': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListBrokerKeys,
+                    request_deserializer=greenchannel_dot_v1_dot_registry__pb2.ListBrokerKeysRequest.FromString,
+                    response_serializer=greenchannel_dot_v1_dot_registry__pb2.ListBrokerKeysResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -310,6 +327,33 @@ class RegistryService:
             '/greenchannel.v1.RegistryService/ResolveRegion',
             greenchannel_dot_v1_dot_registry__pb2.ResolveRegionRequest.SerializeToString,
             greenchannel_dot_v1_dot_registry__pb2.ResolveRegionResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListBrokerKeys(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/greenchannel.v1.RegistryService/ListBrokerKeys',
+            greenchannel_dot_v1_dot_registry__pb2.ListBrokerKeysRequest.SerializeToString,
+            greenchannel_dot_v1_dot_registry__pb2.ListBrokerKeysResponse.FromString,
             options,
             channel_credentials,
             insecure,

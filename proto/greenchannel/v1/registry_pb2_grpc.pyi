@@ -45,6 +45,8 @@ class RegistryServiceStub:
     """The platform with a platform code."""
     ResolveRegion: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ResolveRegionRequest, _registry_pb2.ResolveRegionResponse]
     """The police agency that serves a region (longest prefix)."""
+    ListBrokerKeys: _grpc.UnaryUnaryMultiCallable[_registry_pb2.ListBrokerKeysRequest, _registry_pb2.ListBrokerKeysResponse]
+    """The broker's own public keys: verify its notarizations (sig) and seal answers it reads (enc)."""
 
 @_typing.type_check_only
 class RegistryServiceAsyncStub(RegistryServiceStub):
@@ -63,6 +65,8 @@ class RegistryServiceAsyncStub(RegistryServiceStub):
     """The platform with a platform code."""
     ResolveRegion: _aio.UnaryUnaryMultiCallable[_registry_pb2.ResolveRegionRequest, _registry_pb2.ResolveRegionResponse]  # type: ignore[assignment]
     """The police agency that serves a region (longest prefix)."""
+    ListBrokerKeys: _aio.UnaryUnaryMultiCallable[_registry_pb2.ListBrokerKeysRequest, _registry_pb2.ListBrokerKeysResponse]  # type: ignore[assignment]
+    """The broker's own public keys: verify its notarizations (sig) and seal answers it reads (enc)."""
 
 class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
     """Look up agencies, their keys, and who serves an account, a number, a platform or a region."""
@@ -114,5 +118,13 @@ class RegistryServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_registry_pb2.ResolveRegionResponse, _abc.Awaitable[_registry_pb2.ResolveRegionResponse]]:
         """The police agency that serves a region (longest prefix)."""
+
+    @_abc_1.abstractmethod
+    def ListBrokerKeys(
+        self,
+        request: _registry_pb2.ListBrokerKeysRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_registry_pb2.ListBrokerKeysResponse, _abc.Awaitable[_registry_pb2.ListBrokerKeysResponse]]:
+        """The broker's own public keys: verify its notarizations (sig) and seal answers it reads (enc)."""
 
 def add_RegistryServiceServicer_to_server(servicer: RegistryServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

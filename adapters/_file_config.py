@@ -1,0 +1,529 @@
+"""``adapter.toml``: one agency's adapter, as ``greenchannel adapter --config FILE`` runs it.
+
+The file is read in two steps, both before anything is started or connected:
+
+1. :func:`load_adapter_file` parses and checks the TOML itself (tables, fields, types, ranges,
+   combinations) into a frozen :class:`AdapterFileConfig`;
+2. :func:`load_adapter_materials` reads what the file points at (the agency's private keys, the
+   directory and its key overlays, the NATS seed) and checks that they agree with each other.
+
+Every problem raises :class:`~adapters.AdapterConfigError` naming the file and a field path in
+TOML spelling: ``adapter.toml: nats.url: must be ...``. Unknown tables and fields are refused: a
+typo must not silently fall back to a default (plaintext, a default journal). Relative paths are
+relative to the directory of the file, so a deployment directory can be moved as a whole.
+
+The format, every field (``*`` required)::
+
+    [agency]
+    id* = "bank-icbc"                       the agency this adapter speaks for
+    signing_key* = "keys/sig.pem"           its Ed25519 private key (PKCS#8 PEM), registered in the directory
+    encryption_keys = ["keys/enc.pem"]      its X25519 private keys (PKCS#8 PEM), newest first; they open
+                                            sealed request bodies. Without them sealed requests are refused.
+
+    [registry]                              where the adapter finds every party's public keys
+    directory* = "directory.toml"           the agency directory the operator publishes
+    key_overlays = ["directory-keys.toml"]  public-key overlays (``[[key]]`` / ``[[broker_key]]``)
+
+    [nats]
+    url* = "nats://nats.example:4222"       one URL or an array of URLs (a cluster)
+    nkey_seed = "keys/nats.nk"              the agency's nkey user seed (``greenchannel nats-authorization``),
+                                            mode 0600; leave out only against a server without users
+    connect_timeout = 2.0                   seconds for one connection attempt
+    inbox_timeout = 60.0                    seconds to wait at start for the broker to have created the inbox
+
+    [service]                               the agency's own system (BankService, CarrierService, ...)
+    target* = "core.bank.internal:50061"    host:port
+    allow_plaintext = false                 true: no TLS to ``target`` (for a system on the same host)
+    call_timeout = 10.0                     deadline in seconds of one call
+    retry_budget = 300.0                    seconds a still-unavailable system is retried before FAILED
+
+    [service.tls]                           required unless allow_plaintext = true
+    ca* = "tls/ca.pem"                      CA that signs the system's server certificate
+    cert = "tls/adapter.pem"                client certificate (mTLS), with ``key``
+    key = "tls/adapter.key"                 its private key, with ``cert``
+    server_name = "core.bank.internal"      name to expect in the server certificate (default: the host)
+
+    [adapter]
+    journal_dir* = "state"                  the adapter's journal (idempotency database); created if missing
+    concurrency = 32                        inbox messages in flight at once
+    standard_concurrency = 8                at most this many of them STANDARD (<= concurrency)
+    ack_wait = 30.0                         seconds JetStream waits for an ack before redelivering. Under
+                                            per-agency NATS users the broker creates the consumers and
+                                            sets it: leave it out (the consumers' value is used) or match it
+    shutdown_grace = 10.0                   seconds a graceful stop lets the messages in flight finish
+
+    [health]                                optional: without it no health service
+    listen* = "127.0.0.1:8081"              gRPC health service (grpc.health.v1); port 0 picks one
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, NoReturn
+
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import x25519
+
+from broker.protocol import (
+    Agency,
+    AgencyKind,
+    KeyFileError,
+    NatsSettings,
+    Registry,
+    RegistryError,
+    SigningKey,
+    load_directory,
+    load_signing_key,
+)
+from broker.protocol._nats_auth import DEFAULT_INBOX_ACK_WAIT, agency_inbox_prefix, load_nats_public_key
+from broker.protocol._registry import AGENCY_ID
+from broker.protocol._sealing import encryption_kid
+
+from ._config import AdapterConfig
+from ._errors import AdapterConfigError
+
+__all__ = [
+    "FIELDS",
+    "AdapterFileConfig",
+    "AdapterMaterials",
+    "ServiceTls",
+    "load_adapter_file",
+    "load_adapter_materials",
+]
+
+
+# -- the schema ---------------------------------------------------------------------------------
+
+_Check = Callable[[Any], str | None]
+"""Returns what is wrong with a value (``"must be > 0"``), or None when it is fine."""
+
+
+@dataclass(frozen=True)
+class _Field:
+    """One field of a table: its TOML type, whether it is required, its default, a value check."""
+
+    kind: str
+    """``string``, ``strings`` (a string or an array of them), ``path``, ``paths``, ``number``,
+    ``int`` or ``bool``."""
+    required: bool = False
+    default: object = None
+    check: _Check | None = None
+
+
+def _positive(value: float) -> str | None:
+    return None if value > 0 else "must be > 0"
+
+
+def _non_negative(value: float) -> str | None:
+    return None if value >= 0 else "must be >= 0"
+
+
+def _at_least_one(value: int) -> str | None:
+    return None if value >= 1 else "must be >= 1"
+
+
+def _agency_id(value: str) -> str | None:
+    return None if AGENCY_ID.fullmatch(value) else "must be an agency id such as 'bank-icbc' ([a-z0-9-])"
+
+
+_HOST_PORT = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(?P<port>[0-9]{1,5})")
+_NATS_URL = re.compile(r"(nats|tls)://([^\s/@]+@)?(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+)(:[0-9]{1,5})?")
+
+
+def _host_port(value: str) -> str | None:
+    match = _HOST_PORT.fullmatch(value)
+    if match is None or int(match["port"]) > 65535:
+        return "must be host:port (e.g. '127.0.0.1:50061')"
+    return None
+
+
+def _nats_urls(values: tuple[str, ...]) -> str | None:
+    if not values:
+        return "must name at least one server"
+    for url in values:
+        if not _NATS_URL.fullmatch(url):
+            return f"must be nats://host:port or tls://host:port URLs, got {url!r}"
+    return None
+
+
+_TABLES: Mapping[str, Mapping[str, _Field]] = MappingProxyType(
+    {
+        "agency": {
+            "id": _Field("string", required=True, check=_agency_id),
+            "signing_key": _Field("path", required=True),
+            "encryption_keys": _Field("paths", default=()),
+        },
+        "registry": {
+            "directory": _Field("path", required=True),
+            "key_overlays": _Field("paths", default=()),
+        },
+        "nats": {
+            "url": _Field("strings", required=True, check=_nats_urls),
+            "nkey_seed": _Field("path"),
+            "connect_timeout": _Field("number", default=2.0, check=_positive),
+            "inbox_timeout": _Field("number", default=60.0, check=_positive),
+        },
+        "service": {
+            "target": _Field("string", required=True, check=_host_port),
+            "allow_plaintext": _Field("bool", default=False),
+            "call_timeout": _Field("number", default=10.0, check=_positive),
+            "retry_budget": _Field("number", default=300.0, check=_non_negative),
+        },
+        "service.tls": {
+            "ca": _Field("path", required=True),
+            "cert": _Field("path"),
+            "key": _Field("path"),
+            "server_name": _Field("string"),
+        },
+        "adapter": {
+            "journal_dir": _Field("path", required=True),
+            "concurrency": _Field("int", default=32, check=_at_least_one),
+            "standard_concurrency": _Field("int", default=8, check=_at_least_one),
+            "ack_wait": _Field("number", check=_positive),
+            "shutdown_grace": _Field("number", default=10.0, check=_non_negative),
+        },
+        "health": {
+            "listen": _Field("string", required=True, check=_host_port),
+        },
+    }
+)
+FIELDS: Mapping[str, tuple[str, ...]] = MappingProxyType({table: tuple(f) for table, f in _TABLES.items()})
+"""Every table of the format (``service.tls`` for the nested one) and its fields, in order."""
+_SUBTABLES = MappingProxyType({"service": ("tls",)})
+
+
+# -- the result ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServiceTls:
+    """TLS to the agency's own system."""
+
+    ca: Path
+    """CA certificate(s) that sign the system's server certificate (PEM)."""
+    cert: Path | None = None
+    """The adapter's client certificate (PEM) for mTLS; given together with ``key``."""
+    key: Path | None = None
+    """The client certificate's private key (PEM)."""
+    server_name: str | None = None
+    """Name expected in the server certificate, when it is not the host of the target."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdapterFileConfig:
+    """An ``adapter.toml``, checked; paths absolute. Nothing it points at has been read yet."""
+
+    source: Path
+    """The file it was read from, for messages."""
+    adapter: AdapterConfig
+    """The runtime's settings (agency id, target, journal directory, NATS, timings)."""
+    signing_key: Path
+    """The agency's Ed25519 private key file."""
+    encryption_keys: tuple[Path, ...]
+    """The agency's X25519 private key files, newest first; empty: sealed requests are refused."""
+    directory: Path
+    """The agency directory file."""
+    key_overlays: tuple[Path, ...]
+    """Public-key overlays merged into the directory."""
+    tls: ServiceTls | None
+    """TLS to the agency's system; None only when ``allow_plaintext``."""
+    allow_plaintext: bool
+    """Whether the agency's system is reached without TLS."""
+    ack_wait: float | None
+    """The ack wait the file asks for; None: the inbox consumers' own (``adapter.ack_wait`` then
+    holds the default until the adapter has seen them)."""
+    inbox_timeout: float
+    """Seconds to wait at start for the broker to have created the agency's inbox consumers."""
+    health_listen: str | None
+    """Address of the gRPC health service; None: no health service."""
+
+    def with_health(self, listen: str) -> AdapterFileConfig:
+        """This config with the health service on ``listen`` (a command-line override)."""
+        if (problem := _host_port(listen)) is not None:
+            raise AdapterConfigError(f"--health-listen: {problem}")
+        return replace(self, health_listen=listen)
+
+    @property
+    def nats(self) -> NatsSettings:
+        """How the adapter connects (always set by :func:`load_adapter_file`)."""
+        assert self.adapter.nats is not None
+        return self.adapter.nats
+
+
+@dataclass(frozen=True, kw_only=True)
+class AdapterMaterials:
+    """What the file points at, read and checked against each other."""
+
+    registry: Registry
+    """The directory with its key overlays."""
+    agency: Agency
+    """This adapter's agency, as the directory lists it."""
+    signing_key: SigningKey
+    """Its Ed25519 key, registered for it."""
+    decryption_keys: tuple[x25519.X25519PrivateKey, ...]
+    """Its X25519 keys, newest first (empty when none are configured)."""
+
+
+# -- reading the file ---------------------------------------------------------------------------
+
+_TYPE_NAMES = {str: "a string", bool: "a boolean", int: "an integer", float: "a float", list: "an array"}
+
+
+def _type_name(value: object) -> str:
+    return "a table" if isinstance(value, dict) else _TYPE_NAMES.get(type(value), type(value).__name__)
+
+
+class _Reader:
+    """Reads the tables of one file by the schema; every error names the file and field."""
+
+    def __init__(self, source: Path) -> None:
+        self.source = source
+        self.base = source.parent
+
+    def fail(self, field: str | None, message: str) -> NoReturn:
+        where = f"{self.source}: {field}" if field else str(self.source)
+        raise AdapterConfigError(f"{where}: {message}")
+
+    def table(self, name: str, value: object, *, required: bool) -> dict[str, Any] | None:
+        schema = _TABLES[name]
+        if value is None:
+            if required:
+                self.fail(name, f"missing required table [{name}]")
+            return None
+        if not isinstance(value, dict):
+            self.fail(name, f"expected a table [{name}], got {_type_name(value)}")
+        allowed = set(schema) | set(_SUBTABLES.get(name, ()))
+        for key in value:
+            if key not in allowed:
+                self.fail(f"{name}.{key}", f"unknown field (expected one of: {', '.join(sorted(allowed))})")
+        return {key: self.field(f"{name}.{key}", spec, value.get(key)) for key, spec in schema.items()}
+
+    def required(self, root: Mapping[str, object], name: str) -> dict[str, Any]:
+        table = self.table(name, root.get(name), required=True)
+        assert table is not None  # table() fails on a missing required table
+        return table
+
+    def field(self, where: str, spec: _Field, value: object) -> Any:
+        if value is None:
+            if spec.required:
+                self.fail(where, "missing required field")
+            return spec.default
+        parsed = self._typed(where, spec.kind, value)
+        if spec.check is not None and (problem := spec.check(parsed)) is not None:
+            self.fail(where, problem)
+        return parsed
+
+    def _typed(self, where: str, kind: str, value: object) -> Any:
+        if kind in ("string", "path"):
+            if not isinstance(value, str) or not value:
+                self.fail(where, f"expected a non-empty string, got {_type_name(value)}")
+            return self.base / value if kind == "path" else value
+        if kind in ("strings", "paths"):
+            items = [value] if isinstance(value, str) and kind == "strings" else value
+            if not isinstance(items, list):
+                self.fail(where, f"expected an array of strings, got {_type_name(value)}")
+            for i, item in enumerate(items):
+                if not isinstance(item, str) or not item:
+                    self.fail(f"{where}[{i}]", f"expected a non-empty string, got {_type_name(item)}")
+            return tuple(self.base / item for item in items) if kind == "paths" else tuple(items)
+        if kind == "bool":
+            if not isinstance(value, bool):
+                self.fail(where, f"expected true or false, got {_type_name(value)}")
+            return value
+        if kind == "int":
+            if type(value) is not int:  # bool is an int subclass; `concurrency = true` is a mistake
+                self.fail(where, f"expected an integer, got {_type_name(value)}")
+            return value
+        if type(value) not in (int, float):
+            self.fail(where, f"expected a number of seconds, got {_type_name(value)}")
+        return float(value)  # type: ignore[arg-type]
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise AdapterConfigError(f"{path}: cannot read file: {exc.strerror or exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise AdapterConfigError(f"{path}: not UTF-8 (byte offset {exc.start})") from exc
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        # tomllib's message carries the position: "Invalid value (at line 7, column 9)".
+        raise AdapterConfigError(f"{path}: invalid TOML: {exc}") from exc
+
+
+def _is_loopback(target: str) -> bool:
+    host = target.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def load_adapter_file(path: Path) -> AdapterFileConfig:
+    """Parse and check ``path``; raises :class:`AdapterConfigError` naming file and field."""
+    source = Path(path).absolute()
+    reader = _Reader(source)
+    root = _read_toml(source)
+    for key in root:
+        if key not in _TABLES or "." in key:
+            reader.fail(key, f"unknown table (expected: {', '.join(t for t in _TABLES if '.' not in t)})")
+    agency = reader.required(root, "agency")
+    registry = reader.required(root, "registry")
+    nats = reader.required(root, "nats")
+    service = reader.required(root, "service")
+    adapter = reader.required(root, "adapter")
+    health = reader.table("health", root.get("health"), required=False)
+    raw_service = root["service"]
+    tls_table = reader.table("service.tls", raw_service.get("tls"), required=False)
+
+    tls: ServiceTls | None = None
+    if tls_table is not None:
+        if service["allow_plaintext"]:
+            reader.fail("service.allow_plaintext", "contradicts [service.tls]: remove one of them")
+        if (tls_table["cert"] is None) != (tls_table["key"] is None):
+            reader.fail(
+                "service.tls.cert" if tls_table["cert"] is None else "service.tls.key",
+                "cert and key go together",
+            )
+        tls = ServiceTls(**tls_table)
+    elif not service["allow_plaintext"]:
+        reader.fail(
+            "service",
+            "no [service.tls]: add it (ca, and cert/key for mTLS), or set allow_plaintext = true "
+            "for a system on this host",
+        )
+    elif not _is_loopback(service["target"]):
+        reader.fail(
+            "service.allow_plaintext",
+            f"plaintext is allowed only to a system on this host (127.0.0.1, ::1, localhost), "
+            f"not {service['target']!r}: configure [service.tls]",
+        )
+    if adapter["standard_concurrency"] > adapter["concurrency"]:
+        reader.fail("adapter.standard_concurrency", "must be <= adapter.concurrency")
+
+    agency_id: str = agency["id"]
+    seed: Path | None = nats["nkey_seed"]
+    settings = NatsSettings(
+        servers=nats["url"],
+        name=f"greenchannel-adapter-{agency_id}",
+        nkey_seed_file=seed,
+        # An agency's NATS user may only receive replies below its own prefix.
+        inbox_prefix=agency_inbox_prefix(agency_id) if seed is not None else None,
+        connect_timeout=nats["connect_timeout"],
+    )
+    try:
+        runtime = AdapterConfig(
+            agency_id=agency_id,
+            agency_target=service["target"],
+            state_dir=adapter["journal_dir"],
+            nats=settings,
+            call_timeout=service["call_timeout"],
+            retry_budget=service["retry_budget"],
+            ack_wait=adapter["ack_wait"] or DEFAULT_INBOX_ACK_WAIT,
+            concurrency=adapter["concurrency"],
+            standard_concurrency=adapter["standard_concurrency"],
+            shutdown_grace=adapter["shutdown_grace"],
+        )
+    except ValueError as exc:  # every field was checked above; this is a combination we missed
+        reader.fail(None, str(exc))
+    return AdapterFileConfig(
+        source=source,
+        adapter=runtime,
+        signing_key=agency["signing_key"],
+        encryption_keys=agency["encryption_keys"],
+        directory=registry["directory"],
+        key_overlays=registry["key_overlays"],
+        tls=tls,
+        allow_plaintext=service["allow_plaintext"],
+        ack_wait=adapter["ack_wait"],
+        inbox_timeout=nats["inbox_timeout"],
+        health_listen=health["listen"] if health is not None else None,
+    )
+
+
+# -- reading what it points at ------------------------------------------------------------------
+
+
+def _encryption_key(path: Path) -> x25519.X25519PrivateKey:
+    try:
+        private = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except OSError as exc:
+        raise KeyFileError(f"{path}: cannot read key file: {exc.strerror}") from exc
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        raise KeyFileError(f"{path}: not an unencrypted PEM private key") from exc
+    if not isinstance(private, x25519.X25519PrivateKey):
+        raise KeyFileError(f"{path}: expected an X25519 key, found {type(private).__name__}")
+    return private
+
+
+def _readable(path: Path, field: str, config: AdapterFileConfig) -> None:
+    if not path.is_file():
+        raise AdapterConfigError(f"{config.source}: {field}: {path}: no such file")
+
+
+def load_adapter_materials(config: AdapterFileConfig) -> AdapterMaterials:
+    """Read the keys, the directory and the NATS seed the file names; check they fit together."""
+    where = config.source
+
+    def fail(field: str, message: str) -> NoReturn:
+        raise AdapterConfigError(f"{where}: {field}: {message}")
+
+    _readable(config.directory, "registry.directory", config)
+    for i, overlay in enumerate(config.key_overlays):
+        _readable(overlay, f"registry.key_overlays[{i}]", config)
+    try:
+        registry = load_directory(config.directory, key_overlays=config.key_overlays)
+    except RegistryError as exc:
+        fail("registry", str(exc))
+    agency_id = config.adapter.agency_id
+    if agency_id not in registry:
+        fail("agency.id", f"{agency_id!r} is not in the directory {config.directory}")
+    agency = registry.get(agency_id)
+    if agency.kind is AgencyKind.REGULATOR:
+        fail("agency.id", f"{agency_id!r} is a regulator: regulators run no agency service")
+    if not registry.broker_keys():
+        fail("registry", "no broker key: add the overlay with the broker's [[broker_key]]")
+
+    try:
+        signing_key = load_signing_key(config.signing_key)
+    except KeyFileError as exc:
+        fail("agency.signing_key", str(exc))
+    if signing_key.kid not in {key.kid for key in agency.signing_keys()}:
+        fail("agency.signing_key", f"key {signing_key.kid} is not a registered signing key of {agency_id!r}")
+
+    decryption: list[x25519.X25519PrivateKey] = []
+    registered = {key.kid for key in agency.encryption_keys()}
+    for i, path in enumerate(config.encryption_keys):
+        field = f"agency.encryption_keys[{i}]"
+        try:
+            key = _encryption_key(path)
+        except KeyFileError as exc:
+            fail(field, str(exc))
+        if encryption_kid(key) not in registered:
+            fail(field, f"key {encryption_kid(key)} is not a registered encryption key of {agency_id!r}")
+        decryption.append(key)
+
+    seed = config.nats.nkey_seed_file
+    if seed is not None:
+        try:
+            load_nats_public_key(seed)
+        except KeyFileError as exc:
+            fail("nats.nkey_seed", str(exc))
+    if config.tls is not None:
+        for name, tls_file in (("ca", config.tls.ca), ("cert", config.tls.cert), ("key", config.tls.key)):
+            if tls_file is not None:
+                _readable(tls_file, f"service.tls.{name}", config)
+    return AdapterMaterials(
+        registry=registry, agency=agency, signing_key=signing_key, decryption_keys=tuple(decryption)
+    )

@@ -1,0 +1,116 @@
+"""Checks of a ``CarrierService``: blocks, warnings, subscriber data, MISMATCH on SIM identifiers.
+
+Every check acts on its own fixture line and lifts the blocks it placed.
+"""
+
+from __future__ import annotations
+
+from greenchannel.v1 import carrier_pb2, carrier_pb2_grpc, common_pb2, requests_pb2, results_pb2
+
+from ._blocking import BlockingService, blocking_checks
+from ._generic import Check
+from ._probe import Probe, expect, expect_no_data, expect_outcome
+
+__all__ = ["CARRIER_CHECKS", "carrier_stub"]
+
+carrier_stub = carrier_pb2_grpc.CarrierServiceStub
+
+_WRONG_ICCID = "89860999999999999999"
+"""A SIM serial no fixture line has."""
+_TEMPLATE = "conformance-warning"
+
+
+def _phone(probe: Probe, role: str, *, iccid: str = "") -> common_pb2.PhoneRef:
+    return common_pb2.PhoneRef(e164=probe.fixture.lines[role].e164, iccid=iccid)
+
+
+def _block(
+    probe: Probe, role: str, request_id: str | None, unblock: bool, *, iccid: str = ""
+) -> carrier_pb2.BlockNumberRequest:
+    return carrier_pb2.BlockNumberRequest(
+        context=probe.context(request_id=request_id, instrument=common_pb2.LEGAL_INSTRUMENT_TYPE_BLOCK_ORDER),
+        order=requests_pb2.NumberBlock(
+            phone=_phone(probe, role, iccid=iccid), scope=requests_pb2.BLOCK_SCOPE_NUMBER, unblock=unblock
+        ),
+    )
+
+
+def _warn(probe: Probe, role: str, request_id: str | None) -> carrier_pb2.WarnSubscriberRequest:
+    return carrier_pb2.WarnSubscriberRequest(
+        context=probe.context(request_id=request_id, instrument=common_pb2.LEGAL_INSTRUMENT_TYPE_BLOCK_ORDER),
+        order=requests_pb2.Warning(
+            phone=_phone(probe, role), channel=requests_pb2.WARNING_CHANNEL_SMS, template_id=_TEMPLATE
+        ),
+    )
+
+
+def _data(
+    probe: Probe, role: str, request_id: str | None, *, iccid: str = ""
+) -> carrier_pb2.QuerySubscriberDataRequest:
+    return carrier_pb2.QuerySubscriberDataRequest(
+        context=probe.context(
+            request_id=request_id, instrument=common_pb2.LEGAL_INSTRUMENT_TYPE_EVIDENCE_NOTICE
+        ),
+        order=requests_pb2.DataRequest(
+            category=requests_pb2.DATA_CATEGORY_SUBSCRIBER, phone=_phone(probe, role, iccid=iccid)
+        ),
+    )
+
+
+def _block_unknown(probe: Probe) -> carrier_pb2.BlockNumberRequest:
+    request = _block(probe, "block", None, False)
+    request.order.phone.e164 = probe.fixture.unknown_number
+    return request
+
+
+def _data_unknown(probe: Probe) -> carrier_pb2.QuerySubscriberDataRequest:
+    request = _data(probe, "data", None)
+    request.order.phone.e164 = probe.fixture.unknown_number
+    return request
+
+
+_CARRIER = BlockingService(
+    kind="carrier",
+    block_method="BlockNumber",
+    warn_method="WarnSubscriber",
+    data_method="QuerySubscriberData",
+    block=_block,
+    warn=_warn,
+    data=_data,
+    block_unknown=_block_unknown,
+    data_unknown=_data_unknown,
+    subject="number",
+)
+
+
+async def _check_mismatch(probe: Probe) -> str:
+    line = probe.fixture.lines["mismatch"]
+    mismatch = results_pb2.REASON_CODE_MISMATCH
+    rejected = common_pb2.REQUEST_STATE_REJECTED
+    try:
+        what = "BlockNumber with a SIM of another line"
+        answer = await probe.call("BlockNumber", _block(probe, "mismatch", None, False, iccid=_WRONG_ICCID))
+        expect_outcome(answer.result, rejected, mismatch, what=what)
+        expect(len(answer.result.block.blocked) == 0, f"{what}: blocked something")
+        what = "QuerySubscriberData with a SIM of another line"
+        data = await probe.call("QuerySubscriberData", _data(probe, "mismatch", None, iccid=_WRONG_ICCID))
+        expect_outcome(data.result, rejected, mismatch, what=what)
+        expect_no_data(data, what=what)
+        for result in (answer.result, data.result):
+            expect(line.iccid not in result.detail, "a MISMATCH detail quotes the line's records")
+    finally:
+        await _CARRIER.unblock(probe, "mismatch")
+    return "BlockNumber and QuerySubscriberData: REJECTED/MISMATCH, nothing done, nothing told"
+
+
+_SHARED = blocking_checks(_CARRIER)
+
+CARRIER_CHECKS: tuple[Check, ...] = (
+    *_SHARED[:4],
+    Check(
+        name="carrier.mismatch.sim",
+        proves="a SIM that is not the number's is MISMATCH before anything is done",
+        run=_check_mismatch,
+    ),
+    *_SHARED[4:],
+)

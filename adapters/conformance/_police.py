@@ -1,0 +1,89 @@
+"""Checks of a ``PoliceService``: assistance requests and fraud reports."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from greenchannel.v1 import common_pb2, police_pb2, police_pb2_grpc, requests_pb2, results_pb2
+
+from ._generic import Check, Sample, deadline_check, malformed_check, replay_check
+from ._probe import Probe, expect, expect_outcome, timestamp
+
+__all__ = ["POLICE_CHECKS", "police_stub"]
+
+police_stub = police_pb2_grpc.PoliceServiceStub
+
+EXECUTED = common_pb2.REQUEST_STATE_EXECUTED
+REJECTED = common_pb2.REQUEST_STATE_REJECTED
+
+
+def _assistance_request(probe: Probe, *, request_id: str | None = None) -> police_pb2.HandleAssistanceRequest:
+    return police_pb2.HandleAssistanceRequest(
+        context=probe.context(
+            request_id=request_id, instrument=common_pb2.LEGAL_INSTRUMENT_TYPE_ASSISTANCE_LETTER
+        ),
+        order=requests_pb2.Assistance(
+            region=probe.fixture.police_region,
+            kind=requests_pb2.ASSISTANCE_KIND_LOCATE,
+            task="conformance check: locate the handset of a fictional suspect",
+        ),
+    )
+
+
+def _report_request(probe: Probe, *, request_id: str | None = None) -> police_pb2.ReceiveFraudReportRequest:
+    return police_pb2.ReceiveFraudReportRequest(
+        context=probe.context(request_id=request_id, instrument=common_pb2.LEGAL_INSTRUMENT_TYPE_NONE),
+        report=requests_pb2.FraudReport(
+            kind=requests_pb2.FRAUD_REPORT_KIND_FRAUD_CALLS,
+            summary="conformance check: a fictional number calling many subscribers",
+            phones=[common_pb2.PhoneRef(e164="+8617000000001")],
+            observed_at=timestamp(datetime.now(UTC)),
+            region=probe.fixture.police_region,
+        ),
+    )
+
+
+async def _check_assistance(probe: Probe) -> str:
+    answer = await probe.call("HandleAssistance", _assistance_request(probe))
+    result = answer.result
+    decision = result.assistance
+    if decision == results_pb2.ASSISTANCE_DECISION_COMPLETED:
+        expect_outcome(result, EXECUTED, what="HandleAssistance COMPLETED")
+        expect(answer.HasField("report"), "HandleAssistance COMPLETED without a report")
+    elif decision == results_pb2.ASSISTANCE_DECISION_DECLINED:
+        expect_outcome(result, REJECTED, results_pb2.REASON_CODE_DECLINED, what="HandleAssistance DECLINED")
+    elif decision == results_pb2.ASSISTANCE_DECISION_ACCEPTED:
+        expect_outcome(result, EXECUTED, what="HandleAssistance ACCEPTED")
+    else:
+        expect(False, "HandleAssistance: result.assistance says neither accepted, declined nor completed")
+    return results_pb2.AssistanceDecision.Name(decision).removeprefix("ASSISTANCE_DECISION_")
+
+
+async def _check_report(probe: Probe) -> str:
+    answer = await probe.call("ReceiveFraudReport", _report_request(probe))
+    expect_outcome(answer.result, EXECUTED, what="ReceiveFraudReport")
+    return "filed"
+
+
+_ASSISTANCE = Sample(
+    method="HandleAssistance", build=lambda probe, rid: _assistance_request(probe, request_id=rid)
+)
+_REPORT = Sample(
+    method="ReceiveFraudReport",
+    build=lambda probe, rid: _report_request(probe, request_id=rid),
+    order_field="report",
+)
+
+POLICE_CHECKS: tuple[Check, ...] = (
+    Check(
+        name="police.handle_assistance",
+        proves="an assistance request is accepted, declined or completed with a report",
+        run=_check_assistance,
+    ),
+    Check(name="police.receive_fraud_report", proves="a fraud report is filed", run=_check_report),
+    replay_check("police", _REPORT),
+    # Declining is a legitimate answer; whatever it is, a repeat must get the same one.
+    replay_check("police", _ASSISTANCE, outcome=None),
+    malformed_check("police", (_ASSISTANCE, _REPORT)),
+    deadline_check("police", _REPORT),
+)
