@@ -145,7 +145,7 @@ def test_keys_that_do_not_belong_to_the_agency_are_refused_before_anything_start
     with pytest.raises(AdapterConfigError, match=r"agency\.signing_key: key \S+ is not a registered"):
         load_adapter_materials(load_adapter_file(path))
     # Through the command: one line naming the file and field, exit 1, no journal created.
-    monkeypatch.setattr("broker.cli.configure_logging", lambda *_a, **_k: None)
+    monkeypatch.setattr("broker.cli._main.configure_logging", lambda *_a, **_k: None)
     assert main(["adapter", "--config", str(path)]) == 1
     err = capsys.readouterr().err
     assert f"{path}: agency.signing_key:" in err
