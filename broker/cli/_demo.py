@@ -57,7 +57,7 @@ def render_report(report: DemoReport) -> list[str]:
         lines += [f"   {line}" if line else "" for line in render_trail(report.trail, report.trail_accounts)]
     if report.sla is not None:
         lines += ["", "SLA report (as the regulator reads it):"]
-        lines += [f"   {line}" for line in render_table(report.sla).splitlines()]
+        lines += [f"   {line}" if line else "" for line in render_table(report.sla).splitlines()]
     lines.append("")
     lines += _requests_table(report)
     lines.append("")
