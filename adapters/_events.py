@@ -11,10 +11,18 @@ import uuid
 from collections.abc import Sequence
 from datetime import datetime, timedelta
 
-from google.protobuf.timestamp_pb2 import Timestamp
 from greenchannel.v1 import common_pb2, envelope_pb2, lifecycle_pb2, results_pb2
 
-from broker.protocol import Clock, KeyStore, ManualClock, SigningKey, VerificationError
+from broker.protocol import (
+    Clock,
+    KeyStore,
+    ManualClock,
+    SigningKey,
+    VerificationError,
+    reason_name,
+    state_name,
+    to_timestamp,
+)
 from broker.protocol._envelope import BROKER_ID, EVENT_TYPE, sign_message, verify_event
 
 __all__ = [
@@ -36,16 +44,6 @@ changing it would give every redelivered request new event ids.
 """
 
 
-def state_name(state: common_pb2.RequestState.ValueType) -> str:
-    """``EXECUTED`` for REQUEST_STATE_EXECUTED."""
-    return common_pb2.RequestState.Name(state).removeprefix("REQUEST_STATE_")
-
-
-def reason_name(reason: results_pb2.ReasonCode.ValueType) -> str:
-    """``SIGNATURE_INVALID`` for REASON_CODE_SIGNATURE_INVALID."""
-    return results_pb2.ReasonCode.Name(reason).removeprefix("REASON_CODE_")
-
-
 def event_id_for(request_id: str, state: common_pb2.RequestState.ValueType) -> str:
     """``uuid5(EVENT_ID_NAMESPACE, "<request id>/<STATE>")``: one id per request and state."""
     return str(uuid.uuid5(EVENT_ID_NAMESPACE, f"{request_id}/{state_name(state)}"))
@@ -60,12 +58,6 @@ def refusal_event_id(request_id: str, request_digest: str) -> str:
     digest as well, the forgery gets an id of its own, still stable across redeliveries.
     """
     return str(uuid.uuid5(EVENT_ID_NAMESPACE, f"{request_id}/FAILED/{request_digest}"))
-
-
-def _timestamp(when: datetime) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromDatetime(when)
-    return stamp
 
 
 def build_event(
@@ -85,7 +77,7 @@ def build_event(
         request_id=request_id,
         state=state,
         actor=actor,
-        at=_timestamp(at),
+        at=to_timestamp(at),
         request_digest=request_digest,
         reason=reason,
         detail=detail,

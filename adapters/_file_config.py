@@ -60,7 +60,6 @@ from __future__ import annotations
 
 import ipaddress
 import re
-import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -79,8 +78,10 @@ from broker.protocol import (
     Registry,
     RegistryError,
     SigningKey,
+    TomlTable,
     load_directory,
     load_signing_key,
+    read_toml,
 )
 from broker.protocol._nats_auth import DEFAULT_INBOX_ACK_WAIT, agency_inbox_prefix, load_nats_public_key
 from broker.protocol._registry import AGENCY_ID
@@ -273,91 +274,47 @@ class AdapterMaterials:
 
 # -- reading the file ---------------------------------------------------------------------------
 
-_TYPE_NAMES = {str: "a string", bool: "a boolean", int: "an integer", float: "a float", list: "an array"}
+
+def _error(message: str, /, *, file: str | None = None, field: str | None = None) -> AdapterConfigError:
+    """``adapter.toml: nats.url: must be ...``: the shape every adapter config error has."""
+    where = ": ".join(part for part in (file, field) if part)
+    return AdapterConfigError(f"{where}: {message}" if where else message)
 
 
-def _type_name(value: object) -> str:
-    return "a table" if isinstance(value, dict) else _TYPE_NAMES.get(type(value), type(value).__name__)
+def _fields(scope: TomlTable, name: str, *, base: Path) -> dict[str, Any]:
+    """Every field of table ``name`` by the schema, checked, defaults filled in."""
+    schema = _TABLES[name]
+    scope.only(set(schema) | set(_SUBTABLES.get(name, ())))
+    return {key: _field(scope, key, spec, base=base) for key, spec in schema.items()}
 
 
-class _Reader:
-    """Reads the tables of one file by the schema; every error names the file and field."""
-
-    def __init__(self, source: Path) -> None:
-        self.source = source
-        self.base = source.parent
-
-    def fail(self, field: str | None, message: str) -> NoReturn:
-        where = f"{self.source}: {field}" if field else str(self.source)
-        raise AdapterConfigError(f"{where}: {message}")
-
-    def table(self, name: str, value: object, *, required: bool) -> dict[str, Any] | None:
-        schema = _TABLES[name]
-        if value is None:
-            if required:
-                self.fail(name, f"missing required table [{name}]")
-            return None
-        if not isinstance(value, dict):
-            self.fail(name, f"expected a table [{name}], got {_type_name(value)}")
-        allowed = set(schema) | set(_SUBTABLES.get(name, ()))
-        for key in value:
-            if key not in allowed:
-                self.fail(f"{name}.{key}", f"unknown field (expected one of: {', '.join(sorted(allowed))})")
-        return {key: self.field(f"{name}.{key}", spec, value.get(key)) for key, spec in schema.items()}
-
-    def required(self, root: Mapping[str, object], name: str) -> dict[str, Any]:
-        table = self.table(name, root.get(name), required=True)
-        assert table is not None  # table() fails on a missing required table
-        return table
-
-    def field(self, where: str, spec: _Field, value: object) -> Any:
-        if value is None:
-            if spec.required:
-                self.fail(where, "missing required field")
-            return spec.default
-        parsed = self._typed(where, spec.kind, value)
-        if spec.check is not None and (problem := spec.check(parsed)) is not None:
-            self.fail(where, problem)
-        return parsed
-
-    def _typed(self, where: str, kind: str, value: object) -> Any:
-        if kind in ("string", "path"):
-            if not isinstance(value, str) or not value:
-                self.fail(where, f"expected a non-empty string, got {_type_name(value)}")
-            return self.base / value if kind == "path" else value
-        if kind in ("strings", "paths"):
-            items = [value] if isinstance(value, str) and kind == "strings" else value
-            if not isinstance(items, list):
-                self.fail(where, f"expected an array of strings, got {_type_name(value)}")
-            for i, item in enumerate(items):
-                if not isinstance(item, str) or not item:
-                    self.fail(f"{where}[{i}]", f"expected a non-empty string, got {_type_name(item)}")
-            return tuple(self.base / item for item in items) if kind == "paths" else tuple(items)
-        if kind == "bool":
-            if not isinstance(value, bool):
-                self.fail(where, f"expected true or false, got {_type_name(value)}")
-            return value
-        if kind == "int":
-            if type(value) is not int:  # bool is an int subclass; `concurrency = true` is a mistake
-                self.fail(where, f"expected an integer, got {_type_name(value)}")
-            return value
-        if type(value) not in (int, float):
-            self.fail(where, f"expected a number of seconds, got {_type_name(value)}")
-        return float(value)  # type: ignore[arg-type]
-
-
-def _read_toml(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except OSError as exc:
-        raise AdapterConfigError(f"{path}: cannot read file: {exc.strerror or exc}") from exc
-    except UnicodeDecodeError as exc:
-        raise AdapterConfigError(f"{path}: not UTF-8 (byte offset {exc.start})") from exc
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        # tomllib's message carries the position: "Invalid value (at line 7, column 9)".
-        raise AdapterConfigError(f"{path}: invalid TOML: {exc}") from exc
+def _field(scope: TomlTable, key: str, spec: _Field, *, base: Path) -> Any:
+    if not scope.has(key):
+        if spec.required:
+            scope.fail(key, "missing required field")
+        return spec.default
+    value: Any
+    if spec.kind in ("string", "path"):
+        value = scope.string(key)
+        if not value:
+            scope.fail(key, "expected a non-empty string, got an empty one")
+        value = base / value if spec.kind == "path" else value
+    elif spec.kind in ("strings", "paths"):
+        one = scope.values[key] if spec.kind == "strings" else None
+        items = (one,) if isinstance(one, str) else scope.strings(key)
+        for i, item in enumerate(items):
+            if not item:
+                scope.fail(f"{key}[{i}]", "expected a non-empty string, got an empty one")
+        value = tuple(base / item for item in items) if spec.kind == "paths" else items
+    elif spec.kind == "bool":
+        value = scope.boolean(key, default=False)
+    elif spec.kind == "int":
+        value = scope.integer(key)
+    else:
+        value = scope.number(key, expected="a number of seconds")
+    if spec.check is not None and (problem := spec.check(value)) is not None:
+        scope.fail(key, problem)
+    return value
 
 
 def _is_loopback(target: str) -> bool:
@@ -373,44 +330,46 @@ def _is_loopback(target: str) -> bool:
 def load_adapter_file(path: Path) -> AdapterFileConfig:
     """Parse and check ``path``; raises :class:`AdapterConfigError` naming file and field."""
     source = Path(path).absolute()
-    reader = _Reader(source)
-    root = _read_toml(source)
-    for key in root:
+    base = source.parent
+    root = read_toml(source, _error, invalid="invalid TOML")
+    for key in root.values:
         if key not in _TABLES or "." in key:
-            reader.fail(key, f"unknown table (expected: {', '.join(t for t in _TABLES if '.' not in t)})")
-    agency = reader.required(root, "agency")
-    registry = reader.required(root, "registry")
-    nats = reader.required(root, "nats")
-    service = reader.required(root, "service")
-    adapter = reader.required(root, "adapter")
-    health = reader.table("health", root.get("health"), required=False)
-    raw_service = root["service"]
-    tls_table = reader.table("service.tls", raw_service.get("tls"), required=False)
+            root.fail(key, f"unknown table (expected: {', '.join(t for t in _TABLES if '.' not in t)})")
+    agency = _fields(root.table("agency"), "agency", base=base)
+    registry = _fields(root.table("registry"), "registry", base=base)
+    nats = _fields(root.table("nats"), "nats", base=base)
+    service_scope = root.table("service")
+    service = _fields(service_scope, "service", base=base)
+    adapter = _fields(root.table("adapter"), "adapter", base=base)
+    health_scope = root.optional_table("health")
+    health = None if health_scope is None else _fields(health_scope, "health", base=base)
+    tls_scope = service_scope.optional_table("tls")
+    tls_table = None if tls_scope is None else _fields(tls_scope, "service.tls", base=base)
 
     tls: ServiceTls | None = None
     if tls_table is not None:
         if service["allow_plaintext"]:
-            reader.fail("service.allow_plaintext", "contradicts [service.tls]: remove one of them")
+            root.fail("service.allow_plaintext", "contradicts [service.tls]: remove one of them")
         if (tls_table["cert"] is None) != (tls_table["key"] is None):
-            reader.fail(
+            root.fail(
                 "service.tls.cert" if tls_table["cert"] is None else "service.tls.key",
                 "cert and key go together",
             )
         tls = ServiceTls(**tls_table)
     elif not service["allow_plaintext"]:
-        reader.fail(
+        root.fail(
             "service",
             "no [service.tls]: add it (ca, and cert/key for mTLS), or set allow_plaintext = true "
             "for a system on this host",
         )
     elif not _is_loopback(service["target"]):
-        reader.fail(
+        root.fail(
             "service.allow_plaintext",
             f"plaintext is allowed only to a system on this host (127.0.0.1, ::1, localhost), "
             f"not {service['target']!r}: configure [service.tls]",
         )
     if adapter["standard_concurrency"] > adapter["concurrency"]:
-        reader.fail("adapter.standard_concurrency", "must be <= adapter.concurrency")
+        root.fail("adapter.standard_concurrency", "must be <= adapter.concurrency")
 
     agency_id: str = agency["id"]
     seed: Path | None = nats["nkey_seed"]
@@ -436,7 +395,7 @@ def load_adapter_file(path: Path) -> AdapterFileConfig:
             shutdown_grace=adapter["shutdown_grace"],
         )
     except ValueError as exc:  # every field was checked above; this is a combination we missed
-        reader.fail(None, str(exc))
+        root.fail(None, str(exc))
     return AdapterFileConfig(
         source=source,
         adapter=runtime,

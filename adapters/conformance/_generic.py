@@ -23,6 +23,8 @@ from ._probe import (
     expect_outcome,
     expect_same_answer,
     new_request_id,
+    outcome_name,
+    reason_name,
 )
 
 __all__ = ["Check", "Sample", "deadline_check", "malformed_check", "replay_check", "snake_case"]
@@ -69,8 +71,7 @@ def _describe(answer: object) -> str:
     if isinstance(answer, grpc.StatusCode):
         return f"gRPC {answer.name}"
     result: results_pb2.Result = getattr(answer, "result")  # noqa: B009
-    outcome = common_pb2.RequestState.Name(result.outcome).removeprefix("REQUEST_STATE_")
-    return f"{outcome}/{results_pb2.ReasonCode.Name(result.reason).removeprefix('REASON_CODE_')}"
+    return f"{outcome_name(result)}/{reason_name(result)}"
 
 
 def malformed_check(

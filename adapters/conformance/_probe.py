@@ -14,11 +14,10 @@ from typing import Any, TypeAlias
 
 import grpc
 from google.protobuf.message import Message
-from google.protobuf.timestamp_pb2 import Timestamp
 from greenchannel.v1 import agency_pb2, common_pb2, results_pb2
 
-from broker.protocol import InvalidMessageError
-from broker.protocol._validation import validate_message
+from broker.protocol import InvalidMessageError, state_name, to_timestamp, validate_message
+from broker.protocol import reason_name as reason_code_name
 
 from ._fixture import ConformanceFixture
 
@@ -53,18 +52,15 @@ def new_request_id() -> str:
     return str(uuid.uuid4())
 
 
-def timestamp(when: datetime) -> Timestamp:
-    ts = Timestamp()
-    ts.FromDatetime(when)
-    return ts
+timestamp = to_timestamp
 
 
 def outcome_name(result: results_pb2.Result) -> str:
-    return common_pb2.RequestState.Name(result.outcome).removeprefix("REQUEST_STATE_")
+    return state_name(result.outcome)
 
 
 def reason_name(result: results_pb2.Result) -> str:
-    return results_pb2.ReasonCode.Name(result.reason).removeprefix("REASON_CODE_")
+    return reason_code_name(result.reason)
 
 
 def expect(condition: bool, reason: str) -> None:
@@ -80,9 +76,9 @@ def expect_outcome(
     what: str,
 ) -> None:
     """``result`` has ``outcome`` (and ``reason`` when given), or the check fails naming both."""
-    want = common_pb2.RequestState.Name(outcome).removeprefix("REQUEST_STATE_")
+    want = state_name(outcome)
     if reason is not None:
-        want += "/" + results_pb2.ReasonCode.Name(reason).removeprefix("REASON_CODE_")
+        want += "/" + reason_code_name(reason)
     got = f"{outcome_name(result)}/{reason_name(result)}"
     ok = result.outcome == outcome and (reason is None or result.reason == reason)
     expect(ok, f"{what}: expected {want}, got {got} ({result.detail or 'no detail'})")

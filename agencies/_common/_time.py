@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from google.protobuf.timestamp_pb2 import Timestamp
+from broker.protocol import from_timestamp, to_timestamp
 
 __all__ = ["from_timestamp", "from_us", "rfc3339", "to_timestamp", "to_us"]
 
@@ -23,16 +23,6 @@ def to_us(when: datetime) -> int:
 
 def from_us(us: int) -> datetime:
     return _EPOCH + timedelta(microseconds=us)
-
-
-def to_timestamp(when: datetime) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromDatetime(when)
-    return stamp
-
-
-def from_timestamp(stamp: Timestamp) -> datetime:
-    return stamp.ToDatetime(tzinfo=UTC)
 
 
 def rfc3339(when: datetime) -> str:

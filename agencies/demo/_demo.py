@@ -58,6 +58,7 @@ from broker.client import (
 )
 from broker.hub import LedgerConfig
 from broker.protocol import (
+    FINAL_STATES,
     Clock,
     SigningKey,
     SystemClock,
@@ -65,6 +66,8 @@ from broker.protocol import (
     load_agency_encryption_key,
     load_agency_signing_key,
     open_sealed,
+    reason_name,
+    state_name,
     verify_chain,
 )
 from broker.protocol._envelope import type_name
@@ -77,14 +80,6 @@ __all__ = ["DemoConfig", "DemoReport", "DemoRequest", "run_demo"]
 POLICE = "police-310115"
 POLICE_B = "police-440305"
 CASE = "SH-PD-2026-1121-0001"
-
-_FINAL = {
-    common_pb2.REQUEST_STATE_EXECUTED,
-    common_pb2.REQUEST_STATE_PARTIALLY_EXECUTED,
-    common_pb2.REQUEST_STATE_REJECTED,
-    common_pb2.REQUEST_STATE_FAILED,
-    common_pb2.REQUEST_STATE_CANCELLED,
-}
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -192,10 +187,6 @@ def _ms(status: lifecycle_pb2.RequestStatus, states: Collection[int]) -> float |
     return None
 
 
-def _state(value: common_pb2.RequestState.ValueType) -> str:
-    return common_pb2.RequestState.Name(value).removeprefix("REQUEST_STATE_")
-
-
 def _case(
     instrument: common_pb2.LegalInstrumentType.ValueType, number: str, owner: str = POLICE
 ) -> common_pb2.CaseRef:
@@ -242,7 +233,7 @@ class _Scenario:
     ) -> lifecycle_pb2.RequestStatus:
         bus = self.client(sender)
         accepted = await bus.submit(request)
-        status = await bus.wait_for(accepted.status.id, _FINAL, within=self.config.wait)
+        status = await bus.wait_for(accepted.status.id, FINAL_STATES, within=self.config.wait)
         return self._record(label, status, expect)
 
     def _record(
@@ -258,16 +249,14 @@ class _Scenario:
             priority=common_pb2.Priority.Name(status.priority).removeprefix("PRIORITY_"),
             sender=status.sender,
             recipient=status.recipient,
-            state=_state(status.state),
-            reason=results_pb2.ReasonCode.Name(status.reason).removeprefix("REASON_CODE_")
-            if status.reason
-            else "",
+            state=state_name(status.state),
+            reason=reason_name(status.reason) if status.reason else "",
             parent=status.parent_id,
             hop=status.hop,
             deliver_ms=_ms(status, {common_pb2.REQUEST_STATE_DELIVERED}),
             acknowledge_ms=_ms(status, {common_pb2.REQUEST_STATE_ACKNOWLEDGED}),
-            finish_ms=_ms(status, _FINAL),
-            expected=tuple(_state(s) for s in expect),
+            finish_ms=_ms(status, FINAL_STATES),
+            expected=tuple(state_name(s) for s in expect),
         )
         self.report.requests.append(entry)
         mark = "ok " if entry.ok else "!! "

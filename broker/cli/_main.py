@@ -38,7 +38,9 @@ COMMANDS: dict[str, Command] = {
     "broker": Command(
         module="broker.cli._broker", help="run the broker (embedded NATS unless $GREENCHANNEL_NATS_URL)"
     ),
-    "keys": Command(module="broker.cli._keys", help="manage local keys"),
+    "keys": Command(
+        module="broker.cli._keys", help="an agency's keys: generate, rotate, revoke (and demo init)"
+    ),
     "nats-authorization": Command(
         module="broker.cli._nats_authorization",
         help="print the NATS accounts (per-agency users) for a server of your own ($GREENCHANNEL_NATS_URL)",

@@ -33,6 +33,8 @@ from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
 from greenchannel.v1 import common_pb2, envelope_pb2, lifecycle_pb2
 
+from broker.protocol import OUTCOME_STATES, phase_slug, request_type_slug, to_timestamp
+
 __all__ = [
     "PHASES",
     "PhaseCounts",
@@ -49,33 +51,6 @@ __all__ = [
 
 _RequestType: TypeAlias = common_pb2.RequestType.ValueType
 _Phase: TypeAlias = common_pb2.Phase.ValueType
-
-# The hub's own helpers (broker.hub._lifecycle.is_outcome, broker.hub._policy.request_type_name)
-# are out of a client's reach; issue 11 moves them into broker.protocol's shared helpers, and
-# these two go then.
-_OUTCOMES = frozenset(
-    {
-        common_pb2.REQUEST_STATE_EXECUTED,
-        common_pb2.REQUEST_STATE_PARTIALLY_EXECUTED,
-        common_pb2.REQUEST_STATE_REJECTED,
-        common_pb2.REQUEST_STATE_FAILED,
-    }
-)
-_TYPE_PREFIX = "REQUEST_TYPE_"
-
-
-def is_outcome(state: common_pb2.RequestState.ValueType) -> bool:
-    """EXECUTED, PARTIALLY_EXECUTED, REJECTED or FAILED: the agency's (or the broker's) answer."""
-    return state in _OUTCOMES
-
-
-def request_type_name(request_type: _RequestType) -> str:
-    """``REQUEST_TYPE_STOP_PAYMENT`` -> ``stop_payment``; an unknown number stays a number."""
-    try:
-        return common_pb2.RequestType.Name(request_type).removeprefix(_TYPE_PREFIX).lower()
-    except ValueError:
-        return str(int(request_type))
-
 
 PHASES: tuple[_Phase, ...] = (
     common_pb2.PHASE_DELIVER,
@@ -169,9 +144,7 @@ def _ns(stamp: Timestamp) -> int:
 
 
 def _ns_of(when: datetime) -> int:
-    stamp = Timestamp()
-    stamp.FromDatetime(when)
-    return stamp.ToNanoseconds()
+    return to_timestamp(when).ToNanoseconds()
 
 
 def phase_outcome(deadline: envelope_pb2.PhaseDeadline, *, now: datetime) -> PhaseOutcome:
@@ -216,7 +189,7 @@ def _finish_ns(status: lifecycle_pb2.RequestStatus) -> int | None:
         if phase.phase == common_pb2.PHASE_EXECUTE and phase.HasField("done_at"):
             end = _ns(phase.done_at)
     if end is None:
-        end = next((at for event, at in _events(status) if is_outcome(event.state)), None)
+        end = next((at for event, at in _events(status) if event.state in OUTCOME_STATES), None)
     if end is None:
         return None
     # done_at is the agency's clock, submitted_at the broker's: skew must not make time run backwards.
@@ -286,7 +259,7 @@ def sla_report(statuses: Iterable[lifecycle_pb2.RequestStatus], *, now: datetime
     rows = tuple(
         tally.row(agency, request_type)
         for (agency, request_type), tally in sorted(
-            tallies.items(), key=lambda item: (item[0][0], request_type_name(item[0][1]))
+            tallies.items(), key=lambda item: (item[0][0], request_type_slug(item[0][1]))
         )
     )
     breaches: dict[str, int] = {}
@@ -307,10 +280,6 @@ def sla_report(statuses: Iterable[lifecycle_pb2.RequestStatus], *, now: datetime
 # -- output -----------------------------------------------------------------------------------
 
 
-def _phase_name(phase: _Phase) -> str:
-    return common_pb2.Phase.Name(phase).removeprefix("PHASE_").lower()
-
-
 def report_to_json(report: SlaReport) -> dict[str, Any]:
     """A JSON-ready document; times in milliseconds, type and phase names in lower case."""
     return {
@@ -322,12 +291,12 @@ def report_to_json(report: SlaReport) -> dict[str, Any]:
         "rows": [
             {
                 "agency": row.agency,
-                "type": request_type_name(row.request_type),
+                "type": request_type_slug(row.request_type),
                 "requests": row.requests,
                 "finished": row.finished,
                 "cancelled": row.cancelled,
                 "phases": {
-                    _phase_name(phase): {"met": counts.met, "breached": counts.breached, "open": counts.open}
+                    phase_slug(phase): {"met": counts.met, "breached": counts.breached, "open": counts.open}
                     for phase, counts in row.phases.items()
                 },
                 "time_to_finish_ms": {"median": row.median_ms, "p95": row.p95_ms},
@@ -383,7 +352,7 @@ def render_table(report: SlaReport) -> str:
         "agency",
         "type",
         "requests",
-        *(_phase_name(p) for p in PHASES),
+        *(phase_slug(p) for p in PHASES),
         "finished",
         "cancelled",
         "median",
@@ -392,7 +361,7 @@ def render_table(report: SlaReport) -> str:
     rows = [
         (
             row.agency,
-            request_type_name(row.request_type),
+            request_type_slug(row.request_type),
             str(row.requests),
             *(f"{c.met}/{c.breached}/{c.open}" for c in (row.phases[p] for p in PHASES)),
             str(row.finished),

@@ -20,7 +20,7 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -298,6 +298,7 @@ class EmbeddedNats:
         # The port survives kill()/restart() so clients can reconnect to the same URL.
         self._port: int | None = self._config.port or None
         self._popen: subprocess.Popen[bytes] | None = None
+        self._launch_port = 0
         self._lock_fd: int | None = None
         self._closed = False
         self._probe = _Probe.generate() if self._config.authorization is not None else None
@@ -406,6 +407,49 @@ class EmbeddedNats:
         self._remove_ports_file(popen.pid)
         _log.info("embedded_nats.killed", pid=popen.pid)
 
+    async def reload_authorization(self, authorization: NatsAuthorization) -> None:
+        """Serve ``authorization``'s users from now on, without a restart (an agency joined).
+
+        Rewrites the config file and has the server reload it (SIGHUP); nats-server applies
+        account and user changes live and keeps every connection. Returns once it has logged the
+        reload; raises :class:`NatsServerError` when it refused the file or did not answer.
+        """
+        popen = self._popen
+        if popen is None or popen.poll() is not None:
+            raise NatsServerError("the embedded nats-server is not running")
+        if self._config.authorization is None:
+            # Turning authorization on for live connections would cut off every one of them.
+            raise NatsServerError("the embedded nats-server was started without authorization")
+        self._config = replace(self._config, authorization=authorization)
+        self._write_config(self.store_dir)
+        # nats-server binds a new account's service imports against the exporting account as it
+        # stood before the reload, so the new agency's inbox imports answer nothing until the
+        # same file is loaded a second time (nats-server v2.15.1; with one reload the onboarding
+        # test in tests/integration/test_keys_onboarding.py fails).
+        for _ in range(2):
+            await self._reload(popen)
+        _log.info("embedded_nats.reloaded", pid=popen.pid, users=len(authorization.agencies) + 1)
+
+    async def _reload(self, popen: subprocess.Popen[bytes]) -> None:
+        log_file = self.log_file
+        offset = log_file.stat().st_size if log_file.exists() else 0
+        popen.send_signal(signal.SIGHUP)
+        deadline = time.monotonic() + self._config.startup_timeout
+        while True:
+            with contextlib.suppress(OSError), log_file.open("rb") as log:
+                log.seek(offset)
+                news = log.read().decode("utf-8", errors="replace")
+                if "Failed to reload" in news:
+                    raise NatsServerError(f"embedded nats-server refused its new config: {news.strip()}")
+                if "Reloaded server configuration" in news:
+                    return
+            self._raise_if_exited(popen)
+            if time.monotonic() >= deadline:
+                raise NatsServerError(
+                    f"embedded nats-server did not reload in {self._config.startup_timeout}s"
+                )
+            await asyncio.sleep(_POLL_INTERVAL)
+
     async def restart(self) -> None:
         """Stop (if running) and start again on the same port with the same store."""
         await self.stop()
@@ -442,12 +486,10 @@ class EmbeddedNats:
         # Synchronous on purpose: writing a small file and fork/exec take about a
         # millisecond, and a Popen (unlike an asyncio subprocess) is not bound to one event
         # loop, so the atexit hook and a different loop can still kill and reap it.
-        config_path = store / _CONFIG_FILE
-        # nats-server's config syntax is a superset of JSON: json.dumps quotes paths safely.
-        config_path.write_text(
-            json.dumps(_server_config(self._config, store, self._port or 0, self._probe), indent=2) + "\n",
-            encoding="utf-8",
-        )
+        # A reload must repeat the port the server was launched with: nats-server cannot change
+        # its port live and would refuse the whole reload.
+        self._launch_port = self._port or 0
+        config_path = self._write_config(store)
         preexec = _parent_death_signal() if self._config.parent_death_signal else None
         with (store / _OUTPUT_FILE).open("ab") as output:
             return subprocess.Popen(
@@ -461,6 +503,15 @@ class EmbeddedNats:
                 pass_fds=() if self._lock_fd is None else (self._lock_fd,),
                 preexec_fn=preexec,  # noqa: PLW1509 -- only prctl + getppid, no locks taken
             )
+
+    def _write_config(self, store: Path) -> Path:
+        config_path = store / _CONFIG_FILE
+        # nats-server's config syntax is a superset of JSON: json.dumps quotes paths safely.
+        config_path.write_text(
+            json.dumps(_server_config(self._config, store, self._launch_port, self._probe), indent=2) + "\n",
+            encoding="utf-8",
+        )
+        return config_path
 
     async def _spawn(self, store: Path) -> None:
         popen = self._launch(store)

@@ -8,6 +8,7 @@ it reads (directory, authorization policy, SLA policy, keys) is named by its cal
 from ._admission import AdmissionConfig
 from ._deadlines import DeadlineTable, PhaseBudget
 from ._deadlines_watch import DeadlineWatchConfig
+from ._directory_reload import DirectoryReloadConfig, LiveRegistry
 from ._errors import (
     AuthenticationError,
     ConflictError,
@@ -36,11 +37,13 @@ __all__ = [
     "ConflictError",
     "DeadlineTable",
     "DeadlineWatchConfig",
+    "DirectoryReloadConfig",
     "EventProcessorConfig",
     "HubError",
     "IllegalTransitionError",
     "InvalidRequestError",
     "LedgerConfig",
+    "LiveRegistry",
     "NotFoundError",
     "PermissionDeniedError",
     "PhaseBudget",

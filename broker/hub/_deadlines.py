@@ -15,14 +15,12 @@ from typing import TypeAlias
 
 from greenchannel.v1 import common_pb2, envelope_pb2
 
+from broker.protocol import HOLD_TYPES
+
 __all__ = ["DeadlineTable", "PhaseBudget"]
 
 _RequestType: TypeAlias = common_pb2.RequestType.ValueType
 _Priority: TypeAlias = common_pb2.Priority.ValueType
-
-# Requests whose execution itself places a hold with an expiry. EXTEND moves the expiry of the
-# hold it targets, which the hub knows and this table does not.
-_HOLDING_TYPES = frozenset({common_pb2.REQUEST_TYPE_STOP_PAYMENT, common_pb2.REQUEST_TYPE_FREEZE})
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -101,7 +99,9 @@ class DeadlineTable:
             deadline = result.phases.add(phase=phase)
             deadline.due_at.FromDatetime(received_at + allowed)
         validity = self.hold_validity(request_type)
-        if request_type in _HOLDING_TYPES and validity is not None:
+        # Requests whose execution itself places a hold with an expiry. EXTEND moves the expiry of
+        # the hold it targets, which the hub knows and this table does not.
+        if request_type in HOLD_TYPES and validity is not None:
             result.hold_expires_at.FromDatetime(received_at + validity)
         return result
 

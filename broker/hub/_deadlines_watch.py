@@ -10,23 +10,29 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, timedelta
 from types import TracebackType
 from typing import Protocol
 
 import nats.errors
 import structlog
-from google.protobuf.timestamp_pb2 import Timestamp
 from greenchannel.v1 import common_pb2, lifecycle_pb2, requests_pb2, results_pb2
 from nats.aio.msg import Msg
 from nats.js.client import JetStreamContext
 
-from broker.protocol import Clock, SigningKey
+from broker.protocol import (
+    HOLDING_STATES,
+    Clock,
+    ConsumerLoop,
+    ConsumerSpec,
+    SigningKey,
+    subject_token,
+    to_timestamp,
+)
 from broker.protocol._envelope import sign_message
 from broker.protocol._registry import BROKER_ID, Registry
 from broker.protocol._subjects import DEADLINES_STREAM, deadline_fired_filter, notice_subject
 
-from ._consumer import ConsumerLoop, ConsumerSpec, subject_token
 from ._errors import NotFoundError, UnavailableError
 from ._events import BrokerEvents, Refused
 from ._lifecycle import is_final
@@ -43,12 +49,6 @@ NOTICE_TYPE = "NOTICE"
 
 # Stable ids for the broker's own steps, so a timer handled twice is recorded once.
 _STEP_NAMESPACE = uuid.UUID("0d6c1f0e-9a55-5c1b-8f0c-5f2a7b9e3d41")
-
-_HOLDING = {
-    common_pb2.REQUEST_STATE_EXECUTED,
-    common_pb2.REQUEST_STATE_PARTIALLY_EXECUTED,
-    common_pb2.REQUEST_STATE_EXTENDED,
-}
 
 
 class HoldReleaser(Protocol):
@@ -69,12 +69,6 @@ class DeadlineWatchConfig:
     """Seconds before a timer a dead replica held goes to another; held ones are kept alive."""
     concurrency: int = 32
     """Fired timers handled at once; those of one request stay in order."""
-
-
-def _timestamp_of(when: datetime) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromDatetime(when)
-    return stamp
 
 
 def step_id(payload: TimerPayload) -> str:
@@ -221,12 +215,12 @@ class DeadlineWatch:
                 request_id=status.id,
                 case_number=status.case_ref.case_number,
                 phase=payload.phase_enum,
-                due_at=_timestamp_of(payload.due_at),
+                due_at=to_timestamp(payload.due_at),
                 responsible=agency.id,
                 duty_contact=agency.duty_contact,
                 supervisor=agency.supervisor or "",
                 addressee=addressee,
-                at=_timestamp_of(self._clock.now()),
+                at=to_timestamp(self._clock.now()),
             )
             signed = sign_message(
                 notice.SerializeToString(),
@@ -253,7 +247,7 @@ class DeadlineWatch:
             if deadlines.HasField("hold_expires_at")
             else None
         )
-        if status.state not in _HOLDING or current != payload.due_at:
+        if status.state not in HOLDING_STATES or current != payload.due_at:
             return  # released, converted, already expired, or extended since this timer was set
         try:
             status = await self._events.emit(

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 from greenchannel.v1 import common_pb2, registry_pb2, registry_pb2_grpc
 
+from broker.protocol import optional_timestamp
 from broker.protocol._keys import KeyUse, PublicKey
 from broker.protocol._registry import Agency, AgencyKind, Registry
 from broker.protocol._validation import validate_message
@@ -28,22 +26,14 @@ _KINDS = {
 _KINDS_BACK = {value: key for key, value in _KINDS.items()}
 
 
-def _timestamp(when: datetime | None) -> Timestamp | None:
-    if when is None:
-        return None
-    stamp = Timestamp()
-    stamp.FromDatetime(when)
-    return stamp
-
-
 def key_to_proto(key: PublicKey) -> registry_pb2.AgencyKey:
     return registry_pb2.AgencyKey(
         kid=key.kid,
         public_key=key.raw,
         use=registry_pb2.KEY_USE_SIG if key.use is KeyUse.SIG else registry_pb2.KEY_USE_ENC,
-        not_before=_timestamp(key.not_before),
-        not_after=_timestamp(key.not_after),
-        revoked_at=_timestamp(key.revoked_at),
+        not_before=optional_timestamp(key.not_before),
+        not_after=optional_timestamp(key.not_after),
+        revoked_at=optional_timestamp(key.revoked_at),
     )
 
 

@@ -19,18 +19,26 @@ from types import TracebackType
 import nats.errors
 import structlog
 from google.protobuf.message import DecodeError
-from google.protobuf.timestamp_pb2 import Timestamp
 from greenchannel.v1 import common_pb2, envelope_pb2, lifecycle_pb2, results_pb2
 from nats.aio.msg import Msg
 from nats.js.client import JetStreamContext
 
-from broker.protocol import Clock, ProtocolError, SigningKey
+from broker.protocol import (
+    EXECUTED_STATES,
+    HOLD_TYPES,
+    Clock,
+    ConsumerLoop,
+    ConsumerSpec,
+    ProtocolError,
+    SigningKey,
+    subject_token,
+    to_timestamp,
+)
 from broker.protocol._envelope import sign_event, verify_event
 from broker.protocol._ids import new_uuid7
 from broker.protocol._registry import BROKER_ID, Registry
 from broker.protocol._subjects import EVENTS_STREAM, deadletter_subject, events_filter
 
-from ._consumer import ConsumerLoop, ConsumerSpec, subject_token
 from ._errors import IllegalTransitionError, NotFoundError
 from ._ledger import LedgerWriter
 from ._lifecycle import is_outcome, next_state
@@ -102,12 +110,6 @@ def _progress(state: common_pb2.RequestState.ValueType) -> int:
     return 4 if is_outcome(state) else 0
 
 
-def _timestamp(when: datetime) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromDatetime(when)
-    return stamp
-
-
 def apply_event(
     status: lifecycle_pb2.RequestStatus,
     event: lifecycle_pb2.LifecycleEvent,
@@ -145,9 +147,9 @@ def apply_event(
     updated = lifecycle_pb2.RequestStatus()
     updated.CopyFrom(status)
     updated.state = state
-    updated.updated_at.CopyFrom(_timestamp(now))
+    updated.updated_at.CopyFrom(to_timestamp(now))
     updated.events.append(
-        lifecycle_pb2.RecordedEvent(event=signed, recorded_at=_timestamp(now), seq=len(status.events) + 1)
+        lifecycle_pb2.RecordedEvent(event=signed, recorded_at=to_timestamp(now), seq=len(status.events) + 1)
     )
     if event.reason:
         updated.reason = event.reason
@@ -218,7 +220,7 @@ class BrokerEvents:
             request_id=request_id,
             state=state,
             actor=BROKER_ID,
-            at=_timestamp(now),
+            at=to_timestamp(now),
             request_digest=envelope_pb2.EnvelopeHeader.FromString(current.notarized_header).body_digest,
             reason=reason,
             detail=detail,
@@ -373,8 +375,6 @@ class EventProcessor:
         await msg.term()
 
 
-_HOLD_TYPES = {common_pb2.REQUEST_TYPE_STOP_PAYMENT, common_pb2.REQUEST_TYPE_FREEZE}
-_HOLD_PLACED = {common_pb2.REQUEST_STATE_EXECUTED, common_pb2.REQUEST_STATE_PARTIALLY_EXECUTED}
 _FOLLOW_UP_NAMESPACE = uuid.UUID("6a0f4b8e-2c1d-5e7f-9a3b-4c5d6e7f8a9b")
 
 
@@ -391,9 +391,9 @@ class HoldLifecycle:
         self._scheduler = scheduler
 
     async def after_outcome(self, status: lifecycle_pb2.RequestStatus) -> None:
-        if status.type in _HOLD_TYPES and status.state in _HOLD_PLACED:
+        if status.type in HOLD_TYPES and status.state in EXECUTED_STATES:
             await self._scheduler.schedule_expiry(status)
-        if not status.target_id or status.state not in _HOLD_PLACED:
+        if not status.target_id or status.state not in EXECUTED_STATES:
             return
         step = str(uuid.uuid5(_FOLLOW_UP_NAMESPACE, f"{status.id}/{status.target_id}"))
         try:

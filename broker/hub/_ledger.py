@@ -55,7 +55,18 @@ from nats.js.api import (
 )
 from nats.js.client import JetStreamContext
 
-from broker.protocol import Clock, NatsError, SigningKey, body_digest, fetch_batch, nats_error
+from broker.protocol import (
+    Clock,
+    ConsumerLoop,
+    ConsumerSpec,
+    Lane,
+    LaneOrder,
+    NatsError,
+    SigningKey,
+    body_digest,
+    fetch_batch,
+    nats_error,
+)
 from broker.protocol._envelope import BROKER_ID
 from broker.protocol._ledger_chain import build_entry, entry_hash, link_entry, parse_unlinked, sign_checkpoint
 from broker.protocol._subjects import (
@@ -376,10 +387,8 @@ class LedgerSequencer:
         self._head: _Head | None = None
         self._checkpointed = 0
         self._last_checkpoint_at = clock.now()
-        self._sub: JetStreamContext.PullSubscription | None = None
-        self._timeline: JetStreamContext.PullSubscription | None = None
-        self._task: asyncio.Task[None] | None = None
-        self._stopping = asyncio.Event()
+        self._loop = ConsumerLoop(js, self._loop_spec(), batch_handler=self._round)
+        self._delay = self._config.retry_delay
         self._closed = False
         self.appended = 0
         """Entries this sequencer appended (for metrics and tests)."""
@@ -389,34 +398,43 @@ class LedgerSequencer:
         """``(seq, hash)`` of the chain head as last known, or None while unknown."""
         return None if self._head is None else (self._head.seq, self._head.hash)
 
+    def _loop_spec(self) -> ConsumerSpec:
+        """Both sources in one strict chain: one batch at a time, a pull always waiting on each,
+        so a quiet intake never delays the timeline."""
+        config = self._config
+
+        def lane(durable: str, stream: str, subject: str, label: str) -> Lane:
+            return Lane(
+                durable=durable,
+                stream=stream,
+                filter_subject=subject,
+                batch=config.batch,
+                label=label,
+                max_ack_pending=-1,
+            )
+
+        return ConsumerSpec(
+            name="ledger-sequencer",
+            lanes=(
+                lane(LEDGER_SEQUENCER_CONSUMER, LEDGER_INTAKE_STREAM, LEDGER_INTAKE_SUBJECT, "intake"),
+                lane(LEDGER_TIMELINE_CONSUMER, WATCH_STREAM, status_filter(), "timeline"),
+            ),
+            order=LaneOrder.FAIR,
+            fetch_timeout=config.fetch_timeout,
+            ack_wait=config.ack_wait.total_seconds(),
+            shutdown_grace=config.shutdown_timeout,
+        )
+
     async def __aenter__(self) -> LedgerSequencer:
         try:
-            self._sub = await self._consumer(
-                LEDGER_INTAKE_SUBJECT, LEDGER_SEQUENCER_CONSUMER, LEDGER_INTAKE_STREAM
-            )
-            self._timeline = await self._consumer(status_filter(), LEDGER_TIMELINE_CONSUMER, WATCH_STREAM)
             self._head = await self._resync()
             self._checkpointed = await self._last_checkpointed()
+            self._last_checkpoint_at = self._clock.now()
+            await self._loop.start()
         except (nats.errors.Error, TimeoutError) as exc:
             raise nats_error(exc, "start the ledger sequencer") from exc
-        self._last_checkpoint_at = self._clock.now()
-        self._task = asyncio.create_task(self._run(), name="ledger-sequencer")
         log.info("ledger.sequencer_started", head_seq=self._head.seq)
         return self
-
-    async def _consumer(self, subject: str, durable: str, stream: str) -> JetStreamContext.PullSubscription:
-        return await self._js.pull_subscribe(
-            subject,
-            durable=durable,
-            stream=stream,
-            config=ConsumerConfig(
-                ack_policy=AckPolicy.EXPLICIT,
-                deliver_policy=DeliverPolicy.ALL,
-                ack_wait=self._config.ack_wait.total_seconds(),
-                max_deliver=-1,
-                max_ack_pending=-1,
-            ),
-        )
 
     async def __aexit__(
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
@@ -428,64 +446,32 @@ class LedgerSequencer:
         if self._closed:
             return
         self._closed = True
-        self._stopping.set()
-        if self._task is not None:
-            task, self._task = self._task, None
-            try:
-                await asyncio.wait_for(task, timeout=self._config.shutdown_timeout)
-            except TimeoutError:
-                log.warning("ledger.sequencer_stop_timeout")
-            except asyncio.CancelledError:
-                if not task.cancelled():
-                    raise
+        await self._loop.drain()
         try:
             await asyncio.wait_for(self._final_checkpoint(), timeout=self._config.shutdown_timeout)
         except _TRANSIENT as exc:
             log.warning("ledger.final_checkpoint_failed", error=str(exc) or type(exc).__name__)
-        for sub in (self._sub, self._timeline):
-            if sub is not None:
-                with contextlib.suppress(nats.errors.Error, ValueError):
-                    await sub.unsubscribe()
+        await self._loop.aclose()
         log.info("ledger.sequencer_stopped", head_seq=self._head.seq if self._head else None)
 
-    async def _run(self) -> None:
-        assert self._sub is not None
-        assert self._timeline is not None
-        # One pull always waiting on each source, so a quiet intake never delays the timeline.
-        sources = {self._sub: self._from_intake, self._timeline: self._from_timeline}
-        pulls: dict[asyncio.Task[list[Msg]], JetStreamContext.PullSubscription] = {}
-        delay = self._config.retry_delay
+    async def _round(self, lane: Lane, msgs: list[Msg]) -> None:
+        """One pull of one source (empty when idle): chain it, sign the head when it is time."""
+        source = self._from_intake if lane.durable == LEDGER_SEQUENCER_CONSUMER else self._from_timeline
         try:
-            while not self._stopping.is_set():
-                for sub in sources.keys() - pulls.values():
-                    pulls[asyncio.create_task(self._pull(sub))] = sub
-                done, _ = await asyncio.wait(list(pulls), return_when=asyncio.FIRST_COMPLETED)
-                try:
-                    if self._head is None:
-                        self._head = await self._resync()
-                    for task in done:
-                        sub = pulls.pop(task)
-                        msgs = task.result()
-                        if msgs:
-                            await self._chain([item for msg in msgs if (item := await sources[sub](msg))])
-                    await self._maybe_checkpoint(force=False)
-                except _TRANSIENT as exc:
-                    # NATS is away or the stream refused: what is not acked is redelivered; read
-                    # the head back before the next append.
-                    log.warning("ledger.sequencer_retry", error=str(exc) or type(exc).__name__, delay=delay)
-                    self._head = None
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._stopping.wait(), timeout=delay)
-                    delay = min(delay * 2, self._config.max_retry_delay)
-                else:
-                    delay = self._config.retry_delay
-        finally:
-            # A pull ends by itself within fetch_timeout; what it brought is redelivered later.
-            if pulls:
-                await asyncio.wait(list(pulls))
-
-    async def _pull(self, sub: JetStreamContext.PullSubscription) -> list[Msg]:
-        return await fetch_batch(sub, self._config.batch, self._config.fetch_timeout)
+            if self._head is None:
+                self._head = await self._resync()
+            if msgs:
+                await self._chain([item for msg in msgs if (item := await source(msg))])
+            await self._maybe_checkpoint(force=False)
+        except _TRANSIENT as exc:
+            # NATS is away or the stream refused: what is not acked is redelivered; read the head
+            # back before the next append.
+            log.warning("ledger.sequencer_retry", error=str(exc) or type(exc).__name__, delay=self._delay)
+            self._head = None
+            await self._loop.wait_stopping(self._delay)
+            self._delay = min(self._delay * 2, self._config.max_retry_delay)
+        else:
+            self._delay = self._config.retry_delay
 
     # -- chaining -------------------------------------------------------------------------------
 
@@ -528,7 +514,7 @@ class LedgerSequencer:
                 # No pause: a refused append means another replica's append went in, so the
                 # chain grows either way, and the head is read back at once.
                 collisions += 1
-                if self._stopping.is_set() and collisions > 3:
+                if self._loop.stopping and collisions > 3:
                     return  # left unacked: redelivered to a replica that keeps running
 
     async def _append(self, items: list[_Pending], head: _Head) -> list[_Outcome]:

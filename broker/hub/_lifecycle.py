@@ -21,6 +21,14 @@ from typing import TypeAlias
 
 from greenchannel.v1 import common_pb2
 
+from broker.protocol import (
+    EXECUTED_STATES,
+    HOLD_TYPES,
+    HOLDING_STATES,
+    OUTCOME_STATES,
+    request_type_name,
+    state_name,
+)
 from broker.protocol._registry import BROKER_ID
 
 from ._errors import IllegalTransitionError
@@ -31,15 +39,6 @@ _State: TypeAlias = common_pb2.RequestState.ValueType
 _RequestType: TypeAlias = common_pb2.RequestType.ValueType
 
 _S = common_pb2
-_OUTCOMES = frozenset(
-    {
-        _S.REQUEST_STATE_EXECUTED,
-        _S.REQUEST_STATE_PARTIALLY_EXECUTED,
-        _S.REQUEST_STATE_REJECTED,
-        _S.REQUEST_STATE_FAILED,
-    }
-)
-_DONE = frozenset({_S.REQUEST_STATE_EXECUTED, _S.REQUEST_STATE_PARTIALLY_EXECUTED})
 _ALWAYS_FINAL = frozenset(
     {
         _S.REQUEST_STATE_REJECTED,
@@ -49,10 +48,7 @@ _ALWAYS_FINAL = frozenset(
         _S.REQUEST_STATE_EXPIRED,
     }
 )
-_HOLD_TYPES = frozenset({_S.REQUEST_TYPE_STOP_PAYMENT, _S.REQUEST_TYPE_FREEZE})
 _HOLD_EVENTS = frozenset({_S.REQUEST_STATE_EXTENDED, _S.REQUEST_STATE_RELEASED, _S.REQUEST_STATE_EXPIRED})
-# A hold that was executed (and maybe extended) can be extended, released or expire.
-_HOLDING = _DONE | {_S.REQUEST_STATE_EXTENDED}
 _CANCELLABLE = frozenset({_S.REQUEST_STATE_SUBMITTED, _S.REQUEST_STATE_DELIVERED})
 
 _OUTCOME_RANK = 4
@@ -60,7 +56,7 @@ _RANK: Mapping[_State, int] = {
     _S.REQUEST_STATE_SUBMITTED: 1,
     _S.REQUEST_STATE_DELIVERED: 2,
     _S.REQUEST_STATE_ACKNOWLEDGED: 3,
-    **dict.fromkeys(_OUTCOMES, _OUTCOME_RANK),
+    **dict.fromkeys(OUTCOME_STATES, _OUTCOME_RANK),
     # After an outcome, as far as adapters' progress events are concerned.
     **dict.fromkeys(_HOLD_EVENTS, _OUTCOME_RANK + 1),
 }
@@ -86,23 +82,9 @@ _ACTORS: Mapping[_State, str] = {
 }
 
 
-def _name(state: _State) -> str:
-    try:
-        return common_pb2.RequestState.Name(state).removeprefix("REQUEST_STATE_")
-    except ValueError:
-        return str(int(state))
-
-
-def _type_name(request_type: _RequestType) -> str:
-    try:
-        return common_pb2.RequestType.Name(request_type).removeprefix("REQUEST_TYPE_")
-    except ValueError:
-        return str(int(request_type))
-
-
 def is_outcome(state: _State) -> bool:
     """EXECUTED, PARTIALLY_EXECUTED, REJECTED or FAILED: the agency's (or the broker's) answer."""
-    return state in _OUTCOMES
+    return state in OUTCOME_STATES
 
 
 def is_final(state: _State, request_type: _RequestType | None = None) -> bool:
@@ -113,7 +95,7 @@ def is_final(state: _State, request_type: _RequestType | None = None) -> bool:
     """
     if state in _ALWAYS_FINAL:
         return True
-    return state in _DONE and request_type is not None and request_type not in _HOLD_TYPES
+    return state in EXECUTED_STATES and request_type is not None and request_type not in HOLD_TYPES
 
 
 def next_state(
@@ -133,15 +115,16 @@ def next_state(
     Reasons: ``WRONG_ACTOR``, ``ILLEGAL_TRANSITION``, ``OUT_OF_ORDER``.
     """
     _check_actor(event, actor, recipient)
-    what = f"{_name(event)} on a {_type_name(request_type)} request in state {_name(current)}"
+    kind = request_type_name(request_type)
+    what = f"{state_name(event)} on a {kind} request in state {state_name(current)}"
     if current == _S.REQUEST_STATE_UNSPECIFIED:
         if event != _S.REQUEST_STATE_SUBMITTED:
             raise _illegal(what, "a request starts as SUBMITTED")
         return event
     if is_final(current, request_type):
-        raise _illegal(what, f"{_name(current)} is final")
+        raise _illegal(what, f"{state_name(current)} is final")
     if current not in _RANK:
-        raise _illegal(what, f"{_name(current)} is not a stored state")
+        raise _illegal(what, f"{state_name(current)} is not a stored state")
     if event in (_S.REQUEST_STATE_ESCALATED, _S.REQUEST_STATE_REMINDED):
         # Annotations of the timeline (deadline reminders and breaches), not steps of it.
         return current
@@ -150,9 +133,10 @@ def next_state(
             raise _illegal(what, "once acknowledged, the agency has taken it; it can no longer be cancelled")
         return event
     if event in _HOLD_EVENTS:
-        if request_type not in _HOLD_TYPES:
+        if request_type not in HOLD_TYPES:
             raise _illegal(what, "only STOP_PAYMENT and FREEZE requests place a hold")
-        if current not in _HOLDING:
+        # A hold that was executed (and maybe extended) can be extended, released or expire.
+        if current not in HOLDING_STATES:
             raise _illegal(what, "there is a hold only once the request is executed")
         return event
     rank = _RANK.get(event)
@@ -180,5 +164,5 @@ def _check_actor(event: _State, actor: str, recipient: str) -> None:
             allowed, f"the recipient {recipient!r} or the broker"
         )
         raise IllegalTransitionError(
-            f"{_name(event)} recorded by {actor!r}: only {expected} may record it", reason="WRONG_ACTOR"
+            f"{state_name(event)} recorded by {actor!r}: only {expected} may record it", reason="WRONG_ACTOR"
         )

@@ -13,18 +13,25 @@ Besides who may send what, the policy bounds how far the broker chases money on 
 from __future__ import annotations
 
 import re
-import tomllib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from types import MappingProxyType
-from typing import NoReturn, TypeAlias
+from typing import TypeAlias
 
 import structlog
 from greenchannel.v1 import common_pb2
 
-from broker.protocol import Agency, AgencyKind
+from broker.protocol import (
+    REQUEST_TYPES_BY_SLUG,
+    Agency,
+    AgencyKind,
+    TomlTable,
+    read_toml,
+    request_type_slug,
+    toml_type_name,
+)
 
 from ._errors import PermissionDeniedError, PolicyError
 
@@ -35,7 +42,6 @@ __all__ = [
     "Policy",
     "PolicyRule",
     "load_policy",
-    "request_type_name",
 ]
 
 POLICY_VERSION = 1
@@ -51,26 +57,9 @@ _CURRENCY = re.compile(r"[A-Z]{3}")
 _DECIMAL = re.compile(r"[0-9]+(\.[0-9]{1,2})?")
 _MAX_HOP = 64  # the contract's bound on Request.hop
 _MAX_MINOR_UNITS = 2**63 - 1  # Money.minor_units is an int64
-_TYPE_PREFIX = "REQUEST_TYPE_"
 
 _RequestType: TypeAlias = common_pb2.RequestType.ValueType
 _Route: TypeAlias = tuple[AgencyKind, _RequestType, AgencyKind]
-
-
-# Lowercase names, as the subjects spell them (``stop_payment``); UNSPECIFIED is no type.
-_TYPES_BY_NAME: Mapping[str, _RequestType] = {
-    name.removeprefix(_TYPE_PREFIX).lower(): value
-    for name, value in common_pb2.RequestType.items()
-    if value != common_pb2.REQUEST_TYPE_UNSPECIFIED
-}
-
-
-def request_type_name(request_type: _RequestType) -> str:
-    """``REQUEST_TYPE_STOP_PAYMENT`` -> ``stop_payment``; an unknown number stays a number."""
-    try:
-        return common_pb2.RequestType.Name(request_type).removeprefix(_TYPE_PREFIX).lower()
-    except ValueError:
-        return str(int(request_type))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -181,7 +170,7 @@ class Policy:
         Reasons, checked in this order: ``READ_ONLY``, ``NOT_CASE_OWNER``, ``SELF_ADDRESSED``,
         ``TYPE_NOT_ALLOWED``, ``REGION_NOT_ALLOWED``.
         """
-        type_name = request_type_name(request_type)
+        type_name = request_type_slug(request_type)
         if sender.kind is AgencyKind.REGULATOR:
             raise PermissionDeniedError(
                 f"{sender.id!r} is a regulator: regulators read and watch, they never submit requests",
@@ -225,7 +214,7 @@ class Policy:
         allowed: dict[AgencyKind, set[str]] = {}
         for kind, request_type, recipient in self._by_route:
             if kind is sender:
-                allowed.setdefault(recipient, set()).add(request_type_name(request_type))
+                allowed.setdefault(recipient, set()).add(request_type_slug(request_type))
         if not allowed:
             return "nothing"
         return "; ".join(
@@ -236,62 +225,9 @@ class Policy:
 # -- the file -----------------------------------------------------------------------------------
 
 
-def _type_name(value: object) -> str:
-    names = {str: "a string", bool: "a boolean", int: "an integer", float: "a float"}
-    names |= {list: "an array", dict: "a table"}
-    return names.get(type(value), type(value).__name__)
-
-
-@dataclass(frozen=True)
-class _Scope:
-    """One TOML table and where it sits, so every error names file and field path."""
-
-    file: str
-    path: str
-    table: Mapping[str, object]
-
-    def at(self, name: str) -> str:
-        return f"{self.path}.{name}" if self.path else name
-
-    def fail(self, name: str, message: str) -> NoReturn:
-        raise PolicyError(message, file=self.file, field=self.at(name))
-
-    def only(self, allowed: frozenset[str]) -> None:
-        for name in self.table:
-            if name not in allowed:
-                self.fail(name, f"unknown field (expected one of: {', '.join(sorted(allowed))})")
-
-    def optional_string(self, name: str) -> str:
-        value = self.table.get(name, "")
-        if not isinstance(value, str):
-            self.fail(name, f"expected a string, got {_type_name(value)}")
-        return value
-
-    def strings(self, name: str, *, required: bool) -> tuple[str, ...]:
-        """A non-empty array of distinct strings; absent is ``()`` unless required."""
-        if name not in self.table:
-            if required:
-                self.fail(name, "missing required field")
-            return ()
-        value = self.table[name]
-        if not isinstance(value, list):
-            self.fail(name, f"expected an array of strings, got {_type_name(value)}")
-        if not value:
-            hint = "list at least one" if required else "omit the field to allow any"
-            self.fail(name, f"must not be empty ({hint})")
-        seen: set[str] = set()
-        for i, item in enumerate(value):
-            if not isinstance(item, str):
-                self.fail(f"{name}[{i}]", f"expected a string, got {_type_name(item)}")
-            if item in seen:
-                self.fail(f"{name}[{i}]", f"{item!r} is listed twice")
-            seen.add(item)
-        return tuple(value)
-
-
-def _kinds(scope: _Scope, name: str) -> frozenset[AgencyKind]:
+def _kinds(scope: TomlTable, name: str) -> frozenset[AgencyKind]:
     kinds: set[AgencyKind] = set()
-    for i, value in enumerate(scope.strings(name, required=True)):
+    for i, value in enumerate(scope.strings(name, required=True, non_empty=True, distinct=True)):
         try:
             kind = AgencyKind(value)
         except ValueError:
@@ -303,59 +239,47 @@ def _kinds(scope: _Scope, name: str) -> frozenset[AgencyKind]:
     return frozenset(kinds)
 
 
-def _types(scope: _Scope) -> frozenset[_RequestType]:
+def _types(scope: TomlTable) -> frozenset[_RequestType]:
     types: set[_RequestType] = set()
-    for i, value in enumerate(scope.strings("types", required=True)):
-        request_type = _TYPES_BY_NAME.get(value)
+    for i, value in enumerate(scope.strings("types", required=True, non_empty=True, distinct=True)):
+        request_type = REQUEST_TYPES_BY_SLUG.get(value)
         if request_type is None:
-            expected = ", ".join(_TYPES_BY_NAME)
+            expected = ", ".join(REQUEST_TYPES_BY_SLUG)
             scope.fail(f"types[{i}]", f"unknown request type {value!r} (expected one of: {expected})")
         types.add(request_type)
     return frozenset(types)
 
 
-def _regions(scope: _Scope) -> tuple[str, ...]:
-    regions = scope.strings("recipient_regions", required=False)
+def _regions(scope: TomlTable) -> tuple[str, ...]:
+    regions = scope.strings("recipient_regions", non_empty=True, distinct=True)
     for i, prefix in enumerate(regions):
         if not _REGION_PREFIX.fullmatch(prefix):
             scope.fail(f"recipient_regions[{i}]", f"{prefix!r} is not a GB/T 2260 prefix of 2 to 6 digits")
     return regions
 
 
-def _parse_rule(scope: _Scope) -> PolicyRule:
+def _parse_rule(scope: TomlTable) -> PolicyRule:
     scope.only(_RULE)
     return PolicyRule(
         senders=_kinds(scope, "senders"),
         types=_types(scope),
         recipients=_kinds(scope, "recipients"),
         recipient_regions=_regions(scope),
-        description=scope.optional_string("description"),
+        description=scope.optional_string("description") or "",
     )
 
 
-def _chase_int(scope: _Scope, name: str, default: int, *, low: int, high: int) -> int:
-    value = scope.table.get(name, default)
-    if type(value) is not int:
-        scope.fail(name, f"expected an integer, got {_type_name(value)}")
-    if not low <= value <= high:
-        scope.fail(name, f"must be between {low} and {high}, got {value}")
-    return value
-
-
-def _min_amounts(scope: _Scope) -> Mapping[str, int]:
-    if "min_amount" not in scope.table:
+def _min_amounts(scope: TomlTable) -> Mapping[str, int]:
+    amounts = scope.optional_table("min_amount", expected='a table of currency = "amount"')
+    if amounts is None:
         return DEFAULT_CHASE.min_amounts
-    table = scope.table["min_amount"]
-    if not isinstance(table, dict):
-        scope.fail("min_amount", f'expected a table of currency = "amount", got {_type_name(table)}')
-    amounts = _Scope(scope.file, scope.at("min_amount"), table)
     found: dict[str, int] = {}
-    for currency, text in table.items():
+    for currency, text in amounts.items():
         if not _CURRENCY.fullmatch(currency):
             amounts.fail(currency, "not an ISO 4217 currency code (three capital letters)")
         if not isinstance(text, str):
             # A float (1000.0) would be read through binary floating point: amounts are strings.
-            amounts.fail(currency, f'expected a decimal string such as "1000.00", got {_type_name(text)}')
+            amounts.fail(currency, f'expected a decimal string such as "1000.00", got {toml_type_name(text)}')
         if not _DECIMAL.fullmatch(text):
             amounts.fail(currency, f"{text!r} is not a decimal amount with at most two decimals")
         try:
@@ -368,64 +292,36 @@ def _min_amounts(scope: _Scope) -> Mapping[str, int]:
     return found
 
 
-def _parse_chase(scope: _Scope) -> ChasePolicy:
+def _parse_chase(scope: TomlTable) -> ChasePolicy:
     scope.only(_CHASE)
     scope.optional_string("description")
-    enabled = scope.table.get("enabled", DEFAULT_CHASE.enabled)
-    if not isinstance(enabled, bool):
-        scope.fail("enabled", f"expected a boolean, got {_type_name(enabled)}")
     return ChasePolicy(
-        enabled=enabled,
-        max_depth=_chase_int(scope, "max_depth", DEFAULT_CHASE.max_depth, low=0, high=_MAX_HOP),
+        enabled=scope.boolean("enabled", default=DEFAULT_CHASE.enabled),
+        max_depth=scope.integer("max_depth", default=DEFAULT_CHASE.max_depth, low=0, high=_MAX_HOP),
         min_amounts=_min_amounts(scope),
-        max_accounts=_chase_int(scope, "max_accounts", DEFAULT_CHASE.max_accounts, low=1, high=100_000),
-        max_requests=_chase_int(scope, "max_requests", DEFAULT_CHASE.max_requests, low=0, high=1_000_000),
+        max_accounts=scope.integer("max_accounts", default=DEFAULT_CHASE.max_accounts, low=1, high=100_000),
+        max_requests=scope.integer("max_requests", default=DEFAULT_CHASE.max_requests, low=0, high=1_000_000),
     )
-
-
-def _read_toml(path: Path) -> dict[str, object]:
-    try:
-        with path.open("rb") as handle:
-            return tomllib.load(handle)
-    except OSError as exc:
-        raise PolicyError(f"cannot read the policy file: {exc.strerror or exc}", file=str(path)) from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise PolicyError(f"not valid TOML: {exc}", file=str(path)) from exc
 
 
 def load_policy(path: Path) -> Policy:
     """Read and check a policy file; raise :class:`PolicyError` naming the file and field on any problem."""
-    root = _Scope(str(path), "", _read_toml(path))
+    root = read_toml(path, PolicyError, what="the policy file")
     root.only(_TOP)
-    if "policy" not in root.table:
-        root.fail("policy", "missing required table [policy]")
-    header_table = root.table["policy"]
-    if not isinstance(header_table, dict):
-        root.fail("policy", f"expected a table, got {_type_name(header_table)}")
-    header = _Scope(root.file, "policy", header_table)
+    header = root.table("policy")
     header.only(_HEADER)
-    version = header.table.get("version")
-    if version is None:
-        header.fail("version", "missing required field")
-    if type(version) is not int:  # bool is an int subclass; `version = true` is a mistake
-        header.fail("version", f"expected an integer, got {_type_name(version)}")
+    version = header.integer("version")
     if version != POLICY_VERSION:
         header.fail("version", f"unsupported version {version}; this release reads {POLICY_VERSION}")
     header.optional_string("description")
 
-    raw_rules = root.table.get("rule")
-    if not isinstance(raw_rules, list | None) or not all(isinstance(item, dict) for item in raw_rules or ()):
-        root.fail("rule", "expected an array of tables [[rule]]")
-    if not raw_rules:
+    rule_tables = root.tables("rule")
+    if not rule_tables:
         # Deny-all is never what an operator means to deploy; it is a file that lost its rules.
         root.fail("rule", "no [[rule]] tables: a policy without rules denies everything")
-    rules = [_parse_rule(_Scope(root.file, f"rule[{i}]", item)) for i, item in enumerate(raw_rules)]
-    chase = DEFAULT_CHASE
-    if "chase" in root.table:
-        chase_table = root.table["chase"]
-        if not isinstance(chase_table, dict):
-            root.fail("chase", f"expected a table, got {_type_name(chase_table)}")
-        chase = _parse_chase(_Scope(root.file, "chase", chase_table))
+    rules = [_parse_rule(scope) for scope in rule_tables]
+    chase_table = root.optional_table("chase")
+    chase = DEFAULT_CHASE if chase_table is None else _parse_chase(chase_table)
     policy = Policy(rules, chase=chase)
     _log.info(
         "policy.loaded",

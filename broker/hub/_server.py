@@ -26,7 +26,6 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from nats.aio.client import Client
 
 from broker.protocol import Clock, SystemClock
-from broker.protocol._directory import load_directory
 from broker.protocol._nats import NatsSettings, connect, ensure_streams
 from broker.protocol._provision import (
     key_overlay_path,
@@ -41,6 +40,7 @@ from ._auth import Authenticator, open_replay_cache
 from ._bus import BusServicer
 from ._deadlines_watch import DeadlineWatch, DeadlineWatchConfig
 from ._decode_guard import DecodeGuard
+from ._directory_reload import DirectoryReloadConfig, DirectoryReloader, ReloadListener
 from ._directory_service import RegistryServicer
 from ._events import BrokerEvents, EventProcessor, EventProcessorConfig, HoldLifecycle
 from ._ledger import LedgerConfig, LedgerSequencer, LedgerWriter, ensure_ledger_streams
@@ -81,6 +81,11 @@ class BrokerConfig:
     """Holds the broker's private key and the key overlay of the directory."""
     directory: Path
     """The agency directory TOML."""
+    key_overlays: tuple[Path, ...] = ()
+    """Operator's overlay files of agencies' public keys (``greenchannel keys ... --write``),
+    merged after the state directory's own overlay; each must exist."""
+    reload: DirectoryReloadConfig = field(default_factory=DirectoryReloadConfig)
+    """When the directory and overlays are re-read without a restart."""
     policy: Path
     """The authorization policy TOML."""
     sla: SlaPolicy
@@ -122,6 +127,8 @@ class Broker:
         self._events: EventProcessor | None = None
         self._deadlines: DeadlineWatch | None = None
         self._ledger: LedgerSequencer | None = None
+        self._reloader: DirectoryReloader | None = None
+        self._reload_listeners: list[ReloadListener] = []
         self.admission = Admission(config.admission)
         """Submissions in hand, and the bound beyond which they are shed."""
         self._port = 0
@@ -153,8 +160,16 @@ class Broker:
 
     async def _start(self) -> None:
         config = self._config
-        overlay = key_overlay_path(config.state_dir)
-        registry = load_directory(config.directory, key_overlays=[overlay] if overlay.exists() else [])
+        self._reloader = reloader = DirectoryReloader(
+            directory=config.directory,
+            state_overlay=key_overlay_path(config.state_dir),
+            overlays=config.key_overlays,
+            config=config.reload,
+        )
+        # Every component holds the live registry, so one swap reaches them all at once.
+        registry = reloader.registry
+        for listener in self._reload_listeners:
+            reloader.add_listener(listener)
         policy = load_policy(config.policy)
         broker_key = load_broker_signing_key(config.state_dir)
         self.registry, self.policy = registry, policy
@@ -268,6 +283,7 @@ class Broker:
         self._server = server
         for name in ("", *SERVICE_NAMES):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        await reloader.__aenter__()
         log.info("broker.started", address=self.address, tls=config.tls is not None, agencies=len(registry))
 
     async def aclose(self) -> None:
@@ -275,6 +291,8 @@ class Broker:
         if self._closed:
             return
         self._closed = True
+        if self._reloader is not None:
+            await self._reloader.aclose()
         if self._health is not None:
             await self._health.enter_graceful_shutdown()
         if self._server is not None:
@@ -289,6 +307,18 @@ class Broker:
                 log.warning("broker.drain_incomplete")
                 await self._nc.close()
         log.info("broker.stopped")
+
+    async def reload_directory(self) -> bool:
+        """Re-read the directory and key overlays now (SIGHUP); False keeps the old registry."""
+        if self._reloader is None:
+            return False
+        return await self._reloader.reload()
+
+    def on_directory_reload(self, listener: ReloadListener) -> None:
+        """Call ``listener(old, new)`` after each successful reload (register before start too)."""
+        self._reload_listeners.append(listener)
+        if self._reloader is not None:
+            self._reloader.add_listener(listener)
 
     async def serve_forever(self) -> None:
         if self._server is not None:

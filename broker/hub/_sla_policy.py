@@ -9,17 +9,17 @@ tighten a deadline.
 
 from __future__ import annotations
 
-import math
 import re
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from types import MappingProxyType
-from typing import NoReturn, TypeAlias
+from typing import TypeAlias
 
 from greenchannel.v1 import common_pb2
+
+from broker.protocol import REQUEST_TYPES_BY_SLUG, TomlTable, read_toml, request_type_slug
 
 from ._deadlines import DeadlineTable, PhaseBudget
 from ._errors import PolicyError
@@ -40,13 +40,6 @@ _RequestType: TypeAlias = common_pb2.RequestType.ValueType
 _Priority: TypeAlias = common_pb2.Priority.ValueType
 
 _T = common_pb2
-_TYPE_PREFIX = "REQUEST_TYPE_"
-# Lowercase names, as the subjects and the authorization policy spell them (``stop_payment``).
-_TYPES_BY_NAME: Mapping[str, _RequestType] = {
-    name.removeprefix(_TYPE_PREFIX).lower(): value
-    for name, value in common_pb2.RequestType.items()
-    if value != _T.REQUEST_TYPE_UNSPECIFIED
-}
 _PRIORITIES_BY_NAME: Mapping[str, _Priority] = {"green": _T.PRIORITY_GREEN, "standard": _T.PRIORITY_STANDARD}
 _HOLD_TYPES: Mapping[str, _RequestType] = {
     "stop_payment": _T.REQUEST_TYPE_STOP_PAYMENT,
@@ -60,6 +53,7 @@ _HOLD = frozenset({"validity", "extension", "max_extensions", "convertible_to_fr
 _FREEZE_HOLD = _HOLD - {"convertible_to_freeze"}
 _DEADLINE = frozenset({"description", "types", "priority", "deliver", "acknowledge", "execute"})
 _PHASES = ("deliver", "acknowledge", "execute")
+_FRACTION = "a number between 0 and 1"
 
 _JURISDICTION = re.compile(r"[A-Z]{2}(-[A-Z0-9]{1,8})?")
 _DURATION = re.compile(r"([1-9][0-9]{0,8})([smhd])")
@@ -196,116 +190,38 @@ class SlaPolicy:
 # -- the file -----------------------------------------------------------------------------------
 
 
-def _type_name(value: object) -> str:
-    names = {str: "a string", bool: "a boolean", int: "an integer", float: "a float"}
-    names |= {list: "an array", dict: "a table"}
-    return names.get(type(value), type(value).__name__)
+_DURATION_EXPECTED = 'a duration string such as "30s", "8h", "3d"'
 
 
-def _name_of(request_type: _RequestType) -> str:
-    return common_pb2.RequestType.Name(request_type).removeprefix(_TYPE_PREFIX).lower()
+def _duration(scope: TomlTable, name: str) -> timedelta:
+    return scope.parsed(name, parse_duration, expected=_DURATION_EXPECTED)
 
 
-@dataclass(frozen=True)
-class _Scope:
-    """One TOML table and where it sits, so every error names file and field path."""
-
-    file: str
-    path: str
-    table: Mapping[str, object]
-
-    def at(self, name: str) -> str:
-        return f"{self.path}.{name}" if self.path else name
-
-    def fail(self, name: str, message: str) -> NoReturn:
-        raise PolicyError(message, file=self.file, field=self.at(name))
-
-    def only(self, allowed: frozenset[str]) -> None:
-        for name in self.table:
-            if name not in allowed:
-                self.fail(name, f"unknown field (expected one of: {', '.join(sorted(allowed))})")
-
-    def child(self, name: str, *, required: bool = True) -> _Scope | None:
-        """The sub-table ``name``; None when absent and not required."""
-        if name not in self.table:
-            if required:
-                self.fail(name, f"missing required table [{self.at(name)}]")
-            return None
-        value = self.table[name]
-        if not isinstance(value, dict):
-            self.fail(name, f"expected a table, got {_type_name(value)}")
-        return _Scope(self.file, self.at(name), value)
-
-    def string(self, name: str, *, required: bool) -> str:
-        if name not in self.table:
-            if required:
-                self.fail(name, "missing required field")
-            return ""
-        value = self.table[name]
-        if not isinstance(value, str):
-            self.fail(name, f"expected a string, got {_type_name(value)}")
-        return value
-
-    def boolean(self, name: str, *, default: bool) -> bool:
-        value = self.table.get(name, default)
-        if not isinstance(value, bool):
-            self.fail(name, f"expected true or false, got {_type_name(value)}")
-        return value
-
-    def fraction(self, name: str, *, default: float | None) -> float:
-        if name not in self.table:
-            if default is None:
-                self.fail(name, "missing required field")
-            return default
-        value = self.table[name]
-        # bool is an int subclass; `reminder_at = true` is a mistake, not 1.
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-            self.fail(name, f"expected a number between 0 and 1, got {_type_name(value)}")
-        return float(value)
-
-    def duration(self, name: str) -> timedelta:
-        if name not in self.table:
-            self.fail(name, 'missing required field (a duration such as "30s", "8h", "3d")')
-        value = self.table[name]
-        if not isinstance(value, str):
-            self.fail(name, f'expected a duration string such as "30s", "8h", "3d", got {_type_name(value)}')
-        try:
-            return parse_duration(value)
-        except ValueError as exc:
-            self.fail(name, str(exc))
-
-
-def _header(root: _Scope) -> tuple[str, str]:
-    header = root.child("sla")
-    assert header is not None
+def _header(root: TomlTable) -> tuple[str, str]:
+    header = root.table("sla")
     header.only(_HEADER)
-    version = header.table.get("version")
-    if version is None:
-        header.fail("version", "missing required field")
-    if type(version) is not int:  # bool is an int subclass; `version = true` is a mistake
-        header.fail("version", f"expected an integer, got {_type_name(version)}")
+    version = header.integer("version")
     if version != SLA_POLICY_VERSION:
         header.fail("version", f"unsupported version {version}; this release reads {SLA_POLICY_VERSION}")
-    jurisdiction = header.string("jurisdiction", required=True)
+    jurisdiction = header.string("jurisdiction")
     if not _JURISDICTION.fullmatch(jurisdiction):
         header.fail(
             "jurisdiction",
             f"{jurisdiction!r} is not a jurisdiction code: two upper-case letters (ISO 3166-1, or EU), "
             'optionally "-" and a subdivision, e.g. "CN", "EU", "CN-31"',
         )
-    return jurisdiction, header.string("description", required=False)
+    return jurisdiction, header.optional_string("description") or ""
 
 
-def _escalation(root: _Scope) -> EscalationLadder:
-    scope = root.child("escalation")
-    assert scope is not None
+def _escalation(root: TomlTable) -> EscalationLadder:
+    scope = root.table("escalation")
     scope.only(_ESCALATION)
-    breach_at = scope.fraction("breach_at", default=1.0)
+    breach_at = scope.number("breach_at", default=1.0, expected=_FRACTION)
     if breach_at != 1.0:
         scope.fail(
             "breach_at", f"must be 1.0, got {breach_at}: a deadline is breached exactly when it passes"
         )
-    reminder_at = scope.fraction("reminder_at", default=None)
+    reminder_at = scope.number("reminder_at", expected=_FRACTION)
     if not 0.0 < reminder_at < breach_at:
         scope.fail("reminder_at", f"must be above 0 and below breach_at ({breach_at}), got {reminder_at}")
     return EscalationLadder(
@@ -316,13 +232,11 @@ def _escalation(root: _Scope) -> EscalationLadder:
     )
 
 
-def _hold(scope: _Scope, name: str) -> HoldRule:
+def _hold(scope: TomlTable, name: str) -> HoldRule:
     scope.only(_HOLD if name == "stop_payment" else _FREEZE_HOLD)
-    validity = scope.duration("validity")
-    extension = scope.duration("extension") if "extension" in scope.table else validity
-    raw_max = scope.table.get("max_extensions", -1)
-    if type(raw_max) is not int:
-        scope.fail("max_extensions", f"expected an integer (-1 for no limit), got {_type_name(raw_max)}")
+    validity = _duration(scope, "validity")
+    extension = _duration(scope, "extension") if scope.has("extension") else validity
+    raw_max = scope.integer("max_extensions", default=-1, expected="an integer (-1 for no limit)")
     if raw_max < -1:
         scope.fail("max_extensions", f"must be 0 or more, or -1 for no limit; got {raw_max}")
     return HoldRule(
@@ -333,36 +247,25 @@ def _hold(scope: _Scope, name: str) -> HoldRule:
     )
 
 
-def _holds(root: _Scope) -> dict[_RequestType, HoldRule]:
-    scope = root.child("hold")
-    assert scope is not None
-    scope.only(frozenset(_HOLD_TYPES))
+def _holds(root: TomlTable) -> dict[_RequestType, HoldRule]:
+    scope = root.table("hold")
+    scope.only(_HOLD_TYPES)
     holds: dict[_RequestType, HoldRule] = {}
     for name, request_type in _HOLD_TYPES.items():
-        child = scope.child(name)
-        assert child is not None
-        holds[request_type] = _hold(child, name)
+        holds[request_type] = _hold(scope.table(name), name)
     return holds
 
 
-def _deadline_types(scope: _Scope) -> list[_RequestType]:
-    if "types" not in scope.table:
-        scope.fail("types", "missing required field")
-    value = scope.table["types"]
-    if not isinstance(value, list):
-        scope.fail("types", f"expected an array of request type names, got {_type_name(value)}")
-    if not value:
-        scope.fail("types", "must not be empty (list at least one request type)")
+def _deadline_types(scope: TomlTable) -> list[_RequestType]:
     types: list[_RequestType] = []
-    for i, item in enumerate(value):
-        if not isinstance(item, str):
-            scope.fail(f"types[{i}]", f"expected a string, got {_type_name(item)}")
-        request_type = _TYPES_BY_NAME.get(item)
+    names = scope.strings(
+        "types", required=True, non_empty=True, distinct=True, expected="an array of request type names"
+    )
+    for i, item in enumerate(names):
+        request_type = REQUEST_TYPES_BY_SLUG.get(item)
         if request_type is None:
-            expected = ", ".join(_TYPES_BY_NAME)
+            expected = ", ".join(REQUEST_TYPES_BY_SLUG)
             scope.fail(f"types[{i}]", f"unknown request type {item!r} (expected one of: {expected})")
-        if request_type in types:
-            scope.fail(f"types[{i}]", f"{item!r} is listed twice")
         types.append(request_type)
     return types
 
@@ -371,8 +274,8 @@ _Budget: TypeAlias = tuple[timedelta, timedelta, timedelta]
 _Key: TypeAlias = tuple[_RequestType, _Priority]
 
 
-def _budget(scope: _Scope) -> _Budget:
-    deliver, acknowledge, execute = (scope.duration(name) for name in _PHASES)
+def _budget(scope: TomlTable) -> _Budget:
+    deliver, acknowledge, execute = (_duration(scope, name) for name in _PHASES)
     for (earlier, shorter), (later, longer) in (
         (("deliver", deliver), ("acknowledge", acknowledge)),
         (("acknowledge", acknowledge), ("execute", execute)),
@@ -388,20 +291,14 @@ def _budget(scope: _Scope) -> _Budget:
     return deliver, acknowledge, execute
 
 
-def _deadlines(root: _Scope) -> dict[_Key, _Budget]:
-    raw = root.table.get("deadline")
-    if raw is None:
-        root.fail("deadline", "missing required [[deadline]] tables")
-    if not isinstance(raw, list) or not all(isinstance(item, dict) for item in raw):
-        root.fail("deadline", "expected an array of tables [[deadline]]")
+def _deadlines(root: TomlTable) -> dict[_Key, _Budget]:
     budgets: dict[_Key, _Budget] = {}
     covered_by: dict[_Key, int] = {}
-    for index, table in enumerate(raw):
-        scope = _Scope(root.file, f"deadline[{index}]", table)
+    for index, scope in enumerate(root.tables("deadline", required=True)):
         scope.only(_DEADLINE)
-        scope.string("description", required=False)
+        scope.optional_string("description")
         types = _deadline_types(scope)
-        priority_name = scope.string("priority", required=True)
+        priority_name = scope.string("priority")
         priority = _PRIORITIES_BY_NAME.get(priority_name)
         if priority is None:
             scope.fail("priority", f"unknown priority {priority_name!r} (expected one of: green, standard)")
@@ -411,14 +308,14 @@ def _deadlines(root: _Scope) -> dict[_Key, _Budget]:
             if key in covered_by:
                 scope.fail(
                     f"types[{position}]",
-                    f"{_name_of(request_type)} at priority {priority_name} is already covered by "
+                    f"{request_type_slug(request_type)} at priority {priority_name} is already covered by "
                     f"deadline[{covered_by[key]}]; each (type, priority) pair is covered exactly once",
                 )
             covered_by[key] = index
             budgets[key] = budget
     missing = [
         f"{type_name} at {priority_name}"
-        for type_name, request_type in _TYPES_BY_NAME.items()
+        for type_name, request_type in REQUEST_TYPES_BY_SLUG.items()
         for priority_name, priority in _PRIORITIES_BY_NAME.items()
         if (request_type, priority) not in budgets
     ]
@@ -444,23 +341,13 @@ def _table(budgets: Mapping[_Key, _Budget], holds: Mapping[_RequestType, HoldRul
     )
 
 
-def _read_toml(path: Path) -> dict[str, object]:
-    try:
-        with path.open("rb") as handle:
-            return tomllib.load(handle)
-    except OSError as exc:
-        raise PolicyError(f"cannot read the SLA policy file: {exc.strerror or exc}", file=str(path)) from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise PolicyError(f"not valid TOML: {exc}", file=str(path)) from exc
-
-
 def load_sla_policy(path: Path) -> SlaPolicy:
     """Read and check an SLA policy file; raise :class:`PolicyError` naming the file and field.
 
     Nothing is logged: the default policy is loaded while modules are imported, before the
     command line has configured logging.
     """
-    root = _Scope(str(path), "", _read_toml(path))
+    root = read_toml(path, PolicyError, what="the SLA policy file")
     root.only(_TOP)
     jurisdiction, description = _header(root)
     escalation = _escalation(root)

@@ -24,11 +24,10 @@ from typing import TYPE_CHECKING, Any
 
 import nats.errors
 import structlog
-from google.protobuf.timestamp_pb2 import Timestamp
 from greenchannel.v1 import common_pb2, envelope_pb2, lifecycle_pb2, requests_pb2
 from nats.js.client import JetStreamContext
 
-from broker.protocol import Clock, FieldViolation, SigningKey, body_digest
+from broker.protocol import Clock, FieldViolation, SigningKey, body_digest, to_timestamp
 from broker.protocol._envelope import (
     VerifiedRequest,
     notarize,
@@ -86,12 +85,6 @@ log = structlog.get_logger(__name__)
 class SubmitOutcome:
     status: lifecycle_pb2.RequestStatus
     duplicate: bool
-
-
-def _timestamp(when: datetime) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromDatetime(when)
-    return stamp
 
 
 class Intake:
@@ -404,11 +397,11 @@ class Intake:
             request_id=request_id,
             state=common_pb2.REQUEST_STATE_SUBMITTED,
             actor=BROKER_ID,
-            at=_timestamp(received_at),
+            at=to_timestamp(received_at),
             request_digest=body_digest(verified.signed.payload),
         )
         signed = sign_event(event, key=self._broker_key, clock=self._clock)
-        recorded = lifecycle_pb2.RecordedEvent(event=signed, recorded_at=_timestamp(received_at), seq=1)
+        recorded = lifecycle_pb2.RecordedEvent(event=signed, recorded_at=to_timestamp(received_at), seq=1)
         return recorded, event_id
 
     async def _publish(self, status: lifecycle_pb2.RequestStatus, envelope: envelope_pb2.Envelope) -> None:

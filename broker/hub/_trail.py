@@ -70,7 +70,15 @@ import structlog
 from cryptography.hazmat.primitives.asymmetric import x25519
 from greenchannel.v1 import common_pb2, lifecycle_pb2, requests_pb2, results_pb2, trail_pb2
 
-from broker.protocol import Clock, ProtocolError, Registry, SealingError, SigningKey
+from broker.protocol import (
+    EXECUTED_STATES,
+    HOLD_TYPES,
+    Clock,
+    ProtocolError,
+    Registry,
+    SealingError,
+    SigningKey,
+)
 from broker.protocol._registry import BROKER_ID, AgencyKind
 
 from ._errors import ConflictError, HubError, InvalidRequestError, NotFoundError, UnavailableError
@@ -116,8 +124,6 @@ TrailSource = Callable[[lifecycle_pb2.RequestStatus], Sequence[results_pb2.Onwar
 """Given an outcome's status, its onward transfers in full (account numbers and names included)."""
 
 _HOLD_BODIES = frozenset({"stop_payment", "freeze"})
-_HOLD_TYPES = frozenset({common_pb2.REQUEST_TYPE_STOP_PAYMENT, common_pb2.REQUEST_TYPE_FREEZE})
-_CHASEABLE = frozenset({common_pb2.REQUEST_STATE_EXECUTED, common_pb2.REQUEST_STATE_PARTIALLY_EXECUTED})
 
 
 def clear_onward_transfers(status: lifecycle_pb2.RequestStatus) -> Sequence[results_pb2.OnwardTransfer]:
@@ -360,7 +366,7 @@ class TrailChaser:
         outcome = outcome_of(status)
         if outcome is None:
             return ()
-        chaseable = outcome.state in _CHASEABLE or (
+        chaseable = outcome.state in EXECUTED_STATES or (
             outcome.state == common_pb2.REQUEST_STATE_REJECTED
             and outcome.reason == results_pb2.REASON_CODE_INSUFFICIENT_FUNDS
         )
@@ -372,7 +378,7 @@ class TrailChaser:
         Idempotent; raises (so the event is processed again) when NATS fails or the trail is
         not ready for a child yet.
         """
-        if status.type not in _HOLD_TYPES or outcome_of(status) is None:
+        if status.type not in HOLD_TYPES or outcome_of(status) is None:
             return
         transfers = self._transfers(status)
         trail = await self._recorder.record(status, transfers)

@@ -17,7 +17,7 @@ from hashlib import sha256
 from google.protobuf.timestamp_pb2 import Timestamp
 from greenchannel.v1 import common_pb2, lifecycle_pb2, requests_pb2, results_pb2, trail_pb2
 
-from broker.protocol import FieldViolation
+from broker.protocol import HOLD_TYPES, HOLDING_STATES, OUTCOME_STATES, FieldViolation, to_timestamp
 from broker.protocol._registry import BROKER_ID
 
 from ._policy import ChasePolicy
@@ -46,18 +46,7 @@ __all__ = [
 ]
 
 _S = common_pb2
-_HOLD_TYPES = frozenset({_S.REQUEST_TYPE_STOP_PAYMENT, _S.REQUEST_TYPE_FREEZE})
-_OUTCOMES = frozenset(
-    {
-        _S.REQUEST_STATE_EXECUTED,
-        _S.REQUEST_STATE_PARTIALLY_EXECUTED,
-        _S.REQUEST_STATE_REJECTED,
-        _S.REQUEST_STATE_FAILED,
-    }
-)
-HOLDING = frozenset(
-    {_S.REQUEST_STATE_EXECUTED, _S.REQUEST_STATE_PARTIALLY_EXECUTED, _S.REQUEST_STATE_EXTENDED}
-)
+HOLDING = HOLDING_STATES
 """States in which a request's hold is in force."""
 
 _L = trail_pb2
@@ -113,12 +102,6 @@ def _money(currency: str, minor_units: int) -> common_pb2.Money:
     return common_pb2.Money(currency=currency, minor_units=minor_units)
 
 
-def _timestamp(when: datetime) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromDatetime(when)
-    return stamp
-
-
 def child_key(parent_id: str, transfer_id: str) -> str:
     """The idempotency key of the broker's stop-payment chasing ``transfer_id`` listed by ``parent_id``.
 
@@ -132,7 +115,7 @@ def outcome_of(status: lifecycle_pb2.RequestStatus) -> Outcome | None:
     """The first outcome in the timeline (a later EXTENDED or RELEASED does not change what was found)."""
     for recorded in status.events:
         event = lifecycle_pb2.LifecycleEvent.FromString(recorded.event.payload)
-        if event.state in _OUTCOMES:
+        if event.state in OUTCOME_STATES:
             return Outcome(state=event.state, reason=event.reason, at=recorded.recorded_at)
     return None
 
@@ -259,7 +242,7 @@ def narrow_bounds(
 def new_trail(case_ref: common_pb2.CaseRef, policy: ChasePolicy, now: datetime) -> trail_pb2.Trail:
     """An empty trail for a case, chased as the policy says."""
     return trail_pb2.Trail(
-        case_ref=case_ref, chasing=policy.enabled, bounds=bounds_of(policy), updated_at=_timestamp(now)
+        case_ref=case_ref, chasing=policy.enabled, bounds=bounds_of(policy), updated_at=to_timestamp(now)
     )
 
 
@@ -288,7 +271,7 @@ def record_submission(
     if sender == BROKER_ID:
         transfer_id = request.stop_payment.fraud_transfer_id if body == "stop_payment" else ""
         return bind_children(trail, request.parent_id, {transfer_id: request_id}, now=ctx.now)
-    now = _timestamp(ctx.now)
+    now = to_timestamp(ctx.now)
     if body == "freeze" and request.freeze.converts_request_id:
         found = find_request(trail, request.freeze.converts_request_id)
         if found is None:
@@ -354,7 +337,7 @@ def bind_children(
             request.state = _S.REQUEST_STATE_SUBMITTED
             changed = True
     if changed:
-        trail.updated_at.CopyFrom(_timestamp(now))
+        trail.updated_at.CopyFrom(to_timestamp(now))
     return changed
 
 
@@ -407,7 +390,7 @@ def not_sent(
                         account=node.account if node.HasField("account") else None,
                     )
                 )
-                trail.updated_at.CopyFrom(_timestamp(ctx.now))
+                trail.updated_at.CopyFrom(to_timestamp(ctx.now))
                 return True
     return False
 
@@ -428,7 +411,7 @@ def record_outcome(
     Returns False when the outcome was recorded before: nothing is decided twice.
     """
     outcome = outcome_of(status)
-    if outcome is None or status.type not in _HOLD_TYPES:
+    if outcome is None or status.type not in HOLD_TYPES:
         return False
     found = find_request(trail, status.id)
     if found is None:
@@ -450,7 +433,7 @@ def record_outcome(
         if target is not None and outcome.state in HOLDING:
             target[1].state = _S.REQUEST_STATE_RELEASED  # the bank moved its hold into this freeze
     _retotal(node)
-    trail.updated_at.CopyFrom(_timestamp(ctx.now))
+    trail.updated_at.CopyFrom(to_timestamp(ctx.now))
     chaseable = outcome.state in (_S.REQUEST_STATE_EXECUTED, _S.REQUEST_STATE_PARTIALLY_EXECUTED) or (
         outcome.state == _S.REQUEST_STATE_REJECTED
         and outcome.reason == results_pb2.REASON_CODE_INSUFFICIENT_FUNDS
@@ -640,7 +623,7 @@ def _plan(
             asked=_money(transfer.amount.currency, amount),
             held=_money(transfer.amount.currency, 0),
             state=_PLANNED,
-            sent_at=_timestamp(ctx.now),
+            sent_at=to_timestamp(ctx.now),
         )
     )
     _retotal(target)
@@ -696,7 +679,7 @@ def reconsider(
             trail.leads.append(lead)  # the bank's answer no longer lists it: keep what we knew
             continue
         _decide(trail, node, request, transfer, ctx)
-    trail.updated_at.CopyFrom(_timestamp(ctx.now))
+    trail.updated_at.CopyFrom(to_timestamp(ctx.now))
     return True
 
 

@@ -11,16 +11,14 @@ from __future__ import annotations
 
 import dataclasses
 import re
-import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import UTC, date, datetime, time
 from pathlib import Path
-from typing import NoReturn
 
 from ._errors import RegistryError
 from ._keys import KeyUse, PublicKey, b64url_decode, b64url_encode, jwk_thumbprint
 from ._registry import _ROUTING, AGENCY_ID, Agency, AgencyKind, Registry, _FieldError
+from ._toml import TomlTable, read_toml
 
 __all__ = ["DIRECTORY_VERSION", "OverlayKey", "load_directory", "read_overlay"]
 
@@ -33,97 +31,8 @@ _KEY_FIELDS = frozenset({"kid", "x", "use", "not_before", "not_after", "revoked_
 _AGENCY_FIELDS = frozenset({"id", "kind", "name", "region", "duty_contact", "supervisor", "key", *_ROUTING})
 _X = re.compile(r"[A-Za-z0-9_-]{43}")  # 32 bytes, unpadded base64url
 _JURISDICTION = re.compile(r"[A-Z]{2}")
-_TOML_TYPES: Mapping[type, str] = {
-    str: "a string",
-    bool: "a boolean",
-    int: "an integer",
-    float: "a float",
-    list: "an array",
-    dict: "a table",
-    datetime: "a date-time",
-    date: "a date",
-    time: "a time",
-}
-
-
-def _type_name(value: object) -> str:
-    return _TOML_TYPES.get(type(value), type(value).__name__)
-
-
-@dataclass(frozen=True)
-class _Scope:
-    """One TOML table and where it sits, so every error can name file and field path."""
-
-    file: str
-    path: str
-    table: Mapping[str, object]
-
-    def at(self, name: str) -> str:
-        return f"{self.path}.{name}" if self.path else name
-
-    def fail(self, name: str | None, message: str) -> NoReturn:
-        raise RegistryError(message, file=self.file, field=self.at(name) if name else self.path or None)
-
-    def only(self, allowed: frozenset[str]) -> None:
-        for name in self.table:
-            if name not in allowed:
-                self.fail(name, f"unknown field (expected one of: {', '.join(sorted(allowed))})")
-
-    def optional_string(self, name: str) -> str | None:
-        value = self.table.get(name)
-        if value is not None and not isinstance(value, str):
-            self.fail(name, f"expected a string, got {_type_name(value)}")
-        return value
-
-    def string(self, name: str) -> str:
-        value = self.optional_string(name)
-        if value is None:
-            self.fail(name, "missing required field")
-        return value
-
-    def integer(self, name: str) -> int:
-        value = self.table.get(name)
-        if value is None:
-            self.fail(name, "missing required field")
-        if type(value) is not int:  # bool is an int subclass; `version = true` is a mistake
-            self.fail(name, f"expected an integer, got {_type_name(value)}")
-        return value
-
-    def strings(self, name: str) -> tuple[str, ...]:
-        value = self.table.get(name, [])
-        if not isinstance(value, list):
-            self.fail(name, f"expected an array of strings, got {_type_name(value)}")
-        for i, item in enumerate(value):
-            if not isinstance(item, str):
-                self.fail(f"{name}[{i}]", f"expected a string, got {_type_name(item)}")
-        return tuple(value)
-
-    def instant(self, name: str) -> datetime | None:
-        value = self.table.get(name)
-        if value is None:
-            return None
-        if not isinstance(value, datetime):
-            self.fail(
-                name, f"expected an offset date-time such as 2026-01-01T00:00:00Z, got {_type_name(value)}"
-            )
-        if value.utcoffset() is None:
-            # A local time means a different instant on every host; validity windows must not.
-            self.fail(name, "naive date-time: add 'Z' or an offset such as +08:00")
-        return value.astimezone(UTC)
-
-    def table_of(self, name: str) -> _Scope:
-        value = self.table.get(name)
-        if value is None:
-            self.fail(name, f"missing required table [{name}]")
-        if not isinstance(value, dict):
-            self.fail(name, f"expected a table, got {_type_name(value)}")
-        return _Scope(self.file, self.at(name), value)
-
-    def tables(self, name: str) -> list[_Scope]:
-        value = self.table.get(name, [])
-        if not isinstance(value, list) or not all(isinstance(item, dict) for item in value):
-            self.fail(name, f"expected an array of tables [[{self.at(name)}]]")
-        return [_Scope(self.file, f"{self.at(name)}[{i}]", item) for i, item in enumerate(value)]
+_USES = {use.value: use for use in KeyUse}
+_KINDS = {kind.value: kind for kind in AgencyKind}
 
 
 class _KidBook:
@@ -132,19 +41,18 @@ class _KidBook:
     def __init__(self) -> None:
         self._seen: dict[str, str] = {}
 
-    def add(self, key: PublicKey, scope: _Scope) -> None:
+    def add(self, key: PublicKey, scope: TomlTable) -> None:
         if (first := self._seen.get(key.kid)) is not None:
             scope.fail("kid", f"duplicate kid {key.kid!r}, already at {first}")
         self._seen[key.kid] = f"{scope.file} {scope.path}"
 
 
-def _parse_key(scope: _Scope, book: _KidBook, *, extra: frozenset[str] = frozenset()) -> PublicKey:
+def _parse_key(scope: TomlTable, book: _KidBook, *, extra: frozenset[str] = frozenset()) -> PublicKey:
     scope.only(_KEY_FIELDS | extra)
     kid = scope.string("kid")
     x = scope.string("x")
-    try:
-        use = KeyUse(scope.string("use"))
-    except ValueError:
+    use = _USES.get(scope.string("use"))
+    if use is None:
         scope.fail("use", "must be 'sig' (Ed25519) or 'enc' (X25519)")
     raw = b64url_decode(x) if _X.fullmatch(x) else b""
     # Re-encoding rejects non-canonical trailing bits, so one key has exactly one spelling.
@@ -165,18 +73,15 @@ def _parse_key(scope: _Scope, book: _KidBook, *, extra: frozenset[str] = frozens
     return key
 
 
-def _parse_broker_key(scope: _Scope, book: _KidBook) -> PublicKey:
+def _parse_broker_key(scope: TomlTable, book: _KidBook) -> PublicKey:
     # 'sig' notarizes; 'enc' receives the result details the broker needs to chase money.
     return _parse_key(scope, book)
 
 
-def _parse_agency(scope: _Scope, book: _KidBook) -> Agency:
+def _parse_agency(scope: TomlTable, book: _KidBook) -> Agency:
     scope.only(_AGENCY_FIELDS)
     agency_id = scope.string("id")
-    try:
-        kind = AgencyKind(scope.string("kind"))
-    except ValueError:
-        scope.fail("kind", f"must be one of: {', '.join(AgencyKind)}")
+    kind = scope.choice("kind", _KINDS, what="agency kind")
     name = scope.string("name")
     region = scope.string("region")
     duty_contact = scope.string("duty_contact")
@@ -202,22 +107,6 @@ def _parse_agency(scope: _Scope, book: _KidBook) -> Agency:
         scope.fail(exc.field, exc.detail)
 
 
-def _read_toml(path: Path) -> dict[str, object]:
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise RegistryError(f"cannot read file: {exc.strerror or exc}", file=str(path)) from exc
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise RegistryError(f"not UTF-8 (byte offset {exc.start})", file=str(path)) from exc
-    try:
-        return tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        # tomllib's message carries the position: "Invalid value (at line 7, column 9)".
-        raise RegistryError(f"invalid TOML: {exc}", file=str(path)) from exc
-
-
 @dataclass(frozen=True, kw_only=True)
 class OverlayKey:
     """One public key of an overlay file."""
@@ -231,16 +120,14 @@ class OverlayKey:
 
 
 def _read_overlay(path: Path, book: _KidBook) -> list[OverlayKey]:
-    root = _Scope(str(path), "", _read_toml(path))
+    root = read_toml(path, RegistryError, invalid="invalid TOML")
     root.only(_OVERLAY_TOP)
     entries = [
         OverlayKey(agency=None, key=_parse_broker_key(scope, book), field=scope.path)
         for scope in root.tables("broker_key")
     ]
     for scope in root.tables("key"):
-        agency = scope.string("agency")
-        if not AGENCY_ID.fullmatch(agency):
-            scope.fail("agency", "must be an agency id")
+        agency = scope.string("agency", pattern=AGENCY_ID, mismatch="must be an agency id")
         entries.append(
             OverlayKey(
                 agency=agency, key=_parse_key(scope, book, extra=frozenset({"agency"})), field=scope.path
@@ -256,16 +143,16 @@ def read_overlay(path: Path) -> list[OverlayKey]:
 
 def load_directory(path: Path, *, key_overlays: Sequence[Path] = ()) -> Registry:
     """Load the directory file, merge the overlays' keys into it, and build the registry."""
-    root = _Scope(str(path), "", _read_toml(path))
+    root = read_toml(path, RegistryError, invalid="invalid TOML")
     root.only(_TOP)
-    header = root.table_of("directory")
+    header = root.table("directory")
     header.only(_HEADER)
     version = header.integer("version")
     if version != DIRECTORY_VERSION:
         header.fail("version", f"unsupported version {version}; this release reads {DIRECTORY_VERSION}")
-    jurisdiction = header.string("jurisdiction")
-    if not _JURISDICTION.fullmatch(jurisdiction):
-        header.fail("jurisdiction", "must be an ISO 3166-1 alpha-2 code such as 'CN'")
+    jurisdiction = header.string(
+        "jurisdiction", pattern=_JURISDICTION, mismatch="must be an ISO 3166-1 alpha-2 code such as 'CN'"
+    )
 
     book = _KidBook()
     broker_keys = [_parse_broker_key(scope, book) for scope in root.tables("broker_key")]

@@ -21,10 +21,9 @@ opens the body (:func:`unseal_envelope`) and verifies exactly what it would have
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, timedelta
 
 from google.protobuf.message import DecodeError
-from google.protobuf.timestamp_pb2 import Timestamp
 from greenchannel.v1 import common_pb2, envelope_pb2, lifecycle_pb2, requests_pb2
 
 from ._clock import Clock, ManualClock
@@ -40,6 +39,7 @@ from ._keys import PublicKey, SigningKey
 from ._registry import BROKER_ID
 from ._sealing import REQUEST_CONTENT_TYPE, DecryptionKeys, open_sealed, seal
 from ._signing import Claims, KeyStore, body_digest, sign_detached, verify_detached
+from ._timestamps import to_timestamp
 from ._validation import decode_message, parse_and_validate, validate_message
 
 __all__ = [
@@ -179,12 +179,6 @@ def verify_request(
     return VerifiedRequest(request=request, signed=signed, claims=claims)
 
 
-def _timestamp(when: datetime) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromDatetime(when)
-    return stamp
-
-
 def notarize(
     verified: VerifiedRequest,
     *,
@@ -206,7 +200,7 @@ def notarize(
         hop=request.hop,
         priority=request.priority,
         issued_at=request.issued_at,
-        received_at=_timestamp(clock.now()),
+        received_at=to_timestamp(clock.now()),
         deadlines=deadlines,
         body_digest=body_digest(verified.signed.payload),
         body_signature_digest=body_digest(verified.signed.signature.encode("ascii")),

@@ -11,6 +11,7 @@ import enum
 import hashlib
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -28,8 +29,10 @@ __all__ = [
     "b64url_decode",
     "b64url_encode",
     "generate_signing_key",
+    "jwk_set",
     "jwk_thumbprint",
     "load_signing_key",
+    "public_jwk",
     "save_signing_key",
 ]
 
@@ -60,6 +63,25 @@ def jwk_thumbprint(raw_public: bytes, use: KeyUse = KeyUse.SIG) -> str:
     members = {"crv": _CURVE[use], "kty": "OKP", "x": b64url_encode(raw_public)}
     canonical = json.dumps(members, separators=(",", ":"), sort_keys=True).encode()
     return b64url_encode(hashlib.sha256(canonical).digest())
+
+
+def public_jwk(key: PublicKey) -> dict[str, str]:
+    """The key as an RFC 8037 OKP JWK; its ``kid`` is the RFC 7638 thumbprint of these members."""
+    jwk = {
+        "kty": "OKP",
+        "crv": _CURVE[key.use],
+        "x": b64url_encode(key.raw),
+        "kid": key.kid,
+        "use": key.use.value,
+    }
+    if key.use is KeyUse.SIG:
+        jwk["alg"] = "EdDSA"  # RFC 8037 §3.1; an X25519 key serves several ECDH-ES algorithms
+    return jwk
+
+
+def jwk_set(keys: Iterable[PublicKey]) -> dict[str, list[dict[str, str]]]:
+    """An RFC 7517 JWK Set of public keys (validity windows stay in the directory)."""
+    return {"keys": [public_jwk(key) for key in keys]}
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -33,6 +33,7 @@ from ._errors import MalformedSignatureError, VerificationError
 from ._keys import SigningKey
 from ._registry import BROKER_ID
 from ._signing import KeyStore, body_digest, verify_detached
+from ._timestamps import to_timestamp
 
 __all__ = [
     "CHECKPOINT_AUDIENCE",
@@ -69,9 +70,7 @@ def entry_hash(entry: bytes) -> str:
 def _timestamp(when: datetime) -> Timestamp:
     if when.utcoffset() is None:
         raise ValueError("ledger times must be timezone-aware")
-    stamp = Timestamp()
-    stamp.FromDatetime(when.astimezone(UTC))
-    return stamp
+    return to_timestamp(when.astimezone(UTC))
 
 
 def build_entry(

@@ -39,17 +39,22 @@ from ._keys import (
     jwk_thumbprint,
     save_signing_key,
 )
-from ._registry import AGENCY_ID
+from ._registry import AGENCY_ID, BROKER_ID
 
 __all__ = [
     "OVERLAY_FILE",
+    "agency_keys",
     "ensure_agency_keys",
+    "generate_agency_keys",
     "key_overlay_path",
     "load_agency_encryption_key",
     "load_agency_encryption_keys",
     "load_agency_signing_key",
     "load_broker_encryption_key",
     "load_broker_signing_key",
+    "merge_into_overlay",
+    "private_key_path",
+    "render_key_tables",
     "revoke_key",
     "rotate_agency_key",
 ]
@@ -65,8 +70,13 @@ def key_overlay_path(state_dir: Path) -> Path:
     return state_dir / "keys" / OVERLAY_FILE
 
 
+def private_key_path(state_dir: Path, agency_id: str, kid: str) -> Path:
+    """Where the agency's private key ``kid`` lives under ``state_dir`` (the adapter's key file)."""
+    return _owner_dir(state_dir, agency_id) / f"{kid}.pem"
+
+
 def _owner_dir(state_dir: Path, owner: str | None) -> Path:
-    if owner is not None and not AGENCY_ID.fullmatch(owner):
+    if owner is not None and (not AGENCY_ID.fullmatch(owner) or owner == BROKER_ID):
         # The id becomes a path component: refuse anything that could escape the key directory.
         raise UnknownAgencyError(f"invalid agency id {owner!r}")
     return state_dir / "keys" / (owner or _BROKER)
@@ -298,6 +308,66 @@ def ensure_agency_keys(
     return path
 
 
+def generate_agency_keys(
+    state_dir: Path, agency_id: str, *, clock: Clock, force: bool = False
+) -> tuple[PublicKey, PublicKey]:
+    """Create one agency's own signing and encryption keys in ``state_dir``, on the agency's host.
+
+    Needs no directory file: an agency joining the bus makes its keys first and hands the public
+    halves to the operator. The layout is the one every loader reads (``keys/<agency>/<kid>.pem``
+    plus the overlay as the local record of windows), so ``state_dir`` works as ``--state-dir``.
+    Refuses when the agency already has a usable key there unless ``force``: a second pair is
+    then added beside the first (no file is ever overwritten; the newest key wins). Returns the
+    new (sig, enc) public keys.
+    """
+    directory = _owner_dir(state_dir, agency_id)  # validates the id before anything is written
+    now = _aware(clock.now(), "clock.now()")
+    if not force:
+        path = key_overlay_path(state_dir)
+        entries = read_overlay(path) if path.exists() else []
+        existing = [e.key.kid for e in entries if e.agency == agency_id and _usable(state_dir, e, now)]
+        existing += [pem.stem for pem in sorted(directory.glob("*.pem")) if pem.stem not in existing]
+        if existing:
+            raise KeyFileError(f"{directory}: agency {agency_id!r} already has keys ({', '.join(existing)})")
+    with _locked(state_dir) as entries:
+        _adopt_orphans(state_dir, agency_id, entries, now)
+        pair = (_generate(directory, KeyUse.SIG, now), _generate(directory, KeyUse.ENC, now))
+        entries.extend(_entry(agency_id, key) for key in pair)
+    return pair
+
+
+def agency_keys(state_dir: Path, agency_id: str) -> tuple[PublicKey, ...]:
+    """The agency's public keys as recorded in ``state_dir``'s overlay, in file order."""
+    _owner_dir(state_dir, agency_id)
+    path = key_overlay_path(state_dir)
+    entries = read_overlay(path) if path.exists() else []
+    return tuple(entry.key for entry in entries if entry.agency == agency_id)
+
+
+def merge_into_overlay(path: Path, agency_id: str, keys: Iterable[PublicKey]) -> None:
+    """Add ``keys`` to the overlay file ``path``, replacing entries with the same kid.
+
+    For the operator's overlay that the broker reads (``greenchannel broker --key-overlay``):
+    a rotation rewrites the old key's window, a revocation adds ``revoked_at``. The write is
+    atomic, so a broker polling the file sees the old overlay or the new one.
+    """
+    _owner_dir(path.parent, agency_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.with_name(f".{path.name}.lock").open("a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        entries = read_overlay(path) if path.exists() else []
+        for key in keys:
+            at = next((i for i, e in enumerate(entries) if e.key.kid == key.kid), None)
+            if at is None:
+                entries.append(_entry(agency_id, key))
+            elif entries[at].agency != agency_id:
+                owner = "the broker" if entries[at].agency is None else repr(entries[at].agency)
+                raise KeyFileError(f"{path}: key {key.kid!r} belongs to {owner}, not {agency_id!r}")
+            else:
+                entries[at] = _entry(agency_id, key)
+        _write_overlay(path, entries)
+
+
 def rotate_agency_key(
     state_dir: Path,
     agency_id: str,
@@ -381,6 +451,15 @@ def _render_key(table: str, owner: str | None, key: PublicKey) -> str:
         if value is not None:
             lines.append(f"{name} = {_toml_instant(value)}")
     return "\n".join(lines) + "\n"
+
+
+def render_key_tables(agency_id: str, keys: Iterable[PublicKey], *, overlay: bool = False) -> str:
+    """Public keys as directory TOML: ``[[agency.key]]`` tables to paste under the agency's
+    ``[[agency]]`` entry, or with ``overlay`` the ``[[key]]`` tables of an overlay file."""
+    _owner_dir(Path(), agency_id)
+    if overlay:
+        return "\n".join(_render_key("key", agency_id, key) for key in keys)
+    return "\n".join(_render_key("agency.key", None, key) for key in keys)
 
 
 def _write_overlay(path: Path, entries: list[OverlayKey]) -> None:

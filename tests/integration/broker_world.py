@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
 from greenchannel.v1 import common_pb2, envelope_pb2, lifecycle_pb2, requests_pb2, results_pb2
 from nats.aio.client import Client
@@ -20,7 +21,7 @@ from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.client import JetStreamContext
 
 from agencies import DEFAULT_POLICY
-from broker.client import BusClient
+from broker.client import BusClient, error_details
 from broker.embedded import EmbeddedNats, EmbeddedNatsConfig
 from broker.hub import Broker, BrokerConfig
 from broker.hub._deadlines_watch import DeadlineWatchConfig
@@ -185,3 +186,16 @@ async def broker_world(tmp_path: Path) -> AsyncIterator[World]:
             for broker in reversed(world.brokers):
                 await broker.aclose()
             await nc.drain()
+
+
+async def token_refusal(address: str, agency: str, key: SigningKey) -> str | None:
+    """Why the broker at ``address`` refuses a bearer token of ``agency`` signed with ``key``
+    (the ErrorInfo reason of its UNAUTHENTICATED answer), or None if it accepts the token."""
+    async with BusClient(address, agency_id=agency, signing_key=key, timeout=5.0) as client:
+        try:
+            await client.list(page_size=1)
+        except grpc.aio.AioRpcError as exc:
+            details = error_details(exc)
+            assert details.code is grpc.StatusCode.UNAUTHENTICATED, details
+            return details.reason
+    return None

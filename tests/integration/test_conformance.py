@@ -24,6 +24,7 @@ import pytest
 from greenchannel.v1 import bank_pb2, bank_pb2_grpc, common_pb2
 
 from adapters.conformance import (
+    CHECKS,
     ConformanceFixture,
     ConformanceReport,
     default_fixture_text,
@@ -36,6 +37,7 @@ from agencies.carrier import CarrierCore
 from agencies.platform import PlatformCore
 from broker.cli import main as cli_main
 from broker.protocol import Registry, SystemClock, load_directory
+from tests.integration.node_process import installed_node_example, node_bank
 from tests.integration.test_tls import Pki
 
 pytestmark = pytest.mark.integration
@@ -187,6 +189,25 @@ async def test_cli_certifies_the_reference_bank(
         assert report["passed"] is True
         assert report["kind"] == "bank"
         assert {c["name"] for c in report["checks"]} >= {"bank.idempotency.stop_payment", "bank.deadline"}
+
+
+async def test_cli_certifies_the_node_bank() -> None:
+    """examples/node/bank.js, seeded from the shipped fixture file itself, passes every check."""
+    example = installed_node_example()
+    fixture_file = ROOT / "adapters" / "conformance" / "fixture.json"
+    async with node_bank(example, "--fixture", str(fixture_file)) as (address, _bank):
+        code, out, err = await run_cli("bank", "--target", address, "--plaintext", "--json")
+        assert code == 0, out + err
+        report = json.loads(out)
+        failed = {c["name"]: c["reason"] for c in report["checks"] if not c["passed"]}
+        assert failed == {}
+        assert report["passed"] is True
+        assert {c["name"] for c in report["checks"]} == {check.name for check in CHECKS["bank"][1]}
+        # Every check undid what it did: the same bank process conforms a second time, as a table.
+        code, out, err = await run_cli("bank", "--target", address, "--plaintext")
+        assert code == 0, out + err
+        assert "FAIL" not in out
+        assert "conforms" in out.splitlines()[-1]
 
 
 async def test_cli_certifies_a_bank_behind_mutual_tls(

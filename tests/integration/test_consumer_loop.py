@@ -12,7 +12,7 @@ from nats.aio.msg import Msg
 from nats.js.api import StreamConfig
 from nats.js.client import JetStreamContext
 
-from broker.hub._consumer import ConsumerLoop, ConsumerSpec, subject_token
+from broker.protocol import ConsumerLoop, ConsumerSpec, Lane, LaneOrder, subject_token
 
 pytestmark = pytest.mark.integration
 
@@ -114,3 +114,91 @@ def test_a_spec_refuses_nonsense() -> None:
         )
     with pytest.raises(ValueError, match="ack_wait"):
         ConsumerSpec(name="x", stream="S", filter_subject="a.>", batch=1, fetch_timeout=1, ack_wait=0)
+
+
+def _lane(stream: str, subject: str, *, batch: int) -> Lane:
+    return Lane(durable=f"lane-{uuid.uuid4().hex[:8]}", stream=stream, filter_subject=subject, batch=batch)
+
+
+async def test_a_lane_is_served_only_when_the_lanes_before_it_have_nothing(js: JetStreamContext) -> None:
+    stream, prefix = await _stream(js)
+    for n in range(3):
+        await js.publish(f"{prefix}.low.{n}", b"low")
+        await js.publish(f"{prefix}.high.{n}", b"high")
+    spec = ConsumerSpec(
+        name="lanes",
+        lanes=(_lane(stream, f"{prefix}.high.>", batch=2), _lane(stream, f"{prefix}.low.>", batch=2)),
+        order=LaneOrder.PRIORITY,
+        concurrency=1,
+        fetch_timeout=0.2,
+        ack_wait=5.0,
+    )
+    seen: list[str] = []
+    done = asyncio.Event()
+
+    async def handle(msg: Msg) -> None:
+        seen.append(msg.data.decode())
+        await msg.ack()
+        if len(seen) == 6:
+            done.set()
+
+    async with ConsumerLoop(js, spec, handle):
+        await asyncio.wait_for(done.wait(), 30)
+    assert seen == ["high"] * 3 + ["low"] * 3
+
+
+async def test_what_a_closing_loop_leaves_unsettled_is_naked_for_another_instance(
+    js: JetStreamContext,
+) -> None:
+    stream, prefix = await _stream(js)
+    await js.publish(f"{prefix}.k", b"x")
+    # A long ack_wait: the message can only come back this soon because it was naked.
+    spec = ConsumerSpec(
+        name="loop-test",
+        stream=stream,
+        filter_subject=f"{prefix}.>",
+        fetch_timeout=0.2,
+        ack_wait=60.0,
+        shutdown_grace=0.0,
+    )
+    taken = asyncio.Event()
+
+    async def stuck(msg: Msg) -> None:
+        taken.set()
+        await asyncio.Event().wait()  # never finishes: cancelled after the grace
+
+    async with ConsumerLoop(js, spec, stuck):
+        await asyncio.wait_for(taken.wait(), 30)
+    deliveries: list[int] = []
+    again = asyncio.Event()
+
+    async def handle(msg: Msg) -> None:
+        deliveries.append(msg.metadata.num_delivered or 0)
+        await msg.ack()
+        again.set()
+
+    async with ConsumerLoop(js, spec, handle):
+        await asyncio.wait_for(again.wait(), 30)
+    assert deliveries == [2]
+
+
+async def test_fair_lanes_hand_each_pull_over_whole(js: JetStreamContext) -> None:
+    stream, prefix = await _stream(js)
+    for n in range(4):
+        await js.publish(f"{prefix}.a.{n}", b"a")
+        await js.publish(f"{prefix}.b.{n}", b"b")
+    lanes = (_lane(stream, f"{prefix}.a.>", batch=8), _lane(stream, f"{prefix}.b.>", batch=8))
+    spec = ConsumerSpec(name="fair", lanes=lanes, order=LaneOrder.FAIR, fetch_timeout=0.2, ack_wait=5.0)
+    got: dict[str, list[str]] = defaultdict(list)
+    done = asyncio.Event()
+
+    async def handle_batch(lane: Lane, msgs: list[Msg]) -> None:
+        for msg in msgs:
+            got[lane.durable].append(msg.data.decode())
+            await msg.ack()
+        if sum(len(items) for items in got.values()) == 8:
+            done.set()
+
+    async with ConsumerLoop(js, spec, batch_handler=handle_batch):
+        await asyncio.wait_for(done.wait(), 30)
+    assert got == {lanes[0].durable: ["a"] * 4, lanes[1].durable: ["b"] * 4}

@@ -10,12 +10,8 @@ assertions are on what it saw and verified, and on what the bank did.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
-import shutil
-import subprocess
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -27,44 +23,18 @@ from broker.protocol._directory import read_overlay
 from broker.protocol._keys import KeyUse, b64url_encode
 from broker.protocol._provision import key_overlay_path, load_agency_signing_key
 
-from .adapter_process import REPO, BrokerProcess, adapter_process, adapter_toml, broker_process, key_file
+from .adapter_process import BrokerProcess, adapter_process, adapter_toml, broker_process, key_file
 from .broker_world import BANK, FRAUD_ACCOUNT, POLICE
+from .node_process import LINE_TIMEOUT as _LINE_TIMEOUT
+from .node_process import NODE as _NODE
+from .node_process import installed_node_example, node_bank
 
 pytestmark = pytest.mark.integration
-
-EXAMPLE = REPO / "examples" / "node"
-_NODE = shutil.which("node")
-_NPM = shutil.which("npm")
-_LINE_TIMEOUT = 120.0  # bounds a process that never answers; not a timing assertion
 
 
 @pytest.fixture(scope="module")
 def node_example() -> Path:
-    """examples/node with its packages installed (``npm ci`` from the lock file when missing)."""
-    if _NODE is None or _NPM is None:
-        pytest.skip("node and npm are not installed: the Node.js example cannot run")
-    if not (EXAMPLE / "node_modules").is_dir():
-        done = subprocess.run(
-            [_NPM, "ci", "--no-audit", "--no-fund"], cwd=EXAMPLE, capture_output=True, text=True, check=False
-        )
-        assert done.returncode == 0, f"npm ci failed:\n{done.stderr[-3000:]}"
-    return EXAMPLE
-
-
-@contextlib.asynccontextmanager
-async def node_bank(example: Path) -> AsyncIterator[tuple[str, asyncio.subprocess.Process]]:
-    assert _NODE is not None
-    bank = await asyncio.create_subprocess_exec(
-        _NODE, "bank.js", "--listen", "127.0.0.1:0", cwd=example, stdout=asyncio.subprocess.PIPE
-    )
-    try:
-        assert bank.stdout is not None
-        line = await asyncio.wait_for(bank.stdout.readline(), _LINE_TIMEOUT)
-        yield json.loads(line)["listening"], bank
-    finally:
-        if bank.returncode is None:
-            bank.terminate()
-            await bank.wait()
+    return installed_node_example()
 
 
 def _broker_keys(broker: BrokerProcess) -> str:

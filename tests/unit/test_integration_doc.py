@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+from adapters.conformance import CHECKS, KINDS
 from broker.hub import _auth
 from broker.protocol import _errors as protocol_errors
 from broker.protocol import _sealing, _signing, _tokens
@@ -73,3 +74,14 @@ def test_the_constants_a_foreign_signer_must_produce_are_the_codes() -> None:
         assert _documented(claim), claim
     assert "5 minutes" in GUIDE  # _tokens._MAX_TTL
     assert _tokens._MAX_TTL.total_seconds() == 300
+
+
+def test_every_conformance_check_is_named_in_the_guide() -> None:
+    names = {check.name for _stub, checks in CHECKS.values() for check in checks}
+    assert len(names) >= 30
+    missing = sorted(name for name in names if not _documented(name))
+    assert not missing, f"conformance checks missing from docs/integration.md: {missing}"
+    for kind in KINDS:
+        assert f"greenchannel conformance {kind}" in GUIDE or f"| {kind} |" in GUIDE, kind
+    assert "--print-fixture" in GUIDE
+    assert "adapters/conformance/fixture.json" in GUIDE

@@ -10,8 +10,8 @@ import pytest
 from greenchannel.v1 import common_pb2
 
 from broker.hub._errors import PermissionDeniedError, PolicyError
-from broker.hub._policy import Policy, PolicyRule, load_policy, request_type_name
-from broker.protocol import AgencyKind, Registry, load_directory
+from broker.hub._policy import Policy, PolicyRule, load_policy
+from broker.protocol import AgencyKind, Registry, load_directory, request_type_slug
 
 ROOT = Path(__file__).resolve().parents[2]
 SAMPLE_POLICY = ROOT / "agencies" / "policy.toml"
@@ -93,7 +93,7 @@ def test_sample_policy_loads(policy: Policy) -> None:
 @pytest.mark.parametrize(
     ("sender_kind", "request_type", "recipient_kind"),
     [
-        pytest.param(s, t, r, id=f"{s}-{request_type_name(t)}-{r}")
+        pytest.param(s, t, r, id=f"{s}-{request_type_slug(t)}-{r}")
         for s, t, r in itertools.product(AgencyKind, ALL_TYPES, AgencyKind)
     ],
 )
@@ -105,7 +105,7 @@ def test_every_kind_type_kind_combination(
     recipient_kind: AgencyKind,
 ) -> None:
     sender, recipient = SENDER[sender_kind], RECIPIENT[recipient_kind]
-    if (sender_kind, request_type_name(request_type), recipient_kind) in ALLOWED:
+    if (sender_kind, request_type_slug(request_type), recipient_kind) in ALLOWED:
         submit(policy, registry, sender, request_type, recipient)
         return
     expected = "READ_ONLY" if sender_kind is AgencyKind.REGULATOR else "TYPE_NOT_ALLOWED"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import stat
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -15,15 +16,24 @@ from broker.protocol import (
     ManualClock,
     Registry,
     UnknownAgencyError,
+    agency_keys,
     ensure_agency_keys,
+    generate_agency_keys,
+    jwk_set,
+    jwk_thumbprint,
     key_overlay_path,
     load_agency_encryption_key,
     load_agency_signing_key,
     load_broker_signing_key,
     load_directory,
+    merge_into_overlay,
+    private_key_path,
+    public_jwk,
+    render_key_tables,
     revoke_key,
     rotate_agency_key,
 )
+from broker.protocol._directory import read_overlay
 from broker.protocol._provision import load_agency_encryption_keys, load_broker_encryption_key
 from broker.protocol._sealing import encryption_kid
 
@@ -205,3 +215,96 @@ def test_encryption_key_rotation_keeps_the_old_private_key_readable(state: Path)
     ]
     with pytest.raises(KeyFileError, match="no enc key"):
         load_agency_encryption_keys(state, "regulator-nowhere")
+
+
+# -- an agency's own keys (greenchannel keys generate) ---------------------------------------------
+
+JOINING = "bank-joining"
+JOINING_ENTRY = f"""
+[directory]
+version = 1
+jurisdiction = "CN"
+
+[[agency]]
+id = "{JOINING}"
+kind = "bank"
+name = "Joining Bank"
+region = "310115"
+duty_contact = "duty@{JOINING}"
+"""
+
+
+def test_an_agency_generates_its_own_keys_without_any_directory(tmp_path: Path) -> None:
+    sig, enc = generate_agency_keys(tmp_path, JOINING, clock=ManualClock(T0))
+    assert (sig.use, enc.use) == (KeyUse.SIG, KeyUse.ENC)
+    assert sig.not_before == enc.not_before == T0
+    assert agency_keys(tmp_path, JOINING) == (sig, enc)
+    for key in (sig, enc):
+        path = private_key_path(tmp_path, JOINING, key.kid)
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert load_agency_signing_key(tmp_path, JOINING).kid == sig.kid
+
+
+def test_generating_again_is_refused_unless_forced_and_never_replaces_a_file(tmp_path: Path) -> None:
+    first = generate_agency_keys(tmp_path, JOINING, clock=ManualClock(T0))
+    files = {p: p.read_bytes() for p in _private_files(tmp_path)}
+    overlay = key_overlay_path(tmp_path).read_bytes()
+    with pytest.raises(KeyFileError, match="already has keys"):
+        generate_agency_keys(tmp_path, JOINING, clock=ManualClock(T0 + timedelta(hours=1)))
+    assert {p: p.read_bytes() for p in _private_files(tmp_path)} == files
+    assert key_overlay_path(tmp_path).read_bytes() == overlay
+
+    second = generate_agency_keys(tmp_path, JOINING, clock=ManualClock(T0 + timedelta(hours=1)), force=True)
+    assert agency_keys(tmp_path, JOINING) == (*first, *second)
+    assert all(p.read_bytes() == data for p, data in files.items())
+    assert load_agency_signing_key(tmp_path, JOINING).kid == second[0].kid  # the newest wins
+
+
+@pytest.mark.parametrize("agency", ["../x", "Bank", "greenchannel-broker", ""])
+def test_generate_refuses_a_bad_agency_id_before_writing(tmp_path: Path, agency: str) -> None:
+    with pytest.raises(UnknownAgencyError):
+        generate_agency_keys(tmp_path / "out", agency, clock=ManualClock(T0))
+    assert not (tmp_path / "out").exists()
+
+
+def test_rendered_tables_load_as_directory_entries_and_as_an_overlay(tmp_path: Path) -> None:
+    keys = generate_agency_keys(tmp_path / "host", JOINING, clock=ManualClock(T0))
+    directory = tmp_path / "directory.toml"
+    directory.write_text(JOINING_ENTRY + "\n" + render_key_tables(JOINING, keys), encoding="utf-8")
+    assert load_directory(directory).get(JOINING).keys == keys
+
+    overlay = tmp_path / "overlay.toml"
+    overlay.write_text(render_key_tables(JOINING, keys, overlay=True), encoding="utf-8")
+    directory.write_text(JOINING_ENTRY, encoding="utf-8")
+    assert load_directory(directory, key_overlays=[overlay]).get(JOINING).keys == keys
+
+
+def test_merging_into_an_overlay_replaces_by_kid_and_refuses_another_owners_key(tmp_path: Path) -> None:
+    sig, enc = generate_agency_keys(tmp_path / "host", JOINING, clock=ManualClock(T0))
+    overlay = tmp_path / "operator.toml"
+    merge_into_overlay(overlay, JOINING, [sig, enc])
+    revoked = replace(sig, revoked_at=T0 + timedelta(days=1))
+    merge_into_overlay(overlay, JOINING, [revoked])
+    assert [e.key for e in read_overlay(overlay)] == [revoked, enc]
+    before = overlay.read_bytes()
+    with pytest.raises(KeyFileError, match="belongs to 'bank-joining'"):
+        merge_into_overlay(overlay, "bank-other", [enc])
+    assert overlay.read_bytes() == before
+
+
+def test_public_jwk_members_hash_to_the_kid(tmp_path: Path) -> None:
+    sig, enc = generate_agency_keys(tmp_path, JOINING, clock=ManualClock(T0))
+    assert public_jwk(sig) == {
+        "kty": "OKP",
+        "crv": "Ed25519",
+        "x": public_jwk(sig)["x"],
+        "kid": sig.kid,
+        "use": "sig",
+        "alg": "EdDSA",
+    }
+    assert public_jwk(enc)["crv"] == "X25519"
+    assert "alg" not in public_jwk(enc)
+    assert [jwk["kid"] for jwk in jwk_set([sig, enc])["keys"]] == [
+        jwk_thumbprint(sig.raw, KeyUse.SIG),
+        jwk_thumbprint(enc.raw, KeyUse.ENC),
+    ]
