@@ -24,8 +24,6 @@ from pathlib import Path
 
 import grpc
 import grpc.aio
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import x25519
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import DecodeError
@@ -46,6 +44,7 @@ from broker.protocol._sealing import DATA_ANSWER_CONTENT_TYPE, DecryptionKeys, o
 from broker.protocol._validation import validate_message
 
 from . import _env
+from ._options import CliError, agency_option, read_x25519
 from ._render import (
     FINAL_STATES,
     answer_lines,
@@ -76,7 +75,6 @@ __all__ = [
 DEFAULT_BROKER = _env.DEFAULT_BROKER
 """Where ``up`` listens by default, and so where the request commands look by default."""
 
-_AGENCY_ID = re.compile(r"[a-z0-9][a-z0-9-]{1,62}")
 _PLAIN_DECIMAL = re.compile(r"\+?[0-9]+(\.[0-9]*)?")
 _MAX_MINOR_UNITS = 2**63 - 1  # Money.minor_units is an int64
 # BusClient.watch already retries a few times within about a second; beyond that `watch` keeps
@@ -85,14 +83,6 @@ _RESUMABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, gr
 _RESUME_DELAY_MIN = 0.5
 _RESUME_DELAY_MAX = 5.0
 _I = common_pb2.LegalInstrumentType
-
-
-class _CliError(Exception):
-    """A failure the command reports in one message, with its exit status."""
-
-    def __init__(self, message: str, *, exit_code: int = 1) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 # -- option value types (argparse names the option in its error, and exits 2) ---------------------
@@ -120,12 +110,6 @@ def parse_amount(text: str) -> int:
     if minor > _MAX_MINOR_UNITS:
         raise argparse.ArgumentTypeError(f"{text!r} is too large")
     return int(minor)
-
-
-def _agency(text: str) -> str:
-    if not _AGENCY_ID.fullmatch(text):
-        raise argparse.ArgumentTypeError(f"{text!r} is not an agency id (lowercase letters, digits, dashes)")
-    return text
 
 
 def _positive_seconds(text: str) -> float:
@@ -345,13 +329,13 @@ def _one_subject(args: argparse.Namespace, *, allow_account: bool) -> str:
     given = []
     if allow_account and (args.account or args.name):
         if not (args.account and args.name):
-            raise _CliError("--account and --name go together", exit_code=2)
+            raise CliError("--account and --name go together", exit_code=2)
         given.append("account")
     if args.phone:
         given.append("phone")
     if args.platform or args.account_id:
         if not (args.platform and args.account_id):
-            raise _CliError("--platform and --account-id go together", exit_code=2)
+            raise CliError("--platform and --account-id go together", exit_code=2)
         given.append("platform")
     choices = (
         "--account/--name, --phone or --platform/--account-id"
@@ -359,7 +343,7 @@ def _one_subject(args: argparse.Namespace, *, allow_account: bool) -> str:
         else ("--phone or --platform/--account-id")
     )
     if len(given) != 1:
-        raise _CliError(f"name exactly one subject: {choices}", exit_code=2)
+        raise CliError(f"name exactly one subject: {choices}", exit_code=2)
     return given[0]
 
 
@@ -392,7 +376,7 @@ def _data_request(request: requests_pb2.Request, args: argparse.Namespace) -> No
     else:
         body.platform_account.CopyFrom(_platform_account(args))
     if (args.period_from is None) != (args.period_to is None):
-        raise _CliError("--from and --to go together", exit_code=2)
+        raise CliError("--from and --to go together", exit_code=2)
     if args.period_from is not None:
         body.period.CopyFrom(
             common_pb2.TimeRange(start=_timestamp(args.period_from), end=_timestamp(args.period_to))
@@ -454,7 +438,7 @@ def _fraud_report_options(parser: argparse.ArgumentParser) -> None:
 
 def _fraud_report(request: requests_pb2.Request, args: argparse.Namespace) -> None:
     if len(args.account) != len(args.name):
-        raise _CliError("give one --name for each --account, in the same order", exit_code=2)
+        raise CliError("give one --name for each --account, in the same order", exit_code=2)
     body = requests_pb2.FraudReport(
         kind=requests_pb2.FraudReportKind.Value(_constant("FRAUD_REPORT_KIND_", args.kind)),
         summary=args.summary,
@@ -606,7 +590,7 @@ def _connection_options(parser: argparse.ArgumentParser, default_broker: str) ->
         "--as",
         dest="agency",
         required=True,
-        type=_agency,
+        type=agency_option,
         metavar="AGENCY",
         help="agency to act as (its key signs)",
     )
@@ -634,7 +618,7 @@ def _submit_common(default_broker: str) -> argparse.ArgumentParser:
     )
     common.add_argument("--priority", choices=_PRIORITIES, default="green", help="SLA lane (default green)")
     common.add_argument(
-        "--recipient", type=_agency, metavar="AGENCY", help="recipient (default: routed by the body)"
+        "--recipient", type=agency_option, metavar="AGENCY", help="recipient (default: routed by the body)"
     )
     common.add_argument("--parent", metavar="REQUEST_ID", help="the request this one follows from")
     common.add_argument(
@@ -782,7 +766,7 @@ def _guarded(
         ]
         _fail(command, args, lines, document)
         return 2
-    except _CliError as exc:
+    except CliError as exc:
         _fail(command, args, [str(exc)])
         return exc.exit_code
     except KeyFileError as exc:
@@ -859,7 +843,7 @@ async def _submit(args: argparse.Namespace) -> int:
     else:
         _say(status_lines(status, details=details))
     if waited_out:
-        # Not a _CliError: stdout already has its one document (the status as it stands).
+        # Not a CliError: stdout already has its one document (the status as it stands).
         _complain(
             "submit",
             [
@@ -912,7 +896,7 @@ async def _watch(args: argparse.Namespace) -> int:
                     raise
                 why = f"connection lost ({exc.code().name})"
             if not seen:
-                raise _CliError("the broker ended the watch before any event")
+                raise CliError("the broker ended the watch before any event")
             delay = min(_RESUME_DELAY_MAX, max(_RESUME_DELAY_MIN, delay * 2))
             print(
                 f"greenchannel watch: {why}; resuming after cursor {cursor} in {delay:g} s",
@@ -927,20 +911,6 @@ def run_status(args: argparse.Namespace) -> int:
     if args.key is not None:
         args.decrypt = True
     return _guarded("status", args, lambda: _status(args))
-
-
-def _read_x25519(path: Path) -> x25519.X25519PrivateKey:
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise _CliError(f"{path}: cannot read the key file: {exc.strerror}") from exc
-    try:
-        private = serialization.load_pem_private_key(data, password=None)
-    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-        raise _CliError(f"{path}: not an unencrypted PEM private key") from exc
-    if not isinstance(private, x25519.X25519PrivateKey):
-        raise _CliError(f"{path}: not an X25519 (encryption) key; signing keys cannot decrypt")
-    return private
 
 
 def _own_keys(args: argparse.Namespace) -> tuple[x25519.X25519PrivateKey, ...] | None:
@@ -982,7 +952,7 @@ def _open_details(
             status.result, keys, request_id=status.id, sender=status.sender, recipient=status.recipient
         )
     except SealingError as exc:
-        raise _CliError(
+        raise CliError(
             f"cannot decrypt the onward transfers with {key_name}: {exc}; "
             f"they are sealed to {status.sender}'s X25519 key"
         ) from exc
@@ -995,23 +965,23 @@ def _open_answer(
         if status.result.HasField("sealed_details"):
             return None  # nothing but the onward transfers to open
         state = short_state(status.state)
-        raise _CliError(f"request {status.id} ({state}) carries no sealed answer to decrypt")
+        raise CliError(f"request {status.id} ({state}) carries no sealed answer to decrypt")
     sealed = status.result.encrypted_payload
     if sealed.content_type and sealed.content_type != DATA_ANSWER_CONTENT_TYPE:
-        raise _CliError(f"the sealed answer is a {sealed.content_type}, not a {DATA_ANSWER_CONTENT_TYPE}")
+        raise CliError(f"the sealed answer is a {sealed.content_type}, not a {DATA_ANSWER_CONTENT_TYPE}")
     try:
         # Sealed by the recipient (who answered) to the sender (who asked).
         clear = open_sealed(
             sealed, key, request_id=status.id, sender=status.recipient, recipient=status.sender
         )
     except SealingError as exc:
-        raise _CliError(
+        raise CliError(
             f"cannot decrypt the answer with {key_name}: {exc}; it is sealed to {status.sender}'s X25519 key"
         ) from exc
     try:
         return results_pb2.DataAnswer.FromString(clear)
     except DecodeError as exc:
-        raise _CliError("the decrypted answer is not a DataAnswer") from exc
+        raise CliError("the decrypted answer is not a DataAnswer") from exc
 
 
 async def _status(args: argparse.Namespace) -> int:
@@ -1020,7 +990,7 @@ async def _status(args: argparse.Namespace) -> int:
     if args.decrypt:
         # Before any call: a key that cannot be read is reported without touching the bus.
         if args.key is not None:
-            key, key_name = _read_x25519(args.key), str(args.key)
+            key, key_name = read_x25519(args.key), str(args.key)
         else:
             key = load_agency_encryption_keys(args.state_dir, args.agency)
             key_name = f"{args.agency}'s key in {args.state_dir}"

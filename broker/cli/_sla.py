@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import re
 import sys
 from collections.abc import Iterator
 from datetime import datetime
@@ -23,10 +22,9 @@ from broker.client import BusClient, error_details, render_table, report_to_json
 from broker.protocol import Clock, ProtocolError, SystemClock, load_agency_signing_key
 
 from . import _env
+from ._options import agency_option
 
 __all__ = ["add_parser", "run", "sla_report_command"]
-
-_AGENCY_ID = re.compile(r"[a-z0-9][a-z0-9-]{1,62}")
 
 
 def _error_lines(exc: grpc.aio.AioRpcError) -> Iterator[str]:
@@ -75,12 +73,6 @@ async def sla_report_command(
     return 0
 
 
-def _agency(text: str) -> str:
-    if not _AGENCY_ID.fullmatch(text):
-        raise argparse.ArgumentTypeError(f"{text!r} is not an agency id (lowercase letters, digits, dashes)")
-    return text
-
-
 def add_parser(subparsers: Any, name: str = "sla", help: str = "") -> None:
     """Register ``sla report --as AGENCY [--broker HOST:PORT] [--json]`` on the top-level subparsers.
 
@@ -97,7 +89,7 @@ def add_parser(subparsers: Any, name: str = "sla", help: str = "") -> None:
         "--as",
         dest="agency",
         required=True,
-        type=_agency,
+        type=agency_option,
         metavar="AGENCY",
         help="agency to read as (a regulator sees every request), e.g. regulator-pboc",
     )

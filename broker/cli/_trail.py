@@ -25,9 +25,6 @@ from typing import Any, TextIO
 
 import grpc
 import grpc.aio
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import x25519
 from google.protobuf.json_format import MessageToDict
 from greenchannel.v1 import common_pb2, results_pb2, trail_pb2
 
@@ -35,12 +32,12 @@ from broker.client import error_details, fetch_trail, open_accounts, switch_chas
 from broker.protocol import Clock, ProtocolError, load_agency_encryption_key, load_agency_signing_key
 
 from . import _env
+from ._options import CliError, agency_option, read_x25519
 from ._render import error_document, error_lines
 from ._requests import parse_amount
 
 __all__ = ["add_parser", "render_trail", "run", "trail_command", "trail_document"]
 
-_AGENCY_ID = re.compile(r"[a-z0-9][a-z0-9-]{1,62}")
 _CASE = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{3,63}")
 _T = trail_pb2
 _HOLDING = {
@@ -59,10 +56,6 @@ _REASONS = {
     _T.LEAD_REASON_INCOMPLETE: "account not given",
     _T.LEAD_REASON_NOT_SENT: "refused by the bus",
 }
-
-
-class _CliError(Exception):
-    pass
 
 
 # -- rendering ----------------------------------------------------------------------------------
@@ -244,20 +237,6 @@ def trail_document(
 # -- the command --------------------------------------------------------------------------------
 
 
-def _read_x25519(path: Path) -> x25519.X25519PrivateKey:
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise _CliError(f"{path}: cannot read the key file: {exc.strerror}") from exc
-    try:
-        private = serialization.load_pem_private_key(data, password=None)
-    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-        raise _CliError(f"{path}: not an unencrypted PEM private key") from exc
-    if not isinstance(private, x25519.X25519PrivateKey):
-        raise _CliError(f"{path}: not an X25519 (encryption) key; signing keys cannot decrypt")
-    return private
-
-
 async def trail_command(
     *,
     broker: str,
@@ -278,8 +257,8 @@ async def trail_command(
     err = err or sys.stderr
     try:
         signing_key = load_agency_signing_key(state_dir, agency_id)
-        key = _read_x25519(key_file) if key_file is not None else None
-    except (ProtocolError, _CliError) as exc:
+        key = read_x25519(key_file) if key_file is not None else None
+    except (ProtocolError, CliError) as exc:
         print(f"greenchannel trail: {exc}", file=err)
         return 1
     try:
@@ -322,12 +301,6 @@ async def trail_command(
     return 0
 
 
-def _agency(text: str) -> str:
-    if not _AGENCY_ID.fullmatch(text):
-        raise argparse.ArgumentTypeError(f"{text!r} is not an agency id (lowercase letters, digits, dashes)")
-    return text
-
-
 def _case(text: str) -> str:
     if not _CASE.fullmatch(text):
         raise argparse.ArgumentTypeError(f"{text!r} is not a case number (letters, digits, dashes; 4-64)")
@@ -355,10 +328,10 @@ def add_parser(subparsers: Any, name: str = "trail", help: str = "") -> None:
     trail = subparsers.add_parser(name, help=help)
     trail.add_argument("case", type=_case, metavar="CASE", help="case number")
     trail.add_argument(
-        "--as", dest="agency", required=True, type=_agency, metavar="AGENCY", help="agency to read as"
+        "--as", dest="agency", required=True, type=agency_option, metavar="AGENCY", help="agency to read as"
     )
     trail.add_argument(
-        "--owner", type=_agency, metavar="AGENCY", help="police owning the case (regulators name it)"
+        "--owner", type=agency_option, metavar="AGENCY", help="police owning the case (regulators name it)"
     )
     trail.add_argument(
         "--broker",

@@ -1,0 +1,45 @@
+"""What several commands share: their error, the ``--as`` value type, reading an X25519 key file."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import x25519
+
+__all__ = ["CliError", "agency_option", "read_x25519"]
+
+_AGENCY_ID = re.compile(r"[a-z0-9][a-z0-9-]{1,62}")
+
+
+class CliError(Exception):
+    """A failure the command reports in one message, with its exit status."""
+
+    def __init__(self, message: str, *, exit_code: int = 1) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+def agency_option(text: str) -> str:
+    """An agency id option value (argparse names the option in its error, and exits 2)."""
+    if not _AGENCY_ID.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not an agency id (lowercase letters, digits, dashes)")
+    return text
+
+
+def read_x25519(path: Path) -> x25519.X25519PrivateKey:
+    """An unencrypted PEM X25519 private key; :class:`CliError` naming the file otherwise."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise CliError(f"{path}: cannot read the key file: {exc.strerror}") from exc
+    try:
+        private = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
+        raise CliError(f"{path}: not an unencrypted PEM private key") from exc
+    if not isinstance(private, x25519.X25519PrivateKey):
+        raise CliError(f"{path}: not an X25519 (encryption) key; signing keys cannot decrypt")
+    return private
