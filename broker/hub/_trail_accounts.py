@@ -39,11 +39,9 @@ from broker.protocol._registry import BROKER_ID, Registry
 from broker.protocol._sealing import current_encryption_key, seal
 
 __all__ = [
-    "ACCOUNT_CONTENT_TYPE",
     "DIGEST_INFO",
     "AccountBook",
     "BrokerAccountBook",
-    "sealing_context",
 ]
 
 log = structlog.get_logger(__name__)
@@ -51,14 +49,7 @@ log = structlog.get_logger(__name__)
 DIGEST_INFO = b"greenchannel/v1 trail account digest"
 """HKDF info of the node-id key: domain separation from every other use of the broker key."""
 
-ACCOUNT_CONTENT_TYPE = TRAIL_ACCOUNT_CONTENT_TYPE
-"""``greenchannel.v1.BankAccountRef``: what a trail's sealed account opens to."""
-
 _NODE_ID_HEX = 32  # 128 bits: collisions are out of reach for any case's handful of accounts
-
-
-sealing_context = trail_sealing_context
-"""The ``request_id`` a trail account is sealed under (:func:`broker.protocol.trail_sealing_context`)."""
 
 
 class AccountBook(Protocol):
@@ -113,10 +104,10 @@ class BrokerAccountBook:
             return seal(
                 account.SerializeToString(),
                 key,
-                request_id=sealing_context(case_ref, node_id),
+                request_id=trail_sealing_context(case_ref, node_id),
                 sender=BROKER_ID,
                 recipient=owner,
-                content_type=ACCOUNT_CONTENT_TYPE,
+                content_type=TRAIL_ACCOUNT_CONTENT_TYPE,
             )
         except (ProtocolError, SealingError) as exc:
             # The trail keeps the digest and the amounts; only the people-readable account is lost.
