@@ -28,7 +28,6 @@ import enum
 from types import TracebackType
 from typing import Any, Self
 
-import nats.errors
 import structlog
 from nats.aio.client import Client
 from nats.aio.msg import Msg
@@ -40,6 +39,7 @@ from broker.protocol import (
     Registry,
     RegistryError,
     SigningKey,
+    close_connection,
     connect,
     request_type_name,
 )
@@ -210,10 +210,10 @@ class AdapterRuntime:
             self._channel = None
             await channel.close()
         if self._owns_nc and self._nc is not None and not self._nc.is_closed:
-            try:
-                await self._nc.drain()
-            except (nats.errors.Error, TimeoutError) as exc:
-                _log.warning("adapter.nats_drain_failed", error_type=type(exc).__name__)
+            # Drained when NATS is there; closed at once when it is down (a drain would hang).
+            outcome = await close_connection(self._nc, timeout=self._config.shutdown_grace)
+            if outcome != "drained":
+                _log.warning("adapter.nats_not_drained", agency=self.agency_id, nats=outcome)
 
     def _check_identity(self) -> Agency:
         try:

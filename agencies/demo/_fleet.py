@@ -27,6 +27,7 @@ from broker.protocol import (
     ProtocolError,
     Registry,
     SystemClock,
+    close_connection,
     connect,
     ensure_agency_keys,
     ensure_nats_seeds,
@@ -40,6 +41,9 @@ from broker.protocol._provision import load_agency_encryption_keys
 __all__ = ["AgenciesConfig", "AgencyFleet", "select_agencies"]
 
 log = structlog.get_logger(__name__)
+
+# Seconds a connection gets to drain on a graceful stop; NATS being down closes it at once.
+_DRAIN_TIMEOUT = 5.0
 
 _POLL = 0.25
 
@@ -78,6 +82,7 @@ class AgencyFleet:
         self._exit = contextlib.AsyncExitStack()
         self.adapters: dict[str, AdapterRuntime] = {}
         self.addresses: dict[str, str] = {}
+        self._nats: dict[str, str] = {}
 
     async def __aenter__(self) -> AgencyFleet:
         try:
@@ -91,6 +96,15 @@ class AgencyFleet:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self._exit.aclose()
+        # One line for the whole stop; "unreachable" when NATS was down (nothing could be drained).
+        outcomes = set(self._nats.values())
+        nats = next((o for o in ("unreachable", "closed", "drained") if o in outcomes), "none")
+        (log.warning if nats in ("unreachable", "closed") else log.info)(
+            "agencies.stopped", agencies=len(self.adapters), nats=nats
+        )
+
+    async def _close_nats(self, agency_id: str, nc: Client) -> None:
+        self._nats[agency_id] = await close_connection(nc, timeout=_DRAIN_TIMEOUT)
 
     async def _start(self) -> None:
         config = self._config
@@ -113,7 +127,7 @@ class AgencyFleet:
                     name=f"greenchannel-agency-{agency.id}",
                 )
             )
-            self._exit.push_async_callback(_drain, clients[agency.id])
+            self._exit.push_async_callback(self._close_nats, agency.id, clients[agency.id])
         first = served[0].id
         auth = requires_auth(clients[first])
         await wait_for_inbox(clients[first], first, auth=auth, timeout=config.streams_timeout)
@@ -164,8 +178,3 @@ def select_agencies(registry: Registry, only: Sequence[str]) -> list[Agency]:
         raise ProtocolError(f"regulators run no agency service: {', '.join(regulators)}")
     wanted = set(only)
     return [agency for agency in serving if agency.id in wanted]
-
-
-async def _drain(nc: Client) -> None:
-    if not nc.is_closed:
-        await nc.drain()

@@ -37,6 +37,7 @@ from broker.protocol import (
     NatsSettings,
     Registry,
     SystemClock,
+    close_connection,
     connect,
     ensure_agency_keys,
     ensure_inbox_consumers,
@@ -239,5 +240,5 @@ class Stack:
 
 
 async def _drain(nc: Client) -> None:
-    if not nc.is_closed:
-        await nc.drain()
+    # Drained when NATS is there; closed at once when it is down (nats-py's drain would raise).
+    await close_connection(nc, timeout=5.0)

@@ -31,6 +31,7 @@ from broker.protocol import (
     NatsSettings,
     Registry,
     SystemClock,
+    close_connection,
     connect,
     ensure_agency_keys,
     ensure_inbox_consumers,
@@ -159,7 +160,7 @@ async def _inbox_consumers(settings: NatsSettings, registry: Registry) -> None:
             nc.jetstream(), [a.id for a in registry.agencies() if a.kind is not AgencyKind.REGULATOR]
         )
     finally:
-        await nc.drain()
+        await close_connection(nc, timeout=settings.connect_timeout)
 
 
 async def run_broker(args: argparse.Namespace, *, nats_url: str | None) -> None:

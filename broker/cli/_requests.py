@@ -61,6 +61,8 @@ from ._render import (
 
 __all__ = [
     "DEFAULT_BROKER",
+    "EXIT_NOT_EXECUTED",
+    "NOT_EXECUTED",
     "REQUEST_KINDS",
     "RequestKind",
     "add_parser",
@@ -603,6 +605,15 @@ def _connection_options(parser: argparse.ArgumentParser, default_broker: str) ->
     parser.add_argument("--json", action="store_true", help="machine-readable JSON on stdout")
 
 
+EXIT_NOT_EXECUTED = 3
+"""``submit --wait`` exit status when the request ended without being executed (NOT_EXECUTED)."""
+
+NOT_EXECUTED: frozenset[common_pb2.RequestState.ValueType] = frozenset(
+    {common_pb2.REQUEST_STATE_REJECTED, common_pb2.REQUEST_STATE_FAILED, common_pb2.REQUEST_STATE_CANCELLED}
+)
+"""Final states in which the agency did not act: scripts must not take them for success."""
+
+
 def _submit_common(default_broker: str) -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     _connection_options(common, default_broker)
@@ -628,7 +639,11 @@ def _submit_common(default_broker: str) -> argparse.ArgumentParser:
         "--idempotency-key", metavar="K", help="resubmitting with the same key returns the first request"
     )
     common.add_argument(
-        "--wait", action="store_true", help="follow the request until it reaches a final state"
+        "--wait",
+        action="store_true",
+        help="follow the request until it reaches a final state; exit status 0 when it was executed"
+        f" (in full or in part), {EXIT_NOT_EXECUTED} when it ended rejected, failed or cancelled,"
+        " 1 when it reached no final state within --timeout",
     )
     common.add_argument(
         "--timeout",
@@ -853,6 +868,10 @@ async def _submit(args: argparse.Namespace) -> int:
             ],
         )
         return 1
+    if status.state in NOT_EXECUTED:
+        # Not a _CliError either: the status (with the agency's reason) is on stdout already.
+        _complain("submit", [f"{request_id} ended {short_state(status.state)}: not executed"])
+        return EXIT_NOT_EXECUTED
     return 0
 
 

@@ -10,6 +10,7 @@ from ._deadlines import DeadlineTable, PhaseBudget
 from ._deadlines_watch import DeadlineWatchConfig
 from ._directory_reload import DirectoryReloadConfig, LiveRegistry
 from ._errors import (
+    AlreadyExistsError,
     AuthenticationError,
     ConflictError,
     HubError,
@@ -31,6 +32,7 @@ from ._tls import TlsFiles
 __all__ = [
     "SERVICE_NAMES",
     "AdmissionConfig",
+    "AlreadyExistsError",
     "AuthenticationError",
     "Broker",
     "BrokerConfig",

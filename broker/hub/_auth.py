@@ -51,6 +51,7 @@ from broker.protocol import (
 )
 
 from ._errors import AuthenticationError, UnavailableError
+from ._refusals import note_caller
 
 __all__ = [
     "REPLAY_TTL",
@@ -282,6 +283,7 @@ class Authenticator:
                 f"token {claims.jti!r} was already used; mint a fresh token for every call",
                 agency_id=claims.agency_id,
             )
+        note_caller(agency.id)  # from here on, a refusal of this call is recorded as this agency's
         return Caller(agency=agency, token=claims, tls_identity=tls_identity)
 
     @staticmethod

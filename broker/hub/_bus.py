@@ -19,7 +19,7 @@ from greenchannel.v1 import (
 )
 
 from broker.protocol import Clock
-from broker.protocol._envelope import CANCELLATION_TYPE
+from broker.protocol._envelope import CANCELLATION_TYPE, request_type_of, type_name
 from broker.protocol._registry import BROKER_ID, AgencyKind, Registry
 from broker.protocol._signing import verify_detached
 from broker.protocol._subjects import status_filter, status_parties
@@ -31,6 +31,7 @@ from ._errors import IllegalTransitionError, InvalidRequestError, PermissionDeni
 from ._events import BrokerEvents, Refused
 from ._grpc_status import guard_stream, guard_unary, to_hub_error
 from ._policy import Policy
+from ._refusals import RefusalSink, note_message_type
 from ._store import RequestStore
 from ._submit import Intake
 from ._trail_service import TrailService
@@ -50,11 +51,16 @@ _ITEM_OVERHEAD = 5
 
 def _is_green(signed: envelope_pb2.SignedMessage) -> bool:
     """The priority the request claims, read before anything is checked (only to order shedding:
-    a request that lies about it is refused by the full checks all the same)."""
+    a request that lies about it is refused by the full checks all the same).
+
+    Also notes the request's type for the refusal audit: its name, nothing else of the body."""
     try:
-        return requests_pb2.Request.FromString(signed.payload).priority == common_pb2.PRIORITY_GREEN
+        request = requests_pb2.Request.FromString(signed.payload)
     except DecodeError:
         return False
+    if request.WhichOneof("body") is not None:
+        note_message_type(type_name(request_type_of(request)))
+    return request.priority == common_pb2.PRIORITY_GREEN
 
 
 def _party_of(agency_id: str) -> Callable[[str], bool]:
@@ -86,7 +92,10 @@ class BusServicer(bus_pb2_grpc.BusServiceServicer):
         trail: TrailService,
         page_bytes: int = PAGE_BYTES,
         admission: Admission | None = None,
+        refusals: RefusalSink | None = None,
     ) -> None:
+        self.refusals = refusals
+        """Where refused calls are reported (the guards read it)."""
         self._admission = admission or Admission()
         self._trail = trail
         self._page_bytes = page_bytes
@@ -138,6 +147,8 @@ class BusServicer(bus_pb2_grpc.BusServiceServicer):
             await self._readable_status(caller, request.request_id)
             subject_filter = status_filter(request_id=request.request_id)
         elif scope == "case_number":
+            if not regulator:
+                await self._may_watch_case(me.id, request.case_number)
             subject_filter = status_filter(case_number=request.case_number)
         else:
             subject_filter = status_filter()
@@ -149,6 +160,18 @@ class BusServicer(bus_pb2_grpc.BusServiceServicer):
         admit = None if regulator or scope == "request_id" else _party_of(me.id)
         async for record in self._watchlog.follow([subject_filter], position, admit=admit):
             yield record
+
+    async def _may_watch_case(self, agency_id: str, case_number: str) -> None:
+        """A case is watched by its parties: the police owning it, and whoever sent or received a
+        request of it. A case with no request yet is let through: its owner may watch it before
+        the first request (the stream then shows only what the caller is party to)."""
+        parties = await self._watchlog.case_parties(case_number)
+        if parties and agency_id not in parties:
+            raise PermissionDeniedError(
+                "the caller is no party to this case: neither its owner nor sender or recipient of"
+                " any of its requests",
+                reason="NOT_CASE_PARTY",
+            )
 
     @guard_unary
     async def List(
@@ -234,6 +257,7 @@ class BusServicer(bus_pb2_grpc.BusServiceServicer):
     async def Cancel(
         self, request: bus_pb2.CancelRequest, context: grpc.aio.ServicerContext
     ) -> bus_pb2.CancelResponse:
+        note_message_type(CANCELLATION_TYPE)
         caller = await self._auth.authenticate(context)
         _validated(request)
         signed = request.cancellation

@@ -19,6 +19,7 @@ from google.protobuf.message import DecodeError
 
 from ._errors import InvalidRequestError
 from ._grpc_status import rpc_status
+from ._refusals import CallFacts, RefusalSink
 
 __all__ = ["DecodeGuard", "Undecodable"]
 
@@ -54,18 +55,22 @@ def _tolerant(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], A
     return decode
 
 
-def _unary(behaviour: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]) -> Any:
+def _unary(behaviour: Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]], audit: _Audit) -> Any:
     async def guarded(request: Any, context: grpc.aio.ServicerContext) -> Any:
         if isinstance(request, Undecodable):
+            audit()
             await context.abort_with_status(_refusal(request))
         return await behaviour(request, context)
 
     return guarded
 
 
-def _streaming(behaviour: Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]]) -> Any:
+def _streaming(
+    behaviour: Callable[[Any, grpc.aio.ServicerContext], AsyncIterator[Any]], audit: _Audit
+) -> Any:
     async def guarded(request: Any, context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
         if isinstance(request, Undecodable):
+            audit()
             await context.abort_with_status(_refusal(request))
         async for response in behaviour(request, context):
             yield response
@@ -73,8 +78,31 @@ def _streaming(behaviour: Callable[[Any, grpc.aio.ServicerContext], AsyncIterato
     return guarded
 
 
+_Audit = Callable[[], None]
+
+
 class DecodeGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc ships no stubs
-    """Wraps unary-request methods (all GreenChannel has); others pass through untouched."""
+    """Wraps unary-request methods (all GreenChannel has); others pass through untouched.
+
+    With ``refusals``, every undecodable request is reported there (its caller is not known yet).
+    """
+
+    def __init__(self, refusals: RefusalSink | None = None) -> None:
+        self._refusals = refusals
+
+    def _audit(self, method: str) -> _Audit:
+        name = method.rsplit("/", 1)[-1]
+
+        def audit() -> None:
+            if self._refusals is not None:
+                self._refusals.refused(
+                    method=name,
+                    code=grpc.StatusCode.INVALID_ARGUMENT,
+                    reason="MALFORMED_MESSAGE",
+                    facts=CallFacts(),
+                )
+
+        return audit
 
     async def intercept_service(
         self,
@@ -87,13 +115,13 @@ class DecodeGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc shi
         decode = _tolerant(handler.request_deserializer)
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                _unary(handler.unary_unary),
+                _unary(handler.unary_unary, self._audit(handler_call_details.method)),
                 request_deserializer=decode,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                _streaming(handler.unary_stream),
+                _streaming(handler.unary_stream, self._audit(handler_call_details.method)),
                 request_deserializer=decode,
                 response_serializer=handler.response_serializer,
             )

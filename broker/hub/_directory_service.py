@@ -13,6 +13,7 @@ from broker.protocol._validation import validate_message
 from ._auth import Authenticator
 from ._errors import NotFoundError, UnroutableError
 from ._grpc_status import guard_unary, to_hub_error
+from ._refusals import RefusalSink
 
 __all__ = ["RegistryServicer", "agency_to_proto", "key_to_proto"]
 
@@ -65,7 +66,11 @@ def _found(agency: Agency | None, subject: str, what: str) -> registry_pb2.Agenc
 
 
 class RegistryServicer(registry_pb2_grpc.RegistryServiceServicer):
-    def __init__(self, *, auth: Authenticator, registry: Registry) -> None:
+    def __init__(
+        self, *, auth: Authenticator, registry: Registry, refusals: RefusalSink | None = None
+    ) -> None:
+        self.refusals = refusals
+        """Where refused calls are reported (the guards read it)."""
         self._auth = auth
         self._registry = registry
 

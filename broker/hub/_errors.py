@@ -9,6 +9,7 @@ The tree::
     ├── UnroutableError         FAILED_PRECONDITION no recipient can be resolved for the request
     ├── IllegalTransitionError  FAILED_PRECONDITION the lifecycle does not allow this step now
     ├── NotFoundError           NOT_FOUND           no such request
+    ├── AlreadyExistsError      ALREADY_EXISTS      the idempotency key is bound to another request
     ├── ConflictError           ABORTED             concurrent updates kept winning; the caller may retry
     ├── UnavailableError        UNAVAILABLE         NATS / JetStream did not answer; the caller may retry
     ├── OverloadedError         RESOURCE_EXHAUSTED  too many submissions in hand; retry after RetryInfo
@@ -22,6 +23,7 @@ from __future__ import annotations
 from broker.protocol import FieldViolation
 
 __all__ = [
+    "AlreadyExistsError",
     "AuthenticationError",
     "ConflictError",
     "HubError",
@@ -80,6 +82,12 @@ class IllegalTransitionError(HubError):
 
 class NotFoundError(HubError):
     reason = "NOT_FOUND"
+
+
+class AlreadyExistsError(HubError):
+    """What the call would create exists already, and differs from what the call carries."""
+
+    reason = "ALREADY_EXISTS"
 
 
 class ConflictError(HubError):

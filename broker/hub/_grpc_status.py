@@ -42,6 +42,7 @@ from broker.protocol import (
 )
 
 from ._errors import (
+    AlreadyExistsError,
     AuthenticationError,
     ConflictError,
     HubError,
@@ -54,6 +55,7 @@ from ._errors import (
     UnavailableError,
     UnroutableError,
 )
+from ._refusals import CallFacts, RefusalSink, begin_call
 
 __all__ = [
     "CODES",
@@ -79,6 +81,7 @@ CODES: Mapping[type[HubError], grpc.StatusCode] = MappingProxyType(
         UnroutableError: grpc.StatusCode.FAILED_PRECONDITION,
         IllegalTransitionError: grpc.StatusCode.FAILED_PRECONDITION,
         NotFoundError: grpc.StatusCode.NOT_FOUND,
+        AlreadyExistsError: grpc.StatusCode.ALREADY_EXISTS,
         ConflictError: grpc.StatusCode.ABORTED,
         UnavailableError: grpc.StatusCode.UNAVAILABLE,
         OverloadedError: grpc.StatusCode.RESOURCE_EXHAUSTED,
@@ -215,8 +218,14 @@ _Request = TypeVar("_Request")
 _Response = TypeVar("_Response")
 
 
-async def _abort(context: grpc.aio.ServicerContext, exc: Exception) -> None:
+async def _abort(
+    context: grpc.aio.ServicerContext, exc: Exception, *, servicer: object, method: str, facts: CallFacts
+) -> None:
     error = to_hub_error(exc)
+    # A servicer that carries a sink as ``refusals`` has every refusal audited (see _refusals).
+    sink: RefusalSink | None = getattr(servicer, "refusals", None)
+    if sink is not None:
+        sink.refused(method=method, code=status_code(error), reason=error.reason, facts=facts)
     # AbortError is how grpc.aio ends the handler once the status is set; it must reach grpc.
     await context.abort_with_status(rpc_status(error))
 
@@ -226,6 +235,9 @@ def guard_unary(
 ) -> Callable[[_Servicer, _Request, grpc.aio.ServicerContext], Awaitable[_Response]]:
     """Decorate a unary-unary ``async def`` servicer method: every error leaves as a rich status.
 
+    A servicer with a ``refusals`` attribute (a :class:`~broker.hub._refusals.RefusalSink`) has
+    every refused call reported to it before the status goes out.
+
     ``context.abort`` raised inside the method (grpc.aio's ``AbortError``) and cancellation
     pass through untouched; grpc.aio would otherwise send an unexpected exception's text to
     the client as ``UNKNOWN``.
@@ -233,6 +245,7 @@ def guard_unary(
 
     @functools.wraps(method)
     async def guarded(self: _Servicer, request: _Request, context: grpc.aio.ServicerContext) -> _Response:
+        facts = begin_call()
         try:
             return await method(self, request, context)
         except (grpc.aio.AbortError, asyncio.CancelledError):
@@ -240,7 +253,7 @@ def guard_unary(
         except Exception as exc:  # the boundary: everything else becomes a status
             failure = exc
         # Outside the except block, so the AbortError does not carry the failure as __context__.
-        await _abort(context, failure)
+        await _abort(context, failure, servicer=self, method=method.__name__, facts=facts)
         raise AssertionError("abort_with_status returned")  # pragma: no cover - it always raises
 
     return guarded
@@ -259,6 +272,7 @@ def guard_stream(
         self: _Servicer, request: _Request, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[_Response]:
         failure: Exception | None = None
+        facts = begin_call()
         try:
             # aclosing: when grpc stops iterating (client gone), the method's own cleanup runs now.
             async with aclosing(method(self, request, context)) as responses:  # type: ignore[type-var]
@@ -269,6 +283,6 @@ def guard_stream(
         except Exception as exc:  # the boundary: everything else becomes a status
             failure = exc
         if failure is not None:
-            await _abort(context, failure)
+            await _abort(context, failure, servicer=self, method=method.__name__, facts=facts)
 
     return guarded

@@ -278,8 +278,6 @@ class LedgerWriter:
         so it must be the same on every retry. Raises :class:`~broker.hub.UnavailableError` when
         the intake does not answer after ``attempts`` tries.
         """
-        if not isinstance(record_id, str) or _RECORD_ID.fullmatch(record_id) is None:
-            raise ValueError("record_id must be 1-200 printable ASCII characters without spaces")
         data = build_entry(
             kind=kind,
             actor=actor,
@@ -290,6 +288,28 @@ class LedgerWriter:
             state=state,
             subject_digest=subject_digest,
         )
+        await self._publish(record_id, data)
+
+    async def record_refusal(
+        self, *, record_id: str, caller: str | None, refusal: ledger_pb2.Refusal, at: datetime
+    ) -> None:
+        """Record refused API calls (one, or a summary of many: ``refusal.count``).
+
+        ``caller`` is the authenticated agency, None when the call was refused before it was
+        known (a bad bearer token): then the broker is the actor and only regulators read it.
+        """
+        data = build_entry(
+            kind=ledger_pb2.LEDGER_ENTRY_KIND_REJECTION,
+            actor=caller or BROKER_ID,
+            at=at,
+            parties=[caller] if caller else [],
+            refusal=refusal,
+        )
+        await self._publish(record_id, data)
+
+    async def _publish(self, record_id: str, data: bytes) -> None:
+        if not isinstance(record_id, str) or _RECORD_ID.fullmatch(record_id) is None:
+            raise ValueError("record_id must be 1-200 printable ASCII characters without spaces")
         failure: BaseException | None = None
         for attempt in range(1, self._attempts + 1):
             try:
@@ -450,7 +470,11 @@ class LedgerSequencer:
         try:
             await asyncio.wait_for(self._final_checkpoint(), timeout=self._config.shutdown_timeout)
         except _TRANSIENT as exc:
-            log.warning("ledger.final_checkpoint_failed", error=str(exc) or type(exc).__name__)
+            # The head is signed by the next checkpoint of any replica; only say so when it is news.
+            closed = isinstance(exc.__cause__ or exc, nats.errors.ConnectionClosedError)
+            (log.info if closed else log.warning)(
+                "ledger.final_checkpoint_failed", error=str(exc) or type(exc).__name__
+            )
         await self._loop.aclose()
         log.info("ledger.sequencer_stopped", head_seq=self._head.seq if self._head else None)
 
@@ -464,6 +488,8 @@ class LedgerSequencer:
                 await self._chain([item for msg in msgs if (item := await source(msg))])
             await self._maybe_checkpoint(force=False)
         except _TRANSIENT as exc:
+            if self._loop.stopping:
+                return  # stopping, maybe with NATS closed: what is not acked is redelivered
             # NATS is away or the stream refused: what is not acked is redelivered; read the head
             # back before the next append.
             log.warning("ledger.sequencer_retry", error=str(exc) or type(exc).__name__, delay=self._delay)

@@ -17,6 +17,7 @@ from broker.protocol._validation import validate_message
 from ._auth import Authenticator
 from ._grpc_status import guard_unary, to_hub_error
 from ._ledger import LedgerReader, StoredEntry
+from ._refusals import RefusalSink
 
 __all__ = ["DEFAULT_PAGE", "MAX_PAGE", "LedgerServicer", "may_read_entry"]
 
@@ -58,10 +59,13 @@ class LedgerServicer(ledger_pb2_grpc.LedgerServiceServicer):
         js: JetStreamContext,
         reader: LedgerReader | None = None,
         max_scan: int = 20_000,
+        refusals: RefusalSink | None = None,
     ) -> None:
         """``max_scan`` bounds the entries one ListEntries filtered by request may read; the
         response's ``next_after_seq`` says where to go on."""
         self._auth = auth
+        self.refusals = refusals
+        """Where refused calls are reported (the guards read it)."""
         self._reader = reader or LedgerReader(js)
         self._max_scan = max_scan
 

@@ -8,9 +8,11 @@ in-flight calls finish, stop the event consumer after its current event, drain N
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import grpc
 import structlog
@@ -25,7 +27,7 @@ from greenchannel.v1 import (
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from nats.aio.client import Client
 
-from broker.protocol import Clock, SystemClock
+from broker.protocol import Clock, SystemClock, close_connection
 from broker.protocol._nats import NatsSettings, connect, ensure_streams
 from broker.protocol._provision import (
     key_overlay_path,
@@ -47,6 +49,7 @@ from ._ledger import LedgerConfig, LedgerSequencer, LedgerWriter, ensure_ledger_
 from ._ledger_service import LedgerServicer
 from ._policy import Policy, load_policy
 from ._reflection import enable_reflection
+from ._refusals import RefusalAudit, RefusalAuditConfig
 from ._sla_policy import SlaPolicy
 from ._store import IdempotencyStore, RequestStore
 from ._submit import Intake
@@ -104,6 +107,8 @@ class BrokerConfig:
     """How fired deadline timers are consumed."""
     ledger: LedgerConfig = field(default_factory=LedgerConfig)
     """How the ledger's sequencer chains records and how often it signs checkpoints."""
+    refusals: RefusalAuditConfig = field(default_factory=RefusalAuditConfig)
+    """How refused calls are bounded on their way into the ledger (per key and window)."""
     admission: AdmissionConfig = field(default_factory=AdmissionConfig)
     """How many submissions are worked on at once; beyond, RESOURCE_EXHAUSTED at once."""
     max_message_bytes: int = 2 * 1024 * 1024
@@ -127,6 +132,7 @@ class Broker:
         self._events: EventProcessor | None = None
         self._deadlines: DeadlineWatch | None = None
         self._ledger: LedgerSequencer | None = None
+        self._refusals: RefusalAudit | None = None
         self._reloader: DirectoryReloader | None = None
         self._reload_listeners: list[ReloadListener] = []
         self.admission = Admission(config.admission)
@@ -179,6 +185,8 @@ class Broker:
         await ensure_streams(js, stream_specs(config.replicas))
         await ensure_ledger_streams(js, replicas=config.replicas)
         ledger = LedgerWriter(js)
+        refusals = self._refusals = RefusalAudit(ledger, config.clock, config.refusals)
+        await refusals.__aenter__()
         requests = await RequestStore.open(js, replicas=config.replicas)
         idempotency = await IdempotencyStore.open(js, replicas=config.replicas)
         replay = await open_replay_cache(js, replicas=config.replicas)
@@ -244,7 +252,7 @@ class Broker:
         await self._ledger.__aenter__()
 
         server = grpc.aio.server(
-            interceptors=[DecodeGuard()],
+            interceptors=[DecodeGuard(refusals)],
             options=[
                 ("grpc.max_receive_message_length", config.max_message_bytes),
                 ("grpc.max_send_message_length", 4 * config.max_message_bytes),
@@ -260,15 +268,18 @@ class Broker:
                 registry=registry,
                 broker_events=broker_events,
                 clock=config.clock,
-                trail=TrailService(auth=auth, chaser=trail_chaser, policy=policy),
+                trail=TrailService(auth=auth, chaser=trail_chaser, policy=policy, refusals=refusals),
                 admission=self.admission,
+                refusals=refusals,
             ),
             server,
         )
         registry_pb2_grpc.add_RegistryServiceServicer_to_server(
-            RegistryServicer(auth=auth, registry=registry), server
+            RegistryServicer(auth=auth, registry=registry, refusals=refusals), server
         )
-        ledger_pb2_grpc.add_LedgerServiceServicer_to_server(LedgerServicer(auth=auth, js=js), server)
+        ledger_pb2_grpc.add_LedgerServiceServicer_to_server(
+            LedgerServicer(auth=auth, js=js, refusals=refusals), server
+        )
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         if config.reflection:
@@ -291,22 +302,33 @@ class Broker:
         if self._closed:
             return
         self._closed = True
+        nats = "none"
         if self._reloader is not None:
             await self._reloader.aclose()
         if self._health is not None:
             await self._health.enter_graceful_shutdown()
         if self._server is not None:
             await self._server.stop(self._config.shutdown_grace)
+        if self._refusals is not None:
+            # No call comes in any more: the last summaries go to the ledger intake now.
+            await self._refusals.aclose()
         # Each loop finishes the message in hand after its current pull; together, not in turn.
         loops = [loop for loop in (self._events, self._deadlines, self._ledger) if loop is not None]
-        await asyncio.gather(*(loop.aclose() for loop in loops))
+        stopping: list[Coroutine[Any, Any, object]] = [loop.aclose() for loop in loops]
+        if self._nc is not None and not self._nc.is_connected:
+            # NATS is away: the loops could not finish anything, and each attempt would wait out
+            # its timeout. Closed last in the gather, after every loop has marked itself stopping,
+            # so their pulls fail at once and quietly; what was not acked is redelivered to a
+            # replica that runs, and the ledger's head is signed by the next checkpoint.
+            nats = "unreachable"
+            stopping.append(close_connection(self._nc, timeout=0))
+        await asyncio.gather(*stopping)
         if self._nc is not None and not self._nc.is_closed:
-            try:
-                await asyncio.wait_for(self._nc.drain(), timeout=self._config.shutdown_grace)
-            except (TimeoutError, Exception):
-                log.warning("broker.drain_incomplete")
-                await self._nc.close()
-        log.info("broker.stopped")
+            nats = await close_connection(self._nc, timeout=self._config.shutdown_grace)
+        if nats in ("unreachable", "closed"):
+            log.warning("broker.stopped", nats=nats)
+        else:
+            log.info("broker.stopped", nats=nats)
 
     async def reload_directory(self) -> bool:
         """Re-read the directory and key overlays now (SIGHUP); False keeps the old registry."""

@@ -201,17 +201,26 @@ class IdempotencyStore:
         # two agencies choosing the same key never collide.
         return hashlib.sha256(f"{sender}\0{idempotency_key}".encode()).hexdigest()
 
-    async def claim(self, sender: str, idempotency_key: str, request_id: str) -> str:
-        """Atomically bind the key to ``request_id``; returns the id it is bound to (ours or earlier)."""
+    async def claim(
+        self, sender: str, idempotency_key: str, request_id: str, *, content: str = ""
+    ) -> tuple[str, str | None]:
+        """Atomically bind the key to ``request_id`` and the request's ``content`` digest.
+
+        Returns ``(request id, content digest)`` the key is bound to: ours, or the earlier
+        request's. The digest is None for a key bound before digests were kept (then any body
+        counts as a retry, as it did).
+        """
         key = self._key(sender, idempotency_key)
+        value = f"{request_id} {content}" if content else request_id
         try:
-            await self._kv.create(key, request_id.encode())
+            await self._kv.create(key, value.encode())
         except nats.js.errors.KeyWrongLastSequenceError:
             try:
                 entry = await self._kv.get(key)
             except nats.errors.Error as exc:
                 raise UnavailableError(f"cannot read idempotency key: {exc}") from exc
-            return (entry.value or b"").decode()
+            bound, _, digest = (entry.value or b"").decode().partition(" ")
+            return bound, digest or None
         except nats.errors.Error as exc:
             raise UnavailableError(f"cannot store idempotency key: {exc}") from exc
-        return request_id
+        return request_id, content or None

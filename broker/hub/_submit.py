@@ -47,6 +47,7 @@ from ._auth import Caller
 from ._deadlines import DeadlineTable
 from ._deadlines_watch import release_request_for
 from ._errors import (
+    AlreadyExistsError,
     IllegalTransitionError,
     InvalidRequestError,
     NotFoundError,
@@ -85,6 +86,15 @@ log = structlog.get_logger(__name__)
 class SubmitOutcome:
     status: lifecycle_pb2.RequestStatus
     duplicate: bool
+
+
+def content_digest(request: requests_pb2.Request) -> str:
+    """Digest of what a request asks, without when it was signed: a retry signed anew (a new
+    ``issued_at``) is the same request, another body under the same idempotency key is not."""
+    content = requests_pb2.Request()
+    content.CopyFrom(request)
+    content.ClearField("issued_at")
+    return body_digest(content.SerializeToString(deterministic=True))
 
 
 class Intake:
@@ -225,8 +235,18 @@ class Intake:
         request_id = new_uuid7(self._clock)
         key = verified.request.idempotency_key
         if key:
-            bound = await self._idempotency.claim(caller.agency.id, key, request_id)
+            content = content_digest(verified.request)
+            bound, bound_content = await self._idempotency.claim(
+                caller.agency.id, key, request_id, content=content
+            )
             if bound != request_id:
+                if bound_content is not None and bound_content != content:
+                    log.warning("request.idempotency_key_reused", sender=caller.agency.id, request_id=bound)
+                    raise AlreadyExistsError(
+                        f"the idempotency key was first used for request {bound}, with another body; use a"
+                        " new key for a new request (the same key with the same body is a retry)",
+                        reason="IDEMPOTENCY_KEY_REUSED",
+                    )
                 return await self._resubmit(bound, verified, recipient, target)
         status = await self._accept(request_id, verified, recipient, target)
         log.info(
@@ -378,7 +398,7 @@ class Intake:
         if prepared.WhichOneof("body") == "release":
             target = (await self._requests.get(prepared.release.target_request_id)).status
         request_id = new_uuid7(self._clock)
-        bound = await self._idempotency.claim(BROKER_ID, idempotency_key, request_id)
+        bound, _ = await self._idempotency.claim(BROKER_ID, idempotency_key, request_id)
         if bound != request_id:
             return (await self._resubmit(bound, verified, recipient, target)).status
         return await self._accept(request_id, verified, recipient, target)

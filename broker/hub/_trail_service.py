@@ -18,6 +18,7 @@ from ._auth import Authenticator
 from ._errors import InvalidRequestError, PermissionDeniedError
 from ._grpc_status import guard_unary, to_hub_error
 from ._policy import Policy
+from ._refusals import RefusalSink
 from ._trail import TrailChaser
 
 __all__ = ["TrailService"]
@@ -35,7 +36,11 @@ def _validated(message: object) -> None:
 class TrailService:
     """``GetTrail`` and ``SetChasing`` as grpc.aio unary methods; ``BusServicer`` delegates to them."""
 
-    def __init__(self, *, auth: Authenticator, chaser: TrailChaser, policy: Policy) -> None:
+    def __init__(
+        self, *, auth: Authenticator, chaser: TrailChaser, policy: Policy, refusals: RefusalSink | None = None
+    ) -> None:
+        self.refusals = refusals
+        """Where refused calls are reported (the guards read it)."""
         self._auth = auth
         self._chaser = chaser
         self._policy = policy

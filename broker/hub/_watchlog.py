@@ -31,7 +31,7 @@ from nats.aio.subscription import Subscription
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 
-from broker.protocol._subjects import WATCH_STREAM, status_subject
+from broker.protocol._subjects import WATCH_STREAM, status_filter, status_parties, status_subject
 
 from ._errors import UnavailableError
 
@@ -112,6 +112,19 @@ class WatchLog:
         )
         # The ledger's sequencers chain every accepted event from this stream (timeline_record).
         await self._publish(subject, record, event_id)
+
+    async def case_parties(self, case_number: str) -> set[str]:
+        """Every agency that is sender, recipient or owner of a request of ``case_number``.
+
+        Read from the subjects the watch log holds for the case (one stream-info call; the
+        subjects name the parties), so no record is read. Empty: the case has no request yet.
+        """
+        try:
+            case = status_filter(case_number=case_number)
+            info = await self._js.stream_info(WATCH_STREAM, subjects_filter=case)
+        except (nats.errors.Error, TimeoutError) as exc:
+            raise UnavailableError(f"cannot read the watch log: {exc}") from exc
+        return {party for subject in info.state.subjects or {} for party in status_parties(subject)}
 
     async def _publish(self, subject: str, record: bus_pb2.WatchResponse, event_id: str) -> None:
         try:

@@ -75,6 +75,7 @@ from ._names import (
 )
 from ._nats import (
     NatsSettings,
+    close_connection,
     connect,
     ensure_streams,
     fetch_batch,
@@ -243,6 +244,7 @@ __all__ = [
     "b64url_encode",
     "body_digest",
     "build_entry",
+    "close_connection",
     "connect",
     "create_durable",
     "current_encryption_key",

@@ -382,7 +382,8 @@ class ConsumerLoop:
                 lane, msgs = await self._next_batch(free)
             except Exception as exc:
                 # The loop must outlive anything a pull can raise, or the consumer silently stops.
-                log.warning("consumer.fetch_failed", consumer=spec.name, error_type=type(exc).__name__)
+                if not self._stopping.is_set():  # stopping: NATS may have been closed on purpose
+                    log.warning("consumer.fetch_failed", consumer=spec.name, error_type=type(exc).__name__)
                 await self.wait_stopping(spec.fetch_error_pause or spec.fetch_timeout)
                 continue
             for msg in msgs:
@@ -509,8 +510,9 @@ class ConsumerLoop:
                     try:
                         msgs = task.result()
                     except (NatsError, nats.errors.Error, TimeoutError) as exc:
-                        error_type = type(exc).__name__
-                        log.warning("consumer.fetch_failed", consumer=spec.name, error_type=error_type)
+                        if not self._stopping.is_set():  # stopping: NATS may have been closed on purpose
+                            error_type = type(exc).__name__
+                            log.warning("consumer.fetch_failed", consumer=spec.name, error_type=error_type)
                         await self.wait_stopping(spec.fetch_error_pause or spec.fetch_timeout)
                         continue
                     for msg in msgs:

@@ -83,8 +83,12 @@ def build_entry(
     parties: Iterable[str] = (),
     state: common_pb2.RequestState.ValueType = common_pb2.REQUEST_STATE_UNSPECIFIED,
     subject_digest: str = "",
+    refusal: ledger_pb2.Refusal | None = None,
 ) -> bytes:
-    """The serialized, not yet linked entry (``seq`` 0, no ``prev_hash``) that the intake holds."""
+    """The serialized, not yet linked entry (``seq`` 0, no ``prev_hash``) that the intake holds.
+
+    ``refusal`` goes with REJECTION entries that record refused API calls.
+    """
     if kind == ledger_pb2.LEDGER_ENTRY_KIND_UNSPECIFIED:
         raise ValueError("a ledger entry needs a kind")
     if not actor:
@@ -98,6 +102,7 @@ def build_entry(
         parties=list(parties),
         state=state,
         subject_digest=subject_digest,
+        refusal=refusal,
     )
     return entry.SerializeToString(deterministic=True)
 

@@ -27,7 +27,7 @@ from nats.js.manager import JetStreamManager
 from ._errors import NatsError
 from ._subjects import StreamSpec
 
-__all__ = ["NatsSettings", "connect", "ensure_streams", "fetch_batch", "nats_error"]
+__all__ = ["NatsSettings", "close_connection", "connect", "ensure_streams", "fetch_batch", "nats_error"]
 
 _log = structlog.get_logger("greenchannel.nats")
 
@@ -193,6 +193,39 @@ async def connect(settings: NatsSettings) -> Client:
         raise nats_error(exc, f"connect to NATS at {', '.join(servers)}") from exc
     _log.info("nats.connected", connection=settings.name, servers=servers)
     return nc
+
+
+async def close_connection(nc: Client, *, timeout: float) -> str:  # noqa: ASYNC109
+    """Close ``nc`` on shutdown, gracefully when NATS is there, at once when it is not. Never raises.
+
+    Connected: ``drain()`` (subscriptions finish what they hold, publishes are flushed), bounded by
+    ``timeout`` seconds, then a plain close if the drain did not finish. Not connected (NATS down,
+    reconnecting): nats-py's ``drain()`` refuses or waits for a server that may never come back,
+    and its ``close()`` flushes the buffered outgoing data into the dead socket and raises halfway
+    through its cleanup; nothing buffered can be delivered anyway, so it is dropped and the
+    connection closed.
+
+    Returns how it went, for the caller's one log line: ``"drained"``, ``"closed"`` (the drain
+    failed or timed out), ``"unreachable"`` (NATS was not connected) or ``"already_closed"``.
+    """
+    if nc.is_closed:
+        return "already_closed"
+    if nc.is_connected and not nc.is_draining:
+        try:
+            await asyncio.wait_for(nc.drain(), timeout=timeout)
+        except (nats.errors.Error, OSError, TimeoutError) as exc:
+            _log.debug("nats.drain_failed", error_type=type(exc).__name__)
+        else:
+            return "drained"
+        outcome = "closed"
+    else:
+        outcome = "closed" if nc.is_draining else "unreachable"
+    if not nc.is_connected:
+        # nats-py has no public way to drop what it buffered for a server that is gone.
+        nc._pending = []
+        nc._pending_data_size = 0
+    await _close_quietly(nc)
+    return outcome
 
 
 async def _close_quietly(nc: Client) -> None:

@@ -193,6 +193,16 @@ def _newest(
     return max(candidates, key=lambda c: c[:2])[2] if candidates else None
 
 
+def _make_keys_hint(state_dir: Path, owner: str | None) -> str:
+    """The command that makes the missing keys, for people reading the error (not the function)."""
+    if owner is None:
+        return f"create them with `greenchannel --state-dir {state_dir} keys init`"
+    return (
+        f"create them with `greenchannel keys generate --agency {owner} --out {state_dir}` "
+        f"(or `greenchannel --state-dir {state_dir} keys init` for every agency of the directory)"
+    )
+
+
 def _load_private(state_dir: Path, owner: str | None, use: KeyUse, at: datetime | None) -> _PrivateKey:
     directory = _owner_dir(state_dir, owner)
     path = key_overlay_path(state_dir)
@@ -200,7 +210,7 @@ def _load_private(state_dir: Path, owner: str | None, use: KeyUse, at: datetime 
     entry = _newest(directory, entries, owner, use, None if at is None else _aware(at, "at"))
     who = "the broker" if owner is None else f"agency {owner!r}"
     if entry is None:
-        raise KeyFileError(f"{state_dir}: no usable {use} key for {who}; run ensure_agency_keys")
+        raise KeyFileError(f"{state_dir}: no usable {use} key for {who}; {_make_keys_hint(state_dir, owner)}")
     pem = directory / f"{entry.key.kid}.pem"
     private = _read_private(pem)
     if _public_of(private) != (entry.key.raw, use):
@@ -253,7 +263,9 @@ def load_agency_encryption_keys(state_dir: Path, agency_id: str) -> tuple[x25519
         assert isinstance(private, x25519.X25519PrivateKey)
         keys.append(private)
     if not keys:
-        raise KeyFileError(f"{state_dir}: no enc key for agency {agency_id!r}; run ensure_agency_keys")
+        raise KeyFileError(
+            f"{state_dir}: no enc key for agency {agency_id!r}; {_make_keys_hint(state_dir, agency_id)}"
+        )
     return tuple(keys)
 
 

@@ -371,6 +371,44 @@ def test_an_unreachable_broker_is_reported_not_raised(up: Up, stop_payment: dict
     assert "Traceback" not in done.stderr
 
 
+def test_submit_wait_exits_3_when_the_request_is_not_executed(up: Up) -> None:
+    # The bank checks the holder's name against its books and answers MISMATCH.
+    done = up.run(
+        "submit",
+        "stop-payment",
+        "--as",
+        POLICE,
+        "--account",
+        seed.FRAUD_ACCOUNT,
+        "--name",
+        "Not The Holder",
+        "--amount",
+        "100.00",
+        "--case",
+        CASE,
+        "--wait",
+        "--json",
+    )
+    assert done.returncode == 3, done.stderr
+    assert json.loads(done.stdout)["state"] == "REJECTED"
+    assert "not executed" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_submit_help_names_the_exit_status_of_wait(up: Up) -> None:
+    done = up.run("submit", "stop-payment", "--help")
+    assert done.returncode == 0
+    assert "3 when it ended rejected, failed or cancelled" in " ".join(done.stdout.split())
+
+
+def test_an_agency_without_keys_is_told_the_command_that_makes_them(up: Up) -> None:
+    done = up.run("status", "01890000-0000-7000-8000-000000000000", "--as", "police-999999")
+    assert done.returncode == 1
+    assert "greenchannel keys generate --agency police-999999 --out" in done.stderr
+    assert "ensure_agency_keys" not in done.stderr
+    assert "Traceback" not in done.stderr
+
+
 def test_up_stops_cleanly_on_sigterm(up: Up) -> None:
     """Last in the module: it stops the shared `up`."""
     up.process.send_signal(signal.SIGTERM)

@@ -16,6 +16,7 @@ from structlog.testing import capture_logs
 from broker.client import ErrorDetails, error_details
 from broker.hub import _errors
 from broker.hub._errors import (
+    AlreadyExistsError,
     AuthenticationError,
     ConflictError,
     HubError,
@@ -73,6 +74,7 @@ def test_every_hub_error_class_has_the_code_of_the_tree_docstring() -> None:
         UnroutableError: grpc.StatusCode.FAILED_PRECONDITION,
         IllegalTransitionError: grpc.StatusCode.FAILED_PRECONDITION,
         NotFoundError: grpc.StatusCode.NOT_FOUND,
+        AlreadyExistsError: grpc.StatusCode.ALREADY_EXISTS,
         ConflictError: grpc.StatusCode.ABORTED,
         UnavailableError: grpc.StatusCode.UNAVAILABLE,
         OverloadedError: grpc.StatusCode.RESOURCE_EXHAUSTED,

@@ -34,7 +34,7 @@ class _LedgerEntryKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Ledge
     LEDGER_ENTRY_KIND_EVENT: _LedgerEntryKind.ValueType  # 2
     """A lifecycle event."""
     LEDGER_ENTRY_KIND_REJECTION: _LedgerEntryKind.ValueType  # 3
-    """Something the broker refused (forged event, illegal transition)."""
+    """Something the broker refused (forged event, illegal transition, refused API call)."""
     LEDGER_ENTRY_KIND_BREACH: _LedgerEntryKind.ValueType  # 4
     """A deadline breach."""
 
@@ -47,7 +47,7 @@ LEDGER_ENTRY_KIND_REQUEST: LedgerEntryKind.ValueType  # 1
 LEDGER_ENTRY_KIND_EVENT: LedgerEntryKind.ValueType  # 2
 """A lifecycle event."""
 LEDGER_ENTRY_KIND_REJECTION: LedgerEntryKind.ValueType  # 3
-"""Something the broker refused (forged event, illegal transition)."""
+"""Something the broker refused (forged event, illegal transition, refused API call)."""
 LEDGER_ENTRY_KIND_BREACH: LedgerEntryKind.ValueType  # 4
 """A deadline breach."""
 Global___LedgerEntryKind: _TypeAlias = LedgerEntryKind  # noqa: Y015
@@ -69,6 +69,7 @@ class LedgerEntry(_message.Message):
     SUBJECT_DIGEST_FIELD_NUMBER: _builtins.int
     PREV_HASH_FIELD_NUMBER: _builtins.int
     HASH_FIELD_NUMBER: _builtins.int
+    REFUSAL_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
     """Position in the chain, from 1."""
     actor: _builtins.str
@@ -100,6 +101,12 @@ class LedgerEntry(_message.Message):
     def parties(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Sender and recipient of the request, for per-agency views."""
 
+    @_builtins.property
+    def refusal(self) -> Global___Refusal:
+        """Set on REJECTION entries that record refused API calls: what was refused and why, never
+        what the refused call carried.
+        """
+
     def __init__(
         self,
         *,
@@ -114,14 +121,64 @@ class LedgerEntry(_message.Message):
         subject_digest: _builtins.str = ...,
         prev_hash: _builtins.str = ...,
         hash: _builtins.str = ...,
+        refusal: Global___Refusal | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "refusal", b"refusal"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "at", b"at", "case_number", b"case_number", "hash", b"hash", "kind", b"kind", "parties", b"parties", "prev_hash", b"prev_hash", "request_id", b"request_id", "seq", b"seq", "state", b"state", "subject_digest", b"subject_digest"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "at", b"at", "case_number", b"case_number", "hash", b"hash", "kind", b"kind", "parties", b"parties", "prev_hash", b"prev_hash", "refusal", b"refusal", "request_id", b"request_id", "seq", b"seq", "state", b"state", "subject_digest", b"subject_digest"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___LedgerEntry: _TypeAlias = LedgerEntry  # noqa: Y015
+
+@_typing.final
+class Refusal(_message.Message):
+    """API calls the broker refused, as one REJECTION entry records them. The broker records the
+    first refusals of a (caller, method, code, reason) in a window one entry each (count 1); the
+    rest of that window become one summary entry whose count says how many it stands for.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    METHOD_FIELD_NUMBER: _builtins.int
+    MESSAGE_TYPE_FIELD_NUMBER: _builtins.int
+    CODE_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    COUNT_FIELD_NUMBER: _builtins.int
+    SINCE_FIELD_NUMBER: _builtins.int
+    method: _builtins.str
+    """The refused RPC's method name, e.g. "Submit"."""
+    message_type: _builtins.str
+    """The request type the refused call carried, when it could be read (e.g. "STOP_PAYMENT",
+    "CANCELLATION"); empty otherwise or when a summary covers several.
+    """
+    code: _builtins.str
+    """The gRPC status code answered, by name (e.g. "PERMISSION_DENIED")."""
+    reason: _builtins.str
+    """The google.rpc.ErrorInfo reason answered (e.g. "TYPE_NOT_ALLOWED")."""
+    count: _builtins.int
+    """How many refusals this entry stands for: 1, or more for a summary."""
+    @_builtins.property
+    def since(self) -> _timestamp_pb2.Timestamp:
+        """A summary: when the first refusal it counts happened (the entry's `at` is the window's end)."""
+
+    def __init__(
+        self,
+        *,
+        method: _builtins.str = ...,
+        message_type: _builtins.str = ...,
+        code: _builtins.str = ...,
+        reason: _builtins.str = ...,
+        count: _builtins.int = ...,
+        since: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["since", b"since"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["code", b"code", "count", b"count", "message_type", b"message_type", "method", b"method", "reason", b"reason", "since", b"since"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Refusal: _TypeAlias = Refusal  # noqa: Y015
 
 @_typing.final
 class LedgerRecord(_message.Message):
