@@ -42,6 +42,13 @@ from tests.integration.test_tls import Pki
 
 pytestmark = pytest.mark.integration
 
+
+@pytest.fixture(autouse=True)
+def _logs_stay_where_they_were(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``cli_main`` runs in this process: left alone, it would bind structlog to this test's
+    captured stderr, closed after it, and every later test that logs would fail on it."""
+    monkeypatch.setattr("broker.cli._main.configure_logging", lambda *_a, **_k: None)
+
 ROOT = Path(__file__).resolve().parents[2]
 DIRECTORY = ROOT / "agencies" / "directory.toml"
 AGENCY_OF_KIND = {
