@@ -5,7 +5,8 @@ The file is read in two steps, both before anything is started or connected:
 1. :func:`load_adapter_file` parses and checks the TOML itself (tables, fields, types, ranges,
    combinations) into a frozen :class:`AdapterFileConfig`;
 2. :func:`load_adapter_materials` reads what the file points at (the agency's private keys, the
-   directory and its key overlays, the NATS seed) and checks that they agree with each other.
+   directory and its key overlays, the NATS seed, the TLS files) and checks that they agree with
+   each other (a client key belongs to its certificate, a signing key is registered, ...).
 
 Every problem raises :class:`~adapters.AdapterConfigError` naming the file and a field path in
 TOML spelling: ``adapter.toml: nats.url: must be ...``. Unknown tables and fields are refused: a
@@ -66,8 +67,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, NoReturn
 
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
+import grpc
 from cryptography.hazmat.primitives.asymmetric import x25519
 
 from broker.protocol import (
@@ -79,8 +79,10 @@ from broker.protocol import (
     RegistryError,
     SigningKey,
     TomlTable,
+    channel_credentials,
     load_directory,
     load_signing_key,
+    read_encryption_key,
     read_toml,
 )
 from broker.protocol._nats_auth import DEFAULT_INBOX_ACK_WAIT, agency_inbox_prefix, load_nats_public_key
@@ -270,6 +272,8 @@ class AdapterMaterials:
     """Its Ed25519 key, registered for it."""
     decryption_keys: tuple[x25519.X25519PrivateKey, ...]
     """Its X25519 keys, newest first (empty when none are configured)."""
+    channel_credentials: grpc.ChannelCredentials | None = None
+    """TLS to the agency's system, built from ``[service.tls]``; None: plaintext."""
 
 
 # -- reading the file ---------------------------------------------------------------------------
@@ -414,18 +418,6 @@ def load_adapter_file(path: Path) -> AdapterFileConfig:
 # -- reading what it points at ------------------------------------------------------------------
 
 
-def _encryption_key(path: Path) -> x25519.X25519PrivateKey:
-    try:
-        private = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    except OSError as exc:
-        raise KeyFileError(f"{path}: cannot read key file: {exc.strerror}") from exc
-    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-        raise KeyFileError(f"{path}: not an unencrypted PEM private key") from exc
-    if not isinstance(private, x25519.X25519PrivateKey):
-        raise KeyFileError(f"{path}: expected an X25519 key, found {type(private).__name__}")
-    return private
-
-
 def _readable(path: Path, field: str, config: AdapterFileConfig) -> None:
     if not path.is_file():
         raise AdapterConfigError(f"{config.source}: {field}: {path}: no such file")
@@ -466,7 +458,7 @@ def load_adapter_materials(config: AdapterFileConfig) -> AdapterMaterials:
     for i, path in enumerate(config.encryption_keys):
         field = f"agency.encryption_keys[{i}]"
         try:
-            key = _encryption_key(path)
+            key = read_encryption_key(path)
         except KeyFileError as exc:
             fail(field, str(exc))
         if encryption_kid(key) not in registered:
@@ -479,10 +471,17 @@ def load_adapter_materials(config: AdapterFileConfig) -> AdapterMaterials:
             load_nats_public_key(seed)
         except KeyFileError as exc:
             fail("nats.nkey_seed", str(exc))
+    credentials: grpc.ChannelCredentials | None = None
     if config.tls is not None:
-        for name, tls_file in (("ca", config.tls.ca), ("cert", config.tls.cert), ("key", config.tls.key)):
-            if tls_file is not None:
-                _readable(tls_file, f"service.tls.{name}", config)
+        # Read and checked now (the key belongs to the certificate), not at the first handshake.
+        try:
+            credentials = channel_credentials(config.tls.ca, cert=config.tls.cert, key=config.tls.key)
+        except ValueError as exc:
+            fail("service.tls", str(exc))
     return AdapterMaterials(
-        registry=registry, agency=agency, signing_key=signing_key, decryption_keys=tuple(decryption)
+        registry=registry,
+        agency=agency,
+        signing_key=signing_key,
+        decryption_keys=tuple(decryption),
+        channel_credentials=credentials,
     )

@@ -8,6 +8,9 @@
     open the channel to the agency's system (TLS unless plaintext was allowed)
     start the runtime, then the health service (SERVING once the inbox is consumed)
 
+Health follows reality: NOT_SERVING while the NATS connection is lost (nats-py reconnects by
+itself; SERVING again once it has), and from the first moment of shutdown on.
+
 Leaving reverses it: health NOT_SERVING first (a load balancer stops routing to it), the runtime
 finishes the messages in flight, then the channel closes and NATS drains.
 """
@@ -53,23 +56,10 @@ _DRAIN_TIMEOUT = 5.0
 _log = structlog.get_logger(__name__)
 
 ADAPTER_HEALTH_SERVICE = "greenchannel.adapter"
-"""Health service name reported SERVING while the adapter consumes its inbox (``""`` too)."""
+"""Health service name (``""`` too): SERVING while the adapter consumes its inbox and NATS is
+connected; NOT_SERVING while NATS is lost and from the start of shutdown."""
 
 _POLL = 0.25
-
-
-def _credentials(config: AdapterFileConfig) -> grpc.ChannelCredentials | None:
-    tls = config.tls
-    if tls is None:
-        return None
-    try:
-        return grpc.ssl_channel_credentials(
-            root_certificates=tls.ca.read_bytes(),
-            private_key=tls.key.read_bytes() if tls.key is not None else None,
-            certificate_chain=tls.cert.read_bytes() if tls.cert is not None else None,
-        )
-    except OSError as exc:
-        raise AdapterConfigError(f"{config.source}: service.tls: cannot read {exc.filename}") from exc
 
 
 class StandaloneAdapter:
@@ -81,6 +71,7 @@ class StandaloneAdapter:
         self._clock = clock
         self._exit = contextlib.AsyncExitStack()
         self._health: health.aio.HealthServicer | None = None
+        self._nats_connected = True  # connect() returns connected; the listener tells changes
         self.runtime: AdapterRuntime | None = None
         self.health_address: str | None = None
 
@@ -103,7 +94,7 @@ class StandaloneAdapter:
 
     async def _start(self) -> None:
         config = self._config
-        nc = await connect(config.nats)
+        nc = await connect(config.nats, on_connection=self._nats_connection)
         self._exit.push_async_callback(_drain, nc)
         # Under per-agency users the inbox API is imported under the agency's own prefix.
         auth = requires_auth(nc)
@@ -123,7 +114,7 @@ class StandaloneAdapter:
         channel = open_agency_channel(
             config.adapter.agency_target,
             reconnect_backoff_max=config.adapter.reconnect_backoff_max,
-            credentials=_credentials(config),
+            credentials=self._materials.channel_credentials,
             server_name=config.tls.server_name if config.tls is not None else None,
         )
         self._exit.push_async_callback(channel.close)
@@ -158,8 +149,22 @@ class StandaloneAdapter:
 
         # Registered last, so it runs first on the way out.
         self._exit.push_async_callback(stop)
+        await self._report()
+
+    async def _nats_connection(self, connected: bool) -> None:
+        self._nats_connected = connected
+        _log.info("adapter.nats_connection", agency=self.agency_id, connected=connected)
+        await self._report()
+
+    async def _report(self) -> None:
+        """Set the health status from the NATS connection (a no-op once shutdown has begun)."""
+        if self._health is None:
+            return
+        serving = health_pb2.HealthCheckResponse.SERVING
+        status = serving if self._nats_connected else health_pb2.HealthCheckResponse.NOT_SERVING
         for name in ("", ADAPTER_HEALTH_SERVICE):
-            await checks.set(name, health_pb2.HealthCheckResponse.SERVING)
+            # After enter_graceful_shutdown() the servicer ignores set(): NOT_SERVING stays.
+            await self._health.set(name, status)
 
 
 async def wait_for_inbox(

@@ -73,13 +73,13 @@ def _credentials(args: argparse.Namespace) -> grpc.ChannelCredentials | str | No
         return "give --tls-ca FILE (TLS) or --plaintext (explicitly without TLS)"
     if (args.tls_cert is None) != (args.tls_key is None):
         return "--tls-cert and --tls-key go together"
+    from broker.protocol import channel_credentials
+
     try:
-        root = args.tls_ca.read_bytes()
-        cert = args.tls_cert.read_bytes() if args.tls_cert else None
-        key = args.tls_key.read_bytes() if args.tls_key else None
-    except OSError as exc:
-        return f"cannot read {exc.filename}: {exc.strerror}"
-    return grpc.ssl_channel_credentials(root_certificates=root, private_key=key, certificate_chain=cert)
+        # Read and checked now (the key belongs to the certificate), not at the first handshake.
+        return channel_credentials(args.tls_ca, cert=args.tls_cert, key=args.tls_key)
+    except ValueError as exc:
+        return f"cannot read the TLS files: {exc}"
 
 
 def run(args: argparse.Namespace) -> int:

@@ -6,9 +6,9 @@ import argparse
 import re
 from pathlib import Path
 
-from cryptography.exceptions import UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import x25519
+
+from broker.protocol import KeyFileError, read_encryption_key
 
 __all__ = ["CliError", "agency_option", "read_x25519"]
 
@@ -33,13 +33,6 @@ def agency_option(text: str) -> str:
 def read_x25519(path: Path) -> x25519.X25519PrivateKey:
     """An unencrypted PEM X25519 private key; :class:`CliError` naming the file otherwise."""
     try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise CliError(f"{path}: cannot read the key file: {exc.strerror}") from exc
-    try:
-        private = serialization.load_pem_private_key(data, password=None)
-    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-        raise CliError(f"{path}: not an unencrypted PEM private key") from exc
-    if not isinstance(private, x25519.X25519PrivateKey):
-        raise CliError(f"{path}: not an X25519 (encryption) key; signing keys cannot decrypt")
-    return private
+        return read_encryption_key(path)
+    except KeyFileError as exc:
+        raise CliError(str(exc)) from exc

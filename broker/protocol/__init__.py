@@ -103,6 +103,7 @@ from ._provision import (
     load_broker_signing_key,
     merge_into_overlay,
     private_key_path,
+    read_encryption_key,
     render_key_tables,
     revoke_key,
     rotate_agency_key,
@@ -153,6 +154,7 @@ from ._subjects import (
     validate_request_id,
 )
 from ._timestamps import from_timestamp, optional_timestamp, to_timestamp
+from ._tls import channel_credentials, read_certificates, read_key_pair
 from ._tokens import BROKER_AUDIENCE, TokenClaims, mint_bearer_token, verify_bearer_token
 from ._toml import FileErrorFactory, TomlTable, read_toml, toml_type_name
 from ._trail_sealing import TRAIL_ACCOUNT_CONTENT_TYPE, trail_sealing_context
@@ -244,6 +246,7 @@ __all__ = [
     "b64url_encode",
     "body_digest",
     "build_entry",
+    "channel_credentials",
     "close_connection",
     "connect",
     "create_durable",
@@ -288,6 +291,9 @@ __all__ = [
     "phase_slug",
     "private_key_path",
     "public_jwk",
+    "read_certificates",
+    "read_encryption_key",
+    "read_key_pair",
     "read_toml",
     "reason_name",
     "render_authorization_conf",

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,15 @@ from nats.js.manager import JetStreamManager
 from ._errors import NatsError
 from ._subjects import StreamSpec
 
-__all__ = ["NatsSettings", "close_connection", "connect", "ensure_streams", "fetch_batch", "nats_error"]
+__all__ = [
+    "ConnectionListener",
+    "NatsSettings",
+    "close_connection",
+    "connect",
+    "ensure_streams",
+    "fetch_batch",
+    "nats_error",
+]
 
 _log = structlog.get_logger("greenchannel.nats")
 
@@ -107,6 +115,10 @@ class NatsSettings:
         return cls(servers=servers, **kwargs)
 
 
+ConnectionListener = Callable[[bool], Awaitable[None]]
+"""Told ``False`` when an established NATS connection is lost and ``True`` once it is back."""
+
+
 def _redact(url: str) -> str:
     """``host:port`` of a server URL, so credentials in a URL never reach the logs."""
     parts = urlsplit(url if "://" in url else f"nats://{url}")
@@ -126,8 +138,11 @@ def nats_error(exc: BaseException, action: str) -> NatsError:
     return NatsError(f"{action}: {type(exc).__name__}: {exc}")
 
 
-async def connect(settings: NatsSettings) -> Client:
+async def connect(settings: NatsSettings, *, on_connection: ConnectionListener | None = None) -> Client:
     """Connect to NATS, reconnecting forever after the first success; logs connection changes.
+
+    ``on_connection`` hears of each loss and recovery (a health service follows it); a
+    deliberate close is not a loss.
 
     Raises :class:`NatsError` if the first connect does not succeed within
     ``settings.initial_connect_timeout``.
@@ -143,6 +158,8 @@ async def connect(settings: NatsSettings) -> Client:
         # nats-py also calls this on a deliberate close(); only a lost connection is news.
         if not nc.is_closed:
             _log.warning("nats.disconnected", connection=settings.name)
+            if on_connection is not None:
+                await on_connection(False)
 
     async def on_reconnected() -> None:
         url = nc.connected_url
@@ -151,6 +168,8 @@ async def connect(settings: NatsSettings) -> Client:
             connection=settings.name,
             server=f"{url.hostname}:{url.port}" if url is not None else None,
         )
+        if on_connection is not None:
+            await on_connection(True)
 
     async def on_closed() -> None:
         _log.info("nats.closed", connection=settings.name)

@@ -54,6 +54,7 @@ __all__ = [
     "load_broker_signing_key",
     "merge_into_overlay",
     "private_key_path",
+    "read_encryption_key",
     "render_key_tables",
     "revoke_key",
     "rotate_agency_key",
@@ -134,11 +135,24 @@ def _read_private(path: Path) -> _PrivateKey:
     try:
         private = serialization.load_pem_private_key(path.read_bytes(), password=None)
     except OSError as exc:
-        raise KeyFileError(f"{path}: cannot read key file: {exc.strerror}") from exc
+        raise KeyFileError(f"{path}: cannot read the key file: {exc.strerror}") from exc
     except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
         raise KeyFileError(f"{path}: not an unencrypted PEM private key") from exc
     if not isinstance(private, ed25519.Ed25519PrivateKey | x25519.X25519PrivateKey):
         raise KeyFileError(f"{path}: expected an Ed25519 or X25519 key, found {type(private).__name__}")
+    return private
+
+
+def read_encryption_key(path: Path) -> x25519.X25519PrivateKey:
+    """The X25519 private key in the PEM file ``path`` (an agency's own key file, anywhere).
+
+    Raises :class:`KeyFileError` naming the file when it cannot be read, is not an unencrypted
+    PEM private key, or holds another kind of key (an Ed25519 signing key given by mistake).
+    """
+    private = _read_private(path)
+    if not isinstance(private, x25519.X25519PrivateKey):
+        # A signing key given by mistake: it cannot open anything sealed.
+        raise KeyFileError(f"{path}: not an X25519 (encryption) key, found {type(private).__name__}")
     return private
 
 

@@ -8,7 +8,8 @@
 // Usage:
 //   node police.js --broker 127.0.0.1:50051 --agency police-310115 --key police.pem \
 //     --account 6222020200001234567 --holder 李某 --amount-minor 1000000 \
-//     [--case SH-PD-2026-0042] [--broker-keys '[{"kid": "...", "x": "<base64url>"}]']
+//     [--case SH-PD-2026-0042]
+// The broker's public keys come from the broker itself (RegistryService.ListBrokerKeys).
 // Prints one JSON object on stdout; exits 0 when the request was EXECUTED and both signatures
 // verified, 1 otherwise.
 import crypto from "node:crypto";
@@ -27,7 +28,6 @@ const { values: options } = parseArgs({
     "amount-minor": { type: "string", default: "1000000" },
     currency: { type: "string", default: "CNY" },
     case: { type: "string", default: "SH-PD-2026-0042" },
-    "broker-keys": { type: "string", default: process.env.GREENCHANNEL_BROKER_KEYS },
     "timeout-seconds": { type: "string", default: "60" },
   },
 });
@@ -65,34 +65,59 @@ const unary = (client, method, request) =>
       ),
   );
 
-// -- the broker's public keys ----------------------------------------------------------------
-// SWITCH HERE once RegistryService.ListBrokerKeys lands: ask the broker for its keys
-//   const { keys } = await unary(registry, "ListBrokerKeys", {});
-// and pin them (or check them against the operator's published set). Until then the broker's
-// signing keys are handed in by whoever runs this client (--broker-keys / $GREENCHANNEL_BROKER_KEYS,
-// a JSON array of {kid, x} from the operator's published directory overlay).
+// -- the public keys that verify -------------------------------------------------------------
+const seconds = (ts) => (ts ? Number(ts.seconds ?? 0) : undefined);
+
+/** A registry key with the window it could sign in (a revoked key signs nothing from then on). */
+async function entry(key) {
+  return {
+    key: await publicKey(key.public_key),
+    notBefore: seconds(key.not_before),
+    notAfter: seconds(key.not_after),
+    revokedAt: seconds(key.revoked_at),
+  };
+}
+
+/** Signing keys by kid. */
+async function signingKeys(keys) {
+  const found = new Map();
+  for (const key of keys ?? []) {
+    if (key.use === "KEY_USE_SIG") found.set(key.kid, await entry(key));
+  }
+  return found;
+}
+
+// The broker lists its own keys (RegistryService.ListBrokerKeys, authenticated like every call),
+// current and past: a notarization made with a since-rotated key still verifies. An operator
+// that publishes its key set out of band can pin it here instead.
 async function brokerKeys() {
-  if (!options["broker-keys"]) throw new Error("no broker keys: pass --broker-keys '[{\"kid\":...,\"x\":...}]'");
-  const keys = new Map();
-  for (const { kid, x } of JSON.parse(options["broker-keys"])) keys.set(kid, await publicKey(x));
-  return keys;
+  const { keys } = await unary(registry, "ListBrokerKeys", {});
+  const found = await signingKeys(keys);
+  if (found.size === 0) throw new Error("the broker lists no signing key");
+  return found;
 }
 
 /** The agency's signing keys as the broker's registry lists them, by kid. */
 async function agencyKeys(agencyId) {
   const { agency } = await unary(registry, "GetAgency", { id: agencyId });
-  const keys = new Map();
-  for (const key of agency.keys ?? []) {
-    if (key.use === "KEY_USE_SIG") keys.set(key.kid, await publicKey(key.public_key));
-  }
-  return keys;
+  return signingKeys(agency.keys);
 }
 
-function keyFor(token, keys, whose) {
+/** Verify a detached signature with the key its header names, and that the key could sign then. */
+async function verifyWith(token, body, keys, whose, expected) {
   const header = JSON.parse(Buffer.from(token.split(".")[0], "base64url").toString("utf8"));
-  const key = keys.get(header.kid);
-  if (key === undefined) throw new Error(`${whose} has no key ${header.kid}`);
-  return key;
+  const found = keys.get(header.kid);
+  if (found === undefined) throw new Error(`${whose} has no key ${header.kid}`);
+  const claims = await verifyDetached(token, body, found.key, expected);
+  const signedAt = claims.iat;
+  if (
+    (found.notBefore !== undefined && signedAt < found.notBefore) ||
+    (found.notAfter !== undefined && signedAt >= found.notAfter) ||
+    (found.revokedAt !== undefined && signedAt >= found.revokedAt)
+  ) {
+    throw new Error(`${whose}'s key ${header.kid} could not sign at ${signedAt}`);
+  }
+  return claims;
 }
 
 // -- submit ----------------------------------------------------------------------------------
@@ -145,7 +170,7 @@ const { status } = await unary(bus, "Get", { id: requestId });
 
 // -- the broker's notarization -------------------------------------------------------------------
 const notarized = status.notarized_header;
-const notary = await verifyDetached(status.notary_signature, notarized, keyFor(status.notary_signature, await brokerKeys(), BROKER_ID), {
+const notary = await verifyWith(status.notary_signature, notarized, await brokerKeys(), BROKER_ID, {
   iss: BROKER_ID,
   aud: status.recipient,
   gct: "NOTARIZATION",
@@ -160,7 +185,7 @@ if (header.body_signature_digest !== bodyDigest(Buffer.from(signature, "ascii"))
 // -- the bank's signed answer ---------------------------------------------------------------------
 const signedEvent = terminal.event.event;
 const bankKeys = await agencyKeys(status.recipient);
-const eventClaims = await verifyDetached(signedEvent.signature, signedEvent.payload, keyFor(signedEvent.signature, bankKeys, status.recipient), {
+const eventClaims = await verifyWith(signedEvent.signature, signedEvent.payload, bankKeys, status.recipient, {
   iss: status.recipient,
   aud: BROKER_ID,
   gct: "EVENT",

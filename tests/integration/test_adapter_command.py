@@ -8,6 +8,7 @@ Bad files are refused with the file and field named, before anything starts.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sys
 import tomllib
 from datetime import timedelta
@@ -22,6 +23,7 @@ from adapters import (
     ADAPTER_HEALTH_SERVICE,
     AdapterConfigError,
     ServiceTls,
+    StandaloneAdapter,
     load_adapter_file,
     load_adapter_materials,
 )
@@ -30,8 +32,9 @@ from agencies import build_reference_agency
 from agencies.bank import BankCore
 from broker.cli import main
 from broker.client import BusClient
+from broker.embedded import EmbeddedNats, EmbeddedNatsConfig
 from broker.hub._tls import TlsFiles, server_credentials
-from broker.protocol import SystemClock
+from broker.protocol import NatsSettings, SystemClock, connect, ensure_streams, stream_specs
 from broker.protocol._directory import load_directory
 from broker.protocol._provision import ensure_agency_keys, key_overlay_path, load_agency_signing_key
 
@@ -74,6 +77,15 @@ def _write(tmp_path: Path, text: str) -> Path:
     path = tmp_path / "adapter.toml"
     path.write_text(text, encoding="utf-8")
     return path
+
+
+def _minimal_with_keys(state: Path, signer: str = BANK) -> str:
+    """_MINIMAL (bank-icbc) with ``signer``'s signing key from ``state`` and the real directory."""
+    signing = state / "keys" / signer / f"{load_agency_signing_key(state, signer).kid}.pem"
+    return _MINIMAL.replace('"sig.pem"', f'"{signing}"').replace(
+        'directory = "directory.toml"',
+        f'directory = "{DIRECTORY}"\nkey_overlays = ["{key_overlay_path(state)}"]',
+    )
 
 
 def test_a_minimal_file_reads_with_paths_beside_it(tmp_path: Path) -> None:
@@ -136,12 +148,7 @@ def test_keys_that_do_not_belong_to_the_agency_are_refused_before_anything_start
 ) -> None:
     state = tmp_path / "state"
     ensure_agency_keys(DIRECTORY, state, clock=SystemClock())
-    police_key = state / "keys" / POLICE / f"{load_agency_signing_key(state, POLICE).kid}.pem"
-    text = _MINIMAL.replace('"sig.pem"', f'"{police_key}"').replace(
-        'directory = "directory.toml"',
-        f'directory = "{DIRECTORY}"\nkey_overlays = ["{key_overlay_path(state)}"]',
-    )
-    path = _write(tmp_path, text)
+    path = _write(tmp_path, _minimal_with_keys(state, signer=POLICE))
     with pytest.raises(AdapterConfigError, match=r"agency\.signing_key: key \S+ is not a registered"):
         load_adapter_materials(load_adapter_file(path))
     # Through the command: one line naming the file and field, exit 1, no journal created.
@@ -236,6 +243,78 @@ async def test_the_adapter_reaches_its_bank_over_mutual_tls(tmp_path: Path) -> N
                     assert await adapter.stop() == 0
             finally:
                 await server.stop(None)
+
+
+def test_tls_files_are_read_and_checked_before_anything_starts(tmp_path: Path) -> None:
+    """A client key that is not the certificate's fails at load (and --check), not at a handshake."""
+    state = tmp_path / "state"
+    ensure_agency_keys(DIRECTORY, state, clock=SystemClock())
+    pki = Pki(tmp_path)
+    mine, other = pki.client(BANK), pki.client(POLICE)
+    tls = f'[service.tls]\nca = "{pki.ca}"\ncert = "{mine.cert}"\nkey = "{other.key}"\n'
+    text = _minimal_with_keys(state).replace("allow_plaintext = true\n", tls)
+    path = _write(tmp_path, text)
+    with pytest.raises(AdapterConfigError) as caught:
+        load_adapter_materials(load_adapter_file(path))
+    assert str(caught.value).startswith(f"{path}: service.tls: private key file {other.key} does not belong")
+
+    path.write_text(text.replace(f'key = "{other.key}"', f'key = "{mine.key}"'), encoding="utf-8")
+    assert load_adapter_materials(load_adapter_file(path)).channel_credentials is not None
+
+
+_HEALTH_BOUND = 120.0  # bounds a status that never comes; not a timing assertion
+
+
+async def _follow_health(address: str, seen: list[int]) -> None:
+    """Append every status the adapter's health Watch stream reports, until the stream ends."""
+    async with grpc.aio.insecure_channel(address) as channel:
+        stream = health_pb2_grpc.HealthStub(channel).Watch(
+            health_pb2.HealthCheckRequest(service=ADAPTER_HEALTH_SERVICE)
+        )
+        with contextlib.suppress(grpc.aio.AioRpcError):
+            async for reply in stream:
+                seen.append(reply.status)
+
+
+async def _until(seen: list[int], statuses: list[int], what: str) -> None:
+    deadline = asyncio.get_running_loop().time() + _HEALTH_BOUND
+    while seen[-len(statuses) :] != statuses:
+        assert asyncio.get_running_loop().time() < deadline, f"health never showed {what}: {seen}"
+        await asyncio.sleep(0.05)
+
+
+async def test_health_is_not_serving_while_nats_is_lost_and_during_shutdown(tmp_path: Path) -> None:
+    serving, not_serving = health_pb2.HealthCheckResponse.SERVING, health_pb2.HealthCheckResponse.NOT_SERVING
+    state = tmp_path / "state"
+    ensure_agency_keys(DIRECTORY, state, clock=SystemClock())
+    # A server this process may stop and start again on the same port (no preexec_fn fork: gRPC runs).
+    server_config = EmbeddedNatsConfig(store_dir=tmp_path / "nats", parent_death_signal=False)
+    async with EmbeddedNats(server_config) as nats_server:
+        setup = await connect(NatsSettings(servers=(nats_server.url,), name="test-setup"))
+        try:
+            await ensure_streams(setup.jetstream(), stream_specs())  # the broker's part: the inbox
+        finally:
+            await setup.close()
+        text = _minimal_with_keys(state).replace("nats://127.0.0.1:4222", nats_server.url)
+        text = text.replace('journal_dir = "state"', 'journal_dir = "journal"')
+        path = _write(tmp_path, text + '\n[health]\nlisten = "127.0.0.1:0"\n')
+        config = load_adapter_file(path)
+        seen: list[int] = []
+        async with StandaloneAdapter(config, load_adapter_materials(config), clock=SystemClock()) as adapter:
+            assert adapter.health_address is not None
+            follower = asyncio.create_task(_follow_health(adapter.health_address, seen))
+            try:
+                await _until(seen, [serving], "SERVING once the inbox is consumed")
+                await nats_server.stop()
+                await _until(seen, [serving, not_serving], "NOT_SERVING while NATS is down")
+                await nats_server.start()
+                await _until(seen, [serving, not_serving, serving], "SERVING again after the reconnect")
+            except BaseException:
+                follower.cancel()
+                raise
+        # Leaving: NOT_SERVING before the runtime drains, then the health server goes away.
+        await asyncio.wait_for(follower, _HEALTH_BOUND)
+        assert seen == [serving, not_serving, serving, not_serving]
 
 
 def test_the_example_file_shows_every_field_and_reads() -> None:

@@ -49,6 +49,7 @@ def _logs_stay_where_they_were(monkeypatch: pytest.MonkeyPatch) -> None:
     captured stderr, closed after it, and every later test that logs would fail on it."""
     monkeypatch.setattr("broker.cli._main.configure_logging", lambda *_a, **_k: None)
 
+
 ROOT = Path(__file__).resolve().parents[2]
 DIRECTORY = ROOT / "agencies" / "directory.toml"
 AGENCY_OF_KIND = {

@@ -24,9 +24,10 @@ from nats.js.client import JetStreamContext
 from broker.client import ErrorDetails, bearer_metadata, error_details
 from broker.hub._auth import Authenticator, Caller, open_replay_cache
 from broker.hub._grpc_status import guard_unary
-from broker.hub._tls import TlsFiles, channel_credentials, server_credentials
+from broker.hub._tls import TlsFiles, server_credentials
 from broker.protocol import (
     ManualClock,
+    channel_credentials,
     ensure_agency_keys,
     key_overlay_path,
     load_agency_signing_key,
