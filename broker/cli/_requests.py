@@ -32,16 +32,19 @@ from greenchannel.v1 import common_pb2, lifecycle_pb2, requests_pb2, results_pb2
 
 from broker.client import BusClient, error_details, open_result_details
 from broker.protocol import (
+    DATA_ANSWER_CONTENT_TYPE,
+    DecryptionKeys,
     InvalidMessageError,
     KeyFileError,
     ProtocolError,
     SealingError,
     SystemClock,
     UnknownAgencyError,
+    load_agency_encryption_keys,
+    load_agency_signing_key,
+    open_sealed,
+    validate_message,
 )
-from broker.protocol._provision import load_agency_encryption_keys, load_agency_signing_key
-from broker.protocol._sealing import DATA_ANSWER_CONTENT_TYPE, DecryptionKeys, open_sealed
-from broker.protocol._validation import validate_message
 
 from . import _env
 from ._options import CliError, agency_option, read_x25519

@@ -39,8 +39,15 @@ from greenchannel.v1 import (
     trail_pb2,
 )
 
-from broker.protocol import Clock, SigningKey, SystemClock
-from broker.protocol._envelope import BROKER_ID, CANCELLATION_TYPE, sign_message, sign_request
+from broker.protocol import (
+    BROKER_ID,
+    CANCELLATION_TYPE,
+    Clock,
+    SigningKey,
+    SystemClock,
+    sign_message,
+    sign_request,
+)
 
 from ._errors import error_details
 from ._metadata import bearer_metadata
