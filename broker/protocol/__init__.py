@@ -17,6 +17,7 @@ from ._directory import load_directory, read_overlay
 from ._envelope import (
     CANCELLATION_TYPE,
     EVENT_TYPE,
+    NOTARIZATION_TYPE,
     OpenedEnvelope,
     SealedBodyError,
     VerifiedRequest,
@@ -102,11 +103,14 @@ from ._nats import (
 )
 from ._nats_auth import (
     AGENCY_JS_API_PREFIX,
+    BROKER_ACCOUNT,
     DEFAULT_INBOX_ACK_WAIT,
     NatsAuthorization,
     NatsPermissions,
     NatsUser,
+    agency_account,
     agency_inbox_prefix,
+    agency_permissions,
     ensure_inbox_consumers,
     ensure_nats_seeds,
     generate_nats_seed,
@@ -137,6 +141,8 @@ from ._provision import (
 from ._registry import AGENCY_ID, BROKER_ID, Agency, AgencyKind, Registry
 from ._sealing import (
     DATA_ANSWER_CONTENT_TYPE,
+    REQUEST_CONTENT_TYPE,
+    RESULT_DETAILS_CONTENT_TYPE,
     DecryptionKeys,
     current_broker_encryption_key,
     current_encryption_key,
@@ -199,11 +205,12 @@ from ._tls import channel_credentials, read_certificates, read_key_pair
 from ._tokens import BROKER_AUDIENCE, TokenClaims, mint_bearer_token, verify_bearer_token
 from ._toml import FileErrorFactory, TomlTable, read_toml, toml_type_name
 from ._trail_sealing import TRAIL_ACCOUNT_CONTENT_TYPE, trail_sealing_context
-from ._validation import decode_message, validate_message
+from ._validation import decode_message, parse_and_validate, validate_message
 
 __all__ = [
     "AGENCY_ID",
     "AGENCY_JS_API_PREFIX",
+    "BROKER_ACCOUNT",
     "BROKER_AUDIENCE",
     "BROKER_ID",
     "CANCELLATION_TYPE",
@@ -229,14 +236,17 @@ __all__ = [
     "LEDGER_SEQUENCER_CONSUMER",
     "LEDGER_STREAM",
     "LEDGER_TIMELINE_CONSUMER",
+    "NOTARIZATION_TYPE",
     "NOTICES_STREAM",
     "OUTCOME_STATES",
     "PRIORITIES",
     "REGISTRY_BUCKET",
     "REPLAY_BUCKET",
     "REQUESTS_BUCKET",
+    "REQUEST_CONTENT_TYPE",
     "REQUEST_TYPES",
     "REQUEST_TYPES_BY_SLUG",
+    "RESULT_DETAILS_CONTENT_TYPE",
     "TRAIL_ACCOUNT_CONTENT_TYPE",
     "WATCH_STREAM",
     "Agency",
@@ -295,8 +305,10 @@ __all__ = [
     "VerifiedRequest",
     "WrongAudienceError",
     "WrongIssuerError",
+    "agency_account",
     "agency_inbox_prefix",
     "agency_keys",
+    "agency_permissions",
     "b64url_decode",
     "b64url_encode",
     "body_digest",
@@ -353,6 +365,7 @@ __all__ = [
     "open_envelope",
     "open_sealed",
     "optional_timestamp",
+    "parse_and_validate",
     "parse_unlinked",
     "phase_slug",
     "private_key_path",
