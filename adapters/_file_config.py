@@ -71,6 +71,8 @@ import grpc
 from cryptography.hazmat.primitives.asymmetric import x25519
 
 from broker.protocol import (
+    AGENCY_ID,
+    DEFAULT_INBOX_ACK_WAIT,
     Agency,
     AgencyKind,
     KeyFileError,
@@ -79,15 +81,15 @@ from broker.protocol import (
     RegistryError,
     SigningKey,
     TomlTable,
+    agency_inbox_prefix,
     channel_credentials,
+    encryption_kid,
     load_directory,
+    load_nats_public_key,
     load_signing_key,
     read_encryption_key,
     read_toml,
 )
-from broker.protocol._nats_auth import DEFAULT_INBOX_ACK_WAIT, agency_inbox_prefix, load_nats_public_key
-from broker.protocol._registry import AGENCY_ID
-from broker.protocol._sealing import encryption_kid
 
 from ._config import AdapterConfig
 from ._errors import AdapterConfigError

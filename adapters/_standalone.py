@@ -40,8 +40,8 @@ from broker.protocol import (
     close_connection,
     connect,
     inbox_consumer,
+    requires_auth,
 )
-from broker.protocol._nats_auth import requires_auth
 
 from ._backends import backend_for, open_agency_channel
 from ._errors import AdapterConfigError

@@ -14,7 +14,7 @@ from nats.aio.client import Client
 from nats.js.client import JetStreamContext
 
 from broker.embedded import EmbeddedNats, EmbeddedNatsConfig
-from broker.protocol._nats import NatsSettings, connect
+from broker.protocol import NatsSettings, connect
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")

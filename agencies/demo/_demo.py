@@ -59,6 +59,7 @@ from broker.client import (
 from broker.hub import LedgerConfig
 from broker.protocol import (
     FINAL_STATES,
+    LEDGER_INTAKE_STREAM,
     Clock,
     SigningKey,
     SystemClock,
@@ -68,10 +69,9 @@ from broker.protocol import (
     open_sealed,
     reason_name,
     state_name,
+    type_name,
     verify_chain,
 )
-from broker.protocol._envelope import type_name
-from broker.protocol._subjects import LEDGER_INTAKE_STREAM
 
 from ._stack import Stack, StackConfig
 

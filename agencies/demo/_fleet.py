@@ -31,12 +31,12 @@ from broker.protocol import (
     connect,
     ensure_agency_keys,
     ensure_nats_seeds,
+    load_agency_encryption_keys,
     load_agency_signing_key,
     load_directory,
     nats_settings_for,
+    requires_auth,
 )
-from broker.protocol._nats_auth import requires_auth
-from broker.protocol._provision import load_agency_encryption_keys
 
 __all__ = ["AgenciesConfig", "AgencyFleet", "select_agencies"]
 

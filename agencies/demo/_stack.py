@@ -32,6 +32,7 @@ from broker.embedded import EmbeddedNatsConfig, nats_for
 from broker.hub import Broker, BrokerConfig, EventProcessorConfig, LedgerConfig, SlaPolicy, load_sla_policy
 from broker.protocol import (
     AGENCY_JS_API_PREFIX,
+    DEFAULT_INBOX_ACK_WAIT,
     AgencyKind,
     Clock,
     NatsSettings,
@@ -41,13 +42,12 @@ from broker.protocol import (
     connect,
     ensure_agency_keys,
     ensure_inbox_consumers,
+    load_agency_encryption_keys,
     load_agency_signing_key,
     load_directory,
     nats_authorization,
     nats_settings_for,
 )
-from broker.protocol._nats_auth import DEFAULT_INBOX_ACK_WAIT
-from broker.protocol._provision import load_agency_encryption_keys
 
 __all__ = ["Stack", "StackConfig"]
 

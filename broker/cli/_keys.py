@@ -23,6 +23,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from broker.protocol import (
+    AGENCY_ID,
+    BROKER_ID,
     KeyFileError,
     KeyUse,
     ProtocolError,
@@ -37,12 +39,11 @@ from broker.protocol import (
     load_directory,
     merge_into_overlay,
     private_key_path,
+    read_overlay,
     render_key_tables,
     revoke_key,
     rotate_agency_key,
 )
-from broker.protocol._directory import read_overlay
-from broker.protocol._registry import AGENCY_ID, BROKER_ID
 
 __all__ = ["add_parser", "run"]
 
@@ -63,7 +64,7 @@ def _agency_id(text: str) -> str:
 
 
 def _overlap(text: str) -> timedelta:
-    from broker.hub._sla_policy import parse_duration
+    from broker.hub import parse_duration
 
     try:
         return parse_duration(text)

@@ -27,33 +27,36 @@ import grpc.aio
 from cryptography.hazmat.primitives.asymmetric import x25519
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import DecodeError
-from google.protobuf.timestamp_pb2 import Timestamp
 from greenchannel.v1 import common_pb2, lifecycle_pb2, requests_pb2, results_pb2
 
 from broker.client import BusClient, error_details, open_result_details
 from broker.protocol import (
+    DATA_ANSWER_CONTENT_TYPE,
+    FINAL_STATES,
+    DecryptionKeys,
     InvalidMessageError,
     KeyFileError,
     ProtocolError,
     SealingError,
     SystemClock,
     UnknownAgencyError,
+    load_agency_encryption_keys,
+    load_agency_signing_key,
+    open_sealed,
+    request_type_name,
+    state_name,
+    to_timestamp,
+    validate_message,
 )
-from broker.protocol._provision import load_agency_encryption_keys, load_agency_signing_key
-from broker.protocol._sealing import DATA_ANSWER_CONTENT_TYPE, DecryptionKeys, open_sealed
-from broker.protocol._validation import validate_message
 
 from . import _env
 from ._options import CliError, agency_option, read_x25519
 from ._render import (
-    FINAL_STATES,
     answer_lines,
     error_document,
     error_lines,
     event_document,
     event_line,
-    short_state,
-    short_type,
     status_document,
     status_lines,
     submitted_lines,
@@ -360,12 +363,6 @@ def _data_request_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--to", dest="period_to", type=_instant, help="period end (exclusive), ISO 8601")
 
 
-def _timestamp(when: datetime) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromDatetime(when)
-    return stamp
-
-
 def _data_request(request: requests_pb2.Request, args: argparse.Namespace) -> None:
     body = requests_pb2.DataRequest(
         category=requests_pb2.DataCategory.Value(_constant("DATA_CATEGORY_", args.category))
@@ -381,7 +378,7 @@ def _data_request(request: requests_pb2.Request, args: argparse.Namespace) -> No
         raise CliError("--from and --to go together", exit_code=2)
     if args.period_from is not None:
         body.period.CopyFrom(
-            common_pb2.TimeRange(start=_timestamp(args.period_from), end=_timestamp(args.period_to))
+            common_pb2.TimeRange(start=to_timestamp(args.period_from), end=to_timestamp(args.period_to))
         )
     request.data_request.CopyFrom(body)
 
@@ -577,7 +574,7 @@ def build_request(args: argparse.Namespace, *, now: datetime) -> requests_pb2.Re
         parent_id=args.parent or "",
         hop=args.hop,
         idempotency_key=args.idempotency_key or "",
-        issued_at=_timestamp(now),
+        issued_at=to_timestamp(now),
     )
     kind.fill(request, args)
     validate_message(request, prefix="request.")
@@ -863,14 +860,14 @@ async def _submit(args: argparse.Namespace) -> int:
             "submit",
             [
                 f"{request_id} did not reach a final state within {args.timeout:g} s "
-                f"(now {short_state(status.state)}); it goes on: "
+                f"(now {state_name(status.state)}); it goes on: "
                 f"greenchannel watch --as {args.agency} --request {request_id}"
             ],
         )
         return 1
     if status.state in NOT_EXECUTED:
         # Not a _CliError either: the status (with the agency's reason) is on stdout already.
-        _complain("submit", [f"{request_id} ended {short_state(status.state)}: not executed"])
+        _complain("submit", [f"{request_id} ended {state_name(status.state)}: not executed"])
         return EXIT_NOT_EXECUTED
     return 0
 
@@ -891,7 +888,7 @@ async def _watch(args: argparse.Namespace) -> int:
             # Events do not carry the request type; one Get per request tells it.
             if request_id not in types:
                 try:
-                    types[request_id] = short_type((await bus.get(request_id)).type)
+                    types[request_id] = request_type_name((await bus.get(request_id)).type)
                 except grpc.aio.AioRpcError:
                     return "?"
             return types[request_id]
@@ -983,7 +980,7 @@ def _open_answer(
     if not status.result.HasField("encrypted_payload"):
         if status.result.HasField("sealed_details"):
             return None  # nothing but the onward transfers to open
-        state = short_state(status.state)
+        state = state_name(status.state)
         raise CliError(f"request {status.id} ({state}) carries no sealed answer to decrypt")
     sealed = status.result.encrypted_payload
     if sealed.content_type and sealed.content_type != DATA_ANSWER_CONTENT_TYPE:

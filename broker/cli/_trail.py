@@ -29,7 +29,13 @@ from google.protobuf.json_format import MessageToDict
 from greenchannel.v1 import common_pb2, results_pb2, trail_pb2
 
 from broker.client import error_details, fetch_trail, open_accounts, switch_chasing
-from broker.protocol import Clock, ProtocolError, load_agency_encryption_key, load_agency_signing_key
+from broker.protocol import (
+    Clock,
+    ProtocolError,
+    load_agency_encryption_key,
+    load_agency_signing_key,
+    state_name,
+)
 
 from . import _env
 from ._options import CliError, agency_option, read_x25519
@@ -40,11 +46,6 @@ __all__ = ["add_parser", "render_trail", "run", "trail_command", "trail_document
 
 _CASE = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{3,63}")
 _T = trail_pb2
-_HOLDING = {
-    common_pb2.REQUEST_STATE_EXECUTED,
-    common_pb2.REQUEST_STATE_PARTIALLY_EXECUTED,
-    common_pb2.REQUEST_STATE_EXTENDED,
-}
 _REASONS = {
     _T.LEAD_REASON_OUTSIDE_DIRECTORY: "outside the directory",
     _T.LEAD_REASON_BELOW_MINIMUM: "below the minimum",
@@ -68,7 +69,7 @@ def _amount(money: common_pb2.Money) -> str:
 def _state(value: common_pb2.RequestState.ValueType) -> str:
     if value == common_pb2.REQUEST_STATE_UNSPECIFIED:
         return "SENDING"
-    return common_pb2.RequestState.Name(value).removeprefix("REQUEST_STATE_")
+    return state_name(value)
 
 
 def _account(node_id: str, bank: str, accounts: Mapping[str, common_pb2.BankAccountRef]) -> str:

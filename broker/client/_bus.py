@@ -24,7 +24,6 @@ from types import TracebackType
 from typing import TypeVar
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 from greenchannel.v1 import (
     bus_pb2,
     bus_pb2_grpc,
@@ -39,8 +38,16 @@ from greenchannel.v1 import (
     trail_pb2,
 )
 
-from broker.protocol import Clock, SigningKey, SystemClock
-from broker.protocol._envelope import BROKER_ID, CANCELLATION_TYPE, sign_message, sign_request
+from broker.protocol import (
+    BROKER_ID,
+    CANCELLATION_TYPE,
+    Clock,
+    SigningKey,
+    SystemClock,
+    sign_message,
+    sign_request,
+    to_timestamp,
+)
 
 from ._errors import error_details
 from ._metadata import bearer_metadata
@@ -127,9 +134,7 @@ class BusClient:
         prepared = requests_pb2.Request()
         prepared.CopyFrom(request)
         if not prepared.HasField("issued_at"):
-            issued = Timestamp()
-            issued.FromDatetime(self._clock.now())
-            prepared.issued_at.CopyFrom(issued)
+            prepared.issued_at.CopyFrom(to_timestamp(self._clock.now()))
         if idempotency_key:
             prepared.idempotency_key = idempotency_key
         elif not prepared.idempotency_key:
@@ -162,9 +167,9 @@ class BusClient:
         return reply.status
 
     async def cancel(self, request_id: str, reason: str = "") -> lifecycle_pb2.RequestStatus:
-        issued = Timestamp()
-        issued.FromDatetime(self._clock.now())
-        cancellation = lifecycle_pb2.Cancellation(request_id=request_id, reason=reason, issued_at=issued)
+        cancellation = lifecycle_pb2.Cancellation(
+            request_id=request_id, reason=reason, issued_at=to_timestamp(self._clock.now())
+        )
         signed = sign_message(
             cancellation.SerializeToString(),
             key=self._key,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from greenchannel.v1 import results_pb2
 
-from broker.protocol._sealing import DecryptionKeys, open_details
+from broker.protocol import DecryptionKeys, open_details
 
 __all__ = ["open_result_details"]
 

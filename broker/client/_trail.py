@@ -11,6 +11,7 @@ from cryptography.hazmat.primitives.asymmetric import x25519
 from greenchannel.v1 import common_pb2, results_pb2, trail_pb2
 
 from broker.protocol import (
+    BROKER_ID,
     TRAIL_ACCOUNT_CONTENT_TYPE,
     Clock,
     SealingError,
@@ -18,7 +19,6 @@ from broker.protocol import (
     open_sealed,
     trail_sealing_context,
 )
-from broker.protocol._registry import BROKER_ID
 
 from ._bus import BusClient
 

@@ -31,8 +31,7 @@ import nkeys
 import structlog
 from nats.aio.client import Client
 
-from broker.protocol import NatsAuthorization, NatsPermissions, NatsServerError, NatsUser
-from broker.protocol._nats_auth import generate_nats_seed
+from broker.protocol import NatsAuthorization, NatsPermissions, NatsServerError, NatsUser, generate_nats_seed
 
 if sys.platform != "win32":
     import fcntl

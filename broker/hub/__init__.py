@@ -26,7 +26,7 @@ from ._events import EventProcessorConfig
 from ._ledger import LedgerConfig
 from ._policy import Policy, load_policy
 from ._server import SERVICE_NAMES, Broker, BrokerConfig
-from ._sla_policy import SlaPolicy, load_sla_policy
+from ._sla_policy import SlaPolicy, load_sla_policy, parse_duration
 from ._tls import TlsFiles
 
 __all__ = [
@@ -57,4 +57,5 @@ __all__ = [
     "UnroutableError",
     "load_policy",
     "load_sla_policy",
+    "parse_duration",
 ]

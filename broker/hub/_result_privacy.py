@@ -17,7 +17,7 @@ from __future__ import annotations
 from cryptography.hazmat.primitives.asymmetric import x25519
 from greenchannel.v1 import results_pb2
 
-from broker.protocol._sealing import open_details
+from broker.protocol import open_details
 
 __all__ = ["onward_transfers_for_broker"]
 

@@ -27,15 +27,19 @@ from greenchannel.v1 import (
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from nats.aio.client import Client
 
-from broker.protocol import Clock, SystemClock, close_connection
-from broker.protocol._nats import NatsSettings, connect, ensure_streams
-from broker.protocol._provision import (
+from broker.protocol import (
+    Clock,
+    NatsSettings,
+    Registry,
+    SystemClock,
+    close_connection,
+    connect,
+    ensure_streams,
     key_overlay_path,
     load_broker_encryption_key,
     load_broker_signing_key,
+    stream_specs,
 )
-from broker.protocol._registry import Registry
-from broker.protocol._subjects import stream_specs
 
 from ._admission import Admission, AdmissionConfig
 from ._auth import Authenticator, open_replay_cache

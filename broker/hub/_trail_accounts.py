@@ -28,15 +28,17 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from greenchannel.v1 import common_pb2, results_pb2
 
 from broker.protocol import (
+    BROKER_ID,
     TRAIL_ACCOUNT_CONTENT_TYPE,
     Clock,
     ProtocolError,
+    Registry,
     SealingError,
     SigningKey,
+    current_encryption_key,
+    seal,
     trail_sealing_context,
 )
-from broker.protocol._registry import BROKER_ID, Registry
-from broker.protocol._sealing import current_encryption_key, seal
 
 __all__ = [
     "DIGEST_INFO",

@@ -36,9 +36,7 @@ from nats.aio.client import Client
 
 from broker.client import BusClient
 from broker.embedded import EmbeddedNats, EmbeddedNatsConfig
-from broker.protocol import SystemClock
-from broker.protocol._nats import NatsSettings, connect
-from broker.protocol._provision import ensure_agency_keys, load_agency_signing_key
+from broker.protocol import NatsSettings, SystemClock, connect, ensure_agency_keys, load_agency_signing_key
 
 from ._agencies import BENCH_HOLDER, bench_account
 

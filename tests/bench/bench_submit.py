@@ -25,9 +25,7 @@ from agencies import DEFAULT_POLICY
 from broker.client import BusClient
 from broker.embedded import EmbeddedNats, EmbeddedNatsConfig
 from broker.hub import Broker, BrokerConfig
-from broker.protocol import SystemClock
-from broker.protocol._nats import NatsSettings, connect
-from broker.protocol._provision import ensure_agency_keys, load_agency_signing_key
+from broker.protocol import NatsSettings, SystemClock, connect, ensure_agency_keys, load_agency_signing_key
 from tests._sla import DEFAULT_SLA_POLICY
 from tests.integration.broker_world import DIRECTORY, POLICE, stop_payment
 

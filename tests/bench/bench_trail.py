@@ -25,9 +25,8 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from greenchannel.v1 import trail_pb2
 
 from agencies.demo import Stack, StackConfig
-from broker.hub._policy import load_policy
-from broker.protocol import SigningKey
-from broker.protocol._provision import load_agency_signing_key
+from broker.hub import load_policy
+from broker.protocol import SigningKey, load_agency_signing_key
 from tests.integration.trail_world import (
     POLICE,
     bank_cores,

@@ -22,9 +22,7 @@ from greenchannel.v1 import bus_pb2, common_pb2, ledger_pb2, lifecycle_pb2
 from adapters import IdempotencyStore
 from agencies.bank import BankConfig, BankCore
 from broker.client import BusClient, export_ledger, read_ledger_file, registry_keys
-from broker.protocol import SystemClock
-from broker.protocol._ledger_chain import verify_chain
-from broker.protocol._provision import load_agency_signing_key
+from broker.protocol import SystemClock, load_agency_signing_key, verify_chain
 
 from ._load import RETRYABLE, Submission
 from ._world import REGULATOR, FaultWorld
@@ -369,7 +367,7 @@ async def audit_ledger(
 
 async def diagnose(nats_url: str) -> str:
     """Streams and durable consumers as the server sees them: where a stuck request waits."""
-    from broker.protocol._nats import NatsSettings, connect
+    from broker.protocol import NatsSettings, connect
 
     lines: list[str] = []
     nc = await connect(NatsSettings.from_url(nats_url, name="faults-diagnose", initial_connect_timeout=5.0))

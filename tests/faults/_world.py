@@ -21,8 +21,7 @@ from agencies.bank import BankConfig, BankCore
 from broker.cli._agencies import READY_PREFIX
 from broker.cli._main import parser_for
 from broker.client import BusClient
-from broker.protocol import SystemClock
-from broker.protocol._provision import ensure_agency_keys, load_agency_signing_key
+from broker.protocol import SystemClock, ensure_agency_keys, load_agency_signing_key
 
 from ._procs import ManagedProcess, ProcessSpec, child_env
 

@@ -15,8 +15,7 @@ from agencies import DEFAULT_DIRECTORY
 from agencies.demo import select_agencies
 from broker.cli._agencies import add_parser as add_agencies_parser
 from broker.cli._agencies import main, run_agencies
-from broker.protocol import ProtocolError
-from broker.protocol._directory import load_directory
+from broker.protocol import ProtocolError, load_directory
 
 
 def _args(tmp_path: Path, *argv: str) -> argparse.Namespace:

@@ -23,21 +23,26 @@ from nats.js.client import JetStreamContext
 from agencies import DEFAULT_POLICY
 from broker.client import BusClient, error_details
 from broker.embedded import EmbeddedNats, EmbeddedNatsConfig
-from broker.hub import Broker, BrokerConfig
-from broker.hub._deadlines_watch import DeadlineWatchConfig
-from broker.hub._events import EventProcessorConfig
-from broker.hub._ledger import LedgerConfig
-from broker.protocol import SigningKey, SystemClock, body_digest
-from broker.protocol._directory import load_directory
-from broker.protocol._envelope import OpenedEnvelope, open_envelope, sign_event
-from broker.protocol._nats import NatsSettings, connect, fetch_batch
-from broker.protocol._provision import (
+from broker.hub import Broker, BrokerConfig, DeadlineWatchConfig, EventProcessorConfig, LedgerConfig
+from broker.protocol import (
+    INBOX_STREAM,
+    NatsSettings,
+    OpenedEnvelope,
+    Registry,
+    SigningKey,
+    SystemClock,
+    body_digest,
+    connect,
     ensure_agency_keys,
+    event_subject,
+    fetch_batch,
+    inbox_filter,
     load_agency_encryption_keys,
     load_agency_signing_key,
+    load_directory,
+    open_envelope,
+    sign_event,
 )
-from broker.protocol._registry import Registry
-from broker.protocol._subjects import INBOX_STREAM, event_subject, inbox_filter
 from tests._sla import DEFAULT_SLA_POLICY
 
 DIRECTORY = Path(__file__).resolve().parents[2] / "agencies" / "directory.toml"

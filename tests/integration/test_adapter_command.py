@@ -34,9 +34,17 @@ from broker.cli import main
 from broker.client import BusClient
 from broker.embedded import EmbeddedNats, EmbeddedNatsConfig
 from broker.hub._tls import TlsFiles, server_credentials
-from broker.protocol import NatsSettings, SystemClock, connect, ensure_streams, stream_specs
-from broker.protocol._directory import load_directory
-from broker.protocol._provision import ensure_agency_keys, key_overlay_path, load_agency_signing_key
+from broker.protocol import (
+    NatsSettings,
+    SystemClock,
+    connect,
+    ensure_agency_keys,
+    ensure_streams,
+    key_overlay_path,
+    load_agency_signing_key,
+    load_directory,
+    stream_specs,
+)
 
 from .adapter_process import DIRECTORY, REPO, BrokerProcess, adapter_process, adapter_toml, broker_process
 from .broker_world import BANK, POLICE, stop_payment

@@ -31,7 +31,7 @@ from adapters.conformance import (
     load_fixture,
     run_checks,
 )
-from agencies._serve import AgencyServer, ReferenceAgency, build_reference_agency, serve_agency
+from agencies import AgencyServer, ReferenceAgency, build_reference_agency, serve_agency
 from agencies.bank import BankCore
 from agencies.carrier import CarrierCore
 from agencies.platform import PlatformCore

@@ -49,25 +49,31 @@ from broker.hub._ledger import (
 )
 from broker.hub._ledger_service import LedgerServicer
 from broker.hub._watchlog import WatchLog
-from broker.protocol import ManualClock, SigningKey, SystemClock, body_digest
-from broker.protocol._directory import load_directory
-from broker.protocol._ledger_chain import (
-    ChainRecord,
-    build_entry,
-    entry_hash,
-    link_entry,
-    verify_chain,
-    verify_checkpoint,
-)
-from broker.protocol._nats import NatsSettings, connect, ensure_streams, fetch_batch
-from broker.protocol._provision import ensure_agency_keys, load_agency_signing_key, load_broker_signing_key
-from broker.protocol._registry import Registry
-from broker.protocol._subjects import (
+from broker.protocol import (
     LEDGER_INTAKE_STREAM,
     LEDGER_INTAKE_SUBJECT,
     LEDGER_SEQUENCER_CONSUMER,
     LEDGER_STREAM,
+    ChainRecord,
+    ManualClock,
+    NatsSettings,
+    Registry,
+    SigningKey,
+    SystemClock,
+    body_digest,
+    build_entry,
+    connect,
+    ensure_agency_keys,
+    ensure_streams,
+    entry_hash,
+    fetch_batch,
+    link_entry,
+    load_agency_signing_key,
+    load_broker_signing_key,
+    load_directory,
     stream_specs,
+    verify_chain,
+    verify_checkpoint,
 )
 from tests.integration.broker_world import DIRECTORY
 

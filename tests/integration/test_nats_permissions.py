@@ -29,13 +29,8 @@ from nats.aio.client import Client
 from adapters import AdapterConfig
 from agencies import _seed as seed
 from agencies.demo import Stack, StackConfig
-from broker.protocol._nats import connect
-from broker.protocol._nats_auth import (
+from broker.protocol import (
     AGENCY_JS_API_PREFIX,
-    agency_inbox_prefix,
-    nats_seed_path,
-)
-from broker.protocol._subjects import (
     DEADLETTER_STREAM,
     DEADLINES_STREAM,
     EVENTS_STREAM,
@@ -45,9 +40,12 @@ from broker.protocol._subjects import (
     LEDGER_STREAM,
     NOTICES_STREAM,
     WATCH_STREAM,
+    agency_inbox_prefix,
+    connect,
     deadline_fired_subject,
     event_subject,
     inbox_subject,
+    nats_seed_path,
 )
 from tests.integration.broker_world import stop_payment
 

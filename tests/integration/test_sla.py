@@ -20,12 +20,16 @@ from nats.js.api import AckPolicy, ConsumerConfig
 
 from agencies import DEFAULT_SLA_POLICY_PATH
 from broker.client import error_details
-from broker.hub._sla_policy import SlaPolicy, load_sla_policy
-from broker.protocol import SystemClock
-from broker.protocol._envelope import BROKER_ID
-from broker.protocol._nats import fetch_batch
-from broker.protocol._signing import verify_detached
-from broker.protocol._subjects import DEADLINES_STREAM, NOTICES_STREAM, notice_subject
+from broker.hub import SlaPolicy, load_sla_policy
+from broker.protocol import (
+    BROKER_ID,
+    DEADLINES_STREAM,
+    NOTICES_STREAM,
+    SystemClock,
+    fetch_batch,
+    notice_subject,
+    verify_detached,
+)
 from tests._sla import DEFAULT_SLA_POLICY
 from tests.integration.broker_world import BANK, POLICE, World, broker_world, stop_payment
 

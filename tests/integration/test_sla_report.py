@@ -22,9 +22,7 @@ from broker.cli._sla import add_parser as add_sla_parser
 from broker.cli._sla import run as run_sla
 from broker.cli._sla import sla_report_command
 from broker.client import BusClient
-from broker.protocol import ManualClock, SystemClock
-from broker.protocol._envelope import OpenedEnvelope, sign_event
-from broker.protocol._subjects import event_subject
+from broker.protocol import ManualClock, OpenedEnvelope, SystemClock, event_subject, sign_event
 from tests.integration.broker_world import BANK, POLICE, World, broker_world, stop_payment
 
 pytestmark = pytest.mark.integration
@@ -236,7 +234,7 @@ async def test_broker_and_key_failures_are_reported(tmp_path: Path) -> None:
         assert "no usable" in err.getvalue()
         # A regulator's key that the broker does not know: signed by another state directory.
         other = tmp_path / "other"
-        from broker.protocol._provision import ensure_agency_keys
+        from broker.protocol import ensure_agency_keys
         from tests.integration.broker_world import DIRECTORY
 
         ensure_agency_keys(DIRECTORY, other, clock=SystemClock())

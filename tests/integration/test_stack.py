@@ -23,8 +23,7 @@ from agencies.bank import BankCore
 from agencies.demo import Stack, StackConfig
 from agencies.police import PoliceDesk
 from broker.client import FraudReporter
-from broker.protocol._nats import NatsSettings, connect, fetch_batch
-from broker.protocol._subjects import DEADLETTER_STREAM, INBOX_STREAM, inbox_filter
+from broker.protocol import DEADLETTER_STREAM, INBOX_STREAM, NatsSettings, connect, fetch_batch, inbox_filter
 from tests.integration.broker_world import stop_payment
 
 pytestmark = pytest.mark.integration

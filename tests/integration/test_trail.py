@@ -27,11 +27,16 @@ from agencies.demo import Stack, StackConfig
 from broker.cli._trail import trail_command
 from broker.client import fetch_trail, open_accounts, switch_chasing
 from broker.hub._trail_store import TRAILS_BUCKET, TrailChange, TrailStore, trail_key
-from broker.protocol import SigningKey
-from broker.protocol._nats import NatsSettings, connect
-from broker.protocol._provision import load_agency_encryption_key, load_agency_signing_key
-from broker.protocol._registry import BROKER_ID
-from broker.protocol._subjects import EVENTS_STREAM, event_subject
+from broker.protocol import (
+    BROKER_ID,
+    EVENTS_STREAM,
+    NatsSettings,
+    SigningKey,
+    connect,
+    event_subject,
+    load_agency_encryption_key,
+    load_agency_signing_key,
+)
 from tests.integration.trail_world import (
     POLICE,
     GraphAccount,

@@ -44,8 +44,7 @@ from broker.hub._submit import Intake
 from broker.hub._trail import TrailChaser, TrailRecorder, sealed_onward_transfers
 from broker.hub._trail_service import TrailService
 from broker.hub._trail_store import TrailStore
-from broker.protocol import SigningKey
-from broker.protocol._provision import ensure_agency_keys, load_broker_encryption_key
+from broker.protocol import SigningKey, ensure_agency_keys, load_broker_encryption_key
 
 __all__ = [
     "BANKS",

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 
 from broker.embedded import find_nats_server
-from broker.protocol import KeyFileError
-from broker.protocol._nats import NatsSettings
-from broker.protocol._nats_auth import (
+from broker.protocol import (
     AGENCY_JS_API_PREFIX,
     BROKER_ACCOUNT,
+    KeyFileError,
+    NatsSettings,
     agency_account,
     agency_permissions,
     ensure_nats_seeds,

@@ -9,7 +9,7 @@ import pytest
 from greenchannel.v1 import common_pb2
 
 from agencies import DEFAULT_SLA_POLICY_PATH
-from broker.hub._errors import PolicyError
+from broker.hub import PolicyError
 from broker.hub._sla_policy import (
     EscalationLadder,
     HoldRule,
