@@ -30,7 +30,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from google.protobuf.timestamp_pb2 import Timestamp
 from greenchannel.v1 import (
     common_pb2,
     envelope_pb2,
@@ -69,6 +68,7 @@ from broker.protocol import (
     open_sealed,
     reason_name,
     state_name,
+    to_timestamp,
     type_name,
     verify_chain,
 )
@@ -277,10 +277,11 @@ class _Scenario:
             await asyncio.sleep(0.05)
 
     def _request(self, case: common_pb2.CaseRef, **fields: Any) -> requests_pb2.Request:
-        issued = Timestamp()
-        issued.FromDatetime(self.config.clock.now())
         return requests_pb2.Request(
-            case_ref=case, priority=common_pb2.PRIORITY_GREEN, issued_at=issued, **fields
+            case_ref=case,
+            priority=common_pb2.PRIORITY_GREEN,
+            issued_at=to_timestamp(self.config.clock.now()),
+            **fields,
         )
 
     async def run(self) -> DemoReport:
