@@ -21,7 +21,7 @@ demo: $(STAMP)
 # Everything, with the process-killing fault scenarios at their short level (about a minute);
 # `make faults` runs the long level.
 test: $(STAMP) lint typecheck proto-check buf-lint buf-breaking
-	GREENCHANNEL_FAULTS_LEVEL=short $(BIN)/python -m pytest $(PYTEST_ARGS)
+	GREENCHANNEL_FAULTS_LEVEL=short $(BIN)/python -m pytest --durations=25 $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -32,7 +32,6 @@ from ._file_config import (
     load_adapter_materials,
 )
 from ._idempotency import ExecutionRecord, ExecutionState, IdempotencyStore
-from ._reporting import FraudReporter
 from ._runtime import LANES, TASK_PREFIX, AdapterRuntime
 from ._standalone import ADAPTER_HEALTH_SERVICE, StandaloneAdapter, wait_for_inbox
 
@@ -54,7 +53,6 @@ __all__ = [
     "BackendOutcome",
     "ExecutionRecord",
     "ExecutionState",
-    "FraudReporter",
     "GrpcAgencyBackend",
     "IdempotencyConflictError",
     "IdempotencyStore",

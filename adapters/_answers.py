@@ -12,20 +12,22 @@ import structlog
 from greenchannel.v1 import common_pb2, results_pb2
 
 from broker.protocol import (
+    BROKER_ID,
     DATA_ANSWER_CONTENT_TYPE,
     Clock,
     InvalidMessageError,
+    OpenedEnvelope,
     PublicKey,
     Registry,
     RegistryError,
     SealingError,
+    current_broker_encryption_key,
     current_encryption_key,
     reason_name,
     seal,
+    seal_result_details,
+    validate_message,
 )
-from broker.protocol._envelope import BROKER_ID, OpenedEnvelope
-from broker.protocol._sealing import current_broker_encryption_key, seal_result_details
-from broker.protocol._validation import validate_message
 
 from ._backends import BackendOutcome
 

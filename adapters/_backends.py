@@ -30,8 +30,7 @@ from greenchannel.v1 import (
     results_pb2,
 )
 
-from broker.protocol._envelope import OpenedEnvelope, type_name
-from broker.protocol._registry import AgencyKind
+from broker.protocol import AgencyKind, OpenedEnvelope, type_name
 
 from ._errors import AdapterConfigError, AgencyCallError, AgencyUnavailableError, UnsupportedRequestError
 

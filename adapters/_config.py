@@ -5,9 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from broker.protocol._nats import NatsSettings
-from broker.protocol._nats_auth import DEFAULT_INBOX_ACK_WAIT
-from broker.protocol._subjects import validate_agency_id
+from broker.protocol import DEFAULT_INBOX_ACK_WAIT, NatsSettings, validate_agency_id
 
 __all__ = ["AdapterConfig"]
 

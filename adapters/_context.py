@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from greenchannel.v1 import agency_pb2, common_pb2
 
-from broker.protocol._envelope import OpenedEnvelope
+from broker.protocol import OpenedEnvelope
 
 __all__ = ["order_context"]
 

@@ -13,12 +13,20 @@ from datetime import datetime, timedelta
 
 from greenchannel.v1 import common_pb2, envelope_pb2, lifecycle_pb2, results_pb2
 
-from broker.protocol import reason_name, state_name, to_timestamp
-from broker.protocol._clock import Clock, ManualClock
-from broker.protocol._envelope import BROKER_ID, EVENT_TYPE, sign_message, verify_event
-from broker.protocol._errors import VerificationError
-from broker.protocol._keys import SigningKey
-from broker.protocol._signing import KeyStore
+from broker.protocol import (
+    BROKER_ID,
+    EVENT_TYPE,
+    Clock,
+    KeyStore,
+    ManualClock,
+    SigningKey,
+    VerificationError,
+    reason_name,
+    sign_message,
+    state_name,
+    to_timestamp,
+    verify_event,
+)
 
 __all__ = [
     "EVENT_ID_NAMESPACE",

@@ -23,8 +23,7 @@ import structlog
 from greenchannel.v1 import common_pb2, results_pb2
 from nats.aio.msg import Msg
 
-from broker.protocol import ConsumerLoop, reason_name, request_type_name, state_name
-from broker.protocol._envelope import OpenedEnvelope
+from broker.protocol import ConsumerLoop, OpenedEnvelope, reason_name, request_type_name, state_name
 
 from ._answers import Answer, AnswerBuilder, failure
 from ._backends import AgencyBackend

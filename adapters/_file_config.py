@@ -70,14 +70,26 @@ from typing import Any, NoReturn
 import grpc
 from cryptography.hazmat.primitives.asymmetric import x25519
 
-from broker.protocol import TomlTable, channel_credentials, read_encryption_key, read_toml
-from broker.protocol._directory import load_directory
-from broker.protocol._errors import KeyFileError, RegistryError
-from broker.protocol._keys import SigningKey, load_signing_key
-from broker.protocol._nats import NatsSettings
-from broker.protocol._nats_auth import DEFAULT_INBOX_ACK_WAIT, agency_inbox_prefix, load_nats_public_key
-from broker.protocol._registry import AGENCY_ID, Agency, AgencyKind, Registry
-from broker.protocol._sealing import encryption_kid
+from broker.protocol import (
+    AGENCY_ID,
+    DEFAULT_INBOX_ACK_WAIT,
+    Agency,
+    AgencyKind,
+    KeyFileError,
+    NatsSettings,
+    Registry,
+    RegistryError,
+    SigningKey,
+    TomlTable,
+    agency_inbox_prefix,
+    channel_credentials,
+    encryption_kid,
+    load_directory,
+    load_nats_public_key,
+    load_signing_key,
+    read_encryption_key,
+    read_toml,
+)
 
 from ._config import AdapterConfig
 from ._errors import AdapterConfigError

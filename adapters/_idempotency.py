@@ -48,7 +48,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Self, TypeAlias
 
-from broker.protocol._clock import Clock
+from broker.protocol import Clock
 
 from ._errors import AdapterError, IdempotencyConflictError
 

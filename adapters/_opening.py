@@ -18,14 +18,17 @@ from nats.aio.msg import Msg
 
 from broker.protocol import (
     Clock,
+    DecryptionKeys,
     InvalidMessageError,
+    OpenedEnvelope,
     Registry,
+    SealedBodyError,
     VerificationError,
     body_digest,
+    open_envelope,
+    unseal_envelope,
     validate_request_id,
 )
-from broker.protocol._envelope import OpenedEnvelope, SealedBodyError, open_envelope, unseal_envelope
-from broker.protocol._sealing import DecryptionKeys
 
 __all__ = [
     "KeyRing",

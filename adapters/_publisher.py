@@ -21,14 +21,15 @@ from broker.protocol import (
     DEADLETTER_STREAM,
     EVENTS_STREAM,
     Clock,
+    OpenedEnvelope,
     Registry,
     SigningKey,
     deadletter_subject,
     event_subject,
     nats_error,
     reason_name,
+    sign_event,
 )
-from broker.protocol._envelope import OpenedEnvelope, sign_event
 
 from ._errors import AdapterError
 from ._events import build_event, deadletter_record, event_id_for, refusal_event_id, replayable

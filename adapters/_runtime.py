@@ -33,18 +33,19 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from broker.protocol import (
+    Agency,
     Clock,
     ConsumerLoop,
+    DecryptionKeys,
     NatsError,
     Registry,
     RegistryError,
     SigningKey,
     close_connection,
     connect,
+    encryption_kid,
     request_type_name,
 )
-from broker.protocol._registry import Agency
-from broker.protocol._sealing import DecryptionKeys, encryption_kid
 
 from ._answers import AnswerBuilder
 from ._backends import AgencyBackend, backend_for, open_agency_channel

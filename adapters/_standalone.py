@@ -31,11 +31,17 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from nats.aio.client import Client
 
-from broker.protocol._clock import Clock
-from broker.protocol._errors import NatsError
-from broker.protocol._nats import close_connection, connect
-from broker.protocol._nats_auth import AGENCY_JS_API_PREFIX, requires_auth
-from broker.protocol._subjects import INBOX_STREAM, PRIORITIES, inbox_consumer
+from broker.protocol import (
+    AGENCY_JS_API_PREFIX,
+    INBOX_STREAM,
+    PRIORITIES,
+    Clock,
+    NatsError,
+    close_connection,
+    connect,
+    inbox_consumer,
+    requires_auth,
+)
 
 from ._backends import backend_for, open_agency_channel
 from ._errors import AdapterConfigError

@@ -1,19 +1,18 @@
-"""Reference agency systems, the sample directory, the whole-stack launcher and the demo scenario."""
+"""Reference agency systems (bank, carrier, platform, police) and the sample files they ship.
 
-from agencies._demo import DemoConfig, DemoReport, DemoRequest, run_demo
+The whole-stack launcher and the demo scenario live in :mod:`agencies.demo`.
+"""
+
+from agencies._samples import DEFAULT_DIRECTORY, DEFAULT_POLICY, DEFAULT_SLA_POLICY_PATH, EU_SLA_POLICY_PATH
 from agencies._serve import AgencyServer, ReferenceAgency, build_reference_agency, serve_agency
-from agencies._stack import DEFAULT_DIRECTORY, Stack, StackConfig
 
 __all__ = [
     "DEFAULT_DIRECTORY",
+    "DEFAULT_POLICY",
+    "DEFAULT_SLA_POLICY_PATH",
+    "EU_SLA_POLICY_PATH",
     "AgencyServer",
-    "DemoConfig",
-    "DemoReport",
-    "DemoRequest",
     "ReferenceAgency",
-    "Stack",
-    "StackConfig",
     "build_reference_agency",
-    "run_demo",
     "serve_agency",
 ]

@@ -13,8 +13,8 @@ import pytest_asyncio
 from nats.aio.client import Client
 from nats.js.client import JetStreamContext
 
-from broker.protocol._embedded import EmbeddedNats, EmbeddedNatsConfig
-from broker.protocol._nats import NatsSettings, connect
+from broker.embedded import EmbeddedNats, EmbeddedNatsConfig
+from broker.protocol import NatsSettings, connect
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")

@@ -17,8 +17,7 @@ import structlog
 from google.protobuf.message import Message
 from greenchannel.v1 import agency_pb2, common_pb2, results_pb2
 
-from broker.protocol import Clock, InvalidMessageError, validate_request_id
-from broker.protocol._validation import validate_message
+from broker.protocol import Clock, InvalidMessageError, validate_message, validate_request_id
 
 from ._db import Database
 from ._results import describe_violations, invalid_request

@@ -1,9 +1,13 @@
 """The broker hub: Bus / Registry / Ledger gRPC services over NATS JetStream.
 
 Stateless: request state, idempotency keys and the replay cache live in NATS KV, events and
-the watch log in JetStream streams, so several replicas can serve one NATS cluster.
+the watch log in JetStream streams, so several replicas can serve one NATS cluster. Every file
+it reads (directory, authorization policy, SLA policy, keys) is named by its caller.
 """
 
+from ._admission import AdmissionConfig
+from ._deadlines import DeadlineTable, PhaseBudget
+from ._deadlines_watch import DeadlineWatchConfig
 from ._directory_reload import DirectoryReloadConfig, LiveRegistry
 from ._errors import (
     AlreadyExistsError,
@@ -14,25 +18,44 @@ from ._errors import (
     InvalidRequestError,
     NotFoundError,
     PermissionDeniedError,
+    PolicyError,
     UnavailableError,
     UnroutableError,
 )
+from ._events import EventProcessorConfig
+from ._ledger import LedgerConfig
+from ._policy import Policy, load_policy
 from ._server import SERVICE_NAMES, Broker, BrokerConfig
+from ._sla_policy import SlaPolicy, load_sla_policy, parse_duration
+from ._tls import TlsFiles
 
 __all__ = [
     "SERVICE_NAMES",
+    "AdmissionConfig",
     "AlreadyExistsError",
     "AuthenticationError",
     "Broker",
     "BrokerConfig",
     "ConflictError",
+    "DeadlineTable",
+    "DeadlineWatchConfig",
     "DirectoryReloadConfig",
+    "EventProcessorConfig",
     "HubError",
     "IllegalTransitionError",
     "InvalidRequestError",
+    "LedgerConfig",
     "LiveRegistry",
     "NotFoundError",
     "PermissionDeniedError",
+    "PhaseBudget",
+    "Policy",
+    "PolicyError",
+    "SlaPolicy",
+    "TlsFiles",
     "UnavailableError",
     "UnroutableError",
+    "load_policy",
+    "load_sla_policy",
+    "parse_duration",
 ]

@@ -40,14 +40,12 @@ from broker.protocol import (
     NotYetValidError,
     Registry,
     RevokedKeyError,
-    SigningKey,
     TokenClaims,
     UnknownAgencyError,
     UnknownKeyError,
     VerificationError,
     WrongAudienceError,
     b64url_decode,
-    mint_bearer_token,
     nats_error,
     verify_bearer_token,
 )
@@ -61,7 +59,6 @@ __all__ = [
     "Caller",
     "KvReplayCache",
     "ReplayCache",
-    "bearer_metadata",
     "open_replay_cache",
 ]
 
@@ -362,18 +359,3 @@ def _failure(reason: str, message: str, *, agency_id: str | None) -> Authenticat
     # Never the token: it is a credential until it expires.
     _log.warning("grpc.auth_failed", reason=reason, agency_id=agency_id)
     return AuthenticationError(message, reason=reason)
-
-
-# -- client side --------------------------------------------------------------------------------
-
-
-def bearer_metadata(
-    key: SigningKey,
-    *,
-    agency_id: str,
-    clock: Clock,
-    ttl: timedelta = timedelta(minutes=2),
-) -> tuple[tuple[str, str], ...]:
-    """Call metadata with a fresh single-use bearer token; build it anew for every call."""
-    token = mint_bearer_token(key, agency_id=agency_id, clock=clock, ttl=ttl)
-    return ((_AUTHORIZATION, f"Bearer {token}"),)

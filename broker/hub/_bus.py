@@ -18,12 +18,20 @@ from greenchannel.v1 import (
     results_pb2,
 )
 
-from broker.protocol import Clock
-from broker.protocol._envelope import CANCELLATION_TYPE, request_type_of, type_name
-from broker.protocol._registry import BROKER_ID, AgencyKind, Registry
-from broker.protocol._signing import verify_detached
-from broker.protocol._subjects import status_filter, status_parties
-from broker.protocol._validation import decode_message, validate_message
+from broker.protocol import (
+    BROKER_ID,
+    CANCELLATION_TYPE,
+    AgencyKind,
+    Clock,
+    Registry,
+    decode_message,
+    request_type_of,
+    status_filter,
+    status_parties,
+    type_name,
+    validate_message,
+    verify_detached,
+)
 
 from ._admission import Admission
 from ._auth import Authenticator, Caller

@@ -1,8 +1,8 @@
 """Green-channel SLAs: phase budgets per request type and priority, and how long holds last.
 
 The numbers are data: :mod:`broker.hub._sla_policy` reads them from a policy file per
-jurisdiction and builds a :class:`DeadlineTable`. :data:`DEFAULT_SLA_POLICY` is the shipped
-Chinese policy, ``agencies/sla/cn.toml``, and :data:`DEFAULT_DEADLINES` its table.
+jurisdiction (the caller names the file; the reference agencies ship ``agencies/sla/cn.toml``)
+and builds a :class:`DeadlineTable`.
 """
 
 from __future__ import annotations
@@ -17,9 +17,7 @@ from greenchannel.v1 import common_pb2, envelope_pb2
 
 from broker.protocol import HOLD_TYPES
 
-from ._sla_policy import DEFAULT_SLA_POLICY_PATH, SlaPolicy, load_sla_policy
-
-__all__ = ["DEFAULT_DEADLINES", "DEFAULT_SLA_POLICY", "DeadlineTable", "PhaseBudget"]
+__all__ = ["DeadlineTable", "PhaseBudget"]
 
 _RequestType: TypeAlias = common_pb2.RequestType.ValueType
 _Priority: TypeAlias = common_pb2.Priority.ValueType
@@ -115,11 +113,3 @@ class DeadlineTable:
             budgets={key: budget.scaled(factor) for key, budget in self._budgets.items()},
             holds={key: validity * factor for key, validity in self._holds.items()},
         )
-
-
-# A broken shipped policy is a bug, so importing this module fails loudly with its PolicyError.
-DEFAULT_SLA_POLICY: SlaPolicy = load_sla_policy(DEFAULT_SLA_POLICY_PATH)
-"""The shipped Chinese green-channel policy (``agencies/sla/cn.toml``): deadlines, holds, escalation."""
-
-DEFAULT_DEADLINES: DeadlineTable = DEFAULT_SLA_POLICY.deadlines
-"""The deadline table of :data:`DEFAULT_SLA_POLICY`; every type has a GREEN and a STANDARD budget."""

@@ -21,17 +21,20 @@ from nats.aio.msg import Msg
 from nats.js.client import JetStreamContext
 
 from broker.protocol import (
+    BROKER_ID,
+    DEADLINES_STREAM,
     HOLDING_STATES,
     Clock,
     ConsumerLoop,
     ConsumerSpec,
+    Registry,
     SigningKey,
+    deadline_fired_filter,
+    notice_subject,
+    sign_message,
     subject_token,
     to_timestamp,
 )
-from broker.protocol._envelope import sign_message
-from broker.protocol._registry import BROKER_ID, Registry
-from broker.protocol._subjects import DEADLINES_STREAM, deadline_fired_filter, notice_subject
 
 from ._errors import NotFoundError, UnavailableError
 from ._events import BrokerEvents, Refused

@@ -22,8 +22,7 @@ from types import TracebackType
 
 import structlog
 
-from broker.protocol import Agency, AgencyKind, PublicKey, Registry, RegistryError
-from broker.protocol._directory import load_directory
+from broker.protocol import Agency, AgencyKind, PublicKey, Registry, RegistryError, load_directory
 
 __all__ = ["DirectoryReloadConfig", "DirectoryReloader", "LiveRegistry", "ReloadListener"]
 

@@ -5,10 +5,15 @@ from __future__ import annotations
 import grpc
 from greenchannel.v1 import common_pb2, registry_pb2, registry_pb2_grpc
 
-from broker.protocol import optional_timestamp
-from broker.protocol._keys import KeyUse, PublicKey
-from broker.protocol._registry import Agency, AgencyKind, Registry
-from broker.protocol._validation import validate_message
+from broker.protocol import (
+    Agency,
+    AgencyKind,
+    KeyUse,
+    PublicKey,
+    Registry,
+    optional_timestamp,
+    validate_message,
+)
 
 from ._auth import Authenticator
 from ._errors import NotFoundError, UnroutableError

@@ -24,20 +24,24 @@ from nats.aio.msg import Msg
 from nats.js.client import JetStreamContext
 
 from broker.protocol import (
+    BROKER_ID,
+    EVENTS_STREAM,
     EXECUTED_STATES,
     HOLD_TYPES,
     Clock,
     ConsumerLoop,
     ConsumerSpec,
     ProtocolError,
+    Registry,
     SigningKey,
+    deadletter_subject,
+    events_filter,
+    new_uuid7,
+    sign_event,
     subject_token,
     to_timestamp,
+    verify_event,
 )
-from broker.protocol._envelope import sign_event, verify_event
-from broker.protocol._ids import new_uuid7
-from broker.protocol._registry import BROKER_ID, Registry
-from broker.protocol._subjects import EVENTS_STREAM, deadletter_subject, events_filter
 
 from ._errors import IllegalTransitionError, NotFoundError
 from ._ledger import LedgerWriter

@@ -1,4 +1,4 @@
-"""Hub errors as rich gRPC statuses (google.rpc error details), and back again on the client.
+"""Hub errors as rich gRPC statuses (google.rpc error details); :mod:`broker.client` reads them back.
 
 The server side translates every exception exactly once, in :func:`guard_unary` /
 :func:`guard_stream`: protocol and NATS errors become :class:`~broker.hub.HubError`\\ s
@@ -12,7 +12,7 @@ Details travel in the ``grpc-status-details-bin`` trailer as a ``google.rpc.Stat
 * ``google.rpc.PreconditionFailure`` (type ``ROUTING``) for :class:`~broker.hub.UnroutableError`;
 * ``google.rpc.RetryInfo`` for :class:`~broker.hub.UnavailableError` and :class:`~broker.hub.ConflictError`.
 
-Clients read them with :func:`error_details`.
+Clients read them with :func:`broker.client.error_details`.
 """
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ import asyncio
 import functools
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import aclosing
-from dataclasses import dataclass
 from datetime import timedelta
 from types import MappingProxyType
 from typing import Any, TypeVar
@@ -31,7 +30,6 @@ import grpc.aio
 import nats.errors
 import structlog
 from google.protobuf import any_pb2, duration_pb2
-from google.protobuf.message import DecodeError
 from google.rpc import error_details_pb2, status_pb2  # type: ignore[import-untyped]  # no py.typed
 from grpc_status import rpc_status as _grpc_rpc_status
 
@@ -62,8 +60,6 @@ from ._refusals import CallFacts, RefusalSink, begin_call
 __all__ = [
     "CODES",
     "ERROR_DOMAIN",
-    "ErrorDetails",
-    "error_details",
     "guard_stream",
     "guard_unary",
     "rpc_status",
@@ -94,7 +90,6 @@ CODES: Mapping[type[HubError], grpc.StatusCode] = MappingProxyType(
 )
 """The status code of each hub error class (the tree in :mod:`broker.hub._errors`)."""
 
-_DETAILS_KEY = "grpc-status-details-bin"
 _INTERNAL_MESSAGE = "internal error"
 # When to try again. A conflict clears as soon as the competing writer is done; NATS
 # usually needs a leader election or a reconnect, which takes seconds.
@@ -291,72 +286,3 @@ def guard_stream(
             await _abort(context, failure, servicer=self, method=method.__name__, facts=facts)
 
     return guarded
-
-
-# -- client side --------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ErrorDetails:
-    """What a failed call says about itself, read from its status and google.rpc details."""
-
-    code: grpc.StatusCode
-    """The gRPC status code."""
-    message: str
-    """The status message, for people."""
-    reason: str | None
-    """``ErrorInfo.reason``: the stable machine-readable code (``EXPIRED_TOKEN``), if sent."""
-    field_violations: tuple[tuple[str, str], ...]
-    """``BadRequest`` violations as ``(field, description)`` pairs."""
-    precondition_subjects: tuple[str, ...]
-    """``PreconditionFailure`` subjects: what could not be routed."""
-    retry_delay: timedelta | None = None
-    """``RetryInfo.retry_delay``: present when retrying may succeed."""
-
-
-def _details_of(trailing: Any) -> status_pb2.Status | None:
-    for key, value in trailing or ():
-        if key == _DETAILS_KEY and isinstance(value, bytes):
-            try:
-                return status_pb2.Status.FromString(value)
-            except DecodeError:
-                return None
-    return None
-
-
-def error_details(exc: grpc.aio.AioRpcError) -> ErrorDetails:
-    """Parse a failed call's status and details (also works on a sync ``grpc.RpcError`` call).
-
-    Details are optional: a status from a proxy or from grpc itself (deadline, handshake)
-    has none, and then ``reason`` is ``None`` and the tuples are empty.
-    """
-    reason: str | None = None
-    violations: list[tuple[str, str]] = []
-    subjects: list[str] = []
-    retry_delay: timedelta | None = None
-    status = _details_of(exc.trailing_metadata())
-    for packed in status.details if status is not None else ():
-        if packed.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
-            info = error_details_pb2.ErrorInfo()
-            packed.Unpack(info)
-            reason = info.reason
-        elif packed.Is(error_details_pb2.BadRequest.DESCRIPTOR):
-            bad = error_details_pb2.BadRequest()
-            packed.Unpack(bad)
-            violations.extend((v.field, v.description) for v in bad.field_violations)
-        elif packed.Is(error_details_pb2.PreconditionFailure.DESCRIPTOR):
-            failure = error_details_pb2.PreconditionFailure()
-            packed.Unpack(failure)
-            subjects.extend(v.subject for v in failure.violations)
-        elif packed.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
-            retry = error_details_pb2.RetryInfo()
-            packed.Unpack(retry)
-            retry_delay = retry.retry_delay.ToTimedelta()
-    return ErrorDetails(
-        code=exc.code(),
-        message=exc.details() or "",
-        reason=reason,
-        field_violations=tuple(violations),
-        precondition_subjects=tuple(subjects),
-        retry_delay=retry_delay,
-    )

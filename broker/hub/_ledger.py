@@ -56,20 +56,7 @@ from nats.js.api import (
 from nats.js.client import JetStreamContext
 
 from broker.protocol import (
-    Clock,
-    ConsumerLoop,
-    ConsumerSpec,
-    Lane,
-    LaneOrder,
-    NatsError,
-    SigningKey,
-    body_digest,
-    fetch_batch,
-    nats_error,
-)
-from broker.protocol._envelope import BROKER_ID
-from broker.protocol._ledger_chain import build_entry, entry_hash, link_entry, parse_unlinked, sign_checkpoint
-from broker.protocol._subjects import (
+    BROKER_ID,
     LEDGER_CHECKPOINT_SUBJECT,
     LEDGER_ENTRY_SUBJECT,
     LEDGER_INTAKE_STREAM,
@@ -78,6 +65,21 @@ from broker.protocol._subjects import (
     LEDGER_STREAM,
     LEDGER_TIMELINE_CONSUMER,
     WATCH_STREAM,
+    Clock,
+    ConsumerLoop,
+    ConsumerSpec,
+    Lane,
+    LaneOrder,
+    NatsError,
+    SigningKey,
+    body_digest,
+    build_entry,
+    entry_hash,
+    fetch_batch,
+    link_entry,
+    nats_error,
+    parse_unlinked,
+    sign_checkpoint,
     status_filter,
     validate_request_id,
 )

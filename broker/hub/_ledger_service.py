@@ -11,8 +11,7 @@ import grpc
 from greenchannel.v1 import ledger_pb2, ledger_pb2_grpc
 from nats.js.client import JetStreamContext
 
-from broker.protocol import Agency, AgencyKind
-from broker.protocol._validation import validate_message
+from broker.protocol import Agency, AgencyKind, validate_message
 
 from ._auth import Authenticator
 from ._grpc_status import guard_unary, to_hub_error

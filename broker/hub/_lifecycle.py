@@ -22,6 +22,7 @@ from typing import TypeAlias
 from greenchannel.v1 import common_pb2
 
 from broker.protocol import (
+    BROKER_ID,
     EXECUTED_STATES,
     HOLD_TYPES,
     HOLDING_STATES,
@@ -29,7 +30,6 @@ from broker.protocol import (
     request_type_name,
     state_name,
 )
-from broker.protocol._registry import BROKER_ID
 
 from ._errors import IllegalTransitionError
 

@@ -40,10 +40,9 @@ from typing import Protocol
 
 import grpc
 import structlog
-from google.protobuf.timestamp_pb2 import Timestamp
 from greenchannel.v1 import ledger_pb2
 
-from broker.protocol import Clock
+from broker.protocol import Clock, to_timestamp
 
 __all__ = [
     "AUDITED_CODES",
@@ -181,12 +180,6 @@ class _Record:
     at: datetime
 
 
-def _stamp(when: datetime) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromDatetime(when)
-    return stamp
-
-
 class RefusalAudit:
     """A :class:`RefusalSink` that logs and records refusals, bounded per key and window.
 
@@ -280,7 +273,7 @@ class RefusalAudit:
             code=code,
             reason=reason,
             count=window.suppressed,
-            since=_stamp(since),
+            since=to_timestamp(since),
         )
         record_id = f"refusals:{self._replica}:{uuid.uuid4().hex}"
         self._put(_Record(record_id, caller, refusal, now), single=False)

@@ -4,7 +4,7 @@ A ``Result`` travels with its onward transfers redacted (no receiving account, n
 name); the answering adapter seals the full ``ResultDetails`` twice, with the same associated data
 (request id, the answering agency, the requester):
 
-* ``Result.sealed_details`` to the requester, who reads it with :func:`open_result_details`;
+* ``Result.sealed_details`` to the requester, who reads it with :func:`broker.client.open_result_details`;
 * ``Result.broker_details`` to the broker, which chases the money with
   :func:`onward_transfers_for_broker` and keeps what it opens in memory only.
 
@@ -17,9 +17,9 @@ from __future__ import annotations
 from cryptography.hazmat.primitives.asymmetric import x25519
 from greenchannel.v1 import results_pb2
 
-from broker.protocol._sealing import DecryptionKeys, open_details
+from broker.protocol import open_details
 
-__all__ = ["onward_transfers_for_broker", "open_result_details"]
+__all__ = ["onward_transfers_for_broker"]
 
 
 def onward_transfers_for_broker(
@@ -49,31 +49,3 @@ def onward_transfers_for_broker(
         recipient=sender,
     )
     return list(details.onward_transfers)
-
-
-def open_result_details(
-    result: results_pb2.Result,
-    private_key: DecryptionKeys,
-    *,
-    request_id: str,
-    sender: str,
-    recipient: str,
-) -> results_pb2.ResultDetails:
-    """The requester's view: ``result.sealed_details`` opened with its X25519 key(s).
-
-    ``private_key`` may be several keys (current and rotated-out); the payload's kid picks one.
-    Call as ``open_result_details(status.result, key, request_id=status.id, sender=status.sender,
-    recipient=status.recipient)``. An empty ``ResultDetails`` when the result has no sealed details
-    (no onward transfers); :class:`~broker.protocol.SealingError` when they do not open (another
-    agency's key, tampered, another request) or do not match the signed result.
-    """
-    if not result.HasField("sealed_details"):
-        return results_pb2.ResultDetails()
-    return open_details(
-        result,
-        result.sealed_details,
-        private_key,
-        request_id=request_id,
-        sender=recipient,
-        recipient=sender,
-    )

@@ -27,15 +27,19 @@ from greenchannel.v1 import (
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from nats.aio.client import Client
 
-from broker.protocol import Clock, SystemClock, close_connection
-from broker.protocol._nats import NatsSettings, connect, ensure_streams
-from broker.protocol._provision import (
+from broker.protocol import (
+    Clock,
+    NatsSettings,
+    Registry,
+    SystemClock,
+    close_connection,
+    connect,
+    ensure_streams,
     key_overlay_path,
     load_broker_encryption_key,
     load_broker_signing_key,
+    stream_specs,
 )
-from broker.protocol._registry import Registry
-from broker.protocol._subjects import stream_specs
 
 from ._admission import Admission, AdmissionConfig
 from ._auth import Authenticator, open_replay_cache
@@ -50,7 +54,7 @@ from ._ledger_service import LedgerServicer
 from ._policy import Policy, load_policy
 from ._reflection import enable_reflection
 from ._refusals import RefusalAudit, RefusalAuditConfig
-from ._sla_policy import DEFAULT_SLA_POLICY_PATH, SlaPolicy, load_sla_policy
+from ._sla_policy import SlaPolicy
 from ._store import IdempotencyStore, RequestStore
 from ._submit import Intake
 from ._timers import DeadlineScheduler
@@ -70,27 +74,29 @@ SERVICE_NAMES = (
     ledger_pb2.DESCRIPTOR.services_by_name["LedgerService"].full_name,
 )
 
-_DEFAULT_POLICY = Path(__file__).resolve().parents[2] / "agencies" / "policy.toml"
-_DEFAULT_DIRECTORY = Path(__file__).resolve().parents[2] / "agencies" / "directory.toml"
-
 
 @dataclass(frozen=True, kw_only=True)
 class BrokerConfig:
-    """Everything the broker needs; the CLI builds it from flags and the environment."""
+    """Everything the broker needs; the CLI builds it from flags and the environment.
+
+    Every file comes from the caller: the broker knows no default place for any of them.
+    """
 
     nats: NatsSettings
     """Where NATS is (the CLI starts an embedded server when no URL is given)."""
     state_dir: Path
     """Holds the broker's private key and the key overlay of the directory."""
-    directory: Path = _DEFAULT_DIRECTORY
+    directory: Path
     """The agency directory TOML."""
     key_overlays: tuple[Path, ...] = ()
     """Operator's overlay files of agencies' public keys (``greenchannel keys ... --write``),
     merged after the state directory's own overlay; each must exist."""
     reload: DirectoryReloadConfig = field(default_factory=DirectoryReloadConfig)
     """When the directory and overlays are re-read without a restart."""
-    policy: Path = _DEFAULT_POLICY
+    policy: Path
     """The authorization policy TOML."""
+    sla: SlaPolicy
+    """Green-channel SLA: phase deadlines, hold rules and the escalation ladder."""
     listen: str = "127.0.0.1:50051"
     """gRPC listen address; port 0 picks a free port."""
     reflection: bool = True
@@ -99,8 +105,6 @@ class BrokerConfig:
     """Serve TLS with client certificates (mTLS) instead of plaintext."""
     require_tls_identity: bool = False
     """With TLS: the client certificate must name the same agency as the bearer token."""
-    sla: SlaPolicy = field(default_factory=lambda: load_sla_policy(DEFAULT_SLA_POLICY_PATH))
-    """Green-channel SLA: phase deadlines, hold rules and the escalation ladder."""
     events: EventProcessorConfig = field(default_factory=EventProcessorConfig)
     """How adapters' events are consumed."""
     timers: DeadlineWatchConfig = field(default_factory=DeadlineWatchConfig)

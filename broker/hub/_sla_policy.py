@@ -15,19 +15,16 @@ from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, TypeAlias
+from typing import TypeAlias
 
 from greenchannel.v1 import common_pb2
 
 from broker.protocol import REQUEST_TYPES_BY_SLUG, TomlTable, read_toml, request_type_slug
 
+from ._deadlines import DeadlineTable, PhaseBudget
 from ._errors import PolicyError
 
-if TYPE_CHECKING:
-    from ._deadlines import DeadlineTable
-
 __all__ = [
-    "DEFAULT_SLA_POLICY_PATH",
     "SLA_POLICY_VERSION",
     "EscalationLadder",
     "HoldRule",
@@ -38,9 +35,6 @@ __all__ = [
 ]
 
 SLA_POLICY_VERSION = 1
-
-DEFAULT_SLA_POLICY_PATH = Path(__file__).resolve().parents[2] / "agencies" / "sla" / "cn.toml"
-"""The Chinese green-channel policy, the default of every broker."""
 
 _RequestType: TypeAlias = common_pb2.RequestType.ValueType
 _Priority: TypeAlias = common_pb2.Priority.ValueType
@@ -336,9 +330,6 @@ def _table(budgets: Mapping[_Key, _Budget], holds: Mapping[_RequestType, HoldRul
     EXTEND's hold validity in the table is what one stop-payment extension adds, as the table has
     always answered; the hub reads the target's own :class:`HoldRule` where it knows the target.
     """
-    # Imported here: _deadlines loads the default policy through this module as it is imported.
-    from ._deadlines import DeadlineTable, PhaseBudget  # noqa: PLC0415
-
     validity = {request_type: rule.validity for request_type, rule in holds.items()}
     validity[_T.REQUEST_TYPE_EXTEND] = holds[_T.REQUEST_TYPE_STOP_PAYMENT].extension
     return DeadlineTable(

@@ -28,7 +28,7 @@ from nats.js.api import KeyValueConfig, StorageType
 from nats.js.client import JetStreamContext
 from nats.js.kv import KeyValue
 
-from broker.protocol._subjects import IDEMPOTENCY_BUCKET, REQUESTS_BUCKET
+from broker.protocol import IDEMPOTENCY_BUCKET, REQUESTS_BUCKET
 
 from ._errors import ConflictError, NotFoundError, UnavailableError
 

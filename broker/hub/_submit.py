@@ -27,21 +27,28 @@ import structlog
 from greenchannel.v1 import common_pb2, envelope_pb2, lifecycle_pb2, requests_pb2
 from nats.js.client import JetStreamContext
 
-from broker.protocol import Clock, FieldViolation, SigningKey, body_digest, to_timestamp
-from broker.protocol._envelope import (
+from broker.protocol import (
+    BROKER_ID,
+    Agency,
+    AgencyKind,
+    Clock,
+    FieldViolation,
+    Registry,
+    SealingError,
+    SigningKey,
     VerifiedRequest,
+    body_digest,
+    current_encryption_key,
+    inbox_subject,
+    new_uuid7,
     notarize,
     seal_for_recipient,
     sign_event,
     sign_request,
+    to_timestamp,
     type_name,
     verify_request,
 )
-from broker.protocol._errors import SealingError
-from broker.protocol._ids import new_uuid7
-from broker.protocol._registry import BROKER_ID, Agency, AgencyKind, Registry
-from broker.protocol._sealing import current_encryption_key
-from broker.protocol._subjects import inbox_subject
 
 from ._auth import Caller
 from ._deadlines import DeadlineTable

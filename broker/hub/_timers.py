@@ -21,7 +21,7 @@ import nats.errors
 from greenchannel.v1 import common_pb2, envelope_pb2, lifecycle_pb2
 from nats.js.client import JetStreamContext
 
-from broker.protocol._subjects import deadline_fired_subject, deadline_subject
+from broker.protocol import deadline_fired_subject, deadline_subject
 
 from ._errors import UnavailableError
 

@@ -71,15 +71,16 @@ from cryptography.hazmat.primitives.asymmetric import x25519
 from greenchannel.v1 import common_pb2, lifecycle_pb2, requests_pb2, results_pb2, trail_pb2
 
 from broker.protocol import (
+    BROKER_ID,
     EXECUTED_STATES,
     HOLD_TYPES,
+    AgencyKind,
     Clock,
     ProtocolError,
     Registry,
     SealingError,
     SigningKey,
 )
-from broker.protocol._registry import BROKER_ID, AgencyKind
 
 from ._errors import ConflictError, HubError, InvalidRequestError, NotFoundError, UnavailableError
 from ._policy import ChasePolicy, Policy

@@ -24,21 +24,26 @@ from typing import Protocol
 
 import structlog
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import x25519
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from greenchannel.v1 import common_pb2, results_pb2
 
-from broker.protocol import Clock, ProtocolError, SealingError, SigningKey
-from broker.protocol._registry import BROKER_ID, Registry
-from broker.protocol._sealing import current_encryption_key, open_sealed, seal
+from broker.protocol import (
+    BROKER_ID,
+    TRAIL_ACCOUNT_CONTENT_TYPE,
+    Clock,
+    ProtocolError,
+    Registry,
+    SealingError,
+    SigningKey,
+    current_encryption_key,
+    seal,
+    trail_sealing_context,
+)
 
 __all__ = [
-    "ACCOUNT_CONTENT_TYPE",
     "DIGEST_INFO",
     "AccountBook",
     "BrokerAccountBook",
-    "open_account",
-    "sealing_context",
 ]
 
 log = structlog.get_logger(__name__)
@@ -46,15 +51,7 @@ log = structlog.get_logger(__name__)
 DIGEST_INFO = b"greenchannel/v1 trail account digest"
 """HKDF info of the node-id key: domain separation from every other use of the broker key."""
 
-ACCOUNT_CONTENT_TYPE = common_pb2.BankAccountRef.DESCRIPTOR.full_name
-"""``greenchannel.v1.BankAccountRef``: what a trail's sealed account opens to."""
-
 _NODE_ID_HEX = 32  # 128 bits: collisions are out of reach for any case's handful of accounts
-
-
-def sealing_context(case_ref: common_pb2.CaseRef, node_id: str) -> str:
-    """The ``request_id`` a trail account is sealed under: binds the case and the node."""
-    return f"trail:{case_ref.issuing_agency}:{case_ref.case_number}:{node_id}"
 
 
 class AccountBook(Protocol):
@@ -109,32 +106,12 @@ class BrokerAccountBook:
             return seal(
                 account.SerializeToString(),
                 key,
-                request_id=sealing_context(case_ref, node_id),
+                request_id=trail_sealing_context(case_ref, node_id),
                 sender=BROKER_ID,
                 recipient=owner,
-                content_type=ACCOUNT_CONTENT_TYPE,
+                content_type=TRAIL_ACCOUNT_CONTENT_TYPE,
             )
         except (ProtocolError, SealingError) as exc:
             # The trail keeps the digest and the amounts; only the people-readable account is lost.
             log.warning("trail.account_not_sealed", case_owner=owner, node=node_id, error=type(exc).__name__)
             return None
-
-
-def open_account(
-    payload: results_pb2.EncryptedPayload,
-    private_key: x25519.X25519PrivateKey,
-    *,
-    case_ref: common_pb2.CaseRef,
-    node_id: str,
-) -> common_pb2.BankAccountRef:
-    """Open a trail's sealed account with the case owner's X25519 key; raises SealingError."""
-    clear = open_sealed(
-        payload,
-        private_key,
-        request_id=sealing_context(case_ref, node_id),
-        sender=BROKER_ID,
-        recipient=case_ref.issuing_agency,
-    )
-    if payload.content_type != ACCOUNT_CONTENT_TYPE:
-        raise SealingError(f"sealed {payload.content_type!r}, not an account")
-    return common_pb2.BankAccountRef.FromString(clear)

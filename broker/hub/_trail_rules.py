@@ -17,8 +17,14 @@ from hashlib import sha256
 from google.protobuf.timestamp_pb2 import Timestamp
 from greenchannel.v1 import common_pb2, lifecycle_pb2, requests_pb2, results_pb2, trail_pb2
 
-from broker.protocol import HOLD_TYPES, HOLDING_STATES, OUTCOME_STATES, FieldViolation, to_timestamp
-from broker.protocol._registry import BROKER_ID
+from broker.protocol import (
+    BROKER_ID,
+    HOLD_TYPES,
+    HOLDING_STATES,
+    OUTCOME_STATES,
+    FieldViolation,
+    to_timestamp,
+)
 
 from ._policy import ChasePolicy
 from ._trail_accounts import AccountBook

@@ -11,8 +11,7 @@ import grpc
 import structlog
 from greenchannel.v1 import bus_pb2, common_pb2
 
-from broker.protocol._registry import AgencyKind
-from broker.protocol._validation import validate_message
+from broker.protocol import AgencyKind, validate_message
 
 from ._auth import Authenticator
 from ._errors import InvalidRequestError, PermissionDeniedError

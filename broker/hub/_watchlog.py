@@ -31,7 +31,7 @@ from nats.aio.subscription import Subscription
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 
-from broker.protocol._subjects import WATCH_STREAM, status_filter, status_parties, status_subject
+from broker.protocol import WATCH_STREAM, status_filter, status_parties, status_subject
 
 from ._errors import UnavailableError
 

@@ -21,16 +21,17 @@ import signal
 from pathlib import Path
 
 from adapters import AdapterConfig, AdapterRuntime
-from agencies._serve import build_reference_agency
+from agencies import build_reference_agency
 from agencies.bank import BankCore
 from broker._logging import configure_logging
-from broker.protocol import SystemClock
-from broker.protocol._directory import load_directory
-from broker.protocol._nats import NatsSettings, connect
-from broker.protocol._provision import (
+from broker.protocol import (
+    NatsSettings,
+    SystemClock,
+    connect,
     ensure_agency_keys,
     load_agency_encryption_keys,
     load_agency_signing_key,
+    load_directory,
 )
 
 __all__ = ["BENCH_BALANCE", "BENCH_HOLDER", "bench_account", "main"]

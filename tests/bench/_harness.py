@@ -35,10 +35,8 @@ from greenchannel.v1 import bus_pb2, common_pb2, lifecycle_pb2, requests_pb2
 from nats.aio.client import Client
 
 from broker.client import BusClient
-from broker.protocol import SystemClock
-from broker.protocol._embedded import EmbeddedNats, EmbeddedNatsConfig
-from broker.protocol._nats import NatsSettings, connect
-from broker.protocol._provision import ensure_agency_keys, load_agency_signing_key
+from broker.embedded import EmbeddedNats, EmbeddedNatsConfig
+from broker.protocol import NatsSettings, SystemClock, connect, ensure_agency_keys, load_agency_signing_key
 
 from ._agencies import BENCH_HOLDER, bench_account
 

@@ -87,16 +87,17 @@ async def _child(args: argparse.Namespace) -> None:
     import dataclasses
 
     from adapters import AdapterConfig, AdapterRuntime
-    from agencies._serve import build_reference_agency
+    from agencies import build_reference_agency
     from agencies.bank import BankCore
     from broker._logging import configure_logging
-    from broker.protocol import SystemClock
-    from broker.protocol._directory import load_directory
-    from broker.protocol._nats import NatsSettings, connect
-    from broker.protocol._provision import (
+    from broker.protocol import (
+        NatsSettings,
+        SystemClock,
+        connect,
         ensure_agency_keys,
         load_agency_encryption_keys,
         load_agency_signing_key,
+        load_directory,
     )
 
     configure_logging("warning")
@@ -150,16 +151,19 @@ async def _envelopes(keys_dir: Path, n: int, accounts: int) -> list[tuple[str, b
     from google.protobuf.timestamp_pb2 import Timestamp
     from greenchannel.v1 import common_pb2, envelope_pb2, requests_pb2
 
-    from broker.protocol import SystemClock
-    from broker.protocol._directory import load_directory
-    from broker.protocol._envelope import notarize, seal_for_recipient, sign_request, verify_request
-    from broker.protocol._ids import new_uuid7
-    from broker.protocol._provision import (
+    from broker.protocol import (
+        SystemClock,
+        current_encryption_key,
         ensure_agency_keys,
         load_agency_signing_key,
         load_broker_signing_key,
+        load_directory,
+        new_uuid7,
+        notarize,
+        seal_for_recipient,
+        sign_request,
+        verify_request,
     )
-    from broker.protocol._sealing import current_encryption_key
 
     clock = SystemClock()
     overlay = ensure_agency_keys(_DIRECTORY, keys_dir, clock=clock)
@@ -223,11 +227,13 @@ async def _run_once(variant: Variant, args: argparse.Namespace, root: Path) -> R
     import nats.js.errors
     from greenchannel.v1 import common_pb2, envelope_pb2, lifecycle_pb2
 
-    from broker.protocol._embedded import EmbeddedNats, EmbeddedNatsConfig
-    from broker.protocol._nats import NatsSettings, connect, ensure_streams
-    from broker.protocol._subjects import (
+    from broker.embedded import EmbeddedNats, EmbeddedNatsConfig
+    from broker.protocol import (
         EVENTS_STREAM,
         INBOX_STREAM,
+        NatsSettings,
+        connect,
+        ensure_streams,
         inbox_consumer,
         inbox_subject,
         stream_specs,
@@ -329,8 +335,7 @@ def _check_bank_journal(data_dir: Path, n: int) -> None:
 
 
 async def _main(args: argparse.Namespace) -> dict[str, Any]:
-    from broker.protocol import SystemClock
-    from broker.protocol._provision import ensure_agency_keys
+    from broker.protocol import SystemClock, ensure_agency_keys
 
     variants: list[Variant] = args.variant or [Variant(label="current", src=".")]
     results: list[RunResult] = []

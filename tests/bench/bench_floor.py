@@ -34,13 +34,21 @@ from nats.js.api import AckPolicy, ConsumerConfig, StreamConfig
 from nats.js.client import JetStreamContext
 
 from broker._logging import configure_logging
-from broker.protocol import SystemClock, mint_bearer_token, verify_bearer_token
-from broker.protocol._directory import load_directory
-from broker.protocol._embedded import EmbeddedNats, EmbeddedNatsConfig
-from broker.protocol._envelope import sign_request, verify_request
-from broker.protocol._nats import NatsSettings, connect, fetch_batch
-from broker.protocol._provision import ensure_agency_keys, load_agency_signing_key
-from broker.protocol._validation import validate_message
+from broker.embedded import EmbeddedNats, EmbeddedNatsConfig
+from broker.protocol import (
+    NatsSettings,
+    SystemClock,
+    connect,
+    ensure_agency_keys,
+    fetch_batch,
+    load_agency_signing_key,
+    load_directory,
+    mint_bearer_token,
+    sign_request,
+    validate_message,
+    verify_bearer_token,
+    verify_request,
+)
 
 from ._harness import (
     DIRECTORY,

@@ -28,6 +28,7 @@ from greenchannel.v1 import common_pb2, ledger_pb2
 from nats.js.api import StreamConfig
 from nats.js.client import JetStreamContext
 
+from broker.embedded import EmbeddedNats, EmbeddedNatsConfig
 from broker.hub._ledger import (
     LedgerConfig,
     LedgerReader,
@@ -35,12 +36,21 @@ from broker.hub._ledger import (
     LedgerWriter,
     ensure_ledger_streams,
 )
-from broker.protocol import ManualClock, SigningKey, StaticKeyStore, body_digest, generate_signing_key
-from broker.protocol._embedded import EmbeddedNats, EmbeddedNatsConfig
-from broker.protocol._envelope import BROKER_ID
-from broker.protocol._ledger_chain import ChainRecord, build_entry, verify_chain
-from broker.protocol._nats import NatsSettings, connect, ensure_streams
-from broker.protocol._subjects import stream_specs
+from broker.protocol import (
+    BROKER_ID,
+    ChainRecord,
+    ManualClock,
+    NatsSettings,
+    SigningKey,
+    StaticKeyStore,
+    body_digest,
+    build_entry,
+    connect,
+    ensure_streams,
+    generate_signing_key,
+    stream_specs,
+    verify_chain,
+)
 
 AT = datetime(2026, 11, 21, 9, 0, tzinfo=UTC)
 

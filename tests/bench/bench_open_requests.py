@@ -36,9 +36,7 @@ from nats.js.client import JetStreamContext
 from broker._logging import configure_logging
 from broker.client import BusClient
 from broker.hub._timers import DeadlineScheduler, TimerKind, TimerPayload
-from broker.protocol import SystemClock
-from broker.protocol._ids import new_uuid7
-from broker.protocol._subjects import REQUESTS_BUCKET
+from broker.protocol import REQUESTS_BUCKET, SystemClock, new_uuid7
 
 from ._harness import (
     BenchWorld,

@@ -21,12 +21,12 @@ from pathlib import Path
 
 from nats.js.api import StreamConfig
 
+from agencies import DEFAULT_POLICY
 from broker.client import BusClient
+from broker.embedded import EmbeddedNats, EmbeddedNatsConfig
 from broker.hub import Broker, BrokerConfig
-from broker.protocol import SystemClock
-from broker.protocol._embedded import EmbeddedNats, EmbeddedNatsConfig
-from broker.protocol._nats import NatsSettings, connect
-from broker.protocol._provision import ensure_agency_keys, load_agency_signing_key
+from broker.protocol import NatsSettings, SystemClock, connect, ensure_agency_keys, load_agency_signing_key
+from tests._sla import DEFAULT_SLA_POLICY
 from tests.integration.broker_world import DIRECTORY, POLICE, stop_payment
 
 
@@ -42,7 +42,12 @@ async def measure(n: int) -> dict[str, float]:
         async with EmbeddedNats(EmbeddedNatsConfig(store_dir=root / "nats")) as server:
             settings = NatsSettings(servers=(server.url,), name="bench")
             config = BrokerConfig(
-                nats=settings, state_dir=root / "state", directory=DIRECTORY, listen="127.0.0.1:0"
+                nats=settings,
+                state_dir=root / "state",
+                directory=DIRECTORY,
+                policy=DEFAULT_POLICY,
+                sla=DEFAULT_SLA_POLICY,
+                listen="127.0.0.1:0",
             )
             async with Broker(config) as broker:
                 nc = await connect(settings)

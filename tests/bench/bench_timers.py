@@ -22,10 +22,17 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from broker.embedded import EmbeddedNats, EmbeddedNatsConfig
 from broker.hub._timers import DeadlineScheduler, TimerKind, TimerPayload
-from broker.protocol._embedded import EmbeddedNats, EmbeddedNatsConfig
-from broker.protocol._nats import NatsSettings, connect, ensure_streams, fetch_batch
-from broker.protocol._subjects import DEADLINES_STREAM, deadline_fired_filter, stream_specs
+from broker.protocol import (
+    DEADLINES_STREAM,
+    NatsSettings,
+    connect,
+    deadline_fired_filter,
+    ensure_streams,
+    fetch_batch,
+    stream_specs,
+)
 
 
 def _quantile(values: list[float], q: float) -> float:

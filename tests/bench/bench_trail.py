@@ -24,10 +24,9 @@ from pathlib import Path
 from google.protobuf.timestamp_pb2 import Timestamp
 from greenchannel.v1 import trail_pb2
 
-from agencies import Stack, StackConfig
-from broker.hub._policy import load_policy
-from broker.protocol import SigningKey
-from broker.protocol._provision import load_agency_signing_key
+from agencies.demo import Stack, StackConfig
+from broker.hub import load_policy
+from broker.protocol import SigningKey, load_agency_signing_key
 from tests.integration.trail_world import (
     POLICE,
     bank_cores,

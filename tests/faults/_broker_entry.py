@@ -1,6 +1,6 @@
 """``python -m tests.faults._broker_entry``: ``greenchannel broker`` with two knobs the CLI lacks.
 
-``--replicas N``: until broker/cli.py registers it on the ``broker`` command (then the harness
+``--replicas N``: until broker/cli/_broker.py registers it on the ``broker`` command (then the harness
 runs ``python -m broker.cli ... broker --replicas N`` whenever it can).
 
 ``--consumer-ack-wait SECONDS``: the ack wait of the broker's durable consumers (events, fired
@@ -8,7 +8,7 @@ timers, ledger intake). A broker SIGKILLed while it holds fetched messages leave
 for that long; at the default 30 s two kills alone would exceed the short setting's budget. The
 long setting runs the real defaults through the real CLI.
 
-Everything else is the real :func:`broker._run_broker.run_broker`: only the config it builds gets
+Everything else is the real :func:`broker.cli._broker.run_broker`: only the config it builds gets
 the shorter ack waits.
 """
 
@@ -25,7 +25,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-import broker._run_broker as run_module
+import broker.cli._broker as run_module
 from agencies import DEFAULT_DIRECTORY
 from broker._logging import configure_logging
 from broker.hub import BrokerConfig

@@ -22,12 +22,8 @@ from greenchannel.v1 import bus_pb2, common_pb2, ledger_pb2, lifecycle_pb2
 
 from adapters import ExecutionRecord, ExecutionState, IdempotencyStore
 from agencies.bank import BankConfig, BankCore
-from broker._cli_ledger import export_ledger, read_ledger_file, registry_keys
-from broker.client import BusClient
-from broker.protocol import SystemClock
-from broker.protocol._ledger_chain import verify_chain
-from broker.protocol._nats import NatsSettings, connect
-from broker.protocol._provision import load_agency_signing_key
+from broker.client import BusClient, export_ledger, read_ledger_file, registry_keys
+from broker.protocol import NatsSettings, SystemClock, connect, load_agency_signing_key, verify_chain
 
 from ._load import RETRYABLE, Submission
 from ._world import REGULATOR, FaultWorld

@@ -25,10 +25,9 @@ from pathlib import Path
 from greenchannel.v1 import common_pb2
 
 from agencies import _seed as seed
-from broker.protocol._cluster import EmbeddedCluster, EmbeddedClusterConfig
-from broker.protocol._embedded import EmbeddedNats, EmbeddedNatsConfig
-from broker.protocol._nats import NatsSettings, connect
-from broker.protocol._subjects import INBOX_STREAM, REQUESTS_BUCKET, inbox_consumer
+from broker.embedded import EmbeddedNats, EmbeddedNatsConfig
+from broker.protocol import INBOX_STREAM, REQUESTS_BUCKET, NatsSettings, connect, inbox_consumer
+from tests._cluster import EmbeddedCluster, EmbeddedClusterConfig
 
 from ._checks import (
     FINAL,

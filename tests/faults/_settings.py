@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from broker.protocol._nats_auth import DEFAULT_INBOX_ACK_WAIT
+from broker.protocol import DEFAULT_INBOX_ACK_WAIT
 
 __all__ = ["LEVEL_ENV", "SEED_ENV", "FaultSettings", "settings_from_env"]
 

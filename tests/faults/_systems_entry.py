@@ -21,9 +21,7 @@ from pathlib import Path
 
 from agencies import DEFAULT_DIRECTORY, build_reference_agency
 from broker._logging import configure_logging
-from broker.protocol import SystemClock
-from broker.protocol._directory import load_directory
-from broker.protocol._provision import key_overlay_path
+from broker.protocol import SystemClock, key_overlay_path, load_directory
 
 READY = "fault systems: listening "
 """Start of the line printed on stdout once every bank's server listens."""

@@ -26,21 +26,19 @@ from types import TracebackType
 
 from agencies import DEFAULT_DIRECTORY
 from agencies.bank import BankConfig, BankCore
-from broker import cli
-from broker._cli_adapter import READY_PREFIX as ADAPTER_READY
-from broker._cli_agencies import READY_PREFIX
+from broker.cli._adapter import READY_PREFIX as ADAPTER_READY
+from broker.cli._agencies import READY_PREFIX
+from broker.cli._main import parser_for
 from broker.client import BusClient
-from broker.protocol import SystemClock
-from broker.protocol._directory import load_directory
-from broker.protocol._nats import NatsSettings
-from broker.protocol._nats_auth import (
+from broker.protocol import (
     NatsAuthorization,
-    nats_authorization,
-    nats_settings_for,
-)
-from broker.protocol._provision import (
+    NatsSettings,
+    SystemClock,
     ensure_agency_keys,
     load_agency_signing_key,
+    load_directory,
+    nats_authorization,
+    nats_settings_for,
 )
 from tests.integration.adapter_process import BrokerProcess, adapter_toml
 
@@ -364,13 +362,13 @@ def _agencies_argv(world: FaultWorld) -> list[str]:
     ]
     if _cli_accepts(["agencies", "--only", "bank-icbc"]):
         return [sys.executable, "-m", "broker.cli", *common, "agencies", *options]
-    # Until broker/cli.py registers the command: the module runs it on its own.
-    return [sys.executable, "-m", "broker._cli_agencies", *common, *options]
+    # Until broker/cli/_agencies.py registers the command: the module runs it on its own.
+    return [sys.executable, "-m", "broker.cli._agencies", *common, *options]
 
 
 def _cli_accepts(argv: list[str]) -> bool:
     """Whether ``greenchannel`` parses ``argv`` (a flag or command may not be wired in yet)."""
-    parser = cli._parser()
+    parser = parser_for(argv)
     with contextlib.redirect_stderr(io.StringIO()):
         try:
             parser.parse_args(argv)

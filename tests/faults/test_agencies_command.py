@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 
 from agencies import DEFAULT_DIRECTORY
-from broker._cli_agencies import add_agencies_parser, main, run_agencies, select_agencies
-from broker.protocol import ProtocolError
-from broker.protocol._directory import load_directory
+from agencies.demo import select_agencies
+from broker.cli._agencies import add_parser as add_agencies_parser
+from broker.cli._agencies import main, run_agencies
+from broker.protocol import ProtocolError, load_directory
 
 
 def _args(tmp_path: Path, *argv: str) -> argparse.Namespace:
@@ -30,7 +31,7 @@ def test_without_a_nats_url_it_says_where_to_point_it(
 ) -> None:
     monkeypatch.delenv("GREENCHANNEL_NATS_URL", raising=False)
     # configure_logging would bind structlog to this test's captured stderr, closed after it.
-    monkeypatch.setattr("broker._cli_agencies.configure_logging", lambda *_a, **_k: None)
+    monkeypatch.setattr("broker.cli._agencies.configure_logging", lambda *_a, **_k: None)
     assert main(["--state-dir", str(tmp_path)]) == 1
     assert "GREENCHANNEL_NATS_URL" in capsys.readouterr().err
 

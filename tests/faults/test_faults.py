@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from broker.protocol._nats_auth import BROKER_ACCOUNT, agency_account
+from broker.protocol import BROKER_ACCOUNT, agency_account
 
 from ._scenarios import ScenarioReport, run_cluster, run_single_node
 from ._settings import FaultSettings

@@ -23,13 +23,11 @@ from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.client import JetStreamContext
 
 from broker.client import BusClient
-from broker.hub._errors import NotFoundError, UnavailableError
-from broker.hub._sla_policy import SlaPolicy, load_sla_policy
+from broker.hub import NotFoundError, SlaPolicy, UnavailableError, load_sla_policy
 from broker.hub._store import RequestStore
 from broker.hub._timers import DeadlineScheduler
 from broker.hub._watchlog import WatchLog
-from broker.protocol._nats import fetch_batch
-from broker.protocol._subjects import LEDGER_STREAM, WATCH_STREAM
+from broker.protocol import LEDGER_STREAM, WATCH_STREAM, fetch_batch
 from tests._wait import eventually
 from tests.integration.broker_world import POLICE, World, broker_world, stop_payment
 

@@ -19,9 +19,13 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from broker.protocol._nats_auth import nats_seed_path
-from broker.protocol._provision import key_overlay_path, load_agency_encryption_keys, load_agency_signing_key
-from broker.protocol._sealing import encryption_kid
+from broker.protocol import (
+    encryption_kid,
+    key_overlay_path,
+    load_agency_encryption_keys,
+    load_agency_signing_key,
+    nats_seed_path,
+)
 
 REPO = Path(__file__).resolve().parents[2]
 DIRECTORY = REPO / "agencies" / "directory.toml"

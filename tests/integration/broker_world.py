@@ -20,24 +20,30 @@ from nats.aio.client import Client
 from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.client import JetStreamContext
 
-from broker.client import BusClient
-from broker.hub import Broker, BrokerConfig
-from broker.hub._deadlines_watch import DeadlineWatchConfig
-from broker.hub._events import EventProcessorConfig
-from broker.hub._grpc_status import error_details
-from broker.hub._ledger import LedgerConfig
-from broker.protocol import SigningKey, SystemClock, body_digest
-from broker.protocol._directory import load_directory
-from broker.protocol._embedded import EmbeddedNats, EmbeddedNatsConfig
-from broker.protocol._envelope import OpenedEnvelope, open_envelope, sign_event
-from broker.protocol._nats import NatsSettings, connect, fetch_batch
-from broker.protocol._provision import (
+from agencies import DEFAULT_POLICY
+from broker.client import BusClient, error_details
+from broker.embedded import EmbeddedNats, EmbeddedNatsConfig
+from broker.hub import Broker, BrokerConfig, DeadlineWatchConfig, EventProcessorConfig, LedgerConfig
+from broker.protocol import (
+    INBOX_STREAM,
+    NatsSettings,
+    OpenedEnvelope,
+    Registry,
+    SigningKey,
+    SystemClock,
+    body_digest,
+    connect,
     ensure_agency_keys,
+    event_subject,
+    fetch_batch,
+    inbox_filter,
     load_agency_encryption_keys,
     load_agency_signing_key,
+    load_directory,
+    open_envelope,
+    sign_event,
 )
-from broker.protocol._registry import Registry
-from broker.protocol._subjects import INBOX_STREAM, event_subject, inbox_filter
+from tests._sla import DEFAULT_SLA_POLICY
 
 DIRECTORY = Path(__file__).resolve().parents[2] / "agencies" / "directory.toml"
 POLICE = "police-310115"
@@ -87,6 +93,8 @@ class World:
             "nats": NatsSettings(servers=(self.nats.url,), name="test-broker", initial_connect_timeout=5.0),
             "state_dir": self.state_dir,
             "directory": DIRECTORY,
+            "policy": DEFAULT_POLICY,
+            "sla": DEFAULT_SLA_POLICY,
             "listen": "127.0.0.1:0",
             "events": EventProcessorConfig(fetch_timeout=0.2, unknown_request_delay=0.1),
             "timers": DeadlineWatchConfig(fetch_timeout=0.2),

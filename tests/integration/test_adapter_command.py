@@ -32,19 +32,20 @@ from agencies import build_reference_agency
 from agencies.bank import BankCore
 from broker.cli import main
 from broker.client import BusClient
+from broker.embedded import EmbeddedNats, EmbeddedNatsConfig
 from broker.hub._tls import TlsFiles, server_credentials
 from broker.protocol import (
-    EmbeddedNats,
-    EmbeddedNatsConfig,
+    DEFAULT_INBOX_ACK_WAIT,
     NatsSettings,
     SystemClock,
     connect,
+    ensure_agency_keys,
     ensure_streams,
+    key_overlay_path,
+    load_agency_signing_key,
+    load_directory,
     stream_specs,
 )
-from broker.protocol._directory import load_directory
-from broker.protocol._nats_auth import DEFAULT_INBOX_ACK_WAIT
-from broker.protocol._provision import ensure_agency_keys, key_overlay_path, load_agency_signing_key
 
 from .adapter_process import DIRECTORY, REPO, BrokerProcess, adapter_process, adapter_toml, broker_process
 from .broker_world import BANK, POLICE, stop_payment
@@ -160,7 +161,7 @@ def test_keys_that_do_not_belong_to_the_agency_are_refused_before_anything_start
     with pytest.raises(AdapterConfigError, match=r"agency\.signing_key: key \S+ is not a registered"):
         load_adapter_materials(load_adapter_file(path))
     # Through the command: one line naming the file and field, exit 1, no journal created.
-    monkeypatch.setattr("broker.cli.configure_logging", lambda *_a, **_k: None)
+    monkeypatch.setattr("broker.cli._main.configure_logging", lambda *_a, **_k: None)
     assert main(["adapter", "--config", str(path)]) == 1
     err = capsys.readouterr().err
     assert f"{path}: agency.signing_key:" in err

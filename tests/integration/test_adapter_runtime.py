@@ -45,39 +45,45 @@ from adapters import (
     ExecutionState,
     IdempotencyStore,
 )
-from broker.hub._result_privacy import onward_transfers_for_broker, open_result_details
-from broker.protocol import KeyUse, ManualClock, PublicKey, Registry, SigningKey
-from broker.protocol._directory import load_directory
-from broker.protocol._embedded import EmbeddedNats, EmbeddedNatsConfig
-from broker.protocol._envelope import (
+from broker.client import open_result_details
+from broker.embedded import EmbeddedNats, EmbeddedNatsConfig
+from broker.hub._result_privacy import onward_transfers_for_broker
+from broker.protocol import (
     BROKER_ID,
+    DEADLETTER_STREAM,
+    DEFAULT_INBOX_ACK_WAIT,
+    EVENTS_STREAM,
+    INBOX_STREAM,
+    KeyUse,
+    ManualClock,
+    NatsSettings,
+    PublicKey,
+    Registry,
+    SigningKey,
     VerifiedRequest,
-    notarize,
-    seal_for_recipient,
-    sign_request,
-    verify_event,
-    verify_request,
-)
-from broker.protocol._ids import new_uuid7
-from broker.protocol._nats import NatsSettings, connect, ensure_streams, fetch_batch
-from broker.protocol._nats_auth import DEFAULT_INBOX_ACK_WAIT
-from broker.protocol._provision import (
+    body_digest,
+    connect,
+    current_encryption_key,
     ensure_agency_keys,
+    ensure_streams,
+    event_subject,
+    fetch_batch,
+    inbox_consumer,
+    inbox_subject,
     load_agency_encryption_key,
     load_agency_signing_key,
     load_broker_encryption_key,
     load_broker_signing_key,
-)
-from broker.protocol._sealing import current_encryption_key, open_sealed
-from broker.protocol._signing import body_digest, verify_detached
-from broker.protocol._subjects import (
-    DEADLETTER_STREAM,
-    EVENTS_STREAM,
-    INBOX_STREAM,
-    event_subject,
-    inbox_consumer,
-    inbox_subject,
+    load_directory,
+    new_uuid7,
+    notarize,
+    open_sealed,
+    seal_for_recipient,
+    sign_request,
     stream_specs,
+    verify_detached,
+    verify_event,
+    verify_request,
 )
 from tests._wait import eventually
 

@@ -22,9 +22,7 @@ from adapters import ExecutionState, IdempotencyStore
 from agencies import build_reference_agency
 from agencies.bank import BankCore, BankServicer
 from broker.client import BusClient
-from broker.protocol import SystemClock
-from broker.protocol._directory import load_directory
-from broker.protocol._provision import key_overlay_path, load_agency_signing_key
+from broker.protocol import SystemClock, key_overlay_path, load_agency_signing_key, load_directory
 
 from .adapter_process import DIRECTORY, adapter_process, adapter_toml, broker_process
 from .broker_world import BANK, POLICE, stop_payment

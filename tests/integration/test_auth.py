@@ -24,19 +24,13 @@ from nats.js.api import KeyValueConfig
 from nats.js.client import JetStreamContext
 from structlog.testing import capture_logs
 
-from broker.hub._auth import (
-    REPLAY_TTL,
-    Authenticator,
-    Caller,
-    KvReplayCache,
-    bearer_metadata,
-    open_replay_cache,
-)
-from broker.hub._errors import InvalidRequestError, UnavailableError, UnroutableError
-from broker.hub._grpc_status import ErrorDetails, error_details, guard_stream, guard_unary
+from broker.client import ErrorDetails, bearer_metadata, error_details
+from broker.embedded import EmbeddedNats
+from broker.hub import InvalidRequestError, UnavailableError, UnroutableError
+from broker.hub._auth import REPLAY_TTL, Authenticator, Caller, KvReplayCache, open_replay_cache
+from broker.hub._grpc_status import guard_stream, guard_unary
 from broker.protocol import (
     BROKER_AUDIENCE,
-    EmbeddedNats,
     FieldViolation,
     InvalidMessageError,
     ManualClock,

@@ -10,11 +10,9 @@ import grpc
 import pytest
 from greenchannel.v1 import bus_pb2, common_pb2, lifecycle_pb2, results_pb2
 
-from broker.client import BusClient
-from broker.hub._admission import AdmissionConfig
-from broker.hub._grpc_status import error_details
-from broker.protocol._registry import BROKER_ID
-from broker.protocol._subjects import DEADLETTER_STREAM, WATCH_STREAM, deadletter_subject
+from broker.client import BusClient, error_details
+from broker.hub import AdmissionConfig
+from broker.protocol import BROKER_ID, DEADLETTER_STREAM, WATCH_STREAM, deadletter_subject
 from tests._wait import eventually
 from tests.integration.broker_world import BANK, POLICE, World, broker_world, stop_payment
 

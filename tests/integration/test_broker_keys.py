@@ -17,16 +17,23 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from greenchannel.v1 import envelope_pb2, registry_pb2, registry_pb2_grpc
 from nats.js.api import AckPolicy, ConsumerConfig
 
+from broker.client import error_details
 from broker.hub import Broker
-from broker.hub._grpc_status import error_details
-from broker.protocol import SystemClock
-from broker.protocol._envelope import BROKER_ID, NOTARIZATION_TYPE, open_envelope
-from broker.protocol._errors import VerificationError
-from broker.protocol._keys import KeyUse, PublicKey
-from broker.protocol._nats import fetch_batch
-from broker.protocol._provision import load_agency_encryption_keys
-from broker.protocol._signing import StaticKeyStore, verify_detached
-from broker.protocol._subjects import INBOX_STREAM, inbox_filter
+from broker.protocol import (
+    BROKER_ID,
+    INBOX_STREAM,
+    NOTARIZATION_TYPE,
+    KeyUse,
+    PublicKey,
+    StaticKeyStore,
+    SystemClock,
+    VerificationError,
+    fetch_batch,
+    inbox_filter,
+    load_agency_encryption_keys,
+    open_envelope,
+    verify_detached,
+)
 from tests.integration.broker_world import BANK, POLICE, World, broker_world, stop_payment
 
 pytestmark = pytest.mark.integration

@@ -25,8 +25,8 @@ from google.rpc import error_details_pb2  # type: ignore[import-untyped]
 from greenchannel.v1 import bus_pb2
 from grpc_health.v1 import health_pb2
 
+from broker.client import bearer_metadata
 from broker.hub import SERVICE_NAMES, Broker
-from broker.hub._auth import bearer_metadata
 from broker.protocol import SystemClock
 from tests.integration.broker_world import BANK, FRAUD_ACCOUNT, POLICE, World, broker_world
 

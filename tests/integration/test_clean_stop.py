@@ -23,10 +23,8 @@ from pathlib import Path
 import pytest
 
 from agencies import build_reference_agency
-from broker._cli_agencies import READY_PREFIX
-from broker.protocol import SystemClock
-from broker.protocol._directory import load_directory
-from broker.protocol._provision import key_overlay_path
+from broker.cli._agencies import READY_PREFIX
+from broker.protocol import SystemClock, key_overlay_path, load_directory
 
 from .adapter_process import DIRECTORY, adapter_process, adapter_toml, broker_process
 from .broker_world import BANK

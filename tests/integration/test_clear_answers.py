@@ -16,10 +16,8 @@ import pytest
 import pytest_asyncio
 from greenchannel.v1 import bus_pb2, bus_pb2_grpc, common_pb2
 
-from broker.client import BusClient
+from broker.client import BusClient, bearer_metadata, error_details
 from broker.hub import Broker
-from broker.hub._auth import bearer_metadata
-from broker.hub._grpc_status import error_details
 from broker.protocol import SystemClock
 from tests.integration.broker_world import BANK, POLICE, World, broker_world, stop_payment
 

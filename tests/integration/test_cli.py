@@ -25,8 +25,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import x25519
 
 from agencies import _seed as seed
-from broker._cli_render import mask_account, table
-from broker._cli_requests import parse_amount
+from broker.cli._render import mask_account, table
+from broker.cli._requests import parse_amount
 
 pytestmark = pytest.mark.integration
 

@@ -19,25 +19,24 @@ import nats.js.errors
 import pytest
 import pytest_asyncio
 
-from broker.protocol._cluster import EmbeddedCluster, EmbeddedClusterConfig
-from broker.protocol._embedded import EmbeddedNatsConfig
-from broker.protocol._nats import connect, ensure_streams
-from broker.protocol._nats_auth import (
+from broker.embedded import EmbeddedNatsConfig
+from broker.protocol import (
     AGENCY_JS_API_PREFIX,
-    agency_inbox_prefix,
-    ensure_inbox_consumers,
-    nats_authorization,
-    nats_seed_path,
-    nats_settings_for,
-)
-from broker.protocol._subjects import (
     EVENTS_STREAM,
     INBOX_STREAM,
+    agency_inbox_prefix,
+    connect,
+    ensure_inbox_consumers,
+    ensure_streams,
     event_subject,
     inbox_consumer,
     inbox_subject,
+    nats_authorization,
+    nats_seed_path,
+    nats_settings_for,
     stream_specs,
 )
+from tests._cluster import EmbeddedCluster, EmbeddedClusterConfig
 from tests.integration.hostile_nats import Hostile, raw_connect, violation
 
 pytestmark = pytest.mark.integration

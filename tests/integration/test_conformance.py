@@ -31,7 +31,7 @@ from adapters.conformance import (
     load_fixture,
     run_checks,
 )
-from agencies._serve import AgencyServer, ReferenceAgency, build_reference_agency, serve_agency
+from agencies import AgencyServer, ReferenceAgency, build_reference_agency, serve_agency
 from agencies.bank import BankCore
 from agencies.carrier import CarrierCore
 from agencies.platform import PlatformCore
@@ -41,6 +41,14 @@ from tests.integration.node_process import installed_node_example, node_bank
 from tests.integration.test_tls import Pki
 
 pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(autouse=True)
+def _logs_stay_where_they_were(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``cli_main`` runs in this process: left alone, it would bind structlog to this test's
+    captured stderr, closed after it, and every later test that logs would fail on it."""
+    monkeypatch.setattr("broker.cli._main.configure_logging", lambda *_a, **_k: None)
+
 
 ROOT = Path(__file__).resolve().parents[2]
 DIRECTORY = ROOT / "agencies" / "directory.toml"

@@ -10,8 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from agencies import DemoConfig, run_demo
-from broker.protocol._embedded import EmbeddedNats, EmbeddedNatsConfig
+from agencies.demo import DemoConfig, run_demo
+from broker.cli._demo import render_report
+from broker.embedded import EmbeddedNats, EmbeddedNatsConfig
 
 pytestmark = pytest.mark.integration
 
@@ -65,6 +66,22 @@ async def test_the_scenario_ends_in_every_expected_state(tmp_path: Path) -> None
     assert report.data_answer_fields > 0
     # The holder's name was decrypted by the police client; it is not printed.
     assert not any("李某" in line for line in lines)
+    # The trail and the SLA report come back as data; the CLI renders them, the demo does not.
+    assert report.trail is not None
+    assert report.trail.settled
+    assert report.trail_accounts
+    assert all(not a.holder_name for a in report.trail_accounts.values())
+    assert report.sla is not None
+    assert (report.sla.met, report.sla.breached) == (
+        report.sla_met,
+        report.sla_breached,
+    )
+    assert not any(line.lstrip().startswith("held now on") for line in lines)
+    rendered = render_report(report)
+    assert any(line.lstrip().startswith("held now on 6 of 6 accounts") for line in rendered)
+    assert any(line.lstrip().startswith("total: 13 requests") for line in rendered)
+    assert rendered[-1] == "Times are milliseconds from the broker's receipt of each request."
+    assert not any("李某" in line for line in rendered)
 
 
 def test_cli_demo_json_prints_one_object_and_exits_zero(tmp_path: Path) -> None:

@@ -22,13 +22,13 @@ from broker.protocol import (
     KeyFileError,
     SigningKey,
     SystemClock,
+    agency_keys,
     generate_agency_keys,
     load_agency_signing_key,
     merge_into_overlay,
     render_key_tables,
     revoke_key,
 )
-from broker.protocol._provision import agency_keys
 from tests.integration.broker_world import BANK, DIRECTORY, POLICE, broker_world, stop_payment, token_refusal
 
 pytestmark = pytest.mark.integration

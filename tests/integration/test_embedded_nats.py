@@ -19,12 +19,11 @@ from nats.aio.client import Client
 from nats.js.api import ConsumerConfig
 from nats.js.client import JetStreamContext
 
+from broker.embedded import EmbeddedNats, EmbeddedNatsConfig, nats_for
 from broker.protocol import (
     DEADLINES_STREAM,
     LEDGER_ENTRY_SUBJECT,
     LEDGER_STREAM,
-    EmbeddedNats,
-    EmbeddedNatsConfig,
     NatsError,
     NatsServerError,
     NatsSettings,
@@ -35,7 +34,6 @@ from broker.protocol import (
     deadline_subject,
     ensure_streams,
     fetch_batch,
-    nats_for,
     stream_specs,
 )
 from tests._wait import eventually
@@ -148,7 +146,7 @@ async def test_server_dies_with_a_killed_parent(tmp_path: Path) -> None:
     script = (
         "import asyncio, sys\n"
         "from pathlib import Path\n"
-        "from broker.protocol import EmbeddedNats, EmbeddedNatsConfig\n"
+        "from broker.embedded import EmbeddedNats, EmbeddedNatsConfig\n"
         "async def main():\n"
         "    async with EmbeddedNats(EmbeddedNatsConfig(store_dir=Path(sys.argv[1]))) as s:\n"
         "        print('PID', s.pid, flush=True)\n"

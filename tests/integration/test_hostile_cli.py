@@ -31,8 +31,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from greenchannel.v1 import common_pb2
 
-from broker._cli_ledger import export_ledger
-from broker.protocol._subjects import INBOX_STREAM, REQUESTS_BUCKET, WATCH_STREAM
+from broker.client import export_ledger
+from broker.protocol import INBOX_STREAM, REQUESTS_BUCKET, WATCH_STREAM
 from tests.integration.broker_world import FRAUD_ACCOUNT, POLICE, World, broker_world, stop_payment
 
 pytestmark = pytest.mark.integration

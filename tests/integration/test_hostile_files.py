@@ -28,23 +28,24 @@ import pytest_asyncio
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
 
-from broker.hub._errors import PolicyError
-from broker.hub._policy import load_policy
-from broker.hub._sla_policy import load_sla_policy
+from broker.embedded import EmbeddedNats, EmbeddedNatsConfig
+from broker.hub import PolicyError, load_policy, load_sla_policy
 from broker.protocol import (
     KeyFileError,
     ManualClock,
+    NatsSettings,
     RegistryError,
     UnknownAgencyError,
     b64url_encode,
+    connect,
+    ensure_agency_keys,
     generate_signing_key,
     jwk_thumbprint,
+    load_agency_signing_key,
+    load_directory,
     load_signing_key,
+    read_overlay,
 )
-from broker.protocol._directory import load_directory, read_overlay
-from broker.protocol._embedded import EmbeddedNats, EmbeddedNatsConfig
-from broker.protocol._nats import NatsSettings, connect
-from broker.protocol._provision import ensure_agency_keys, load_agency_signing_key
 
 pytestmark = pytest.mark.integration
 

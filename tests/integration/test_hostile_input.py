@@ -46,33 +46,29 @@ from greenchannel.v1 import (
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.kv import KeyValue
 
+from broker.client import bearer_metadata, error_details
 from broker.hub import Broker
-from broker.hub._auth import bearer_metadata
-from broker.hub._grpc_status import error_details
 from broker.protocol import (
-    ManualClock,
-    SigningKey,
-    SystemClock,
-    body_digest,
-    generate_signing_key,
-    mint_bearer_token,
-)
-from broker.protocol._envelope import (
     BROKER_ID,
     CANCELLATION_TYPE,
-    sign_event,
-    sign_message,
-    sign_request,
-)
-from broker.protocol._nats import fetch_batch
-from broker.protocol._provision import ensure_agency_keys, revoke_key
-from broker.protocol._subjects import (
     DEADLETTER_STREAM,
     INBOX_STREAM,
     REQUESTS_BUCKET,
     WATCH_STREAM,
+    ManualClock,
+    SigningKey,
+    SystemClock,
+    body_digest,
     deadletter_subject,
+    ensure_agency_keys,
     event_subject,
+    fetch_batch,
+    generate_signing_key,
+    mint_bearer_token,
+    revoke_key,
+    sign_event,
+    sign_message,
+    sign_request,
 )
 from tests.integration.broker_world import BANK, DIRECTORY, POLICE, World, broker_world, stop_payment
 

@@ -30,8 +30,8 @@ from broker.protocol import (
     load_agency_encryption_key,
     load_agency_signing_key,
     load_directory,
+    read_overlay,
 )
-from broker.protocol._directory import read_overlay
 
 pytestmark = pytest.mark.integration
 

@@ -33,15 +33,12 @@ from nats.aio.client import Client
 from nats.js.api import AckPolicy, RetentionPolicy
 from nats.js.client import JetStreamContext
 
-from broker._cli_ledger import (
-    add_ledger_parser,
-    export_ledger,
-    ledger_export_command,
-    ledger_verify_command,
-    run_ledger,
-)
-from broker.hub._auth import Authenticator, bearer_metadata, open_replay_cache
-from broker.hub._grpc_status import error_details
+from broker.cli._ledger import add_parser as add_ledger_parser
+from broker.cli._ledger import ledger_export_command, ledger_verify_command
+from broker.cli._ledger import run as run_ledger
+from broker.client import bearer_metadata, error_details, export_ledger
+from broker.embedded import EmbeddedNats, EmbeddedNatsConfig
+from broker.hub._auth import Authenticator, open_replay_cache
 from broker.hub._ledger import (
     LedgerConfig,
     LedgerReader,
@@ -52,26 +49,31 @@ from broker.hub._ledger import (
 )
 from broker.hub._ledger_service import LedgerServicer
 from broker.hub._watchlog import WatchLog
-from broker.protocol import ManualClock, SigningKey, SystemClock, body_digest
-from broker.protocol._directory import load_directory
-from broker.protocol._embedded import EmbeddedNats, EmbeddedNatsConfig
-from broker.protocol._ledger_chain import (
-    ChainRecord,
-    build_entry,
-    entry_hash,
-    link_entry,
-    verify_chain,
-    verify_checkpoint,
-)
-from broker.protocol._nats import NatsSettings, connect, ensure_streams, fetch_batch
-from broker.protocol._provision import ensure_agency_keys, load_agency_signing_key, load_broker_signing_key
-from broker.protocol._registry import Registry
-from broker.protocol._subjects import (
+from broker.protocol import (
     LEDGER_INTAKE_STREAM,
     LEDGER_INTAKE_SUBJECT,
     LEDGER_SEQUENCER_CONSUMER,
     LEDGER_STREAM,
+    ChainRecord,
+    ManualClock,
+    NatsSettings,
+    Registry,
+    SigningKey,
+    SystemClock,
+    body_digest,
+    build_entry,
+    connect,
+    ensure_agency_keys,
+    ensure_streams,
+    entry_hash,
+    fetch_batch,
+    link_entry,
+    load_agency_signing_key,
+    load_broker_signing_key,
+    load_directory,
     stream_specs,
+    verify_chain,
+    verify_checkpoint,
 )
 from tests._wait import eventually
 from tests.integration.broker_world import DIRECTORY

@@ -15,7 +15,7 @@ from greenchannel.v1 import bus_pb2, common_pb2, envelope_pb2, lifecycle_pb2
 
 from broker.hub._bus import PAGE_BYTES
 from broker.hub._store import RequestStore
-from broker.protocol._ids import new_uuid7
+from broker.protocol import new_uuid7
 from tests.integration.broker_world import BANK, POLICE, broker_world
 
 pytestmark = pytest.mark.integration

@@ -25,21 +25,14 @@ import pytest_asyncio
 from greenchannel.v1 import common_pb2, requests_pb2
 
 from adapters import AdapterConfig
-from agencies import Stack, StackConfig
 from agencies import _seed as seed
-from broker.protocol._embedded import EmbeddedNats, EmbeddedNatsConfig
-from broker.protocol._nats import NatsSettings, connect, ensure_streams
-from broker.protocol._nats_auth import (
+from agencies.demo import Stack, StackConfig
+from broker.embedded import EmbeddedNats, EmbeddedNatsConfig
+from broker.protocol import (
     AGENCY_JS_API_PREFIX,
-    DEFAULT_INBOX_ACK_WAIT,
-    agency_inbox_prefix,
-    ensure_inbox_consumers,
-    inbox_consumer_config,
-    nats_seed_path,
-)
-from broker.protocol._subjects import (
     DEADLETTER_STREAM,
     DEADLINES_STREAM,
+    DEFAULT_INBOX_ACK_WAIT,
     EVENTS_STREAM,
     INBOX_STREAM,
     KV_BUCKETS,
@@ -47,9 +40,16 @@ from broker.protocol._subjects import (
     LEDGER_STREAM,
     NOTICES_STREAM,
     WATCH_STREAM,
+    NatsSettings,
+    agency_inbox_prefix,
+    connect,
     deadline_fired_subject,
+    ensure_inbox_consumers,
+    ensure_streams,
     event_subject,
+    inbox_consumer_config,
     inbox_subject,
+    nats_seed_path,
     stream_specs,
 )
 from tests.integration.broker_world import stop_payment

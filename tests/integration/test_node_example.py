@@ -19,9 +19,7 @@ import grpc
 import pytest
 from greenchannel.v1 import agency_pb2, bank_pb2, bank_pb2_grpc, common_pb2, requests_pb2, results_pb2
 
-from broker.protocol._directory import read_overlay
-from broker.protocol._keys import KeyUse
-from broker.protocol._provision import key_overlay_path, load_agency_signing_key
+from broker.protocol import KeyUse, key_overlay_path, load_agency_signing_key, read_overlay
 
 from .adapter_process import BrokerProcess, adapter_process, adapter_toml, broker_process, key_file
 from .broker_world import BANK, FRAUD_ACCOUNT, POLICE

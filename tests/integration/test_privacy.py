@@ -23,11 +23,10 @@ import pytest
 import structlog
 from greenchannel.v1 import common_pb2, envelope_pb2, requests_pb2
 
-from agencies import DemoConfig, run_demo
 from agencies import _seed as seed
-from broker.protocol._embedded import EmbeddedNats, EmbeddedNatsConfig
-from broker.protocol._nats import NatsSettings, connect
-from broker.protocol._subjects import INBOX_STREAM
+from agencies.demo import DemoConfig, run_demo
+from broker.embedded import EmbeddedNats, EmbeddedNatsConfig
+from broker.protocol import INBOX_STREAM, NatsSettings, connect
 
 pytestmark = pytest.mark.integration
 

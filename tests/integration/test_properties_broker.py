@@ -46,24 +46,29 @@ from hypothesis import strategies as st
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from adapters import AdapterConfig, AdapterRuntime
+from broker.client import bearer_metadata, error_details
 from broker.hub import Broker
-from broker.hub._auth import bearer_metadata
-from broker.hub._grpc_status import error_details
-from broker.protocol import SystemClock, VerificationError
-from broker.protocol._envelope import notarize, seal_for_recipient, sign_request, verify_event, verify_request
-from broker.protocol._ids import new_uuid7
-from broker.protocol._nats import fetch_batch
-from broker.protocol._provision import load_agency_encryption_keys, load_broker_signing_key
-from broker.protocol._sealing import current_encryption_key
-from broker.protocol._subjects import (
+from broker.protocol import (
     DEADLETTER_STREAM,
     EVENTS_STREAM,
     INBOX_STREAM,
     REQUESTS_BUCKET,
     WATCH_STREAM,
+    SystemClock,
+    VerificationError,
+    current_encryption_key,
     deadletter_subject,
     event_subject,
+    fetch_batch,
     inbox_subject,
+    load_agency_encryption_keys,
+    load_broker_signing_key,
+    new_uuid7,
+    notarize,
+    seal_for_recipient,
+    sign_request,
+    verify_event,
+    verify_request,
 )
 from tests.integration.broker_world import BANK, POLICE, World, broker_world, stop_payment
 

@@ -34,13 +34,12 @@ from greenchannel.v1 import (
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
+from agencies import AgencyServer, ReferenceAgency, build_reference_agency, serve_agency
 from agencies import _seed as story
 from agencies._common import AgencyServerError
-from agencies._serve import AgencyServer, ReferenceAgency, build_reference_agency, serve_agency
 from agencies.bank import BANK_SERVICE, BankConfig, BankCore, BankServicer
 from agencies.police import AssistanceRule
-from broker.protocol import AgencyKind, ManualClock, Registry, load_directory
-from broker.protocol._ids import new_uuid7
+from broker.protocol import AgencyKind, ManualClock, Registry, load_directory, new_uuid7
 
 pytestmark = pytest.mark.integration
 

@@ -27,13 +27,19 @@ from greenchannel.v1 import (
 )
 from structlog.testing import capture_logs
 
+from broker.client import bearer_metadata, error_details
 from broker.hub import Broker
-from broker.hub._auth import bearer_metadata
-from broker.hub._grpc_status import error_details
 from broker.hub._ledger import LedgerReader
 from broker.hub._refusals import RefusalAuditConfig
-from broker.protocol import Clock, ManualClock, SystemClock
-from broker.protocol._envelope import BROKER_ID, CANCELLATION_TYPE, sign_message, sign_request
+from broker.protocol import (
+    BROKER_ID,
+    CANCELLATION_TYPE,
+    Clock,
+    ManualClock,
+    SystemClock,
+    sign_message,
+    sign_request,
+)
 from tests.integration.broker_world import BANK, FRAUD_ACCOUNT, POLICE, World, broker_world, stop_payment
 
 pytestmark = pytest.mark.integration

@@ -18,14 +18,20 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from greenchannel.v1 import common_pb2, envelope_pb2, lifecycle_pb2, requests_pb2, results_pb2
 from nats.js.api import AckPolicy, ConsumerConfig
 
-from broker.hub._deadlines import DEFAULT_SLA_POLICY
-from broker.hub._grpc_status import error_details
-from broker.hub._sla_policy import DEFAULT_SLA_POLICY_PATH, SlaPolicy, load_sla_policy
-from broker.protocol import SystemClock
-from broker.protocol._envelope import BROKER_ID, OpenedEnvelope
-from broker.protocol._nats import fetch_batch
-from broker.protocol._signing import verify_detached
-from broker.protocol._subjects import DEADLINES_STREAM, NOTICES_STREAM, notice_subject
+from agencies import DEFAULT_SLA_POLICY_PATH
+from broker.client import error_details
+from broker.hub import SlaPolicy, load_sla_policy
+from broker.protocol import (
+    BROKER_ID,
+    DEADLINES_STREAM,
+    NOTICES_STREAM,
+    OpenedEnvelope,
+    SystemClock,
+    fetch_batch,
+    notice_subject,
+    verify_detached,
+)
+from tests._sla import DEFAULT_SLA_POLICY
 from tests._wait import eventually
 from tests.integration.broker_world import BANK, POLICE, World, broker_world, stop_payment
 

@@ -18,11 +18,11 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from greenchannel.v1 import common_pb2, lifecycle_pb2, requests_pb2, results_pb2
 
-from broker._cli_sla import add_sla_parser, fetch_all_statuses, run_sla, sla_report_command
+from broker.cli._sla import add_parser as add_sla_parser
+from broker.cli._sla import run as run_sla
+from broker.cli._sla import sla_report_command
 from broker.client import BusClient
-from broker.protocol import ManualClock, SystemClock
-from broker.protocol._envelope import OpenedEnvelope, sign_event
-from broker.protocol._subjects import event_subject
+from broker.protocol import ManualClock, OpenedEnvelope, SystemClock, event_subject, sign_event
 from tests.integration.broker_world import BANK, POLICE, World, broker_world, stop_payment
 
 pytestmark = pytest.mark.integration
@@ -219,7 +219,7 @@ async def test_paging_reads_every_request(tmp_path: Path) -> None:
         async with world.client(broker, REGULATOR) as regulator:
             first = await regulator.list(page_size=2)
             assert first.next_page_token  # more than one page to follow
-            statuses = await fetch_all_statuses(regulator)
+            statuses = await regulator.list_all()
         assert {s.id for s in statuses} == ids
 
 
@@ -234,7 +234,7 @@ async def test_broker_and_key_failures_are_reported(tmp_path: Path) -> None:
         assert "no usable" in err.getvalue()
         # A regulator's key that the broker does not know: signed by another state directory.
         other = tmp_path / "other"
-        from broker.protocol._provision import ensure_agency_keys
+        from broker.protocol import ensure_agency_keys
         from tests.integration.broker_world import DIRECTORY
 
         ensure_agency_keys(DIRECTORY, other, clock=SystemClock())

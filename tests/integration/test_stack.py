@@ -17,13 +17,13 @@ import pytest_asyncio
 from greenchannel.v1 import common_pb2, envelope_pb2, requests_pb2
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from adapters import AdapterConfig, FraudReporter
-from agencies import Stack, StackConfig
+from adapters import AdapterConfig
 from agencies import _seed as seed
 from agencies.bank import BankCore
+from agencies.demo import Stack, StackConfig
 from agencies.police import PoliceDesk
-from broker.protocol._nats import NatsSettings, connect, fetch_batch
-from broker.protocol._subjects import DEADLETTER_STREAM, INBOX_STREAM, inbox_filter
+from broker.client import FraudReporter
+from broker.protocol import DEADLETTER_STREAM, INBOX_STREAM, NatsSettings, connect, fetch_batch, inbox_filter
 from tests._wait import eventually
 from tests.integration.broker_world import stop_payment
 

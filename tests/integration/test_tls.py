@@ -21,8 +21,9 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from greenchannel.v1 import registry_pb2, registry_pb2_grpc
 from nats.js.client import JetStreamContext
 
-from broker.hub._auth import Authenticator, Caller, bearer_metadata, open_replay_cache
-from broker.hub._grpc_status import ErrorDetails, error_details, guard_unary
+from broker.client import ErrorDetails, bearer_metadata, error_details
+from broker.hub._auth import Authenticator, Caller, open_replay_cache
+from broker.hub._grpc_status import guard_unary
 from broker.hub._tls import TlsFiles, server_credentials
 from broker.protocol import (
     ManualClock,

@@ -22,15 +22,21 @@ from greenchannel.v1 import common_pb2, lifecycle_pb2, trail_pb2
 from nats.js.client import JetStreamContext
 
 from adapters import AdapterConfig
-from agencies import Stack, StackConfig
 from agencies import _seed as demo
-from broker._cli_trail import fetch_trail, open_accounts, switch_chasing, trail_command
+from agencies.demo import Stack, StackConfig
+from broker.cli._trail import trail_command
+from broker.client import fetch_trail, open_accounts, switch_chasing
 from broker.hub._trail_store import TRAILS_BUCKET, TrailChange, TrailStore, trail_key
-from broker.protocol import SigningKey
-from broker.protocol._nats import NatsSettings, connect
-from broker.protocol._provision import load_agency_encryption_key, load_agency_signing_key
-from broker.protocol._registry import BROKER_ID
-from broker.protocol._subjects import EVENTS_STREAM, event_subject
+from broker.protocol import (
+    BROKER_ID,
+    EVENTS_STREAM,
+    NatsSettings,
+    SigningKey,
+    connect,
+    event_subject,
+    load_agency_encryption_key,
+    load_agency_signing_key,
+)
 from tests._wait import eventually
 from tests.integration.trail_world import (
     POLICE,

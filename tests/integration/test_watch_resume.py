@@ -20,13 +20,19 @@ from greenchannel.v1 import bus_pb2, common_pb2
 from nats.js.client import JetStreamContext
 
 from broker.client import BusClient
+from broker.embedded import EmbeddedNats, EmbeddedNatsConfig
 from broker.hub._watchlog import WatchConfig, WatchLog, WatchPosition
-from broker.protocol import SystemClock
-from broker.protocol._directory import load_directory
-from broker.protocol._embedded import EmbeddedNats, EmbeddedNatsConfig
-from broker.protocol._nats import NatsSettings, connect, ensure_streams
-from broker.protocol._provision import ensure_agency_keys
-from broker.protocol._subjects import WATCH_STREAM, status_subject, stream_specs
+from broker.protocol import (
+    WATCH_STREAM,
+    NatsSettings,
+    SystemClock,
+    connect,
+    ensure_agency_keys,
+    ensure_streams,
+    load_directory,
+    status_subject,
+    stream_specs,
+)
 from tests._wait import eventually
 from tests.integration.broker_world import DIRECTORY, POLICE, World, stop_payment
 

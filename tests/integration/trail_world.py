@@ -34,9 +34,9 @@ from greenchannel.v1 import (
     trail_pb2,
 )
 
-from agencies import Stack, StackConfig
 from agencies.bank import BankCore
-from broker._cli_trail import fetch_trail
+from agencies.demo import Stack, StackConfig
+from broker.client import fetch_trail
 from broker.hub import _server
 from broker.hub._bus import BusServicer
 from broker.hub._events import HoldLifecycle
@@ -44,8 +44,7 @@ from broker.hub._submit import Intake
 from broker.hub._trail import TrailChaser, TrailRecorder, sealed_onward_transfers
 from broker.hub._trail_service import TrailService
 from broker.hub._trail_store import TrailStore
-from broker.protocol import SigningKey
-from broker.protocol._provision import ensure_agency_keys, load_broker_encryption_key
+from broker.protocol import SigningKey, ensure_agency_keys, load_broker_encryption_key
 
 __all__ = [
     "BANKS",

@@ -13,12 +13,14 @@ import pytest
 from greenchannel.v1 import common_pb2
 
 from adapters import (
+    EVENT_ID_NAMESPACE,
     AdapterError,
     ExecutionState,
     IdempotencyConflictError,
     IdempotencyStore,
+    event_id_for,
+    refusal_event_id,
 )
-from adapters._events import EVENT_ID_NAMESPACE, event_id_for, refusal_event_id
 from adapters._idempotency import (
     GroupCommitJournal,
     JournalOp,

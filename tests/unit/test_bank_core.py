@@ -17,9 +17,7 @@ from greenchannel.v1 import agency_pb2, bank_pb2, common_pb2, requests_pb2, resu
 from agencies import _seed as story
 from agencies._common import InsufficientFundsError, UnknownAccountError
 from agencies.bank import BankConfig, BankCore, HoldKind, HoldStatus
-from broker.protocol import ManualClock, load_directory
-from broker.protocol._ids import new_uuid7
-from broker.protocol._validation import validate_message
+from broker.protocol import ManualClock, load_directory, new_uuid7, validate_message
 
 DIRECTORY = Path(__file__).resolve().parents[2] / "agencies" / "directory.toml"
 START = datetime(2026, 3, 2, 9, 30, tzinfo=UTC)

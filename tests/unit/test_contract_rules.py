@@ -8,9 +8,7 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from greenchannel.v1 import bus_pb2, common_pb2, envelope_pb2, requests_pb2
 
-from broker.protocol import InvalidMessageError
-from broker.protocol._envelope import request_type_of
-from broker.protocol._validation import parse_and_validate, validate_message
+from broker.protocol import InvalidMessageError, parse_and_validate, request_type_of, validate_message
 
 
 def valid_request() -> requests_pb2.Request:

@@ -8,7 +8,8 @@ from typing import TypeAlias
 import pytest
 from greenchannel.v1 import common_pb2
 
-from broker.hub._deadlines import DEFAULT_DEADLINES, DeadlineTable, PhaseBudget
+from broker.hub import DeadlineTable, PhaseBudget
+from tests._sla import DEFAULT_DEADLINES
 
 RequestType: TypeAlias = common_pb2.RequestType.ValueType
 Priority: TypeAlias = common_pb2.Priority.ValueType

@@ -12,19 +12,23 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from greenchannel.v1 import common_pb2, envelope_pb2, lifecycle_pb2, requests_pb2
 
 from broker.protocol import (
+    BROKER_ID,
+    REQUEST_CONTENT_TYPE,
     BadSignatureError,
     DigestMismatchError,
     InvalidMessageError,
+    KeyUse,
     ManualClock,
+    PublicKey,
+    SealedBodyError,
     SigningKey,
+    StaticKeyStore,
     UnknownKeyError,
     WrongAudienceError,
     WrongIssuerError,
+    body_digest,
     generate_signing_key,
-)
-from broker.protocol._envelope import (
-    BROKER_ID,
-    SealedBodyError,
+    new_uuid7,
     notarize,
     open_envelope,
     seal_for_recipient,
@@ -34,10 +38,6 @@ from broker.protocol._envelope import (
     verify_event,
     verify_request,
 )
-from broker.protocol._ids import new_uuid7
-from broker.protocol._keys import KeyUse, PublicKey
-from broker.protocol._sealing import REQUEST_CONTENT_TYPE
-from broker.protocol._signing import StaticKeyStore, body_digest
 
 T0 = datetime(2026, 11, 21, 9, 0, tzinfo=UTC)
 
@@ -197,7 +197,7 @@ def test_invalid_request_lists_field_violations_after_a_valid_signature() -> Non
 def test_unknown_fields_are_refused() -> None:
     world = World()
     payload = stop_payment().SerializeToString() + b"\xa8\x06\x01"  # field 101, varint 1
-    from broker.protocol._envelope import sign_message
+    from broker.protocol import sign_message
 
     signed = sign_message(
         payload,

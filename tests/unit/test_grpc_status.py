@@ -13,6 +13,7 @@ import pytest
 from google.rpc import error_details_pb2, status_pb2  # type: ignore[import-untyped]
 from structlog.testing import capture_logs
 
+from broker.client import ErrorDetails, error_details
 from broker.hub import _errors
 from broker.hub._errors import (
     AlreadyExistsError,
@@ -28,15 +29,7 @@ from broker.hub._errors import (
     UnavailableError,
     UnroutableError,
 )
-from broker.hub._grpc_status import (
-    CODES,
-    ERROR_DOMAIN,
-    ErrorDetails,
-    error_details,
-    rpc_status,
-    status_code,
-    to_hub_error,
-)
+from broker.hub._grpc_status import CODES, ERROR_DOMAIN, rpc_status, status_code, to_hub_error
 from broker.protocol import (
     DigestMismatchError,
     FieldViolation,

@@ -10,25 +10,24 @@ import pytest
 from greenchannel.v1 import common_pb2, envelope_pb2, ledger_pb2
 
 from broker.protocol import (
+    BROKER_ID,
+    CHECKPOINT_TYPE,
+    ChainRecord,
+    ChainReport,
     DigestMismatchError,
     ManualClock,
+    ProblemKind,
     RevokedKeyError,
     SigningKey,
     StaticKeyStore,
     WrongAudienceError,
-    generate_signing_key,
-)
-from broker.protocol._envelope import BROKER_ID, sign_message
-from broker.protocol._ledger_chain import (
-    CHECKPOINT_TYPE,
-    ChainRecord,
-    ChainReport,
-    ProblemKind,
     build_entry,
     entry_hash,
+    generate_signing_key,
     link_entry,
     parse_unlinked,
     sign_checkpoint,
+    sign_message,
     verify_chain,
     verify_checkpoint,
 )

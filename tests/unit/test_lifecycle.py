@@ -8,9 +8,9 @@ from typing import TypeAlias
 import pytest
 from greenchannel.v1 import common_pb2
 
-from broker.hub._errors import IllegalTransitionError
+from broker.hub import IllegalTransitionError
 from broker.hub._lifecycle import is_final, is_outcome, next_state
-from broker.protocol._registry import BROKER_ID
+from broker.protocol import BROKER_ID
 
 State: TypeAlias = common_pb2.RequestState.ValueType
 RequestType: TypeAlias = common_pb2.RequestType.ValueType

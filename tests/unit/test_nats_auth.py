@@ -10,14 +10,14 @@ from pathlib import Path
 import pytest
 
 from adapters import AdapterConfig
-from broker._cli_agencies import AgenciesConfig
-from broker.protocol import KeyFileError
-from broker.protocol._embedded import find_nats_server
-from broker.protocol._nats import NatsSettings
-from broker.protocol._nats_auth import (
+from agencies.demo import AgenciesConfig
+from broker.embedded import find_nats_server
+from broker.protocol import (
     AGENCY_JS_API_PREFIX,
     BROKER_ACCOUNT,
     DEFAULT_INBOX_ACK_WAIT,
+    KeyFileError,
+    NatsSettings,
     agency_account,
     agency_permissions,
     ensure_nats_seeds,

@@ -10,9 +10,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from greenchannel.v1 import agency_pb2, common_pb2, police_pb2, requests_pb2, results_pb2
 
 from agencies.police import AssistanceRule, PoliceDesk, PoliceDeskConfig
-from broker.protocol import ManualClock
-from broker.protocol._ids import new_uuid7
-from broker.protocol._validation import validate_message
+from broker.protocol import ManualClock, new_uuid7, validate_message
 
 START = datetime(2026, 3, 2, 9, 30, tzinfo=UTC)
 

@@ -9,7 +9,7 @@ from typing import TypeAlias
 import pytest
 from greenchannel.v1 import common_pb2
 
-from broker.hub._errors import PermissionDeniedError, PolicyError
+from broker.hub import PermissionDeniedError, PolicyError
 from broker.hub._policy import Policy, PolicyRule, load_policy
 from broker.protocol import AgencyKind, Registry, load_directory, request_type_slug
 

@@ -32,12 +32,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from broker.protocol import (
+    BROKER_ID,
+    DATA_ANSWER_CONTENT_TYPE,
     BadSignatureError,
     DigestMismatchError,
     InvalidMessageError,
+    KeyUse,
     MalformedSignatureError,
     ManualClock,
+    OpenedEnvelope,
     ProtocolError,
+    PublicKey,
+    SealedBodyError,
     SealingError,
     SigningKey,
     StaticKeyStore,
@@ -47,27 +53,24 @@ from broker.protocol import (
     WrongIssuerError,
     b64url_decode,
     b64url_encode,
+    body_digest,
+    decode_message,
     generate_signing_key,
     mint_bearer_token,
-    verify_bearer_token,
-)
-from broker.protocol._envelope import (
-    BROKER_ID,
-    OpenedEnvelope,
-    SealedBodyError,
     notarize,
     open_envelope,
+    open_sealed,
+    parse_and_validate,
+    seal,
     seal_for_recipient,
     sign_event,
     sign_request,
     unseal_envelope,
+    verify_bearer_token,
+    verify_detached,
     verify_event,
     verify_request,
 )
-from broker.protocol._keys import KeyUse, PublicKey
-from broker.protocol._sealing import DATA_ANSWER_CONTENT_TYPE, open_sealed, seal
-from broker.protocol._signing import body_digest, verify_detached
-from broker.protocol._validation import decode_message, parse_and_validate
 
 T0 = datetime(2026, 11, 21, 9, 0, tzinfo=UTC)
 POLICE = "police-310115"
@@ -553,7 +556,7 @@ def test_a_resigned_header_from_an_outsider_is_refused(data: st.DataObject) -> N
     envelope = copy(w.envelope)
     envelope.header = header.SerializeToString()
     signer = data.draw(st.sampled_from([w.other_bank, w.police, w.bank]))
-    from broker.protocol._signing import sign_detached
+    from broker.protocol import sign_detached
 
     envelope.notary_signature = sign_detached(
         envelope.header,

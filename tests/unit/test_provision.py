@@ -17,25 +17,26 @@ from broker.protocol import (
     Registry,
     UnknownAgencyError,
     agency_keys,
+    encryption_kid,
     ensure_agency_keys,
     generate_agency_keys,
     jwk_set,
     jwk_thumbprint,
     key_overlay_path,
     load_agency_encryption_key,
+    load_agency_encryption_keys,
     load_agency_signing_key,
+    load_broker_encryption_key,
     load_broker_signing_key,
     load_directory,
     merge_into_overlay,
     private_key_path,
     public_jwk,
+    read_overlay,
     render_key_tables,
     revoke_key,
     rotate_agency_key,
 )
-from broker.protocol._directory import read_overlay
-from broker.protocol._provision import load_agency_encryption_keys, load_broker_encryption_key
-from broker.protocol._sealing import encryption_kid
 
 SAMPLE = Path(__file__).resolve().parents[2] / "agencies" / "directory.toml"
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

@@ -10,6 +10,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ed25519, x25519
 
 from broker.protocol import (
+    BROKER_ID,
     Agency,
     AgencyKind,
     KeyUse,
@@ -23,7 +24,6 @@ from broker.protocol import (
     ensure_agency_keys,
     load_directory,
 )
-from broker.protocol._registry import BROKER_ID
 from broker.protocol._signing import _find_signing_key
 
 SAMPLE = Path(__file__).resolve().parents[2] / "agencies" / "directory.toml"

@@ -10,17 +10,20 @@ from google.protobuf.json_format import MessageToDict
 from google.protobuf.timestamp_pb2 import Timestamp
 from greenchannel.v1 import common_pb2, lifecycle_pb2, results_pb2
 
-from broker._cli_render import mask_account, status_document, status_lines
-from broker.hub._result_privacy import onward_transfers_for_broker, open_result_details
-from broker.protocol import KeyUse, PublicKey, SealingError
-from broker.protocol._sealing import (
+from broker.cli._render import mask_account, status_document, status_lines
+from broker.client import open_result_details
+from broker.hub._result_privacy import onward_transfers_for_broker
+from broker.protocol import (
     DATA_ANSWER_CONTENT_TYPE,
     RESULT_DETAILS_CONTENT_TYPE,
     DecryptionKeys,
+    KeyUse,
+    PublicKey,
+    SealingError,
     seal,
     seal_result_details,
+    validate_message,
 )
-from broker.protocol._validation import validate_message
 
 REQUEST_ID = "01890a5d-ac96-774b-bcce-b302099a8057"
 OTHER_REQUEST_ID = "01890a5d-ac96-774b-bcce-b302099a8058"

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from greenchannel.v1 import common_pb2, requests_pb2
 
-from broker.hub._errors import UnroutableError
+from broker.hub import UnroutableError
 from broker.hub._routing import resolve_recipient
 from broker.protocol import Registry, load_directory
 

@@ -9,13 +9,18 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import x25519
 from greenchannel.v1 import results_pb2
 
-from broker.protocol import Agency, AgencyKind, KeyUse, PublicKey, Registry, generate_signing_key
-from broker.protocol._errors import SealingError
-from broker.protocol._sealing import (
+from broker.protocol import (
     DATA_ANSWER_CONTENT_TYPE,
+    Agency,
+    AgencyKind,
     DecryptionKeys,
+    KeyUse,
+    PublicKey,
+    Registry,
+    SealingError,
     current_broker_encryption_key,
     current_encryption_key,
+    generate_signing_key,
     open_sealed,
     seal,
 )

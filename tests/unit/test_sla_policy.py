@@ -8,10 +8,9 @@ from pathlib import Path
 import pytest
 from greenchannel.v1 import common_pb2
 
-from broker.hub._deadlines import DEFAULT_DEADLINES, DEFAULT_SLA_POLICY
-from broker.hub._errors import PolicyError
+from agencies import DEFAULT_SLA_POLICY_PATH
+from broker.hub import PolicyError
 from broker.hub._sla_policy import (
-    DEFAULT_SLA_POLICY_PATH,
     EscalationLadder,
     HoldRule,
     SlaPolicy,
@@ -19,6 +18,7 @@ from broker.hub._sla_policy import (
     load_sla_policy,
     parse_duration,
 )
+from tests._sla import DEFAULT_DEADLINES, DEFAULT_SLA_POLICY
 
 ROOT = Path(__file__).resolve().parents[2]
 CN = ROOT / "agencies" / "sla" / "cn.toml"

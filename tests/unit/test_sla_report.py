@@ -10,7 +10,7 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from greenchannel.v1 import common_pb2, envelope_pb2, lifecycle_pb2
 
-from broker.hub._sla_report import (
+from broker.client import (
     PhaseCounts,
     PhaseOutcome,
     human_duration,

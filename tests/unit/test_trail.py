@@ -26,11 +26,14 @@ from greenchannel.v1 import (
 )
 
 from agencies.bank import BankConfig, BankCore
-from broker._cli_trail import add_trail_parser, render_trail, run_trail
-from broker.hub._errors import PolicyError
+from broker.cli._trail import add_parser as add_trail_parser
+from broker.cli._trail import render_trail
+from broker.cli._trail import run as run_trail
+from broker.client import open_account
+from broker.hub import PolicyError
 from broker.hub._policy import DEFAULT_CHASE, ChasePolicy, load_policy
 from broker.hub._trail import bank_of, child_request
-from broker.hub._trail_accounts import BrokerAccountBook, open_account
+from broker.hub._trail_accounts import BrokerAccountBook
 from broker.hub._trail_rules import (
     ChaseContext,
     UnboundChildError,
@@ -45,10 +48,16 @@ from broker.hub._trail_rules import (
     record_submission,
     settled,
 )
-from broker.protocol import ManualClock, Registry, SystemClock, load_directory
-from broker.protocol._keys import generate_signing_key
-from broker.protocol._provision import ensure_agency_keys, load_agency_encryption_key
-from broker.protocol._registry import BROKER_ID
+from broker.protocol import (
+    BROKER_ID,
+    ManualClock,
+    Registry,
+    SystemClock,
+    ensure_agency_keys,
+    generate_signing_key,
+    load_agency_encryption_key,
+    load_directory,
+)
 from tests.integration.trail_world import (
     BANKS,
     POLICE,

@@ -18,10 +18,10 @@ from google.protobuf.json_format import MessageToDict
 from google.protobuf.timestamp_pb2 import Timestamp
 from greenchannel.v1 import bus_pb2, common_pb2, lifecycle_pb2, results_pb2
 
-from broker.hub._grpc_status import ErrorDetails
+from broker.client import ErrorDetails
+from broker.protocol import FINAL_STATES, phase_slug, reason_name, request_type_name, state_name
 
 __all__ = [
-    "FINAL_STATES",
     "TimelineEntry",
     "answer_document",
     "answer_lines",
@@ -32,8 +32,6 @@ __all__ = [
     "mask_account",
     "money",
     "short_reason",
-    "short_state",
-    "short_type",
     "status_document",
     "status_lines",
     "submitted_lines",
@@ -42,43 +40,19 @@ __all__ = [
     "timings_ms",
 ]
 
-FINAL_STATES: frozenset[common_pb2.RequestState.ValueType] = frozenset(
-    {
-        common_pb2.REQUEST_STATE_EXECUTED,
-        common_pb2.REQUEST_STATE_PARTIALLY_EXECUTED,
-        common_pb2.REQUEST_STATE_REJECTED,
-        common_pb2.REQUEST_STATE_FAILED,
-        common_pb2.REQUEST_STATE_CANCELLED,
-    }
-)
-"""The agency's answer, or a cancellation: where ``submit --wait`` stops following a request.
-(A hold may still be extended, released or expire later; those are new events, not answers.)"""
-
 _NONE = "-"
 
 
 # -- names and values -----------------------------------------------------------------------------
 
 
-def short_state(value: common_pb2.RequestState.ValueType) -> str:
-    return common_pb2.RequestState.Name(value).removeprefix("REQUEST_STATE_")
-
-
 def short_reason(value: results_pb2.ReasonCode.ValueType) -> str:
     """``MISMATCH``; empty for no reason."""
-    return results_pb2.ReasonCode.Name(value).removeprefix("REASON_CODE_") if value else ""
-
-
-def short_type(value: common_pb2.RequestType.ValueType) -> str:
-    return common_pb2.RequestType.Name(value).removeprefix("REQUEST_TYPE_")
+    return reason_name(value) if value else ""
 
 
 def _short_priority(value: common_pb2.Priority.ValueType) -> str:
     return common_pb2.Priority.Name(value).removeprefix("PRIORITY_")
-
-
-def _short_phase(value: common_pb2.Phase.ValueType) -> str:
-    return common_pb2.Phase.Name(value).removeprefix("PHASE_").lower()
 
 
 def money(amount: common_pb2.Money) -> str:
@@ -191,13 +165,13 @@ def timeline(status: lifecycle_pb2.RequestStatus) -> list[TimelineEntry]:
         entries.append(
             TimelineEntry(
                 seq=recorded.seq,
-                state=short_state(event.state),
+                state=state_name(event.state),
                 actor=event.actor,
                 at=event.at,
                 recorded_at=recorded.recorded_at,
                 reason=short_reason(event.reason),
                 detail=event.detail,
-                phase=_short_phase(event.phase) if event.phase else "",
+                phase=phase_slug(event.phase) if event.phase else "",
                 since_submission_ms=_ms_between(status.submitted_at, recorded.recorded_at),
             )
         )
@@ -205,9 +179,9 @@ def timeline(status: lifecycle_pb2.RequestStatus) -> list[TimelineEntry]:
 
 
 _REACHED = {
-    "deliver": {"DELIVERED", "ACKNOWLEDGED", *(short_state(s) for s in FINAL_STATES)},
-    "acknowledge": {"ACKNOWLEDGED", *(short_state(s) for s in FINAL_STATES)},
-    "finish": {short_state(s) for s in FINAL_STATES},
+    "deliver": {"DELIVERED", "ACKNOWLEDGED", *(state_name(s) for s in FINAL_STATES)},
+    "acknowledge": {"ACKNOWLEDGED", *(state_name(s) for s in FINAL_STATES)},
+    "finish": {state_name(s) for s in FINAL_STATES},
 }
 
 
@@ -237,12 +211,12 @@ def status_document(
     """
     document: dict[str, object] = {
         "id": status.id,
-        "type": short_type(status.type),
+        "type": request_type_name(status.type),
         "priority": _short_priority(status.priority),
         "sender": status.sender,
         "recipient": status.recipient,
         "case_number": status.case_ref.case_number,
-        "state": short_state(status.state),
+        "state": state_name(status.state),
         "reason": short_reason(status.reason),
         "parent_id": status.parent_id,
         "hop": status.hop,
@@ -265,15 +239,15 @@ def submitted_lines(response: bus_pb2.SubmitResponse, *, agency: str) -> list[st
     """What ``submit`` without ``--wait`` prints: the id and how to follow it."""
     status = response.status
     first = (
-        f"submitted {status.id}: {short_type(status.type)} {status.sender} -> {status.recipient} "
+        f"submitted {status.id}: {request_type_name(status.type)} {status.sender} -> {status.recipient} "
         f"({_short_priority(status.priority)}), case {status.case_ref.case_number}, "
-        f"state {short_state(status.state)}"
+        f"state {state_name(status.state)}"
     )
     lines = [first]
     if response.duplicate:
         lines.append("  (this idempotency key was used before: this is the request it created)")
     due = [
-        f"{_short_phase(p.phase)} by {_local(p.due_at, millis=False)}"
+        f"{phase_slug(p.phase)} by {_local(p.due_at, millis=False)}"
         for p in status.deadlines.phases
         if p.HasField("due_at")
     ]
@@ -297,7 +271,7 @@ def _deadline_lines(status: lifecycle_pb2.RequestStatus) -> list[str]:
         )
         rows.append(
             (
-                _short_phase(phase.phase),
+                phase_slug(phase.phase),
                 _local(phase.due_at) if phase.HasField("due_at") else _NONE,
                 _local(phase.done_at) if done else "open",
                 _yes_no(phase.breached or late),
@@ -343,7 +317,7 @@ def _result_lines(
     if not status.HasField("result"):
         return []
     result = status.result
-    outcome = short_state(result.outcome)
+    outcome = state_name(result.outcome)
     if result.reason:
         outcome += f" ({short_reason(result.reason)})"
     pairs = [("outcome", outcome)]
@@ -404,13 +378,13 @@ def status_lines(
     instrument = common_pb2.LegalInstrumentType.Name(case.legal_instrument_type).removeprefix(
         "LEGAL_INSTRUMENT_TYPE_"
     )
-    state = short_state(status.state)
+    state = state_name(status.state)
     if status.reason:
         state += f" ({short_reason(status.reason)})"
     offset = status.submitted_at.ToDatetime(tzinfo=UTC).astimezone().isoformat()[-6:]
     header = [
         ("request", status.id),
-        ("type", f"{short_type(status.type)}, priority {_short_priority(status.priority)}"),
+        ("type", f"{request_type_name(status.type)}, priority {_short_priority(status.priority)}"),
         ("route", f"{status.sender} -> {status.recipient}"),
         (
             "case",
@@ -474,8 +448,8 @@ def event_document(update: bus_pb2.WatchResponse, *, request_type: str) -> dict[
         "cursor": update.cursor,
         "seq": update.event.seq,
         "type": request_type,
-        "state": short_state(update.state),
-        "event_state": short_state(event.state),
+        "state": state_name(update.state),
+        "event_state": state_name(event.state),
         "actor": event.actor,
         "at": _iso(event.at),
         "recorded_at": _iso(update.event.recorded_at),
@@ -496,7 +470,7 @@ def event_line(update: bus_pb2.WatchResponse, *, request_type: str) -> str:
         when,
         short_id,
         f"{request_type:<13}",
-        f"{short_state(event.state):<18}",
+        f"{state_name(event.state):<18}",
         f"{event.actor:<20}",
         note,
     )

@@ -25,49 +25,27 @@ from typing import Any, TextIO
 
 import grpc
 import grpc.aio
-from cryptography.hazmat.primitives.asymmetric import x25519
 from google.protobuf.json_format import MessageToDict
-from greenchannel.v1 import bus_pb2, bus_pb2_grpc, common_pb2, results_pb2, trail_pb2
+from greenchannel.v1 import common_pb2, results_pb2, trail_pb2
 
-from broker._cli_render import error_document, error_lines
-from broker._cli_requests import parse_amount
-from broker.hub._auth import bearer_metadata
-from broker.hub._grpc_status import error_details
-from broker.hub._trail_accounts import open_account
+from broker.client import error_details, fetch_trail, open_accounts, switch_chasing
 from broker.protocol import (
     Clock,
-    KeyFileError,
     ProtocolError,
-    SealingError,
-    SigningKey,
-    SystemClock,
-    read_encryption_key,
+    load_agency_encryption_key,
+    load_agency_signing_key,
+    state_name,
 )
-from broker.protocol._provision import load_agency_encryption_key, load_agency_signing_key
 
-__all__ = [
-    "DEFAULT_BROKER",
-    "add_trail_parser",
-    "fetch_trail",
-    "open_accounts",
-    "render_trail",
-    "run_trail",
-    "switch_chasing",
-    "trail_command",
-    "trail_document",
-]
+from . import _env
+from ._options import CliError, agency_option, read_x25519
+from ._render import error_document, error_lines
+from ._requests import parse_amount
 
-DEFAULT_BROKER = "127.0.0.1:50051"
-"""Where ``up`` listens by default."""
+__all__ = ["add_parser", "render_trail", "run", "trail_command", "trail_document"]
 
-_AGENCY_ID = re.compile(r"[a-z0-9][a-z0-9-]{1,62}")
 _CASE = re.compile(r"[A-Za-z0-9][A-Za-z0-9-]{3,63}")
 _T = trail_pb2
-_HOLDING = {
-    common_pb2.REQUEST_STATE_EXECUTED,
-    common_pb2.REQUEST_STATE_PARTIALLY_EXECUTED,
-    common_pb2.REQUEST_STATE_EXTENDED,
-}
 _REASONS = {
     _T.LEAD_REASON_OUTSIDE_DIRECTORY: "outside the directory",
     _T.LEAD_REASON_BELOW_MINIMUM: "below the minimum",
@@ -81,75 +59,7 @@ _REASONS = {
 }
 
 
-class _CliError(Exception):
-    pass
-
-
-# -- the calls ----------------------------------------------------------------------------------
-
-
-async def fetch_trail(
-    target: str,
-    *,
-    agency_id: str,
-    signing_key: SigningKey,
-    case_number: str,
-    issuing_agency: str = "",
-    clock: Clock | None = None,
-    deadline: float = 10.0,
-) -> trail_pb2.Trail:
-    """``BusService.GetTrail`` as ``agency_id``; raises ``grpc.aio.AioRpcError`` when refused."""
-    metadata = bearer_metadata(signing_key, agency_id=agency_id, clock=clock or SystemClock())
-    async with grpc.aio.insecure_channel(target) as channel:
-        reply: bus_pb2.GetTrailResponse = await bus_pb2_grpc.BusServiceStub(channel).GetTrail(
-            bus_pb2.GetTrailRequest(case_number=case_number, issuing_agency=issuing_agency),
-            metadata=metadata,
-            timeout=deadline,
-        )
-    return reply.trail
-
-
-async def switch_chasing(
-    target: str,
-    *,
-    agency_id: str,
-    signing_key: SigningKey,
-    case_number: str,
-    enabled: bool,
-    bounds: trail_pb2.ChaseBounds | None = None,
-    clock: Clock | None = None,
-    deadline: float = 10.0,
-) -> trail_pb2.Trail:
-    """``BusService.SetChasing`` as ``agency_id`` (the case owner); the trail after the change."""
-    metadata = bearer_metadata(signing_key, agency_id=agency_id, clock=clock or SystemClock())
-    request = bus_pb2.SetChasingRequest(case_number=case_number, enabled=enabled)
-    if bounds is not None:
-        request.bounds.CopyFrom(bounds)
-    async with grpc.aio.insecure_channel(target) as channel:
-        reply: bus_pb2.SetChasingResponse = await bus_pb2_grpc.BusServiceStub(channel).SetChasing(
-            request, metadata=metadata, timeout=deadline
-        )
-    return reply.trail
-
-
-# -- opening and rendering ----------------------------------------------------------------------
-
-
-def open_accounts(
-    trail: trail_pb2.Trail, key: x25519.X25519PrivateKey
-) -> dict[str, common_pb2.BankAccountRef]:
-    """Node id -> account, for every sealed account (nodes and leads) the key opens."""
-    opened: dict[str, common_pb2.BankAccountRef] = {}
-    sealed = [(n.node_id, n.account) for n in trail.nodes if n.HasField("account")]
-    sealed += [(lead.node_id, lead.account) for lead in trail.leads if lead.HasField("account")]
-    for node_id, payload in sealed:
-        if node_id in opened:
-            continue
-        try:
-            opened[node_id] = open_account(payload, key, case_ref=trail.case_ref, node_id=node_id)
-        except SealingError:
-            continue
-    return opened
+# -- rendering ----------------------------------------------------------------------------------
 
 
 def _amount(money: common_pb2.Money) -> str:
@@ -159,7 +69,7 @@ def _amount(money: common_pb2.Money) -> str:
 def _state(value: common_pb2.RequestState.ValueType) -> str:
     if value == common_pb2.REQUEST_STATE_UNSPECIFIED:
         return "SENDING"
-    return common_pb2.RequestState.Name(value).removeprefix("REQUEST_STATE_")
+    return state_name(value)
 
 
 def _account(node_id: str, bank: str, accounts: Mapping[str, common_pb2.BankAccountRef]) -> str:
@@ -328,13 +238,6 @@ def trail_document(
 # -- the command --------------------------------------------------------------------------------
 
 
-def _read_x25519(path: Path) -> x25519.X25519PrivateKey:
-    try:
-        return read_encryption_key(path)
-    except KeyFileError as exc:
-        raise _CliError(str(exc)) from exc
-
-
 async def trail_command(
     *,
     broker: str,
@@ -355,8 +258,8 @@ async def trail_command(
     err = err or sys.stderr
     try:
         signing_key = load_agency_signing_key(state_dir, agency_id)
-        key = _read_x25519(key_file) if key_file is not None else None
-    except (ProtocolError, _CliError) as exc:
+        key = read_x25519(key_file) if key_file is not None else None
+    except (ProtocolError, CliError) as exc:
         print(f"greenchannel trail: {exc}", file=err)
         return 1
     try:
@@ -399,12 +302,6 @@ async def trail_command(
     return 0
 
 
-def _agency(text: str) -> str:
-    if not _AGENCY_ID.fullmatch(text):
-        raise argparse.ArgumentTypeError(f"{text!r} is not an agency id (lowercase letters, digits, dashes)")
-    return text
-
-
 def _case(text: str) -> str:
     if not _CASE.fullmatch(text):
         raise argparse.ArgumentTypeError(f"{text!r} is not a case number (letters, digits, dashes; 4-64)")
@@ -421,22 +318,21 @@ def _count(text: str) -> int:
     return value
 
 
-def add_trail_parser(subparsers: Any, *, default_broker: str = DEFAULT_BROKER) -> None:
+def add_parser(subparsers: Any, name: str = "trail", help: str = "") -> None:
     """Register ``trail CASE --as AGENCY [--owner A] [--broker] [--json] [--key FILE] [--chasing on|off]
     [--max-depth N] [--max-accounts N] [--max-requests N] [--min-amount X --currency C]``.
 
     ``subparsers`` is what ``ArgumentParser.add_subparsers`` returned. The parsed namespace has
     ``command == "trail"``.
     """
-    trail = subparsers.add_parser(
-        "trail", help="a case's money trail: accounts held with amounts, and what escaped the chase"
-    )
+    default_broker = _env.default_broker()
+    trail = subparsers.add_parser(name, help=help)
     trail.add_argument("case", type=_case, metavar="CASE", help="case number")
     trail.add_argument(
-        "--as", dest="agency", required=True, type=_agency, metavar="AGENCY", help="agency to read as"
+        "--as", dest="agency", required=True, type=agency_option, metavar="AGENCY", help="agency to read as"
     )
     trail.add_argument(
-        "--owner", type=_agency, metavar="AGENCY", help="police owning the case (regulators name it)"
+        "--owner", type=agency_option, metavar="AGENCY", help="police owning the case (regulators name it)"
     )
     trail.add_argument(
         "--broker",
@@ -472,7 +368,7 @@ def _bounds(args: argparse.Namespace) -> trail_pb2.ChaseBounds | None:
     return bounds if given else None
 
 
-def run_trail(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     """Run the parsed ``trail`` command; needs the top-level ``--state-dir`` (the agency's keys)."""
     bounds = _bounds(args)
     if bounds is not None and args.chasing is None:

@@ -19,36 +19,39 @@ import structlog
 from nats.aio.client import Client
 
 from adapters import AdapterConfig, AdapterRuntime
+from agencies import (
+    DEFAULT_DIRECTORY,
+    DEFAULT_POLICY,
+    DEFAULT_SLA_POLICY_PATH,
+    AgencyServer,
+    ReferenceAgency,
+    build_reference_agency,
+)
 from broker.client import BusClient
-from broker.hub import Broker, BrokerConfig
-from broker.hub._events import EventProcessorConfig
-from broker.hub._ledger import LedgerConfig
-from broker.hub._sla_policy import DEFAULT_SLA_POLICY_PATH, SlaPolicy, load_sla_policy
-from broker.protocol import Clock, SystemClock, close_connection
-from broker.protocol._directory import load_directory
-from broker.protocol._embedded import EmbeddedNatsConfig, nats_for
-from broker.protocol._nats import NatsSettings, connect
-from broker.protocol._nats_auth import (
+from broker.embedded import EmbeddedNatsConfig, nats_for
+from broker.hub import Broker, BrokerConfig, EventProcessorConfig, LedgerConfig, SlaPolicy, load_sla_policy
+from broker.protocol import (
     AGENCY_JS_API_PREFIX,
     DEFAULT_INBOX_ACK_WAIT,
+    AgencyKind,
+    Clock,
+    NatsSettings,
+    Registry,
+    SystemClock,
+    close_connection,
+    connect,
+    ensure_agency_keys,
     ensure_inbox_consumers,
+    load_agency_encryption_keys,
+    load_agency_signing_key,
+    load_directory,
     nats_authorization,
     nats_settings_for,
 )
-from broker.protocol._provision import (
-    ensure_agency_keys,
-    load_agency_encryption_keys,
-    load_agency_signing_key,
-)
-from broker.protocol._registry import AgencyKind, Registry
 
-from ._serve import AgencyServer, ReferenceAgency, build_reference_agency
-
-__all__ = ["DEFAULT_DIRECTORY", "Stack", "StackConfig"]
+__all__ = ["Stack", "StackConfig"]
 
 log = structlog.get_logger(__name__)
-
-DEFAULT_DIRECTORY = Path(__file__).with_name("directory.toml")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -62,7 +65,7 @@ class StackConfig:
     directory: Path = DEFAULT_DIRECTORY
     """The agency directory."""
     policy: Path | None = None
-    """Authorization policy; None is the sample policy."""
+    """Authorization policy; None is the sample policy the reference agencies ship."""
     nats_url: str | None = None
     """An existing NATS (JetStream on); None starts the embedded server."""
     listen: str = "127.0.0.1:0"
@@ -153,14 +156,13 @@ class Stack:
             nats=settings,
             state_dir=config.keys_dir,
             directory=config.directory,
+            policy=config.policy if config.policy is not None else DEFAULT_POLICY,
             listen=config.listen,
             sla=config.sla,
             ledger=config.ledger,
             events=EventProcessorConfig(fetch_timeout=0.5),
             clock=clock,
         )
-        if config.policy is not None:
-            broker_config = replace(broker_config, policy=config.policy)
         self.broker = await self._exit.enter_async_context(Broker(broker_config))
 
         served = [agency for agency in registry.agencies() if agency.kind is not AgencyKind.REGULATOR]

@@ -1,7 +1,7 @@
 """A cluster of embedded nats-servers on this machine: N JetStream nodes joined by routes.
 
 For fault tests and for trying replicated (R3) streams without a deployment: every node is an
-:class:`~broker.protocol._embedded.EmbeddedNats` with its own file store, ``sync_interval:
+:class:`~broker.embedded.EmbeddedNats` with its own file store, ``sync_interval:
 always`` (unless the node template says otherwise), a fixed client port and a fixed route port,
 so a node killed and restarted comes back at the same address and rejoins the others.
 """
@@ -25,8 +25,9 @@ import structlog
 from nats.aio.client import Client
 from nats.js.api import ClusterInfo
 
-from ._embedded import ClusterBlock, EmbeddedNats, EmbeddedNatsConfig, _Probe
-from ._errors import NatsServerError
+from broker.embedded import ClusterBlock, EmbeddedNats, EmbeddedNatsConfig
+from broker.embedded._server import _Probe  # the embedded server's own probe user, one per cluster here
+from broker.protocol import NatsServerError
 
 __all__ = ["EmbeddedCluster", "EmbeddedClusterConfig", "free_ports"]
 

@@ -2,6 +2,7 @@
 
 SIGHUP re-reads the directory and key overlays (the broker also notices changed files itself);
 a file that does not load is logged as ``directory.reload_failed`` and the old directory stays.
+The only command that loads :mod:`broker.hub` (and :mod:`broker.embedded`).
 """
 
 from __future__ import annotations
@@ -10,23 +11,39 @@ import argparse
 import asyncio
 import contextlib
 import signal
-from dataclasses import replace
+import sys
 from pathlib import Path
 
 import structlog
 
-from broker.hub import Broker, BrokerConfig, DirectoryReloadConfig
-from broker.hub._sla_policy import load_sla_policy
-from broker.hub._tls import TlsFiles
-from broker.protocol import AgencyKind, SystemClock, close_connection
-from broker.protocol._directory import load_directory
-from broker.protocol._embedded import EmbeddedNats, EmbeddedNatsConfig
-from broker.protocol._nats import NatsSettings, connect
-from broker.protocol._nats_auth import ensure_inbox_consumers, nats_authorization, nats_settings_for
-from broker.protocol._provision import ensure_agency_keys
-from broker.protocol._registry import Registry
+from broker.embedded import EmbeddedNats, EmbeddedNatsConfig
+from broker.hub import (
+    Broker,
+    BrokerConfig,
+    DirectoryReloadConfig,
+    PolicyError,
+    TlsFiles,
+    load_policy,
+    load_sla_policy,
+)
+from broker.protocol import (
+    AgencyKind,
+    NatsSettings,
+    Registry,
+    SystemClock,
+    close_connection,
+    connect,
+    ensure_agency_keys,
+    ensure_inbox_consumers,
+    load_directory,
+    nats_authorization,
+    nats_settings_for,
+)
 
-__all__ = ["run_broker"]
+from . import _env
+from ._samples import sample_policy, sample_sla_policy
+
+__all__ = ["add_parser", "run", "run_broker"]
 
 log = structlog.get_logger(__name__)
 
@@ -41,6 +58,68 @@ def _tls(args: argparse.Namespace) -> TlsFiles | None:
 
 
 _MAX_REPLICAS = 5  # JetStream's limit
+
+
+def add_parser(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str = "broker",
+    help: str = "",
+) -> None:
+    """Register ``broker`` on the ``greenchannel`` parser."""
+    serve = commands.add_parser(name, help=help)
+    serve.add_argument("--listen", default="127.0.0.1:50051", help="gRPC address (default 127.0.0.1:50051)")
+    serve.add_argument(
+        "--policy", type=Path, default=None, help="authorization policy TOML (default: sample)"
+    )
+    serve.add_argument(
+        "--key-overlay",
+        type=Path,
+        action="append",
+        metavar="FILE",
+        help="overlay of agencies' public keys (greenchannel keys ... --write FILE); repeatable, reloaded",
+    )
+    serve.add_argument(
+        "--directory-poll",
+        type=float,
+        default=2.0,
+        metavar="SECONDS",
+        help="check the directory and overlays for changes this often (default 2; 0: only on SIGHUP)",
+    )
+    serve.add_argument("--no-reflection", action="store_true", help="do not serve gRPC reflection")
+    serve.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        metavar="N",
+        help="JetStream replicas of the broker's streams and buckets (3 on a NATS cluster)",
+    )
+    serve.add_argument(
+        "--tls-cert", type=Path, help="server certificate (PEM); enables mTLS with --tls-key/--tls-ca"
+    )
+    serve.add_argument("--tls-key", type=Path, help="server private key (PEM)")
+    serve.add_argument("--tls-ca", type=Path, help="CA that signs client certificates (PEM)")
+    serve.add_argument(
+        "--sla-policy",
+        type=Path,
+        default=None,
+        help="SLA policy TOML (default: agencies/sla/cn.toml; agencies/sla/eu.toml is an EU-style example)",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Check every file, then run the broker until SIGINT / SIGTERM."""
+    try:
+        # Every file is checked before anything is created: a typo in a policy must not leave
+        # keys, a NATS store or a half-started broker behind, nor end in a traceback.
+        if args.policy is not None:
+            load_policy(args.policy)
+        if args.sla_policy is not None:
+            load_sla_policy(args.sla_policy)
+        asyncio.run(run_broker(args, nats_url=_env.nats_url()))
+    except PolicyError as exc:  # not a ProtocolError: the hub's own root
+        print(f"greenchannel: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _load_directory(args: argparse.Namespace, state_dir: Path) -> tuple[Registry, tuple[Path, ...]]:
@@ -112,6 +191,8 @@ async def run_broker(args: argparse.Namespace, *, nats_url: str | None) -> None:
             nats=settings,
             state_dir=state_dir,
             directory=args.directory,
+            policy=args.policy if args.policy is not None else sample_policy(),
+            sla=load_sla_policy(args.sla_policy if args.sla_policy is not None else sample_sla_policy()),
             key_overlays=key_overlays,
             reload=DirectoryReloadConfig(poll_interval=poll if poll > 0 else None),
             listen=args.listen,
@@ -119,10 +200,6 @@ async def run_broker(args: argparse.Namespace, *, nats_url: str | None) -> None:
             tls=_tls(args),
             replicas=replicas,
         )
-        if args.policy is not None:
-            config = replace(config, policy=args.policy)
-        if args.sla_policy is not None:
-            config = replace(config, sla=load_sla_policy(args.sla_policy))
         broker = Broker(config)
         _follow_reloads(broker, server, settings, state_dir)
         async with broker:

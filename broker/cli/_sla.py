@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import re
 import sys
 from collections.abc import Iterator
 from datetime import datetime
@@ -18,36 +17,14 @@ from pathlib import Path
 from typing import Any, TextIO
 
 import grpc
-from greenchannel.v1 import lifecycle_pb2
 
-from broker.client import BusClient
-from broker.hub._grpc_status import error_details
-from broker.hub._sla_report import render_table, report_to_json, sla_report
-from broker.protocol import Clock, ProtocolError, SystemClock
-from broker.protocol._provision import load_agency_signing_key
+from broker.client import BusClient, error_details, render_table, report_to_json, sla_report
+from broker.protocol import Clock, ProtocolError, SystemClock, load_agency_signing_key
 
-__all__ = ["DEFAULT_BROKER", "add_sla_parser", "fetch_all_statuses", "run_sla", "sla_report_command"]
+from . import _env
+from ._options import agency_option
 
-DEFAULT_BROKER = "127.0.0.1:50051"
-"""Where ``greenchannel broker`` listens by default."""
-
-_PAGE_SIZE = 1000  # the largest page BusService.List serves
-_AGENCY_ID = re.compile(r"[a-z0-9][a-z0-9-]{1,62}")
-
-
-async def fetch_all_statuses(bus: BusClient) -> list[lifecycle_pb2.RequestStatus]:
-    """Every request the caller may read, following ``next_page_token`` to the end."""
-    statuses: list[lifecycle_pb2.RequestStatus] = []
-    token = ""
-    seen_tokens: set[str] = set()
-    while True:
-        page = await bus.list(page_size=_PAGE_SIZE, page_token=token)
-        statuses.extend(page.requests)
-        token = page.next_page_token
-        if not token or token in seen_tokens:
-            # A token seen before would page forever; what was read so far is still a report.
-            return statuses
-        seen_tokens.add(token)
+__all__ = ["add_parser", "run", "sla_report_command"]
 
 
 def _error_lines(exc: grpc.aio.AioRpcError) -> Iterator[str]:
@@ -83,7 +60,7 @@ async def sla_report_command(
         return 1
     try:
         async with BusClient(broker, agency_id=agency_id, signing_key=key, clock=clock) as bus:
-            statuses = await fetch_all_statuses(bus)
+            statuses = await bus.list_all()
     except grpc.aio.AioRpcError as exc:
         for line in _error_lines(exc):
             print(line, file=err)
@@ -96,19 +73,14 @@ async def sla_report_command(
     return 0
 
 
-def _agency(text: str) -> str:
-    if not _AGENCY_ID.fullmatch(text):
-        raise argparse.ArgumentTypeError(f"{text!r} is not an agency id (lowercase letters, digits, dashes)")
-    return text
-
-
-def add_sla_parser(subparsers: Any, *, default_broker: str = DEFAULT_BROKER) -> None:
+def add_parser(subparsers: Any, name: str = "sla", help: str = "") -> None:
     """Register ``sla report --as AGENCY [--broker HOST:PORT] [--json]`` on the top-level subparsers.
 
     ``subparsers`` is what ``ArgumentParser.add_subparsers`` returned (argparse keeps its type
     private). The parsed namespace has ``command == "sla"`` and ``sla_command == "report"``.
     """
-    sla = subparsers.add_parser("sla", help="green-channel SLA compliance")
+    default_broker = _env.default_broker()
+    sla = subparsers.add_parser(name, help=help)
     commands = sla.add_subparsers(dest="sla_command", required=True)
     report = commands.add_parser(
         "report", help="deadlines met and breached per agency and request type, and times to finish"
@@ -117,7 +89,7 @@ def add_sla_parser(subparsers: Any, *, default_broker: str = DEFAULT_BROKER) -> 
         "--as",
         dest="agency",
         required=True,
-        type=_agency,
+        type=agency_option,
         metavar="AGENCY",
         help="agency to read as (a regulator sees every request), e.g. regulator-pboc",
     )
@@ -130,7 +102,7 @@ def add_sla_parser(subparsers: Any, *, default_broker: str = DEFAULT_BROKER) -> 
     report.add_argument("--json", action="store_true", help="print the report as one JSON object")
 
 
-def run_sla(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
     """Run the parsed ``sla`` command; needs the top-level ``--state-dir`` (the agency's keys)."""
     if args.sla_command == "report":
         return asyncio.run(

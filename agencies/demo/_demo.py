@@ -16,8 +16,8 @@ its own adapter, signed and notarized messages, money held in SQLite bank cores.
 7. police in Pudong ask police in Shenzhen Nanshan (440305) for assistance: done;
 8. a stop-payment naming the wrong holder is refused with MISMATCH.
 
-It ends with a table of every request, its final state and its times, and exits non-zero unless
-every request ended as the scenario expects.
+:func:`run_demo` narrates as it goes (``say``) and returns a :class:`DemoReport`: every request
+with its final state and times, the money trail, the SLA report. ``greenchannel demo`` renders it.
 """
 
 from __future__ import annotations
@@ -30,7 +30,6 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from google.protobuf.timestamp_pb2 import Timestamp
 from greenchannel.v1 import (
     common_pb2,
     envelope_pb2,
@@ -41,24 +40,40 @@ from greenchannel.v1 import (
     trail_pb2,
 )
 
-from broker._cli_ledger import LedgerFile, export_ledger, read_ledger_file, registry_keys
-from broker._cli_sla import fetch_all_statuses
-from broker._cli_trail import fetch_trail, open_accounts, render_trail
-from broker.client import BusClient
-from broker.hub._ledger import LedgerConfig
-from broker.hub._result_privacy import open_result_details
-from broker.hub._sla_report import render_table, sla_report
-from broker.protocol import FINAL_STATES, Clock, SigningKey, SystemClock, reason_name, state_name
-from broker.protocol._envelope import type_name
-from broker.protocol._ledger_chain import verify_chain
-from broker.protocol._nats import connect
-from broker.protocol._provision import load_agency_encryption_key, load_agency_signing_key
-from broker.protocol._sealing import open_sealed
-from broker.protocol._subjects import LEDGER_INTAKE_STREAM
+from agencies import DEFAULT_DIRECTORY
+from agencies import _seed as seed
+from agencies.bank import BankCore
+from broker.client import (
+    BusClient,
+    LedgerFile,
+    SlaReport,
+    export_ledger,
+    fetch_trail,
+    open_accounts,
+    open_result_details,
+    read_ledger_file,
+    registry_keys,
+    sla_report,
+)
+from broker.hub import LedgerConfig
+from broker.protocol import (
+    FINAL_STATES,
+    LEDGER_INTAKE_STREAM,
+    Clock,
+    SigningKey,
+    SystemClock,
+    connect,
+    load_agency_encryption_key,
+    load_agency_signing_key,
+    open_sealed,
+    reason_name,
+    state_name,
+    to_timestamp,
+    type_name,
+    verify_chain,
+)
 
-from . import _seed as seed
-from ._stack import DEFAULT_DIRECTORY, Stack, StackConfig
-from .bank import BankCore
+from ._stack import Stack, StackConfig
 
 __all__ = ["DemoConfig", "DemoReport", "DemoRequest", "run_demo"]
 
@@ -145,6 +160,12 @@ class DemoReport:
     """Phase deadlines met, over every request of the run."""
     sla_breached: int = 0
     """Phase deadlines breached."""
+    trail: trail_pb2.Trail | None = None
+    """The case's money trail as the police read it once it settled."""
+    trail_accounts: dict[str, common_pb2.BankAccountRef] = field(default_factory=dict)
+    """Node id -> account number and bank the police opened (holders' names left out of the demo)."""
+    sla: SlaReport | None = None
+    """The regulator's SLA report over every request of the run."""
 
     @property
     def ok(self) -> bool:
@@ -256,10 +277,11 @@ class _Scenario:
             await asyncio.sleep(0.05)
 
     def _request(self, case: common_pb2.CaseRef, **fields: Any) -> requests_pb2.Request:
-        issued = Timestamp()
-        issued.FromDatetime(self.config.clock.now())
         return requests_pb2.Request(
-            case_ref=case, priority=common_pb2.PRIORITY_GREEN, issued_at=issued, **fields
+            case_ref=case,
+            priority=common_pb2.PRIORITY_GREEN,
+            issued_at=to_timestamp(self.config.clock.now()),
+            **fields,
         )
 
     async def run(self) -> DemoReport:
@@ -315,14 +337,13 @@ class _Scenario:
             where = lead.to_bank or "a bank outside the directory"
             say(f"   lead for investigators: {_yuan(lead.amount)} left for {where} (hop {lead.hop})")
         # The trail as `greenchannel trail` shows it to the police (account numbers opened with
-        # their key; holders' names left out of the demo's console).
+        # their key; holders' names left out of the demo's report).
         opened = open_accounts(trail, load_agency_encryption_key(self.config.state_dir, POLICE))
-        numbers = {
+        self.report.trail = trail
+        self.report.trail_accounts = {
             node_id: common_pb2.BankAccountRef(account_number=account.account_number, bank=account.bank)
             for node_id, account in opened.items()
         }
-        for line in render_trail(trail, numbers):
-            say(f"   {line}" if line else "")
         await self.send(
             "convert the hold into a freeze",
             self._request(
@@ -455,30 +476,6 @@ class _Scenario:
         return total
 
 
-def _table(report: DemoReport) -> list[str]:
-    header = ("request", "type", "to", "state", "reason", "deliver", "ack", "finish")
-    rows = [
-        (
-            r.label,
-            r.type,
-            r.recipient,
-            r.state,
-            r.reason or "-",
-            "-" if r.deliver_ms is None else f"{r.deliver_ms:.1f}",
-            "-" if r.acknowledge_ms is None else f"{r.acknowledge_ms:.1f}",
-            "-" if r.finish_ms is None else f"{r.finish_ms:.1f}",
-        )
-        for r in report.requests
-    ]
-    widths = [max(len(str(row[i])) for row in (header, *rows)) for i in range(len(header))]
-    lines = ["  ".join(str(cell).ljust(width) for cell, width in zip(header, widths, strict=True))]
-    lines.append("  ".join("-" * width for width in widths))
-    lines += [
-        "  ".join(str(cell).ljust(width) for cell, width in zip(row, widths, strict=True)) for row in rows
-    ]
-    return lines
-
-
 async def run_demo(config: DemoConfig, *, say: Callable[[str], None] = print) -> DemoReport:
     """Start the whole stack in a fresh data directory and play the scenario."""
     with tempfile.TemporaryDirectory(prefix="greenchannel-demo-") as data:
@@ -501,12 +498,6 @@ async def run_demo(config: DemoConfig, *, say: Callable[[str], None] = print) ->
                 await _prove(stack, config, report, Path(data), say)
             finally:
                 await scenario.close()
-    say("")
-    for line in _table(report):
-        say(line)
-    say("")
-    say(f"Money held or frozen across banks: {report.held_minor_units / 100:,.2f} CNY")
-    say("Times are milliseconds from the broker's receipt of each request.")
     return report
 
 
@@ -530,12 +521,11 @@ async def _prove(
     for problem in checked.problems:
         say(f"   !! {problem.kind}: entry {problem.seq}: {problem.detail}")
     async with stack.client(regulator) as bus:
-        statuses = await fetch_all_statuses(bus)
+        statuses = await bus.list_all()
     sla = sla_report(statuses, now=config.clock.now())
+    report.sla = sla
     report.sla_met, report.sla_breached = sla.met, sla.breached
     say(f"10. SLA report: {sla.met} phase deadlines met, {sla.breached} breached.")
-    for line in render_table(sla).splitlines():
-        say(f"   {line}")
 
 
 async def _covered_export(stack: Stack, key: SigningKey, out: Path, agency: str) -> LedgerFile:

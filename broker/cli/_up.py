@@ -1,7 +1,7 @@
 """``greenchannel up``: the whole bus on this machine until Ctrl-C / SIGTERM.
 
 NATS (embedded unless a URL is given), the broker, and every agency's reference system behind
-its adapter, as :class:`agencies.Stack` runs them. Keys live in the state directory; this run's
+its adapter, as :class:`agencies.demo.Stack` runs them. Keys live in the state directory; this run's
 data (NATS store, agency databases, adapter state) under ``<state-dir>/run``, so a second ``up``
 carries on where the first stopped.
 """
@@ -18,10 +18,12 @@ from pathlib import Path
 import structlog
 
 from adapters import AdapterConfig
-from agencies import Stack, StackConfig
-from broker._cli_requests import DEFAULT_BROKER
+from agencies.demo import Stack, StackConfig
 
-__all__ = ["RUN_DIR", "add_up_parser", "run_up"]
+from . import _env
+from ._env import DEFAULT_BROKER
+
+__all__ = ["RUN_DIR", "add_parser", "run", "run_up"]
 
 log = structlog.get_logger(__name__)
 
@@ -29,11 +31,13 @@ RUN_DIR = "run"
 """Subdirectory of the state directory holding what ``up`` persists besides the keys."""
 
 
-def add_up_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_parser(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str = "up",
+    help: str = "",
+) -> None:
     """Register ``up`` on the ``greenchannel`` parser."""
-    up = commands.add_parser(
-        "up", help="run NATS, the broker and every agency's system with its adapter, until Ctrl-C"
-    )
+    up = commands.add_parser(name, help=help)
     up.add_argument(
         "--listen",
         default=DEFAULT_BROKER,
@@ -50,6 +54,11 @@ waiting out its current pull: at the adapters' default of 1 s, Ctrl-C took over 
 
 class _StartError(Exception):
     """The bus could not start (port in use, unwritable state directory)."""
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the parsed ``up`` with ``$GREENCHANNEL_NATS_URL`` (or the embedded NATS)."""
+    return run_up(args, nats_url=_env.nats_url())
 
 
 def run_up(args: argparse.Namespace, *, nats_url: str | None) -> int:

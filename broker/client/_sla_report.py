@@ -33,9 +33,7 @@ from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
 from greenchannel.v1 import common_pb2, envelope_pb2, lifecycle_pb2
 
-from broker.protocol import phase_slug, request_type_slug, to_timestamp
-
-from ._lifecycle import is_outcome
+from broker.protocol import OUTCOME_STATES, phase_slug, request_type_slug, to_timestamp
 
 __all__ = [
     "PHASES",
@@ -191,7 +189,7 @@ def _finish_ns(status: lifecycle_pb2.RequestStatus) -> int | None:
         if phase.phase == common_pb2.PHASE_EXECUTE and phase.HasField("done_at"):
             end = _ns(phase.done_at)
     if end is None:
-        end = next((at for event, at in _events(status) if is_outcome(event.state)), None)
+        end = next((at for event, at in _events(status) if event.state in OUTCOME_STATES), None)
     if end is None:
         return None
     # done_at is the agency's clock, submitted_at the broker's: skew must not make time run backwards.

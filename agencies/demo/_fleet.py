@@ -1,24 +1,15 @@
-"""``greenchannel agencies``: the reference agency systems and their adapters, without a broker.
+"""The reference agency systems and their adapters, without a broker: ``greenchannel agencies``.
 
-Each agency of the directory (regulators aside: they run no service), or those named by
-``--only``, gets its reference system as a real gRPC server and an adapter consuming its inbox,
-all in this one process, against the NATS of ``$GREENCHANNEL_NATS_URL`` where a broker runs
-elsewhere. It runs until SIGINT / SIGTERM. This is the agencies' half of ``greenchannel up`` as a
-process of its own, so it can be stopped, killed and started again while the broker keeps
-running: the agencies' databases and the adapters' state live under ``--data`` and survive.
-
-``python -m broker._cli_agencies`` runs the same command on its own (flat flags:
-``--state-dir``, ``--directory``, ``--log-level`` and the command's own).
+Each agency of the directory (regulators aside: they run no service), or those named, gets its
+reference system as a real gRPC server and an adapter consuming its inbox, all in one process,
+against the NATS where a broker runs elsewhere. The agencies' databases and the adapters' state
+live under the data directory and survive a restart.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import contextlib
-import os
-import signal
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,45 +19,33 @@ import structlog
 from nats.aio.client import Client
 
 from adapters import AdapterConfig, AdapterRuntime, wait_for_inbox
-from agencies import DEFAULT_DIRECTORY, build_reference_agency
-from broker._logging import configure_logging
-from broker.protocol import ProtocolError, SystemClock
-from broker.protocol._directory import load_directory
-from broker.protocol._nats import close_connection, connect
-from broker.protocol._nats_auth import (
+from agencies import build_reference_agency
+from broker.protocol import (
     AGENCY_JS_API_PREFIX,
     DEFAULT_INBOX_ACK_WAIT,
+    Agency,
+    AgencyKind,
+    ProtocolError,
+    Registry,
+    SystemClock,
+    close_connection,
+    connect,
+    ensure_agency_keys,
     ensure_nats_seeds,
+    load_agency_encryption_keys,
+    load_agency_signing_key,
+    load_directory,
     nats_settings_for,
     requires_auth,
 )
-from broker.protocol._provision import (
-    ensure_agency_keys,
-    load_agency_encryption_keys,
-    load_agency_signing_key,
-)
-from broker.protocol._registry import Agency, AgencyKind, Registry
 
-__all__ = [
-    "READY_PREFIX",
-    "AgenciesConfig",
-    "AgencyFleet",
-    "add_agencies_parser",
-    "main",
-    "run_agencies",
-]
+__all__ = ["AgenciesConfig", "AgencyFleet", "select_agencies"]
 
 log = structlog.get_logger(__name__)
 
 # Seconds a connection gets to drain on a graceful stop; NATS being down closes it at once.
 _DRAIN_TIMEOUT = 5.0
 
-READY_PREFIX = "greenchannel agencies: "
-"""Start of the line printed on stdout once every adapter consumes its inbox."""
-
-_NATS_URL_ENV = "GREENCHANNEL_NATS_URL"
-_STATE_DIR_ENV = "GREENCHANNEL_STATE_DIR"
-_RUN_DIR = "run"  # the same place `greenchannel up` keeps agency data, so both see the same banks
 _POLL = 0.25
 
 
@@ -200,121 +179,3 @@ def select_agencies(registry: Registry, only: Sequence[str]) -> list[Agency]:
         raise ProtocolError(f"regulators run no agency service: {', '.join(regulators)}")
     wanted = set(only)
     return [agency for agency in serving if agency.id in wanted]
-
-
-# -- command line -------------------------------------------------------------------------------
-
-
-def _agency_ids(text: str) -> tuple[str, ...]:
-    ids = tuple(part.strip() for part in text.split(",") if part.strip())
-    if not ids:
-        raise argparse.ArgumentTypeError("name at least one agency id")
-    return ids
-
-
-def _positive(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from exc
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0: {text!r}")
-    return value
-
-
-def _add_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--only",
-        type=_agency_ids,
-        default=(),
-        metavar="ID,ID",
-        help="run only these agencies (default: every agency of the directory except regulators)",
-    )
-    parser.add_argument(
-        "--data",
-        type=Path,
-        default=None,
-        help=f"agency databases and adapter state (default: <state-dir>/{_RUN_DIR}, as `greenchannel up`)",
-    )
-    parser.add_argument(
-        "--ack-wait",
-        type=_positive,
-        default=DEFAULT_INBOX_ACK_WAIT,
-        metavar="SECONDS",
-        help=(
-            "inbox ack wait: how soon a message held by a crashed adapter is delivered again "
-            f"(default {DEFAULT_INBOX_ACK_WAIT:g}; held messages are kept alive every third of it)"
-        ),
-    )
-
-
-def add_agencies_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    """Register ``agencies`` on the ``greenchannel`` parser."""
-    agencies = commands.add_parser(
-        "agencies",
-        help="run the reference agency systems and adapters against $GREENCHANNEL_NATS_URL, until Ctrl-C",
-    )
-    _add_options(agencies)
-
-
-def run_agencies(args: argparse.Namespace, *, nats_url: str | None) -> int:
-    """Run until SIGINT / SIGTERM; 0 after a graceful stop, 1 when they could not start."""
-    if not nats_url:
-        print(
-            f"greenchannel agencies: set ${_NATS_URL_ENV} to the broker's NATS "
-            "(`greenchannel up` runs broker and agencies together)",
-            file=sys.stderr,
-        )
-        return 1
-    state_dir: Path = args.state_dir
-    config = AgenciesConfig(
-        keys_dir=state_dir,
-        data_dir=args.data if args.data is not None else state_dir / _RUN_DIR,
-        directory=args.directory,
-        nats_url=nats_url,
-        only=tuple(args.only),
-        ack_wait=args.ack_wait,
-    )
-    try:
-        return asyncio.run(_serve(config))
-    except (ProtocolError, OSError) as exc:
-        print(f"greenchannel agencies: cannot start: {exc}", file=sys.stderr)
-        return 1
-
-
-async def _serve(config: AgenciesConfig) -> int:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    # Installed before starting: a signal during start-up finishes starting, then stops cleanly.
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(signum, stop.set)
-    async with AgencyFleet(config) as fleet:
-        print(
-            f"{READY_PREFIX}{len(fleet.adapters)} agencies online ({', '.join(fleet.adapters)}); "
-            f"data in {config.data_dir}; Ctrl-C to stop",
-            flush=True,
-        )
-        await stop.wait()
-        log.info("agencies.stopping")
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m broker._cli_agencies``: the command without the rest of the CLI."""
-    parser = argparse.ArgumentParser(
-        prog="greenchannel-agencies", description="GreenChannel reference agencies and their adapters"
-    )
-    parser.add_argument(
-        "--state-dir", type=Path, default=Path(os.environ.get(_STATE_DIR_ENV, ".greenchannel"))
-    )
-    parser.add_argument("--directory", type=Path, default=DEFAULT_DIRECTORY)
-    parser.add_argument("--log-level", default="warning", choices=["debug", "info", "warning", "error"])
-    parser.add_argument("--log-json", action="store_true")
-    _add_options(parser)
-    args = parser.parse_args(argv)
-    configure_logging(args.log_level, json_logs=args.log_json)
-    return run_agencies(args, nats_url=os.environ.get(_NATS_URL_ENV))
-
-
-if __name__ == "__main__":
-    sys.exit(main())

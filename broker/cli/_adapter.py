@@ -27,7 +27,7 @@ from adapters import (
 )
 from broker.protocol import ProtocolError, SystemClock
 
-__all__ = ["READY_PREFIX", "add_adapter_parser", "run_adapter"]
+__all__ = ["READY_PREFIX", "add_parser", "run", "run_adapter"]
 
 log = structlog.get_logger(__name__)
 
@@ -35,11 +35,13 @@ READY_PREFIX = "greenchannel adapter: "
 """Start of the line printed on stdout once the adapter consumes its inbox."""
 
 
-def add_adapter_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+def add_parser(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str = "adapter",
+    help: str = "",
+) -> None:
     """Register ``adapter`` on the ``greenchannel`` parser."""
-    adapter = commands.add_parser(
-        "adapter", help="run ONE agency's adapter against its own system, configured by a TOML file"
-    )
+    adapter = commands.add_parser(name, help=help)
     adapter.add_argument(
         "--config", type=Path, required=True, metavar="FILE", help="the adapter's TOML file (adapter.toml)"
     )
@@ -52,6 +54,11 @@ def add_adapter_parser(commands: argparse._SubParsersAction[argparse.ArgumentPar
     adapter.add_argument(
         "--check", action="store_true", help="check the file and what it points at, start nothing"
     )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the parsed ``adapter`` command."""
+    return run_adapter(args)
 
 
 def run_adapter(args: argparse.Namespace) -> int:

@@ -8,12 +8,14 @@
 The client signs every request body with the agency key, mints a fresh single-use bearer token
 for every call, always sets an idempotency key (so retrying a submit can never create a second
 request), retries calls that failed for transient reasons with the same signed bytes, and
-resumes a broken Watch from its last cursor.
+resumes a broken Watch from its last cursor. Every unary call of the Bus, Registry and Ledger
+services goes through one retry policy (:meth:`BusClient._call`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import builtins
 import random
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
@@ -22,28 +24,42 @@ from types import TracebackType
 from typing import TypeVar
 
 import grpc
-from google.protobuf.timestamp_pb2 import Timestamp
 from greenchannel.v1 import (
     bus_pb2,
     bus_pb2_grpc,
     common_pb2,
     envelope_pb2,
+    ledger_pb2,
+    ledger_pb2_grpc,
     lifecycle_pb2,
     registry_pb2,
     registry_pb2_grpc,
     requests_pb2,
+    trail_pb2,
 )
 
-from broker.hub._auth import bearer_metadata
-from broker.hub._grpc_status import error_details
-from broker.protocol import Clock, SigningKey, SystemClock
-from broker.protocol._envelope import BROKER_ID, CANCELLATION_TYPE, sign_message, sign_request
+from broker.protocol import (
+    BROKER_ID,
+    CANCELLATION_TYPE,
+    Clock,
+    SigningKey,
+    SystemClock,
+    sign_message,
+    sign_request,
+    to_timestamp,
+)
 
-__all__ = ["BusClient"]
+from ._errors import error_details
+from ._metadata import bearer_metadata
+
+__all__ = ["LEDGER_PAGE", "BusClient"]
 
 T = TypeVar("T")
 
 _TRANSIENT = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED}
+_LIST_PAGE = 1000  # the largest page BusService.List serves
+LEDGER_PAGE = 5000
+"""The largest page LedgerService serves."""
 
 
 class BusClient:
@@ -72,6 +88,7 @@ class BusClient:
         )
         self._bus = bus_pb2_grpc.BusServiceStub(self._channel)
         self._registry = registry_pb2_grpc.RegistryServiceStub(self._channel)
+        self._ledger = ledger_pb2_grpc.LedgerServiceStub(self._channel)
 
     async def __aenter__(self) -> BusClient:
         return self
@@ -117,9 +134,7 @@ class BusClient:
         prepared = requests_pb2.Request()
         prepared.CopyFrom(request)
         if not prepared.HasField("issued_at"):
-            issued = Timestamp()
-            issued.FromDatetime(self._clock.now())
-            prepared.issued_at.CopyFrom(issued)
+            prepared.issued_at.CopyFrom(to_timestamp(self._clock.now()))
         if idempotency_key:
             prepared.idempotency_key = idempotency_key
         elif not prepared.idempotency_key:
@@ -152,9 +167,9 @@ class BusClient:
         return reply.status
 
     async def cancel(self, request_id: str, reason: str = "") -> lifecycle_pb2.RequestStatus:
-        issued = Timestamp()
-        issued.FromDatetime(self._clock.now())
-        cancellation = lifecycle_pb2.Cancellation(request_id=request_id, reason=reason, issued_at=issued)
+        cancellation = lifecycle_pb2.Cancellation(
+            request_id=request_id, reason=reason, issued_at=to_timestamp(self._clock.now())
+        )
         signed = sign_message(
             cancellation.SerializeToString(),
             key=self._key,
@@ -181,6 +196,20 @@ class BusClient:
     async def list(self, **filters: object) -> bus_pb2.ListResponse:
         message = bus_pb2.ListRequest(**filters)  # type: ignore[arg-type]
         return await self._call(lambda md: self._bus.List(message, metadata=md, timeout=self._timeout))
+
+    async def list_all(self, **filters: object) -> builtins.list[lifecycle_pb2.RequestStatus]:
+        """Every request the caller may read (matching ``filters``), following the pages to the end."""
+        statuses: builtins.list[lifecycle_pb2.RequestStatus] = []
+        token = ""
+        seen_tokens: set[str] = set()
+        while True:
+            page = await self.list(page_size=_LIST_PAGE, page_token=token, **filters)
+            statuses.extend(page.requests)
+            token = page.next_page_token
+            if not token or token in seen_tokens:
+                # A token seen before would page forever; what was read so far is still an answer.
+                return statuses
+            seen_tokens.add(token)
 
     async def watch(
         self,
@@ -259,3 +288,45 @@ class BusClient:
             lambda md: self._registry.ListBrokerKeys(message, metadata=md, timeout=self._timeout)
         )
         return tuple(reply.keys)
+
+    # -- money trail -----------------------------------------------------------------------
+
+    async def trail(self, case_number: str, *, issuing_agency: str = "") -> trail_pb2.Trail:
+        """``BusService.GetTrail``: a case's money trail (accounts sealed to the case owner)."""
+        message = bus_pb2.GetTrailRequest(case_number=case_number, issuing_agency=issuing_agency)
+        reply: bus_pb2.GetTrailResponse = await self._call(
+            lambda md: self._bus.GetTrail(message, metadata=md, timeout=self._timeout)
+        )
+        return reply.trail
+
+    async def set_chasing(
+        self, case_number: str, *, enabled: bool, bounds: trail_pb2.ChaseBounds | None = None
+    ) -> trail_pb2.Trail:
+        """``BusService.SetChasing`` as the case owner; the trail after the change."""
+        message = bus_pb2.SetChasingRequest(case_number=case_number, enabled=enabled)
+        if bounds is not None:
+            message.bounds.CopyFrom(bounds)
+        reply: bus_pb2.SetChasingResponse = await self._call(
+            lambda md: self._bus.SetChasing(message, metadata=md, timeout=self._timeout)
+        )
+        return reply.trail
+
+    # -- ledger ----------------------------------------------------------------------------
+
+    async def ledger_entries(
+        self, after_seq: int, *, limit: int = LEDGER_PAGE
+    ) -> ledger_pb2.ListEntriesResponse:
+        """``LedgerService.ListEntries``: one page of chained records after ``after_seq``."""
+        message = ledger_pb2.ListEntriesRequest(after_seq=after_seq, limit=limit)
+        return await self._call(
+            lambda md: self._ledger.ListEntries(message, metadata=md, timeout=self._timeout)
+        )
+
+    async def ledger_checkpoints(
+        self, after_seq: int, *, limit: int = LEDGER_PAGE
+    ) -> ledger_pb2.ListCheckpointsResponse:
+        """``LedgerService.ListCheckpoints``: the broker's signed checkpoints after ``after_seq``."""
+        message = ledger_pb2.ListCheckpointsRequest(after_seq=after_seq, limit=limit)
+        return await self._call(
+            lambda md: self._ledger.ListCheckpoints(message, metadata=md, timeout=self._timeout)
+        )

@@ -23,6 +23,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from broker.protocol import (
+    AGENCY_ID,
+    BROKER_ID,
     KeyFileError,
     KeyUse,
     ProtocolError,
@@ -37,14 +39,13 @@ from broker.protocol import (
     load_directory,
     merge_into_overlay,
     private_key_path,
+    read_overlay,
     render_key_tables,
     revoke_key,
     rotate_agency_key,
 )
-from broker.protocol._directory import read_overlay
-from broker.protocol._registry import AGENCY_ID, BROKER_ID
 
-__all__ = ["add_keys_parser", "run_keys"]
+__all__ = ["add_parser", "run"]
 
 USAGE_ERROR = 2
 """Exit status of a refused command (as argparse's own): nothing was written."""
@@ -63,7 +64,7 @@ def _agency_id(text: str) -> str:
 
 
 def _overlap(text: str) -> timedelta:
-    from broker.hub._sla_policy import parse_duration  # noqa: PLC0415 - one duration syntax everywhere
+    from broker.hub import parse_duration
 
     try:
         return parse_duration(text)
@@ -86,8 +87,13 @@ def _instant(text: str) -> datetime:
     return when.astimezone(UTC)
 
 
-def add_keys_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    keys = commands.add_parser("keys", help="an agency's keys: generate, rotate, revoke (and demo init)")
+def add_parser(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str = "keys",
+    help: str = "",
+) -> None:
+    """Register ``keys init | generate | rotate | revoke`` on the ``greenchannel`` parser."""
+    keys = commands.add_parser(name, help=help)
     sub = keys.add_subparsers(dest="keys_command", required=True)
     sub.add_parser("init", help="demo: generate missing keys for every agency and the broker in --state-dir")
 
@@ -355,7 +361,8 @@ def _init(args: argparse.Namespace) -> None:
     print(f"keys ready; public keys in {overlay}")
 
 
-def run_keys(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace) -> int:
+    """Run the parsed ``keys`` command."""
     command = {"init": _init, "generate": _generate, "rotate": _rotate, "revoke": _revoke}[args.keys_command]
     try:
         command(args)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from greenchannel.v1 import common_pb2, lifecycle_pb2, requests_pb2
 
-from broker.client import BusClient
+from ._bus import BusClient
 
 __all__ = ["FraudReporter"]
 

@@ -27,37 +27,40 @@ import grpc.aio
 from cryptography.hazmat.primitives.asymmetric import x25519
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import DecodeError
-from google.protobuf.timestamp_pb2 import Timestamp
 from greenchannel.v1 import common_pb2, lifecycle_pb2, requests_pb2, results_pb2
 
-from broker._cli_render import (
-    FINAL_STATES,
-    answer_lines,
-    error_document,
-    error_lines,
-    event_document,
-    event_line,
-    short_state,
-    short_type,
-    status_document,
-    status_lines,
-    submitted_lines,
-)
-from broker.client import BusClient
-from broker.hub._grpc_status import error_details
-from broker.hub._result_privacy import open_result_details
+from broker.client import BusClient, error_details, open_result_details
 from broker.protocol import (
+    DATA_ANSWER_CONTENT_TYPE,
+    FINAL_STATES,
+    DecryptionKeys,
     InvalidMessageError,
     KeyFileError,
     ProtocolError,
     SealingError,
     SystemClock,
     UnknownAgencyError,
-    read_encryption_key,
+    load_agency_encryption_keys,
+    load_agency_signing_key,
+    open_sealed,
+    request_type_name,
+    state_name,
+    to_timestamp,
+    validate_message,
 )
-from broker.protocol._provision import load_agency_encryption_keys, load_agency_signing_key
-from broker.protocol._sealing import DATA_ANSWER_CONTENT_TYPE, DecryptionKeys, open_sealed
-from broker.protocol._validation import validate_message
+
+from . import _env
+from ._options import CliError, agency_option, read_x25519
+from ._render import (
+    answer_lines,
+    error_document,
+    error_lines,
+    event_document,
+    event_line,
+    status_document,
+    status_lines,
+    submitted_lines,
+)
 
 __all__ = [
     "DEFAULT_BROKER",
@@ -65,18 +68,18 @@ __all__ = [
     "NOT_EXECUTED",
     "REQUEST_KINDS",
     "RequestKind",
-    "add_request_parsers",
+    "add_parser",
     "build_request",
     "parse_amount",
+    "run",
     "run_status",
     "run_submit",
     "run_watch",
 ]
 
-DEFAULT_BROKER = "127.0.0.1:50051"
+DEFAULT_BROKER = _env.DEFAULT_BROKER
 """Where ``up`` listens by default, and so where the request commands look by default."""
 
-_AGENCY_ID = re.compile(r"[a-z0-9][a-z0-9-]{1,62}")
 _PLAIN_DECIMAL = re.compile(r"\+?[0-9]+(\.[0-9]*)?")
 _MAX_MINOR_UNITS = 2**63 - 1  # Money.minor_units is an int64
 # BusClient.watch already retries a few times within about a second; beyond that `watch` keeps
@@ -85,14 +88,6 @@ _RESUMABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, gr
 _RESUME_DELAY_MIN = 0.5
 _RESUME_DELAY_MAX = 5.0
 _I = common_pb2.LegalInstrumentType
-
-
-class _CliError(Exception):
-    """A failure the command reports in one message, with its exit status."""
-
-    def __init__(self, message: str, *, exit_code: int = 1) -> None:
-        super().__init__(message)
-        self.exit_code = exit_code
 
 
 # -- option value types (argparse names the option in its error, and exits 2) ---------------------
@@ -120,12 +115,6 @@ def parse_amount(text: str) -> int:
     if minor > _MAX_MINOR_UNITS:
         raise argparse.ArgumentTypeError(f"{text!r} is too large")
     return int(minor)
-
-
-def _agency(text: str) -> str:
-    if not _AGENCY_ID.fullmatch(text):
-        raise argparse.ArgumentTypeError(f"{text!r} is not an agency id (lowercase letters, digits, dashes)")
-    return text
 
 
 def _positive_seconds(text: str) -> float:
@@ -345,13 +334,13 @@ def _one_subject(args: argparse.Namespace, *, allow_account: bool) -> str:
     given = []
     if allow_account and (args.account or args.name):
         if not (args.account and args.name):
-            raise _CliError("--account and --name go together", exit_code=2)
+            raise CliError("--account and --name go together", exit_code=2)
         given.append("account")
     if args.phone:
         given.append("phone")
     if args.platform or args.account_id:
         if not (args.platform and args.account_id):
-            raise _CliError("--platform and --account-id go together", exit_code=2)
+            raise CliError("--platform and --account-id go together", exit_code=2)
         given.append("platform")
     choices = (
         "--account/--name, --phone or --platform/--account-id"
@@ -359,7 +348,7 @@ def _one_subject(args: argparse.Namespace, *, allow_account: bool) -> str:
         else ("--phone or --platform/--account-id")
     )
     if len(given) != 1:
-        raise _CliError(f"name exactly one subject: {choices}", exit_code=2)
+        raise CliError(f"name exactly one subject: {choices}", exit_code=2)
     return given[0]
 
 
@@ -374,12 +363,6 @@ def _data_request_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--to", dest="period_to", type=_instant, help="period end (exclusive), ISO 8601")
 
 
-def _timestamp(when: datetime) -> Timestamp:
-    stamp = Timestamp()
-    stamp.FromDatetime(when)
-    return stamp
-
-
 def _data_request(request: requests_pb2.Request, args: argparse.Namespace) -> None:
     body = requests_pb2.DataRequest(
         category=requests_pb2.DataCategory.Value(_constant("DATA_CATEGORY_", args.category))
@@ -392,10 +375,10 @@ def _data_request(request: requests_pb2.Request, args: argparse.Namespace) -> No
     else:
         body.platform_account.CopyFrom(_platform_account(args))
     if (args.period_from is None) != (args.period_to is None):
-        raise _CliError("--from and --to go together", exit_code=2)
+        raise CliError("--from and --to go together", exit_code=2)
     if args.period_from is not None:
         body.period.CopyFrom(
-            common_pb2.TimeRange(start=_timestamp(args.period_from), end=_timestamp(args.period_to))
+            common_pb2.TimeRange(start=to_timestamp(args.period_from), end=to_timestamp(args.period_to))
         )
     request.data_request.CopyFrom(body)
 
@@ -454,7 +437,7 @@ def _fraud_report_options(parser: argparse.ArgumentParser) -> None:
 
 def _fraud_report(request: requests_pb2.Request, args: argparse.Namespace) -> None:
     if len(args.account) != len(args.name):
-        raise _CliError("give one --name for each --account, in the same order", exit_code=2)
+        raise CliError("give one --name for each --account, in the same order", exit_code=2)
     body = requests_pb2.FraudReport(
         kind=requests_pb2.FraudReportKind.Value(_constant("FRAUD_REPORT_KIND_", args.kind)),
         summary=args.summary,
@@ -591,7 +574,7 @@ def build_request(args: argparse.Namespace, *, now: datetime) -> requests_pb2.Re
         parent_id=args.parent or "",
         hop=args.hop,
         idempotency_key=args.idempotency_key or "",
-        issued_at=_timestamp(now),
+        issued_at=to_timestamp(now),
     )
     kind.fill(request, args)
     validate_message(request, prefix="request.")
@@ -606,7 +589,7 @@ def _connection_options(parser: argparse.ArgumentParser, default_broker: str) ->
         "--as",
         dest="agency",
         required=True,
-        type=_agency,
+        type=agency_option,
         metavar="AGENCY",
         help="agency to act as (its key signs)",
     )
@@ -643,7 +626,7 @@ def _submit_common(default_broker: str) -> argparse.ArgumentParser:
     )
     common.add_argument("--priority", choices=_PRIORITIES, default="green", help="SLA lane (default green)")
     common.add_argument(
-        "--recipient", type=_agency, metavar="AGENCY", help="recipient (default: routed by the body)"
+        "--recipient", type=agency_option, metavar="AGENCY", help="recipient (default: routed by the body)"
     )
     common.add_argument("--parent", metavar="REQUEST_ID", help="the request this one follows from")
     common.add_argument(
@@ -669,44 +652,64 @@ def _submit_common(default_broker: str) -> argparse.ArgumentParser:
     return common
 
 
-def add_request_parsers(
-    commands: argparse._SubParsersAction[argparse.ArgumentParser], *, default_broker: str
+def add_parser(
+    commands: argparse._SubParsersAction[argparse.ArgumentParser],
+    name: str,
+    help: str,
 ) -> None:
-    """Register ``submit <type>``, ``watch`` and ``status`` on the ``greenchannel`` parser."""
-    common = _submit_common(default_broker)
-    submit = commands.add_parser("submit", help="sign and submit a request as an agency")
-    types = submit.add_subparsers(dest="request_type", required=True, metavar="TYPE")
-    for kind in REQUEST_KINDS.values():
-        parser = types.add_parser(kind.name, parents=[common], help=kind.help, description=kind.help)
-        kind.add_options(parser)
+    """Register ``submit <type>``, ``watch`` or ``status`` (``name``) on the ``greenchannel`` parser."""
+    default_broker = _env.default_broker()
+    if name == "submit":
+        common = _submit_common(default_broker)
+        submit = commands.add_parser("submit", help=help)
+        types = submit.add_subparsers(dest="request_type", required=True, metavar="TYPE")
+        for kind in REQUEST_KINDS.values():
+            parser = types.add_parser(kind.name, parents=[common], help=kind.help, description=kind.help)
+            kind.add_options(parser)
+    elif name == "watch":
+        watch = commands.add_parser("watch", help=help)
+        _connection_options(watch, default_broker)
+        scope = watch.add_mutually_exclusive_group()
+        scope.add_argument("--request", metavar="ID", help="one request")
+        scope.add_argument(
+            "--case", metavar="CASE", help="every request of a case (its owner and regulators)"
+        )
+        watch.add_argument(
+            "--after",
+            type=_non_negative_int,
+            default=0,
+            metavar="CURSOR",
+            help="resume after this cursor (default: replay)",
+        )
+    elif name == "status":
+        status = commands.add_parser("status", help=help)
+        status.add_argument("id", metavar="ID", help="request id")
+        _connection_options(status, default_broker)
+        status.add_argument(
+            "--decrypt",
+            action="store_true",
+            help="open the sealed data answer (onward transfers open with the --as agency's key anyway)",
+        )
+        status.add_argument(
+            "--key",
+            type=Path,
+            metavar="FILE",
+            help="X25519 private key, PKCS#8 PEM (default: --as agency's key in --state-dir); "
+            "implies --decrypt",
+        )
+    else:
+        raise ValueError(f"not a request command: {name}")
 
-    watch = commands.add_parser("watch", help="follow lifecycle events live until Ctrl-C")
-    _connection_options(watch, default_broker)
-    scope = watch.add_mutually_exclusive_group()
-    scope.add_argument("--request", metavar="ID", help="one request")
-    scope.add_argument("--case", metavar="CASE", help="every request of a case (its owner and regulators)")
-    watch.add_argument(
-        "--after",
-        type=_non_negative_int,
-        default=0,
-        metavar="CURSOR",
-        help="resume after this cursor (default: replay)",
-    )
 
-    status = commands.add_parser("status", help="one request: state, deadlines, result and timeline")
-    status.add_argument("id", metavar="ID", help="request id")
-    _connection_options(status, default_broker)
-    status.add_argument(
-        "--decrypt",
-        action="store_true",
-        help="open the sealed data answer (onward transfers open with the --as agency's key anyway)",
-    )
-    status.add_argument(
-        "--key",
-        type=Path,
-        metavar="FILE",
-        help="X25519 private key, PKCS#8 PEM (default: --as agency's key in --state-dir); implies --decrypt",
-    )
+def run(args: argparse.Namespace) -> int:
+    """Run the parsed ``submit``, ``watch`` or ``status``."""
+    if args.command == "submit":
+        return run_submit(args)
+    if args.command == "watch":
+        return run_watch(args)
+    if args.command == "status":
+        return run_status(args)
+    return 2
 
 
 # -- running --------------------------------------------------------------------------------------
@@ -775,7 +778,7 @@ def _guarded(
         ]
         _fail(command, args, lines, document)
         return 2
-    except _CliError as exc:
+    except CliError as exc:
         _fail(command, args, [str(exc)])
         return exc.exit_code
     except KeyFileError as exc:
@@ -852,19 +855,19 @@ async def _submit(args: argparse.Namespace) -> int:
     else:
         _say(status_lines(status, details=details))
     if waited_out:
-        # Not a _CliError: stdout already has its one document (the status as it stands).
+        # Not a CliError: stdout already has its one document (the status as it stands).
         _complain(
             "submit",
             [
                 f"{request_id} did not reach a final state within {args.timeout:g} s "
-                f"(now {short_state(status.state)}); it goes on: "
+                f"(now {state_name(status.state)}); it goes on: "
                 f"greenchannel watch --as {args.agency} --request {request_id}"
             ],
         )
         return 1
     if status.state in NOT_EXECUTED:
         # Not a _CliError either: the status (with the agency's reason) is on stdout already.
-        _complain("submit", [f"{request_id} ended {short_state(status.state)}: not executed"])
+        _complain("submit", [f"{request_id} ended {state_name(status.state)}: not executed"])
         return EXIT_NOT_EXECUTED
     return 0
 
@@ -885,7 +888,7 @@ async def _watch(args: argparse.Namespace) -> int:
             # Events do not carry the request type; one Get per request tells it.
             if request_id not in types:
                 try:
-                    types[request_id] = short_type((await bus.get(request_id)).type)
+                    types[request_id] = request_type_name((await bus.get(request_id)).type)
                 except grpc.aio.AioRpcError:
                     return "?"
             return types[request_id]
@@ -909,7 +912,7 @@ async def _watch(args: argparse.Namespace) -> int:
                     raise
                 why = f"connection lost ({exc.code().name})"
             if not seen:
-                raise _CliError("the broker ended the watch before any event")
+                raise CliError("the broker ended the watch before any event")
             delay = min(_RESUME_DELAY_MAX, max(_RESUME_DELAY_MIN, delay * 2))
             print(
                 f"greenchannel watch: {why}; resuming after cursor {cursor} in {delay:g} s",
@@ -924,13 +927,6 @@ def run_status(args: argparse.Namespace) -> int:
     if args.key is not None:
         args.decrypt = True
     return _guarded("status", args, lambda: _status(args))
-
-
-def _read_x25519(path: Path) -> x25519.X25519PrivateKey:
-    try:
-        return read_encryption_key(path)
-    except KeyFileError as exc:
-        raise _CliError(str(exc)) from exc
 
 
 def _own_keys(args: argparse.Namespace) -> tuple[x25519.X25519PrivateKey, ...] | None:
@@ -972,7 +968,7 @@ def _open_details(
             status.result, keys, request_id=status.id, sender=status.sender, recipient=status.recipient
         )
     except SealingError as exc:
-        raise _CliError(
+        raise CliError(
             f"cannot decrypt the onward transfers with {key_name}: {exc}; "
             f"they are sealed to {status.sender}'s X25519 key"
         ) from exc
@@ -984,24 +980,24 @@ def _open_answer(
     if not status.result.HasField("encrypted_payload"):
         if status.result.HasField("sealed_details"):
             return None  # nothing but the onward transfers to open
-        state = short_state(status.state)
-        raise _CliError(f"request {status.id} ({state}) carries no sealed answer to decrypt")
+        state = state_name(status.state)
+        raise CliError(f"request {status.id} ({state}) carries no sealed answer to decrypt")
     sealed = status.result.encrypted_payload
     if sealed.content_type and sealed.content_type != DATA_ANSWER_CONTENT_TYPE:
-        raise _CliError(f"the sealed answer is a {sealed.content_type}, not a {DATA_ANSWER_CONTENT_TYPE}")
+        raise CliError(f"the sealed answer is a {sealed.content_type}, not a {DATA_ANSWER_CONTENT_TYPE}")
     try:
         # Sealed by the recipient (who answered) to the sender (who asked).
         clear = open_sealed(
             sealed, key, request_id=status.id, sender=status.recipient, recipient=status.sender
         )
     except SealingError as exc:
-        raise _CliError(
+        raise CliError(
             f"cannot decrypt the answer with {key_name}: {exc}; it is sealed to {status.sender}'s X25519 key"
         ) from exc
     try:
         return results_pb2.DataAnswer.FromString(clear)
     except DecodeError as exc:
-        raise _CliError("the decrypted answer is not a DataAnswer") from exc
+        raise CliError("the decrypted answer is not a DataAnswer") from exc
 
 
 async def _status(args: argparse.Namespace) -> int:
@@ -1010,7 +1006,7 @@ async def _status(args: argparse.Namespace) -> int:
     if args.decrypt:
         # Before any call: a key that cannot be read is reported without touching the bus.
         if args.key is not None:
-            key, key_name = _read_x25519(args.key), str(args.key)
+            key, key_name = read_x25519(args.key), str(args.key)
         else:
             key = load_agency_encryption_keys(args.state_dir, args.agency)
             key_name = f"{args.agency}'s key in {args.state_dir}"
