@@ -1,4 +1,4 @@
-"""What several commands share: their error, the ``--as`` value type, reading an X25519 key file."""
+"""What several commands share: their error, option value types, reading an X25519 key file."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from cryptography.hazmat.primitives.asymmetric import x25519
 
 from broker.protocol import KeyFileError, read_encryption_key
 
-__all__ = ["CliError", "agency_option", "read_x25519"]
+__all__ = ["CliError", "agency_option", "non_negative_int", "positive_int", "read_x25519"]
 
 _AGENCY_ID = re.compile(r"[a-z0-9][a-z0-9-]{1,62}")
 
@@ -36,3 +36,26 @@ def read_x25519(path: Path) -> x25519.X25519PrivateKey:
         return read_encryption_key(path)
     except KeyFileError as exc:
         raise CliError(str(exc)) from exc
+
+
+def _whole_number(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+
+
+def positive_int(text: str) -> int:
+    """A count option value greater than zero."""
+    value = _whole_number(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must be greater than zero")
+    return value
+
+
+def non_negative_int(text: str) -> int:
+    """A count option value, zero allowed."""
+    value = _whole_number(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
+    return value

@@ -50,7 +50,7 @@ from broker.protocol import (
 )
 
 from . import _env
-from ._options import CliError, agency_option, read_x25519
+from ._options import CliError, agency_option, non_negative_int, positive_int, read_x25519
 from ._render import (
     answer_lines,
     error_document,
@@ -124,26 +124,6 @@ def _positive_seconds(text: str) -> float:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds") from None
     if not value > 0:
         raise argparse.ArgumentTypeError(f"{text!r} must be greater than zero")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must be greater than zero")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
     return value
 
 
@@ -275,7 +255,7 @@ def _extend_options(parser: argparse.ArgumentParser) -> None:
     _account_options(parser)
     parser.add_argument(
         "--hours",
-        type=_positive_int,
+        type=positive_int,
         default=48,
         help="extension asked for (default 48; the SLA policy caps it)",
     )
@@ -629,9 +609,7 @@ def _submit_common(default_broker: str) -> argparse.ArgumentParser:
         "--recipient", type=agency_option, metavar="AGENCY", help="recipient (default: routed by the body)"
     )
     common.add_argument("--parent", metavar="REQUEST_ID", help="the request this one follows from")
-    common.add_argument(
-        "--hop", type=_non_negative_int, default=0, help="hops from the chain's first request"
-    )
+    common.add_argument("--hop", type=non_negative_int, default=0, help="hops from the chain's first request")
     common.add_argument(
         "--idempotency-key", metavar="K", help="resubmitting with the same key returns the first request"
     )
@@ -676,7 +654,7 @@ def add_parser(
         )
         watch.add_argument(
             "--after",
-            type=_non_negative_int,
+            type=non_negative_int,
             default=0,
             metavar="CURSOR",
             help="resume after this cursor (default: replay)",

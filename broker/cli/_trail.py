@@ -38,7 +38,7 @@ from broker.protocol import (
 )
 
 from . import _env
-from ._options import CliError, agency_option, read_x25519
+from ._options import CliError, agency_option, non_negative_int, read_x25519
 from ._render import error_document, error_lines
 from ._requests import parse_amount
 
@@ -308,16 +308,6 @@ def _case(text: str) -> str:
     return text
 
 
-def _count(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} must not be negative")
-    return value
-
-
 def add_parser(subparsers: Any, name: str = "trail", help: str = "") -> None:
     """Register ``trail CASE --as AGENCY [--owner A] [--broker] [--json] [--key FILE] [--chasing on|off]
     [--max-depth N] [--max-accounts N] [--max-requests N] [--min-amount X --currency C]``.
@@ -347,9 +337,15 @@ def add_parser(subparsers: Any, name: str = "trail", help: str = "") -> None:
     trail.add_argument(
         "--chasing", choices=["on", "off"], help="switch the broker's chasing of the case (case owner)"
     )
-    trail.add_argument("--max-depth", type=_count, metavar="N", help="with --chasing: narrower depth")
-    trail.add_argument("--max-accounts", type=_count, metavar="N", help="with --chasing: fewer accounts")
-    trail.add_argument("--max-requests", type=_count, metavar="N", help="with --chasing: fewer stop-payments")
+    trail.add_argument(
+        "--max-depth", type=non_negative_int, metavar="N", help="with --chasing: narrower depth"
+    )
+    trail.add_argument(
+        "--max-accounts", type=non_negative_int, metavar="N", help="with --chasing: fewer accounts"
+    )
+    trail.add_argument(
+        "--max-requests", type=non_negative_int, metavar="N", help="with --chasing: fewer stop-payments"
+    )
     trail.add_argument("--min-amount", type=parse_amount, metavar="X", help="with --chasing: larger minimum")
     trail.add_argument("--currency", default="CNY", help="currency of --min-amount (default CNY)")
 
