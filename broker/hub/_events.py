@@ -49,7 +49,6 @@ from ._lifecycle import is_outcome, next_state
 from ._store import RequestStore
 from ._timers import DeadlineScheduler
 from ._trail import TrailChaser, TrailNotReadyError
-from ._watchlog import WatchLog
 
 __all__ = [
     "EVENTS_CONSUMER",
@@ -192,11 +191,8 @@ class BrokerEvents:
     """Steps the broker itself takes (cancellation, escalation, expiry): signed by the broker key,
     checked by the same state machine and logged exactly like adapters' events."""
 
-    def __init__(
-        self, *, requests: RequestStore, watchlog: WatchLog, broker_key: SigningKey, clock: Clock
-    ) -> None:
+    def __init__(self, *, requests: RequestStore, broker_key: SigningKey, clock: Clock) -> None:
         self._requests = requests
-        self._watchlog = watchlog
         self._broker_key = broker_key
         self._clock = clock
 
@@ -238,10 +234,8 @@ class BrokerEvents:
                 also(updated)
             return updated
 
-        status = await self._requests.update(request_id, change)
-        recorded = next(r for r in status.events if _event_id(r) == event.event_id)
-        await self._watchlog.append(status, recorded, event_id=event.event_id)
-        return status
+        # One write: the request's new state, its Watch record and the ledger's source.
+        return await self._requests.update(request_id, change)
 
 
 class EventProcessor:
@@ -253,7 +247,6 @@ class EventProcessor:
         js: JetStreamContext,
         registry: Registry,
         requests: RequestStore,
-        watchlog: WatchLog,
         clock: Clock,
         config: EventProcessorConfig | None = None,
         holds: HoldLifecycle | None = None,
@@ -266,7 +259,6 @@ class EventProcessor:
         self._js = js
         self._registry = registry
         self._requests = requests
-        self._watchlog = watchlog
         self._clock = clock
         self._config = config or EventProcessorConfig()
         self._loop = ConsumerLoop(
@@ -326,9 +318,8 @@ class EventProcessor:
         except Refused as refused:
             await self._refuse(msg, event.actor, event.request_id, refused.reason, str(refused))
             return
-        recorded = next(r for r in status.events if _event_id(r) == event.event_id)
-        # Idempotent: Nats-Msg-Id = event id, so a redelivered event is logged once.
-        await self._watchlog.append(status, recorded, event_id=event.event_id)
+        # The update was the one write (state, Watch record, ledger source); a redelivered event
+        # finds its id in the timeline and writes nothing.
         if is_outcome(event.state):
             hooks = [hook for hook in (self._holds, self._trail) if hook is not None]
             # The hold's timers and the chase of its onward transfers are independent and both

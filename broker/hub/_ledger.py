@@ -43,7 +43,7 @@ import nats.errors
 import nats.js.errors
 import structlog
 from google.protobuf.message import DecodeError
-from greenchannel.v1 import bus_pb2, common_pb2, envelope_pb2, ledger_pb2, lifecycle_pb2
+from greenchannel.v1 import common_pb2, envelope_pb2, ledger_pb2, lifecycle_pb2
 from nats.aio.msg import Msg
 from nats.js.api import (
     AckPolicy,
@@ -207,13 +207,14 @@ async def ensure_ledger_streams(
 
 
 def timeline_record(subject: str, data: bytes) -> tuple[str, bytes]:
-    """``(record id, unlinked entry)`` for one message of the watch log (GC_WATCH).
+    """``(record id, unlinked entry)`` for one record of the request journal (GC_WATCH).
 
-    Every event the broker accepts into a request's timeline is published there once, durably,
-    deduplicated by event id, and the subject names the parties and the case: the sequencers
-    chain it from there, instead of every handler writing it a second time to the intake.
-    SUBMITTED records the request (actor: its sender; digest: the body the broker notarized, which
-    is what the SUBMITTED event is bound to), ESCALATED a deadline breach, anything else a
+    A record is the request's status after one event, which is its last. Every event the broker
+    accepts into a request's timeline is published there once, durably, and the subject names the
+    parties and the case: the sequencers chain it from there, instead of every handler writing it
+    a second time to the intake. SUBMITTED records the request (actor: its sender; digest: the
+    body the broker notarized, which is what the SUBMITTED event is bound to), ESCALATED a
+    deadline breach, anything else a
     lifecycle event (the digest of the signed event). Raises ValueError for anything else.
     """
     tokens = subject.split(".")
@@ -221,11 +222,12 @@ def timeline_record(subject: str, data: bytes) -> tuple[str, bytes]:
         raise ValueError(f"not a watch log subject: {subject!r}")
     sender, recipient, case_owner, case_number, request_id = tokens[2:]
     try:
-        record = bus_pb2.WatchResponse.FromString(data)
-        event = lifecycle_pb2.LifecycleEvent.FromString(record.event.event.payload)
-    except DecodeError as exc:
+        status = lifecycle_pb2.RequestStatus.FromString(data)
+        record = status.events[-1]
+        event = lifecycle_pb2.LifecycleEvent.FromString(record.event.payload)
+    except (DecodeError, IndexError) as exc:
         raise ValueError("a watch log record that does not parse") from exc
-    if not event.event_id or event.request_id != request_id or record.request_id != request_id:
+    if not event.event_id or event.request_id != request_id or status.id != request_id:
         raise ValueError("a watch log record for another request than its subject names")
     actor = event.actor
     if event.state == common_pb2.REQUEST_STATE_SUBMITTED:
@@ -235,11 +237,11 @@ def timeline_record(subject: str, data: bytes) -> tuple[str, bytes]:
     else:
         breach = event.state == common_pb2.REQUEST_STATE_ESCALATED
         kind = ledger_pb2.LEDGER_ENTRY_KIND_BREACH if breach else ledger_pb2.LEDGER_ENTRY_KIND_EVENT
-        digest = body_digest(record.event.event.payload)
+        digest = body_digest(record.event.payload)
     entry = build_entry(
         kind=kind,
         actor=actor,
-        at=record.event.recorded_at.ToDatetime(tzinfo=UTC),
+        at=record.recorded_at.ToDatetime(tzinfo=UTC),
         request_id=request_id,
         case_number=case_number,
         parties=list(dict.fromkeys((sender, recipient, case_owner))),

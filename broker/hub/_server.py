@@ -55,7 +55,7 @@ from ._policy import Policy, load_policy
 from ._reflection import enable_reflection
 from ._refusals import RefusalAudit, RefusalAuditConfig
 from ._sla_policy import SlaPolicy
-from ._store import IdempotencyStore, RequestStore
+from ._store import RequestStore
 from ._submit import Intake
 from ._timers import DeadlineScheduler
 from ._tls import TlsFiles, server_credentials
@@ -191,8 +191,7 @@ class Broker:
         ledger = LedgerWriter(js)
         refusals = self._refusals = RefusalAudit(ledger, config.clock, config.refusals)
         await refusals.__aenter__()
-        requests = await RequestStore.open(js, replicas=config.replicas)
-        idempotency = await IdempotencyStore.open(js, replicas=config.replicas)
+        requests = RequestStore(js)
         replay = await open_replay_cache(js, replicas=config.replicas)
         watchlog = WatchLog(js)
         scheduler = DeadlineScheduler(js, reminder_at=config.sla.escalation.reminder_at)
@@ -212,8 +211,6 @@ class Broker:
             holds=config.sla.holds,
             scheduler=scheduler,
             requests=requests,
-            idempotency=idempotency,
-            watchlog=watchlog,
             js=js,
             broker_key=broker_key,
             clock=config.clock,
@@ -224,14 +221,11 @@ class Broker:
             sender=intake,
             source=sealed_onward_transfers(load_broker_encryption_key(config.state_dir)),
         )
-        broker_events = BrokerEvents(
-            requests=requests, watchlog=watchlog, broker_key=broker_key, clock=config.clock
-        )
+        broker_events = BrokerEvents(requests=requests, broker_key=broker_key, clock=config.clock)
         self._events = EventProcessor(
             js=js,
             registry=registry,
             requests=requests,
-            watchlog=watchlog,
             clock=config.clock,
             config=config.events,
             ledger=ledger,

@@ -1,15 +1,32 @@
-"""Request state and idempotency keys in NATS KV: the broker's only state, so replicas share it.
+"""Request state as the journal of its events: the broker's only record of a request.
 
-Every change is a compare-and-set on the entry's revision (``update(last=rev)``): two broker
-replicas applying events to one request never overwrite each other; the loser re-reads and
-re-applies its change on top.
+Every accepted lifecycle event of a request is one message on GC_WATCH, on the request's subject
+``gc.status.<sender>.<recipient>.<case owner>.<case>.<request id>``, holding the request's full
+``RequestStatus`` after that event (the event itself is ``status.events[-1]``). That one durable
+write is at once:
 
-A replica remembers the statuses it wrote last, with their revisions, and tries its next change
-on top of that copy first: most events of a request are applied by the replica that stored it,
-so the read before the compare-and-set is usually waste. The copy is only ever a guess. A
-compare-and-set on it fails if anyone wrote since, and a change that refuses or finds nothing to
-do on the copy is decided again on a fresh read, since an older state may refuse what the
-current one allows.
+* the request's state: its current status is the last message on its subject;
+* the Watch notification: watchers follow the stream with server-side subject filters;
+* the ledger's source: the sequencers chain every record from this stream.
+
+Changes are compare-and-set on the request's subject: a write carries
+``Nats-Expected-Last-Subject-Sequence`` = the stream sequence of the record it was computed from
+(0 for the first), so two broker replicas applying events to one request never overwrite each
+other; the loser re-reads and re-applies its change on top. A write whose PubAck was lost and that
+did land is found by the retry: its compare-and-set fails, the re-read shows the event applied,
+and the change has nothing left to do.
+
+The first record (SUBMITTED) also binds the client's idempotency key: its ``Nats-Msg-Id`` is
+derived from (sender, key), so a retry within the stream's duplicate window (the idempotency
+horizon) is answered "duplicate" with the sequence of the first request's record.
+
+A replica remembers the statuses it wrote last, with their sequences, and tries its next change on
+top of that copy first: most events of a request are applied by the replica that stored it, so the
+read before the compare-and-set is usually waste. The copy is only ever a guess: a compare-and-set
+on it fails if anyone wrote since, and a change that refuses or finds nothing to do on the copy is
+decided again on a fresh read, since an older state may refuse what the current one allows.
+
+After a crash nothing needs rebuilding: the stream is the state, and a replica's memory is a cache.
 """
 
 from __future__ import annotations
@@ -23,22 +40,27 @@ from datetime import timedelta
 import nats.errors
 import nats.js.errors
 import structlog
+from google.protobuf.message import DecodeError
 from greenchannel.v1 import lifecycle_pb2
 from nats.js.api import KeyValueConfig, StorageType
 from nats.js.client import JetStreamContext
 from nats.js.kv import KeyValue
 
-from broker.protocol import IDEMPOTENCY_BUCKET, REQUESTS_BUCKET
+from broker.protocol import WATCH_STREAM, status_filter, status_subject, validate_request_id
 
 from ._errors import ConflictError, NotFoundError, UnavailableError
 
-__all__ = ["IdempotencyStore", "RequestStore", "StoredStatus", "open_bucket"]
+__all__ = ["Created", "RequestStore", "StoredStatus", "idempotency_msg_id", "open_bucket"]
 
 log = structlog.get_logger(__name__)
 
 _CAS_ATTEMPTS = 16
 # Statuses (a few KiB each) a replica remembers for its next compare-and-set.
 _REMEMBERED = 2048
+# JetStream's answer to a failed Nats-Expected-Last-Subject-Sequence check.
+_WRONG_LAST_SEQUENCE = 10071
+_EXPECTED_LAST = "Nats-Expected-Last-Subject-Sequence"
+_CONTENT = "Gc-Content-Digest"
 
 
 async def open_bucket(
@@ -69,19 +91,55 @@ async def open_bucket(
 
 @dataclass(frozen=True)
 class StoredStatus:
-    """A request's status and the KV revision it was read at."""
+    """A request's status and the stream sequence of the record it was read from."""
 
     status: lifecycle_pb2.RequestStatus
     revision: int
 
 
-class RequestStore:
-    """One KV entry per request (key: request id), holding a RequestStatus without personal data."""
+@dataclass(frozen=True)
+class Created:
+    """What :meth:`RequestStore.create` did.
 
-    def __init__(self, kv: KeyValue, js: JetStreamContext, bucket: str = REQUESTS_BUCKET) -> None:
-        self._kv = kv
+    ``stored``: the record is ours. Otherwise ``bound`` is the request that holds the idempotency
+    key (with the content digest it was first submitted with, None if unknown), or None when a
+    request with this id already exists.
+    """
+
+    stored: bool
+    bound: StoredStatus | None = None
+    bound_content: str | None = None
+
+
+def idempotency_msg_id(sender: str, idempotency_key: str) -> str:
+    """The ``Nats-Msg-Id`` of a SUBMITTED record: one per (sender, key), whatever the key holds.
+
+    Hashed: client keys may hold characters headers should not; the sender is part of it so two
+    agencies choosing the same key never collide.
+    """
+    return "idem-" + hashlib.sha256(f"{sender}\0{idempotency_key}".encode()).hexdigest()
+
+
+def _subject(status: lifecycle_pb2.RequestStatus) -> str:
+    return status_subject(
+        sender=status.sender,
+        recipient=status.recipient,
+        case_owner=status.case_ref.issuing_agency,
+        case_number=status.case_ref.case_number,
+        request_id=status.id,
+    )
+
+
+def _wrong_last_sequence(exc: nats.errors.Error) -> bool:
+    return isinstance(exc, nats.js.errors.APIError) and exc.err_code == _WRONG_LAST_SEQUENCE
+
+
+class RequestStore:
+    """Request statuses as the last record of each request's subject on GC_WATCH."""
+
+    def __init__(self, js: JetStreamContext, *, stream: str = WATCH_STREAM) -> None:
         self._js = js
-        self._bucket = bucket
+        self._stream = stream
         self._written: OrderedDict[str, StoredStatus] = OrderedDict()
 
     def _remember(self, status: lifecycle_pb2.RequestStatus, revision: int) -> None:
@@ -98,34 +156,55 @@ class RequestStore:
         copy.CopyFrom(known.status)  # ``change`` may modify what it gets
         return StoredStatus(status=copy, revision=known.revision)
 
-    @classmethod
-    async def open(cls, js: JetStreamContext, *, replicas: int = 1) -> RequestStore:
-        return cls(await open_bucket(js, REQUESTS_BUCKET, replicas=replicas), js)
+    async def create(self, status: lifecycle_pb2.RequestStatus, *, msg_id: str, content: str = "") -> Created:
+        """Store a new request's first record (its SUBMITTED event).
 
-    async def create(self, status: lifecycle_pb2.RequestStatus) -> bool:
-        """Store a new request; False if a request with this id already exists."""
+        ``msg_id`` binds the idempotency key (:func:`idempotency_msg_id`); ``content`` is the
+        digest of what the request asks, kept with the record so a reused key with another body
+        is told apart from a retry.
+        """
+        headers = {"Nats-Msg-Id": msg_id, _EXPECTED_LAST: "0"}
+        if content:
+            headers[_CONTENT] = content
         try:
-            revision = await self._kv.create(status.id, status.SerializeToString())
-        except nats.js.errors.KeyWrongLastSequenceError:
-            return False
+            ack = await self._js.publish(_subject(status), status.SerializeToString(), headers=headers)
         except nats.errors.Error as exc:
+            if _wrong_last_sequence(exc):
+                return Created(stored=False)
             raise UnavailableError(f"cannot store request: {exc}") from exc
-        self._remember(status, revision)
-        return True
+        if ack.duplicate:
+            bound, bound_content = await self._at(ack.seq)
+            return Created(stored=False, bound=bound, bound_content=bound_content)
+        self._remember(status, ack.seq)
+        return Created(stored=True)
+
+    async def _at(self, seq: int) -> tuple[StoredStatus, str | None]:
+        """The record at stream sequence ``seq`` and its content digest header."""
+        try:
+            msg = await self._js.get_msg(self._stream, seq)
+        except nats.errors.Error as exc:
+            raise UnavailableError(f"cannot read request record {seq}: {exc}") from exc
+        status = lifecycle_pb2.RequestStatus.FromString(msg.data or b"")
+        content = (msg.headers or {}).get(_CONTENT)
+        return StoredStatus(status=status, revision=seq), content or None
 
     async def get(self, request_id: str) -> StoredStatus:
+        """The current status: the last record on the request's subject."""
         try:
-            entry = await self._kv.get(request_id)
-        except (
-            nats.js.errors.KeyNotFoundError,
-            nats.js.errors.KeyDeletedError,
-            nats.js.errors.InvalidKeyError,
-        ) as exc:
+            subject = status_filter(request_id=validate_request_id(request_id))
+        except ValueError as exc:
+            raise NotFoundError(f"no request {request_id}") from exc
+        try:
+            msg = await self._js.get_last_msg(self._stream, subject)
+        except nats.js.errors.NotFoundError as exc:
             raise NotFoundError(f"no request {request_id}") from exc
         except nats.errors.Error as exc:
             raise UnavailableError(f"cannot read request: {exc}") from exc
-        status = lifecycle_pb2.RequestStatus.FromString(entry.value or b"")
-        return StoredStatus(status=status, revision=entry.revision or 0)
+        try:
+            status = lifecycle_pb2.RequestStatus.FromString(msg.data or b"")
+        except DecodeError as exc:
+            raise UnavailableError(f"request {request_id} has a record that does not parse") from exc
+        return StoredStatus(status=status, revision=msg.seq or 0)
 
     async def update(
         self,
@@ -134,8 +213,9 @@ class RequestStore:
     ) -> lifecycle_pb2.RequestStatus:
         """Apply ``change`` with compare-and-set, re-reading and re-applying on conflict.
 
-        ``change`` gets a fresh copy each attempt and returns the new status, or None to leave
-        the entry as it is (e.g. the event was already applied). It may raise to refuse.
+        ``change`` gets a fresh copy each attempt and returns the new status (with the event it
+        adds last in ``events``), or None to leave the request as it is (e.g. the event was
+        already applied). It may raise to refuse.
         """
         guess = self._remembered(request_id)
         if guess is not None:
@@ -143,84 +223,44 @@ class RequestStore:
                 updated = change(guess.status)
             except Exception:  # decided again below, on the current state
                 updated = None
-            if updated is not None:
-                written = await self._write(request_id, updated, guess.revision)
-                if written:
-                    return updated
+            if updated is not None and await self._write(updated, guess.revision):
+                return updated
         for _ in range(_CAS_ATTEMPTS):
             current = await self.get(request_id)
             updated = change(current.status)
             if updated is None:
+                self._remember(current.status, current.revision)
                 return current.status
-            if await self._write(request_id, updated, current.revision):
+            if await self._write(updated, current.revision):
                 return updated
         raise ConflictError(f"request {request_id} kept changing under concurrent updates")
 
-    async def _write(self, request_id: str, updated: lifecycle_pb2.RequestStatus, last: int) -> bool:
+    async def _write(self, updated: lifecycle_pb2.RequestStatus, last: int) -> bool:
         """Compare-and-set; False when someone else wrote since ``last``."""
         try:
-            revision = await self._kv.update(request_id, updated.SerializeToString(), last=last)
-        except nats.js.errors.KeyWrongLastSequenceError:
-            log.debug("request_store.cas_retry", request_id=request_id)
-            return False
+            ack = await self._js.publish(
+                _subject(updated), updated.SerializeToString(), headers={_EXPECTED_LAST: str(last)}
+            )
         except nats.errors.Error as exc:
+            if _wrong_last_sequence(exc):
+                log.debug("request_store.cas_retry", request_id=updated.id)
+                return False
             raise UnavailableError(f"cannot update request: {exc}") from exc
-        self._remember(updated, revision)
+        self._remember(updated, ack.seq)
         return True
 
     async def scan(self) -> AsyncIterator[lifecycle_pb2.RequestStatus]:
         """Every stored request. A full scan: fine for the reference deployment's List."""
-        # Keys come from the bucket stream's per-subject state, answered by the server in one
-        # reply: nats-py's kv.keys() runs a watcher that can race itself and report no keys.
-        prefix = f"$KV.{self._bucket}."
+        # One subject per request; the server lists them in one reply.
         try:
-            info = await self._js.stream_info(f"KV_{self._bucket}", subjects_filter=prefix + ">")
+            info = await self._js.stream_info(self._stream, subjects_filter=status_filter())
         except nats.errors.Error as exc:
             raise UnavailableError(f"cannot list requests: {exc}") from exc
-        keys = sorted(subject.removeprefix(prefix) for subject in (info.state.subjects or {}))
-        for key in keys:
+        for subject in sorted(info.state.subjects or {}, key=lambda s: s.rsplit(".", 1)[-1]):
             try:
-                yield (await self.get(key)).status
-            except NotFoundError:
-                continue  # deleted between listing and reading
-
-
-class IdempotencyStore:
-    """Client idempotency keys: (sender, key) -> the request id first submitted with them."""
-
-    def __init__(self, kv: KeyValue) -> None:
-        self._kv = kv
-
-    @classmethod
-    async def open(cls, js: JetStreamContext, *, replicas: int = 1) -> IdempotencyStore:
-        return cls(await open_bucket(js, IDEMPOTENCY_BUCKET, replicas=replicas))
-
-    @staticmethod
-    def _key(sender: str, idempotency_key: str) -> str:
-        # Client keys may hold characters KV keys cannot; the sender is part of the key so
-        # two agencies choosing the same key never collide.
-        return hashlib.sha256(f"{sender}\0{idempotency_key}".encode()).hexdigest()
-
-    async def claim(
-        self, sender: str, idempotency_key: str, request_id: str, *, content: str = ""
-    ) -> tuple[str, str | None]:
-        """Atomically bind the key to ``request_id`` and the request's ``content`` digest.
-
-        Returns ``(request id, content digest)`` the key is bound to: ours, or the earlier
-        request's. The digest is None for a key bound before digests were kept (then any body
-        counts as a retry, as it did).
-        """
-        key = self._key(sender, idempotency_key)
-        value = f"{request_id} {content}" if content else request_id
-        try:
-            await self._kv.create(key, value.encode())
-        except nats.js.errors.KeyWrongLastSequenceError:
-            try:
-                entry = await self._kv.get(key)
+                msg = await self._js.get_last_msg(self._stream, subject)
+            except nats.js.errors.NotFoundError:
+                continue
             except nats.errors.Error as exc:
-                raise UnavailableError(f"cannot read idempotency key: {exc}") from exc
-            bound, _, digest = (entry.value or b"").decode().partition(" ")
-            return bound, digest or None
-        except nats.errors.Error as exc:
-            raise UnavailableError(f"cannot store idempotency key: {exc}") from exc
-        return request_id, content or None
+                raise UnavailableError(f"cannot list requests: {exc}") from exc
+            yield lifecycle_pb2.RequestStatus.FromString(msg.data or b"")

@@ -3,13 +3,15 @@
 Order matters for "nothing lost, nothing twice":
 
 1. every check (signature, field rules, routing, policy) runs before any side effect;
-2. the idempotency key is claimed (KV create), so a retry maps to the first request id;
-3. the request's state is created in KV (SUBMITTED, with the notarized header);
-4. the envelope is published to the recipient's inbox with ``Nats-Msg-Id`` = request id;
-5. the SUBMITTED event goes to the watch log.
+2. one durable write stores the request: its SUBMITTED record in the journal (request state,
+   Watch record and ledger source at once, see ``_store``), whose ``Nats-Msg-Id`` binds the
+   idempotency key, so a retry maps to the first request id;
+3. the envelope is published to the recipient's inbox with ``Nats-Msg-Id`` = request id, and the
+   request's deadline timer is set, side by side.
 
-A crash between 3 and 4 leaves a SUBMITTED request with no inbox message; the client's retry
-(same idempotency key; ``BusClient`` always sets one) finds it still SUBMITTED and publishes the
+A crash between 2 and 3 leaves a SUBMITTED request with no inbox message; the client's retry
+(same idempotency key; ``BusClient`` always sets one; without one, the same signed bytes) finds it
+still SUBMITTED and publishes the
 envelope again, rebuilt byte for byte from the stored header when the retry carries the same
 signed bytes. If the first publish did land, JetStream's duplicate window drops the second.
 """
@@ -64,9 +66,8 @@ from ._errors import (
 from ._grpc_status import to_hub_error
 from ._policy import Policy
 from ._routing import resolve_recipient
-from ._store import IdempotencyStore, RequestStore
+from ._store import Created, RequestStore, idempotency_msg_id
 from ._timers import DeadlineScheduler
-from ._watchlog import WatchLog
 
 if TYPE_CHECKING:
     from ._sla_policy import HoldRule
@@ -114,8 +115,6 @@ class Intake:
         policy: Policy,
         deadlines: DeadlineTable,
         requests: RequestStore,
-        idempotency: IdempotencyStore,
-        watchlog: WatchLog,
         js: JetStreamContext,
         broker_key: SigningKey,
         clock: Clock,
@@ -130,8 +129,6 @@ class Intake:
         self._policy = policy
         self._deadlines = deadlines
         self._requests = requests
-        self._idempotency = idempotency
-        self._watchlog = watchlog
         self._js = js
         self._broker_key = broker_key
         self._clock = clock
@@ -239,33 +236,27 @@ class Intake:
         self, caller: Caller, signed: envelope_pb2.SignedMessage, *, body: str | None = None
     ) -> SubmitOutcome:
         verified, recipient, target = await self.check(caller, signed, body=body)
-        request_id = new_uuid7(self._clock)
-        key = verified.request.idempotency_key
-        if key:
-            content = content_digest(verified.request)
-            bound, bound_content = await self._idempotency.claim(
-                caller.agency.id, key, request_id, content=content
-            )
-            if bound != request_id:
-                if bound_content is not None and bound_content != content:
-                    log.warning("request.idempotency_key_reused", sender=caller.agency.id, request_id=bound)
-                    raise AlreadyExistsError(
-                        f"the idempotency key was first used for request {bound}, with another body; use a"
-                        " new key for a new request (the same key with the same body is a retry)",
-                        reason="IDEMPOTENCY_KEY_REUSED",
-                    )
-                return await self._resubmit(bound, verified, recipient, target)
-        status = await self._accept(request_id, verified, recipient, target)
-        log.info(
-            "request.submitted",
-            request_id=request_id,
-            case=status.case_ref.case_number,
-            type=type_name(status.type),
-            sender=status.sender,
-            recipient=status.recipient,
-            priority=common_pb2.Priority.Name(status.priority),
+        # Without a key of its own, a signed request is its own key: the same signed bytes sent
+        # again (a retry, or a replayed bearer token bound to them) are the same request.
+        key = verified.request.idempotency_key or f"jti:{verified.claims.jti}"
+        outcome = await self._accept(
+            new_uuid7(self._clock),
+            verified,
+            recipient,
+            target,
+            msg_id=idempotency_msg_id(caller.agency.id, key),
+            content=content_digest(verified.request),
         )
-        return SubmitOutcome(status=status, duplicate=False)
+        if not outcome.duplicate:
+            status = outcome.status
+            log.debug(
+                "request.submitted",
+                request_id=status.id,
+                type=type_name(status.type),
+                sender=status.sender,
+                recipient=status.recipient,
+            )
+        return outcome
 
     async def _accept(
         self,
@@ -273,8 +264,11 @@ class Intake:
         verified: VerifiedRequest,
         recipient: Agency,
         target: lifecycle_pb2.RequestStatus | None,
-    ) -> lifecycle_pb2.RequestStatus:
-        """Notarize, store, publish to the inbox, log the SUBMITTED event, set its timer (steps 3 to 5)."""
+        *,
+        msg_id: str,
+        content: str = "",
+    ) -> SubmitOutcome:
+        """Notarize, store (the SUBMITTED record binds the idempotency key), publish, set the timer."""
         request = verified.request
         received_at = self._clock.now()
         deadlines = self._deadlines.deadlines(verified.request_type, request.priority, received_at)
@@ -293,7 +287,7 @@ class Intake:
             clock=self._clock,
         )
         header = envelope_pb2.EnvelopeHeader.FromString(envelope.header)
-        recorded, event_id = self._submitted_event(request_id, verified, received_at)
+        recorded = self._submitted_event(request_id, verified, received_at)
         status = lifecycle_pb2.RequestStatus(
             id=request_id,
             type=verified.request_type,
@@ -312,63 +306,54 @@ class Intake:
             notary_signature=envelope.notary_signature,
             target_id=target.id if target is not None else "",
         )
-        if not await self._requests.create(status):
-            # Stored already: by a concurrent retry, or by an earlier attempt whose write landed
-            # although it saw an error (a leader change). Finish the intake rather than assume
-            # the other one does.
-            stored = (await self._requests.get(request_id)).status
-            await self._finish(stored, verified)
-            return stored
+        created = await self._requests.create(status, msg_id=msg_id, content=content)
+        if not created.stored:
+            return await self._resubmit(created, request_id, verified, content)
         if self._trail is not None:
             # Before the inbox has it: the money trail knows the hold, its account and amount (the
             # body is at hand only now) before the bank can answer.
             await self._trail.submitted(
                 request_id, request, sender=verified.claims.iss, recipient=recipient.id
             )
-        # All idempotent (Nats-Msg-Id, or one schedule per subject). The SUBMITTED record goes
-        # first: once the inbox has the request the bank may answer at once, and its outcome
-        # must never reach the watch log (and the ledger chained from it) before the request.
-        await asyncio.gather(
-            self._watchlog.append(status, recorded, event_id=event_id),
-            self._scheduler.schedule_next(status),
-        )
-        await self._publish(status, envelope)
-        return status
+        # Both idempotent (Nats-Msg-Id; one schedule per subject). The SUBMITTED record is stored
+        # already: the bank's answer can never reach the journal before the request.
+        await asyncio.gather(self._scheduler.schedule_next(status), self._publish(status, envelope))
+        return SubmitOutcome(status=status, duplicate=False)
 
     async def _resubmit(
-        self,
-        request_id: str,
-        verified: VerifiedRequest,
-        recipient: Agency,
-        target: lifecycle_pb2.RequestStatus | None,
+        self, created: Created, request_id: str, verified: VerifiedRequest, content: str
     ) -> SubmitOutcome:
         """A retry with a known idempotency key: return the first request, finishing its intake if needed."""
+        if created.bound is None:
+            # This very id is stored already (a write that landed although it saw an error).
+            bound_id = request_id
+        else:
+            bound_id = created.bound.status.id
+            if created.bound_content is not None and created.bound_content != content:
+                log.warning("request.idempotency_key_reused", sender=verified.claims.iss, request_id=bound_id)
+                raise AlreadyExistsError(
+                    f"the idempotency key was first used for request {bound_id}, with another body; use a"
+                    " new key for a new request (the same key with the same body is a retry)",
+                    reason="IDEMPOTENCY_KEY_REUSED",
+                )
         try:
-            stored = (await self._requests.get(request_id)).status
+            stored = (await self._requests.get(bound_id)).status
         except NotFoundError:
-            # The first attempt claimed the key and stopped before storing: finish it under that id.
-            log.warning("request.resuming_interrupted_intake", request_id=request_id)
-            status = await self._accept(request_id, verified, recipient, target)
-            return SubmitOutcome(status=status, duplicate=True)
+            if created.bound is None:
+                raise
+            # Not visible to this read yet (a stream leader just moved): the record found by the
+            # duplicate is the request as it was stored, which is all the intake needs.
+            stored = created.bound.status
         await self._finish(stored, verified)
-        log.info("request.duplicate_submission", request_id=request_id, sender=stored.sender)
+        log.info("request.duplicate_submission", request_id=bound_id, sender=stored.sender)
         return SubmitOutcome(status=stored, duplicate=True)
 
     async def _finish(self, stored: lifecycle_pb2.RequestStatus, verified: VerifiedRequest) -> None:
-        """Redo every intake step after the stored state, in case the first attempt died before it.
+        """Redo every intake step after the stored record, in case the first attempt died before it.
 
-        Each is idempotent: the SUBMITTED record (watch log and ledger) under its event id, the
-        inbox publish under the request id (only while nobody took the request yet, and only with
-        the very bytes that were notarized), and the request's deadline timer.
+        Each is idempotent: the inbox publish under the request id (only while nobody took the
+        request yet, and only with the very bytes that were notarized), and the request's timer.
         """
-        first = stored.events[0]
-        event_id = lifecycle_pb2.LifecycleEvent.FromString(first.event.payload).event_id
-        as_submitted = lifecycle_pb2.RequestStatus()
-        as_submitted.CopyFrom(stored)
-        as_submitted.state = common_pb2.REQUEST_STATE_SUBMITTED
-        del as_submitted.events[1:]
-        # The SUBMITTED record before the inbox publish, as in _accept.
-        await self._watchlog.append(as_submitted, first, event_id=event_id)
         writes: list[Coroutine[Any, Any, object]] = []
         if stored.state == common_pb2.REQUEST_STATE_SUBMITTED:
             header = envelope_pb2.EnvelopeHeader.FromString(stored.notarized_header)
@@ -404,11 +389,14 @@ class Intake:
         target = None
         if prepared.WhichOneof("body") == "release":
             target = (await self._requests.get(prepared.release.target_request_id)).status
-        request_id = new_uuid7(self._clock)
-        bound, _ = await self._idempotency.claim(BROKER_ID, idempotency_key, request_id)
-        if bound != request_id:
-            return (await self._resubmit(bound, verified, recipient, target)).status
-        return await self._accept(request_id, verified, recipient, target)
+        outcome = await self._accept(
+            new_uuid7(self._clock),
+            verified,
+            recipient,
+            target,
+            msg_id=idempotency_msg_id(BROKER_ID, idempotency_key),
+        )
+        return outcome.status
 
     async def release_lapsed(self, target: lifecycle_pb2.RequestStatus) -> None:
         """Tell the bank to lift a hold that lapsed (HoldReleaser)."""
@@ -417,7 +405,7 @@ class Intake:
 
     def _submitted_event(
         self, request_id: str, verified: VerifiedRequest, received_at: datetime
-    ) -> tuple[lifecycle_pb2.RecordedEvent, str]:
+    ) -> lifecycle_pb2.RecordedEvent:
         event_id = new_uuid7(self._clock)
         event = lifecycle_pb2.LifecycleEvent(
             event_id=event_id,
@@ -428,8 +416,7 @@ class Intake:
             request_digest=body_digest(verified.signed.payload),
         )
         signed = sign_event(event, key=self._broker_key, clock=self._clock)
-        recorded = lifecycle_pb2.RecordedEvent(event=signed, recorded_at=to_timestamp(received_at), seq=1)
-        return recorded, event_id
+        return lifecycle_pb2.RecordedEvent(event=signed, recorded_at=to_timestamp(received_at), seq=1)
 
     async def _publish(self, status: lifecycle_pb2.RequestStatus, envelope: envelope_pb2.Envelope) -> None:
         # The body is personal data: sealed to the recipient's current X25519 key, afresh on every

@@ -1,9 +1,11 @@
 """The watch log: every accepted lifecycle event, in order, on the GC_WATCH stream.
 
-Watch streams read it through an ordered push consumer of their own; the stream sequence is the
-resume cursor, so a client that reconnects with its last cursor gets exactly the events after it,
-none twice. Subjects carry sender, recipient, case owner and case, so each watcher's filter is
-applied by the server.
+The records are the request journal's (``_store.RequestStore`` writes them: each holds the
+request's status after one event), so watching costs no write of its own. Watch streams read it
+through an ordered push consumer of their own; the stream sequence is the resume cursor, so a
+client that reconnects with its last cursor gets exactly the events after it, none twice.
+Subjects carry sender, recipient, case owner and case, so each watcher's filter is applied by the
+server.
 
 Why not nats-py's ``ordered_consumer=True``: it notices a lost consumer only when two whole
 heartbeat periods pass without one (10 to 20 s at its 5 s default), and a re-creation that fails
@@ -31,11 +33,11 @@ from nats.aio.subscription import Subscription
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 
-from broker.protocol import WATCH_STREAM, status_filter, status_parties, status_subject
+from broker.protocol import WATCH_STREAM, status_filter, status_parties
 
 from ._errors import UnavailableError
 
-__all__ = ["WatchConfig", "WatchLog", "WatchPosition"]
+__all__ = ["WatchConfig", "WatchLog", "WatchPosition", "watch_record"]
 
 log = structlog.get_logger(__name__)
 
@@ -44,6 +46,14 @@ _STATUS = "Status"
 _CONTROL = "100"  # an idle heartbeat, or a flow control request when it has a reply subject
 _LAST_CONSUMER = "Nats-Last-Consumer"
 _STALLED = "Nats-Consumer-Stalled"
+
+
+def watch_record(status: lifecycle_pb2.RequestStatus, cursor: int) -> bus_pb2.WatchResponse:
+    """What a watcher is sent for a journal record: the event it added and the state after it."""
+    record = bus_pb2.WatchResponse(request_id=status.id, state=status.state, cursor=cursor)
+    if status.events:  # the broker never writes a record without its event
+        record.event.CopyFrom(status.events[-1])
+    return record
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -98,21 +108,6 @@ class WatchLog:
         self._js = js
         self._config = config or WatchConfig()
 
-    async def append(
-        self, status: lifecycle_pb2.RequestStatus, recorded: lifecycle_pb2.RecordedEvent, *, event_id: str
-    ) -> None:
-        """Publish one accepted event; Nats-Msg-Id = event id, so a retried append is stored once."""
-        record = bus_pb2.WatchResponse(request_id=status.id, event=recorded, state=status.state)
-        subject = status_subject(
-            sender=status.sender,
-            recipient=status.recipient,
-            case_owner=status.case_ref.issuing_agency,
-            case_number=status.case_ref.case_number,
-            request_id=status.id,
-        )
-        # The ledger's sequencers chain every accepted event from this stream (timeline_record).
-        await self._publish(subject, record, event_id)
-
     async def case_parties(self, case_number: str) -> set[str]:
         """Every agency that is sender, recipient or owner of a request of ``case_number``.
 
@@ -125,12 +120,6 @@ class WatchLog:
         except (nats.errors.Error, TimeoutError) as exc:
             raise UnavailableError(f"cannot read the watch log: {exc}") from exc
         return {party for subject in info.state.subjects or {} for party in status_parties(subject)}
-
-    async def _publish(self, subject: str, record: bus_pb2.WatchResponse, event_id: str) -> None:
-        try:
-            await self._js.publish(subject, record.SerializeToString(), headers={"Nats-Msg-Id": event_id})
-        except nats.errors.Error as exc:
-            raise UnavailableError(f"cannot publish status change: {exc}") from exc
 
     async def follow(
         self,
@@ -154,9 +143,8 @@ class WatchLog:
                 msg = await follower.next()
                 if admit is not None and not admit(msg.subject):
                     continue
-                record = bus_pb2.WatchResponse.FromString(msg.data)
-                record.cursor = msg.metadata.sequence.stream
-                yield record
+                status = lifecycle_pb2.RequestStatus.FromString(msg.data)
+                yield watch_record(status, msg.metadata.sequence.stream)
         finally:
             await asyncio.shield(follower.close())
 

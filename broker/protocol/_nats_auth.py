@@ -3,7 +3,7 @@
 Why accounts and not one account with subject permissions: nats-server checks a client's *publish
 subject* against its permissions, never the *reply subject*. In one shared account an agency allowed
 to ask ``$JS.API.CONSUMER.INFO`` about its own consumer can name ``gc.ledger.intake`` (or
-``$KV.gc_requests.<id>``, ``gc.events.<other agency>.<id>``) as the reply, and JetStream stores the
+``gc.status.<...>.<id>``, ``gc.events.<other agency>.<id>``) as the reply, and JetStream stores the
 answer there; the same with a JetStream publish (the PubAck) or a pull (the messages themselves).
 Measured with nats-server 2.15.1. So JetStream lives in the broker's account alone, and each agency
 gets an account of its own that *imports* only the services it needs from the broker's account:

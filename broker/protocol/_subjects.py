@@ -32,7 +32,7 @@ __all__ = [
     "DEADLETTER_STREAM",
     "DEADLINES_STREAM",
     "EVENTS_STREAM",
-    "IDEMPOTENCY_BUCKET",
+    "IDEMPOTENCY_WINDOW",
     "INBOX_STREAM",
     "KV_BUCKETS",
     "LEDGER_CHECKPOINT_SUBJECT",
@@ -46,7 +46,6 @@ __all__ = [
     "PRIORITIES",
     "REGISTRY_BUCKET",
     "REPLAY_BUCKET",
-    "REQUESTS_BUCKET",
     "REQUEST_TYPES",
     "WATCH_STREAM",
     "StreamSpec",
@@ -87,11 +86,10 @@ LEDGER_SEQUENCER_CONSUMER = "ledger-sequencer"
 # The sequencers also chain every accepted event straight from the watch log (GC_WATCH).
 LEDGER_TIMELINE_CONSUMER = "ledger-timeline"
 
-REQUESTS_BUCKET = "gc_requests"
+# Request state and idempotency keys live in the request journal (GC_WATCH), not in KV.
 REGISTRY_BUCKET = "gc_registry"
 REPLAY_BUCKET = "gc_replay"
-IDEMPOTENCY_BUCKET = "gc_idempotency"
-KV_BUCKETS = (REQUESTS_BUCKET, REGISTRY_BUCKET, REPLAY_BUCKET, IDEMPOTENCY_BUCKET)
+KV_BUCKETS = (REGISTRY_BUCKET, REPLAY_BUCKET)
 
 #: Inbox priorities. GREEN gets its own subject token so an adapter can run a separate
 #: consumer for it and a backlog of STANDARD work never delays a green-channel freeze.
@@ -114,13 +112,17 @@ REQUEST_TYPES = (
 _AGENCY_RE = re.compile(r"[a-z0-9][a-z0-9-]*")
 _PHASE_RE = re.compile(r"[a-z][a-z0-9_-]*")
 
-# Upper bounds on retention. The broker's KV state is authoritative; streams only need
-# to hold messages long enough for every consumer (including a slow, offline agency) to
-# see them. A freeze lasts 6 months, so its status history and events are kept longer.
+# Upper bounds on retention. The request journal (GC_WATCH) is the broker's record of every
+# request and is kept; other streams only need to hold messages long enough for every consumer
+# (including a slow, offline agency) to see them.
 _DAY = timedelta(days=1)
 # Publishers retry with the same Nats-Msg-Id across reconnects; the window must cover
 # the longest outage after which a retry is still expected to be deduplicated.
 _DEDUP_WINDOW = timedelta(minutes=10)
+IDEMPOTENCY_WINDOW = timedelta(hours=1)
+"""How long a client's idempotency key binds its first request: the request journal's duplicate
+window (the SUBMITTED record's ``Nats-Msg-Id`` carries the key; no other record carries one, so
+the server remembers one id per request for this long)."""
 
 
 def validate_agency_id(agency: str) -> str:
@@ -371,10 +373,12 @@ def stream_specs(replicas: int = 1) -> tuple[StreamSpec, ...]:
         StreamSpec(
             name=WATCH_STREAM,
             subjects=("gc.status.>",),
-            description="Notarized status changes published by the broker, for Watch.",
+            description="The request journal: each request's status after each accepted event"
+            " (state, Watch and ledger source).",
             replicas=replicas,
-            # Watch replays a request's history; holds and freezes run for months.
-            max_age=200 * _DAY,
+            # The journal is the requests' state: kept as long as the requests (as the KV was).
+            max_age=None,
+            duplicate_window=IDEMPOTENCY_WINDOW,
         ),
         StreamSpec(
             name=LEDGER_STREAM,

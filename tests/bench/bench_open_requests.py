@@ -8,16 +8,15 @@ measured at that size (closed loop: ``--concurrency`` police submitters, each se
 stop-payment once the previous one executed) along with every process's memory (VmRSS).
 
 **What an open request is here, and how it is made.** The steady-state population of the bus is
-executed stop-payments whose 48 h hold has not lapsed: each leaves its status in the request KV
-and one pending hold-expiry timer (a NATS message schedule). At 100 requests/s, 48 h of them is
-17 million. Submitting 100,000 through the whole bus would take longer than this benchmark runs,
-so they are **written directly** to JetStream, as the broker writes them: the status of a real
-executed request (its four signed events included), re-keyed to a fresh UUIDv7, with its
-expiry timer 48 h ahead. No inbox message, watch record or ledger entry is written for them: the
-fill is labelled "direct" in the output. The fill rate is measured; a size the run does not reach
-(e.g. 1,000,000) is never reported as measured, only extrapolated from the measured sizes, and
-labelled so.
-"""
+executed stop-payments whose 48 h hold has not lapsed: each leaves its status in the request journal
+(GC_WATCH) and one pending hold-expiry timer (a NATS message schedule). At 100 requests/s, 48 h of
+them is 17 million. Submitting 100,000 through the whole bus would take longer than this benchmark
+runs, so they are **written directly** to JetStream, as the broker writes them: the status of a real
+executed request (its four signed events included), re-keyed to a fresh UUIDv7, with its expiry
+timer 48 h ahead. No inbox message, watch record or ledger entry is written for them: the fill is
+labelled "direct" in the output. The fill rate is measured; a size the run does not reach (e.g.
+1,000,000) is never reported as measured, only extrapolated from the measured sizes, and labelled
+so."""
 
 from __future__ import annotations
 
@@ -35,8 +34,9 @@ from nats.js.client import JetStreamContext
 
 from broker._logging import configure_logging
 from broker.client import BusClient
+from broker.hub._store import RequestStore
 from broker.hub._timers import DeadlineScheduler, TimerKind, TimerPayload
-from broker.protocol import REQUESTS_BUCKET, SystemClock, new_uuid7
+from broker.protocol import SystemClock, new_uuid7
 
 from ._harness import (
     BenchWorld,
@@ -53,16 +53,14 @@ _HOLD = timedelta(hours=48)
 
 
 async def _template(js: JetStreamContext, request_id: str) -> lifecycle_pb2.RequestStatus:
-    kv = await js.key_value(REQUESTS_BUCKET)
-    entry = await kv.get(request_id)
-    return lifecycle_pb2.RequestStatus.FromString(entry.value or b"")
+    return (await RequestStore(js).get(request_id)).status
 
 
 async def _fill(
     js: JetStreamContext, template: lifecycle_pb2.RequestStatus, count: int, in_flight: int
 ) -> float:
-    """Write ``count`` open holds (status + pending expiry timer); seconds it took."""
-    kv = await js.key_value(REQUESTS_BUCKET)
+    """Write ``count`` open holds (journal record + pending expiry timer); seconds it took."""
+    store = RequestStore(js)
     scheduler = DeadlineScheduler(js)
     clock = SystemClock()
     expires = datetime.now(UTC) + _HOLD
@@ -74,7 +72,7 @@ async def _fill(
             status.CopyFrom(template)
             status.id = new_uuid7(clock)
             status.deadlines.hold_expires_at.FromDatetime(expires)
-            await kv.put(status.id, status.SerializeToString())
+            await store.create(status, msg_id=status.id)
             await scheduler.set(
                 TimerPayload(
                     request_id=status.id, kind=TimerKind.EXPIRY, phase="hold", due_at=expires, fire_at=expires

@@ -26,7 +26,7 @@ from greenchannel.v1 import common_pb2
 
 from agencies import _seed as seed
 from broker.embedded import EmbeddedNats, EmbeddedNatsConfig
-from broker.protocol import INBOX_STREAM, REQUESTS_BUCKET, NatsSettings, connect, inbox_consumer
+from broker.protocol import INBOX_STREAM, WATCH_STREAM, NatsSettings, connect, inbox_consumer
 from tests._cluster import EmbeddedCluster, EmbeddedClusterConfig
 
 from ._checks import (
@@ -515,10 +515,8 @@ async def run_cluster(settings: FaultSettings, root: Path) -> ScenarioReport:
             async with _Run(world, settings, report, rate=settings.cluster_rate) as run:
                 victim = -1
                 for round_ in range(2 * settings.cluster_rounds):
-                    # First the node leading the request state, then one that differs from the last.
-                    leader = await cluster.stream_leader(
-                        f"KV_{REQUESTS_BUCKET}" if round_ % 2 == 0 else INBOX_STREAM
-                    )
+                    # First the node leading the request journal, then one that differs from the last.
+                    leader = await cluster.stream_leader(WATCH_STREAM if round_ % 2 == 0 else INBOX_STREAM)
                     victim = leader if leader != victim else (victim + 1) % len(cluster.nodes)
                     target = victim
 

@@ -1,10 +1,11 @@
 """Intake interrupted between its writes: the paths the fault suite found broken, made deterministic.
 
-A submit stores the idempotency key, then the request, then publishes the inbox message, the
-SUBMITTED record (watch log and ledger) and the first deadline timer. A broker crash, or a
-cluster node taking a stream leader with it, can stop it after any of these; the client's retry
-(same signed bytes, same idempotency key) must then finish what the first attempt left undone.
-Each test fails one step the way the cluster scenario saw it fail, and checks the retry's result.
+A submit stores the request's SUBMITTED record (request state, idempotency key, watch log and
+ledger source in one journal write), then publishes the inbox message and sets the first deadline
+timer. A broker crash, or a cluster node taking a stream leader with it, can stop it after any of
+these; the client's retry (same signed bytes, same idempotency key) must then finish what the
+first attempt left undone. Each test fails one step the way the cluster scenario saw it fail, and
+checks the retry's result.
 
 The fault suite found all three (a request stored but never delivered, a retry without a deadline
 timer, a SUBMITTED record missing from the ledger); ``Intake._finish`` fixes them.
@@ -14,19 +15,19 @@ from __future__ import annotations
 
 import uuid
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
-from greenchannel.v1 import bus_pb2, common_pb2, ledger_pb2, lifecycle_pb2
+from greenchannel.v1 import common_pb2, ledger_pb2, lifecycle_pb2
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.client import JetStreamContext
 
 from broker.client import BusClient
 from broker.hub import NotFoundError, SlaPolicy, UnavailableError, load_sla_policy
-from broker.hub._store import RequestStore
+from broker.hub._store import Created, RequestStore
 from broker.hub._timers import DeadlineScheduler
-from broker.hub._watchlog import WatchLog
 from broker.protocol import LEDGER_STREAM, WATCH_STREAM, fetch_batch
 from tests._wait import eventually
 from tests.integration.broker_world import POLICE, World, broker_world, stop_payment
@@ -77,7 +78,7 @@ async def _watch_states(js: JetStreamContext, request_id: str) -> list[int]:
         config=ConsumerConfig(ack_policy=AckPolicy.NONE),
     )
     try:
-        return [bus_pb2.WatchResponse.FromString(m.data).state for m in await _everything(sub)]
+        return [lifecycle_pb2.RequestStatus.FromString(m.data).state for m in await _everything(sub)]
     finally:
         await sub.unsubscribe()
 
@@ -120,22 +121,16 @@ async def test_a_retry_sets_the_timer_the_first_attempt_could_not(
 async def test_a_request_reaches_the_inbox_only_after_its_submitted_record(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    original = WatchLog.append
+    original = RequestStore.create
     failed: list[str] = []
 
-    async def flaky(
-        self: WatchLog,
-        status: lifecycle_pb2.RequestStatus,
-        recorded: lifecycle_pb2.RecordedEvent,
-        *,
-        event_id: str,
-    ) -> None:
-        if status.state == S.REQUEST_STATE_SUBMITTED and not failed:
+    async def flaky(self: RequestStore, status: lifecycle_pb2.RequestStatus, **kwargs: Any) -> Created:
+        if not failed:
             failed.append(status.id)  # NATS fails the SUBMITTED record (or the broker dies here)
-            raise UnavailableError("cannot publish status change")
-        await original(self, status, recorded, event_id=event_id)
+            raise UnavailableError("cannot store request")
+        return await original(self, status, **kwargs)
 
-    monkeypatch.setattr(WatchLog, "append", flaky)
+    monkeypatch.setattr(RequestStore, "create", flaky)
     async with broker_world(tmp_path) as world:
         broker = await world.start_broker()
         police = BusClient(broker.address, agency_id=POLICE, signing_key=world.key(POLICE), attempts=1)
@@ -143,14 +138,14 @@ async def test_a_request_reaches_the_inbox_only_after_its_submitted_record(
             signed = police.sign(stop_payment(), idempotency_key=f"intake-{uuid.uuid4().hex}")
             with pytest.raises(grpc.aio.AioRpcError):
                 await police.submit_signed(signed)
-            # The bank cannot have the order yet: its outcome could otherwise reach the watch
-            # log, and the ledger chained from it, before the request itself.
+            # The bank cannot have the order yet: its outcome could otherwise reach the journal,
+            # and the ledger chained from it, before the request itself.
             assert await world.inbox(wait=0.5) == []
             reply = await police.submit_signed(signed)
-            assert reply.duplicate
             request_id = reply.status.id
-            opened = (await world.inbox())[0]
-            await world.adapter_event(opened, S.REQUEST_STATE_DELIVERED)
+            opened = await world.inbox()
+            assert [o.header.id for o in opened] == [request_id]
+            await world.adapter_event(opened[0], S.REQUEST_STATE_DELIVERED)
             assert await _wait_for(world, police, request_id, S.REQUEST_STATE_DELIVERED)
 
             async def chained() -> bool:  # the ledger sequencer chains asynchronously
@@ -159,7 +154,7 @@ async def test_a_request_reaches_the_inbox_only_after_its_submitted_record(
             await eventually(chained, within=_BOUND, every=0.1, what="the DELIVERED event in the ledger")
         finally:
             await police.aclose()
-        assert failed == [request_id]
+        assert len(failed) == 1  # the first attempt's id was never stored: the retry has its own
         watched = await _watch_states(world.js, request_id)
         assert watched == [S.REQUEST_STATE_SUBMITTED, S.REQUEST_STATE_DELIVERED]
         assert ledger_pb2.LEDGER_ENTRY_KIND_REQUEST in await _ledger_kinds(world.js, request_id)
@@ -171,8 +166,8 @@ async def test_a_request_stored_by_a_failed_attempt_is_still_delivered(
     create, get = RequestStore.create, RequestStore.get
     step: list[str] = []
 
-    async def lossy_create(self: RequestStore, status: lifecycle_pb2.RequestStatus) -> bool:
-        stored = await create(self, status)
+    async def lossy_create(self: RequestStore, status: lifecycle_pb2.RequestStatus, **kwargs: Any) -> Created:
+        stored = await create(self, status, **kwargs)
         if not step:
             step.append("created")  # committed, but the PubAck is lost: the stream leader moved
             raise UnavailableError("cannot store request: timeout")
@@ -180,7 +175,7 @@ async def test_a_request_stored_by_a_failed_attempt_is_still_delivered(
 
     async def stale_get(self: RequestStore, request_id: str) -> object:
         if step == ["created"]:
-            step.append("stale")  # the retry reads before the write is visible to it
+            step.append("stale")  # the retry reads before the first record is visible to it
             raise NotFoundError(f"no request {request_id}")
         return await get(self, request_id)
 

@@ -6,8 +6,8 @@ the exit status (2: a usage error or contract violation caught before anything i
 broker, a key or a file said no), the message that names what is wrong, that no traceback was
 printed, and, where the case asks for ``--json``, the shape of the error document on stdout.
 
-Nothing a refused command does may be stored or published: GC_INBOX, GC_WATCH and the gc_requests
-bucket are compared before and after. The processes run a few at a time while the broker serves
+Nothing a refused command does may be stored or published: GC_INBOX and GC_WATCH (the request
+journal) are compared before and after. The processes run a few at a time while the broker serves
 from this event loop (a process start costs most of a case's time).
 """
 
@@ -32,7 +32,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from greenchannel.v1 import common_pb2
 
 from broker.client import export_ledger
-from broker.protocol import INBOX_STREAM, REQUESTS_BUCKET, WATCH_STREAM
+from broker.protocol import INBOX_STREAM, WATCH_STREAM, status_filter
 from tests.integration.broker_world import FRAUD_ACCOUNT, POLICE, World, broker_world, stop_payment
 
 pytestmark = pytest.mark.integration
@@ -291,11 +291,12 @@ async def snapshot(world: World) -> Snapshot:
     js = world.js
     inbox = (await js.stream_info(INBOX_STREAM)).state
     watch = (await js.stream_info(WATCH_STREAM)).state
-    requests = (await js.stream_info(f"KV_{REQUESTS_BUCKET}")).state
+    # The request journal is GC_WATCH; its per-request subjects count the requests stored.
+    requests = (await js.stream_info(WATCH_STREAM, subjects_filter=status_filter())).state
     return Snapshot(
         inbox=(inbox.messages, inbox.last_seq),
         watch=(watch.messages, watch.last_seq),
-        requests=(requests.messages, requests.last_seq),
+        requests=(len(requests.subjects or {}), requests.last_seq),
     )
 
 

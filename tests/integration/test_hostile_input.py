@@ -3,8 +3,8 @@
 Every case is one attack on a running broker (real nats-server, real grpc.aio). Each asserts the
 exact status code and ``google.rpc.ErrorInfo`` reason (plus the exact ``BadRequest`` field
 violations or ``PreconditionFailure`` subjects where the broker sends them), and then that
-nothing was published or stored: GC_INBOX, GC_WATCH and the ``gc_requests`` KV bucket (its
-stream and its key set) are exactly as they were before the attack.
+nothing was published or stored: GC_INBOX and GC_WATCH (the request journal: its messages and
+its set of requests) are exactly as they were before the attack.
 
 Forged and illegal lifecycle events travel over NATS instead of gRPC; for those the proof is the
 refusal record the broker leaves on ``gc.deadletter.greenchannel-broker``, and a request status
@@ -44,7 +44,6 @@ from greenchannel.v1 import (
     results_pb2,
 )
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
-from nats.js.kv import KeyValue
 
 from broker.client import bearer_metadata, error_details
 from broker.hub import Broker
@@ -53,7 +52,6 @@ from broker.protocol import (
     CANCELLATION_TYPE,
     DEADLETTER_STREAM,
     INBOX_STREAM,
-    REQUESTS_BUCKET,
     WATCH_STREAM,
     ManualClock,
     SigningKey,
@@ -69,6 +67,7 @@ from broker.protocol import (
     sign_event,
     sign_message,
     sign_request,
+    status_filter,
 )
 from tests.integration.broker_world import BANK, DIRECTORY, POLICE, World, broker_world, stop_payment
 
@@ -205,16 +204,15 @@ class Snapshot:
     watch: tuple[int, int]
     """GC_WATCH (messages, last sequence)."""
     requests: tuple[int, int]
-    """The gc_requests bucket's stream (messages, last sequence): any put or update moves it."""
+    """The request journal's requests (subjects, messages): any stored or updated request moves it."""
     request_ids: frozenset[str]
-    """The keys of gc_requests."""
+    """The ids of the requests in the journal."""
 
 
 @dataclass
 class Arena:
     world: World
     broker: Broker
-    requests_kv: KeyValue
     submitted: str
     """A stop-payment police -> bank-icbc, still SUBMITTED."""
     acknowledged: str
@@ -263,24 +261,23 @@ class Arena:
         js = self.world.js
         inbox = (await js.stream_info(INBOX_STREAM)).state
         watch = (await js.stream_info(WATCH_STREAM)).state
-        # Keys from the server's per-subject state, in the same answer as the sequence numbers:
-        # nats-py's kv.keys() can race its own watcher and report no keys at all.
-        prefix = f"$KV.{REQUESTS_BUCKET}."
-        requests = (await js.stream_info(f"KV_{REQUESTS_BUCKET}", subjects_filter=f"{prefix}>")).state
+        # Request ids from the server's per-subject state of the journal (one subject per request).
+        requests = (await js.stream_info(WATCH_STREAM, subjects_filter=status_filter())).state
+        subjects = requests.subjects or {}
         return Snapshot(
             inbox=(inbox.messages, inbox.last_seq),
             watch=(watch.messages, watch.last_seq),
-            requests=(requests.messages, requests.last_seq),
-            request_ids=frozenset(subject.removeprefix(prefix) for subject in requests.subjects or {}),
+            requests=(len(subjects), requests.messages),
+            request_ids=frozenset(subject.rsplit(".", 1)[-1] for subject in subjects),
         )
 
     async def stored(self, request_id: str) -> tuple[bytes, int] | None:
-        """The request's KV entry exactly as stored (value bytes and revision); None if absent."""
+        """The request's last journal record exactly as stored (bytes and sequence); None if absent."""
         try:
-            entry = await self.requests_kv.get(request_id)
-        except nats.js.errors.KeyNotFoundError:
+            msg = await self.world.js.get_last_msg(WATCH_STREAM, status_filter(request_id=request_id))
+        except nats.js.errors.NotFoundError:
             return None
-        return entry.value or b"", entry.revision or 0
+        return msg.data or b"", msg.seq or 0
 
     async def digest(self, request_id: str) -> str:
         entry = await self.stored(request_id)
@@ -345,7 +342,6 @@ async def arena(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Arena
         arena = Arena(
             world=world,
             broker=broker,
-            requests_kv=await world.js.key_value(REQUESTS_BUCKET),
             submitted=submitted,
             acknowledged=acknowledged,
             executed=executed,

