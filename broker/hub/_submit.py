@@ -249,12 +249,14 @@ class Intake:
         )
         if not outcome.duplicate:
             status = outcome.status
-            log.debug(
+            log.info(
                 "request.submitted",
                 request_id=status.id,
+                case=status.case_ref.case_number,
                 type=type_name(status.type),
                 sender=status.sender,
                 recipient=status.recipient,
+                priority=common_pb2.Priority.Name(status.priority),
             )
         return outcome
 

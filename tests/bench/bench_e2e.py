@@ -18,8 +18,11 @@ One run on this machine, every signature on, each role in its own process (see `
    CPU milliseconds per request of each process, JetStream writes per request, and with
    ``--profile`` a py-spy profile of the broker and the agency process under load.
 
-Ends with ``bench: e2e_p50_ms=... floor_p50_ms=... ratio=... max_rps=...`` where e2e_p50 is the
-median at 100/s and the floor is the JetStream round trip's median.
+Ends with ``bench: e2e_p50_ms=... floor_p50_ms=... ratio=... max_rps=... unloaded_p50_ms=...
+unloaded_ratio=... writes_per_request=... cpu_ms_per_request=...`` where e2e_p50 is the median at
+100/s, unloaded the median at 10/s, the floor the JetStream round trip's median, writes the stream
+messages per request at 10/s and CPU the closed loop's milliseconds per request summed over every
+process of the bus.
 """
 
 from __future__ import annotations
@@ -187,6 +190,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
                 steps = await _steps(world, client, completions, args)
     loads: dict[str, LoadResult] = steps.pop("_loads")
     e2e_p50 = loads["open_100"].e2e["p50_ms"]
+    unloaded_p50 = loads["open_10"].e2e["p50_ms"]
     floor_p50 = floor["jetstream_round_trip_p50_ms"]
     return {
         "nats_sync_always": not args.no_fsync,
@@ -195,6 +199,10 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
         "e2e_p50_ms": e2e_p50,
         "floor_p50_ms": floor_p50,
         "ratio": e2e_p50 / floor_p50 if floor_p50 else math.nan,
+        "unloaded_p50_ms": unloaded_p50,
+        "unloaded_ratio": unloaded_p50 / floor_p50 if floor_p50 else math.nan,
+        # Every process of the bus (nats-server, broker, agencies, submitter), closed loop.
+        "cpu_ms_per_request_total": sum(steps["closed_loop"]["cpu_ms_per_request"].values()),
     }
 
 
@@ -308,6 +316,9 @@ def main() -> None:
     print(
         f"bench: e2e_p50_ms={result['e2e_p50_ms']:.2f} floor_p50_ms={result['floor_p50_ms']:.3f}"
         f" ratio={result['ratio']:.1f} max_rps={result['max_rps']:.0f}"
+        f" unloaded_p50_ms={result['unloaded_p50_ms']:.2f} unloaded_ratio={result['unloaded_ratio']:.1f}"
+        f" writes_per_request={result['jetstream_writes_per_request_total']:.2f}"
+        f" cpu_ms_per_request={result['cpu_ms_per_request_total']:.2f}"
     )
 
 
