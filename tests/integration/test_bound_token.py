@@ -15,12 +15,12 @@ from dataclasses import dataclass
 import grpc
 import pytest
 import pytest_asyncio
-from greenchannel.v1 import bus_pb2, bus_pb2_grpc, envelope_pb2, requests_pb2
+from greenchannel.v1 import bus_pb2, bus_pb2_grpc, common_pb2, envelope_pb2, requests_pb2
 
 from broker.client import bearer_metadata, error_details
 from broker.hub import Broker
 from broker.protocol import INBOX_STREAM, REPLAY_BUCKET, SystemClock, sign_request, to_timestamp
-from tests.integration.broker_world import POLICE, World, broker_world, stop_payment
+from tests.integration.broker_world import FRAUD_ACCOUNT, POLICE, World, broker_world, stop_payment
 
 pytestmark = pytest.mark.integration
 
@@ -98,6 +98,28 @@ async def test_busclient_submit_with_a_bound_token_writes_nothing_to_the_replay_
     async with bench.world.client(bench.broker) as police:
         await police.get(accepted.status.id)
     assert await bench.replay_writes() == before + 1
+
+
+async def test_busclient_binds_its_extend_and_release_tokens(bench: Bench) -> None:
+    async with bench.world.client(bench.broker) as police:
+        target = (await police.submit(_request("BT-HOLD-0001"))).status.id
+        account = common_pb2.BankAccountRef(account_number=FRAUD_ACCOUNT, holder_name="李某")
+        before = await bench.replay_writes()
+        for call, body in (
+            (police.extend, {"extend": requests_pb2.Extend(target_request_id=target, account=account)}),
+            (police.release, {"release": requests_pb2.Release(target_request_id=target, account=account)}),
+        ):
+            request = requests_pb2.Request(
+                case_ref=stop_payment(case_number="BT-HOLD-0001").case_ref,
+                priority=common_pb2.PRIORITY_GREEN,
+                **body,
+            )
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await call(request)
+            details = error_details(caught.value)
+            # Past authentication: the hold is refused by the lifecycle (still SUBMITTED), not the token.
+            assert (details.code, details.reason) == (grpc.StatusCode.FAILED_PRECONDITION, "NO_ACTIVE_HOLD")
+    assert await bench.replay_writes() == before
 
 
 async def test_a_replayed_bound_token_with_its_request_is_answered_as_that_request(bench: Bench) -> None:
