@@ -6,9 +6,10 @@
             ...
 
 The client signs every request body with the agency key, mints a fresh single-use bearer token
-for every call, always sets an idempotency key (so retrying a submit can never create a second
-request), retries calls that failed for transient reasons with the same signed bytes, and
-resumes a broken Watch from its last cursor. Every unary call of the Bus, Registry and Ledger
+for every call (bound to the signed request on Submit, Extend and Release, which spares the
+broker its replay-cache write), always sets an idempotency key (so retrying a submit can never
+create a second request), retries calls that failed for transient reasons with the same signed
+bytes, and resumes a broken Watch from its last cursor. Every unary call of the Bus, Registry and Ledger
 services goes through one retry policy (:meth:`BusClient._call`).
 """
 
