@@ -6,9 +6,10 @@
             ...
 
 The client signs every request body with the agency key, mints a fresh single-use bearer token
-for every call, always sets an idempotency key (so retrying a submit can never create a second
-request), retries calls that failed for transient reasons with the same signed bytes, and
-resumes a broken Watch from its last cursor. Every unary call of the Bus, Registry and Ledger
+for every call (bound to the signed request on Submit, Extend and Release, which spares the
+broker its replay-cache write), always sets an idempotency key (so retrying a submit can never
+create a second request), retries calls that failed for transient reasons with the same signed
+bytes, and resumes a broken Watch from its last cursor. Every unary call of the Bus, Registry and Ledger
 services goes through one retry policy (:meth:`BusClient._call`).
 """
 
@@ -101,14 +102,27 @@ class BusClient:
     async def aclose(self) -> None:
         await self._channel.close()
 
-    def _metadata(self) -> tuple[tuple[str, str], ...]:
-        return bearer_metadata(self._key, agency_id=self.agency_id, clock=self._clock)
+    def _metadata(self, request: envelope_pb2.SignedMessage | None = None) -> tuple[tuple[str, str], ...]:
+        return bearer_metadata(
+            self._key,
+            agency_id=self.agency_id,
+            clock=self._clock,
+            request_payload=None if request is None else request.payload,
+        )
 
-    async def _call(self, invoke: Callable[[tuple[tuple[str, str], ...]], Awaitable[T]]) -> T:
-        """Retry transient failures; each attempt gets a fresh token (tokens are single-use)."""
+    async def _call(
+        self,
+        invoke: Callable[[tuple[tuple[str, str], ...]], Awaitable[T]],
+        *,
+        request: envelope_pb2.SignedMessage | None = None,
+    ) -> T:
+        """Retry transient failures; each attempt gets a fresh token (tokens are single-use).
+
+        ``request``: the signed request the call carries; each token is bound to it, so the
+        broker needs no replay-cache write for the call."""
         for attempt in range(1, self._attempts + 1):
             try:
-                return await invoke(self._metadata())
+                return await invoke(self._metadata(request))
             except grpc.aio.AioRpcError as exc:
                 delay = self._backoff * 2 ** (attempt - 1)
                 if exc.code() == grpc.StatusCode.RESOURCE_EXHAUSTED:
@@ -150,19 +164,21 @@ class BusClient:
     async def submit_signed(self, signed: envelope_pb2.SignedMessage) -> bus_pb2.SubmitResponse:
         # The same signed bytes on every attempt: the broker recognises the retry by its key.
         message = bus_pb2.SubmitRequest(request=signed)
-        return await self._call(lambda md: self._bus.Submit(message, metadata=md, timeout=self._timeout))
+        return await self._call(
+            lambda md: self._bus.Submit(message, metadata=md, timeout=self._timeout), request=signed
+        )
 
     async def extend(self, request: requests_pb2.Request) -> lifecycle_pb2.RequestStatus:
         message = bus_pb2.ExtendRequest(request=self.sign(request))
         reply: bus_pb2.ExtendResponse = await self._call(
-            lambda md: self._bus.Extend(message, metadata=md, timeout=self._timeout)
+            lambda md: self._bus.Extend(message, metadata=md, timeout=self._timeout), request=message.request
         )
         return reply.status
 
     async def release(self, request: requests_pb2.Request) -> lifecycle_pb2.RequestStatus:
         message = bus_pb2.ReleaseRequest(request=self.sign(request))
         reply: bus_pb2.ReleaseResponse = await self._call(
-            lambda md: self._bus.Release(message, metadata=md, timeout=self._timeout)
+            lambda md: self._bus.Release(message, metadata=md, timeout=self._timeout), request=message.request
         )
         return reply.status
 

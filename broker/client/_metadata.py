@@ -18,7 +18,11 @@ def bearer_metadata(
     agency_id: str,
     clock: Clock,
     ttl: timedelta = timedelta(minutes=2),
+    request_payload: bytes | None = None,
 ) -> tuple[tuple[str, str], ...]:
-    """Call metadata with a fresh single-use bearer token; build it anew for every call."""
-    token = mint_bearer_token(key, agency_id=agency_id, clock=clock, ttl=ttl)
+    """Call metadata with a fresh single-use bearer token; build it anew for every call.
+
+    ``request_payload``: the payload of the signed request the call carries (Submit, Extend,
+    Release); binds the token to it (claim ``req``), so the broker skips its replay cache."""
+    token = mint_bearer_token(key, agency_id=agency_id, clock=clock, ttl=ttl, request_payload=request_payload)
     return ((AUTHORIZATION_HEADER, f"Bearer {token}"),)

@@ -6,6 +6,11 @@ Every call carries ``authorization: Bearer <jwt>``, a token the agency signed wi
 (:func:`broker.protocol.verify_bearer_token` against the registry), the TLS identity when
 mTLS is required, and last the replay cache, so that only tokens with a valid signature can
 write to it.
+
+A token bound to a signed request (claim ``req`` = the digest of the request's payload) skips
+the replay cache on the call that carries that request: replayed, it can only resend the very
+same signed request, which intake answers as the first one. That saves one fsynced write per
+Submit, Extend and Release. A bound token is refused on any other call.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ import grpc.aio
 import nats.errors
 import nats.js.errors
 import structlog
+from greenchannel.v1 import envelope_pb2
 from nats.js.api import KeyValueConfig, StorageType
 from nats.js.client import JetStreamContext
 from nats.js.kv import KeyValue
@@ -46,6 +52,7 @@ from broker.protocol import (
     VerificationError,
     WrongAudienceError,
     b64url_decode,
+    body_digest,
     nats_error,
     verify_bearer_token,
 )
@@ -252,8 +259,17 @@ class Authenticator:
         """Check later calls against ``registry`` (a reloaded directory: new keys, revocations)."""
         self._registry = registry
 
-    async def authenticate(self, context: grpc.aio.ServicerContext) -> Caller:
-        """The caller of the RPC ``context`` belongs to; raises AuthenticationError otherwise."""
+    async def authenticate(
+        self,
+        context: grpc.aio.ServicerContext,
+        *,
+        request: envelope_pb2.SignedMessage | None = None,
+    ) -> Caller:
+        """The caller of the RPC ``context`` belongs to; raises AuthenticationError otherwise.
+
+        ``request``: the signed request the call carries (Submit, Extend, Release). A token
+        bound to it (claim ``req``) is not recorded in the replay cache; a token bound to
+        anything else, or bound on a call that carries no request, is refused."""
         token = self._bearer_token(context.invocation_metadata())
         registry = self._registry
         try:
@@ -277,7 +293,9 @@ class Authenticator:
                 "UNKNOWN_AGENCY", f"{claims.agency_id!r} is not an agency", agency_id=None
             ) from exc
         tls_identity = self._tls_identity(context, claims.agency_id)
-        if not await self._replay.first_use(f"{claims.agency_id}/{claims.jti}", claims.exp):
+        if claims.request_digest is not None:
+            _check_binding(claims, request)
+        elif not await self._replay.first_use(f"{claims.agency_id}/{claims.jti}", claims.exp):
             raise _failure(
                 "REPLAYED_TOKEN",
                 f"token {claims.jti!r} was already used; mint a fresh token for every call",
@@ -331,6 +349,25 @@ class Authenticator:
                 agency_id=agency_id,
             )
         return agency_id
+
+
+def _check_binding(claims: TokenClaims, request: envelope_pb2.SignedMessage | None) -> None:
+    """A token bound (``req``) to a signed request is good only for the call that carries it."""
+    if request is None:
+        raise _failure(
+            "TOKEN_NOT_FOR_THIS_REQUEST",
+            "the token is bound to a signed request (claim 'req') but this call carries none; mint"
+            " a token without 'req' for it",
+            agency_id=claims.agency_id,
+        )
+    if claims.request_digest != body_digest(request.payload):
+        raise _failure(
+            "TOKEN_NOT_FOR_THIS_REQUEST",
+            "the token's claim 'req' is not the digest of this call's signed request; set 'req' to"
+            ' body_digest(payload) of the request you send ("sha-256:" + base64url(SHA-256)), or'
+            " leave it out",
+            agency_id=claims.agency_id,
+        )
 
 
 def _certificate_names(auth_context: Mapping[str, Sequence[bytes]] | None) -> list[str]:

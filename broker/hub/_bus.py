@@ -236,7 +236,7 @@ class BusServicer(bus_pb2_grpc.BusServiceServicer):
         self, request: bus_pb2.SubmitRequest, context: grpc.aio.ServicerContext
     ) -> bus_pb2.SubmitResponse:
         with self._admission.admit(green=_is_green(request.request)):
-            caller = await self._auth.authenticate(context)
+            caller = await self._auth.authenticate(context, request=request.request)
             _validated(request)
             outcome = await self._intake.submit(caller, request.request)
         return bus_pb2.SubmitResponse(status=outcome.status, duplicate=outcome.duplicate)
@@ -246,7 +246,7 @@ class BusServicer(bus_pb2_grpc.BusServiceServicer):
         self, request: bus_pb2.ExtendRequest, context: grpc.aio.ServicerContext
     ) -> bus_pb2.ExtendResponse:
         with self._admission.admit(green=_is_green(request.request)):
-            caller = await self._auth.authenticate(context)
+            caller = await self._auth.authenticate(context, request=request.request)
             _validated(request)
             outcome = await self._intake.submit(caller, request.request, body="extend")
         return bus_pb2.ExtendResponse(status=outcome.status)
@@ -256,7 +256,7 @@ class BusServicer(bus_pb2_grpc.BusServiceServicer):
         self, request: bus_pb2.ReleaseRequest, context: grpc.aio.ServicerContext
     ) -> bus_pb2.ReleaseResponse:
         with self._admission.admit(green=_is_green(request.request)):
-            caller = await self._auth.authenticate(context)
+            caller = await self._auth.authenticate(context, request=request.request)
             _validated(request)
             outcome = await self._intake.submit(caller, request.request, body="release")
         return bus_pb2.ReleaseResponse(status=outcome.status)

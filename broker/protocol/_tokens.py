@@ -2,7 +2,10 @@
 
 Claims: ``iss`` = ``sub`` = agency id, ``aud`` (the broker), ``iat``, ``exp`` (at most
 ``max_ttl`` after ``iat``), ``jti`` (required; the caller records it in the replay cache until
-``exp``). The header carries the ``kid``.
+``exp``), and optionally ``req``: the :func:`body_digest` of the payload of the one signed request
+the call carries. A token bound that way is good only for a call carrying that request, so the
+broker needs no replay-cache write for it (a replay can only resend the very same request, which
+intake deduplicates). The header carries the ``kid``.
 
 pyjwt parses and checks the signature, with ``algorithms`` pinned to EdDSA and a public key
 *object* (so a PEM/HMAC key confusion is impossible). Its own time checks are switched off:
@@ -36,6 +39,7 @@ from ._signing import (
     _find_signing_key,
     _kid_of,
     _numeric_date,
+    body_digest,
     claim_text,
 )
 
@@ -79,6 +83,9 @@ class TokenClaims:
     """Expiry (UTC, exclusive)."""
     kid: str
     """The agency key that signed the token."""
+    request_digest: str | None = None
+    """The ``req`` claim: :func:`body_digest` of the signed request's payload the token is bound
+    to; None for a token not bound to a request (then only the replay cache stops a replay)."""
 
 
 def mint_bearer_token(
@@ -88,8 +95,13 @@ def mint_bearer_token(
     clock: Clock,
     ttl: timedelta = timedelta(minutes=2),
     audience: str = BROKER_AUDIENCE,
+    request_payload: bytes | None = None,
 ) -> str:
-    """A bearer token for ``agency_id``; ``ttl`` at most 5 minutes, as the broker requires."""
+    """A bearer token for ``agency_id``; ``ttl`` at most 5 minutes, as the broker requires.
+
+    ``request_payload``: the ``payload`` bytes of the signed request the call carries (Submit,
+    Extend, Release). The token is then bound to that request (claim ``req``) and good for no
+    other call, which spares the broker a durable replay-cache write."""
     if not agency_id:
         raise ValueError("agency_id must be a non-empty string")
     ttl_seconds = int(ttl.total_seconds())
@@ -105,6 +117,8 @@ def mint_bearer_token(
         "exp": iat + ttl_seconds,
         "jti": uuid.uuid4().hex,
     }
+    if request_payload is not None:
+        claims["req"] = body_digest(request_payload)
     return _JWT.encode(claims, key.private, algorithm=_ALG, headers={"kid": _kid_of(key)})
 
 
@@ -124,6 +138,7 @@ def verify_bearer_token(
     missing or mistyped claim, ``sub`` != ``iss``), WrongAudienceError, UnknownKeyError,
     RevokedKeyError / KeyNotValidError (key state at ``iat``), BadSignatureError,
     LifetimeTooLongError (``exp - iat`` > ``max_ttl``), ExpiredError, NotYetValidError.
+    Whether a ``req`` claim matches the call is the caller's check too (it has the request).
     """
     if not isinstance(token, str) or len(token) > _MAX_TOKEN_CHARS:
         raise MalformedSignatureError(f"bearer token must be a str of at most {_MAX_TOKEN_CHARS} chars")
@@ -147,6 +162,7 @@ def verify_bearer_token(
     if exp <= iat:
         raise MalformedSignatureError("exp must lie after iat")
     nbf = _time(payload, "nbf") if "nbf" in payload else None
+    request_digest = claim_text(payload, "req") if "req" in payload else None
     if not _audience_matches(payload.get("aud"), audience):
         raise WrongAudienceError(f"token is not for {audience!r}")
 
@@ -161,7 +177,7 @@ def verify_bearer_token(
     _check_times(iat, exp, clock=clock, skew=skew, max_ttl=max_ttl)
     if nbf is not None and nbf > clock.now() + skew:
         raise NotYetValidError(f"token not valid before {nbf.isoformat()}")
-    return TokenClaims(agency_id=agency_id, jti=jti, iat=iat, exp=exp, kid=kid)
+    return TokenClaims(agency_id=agency_id, jti=jti, iat=iat, exp=exp, kid=kid, request_digest=request_digest)
 
 
 def _audience_matches(aud: object, audience: str) -> bool:

@@ -2,7 +2,9 @@
 // broker/protocol/_tokens.py and broker/protocol/_signing.py).
 //
 // 1. Bearer JWT for every Bus API call: EdDSA, header {alg, kid}; claims iss = sub = agency id,
-//    aud = "greenchannel-broker", iat, exp (at most 5 minutes later), jti (each token is used once).
+//    aud = "greenchannel-broker", iat, exp (at most 5 minutes later), jti (each token is used once),
+//    and, on a call carrying a signed request (Submit, Extend, Release), optionally req = the
+//    digest of that request's payload bytes (bodyDigest): the broker then skips its replay cache.
 // 2. Detached JWS over the exact bytes of a serialized message: EdDSA, b64 = false,
 //    crit = ["b64"], typ = "gc+jws", and the claims in the protected header: kid, iss, aud, jti,
 //    iat, exp, gct (message type) and dig ("sha-256:" + base64url(SHA-256(body))).
@@ -35,18 +37,20 @@ export async function publicKey(raw) {
 
 const now = () => Math.floor(Date.now() / 1000);
 
-/** A single-use bearer token for the broker's Bus API. */
-export async function bearerToken(signing, agencyId, ttlSeconds = 120) {
+/** A single-use bearer token for the broker's Bus API, bound to `requestPayload` (bytes) if given. */
+export async function bearerToken(signing, agencyId, { ttlSeconds = 120, requestPayload } = {}) {
   const iat = now();
-  return new jose.SignJWT({ iss: agencyId, sub: agencyId, aud: BROKER_ID, iat, exp: iat + ttlSeconds, jti: crypto.randomUUID() })
+  const claims = { iss: agencyId, sub: agencyId, aud: BROKER_ID, iat, exp: iat + ttlSeconds, jti: crypto.randomUUID() };
+  if (requestPayload !== undefined) claims.req = bodyDigest(requestPayload);
+  return new jose.SignJWT(claims)
     .setProtectedHeader({ alg: "EdDSA", kid: signing.kid })
     .sign(signing.key);
 }
 
-/** gRPC metadata carrying a fresh bearer token. */
-export async function bearerMetadata(grpc, signing, agencyId) {
+/** gRPC metadata carrying a fresh bearer token (bound to `requestPayload`, the signed request's bytes, if given). */
+export async function bearerMetadata(grpc, signing, agencyId, requestPayload) {
   const metadata = new grpc.Metadata();
-  metadata.set("authorization", `Bearer ${await bearerToken(signing, agencyId)}`);
+  metadata.set("authorization", `Bearer ${await bearerToken(signing, agencyId, { requestPayload })}`);
   return metadata;
 }
 

@@ -53,10 +53,11 @@ const signing = await loadSigningKey(options.key);
 const credentials = grpc.credentials.createInsecure();
 const bus = new v1.BusService(options.broker, credentials);
 const registry = new v1.RegistryService(options.broker, credentials);
-const metadata = () => bearerMetadata(grpc, signing, options.agency); // a fresh token per call
+// A fresh token per call; one carrying a signed request is bound to its payload (claim `req`).
+const metadata = (requestPayload) => bearerMetadata(grpc, signing, options.agency, requestPayload);
 
-const unary = (client, method, request) =>
-  metadata().then(
+const unary = (client, method, request, requestPayload) =>
+  metadata(requestPayload).then(
     (md) =>
       new Promise((resolve, reject) =>
         client[method](request, md, { deadline: Date.now() + 10_000 }, (error, reply) =>
@@ -144,7 +145,7 @@ const signature = await signDetached(payload, signing, {
   jti: crypto.randomUUID(),
   gct: "STOP_PAYMENT",
 });
-const submitted = await unary(bus, "Submit", { request: { payload, signature } });
+const submitted = await unary(bus, "Submit", { request: { payload, signature } }, payload);
 const requestId = submitted.status.id;
 
 // -- watch it to its end -----------------------------------------------------------------------

@@ -461,6 +461,24 @@ async def replayed_token(arena: Arena) -> object:
     return await arena.submit(arena.signed(_stop_payment()), metadata)
 
 
+async def token_bound_to_another_request(arena: Arena) -> object:
+    bound_to = arena.signed(_stop_payment())
+    metadata = bearer_metadata(
+        arena.key(POLICE), agency_id=POLICE, clock=SystemClock(), request_payload=bound_to.payload
+    )
+    return await arena.submit(arena.signed(_stop_payment()), metadata)
+
+
+async def bound_token_on_a_read(arena: Arena) -> object:
+    # Bound to a request, a token is good only for the call carrying it: not for one read more.
+    bound_to = arena.signed(_stop_payment())
+    metadata = bearer_metadata(
+        arena.key(POLICE), agency_id=POLICE, clock=SystemClock(), request_payload=bound_to.payload
+    )
+    async with arena.bus() as bus:
+        return await bus.Get(bus_pb2.GetRequest(id=arena.submitted), metadata=metadata, timeout=10)
+
+
 async def unknown_agency_token(arena: Arena) -> object:
     token = mint_bearer_token(generate_signing_key(), agency_id="police-999999", clock=SystemClock())
     return await arena.submit(arena.signed(_stop_payment()), (("authorization", f"Bearer {token}"),))
@@ -678,6 +696,12 @@ RPC_CASES = [
     ),
     Case("expired_token", expired_token, _unauthenticated("EXPIRED_TOKEN")),
     Case("replayed_token", replayed_token, _unauthenticated("REPLAYED_TOKEN")),
+    Case(
+        "token_bound_to_another_request",
+        token_bound_to_another_request,
+        _unauthenticated("TOKEN_NOT_FOR_THIS_REQUEST"),
+    ),
+    Case("bound_token_on_a_read", bound_token_on_a_read, _unauthenticated("TOKEN_NOT_FOR_THIS_REQUEST")),
     Case("unknown_agency_token", unknown_agency_token, _unauthenticated("UNKNOWN_AGENCY")),
     Case(
         "token_signed_with_another_agencys_key",

@@ -24,6 +24,7 @@ from broker.protocol import (
     WrongAudienceError,
     b64url_decode,
     b64url_encode,
+    body_digest,
     generate_signing_key,
     mint_bearer_token,
     sign_detached,
@@ -103,6 +104,42 @@ def test_token_shape() -> None:
     assert payload["iss"] == payload["sub"] == BANK
     assert payload["aud"] == "greenchannel-broker"
     assert payload["exp"] - payload["iat"] == 120
+
+
+def test_unbound_token_has_no_req_claim() -> None:
+    token = _mint()
+    assert "req" not in json.loads(b64url_decode(token.split(".")[1]))
+    assert _verify(token).request_digest is None
+
+
+def test_token_bound_to_a_request_carries_its_payload_digest() -> None:
+    payload = b"\x0a\x03the exact signed request bytes"
+    token = mint_bearer_token(BANK_KEY, agency_id=BANK, clock=ManualClock(T0), request_payload=payload)
+    claims = json.loads(b64url_decode(token.split(".")[1]))
+    # The same value as the request signature's dig claim, so a foreign client has one digest to make.
+    assert claims["req"] == body_digest(payload)
+    assert claims["req"].startswith("sha-256:")
+    assert _verify(token).request_digest == body_digest(payload)
+
+
+def test_an_empty_payload_still_binds() -> None:
+    token = mint_bearer_token(BANK_KEY, agency_id=BANK, clock=ManualClock(T0), request_payload=b"")
+    assert _verify(token).request_digest == body_digest(b"")
+
+
+def test_req_claim_from_a_foreign_issuer_is_read_as_is() -> None:
+    # Whether it matches the call is the broker's check, with the request at hand.
+    assert _verify(_craft(_claims(req="sha-256:anything"))).request_digest == "sha-256:anything"
+
+
+def test_req_claim_is_covered_by_the_signature() -> None:
+    token = mint_bearer_token(BANK_KEY, agency_id=BANK, clock=ManualClock(T0), request_payload=b"one")
+    header, payload, signature = token.split(".")
+    claims = json.loads(b64url_decode(payload))
+    claims["req"] = body_digest(b"another")
+    forged = ".".join([header, b64url_encode(json.dumps(claims).encode()), signature])
+    with pytest.raises(BadSignatureError):
+        _verify(forged)
 
 
 def test_pyjwt_accepts_our_tokens() -> None:
@@ -293,6 +330,10 @@ def test_missing_claim(claim: str) -> None:
         ("aud", 7),
         ("aud", []),
         ("nbf", "soon"),
+        ("req", ""),
+        ("req", 7),
+        ("req", ["sha-256:x"]),
+        ("req", None),
     ],
 )
 def test_mistyped_claim(claim: str, value: object) -> None:
