@@ -311,6 +311,11 @@ class Intake:
             notarized_header=envelope.header,
             notary_signature=envelope.notary_signature,
             target_id=target.id if target is not None else "",
+            # The money trail records a hold once, at its outcome, from this seed: only intake
+            # has the body (account, amount), and the seed carries it digested and sealed.
+            trail_seed=self._trail.seed(request, sender=verified.claims.iss, recipient=recipient.id)
+            if self._trail is not None
+            else None,
         )
         if not await self._requests.create(status):
             # Stored already: by a concurrent retry, or by an earlier attempt whose write landed
@@ -319,12 +324,6 @@ class Intake:
             stored = (await self._requests.get(request_id)).status
             await self._finish(stored, verified)
             return stored
-        if self._trail is not None:
-            # Before the inbox has it: the money trail knows the hold, its account and amount (the
-            # body is at hand only now) before the bank can answer.
-            await self._trail.submitted(
-                request_id, request, sender=verified.claims.iss, recipient=recipient.id
-            )
         # All idempotent (Nats-Msg-Id, or one schedule per subject). The SUBMITTED record goes
         # first: once the inbox has the request the bank may answer at once, and its outcome
         # must never reach the watch log (and the ledger chained from it) before the request.
