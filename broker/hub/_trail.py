@@ -15,9 +15,9 @@ trail needs into the request's status (:meth:`TrailRecorder.seed`, a ``TrailSeed
 its node id and sealed, the amount, the transfer named), and the outcome records the hold from it
 exactly as if it had been recorded at intake. The first one of a case is the root, hop 0. A hold
 still pending is not stored in the trail; ``GetTrail`` shows it from its status
-(:mod:`broker.hub._trail_pending`). The broker's own stop-payments are bound to the entries
-planned for them when the bus accepted them (:meth:`TrailRecorder.settle_children`) or, if the
-outcome comes first, from their seed in the outcome's write.
+(:mod:`broker.hub._trail_pending`). Likewise the broker's own stop-payment is bound to the entry
+planned for it (its parent and transfer are in its seed) in the write of its own outcome; until
+then the stored entry has no id, and ``GetTrail`` shows it bound, from its status.
 
 **Chasing.** When a stop-payment or freeze of the case reaches EXECUTED, PARTIALLY_EXECUTED or
 REJECTED(INSUFFICIENT_FUNDS) (:meth:`TrailChaser.after_outcome`, called when an outcome is
@@ -98,7 +98,6 @@ from ._trail_rules import (
     HOLDING,
     ChaseContext,
     UnboundChildError,
-    bind_children,
     bounds_of,
     child_key,
     narrow_bounds,
@@ -295,18 +294,17 @@ class TrailRecorder:
             raise TrailNotReadyError(f"the trail does not know request {status.id} yet") from exc
 
     async def settle_children(
-        self,
-        parent: lifecycle_pb2.RequestStatus,
-        sent: dict[str, str],
-        refused: dict[str, results_pb2.OnwardTransfer | None],
+        self, parent: lifecycle_pb2.RequestStatus, refused: dict[str, results_pb2.OnwardTransfer | None]
     ) -> None:
-        """Bind the ids of children the bus accepted; turn the ones it refused into leads."""
+        """Turn the children the bus refused into leads. The ones it accepted need no write here:
+        each is bound from its seed in the write of its own outcome, and until then the
+        idempotency key of a planned child makes sending it again return the same request."""
         ctx = self.context()
 
         def change(trail: trail_pb2.Trail | None) -> trail_pb2.Trail | None:
             if trail is None:
                 return None
-            changed = bind_children(trail, parent.id, sent, now=ctx.now)
+            changed = False
             for transfer_id, transfer in refused.items():
                 changed = not_sent(trail, parent.id, transfer_id, transfer, ctx=ctx) or changed
             return trail if changed else None
@@ -383,13 +381,12 @@ class TrailChaser:
             *(self._send_one(parent, node, child, by_id.get(child.transfer_id)) for node, child in planned),
             return_exceptions=True,
         )
-        sent: dict[str, str] = {}
         refused: dict[str, results_pb2.OnwardTransfer | None] = {}
         failures: list[BaseException] = []
         for (_node, child), outcome in zip(planned, outcomes, strict=True):
             if isinstance(outcome, lifecycle_pb2.RequestStatus):
-                sent[child.transfer_id] = outcome.id
-            elif isinstance(outcome, (UnavailableError, ConflictError)) or not isinstance(
+                continue  # bound from its seed with its outcome
+            if isinstance(outcome, (UnavailableError, ConflictError)) or not isinstance(
                 outcome, (HubError, ProtocolError, LookupError)
             ):
                 failures.append(outcome)
@@ -403,10 +400,11 @@ class TrailChaser:
                     reason=getattr(outcome, "reason", ""),
                 )
                 refused[child.transfer_id] = by_id.get(child.transfer_id)
-        if sent or refused:
-            await self._recorder.settle_children(parent, sent, refused)
+        if refused:
+            await self._recorder.settle_children(parent, refused)
         if failures:
-            # The children sent are bound; the rest are sent again when the event comes back.
+            # The rest are sent again when the event comes back; the ones sent get their own
+            # request back under the same idempotency key.
             raise failures[0]
 
     async def _send_one(
