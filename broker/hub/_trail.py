@@ -52,8 +52,10 @@ The bank itself holds at most what is on the account; the trail never asks more 
 of a pure decision (:mod:`broker.hub._trail_rules`) on the stored trail, so replicas can share
 it. An outcome is decided on once: the decision and the record of the outcome are one write, and
 a second processing (redelivery, restart, another replica) finds the outcome recorded and only
-sends what is still planned, under the same idempotency keys, so the bank gets each child once.
-A transient failure raises, so the event is not acknowledged and is processed again.
+sends what is still planned (a child already sent and not yet answered included: its
+idempotency key gives back the request the bus accepted the first time), so the bank gets each
+child once. A transient failure raises, so the event is not acknowledged and is processed again.
+Each hold costs one write, at its outcome; a child refused by the bus one more (its lead).
 
 **Switching.** Police switch chasing off and on per case, and may narrow its bounds within the
 policy (:meth:`TrailChaser.set_chasing`); switching it on again decides once more on the leads
