@@ -55,11 +55,12 @@ from ._policy import Policy, load_policy
 from ._reflection import enable_reflection
 from ._refusals import RefusalAudit, RefusalAuditConfig
 from ._sla_policy import SlaPolicy
-from ._store import RequestStore
+from ._store import IdempotencyStore, RequestStore
 from ._submit import Intake
 from ._timers import DeadlineScheduler
 from ._tls import TlsFiles, server_credentials
 from ._trail import TrailChaser, TrailRecorder, sealed_onward_transfers
+from ._trail_pending import WatchLogCaseRequests
 from ._trail_service import TrailService
 from ._trail_store import TrailStore
 from ._watchlog import WatchLog
@@ -192,6 +193,7 @@ class Broker:
         refusals = self._refusals = RefusalAudit(ledger, config.clock, config.refusals)
         await refusals.__aenter__()
         requests = RequestStore(js)
+        idempotency = await IdempotencyStore.open(js, replicas=config.replicas)
         replay = await open_replay_cache(js, replicas=config.replicas)
         watchlog = WatchLog(js)
         scheduler = DeadlineScheduler(js, reminder_at=config.sla.escalation.reminder_at)
@@ -211,6 +213,7 @@ class Broker:
             holds=config.sla.holds,
             scheduler=scheduler,
             requests=requests,
+            idempotency=idempotency,
             js=js,
             broker_key=broker_key,
             clock=config.clock,
@@ -220,6 +223,7 @@ class Broker:
             requests=requests,
             sender=intake,
             source=sealed_onward_transfers(load_broker_encryption_key(config.state_dir)),
+            cases=WatchLogCaseRequests(js),
         )
         broker_events = BrokerEvents(requests=requests, broker_key=broker_key, clock=config.clock)
         self._events = EventProcessor(

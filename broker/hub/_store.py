@@ -46,11 +46,17 @@ from nats.js.api import KeyValueConfig, StorageType
 from nats.js.client import JetStreamContext
 from nats.js.kv import KeyValue
 
-from broker.protocol import WATCH_STREAM, status_filter, status_subject, validate_request_id
+from broker.protocol import (
+    IDEMPOTENCY_BUCKET,
+    WATCH_STREAM,
+    status_filter,
+    status_subject,
+    validate_request_id,
+)
 
 from ._errors import ConflictError, NotFoundError, UnavailableError
 
-__all__ = ["Created", "RequestStore", "StoredStatus", "idempotency_msg_id", "open_bucket"]
+__all__ = ["Created", "IdempotencyStore", "RequestStore", "StoredStatus", "idempotency_msg_id", "open_bucket"]
 
 log = structlog.get_logger(__name__)
 
@@ -264,3 +270,50 @@ class RequestStore:
             except nats.errors.Error as exc:
                 raise UnavailableError(f"cannot list requests: {exc}") from exc
             yield lifecycle_pb2.RequestStatus.FromString(msg.data or b"")
+
+
+class IdempotencyStore:
+    """The broker's own idempotency keys, kept for good: (sender, key) -> the request id.
+
+    Clients' keys bind through the SUBMITTED record (:func:`idempotency_msg_id`, within the
+    journal's duplicate window). The requests the broker originates itself (the child stop-payments
+    of a money chase, the release of a lapsed hold) are re-derived from causes that may come back
+    at any time (an outcome or a timer redelivered after a long outage), so their keys are claimed
+    here, without expiry, before the request is stored: one more write, for those requests only."""
+
+    def __init__(self, kv: KeyValue) -> None:
+        self._kv = kv
+
+    @classmethod
+    async def open(cls, js: JetStreamContext, *, replicas: int = 1) -> IdempotencyStore:
+        return cls(await open_bucket(js, IDEMPOTENCY_BUCKET, replicas=replicas))
+
+    @staticmethod
+    def _key(sender: str, idempotency_key: str) -> str:
+        # Client keys may hold characters KV keys cannot; the sender is part of the key so
+        # two agencies choosing the same key never collide.
+        return hashlib.sha256(f"{sender}\0{idempotency_key}".encode()).hexdigest()
+
+    async def claim(
+        self, sender: str, idempotency_key: str, request_id: str, *, content: str = ""
+    ) -> tuple[str, str | None]:
+        """Atomically bind the key to ``request_id`` and the request's ``content`` digest.
+
+        Returns ``(request id, content digest)`` the key is bound to: ours, or the earlier
+        request's. The digest is None for a key bound before digests were kept (then any body
+        counts as a retry, as it did).
+        """
+        key = self._key(sender, idempotency_key)
+        value = f"{request_id} {content}" if content else request_id
+        try:
+            await self._kv.create(key, value.encode())
+        except nats.js.errors.KeyWrongLastSequenceError:
+            try:
+                entry = await self._kv.get(key)
+            except nats.errors.Error as exc:
+                raise UnavailableError(f"cannot read idempotency key: {exc}") from exc
+            bound, _, digest = (entry.value or b"").decode().partition(" ")
+            return bound, digest or None
+        except nats.errors.Error as exc:
+            raise UnavailableError(f"cannot store idempotency key: {exc}") from exc
+        return request_id, content or None

@@ -66,7 +66,7 @@ from ._errors import (
 from ._grpc_status import to_hub_error
 from ._policy import Policy
 from ._routing import resolve_recipient
-from ._store import Created, RequestStore, idempotency_msg_id
+from ._store import Created, IdempotencyStore, RequestStore, idempotency_msg_id
 from ._timers import DeadlineScheduler
 
 if TYPE_CHECKING:
@@ -115,6 +115,7 @@ class Intake:
         policy: Policy,
         deadlines: DeadlineTable,
         requests: RequestStore,
+        idempotency: IdempotencyStore,
         js: JetStreamContext,
         broker_key: SigningKey,
         clock: Clock,
@@ -129,6 +130,7 @@ class Intake:
         self._policy = policy
         self._deadlines = deadlines
         self._requests = requests
+        self._idempotency = idempotency
         self._js = js
         self._broker_key = broker_key
         self._clock = clock
@@ -307,16 +309,15 @@ class Intake:
             notarized_header=envelope.header,
             notary_signature=envelope.notary_signature,
             target_id=target.id if target is not None else "",
+            # The money trail records a hold once, at its outcome, from this seed: only intake
+            # has the body (account, amount), and the seed carries it digested and sealed.
+            trail_seed=self._trail.seed(request, sender=verified.claims.iss, recipient=recipient.id)
+            if self._trail is not None
+            else None,
         )
         created = await self._requests.create(status, msg_id=msg_id, content=content)
         if not created.stored:
             return await self._resubmit(created, request_id, verified, content)
-        if self._trail is not None:
-            # Before the inbox has it: the money trail knows the hold, its account and amount (the
-            # body is at hand only now) before the bank can answer.
-            await self._trail.submitted(
-                request_id, request, sender=verified.claims.iss, recipient=recipient.id
-            )
         # Both idempotent (Nats-Msg-Id; one schedule per subject). The SUBMITTED record is stored
         # already: the bank's answer can never reach the journal before the request.
         await asyncio.gather(self._scheduler.schedule_next(status), self._publish(status, envelope))
@@ -391,13 +392,19 @@ class Intake:
         target = None
         if prepared.WhichOneof("body") == "release":
             target = (await self._requests.get(prepared.release.target_request_id)).status
-        outcome = await self._accept(
-            new_uuid7(self._clock),
-            verified,
-            recipient,
-            target,
-            msg_id=idempotency_msg_id(BROKER_ID, idempotency_key),
-        )
+        request_id = new_uuid7(self._clock)
+        bound, _ = await self._idempotency.claim(BROKER_ID, idempotency_key, request_id)
+        msg_id = idempotency_msg_id(BROKER_ID, idempotency_key)
+        if bound != request_id:
+            try:
+                stored = (await self._requests.get(bound)).status
+            except NotFoundError:
+                # The first attempt claimed the key and stopped before storing: finish it under that id.
+                log.warning("request.resuming_interrupted_intake", request_id=bound)
+            else:
+                await self._finish(stored, verified)
+                return stored
+        outcome = await self._accept(bound, verified, recipient, target, msg_id=msg_id)
         return outcome.status
 
     async def release_lapsed(self, target: lifecycle_pb2.RequestStatus) -> None:

@@ -9,9 +9,15 @@ account number (:mod:`broker.hub._trail_accounts`); its number and holder's name
 sealed to the police owning the case. A node carries its requests (one per path that reached
 it), what was traced to it (the sum asked) and what is held on it.
 
-**Roots.** The police's own stop-payments and freezes enter the trail when the broker accepts
-them (:meth:`TrailRecorder.submitted`, called by intake: only then is the body, with the account
-and amount, at hand). The first one of a case is the root, hop 0.
+**Roots.** The police's own stop-payments and freezes enter the trail at their outcome, in the
+same write as the outcome. Only intake has the body, with the account and amount: it puts what the
+trail needs into the request's status (:meth:`TrailRecorder.seed`, a ``TrailSeed``: the account as
+its node id and sealed, the amount, the transfer named), and the outcome records the hold from it
+exactly as if it had been recorded at intake. The first one of a case is the root, hop 0. A hold
+still pending is not stored in the trail; ``GetTrail`` shows it from its status
+(:mod:`broker.hub._trail_pending`). Likewise the broker's own stop-payment is bound to the entry
+planned for it (its parent and transfer are in its seed) in the write of its own outcome; until
+then the stored entry has no id, and ``GetTrail`` shows it bound, from its status.
 
 **Chasing.** When a stop-payment or freeze of the case reaches EXECUTED, PARTIALLY_EXECUTED or
 REJECTED(INSUFFICIENT_FUNDS) (:meth:`TrailChaser.after_outcome`, called when an outcome is
@@ -46,8 +52,10 @@ The bank itself holds at most what is on the account; the trail never asks more 
 of a pure decision (:mod:`broker.hub._trail_rules`) on the stored trail, so replicas can share
 it. An outcome is decided on once: the decision and the record of the outcome are one write, and
 a second processing (redelivery, restart, another replica) finds the outcome recorded and only
-sends what is still planned, under the same idempotency keys, so the bank gets each child once.
-A transient failure raises, so the event is not acknowledged and is processed again.
+sends what is still planned (a child already sent and not yet answered included: its
+idempotency key gives back the request the bus accepted the first time), so the bank gets each
+child once. A transient failure raises, so the event is not acknowledged and is processed again.
+Each hold costs one write, at its outcome; a child refused by the bus one more (its lead).
 
 **Switching.** Police switch chasing off and on per case, and may narrow its bounds within the
 policy (:meth:`TrailChaser.set_chasing`); switching it on again decides once more on the leads
@@ -87,11 +95,11 @@ from ._policy import ChasePolicy, Policy
 from ._result_privacy import onward_transfers_for_broker
 from ._store import RequestStore
 from ._trail_accounts import AccountBook, BrokerAccountBook
+from ._trail_pending import CaseRequests
 from ._trail_rules import (
     HOLDING,
     ChaseContext,
     UnboundChildError,
-    bind_children,
     bounds_of,
     child_key,
     narrow_bounds,
@@ -102,8 +110,9 @@ from ._trail_rules import (
     reconsider,
     reconsiderable_parents,
     record_outcome,
-    record_submission,
+    record_seed,
     settled,
+    trail_seed,
 )
 from ._trail_store import TrailStore
 
@@ -123,8 +132,6 @@ log = structlog.get_logger(__name__)
 
 TrailSource = Callable[[lifecycle_pb2.RequestStatus], Sequence[results_pb2.OnwardTransfer]]
 """Given an outcome's status, its onward transfers in full (account numbers and names included)."""
-
-_HOLD_BODIES = frozenset({"stop_payment", "freeze"})
 
 
 def clear_onward_transfers(status: lifecycle_pb2.RequestStatus) -> Sequence[results_pb2.OnwardTransfer]:
@@ -215,7 +222,7 @@ class TrailNotReadyError(HubError):
 
 
 class TrailRecorder:
-    """Writes the trail: requests as intake accepts them, outcomes with their decisions."""
+    """Writes the trail: holds with their outcomes and decisions (one write each), and the children sent."""
 
     def __init__(
         self,
@@ -259,42 +266,13 @@ class TrailRecorder:
             book=self._book, bank_of=lambda t: bank_of(self._registry, t), now=self._clock.now()
         )
 
-    async def submitted(
-        self, request_id: str, request: requests_pb2.Request, *, sender: str, recipient: str
-    ) -> None:
-        """Intake accepted a request: record it if it is a hold (call before it is published).
-
-        Never fails the submission: a trail that missed a police hold records it from its outcome
-        instead (without its account), and the chaser binds its own children itself.
-        """
-        if request.WhichOneof("body") not in _HOLD_BODIES:
-            return
-        case = request.case_ref
-        ctx = self.context()
-        policy = self._policy.chase
-        broker_child = sender == BROKER_ID
-
-        def change(trail: trail_pb2.Trail | None) -> trail_pb2.Trail | None:
-            if trail is None:
-                if broker_child:
-                    return None
-                trail = new_trail(case, policy, ctx.now)
-            if not trail.case_ref.legal_instrument_id:
-                trail.case_ref.CopyFrom(case)  # made by SetChasing before the first request
-            changed = record_submission(
-                trail, request_id=request_id, request=request, sender=sender, recipient=recipient, ctx=ctx
-            )
-            return trail if changed else None
-
-        try:
-            await self._store.update(case.issuing_agency, case.case_number, change)
-        except Exception as exc:  # the bus must take a stop-payment even when its trail stumbles
-            log.warning(
-                "trail.submission_not_recorded",
-                request_id=request_id,
-                case=case.case_number,
-                error=type(exc).__name__,
-            )
+    def seed(
+        self, request: requests_pb2.Request, *, sender: str, recipient: str
+    ) -> lifecycle_pb2.TrailSeed | None:
+        """What the trail will record about ``request`` if it is a hold (None otherwise): intake
+        stores it in the request's status, and :meth:`record` records the hold from it at the
+        outcome. No I/O; the account is digested and sealed here, never kept in clear."""
+        return trail_seed(request, sender=sender, recipient=recipient, book=self._book)
 
     async def record(
         self, status: lifecycle_pb2.RequestStatus, transfers: Sequence[results_pb2.OnwardTransfer]
@@ -305,7 +283,11 @@ class TrailRecorder:
 
         def change(trail: trail_pb2.Trail | None) -> trail_pb2.Trail | None:
             fresh = trail if trail is not None else new_trail(status.case_ref, policy, ctx.now)
-            return fresh if record_outcome(fresh, status, transfers, ctx=ctx) else None
+            if not record_outcome(fresh, status, transfers, ctx=ctx):
+                return None
+            if not fresh.case_ref.legal_instrument_id and status.sender != BROKER_ID:
+                fresh.case_ref.CopyFrom(status.case_ref)  # made by SetChasing before the first hold
+            return fresh
 
         case = status.case_ref
         try:
@@ -314,18 +296,17 @@ class TrailRecorder:
             raise TrailNotReadyError(f"the trail does not know request {status.id} yet") from exc
 
     async def settle_children(
-        self,
-        parent: lifecycle_pb2.RequestStatus,
-        sent: dict[str, str],
-        refused: dict[str, results_pb2.OnwardTransfer | None],
+        self, parent: lifecycle_pb2.RequestStatus, refused: dict[str, results_pb2.OnwardTransfer | None]
     ) -> None:
-        """Bind the ids of children the bus accepted; turn the ones it refused into leads."""
+        """Turn the children the bus refused into leads. The ones it accepted need no write here:
+        each is bound from its seed in the write of its own outcome, and until then the
+        idempotency key of a planned child makes sending it again return the same request."""
         ctx = self.context()
 
         def change(trail: trail_pb2.Trail | None) -> trail_pb2.Trail | None:
             if trail is None:
                 return None
-            changed = bind_children(trail, parent.id, sent, now=ctx.now)
+            changed = False
             for transfer_id, transfer in refused.items():
                 changed = not_sent(trail, parent.id, transfer_id, transfer, ctx=ctx) or changed
             return trail if changed else None
@@ -357,11 +338,13 @@ class TrailChaser:
         requests: RequestStore,
         sender: ChildSender,
         source: TrailSource = clear_onward_transfers,
+        cases: CaseRequests | None = None,
     ) -> None:
         self._recorder = recorder
         self._requests = requests
         self._sender = sender
         self._source = source
+        self._cases = cases
 
     def _transfers(self, status: lifecycle_pb2.RequestStatus) -> Sequence[results_pb2.OnwardTransfer]:
         outcome = outcome_of(status)
@@ -400,13 +383,12 @@ class TrailChaser:
             *(self._send_one(parent, node, child, by_id.get(child.transfer_id)) for node, child in planned),
             return_exceptions=True,
         )
-        sent: dict[str, str] = {}
         refused: dict[str, results_pb2.OnwardTransfer | None] = {}
         failures: list[BaseException] = []
         for (_node, child), outcome in zip(planned, outcomes, strict=True):
             if isinstance(outcome, lifecycle_pb2.RequestStatus):
-                sent[child.transfer_id] = outcome.id
-            elif isinstance(outcome, (UnavailableError, ConflictError)) or not isinstance(
+                continue  # bound from its seed with its outcome
+            if isinstance(outcome, (UnavailableError, ConflictError)) or not isinstance(
                 outcome, (HubError, ProtocolError, LookupError)
             ):
                 failures.append(outcome)
@@ -420,10 +402,11 @@ class TrailChaser:
                     reason=getattr(outcome, "reason", ""),
                 )
                 refused[child.transfer_id] = by_id.get(child.transfer_id)
-        if sent or refused:
-            await self._recorder.settle_children(parent, sent, refused)
+        if refused:
+            await self._recorder.settle_children(parent, refused)
         if failures:
-            # The children sent are bound; the rest are sent again when the event comes back.
+            # The rest are sent again when the event comes back; the ones sent get their own
+            # request back under the same idempotency key.
             raise failures[0]
 
     async def _send_one(
@@ -455,23 +438,53 @@ class TrailChaser:
 
     async def read(self, case_owner: str, case_number: str) -> trail_pb2.Trail:
         """The case's trail with each request's current state (a hold may have been extended,
-        released, converted or lapsed since its outcome); raises NotFoundError."""
+        released, converted or lapsed since its outcome), and the holds whose outcome it has not
+        recorded yet drawn from their statuses; raises NotFoundError."""
         stored = await self._recorder.store.get(case_owner, case_number)
-        if stored is None:
-            raise NotFoundError(f"case {case_number} of {case_owner} has no money trail")
-        trail = stored.trail
+        trail = stored.trail if stored is not None else None
+        pending = await self._pending(case_owner, case_number, trail)
+        now = self._recorder.context().now
+        if trail is None:
+            if not pending:
+                raise NotFoundError(f"case {case_number} of {case_owner} has no money trail")
+            trail = new_trail(pending[0].case_ref, self._recorder.chase_policy, now)
+        for status in pending:
+            # Shown only: the hold is stored with its outcome, in the same write.
+            record_seed(trail, status, now=now)
+        current = {status.id: status for status in pending}
         entries = [r for node in trail.nodes for r in node.requests if r.request_id]
+        missing = [r for r in entries if r.request_id not in current]
         statuses = await asyncio.gather(
-            *(self._requests.get(r.request_id) for r in entries), return_exceptions=True
+            *(self._requests.get(r.request_id) for r in missing), return_exceptions=True
         )
-        for entry, current in zip(entries, statuses, strict=True):
-            if not isinstance(current, BaseException):
-                entry.state = current.status.state
+        for entry, found in zip(missing, statuses, strict=True):
+            if not isinstance(found, BaseException):
+                current[entry.request_id] = found.status
+        for entry in entries:
+            if entry.request_id in current:
+                entry.state = current[entry.request_id].state
         for node in trail.nodes:
             held = sum(r.held.minor_units for r in node.requests if r.state in HOLDING)
             node.held.minor_units = held
         trail.settled = settled(trail)
         return trail
+
+    async def _pending(
+        self, case_owner: str, case_number: str, trail: trail_pb2.Trail | None
+    ) -> list[lifecycle_pb2.RequestStatus]:
+        """The case's holds the trail does not know yet, oldest first (none without a case index)."""
+        if self._cases is None:
+            return []
+        known = {r.request_id for node in trail.nodes for r in node.requests} if trail is not None else set()
+        ids = [i for i in await self._cases.request_ids(case_owner, case_number) if i not in known]
+        found = await asyncio.gather(*(self._requests.get(i) for i in ids), return_exceptions=True)
+        return [
+            stored.status
+            for stored in found
+            if not isinstance(stored, BaseException)
+            and stored.status.type in HOLD_TYPES
+            and stored.status.HasField("trail_seed")
+        ]
 
     async def set_chasing(
         self,

@@ -47,8 +47,11 @@ __all__ = [
     "reconsider",
     "reconsiderable_parents",
     "record_outcome",
+    "record_seed",
     "record_submission",
+    "seeded_status",
     "settled",
+    "trail_seed",
 ]
 
 _S = common_pb2
@@ -75,8 +78,9 @@ MAX_LISTED_LEADS = 2000
 class UnboundChildError(Exception):
     """An outcome of a broker stop-payment whose request id the trail does not know yet.
 
-    Only possible when another replica is between sending the child and recording its id;
-    the event is offered again later, by when it is.
+    A child's status seeds its binding, so only a child accepted before seeds existed gets here,
+    while the replica that sent it is still recording its id; the event is offered again later,
+    by when it is.
     """
 
 
@@ -255,6 +259,120 @@ def new_trail(case_ref: common_pb2.CaseRef, policy: ChasePolicy, now: datetime) 
 # -- requests entering the trail ------------------------------------------------------------------
 
 
+def trail_seed(
+    request: requests_pb2.Request, *, sender: str, recipient: str, book: AccountBook
+) -> lifecycle_pb2.TrailSeed | None:
+    """What the trail records about a stop-payment or freeze, from its body (None for any other
+    request): intake puts it in the request's status, and the outcome records the hold from it.
+
+    No personal data in clear: the account becomes its keyed digest and is sealed to the case
+    owner. The broker's own stop-payments and conversions carry only what binds them (their node
+    exists already).
+    """
+    body = request.WhichOneof("body")
+    if body not in ("stop_payment", "freeze"):
+        return None
+    order: requests_pb2.StopPayment | requests_pb2.Freeze = getattr(request, body)
+    seed = lifecycle_pb2.TrailSeed(
+        amount=order.amount,
+        transfer_id=request.stop_payment.fraud_transfer_id if body == "stop_payment" else "",
+    )
+    if sender == BROKER_ID or (body == "freeze" and request.freeze.converts_request_id):
+        return seed
+    bank = order.account.bank or recipient
+    seed.bank = bank
+    seed.node_id = book.node_id(bank, order.account.account_number)
+    account = common_pb2.BankAccountRef()
+    account.CopyFrom(order.account)
+    account.bank = bank
+    sealed = book.seal(request.case_ref, seed.node_id, account)
+    if sealed is not None:
+        seed.account.CopyFrom(sealed)
+    return seed
+
+
+def record_seed(trail: trail_pb2.Trail, status: lifecycle_pb2.RequestStatus, *, now: datetime) -> bool:
+    """Record the hold ``status`` seeds (:func:`trail_seed`) unless the trail has it already.
+
+    The police's own become requests on the node of their account; a freeze converting a hold
+    of the trail joins that hold's node; the broker's own stop-payment gets its id bound to the
+    entry planned for it.
+    """
+    if not status.HasField("trail_seed") or find_request(trail, status.id) is not None:
+        return False
+    seed = status.trail_seed
+    if status.sender == BROKER_ID:
+        return bind_children(trail, status.parent_id, {seed.transfer_id: status.id}, now=now)
+    if status.type == _S.REQUEST_TYPE_FREEZE and status.target_id:
+        found = find_request(trail, status.target_id)
+        if found is None:
+            return False
+        node, target = found
+        node.requests.append(
+            trail_pb2.TrailRequest(
+                request_id=status.id,
+                parent_id=target.request_id,
+                hop=target.hop,
+                type=_S.REQUEST_TYPE_FREEZE,
+                role=_L.TRAIL_ROLE_CONVERSION,
+                asked=seed.amount,
+                held=_money(seed.amount.currency, 0),
+                state=_S.REQUEST_STATE_SUBMITTED,
+                sent_at=status.submitted_at,
+            )
+        )
+        trail.updated_at.CopyFrom(to_timestamp(now))
+        return True
+    if not seed.node_id:
+        return False
+    found_node = _node(trail, seed.node_id)
+    if found_node is not None:
+        node = found_node
+    else:
+        node = trail.nodes.add(node_id=seed.node_id, bank=seed.bank, depth=status.hop)
+        if seed.HasField("account"):
+            node.account.CopyFrom(seed.account)
+    node.depth = min(node.depth, status.hop)
+    node.requests.append(
+        trail_pb2.TrailRequest(
+            request_id=status.id,
+            parent_id=status.parent_id if find_request(trail, status.parent_id) else "",
+            hop=status.hop,
+            type=status.type,
+            role=_L.TRAIL_ROLE_POLICE,
+            transfer_id=seed.transfer_id,
+            asked=seed.amount,
+            held=_money(seed.amount.currency, 0),
+            state=_S.REQUEST_STATE_SUBMITTED,
+            sent_at=status.submitted_at,
+        )
+    )
+    _retotal(node)
+    trail.updated_at.CopyFrom(to_timestamp(now))
+    return True
+
+
+def seeded_status(
+    request_id: str, request: requests_pb2.Request, *, sender: str, recipient: str, ctx: ChaseContext
+) -> lifecycle_pb2.RequestStatus:
+    """The status intake stores for ``request``, as far as the trail reads it (for simulations)."""
+    body = request.WhichOneof("body")
+    return lifecycle_pb2.RequestStatus(
+        id=request_id,
+        type=_S.REQUEST_TYPE_FREEZE if body == "freeze" else _S.REQUEST_TYPE_STOP_PAYMENT,
+        sender=sender,
+        recipient=recipient,
+        case_ref=request.case_ref,
+        priority=request.priority,
+        parent_id=request.parent_id,
+        hop=request.hop,
+        state=_S.REQUEST_STATE_SUBMITTED,
+        submitted_at=to_timestamp(ctx.now),
+        target_id=request.freeze.converts_request_id if body == "freeze" else "",
+        trail_seed=trail_seed(request, sender=sender, recipient=recipient, book=ctx.book),
+    )
+
+
 def record_submission(
     trail: trail_pb2.Trail,
     *,
@@ -264,71 +382,13 @@ def record_submission(
     recipient: str,
     ctx: ChaseContext,
 ) -> bool:
-    """Record a stop-payment or freeze the broker accepted (its body is at hand only now).
-
-    The police's own become requests on the node of their account; a freeze converting a hold
-    of the trail joins that hold's node; the broker's own stop-payment gets its id bound to the
-    entry planned for it.
-    """
-    body = request.WhichOneof("body")
-    if body not in ("stop_payment", "freeze") or find_request(trail, request_id) is not None:
+    """Record a stop-payment or freeze as soon as it is accepted: :func:`trail_seed` and
+    :func:`record_seed` at once. The broker records it at the outcome instead, in the same write;
+    this is what simulations and tests compare that with."""
+    if request.WhichOneof("body") not in ("stop_payment", "freeze"):
         return False
-    order: requests_pb2.StopPayment | requests_pb2.Freeze = getattr(request, body)
-    if sender == BROKER_ID:
-        transfer_id = request.stop_payment.fraud_transfer_id if body == "stop_payment" else ""
-        return bind_children(trail, request.parent_id, {transfer_id: request_id}, now=ctx.now)
-    now = to_timestamp(ctx.now)
-    if body == "freeze" and request.freeze.converts_request_id:
-        found = find_request(trail, request.freeze.converts_request_id)
-        if found is None:
-            return False
-        node, target = found
-        node.requests.append(
-            trail_pb2.TrailRequest(
-                request_id=request_id,
-                parent_id=target.request_id,
-                hop=target.hop,
-                type=_S.REQUEST_TYPE_FREEZE,
-                role=_L.TRAIL_ROLE_CONVERSION,
-                asked=order.amount,
-                held=_money(order.amount.currency, 0),
-                state=_S.REQUEST_STATE_SUBMITTED,
-                sent_at=now,
-            )
-        )
-        trail.updated_at.CopyFrom(now)
-        return True
-    bank = order.account.bank or recipient
-    node_id = ctx.book.node_id(bank, order.account.account_number)
-    found_node = _node(trail, node_id)
-    if found_node is not None:
-        node = found_node
-    else:
-        account = common_pb2.BankAccountRef()
-        account.CopyFrom(order.account)
-        account.bank = bank
-        node = trail.nodes.add(node_id=node_id, bank=bank, depth=request.hop)
-        sealed = ctx.book.seal(trail.case_ref, node_id, account)
-        if sealed is not None:
-            node.account.CopyFrom(sealed)
-    node.depth = min(node.depth, request.hop)
-    node.requests.append(
-        trail_pb2.TrailRequest(
-            request_id=request_id,
-            parent_id=request.parent_id if find_request(trail, request.parent_id) else "",
-            hop=request.hop,
-            type=_S.REQUEST_TYPE_FREEZE if body == "freeze" else _S.REQUEST_TYPE_STOP_PAYMENT,
-            role=_L.TRAIL_ROLE_POLICE,
-            transfer_id=request.stop_payment.fraud_transfer_id if body == "stop_payment" else "",
-            asked=order.amount,
-            held=_money(order.amount.currency, 0),
-            state=_S.REQUEST_STATE_SUBMITTED,
-            sent_at=now,
-        )
-    )
-    _retotal(node)
-    trail.updated_at.CopyFrom(now)
-    return True
+    status = seeded_status(request_id, request, sender=sender, recipient=recipient, ctx=ctx)
+    return record_seed(trail, status, now=ctx.now)
 
 
 def bind_children(
@@ -413,13 +473,18 @@ def record_outcome(
 ) -> bool:
     """Record a hold's outcome and decide, for each onward transfer it lists, chase or lead.
 
-    Raises :class:`UnboundChildError` for a broker stop-payment whose id is not bound yet.
-    Returns False when the outcome was recorded before: nothing is decided twice.
+    A hold the trail does not know yet is first recorded from its status's seed, exactly as at
+    intake (:func:`record_seed`): request and outcome are one change, so one write.
+    Raises :class:`UnboundChildError` for a broker stop-payment whose id is not bound yet and
+    cannot be bound from its seed. Returns False when the outcome was recorded before: nothing is
+    decided twice.
     """
     outcome = outcome_of(status)
     if outcome is None or status.type not in HOLD_TYPES:
         return False
     found = find_request(trail, status.id)
+    if found is None and record_seed(trail, status, now=ctx.now):
+        found = find_request(trail, status.id)
     if found is None:
         if status.sender == BROKER_ID:
             raise UnboundChildError(status.id)
@@ -458,7 +523,7 @@ def _currency_of(status: lifecycle_pb2.RequestStatus) -> str:
 def _unrecorded_root(
     trail: trail_pb2.Trail, status: lifecycle_pb2.RequestStatus, ctx: ChaseContext
 ) -> tuple[trail_pb2.TrailNode, trail_pb2.TrailRequest]:
-    """A police hold the trail missed at intake: recorded without its account or amount.
+    """A police hold without a seed (its status predates seeds): recorded without its account or amount.
 
     Its node is named after the request (the account is unknown), so cycles back to it are not
     recognised, and with no amount asked each onward transfer is traced in full.

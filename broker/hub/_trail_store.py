@@ -5,8 +5,8 @@ and KV keys allow a narrow alphabet). The value is a serialized ``trail_pb2.Trai
 banks, hops, request ids and states in clear, accounts only as keyed digests and sealed to the
 case owner. Replicas share it; a change that loses a race re-reads and re-applies.
 
-A hot case (many requests of one case at once, each writing the trail when it is submitted and
-again at its outcome) must not race itself. Inside one broker the changes of a case queue up in
+A hot case (many requests of one case at once, each writing the trail at its outcome) must not
+race itself. Inside one broker the changes of a case queue up in
 a lane, and one writer applies everything queued, in arrival order, on one copy and stores it with
 one compare-and-set: concurrent callers never conflict with each other, and a burst costs a few
 writes instead of one per change. Only another replica can make a compare-and-set fail; the

@@ -32,6 +32,7 @@ __all__ = [
     "DEADLETTER_STREAM",
     "DEADLINES_STREAM",
     "EVENTS_STREAM",
+    "IDEMPOTENCY_BUCKET",
     "IDEMPOTENCY_WINDOW",
     "INBOX_STREAM",
     "KV_BUCKETS",
@@ -86,10 +87,12 @@ LEDGER_SEQUENCER_CONSUMER = "ledger-sequencer"
 # The sequencers also chain every accepted event straight from the watch log (GC_WATCH).
 LEDGER_TIMELINE_CONSUMER = "ledger-timeline"
 
-# Request state and idempotency keys live in the request journal (GC_WATCH), not in KV.
+# Request state and clients' idempotency keys live in the request journal (GC_WATCH), not in KV;
+# the idempotency bucket keeps only the keys of requests the broker originates itself.
 REGISTRY_BUCKET = "gc_registry"
 REPLAY_BUCKET = "gc_replay"
-KV_BUCKETS = (REGISTRY_BUCKET, REPLAY_BUCKET)
+IDEMPOTENCY_BUCKET = "gc_idempotency"
+KV_BUCKETS = (REGISTRY_BUCKET, REPLAY_BUCKET, IDEMPOTENCY_BUCKET)
 
 #: Inbox priorities. GREEN gets its own subject token so an adapter can run a separate
 #: consumer for it and a backlog of STANDARD work never delays a green-channel freeze.

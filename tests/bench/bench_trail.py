@@ -8,7 +8,8 @@ banks, a 6-hop one across the four banks and a 1-hop one, every account keeping 
 the police stop the first account of each, one case after the other. The chase time of a case
 runs from its root's first result (the broker's recorded time of the root's outcome) to the
 outcome of the last hold (the same clock); the broker does every step in between by itself.
-Reports medians over the repetitions, and the time per hop.
+Reports medians over the repetitions, the time per hop, and how many times a case's trail entry
+was written (the most over the repetitions; 7 holds for 6 hops, 2 for 1 hop).
 """
 
 from __future__ import annotations
@@ -23,10 +24,12 @@ from pathlib import Path
 
 from google.protobuf.timestamp_pb2 import Timestamp
 from greenchannel.v1 import trail_pb2
+from nats.aio.msg import Msg
 
 from agencies.demo import Stack, StackConfig
 from broker.hub import load_policy
-from broker.protocol import SigningKey, load_agency_signing_key
+from broker.hub._trail_store import TRAILS_BUCKET, trail_key
+from broker.protocol import NatsSettings, SigningKey, connect, load_agency_signing_key
 from tests.integration.trail_world import (
     POLICE,
     bank_cores,
@@ -53,19 +56,35 @@ def chase_ms(trail: trail_pb2.Trail) -> float:
     return (last - _seconds(root.outcome_at)) * 1000
 
 
-async def _one(stack: Stack, key: SigningKey, hops: int, salt: int) -> float:
+async def _one(stack: Stack, key: SigningKey, hops: int, salt: int) -> tuple[float, int]:
+    """The chase time of one case, and how many times its trail entry was written."""
     graph = chain_graph(salt=salt, hops=hops, keep=100_000)
     seed_graph(bank_cores(stack), graph, anchor=datetime.now(UTC) - timedelta(minutes=1))
     case = f"BENCH-TRAIL-{salt:05d}"
-    async with stack.client(POLICE) as police:
-        await police.submit(root_request(graph, case))
-    trail = await wait_settled(stack, key, case, within=60.0, poll=0.02)
-    while len(trail.nodes) < hops + 1:  # settled between two hops: not yet the whole chain
-        await asyncio.sleep(0.02)
+    # A KV write is a publish on $KV.<bucket>.<key>: a plain subscriber counts them (one replica,
+    # so every one is stored; the bucket keeps one revision, so its stream cannot count them).
+    nc = await connect(NatsSettings.from_url(stack.nats_url, name="bench-trail-writes"))
+    writes = 0
+
+    async def count(_msg: Msg) -> None:
+        nonlocal writes
+        writes += 1
+
+    try:
+        await nc.subscribe(f"$KV.{TRAILS_BUCKET}.{trail_key(POLICE, case)}", cb=count)
+        await nc.flush()
+        async with stack.client(POLICE) as police:
+            await police.submit(root_request(graph, case))
         trail = await wait_settled(stack, key, case, within=60.0, poll=0.02)
+        while len(trail.nodes) < hops + 1:  # settled between two hops: not yet the whole chain
+            await asyncio.sleep(0.02)
+            trail = await wait_settled(stack, key, case, within=60.0, poll=0.02)
+        await nc.flush()
+    finally:
+        await nc.drain()
     assert sorted(n.depth for n in trail.nodes) == list(range(hops + 1))
     assert all(n.held.minor_units == 100_000 for n in trail.nodes if n.depth < hops)
-    return chase_ms(trail)
+    return chase_ms(trail), writes
 
 
 async def measure(reps: int) -> dict[str, object]:
@@ -78,9 +97,15 @@ async def measure(reps: int) -> dict[str, object]:
             await _one(stack, key, 2, 90_000)  # warm-up: connections, consumers, caches
             six: list[float] = []
             one: list[float] = []
+            six_writes: list[int] = []
+            one_writes: list[int] = []
             for rep in range(reps):
-                six.append(await _one(stack, key, 6, 91_000 + rep))
-                one.append(await _one(stack, key, 1, 92_000 + rep))
+                ms, writes = await _one(stack, key, 6, 91_000 + rep)
+                six.append(ms)
+                six_writes.append(writes)
+                ms, writes = await _one(stack, key, 1, 92_000 + rep)
+                one.append(ms)
+                one_writes.append(writes)
     six_ms, one_ms = statistics.median(six), statistics.median(one)
     return {
         "reps": reps,
@@ -90,6 +115,8 @@ async def measure(reps: int) -> dict[str, object]:
         "chase_1_hop_max_ms": max(one),
         "per_hop_6_hops_ms": six_ms / 6,
         "ratio_6_to_1": six_ms / one_ms if one_ms else 0.0,
+        "trail_writes_6_hops": max(six_writes),
+        "trail_writes_1_hop": max(one_writes),
         "bounds_max_depth": chase.max_depth,
         "bounds_min_amount_cny": chase.min_amount("CNY") / 100,
         "bounds_max_accounts": chase.max_accounts,

@@ -88,7 +88,7 @@ class Load:
     """Submits at ``rate`` per second while running; :meth:`submit` adds one on demand.
 
     Every ``per_case`` submissions open a new case. A case keeps its money trail in one KV entry
-    that each of its requests updates when submitted and again at its outcome, so a large
+    that each of its holds updates at its outcome, so a large
     ``per_case`` keeps that entry hot (it once ran out of compare-and-set attempts: ABORTED).
     """
 

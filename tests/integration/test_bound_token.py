@@ -134,11 +134,6 @@ async def test_a_replayed_bound_token_with_its_request_is_answered_as_that_reque
     assert await bench.replay_writes() == replay_before
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs intake to deduplicate a signed request without idempotency key by its signature's"
-    " jti (the lead's part of issue 16); remove this marker once it is merged",
-)
 async def test_a_replayed_bound_token_without_idempotency_key_creates_no_second_request(bench: Bench) -> None:
     signed = bench.signed(_request("BT-NOKEY-0001"))
     token = bench.token(bound_to=signed)

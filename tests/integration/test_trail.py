@@ -8,6 +8,7 @@ test uses its own case.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import uuid
@@ -18,7 +19,8 @@ from pathlib import Path
 import grpc
 import pytest
 import pytest_asyncio
-from greenchannel.v1 import common_pb2, lifecycle_pb2, trail_pb2
+from greenchannel.v1 import common_pb2, envelope_pb2, lifecycle_pb2, requests_pb2, trail_pb2
+from nats.aio.msg import Msg
 from nats.js.client import JetStreamContext
 
 from adapters import AdapterConfig
@@ -26,16 +28,27 @@ from agencies import _seed as demo
 from agencies.demo import Stack, StackConfig
 from broker.cli._trail import trail_command
 from broker.client import fetch_trail, open_accounts, switch_chasing
+from broker.hub import load_policy
+from broker.hub._store import RequestStore
+from broker.hub._trail import TrailChaser, TrailRecorder
+from broker.hub._trail_pending import WatchLogCaseRequests
 from broker.hub._trail_store import TRAILS_BUCKET, TrailChange, TrailStore, trail_key
 from broker.protocol import (
     BROKER_ID,
     EVENTS_STREAM,
     NatsSettings,
     SigningKey,
+    SystemClock,
     connect,
+    ensure_streams,
     event_subject,
+    generate_signing_key,
     load_agency_encryption_key,
     load_agency_signing_key,
+    load_directory,
+    new_uuid7,
+    stream_specs,
+    to_timestamp,
 )
 from tests._wait import eventually
 from tests.integration.trail_world import (
@@ -54,6 +67,10 @@ from tests.integration.trail_world import (
 )
 
 pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+DIRECTORY = ROOT / "agencies" / "directory.toml"
+SAMPLE_POLICY = ROOT / "agencies" / "policy.toml"
 
 L = trail_pb2
 
@@ -461,3 +478,161 @@ async def test_trail_store_compare_and_set_across_replicas(js: JetStreamContext)
     seen = await second.update(owner, case, lambda trail: None)
     assert seen is not None
     assert seen.leads[-1].transfer_id == "behind-seconds-back"
+
+
+# -- the trail is written once per hold, at its outcome -------------------------------------------
+
+
+@contextlib.asynccontextmanager
+async def trail_writes(stack: Stack, case: str) -> AsyncIterator[list[bytes]]:
+    """Every write to the case's trail entry while the block runs, in order.
+
+    A KV write is a JetStream publish on ``$KV.<bucket>.<key>``; a plain subscriber sees each one.
+    The bucket keeps one revision per key, so its stream cannot count them afterwards. One
+    broker replica runs here, so no compare-and-set fails and every publish seen is stored.
+    """
+    nc = await connect(NatsSettings.from_url(stack.nats_url, name="test-trail-writes"))
+    seen: list[bytes] = []
+
+    async def count(msg: Msg) -> None:
+        seen.append(msg.data)
+
+    try:
+        await nc.subscribe(f"$KV.{TRAILS_BUCKET}.{trail_key(POLICE, case)}", cb=count)
+        await nc.flush()
+        yield seen
+        await nc.flush()
+    finally:
+        await nc.drain()
+
+
+async def test_a_stop_payment_with_nothing_onward_writes_its_trail_once(stack: Stack) -> None:
+    graph = seeded(stack, chain_graph(salt=8001, hops=0))
+    case = "TR-ONCE-0001"
+    async with trail_writes(stack, case) as writes:
+        trail, root = await chase(stack, graph, case)
+    await checked(stack, trail, graph)
+    assert len(writes) == 1, "the hold and its outcome are one write"
+    stored = trail_pb2.Trail.FromString(writes[0])
+    ((node, request),) = [(n, r) for n in stored.nodes for r in n.requests]
+    assert (request.request_id, request.role, request.hop) == (root.id, L.TRAIL_ROLE_POLICE, 0)
+    assert (request.asked.minor_units, request.held.minor_units) == (6_000_000, 6_000_000)
+    assert request.state == common_pb2.REQUEST_STATE_EXECUTED
+    assert request.sent_at == root.submitted_at
+    assert request.HasField("outcome_at")
+    assert node.HasField("account"), "the account sealed at intake reaches the trail"
+    assert stored.case_ref == root.case_ref
+    assert not stored.leads
+    # The status carried the seed: digest and ciphertext, never the account in clear.
+    assert root.trail_seed.node_id == node.node_id
+    assert graph.root.number.encode() not in root.SerializeToString()
+    assert graph.root.holder.encode() not in root.SerializeToString()
+
+
+async def test_a_two_hop_chase_binds_its_children_and_totals_as_before(stack: Stack) -> None:
+    graph = seeded(stack, chain_graph(salt=8002, hops=2))
+    case = "TR-TWO-HOPS-0001"
+    async with trail_writes(stack, case) as writes:
+        trail, root = await chase(stack, graph, case)
+        while len(trail.nodes) < 3:  # settled between two hops: not yet the whole chain
+            await asyncio.sleep(0.05)
+            trail = await wait_settled(stack, police_key(stack), case)
+    accounts = await checked(stack, trail, graph)
+    by_depth = sorted(trail.nodes, key=lambda n: n.depth)
+    assert [accounts[n.node_id].account_number for n in by_depth] == [a.number for a in graph.accounts[1:]]
+    # What the code before the seed recorded: the victim's 60,000.00 traced hop by hop, what
+    # each account kept held, and no child asking more than its parent did not find.
+    assert [n.traced.minor_units for n in by_depth] == [6_000_000, 5_900_000, 5_800_000]
+    assert [n.held.minor_units for n in by_depth] == [100_000, 100_000, 5_800_000]
+    assert sum(n.held.minor_units for n in trail.nodes) == 6_000_000
+    assert not trail.leads
+    statuses = await statuses_of(stack, trail)
+    parent = root.id
+    for node in by_depth[1:]:
+        (child,) = node.requests
+        assert child.role == L.TRAIL_ROLE_CHASE
+        assert child.request_id, "bound to the request the bus accepted"
+        assert child.parent_id == parent
+        status = statuses[child.request_id]
+        assert (status.sender, status.parent_id, status.hop) == (BROKER_ID, parent, node.depth)
+        assert status.result.amount_held.minor_units == child.held.minor_units
+        parent = child.request_id
+    # One write per hold, at its outcome (before: one more per hold at intake).
+    assert len(writes) == 3
+    last = trail_pb2.Trail.FromString(writes[-1])
+    assert all(r.request_id and r.HasField("outcome_at") for n in last.nodes for r in n.requests)
+
+
+async def test_a_pending_hold_is_read_from_its_status(js: JetStreamContext) -> None:
+    """Before its outcome a hold is in no stored trail; GetTrail's reader shows it from its seed."""
+    await ensure_streams(js, stream_specs(1))
+    registry = load_directory(DIRECTORY)
+    policy = load_policy(SAMPLE_POLICY)
+    clock = SystemClock()
+    store = TrailStore(js)
+    recorder = TrailRecorder.for_broker(
+        store=store, registry=registry, policy=policy, broker_key=generate_signing_key(), clock=clock
+    )
+    requests = RequestStore(js)
+    chaser = TrailChaser(
+        recorder=recorder, requests=requests, sender=_NoChildren(), cases=WatchLogCaseRequests(js)
+    )
+    case = f"TR-PEND-{uuid.uuid4().hex[:8]}"
+    graph = chain_graph(salt=8003, hops=0)
+    request = root_request(graph, case)
+    request.stop_payment.account.bank = graph.root.bank
+    status = lifecycle_pb2.RequestStatus(
+        id=new_uuid7(clock),
+        type=common_pb2.REQUEST_TYPE_STOP_PAYMENT,
+        sender=POLICE,
+        recipient=graph.root.bank,
+        case_ref=request.case_ref,
+        state=common_pb2.REQUEST_STATE_SUBMITTED,
+        submitted_at=to_timestamp(clock.now()),
+        trail_seed=recorder.seed(request, sender=POLICE, recipient=graph.root.bank),
+        events=[lifecycle_pb2.RecordedEvent(seq=1)],
+    )
+    assert (await requests.create(status, msg_id=status.id)).stored
+
+    pending = await chaser.read(POLICE, case)
+    assert await store.get(POLICE, case) is None, "nothing written before the outcome"
+    ((node, entry),) = [(n, r) for n in pending.nodes for r in n.requests]
+    assert node.node_id == status.trail_seed.node_id
+    assert (entry.request_id, entry.state, entry.asked.minor_units) == (
+        status.id,
+        common_pb2.REQUEST_STATE_SUBMITTED,
+        6_000_000,
+    )
+    assert not pending.settled
+    assert pending.case_ref == request.case_ref
+
+    outcome = lifecycle_pb2.LifecycleEvent(
+        event_id=str(uuid.uuid4()), request_id=status.id, state=common_pb2.REQUEST_STATE_EXECUTED
+    )
+
+    def executed(current: lifecycle_pb2.RequestStatus) -> lifecycle_pb2.RequestStatus:
+        current.state = common_pb2.REQUEST_STATE_EXECUTED
+        current.result.amount_held.CopyFrom(common_pb2.Money(currency="CNY", minor_units=6_000_000))
+        current.events.add(
+            event=envelope_pb2.SignedMessage(payload=outcome.SerializeToString()),
+            recorded_at=to_timestamp(clock.now()),
+            seq=2,
+        )
+        return current
+
+    done = await requests.update(status.id, executed)
+    await chaser.after_outcome(done)
+    stored = await store.get(POLICE, case)
+    assert stored is not None
+    after = await chaser.read(POLICE, case)
+    assert after.settled
+    ((node, entry),) = [(n, r) for n in after.nodes for r in n.requests]
+    assert (entry.request_id, entry.held.minor_units) == (status.id, 6_000_000)
+    assert node.node_id == status.trail_seed.node_id
+
+
+class _NoChildren:
+    async def originate(
+        self, request: requests_pb2.Request, *, idempotency_key: str
+    ) -> lifecycle_pb2.RequestStatus:
+        raise AssertionError("nothing onward to chase")

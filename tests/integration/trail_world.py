@@ -469,7 +469,7 @@ _BROKER_DECRYPTION: list[x25519.X25519PrivateKey] = []
 
 
 class _TrailIntake(Intake):
-    """Stand-in for the lead's Intake change: record holds before they are published."""
+    """Stand-in for the lead's Intake change: seed the statuses of holds for the trail."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -487,15 +487,7 @@ class _TrailIntake(Intake):
             source=sealed_onward_transfers(_BROKER_DECRYPTION[-1]),
         )
         _WIRINGS.append(_Wiring(recorder=recorder, chaser=chaser))
-        self._trail_recorder = recorder
-
-    async def _accept(
-        self, request_id: str, verified: Any, recipient: Any, target: Any, **kwargs: Any
-    ) -> Any:
-        await self._trail_recorder.submitted(
-            request_id, verified.request, sender=verified.claims.iss, recipient=recipient.id
-        )
-        return await super()._accept(request_id, verified, recipient, target, **kwargs)
+        self._trail = recorder  # seeds the statuses of holds, as the broker's own intake does
 
 
 class _TrailHolds(HoldLifecycle):

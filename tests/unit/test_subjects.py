@@ -121,7 +121,7 @@ def test_event_status_deadline_deadletter_ledger_names() -> None:
     assert deadline_fired_subject(RID, "acknowledge") == f"gc.deadline.fired.{RID}.acknowledge"
     assert deadletter_subject("carrier-cmcc") == "gc.deadletter.carrier-cmcc"
     assert (LEDGER_ENTRY_SUBJECT, LEDGER_CHECKPOINT_SUBJECT) == ("gc.ledger.entry", "gc.ledger.checkpoint")
-    assert KV_BUCKETS == ("gc_registry", "gc_replay")
+    assert KV_BUCKETS == ("gc_registry", "gc_replay", "gc_idempotency")
 
 
 def test_request_id_accepts_uuid_objects_and_canonical_strings() -> None:

@@ -7,6 +7,7 @@ Besides hand-made outcomes, a simulator runs the decisions against real referenc
 from __future__ import annotations
 
 import argparse
+import itertools
 import uuid
 from collections import Counter, deque
 from datetime import UTC, datetime, timedelta
@@ -46,7 +47,9 @@ from broker.hub._trail_rules import (
     reconsiderable_parents,
     record_outcome,
     record_submission,
+    seeded_status,
     settled,
+    trail_seed,
 )
 from broker.protocol import (
     BROKER_ID,
@@ -496,6 +499,64 @@ def test_an_outcome_before_its_child_is_bound_waits(registry: Registry) -> None:
         record_outcome(trail, status, [], ctx=ctx)
 
 
+def test_a_child_outcome_binds_the_child_from_its_seed_in_the_same_change(registry: Registry) -> None:
+    trail, ctx, root = started(registry)
+    transfers = [onward("T1", "6217000010087654321", 1_000_000)]
+    record_outcome(
+        trail, outcome_status(root, recipient="bank-icbc", held=0, transfers=transfers), transfers, ctx=ctx
+    )
+    ((node, planned),) = planned_children(trail, root)
+    request = child_request(
+        outcome_status(root, recipient="bank-icbc", held=0), node.bank, planned, transfers[0]
+    )
+    child_id = str(uuid.uuid4())
+    status = outcome_status(
+        child_id,
+        recipient="bank-ccb",
+        held=1_000_000,
+        sender=BROKER_ID,
+        hop=1,
+        parent=root,
+        state=S.REQUEST_STATE_EXECUTED,
+        reason=results_pb2.REASON_CODE_UNSPECIFIED,
+    )
+    status.trail_seed.CopyFrom(
+        seeded_status(child_id, request, sender=BROKER_ID, recipient="bank-ccb", ctx=ctx).trail_seed
+    )
+    assert not status.trail_seed.node_id, "the child's node exists: its seed only binds it"
+    assert record_outcome(trail, status, [], ctx=ctx)
+    (child,) = chases(trail)
+    assert (child.request_id, child.parent_id, child.state) == (child_id, root, S.REQUEST_STATE_EXECUTED)
+    assert child.held.minor_units == 1_000_000
+    assert not planned_children(trail, root)
+    assert not record_outcome(trail, status, [], ctx=ctx), "decided once"
+
+
+def test_a_seed_holds_no_account_in_clear_and_opens_for_the_case_owner(tmp_path: Path) -> None:
+    overlay = ensure_agency_keys(DIRECTORY, tmp_path, clock=SystemClock())
+    registry = load_directory(DIRECTORY, key_overlays=[overlay])
+    book = BrokerAccountBook(broker_key=generate_signing_key(), registry=registry, clock=SystemClock())
+    request = stop("6222020200001234567", 700_000)
+    request.stop_payment.fraud_transfer_id = "T-VICTIM"
+    seed = trail_seed(request, sender=POLICE, recipient="bank-icbc", book=book)
+    assert seed is not None
+    wire = seed.SerializeToString()
+    assert b"6222020200001234567" not in wire
+    assert "李某".encode() not in wire
+    assert seed.node_id == book.node_id("bank-icbc", "6222020200001234567")
+    assert (seed.bank, seed.amount.minor_units, seed.transfer_id) == ("bank-icbc", 700_000, "T-VICTIM")
+    opened = open_account(
+        seed.account, load_agency_encryption_key(tmp_path, POLICE), case_ref=CASE, node_id=seed.node_id
+    )
+    assert (opened.account_number, opened.holder_name, opened.bank) == (
+        "6222020200001234567",
+        "李某",
+        "bank-icbc",
+    )
+    data = requests_pb2.Request(case_ref=CASE, data_request=requests_pb2.DataRequest())
+    assert trail_seed(data, sender=POLICE, recipient="bank-icbc", book=book) is None
+
+
 def test_a_police_hold_missed_at_intake_is_recorded_from_its_outcome(registry: Registry) -> None:
     trail = new_trail(CASE, DEFAULT_CHASE, NOW)
     ctx = ctx_for(registry)
@@ -693,7 +754,14 @@ def test_bad_chase_section(tmp_path: Path, text: str, field: str, words: str) ->
 class Simulation:
     """The broker's chase without the bus: intake, the bank's core and outcomes, in order."""
 
-    def __init__(self, graph: MoneyGraph, registry: Registry, policy: ChasePolicy) -> None:
+    def __init__(
+        self, graph: MoneyGraph, registry: Registry, policy: ChasePolicy, *, at_outcome: bool = False
+    ) -> None:
+        # True: each hold is recorded at its outcome from its status's seed, as the broker does;
+        # False: at intake, as the broker did before (what the seed must reproduce).
+        self.at_outcome = at_outcome
+        self.seeds: dict[str, lifecycle_pb2.RequestStatus] = {}
+        self._ids = itertools.count(1)
         self.clock = ManualClock(NOW)
         self.cores = {bank: BankCore(BankConfig(agency_id=bank), clock=self.clock) for bank in BANKS}
         seed_graph(self.cores, graph, anchor=NOW - timedelta(minutes=1))
@@ -745,21 +813,35 @@ class Simulation:
                 )
             ],
         )
+        seeded = self.seeds.get(request_id)
+        if seeded is not None:
+            status.trail_seed.CopyFrom(seeded.trail_seed)
+            status.submitted_at.CopyFrom(seeded.submitted_at)
         self.statuses[request_id] = status
         return status
+
+    def submit(self, request: requests_pb2.Request, bank: str, sender: str) -> str:
+        """Intake: the request's id; the hold recorded now, or seeded into its status."""
+        request_id = str(uuid.UUID(int=next(self._ids)))
+        if self.at_outcome:
+            self.seeds[request_id] = seeded_status(
+                request_id, request, sender=sender, recipient=bank, ctx=self.ctx
+            )
+        else:
+            record_submission(
+                self.trail,
+                request_id=request_id,
+                request=request,
+                sender=sender,
+                recipient=bank,
+                ctx=self.ctx,
+            )
+        return request_id
 
     def run(self, case_number: str) -> trail_pb2.Trail:
         root = root_request(self.graph, case_number)
         self.trail = new_trail(root.case_ref, self.policy, NOW)
-        root_id = str(uuid.uuid4())
-        record_submission(
-            self.trail,
-            request_id=root_id,
-            request=root,
-            sender=POLICE,
-            recipient=self.graph.root.bank,
-            ctx=self.ctx,
-        )
+        root_id = self.submit(root, self.graph.root.bank, POLICE)
         queue = deque([(root_id, root, self.graph.root.bank, POLICE)])
         while queue:
             request_id, request, bank, sender = queue.popleft()
@@ -769,15 +851,7 @@ class Simulation:
             by_id = {t.transfer_id: t for t in transfers}
             for node, child in planned_children(self.trail, request_id):
                 child_request_ = child_request(status, node.bank, child, by_id[child.transfer_id])
-                child_id = str(uuid.uuid4())
-                record_submission(
-                    self.trail,
-                    request_id=child_id,
-                    request=child_request_,
-                    sender=BROKER_ID,
-                    recipient=node.bank,
-                    ctx=self.ctx,
-                )
+                child_id = self.submit(child_request_, node.bank, BROKER_ID)
                 queue.append((child_id, child_request_, node.bank, BROKER_ID))
         self.trail.settled = settled(self.trail)
         return self.trail
@@ -822,6 +896,27 @@ def test_generated_graphs(registry: Registry) -> None:
     assert seen["deepest"] >= 6, seen
     for reason in ("OUTSIDE_DIRECTORY", "CYCLE", "BELOW_MINIMUM", "DEPTH", "ACCOUNT_LIMIT"):
         assert seen[f"LEAD_REASON_{reason}"] > 0, seen
+
+
+def test_a_hold_recorded_at_its_outcome_from_its_seed_is_recorded_as_at_intake(registry: Registry) -> None:
+    """The same graphs, each hold recorded at intake or only at its outcome from its seed: the
+    same trail (nodes, requests, bindings, amounts, leads), except when it was last changed."""
+    for seed in (1, 5, 12, 33, 49, 51):
+        graph = random_graph(seed, salt=seed, hops=6, max_split=3)
+        policy = ChasePolicy(max_depth=8 if seed % 3 else 3, max_accounts=64 if seed % 5 else 5)
+        trails = []
+        for at_outcome in (False, True):
+            sim = Simulation(graph, registry, policy, at_outcome=at_outcome)
+            try:
+                trail = sim.run(f"SIM-SEED-{seed:04d}")
+                sim.check()
+            finally:
+                sim.close()
+            trail.ClearField("updated_at")
+            trails.append(trail)
+        at_intake, at_outcome_ = trails
+        assert at_outcome_ == at_intake, seed
+        assert all(r.request_id for n in at_outcome_.nodes for r in n.requests), "every child is bound"
 
 
 def test_a_chain_beyond_the_depth_stops_at_hop_eight(registry: Registry) -> None:

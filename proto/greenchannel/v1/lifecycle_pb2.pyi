@@ -165,6 +165,7 @@ class RequestStatus(_message.Message):
     NOTARIZED_HEADER_FIELD_NUMBER: _builtins.int
     NOTARY_SIGNATURE_FIELD_NUMBER: _builtins.int
     TARGET_ID_FIELD_NUMBER: _builtins.int
+    TRAIL_SEED_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Request id."""
     type: _common_pb2.RequestType.ValueType
@@ -213,6 +214,12 @@ class RequestStatus(_message.Message):
     def result(self) -> _results_pb2.Result:
         """The final answer, once there is one."""
 
+    @_builtins.property
+    def trail_seed(self) -> Global___TrailSeed:
+        """STOP_PAYMENT and FREEZE: what the money trail records about the hold, taken from the body at
+        intake (only then is the body at hand), so the trail is written once, at the outcome.
+        """
+
     def __init__(
         self,
         *,
@@ -234,14 +241,67 @@ class RequestStatus(_message.Message):
         notarized_header: _builtins.bytes = ...,
         notary_signature: _builtins.str = ...,
         target_id: _builtins.str = ...,
+        trail_seed: Global___TrailSeed | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["case_ref", b"case_ref", "deadlines", b"deadlines", "result", b"result", "submitted_at", b"submitted_at", "updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["case_ref", b"case_ref", "deadlines", b"deadlines", "result", b"result", "submitted_at", b"submitted_at", "trail_seed", b"trail_seed", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_ref", b"case_ref", "deadlines", b"deadlines", "events", b"events", "hop", b"hop", "id", b"id", "notarized_header", b"notarized_header", "notary_signature", b"notary_signature", "parent_id", b"parent_id", "priority", b"priority", "reason", b"reason", "recipient", b"recipient", "result", b"result", "sender", b"sender", "state", b"state", "submitted_at", b"submitted_at", "target_id", b"target_id", "type", b"type", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_ref", b"case_ref", "deadlines", b"deadlines", "events", b"events", "hop", b"hop", "id", b"id", "notarized_header", b"notarized_header", "notary_signature", b"notary_signature", "parent_id", b"parent_id", "priority", b"priority", "reason", b"reason", "recipient", b"recipient", "result", b"result", "sender", b"sender", "state", b"state", "submitted_at", b"submitted_at", "target_id", b"target_id", "trail_seed", b"trail_seed", "type", b"type", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RequestStatus: _TypeAlias = RequestStatus  # noqa: Y015
+
+@_typing.final
+class TrailSeed(_message.Message):
+    """A hold as the money trail will record it, without personal data in clear: the account only as
+    the broker's keyed digest and sealed to the police owning the case. Parent, hop, type, sender and
+    the converted hold are the status's own fields. Broker bookkeeping; the parties see nothing here
+    they cannot see in the request itself, or open.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    BANK_FIELD_NUMBER: _builtins.int
+    ACCOUNT_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    TRANSFER_ID_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    """Keyed digest of bank and account number: the trail node of the account. Empty for the broker's
+    own stop-payments (their node was made when they were decided on) and for conversions.
+    """
+    bank: _builtins.str
+    """Agency id of the bank holding the account."""
+    transfer_id: _builtins.str
+    """STOP_PAYMENT: the transfer it names (fraud_transfer_id). The broker's own stop-payment is bound
+    to the chase entry planned for this transfer of its parent.
+    """
+    @_builtins.property
+    def account(self) -> _results_pb2.EncryptedPayload:
+        """The account (number, holder's name, bank) sealed to the case owner's X25519 key; unset when
+        it could not be sealed.
+        """
+
+    @_builtins.property
+    def amount(self) -> _common_pb2.Money:
+        """The amount the hold asks for."""
+
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+        bank: _builtins.str = ...,
+        account: _results_pb2.EncryptedPayload | None = ...,
+        amount: _common_pb2.Money | None = ...,
+        transfer_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "amount", b"amount"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "amount", b"amount", "bank", b"bank", "node_id", b"node_id", "transfer_id", b"transfer_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___TrailSeed: _TypeAlias = TrailSeed  # noqa: Y015
 
 @_typing.final
 class Cancellation(_message.Message):
