@@ -7,6 +7,9 @@ behind the current progress is refused as ``OUT_OF_ORDER`` so the caller can dro
 (``broker.hub._events.apply_event`` still records, without moving the state, a recipient's
 DELIVERED or ACKNOWLEDGED that was merely overtaken and is not yet in the timeline).
 
+A cancellation is final except against the recipient's own outcome, which records what the agency
+did although the bus had cancelled the request meanwhile.
+
 Holds (STOP_PAYMENT, FREEZE) live on after execution: the broker may then record EXTENDED
 (repeatedly), RELEASED or EXPIRED. ESCALATED and REMINDED annotate any non-final state without changing it.
 
@@ -120,6 +123,12 @@ def next_state(
     if current == _S.REQUEST_STATE_UNSPECIFIED:
         if event != _S.REQUEST_STATE_SUBMITTED:
             raise _illegal(what, "a request starts as SUBMITTED")
+        return event
+    if current == _S.REQUEST_STATE_CANCELLED and event in OUTCOME_STATES and actor == recipient:
+        # A cancellation reaches the bus, never the agency: a recipient that had taken the request
+        # before telling the bus so (its ACKNOWLEDGED waits while a quick answer is expected, or
+        # its adapter was offline with the request in hand) acted on it all the same. What it did
+        # stands, so the sender learns of a hold it must release rather than believe none exists.
         return event
     if is_final(current, request_type):
         raise _illegal(what, f"{state_name(current)} is final")

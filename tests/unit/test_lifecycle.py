@@ -77,6 +77,8 @@ LEGAL_ANY: dict[tuple[State, State], State] = {
     **{(ACK, e): e for e in (EXE, PEX, REJ, FAI)},
     (ACK, ESC): ACK,
     (ACK, REM): ACK,
+    # The recipient acted before the cancellation reached it: its outcome stands.
+    **{(CAN, e): e for e in (EXE, PEX, REJ, FAI)},
 }
 # And in addition for stop-payments and freezes: the life of the hold.
 LEGAL_HOLD: dict[tuple[State, State], State] = {
@@ -253,3 +255,13 @@ def test_is_final(state: State) -> None:
 @pytest.mark.parametrize("state", [*STORED, ESC])
 def test_is_outcome(state: State) -> None:
     assert is_outcome(state) is (state in {EXE, PEX, REJ, FAI})
+
+
+def test_only_the_recipients_outcome_overrides_a_cancellation() -> None:
+    for request_type in (T.REQUEST_TYPE_STOP_PAYMENT, T.REQUEST_TYPE_DATA_REQUEST):
+        assert step(CAN, EXE, RECIPIENT, request_type) == EXE
+        with pytest.raises(IllegalTransitionError) as info:
+            step(CAN, FAI, BROKER_ID, request_type)  # the broker's own failure does not reopen it
+        assert info.value.reason == "ILLEGAL_TRANSITION"
+        with pytest.raises(IllegalTransitionError):
+            step(CAN, ACK, RECIPIENT, request_type)  # progress without an outcome changes nothing
