@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from greenchannel.v1 import common_pb2, envelope_pb2
 
-from adapters._acknowledge import acknowledge_delay
+from adapters._acknowledge import DeferredAcknowledge, acknowledge_delay
+from broker.protocol import NatsError
+from tests._wait import eventually
 
 NOW = datetime(2026, 12, 3, 15, 0, tzinfo=UTC)
 
@@ -41,3 +44,62 @@ def test_the_grace_never_reaches_past_a_deliver_or_acknowledge_deadline(
     due_in: dict[str, float], grace: float, expected: float
 ) -> None:
     assert acknowledge_delay(header(**due_in), now=NOW, grace=grace) == pytest.approx(expected)
+
+
+# -- the deferred ACKNOWLEDGED ----------------------------------------------------------------------
+
+
+class Sender:
+    """Stands in for the publish of ACKNOWLEDGED: counts calls, finishes when told to."""
+
+    def __init__(self, error: BaseException | None = None) -> None:
+        self.calls = 0
+        self.release = asyncio.Event()
+        self.finished = False
+        self.error = error
+
+    async def __call__(self) -> None:
+        self.calls += 1
+        await self.release.wait()
+        if self.error is not None:
+            raise self.error
+        self.finished = True
+
+
+async def test_an_answer_within_the_grace_publishes_nothing() -> None:
+    send = Sender()
+    acknowledge = DeferredAcknowledge(send, 3600.0)
+    assert await acknowledge.settle() is False
+    assert send.calls == 0
+
+
+async def test_after_the_grace_the_outcome_waits_for_the_acknowledgeds_puback() -> None:
+    send = Sender()
+    acknowledge = DeferredAcknowledge(send, 0.0)
+    await eventually(lambda: send.calls == 1, what="the grace is over and ACKNOWLEDGED is publishing")
+    settling = asyncio.ensure_future(acknowledge.settle())
+    await asyncio.sleep(0)
+    assert not settling.done()  # the PubAck is not back: the outcome must not go out yet
+    send.release.set()
+    assert await settling is True
+    assert send.finished
+
+
+async def test_an_acknowledged_that_failed_to_publish_does_not_hold_the_outcome_back() -> None:
+    send = Sender(error=NatsError("publish to gc.events...: timed out"))
+    send.release.set()
+    acknowledge = DeferredAcknowledge(send, 0.0)
+    await eventually(lambda: send.calls == 1, what="ACKNOWLEDGED was attempted")
+    assert await acknowledge.settle() is False
+
+
+async def test_a_request_given_up_publishes_nothing_more() -> None:
+    send = Sender()
+    acknowledge = DeferredAcknowledge(send, 0.0)
+    await eventually(lambda: send.calls == 1, what="ACKNOWLEDGED is publishing")
+    acknowledge.abandon()
+    later = DeferredAcknowledge(send, 3600.0)
+    later.abandon()
+    await asyncio.sleep(0)
+    assert send.calls == 1
+    assert not send.finished
