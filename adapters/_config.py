@@ -50,8 +50,8 @@ class AdapterConfig:
     """Seconds the agency system may take to answer before ACKNOWLEDGED is published; 0: always at once.
 
     An answer within the grace goes out alone (SUBMITTED -> outcome, one durable event instead of
-    two). The grace is cut to half the time left to the request's deliver or acknowledge deadline
-    when that is shorter, so it never makes the adapter miss one. DELIVERED is never sent: the
+    two). The grace is cut to a quarter of the time left to the request's deliver or acknowledge
+    deadline when that is shorter, so it never makes the adapter miss one. DELIVERED is never sent: the
     broker takes ACKNOWLEDGED or the outcome straight from SUBMITTED.
     """
 

@@ -545,7 +545,7 @@ async def test_an_acknowledge_deadline_shorter_than_the_grace_cuts_the_grace(
     js: JetStreamContext, nc: Client, world: World, bank: BankServer, tmp_path: Path
 ) -> None:
     # The grace is 30 s (config()); the acknowledge deadline is 2 s away on the (stopped) clock,
-    # so ACKNOWLEDGED goes out after half of that, while the bank's system still works on it.
+    # so ACKNOWLEDGED goes out after a quarter of that, while the bank's system still works on it.
     bank.servicer.gate = asyncio.Event()
     envelope = notarized(world, request_of("stop_payment", world.clock), acknowledge_in=timedelta(seconds=2))
     async with runtime(world, nc, config(tmp_path, bank)):

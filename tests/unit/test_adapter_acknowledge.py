@@ -33,8 +33,8 @@ def header(**due_in: float) -> envelope_pb2.EnvelopeHeader:
     [
         ({}, 0.25, 0.25),  # no deadline to mind: the grace
         ({"deliver": 30, "acknowledge": 120, "execute": 600}, 0.25, 0.25),  # the green SLA: far off
-        ({"acknowledge": 0.2}, 0.25, 0.1),  # half the time left when that is shorter
-        ({"deliver": 0.3, "acknowledge": 120}, 0.25, 0.15),  # the first open one of the two counts
+        ({"acknowledge": 0.4}, 0.25, 0.1),  # a quarter of the time left when that is shorter
+        ({"deliver": 0.6, "acknowledge": 120}, 0.25, 0.15),  # the first open one of the two counts
         ({"execute": 0.1}, 0.25, 0.25),  # the execute deadline is met by the outcome itself
         ({"acknowledge": -5}, 0.25, 0.0),  # already late: at once
         ({"acknowledge": 120}, 0.0, 0.0),  # no grace: at once
