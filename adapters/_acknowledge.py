@@ -11,6 +11,7 @@ deadline: the grace never makes the adapter miss a phase deadline it would have 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
@@ -55,40 +56,54 @@ class DeferredAcknowledge:
     """One request's ACKNOWLEDGED, published after ``delay`` seconds unless :meth:`settle` comes first.
 
     A timer, not a task: the quick answer (the common case) costs one timer handle and nothing
-    is published. Created on the running loop while the agency system is being called.
+    is published. A publish that fails is tried again every ``retry`` seconds until the outcome is
+    ready, so a NATS hiccup does not leave a long call unacknowledged past its deadline. Created on
+    the running loop while the agency system is being called.
     """
 
-    def __init__(self, send: Callable[[], Awaitable[None]], delay: float) -> None:
+    def __init__(self, send: Callable[[], Awaitable[None]], delay: float, *, retry: float) -> None:
         self._send = send
-        self._sending: asyncio.Task[None] | None = None
+        self._retry = retry
+        self._settled = asyncio.Event()
+        self._sending: asyncio.Task[bool] | None = None
         self._timer = asyncio.get_running_loop().call_later(delay, self._fire)
 
     def _fire(self) -> None:
-        self._sending = asyncio.ensure_future(self._send())
+        self._sending = asyncio.ensure_future(self._publish())
+
+    async def _publish(self) -> bool:
+        while True:
+            try:
+                await self._send()
+            except NatsError as exc:
+                _log.warning("adapter.acknowledge_not_published", error_type=type(exc).__name__)
+            else:
+                return True
+            # Again after a pause, unless the outcome is ready meanwhile: it then says more, and
+            # the broker takes it straight from SUBMITTED.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._settled.wait(), self._retry)
+            if self._settled.is_set():
+                return False
 
     async def settle(self) -> bool:
         """Before the outcome goes out: drop the ACKNOWLEDGED not yet begun, or await its PubAck.
 
-        Returns whether it was published. One that failed is logged and left out: the outcome
-        that follows says more, and the broker takes it straight from SUBMITTED.
+        Returns whether it was published. An attempt under way is finished first (the outcome
+        follows its PubAck); no further attempt is made.
         """
         self._timer.cancel()
+        self._settled.set()
         sending = self._sending
         if sending is None:
             return False
         await asyncio.wait({sending})  # never raises; the outcome waits for the PubAck either way
-        if sending.cancelled():
-            return False
-        if (error := sending.exception()) is not None:
-            if not isinstance(error, NatsError):
-                raise error
-            _log.warning("adapter.acknowledge_not_published", error_type=type(error).__name__)
-            return False
-        return True
+        return not sending.cancelled() and sending.result()
 
     def abandon(self) -> None:
         """The request ends without an outcome (shutdown, an error): publish nothing more."""
         self._timer.cancel()
+        self._settled.set()
         sending = self._sending
         if sending is None:
             return

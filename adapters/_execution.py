@@ -166,7 +166,9 @@ class Executor:
         Returns once the ACKNOWLEDGED that was begun has its PubAck, so the outcome follows it.
         """
         acknowledge = DeferredAcknowledge(
-            lambda: self._publisher.states(opened, digest, common_pb2.REQUEST_STATE_ACKNOWLEDGED), delay
+            lambda: self._publisher.states(opened, digest, common_pb2.REQUEST_STATE_ACKNOWLEDGED),
+            delay,
+            retry=self._config.nak_delay,
         )
         try:
             answer = await self._call_agency(opened)

@@ -50,32 +50,33 @@ def test_the_grace_never_reaches_past_a_deliver_or_acknowledge_deadline(
 
 
 class Sender:
-    """Stands in for the publish of ACKNOWLEDGED: counts calls, finishes when told to."""
+    """Stands in for the publish of ACKNOWLEDGED: counts calls, finishes when told to, fails the
+    first ``failures`` attempts as a NATS timeout would."""
 
-    def __init__(self, error: BaseException | None = None) -> None:
+    def __init__(self, failures: int = 0) -> None:
         self.calls = 0
         self.release = asyncio.Event()
         self.finished = False
-        self.error = error
+        self.failures = failures
 
     async def __call__(self) -> None:
         self.calls += 1
         await self.release.wait()
-        if self.error is not None:
-            raise self.error
+        if self.calls <= self.failures:
+            raise NatsError("publish to gc.events...: timed out")
         self.finished = True
 
 
 async def test_an_answer_within_the_grace_publishes_nothing() -> None:
     send = Sender()
-    acknowledge = DeferredAcknowledge(send, 3600.0)
+    acknowledge = DeferredAcknowledge(send, 3600.0, retry=0.0)
     assert await acknowledge.settle() is False
     assert send.calls == 0
 
 
 async def test_after_the_grace_the_outcome_waits_for_the_acknowledgeds_puback() -> None:
     send = Sender()
-    acknowledge = DeferredAcknowledge(send, 0.0)
+    acknowledge = DeferredAcknowledge(send, 0.0, retry=0.0)
     await eventually(lambda: send.calls == 1, what="the grace is over and ACKNOWLEDGED is publishing")
     settling = asyncio.ensure_future(acknowledge.settle())
     await asyncio.sleep(0)
@@ -85,20 +86,30 @@ async def test_after_the_grace_the_outcome_waits_for_the_acknowledgeds_puback() 
     assert send.finished
 
 
-async def test_an_acknowledged_that_failed_to_publish_does_not_hold_the_outcome_back() -> None:
-    send = Sender(error=NatsError("publish to gc.events...: timed out"))
+async def test_a_failed_publish_is_tried_again_while_the_call_goes_on() -> None:
+    send = Sender(failures=2)
     send.release.set()
-    acknowledge = DeferredAcknowledge(send, 0.0)
+    acknowledge = DeferredAcknowledge(send, 0.0, retry=0.0)
+    await eventually(lambda: send.finished, what="ACKNOWLEDGED published at the third attempt")
+    assert await acknowledge.settle() is True
+    assert send.calls == 3
+
+
+async def test_an_acknowledged_that_cannot_be_published_does_not_hold_the_outcome_back() -> None:
+    send = Sender(failures=1)
+    send.release.set()
+    acknowledge = DeferredAcknowledge(send, 0.0, retry=3600.0)
     await eventually(lambda: send.calls == 1, what="ACKNOWLEDGED was attempted")
-    assert await acknowledge.settle() is False
+    assert await acknowledge.settle() is False  # not an hour later: no further attempt
+    assert send.calls == 1
 
 
 async def test_a_request_given_up_publishes_nothing_more() -> None:
     send = Sender()
-    acknowledge = DeferredAcknowledge(send, 0.0)
+    acknowledge = DeferredAcknowledge(send, 0.0, retry=0.0)
     await eventually(lambda: send.calls == 1, what="ACKNOWLEDGED is publishing")
     acknowledge.abandon()
-    later = DeferredAcknowledge(send, 3600.0)
+    later = DeferredAcknowledge(send, 3600.0, retry=0.0)
     later.abandon()
     await asyncio.sleep(0)
     assert send.calls == 1
