@@ -2,15 +2,17 @@
 
 In this order::
 
-    DELIVERED, then ACKNOWLEDGED, and "started" recorded   (a type the kind does not handle: REJECTED)
-      meanwhile; all three durable before going on
-    call the agency system (retried while transient; the loop heartbeats meanwhile)
-    sign the terminal event; record it; publish it; ack the inbox message
+    "started" recorded, durable                       (a type the kind does not handle: REJECTED)
+    call the agency system (retried while transient; the loop heartbeats meanwhile);
+      ACKNOWLEDGED only if it has not answered within the grace (_acknowledge)
+    sign the terminal event; record it; publish it (after ACKNOWLEDGED's PubAck); ack the inbox message
 
-A redelivery finds the terminal event recorded and publishes the same bytes again; one that finds
-only "started" (a crash or shutdown mid-call) calls again with the same request id, which every
-agency service absorbs. Two copies of one request id (a redelivery, a duplicate) never run at the
-same time: the second waits for the first and then replays its answer.
+No DELIVERED: the broker takes ACKNOWLEDGED or the outcome straight from SUBMITTED, and either one
+also meets the deliver deadline. A redelivery finds the terminal event recorded and publishes the
+same bytes again; one that finds only "started" (a crash or shutdown mid-call) calls again with
+the same request id, which every agency service absorbs. Two copies of one request id (a
+redelivery, a duplicate) never run at the same time: the second waits for the first and then
+replays its answer.
 """
 
 from __future__ import annotations
@@ -23,8 +25,9 @@ import structlog
 from greenchannel.v1 import common_pb2, results_pb2
 from nats.aio.msg import Msg
 
-from broker.protocol import ConsumerLoop, OpenedEnvelope, reason_name, request_type_name, state_name
+from broker.protocol import Clock, ConsumerLoop, OpenedEnvelope, reason_name, request_type_name, state_name
 
+from ._acknowledge import DeferredAcknowledge, acknowledge_delay
 from ._answers import Answer, AnswerBuilder, failure
 from ._backends import AgencyBackend
 from ._config import AdapterConfig
@@ -66,8 +69,10 @@ class Executor:
         answers: AnswerBuilder,
         loop: ConsumerLoop,
         settle: Callable[[Msg, Settle], Awaitable[None]],
+        clock: Clock,
     ) -> None:
         self._config = config
+        self._clock = clock
         self._journal = journal
         self._backend = backend
         self._publisher = publisher
@@ -112,7 +117,6 @@ class Executor:
                 await self._replay(msg, record)
                 return
             if not self._backend.supports(opened.header.type):
-                await self._publisher.states(opened, digest, common_pb2.REQUEST_STATE_DELIVERED)
                 answer = failure(
                     results_pb2.REASON_CODE_NOT_AUTHORIZED,
                     f"{self._config.agency_id} does not handle "
@@ -122,15 +126,19 @@ class Executor:
                 )
                 await self._finish(msg, opened, digest, answer)
                 return
-            # "started" is committed while DELIVERED and ACKNOWLEDGED travel: the agency system is
-            # called only once all three are durable. A publish that fails leaves "started" behind
-            # with no call made; the next delivery counts one start too many, nothing worse.
-            started, _ = await asyncio.gather(
-                journal.mark_started(request_id, digest),
-                self._publisher.states(
-                    opened, digest, common_pb2.REQUEST_STATE_DELIVERED, common_pb2.REQUEST_STATE_ACKNOWLEDGED
-                ),
+            delay = acknowledge_delay(
+                opened.header, now=self._clock.now(), grace=self._config.acknowledge_after
             )
+            if delay > 0:
+                started = await journal.mark_started(request_id, digest)
+            else:
+                # Acknowledged at once: "started" is committed while ACKNOWLEDGED travels, and the
+                # agency system is called only once both are durable. A publish that fails leaves
+                # "started" behind with no call made; the next delivery counts one start too many.
+                started, _ = await asyncio.gather(
+                    journal.mark_started(request_id, digest),
+                    self._publisher.states(opened, digest, common_pb2.REQUEST_STATE_ACKNOWLEDGED),
+                )
             if started.state is ExecutionState.TERMINAL:
                 await self._replay(msg, started)
                 return
@@ -138,7 +146,10 @@ class Executor:
                 _log.info("adapter.resuming", starts=started.starts)
             # At its agency system: from now on this GREEN message no longer holds STANDARD back.
             self._loop.release_lanes(msg)
-            answer = await self._call_agency(opened)
+            if delay > 0:
+                answer = await self._call_acknowledging_after(opened, digest, delay)
+            else:
+                answer = await self._call_agency(opened)
         except IdempotencyConflictError:
             # The same id with another body: answering either way would misattribute a result.
             _log.error("adapter.request_id_conflict")
@@ -148,6 +159,24 @@ class Executor:
             await self._settle(msg, "term")
             return
         await self._finish(msg, opened, digest, answer)
+
+    async def _call_acknowledging_after(self, opened: OpenedEnvelope, digest: str, delay: float) -> Answer:
+        """Call the agency system; ACKNOWLEDGED goes out only if it has not answered within ``delay``.
+
+        Returns once the ACKNOWLEDGED that was begun has its PubAck, so the outcome follows it.
+        """
+        acknowledge = DeferredAcknowledge(
+            lambda: self._publisher.states(opened, digest, common_pb2.REQUEST_STATE_ACKNOWLEDGED),
+            delay,
+            retry=self._config.nak_delay,
+        )
+        try:
+            answer = await self._call_agency(opened)
+        except BaseException:
+            acknowledge.abandon()
+            raise
+        await acknowledge.settle()
+        return answer
 
     async def _replay(self, msg: Msg, record: ExecutionRecord) -> None:
         await self._publisher.terminal(record)

@@ -52,6 +52,8 @@ The format, every field (``*`` required)::
                                             per-agency NATS users the broker creates the consumers and
                                             sets it: leave it out (the consumers' value is used) or match it
     shutdown_grace = 10.0                   seconds a graceful stop lets the messages in flight finish
+    acknowledge_after = 0.25                seconds the agency system may take before ACKNOWLEDGED is sent
+                                            (a quicker answer goes out alone); 0: always at once
 
     [health]                                optional: without it no health service
     listen* = "127.0.0.1:8081"              gRPC health service (grpc.health.v1); port 0 picks one
@@ -193,6 +195,7 @@ _TABLES: Mapping[str, Mapping[str, _Field]] = MappingProxyType(
             "standard_concurrency": _Field("int", default=8, check=_at_least_one),
             "ack_wait": _Field("number", check=_positive),
             "shutdown_grace": _Field("number", default=10.0, check=_non_negative),
+            "acknowledge_after": _Field("number", default=0.25, check=_non_negative),
         },
         "health": {
             "listen": _Field("string", required=True, check=_host_port),
@@ -399,6 +402,7 @@ def load_adapter_file(path: Path) -> AdapterFileConfig:
             concurrency=adapter["concurrency"],
             standard_concurrency=adapter["standard_concurrency"],
             shutdown_grace=adapter["shutdown_grace"],
+            acknowledge_after=adapter["acknowledge_after"],
         )
     except ValueError as exc:  # every field was checked above; this is a combination we missed
         root.fail(None, str(exc))

@@ -1,9 +1,9 @@
 """Signed events and dead letters out of the adapter, each published with its ``Nats-Msg-Id``.
 
-What one message waits for it shares with the others in flight: DELIVERED and ACKNOWLEDGED are
-sent back to back on the one connection and their PubAcks awaited together (JetStream stores the
-publishes of one connection to one stream in the order sent, so the broker still reads
-DELIVERED < ACKNOWLEDGED < outcome: the outcome goes out only after both PubAcks came back).
+A request's progress events (today only ACKNOWLEDGED, and only for a slow agency system: see
+``_acknowledge``) go out back to back on the one connection with their PubAcks awaited together;
+JetStream stores the publishes of one connection to one stream in the order sent, and the outcome
+is published only after those PubAcks came back, so the broker reads progress < outcome.
 """
 
 from __future__ import annotations

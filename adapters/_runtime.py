@@ -5,7 +5,8 @@ Per message, in this order (each step in a module of its own)::
     take it from the inbox, GREEN before STANDARD             _inbox (on the shared ConsumerLoop)
     open the sealed body with the agency's X25519 key, verify _opening
       (does not open / refused -> FAILED event + dead letter, term)
-    DELIVERED, ACKNOWLEDGED, "started"; call the agency system _execution (idempotency, retries)
+    "started"; call the agency system; ACKNOWLEDGED only if _execution (idempotency, retries),
+      it has not answered within the grace                   _acknowledge
     seal a data answer to the requester; redact the onward   _answers
       transfers, their full copy sealed to requester and broker
     sign the terminal event; record it; publish it            _execution, _publisher
@@ -165,6 +166,7 @@ class AdapterRuntime:
                 answers=AnswerBuilder(agency_id=self.agency_id, registry=self._registry, clock=self._clock),
                 loop=self._loop,
                 settle=self._settle,
+                clock=self._clock,
             )
             await self._loop.start()
         except BaseException:

@@ -28,9 +28,11 @@ class PhaseBudget:
     """How long each phase may take, each counted from the broker's receive time."""
 
     deliver: timedelta
-    """SUBMITTED -> DELIVERED: the recipient's adapter verified the request."""
+    """SUBMITTED -> DELIVERED: the recipient's adapter verified the request (met by any later step
+    too: the reference adapter sends no DELIVERED)."""
     acknowledge: timedelta
-    """SUBMITTED -> ACKNOWLEDGED: the agency took it."""
+    """SUBMITTED -> ACKNOWLEDGED: the agency took it (met by the outcome too: the reference adapter
+    acknowledges only an agency system slower than its ``acknowledge_after``)."""
     execute: timedelta
     """SUBMITTED -> an outcome (EXECUTED, PARTIALLY_EXECUTED, REJECTED, FAILED)."""
 

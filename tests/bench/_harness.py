@@ -44,6 +44,7 @@ __all__ = [
     "BANK",
     "DIRECTORY",
     "POLICE",
+    "STAGES",
     "BenchWorld",
     "Completions",
     "LoadResult",
@@ -483,8 +484,15 @@ class LoadResult:
 
 
 _STAGES = (
-    # (name, from, to); each a (state, clock) pair: "sent" is this process's send time.
+    # (name, from, to); each a (state, clock) pair: "sent" is this process's send time. A stage
+    # whose events a request lacks is left out for it, and one no request had is not reported:
+    # the adapter sends no DELIVERED, and ACKNOWLEDGED only when the bank is slower than its grace.
     ("submit -> broker accepted", ("sent", None), (common_pb2.REQUEST_STATE_SUBMITTED, "at")),
+    (
+        "accepted -> bank executed",
+        (common_pb2.REQUEST_STATE_SUBMITTED, "at"),
+        ("outcome", "at"),
+    ),
     (
         "accepted -> adapter DELIVERED",
         (common_pb2.REQUEST_STATE_SUBMITTED, "at"),
@@ -503,6 +511,10 @@ _STAGES = (
     ("executed -> broker applied", ("outcome", "at"), ("outcome", "recorded")),
     ("broker applied -> Watch seen", ("outcome", "recorded"), ("outcome", "seen")),
 )
+
+
+STAGES: tuple[str, ...] = tuple(name for name, _, _ in _STAGES)
+"""Names of the critical path's stages, in order; a run reports those its requests had."""
 
 
 def _stage_times(samples: Sequence[_Sample]) -> dict[str, float]:

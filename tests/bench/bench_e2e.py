@@ -39,6 +39,7 @@ from broker.client import BusClient
 
 from . import _profile
 from ._harness import (
+    STAGES,
     BenchWorld,
     Completions,
     LoadResult,
@@ -241,7 +242,9 @@ def _report(result: dict[str, Any]) -> None:
                 f" | {loads['open_100']['stages_p50_ms'].get(stage, math.nan):9.1f}"
                 f" | {closed['stages_p50_ms'].get(stage, math.nan):9.1f}",
             )
-            for stage in loads["open_10"]["stages_p50_ms"]
+            # Every stage any run saw, in the order of the path (ACKNOWLEDGED may appear only under load).
+            for stage in STAGES
+            if any(stage in run["stages_p50_ms"] for run in (loads["open_10"], loads["open_100"], closed))
         ],
     )
     print_table(

@@ -110,6 +110,14 @@ def test_a_minimal_file_reads_with_paths_beside_it(tmp_path: Path) -> None:
     assert config.adapter.concurrency == 32
     assert config.ack_wait is None  # the inbox consumers' own, once seen
     assert config.adapter.ack_wait == DEFAULT_INBOX_ACK_WAIT  # the shipped inbox default
+    assert config.adapter.acknowledge_after == 0.25
+    at_once = load_adapter_file(
+        _write(
+            tmp_path,
+            _MINIMAL.replace('journal_dir = "state"', 'journal_dir = "state"\nacknowledge_after = 0'),
+        )
+    )
+    assert at_once.adapter.acknowledge_after == 0
 
 
 @pytest.mark.parametrize(
@@ -133,6 +141,11 @@ def test_a_minimal_file_reads_with_paths_beside_it(tmp_path: Path) -> None:
             ('journal_dir = "state"', 'journal_dir = "state"\nack_wait = "soon"'),
             "adapter.ack_wait",
             "seconds",
+        ),
+        (
+            ('journal_dir = "state"', 'journal_dir = "state"\nacknowledge_after = -1'),
+            "adapter.acknowledge_after",
+            ">= 0",
         ),
         (("[adapter]", "[adaptor]"), "adaptor", "unknown table"),
         (

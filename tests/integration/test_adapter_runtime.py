@@ -307,13 +307,16 @@ def request_of(
     return requests_pb2.Request(case_ref=case_ref(), priority=priority, issued_at=issued, **bodies[body])
 
 
-def deadlines(clock: ManualClock) -> envelope_pb2.Deadlines:
+def deadlines(clock: ManualClock, *, acknowledge_in: timedelta | None = None) -> envelope_pb2.Deadlines:
     due, hold = Timestamp(), Timestamp()
     due.FromDatetime(clock.now() + timedelta(minutes=5))
     hold.FromDatetime(clock.now() + timedelta(hours=48))
-    return envelope_pb2.Deadlines(
-        phases=[envelope_pb2.PhaseDeadline(phase=common_pb2.PHASE_EXECUTE, due_at=due)], hold_expires_at=hold
-    )
+    phases = [envelope_pb2.PhaseDeadline(phase=common_pb2.PHASE_EXECUTE, due_at=due)]
+    if acknowledge_in is not None:
+        acknowledge_by = Timestamp()
+        acknowledge_by.FromDatetime(clock.now() + acknowledge_in)
+        phases.append(envelope_pb2.PhaseDeadline(phase=common_pb2.PHASE_ACKNOWLEDGE, due_at=acknowledge_by))
+    return envelope_pb2.Deadlines(phases=phases, hold_expires_at=hold)
 
 
 def notarized(
@@ -323,6 +326,7 @@ def notarized(
     validate: bool = True,
     request_id: str | None = None,
     by_broker: bool = False,
+    acknowledge_in: timedelta | None = None,
 ) -> envelope_pb2.Envelope:
     """Signed by the police (or, ``by_broker``, by the broker itself, as a chase is) and notarized."""
     sender, key = (BROKER_ID, world.broker_key) if by_broker else (POLICE, world.police_key)
@@ -342,7 +346,7 @@ def notarized(
         verified,
         request_id=request_id or new_uuid7(world.clock),
         recipient=BANK,
-        deadlines=deadlines(world.clock),
+        deadlines=deadlines(world.clock, acknowledge_in=acknowledge_in),
         broker_key=world.broker_key,
         clock=world.clock,
     )
@@ -469,6 +473,9 @@ def config(tmp_path: Path, bank: BankServer, **overrides: Any) -> AdapterConfig:
         "shutdown_grace": 1.0,
         "publish_timeout": 2.0,
         "nak_delay": 0.1,
+        # Far beyond any call here: whether ACKNOWLEDGED goes out never depends on the machine's
+        # load. Tests of ACKNOWLEDGED set a short grace and hold the bank until they have seen it.
+        "acknowledge_after": 30.0,
     }
     return AdapterConfig(**(settings | overrides))
 
@@ -487,16 +494,18 @@ def runtime(world: World, nc: Client, cfg: AdapterConfig, *, decrypt: bool = Tru
 # -- tests --------------------------------------------------------------------------------------
 
 
-async def test_delivered_acknowledged_executed_in_order_with_the_result(
+async def test_a_quick_answer_is_the_only_event_with_the_result(
     js: JetStreamContext, nc: Client, world: World, bank: BankServer, tmp_path: Path
 ) -> None:
     async with runtime(world, nc, config(tmp_path, bank)):
         request_id = await submit(js, world)
         found = await events_until(js, world, request_id, EXECUTED)
         await eventually(lambda: inbox_settled(js))
+        on_the_bus = await stored(js, EVENTS_STREAM)
     assert not adapter_tasks()
 
-    assert states(found) == ["DELIVERED", "ACKNOWLEDGED", "EXECUTED"]
+    assert states(found) == ["EXECUTED"]
+    assert len(on_the_bus) == 1  # one durable event on GC_EVENTS: the outcome, nothing before it
     executed = found[-1]
     assert executed.actor == BANK
     assert executed.result.outcome == EXECUTED
@@ -513,6 +522,39 @@ async def test_delivered_acknowledged_executed_in_order_with_the_result(
     assert context.execute_by.ToDatetime(tzinfo=UTC) == T0 + timedelta(minutes=5)
     assert context.hold_until.ToDatetime(tzinfo=UTC) == T0 + timedelta(hours=48)
     assert context.received_at.ToDatetime(tzinfo=UTC) == T0
+
+
+async def test_a_slow_answer_is_acknowledged_first_then_the_outcome_follows(
+    js: JetStreamContext, nc: Client, world: World, bank: BankServer, tmp_path: Path
+) -> None:
+    bank.servicer.gate = asyncio.Event()  # the bank's system answers only once ACKNOWLEDGED is out
+    async with runtime(world, nc, config(tmp_path, bank, acknowledge_after=0.05)):
+        request_id = await submit(js, world)
+        acknowledged = await events_until(js, world, request_id, common_pb2.REQUEST_STATE_ACKNOWLEDGED)
+        assert bank.servicer.total == 1  # taken while the bank's system works on it
+        bank.servicer.gate.set()
+        found = await events_until(js, world, request_id, EXECUTED)
+        await eventually(lambda: inbox_settled(js))
+    assert states(acknowledged) == ["ACKNOWLEDGED"]
+    assert states(found) == ["ACKNOWLEDGED", "EXECUTED"]  # GC_EVENTS order, as the broker reads it
+    assert bank.servicer.calls == Counter({"StopPayment": 1})
+    assert not adapter_tasks()
+
+
+async def test_an_acknowledge_deadline_shorter_than_the_grace_cuts_the_grace(
+    js: JetStreamContext, nc: Client, world: World, bank: BankServer, tmp_path: Path
+) -> None:
+    # The grace is 30 s (config()); the acknowledge deadline is 2 s away on the (stopped) clock,
+    # so ACKNOWLEDGED goes out after a quarter of that, while the bank's system still works on it.
+    bank.servicer.gate = asyncio.Event()
+    envelope = notarized(world, request_of("stop_payment", world.clock), acknowledge_in=timedelta(seconds=2))
+    async with runtime(world, nc, config(tmp_path, bank)):
+        request_id = await publish(js, envelope, body="stop_payment")
+        await events_until(js, world, request_id, common_pb2.REQUEST_STATE_ACKNOWLEDGED)
+        bank.servicer.gate.set()
+        found = await events_until(js, world, request_id, EXECUTED)
+        await eventually(lambda: inbox_settled(js))
+    assert states(found) == ["ACKNOWLEDGED", "EXECUTED"]
 
 
 async def test_duplicate_is_executed_once_and_answered_with_the_same_bytes(
@@ -539,7 +581,7 @@ async def test_duplicate_is_executed_once_and_answered_with_the_same_bytes(
     assert replayed.data == executed[0].data  # ... and it was the very same signed bytes
     assert replayed.headers is not None
     assert replayed.headers["Nats-Msg-Id"] == found[-1].event_id
-    assert states(await events(js, world, request_id)) == ["DELIVERED", "ACKNOWLEDGED", "EXECUTED"]
+    assert states(await events(js, world, request_id)) == ["EXECUTED"]
     with IdempotencyStore.in_state_dir(cfg.state_dir, clock=world.clock) as store:
         record = store.get(request_id)
     assert record is not None
@@ -617,7 +659,7 @@ async def test_bank_down_then_back_executes_once_kept_alive_by_heartbeats(
 ) -> None:
     # The shipped ack wait: an agency system that is down keeps the message held (retrying) for
     # far longer than it, and a heartbeat a loaded machine runs late still comes in time.
-    cfg = config(tmp_path, bank, ack_wait=DEFAULT_INBOX_ACK_WAIT, retry_budget=30.0)
+    cfg = config(tmp_path, bank, ack_wait=DEFAULT_INBOX_ACK_WAIT, retry_budget=30.0, acknowledge_after=0.05)
     async with runtime(world, nc, cfg):
         await bank.stop()
         request_id = await submit(js, world, lane=lane)
@@ -633,7 +675,7 @@ async def test_bank_down_then_back_executes_once_kept_alive_by_heartbeats(
         info = await js.consumer_info(INBOX_STREAM, inbox_consumer(BANK, lane))
 
     assert stolen == []
-    assert states(found) == ["DELIVERED", "ACKNOWLEDGED", "EXECUTED"]
+    assert states(found) == ["ACKNOWLEDGED", "EXECUTED"]
     assert bank.servicer.calls == Counter({"StopPayment": 1})
     assert info.num_redelivered == 0
     assert info.delivered is not None
@@ -650,7 +692,7 @@ async def test_retry_budget_exhausted_fails_agency_unavailable(
         found = await events_until(js, world, request_id, FAILED)
         await eventually(lambda: inbox_settled(js))
         letters = await deadletters(js)
-    assert states(found) == ["DELIVERED", "ACKNOWLEDGED", "FAILED"]
+    assert states(found) == ["FAILED"]
     assert found[-1].reason == results_pb2.REASON_CODE_AGENCY_UNAVAILABLE
     assert found[-1].result.reason == results_pb2.REASON_CODE_AGENCY_UNAVAILABLE
     assert [(letter["request_id"], letter["reason"]) for letter in letters] == [
@@ -705,7 +747,7 @@ async def test_type_the_bank_does_not_handle_is_rejected_without_a_call(
         request_id = await submit(js, world, body="number_block")
         found = await events_until(js, world, request_id, common_pb2.REQUEST_STATE_REJECTED)
         await eventually(lambda: inbox_settled(js))
-    assert states(found) == ["DELIVERED", "REJECTED"]
+    assert states(found) == ["REJECTED"]  # no DELIVERED before it
     assert found[-1].reason == results_pb2.REASON_CODE_NOT_AUTHORIZED
     assert bank.servicer.total == 0
 
@@ -713,12 +755,13 @@ async def test_type_the_bank_does_not_handle_is_rejected_without_a_call(
 async def test_non_transient_grpc_error_fails_without_retry(
     js: JetStreamContext, nc: Client, world: World, bank: BankServer, tmp_path: Path
 ) -> None:
-    async with runtime(world, nc, config(tmp_path, bank)):
+    # acknowledge_after = 0: ACKNOWLEDGED at once, before the call (the behaviour without a grace).
+    async with runtime(world, nc, config(tmp_path, bank, acknowledge_after=0)):
         request_id = await submit(js, world, body="freeze")  # the servicer leaves Freeze UNIMPLEMENTED
         found = await events_until(js, world, request_id, FAILED)
         await eventually(lambda: inbox_settled(js))
         letters = await deadletters(js)
-    assert states(found) == ["DELIVERED", "ACKNOWLEDGED", "FAILED"]
+    assert states(found) == ["ACKNOWLEDGED", "FAILED"]
     assert found[-1].reason == results_pb2.REASON_CODE_INTERNAL
     assert "UNIMPLEMENTED" in found[-1].detail
     assert bank.servicer.calls == Counter({"Freeze": 1})  # not retried
@@ -737,7 +780,7 @@ async def test_a_request_started_before_a_crash_is_called_again_and_answered(
         await publish(js, envelope, body="stop_payment")
         found = await events_until(js, world, request_id, EXECUTED)
         await eventually(lambda: inbox_settled(js))
-    assert states(found) == ["DELIVERED", "ACKNOWLEDGED", "EXECUTED"]
+    assert states(found) == ["EXECUTED"]
     assert bank.servicer.calls == Counter({"StopPayment": 1})
     with IdempotencyStore.in_state_dir(cfg.state_dir, clock=world.clock) as store:
         record = store.get(request_id)
@@ -762,16 +805,25 @@ async def test_graceful_shutdown_naks_the_in_flight_message_and_leaves_no_task(
     await first.aclose()
     assert not adapter_tasks()
     assert not first.running
-    assert states(await events(js, world, request_id)) == ["DELIVERED", "ACKNOWLEDGED"]
+    # Between "started" and the outcome: nothing on the bus yet, "started" durable in the journal.
+    assert states(await events(js, world, request_id)) == []
+    with IdempotencyStore.in_state_dir(cfg.state_dir, clock=world.clock) as store:
+        record = store.get(request_id)
+    assert record is not None
+    assert (record.state, record.starts) == (ExecutionState.STARTED, 1)
 
     # Naked, not lost: the next instance takes it at once and the bank (idempotent) answers.
     bank.servicer.gate.set()
     async with runtime(world, nc, cfg):
         found = await events_until(js, world, request_id, EXECUTED)
         await eventually(lambda: inbox_settled(js))
-    assert states(found) == ["DELIVERED", "ACKNOWLEDGED", "EXECUTED"]
+    assert states(found) == ["EXECUTED"]
     assert bank.servicer.order == [request_id, request_id]
     assert not adapter_tasks()
+    with IdempotencyStore.in_state_dir(cfg.state_dir, clock=world.clock) as store:
+        record = store.get(request_id)
+    assert record is not None
+    assert (record.state, record.starts) == (ExecutionState.TERMINAL, 2)
 
 
 async def test_a_replay_after_the_signature_lapsed_is_signed_again(
@@ -816,7 +868,7 @@ async def test_same_request_id_with_another_body_is_parked_not_answered(
         await eventually(lambda: inbox_settled(js))
         letters = await deadletters(js)
     assert bank.servicer.calls == Counter({"StopPayment": 1})
-    assert states(await events(js, world, request_id)) == ["DELIVERED", "ACKNOWLEDGED", "EXECUTED"]
+    assert states(await events(js, world, request_id)) == ["EXECUTED"]
     assert [(letter["request_id"], letter["reason"]) for letter in letters] == [
         (request_id, "CONFLICTING_REQUEST")
     ]
@@ -873,7 +925,7 @@ async def test_a_sealed_request_is_opened_executed_and_bound_to_its_clear_body(
         found = await events_until(js, world, request_id, EXECUTED)
         await eventually(lambda: inbox_settled(js))
 
-    assert states(found) == ["DELIVERED", "ACKNOWLEDGED", "EXECUTED"]
+    assert states(found) == ["EXECUTED"]
     # The events name the body the broker notarized: the clear bytes, not the ciphertext.
     header = envelope_pb2.EnvelopeHeader.FromString(clear.header)
     assert header.body_digest == body_digest(clear.body)
@@ -1042,14 +1094,14 @@ async def test_a_large_batch_of_requests_is_executed_once_each_with_events_in_or
         await eventually(lambda: inbox_settled(js), within=30)
 
     assert Counter(bank.servicer.order) == Counter(dict.fromkeys(request_ids, 1))
-    # GC_EVENTS order is what the broker reads: per request exactly DELIVERED < ACKNOWLEDGED < EXECUTED.
+    # GC_EVENTS is what the broker reads: per request exactly one event, the outcome.
     by_request: dict[str, list[str]] = {}
     for msg in await stored(js, EVENTS_STREAM):
         event = lifecycle_pb2.LifecycleEvent.FromString(
             envelope_pb2.SignedMessage.FromString(msg.data).payload
         )
         by_request.setdefault(event.request_id, []).append(states([event])[0])
-    assert by_request == {request_id: ["DELIVERED", "ACKNOWLEDGED", "EXECUTED"] for request_id in request_ids}
+    assert by_request == {request_id: ["EXECUTED"] for request_id in request_ids}
     with IdempotencyStore.in_state_dir(cfg.state_dir, clock=world.clock) as store:
         records = [store.get(request_id) for request_id in request_ids]
     assert all(r is not None and r.state is ExecutionState.TERMINAL and r.starts == 1 for r in records)
@@ -1081,7 +1133,7 @@ async def test_a_duplicate_taken_while_the_first_is_in_flight_waits_and_is_not_e
             await eventually(lambda: inbox_settled(js))
 
     assert bank.servicer.calls == Counter({"StopPayment": 1})
-    assert states(await events(js, world, request_id)) == ["DELIVERED", "ACKNOWLEDGED", "EXECUTED"]
+    assert states(await events(js, world, request_id)) == ["EXECUTED"]
     assert [entry["event"] for entry in logs if entry["event"].startswith("adapter.dup")] == [
         "adapter.duplicate_waits_for_first"
     ]
@@ -1133,7 +1185,7 @@ async def test_graceful_shutdown_lets_every_message_in_flight_finish(
     assert not adapter_tasks()
 
     for request_id in request_ids:
-        assert states(await events(js, world, request_id)) == ["DELIVERED", "ACKNOWLEDGED", "EXECUTED"]
+        assert states(await events(js, world, request_id)) == ["EXECUTED"]
     info = await js.consumer_info(INBOX_STREAM, inbox_consumer(BANK, "green"))
     assert info.num_ack_pending == 0
     assert info.num_pending == 0

@@ -47,7 +47,9 @@ async def test_the_scenario_ends_in_every_expected_state(tmp_path: Path) -> None
     assert report.ok
     # The regulator's export of the ledger verified offline, covered by signed checkpoints.
     assert report.ledger_verified
-    assert report.ledger_entries >= 3 * len(report.requests)
+    # At least SUBMITTED and the outcome of each (the adapters send no DELIVERED, and ACKNOWLEDGED
+    # only for an agency system slower than their grace).
+    assert report.ledger_entries >= 2 * len(report.requests)
     assert report.sla_met > 0
     assert any(line.startswith("9. ") and "VERIFIED" in line for line in lines)
     assert any(line.startswith("10. SLA report") for line in lines)
