@@ -58,3 +58,25 @@ async def test_steps_straight_from_submitted_meet_the_phases_before_them(tmp_pat
     assert done(taken) == {S.PHASE_DELIVER: True, S.PHASE_ACKNOWLEDGE: True, S.PHASE_EXECUTE: False}
     # Taken by the agency either way: no longer cancellable.
     assert refusals == [grpc.StatusCode.FAILED_PRECONDITION] * 2
+
+
+async def test_an_outcome_after_a_cancellation_records_what_the_agency_did(tmp_path: Path) -> None:
+    """The cancel reaches the bus, not the bank: a bank that had the order in hand (its
+    ACKNOWLEDGED deferred) executes it, and that outcome stands, so the sender learns of the hold."""
+    async with broker_world(tmp_path) as world:
+        broker = await world.start_broker()
+        async with world.client(broker) as police:
+            request = (await police.submit(stop_payment(case_number="SH-PD-2026-0201"))).status
+            (order,) = [o for o in await world.inbox(BANK) if o.header.id == request.id]
+            cancelled = await police.cancel(request.id)
+            assert cancelled.state == S.REQUEST_STATE_CANCELLED
+            executed = results_pb2.Result(
+                outcome=S.REQUEST_STATE_EXECUTED,
+                amount_held=common_pb2.Money(currency="CNY", minor_units=4_800_000),
+                agency_reference="HOLD-2",
+            )
+            await world.adapter_event(order, S.REQUEST_STATE_EXECUTED, result=executed)
+            final = await police.wait_for(request.id, {S.REQUEST_STATE_EXECUTED})
+    states = [lifecycle_pb2.LifecycleEvent.FromString(r.event.payload).state for r in final.events]
+    assert states == [S.REQUEST_STATE_SUBMITTED, S.REQUEST_STATE_CANCELLED, S.REQUEST_STATE_EXECUTED]
+    assert final.result.amount_held.minor_units == 4_800_000
