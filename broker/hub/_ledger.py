@@ -78,6 +78,7 @@ from broker.protocol import (
     fetch_batch,
     link_entry,
     nats_error,
+    parse_status_subject,
     parse_unlinked,
     sign_checkpoint,
     status_filter,
@@ -217,10 +218,10 @@ def timeline_record(subject: str, data: bytes) -> tuple[str, bytes]:
     deadline breach, anything else a
     lifecycle event (the digest of the signed event). Raises ValueError for anything else.
     """
-    tokens = subject.split(".")
-    if len(tokens) != 7 or tokens[:2] != ["gc", "status"]:
+    parsed = parse_status_subject(subject)
+    if parsed is None:
         raise ValueError(f"not a watch log subject: {subject!r}")
-    sender, recipient, case_owner, case_number, request_id = tokens[2:]
+    request_id, sender, recipient, case_owner, case_number = parsed
     try:
         status = lifecycle_pb2.RequestStatus.FromString(data)
         record = status.events[-1]

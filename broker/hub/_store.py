@@ -1,7 +1,7 @@
 """Request state as the journal of its events: the broker's only record of a request.
 
 Every accepted lifecycle event of a request is one message on GC_WATCH, on the request's subject
-``gc.status.<sender>.<recipient>.<case owner>.<case>.<request id>``, holding the request's full
+``gc.status.<request id>.<sender>.<recipient>.<case owner>.<case>``, holding the request's full
 ``RequestStatus`` after that event (the event itself is ``status.events[-1]``). That one durable
 write is at once:
 
@@ -262,7 +262,8 @@ class RequestStore:
             info = await self._js.stream_info(self._stream, subjects_filter=status_filter())
         except nats.errors.Error as exc:
             raise UnavailableError(f"cannot list requests: {exc}") from exc
-        for subject in sorted(info.state.subjects or {}, key=lambda s: s.rsplit(".", 1)[-1]):
+        # Sorted by request id: the subject starts with it.
+        for subject in sorted(info.state.subjects or {}):
             try:
                 msg = await self._js.get_last_msg(self._stream, subject)
             except nats.js.errors.NotFoundError:

@@ -3,8 +3,7 @@
 The trail is written once per hold, at its outcome (the hold itself rides in the request's
 status as a ``TrailSeed`` until then). ``GetTrail`` still shows a hold that is pending: it finds
 the case's requests by the subjects the watch log holds for the case (one stream-info call, no
-record read; the last token of ``gc.status.<sender>.<recipient>.<owner>.<case>.<id>`` is the
-request id) and draws the ones the trail lacks from their statuses.
+record read; each request's subject names its id) and draws the ones the trail lacks from their statuses.
 """
 
 from __future__ import annotations
@@ -14,7 +13,7 @@ from typing import Protocol
 import nats.errors
 from nats.js.client import JetStreamContext
 
-from broker.protocol import WATCH_STREAM, status_filter
+from broker.protocol import WATCH_STREAM, parse_status_subject, status_filter
 
 from ._errors import UnavailableError
 
@@ -40,4 +39,5 @@ class WatchLogCaseRequests:
         except (nats.errors.Error, TimeoutError) as exc:
             raise UnavailableError(f"cannot read the watch log: {exc}") from exc
         # UUIDv7 ids sort by submission time: a conversion comes after the hold it converts.
-        return sorted({subject.rsplit(".", 1)[-1] for subject in info.state.subjects or {}})
+        subjects = (parse_status_subject(subject) for subject in info.state.subjects or {})
+        return sorted({parsed.request_id for parsed in subjects if parsed is not None})

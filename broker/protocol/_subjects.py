@@ -10,7 +10,7 @@ Layout::
 
     GC_INBOX       gc.inbox.<agency>.<priority>.<type>    requests for an agency's adapter
     GC_EVENTS      gc.events.<agency>.<request_id>        signed lifecycle events, adapter -> broker
-    GC_WATCH       gc.status.<sender>.<recipient>.<case_owner>.<case>.<request_id>
+    GC_WATCH       gc.status.<request_id>.<sender>.<recipient>.<case_owner>.<case>
                                                           notarized status changes, broker -> watchers
     GC_LEDGER      gc.ledger.entry, gc.ledger.checkpoint  append-only, hash-chained ledger
     GC_LEDGER_INTAKE gc.ledger.intake                     records waiting to be chained (work queue)
@@ -26,7 +26,7 @@ import re
 import uuid
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Literal
+from typing import Literal, NamedTuple
 
 __all__ = [
     "DEADLETTER_STREAM",
@@ -49,6 +49,7 @@ __all__ = [
     "REPLAY_BUCKET",
     "REQUEST_TYPES",
     "WATCH_STREAM",
+    "StatusSubject",
     "StreamSpec",
     "deadletter_subject",
     "deadline_fired_filter",
@@ -60,6 +61,7 @@ __all__ = [
     "inbox_filter",
     "inbox_subject",
     "notice_subject",
+    "parse_status_subject",
     "status_filter",
     "status_parties",
     "status_subject",
@@ -227,23 +229,43 @@ def validate_case_number(case_number: str) -> str:
 def status_subject(
     *, sender: str, recipient: str, case_owner: str, case_number: str, request_id: str | uuid.UUID
 ) -> str:
-    """A notarized status change, published by the broker.
+    """A request's subject in the request journal: ``gc.status.<id>.<sender>.<recipient>.<owner>.<case>``.
 
-    The parties and the case are subject tokens so a watcher's filter selects what it may see
-    on the server, instead of every watcher reading every change.
+    The id comes first so the broker finds a request's last record by a filter whose only literal
+    token leads (the server's subject index then answers without walking every request); the
+    parties and the case follow so a watcher's filter selects what it may see on the server,
+    instead of every watcher reading every change.
     """
     return (
-        f"gc.status.{validate_agency_id(sender)}.{validate_agency_id(recipient)}."
-        f"{validate_agency_id(case_owner)}.{validate_case_number(case_number)}.{validate_request_id(request_id)}"
+        f"gc.status.{validate_request_id(request_id)}.{validate_agency_id(sender)}."
+        f"{validate_agency_id(recipient)}.{validate_agency_id(case_owner)}.{validate_case_number(case_number)}"
     )
+
+
+class StatusSubject(NamedTuple):
+    """The tokens of a :func:`status_subject`."""
+
+    request_id: str
+    sender: str
+    recipient: str
+    case_owner: str
+    case_number: str
+
+
+def parse_status_subject(subject: str) -> StatusSubject | None:
+    """The tokens of a :func:`status_subject`; None for any other subject."""
+    tokens = subject.split(".")
+    if len(tokens) != 7 or tokens[0] != "gc" or tokens[1] != "status":
+        return None
+    return StatusSubject(*tokens[2:])
 
 
 def status_parties(subject: str) -> tuple[str, ...]:
     """Sender, recipient and case owner named by a :func:`status_subject`; ``()`` for any other."""
-    tokens = subject.split(".")
-    if len(tokens) != 7 or tokens[0] != "gc" or tokens[1] != "status":
+    parsed = parse_status_subject(subject)
+    if parsed is None:
         return ()
-    return (tokens[2], tokens[3], tokens[4])
+    return (parsed.sender, parsed.recipient, parsed.case_owner)
 
 
 def status_filter(
@@ -256,11 +278,11 @@ def status_filter(
 ) -> str:
     """Filter over status changes; every token defaults to the wildcard."""
     tokens = (
+        request_id if request_id == "*" else validate_request_id(request_id),
         sender if sender == "*" else validate_agency_id(sender),
         recipient if recipient == "*" else validate_agency_id(recipient),
         case_owner if case_owner == "*" else validate_agency_id(case_owner),
         case_number if case_number == "*" else validate_case_number(case_number),
-        request_id if request_id == "*" else validate_request_id(request_id),
     )
     return "gc.status." + ".".join(tokens)
 

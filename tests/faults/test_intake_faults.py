@@ -28,7 +28,7 @@ from broker.client import BusClient
 from broker.hub import NotFoundError, SlaPolicy, UnavailableError, load_sla_policy
 from broker.hub._store import Created, RequestStore
 from broker.hub._timers import DeadlineScheduler
-from broker.protocol import LEDGER_STREAM, WATCH_STREAM, fetch_batch
+from broker.protocol import LEDGER_STREAM, WATCH_STREAM, fetch_batch, status_filter
 from tests._wait import eventually
 from tests.integration.broker_world import POLICE, World, broker_world, stop_payment
 
@@ -73,7 +73,7 @@ async def _ledger_kinds(js: JetStreamContext, request_id: str) -> list[int]:
 
 async def _watch_states(js: JetStreamContext, request_id: str) -> list[int]:
     sub = await js.pull_subscribe(
-        f"gc.status.*.*.*.*.{request_id}",
+        status_filter(request_id=request_id),
         stream=WATCH_STREAM,
         config=ConsumerConfig(ack_policy=AckPolicy.NONE),
     )

@@ -100,7 +100,7 @@ async def test_forged_publishes_are_refused_on_every_node(secured: Secured) -> N
         "an event in another agency's name": event_subject(ICBC, REQUEST_ID),
         "an order into another agency's inbox": inbox_subject(ICBC, "green", "stop_payment"),
         "an order into its own inbox": inbox_subject(ABC, "green", "freeze"),
-        "the request state": f"gc.status.{ABC}.{ICBC}.{ABC}.CASE-0001.{REQUEST_ID}",
+        "the request state": f"gc.status.{REQUEST_ID}.{ABC}.{ICBC}.{ABC}.CASE-0001",
         "a ledger record": "gc.ledger.intake",
     }
     pull = f"{AGENCY_JS_API_PREFIX}.CONSUMER.MSG.NEXT.{INBOX_STREAM}.{inbox_consumer(ICBC, 'green')}"

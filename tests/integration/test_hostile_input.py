@@ -268,7 +268,7 @@ class Arena:
             inbox=(inbox.messages, inbox.last_seq),
             watch=(watch.messages, watch.last_seq),
             requests=(len(subjects), requests.messages),
-            request_ids=frozenset(subject.rsplit(".", 1)[-1] for subject in subjects),
+            request_ids=frozenset(subject.split(".")[2] for subject in subjects),
         )
 
     async def stored(self, request_id: str) -> tuple[bytes, int] | None:

@@ -30,6 +30,7 @@ from broker.protocol import (
     ensure_agency_keys,
     ensure_streams,
     load_directory,
+    status_filter,
     status_subject,
     stream_specs,
 )
@@ -86,7 +87,7 @@ async def _wait_until(condition: Callable[[], bool], what: str) -> None:
 async def _log_cursors(world: World, case_number: str) -> list[int]:
     """Stream sequences of every record of the case in the watch log, read straight from NATS."""
     sub = await world.js.subscribe(
-        f"gc.status.*.*.*.{case_number}.*", stream=WATCH_STREAM, ordered_consumer=True
+        status_filter(case_number=case_number), stream=WATCH_STREAM, ordered_consumer=True
     )
     cursors: list[int] = []
     try:
@@ -171,7 +172,7 @@ async def test_watch_log_recreates_a_consumer_lost_without_a_reconnect(tmp_path:
             seen: list[bus_pb2.WatchResponse] = []
 
             async def follow() -> None:
-                async for record in watchlog.follow([f"gc.status.*.*.*.{case}.*"], WatchPosition()):
+                async for record in watchlog.follow([status_filter(case_number=case)], WatchPosition()):
                     seen.append(record)
 
             async def publish(n: int) -> None:

@@ -14,6 +14,7 @@ from broker.protocol import (
     LEDGER_ENTRY_SUBJECT,
     LEDGER_STREAM,
     REQUEST_TYPES,
+    StatusSubject,
     StreamSpec,
     deadletter_subject,
     deadline_fired_filter,
@@ -25,7 +26,9 @@ from broker.protocol import (
     inbox_filter,
     inbox_subject,
     notice_subject,
+    parse_status_subject,
     status_filter,
+    status_parties,
     status_subject,
     stream_specs,
     validate_agency_id,
@@ -110,10 +113,10 @@ def test_event_status_deadline_deadletter_ledger_names() -> None:
             case_number="SH-2026-1",
             request_id=RID,
         )
-        == f"gc.status.police-1.bank-a.police-1.SH-2026-1.{RID}"
+        == f"gc.status.{RID}.police-1.bank-a.police-1.SH-2026-1"
     )
-    assert status_filter(request_id=RID) == f"gc.status.*.*.*.*.{RID}"
-    assert status_filter(recipient="bank-a") == "gc.status.*.bank-a.*.*.*"
+    assert status_filter(request_id=RID) == f"gc.status.{RID}.*.*.*.*"
+    assert status_filter(recipient="bank-a") == "gc.status.*.*.bank-a.*.*"
     assert status_filter() == "gc.status.*.*.*.*.*"
     with pytest.raises(ValueError, match="case number"):
         status_filter(case_number="a.b")
@@ -269,3 +272,15 @@ def test_stream_spec_validation() -> None:
         StreamSpec(name="X", subjects=("x",), description="x", replicas=0)
     with pytest.raises(ValueError, match="subject"):
         StreamSpec(name="X", subjects=(), description="x")
+
+
+def test_a_status_subject_parses_back_into_its_tokens() -> None:
+    subject = status_subject(
+        sender="police-1", recipient="bank-a", case_owner="police-2", case_number="SH-2026-1", request_id=RID
+    )
+    parsed = parse_status_subject(subject)
+    assert parsed == StatusSubject(RID, "police-1", "bank-a", "police-2", "SH-2026-1")
+    assert status_parties(subject) == ("police-1", "bank-a", "police-2")
+    for other in ("gc.events.bank-a.x", "gc.status.a.b", f"gc.status.{RID}.a.b.c.d.e"):
+        assert parse_status_subject(other) is None
+        assert status_parties(other) == ()
