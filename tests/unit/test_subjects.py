@@ -136,7 +136,7 @@ def test_request_id_accepts_uuid_objects_and_canonical_strings() -> None:
         case_owner="police-1",
         case_number="SH-2026-1",
         request_id=value,
-    ).endswith(RID)
+    ).startswith(f"gc.status.{RID}.")
 
 
 @pytest.mark.parametrize("agency", INJECTIONS)
