@@ -86,6 +86,7 @@ REGULATOR, UNRELATED = "regulator-pboc", "carrier-cmcc"
 CONFIG = LedgerConfig(
     checkpoint_interval=timedelta(seconds=10),
     batch=8,
+    linger=0.05,
     fetch_timeout=0.1,
     ack_wait=timedelta(seconds=1),
     publish_timeout=2.0,
