@@ -6,9 +6,10 @@ One nats-server (file store, sync always, as the broker runs it). Three measurem
 
 1. ``record()``, what a request or event handler pays, interleaved round by round with a raw
    ``js.publish`` of a payload of the same size, while a sequencer chains in the background;
-2. how fast one sequencer chains a backlog of N records (intake -> hash chain, pipelined
-   appends with their concurrency checks), and how fast two competing replicas do;
-3. how fast ``verify_chain`` proves the resulting ledger offline.
+2. how fast one sequencer chains a backlog of N records (intake -> hash chain, one block of
+   entries per append, each with its concurrency check), and how fast two competing replicas do;
+3. how fast ``verify_chain`` proves the resulting ledger offline, and how many GC_LEDGER messages
+   (durable writes) hold its entries.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ from broker.hub._ledger import (
 )
 from broker.protocol import (
     BROKER_ID,
+    LEDGER_ENTRY_SUBJECT,
+    LEDGER_STREAM,
     ChainRecord,
     ManualClock,
     NatsSettings,
@@ -162,8 +165,10 @@ async def measure(n: int) -> dict[str, float | int]:
             one = await _drain(settings, writer, key, n, 1, "one")
             two = await _drain(settings, writer, key, n, 2, "two")
 
-            # 3. Proving it offline.
+            # 3. Proving it offline; what it took to store.
             entries, verify_rate = await _verify_rate(js, key)
+            info = await js.stream_info(LEDGER_STREAM, subjects_filter=LEDGER_ENTRY_SUBJECT)
+            messages = int((info.state.subjects or {}).get(LEDGER_ENTRY_SUBJECT, 0))
             await nc.drain()
     return {
         "n": n,
@@ -176,6 +181,8 @@ async def measure(n: int) -> dict[str, float | int]:
         "chain_entries_per_s_2_replicas": two,
         "verified_entries": entries,
         "verify_entries_per_s": verify_rate,
+        "ledger_messages": messages,
+        "entries_per_ledger_message": entries / max(1, messages),
     }
 
 
