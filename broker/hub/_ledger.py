@@ -421,6 +421,21 @@ class _Pending:
     """Stream sequence up to which the ledger is known not to hold it (0: from ``since`` on)."""
 
 
+@dataclass
+class _Seen:
+    """The record ids a stretch of the ledger holds, as read for suspect records. Kept while
+    suspects remain: records delivered again come over several rounds, and each round reads
+    only the blocks appended since."""
+
+    since: datetime | None
+    """The time the stretch was read from (None: from a stream sequence)."""
+    start: int
+    """First stream sequence it covers."""
+    end: int
+    """Last stream sequence it covers."""
+    ids: set[str]
+
+
 class _Outcome(enum.Enum):
     STORED = "stored"
     DUPLICATE = "duplicate"  # this very block was appended before: done
@@ -455,6 +470,7 @@ class LedgerSequencer:
         self._pending: dict[str, _Pending] = {}
         self._pending_bytes = 0
         self._pending_since = 0.0  # loop time the first of them came
+        self._seen: _Seen | None = None
         self.appended = 0
         """Entries this sequencer appended (for metrics and tests)."""
         self.blocks = 0
@@ -677,39 +693,48 @@ class LedgerSequencer:
         """
         suspects = [item for item in self._pending.values() if item.suspect]
         if not suspects:
+            self._seen = None  # nothing left to look for: let the ids go
             return
-        chained: set[str] = set()
-        if any(item.clear_to == 0 for item in suspects):
-            since = min(item.since for item in suspects) - _CLOCK_SKEW
-            chained = await self._chained_ids(head, start_time=since)
-        elif (start := min(item.clear_to for item in suspects) + 1) <= head.position:
-            chained = await self._chained_ids(head, start_seq=start)
+        timed = [item.since for item in suspects if item.clear_to == 0]
+        since = min(timed) - _CLOCK_SKEW if timed else None
+        start = None if timed else min(item.clear_to for item in suspects) + 1
+        seen = self._seen
+        if seen is None or not (
+            (since is not None and seen.since is not None and seen.since <= since)
+            or (start is not None and seen.start <= start)
+        ):
+            seen = self._seen = await self._read_ids(head, since=since, start=start)
+        elif seen.end < head.position:
+            more = await self._read_ids(head, since=None, start=seen.end + 1)
+            seen.ids |= more.ids
+            seen.end = head.position
         for item in suspects:
-            if item.record_id in chained:
+            if item.record_id in seen.ids:
                 self._forget(item)
                 await self._ack(item)
             else:
                 item.suspect, item.clear_to = False, head.position
 
-    async def _chained_ids(
-        self, head: _Head, *, start_seq: int | None = None, start_time: datetime | None = None
-    ) -> set[str]:
-        """Record ids of the blocks from ``start_seq`` (or ``start_time``) up to ``head``'s block."""
-        found: set[str] = set()
+    async def _read_ids(self, head: _Head, *, since: datetime | None, start: int | None) -> _Seen:
+        """The record ids of the blocks from ``start`` (or from time ``since``) up to ``head``'s."""
+        seen = _Seen(since=since, start=start or head.position + 1, end=head.position, ids=set())
+        if start is not None and start > head.position:
+            return seen
         async with LedgerScan(
             self._js,
             LEDGER_ENTRY_SUBJECT,
-            start_seq=start_seq,
-            start_time=start_time,
+            start_seq=start,
+            start_time=since,
             fetch_timeout=self._config.publish_timeout,
         ) as scan:
             while msgs := await scan.fetch(64):
                 for message in msgs:
                     position = message.metadata.sequence.stream
                     if position > head.position:
-                        return found
-                    found.update(parse_block(message.data, message.headers, position).record_ids)
-        return found
+                        return seen
+                    seen.start = min(seen.start, position)
+                    seen.ids.update(parse_block(message.data, message.headers, position).record_ids)
+        return seen
 
     async def _append(self, block: list[_Pending], head: _Head) -> _Outcome:
         """Append ``block`` as one message right after ``head``.
@@ -857,6 +882,7 @@ class LedgerReader:
         self._cache_size = cache_size
         # first entry seq of a block -> its stream sequence, for blocks seen: paging on needs no search.
         self._positions: OrderedDict[int, int] = OrderedDict()
+        self._head_position = 0  # stream sequence of the head's block, as last read
 
     async def head_seq(self) -> int:
         """Seq of the last entry; 0 for an empty ledger."""
@@ -869,6 +895,7 @@ class LedgerReader:
         block = parse_block(message.data or b"", message.headers, int(message.seq or 0))
         if message.seq is not None:
             self._remember(block.first_seq, message.seq)
+            self._head_position = max(self._head_position, message.seq)
         return int(block.last.seq)
 
     async def entries(self, *, after_seq: int, limit: int, head_seq: int | None = None) -> list[StoredEntry]:
@@ -961,9 +988,9 @@ class LedgerReader:
         """Stream sequence of the block holding entry ``seq``; of a block before it or of the
         first block after it if the entry is absent; None for an empty ledger.
 
-        A binary search over stream sequences, each step one direct get that reads only the
-        first-seq header, narrowed by the blocks already seen; paging on from a block seen costs
-        one step, to see whether the entry is in it or in the next block.
+        A binary search over stream sequences, each step one get of the next block from there
+        (only its first-seq header is read), narrowed by the blocks already seen; paging on from
+        a block seen costs one step, to see whether the entry is in it or in the next block.
         """
         below = [(first, p) for first, p in self._positions.items() if first <= seq]
         above = [p for first, p in self._positions.items() if first > seq]
@@ -976,6 +1003,9 @@ class LedgerReader:
             low = first_block[0]
             if first_block[1] >= seq:
                 return low
+        if high is None and self._head_position:
+            # Callers ask only for entries up to the head they read: none lies beyond its block.
+            high = self._head_position
         if high is None:
             try:
                 info = await self._js.stream_info(LEDGER_STREAM)
