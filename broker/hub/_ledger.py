@@ -137,7 +137,8 @@ class LedgerConfig:
 
     linger: float = 0.5
     """Seconds a block may wait, after its first record came, for more before it is appended
-    (0: append every round at once). Nothing waits on the ledger: watchers read the watch log."""
+    (0: append every round at once); under half of ``ack_wait``. Nothing waits on the ledger:
+    watchers read the watch log."""
 
     block_entries: int = 512
     """Most entries one GC_LEDGER message (a block) holds."""
@@ -169,8 +170,8 @@ class LedgerConfig:
             raise ValueError("LedgerConfig: batch and block_entries must be >= 1")
         if not 1024 <= self.block_bytes <= _MAX_BLOCK_BYTES:
             raise ValueError(f"LedgerConfig.block_bytes must be within 1 KiB and {_MAX_BLOCK_BYTES} bytes")
-        if self.linger < 0 or timedelta(seconds=self.linger) >= self.ack_wait:
-            raise ValueError("LedgerConfig.linger must be >= 0 and shorter than ack_wait")
+        if self.linger < 0 or timedelta(seconds=self.linger * 2) >= self.ack_wait:
+            raise ValueError("LedgerConfig.linger must be >= 0 and shorter than half of ack_wait")
         if self.checkpoint_interval <= timedelta(0) or self.ack_wait <= timedelta(0):
             raise ValueError("LedgerConfig: checkpoint_interval and ack_wait must be positive")
         if min(self.fetch_timeout, self.publish_timeout, self.retry_delay, self.shutdown_timeout) <= 0:
@@ -417,6 +418,8 @@ class _Pending:
     """When its source stored it: no block can hold it from before then."""
     suspect: bool
     """It may be chained already (delivered again, or its append's outcome is unknown)."""
+    taken: float
+    """Loop time it was taken: once it waited long, another replica may have it too."""
     clear_to: int = 0
     """Stream sequence up to which the ledger is known not to hold it (0: from ``since`` on)."""
 
@@ -627,6 +630,7 @@ class LedgerSequencer:
             record_id=record_id,
             since=metadata.timestamp,
             suspect=metadata.num_delivered > 1,
+            taken=asyncio.get_running_loop().time(),
         )
         self._pending_bytes += block_size(record, record_id)
 
@@ -684,14 +688,18 @@ class LedgerSequencer:
         """Ack and drop the suspect records the ledger holds already, up to ``head``.
 
         A record is suspect when it was delivered before (a sequencer took it and maybe appended
-        it, then died or stalled before acking) or when its own append got no answer. Blocks are
+        it, then died or stalled before acking), when its own append got no answer or was
+        refused, or when it waited here so long that it may have been delivered again. Blocks are
         regrouped on redelivery, so a message id cannot recognise every such record; the record
         ids in the blocks can. The ledger is read from where each record could first have been
         appended: after the position it was last known absent at, or else from the time its
         source stored it. The append that follows is conditional on ``head``, so nothing can
         slip in between what was read here and the append.
         """
-        suspects = [item for item in self._pending.values() if item.suspect]
+        # A record waiting here is not kept alive at its source; one that waited half its
+        # ack_wait (the appends before it were slow) may come back to another replica soon.
+        stale = asyncio.get_running_loop().time() - self._config.ack_wait.total_seconds() / 2
+        suspects = [item for item in self._pending.values() if item.suspect or item.taken <= stale]
         if not suspects:
             self._seen = None  # nothing left to look for: let the ids go
             return
