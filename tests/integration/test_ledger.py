@@ -608,6 +608,21 @@ async def test_service_refuses_unauthenticated_and_invalid_calls(env: Env, js: J
 # -- export and verify --------------------------------------------------------------------------
 
 
+async def export_as_regulator(service: Service, path: Path) -> Path:
+    """``greenchannel ledger export --as regulator-pboc``, into ``path``."""
+    out = io.StringIO()
+    code = await ledger_export_command(
+        broker=service.address,
+        agency_id=REGULATOR,
+        state_dir=service.env.state_dir,
+        out_path=path,
+        out=out,
+        err=out,
+    )
+    assert code == 0, out.getvalue()
+    return path
+
+
 def verify_file(env: Env, path: Path) -> tuple[int, str]:
     out = io.StringIO()
     code = ledger_verify_command(path=path, keys=env.registry, out=out, err=out)
@@ -638,17 +653,7 @@ async def test_export_verify_round_trip_and_tampered_files(
     env: Env, js: JetStreamContext, tmp_path: Path
 ) -> None:
     async with service_with_entries(env, js, "export") as (service, _):
-        out = io.StringIO()
-        path = tmp_path / "ledger.jsonl"
-        code = await ledger_export_command(
-            broker=service.address,
-            agency_id=REGULATOR,
-            state_dir=env.state_dir,
-            out_path=path,
-            out=out,
-            err=out,
-        )
-        assert code == 0, out.getvalue()
+        path = await export_as_regulator(service, tmp_path / "ledger.jsonl")
         outsider = await export_ledger(
             broker=service.address,
             agency_id=UNRELATED,
@@ -743,17 +748,7 @@ async def test_a_block_holds_many_entries_and_verify_sees_inside_it(
 
     # Exported and verified entry by entry: a change or a removal inside the block is found.
     async with Service(env, js) as service:
-        out = io.StringIO()
-        path = tmp_path / "blocks.jsonl"
-        code = await ledger_export_command(
-            broker=service.address,
-            agency_id=REGULATOR,
-            state_dir=env.state_dir,
-            out_path=path,
-            out=out,
-            err=out,
-        )
-        assert code == 0, out.getvalue()
+        path = await export_as_regulator(service, tmp_path / "blocks.jsonl")
     code, verdict = verify_file(env, path)
     assert code == 0, verdict
     lines, entry_indexes = entry_lines(path)
