@@ -36,7 +36,7 @@ import asyncio
 import enum
 import re
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
@@ -404,6 +404,8 @@ class _Head:
     """Its hash ("" for an empty ledger)."""
     position: int
     """Stream sequence of the block holding that entry (0: none)."""
+    chained_to: Mapping[str, int] = field(default_factory=dict)
+    """Per source stream, the highest stream sequence of a record chained up to that entry."""
 
 
 @dataclass
@@ -414,12 +416,14 @@ class _Pending:
     """The deliveries it came in (more than one when it was delivered again while waiting)."""
     record: bytes
     record_id: str
+    source: str
+    """The stream it came from."""
+    source_seq: int
+    """Its sequence there."""
     since: datetime
     """When its source stored it: no block can hold it from before then."""
     suspect: bool
     """It may be chained already (delivered again, or its append's outcome is unknown)."""
-    taken: float
-    """Loop time it was taken: once it waited long, another replica may have it too."""
     clear_to: int = 0
     """Stream sequence up to which the ledger is known not to hold it (0: from ``since`` on)."""
 
@@ -616,6 +620,7 @@ class LedgerSequencer:
 
     def _take(self, msg: Msg, record_id: str, record: bytes) -> None:
         metadata = msg.metadata
+        source, source_seq = str(metadata.stream), int(metadata.sequence.stream)
         known = self._pending.get(record_id)
         if known is not None:
             # Delivered again while it waits (or stored twice at its source): chained once, and
@@ -624,13 +629,19 @@ class LedgerSequencer:
             return
         if not self._pending:
             self._pending_since = asyncio.get_running_loop().time()
+        suspect = metadata.num_delivered > 1
+        head = self._head
+        # Stored at its source after every record chained up to the head: not in the chain there.
+        clear = head is not None and not suspect and source_seq > head.chained_to.get(source, 0)
         self._pending[record_id] = _Pending(
             msgs=[msg],
             record=record,
             record_id=record_id,
+            source=source,
+            source_seq=source_seq,
             since=metadata.timestamp,
-            suspect=metadata.num_delivered > 1,
-            taken=asyncio.get_running_loop().time(),
+            suspect=suspect,
+            clear_to=head.position if clear and head is not None else 0,
         )
         self._pending_bytes += block_size(record, record_id)
 
@@ -685,21 +696,27 @@ class LedgerSequencer:
             self._pending_bytes -= block_size(item.record, item.record_id)
 
     async def _drop_chained(self, head: _Head) -> None:
-        """Ack and drop the suspect records the ledger holds already, up to ``head``.
+        """Ack and drop the records waiting here that the ledger holds already, up to ``head``.
 
-        A record is suspect when it was delivered before (a sequencer took it and maybe appended
-        it, then died or stalled before acking), when its own append got no answer or was
-        refused, or when it waited here so long that it may have been delivered again. Blocks are
-        regrouped on redelivery, so a message id cannot recognise every such record; the record
-        ids in the blocks can. The ledger is read from where each record could first have been
-        appended: after the position it was last known absent at, or else from the time its
-        source stored it. The append that follows is conditional on ``head``, so nothing can
-        slip in between what was read here and the append.
+        Every block states, per source stream, the highest sequence of any record chained so far
+        (``chained_to``), so a record stored beyond that mark at its source is not in the chain,
+        and needs no look: the usual case, a record taken in order by the only sequencer. The
+        others are looked for by record id in the blocks where they could be: those after the
+        position where each was last known absent, or else those from the time its source stored
+        it. So are records delivered before (a sequencer took them and maybe appended them, then
+        died or stalled before acking) and those whose own append got no answer or was refused.
+        Redelivered records come back grouped differently, so a message id cannot recognise every
+        such record; the record ids in the blocks can, whatever the ack state NATS kept. The
+        append that follows is conditional on ``head``, so nothing slips in between.
         """
-        # A record waiting here is not kept alive at its source; one that waited half its
-        # ack_wait (the appends before it were slow) may come back to another replica soon.
-        stale = asyncio.get_running_loop().time() - self._config.ack_wait.total_seconds() / 2
-        suspects = [item for item in self._pending.values() if item.suspect or item.taken <= stale]
+        suspects = []
+        for item in self._pending.values():
+            if item.clear_to >= head.position:
+                continue  # known absent up to head
+            if item.suspect or item.source_seq <= head.chained_to.get(item.source, 0):
+                suspects.append(item)
+            else:
+                item.clear_to = head.position
         if not suspects:
             self._seen = None  # nothing left to look for: let the ids go
             return
@@ -756,7 +773,9 @@ class LedgerSequencer:
         """
         entries: list[bytes] = []
         seq, prev = head.seq, head.hash
+        chained_to = dict(head.chained_to)
         for item in block:
+            chained_to[item.source] = max(chained_to.get(item.source, 0), item.source_seq)
             seq += 1
             entry = link_entry(item.record, seq=seq, prev_hash=prev)
             entries.append(entry)
@@ -765,7 +784,7 @@ class LedgerSequencer:
         try:
             ack = await self._js.publish(
                 LEDGER_ENTRY_SUBJECT,
-                pack_block(entries, record_ids),
+                pack_block(entries, record_ids, chained_to),
                 timeout=self._config.publish_timeout,
                 stream=LEDGER_STREAM,
                 headers={
@@ -789,7 +808,7 @@ class LedgerSequencer:
             return _Outcome.DUPLICATE
         self.appended += len(entries)
         self.blocks += 1
-        self._head = _Head(seq=seq, hash=prev, position=ack.seq)
+        self._head = _Head(seq=seq, hash=prev, position=ack.seq, chained_to=chained_to)
         return _Outcome.STORED
 
     async def _ack(self, item: _Pending) -> None:
@@ -810,7 +829,12 @@ class LedgerSequencer:
             raise nats_error(exc, "read the ledger head") from exc
         position = int(message.seq or 0)
         block = parse_block(message.data or b"", message.headers, position)
-        return _Head(seq=int(block.last.seq), hash=entry_hash(block.entries[-1]), position=position)
+        return _Head(
+            seq=int(block.last.seq),
+            hash=entry_hash(block.entries[-1]),
+            position=position,
+            chained_to=block.chained_to,
+        )
 
     async def _last_checkpointed(self) -> int:
         """Seq the newest checkpoint covers, so a restarted replica does not sign the same head again."""

@@ -15,7 +15,7 @@ import contextlib
 import hashlib
 import uuid
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from types import TracebackType
 
@@ -71,11 +71,13 @@ def block_size(record: bytes, record_id: str) -> int:
     return len(record) + len(record_id) + 64 + _PER_ENTRY_OVERHEAD
 
 
-def pack_block(entries: Sequence[bytes], record_ids: Sequence[str]) -> bytes:
-    """The message body of a block of linked ``entries``, chained from ``record_ids``."""
+def pack_block(entries: Sequence[bytes], record_ids: Sequence[str], chained_to: Mapping[str, int]) -> bytes:
+    """The message body of a block of linked ``entries``, chained from ``record_ids``; ``chained_to``
+    is the highest stream sequence per source stream of any record chained up to this block."""
     if not entries or len(entries) != len(record_ids):
         raise ValueError("a block holds one record id per entry, and at least one entry")
-    return ledger_pb2.LedgerBlock(entries=entries, record_ids=record_ids).SerializeToString()
+    block = ledger_pb2.LedgerBlock(entries=entries, record_ids=record_ids, chained_to=dict(chained_to))
+    return block.SerializeToString(deterministic=True)
 
 
 def parse_entry(data: bytes) -> ledger_pb2.LedgerEntry:
@@ -104,6 +106,9 @@ class StoredBlock:
     """The entries, in chain order, exactly as stored."""
     record_ids: tuple[str, ...]
     """The records they were chained from (empty where a message written before blocks has no id)."""
+    chained_to: Mapping[str, int] = field(default_factory=dict)
+    """Per source stream, the highest stream sequence of a record chained so far (empty for a
+    message written before blocks: unknown)."""
 
     @property
     def last(self) -> ledger_pb2.LedgerEntry:
@@ -133,6 +138,7 @@ def parse_block(data: bytes, headers: Mapping[str, str] | None, position: int) -
         first_seq=first_seq,
         entries=tuple(block.entries),
         record_ids=tuple(block.record_ids),
+        chained_to=dict(block.chained_to),
     )
 
 

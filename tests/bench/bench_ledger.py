@@ -104,6 +104,12 @@ async def _drain(
     return n / elapsed
 
 
+async def _ledger_messages(js: JetStreamContext) -> int:
+    """GC_LEDGER messages holding entries: the ledger's durable writes."""
+    info = await js.stream_info(LEDGER_STREAM, subjects_filter=LEDGER_ENTRY_SUBJECT)
+    return int((info.state.subjects or {}).get(LEDGER_ENTRY_SUBJECT, 0))
+
+
 async def _verify_rate(js: JetStreamContext, key: SigningKey) -> tuple[int, float]:
     reader = LedgerReader(js)
     entries = await reader.entries(after_seq=0, limit=10**9)
@@ -160,6 +166,7 @@ async def measure(n: int) -> dict[str, float | int]:
             await _chained([sequencer], n + 100)
             await sequencer.aclose()
             await background.drain()
+            live_messages = await _ledger_messages(js)
 
             # 2. Chaining a backlog: one replica, then two competing.
             one = await _drain(settings, writer, key, n, 1, "one")
@@ -167,8 +174,7 @@ async def measure(n: int) -> dict[str, float | int]:
 
             # 3. Proving it offline; what it took to store.
             entries, verify_rate = await _verify_rate(js, key)
-            info = await js.stream_info(LEDGER_STREAM, subjects_filter=LEDGER_ENTRY_SUBJECT)
-            messages = int((info.state.subjects or {}).get(LEDGER_ENTRY_SUBJECT, 0))
+            messages = await _ledger_messages(js)
             await nc.drain()
     return {
         "n": n,
@@ -181,6 +187,7 @@ async def measure(n: int) -> dict[str, float | int]:
         "chain_entries_per_s_2_replicas": two,
         "verified_entries": entries,
         "verify_entries_per_s": verify_rate,
+        "live_entries_per_ledger_message": (n + 100) / max(1, live_messages),
         "ledger_messages": messages,
         "entries_per_ledger_message": entries / max(1, messages),
     }

@@ -770,29 +770,33 @@ async def test_a_block_holds_many_entries_and_verify_sees_inside_it(
 async def test_a_block_appended_and_never_acked_is_not_chained_again_when_regrouped(
     env: Env, js: JetStreamContext
 ) -> None:
-    """The crash window with blocks: a sequencer appended a block of three records and died
-    before acking them. They come back to another replica grouped differently (two per pull,
-    next to a new record): none is chained twice, the new one is chained."""
+    """The crash window with blocks: a sequencer appended a block and died before acking its
+    records. Three come back to another replica as redelivered, grouped differently (two per
+    pull, next to a new record); one comes back as if never delivered (a NATS server that
+    lost its consumer's ack state). None is chained twice; the new one is chained."""
     writer = LedgerWriter(js)
     async with LedgerSequencer(js, env.broker_key, ManualClock(T0), CONFIG):
         pass  # its consumers exist from here on
-    died_with = ["regroup-a", "regroup-b", "regroup-c"]
-    for record_id in died_with:
+    redelivered = ["regroup-a", "regroup-b", "regroup-c"]
+    for record_id in redelivered:
         await record(writer, record_id)
     sub = await js.pull_subscribe_bind(durable=LEDGER_SEQUENCER_CONSUMER, stream=LEDGER_INTAKE_STREAM)
-    taken = await fetch_batch(sub, 3, 2.0)
+    taken = [msg.data for msg in await fetch_batch(sub, 3, 2.0)]
     await sub.unsubscribe()
     assert len(taken) == 3
+    await record(writer, "regroup-lost")
+    lost = await js.get_last_msg(LEDGER_INTAKE_STREAM, LEDGER_INTAKE_SUBJECT)  # never delivered
+    died_with = [*redelivered, "regroup-lost"]
     head = await LedgerReader(js).head_seq()
     prev = (await LedgerReader(js).entries(after_seq=head - 1, limit=1))[0].hash if head else ""
     entries: list[bytes] = []
-    for seq, msg in enumerate(taken, start=head + 1):
-        entries.append(link_entry(msg.data, seq=seq, prev_hash=prev))
+    for seq, data in enumerate([*taken, lost.data or b""], start=head + 1):
+        entries.append(link_entry(data, seq=seq, prev_hash=prev))
         prev = entry_hash(entries[-1])
     info = await js.stream_info(LEDGER_STREAM)
     await js.publish(
         "gc.ledger.entry",
-        pack_block(entries, died_with),
+        pack_block(entries, died_with, {LEDGER_INTAKE_STREAM: int(lost.seq or 0)}),
         headers={
             "Nats-Msg-Id": block_msg_id(died_with),
             "Nats-Expected-Last-Sequence": str(info.state.last_seq),

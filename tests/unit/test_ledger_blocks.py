@@ -35,11 +35,12 @@ def _chain(count: int, *, first: int = 1, prev: str = "") -> list[bytes]:
 def test_a_block_keeps_every_entry_byte_for_byte() -> None:
     entries = _chain(5, first=7, prev="sha-256:previous")
     ids = [f"event:{i}" for i in range(5)]
-    block = parse_block(pack_block(entries, ids), {FIRST_SEQ_HEADER: "7"}, position=42)
-    assert (block.position, block.first_seq, block.record_ids) == (42, 7, tuple(ids))
+    marks = {"GC_WATCH": 90, "GC_LEDGER_INTAKE": 12}
+    block = parse_block(pack_block(entries, ids, marks), {FIRST_SEQ_HEADER: "7"}, position=42)
+    assert (block.position, block.first_seq, block.record_ids, block.chained_to) == (42, 7, tuple(ids), marks)
     assert list(block.entries) == entries  # hashed as stored, so the chain is unchanged
     assert block.last.seq == 11
-    assert first_seq_of(pack_block(entries, ids), {FIRST_SEQ_HEADER: "7"}) == 7
+    assert first_seq_of(pack_block(entries, ids, marks), {FIRST_SEQ_HEADER: "7"}) == 7
 
 
 def test_a_message_written_before_blocks_reads_as_a_block_of_one() -> None:
@@ -47,6 +48,7 @@ def test_a_message_written_before_blocks_reads_as_a_block_of_one() -> None:
     block = parse_block(entry, {"Nats-Msg-Id": "entry:event:abc"}, position=5)
     assert (block.first_seq, block.entries, block.record_ids) == (3, (entry,), ("event:abc",))
     assert parse_block(entry, None, position=5).record_ids == ()
+    assert block.chained_to == {}  # unknown: only redelivered records are looked for
     assert first_seq_of(entry, None) == 3
 
 
@@ -56,7 +58,7 @@ def test_a_block_that_does_not_parse_is_refused() -> None:
     with pytest.raises(NatsError):
         parse_block(b"", {FIRST_SEQ_HEADER: "1"}, position=1)  # no entries
     with pytest.raises(ValueError, match="one record id per entry"):
-        pack_block(_chain(2), ["only-one"])
+        pack_block(_chain(2), ["only-one"], {})
 
 
 def test_block_message_ids_name_exactly_their_records() -> None:
