@@ -18,9 +18,12 @@ two replicas can never fork the chain:
   ``gc.ledger.entry``, so its first ``prev_hash`` is always the real head. Checkpoints, on their
   own subject, never get in the way of an append;
 * ``Nats-Msg-Id`` of an append is derived from the record ids of the block, so retrying the same
-  block is answered "duplicate"; and since a block names the record each entry came from, a
-  record delivered again (its sequencer died or stalled between appending and acking, and the
-  redelivery may group records differently) is looked for in the ledger before it is chained.
+  block is answered "duplicate". A block also names the record each entry came from and, per
+  source stream, the highest sequence of any record chained so far. A record stored at its
+  source beyond that mark cannot be in the chain (the usual case: nothing to look up); one at
+  or below it (delivered again after its sequencer died or stalled between appending and
+  acking, regrouped, or delivered as new by a NATS server that lost its consumer's ack state)
+  is looked for by record id in the blocks where it could be, before it is chained.
 
 A refusal, a timeout or a duplicate ends the sequencer's certainty: it reads the head back from
 the stream and retries what is left. The broker signs a checkpoint of the head at a fixed
