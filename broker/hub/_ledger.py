@@ -5,18 +5,25 @@ unlinked entry (digests and metadata, never personal data) to the ``GC_LEDGER_IN
 queue, with ``Nats-Msg-Id`` = the caller's stable record id, so a retried record is stored once.
 
 Every broker replica runs a :class:`LedgerSequencer`; they share one durable pull consumer on the
-intake. A sequencer gives each record its ``seq`` and ``prev_hash`` and appends it to
-``GC_LEDGER`` (``deny_delete``, ``deny_purge``) with optimistic concurrency, so two replicas can
-never fork the chain:
+intake (and one on the watch log, whose events it chains too). A sequencer gives each record its
+``seq`` and ``prev_hash`` and appends the records of a round to ``GC_LEDGER`` (``deny_delete``,
+``deny_purge``) as one message, a block (see ``_ledger_blocks``), lingering briefly under low load
+to fill it: the ledger costs a fraction of a write per record. Each entry keeps its own seq,
+prev_hash and hash, so the chain and its verification are unchanged. Optimistic concurrency means
+two replicas can never fork the chain:
 
 * every append carries ``Nats-Expected-Last-Subject-Sequence`` = the stream sequence of the
-  last entry the sequencer knows for certain (from the PubAck of its own last append, or read
-  back). The server stores it only while that entry is still the last one on
-  ``gc.ledger.entry``, so its ``prev_hash`` is always the real head. Checkpoints, on their own
-  subject, never get in the way of an append;
-* ``Nats-Msg-Id`` of an append is derived from the record id: a sequencer that dies between
-  appending and acking the intake leaves the record to be redelivered, and its second append is
-  answered "duplicate" (within GC_LEDGER's duplicate window).
+  block holding the last entry the sequencer knows for certain (from the PubAck of its own last
+  append, or read back). The server stores it only while that block is still the last one on
+  ``gc.ledger.entry``, so its first ``prev_hash`` is always the real head. Checkpoints, on their
+  own subject, never get in the way of an append;
+* ``Nats-Msg-Id`` of an append is derived from the record ids of the block, so retrying the same
+  block is answered "duplicate". A block also names the record each entry came from and, per
+  source stream, the highest sequence of any record chained so far. A record stored at its
+  source beyond that mark cannot be in the chain (the usual case: nothing to look up); one at
+  or below it (delivered again after its sequencer died or stalled between appending and
+  acking, regrouped, or delivered as new by a NATS server that lost its consumer's ack state)
+  is looked for by record id in the blocks where it could be, before it is chained.
 
 A refusal, a timeout or a duplicate ends the sequencer's certainty: it reads the head back from
 the stream and retries what is left. The broker signs a checkpoint of the head at a fixed
@@ -29,12 +36,10 @@ already in the stream, so it is true wherever it lands.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import re
-import uuid
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from types import TracebackType
@@ -46,9 +51,6 @@ from google.protobuf.message import DecodeError
 from greenchannel.v1 import common_pb2, envelope_pb2, ledger_pb2, lifecycle_pb2
 from nats.aio.msg import Msg
 from nats.js.api import (
-    AckPolicy,
-    ConsumerConfig,
-    DeliverPolicy,
     RetentionPolicy,
     StorageType,
     StreamConfig,
@@ -75,7 +77,6 @@ from broker.protocol import (
     body_digest,
     build_entry,
     entry_hash,
-    fetch_batch,
     link_entry,
     nats_error,
     parse_status_subject,
@@ -86,6 +87,17 @@ from broker.protocol import (
 )
 
 from ._errors import UnavailableError
+from ._ledger_blocks import (
+    FIRST_SEQ_HEADER,
+    LedgerScan,
+    block_msg_id,
+    block_size,
+    entry_msg_id,
+    first_seq_of,
+    pack_block,
+    parse_block,
+    parse_entry,
+)
 
 __all__ = [
     "LedgerConfig",
@@ -109,6 +121,12 @@ _TRANSIENT = (NatsError, nats.errors.Error, TimeoutError)
 # Record ids become Nats-Msg-Id headers: printable ASCII without spaces, bounded.
 _RECORD_ID = re.compile(r"[!-~]{1,200}")
 _INTAKE_DUPLICATE_WINDOW = timedelta(minutes=10)
+# How far the clocks of the servers stamping a record and a block may disagree (a cluster
+# places streams on different leaders): the ledger is searched for a record from this much
+# earlier than its source stamped it.
+_CLOCK_SKEW = timedelta(minutes=1)
+# A block must fit NATS' default max payload (1 MiB) with room for the headers.
+_MAX_BLOCK_BYTES = 900 * 1024
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -119,7 +137,19 @@ class LedgerConfig:
     """How often the head is signed, when it moved since the last checkpoint."""
 
     batch: int = 256
-    """Intake records taken per pull; each is then appended and acked in turn."""
+    """Records taken per pull (of each source); they join the block being built."""
+
+    linger: float = 0.5
+    """Seconds a block may wait, after its first record came, for more before it is appended
+    (0: append every round at once); under half of ``ack_wait``. Nothing waits on the ledger:
+    watchers read the watch log."""
+
+    block_entries: int = 512
+    """Most entries one GC_LEDGER message (a block) holds."""
+
+    block_bytes: int = 256 * 1024
+    """Most bytes of entries (and their record ids) one block holds; at most 900 KiB, so a block
+    always fits NATS' max payload. A single record is appended alone, whatever its size."""
 
     fetch_timeout: float = 1.0
     """Seconds an idle sequencer waits for intake records; also how often it checks the interval."""
@@ -140,8 +170,12 @@ class LedgerConfig:
     """Seconds the round in hand and the final checkpoint get on shutdown."""
 
     def __post_init__(self) -> None:
-        if self.batch < 1:
-            raise ValueError("LedgerConfig.batch must be >= 1")
+        if self.batch < 1 or self.block_entries < 1:
+            raise ValueError("LedgerConfig: batch and block_entries must be >= 1")
+        if not 1024 <= self.block_bytes <= _MAX_BLOCK_BYTES:
+            raise ValueError(f"LedgerConfig.block_bytes must be within 1 KiB and {_MAX_BLOCK_BYTES} bytes")
+        if self.linger < 0 or timedelta(seconds=self.linger * 2) >= self.ack_wait:
+            raise ValueError("LedgerConfig.linger must be >= 0 and shorter than half of ack_wait")
         if self.checkpoint_interval <= timedelta(0) or self.ack_wait <= timedelta(0):
             raise ValueError("LedgerConfig: checkpoint_interval and ack_wait must be positive")
         if min(self.fetch_timeout, self.publish_timeout, self.retry_delay, self.shutdown_timeout) <= 0:
@@ -149,8 +183,8 @@ class LedgerConfig:
 
 
 def _entry_msg_id(record_id: str) -> str:
-    """``Nats-Msg-Id`` of a record's append: the same for every attempt, by any replica."""
-    return f"entry:{record_id}"
+    """``Nats-Msg-Id`` of a block holding only this record: the same for every attempt, by any replica."""
+    return entry_msg_id(record_id)
 
 
 def _checkpoint_msg_id(seq: int, head_hash: str) -> str:
@@ -375,19 +409,49 @@ class _Head:
     hash: str
     """Its hash ("" for an empty ledger)."""
     position: int
-    """Stream sequence of that entry (0: none)."""
+    """Stream sequence of the block holding that entry (0: none)."""
+    chained_to: Mapping[str, int] = field(default_factory=dict)
+    """Per source stream, the highest stream sequence of a record chained up to that entry."""
 
 
 @dataclass
 class _Pending:
-    msg: Msg
+    """A record waiting in the block being built."""
+
+    msgs: list[Msg]
+    """The deliveries it came in (more than one when it was delivered again while waiting)."""
     record: bytes
-    msg_id: str
+    record_id: str
+    source: str
+    """The stream it came from."""
+    source_seq: int
+    """Its sequence there."""
+    since: datetime
+    """When its source stored it: no block can hold it from before then."""
+    suspect: bool
+    """It may be chained already (delivered again, or its append's outcome is unknown)."""
+    clear_to: int = 0
+    """Stream sequence up to which the ledger is known not to hold it (0: from ``since`` on)."""
+
+
+@dataclass
+class _Seen:
+    """The record ids a stretch of the ledger holds, as read for suspect records. Kept while
+    suspects remain: records delivered again come over several rounds, and each round reads
+    only the blocks appended since."""
+
+    since: datetime | None
+    """The time the stretch was read from (None: from a stream sequence)."""
+    start: int
+    """First stream sequence it covers."""
+    end: int
+    """Last stream sequence it covers."""
+    ids: set[str]
 
 
 class _Outcome(enum.Enum):
     STORED = "stored"
-    DUPLICATE = "duplicate"  # already chained by an earlier append: done
+    DUPLICATE = "duplicate"  # this very block was appended before: done
     RETRY = "retry"  # refused by the concurrency check, or no answer: chain it again
 
 
@@ -395,7 +459,7 @@ class LedgerSequencer:
     """Chains intake records into GC_LEDGER and signs checkpoints. Run one per broker replica.
 
     ``async with LedgerSequencer(js, broker_key, clock, config):`` starts it; leaving the block
-    finishes the round in hand, signs a last checkpoint if the head moved, and stops.
+    appends the records in hand, signs a last checkpoint if the head moved, and stops.
     """
 
     def __init__(
@@ -415,8 +479,15 @@ class LedgerSequencer:
         self._loop = ConsumerLoop(js, self._loop_spec(), batch_handler=self._round)
         self._delay = self._config.retry_delay
         self._closed = False
+        # The block being built: records taken, not yet appended, by record id.
+        self._pending: dict[str, _Pending] = {}
+        self._pending_bytes = 0
+        self._pending_since = 0.0  # loop time the first of them came
+        self._seen: _Seen | None = None
         self.appended = 0
         """Entries this sequencer appended (for metrics and tests)."""
+        self.blocks = 0
+        """Blocks (GC_LEDGER messages) this sequencer appended."""
 
     @property
     def head(self) -> tuple[int, str] | None:
@@ -438,6 +509,10 @@ class LedgerSequencer:
                 max_ack_pending=-1,
             )
 
+        # An idle pull ends within the linger too, so a lingering block is appended on time.
+        fetch_timeout = (
+            min(config.fetch_timeout, config.linger) if config.linger > 0 else config.fetch_timeout
+        )
         return ConsumerSpec(
             name="ledger-sequencer",
             lanes=(
@@ -445,7 +520,7 @@ class LedgerSequencer:
                 lane(LEDGER_TIMELINE_CONSUMER, WATCH_STREAM, status_filter(), "timeline"),
             ),
             order=LaneOrder.FAIR,
-            fetch_timeout=config.fetch_timeout,
+            fetch_timeout=fetch_timeout,
             ack_wait=config.ack_wait.total_seconds(),
             shutdown_grace=config.shutdown_timeout,
         )
@@ -467,15 +542,16 @@ class LedgerSequencer:
         await self.aclose()
 
     async def aclose(self) -> None:
-        """Finish the round in hand, sign the head if it moved, stop. Idempotent."""
+        """Finish the round in hand, append what waits, sign the head if it moved, stop. Idempotent."""
         if self._closed:
             return
         self._closed = True
         await self._loop.drain()
         try:
-            await asyncio.wait_for(self._final_checkpoint(), timeout=self._config.shutdown_timeout)
+            await asyncio.wait_for(self._final_round(), timeout=self._config.shutdown_timeout)
         except _TRANSIENT as exc:
-            # The head is signed by the next checkpoint of any replica; only say so when it is news.
+            # What is not appended comes back to another replica; the head is signed by the next
+            # checkpoint of any replica. Only say so when it is news.
             closed = isinstance(exc.__cause__ or exc, nats.errors.ConnectionClosedError)
             (log.info if closed else log.warning)(
                 "ledger.final_checkpoint_failed", error=str(exc) or type(exc).__name__
@@ -483,20 +559,34 @@ class LedgerSequencer:
         await self._loop.aclose()
         log.info("ledger.sequencer_stopped", head_seq=self._head.seq if self._head else None)
 
-    async def _round(self, lane: Lane, msgs: list[Msg]) -> None:
-        """One pull of one source (empty when idle): chain it, sign the head when it is time."""
-        source = self._from_intake if lane.durable == LEDGER_SEQUENCER_CONSUMER else self._from_timeline
-        try:
+    async def _final_round(self) -> None:
+        if self._pending:
             if self._head is None:
                 self._head = await self._resync()
-            if msgs:
-                await self._chain([item for msg in msgs if (item := await source(msg))])
+            await self._chain()
+        await self._maybe_checkpoint(force=True)
+
+    async def _round(self, lane: Lane, msgs: list[Msg]) -> None:
+        """One pull of one source (empty when idle): add it to the block, append the block when it
+        is full or has waited its linger, sign the head when it is time."""
+        source = self._from_intake if lane.durable == LEDGER_SEQUENCER_CONSUMER else self._from_timeline
+        try:
+            for msg in msgs:
+                await source(msg)
+            if self._pending and (self._block_due() or self._loop.stopping):
+                if self._head is None:
+                    self._head = await self._resync()
+                await self._chain()
             await self._maybe_checkpoint(force=False)
         except _TRANSIENT as exc:
+            # What is not acked is redelivered (marked as such, so it is looked for in the ledger
+            # before it is chained again); the block in hand is let go rather than kept next to
+            # its own redelivery.
+            self._pending.clear()
+            self._pending_bytes = 0
             if self._loop.stopping:
-                return  # stopping, maybe with NATS closed: what is not acked is redelivered
-            # NATS is away or the stream refused: what is not acked is redelivered; read the head
-            # back before the next append.
+                return  # stopping, maybe with NATS closed
+            # NATS is away or the stream refused: read the head back before the next append.
             log.warning("ledger.sequencer_retry", error=str(exc) or type(exc).__name__, delay=self._delay)
             self._head = None
             await self._loop.wait_stopping(self._delay)
@@ -504,9 +594,15 @@ class LedgerSequencer:
         else:
             self._delay = self._config.retry_delay
 
-    # -- chaining -------------------------------------------------------------------------------
+    def _block_due(self) -> bool:
+        config = self._config
+        if len(self._pending) >= config.block_entries or self._pending_bytes >= config.block_bytes:
+            return True
+        return asyncio.get_running_loop().time() - self._pending_since >= config.linger
 
-    async def _from_intake(self, msg: Msg) -> _Pending | None:
+    # -- taking records -------------------------------------------------------------------------
+
+    async def _from_intake(self, msg: Msg) -> None:
         try:
             parse_unlinked(msg.data)
         except ValueError as exc:
@@ -514,99 +610,237 @@ class LedgerSequencer:
             # an append-only ledger. Dropped for good, and said so.
             log.error("ledger.intake_refused", stream_seq=msg.metadata.sequence.stream, error=str(exc))
             await msg.term()
-            return None
+            return
         record_id = (msg.headers or {}).get("Nats-Msg-Id") or f"intake-{msg.metadata.sequence.stream}"
-        return _Pending(msg=msg, record=msg.data, msg_id=_entry_msg_id(record_id))
+        self._take(msg, record_id, msg.data)
 
-    async def _from_timeline(self, msg: Msg) -> _Pending | None:
+    async def _from_timeline(self, msg: Msg) -> None:
         try:
             record_id, record = timeline_record(msg.subject, msg.data)
         except ValueError as exc:
             # Only the broker publishes the watch log; this cannot be a timeline event.
             log.error("ledger.timeline_refused", stream_seq=msg.metadata.sequence.stream, error=str(exc))
             await msg.term()
-            return None
-        return _Pending(msg=msg, record=record, msg_id=_entry_msg_id(record_id))
+            return
+        self._take(msg, record_id, record)
 
-    async def _chain(self, pending: list[_Pending]) -> None:
+    def _take(self, msg: Msg, record_id: str, record: bytes) -> None:
+        metadata = msg.metadata
+        source, source_seq = str(metadata.stream), int(metadata.sequence.stream)
+        known = self._pending.get(record_id)
+        if known is not None:
+            # Delivered again while it waits (or stored twice at its source): chained once, and
+            # every delivery acked with it.
+            known.msgs.append(msg)
+            return
+        if not self._pending:
+            self._pending_since = asyncio.get_running_loop().time()
+        suspect = metadata.num_delivered > 1
+        head = self._head
+        # Stored at its source after every record chained up to the head: not in the chain there.
+        clear = head is not None and not suspect and source_seq > head.chained_to.get(source, 0)
+        self._pending[record_id] = _Pending(
+            msgs=[msg],
+            record=record,
+            record_id=record_id,
+            source=source,
+            source_seq=source_seq,
+            since=metadata.timestamp,
+            suspect=suspect,
+            clear_to=head.position if clear and head is not None else 0,
+        )
+        self._pending_bytes += block_size(record, record_id)
+
+    # -- chaining -------------------------------------------------------------------------------
+
+    async def _chain(self) -> None:
+        """Append what waits, a block at a time, each right after the head known for certain.
+
+        One block in flight, never pipelined: every accepted block follows an entry the sequencer
+        read or was acked, so two replicas never fork the chain (see :meth:`_append`).
+        """
         collisions = 0
-        while pending:
+        while self._pending:
             if self._head is None:
                 self._head = await self._resync()
-            outcomes = await self._append(pending, self._head)
-            retry: list[_Pending] = []
-            for item, outcome in zip(pending, outcomes, strict=True):
-                if outcome is _Outcome.RETRY:
-                    retry.append(item)
-                else:
-                    await self._ack(item.msg)
-            pending = retry
-            if pending:
+            head = self._head
+            await self._drop_chained(head)
+            block = self._next_block()
+            if not block:
+                continue
+            outcome = await self._append(block, head)
+            if outcome is _Outcome.RETRY:
+                for item in block:
+                    # Its append may have landed after all (no answer), or another replica's
+                    # append went in first, holding who knows what: look before chaining again.
+                    item.suspect, item.clear_to = True, head.position
                 # No pause: a refused append means another replica's append went in, so the
                 # chain grows either way, and the head is read back at once.
                 collisions += 1
                 if self._loop.stopping and collisions > 3:
                     return  # left unacked: redelivered to a replica that keeps running
+                continue
+            for item in block:
+                self._forget(item)
+                await self._ack(item)
 
-    async def _append(self, items: list[_Pending], head: _Head) -> list[_Outcome]:
-        """Append ``items`` one after the other, each right after the state known before it.
+    def _next_block(self) -> list[_Pending]:
+        """The records of the next block, in the order they came, within the block bounds."""
+        config = self._config
+        block: list[_Pending] = []
+        size = 0
+        for item in self._pending.values():
+            cost = block_size(item.record, item.record_id)
+            if block and (len(block) >= config.block_entries or size + cost > config.block_bytes):
+                break
+            block.append(item)
+            size += cost
+        return block
 
-        One PubAck per entry, never pipelined. Pipelined appends would have to name positions
-        they predict (and the msg id they expect before them); a replica racing on a redelivered
-        record can store that very record id in the predicted slot on top of another prefix,
-        and the next pipelined entry would pass its check pointing at a hash that is not in the
-        chain. With one append in flight, every accepted entry follows an entry the sequencer
-        read or was acked, and little throughput is lost: each append waits on the server's
-        fsync either way (see tests/bench/bench_ledger.py).
+    def _forget(self, item: _Pending) -> None:
+        if self._pending.pop(item.record_id, None) is not None:
+            self._pending_bytes -= block_size(item.record, item.record_id)
+
+    async def _drop_chained(self, head: _Head) -> None:
+        """Ack and drop the records waiting here that the ledger holds already, up to ``head``.
+
+        Every block states, per source stream, the highest sequence of any record chained so far
+        (``chained_to``), so a record stored beyond that mark at its source is not in the chain,
+        and needs no look: the usual case, a record taken in order by the only sequencer. The
+        others are looked for by record id in the blocks where they could be: those after the
+        position where each was last known absent, or else those from the time its source stored
+        it. So are records delivered before (a sequencer took them and maybe appended them, then
+        died or stalled before acking) and those whose own append got no answer or was refused.
+        Redelivered records come back grouped differently, so a message id cannot recognise every
+        such record; the record ids in the blocks can, whatever the ack state NATS kept. The
+        append that follows is conditional on ``head``, so nothing slips in between.
         """
-        outcomes: list[_Outcome] = []
-        for index, item in enumerate(items):
-            entry = link_entry(item.record, seq=head.seq + 1, prev_hash=head.hash)
-            try:
-                ack = await self._js.publish(
-                    LEDGER_ENTRY_SUBJECT,
-                    entry,
-                    timeout=self._config.publish_timeout,
-                    stream=LEDGER_STREAM,
-                    headers={
-                        "Nats-Msg-Id": item.msg_id,
-                        "Nats-Expected-Last-Subject-Sequence": str(head.position),
-                    },
-                )
-            except nats.js.errors.APIError as exc:
-                if exc.err_code not in _CONFLICTS:
-                    raise nats_error(exc, "append to the ledger") from exc
-                outcome = _Outcome.RETRY  # another replica appended: read the head back
-            except (nats.errors.TimeoutError, TimeoutError):
-                outcome = _Outcome.RETRY  # unknown: the retry is answered "duplicate" if it landed
+        suspects = []
+        for item in self._pending.values():
+            if item.clear_to >= head.position:
+                continue  # known absent up to head
+            if item.suspect or item.source_seq <= head.chained_to.get(item.source, 0):
+                suspects.append(item)
             else:
-                outcome = _Outcome.DUPLICATE if ack.duplicate else _Outcome.STORED
-            outcomes.append(outcome)
-            if outcome is not _Outcome.STORED:
-                # Not appended after the known head: where the head is now must be read back.
-                self._head = None
-                return outcomes + [_Outcome.RETRY] * (len(items) - index - 1)
-            self.appended += 1
-            head = self._head = _Head(seq=head.seq + 1, hash=entry_hash(entry), position=ack.seq)
-        return outcomes
+                item.clear_to = head.position
+        if not suspects:
+            self._seen = None  # nothing left to look for: let the ids go
+            return
+        timed = [item.since for item in suspects if item.clear_to == 0]
+        since = min(timed) - _CLOCK_SKEW if timed else None
+        start = None if timed else min(item.clear_to for item in suspects) + 1
+        seen = self._seen
+        if seen is None or not (
+            (since is not None and seen.since is not None and seen.since <= since)
+            or (start is not None and seen.start <= start)
+        ):
+            seen = self._seen = await self._read_ids(head, since=since, start=start)
+        elif seen.end < head.position:
+            more = await self._read_ids(head, since=None, start=seen.end + 1)
+            seen.ids |= more.ids
+            seen.end = head.position
+        for item in suspects:
+            if item.record_id in seen.ids:
+                self._forget(item)
+                await self._ack(item)
+            else:
+                item.suspect, item.clear_to = False, head.position
 
-    async def _ack(self, msg: Msg) -> None:
+    async def _read_ids(self, head: _Head, *, since: datetime | None, start: int | None) -> _Seen:
+        """The record ids of the blocks from ``start`` (or from time ``since``) up to ``head``'s."""
+        seen = _Seen(since=since, start=start or head.position + 1, end=head.position, ids=set())
+        if start is not None and start > head.position:
+            return seen
+        async with LedgerScan(
+            self._js,
+            LEDGER_ENTRY_SUBJECT,
+            start_seq=start,
+            start_time=since,
+            fetch_timeout=self._config.publish_timeout,
+        ) as scan:
+            while msgs := await scan.fetch(64):
+                for message in msgs:
+                    position = message.metadata.sequence.stream
+                    if position > head.position:
+                        return seen
+                    seen.start = min(seen.start, position)
+                    seen.ids.update(parse_block(message.data, message.headers, position).record_ids)
+        return seen
+
+    async def _append(self, block: list[_Pending], head: _Head) -> _Outcome:
+        """Append ``block`` as one message right after ``head``.
+
+        Never pipelined. Pipelined appends would have to name positions they predict (and the
+        msg id they expect before them); a replica racing on a redelivered record can store that
+        very record in the predicted slot on top of another prefix, and the next pipelined
+        block would pass its check pointing at a hash that is not in the chain. With one append
+        in flight, every accepted block follows an entry the sequencer read or was acked; a
+        block per round is what makes that cheap (see tests/bench/bench_ledger.py).
+        """
+        entries: list[bytes] = []
+        seq, prev = head.seq, head.hash
+        chained_to = dict(head.chained_to)
+        for item in block:
+            chained_to[item.source] = max(chained_to.get(item.source, 0), item.source_seq)
+            seq += 1
+            entry = link_entry(item.record, seq=seq, prev_hash=prev)
+            entries.append(entry)
+            prev = entry_hash(entry)
+        record_ids = [item.record_id for item in block]
         try:
-            await msg.ack()
-        except nats.errors.Error as exc:
-            # The record is chained; its redelivery will be answered "duplicate" and acked then.
-            log.warning("ledger.intake_ack_failed", error=str(exc))
+            ack = await self._js.publish(
+                LEDGER_ENTRY_SUBJECT,
+                pack_block(entries, record_ids, chained_to),
+                timeout=self._config.publish_timeout,
+                stream=LEDGER_STREAM,
+                headers={
+                    "Nats-Msg-Id": block_msg_id(record_ids),
+                    "Nats-Expected-Last-Subject-Sequence": str(head.position),
+                    FIRST_SEQ_HEADER: str(head.seq + 1),
+                },
+            )
+        except nats.js.errors.APIError as exc:
+            if exc.err_code not in _CONFLICTS:
+                raise nats_error(exc, "append to the ledger") from exc
+            self._head = None  # another replica appended: read the head back
+            return _Outcome.RETRY
+        except (nats.errors.TimeoutError, TimeoutError):
+            self._head = None  # unknown: the records are looked for before they are chained again
+            return _Outcome.RETRY
+        if ack.duplicate:
+            # Exactly these records were appended before (the message id says so): where the
+            # head is now must be read back.
+            self._head = None
+            return _Outcome.DUPLICATE
+        self.appended += len(entries)
+        self.blocks += 1
+        self._head = _Head(seq=seq, hash=prev, position=ack.seq, chained_to=chained_to)
+        return _Outcome.STORED
+
+    async def _ack(self, item: _Pending) -> None:
+        for msg in item.msgs:
+            try:
+                await msg.ack()
+            except nats.errors.Error as exc:
+                # The record is chained; its redelivery is looked for in the ledger and acked then.
+                log.warning("ledger.intake_ack_failed", error=str(exc))
 
     async def _resync(self) -> _Head:
-        """Read the head back: the last entry of the stream."""
+        """Read the head back: the last entry of the last block of the stream."""
         try:
             message = await self._js.get_last_msg(LEDGER_STREAM, LEDGER_ENTRY_SUBJECT)
         except nats.js.errors.NotFoundError:
             return _Head(seq=0, hash="", position=0)
         except (nats.errors.Error, TimeoutError) as exc:
             raise nats_error(exc, "read the ledger head") from exc
-        data = message.data or b""
-        return _Head(seq=_parse_entry(data).seq, hash=entry_hash(data), position=int(message.seq or 0))
+        position = int(message.seq or 0)
+        block = parse_block(message.data or b"", message.headers, position)
+        return _Head(
+            seq=int(block.last.seq),
+            hash=entry_hash(block.entries[-1]),
+            position=position,
+            chained_to=block.chained_to,
+        )
 
     async def _last_checkpointed(self) -> int:
         """Seq the newest checkpoint covers, so a restarted replica does not sign the same head again."""
@@ -650,13 +884,6 @@ class LedgerSequencer:
         await self._maybe_checkpoint(force=True)
 
 
-def _parse_entry(data: bytes) -> ledger_pb2.LedgerEntry:
-    try:
-        return ledger_pb2.LedgerEntry.FromString(data)
-    except DecodeError as exc:
-        raise NatsError("the ledger holds an entry that does not parse") from exc
-
-
 def _checkpoint_seq(data: bytes) -> int:
     try:
         signed = envelope_pb2.SignedMessage.FromString(data)
@@ -685,14 +912,15 @@ class StoredEntry:
 
 
 class LedgerReader:
-    """Reads entries and checkpoints back from GC_LEDGER, by chain seq."""
+    """Reads entries and checkpoints back from GC_LEDGER, by chain seq, unpacking blocks."""
 
     def __init__(self, js: JetStreamContext, *, fetch_timeout: float = 2.0, cache_size: int = 4096) -> None:
         self._js = js
         self._fetch_timeout = fetch_timeout
         self._cache_size = cache_size
-        # chain seq -> stream sequence, for entries seen: paging on needs no search.
+        # first entry seq of a block -> its stream sequence, for blocks seen: paging on needs no search.
         self._positions: OrderedDict[int, int] = OrderedDict()
+        self._head_position = 0  # stream sequence of the head's block, as last read
 
     async def head_seq(self) -> int:
         """Seq of the last entry; 0 for an empty ledger."""
@@ -702,10 +930,11 @@ class LedgerReader:
             return 0
         except (nats.errors.Error, TimeoutError) as exc:
             raise nats_error(exc, "read the ledger head") from exc
-        entry = _parse_entry(message.data or b"")
+        block = parse_block(message.data or b"", message.headers, int(message.seq or 0))
         if message.seq is not None:
-            self._remember(entry.seq, message.seq)
-        return int(entry.seq)
+            self._remember(block.first_seq, message.seq)
+            self._head_position = max(self._head_position, message.seq)
+        return int(block.last.seq)
 
     async def entries(self, *, after_seq: int, limit: int, head_seq: int | None = None) -> list[StoredEntry]:
         """Up to ``limit`` entries from ``after_seq + 1`` on, in chain order."""
@@ -717,20 +946,33 @@ class LedgerReader:
         if start is None:
             return []
         result: list[StoredEntry] = []
-        for message in await self._read(LEDGER_ENTRY_SUBJECT, start, want):
-            entry = _parse_entry(message.data)
-            self._remember(entry.seq, message.metadata.sequence.stream)
-            if entry.seq <= after_seq:
-                continue
-            result.append(
-                StoredEntry(
-                    seq=entry.seq,
-                    hash=entry_hash(message.data),
-                    prev_hash=entry.prev_hash,
-                    data=message.data,
-                    entry=entry,
-                )
-            )
+        async with LedgerScan(
+            self._js, LEDGER_ENTRY_SUBJECT, start_seq=start, fetch_timeout=self._fetch_timeout
+        ) as scan:
+            # Blocks hold many entries or one (written before blocks): fetch about as many
+            # messages as the entries still wanted need, judged by the blocks seen so far.
+            count, seen_entries, seen_blocks = min(want, 4), 0, 0
+            while len(result) < want and (msgs := await scan.fetch(count)):
+                for message in msgs:
+                    block = parse_block(message.data, message.headers, message.metadata.sequence.stream)
+                    self._remember(block.first_seq, block.position)
+                    seen_entries, seen_blocks = seen_entries + len(block.entries), seen_blocks + 1
+                    for data in block.entries:
+                        entry = parse_entry(data)
+                        if entry.seq <= after_seq:
+                            continue
+                        result.append(
+                            StoredEntry(
+                                seq=entry.seq,
+                                hash=entry_hash(data),
+                                prev_hash=entry.prev_hash,
+                                data=data,
+                                entry=entry,
+                            )
+                        )
+                        if len(result) >= want:
+                            return result
+                count = max(1, -(-(want - len(result)) * seen_blocks // seen_entries))
         return result
 
     async def checkpoints(self, *, after_seq: int, limit: int) -> list[envelope_pb2.SignedMessage]:
@@ -738,86 +980,82 @@ class LedgerReader:
         head = await self.head_seq()
         if after_seq >= head or limit <= 0:
             return []
-        # A checkpoint of entry k is appended after entry k: start reading at entry after_seq + 1.
+        # A checkpoint of entry k is appended after the block holding entry k: start reading at
+        # the block of entry after_seq + 1.
         start = await self._position_of(after_seq + 1)
         if start is None:
             return []
         result: list[envelope_pb2.SignedMessage] = []
-        for message in await self._read(LEDGER_CHECKPOINT_SUBJECT, start, limit):
-            try:
-                signed = envelope_pb2.SignedMessage.FromString(message.data)
-            except DecodeError:
-                continue
-            if _checkpoint_seq(message.data) > after_seq:
-                result.append(signed)
-                if len(result) >= limit:
-                    break
+        async with LedgerScan(
+            self._js, LEDGER_CHECKPOINT_SUBJECT, start_seq=start, fetch_timeout=self._fetch_timeout
+        ) as scan:
+            while len(result) < limit and (msgs := await scan.fetch(limit - len(result))):
+                for message in msgs:
+                    try:
+                        signed = envelope_pb2.SignedMessage.FromString(message.data)
+                    except DecodeError:
+                        continue
+                    if _checkpoint_seq(message.data) > after_seq:
+                        result.append(signed)
+                        if len(result) >= limit:
+                            break
         return result
 
-    def _remember(self, seq: int, position: int) -> None:
-        self._positions[seq] = position
-        self._positions.move_to_end(seq)
+    def _remember(self, first_seq: int, position: int) -> None:
+        self._positions[first_seq] = position
+        self._positions.move_to_end(first_seq)
         while len(self._positions) > self._cache_size:
             self._positions.popitem(last=False)
 
-    async def _position_of(self, seq: int) -> int | None:
-        """Stream sequence of entry ``seq``, or of the first entry after it if it is absent.
-
-        Entry k stands at stream sequence k + (checkpoints before it), so ``k`` - or a known
-        entry j at p plus ``k - j`` - is a lower bound; each look-up of the next entry from
-        the bound raises the bound by what lies between, and pins the entry in a few steps.
-        """
-        known = self._positions.get(seq)
-        if known is not None:
-            return known
-        below = [(k, p) for k, p in self._positions.items() if k < seq]
-        lower = max((p + (seq - k) for k, p in below), default=seq)
+    async def _first_from(self, position: int) -> tuple[int, int] | None:
+        """``(stream sequence, first entry seq)`` of the first block at or after ``position``."""
         try:
-            while True:
-                try:
-                    message = await self._js.get_msg(
-                        LEDGER_STREAM, seq=lower, subject=LEDGER_ENTRY_SUBJECT, next=True
-                    )
-                except nats.js.errors.NotFoundError:
-                    return None
-                entry = _parse_entry(message.data or b"")
-                position = int(message.seq or lower)
-                self._remember(entry.seq, position)
-                if entry.seq >= seq:
-                    return position
-                lower = position + (seq - entry.seq)
+            message = await self._js.get_msg(
+                LEDGER_STREAM, seq=position, subject=LEDGER_ENTRY_SUBJECT, next=True
+            )
+        except nats.js.errors.NotFoundError:
+            return None
         except (nats.errors.Error, TimeoutError) as exc:
             raise nats_error(exc, "find a ledger entry") from exc
+        found = int(message.seq or position)
+        first = first_seq_of(message.data or b"", message.headers)
+        self._remember(first, found)
+        return found, first
 
-    async def _read(self, subject: str, start: int, count: int | None) -> list[Msg]:
-        """Messages on ``subject`` from stream sequence ``start`` on: ``count`` of them, or all."""
-        name = f"ledger-read-{uuid.uuid4().hex[:16]}"
-        config = ConsumerConfig(
-            name=name,
-            deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-            opt_start_seq=start,
-            filter_subject=subject,
-            ack_policy=AckPolicy.NONE,
-            inactive_threshold=60.0,
-            mem_storage=True,
-            num_replicas=1,
-        )
-        try:
-            info = await self._js.add_consumer(LEDGER_STREAM, config=config)
-            total = int(info.num_pending or 0) if count is None else min(count, int(info.num_pending or 0))
-            sub = await self._js.pull_subscribe_bind(name=name, stream=LEDGER_STREAM)
-            messages: list[Msg] = []
+    async def _position_of(self, seq: int) -> int | None:
+        """Stream sequence of the block holding entry ``seq``; of a block before it or of the
+        first block after it if the entry is absent; None for an empty ledger.
+
+        A binary search over stream sequences, each step one get of the next block from there
+        (only its first-seq header is read), narrowed by the blocks already seen; paging on from
+        a block seen costs one step, to see whether the entry is in it or in the next block.
+        """
+        below = [(first, p) for first, p in self._positions.items() if first <= seq]
+        above = [p for first, p in self._positions.items() if first > seq]
+        low: int | None = max(below)[1] if below else None
+        high = min(above) - 1 if above else None
+        if low is None:
+            first_block = await self._first_from(1)
+            if first_block is None:
+                return None
+            low = first_block[0]
+            if first_block[1] >= seq:
+                return low
+        if high is None and self._head_position:
+            # Callers ask only for entries up to the head they read: none lies beyond its block.
+            high = self._head_position
+        if high is None:
             try:
-                while len(messages) < total:
-                    got = await fetch_batch(sub, min(total - len(messages), 1000), self._fetch_timeout)
-                    if not got:
-                        break
-                    messages.extend(got)
-            finally:
-                with contextlib.suppress(nats.errors.Error, ValueError):
-                    await sub.unsubscribe()
-                with contextlib.suppress(nats.errors.Error, TimeoutError):
-                    await self._js.delete_consumer(LEDGER_STREAM, name)
-        except (nats.errors.Error, TimeoutError) as exc:
-            raise nats_error(exc, f"read {subject}") from exc
-        return messages
+                info = await self._js.stream_info(LEDGER_STREAM)
+            except (nats.errors.Error, TimeoutError) as exc:
+                raise nats_error(exc, "find a ledger entry") from exc
+            high = int(info.state.last_seq)
+        mid = low + 1  # first the block right after the best one known: paging on costs one step
+        while low < high:
+            found = await self._first_from(mid)
+            if found is not None and found[0] <= high and found[1] <= seq:
+                low = found[0]
+            else:
+                high = mid - 1  # no block from mid to high starts at or before seq
+            mid = (low + high + 1) // 2
+        return low

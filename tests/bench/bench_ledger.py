@@ -6,9 +6,10 @@ One nats-server (file store, sync always, as the broker runs it). Three measurem
 
 1. ``record()``, what a request or event handler pays, interleaved round by round with a raw
    ``js.publish`` of a payload of the same size, while a sequencer chains in the background;
-2. how fast one sequencer chains a backlog of N records (intake -> hash chain, pipelined
-   appends with their concurrency checks), and how fast two competing replicas do;
-3. how fast ``verify_chain`` proves the resulting ledger offline.
+2. how fast one sequencer chains a backlog of N records (intake -> hash chain, one block of
+   entries per append, each with its concurrency check), and how fast two competing replicas do;
+3. how fast ``verify_chain`` proves the resulting ledger offline, and how many GC_LEDGER messages
+   (durable writes) hold its entries.
 """
 
 from __future__ import annotations
@@ -38,6 +39,8 @@ from broker.hub._ledger import (
 )
 from broker.protocol import (
     BROKER_ID,
+    LEDGER_ENTRY_SUBJECT,
+    LEDGER_STREAM,
     ChainRecord,
     ManualClock,
     NatsSettings,
@@ -101,6 +104,12 @@ async def _drain(
     return n / elapsed
 
 
+async def _ledger_messages(js: JetStreamContext) -> int:
+    """GC_LEDGER messages holding entries: the ledger's durable writes."""
+    info = await js.stream_info(LEDGER_STREAM, subjects_filter=LEDGER_ENTRY_SUBJECT)
+    return int((info.state.subjects or {}).get(LEDGER_ENTRY_SUBJECT, 0))
+
+
 async def _verify_rate(js: JetStreamContext, key: SigningKey) -> tuple[int, float]:
     reader = LedgerReader(js)
     entries = await reader.entries(after_seq=0, limit=10**9)
@@ -157,13 +166,15 @@ async def measure(n: int) -> dict[str, float | int]:
             await _chained([sequencer], n + 100)
             await sequencer.aclose()
             await background.drain()
+            live_messages = await _ledger_messages(js)
 
             # 2. Chaining a backlog: one replica, then two competing.
             one = await _drain(settings, writer, key, n, 1, "one")
             two = await _drain(settings, writer, key, n, 2, "two")
 
-            # 3. Proving it offline.
+            # 3. Proving it offline; what it took to store.
             entries, verify_rate = await _verify_rate(js, key)
+            messages = await _ledger_messages(js)
             await nc.drain()
     return {
         "n": n,
@@ -176,6 +187,9 @@ async def measure(n: int) -> dict[str, float | int]:
         "chain_entries_per_s_2_replicas": two,
         "verified_entries": entries,
         "verify_entries_per_s": verify_rate,
+        "live_entries_per_ledger_message": (n + 100) / max(1, live_messages),
+        "ledger_messages": messages,
+        "entries_per_ledger_message": entries / max(1, messages),
     }
 
 

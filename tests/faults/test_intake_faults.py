@@ -26,9 +26,10 @@ from nats.js.client import JetStreamContext
 
 from broker.client import BusClient
 from broker.hub import NotFoundError, SlaPolicy, UnavailableError, load_sla_policy
+from broker.hub._ledger import LedgerReader
 from broker.hub._store import Created, RequestStore
 from broker.hub._timers import DeadlineScheduler
-from broker.protocol import LEDGER_STREAM, WATCH_STREAM, fetch_batch, status_filter
+from broker.protocol import WATCH_STREAM, fetch_batch, status_filter
 from tests._wait import eventually
 from tests.integration.broker_world import POLICE, World, broker_world, stop_payment
 
@@ -61,14 +62,9 @@ async def _everything(sub: JetStreamContext.PullSubscription) -> list[Msg]:
 
 
 async def _ledger_kinds(js: JetStreamContext, request_id: str) -> list[int]:
-    sub = await js.pull_subscribe(
-        "gc.ledger.entry", stream=LEDGER_STREAM, config=ConsumerConfig(ack_policy=AckPolicy.NONE)
-    )
-    try:
-        entries = [ledger_pb2.LedgerEntry.FromString(m.data) for m in await _everything(sub)]
-    finally:
-        await sub.unsubscribe()
-    return [e.kind for e in entries if e.request_id == request_id]
+    # Through the reader: a GC_LEDGER message holds a block of entries.
+    entries = await LedgerReader(js).entries(after_seq=0, limit=10**9)
+    return [e.entry.kind for e in entries if e.entry.request_id == request_id]
 
 
 async def _watch_states(js: JetStreamContext, request_id: str) -> list[int]:

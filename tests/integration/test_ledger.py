@@ -12,6 +12,7 @@ import argparse
 import asyncio
 import base64
 import contextlib
+import dataclasses
 import io
 import json
 import uuid
@@ -47,6 +48,7 @@ from broker.hub._ledger import (
     _entry_msg_id,
     ensure_ledger_streams,
 )
+from broker.hub._ledger_blocks import FIRST_SEQ_HEADER, block_msg_id, pack_block
 from broker.hub._ledger_service import LedgerServicer
 from broker.hub._store import RequestStore
 from broker.protocol import (
@@ -86,6 +88,7 @@ REGULATOR, UNRELATED = "regulator-pboc", "carrier-cmcc"
 CONFIG = LedgerConfig(
     checkpoint_interval=timedelta(seconds=10),
     batch=8,
+    linger=0.05,
     fetch_timeout=0.1,
     ack_wait=timedelta(seconds=1),
     publish_timeout=2.0,
@@ -618,6 +621,21 @@ async def test_service_refuses_unauthenticated_and_invalid_calls(env: Env, js: J
 # -- export and verify --------------------------------------------------------------------------
 
 
+async def export_as_regulator(service: Service, path: Path) -> Path:
+    """``greenchannel ledger export --as regulator-pboc``, into ``path``."""
+    out = io.StringIO()
+    code = await ledger_export_command(
+        broker=service.address,
+        agency_id=REGULATOR,
+        state_dir=service.env.state_dir,
+        out_path=path,
+        out=out,
+        err=out,
+    )
+    assert code == 0, out.getvalue()
+    return path
+
+
 def verify_file(env: Env, path: Path) -> tuple[int, str]:
     out = io.StringIO()
     code = ledger_verify_command(path=path, keys=env.registry, out=out, err=out)
@@ -648,17 +666,7 @@ async def test_export_verify_round_trip_and_tampered_files(
     env: Env, js: JetStreamContext, tmp_path: Path
 ) -> None:
     async with service_with_entries(env, js, "export") as (service, _):
-        out = io.StringIO()
-        path = tmp_path / "ledger.jsonl"
-        code = await ledger_export_command(
-            broker=service.address,
-            agency_id=REGULATOR,
-            state_dir=env.state_dir,
-            out_path=path,
-            out=out,
-            err=out,
-        )
-        assert code == 0, out.getvalue()
+        path = await export_as_regulator(service, tmp_path / "ledger.jsonl")
         outsider = await export_ledger(
             broker=service.address,
             agency_id=UNRELATED,
@@ -711,3 +719,109 @@ async def test_export_verify_round_trip_and_tampered_files(
     code, verdict = verify_file(env, with_bad_line)
     assert code == 1
     assert f"line {len(lines) + 1}: UNREADABLE" in verdict
+
+
+# -- blocks -------------------------------------------------------------------------------------
+
+
+async def ledger_messages(js: JetStreamContext) -> int:
+    """Messages on gc.ledger.entry: one per block (or per bare entry, as written before blocks)."""
+    info = await js.stream_info(LEDGER_STREAM, subjects_filter="gc.ledger.entry")
+    return int((info.state.subjects or {}).get("gc.ledger.entry", 0))
+
+
+async def test_a_block_holds_many_entries_and_verify_sees_inside_it(
+    env: Env, js: JetStreamContext, tmp_path: Path
+) -> None:
+    writer = LedgerWriter(js)
+    ids = [f"block-{i}" for i in range(20)]
+    entries_before = len((await read_chain(js)).records)
+    messages_before = await ledger_messages(js)
+    # Records waiting before the sequencer starts, and a linger long enough to gather them.
+    await asyncio.gather(*(record(writer, r) for r in ids))
+    lingering = dataclasses.replace(CONFIG, batch=64, linger=0.5, ack_wait=timedelta(seconds=5))
+    async with LedgerSequencer(js, env.broker_key, ManualClock(T0), lingering) as sequencer:
+        chain = await wait_chained(js, ids)
+    assert sequencer.appended == len(ids) == len(chain.records) - entries_before
+    assert await ledger_messages(js) - messages_before == sequencer.blocks < len(ids)
+    assert_verifies(chain, env)
+    assert_once_each(chain, ids)
+
+    # The stored form: one message, the first entry's seq in a header, each entry as hashed.
+    last = await js.get_last_msg(LEDGER_STREAM, "gc.ledger.entry")
+    block = ledger_pb2.LedgerBlock.FromString(last.data or b"")
+    first = int((last.headers or {})["Gc-Ledger-First-Seq"])
+    assert len(block.entries) == len(block.record_ids) > 1
+    assert [r.hash for r in chain.records[first - 1 :]] == [entry_hash(e) for e in block.entries]
+
+    # A reader that knows no position finds any entry inside a block, and pages across blocks.
+    for after in sorted({max(0, first - 2), first - 1, first, first + 3, len(chain.records) - 2}):
+        page = await LedgerReader(js).entries(after_seq=after, limit=3)
+        assert [e.seq for e in page] == list(range(after + 1, min(after + 3, len(chain.records)) + 1))
+
+    # Exported and verified entry by entry: a change or a removal inside the block is found.
+    async with Service(env, js) as service:
+        path = await export_as_regulator(service, tmp_path / "blocks.jsonl")
+    code, verdict = verify_file(env, path)
+    assert code == 0, verdict
+    lines, entry_indexes = entry_lines(path)
+    inside = first + len(block.entries) // 2  # neither the block's first entry nor its last
+    index = next(i for i in entry_indexes if json.loads(lines[i])["seq"] == inside)
+    changed = [*lines[:index], changed_line(lines[index]), *lines[index + 1 :]]
+    code, verdict = verify_file(env, write(tmp_path / "changed-in-block.jsonl", changed))
+    assert code == 1
+    problems = [line.strip() for line in verdict.splitlines()[1:]]
+    assert len(problems) == 1, verdict
+    assert f"CHANGED: entry {inside}" in problems[0], verdict
+    code, verdict = verify_file(
+        env, write(tmp_path / "removed-from-block.jsonl", lines[:index] + lines[index + 1 :])
+    )
+    assert code == 1
+    assert f"MISSING: entry {inside}" in verdict, verdict
+
+
+async def test_a_block_appended_and_never_acked_is_not_chained_again_when_regrouped(
+    env: Env, js: JetStreamContext
+) -> None:
+    """The crash window with blocks: a sequencer appended a block and died before acking its
+    records. Three come back to another replica as redelivered, grouped differently (two per
+    pull, next to a new record); one comes back as if never delivered (a NATS server that
+    lost its consumer's ack state). None is chained twice; the new one is chained."""
+    writer = LedgerWriter(js)
+    async with LedgerSequencer(js, env.broker_key, ManualClock(T0), CONFIG):
+        pass  # its consumers exist from here on
+    redelivered = ["regroup-a", "regroup-b", "regroup-c"]
+    for record_id in redelivered:
+        await record(writer, record_id)
+    sub = await js.pull_subscribe_bind(durable=LEDGER_SEQUENCER_CONSUMER, stream=LEDGER_INTAKE_STREAM)
+    taken = [msg.data for msg in await fetch_batch(sub, 3, 2.0)]
+    await sub.unsubscribe()
+    assert len(taken) == 3
+    await record(writer, "regroup-lost")
+    lost = await js.get_last_msg(LEDGER_INTAKE_STREAM, LEDGER_INTAKE_SUBJECT)  # never delivered
+    died_with = [*redelivered, "regroup-lost"]
+    head = await LedgerReader(js).head_seq()
+    prev = (await LedgerReader(js).entries(after_seq=head - 1, limit=1))[0].hash if head else ""
+    entries: list[bytes] = []
+    for seq, data in enumerate([*taken, lost.data or b""], start=head + 1):
+        entries.append(link_entry(data, seq=seq, prev_hash=prev))
+        prev = entry_hash(entries[-1])
+    info = await js.stream_info(LEDGER_STREAM)
+    await js.publish(
+        "gc.ledger.entry",
+        pack_block(entries, died_with, {LEDGER_INTAKE_STREAM: int(lost.seq or 0)}),
+        headers={
+            "Nats-Msg-Id": block_msg_id(died_with),
+            "Nats-Expected-Last-Sequence": str(info.state.last_seq),
+            FIRST_SEQ_HEADER: str(head + 1),
+        },
+    )
+    await record(writer, "regroup-new")
+    regrouping = dataclasses.replace(CONFIG, batch=2, linger=0.0)
+    async with LedgerSequencer(js, env.broker_key, ManualClock(T0), regrouping) as sequencer:
+        await wait_chained(js, ["regroup-new"])
+        await intake_drained(js)
+    assert sequencer.appended == 1
+    chain = await read_chain(js)
+    assert_verifies(chain, env)
+    assert_once_each(chain, [*died_with, "regroup-new"])

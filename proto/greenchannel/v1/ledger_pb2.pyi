@@ -218,6 +218,71 @@ class LedgerRecord(_message.Message):
 Global___LedgerRecord: _TypeAlias = LedgerRecord  # noqa: Y015
 
 @_typing.final
+class LedgerBlock(_message.Message):
+    """How the ledger stream stores entries: one message on gc.ledger.entry holds a block of
+    consecutive entries, chained by one sequencer round (a message with header
+    Gc-Ledger-First-Seq; one without it holds a single bare LedgerEntry, as written before blocks).
+    The chain is entry by entry: a block adds nothing to what is hashed or verified.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class ChainedToEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.int
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.int = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+    ENTRIES_FIELD_NUMBER: _builtins.int
+    RECORD_IDS_FIELD_NUMBER: _builtins.int
+    CHAINED_TO_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def entries(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]:
+        """The entries in chain order, each exactly as stored and hashed (LedgerRecord.entry)."""
+
+    @_builtins.property
+    def record_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The id of the record each entry was chained from, in the same order, so a sequencer can tell
+        a record delivered again from one not yet chained. Not part of the chain.
+        """
+
+    @_builtins.property
+    def chained_to(self) -> _containers.ScalarMap[_builtins.str, _builtins.int]:
+        """Per source stream of records (e.g. "GC_WATCH"): the highest stream sequence of any record
+        chained in this block or before it. A record stored beyond it is not in the chain, so a
+        sequencer looks in the ledger only for records at or below it. Not part of the chain.
+        """
+
+    def __init__(
+        self,
+        *,
+        entries: _abc.Iterable[_builtins.bytes] | None = ...,
+        record_ids: _abc.Iterable[_builtins.str] | None = ...,
+        chained_to: _abc.Mapping[_builtins.str, _builtins.int] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["chained_to", b"chained_to", "entries", b"entries", "record_ids", b"record_ids"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LedgerBlock: _TypeAlias = LedgerBlock  # noqa: Y015
+
+@_typing.final
 class Checkpoint(_message.Message):
     """A checkpoint of the chain head, signed by the broker."""
 
