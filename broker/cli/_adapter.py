@@ -27,6 +27,8 @@ from adapters import (
 )
 from broker.protocol import ProtocolError, SystemClock
 
+from ._loop import run as run_loop
+
 __all__ = ["READY_PREFIX", "add_parser", "run", "run_adapter"]
 
 log = structlog.get_logger(__name__)
@@ -75,7 +77,7 @@ def run_adapter(args: argparse.Namespace) -> int:
         print(f"{READY_PREFIX}{config.source}: ok ({materials.agency.kind} {materials.agency.id})")
         return 0
     try:
-        return asyncio.run(_serve(config, materials))
+        return run_loop(_serve(config, materials))
     except (ProtocolError, AdapterError, OSError, RuntimeError) as exc:
         # grpc reports a health port in use as RuntimeError("Failed to bind to address ...").
         print(f"greenchannel adapter: cannot start: {exc}", file=sys.stderr)

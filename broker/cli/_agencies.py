@@ -27,6 +27,7 @@ from broker._logging import configure_logging
 from broker.protocol import DEFAULT_INBOX_ACK_WAIT, ProtocolError
 
 from . import _env
+from ._loop import run as run_loop
 from ._samples import sample_directory
 
 __all__ = ["READY_PREFIX", "add_parser", "main", "run", "run_agencies"]
@@ -118,7 +119,7 @@ def run_agencies(args: argparse.Namespace, *, nats_url: str | None) -> int:
         ack_wait=args.ack_wait,
     )
     try:
-        return asyncio.run(_serve(config))
+        return run_loop(_serve(config))
     except (ProtocolError, OSError) as exc:
         print(f"greenchannel agencies: cannot start: {exc}", file=sys.stderr)
         return 1

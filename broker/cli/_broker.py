@@ -41,6 +41,7 @@ from broker.protocol import (
 )
 
 from . import _env
+from ._loop import run as run_loop
 from ._samples import sample_policy, sample_sla_policy
 
 __all__ = ["add_parser", "run", "run_broker"]
@@ -115,7 +116,7 @@ def run(args: argparse.Namespace) -> int:
             load_policy(args.policy)
         if args.sla_policy is not None:
             load_sla_policy(args.sla_policy)
-        asyncio.run(run_broker(args, nats_url=_env.nats_url()))
+        run_loop(run_broker(args, nats_url=_env.nats_url()))
     except PolicyError as exc:  # not a ProtocolError: the hub's own root
         print(f"greenchannel: {exc}", file=sys.stderr)
         return 1

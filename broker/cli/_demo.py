@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 
 from agencies.demo import DemoConfig, DemoReport, run_demo
 from broker.client import render_table
 
 from . import _env
+from ._loop import run as run_loop
 from ._trail import render_trail
 
 __all__ = ["add_parser", "render_report", "run"]
@@ -80,7 +80,7 @@ def run(args: argparse.Namespace) -> int:
     """Play the scenario; 0 when every request ended as expected."""
     config = DemoConfig(state_dir=args.state_dir, directory=args.directory, nats_url=_env.nats_url())
     say = (lambda _text: None) if args.json else print
-    report = asyncio.run(run_demo(config, say=say))
+    report = run_loop(run_demo(config, say=say))
     if args.json:
         print(json.dumps(_document(report), ensure_ascii=False))
     else:

@@ -22,6 +22,7 @@ from agencies.demo import Stack, StackConfig
 
 from . import _env
 from ._env import DEFAULT_BROKER
+from ._loop import run as run_loop
 
 __all__ = ["RUN_DIR", "add_parser", "run", "run_up"]
 
@@ -64,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
 def run_up(args: argparse.Namespace, *, nats_url: str | None) -> int:
     """Run until SIGINT / SIGTERM; 0 after a graceful stop, 1 when the bus could not start."""
     try:
-        return asyncio.run(_up(args, nats_url=nats_url))
+        return run_loop(_up(args, nats_url=nats_url))
     except _StartError as exc:
         print(f"greenchannel up: cannot start: {exc.__cause__}", file=sys.stderr)
         return 1

@@ -24,6 +24,7 @@ from adapters import AdapterConfig, AdapterRuntime
 from agencies import build_reference_agency
 from agencies.bank import BankCore
 from broker._logging import configure_logging
+from broker.cli._loop import run as run_loop
 from broker.protocol import (
     NatsSettings,
     SystemClock,
@@ -114,7 +115,7 @@ def main() -> None:
     args.bank = args.bank or ["bank-icbc"]
     # As ``greenchannel broker`` runs by default: warnings and errors on stderr.
     configure_logging("warning")
-    asyncio.run(_run(args))
+    run_loop(_run(args))
 
 
 if __name__ == "__main__":
