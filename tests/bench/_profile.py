@@ -65,7 +65,7 @@ CATEGORIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("logging (structlog)", ("structlog/",)),
     ("broker / adapter / agency code", ("broker/", "adapters/", "agencies/")),
 )
-LOOP = "asyncio: callbacks, Task steps, C code without Python frames (gRPC core is Cython)"
+LOOP = "event loop: callbacks, Task steps, C code without Python frames (uvloop, gRPC's Cython core)"
 POLL = "asyncio: epoll (select with the GIL held)"
 THREADS = "thread pool hand-offs (asyncio.to_thread: submit, wake-up, GIL waits)"
 OTHER = "other Python (stdlib)"
@@ -122,7 +122,8 @@ async def record(
 
 
 # Where a callback or a thread's work item starts: frames further out are the same for all work.
-_BOUNDARIES = ("Handle._run (", "_run_once (", "_WorkItem.run (", "Thread.run (")
+# On uvloop the loop has no Python frames: callbacks sit right inside the runner (cli/_loop.py).
+_BOUNDARIES = ("Handle._run (", "_run_once (", "_WorkItem.run (", "Thread.run (", "cli/_loop.py")
 
 
 def _name_of(frame: str) -> str:
@@ -142,11 +143,11 @@ def _category(stack: list[str]) -> str:
     or thread work item the sample runs in (beyond it are only the loop and the entry point)."""
     specific = False
     for frame in reversed(stack):
+        if any(boundary in frame for boundary in _BOUNDARIES):
+            break  # (checked first: uvloop's runner is a frame of our own code, cli/_loop.py)
         for category, needles in CATEGORIES:
             if any(needle in frame for needle in needles):
                 return category
-        if any(boundary in frame for boundary in _BOUNDARIES):
-            break
         if not any(generic in frame for generic in _GENERIC):
             specific = True
     if specific:
