@@ -59,6 +59,8 @@ from broker.hub import LedgerConfig
 from broker.protocol import (
     FINAL_STATES,
     LEDGER_INTAKE_STREAM,
+    LEDGER_TIMELINE_CONSUMER,
+    WATCH_STREAM,
     Clock,
     SigningKey,
     SystemClock,
@@ -535,12 +537,13 @@ async def _prove(
 
 async def _covered_export(stack: Stack, key: SigningKey, out: Path, agency: str) -> LedgerFile:
     """An export whose last checkpoint covers every entry: the sequencer chains asynchronously."""
-    deadline = asyncio.get_running_loop().time() + 15
+    deadline = asyncio.get_running_loop().time() + 30
     while True:
+        # Settled first: what is still to chain then cannot slip in between the export and it.
+        settled = await _ledger_settled(stack)
         await export_ledger(broker=stack.broker_address, agency_id=agency, signing_key=key, out=out)
         ledger = read_ledger_file(out)
         covered = max((_checkpoint_seq(c) for c in ledger.checkpoints), default=0)
-        settled = await _ledger_intake_empty(stack)
         if (settled and ledger.records and covered >= ledger.records[-1].seq) or (
             asyncio.get_running_loop().time() > deadline
         ):
@@ -552,10 +555,18 @@ def _checkpoint_seq(signed: envelope_pb2.SignedMessage) -> int:
     return ledger_pb2.Checkpoint.FromString(signed.payload).seq
 
 
-async def _ledger_intake_empty(stack: Stack) -> bool:
+async def _ledger_settled(stack: Stack) -> bool:
+    """Nothing is left to chain: the intake queue is empty and the sequencers have taken and acked
+    every journal record (they ack a record only once its block is appended, after a linger)."""
     nc = await connect(stack.nats_settings("greenchannel-demo-probe"))
     try:
-        info = await nc.jetstream().stream_info(LEDGER_INTAKE_STREAM)
-        return int(info.state.messages or 0) == 0
+        js = nc.jetstream()
+        intake = await js.stream_info(LEDGER_INTAKE_STREAM)
+        timeline = await js.consumer_info(WATCH_STREAM, LEDGER_TIMELINE_CONSUMER)
+        return (
+            int(intake.state.messages or 0) == 0
+            and int(timeline.num_pending or 0) == 0
+            and int(timeline.num_ack_pending or 0) == 0
+        )
     finally:
         await nc.drain()
