@@ -60,7 +60,6 @@ from ._submit import Intake
 from ._timers import DeadlineScheduler
 from ._tls import TlsFiles, server_credentials
 from ._trail import TrailChaser, TrailRecorder, sealed_onward_transfers
-from ._trail_pending import WatchLogCaseRequests
 from ._trail_service import TrailService
 from ._trail_store import TrailStore
 from ._watchlog import WatchLog
@@ -223,7 +222,7 @@ class Broker:
             requests=requests,
             sender=intake,
             source=sealed_onward_transfers(load_broker_encryption_key(config.state_dir)),
-            cases=WatchLogCaseRequests(js),
+            cases=watchlog,
         )
         broker_events = BrokerEvents(requests=requests, broker_key=broker_key, clock=config.clock)
         self._events = EventProcessor(

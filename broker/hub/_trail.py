@@ -9,15 +9,16 @@ account number (:mod:`broker.hub._trail_accounts`); its number and holder's name
 sealed to the police owning the case. A node carries its requests (one per path that reached
 it), what was traced to it (the sum asked) and what is held on it.
 
-**Roots.** The police's own stop-payments and freezes enter the trail at their outcome, in the
-same write as the outcome. Only intake has the body, with the account and amount: it puts what the
-trail needs into the request's status (:meth:`TrailRecorder.seed`, a ``TrailSeed``: the account as
-its node id and sealed, the amount, the transfer named), and the outcome records the hold from it
+**Roots.** The police's own stop-payments and freezes enter the trail at their outcome, in the same
+write as the outcome. Only intake has the body, with the account and amount: it puts what the trail
+needs into the request's status (:meth:`TrailRecorder.seed`, a ``TrailSeed``: the account as its
+node id and sealed, the amount, the transfer named), and the outcome records the hold from it
 exactly as if it had been recorded at intake. The first one of a case is the root, hop 0. A hold
-still pending is not stored in the trail; ``GetTrail`` shows it from its status
-(:mod:`broker.hub._trail_pending`). Likewise the broker's own stop-payment is bound to the entry
-planned for it (its parent and transfer are in its seed) in the write of its own outcome; until
-then the stored entry has no id, and ``GetTrail`` shows it bound, from its status.
+still pending is not stored in the trail; ``GetTrail`` shows it from its status (the case's request
+ids come from the watch log's subjects: :meth:`WatchLog.request_ids`). Likewise the broker's own
+stop-payment is bound to the entry planned for it (its parent and transfer are in its seed) in the
+write of its own outcome; until then the stored entry has no id, and ``GetTrail`` shows it bound,
+from its status.
 
 **Chasing.** When a stop-payment or freeze of the case reaches EXECUTED, PARTIALLY_EXECUTED or
 REJECTED(INSUFFICIENT_FUNDS) (:meth:`TrailChaser.after_outcome`, called when an outcome is
@@ -95,7 +96,6 @@ from ._policy import ChasePolicy, Policy
 from ._result_privacy import onward_transfers_for_broker
 from ._store import RequestStore
 from ._trail_accounts import AccountBook, BrokerAccountBook
-from ._trail_pending import CaseRequests
 from ._trail_rules import (
     HOLDING,
     ChaseContext,
@@ -205,6 +205,12 @@ def child_request(
             fraud_transfer_id=transfer.transfer_id,
         ),
     )
+
+
+class CaseRequests(Protocol):
+    """The ids of a case's requests, oldest first (:meth:`broker.hub._watchlog.WatchLog.request_ids`)."""
+
+    async def request_ids(self, case_owner: str, case_number: str) -> list[str]: ...
 
 
 class ChildSender(Protocol):

@@ -33,7 +33,7 @@ from nats.aio.subscription import Subscription
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.client import JetStreamContext
 
-from broker.protocol import WATCH_STREAM, status_filter, status_parties
+from broker.protocol import WATCH_STREAM, StatusSubject, parse_status_subject, status_filter
 
 from ._errors import UnavailableError
 
@@ -108,18 +108,32 @@ class WatchLog:
         self._js = js
         self._config = config or WatchConfig()
 
-    async def case_parties(self, case_number: str) -> set[str]:
-        """Every agency that is sender, recipient or owner of a request of ``case_number``.
+    async def _case_subjects(self, case_number: str, case_owner: str = "*") -> list[StatusSubject]:
+        """The subjects the watch log holds for a case: one per request, naming its id and parties.
 
-        Read from the subjects the watch log holds for the case (one stream-info call; the
-        subjects name the parties), so no record is read. Empty: the case has no request yet.
+        One stream-info call; no record is read.
         """
         try:
-            case = status_filter(case_number=case_number)
+            case = status_filter(case_owner=case_owner, case_number=case_number)
             info = await self._js.stream_info(WATCH_STREAM, subjects_filter=case)
         except (nats.errors.Error, TimeoutError) as exc:
             raise UnavailableError(f"cannot read the watch log: {exc}") from exc
-        return {party for subject in info.state.subjects or {} for party in status_parties(subject)}
+        parsed = (parse_status_subject(subject) for subject in info.state.subjects or {})
+        return [subject for subject in parsed if subject is not None]
+
+    async def case_parties(self, case_number: str) -> set[str]:
+        """Every agency that is sender, recipient or owner of a request of ``case_number``.
+        Empty: the case has no request yet."""
+        return {
+            party
+            for subject in await self._case_subjects(case_number)
+            for party in (subject.sender, subject.recipient, subject.case_owner)
+        }
+
+    async def request_ids(self, case_owner: str, case_number: str) -> list[str]:
+        """The ids of the case's requests, oldest first (UUIDv7 ids sort by submission time: a
+        conversion comes after the hold it converts). The money trail shows pending holds by them."""
+        return sorted({subject.request_id for subject in await self._case_subjects(case_number, case_owner)})
 
     async def follow(
         self,

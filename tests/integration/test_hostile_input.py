@@ -63,6 +63,7 @@ from broker.protocol import (
     fetch_batch,
     generate_signing_key,
     mint_bearer_token,
+    parse_status_subject,
     revoke_key,
     sign_event,
     sign_message,
@@ -268,7 +269,9 @@ class Arena:
             inbox=(inbox.messages, inbox.last_seq),
             watch=(watch.messages, watch.last_seq),
             requests=(len(subjects), requests.messages),
-            request_ids=frozenset(subject.split(".")[2] for subject in subjects),
+            request_ids=frozenset(
+                parsed.request_id for parsed in map(parse_status_subject, subjects) if parsed is not None
+            ),
         )
 
     async def stored(self, request_id: str) -> tuple[bytes, int] | None:

@@ -31,8 +31,8 @@ from broker.client import fetch_trail, open_accounts, switch_chasing
 from broker.hub import load_policy
 from broker.hub._store import RequestStore
 from broker.hub._trail import TrailChaser, TrailRecorder
-from broker.hub._trail_pending import WatchLogCaseRequests
 from broker.hub._trail_store import TRAILS_BUCKET, TrailChange, TrailStore, trail_key
+from broker.hub._watchlog import WatchLog
 from broker.protocol import (
     BROKER_ID,
     EVENTS_STREAM,
@@ -574,9 +574,7 @@ async def test_a_pending_hold_is_read_from_its_status(js: JetStreamContext) -> N
         store=store, registry=registry, policy=policy, broker_key=generate_signing_key(), clock=clock
     )
     requests = RequestStore(js)
-    chaser = TrailChaser(
-        recorder=recorder, requests=requests, sender=_NoChildren(), cases=WatchLogCaseRequests(js)
-    )
+    chaser = TrailChaser(recorder=recorder, requests=requests, sender=_NoChildren(), cases=WatchLog(js))
     case = f"TR-PEND-{uuid.uuid4().hex[:8]}"
     graph = chain_graph(salt=8003, hops=0)
     request = root_request(graph, case)
