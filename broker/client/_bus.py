@@ -36,10 +36,12 @@ from greenchannel.v1 import (
     registry_pb2,
     registry_pb2_grpc,
     requests_pb2,
+    results_pb2,
     trail_pb2,
 )
 
 from broker.protocol import (
+    APPEAL_RULING_TYPE,
     BROKER_ID,
     CANCELLATION_TYPE,
     Clock,
@@ -326,6 +328,47 @@ class BusClient:
             lambda md: self._bus.SetChasing(message, metadata=md, timeout=self._timeout)
         )
         return reply.trail
+
+    async def allocation(
+        self, case_number: str, account: common_pb2.BankAccountRef, *, issuing_agency: str = ""
+    ) -> trail_pb2.Allocation:
+        """``BusService.GetAllocation``: how an account's frozen money is shared over every claim on it."""
+        message = bus_pb2.GetAllocationRequest(
+            case_number=case_number, issuing_agency=issuing_agency, account=account
+        )
+        reply: bus_pb2.GetAllocationResponse = await self._call(
+            lambda md: self._bus.GetAllocation(message, metadata=md, timeout=self._timeout)
+        )
+        return reply.allocation
+
+    # -- appeals ---------------------------------------------------------------------------
+
+    async def decide_appeal(
+        self,
+        appeal_request_id: str,
+        decision: results_pb2.AppealDecision.ValueType,
+        reason: str,
+    ) -> bus_pb2.DecideAppealResponse:
+        """``BusService.DecideAppeal``: decide an appeal addressed to this agency, once."""
+        ruling = lifecycle_pb2.AppealRuling(
+            appeal_request_id=appeal_request_id,
+            decision=decision,
+            reason=reason,
+            issued_at=to_timestamp(self._clock.now()),
+        )
+        signed = sign_message(
+            ruling.SerializeToString(),
+            key=self._key,
+            issuer=self.agency_id,
+            audience=BROKER_ID,
+            message_type=APPEAL_RULING_TYPE,
+            clock=self._clock,
+        )
+        message = bus_pb2.DecideAppealRequest(ruling=signed)
+        reply: bus_pb2.DecideAppealResponse = await self._call(
+            lambda md: self._bus.DecideAppeal(message, metadata=md, timeout=self._timeout)
+        )
+        return reply
 
     # -- ledger ----------------------------------------------------------------------------
 

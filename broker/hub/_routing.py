@@ -17,7 +17,7 @@ from ._errors import UnroutableError
 
 __all__ = ["resolve_recipient"]
 
-_BANK_BODIES = frozenset({"stop_payment", "freeze", "release", "extend"})
+_BANK_BODIES = frozenset({"stop_payment", "freeze", "release", "extend", "return_funds"})
 _KIND_OF_REF: dict[type, AgencyKind] = {
     common_pb2.BankAccountRef: AgencyKind.BANK,
     common_pb2.PhoneRef: AgencyKind.CARRIER,
@@ -71,6 +71,10 @@ def _target(request: requests_pb2.Request, body: str) -> _Target:
             return _Target(request.assistance.region, "request.assistance.region")
         case "fraud_report":
             return _Target(request.fraud_report.region, "request.fraud_report.region")
+        case "appeal":
+            # The police that ordered the restriction, named by the appealing agency; intake checks
+            # it against the restriction's case.
+            return _Target("", "request.recipient")
         case "data_request":
             choice = request.data_request.WhichOneof("subject")
             if choice is not None:

@@ -15,6 +15,7 @@ from ._consumer import (
 )
 from ._directory import load_directory, read_overlay
 from ._envelope import (
+    APPEAL_RULING_TYPE,
     CANCELLATION_TYPE,
     EVENT_TYPE,
     NOTARIZATION_TYPE,
@@ -213,6 +214,7 @@ from ._validation import decode_message, parse_and_validate, validate_message
 __all__ = [
     "AGENCY_ID",
     "AGENCY_JS_API_PREFIX",
+    "APPEAL_RULING_TYPE",
     "BROKER_ACCOUNT",
     "BROKER_AUDIENCE",
     "BROKER_ID",

@@ -43,6 +43,7 @@ from ._timestamps import to_timestamp
 from ._validation import decode_message, parse_and_validate, validate_message
 
 __all__ = [
+    "APPEAL_RULING_TYPE",
     "BROKER_ID",
     "BUS_AUDIENCE",
     "OpenedEnvelope",
@@ -67,6 +68,7 @@ BUS_AUDIENCE = BROKER_ID
 EVENT_TYPE = "EVENT"
 NOTARIZATION_TYPE = "NOTARIZATION"
 CANCELLATION_TYPE = "CANCELLATION"
+APPEAL_RULING_TYPE = "APPEAL_RULING"
 
 # A notarization must stay verifiable for as long as the request can matter: a freeze lasts six
 # months and can be renewed, so a year with margin.
@@ -83,6 +85,8 @@ _BODY_TYPES: dict[str, common_pb2.RequestType.ValueType] = {
     "assistance": common_pb2.REQUEST_TYPE_ASSISTANCE,
     "warning": common_pb2.REQUEST_TYPE_WARNING,
     "fraud_report": common_pb2.REQUEST_TYPE_FRAUD_REPORT,
+    "return_funds": common_pb2.REQUEST_TYPE_RETURN_FUNDS,
+    "appeal": common_pb2.REQUEST_TYPE_APPEAL,
 }
 
 

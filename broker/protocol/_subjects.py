@@ -112,6 +112,8 @@ REQUEST_TYPES = (
     "assistance",
     "warning",
     "fraud_report",
+    "return_funds",
+    "appeal",
 )
 
 _AGENCY_RE = re.compile(r"[a-z0-9][a-z0-9-]*")

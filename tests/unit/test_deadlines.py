@@ -30,10 +30,13 @@ TABLE: list[tuple[RequestType, Priority, tuple[timedelta, timedelta, timedelta]]
     (T.REQUEST_TYPE_DATA_REQUEST, GREEN, (30 * S, 2 * M, 8 * H)),
     (T.REQUEST_TYPE_ASSISTANCE, GREEN, (30 * S, 2 * M, 24 * H)),
     (T.REQUEST_TYPE_FRAUD_REPORT, GREEN, (30 * S, 2 * M, 1 * H)),
+    (T.REQUEST_TYPE_RETURN_FUNDS, GREEN, (30 * S, 2 * M, 3 * D)),
+    (T.REQUEST_TYPE_APPEAL, GREEN, (30 * S, 2 * M, 48 * H)),
+    (T.REQUEST_TYPE_APPEAL, STANDARD, (1 * H, 8 * H, 7 * D)),
     *(
         (request_type, STANDARD, (1 * H, 8 * H, 3 * D))
         for request_type in common_pb2.RequestType.values()
-        if request_type != T.REQUEST_TYPE_UNSPECIFIED
+        if request_type not in (T.REQUEST_TYPE_UNSPECIFIED, T.REQUEST_TYPE_APPEAL)
     ),
 ]
 
@@ -50,7 +53,7 @@ def test_default_budgets(
 
 
 def test_table_covers_every_type_and_priority() -> None:
-    assert len(TABLE) == 20
+    assert len(TABLE) == 2 * (len(common_pb2.RequestType.values()) - 1)
 
 
 @pytest.mark.parametrize(

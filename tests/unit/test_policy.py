@@ -32,6 +32,8 @@ ALLOWED = {
         (kind, "fraud_report", AgencyKind.POLICE)
         for kind in (AgencyKind.BANK, AgencyKind.CARRIER, AgencyKind.PLATFORM)
     ),
+    (AgencyKind.POLICE, "return_funds", AgencyKind.BANK),
+    *((kind, "appeal", AgencyKind.POLICE) for kind in (AgencyKind.BANK, AgencyKind.CARRIER, AgencyKind.PLATFORM)),
 }
 
 # One sender and one (different) recipient per kind, from the sample directory.
@@ -85,7 +87,7 @@ def submit(
 
 
 def test_sample_policy_loads(policy: Policy) -> None:
-    assert len(policy.rules) == 5
+    assert len(policy.rules) == 7
     assert all(rule.description for rule in policy.rules)
     assert all(rule.recipient_regions == () for rule in policy.rules)
 

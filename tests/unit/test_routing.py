@@ -66,6 +66,21 @@ def stop_payment(acc: common_pb2.BankAccountRef | None = None, recipient: str = 
 # -- routes ---------------------------------------------------------------------------------------
 
 ROUTES: list[tuple[str, Build, str]] = [
+    (
+        "return_funds-by-prefix",
+        lambda: request(
+            return_funds=requests_pb2.ReturnFunds(
+                account=account(),
+                payouts=[requests_pb2.VictimPayout(victim_account=account(CMB_ACCOUNT), amount=money())],
+            )
+        ),
+        "bank-icbc",
+    ),
+    (
+        "appeal-to-named-police",
+        lambda: request("police-310115", appeal=requests_pb2.Appeal(restriction_request_id="x")),
+        "police-310115",
+    ),
     ("stop_payment-by-prefix", stop_payment, "bank-icbc"),
     ("stop_payment-by-longest-prefix", lambda: stop_payment(account(CMB_ACCOUNT)), "bank-cmb"),
     (

@@ -74,7 +74,9 @@ def test_cn_green_is_seconds_to_minutes_and_standard_hours_to_days(cn: SlaPolicy
         standard = cn.deadlines.budgets(request_type, STANDARD)
         assert green.deliver == 30 * S
         assert green.acknowledge == 2 * M
-        assert (standard.deliver, standard.acknowledge, standard.execute) == (1 * H, 8 * H, 3 * D)
+        # Appeals are decided within a week at standard priority; everything else within 3 days.
+        decided = 7 * D if request_type == T.REQUEST_TYPE_APPEAL else 3 * D
+        assert (standard.deliver, standard.acknowledge, standard.execute) == (1 * H, 8 * H, decided)
     assert execute(cn, T.REQUEST_TYPE_STOP_PAYMENT, GREEN) == 10 * M
     assert execute(cn, T.REQUEST_TYPE_DATA_REQUEST, GREEN) == 8 * H
     assert execute(cn, T.REQUEST_TYPE_DATA_REQUEST, STANDARD) == 3 * D
@@ -210,7 +212,8 @@ ESCALATION = "[escalation]\nreminder_at = 0.5\n"
 HOLDS = '[hold.stop_payment]\nvalidity = "48h"\nmax_extensions = 2\n\n[hold.freeze]\nvalidity = "183d"\n'
 EVERYTHING = (
     '[[deadline]]\ntypes = ["stop_payment", "freeze", "release", "extend", "number_block",\n'
-    '  "account_block", "data_request", "assistance", "warning", "fraud_report"]\n'
+    '  "account_block", "data_request", "assistance", "warning", "return_funds", "appeal",\n'
+    '  "fraud_report"]\n'
 )
 GREEN_ALL = EVERYTHING + 'priority = "green"\ndeliver = "30s"\nacknowledge = "2m"\nexecute = "10m"\n'
 STANDARD_ALL = EVERYTHING + 'priority = "standard"\ndeliver = "1h"\nacknowledge = "8h"\nexecute = "3d"\n'
@@ -298,7 +301,7 @@ BROKEN = [
     (GOOD.replace('priority = "green"', 'priority = "GREEN"'), "deadline[0].priority", "unknown priority"),
     (
         GOOD.replace('"fraud_report"]\npriority = "standard"', '"fraud_reprt"]\npriority = "standard"'),
-        "deadline[1].types[9]",
+        "deadline[1].types[11]",
         "unknown request type 'fraud_reprt'",
     ),
     (
@@ -349,7 +352,9 @@ def test_unreadable_and_invalid_toml(tmp_path: Path) -> None:
 def test_a_missing_pair_is_named(tmp_path: Path) -> None:
     path = tmp_path / "sla.toml"
     path.write_text(
-        GOOD.replace('"warning", "fraud_report"]\npriority = "standard"', '"warning"]\npriority = "standard"')
+        GOOD.replace(
+            '"appeal",\n  "fraud_report"]\npriority = "standard"', '"appeal"]\npriority = "standard"'
+        )
     )
     with pytest.raises(PolicyError, match="no deadline for fraud_report at standard") as caught:
         load_sla_policy(path)

@@ -294,3 +294,59 @@ class QueryBankDataResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___QueryBankDataResponse: _TypeAlias = QueryBankDataResponse  # noqa: Y015
+
+@_typing.final
+class ReturnFundsRequest(_message.Message):
+    """Pay frozen money back."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTEXT_FIELD_NUMBER: _builtins.int
+    ORDER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def context(self) -> _agency_pb2.OrderContext:
+        """Verified context."""
+
+    @_builtins.property
+    def order(self) -> _requests_pb2.ReturnFunds:
+        """The order: the account and each victim's payout, checked by the broker against its allocation."""
+
+    def __init__(
+        self,
+        *,
+        context: _agency_pb2.OrderContext | None = ...,
+        order: _requests_pb2.ReturnFunds | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "order", b"order"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "order", b"order"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReturnFundsRequest: _TypeAlias = ReturnFundsRequest  # noqa: Y015
+
+@_typing.final
+class ReturnFundsResponse(_message.Message):
+    """The bank's answer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def result(self) -> _results_pb2.Result:
+        """Outcome, amount_returned, each payout in full (the adapter seals them to the police), and what
+        stays frozen (amount_frozen).
+        """
+
+    def __init__(
+        self,
+        *,
+        result: _results_pb2.Result | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReturnFundsResponse: _TypeAlias = ReturnFundsResponse  # noqa: Y015

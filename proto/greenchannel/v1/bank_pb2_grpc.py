@@ -60,6 +60,11 @@ class BankServiceStub:
                 request_serializer=greenchannel_dot_v1_dot_bank__pb2.QueryBankDataRequest.SerializeToString,
                 response_deserializer=greenchannel_dot_v1_dot_bank__pb2.QueryBankDataResponse.FromString,
                 _registered_method=True)
+        self.ReturnFunds = channel.unary_unary(
+                '/greenchannel.v1.BankService/ReturnFunds',
+                request_serializer=greenchannel_dot_v1_dot_bank__pb2.ReturnFundsRequest.SerializeToString,
+                response_deserializer=greenchannel_dot_v1_dot_bank__pb2.ReturnFundsResponse.FromString,
+                _registered_method=True)
 
 
 class BankServiceServicer:
@@ -101,6 +106,13 @@ class BankServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReturnFunds(self, request, context):
+        """资金返还: pay frozen money back to the victims' accounts and lift the hold by what was paid.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BankServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -128,6 +140,11 @@ def add_BankServiceServicer_to_server(servicer, server):
                     servicer.QueryBankData,
                     request_deserializer=greenchannel_dot_v1_dot_bank__pb2.QueryBankDataRequest.FromString,
                     response_serializer=greenchannel_dot_v1_dot_bank__pb2.QueryBankDataResponse.SerializeToString,
+            ),
+            'ReturnFunds': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReturnFunds,
+                    request_deserializer=greenchannel_dot_v1_dot_bank__pb2.ReturnFundsRequest.FromString,
+                    response_serializer=greenchannel_dot_v1_dot_bank__pb2.ReturnFundsResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -266,6 +283,33 @@ class BankService:
             '/greenchannel.v1.BankService/QueryBankData',
             greenchannel_dot_v1_dot_bank__pb2.QueryBankDataRequest.SerializeToString,
             greenchannel_dot_v1_dot_bank__pb2.QueryBankDataResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReturnFunds(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/greenchannel.v1.BankService/ReturnFunds',
+            greenchannel_dot_v1_dot_bank__pb2.ReturnFundsRequest.SerializeToString,
+            greenchannel_dot_v1_dot_bank__pb2.ReturnFundsResponse.FromString,
             options,
             channel_credentials,
             insecure,

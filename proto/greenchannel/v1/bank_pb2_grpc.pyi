@@ -43,6 +43,8 @@ class BankServiceStub:
     """Extend a hold or renew a freeze."""
     QueryBankData: _grpc.UnaryUnaryMultiCallable[_bank_pb2.QueryBankDataRequest, _bank_pb2.QueryBankDataResponse]
     """Answer a data request from the bank's records."""
+    ReturnFunds: _grpc.UnaryUnaryMultiCallable[_bank_pb2.ReturnFundsRequest, _bank_pb2.ReturnFundsResponse]
+    """资金返还: pay frozen money back to the victims' accounts and lift the hold by what was paid."""
 
 @_typing.type_check_only
 class BankServiceAsyncStub(BankServiceStub):
@@ -59,6 +61,8 @@ class BankServiceAsyncStub(BankServiceStub):
     """Extend a hold or renew a freeze."""
     QueryBankData: _aio.UnaryUnaryMultiCallable[_bank_pb2.QueryBankDataRequest, _bank_pb2.QueryBankDataResponse]  # type: ignore[assignment]
     """Answer a data request from the bank's records."""
+    ReturnFunds: _aio.UnaryUnaryMultiCallable[_bank_pb2.ReturnFundsRequest, _bank_pb2.ReturnFundsResponse]  # type: ignore[assignment]
+    """资金返还: pay frozen money back to the victims' accounts and lift the hold by what was paid."""
 
 class BankServiceServicer(metaclass=_abc_1.ABCMeta):
     """A bank's core system as the bus sees it. Every call is idempotent by context.request_id."""
@@ -102,5 +106,13 @@ class BankServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_bank_pb2.QueryBankDataResponse, _abc.Awaitable[_bank_pb2.QueryBankDataResponse]]:
         """Answer a data request from the bank's records."""
+
+    @_abc_1.abstractmethod
+    def ReturnFunds(
+        self,
+        request: _bank_pb2.ReturnFundsRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_bank_pb2.ReturnFundsResponse, _abc.Awaitable[_bank_pb2.ReturnFundsResponse]]:
+        """资金返还: pay frozen money back to the victims' accounts and lift the hold by what was paid."""
 
 def add_BankServiceServicer_to_server(servicer: BankServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -553,3 +553,113 @@ class SetChasingResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___SetChasingResponse: _TypeAlias = SetChasingResponse  # noqa: Y015
+
+@_typing.final
+class GetAllocationRequest(_message.Message):
+    """Read an account's allocation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CASE_NUMBER_FIELD_NUMBER: _builtins.int
+    ISSUING_AGENCY_FIELD_NUMBER: _builtins.int
+    ACCOUNT_FIELD_NUMBER: _builtins.int
+    case_number: _builtins.str
+    """A case holding the account."""
+    issuing_agency: _builtins.str
+    """Police agency owning that case; empty is the caller. Regulators name it."""
+    @_builtins.property
+    def account(self) -> _common_pb2.BankAccountRef:
+        """The account (the broker digests it; it is not stored)."""
+
+    def __init__(
+        self,
+        *,
+        case_number: _builtins.str = ...,
+        issuing_agency: _builtins.str = ...,
+        account: _common_pb2.BankAccountRef | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "case_number", b"case_number", "issuing_agency", b"issuing_agency"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetAllocationRequest: _TypeAlias = GetAllocationRequest  # noqa: Y015
+
+@_typing.final
+class GetAllocationResponse(_message.Message):
+    """The allocation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ALLOCATION_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def allocation(self) -> _trail_pb2.Allocation:
+        """Shares of every claim on the account."""
+
+    def __init__(
+        self,
+        *,
+        allocation: _trail_pb2.Allocation | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["allocation", b"allocation"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocation", b"allocation"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetAllocationResponse: _TypeAlias = GetAllocationResponse  # noqa: Y015
+
+@_typing.final
+class DecideAppealRequest(_message.Message):
+    """Decide an appeal."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RULING_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def ruling(self) -> _envelope_pb2.SignedMessage:
+        """A serialized AppealRuling with the deciding police's detached JWS."""
+
+    def __init__(
+        self,
+        *,
+        ruling: _envelope_pb2.SignedMessage | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["ruling", b"ruling"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ruling", b"ruling"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DecideAppealRequest: _TypeAlias = DecideAppealRequest  # noqa: Y015
+
+@_typing.final
+class DecideAppealResponse(_message.Message):
+    """The decided appeal."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATUS_FIELD_NUMBER: _builtins.int
+    LIFTING_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def status(self) -> _lifecycle_pb2.RequestStatus:
+        """The appeal's status, with its outcome."""
+
+    @_builtins.property
+    def lifting(self) -> _containers.RepeatedCompositeFieldContainer[_lifecycle_pb2.RequestStatus]:
+        """LIFTED: the lifting orders the broker sent, as accepted."""
+
+    def __init__(
+        self,
+        *,
+        status: _lifecycle_pb2.RequestStatus | None = ...,
+        lifting: _abc.Iterable[_lifecycle_pb2.RequestStatus] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["status", b"status"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["lifting", b"lifting", "status", b"status"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DecideAppealResponse: _TypeAlias = DecideAppealResponse  # noqa: Y015

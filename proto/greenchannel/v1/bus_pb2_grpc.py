@@ -81,6 +81,16 @@ class BusServiceStub:
                 request_serializer=greenchannel_dot_v1_dot_bus__pb2.SetChasingRequest.SerializeToString,
                 response_deserializer=greenchannel_dot_v1_dot_bus__pb2.SetChasingResponse.FromString,
                 _registered_method=True)
+        self.GetAllocation = channel.unary_unary(
+                '/greenchannel.v1.BusService/GetAllocation',
+                request_serializer=greenchannel_dot_v1_dot_bus__pb2.GetAllocationRequest.SerializeToString,
+                response_deserializer=greenchannel_dot_v1_dot_bus__pb2.GetAllocationResponse.FromString,
+                _registered_method=True)
+        self.DecideAppeal = channel.unary_unary(
+                '/greenchannel.v1.BusService/DecideAppeal',
+                request_serializer=greenchannel_dot_v1_dot_bus__pb2.DecideAppealRequest.SerializeToString,
+                response_deserializer=greenchannel_dot_v1_dot_bus__pb2.DecideAppealResponse.FromString,
+                _registered_method=True)
 
 
 class BusServiceServicer:
@@ -152,6 +162,22 @@ class BusServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetAllocation(self, request, context):
+        """How the frozen money on an account is allocated over every claim of every case holding it.
+        The police owning a case that holds the account, and regulators, may read it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DecideAppeal(self, request, context):
+        """Decide an appeal addressed to the caller (a signed AppealRuling). Once: a second decision is
+        refused. LIFTED makes the broker send the lifting orders (RELEASE) itself.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BusServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -199,6 +225,16 @@ def add_BusServiceServicer_to_server(servicer, server):
                     servicer.SetChasing,
                     request_deserializer=greenchannel_dot_v1_dot_bus__pb2.SetChasingRequest.FromString,
                     response_serializer=greenchannel_dot_v1_dot_bus__pb2.SetChasingResponse.SerializeToString,
+            ),
+            'GetAllocation': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAllocation,
+                    request_deserializer=greenchannel_dot_v1_dot_bus__pb2.GetAllocationRequest.FromString,
+                    response_serializer=greenchannel_dot_v1_dot_bus__pb2.GetAllocationResponse.SerializeToString,
+            ),
+            'DecideAppeal': grpc.unary_unary_rpc_method_handler(
+                    servicer.DecideAppeal,
+                    request_deserializer=greenchannel_dot_v1_dot_bus__pb2.DecideAppealRequest.FromString,
+                    response_serializer=greenchannel_dot_v1_dot_bus__pb2.DecideAppealResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -446,6 +482,60 @@ class BusService:
             '/greenchannel.v1.BusService/SetChasing',
             greenchannel_dot_v1_dot_bus__pb2.SetChasingRequest.SerializeToString,
             greenchannel_dot_v1_dot_bus__pb2.SetChasingResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAllocation(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/greenchannel.v1.BusService/GetAllocation',
+            greenchannel_dot_v1_dot_bus__pb2.GetAllocationRequest.SerializeToString,
+            greenchannel_dot_v1_dot_bus__pb2.GetAllocationResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DecideAppeal(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/greenchannel.v1.BusService/DecideAppeal',
+            greenchannel_dot_v1_dot_bus__pb2.DecideAppealRequest.SerializeToString,
+            greenchannel_dot_v1_dot_bus__pb2.DecideAppealResponse.FromString,
             options,
             channel_credentials,
             insecure,

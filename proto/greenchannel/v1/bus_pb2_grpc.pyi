@@ -55,6 +55,14 @@ class BusServiceStub:
     """
     SetChasing: _grpc.UnaryUnaryMultiCallable[_bus_pb2.SetChasingRequest, _bus_pb2.SetChasingResponse]
     """Switch the broker's chasing of a case on or off, or narrow its bounds. The case owner only."""
+    GetAllocation: _grpc.UnaryUnaryMultiCallable[_bus_pb2.GetAllocationRequest, _bus_pb2.GetAllocationResponse]
+    """How the frozen money on an account is allocated over every claim of every case holding it.
+    The police owning a case that holds the account, and regulators, may read it.
+    """
+    DecideAppeal: _grpc.UnaryUnaryMultiCallable[_bus_pb2.DecideAppealRequest, _bus_pb2.DecideAppealResponse]
+    """Decide an appeal addressed to the caller (a signed AppealRuling). Once: a second decision is
+    refused. LIFTED makes the broker send the lifting orders (RELEASE) itself.
+    """
 
 @_typing.type_check_only
 class BusServiceAsyncStub(BusServiceStub):
@@ -83,6 +91,14 @@ class BusServiceAsyncStub(BusServiceStub):
     """
     SetChasing: _aio.UnaryUnaryMultiCallable[_bus_pb2.SetChasingRequest, _bus_pb2.SetChasingResponse]  # type: ignore[assignment]
     """Switch the broker's chasing of a case on or off, or narrow its bounds. The case owner only."""
+    GetAllocation: _aio.UnaryUnaryMultiCallable[_bus_pb2.GetAllocationRequest, _bus_pb2.GetAllocationResponse]  # type: ignore[assignment]
+    """How the frozen money on an account is allocated over every claim of every case holding it.
+    The police owning a case that holds the account, and regulators, may read it.
+    """
+    DecideAppeal: _aio.UnaryUnaryMultiCallable[_bus_pb2.DecideAppealRequest, _bus_pb2.DecideAppealResponse]  # type: ignore[assignment]
+    """Decide an appeal addressed to the caller (a signed AppealRuling). Once: a second decision is
+    refused. LIFTED makes the broker send the lifting orders (RELEASE) itself.
+    """
 
 class BusServiceServicer(metaclass=_abc_1.ABCMeta):
     """Submit requests, follow them, and act on them. Every call carries a bearer JWT signed by the
@@ -162,5 +178,25 @@ class BusServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_bus_pb2.SetChasingResponse, _abc.Awaitable[_bus_pb2.SetChasingResponse]]:
         """Switch the broker's chasing of a case on or off, or narrow its bounds. The case owner only."""
+
+    @_abc_1.abstractmethod
+    def GetAllocation(
+        self,
+        request: _bus_pb2.GetAllocationRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_bus_pb2.GetAllocationResponse, _abc.Awaitable[_bus_pb2.GetAllocationResponse]]:
+        """How the frozen money on an account is allocated over every claim of every case holding it.
+        The police owning a case that holds the account, and regulators, may read it.
+        """
+
+    @_abc_1.abstractmethod
+    def DecideAppeal(
+        self,
+        request: _bus_pb2.DecideAppealRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_bus_pb2.DecideAppealResponse, _abc.Awaitable[_bus_pb2.DecideAppealResponse]]:
+        """Decide an appeal addressed to the caller (a signed AppealRuling). Once: a second decision is
+        refused. LIFTED makes the broker send the lifting orders (RELEASE) itself.
+        """
 
 def add_BusServiceServicer_to_server(servicer: BusServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

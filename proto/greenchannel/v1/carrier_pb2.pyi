@@ -186,3 +186,57 @@ class QuerySubscriberDataResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___QuerySubscriberDataResponse: _TypeAlias = QuerySubscriberDataResponse  # noqa: Y015
+
+@_typing.final
+class LiftBlockRequest(_message.Message):
+    """Lift a block."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTEXT_FIELD_NUMBER: _builtins.int
+    ORDER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def context(self) -> _agency_pb2.OrderContext:
+        """Verified context."""
+
+    @_builtins.property
+    def order(self) -> _requests_pb2.Release:
+        """The order: target_request_id names the NUMBER_BLOCK whose block is lifted."""
+
+    def __init__(
+        self,
+        *,
+        context: _agency_pb2.OrderContext | None = ...,
+        order: _requests_pb2.Release | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "order", b"order"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "order", b"order"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LiftBlockRequest: _TypeAlias = LiftBlockRequest  # noqa: Y015
+
+@_typing.final
+class LiftBlockResponse(_message.Message):
+    """The carrier's answer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def result(self) -> _results_pb2.Result:
+        """Outcome; result.block lists what is unblocked."""
+
+    def __init__(
+        self,
+        *,
+        result: _results_pb2.Result | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LiftBlockResponse: _TypeAlias = LiftBlockResponse  # noqa: Y015

@@ -50,6 +50,11 @@ class CarrierServiceStub:
                 request_serializer=greenchannel_dot_v1_dot_carrier__pb2.QuerySubscriberDataRequest.SerializeToString,
                 response_deserializer=greenchannel_dot_v1_dot_carrier__pb2.QuerySubscriberDataResponse.FromString,
                 _registered_method=True)
+        self.LiftBlock = channel.unary_unary(
+                '/greenchannel.v1.CarrierService/LiftBlock',
+                request_serializer=greenchannel_dot_v1_dot_carrier__pb2.LiftBlockRequest.SerializeToString,
+                response_deserializer=greenchannel_dot_v1_dot_carrier__pb2.LiftBlockResponse.FromString,
+                _registered_method=True)
 
 
 class CarrierServiceServicer:
@@ -77,6 +82,13 @@ class CarrierServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def LiftBlock(self, request, context):
+        """Lift the block made by an earlier request (an appeal decided LIFTED).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_CarrierServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -94,6 +106,11 @@ def add_CarrierServiceServicer_to_server(servicer, server):
                     servicer.QuerySubscriberData,
                     request_deserializer=greenchannel_dot_v1_dot_carrier__pb2.QuerySubscriberDataRequest.FromString,
                     response_serializer=greenchannel_dot_v1_dot_carrier__pb2.QuerySubscriberDataResponse.SerializeToString,
+            ),
+            'LiftBlock': grpc.unary_unary_rpc_method_handler(
+                    servicer.LiftBlock,
+                    request_deserializer=greenchannel_dot_v1_dot_carrier__pb2.LiftBlockRequest.FromString,
+                    response_serializer=greenchannel_dot_v1_dot_carrier__pb2.LiftBlockResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -178,6 +195,33 @@ class CarrierService:
             '/greenchannel.v1.CarrierService/QuerySubscriberData',
             greenchannel_dot_v1_dot_carrier__pb2.QuerySubscriberDataRequest.SerializeToString,
             greenchannel_dot_v1_dot_carrier__pb2.QuerySubscriberDataResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LiftBlock(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/greenchannel.v1.CarrierService/LiftBlock',
+            greenchannel_dot_v1_dot_carrier__pb2.LiftBlockRequest.SerializeToString,
+            greenchannel_dot_v1_dot_carrier__pb2.LiftBlockResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -39,6 +39,8 @@ class CarrierServiceStub:
     """Reach a subscriber with a warning now."""
     QuerySubscriberData: _grpc.UnaryUnaryMultiCallable[_carrier_pb2.QuerySubscriberDataRequest, _carrier_pb2.QuerySubscriberDataResponse]
     """Subscriber identity and call records."""
+    LiftBlock: _grpc.UnaryUnaryMultiCallable[_carrier_pb2.LiftBlockRequest, _carrier_pb2.LiftBlockResponse]
+    """Lift the block made by an earlier request (an appeal decided LIFTED)."""
 
 @_typing.type_check_only
 class CarrierServiceAsyncStub(CarrierServiceStub):
@@ -51,6 +53,8 @@ class CarrierServiceAsyncStub(CarrierServiceStub):
     """Reach a subscriber with a warning now."""
     QuerySubscriberData: _aio.UnaryUnaryMultiCallable[_carrier_pb2.QuerySubscriberDataRequest, _carrier_pb2.QuerySubscriberDataResponse]  # type: ignore[assignment]
     """Subscriber identity and call records."""
+    LiftBlock: _aio.UnaryUnaryMultiCallable[_carrier_pb2.LiftBlockRequest, _carrier_pb2.LiftBlockResponse]  # type: ignore[assignment]
+    """Lift the block made by an earlier request (an appeal decided LIFTED)."""
 
 class CarrierServiceServicer(metaclass=_abc_1.ABCMeta):
     """A carrier's number registry as the bus sees it. Every call is idempotent by context.request_id."""
@@ -78,5 +82,13 @@ class CarrierServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_carrier_pb2.QuerySubscriberDataResponse, _abc.Awaitable[_carrier_pb2.QuerySubscriberDataResponse]]:
         """Subscriber identity and call records."""
+
+    @_abc_1.abstractmethod
+    def LiftBlock(
+        self,
+        request: _carrier_pb2.LiftBlockRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_carrier_pb2.LiftBlockResponse, _abc.Awaitable[_carrier_pb2.LiftBlockResponse]]:
+        """Lift the block made by an earlier request (an appeal decided LIFTED)."""
 
 def add_CarrierServiceServicer_to_server(servicer: CarrierServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

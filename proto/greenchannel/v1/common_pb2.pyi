@@ -83,6 +83,10 @@ class _RequestTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RequestTy
     """预警劝阻: reach a potential victim now."""
     REQUEST_TYPE_FRAUD_REPORT: _RequestType.ValueType  # 10
     """Intelligence from a bank, carrier or platform to the police."""
+    REQUEST_TYPE_RETURN_FUNDS: _RequestType.ValueType  # 11
+    """资金返还: the police owning a case order a bank to pay frozen money back to the victims."""
+    REQUEST_TYPE_APPEAL: _RequestType.ValueType  # 12
+    """申诉: a holder appeals a restriction through the agency that applied it, to the police that ordered it."""
 
 class RequestType(_RequestType, metaclass=_RequestTypeEnumTypeWrapper):
     """Every request type the bus carries."""
@@ -108,6 +112,10 @@ REQUEST_TYPE_WARNING: RequestType.ValueType  # 9
 """预警劝阻: reach a potential victim now."""
 REQUEST_TYPE_FRAUD_REPORT: RequestType.ValueType  # 10
 """Intelligence from a bank, carrier or platform to the police."""
+REQUEST_TYPE_RETURN_FUNDS: RequestType.ValueType  # 11
+"""资金返还: the police owning a case order a bank to pay frozen money back to the victims."""
+REQUEST_TYPE_APPEAL: RequestType.ValueType  # 12
+"""申诉: a holder appeals a restriction through the agency that applied it, to the police that ordered it."""
 Global___RequestType: _TypeAlias = RequestType  # noqa: Y015
 
 class _Priority:
@@ -153,6 +161,10 @@ class _LegalInstrumentTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_L
     """Order to block a number or account, or to warn a person."""
     LEGAL_INSTRUMENT_TYPE_NONE: _LegalInstrumentType.ValueType  # 7
     """Voluntary report; no instrument."""
+    LEGAL_INSTRUMENT_TYPE_RETURN_NOTICE: _LegalInstrumentType.ValueType  # 8
+    """资金返还决定书: the decision to return frozen money to the victims."""
+    LEGAL_INSTRUMENT_TYPE_APPEAL: _LegalInstrumentType.ValueType  # 9
+    """申诉书: a holder's appeal against a restriction, filed with the agency that applied it."""
 
 class LegalInstrumentType(_LegalInstrumentType, metaclass=_LegalInstrumentTypeEnumTypeWrapper):
     """The kind of legal instrument a request rests on."""
@@ -172,6 +184,10 @@ LEGAL_INSTRUMENT_TYPE_BLOCK_ORDER: LegalInstrumentType.ValueType  # 6
 """Order to block a number or account, or to warn a person."""
 LEGAL_INSTRUMENT_TYPE_NONE: LegalInstrumentType.ValueType  # 7
 """Voluntary report; no instrument."""
+LEGAL_INSTRUMENT_TYPE_RETURN_NOTICE: LegalInstrumentType.ValueType  # 8
+"""资金返还决定书: the decision to return frozen money to the victims."""
+LEGAL_INSTRUMENT_TYPE_APPEAL: LegalInstrumentType.ValueType  # 9
+"""申诉书: a holder's appeal against a restriction, filed with the agency that applied it."""
 Global___LegalInstrumentType: _TypeAlias = LegalInstrumentType  # noqa: Y015
 
 class _RequestState:

@@ -12,6 +12,7 @@ from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from greenchannel.v1 import common_pb2 as _common_pb2
 from greenchannel.v1 import envelope_pb2 as _envelope_pb2
 from greenchannel.v1 import results_pb2 as _results_pb2
+from greenchannel.v1 import trail_pb2 as _trail_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -166,6 +167,7 @@ class RequestStatus(_message.Message):
     NOTARY_SIGNATURE_FIELD_NUMBER: _builtins.int
     TARGET_ID_FIELD_NUMBER: _builtins.int
     TRAIL_SEED_FIELD_NUMBER: _builtins.int
+    ALLOCATION_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Request id."""
     type: _common_pb2.RequestType.ValueType
@@ -220,6 +222,10 @@ class RequestStatus(_message.Message):
         intake (only then is the body at hand), so the trail is written once, at the outcome.
         """
 
+    @_builtins.property
+    def allocation(self) -> _trail_pb2.Allocation:
+        """RETURN_FUNDS: the broker's allocation of the account's frozen money when it accepted the order."""
+
     def __init__(
         self,
         *,
@@ -242,10 +248,11 @@ class RequestStatus(_message.Message):
         notary_signature: _builtins.str = ...,
         target_id: _builtins.str = ...,
         trail_seed: Global___TrailSeed | None = ...,
+        allocation: _trail_pb2.Allocation | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["case_ref", b"case_ref", "deadlines", b"deadlines", "result", b"result", "submitted_at", b"submitted_at", "trail_seed", b"trail_seed", "updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["allocation", b"allocation", "case_ref", b"case_ref", "deadlines", b"deadlines", "result", b"result", "submitted_at", b"submitted_at", "trail_seed", b"trail_seed", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_ref", b"case_ref", "deadlines", b"deadlines", "events", b"events", "hop", b"hop", "id", b"id", "notarized_header", b"notarized_header", "notary_signature", b"notary_signature", "parent_id", b"parent_id", "priority", b"priority", "reason", b"reason", "recipient", b"recipient", "result", b"result", "sender", b"sender", "state", b"state", "submitted_at", b"submitted_at", "target_id", b"target_id", "trail_seed", b"trail_seed", "type", b"type", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocation", b"allocation", "case_ref", b"case_ref", "deadlines", b"deadlines", "events", b"events", "hop", b"hop", "id", b"id", "notarized_header", b"notarized_header", "notary_signature", b"notary_signature", "parent_id", b"parent_id", "priority", b"priority", "reason", b"reason", "recipient", b"recipient", "result", b"result", "sender", b"sender", "state", b"state", "submitted_at", b"submitted_at", "target_id", b"target_id", "trail_seed", b"trail_seed", "type", b"type", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -266,6 +273,9 @@ class TrailSeed(_message.Message):
     ACCOUNT_FIELD_NUMBER: _builtins.int
     AMOUNT_FIELD_NUMBER: _builtins.int
     TRANSFER_ID_FIELD_NUMBER: _builtins.int
+    VICTIM_ID_FIELD_NUMBER: _builtins.int
+    VICTIM_ACCOUNT_FIELD_NUMBER: _builtins.int
+    DEPOSITED_AT_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     """Keyed digest of bank and account number: the trail node of the account. Empty for the broker's
     own stop-payments (their node was made when they were decided on) and for conversions.
@@ -276,6 +286,8 @@ class TrailSeed(_message.Message):
     """STOP_PAYMENT: the transfer it names (fraud_transfer_id). The broker's own stop-payment is bound
     to the chase entry planned for this transfer of its parent.
     """
+    victim_id: _builtins.str
+    """Keyed digest of the victim's account (bank and number) the body names; empty when none."""
     @_builtins.property
     def account(self) -> _results_pb2.EncryptedPayload:
         """The account (number, holder's name, bank) sealed to the case owner's X25519 key; unset when
@@ -286,6 +298,14 @@ class TrailSeed(_message.Message):
     def amount(self) -> _common_pb2.Money:
         """The amount the hold asks for."""
 
+    @_builtins.property
+    def victim_account(self) -> _results_pb2.EncryptedPayload:
+        """The victim's account (a serialized BankAccountRef) sealed to the case owner."""
+
+    @_builtins.property
+    def deposited_at(self) -> _timestamp_pb2.Timestamp:
+        """When the victim's money reached the account, as the body says; unset: untraced."""
+
     def __init__(
         self,
         *,
@@ -294,10 +314,13 @@ class TrailSeed(_message.Message):
         account: _results_pb2.EncryptedPayload | None = ...,
         amount: _common_pb2.Money | None = ...,
         transfer_id: _builtins.str = ...,
+        victim_id: _builtins.str = ...,
+        victim_account: _results_pb2.EncryptedPayload | None = ...,
+        deposited_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "amount", b"amount"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "amount", b"amount", "deposited_at", b"deposited_at", "victim_account", b"victim_account"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "amount", b"amount", "bank", b"bank", "node_id", b"node_id", "transfer_id", b"transfer_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "amount", b"amount", "bank", b"bank", "deposited_at", b"deposited_at", "node_id", b"node_id", "transfer_id", b"transfer_id", "victim_account", b"victim_account", "victim_id", b"victim_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -398,3 +421,41 @@ class EscalationNotice(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___EscalationNotice: _TypeAlias = EscalationNotice  # noqa: Y015
+
+@_typing.final
+class AppealRuling(_message.Message):
+    """The police decide an appeal addressed to them. Travels as a SignedMessage (BusService.DecideAppeal),
+    signed by the police; recorded as the appeal's outcome.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    APPEAL_REQUEST_ID_FIELD_NUMBER: _builtins.int
+    DECISION_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    ISSUED_AT_FIELD_NUMBER: _builtins.int
+    appeal_request_id: _builtins.str
+    """The APPEAL request."""
+    decision: _results_pb2.AppealDecision.ValueType
+    """UPHELD or LIFTED."""
+    reason: _builtins.str
+    """Why, for the holder and the restricting agency; never personal data beyond the appeal's own."""
+    @_builtins.property
+    def issued_at(self) -> _timestamp_pb2.Timestamp:
+        """When the police decided."""
+
+    def __init__(
+        self,
+        *,
+        appeal_request_id: _builtins.str = ...,
+        decision: _results_pb2.AppealDecision.ValueType = ...,
+        reason: _builtins.str = ...,
+        issued_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["issued_at", b"issued_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["appeal_request_id", b"appeal_request_id", "decision", b"decision", "issued_at", b"issued_at", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AppealRuling: _TypeAlias = AppealRuling  # noqa: Y015

@@ -27,7 +27,7 @@ from greenchannel.v1 import requests_pb2 as greenchannel_dot_v1_dot_requests__pb
 from greenchannel.v1 import results_pb2 as greenchannel_dot_v1_dot_results__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1egreenchannel/v1/platform.proto\x12\x0fgreenchannel.v1\x1a\x1cgreenchannel/v1/agency.proto\x1a\x1egreenchannel/v1/requests.proto\x1a\x1dgreenchannel/v1/results.proto\"s\n\x13\x42lockAccountRequest\x12.\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x1d.greenchannel.v1.OrderContext\x12,\n\x05order\x18\x02 \x01(\x0b\x32\x1d.greenchannel.v1.AccountBlock\"?\n\x14\x42lockAccountResponse\x12\'\n\x06result\x18\x01 \x01(\x0b\x32\x17.greenchannel.v1.Result\"j\n\x0fWarnUserRequest\x12.\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x1d.greenchannel.v1.OrderContext\x12\'\n\x05order\x18\x02 \x01(\x0b\x32\x18.greenchannel.v1.Warning\";\n\x10WarnUserResponse\x12\'\n\x06result\x18\x01 \x01(\x0b\x32\x17.greenchannel.v1.Result\"w\n\x18QueryPlatformDataRequest\x12.\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x1d.greenchannel.v1.OrderContext\x12+\n\x05order\x18\x02 \x01(\x0b\x32\x1c.greenchannel.v1.DataRequest\"q\n\x19QueryPlatformDataResponse\x12\'\n\x06result\x18\x01 \x01(\x0b\x32\x17.greenchannel.v1.Result\x12+\n\x06\x61nswer\x18\x02 \x01(\x0b\x32\x1b.greenchannel.v1.DataAnswer2\xab\x02\n\x0fPlatformService\x12[\n\x0c\x42lockAccount\x12$.greenchannel.v1.BlockAccountRequest\x1a%.greenchannel.v1.BlockAccountResponse\x12O\n\x08WarnUser\x12 .greenchannel.v1.WarnUserRequest\x1a!.greenchannel.v1.WarnUserResponse\x12j\n\x11QueryPlatformData\x12).greenchannel.v1.QueryPlatformDataRequest\x1a*.greenchannel.v1.QueryPlatformDataResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1egreenchannel/v1/platform.proto\x12\x0fgreenchannel.v1\x1a\x1cgreenchannel/v1/agency.proto\x1a\x1egreenchannel/v1/requests.proto\x1a\x1dgreenchannel/v1/results.proto\"s\n\x13\x42lockAccountRequest\x12.\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x1d.greenchannel.v1.OrderContext\x12,\n\x05order\x18\x02 \x01(\x0b\x32\x1d.greenchannel.v1.AccountBlock\"?\n\x14\x42lockAccountResponse\x12\'\n\x06result\x18\x01 \x01(\x0b\x32\x17.greenchannel.v1.Result\"j\n\x0fWarnUserRequest\x12.\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x1d.greenchannel.v1.OrderContext\x12\'\n\x05order\x18\x02 \x01(\x0b\x32\x18.greenchannel.v1.Warning\";\n\x10WarnUserResponse\x12\'\n\x06result\x18\x01 \x01(\x0b\x32\x17.greenchannel.v1.Result\"w\n\x18QueryPlatformDataRequest\x12.\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x1d.greenchannel.v1.OrderContext\x12+\n\x05order\x18\x02 \x01(\x0b\x32\x1c.greenchannel.v1.DataRequest\"q\n\x19QueryPlatformDataResponse\x12\'\n\x06result\x18\x01 \x01(\x0b\x32\x17.greenchannel.v1.Result\x12+\n\x06\x61nswer\x18\x02 \x01(\x0b\x32\x1b.greenchannel.v1.DataAnswer\"q\n\x16LiftRestrictionRequest\x12.\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x1d.greenchannel.v1.OrderContext\x12\'\n\x05order\x18\x02 \x01(\x0b\x32\x18.greenchannel.v1.Release\"B\n\x17LiftRestrictionResponse\x12\'\n\x06result\x18\x01 \x01(\x0b\x32\x17.greenchannel.v1.Result2\x91\x03\n\x0fPlatformService\x12[\n\x0c\x42lockAccount\x12$.greenchannel.v1.BlockAccountRequest\x1a%.greenchannel.v1.BlockAccountResponse\x12O\n\x08WarnUser\x12 .greenchannel.v1.WarnUserRequest\x1a!.greenchannel.v1.WarnUserResponse\x12j\n\x11QueryPlatformData\x12).greenchannel.v1.QueryPlatformDataRequest\x1a*.greenchannel.v1.QueryPlatformDataResponse\x12\x64\n\x0fLiftRestriction\x12\'.greenchannel.v1.LiftRestrictionRequest\x1a(.greenchannel.v1.LiftRestrictionResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -46,6 +46,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_QUERYPLATFORMDATAREQUEST']._serialized_end=614
   _globals['_QUERYPLATFORMDATARESPONSE']._serialized_start=616
   _globals['_QUERYPLATFORMDATARESPONSE']._serialized_end=729
-  _globals['_PLATFORMSERVICE']._serialized_start=732
-  _globals['_PLATFORMSERVICE']._serialized_end=1031
+  _globals['_LIFTRESTRICTIONREQUEST']._serialized_start=731
+  _globals['_LIFTRESTRICTIONREQUEST']._serialized_end=844
+  _globals['_LIFTRESTRICTIONRESPONSE']._serialized_start=846
+  _globals['_LIFTRESTRICTIONRESPONSE']._serialized_end=912
+  _globals['_PLATFORMSERVICE']._serialized_start=915
+  _globals['_PLATFORMSERVICE']._serialized_end=1316
 # @@protoc_insertion_point(module_scope)

@@ -50,6 +50,11 @@ class PlatformServiceStub:
                 request_serializer=greenchannel_dot_v1_dot_platform__pb2.QueryPlatformDataRequest.SerializeToString,
                 response_deserializer=greenchannel_dot_v1_dot_platform__pb2.QueryPlatformDataResponse.FromString,
                 _registered_method=True)
+        self.LiftRestriction = channel.unary_unary(
+                '/greenchannel.v1.PlatformService/LiftRestriction',
+                request_serializer=greenchannel_dot_v1_dot_platform__pb2.LiftRestrictionRequest.SerializeToString,
+                response_deserializer=greenchannel_dot_v1_dot_platform__pb2.LiftRestrictionResponse.FromString,
+                _registered_method=True)
 
 
 class PlatformServiceServicer:
@@ -77,6 +82,13 @@ class PlatformServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def LiftRestriction(self, request, context):
+        """Lift the restriction made by an earlier request (an appeal decided LIFTED).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PlatformServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -94,6 +106,11 @@ def add_PlatformServiceServicer_to_server(servicer, server):
                     servicer.QueryPlatformData,
                     request_deserializer=greenchannel_dot_v1_dot_platform__pb2.QueryPlatformDataRequest.FromString,
                     response_serializer=greenchannel_dot_v1_dot_platform__pb2.QueryPlatformDataResponse.SerializeToString,
+            ),
+            'LiftRestriction': grpc.unary_unary_rpc_method_handler(
+                    servicer.LiftRestriction,
+                    request_deserializer=greenchannel_dot_v1_dot_platform__pb2.LiftRestrictionRequest.FromString,
+                    response_serializer=greenchannel_dot_v1_dot_platform__pb2.LiftRestrictionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -178,6 +195,33 @@ class PlatformService:
             '/greenchannel.v1.PlatformService/QueryPlatformData',
             greenchannel_dot_v1_dot_platform__pb2.QueryPlatformDataRequest.SerializeToString,
             greenchannel_dot_v1_dot_platform__pb2.QueryPlatformDataResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def LiftRestriction(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/greenchannel.v1.PlatformService/LiftRestriction',
+            greenchannel_dot_v1_dot_platform__pb2.LiftRestrictionRequest.SerializeToString,
+            greenchannel_dot_v1_dot_platform__pb2.LiftRestrictionResponse.FromString,
             options,
             channel_credentials,
             insecure,

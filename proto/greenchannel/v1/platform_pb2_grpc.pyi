@@ -39,6 +39,8 @@ class PlatformServiceStub:
     """Reach a user with a warning now."""
     QueryPlatformData: _grpc.UnaryUnaryMultiCallable[_platform_pb2.QueryPlatformDataRequest, _platform_pb2.QueryPlatformDataResponse]
     """Registration data and login IPs."""
+    LiftRestriction: _grpc.UnaryUnaryMultiCallable[_platform_pb2.LiftRestrictionRequest, _platform_pb2.LiftRestrictionResponse]
+    """Lift the restriction made by an earlier request (an appeal decided LIFTED)."""
 
 @_typing.type_check_only
 class PlatformServiceAsyncStub(PlatformServiceStub):
@@ -51,6 +53,8 @@ class PlatformServiceAsyncStub(PlatformServiceStub):
     """Reach a user with a warning now."""
     QueryPlatformData: _aio.UnaryUnaryMultiCallable[_platform_pb2.QueryPlatformDataRequest, _platform_pb2.QueryPlatformDataResponse]  # type: ignore[assignment]
     """Registration data and login IPs."""
+    LiftRestriction: _aio.UnaryUnaryMultiCallable[_platform_pb2.LiftRestrictionRequest, _platform_pb2.LiftRestrictionResponse]  # type: ignore[assignment]
+    """Lift the restriction made by an earlier request (an appeal decided LIFTED)."""
 
 class PlatformServiceServicer(metaclass=_abc_1.ABCMeta):
     """A platform's account store as the bus sees it. Every call is idempotent by context.request_id."""
@@ -78,5 +82,13 @@ class PlatformServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_platform_pb2.QueryPlatformDataResponse, _abc.Awaitable[_platform_pb2.QueryPlatformDataResponse]]:
         """Registration data and login IPs."""
+
+    @_abc_1.abstractmethod
+    def LiftRestriction(
+        self,
+        request: _platform_pb2.LiftRestrictionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_platform_pb2.LiftRestrictionResponse, _abc.Awaitable[_platform_pb2.LiftRestrictionResponse]]:
+        """Lift the restriction made by an earlier request (an appeal decided LIFTED)."""
 
 def add_PlatformServiceServicer_to_server(servicer: PlatformServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

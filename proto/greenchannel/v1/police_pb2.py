@@ -27,7 +27,7 @@ from greenchannel.v1 import requests_pb2 as greenchannel_dot_v1_dot_requests__pb
 from greenchannel.v1 import results_pb2 as greenchannel_dot_v1_dot_results__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cgreenchannel/v1/police.proto\x12\x0fgreenchannel.v1\x1a\x1cgreenchannel/v1/agency.proto\x1a\x1egreenchannel/v1/requests.proto\x1a\x1dgreenchannel/v1/results.proto\"u\n\x17HandleAssistanceRequest\x12.\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x1d.greenchannel.v1.OrderContext\x12*\n\x05order\x18\x02 \x01(\x0b\x32\x1b.greenchannel.v1.Assistance\"p\n\x18HandleAssistanceResponse\x12\'\n\x06result\x18\x01 \x01(\x0b\x32\x17.greenchannel.v1.Result\x12+\n\x06report\x18\x02 \x01(\x0b\x32\x1b.greenchannel.v1.DataAnswer\"y\n\x19ReceiveFraudReportRequest\x12.\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x1d.greenchannel.v1.OrderContext\x12,\n\x06report\x18\x02 \x01(\x0b\x32\x1c.greenchannel.v1.FraudReport\"E\n\x1aReceiveFraudReportResponse\x12\'\n\x06result\x18\x01 \x01(\x0b\x32\x17.greenchannel.v1.Result2\xe7\x01\n\rPoliceService\x12g\n\x10HandleAssistance\x12(.greenchannel.v1.HandleAssistanceRequest\x1a).greenchannel.v1.HandleAssistanceResponse\x12m\n\x12ReceiveFraudReport\x12*.greenchannel.v1.ReceiveFraudReportRequest\x1a+.greenchannel.v1.ReceiveFraudReportResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cgreenchannel/v1/police.proto\x12\x0fgreenchannel.v1\x1a\x1cgreenchannel/v1/agency.proto\x1a\x1egreenchannel/v1/requests.proto\x1a\x1dgreenchannel/v1/results.proto\"u\n\x17HandleAssistanceRequest\x12.\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x1d.greenchannel.v1.OrderContext\x12*\n\x05order\x18\x02 \x01(\x0b\x32\x1b.greenchannel.v1.Assistance\"p\n\x18HandleAssistanceResponse\x12\'\n\x06result\x18\x01 \x01(\x0b\x32\x17.greenchannel.v1.Result\x12+\n\x06report\x18\x02 \x01(\x0b\x32\x1b.greenchannel.v1.DataAnswer\"y\n\x19ReceiveFraudReportRequest\x12.\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x1d.greenchannel.v1.OrderContext\x12,\n\x06report\x18\x02 \x01(\x0b\x32\x1c.greenchannel.v1.FraudReport\"E\n\x1aReceiveFraudReportResponse\x12\'\n\x06result\x18\x01 \x01(\x0b\x32\x17.greenchannel.v1.Result\"\xa0\x01\n\x11\x46ileAppealRequest\x12.\n\x07\x63ontext\x18\x01 \x01(\x0b\x32\x1d.greenchannel.v1.OrderContext\x12&\n\x05order\x18\x02 \x01(\x0b\x32\x17.greenchannel.v1.Appeal\x12\x33\n\tstatement\x18\x03 \x01(\x0b\x32 .greenchannel.v1.AppealStatement\"=\n\x12\x46ileAppealResponse\x12\'\n\x06result\x18\x01 \x01(\x0b\x32\x17.greenchannel.v1.Result2\xbe\x02\n\rPoliceService\x12g\n\x10HandleAssistance\x12(.greenchannel.v1.HandleAssistanceRequest\x1a).greenchannel.v1.HandleAssistanceResponse\x12m\n\x12ReceiveFraudReport\x12*.greenchannel.v1.ReceiveFraudReportRequest\x1a+.greenchannel.v1.ReceiveFraudReportResponse\x12U\n\nFileAppeal\x12\".greenchannel.v1.FileAppealRequest\x1a#.greenchannel.v1.FileAppealResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -42,6 +42,10 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RECEIVEFRAUDREPORTREQUEST']._serialized_end=496
   _globals['_RECEIVEFRAUDREPORTRESPONSE']._serialized_start=498
   _globals['_RECEIVEFRAUDREPORTRESPONSE']._serialized_end=567
-  _globals['_POLICESERVICE']._serialized_start=570
-  _globals['_POLICESERVICE']._serialized_end=801
+  _globals['_FILEAPPEALREQUEST']._serialized_start=570
+  _globals['_FILEAPPEALREQUEST']._serialized_end=730
+  _globals['_FILEAPPEALRESPONSE']._serialized_start=732
+  _globals['_FILEAPPEALRESPONSE']._serialized_end=793
+  _globals['_POLICESERVICE']._serialized_start=796
+  _globals['_POLICESERVICE']._serialized_end=1114
 # @@protoc_insertion_point(module_scope)

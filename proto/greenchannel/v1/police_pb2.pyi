@@ -132,3 +132,63 @@ class ReceiveFraudReportResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ReceiveFraudReportResponse: _TypeAlias = ReceiveFraudReportResponse  # noqa: Y015
+
+@_typing.final
+class FileAppealRequest(_message.Message):
+    """An appeal to file."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTEXT_FIELD_NUMBER: _builtins.int
+    ORDER_FIELD_NUMBER: _builtins.int
+    STATEMENT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def context(self) -> _agency_pb2.OrderContext:
+        """Verified context."""
+
+    @_builtins.property
+    def order(self) -> _requests_pb2.Appeal:
+        """The appeal as signed by the restricting agency."""
+
+    @_builtins.property
+    def statement(self) -> _requests_pb2.AppealStatement:
+        """The holder's statement, opened by the adapter with the police's own key."""
+
+    def __init__(
+        self,
+        *,
+        context: _agency_pb2.OrderContext | None = ...,
+        order: _requests_pb2.Appeal | None = ...,
+        statement: _requests_pb2.AppealStatement | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "order", b"order", "statement", b"statement"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "order", b"order", "statement", b"statement"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FileAppealRequest: _TypeAlias = FileAppealRequest  # noqa: Y015
+
+@_typing.final
+class FileAppealResponse(_message.Message):
+    """The desk's answer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def result(self) -> _results_pb2.Result:
+        """EXECUTED: filed (the request moves to ACKNOWLEDGED; the decision follows); REJECTED: refused."""
+
+    def __init__(
+        self,
+        *,
+        result: _results_pb2.Result | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FileAppealResponse: _TypeAlias = FileAppealResponse  # noqa: Y015

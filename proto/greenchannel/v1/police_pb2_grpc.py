@@ -45,6 +45,11 @@ class PoliceServiceStub:
                 request_serializer=greenchannel_dot_v1_dot_police__pb2.ReceiveFraudReportRequest.SerializeToString,
                 response_deserializer=greenchannel_dot_v1_dot_police__pb2.ReceiveFraudReportResponse.FromString,
                 _registered_method=True)
+        self.FileAppeal = channel.unary_unary(
+                '/greenchannel.v1.PoliceService/FileAppeal',
+                request_serializer=greenchannel_dot_v1_dot_police__pb2.FileAppealRequest.SerializeToString,
+                response_deserializer=greenchannel_dot_v1_dot_police__pb2.FileAppealResponse.FromString,
+                _registered_method=True)
 
 
 class PoliceServiceServicer:
@@ -65,6 +70,14 @@ class PoliceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FileAppeal(self, request, context):
+        """File a holder's appeal for decision. EXECUTED means filed: the decision comes later, from the
+        police through the Bus API (BusService.DecideAppeal), within the SLA policy's deadline.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PoliceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -77,6 +90,11 @@ def add_PoliceServiceServicer_to_server(servicer, server):
                     servicer.ReceiveFraudReport,
                     request_deserializer=greenchannel_dot_v1_dot_police__pb2.ReceiveFraudReportRequest.FromString,
                     response_serializer=greenchannel_dot_v1_dot_police__pb2.ReceiveFraudReportResponse.SerializeToString,
+            ),
+            'FileAppeal': grpc.unary_unary_rpc_method_handler(
+                    servicer.FileAppeal,
+                    request_deserializer=greenchannel_dot_v1_dot_police__pb2.FileAppealRequest.FromString,
+                    response_serializer=greenchannel_dot_v1_dot_police__pb2.FileAppealResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -134,6 +152,33 @@ class PoliceService:
             '/greenchannel.v1.PoliceService/ReceiveFraudReport',
             greenchannel_dot_v1_dot_police__pb2.ReceiveFraudReportRequest.SerializeToString,
             greenchannel_dot_v1_dot_police__pb2.ReceiveFraudReportResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FileAppeal(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/greenchannel.v1.PoliceService/FileAppeal',
+            greenchannel_dot_v1_dot_police__pb2.FileAppealRequest.SerializeToString,
+            greenchannel_dot_v1_dot_police__pb2.FileAppealResponse.FromString,
             options,
             channel_credentials,
             insecure,

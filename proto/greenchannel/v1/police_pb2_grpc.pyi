@@ -37,6 +37,10 @@ class PoliceServiceStub:
     """Take a cross-region assistance request: decline, or complete it with a report."""
     ReceiveFraudReport: _grpc.UnaryUnaryMultiCallable[_police_pb2.ReceiveFraudReportRequest, _police_pb2.ReceiveFraudReportResponse]
     """Take a fraud report from a bank, carrier or platform."""
+    FileAppeal: _grpc.UnaryUnaryMultiCallable[_police_pb2.FileAppealRequest, _police_pb2.FileAppealResponse]
+    """File a holder's appeal for decision. EXECUTED means filed: the decision comes later, from the
+    police through the Bus API (BusService.DecideAppeal), within the SLA policy's deadline.
+    """
 
 @_typing.type_check_only
 class PoliceServiceAsyncStub(PoliceServiceStub):
@@ -47,6 +51,10 @@ class PoliceServiceAsyncStub(PoliceServiceStub):
     """Take a cross-region assistance request: decline, or complete it with a report."""
     ReceiveFraudReport: _aio.UnaryUnaryMultiCallable[_police_pb2.ReceiveFraudReportRequest, _police_pb2.ReceiveFraudReportResponse]  # type: ignore[assignment]
     """Take a fraud report from a bank, carrier or platform."""
+    FileAppeal: _aio.UnaryUnaryMultiCallable[_police_pb2.FileAppealRequest, _police_pb2.FileAppealResponse]  # type: ignore[assignment]
+    """File a holder's appeal for decision. EXECUTED means filed: the decision comes later, from the
+    police through the Bus API (BusService.DecideAppeal), within the SLA policy's deadline.
+    """
 
 class PoliceServiceServicer(metaclass=_abc_1.ABCMeta):
     """A police desk as the bus sees it. Every call is idempotent by context.request_id."""
@@ -66,5 +74,15 @@ class PoliceServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_police_pb2.ReceiveFraudReportResponse, _abc.Awaitable[_police_pb2.ReceiveFraudReportResponse]]:
         """Take a fraud report from a bank, carrier or platform."""
+
+    @_abc_1.abstractmethod
+    def FileAppeal(
+        self,
+        request: _police_pb2.FileAppealRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_police_pb2.FileAppealResponse, _abc.Awaitable[_police_pb2.FileAppealResponse]]:
+        """File a holder's appeal for decision. EXECUTED means filed: the decision comes later, from the
+        police through the Bus API (BusService.DecideAppeal), within the SLA policy's deadline.
+        """
 
 def add_PoliceServiceServicer_to_server(servicer: PoliceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -11,6 +11,7 @@ from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from greenchannel.v1 import common_pb2 as _common_pb2
+from greenchannel.v1 import results_pb2 as _results_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -21,6 +22,30 @@ else:
     from typing_extensions import TypeAlias as _TypeAlias, Never as _Never
 
 DESCRIPTOR: _descriptor.FileDescriptor
+
+class _ReleasePurpose:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ReleasePurposeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ReleasePurpose.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RELEASE_PURPOSE_UNSPECIFIED: _ReleasePurpose.ValueType  # 0
+    """An ordinary release: the hold or freeze is no longer needed."""
+    RELEASE_PURPOSE_LIVING_EXPENSES: _ReleasePurpose.ValueType  # 1
+    """Part of a frozen amount released so the holder can live (living expenses); capped by policy."""
+    RELEASE_PURPOSE_APPEAL_LIFTED: _ReleasePurpose.ValueType  # 2
+    """An appeal was decided LIFTED: the broker lifts the restriction the appeal was about."""
+
+class ReleasePurpose(_ReleasePurpose, metaclass=_ReleasePurposeEnumTypeWrapper):
+    """Why a restriction is lifted."""
+
+RELEASE_PURPOSE_UNSPECIFIED: ReleasePurpose.ValueType  # 0
+"""An ordinary release: the hold or freeze is no longer needed."""
+RELEASE_PURPOSE_LIVING_EXPENSES: ReleasePurpose.ValueType  # 1
+"""Part of a frozen amount released so the holder can live (living expenses); capped by policy."""
+RELEASE_PURPOSE_APPEAL_LIFTED: ReleasePurpose.ValueType  # 2
+"""An appeal was decided LIFTED: the broker lifts the restriction the appeal was about."""
+Global___ReleasePurpose: _TypeAlias = ReleasePurpose  # noqa: Y015
 
 class _BlockScope:
     ValueType = _typing.NewType("ValueType", _builtins.int)
@@ -210,6 +235,40 @@ FRAUD_REPORT_KIND_VICTIM_AT_RISK: FraudReportKind.ValueType  # 4
 """A customer about to pay a fraudster."""
 Global___FraudReportKind: _TypeAlias = FraudReportKind  # noqa: Y015
 
+class _AppealGround:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AppealGroundEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AppealGround.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    APPEAL_GROUND_UNSPECIFIED: _AppealGround.ValueType  # 0
+    APPEAL_GROUND_NOT_INVOLVED: _AppealGround.ValueType  # 1
+    """The holder had nothing to do with the fraud."""
+    APPEAL_GROUND_LEGITIMATE_FUNDS: _AppealGround.ValueType  # 2
+    """The money restricted is the holder's own, lawfully earned."""
+    APPEAL_GROUND_MISTAKEN_IDENTITY: _AppealGround.ValueType  # 3
+    """The wrong account, number or person was restricted."""
+    APPEAL_GROUND_HARDSHIP: _AppealGround.ValueType  # 4
+    """The restriction leaves the holder without means to live."""
+    APPEAL_GROUND_OTHER: _AppealGround.ValueType  # 5
+    """Anything else, in the statement."""
+
+class AppealGround(_AppealGround, metaclass=_AppealGroundEnumTypeWrapper):
+    """What a holder appeals on."""
+
+APPEAL_GROUND_UNSPECIFIED: AppealGround.ValueType  # 0
+APPEAL_GROUND_NOT_INVOLVED: AppealGround.ValueType  # 1
+"""The holder had nothing to do with the fraud."""
+APPEAL_GROUND_LEGITIMATE_FUNDS: AppealGround.ValueType  # 2
+"""The money restricted is the holder's own, lawfully earned."""
+APPEAL_GROUND_MISTAKEN_IDENTITY: AppealGround.ValueType  # 3
+"""The wrong account, number or person was restricted."""
+APPEAL_GROUND_HARDSHIP: AppealGround.ValueType  # 4
+"""The restriction leaves the holder without means to live."""
+APPEAL_GROUND_OTHER: AppealGround.ValueType  # 5
+"""Anything else, in the statement."""
+Global___AppealGround: _TypeAlias = AppealGround  # noqa: Y015
+
 @_typing.final
 class Request(_message.Message):
     """The signed order: everything the sender asserts. Travels as serialized bytes in
@@ -235,6 +294,8 @@ class Request(_message.Message):
     ASSISTANCE_FIELD_NUMBER: _builtins.int
     WARNING_FIELD_NUMBER: _builtins.int
     FRAUD_REPORT_FIELD_NUMBER: _builtins.int
+    RETURN_FUNDS_FIELD_NUMBER: _builtins.int
+    APPEAL_FIELD_NUMBER: _builtins.int
     priority: _common_pb2.Priority.ValueType
     """GREEN or STANDARD."""
     recipient: _builtins.str
@@ -293,6 +354,14 @@ class Request(_message.Message):
     def fraud_report(self) -> Global___FraudReport:
         """Intelligence to the police."""
 
+    @_builtins.property
+    def return_funds(self) -> Global___ReturnFunds:
+        """资金返还: pay frozen money back to the victims."""
+
+    @_builtins.property
+    def appeal(self) -> Global___Appeal:
+        """申诉: a holder appeals a restriction."""
+
     def __init__(
         self,
         *,
@@ -313,12 +382,14 @@ class Request(_message.Message):
         assistance: Global___Assistance | None = ...,
         warning: Global___Warning | None = ...,
         fraud_report: Global___FraudReport | None = ...,
+        return_funds: Global___ReturnFunds | None = ...,
+        appeal: Global___Appeal | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["account_block", b"account_block", "assistance", b"assistance", "body", b"body", "case_ref", b"case_ref", "data_request", b"data_request", "extend", b"extend", "fraud_report", b"fraud_report", "freeze", b"freeze", "issued_at", b"issued_at", "number_block", b"number_block", "release", b"release", "stop_payment", b"stop_payment", "warning", b"warning"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["account_block", b"account_block", "appeal", b"appeal", "assistance", b"assistance", "body", b"body", "case_ref", b"case_ref", "data_request", b"data_request", "extend", b"extend", "fraud_report", b"fraud_report", "freeze", b"freeze", "issued_at", b"issued_at", "number_block", b"number_block", "release", b"release", "return_funds", b"return_funds", "stop_payment", b"stop_payment", "warning", b"warning"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_block", b"account_block", "assistance", b"assistance", "body", b"body", "case_ref", b"case_ref", "data_request", b"data_request", "extend", b"extend", "fraud_report", b"fraud_report", "freeze", b"freeze", "hop", b"hop", "idempotency_key", b"idempotency_key", "issued_at", b"issued_at", "number_block", b"number_block", "parent_id", b"parent_id", "priority", b"priority", "recipient", b"recipient", "release", b"release", "stop_payment", b"stop_payment", "warning", b"warning"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_block", b"account_block", "appeal", b"appeal", "assistance", b"assistance", "body", b"body", "case_ref", b"case_ref", "data_request", b"data_request", "extend", b"extend", "fraud_report", b"fraud_report", "freeze", b"freeze", "hop", b"hop", "idempotency_key", b"idempotency_key", "issued_at", b"issued_at", "number_block", b"number_block", "parent_id", b"parent_id", "priority", b"priority", "recipient", b"recipient", "release", b"release", "return_funds", b"return_funds", "stop_payment", b"stop_payment", "warning", b"warning"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["stop_payment", "freeze", "release", "extend", "number_block", "account_block", "data_request", "assistance", "warning", "fraud_report"]  # noqa: Y015
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["stop_payment", "freeze", "release", "extend", "number_block", "account_block", "data_request", "assistance", "warning", "fraud_report", "return_funds", "appeal"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 
@@ -333,6 +404,8 @@ class StopPayment(_message.Message):
     ACCOUNT_FIELD_NUMBER: _builtins.int
     AMOUNT_FIELD_NUMBER: _builtins.int
     FRAUD_TRANSFER_ID_FIELD_NUMBER: _builtins.int
+    VICTIM_ACCOUNT_FIELD_NUMBER: _builtins.int
+    DEPOSITED_AT_FIELD_NUMBER: _builtins.int
     fraud_transfer_id: _builtins.str
     """The victim's payment this stop-payment follows, if known (bank transfer id)."""
     @_builtins.property
@@ -343,16 +416,30 @@ class StopPayment(_message.Message):
     def amount(self) -> _common_pb2.Money:
         """Amount to hold; the bank holds what is there, up to this."""
 
+    @_builtins.property
+    def victim_account(self) -> _common_pb2.BankAccountRef:
+        """The victim's account that paid: frozen money is returned to it (RETURN_FUNDS). The broker keeps
+        it only as a keyed digest and sealed to the police owning the case.
+        """
+
+    @_builtins.property
+    def deposited_at(self) -> _timestamp_pb2.Timestamp:
+        """When the victim's money reached this account: orders competing claims on the account (deposit
+        order). Unset: the deposit is untraced, and its claim is paid pro rata after the notice period.
+        """
+
     def __init__(
         self,
         *,
         account: _common_pb2.BankAccountRef | None = ...,
         amount: _common_pb2.Money | None = ...,
         fraud_transfer_id: _builtins.str = ...,
+        victim_account: _common_pb2.BankAccountRef | None = ...,
+        deposited_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "amount", b"amount"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "amount", b"amount", "deposited_at", b"deposited_at", "victim_account", b"victim_account"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "amount", b"amount", "fraud_transfer_id", b"fraud_transfer_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "amount", b"amount", "deposited_at", b"deposited_at", "fraud_transfer_id", b"fraud_transfer_id", "victim_account", b"victim_account"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -367,8 +454,13 @@ class Freeze(_message.Message):
     ACCOUNT_FIELD_NUMBER: _builtins.int
     AMOUNT_FIELD_NUMBER: _builtins.int
     CONVERTS_REQUEST_ID_FIELD_NUMBER: _builtins.int
+    FRAUD_TRANSFER_ID_FIELD_NUMBER: _builtins.int
+    VICTIM_ACCOUNT_FIELD_NUMBER: _builtins.int
+    DEPOSITED_AT_FIELD_NUMBER: _builtins.int
     converts_request_id: _builtins.str
     """The stop-payment whose hold this freeze converts, if any."""
+    fraud_transfer_id: _builtins.str
+    """The victim's payment this freeze follows, if known (bank transfer id)."""
     @_builtins.property
     def account(self) -> _common_pb2.BankAccountRef:
         """The account to freeze."""
@@ -377,16 +469,27 @@ class Freeze(_message.Message):
     def amount(self) -> _common_pb2.Money:
         """Amount to freeze."""
 
+    @_builtins.property
+    def victim_account(self) -> _common_pb2.BankAccountRef:
+        """The victim's account that paid, as for StopPayment.victim_account."""
+
+    @_builtins.property
+    def deposited_at(self) -> _timestamp_pb2.Timestamp:
+        """When the victim's money reached this account, as for StopPayment.deposited_at."""
+
     def __init__(
         self,
         *,
         account: _common_pb2.BankAccountRef | None = ...,
         amount: _common_pb2.Money | None = ...,
         converts_request_id: _builtins.str = ...,
+        fraud_transfer_id: _builtins.str = ...,
+        victim_account: _common_pb2.BankAccountRef | None = ...,
+        deposited_at: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "amount", b"amount"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "amount", b"amount", "deposited_at", b"deposited_at", "victim_account", b"victim_account"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "amount", b"amount", "converts_request_id", b"converts_request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "amount", b"amount", "converts_request_id", b"converts_request_id", "deposited_at", b"deposited_at", "fraud_transfer_id", b"fraud_transfer_id", "victim_account", b"victim_account"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -394,22 +497,32 @@ Global___Freeze: _TypeAlias = Freeze  # noqa: Y015
 
 @_typing.final
 class Release(_message.Message):
-    """Lift the hold or freeze made by an earlier request."""
+    """Lift the restriction made by an earlier request: a hold or freeze at a bank, a number block at a
+    carrier, an account restriction at a platform (the last two only as the broker's lifting orders).
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     TARGET_REQUEST_ID_FIELD_NUMBER: _builtins.int
     ACCOUNT_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    PURPOSE_FIELD_NUMBER: _builtins.int
     target_request_id: _builtins.str
-    """The stop-payment or freeze to release."""
+    """The stop-payment, freeze, number block or account block to lift."""
     reason: _builtins.str
-    """Reason given to the bank."""
+    """Reason given to the recipient."""
+    purpose: Global___ReleasePurpose.ValueType
+    """Why. LIVING_EXPENSES needs an amount, within the policy's caps."""
     @_builtins.property
     def account(self) -> _common_pb2.BankAccountRef:
-        """The account, checked again by the bank. Agencies must name it; the broker's own release of a
-        lapsed hold names only the target (it never holds account data).
+        """The account, checked again by the bank. Agencies must name it; the broker's own releases (a
+        lapsed hold, an appeal lifted) name only the target (it never holds account data).
         """
+
+    @_builtins.property
+    def amount(self) -> _common_pb2.Money:
+        """Lift only this much of a hold or freeze (the rest stays held); unset lifts all of it."""
 
     def __init__(
         self,
@@ -417,10 +530,12 @@ class Release(_message.Message):
         target_request_id: _builtins.str = ...,
         account: _common_pb2.BankAccountRef | None = ...,
         reason: _builtins.str = ...,
+        amount: _common_pb2.Money | None = ...,
+        purpose: Global___ReleasePurpose.ValueType = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "amount", b"amount"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "reason", b"reason", "target_request_id", b"target_request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "amount", b"amount", "purpose", b"purpose", "reason", b"reason", "target_request_id", b"target_request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -719,3 +834,164 @@ class FraudReport(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___FraudReport: _TypeAlias = FraudReport  # noqa: Y015
+
+@_typing.final
+class ReturnFunds(_message.Message):
+    """资金返还: the police owning the case order the bank holding frozen money to pay it back to the
+    victims' accounts. The broker checks the payouts against its allocation of the account's frozen
+    money over every case holding it (trail.proto: Allocation) before anything is sent.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ACCOUNT_FIELD_NUMBER: _builtins.int
+    PAYOUTS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def account(self) -> _common_pb2.BankAccountRef:
+        """The account the money is frozen on; the bank checks it again."""
+
+    @_builtins.property
+    def payouts(self) -> _containers.RepeatedCompositeFieldContainer[Global___VictimPayout]:
+        """Who is paid back, and how much: each a victim's account the case recorded
+        (StopPayment.victim_account / Freeze.victim_account), at most its share not yet returned.
+        """
+
+    def __init__(
+        self,
+        *,
+        account: _common_pb2.BankAccountRef | None = ...,
+        payouts: _abc.Iterable[Global___VictimPayout] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "payouts", b"payouts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReturnFunds: _TypeAlias = ReturnFunds  # noqa: Y015
+
+@_typing.final
+class VictimPayout(_message.Message):
+    """One victim paid back."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VICTIM_ACCOUNT_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def victim_account(self) -> _common_pb2.BankAccountRef:
+        """The victim's account the money goes back to."""
+
+    @_builtins.property
+    def amount(self) -> _common_pb2.Money:
+        """How much."""
+
+    def __init__(
+        self,
+        *,
+        victim_account: _common_pb2.BankAccountRef | None = ...,
+        amount: _common_pb2.Money | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "victim_account", b"victim_account"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "victim_account", b"victim_account"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VictimPayout: _TypeAlias = VictimPayout  # noqa: Y015
+
+@_typing.final
+class Appeal(_message.Message):
+    """申诉: a holder whose account, card, number or platform account was restricted appeals through the
+    agency that applied the restriction (its sender here), to the police that ordered it (the
+    recipient, resolved by the broker). The case reference is the restriction's case; the legal
+    instrument is the appeal (LEGAL_INSTRUMENT_TYPE_APPEAL, the agency's appeal ticket number).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESTRICTION_REQUEST_ID_FIELD_NUMBER: _builtins.int
+    GROUND_FIELD_NUMBER: _builtins.int
+    STATEMENT_FIELD_NUMBER: _builtins.int
+    restriction_request_id: _builtins.str
+    """The restriction appealed: a STOP_PAYMENT, FREEZE, NUMBER_BLOCK or ACCOUNT_BLOCK the sender executed."""
+    ground: Global___AppealGround.ValueType
+    """On what ground."""
+    @_builtins.property
+    def statement(self) -> _results_pb2.EncryptedPayload:
+        """The holder's statement and documents (an AppealStatement), sealed to the police that ordered
+        the restriction: the broker and NATS see ciphertext only.
+        """
+
+    def __init__(
+        self,
+        *,
+        restriction_request_id: _builtins.str = ...,
+        ground: Global___AppealGround.ValueType = ...,
+        statement: _results_pb2.EncryptedPayload | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["statement", b"statement"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ground", b"ground", "restriction_request_id", b"restriction_request_id", "statement", b"statement"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Appeal: _TypeAlias = Appeal  # noqa: Y015
+
+@_typing.final
+class AppealStatement(_message.Message):
+    """The holder's statement, sealed into Appeal.statement (content type "greenchannel.v1.AppealStatement")."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    STATEMENT_FIELD_NUMBER: _builtins.int
+    DOCUMENTS_FIELD_NUMBER: _builtins.int
+    statement: _builtins.str
+    """The holder's account of the facts."""
+    @_builtins.property
+    def documents(self) -> _containers.RepeatedCompositeFieldContainer[Global___AppealDocument]:
+        """Supporting documents."""
+
+    def __init__(
+        self,
+        *,
+        statement: _builtins.str = ...,
+        documents: _abc.Iterable[Global___AppealDocument] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["documents", b"documents", "statement", b"statement"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AppealStatement: _TypeAlias = AppealStatement  # noqa: Y015
+
+@_typing.final
+class AppealDocument(_message.Message):
+    """A document attached to an appeal."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    MEDIA_TYPE_FIELD_NUMBER: _builtins.int
+    CONTENT_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """File name, for people."""
+    media_type: _builtins.str
+    """Media type, e.g. "application/pdf"."""
+    content: _builtins.bytes
+    """The bytes."""
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        media_type: _builtins.str = ...,
+        content: _builtins.bytes = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["content", b"content", "media_type", b"media_type", "name", b"name"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AppealDocument: _TypeAlias = AppealDocument  # noqa: Y015

@@ -129,6 +129,28 @@ ASSISTANCE_DECISION_COMPLETED: AssistanceDecision.ValueType  # 3
 """Done; the report is in the encrypted payload."""
 Global___AssistanceDecision: _TypeAlias = AssistanceDecision  # noqa: Y015
 
+class _AppealDecision:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AppealDecisionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AppealDecision.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    APPEAL_DECISION_UNSPECIFIED: _AppealDecision.ValueType  # 0
+    APPEAL_DECISION_UPHELD: _AppealDecision.ValueType  # 1
+    """The restriction stays; the reason says why."""
+    APPEAL_DECISION_LIFTED: _AppealDecision.ValueType  # 2
+    """The restriction is lifted: the broker sends the lifting orders itself."""
+
+class AppealDecision(_AppealDecision, metaclass=_AppealDecisionEnumTypeWrapper):
+    """How police decided an appeal."""
+
+APPEAL_DECISION_UNSPECIFIED: AppealDecision.ValueType  # 0
+APPEAL_DECISION_UPHELD: AppealDecision.ValueType  # 1
+"""The restriction stays; the reason says why."""
+APPEAL_DECISION_LIFTED: AppealDecision.ValueType  # 2
+"""The restriction is lifted: the broker sends the lifting orders itself."""
+Global___AppealDecision: _TypeAlias = AppealDecision  # noqa: Y015
+
 @_typing.final
 class OnwardTransfer(_message.Message):
     """Money that left the account before the hold: the trail to chase.
@@ -251,6 +273,47 @@ class BlockOutcome(_message.Message):
 Global___BlockOutcome: _TypeAlias = BlockOutcome  # noqa: Y015
 
 @_typing.final
+class ReturnedPayout(_message.Message):
+    """Money a bank paid back to one victim (RETURN_FUNDS).
+    In a Result as it travels, victim_account is unset (redacted): the full payouts are sealed into
+    Result.sealed_details (ResultDetails.returns) to the police owning the case.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PAYOUT_INDEX_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    TRANSFER_ID_FIELD_NUMBER: _builtins.int
+    VICTIM_ACCOUNT_FIELD_NUMBER: _builtins.int
+    payout_index: _builtins.int
+    """Position of the payout in the order's ReturnFunds.payouts."""
+    transfer_id: _builtins.str
+    """The bank's transfer id of the payment."""
+    @_builtins.property
+    def amount(self) -> _common_pb2.Money:
+        """Amount paid back."""
+
+    @_builtins.property
+    def victim_account(self) -> _common_pb2.BankAccountRef:
+        """The victim's account paid; unset where redacted."""
+
+    def __init__(
+        self,
+        *,
+        payout_index: _builtins.int = ...,
+        amount: _common_pb2.Money | None = ...,
+        transfer_id: _builtins.str = ...,
+        victim_account: _common_pb2.BankAccountRef | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "victim_account", b"victim_account"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "payout_index", b"payout_index", "transfer_id", b"transfer_id", "victim_account", b"victim_account"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReturnedPayout: _TypeAlias = ReturnedPayout  # noqa: Y015
+
+@_typing.final
 class Result(_message.Message):
     """An agency's answer to a request."""
 
@@ -269,6 +332,10 @@ class Result(_message.Message):
     ASSISTANCE_FIELD_NUMBER: _builtins.int
     SEALED_DETAILS_FIELD_NUMBER: _builtins.int
     BROKER_DETAILS_FIELD_NUMBER: _builtins.int
+    AMOUNT_RETURNED_FIELD_NUMBER: _builtins.int
+    AMOUNT_RELEASED_FIELD_NUMBER: _builtins.int
+    APPEAL_FIELD_NUMBER: _builtins.int
+    RETURNS_FIELD_NUMBER: _builtins.int
     outcome: _common_pb2.RequestState.ValueType
     """EXECUTED, PARTIALLY_EXECUTED, REJECTED or FAILED."""
     reason: Global___ReasonCode.ValueType
@@ -279,6 +346,8 @@ class Result(_message.Message):
     """The agency's own reference (hold id, ticket number)."""
     assistance: Global___AssistanceDecision.ValueType
     """Assistance answers."""
+    appeal: Global___AppealDecision.ValueType
+    """APPEAL: the decision."""
     @_builtins.property
     def amount_held(self) -> _common_pb2.Money:
         """Amount now held (stop-payment) on the account."""
@@ -313,6 +382,20 @@ class Result(_message.Message):
     def broker_details(self) -> Global___EncryptedPayload:
         """The same ResultDetails sealed to the broker, which chases the money in memory only."""
 
+    @_builtins.property
+    def amount_returned(self) -> _common_pb2.Money:
+        """RETURN_FUNDS: money paid back in all."""
+
+    @_builtins.property
+    def amount_released(self) -> _common_pb2.Money:
+        """RELEASE: money lifted from the hold or freeze by this request (amount_held / amount_frozen say
+        what remains held).
+        """
+
+    @_builtins.property
+    def returns(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReturnedPayout]:
+        """RETURN_FUNDS: what each victim got, redacted (no accounts)."""
+
     def __init__(
         self,
         *,
@@ -329,10 +412,14 @@ class Result(_message.Message):
         assistance: Global___AssistanceDecision.ValueType = ...,
         sealed_details: Global___EncryptedPayload | None = ...,
         broker_details: Global___EncryptedPayload | None = ...,
+        amount_returned: _common_pb2.Money | None = ...,
+        amount_released: _common_pb2.Money | None = ...,
+        appeal: Global___AppealDecision.ValueType = ...,
+        returns: _abc.Iterable[Global___ReturnedPayout] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["amount_frozen", b"amount_frozen", "amount_held", b"amount_held", "block", b"block", "broker_details", b"broker_details", "encrypted_payload", b"encrypted_payload", "hold_until", b"hold_until", "sealed_details", b"sealed_details"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["amount_frozen", b"amount_frozen", "amount_held", b"amount_held", "amount_released", b"amount_released", "amount_returned", b"amount_returned", "block", b"block", "broker_details", b"broker_details", "encrypted_payload", b"encrypted_payload", "hold_until", b"hold_until", "sealed_details", b"sealed_details"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agency_reference", b"agency_reference", "amount_frozen", b"amount_frozen", "amount_held", b"amount_held", "assistance", b"assistance", "block", b"block", "broker_details", b"broker_details", "detail", b"detail", "encrypted_payload", b"encrypted_payload", "hold_until", b"hold_until", "onward_transfers", b"onward_transfers", "outcome", b"outcome", "reason", b"reason", "sealed_details", b"sealed_details"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agency_reference", b"agency_reference", "amount_frozen", b"amount_frozen", "amount_held", b"amount_held", "amount_released", b"amount_released", "amount_returned", b"amount_returned", "appeal", b"appeal", "assistance", b"assistance", "block", b"block", "broker_details", b"broker_details", "detail", b"detail", "encrypted_payload", b"encrypted_payload", "hold_until", b"hold_until", "onward_transfers", b"onward_transfers", "outcome", b"outcome", "reason", b"reason", "returns", b"returns", "sealed_details", b"sealed_details"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -345,18 +432,24 @@ class ResultDetails(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     ONWARD_TRANSFERS_FIELD_NUMBER: _builtins.int
+    RETURNS_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def onward_transfers(self) -> _containers.RepeatedCompositeFieldContainer[Global___OnwardTransfer]:
         """The onward transfers in full: receiving account numbers and beneficiary names included."""
+
+    @_builtins.property
+    def returns(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReturnedPayout]:
+        """RETURN_FUNDS: the payouts in full, victims' accounts included."""
 
     def __init__(
         self,
         *,
         onward_transfers: _abc.Iterable[Global___OnwardTransfer] | None = ...,
+        returns: _abc.Iterable[Global___ReturnedPayout] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["onward_transfers", b"onward_transfers"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["onward_transfers", b"onward_transfers", "returns", b"returns"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

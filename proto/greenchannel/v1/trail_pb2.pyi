@@ -103,6 +103,38 @@ LEAD_REASON_NOT_SENT: LeadReason.ValueType  # 9
 """The bus refused the stop-payment (e.g. it could not be routed)."""
 Global___LeadReason: _TypeAlias = LeadReason  # noqa: Y015
 
+class _AllocationRule:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _AllocationRuleEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AllocationRule.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    ALLOCATION_RULE_UNSPECIFIED: _AllocationRule.ValueType  # 0
+    ALLOCATION_RULE_DEPOSIT_ORDER: _AllocationRule.ValueType  # 1
+    """A traced deposit: traced claims are paid latest deposit first (first in, first out: what left
+    the account left from the earliest deposits), each up to what was traced; a single traced
+    deposit goes straight back.
+    """
+    ALLOCATION_RULE_PRO_RATA: _AllocationRule.ValueType  # 2
+    """An untraced claim: paid pro rata to what it claims from what the traced claims leave, and only
+    after the notice period.
+    """
+
+class AllocationRule(_AllocationRule, metaclass=_AllocationRuleEnumTypeWrapper):
+    """Which rule gave a claim its share of an account's frozen money."""
+
+ALLOCATION_RULE_UNSPECIFIED: AllocationRule.ValueType  # 0
+ALLOCATION_RULE_DEPOSIT_ORDER: AllocationRule.ValueType  # 1
+"""A traced deposit: traced claims are paid latest deposit first (first in, first out: what left
+the account left from the earliest deposits), each up to what was traced; a single traced
+deposit goes straight back.
+"""
+ALLOCATION_RULE_PRO_RATA: AllocationRule.ValueType  # 2
+"""An untraced claim: paid pro rata to what it claims from what the traced claims leave, and only
+after the notice period.
+"""
+Global___AllocationRule: _TypeAlias = AllocationRule  # noqa: Y015
+
 @_typing.final
 class ChaseBounds(_message.Message):
     """The bounds a case is chased within: the case's authorization, from the broker's policy."""
@@ -168,6 +200,8 @@ class TrailRequest(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     SENT_AT_FIELD_NUMBER: _builtins.int
     OUTCOME_AT_FIELD_NUMBER: _builtins.int
+    ARRIVED_AT_FIELD_NUMBER: _builtins.int
+    VICTIM_ID_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """Request id; empty while the broker is still sending it."""
     parent_id: _builtins.str
@@ -184,6 +218,10 @@ class TrailRequest(_message.Message):
     """State: as recorded with the outcome, or the current one when read through the Bus API."""
     reason: _results_pb2.ReasonCode.ValueType
     """Reason of a rejection or failure."""
+    victim_id: _builtins.str
+    """The police's own request naming a victim: keyed digest of the victim's account. A chase
+    carries its root's victim along the path.
+    """
     @_builtins.property
     def asked(self) -> _common_pb2.Money:
         """Amount asked: what was traced along this path."""
@@ -200,6 +238,12 @@ class TrailRequest(_message.Message):
     def outcome_at(self) -> _timestamp_pb2.Timestamp:
         """When the broker recorded its outcome; unset while it has none."""
 
+    @_builtins.property
+    def arrived_at(self) -> _timestamp_pb2.Timestamp:
+        """When the money traced along this path reached the account: the victim's deposit for the
+        police's own request (its deposited_at), the onward transfer's time for a chase. Unset: untraced.
+        """
+
     def __init__(
         self,
         *,
@@ -215,10 +259,12 @@ class TrailRequest(_message.Message):
         reason: _results_pb2.ReasonCode.ValueType = ...,
         sent_at: _timestamp_pb2.Timestamp | None = ...,
         outcome_at: _timestamp_pb2.Timestamp | None = ...,
+        arrived_at: _timestamp_pb2.Timestamp | None = ...,
+        victim_id: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["asked", b"asked", "held", b"held", "outcome_at", b"outcome_at", "sent_at", b"sent_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["arrived_at", b"arrived_at", "asked", b"asked", "held", b"held", "outcome_at", b"outcome_at", "sent_at", b"sent_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["asked", b"asked", "held", b"held", "hop", b"hop", "outcome_at", b"outcome_at", "parent_id", b"parent_id", "reason", b"reason", "request_id", b"request_id", "role", b"role", "sent_at", b"sent_at", "state", b"state", "transfer_id", b"transfer_id", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["arrived_at", b"arrived_at", "asked", b"asked", "held", b"held", "hop", b"hop", "outcome_at", b"outcome_at", "parent_id", b"parent_id", "reason", b"reason", "request_id", b"request_id", "role", b"role", "sent_at", b"sent_at", "state", b"state", "transfer_id", b"transfer_id", "type", b"type", "victim_id", b"victim_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -417,3 +463,137 @@ class Trail(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Trail: _TypeAlias = Trail  # noqa: Y015
+
+@_typing.final
+class ClaimShare(_message.Message):
+    """One victim's claim on an account's frozen money, and its share."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CASE_NUMBER_FIELD_NUMBER: _builtins.int
+    ISSUING_AGENCY_FIELD_NUMBER: _builtins.int
+    VICTIM_ID_FIELD_NUMBER: _builtins.int
+    CLAIM_ID_FIELD_NUMBER: _builtins.int
+    CLAIMED_FIELD_NUMBER: _builtins.int
+    DEPOSITED_AT_FIELD_NUMBER: _builtins.int
+    RULE_FIELD_NUMBER: _builtins.int
+    SHARE_FIELD_NUMBER: _builtins.int
+    RETURNED_FIELD_NUMBER: _builtins.int
+    RESERVED_FIELD_NUMBER: _builtins.int
+    PAYABLE_AFTER_FIELD_NUMBER: _builtins.int
+    case_number: _builtins.str
+    """The case the claim belongs to."""
+    issuing_agency: _builtins.str
+    """Police agency owning that case."""
+    victim_id: _builtins.str
+    """Keyed digest of the victim's account."""
+    claim_id: _builtins.str
+    """The trail request whose path traced the money here: the claim's id."""
+    rule: Global___AllocationRule.ValueType
+    """The rule that gave the share."""
+    @_builtins.property
+    def claimed(self) -> _common_pb2.Money:
+        """What was traced to this account along that path."""
+
+    @_builtins.property
+    def deposited_at(self) -> _timestamp_pb2.Timestamp:
+        """When it reached the account; unset: untraced."""
+
+    @_builtins.property
+    def share(self) -> _common_pb2.Money:
+        """The claim's share of the account's frozen money, returned and ordered included."""
+
+    @_builtins.property
+    def returned(self) -> _common_pb2.Money:
+        """Already paid back (executed returns)."""
+
+    @_builtins.property
+    def reserved(self) -> _common_pb2.Money:
+        """Ordered and not yet answered by the bank."""
+
+    @_builtins.property
+    def payable_after(self) -> _timestamp_pb2.Timestamp:
+        """PRO_RATA: the share may be ordered only from this time on (the end of the notice period)."""
+
+    def __init__(
+        self,
+        *,
+        case_number: _builtins.str = ...,
+        issuing_agency: _builtins.str = ...,
+        victim_id: _builtins.str = ...,
+        claim_id: _builtins.str = ...,
+        claimed: _common_pb2.Money | None = ...,
+        deposited_at: _timestamp_pb2.Timestamp | None = ...,
+        rule: Global___AllocationRule.ValueType = ...,
+        share: _common_pb2.Money | None = ...,
+        returned: _common_pb2.Money | None = ...,
+        reserved: _common_pb2.Money | None = ...,
+        payable_after: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["claimed", b"claimed", "deposited_at", b"deposited_at", "payable_after", b"payable_after", "reserved", b"reserved", "returned", b"returned", "share", b"share"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_number", b"case_number", "claim_id", b"claim_id", "claimed", b"claimed", "deposited_at", b"deposited_at", "issuing_agency", b"issuing_agency", "payable_after", b"payable_after", "reserved", b"reserved", "returned", b"returned", "rule", b"rule", "share", b"share", "victim_id", b"victim_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClaimShare: _TypeAlias = ClaimShare  # noqa: Y015
+
+@_typing.final
+class Allocation(_message.Message):
+    """The broker's allocation of one account's frozen money over every case holding it.
+    Deterministic: the same claims and amounts give the same shares whatever order they arrived in.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    BANK_FIELD_NUMBER: _builtins.int
+    FROZEN_FIELD_NUMBER: _builtins.int
+    CLAIMS_FIELD_NUMBER: _builtins.int
+    UNALLOCATED_FIELD_NUMBER: _builtins.int
+    COMPUTED_AT_FIELD_NUMBER: _builtins.int
+    NOTICE_ENDS_AT_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    """Keyed digest of bank and account number."""
+    bank: _builtins.str
+    """Agency id of the bank."""
+    @_builtins.property
+    def frozen(self) -> _common_pb2.Money:
+        """Still frozen on the account over every case (held, less returned and released), plus what
+        returns already paid: the money the shares are taken from.
+        """
+
+    @_builtins.property
+    def claims(self) -> _containers.RepeatedCompositeFieldContainer[Global___ClaimShare]:
+        """Every claim on the account, ordered by rule, deposit time (latest first) and claim id."""
+
+    @_builtins.property
+    def unallocated(self) -> _common_pb2.Money:
+        """Frozen money no claim has a share in: stays held."""
+
+    @_builtins.property
+    def computed_at(self) -> _timestamp_pb2.Timestamp:
+        """When the broker computed it."""
+
+    @_builtins.property
+    def notice_ends_at(self) -> _timestamp_pb2.Timestamp:
+        """End of the notice period for untraced claims (from the account's first hold)."""
+
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+        bank: _builtins.str = ...,
+        frozen: _common_pb2.Money | None = ...,
+        claims: _abc.Iterable[Global___ClaimShare] | None = ...,
+        unallocated: _common_pb2.Money | None = ...,
+        computed_at: _timestamp_pb2.Timestamp | None = ...,
+        notice_ends_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["computed_at", b"computed_at", "frozen", b"frozen", "notice_ends_at", b"notice_ends_at", "unallocated", b"unallocated"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bank", b"bank", "claims", b"claims", "computed_at", b"computed_at", "frozen", b"frozen", "node_id", b"node_id", "notice_ends_at", b"notice_ends_at", "unallocated", b"unallocated"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Allocation: _TypeAlias = Allocation  # noqa: Y015
