@@ -106,7 +106,9 @@ def allocate(frozen: int, claims: Iterable[Claim], *, notice_ends_at: datetime) 
     for claim in traced:
         amount = min(claim.claimed, left)
         left -= amount
-        shares.append(Share(claim=claim, rule=AllocationRule.DEPOSIT_ORDER, amount=amount, payable_after=None))
+        shares.append(
+            Share(claim=claim, rule=AllocationRule.DEPOSIT_ORDER, amount=amount, payable_after=None)
+        )
     for claim, amount in zip(untraced, _pro_rata(left, [c.claimed for c in untraced]), strict=True):
         left -= amount
         shares.append(
