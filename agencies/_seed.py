@@ -40,6 +40,7 @@ __all__ = [
     "FRAUD_AMOUNT",
     "FRAUD_BANK",
     "FRAUD_HOLDER",
+    "FRAUD_MINUTES_BEFORE",
     "FRAUD_TRANSFER_ID",
     "LINES",
     "MULE_ABC_ACCOUNT",
@@ -104,6 +105,8 @@ FRAUD_AMOUNT = 5_000_000
 """50,000.00 CNY in minor units: what the victim paid."""
 FRAUD_TRANSFER_ID = "CMB7730000001"
 """The victim's payment, as bank-cmb and bank-icbc both record it."""
+FRAUD_MINUTES_BEFORE = 120
+"""How long before the anchor the victim's payment reached the fraud account."""
 
 # -- the phones and platform accounts ---------------------------------------------------------------
 
@@ -245,7 +248,7 @@ TRANSFERS: tuple[SeedTransfer, ...] = (
         to_bank=FRAUD_BANK,
         to_account=FRAUD_ACCOUNT,
         amount=FRAUD_AMOUNT,
-        minutes_before=120,
+        minutes_before=FRAUD_MINUTES_BEFORE,
     ),
     SeedTransfer(
         transfer_id="ICBC5520000001",

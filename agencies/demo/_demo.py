@@ -42,6 +42,7 @@ from greenchannel.v1 import (
 
 from agencies import DEFAULT_DIRECTORY
 from agencies import _seed as seed
+from agencies._seed import seed_anchor
 from agencies.bank import BankCore
 from broker.client import (
     BusClient,
@@ -75,6 +76,7 @@ from broker.protocol import (
     verify_chain,
 )
 
+from ._closing import AccountMoney, Closing, deposit_second_victim, nanshan_freeze
 from ._stack import Stack, StackConfig
 
 __all__ = ["DemoConfig", "DemoReport", "DemoRequest", "run_demo"]
@@ -168,6 +170,10 @@ class DemoReport:
     """Node id -> account number and bank the police opened (holders' names left out of the demo)."""
     sla: SlaReport | None = None
     """The regulator's SLA report over every request of the run."""
+    accounting: dict[str, AccountMoney] = field(default_factory=dict)
+    """Node id -> each frozen account's money at the end: frozen = returned + released + held."""
+    refusals: list[str] = field(default_factory=list)
+    """ErrorInfo reasons of the orders the broker refused on purpose (an over-claim)."""
 
     @property
     def ok(self) -> bool:
@@ -176,6 +182,9 @@ class DemoReport:
             and all(r.ok for r in self.requests)
             and self.data_answer_fields > 0
             and self.ledger_verified
+            and bool(self.accounting)
+            and all(entry.balances for entry in self.accounting.values())
+            and self.refusals == ["EXCEEDS_SHARE"]
         )
 
 
@@ -293,6 +302,16 @@ class _Scenario:
 
     async def run(self) -> DemoReport:
         say = self.say
+        banks = {a.agency.id: a.core for a in self.stack.agencies.values() if isinstance(a.core, BankCore)}
+        deposited_at = deposit_second_victim(banks, self.config.clock.now())
+        say("0. A victim in Shenzhen Nanshan paid 8,000.00 CNY to a mule account; Nanshan police freeze it.")
+        case_b, freeze_b = nanshan_freeze(deposited_at)
+        await self.send(
+            "Nanshan freezes the mule account",
+            self._request(case_b, freeze=freeze_b),
+            expect=[common_pb2.REQUEST_STATE_EXECUTED],
+            sender=POLICE_B,
+        )
         say(f"1. A victim in Pudong reports paying {_yuan(_money(seed.FRAUD_AMOUNT))} to a fraud account.")
         first = await self.send(
             "stop the fraud account",
@@ -304,6 +323,15 @@ class _Scenario:
                     ),
                     amount=_money(seed.FRAUD_AMOUNT),
                     fraud_transfer_id=seed.FRAUD_TRANSFER_ID,
+                    # The victim's account and when her money arrived: what a return pays back to.
+                    victim_account=common_pb2.BankAccountRef(
+                        account_number=seed.VICTIM_ACCOUNT,
+                        holder_name=seed.VICTIM_HOLDER,
+                        bank=seed.VICTIM_BANK,
+                    ),
+                    deposited_at=to_timestamp(
+                        seed_anchor(self.config.clock.now()) - timedelta(minutes=seed.FRAUD_MINUTES_BEFORE)
+                    ),
                 ),
             ),
             expect=[common_pb2.REQUEST_STATE_PARTIALLY_EXECUTED],
@@ -454,6 +482,7 @@ class _Scenario:
             expect=[common_pb2.REQUEST_STATE_REJECTED],
         )
         self.report.held_minor_units = self._held()
+        self.report.accounting = await Closing(self).run(trail)
         return self.report
 
     def _read_answer(self, status: lifecycle_pb2.RequestStatus) -> None:
@@ -522,7 +551,7 @@ async def _prove(
     report.ledger_verified = checked.ok and checked.uncovered == 0
     verdict = "VERIFIED" if report.ledger_verified else "NOT VERIFIED"
     say(
-        f"9. The regulator exports the ledger ({len(ledger.records)} entries, "
+        f"12. The regulator exports the ledger ({len(ledger.records)} entries, "
         f"{len(ledger.checkpoints)} signed checkpoints) and verifies it offline: {verdict}."
     )
     for problem in checked.problems:
@@ -532,7 +561,7 @@ async def _prove(
     sla = sla_report(statuses, now=config.clock.now())
     report.sla = sla
     report.sla_met, report.sla_breached = sla.met, sla.breached
-    say(f"10. SLA report: {sla.met} phase deadlines met, {sla.breached} breached.")
+    say(f"13. SLA report: {sla.met} phase deadlines met, {sla.breached} breached.")
 
 
 async def _covered_export(stack: Stack, key: SigningKey, out: Path, agency: str) -> LedgerFile:

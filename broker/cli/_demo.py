@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Sequence
 
 from agencies.demo import DemoConfig, DemoReport, run_demo
 from broker.client import render_table
@@ -40,6 +41,25 @@ def _requests_table(report: DemoReport) -> list[str]:
         )
         for r in report.requests
     ]
+    return _table(header, rows)
+
+
+def _accounting_table(report: DemoReport) -> list[str]:
+    header = ("bank", "account", "cases", "frozen", "returned", "released", "held", "adds up")
+    rows = [
+        (
+            e.bank,
+            e.account,
+            ", ".join(sorted(e.cases)),
+            *(f"{amount / 100:,.2f}" for amount in (e.frozen, e.returned, e.released, e.held)),
+            "yes" if e.balances else "NO",
+        )
+        for e in report.accounting.values()
+    ]
+    return _table(header, rows)
+
+
+def _table(header: tuple[str, ...], rows: Sequence[tuple[str, ...]]) -> list[str]:
     widths = [max(len(str(row[i])) for row in (header, *rows)) for i in range(len(header))]
     lines = ["  ".join(str(cell).ljust(width) for cell, width in zip(header, widths, strict=True))]
     lines.append("  ".join("-" * width for width in widths))
@@ -61,7 +81,11 @@ def render_report(report: DemoReport) -> list[str]:
     lines.append("")
     lines += _requests_table(report)
     lines.append("")
-    lines.append(f"Money held or frozen across banks: {report.held_minor_units / 100:,.2f} CNY")
+    held = f"{report.held_minor_units / 100:,.2f} CNY"
+    lines.append(f"Money held or frozen across banks before the case was closed: {held}")
+    if report.accounting:
+        lines += ["", "Each frozen account's money (frozen = returned + released + held):"]
+        lines += _accounting_table(report)
     lines.append("Times are milliseconds from the broker's receipt of each request.")
     return lines
 
@@ -73,6 +97,8 @@ def _document(report: DemoReport) -> dict[str, object]:
         "held_minor_units": report.held_minor_units,
         "ledger": {"entries": report.ledger_entries, "verified": report.ledger_verified},
         "sla": {"met": report.sla_met, "breached": report.sla_breached},
+        "accounting": {node_id: entry.as_json() for node_id, entry in report.accounting.items()},
+        "refusals": list(report.refusals),
     }
 
 
