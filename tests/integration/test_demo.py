@@ -17,6 +17,7 @@ from broker.embedded import EmbeddedNats, EmbeddedNatsConfig
 pytestmark = pytest.mark.integration
 
 EXPECTED = [
+    ("Nanshan freezes the mule account", "FREEZE", "bank-abc", "EXECUTED", ""),
     ("stop the fraud account", "STOP_PAYMENT", "bank-icbc", "PARTIALLY_EXECUTED", "INSUFFICIENT_FUNDS"),
     # The broker's own stop-payments, hop by hop (two at hop 1, two at hop 2, one at hop 3).
     *[
@@ -33,7 +34,29 @@ EXPECTED = [
     ("who holds the fraud account", "DATA_REQUEST", "bank-icbc", "EXECUTED", ""),
     ("assistance from Shenzhen Nanshan", "ASSISTANCE", "police-440305", "EXECUTED", ""),
     ("stop with a wrong holder name", "STOP_PAYMENT", "bank-abc", "REJECTED", "MISMATCH"),
+    # Closing the case.
+    ("appeal by the holder at bank-ccb (lifted)", "APPEAL", "police-310115", "EXECUTED", ""),
+    ("lifting order sent by the broker", "RELEASE", "bank-ccb", "EXECUTED", ""),
+    ("appeal by the holder at bank-cmb (upheld)", "APPEAL", "police-310115", "EXECUTED", ""),
+    ("release for living expenses", "RELEASE", "bank-icbc", "EXECUTED", ""),
+    *[
+        ("return to the victim of SH-PD-2026-1121-0001", "RETURN_FUNDS", bank, "EXECUTED", "")
+        for bank in ("bank-icbc", "bank-ccb", "bank-icbc", "bank-abc")
+    ],
+    ("return to the victim of SZ-NS-2026-1121-0007", "RETURN_FUNDS", "bank-abc", "EXECUTED", ""),
 ]
+
+# Frozen over both cases (53,000.00) = returned to the two victims (31,000.00 + 8,000.00)
+# + released (1,000.00 living expenses, 4,000.00 lifted on appeal) + still held (9,000.00, the
+# appeal upheld).
+ACCOUNTING = {
+    ("bank-icbc", "…4567"): (1_500_000, 1_500_000, 0, 0),
+    ("bank-ccb", "…4321"): (300_000, 300_000, 0, 0),
+    ("bank-abc", "…5670"): (1_400_000, 1_400_000, 0, 0),
+    ("bank-icbc", "…3210"): (800_000, 700_000, 100_000, 0),
+    ("bank-cmb", "…6789"): (900_000, 0, 0, 900_000),
+    ("bank-ccb", "…4556"): (400_000, 0, 400_000, 0),
+}
 
 
 async def test_the_scenario_ends_in_every_expected_state(tmp_path: Path) -> None:
@@ -51,17 +74,30 @@ async def test_the_scenario_ends_in_every_expected_state(tmp_path: Path) -> None
     # only for an agency system slower than their grace).
     assert report.ledger_entries >= 2 * len(report.requests)
     assert report.sla_met > 0
-    assert any(line.startswith("9. ") and "VERIFIED" in line for line in lines)
-    assert any(line.startswith("10. SLA report") for line in lines)
-    # Everything but the 5,000.00 that left the directory: 15,000 frozen on the fraud account and
-    # what the five accounts the broker chased still had.
-    assert report.held_minor_units == 4_500_000
+    assert any(line.startswith("12. ") and "VERIFIED" in line for line in lines)
+    assert any(line.startswith("13. SLA report") for line in lines)
+    # Before closing: everything but the 5,000.00 that left the directory: 15,000 frozen on the
+    # fraud account and what the five accounts the broker chased still had, and Nanshan's 8,000.
+    assert report.held_minor_units == 5_300_000
+    got_money = {
+        (e.bank, e.account): (e.frozen, e.returned, e.released, e.held) for e in report.accounting.values()
+    }
+    assert got_money == ACCOUNTING
+    assert all(e.balances for e in report.accounting.values())
+    assert report.refusals == ["EXCEEDS_SHARE"]
     first = report.requests[0]
     children = [r for r in report.requests if r.parent == first.id]
     assert {r.hop for r in children if r.type == "STOP_PAYMENT"} == {1}
+    senders = {r.label: r.sender for r in report.requests}
+    assert senders["Nanshan freezes the mule account"] == "police-440305"
+    assert senders["appeal by the holder at bank-ccb (lifted)"] == "bank-ccb"
+    assert senders["appeal by the holder at bank-cmb (upheld)"] == "bank-cmb"
+    assert senders["lifting order sent by the broker"] == "greenchannel-broker"
+    assert senders["return to the victim of SZ-NS-2026-1121-0007"] == "police-440305"
     assert all(
         r.sender == ("greenchannel-broker" if r.label.startswith("chased") else "police-310115")
         for r in report.requests
+        if r.label.startswith(("chased", "stop", "convert", "block", "warn", "restrict", "who", "assist"))
     )
     assert {r.hop for r in report.requests if r.label.startswith("chased")} == {1, 2, 3}
     assert all(r.finish_ms is not None and r.deliver_ms is not None for r in report.requests)
@@ -81,7 +117,7 @@ async def test_the_scenario_ends_in_every_expected_state(tmp_path: Path) -> None
     assert not any(line.lstrip().startswith("held now on") for line in lines)
     rendered = render_report(report)
     assert any(line.lstrip().startswith("held now on 6 of 6 accounts") for line in rendered)
-    assert any(line.lstrip().startswith("total: 13 requests") for line in rendered)
+    assert any(line.lstrip().startswith(f"total: {len(EXPECTED)} requests") for line in rendered)
     assert rendered[-1] == "Times are milliseconds from the broker's receipt of each request."
     assert not any("李某" in line for line in rendered)
 
@@ -104,6 +140,15 @@ def test_cli_demo_json_prints_one_object_and_exits_zero(tmp_path: Path) -> None:
     assert set(report["sla"]) == {"met", "breached"}
     assert report["sla"]["met"] > 0
     assert len(report["requests"]) == len(EXPECTED)
+    types = {entry["type"]: entry["state"] for entry in report["requests"]}
+    assert types["RETURN_FUNDS"] == "EXECUTED"
+    assert types["APPEAL"] == "EXECUTED"
+    accounting = report["accounting"]
+    assert len(accounting) == len(ACCOUNTING)
+    for entry in accounting.values():
+        assert set(entry) >= {"frozen", "returned", "released", "held"}
+        assert entry["frozen"] == entry["returned"] + entry["released"] + entry["held"]
+    assert sum(e["frozen"] for e in accounting.values()) == 5_300_000
     for entry in report["requests"]:
         assert set(entry) >= {
             "id",
