@@ -8,6 +8,7 @@ it reads (directory, authorization policy, SLA policy, keys) is named by its cal
 from ._admission import AdmissionConfig
 from ._allocation import Allocation, AllocationRule, Claim, Share, allocate, payable
 from ._allocation_wire import allocation_message, claim_payable
+from ._calendar import WorkingCalendar, WorkingDays
 from ._deadlines import DeadlineTable, PhaseBudget
 from ._deadlines_watch import DeadlineWatchConfig
 from ._directory_reload import DirectoryReloadConfig, LiveRegistry
@@ -61,6 +62,8 @@ __all__ = [
     "TlsFiles",
     "UnavailableError",
     "UnroutableError",
+    "WorkingCalendar",
+    "WorkingDays",
     "allocate",
     "allocation_message",
     "claim_payable",
