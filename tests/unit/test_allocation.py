@@ -24,9 +24,10 @@ from broker.hub import (
 )
 
 NOTICE = datetime(2026, 4, 1, tzinfo=UTC)
+M = timedelta(minutes=1)
 T0 = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 BEIJING = timezone(timedelta(hours=8))
-FAST = settings(max_examples=100, deadline=None)
+FAST = settings(max_examples=60, deadline=None)
 
 # -- strategies ---------------------------------------------------------------------------------
 
@@ -328,6 +329,26 @@ def test_deposit_order_is_first_in_first_out_on_a_money_graph(events: list[_Even
     allocation = allocate(frozen, claims, notice_ends_at=NOTICE)
     assert amounts(allocation) == remaining
     assert allocation.unallocated == 0
+
+
+def test_a_withdrawal_takes_the_earliest_deposit_first() -> None:
+    # d1 100, then d2 50, then 120 withdrawn: 30 is left, all of it d2's.
+    events: list[_Event] = [("d1", 100, T0), ("d2", 50, T0 + M), ("", 120, T0 + 2 * M)]
+    remaining, frozen = fifo_replay(events)
+    assert (remaining, frozen) == ({"d1": 0, "d2": 30}, 30)
+    claims = [
+        Claim(
+            claim_id=name,
+            case_number="CASE-1",
+            issuing_agency="p",
+            victim_id=name,
+            claimed=amount,
+            deposited_at=at,
+        )
+        for name, amount, at in events
+        if name
+    ]
+    assert amounts(allocate(frozen, claims, notice_ends_at=NOTICE)) == remaining
 
 
 # -- refusals -------------------------------------------------------------------------------------
