@@ -59,6 +59,33 @@ def claim_sets(draw: st.DrawFn, *, max_size: int = 8) -> list[Claim]:
 
 _frozen = st.integers(0, 30_000)
 
+_Event = tuple[str, int, datetime]
+"""A victim's deposit (its name, amount and time) or a withdrawal (name "", amount, time)."""
+
+
+def claim(
+    claim_id: str,
+    claimed: int,
+    deposited_at: datetime | None = None,
+    *,
+    case: str = "CASE-1",
+    victim: str = "",
+) -> Claim:
+    """A claim of police "p"; its victim is named after the claim unless given."""
+    return Claim(
+        claim_id=claim_id,
+        case_number=case,
+        issuing_agency="p",
+        victim_id=victim or claim_id,
+        claimed=claimed,
+        deposited_at=deposited_at,
+    )
+
+
+def deposit_claims(events: list[_Event]) -> list[Claim]:
+    """A traced claim per deposit of an account history."""
+    return [claim(name, amount, at) for name, amount, at in events if name]
+
 
 def amounts(allocation: Allocation) -> dict[str, int]:
     return {share.claim.claim_id: share.amount for share in allocation.shares}
@@ -103,15 +130,8 @@ def test_over_several_accounts_no_more_is_shared_than_is_frozen_in_total(
 @FAST
 @given(claimed=st.integers(1, 10_000), frozen=_frozen, at=_times)
 def test_a_single_traced_deposit_goes_straight_back(claimed: int, frozen: int, at: datetime) -> None:
-    claim = Claim(
-        claim_id="only",
-        case_number="CASE-1",
-        issuing_agency="p",
-        victim_id="v",
-        claimed=claimed,
-        deposited_at=at,
-    )
-    (share,) = allocate(frozen, [claim], notice_ends_at=NOTICE).shares
+    only = claim("only", claimed, at)
+    (share,) = allocate(frozen, [only], notice_ends_at=NOTICE).shares
     assert share.amount == min(claimed, frozen)
     assert share.rule is AllocationRule.DEPOSIT_ORDER
     assert share.payable_after is None
@@ -161,17 +181,7 @@ def test_untraced_claims_share_the_rest_pro_rata_to_the_unit(claims: list[Claim]
 
 
 def test_pro_rata_ties_go_to_the_smaller_claim_id() -> None:
-    claims = [
-        Claim(
-            claim_id=name,
-            case_number="CASE-1",
-            issuing_agency="p",
-            victim_id=name,
-            claimed=100,
-            deposited_at=None,
-        )
-        for name in ("b", "c", "a")
-    ]
+    claims = [claim(name, 100) for name in ("b", "c", "a")]
     # 100 over three equal claims: 33 each and one unit left, for "a".
     assert amounts(allocate(100, claims, notice_ends_at=NOTICE)) == {"a": 34, "b": 33, "c": 33}
 
@@ -242,22 +252,8 @@ def test_a_late_claim_shares_only_what_was_not_paid(
 
 
 def test_a_later_deposit_found_after_a_return_gets_only_what_is_left() -> None:
-    early = Claim(
-        claim_id="early",
-        case_number="CASE-1",
-        issuing_agency="p",
-        victim_id="v1",
-        claimed=100,
-        deposited_at=T0,
-    )
-    late = Claim(
-        claim_id="late",
-        case_number="CASE-2",
-        issuing_agency="q",
-        victim_id="v2",
-        claimed=100,
-        deposited_at=T0 + timedelta(hours=1),
-    )
+    early = claim("early", 100, T0)
+    late = claim("late", 100, T0 + timedelta(hours=1), case="CASE-2")
     # Without the return, FIFO gives the later deposit the money; but 80 already went back to "early".
     assert amounts(allocate(100, [early, late], notice_ends_at=NOTICE)) == {"late": 100, "early": 0}
     after = allocate(100, [early, late], notice_ends_at=NOTICE, committed={"early": 80})
@@ -265,10 +261,6 @@ def test_a_later_deposit_found_after_a_return_gets_only_what_is_left() -> None:
 
 
 # -- a money graph: deposits and withdrawals on one account -----------------------------------------
-
-
-_Event = tuple[str, int, datetime]
-"""A victim's deposit (its name, amount and time) or a withdrawal (name "", amount, time)."""
 
 
 @st.composite
@@ -314,18 +306,7 @@ def fifo_replay(events: list[_Event]) -> tuple[dict[str, int], int]:
 @given(events=account_histories())
 def test_deposit_order_is_first_in_first_out_on_a_money_graph(events: list[_Event]) -> None:
     remaining, frozen = fifo_replay(events)
-    claims = [
-        Claim(
-            claim_id=name,
-            case_number="CASE-1",
-            issuing_agency="p",
-            victim_id=name,
-            claimed=amount,
-            deposited_at=at,
-        )
-        for name, amount, at in events
-        if name
-    ]
+    claims = deposit_claims(events)
     allocation = allocate(frozen, claims, notice_ends_at=NOTICE)
     assert amounts(allocation) == remaining
     assert allocation.unallocated == 0
@@ -336,18 +317,7 @@ def test_a_withdrawal_takes_the_earliest_deposit_first() -> None:
     events: list[_Event] = [("d1", 100, T0), ("d2", 50, T0 + M), ("", 120, T0 + 2 * M)]
     remaining, frozen = fifo_replay(events)
     assert (remaining, frozen) == ({"d1": 0, "d2": 30}, 30)
-    claims = [
-        Claim(
-            claim_id=name,
-            case_number="CASE-1",
-            issuing_agency="p",
-            victim_id=name,
-            claimed=amount,
-            deposited_at=at,
-        )
-        for name, amount, at in events
-        if name
-    ]
+    claims = deposit_claims(events)
     assert amounts(allocate(frozen, claims, notice_ends_at=NOTICE)) == remaining
 
 
@@ -355,49 +325,28 @@ def test_a_withdrawal_takes_the_earliest_deposit_first() -> None:
 
 
 def test_what_no_rule_can_share_is_refused() -> None:
-    claim = Claim(
-        claim_id="a", case_number="CASE-1", issuing_agency="p", victim_id="v", claimed=10, deposited_at=T0
-    )
-    other = Claim(
-        claim_id="a", case_number="CASE-2", issuing_agency="p", victim_id="v", claimed=10, deposited_at=T0
-    )
+    one = claim("a", 10, T0)
     with pytest.raises(ValueError, match="two different claims"):
-        allocate(10, [claim, other], notice_ends_at=NOTICE)
+        allocate(10, [one, claim("a", 10, T0, case="CASE-2")], notice_ends_at=NOTICE)
     with pytest.raises(ValueError, match="timezone-aware"):
-        Claim(
-            claim_id="n",
-            case_number="C",
-            issuing_agency="p",
-            victim_id="v",
-            claimed=1,
-            deposited_at=datetime(2026, 1, 1),
-        )
+        claim("n", 1, datetime(2026, 1, 1))
     with pytest.raises(ValueError, match="positive"):
-        Claim(claim_id="z", case_number="C", issuing_agency="p", victim_id="v", claimed=0, deposited_at=None)
+        claim("z", 0)
     with pytest.raises(ValueError, match="negative"):
-        allocate(-1, [claim], notice_ends_at=NOTICE)
+        allocate(-1, [one], notice_ends_at=NOTICE)
     with pytest.raises(ValueError, match="not among the claims"):
-        allocate(10, [claim], notice_ends_at=NOTICE, committed={"b": 1})
+        allocate(10, [one], notice_ends_at=NOTICE, committed={"b": 1})
     with pytest.raises(ValueError, match="between 0 and its claim"):
-        allocate(10, [claim], notice_ends_at=NOTICE, committed={"a": 11})
+        allocate(10, [one], notice_ends_at=NOTICE, committed={"a": 11})
     with pytest.raises(ValueError, match="than the account holds"):
-        allocate(5, [claim], notice_ends_at=NOTICE, committed={"a": 6})
+        allocate(5, [one], notice_ends_at=NOTICE, committed={"a": 6})
 
 
 def test_deposits_a_microsecond_apart_keep_their_order() -> None:
     # Far from the epoch a float timestamp cannot tell these apart; the claim ids would then decide.
     at = datetime(2026, 3, 1, 9, 0, 0, 999_999, tzinfo=UTC)
-    first = Claim(
-        claim_id="b", case_number="C", issuing_agency="p", victim_id="v", claimed=10, deposited_at=at
-    )
-    second = Claim(
-        claim_id="a",
-        case_number="C",
-        issuing_agency="p",
-        victim_id="w",
-        claimed=10,
-        deposited_at=at + timedelta(microseconds=1),
-    )
+    first = claim("b", 10, at)
+    second = claim("a", 10, at + timedelta(microseconds=1))
     assert amounts(allocate(10, [first, second], notice_ends_at=NOTICE)) == {"a": 10, "b": 0}
     assert amounts(allocate(10, [second, first], notice_ends_at=NOTICE)) == {"a": 10, "b": 0}
 
@@ -406,9 +355,7 @@ def test_deposits_a_microsecond_apart_keep_their_order() -> None:
 
 
 def test_the_wire_form_and_what_may_still_be_paid() -> None:
-    traced = Claim(
-        claim_id="t", case_number="CASE-1", issuing_agency="p", victim_id="v1", claimed=300, deposited_at=T0
-    )
+    traced = claim("t", 300, T0, victim="v1")
     untraced = [
         Claim(
             claim_id=f"u{i}",
