@@ -393,7 +393,7 @@ def _calendar(root: TomlTable) -> WorkingCalendar:
     if scope is None:
         return WorkingCalendar()
     scope.only(_CALENDAR)
-    time_zone = scope.optional_string("time_zone") or "UTC"
+    time_zone = scope.optional_string("time_zone")
     names = (
         scope.strings("weekend", distinct=True, expected="an array of day names")
         if scope.has("weekend")
@@ -419,7 +419,10 @@ def _calendar(root: TomlTable) -> WorkingCalendar:
             )
     try:
         return WorkingCalendar(
-            time_zone=time_zone, weekend=frozenset(weekend), holidays=holidays, make_up_days=make_up_days
+            time_zone="UTC" if time_zone is None else time_zone,
+            weekend=frozenset(weekend),
+            holidays=holidays,
+            make_up_days=make_up_days,
         )
     except ValueError as exc:
         # Everything else was checked above, field by field; what is left is the zone.

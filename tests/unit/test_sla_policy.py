@@ -421,6 +421,8 @@ BROKEN = [
     ),
     (GOOD + '\n[calendar]\ntime_zone = "Mars/Olympus_Mons"\n', "calendar.time_zone", "unknown time zone"),
     (GOOD + "\n[calendar]\ntime_zone = 8\n", "calendar.time_zone", "expected a string"),
+    (GOOD + '\n[calendar]\ntime_zone = ""\n', "calendar.time_zone", "unknown time zone"),
+    (GOOD + '\n[calendar]\ntime_zone = "../etc/passwd"\n', "calendar.time_zone", "unknown time zone"),
     (GOOD + '\n[calendar]\nweekend = ["caturday"]\n', "calendar.weekend[0]", "unknown day 'caturday'"),
     (GOOD + '\n[calendar]\nweekend = ["sunday", "sunday"]\n', "calendar.weekend[1]", "listed twice"),
     (
