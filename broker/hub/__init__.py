@@ -6,6 +6,9 @@ it reads (directory, authorization policy, SLA policy, keys) is named by its cal
 """
 
 from ._admission import AdmissionConfig
+from ._allocation import Allocation, AllocationRule, Claim, Share, allocate, payable
+from ._allocation_wire import allocation_message, claim_payable
+from ._calendar import WorkingCalendar, WorkingDays
 from ._deadlines import DeadlineTable, PhaseBudget
 from ._deadlines_watch import DeadlineWatchConfig
 from ._directory_reload import DirectoryReloadConfig, LiveRegistry
@@ -32,10 +35,13 @@ from ._tls import TlsFiles
 __all__ = [
     "SERVICE_NAMES",
     "AdmissionConfig",
+    "Allocation",
+    "AllocationRule",
     "AlreadyExistsError",
     "AuthenticationError",
     "Broker",
     "BrokerConfig",
+    "Claim",
     "ConflictError",
     "DeadlineTable",
     "DeadlineWatchConfig",
@@ -51,11 +57,18 @@ __all__ = [
     "PhaseBudget",
     "Policy",
     "PolicyError",
+    "Share",
     "SlaPolicy",
     "TlsFiles",
     "UnavailableError",
     "UnroutableError",
+    "WorkingCalendar",
+    "WorkingDays",
+    "allocate",
+    "allocation_message",
+    "claim_payable",
     "load_policy",
     "load_sla_policy",
     "parse_duration",
+    "payable",
 ]

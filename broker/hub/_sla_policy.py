@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
-from datetime import datetime, timedelta
+from dataclasses import dataclass, field, replace
+from datetime import date, datetime, timedelta
 from pathlib import Path
 from types import MappingProxyType
 from typing import TypeAlias
@@ -21,10 +21,12 @@ from greenchannel.v1 import common_pb2
 
 from broker.protocol import REQUEST_TYPES_BY_SLUG, TomlTable, read_toml, request_type_slug
 
-from ._deadlines import DeadlineTable, PhaseBudget
+from ._calendar import WEEKDAYS, WorkingCalendar, WorkingDays
+from ._deadlines import Budget, DeadlineTable, PhaseBudget, nominal
 from ._errors import PolicyError
 
 __all__ = [
+    "DEFAULT_RETURN_NOTICE_PERIOD",
     "SLA_POLICY_VERSION",
     "EscalationLadder",
     "HoldRule",
@@ -32,6 +34,7 @@ __all__ = [
     "format_duration",
     "load_sla_policy",
     "parse_duration",
+    "parse_phase",
 ]
 
 SLA_POLICY_VERSION = 1
@@ -46,17 +49,23 @@ _HOLD_TYPES: Mapping[str, _RequestType] = {
     "freeze": _T.REQUEST_TYPE_FREEZE,
 }
 
-_TOP = frozenset({"sla", "escalation", "hold", "deadline"})
+_TOP = frozenset({"sla", "escalation", "hold", "deadline", "calendar", "returns"})
+_RETURNS = frozenset({"notice_period"})
+# The notice period before untraced claims on an account are paid pro rata, when a policy names none.
+DEFAULT_RETURN_NOTICE_PERIOD = timedelta(days=30)
 _HEADER = frozenset({"version", "jurisdiction", "description"})
 _ESCALATION = frozenset({"reminder_at", "breach_at", "notify_duty_desk", "notify_supervisor"})
 _HOLD = frozenset({"validity", "extension", "max_extensions", "convertible_to_freeze"})
 _FREEZE_HOLD = _HOLD - {"convertible_to_freeze"}
 _DEADLINE = frozenset({"description", "types", "priority", "deliver", "acknowledge", "execute"})
 _PHASES = ("deliver", "acknowledge", "execute")
+_CALENDAR = frozenset({"time_zone", "weekend", "holidays", "make_up_days"})
+_ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 _FRACTION = "a number between 0 and 1"
 
 _JURISDICTION = re.compile(r"[A-Z]{2}(-[A-Z0-9]{1,8})?")
 _DURATION = re.compile(r"([1-9][0-9]{0,8})([smhd])")
+_WORKING_DAYS = re.compile(r"([1-9][0-9]{0,8})wd")
 _UNITS: Mapping[str, timedelta] = {
     "s": timedelta(seconds=1),
     "m": timedelta(minutes=1),
@@ -83,6 +92,27 @@ def parse_duration(text: str) -> timedelta:
     if value > _LONGEST:
         raise ValueError(f"{text!r} is longer than the longest allowed duration ({_LONGEST.days}d)")
     return value
+
+
+def parse_phase(text: str) -> Budget:
+    """A phase budget: a duration as :func:`parse_duration` reads it, or working days (``"3wd"``)."""
+    match = _WORKING_DAYS.fullmatch(text)
+    if match is not None:
+        count = int(match[1])
+        if count > _LONGEST.days:
+            raise ValueError(f"{text!r} is longer than the longest allowed duration ({_LONGEST.days}d)")
+        return WorkingDays(count=count)
+    if _DURATION.fullmatch(text) is None:
+        raise ValueError(
+            f"{text!r} is not a duration: write a positive whole number and one unit (s, m, h or d, "
+            'or wd for working days of the [calendar]), e.g. "30s", "2m", "8h", "3d", "3wd"'
+        )
+    return parse_duration(text)
+
+
+def format_budget(value: Budget) -> str:
+    """A phase budget as the file spells it."""
+    return str(value) if isinstance(value, WorkingDays) else format_duration(value)
 
 
 def format_duration(value: timedelta) -> str:
@@ -169,6 +199,11 @@ class SlaPolicy:
     """Hold rules of the types that place a hold: STOP_PAYMENT and FREEZE."""
     escalation: EscalationLadder
     """Reminder and breach thresholds and who is told."""
+    calendar: WorkingCalendar = field(default_factory=WorkingCalendar)
+    """The working days that phase budgets in working days (``"3wd"``) count."""
+    return_notice_period: timedelta = DEFAULT_RETURN_NOTICE_PERIOD
+    """RETURN_FUNDS: how long after an account's first hold untraced claims wait before their pro
+    rata shares may be paid, so other victims can come forward (the allocation's ``notice_ends_at``)."""
     description: str = ""
     """For people."""
     source: str = ""
@@ -179,11 +214,13 @@ class SlaPolicy:
         return self.holds.get(request_type)
 
     def scaled(self, factor: float) -> SlaPolicy:
-        """Every duration multiplied by ``factor`` (extension counts unchanged): short SLAs for tests."""
+        """Every duration multiplied by ``factor`` (extension counts unchanged; working days become a
+        day each): short SLAs for tests."""
         return replace(
             self,
             deadlines=self.deadlines.scaled(factor),
             holds=MappingProxyType({key: rule.scaled(factor) for key, rule in self.holds.items()}),
+            return_notice_period=self.return_notice_period * factor,
         )
 
 
@@ -191,10 +228,15 @@ class SlaPolicy:
 
 
 _DURATION_EXPECTED = 'a duration string such as "30s", "8h", "3d"'
+_PHASE_EXPECTED = 'a duration string such as "30s", "8h", "3d", or working days such as "3wd"'
 
 
 def _duration(scope: TomlTable, name: str) -> timedelta:
     return scope.parsed(name, parse_duration, expected=_DURATION_EXPECTED)
+
+
+def _phase(scope: TomlTable, name: str) -> Budget:
+    return scope.parsed(name, parse_phase, expected=_PHASE_EXPECTED)
 
 
 def _header(root: TomlTable) -> tuple[str, str]:
@@ -270,22 +312,31 @@ def _deadline_types(scope: TomlTable) -> list[_RequestType]:
     return types
 
 
-_Budget: TypeAlias = tuple[timedelta, timedelta, timedelta]
+_Budget: TypeAlias = tuple[Budget, Budget, Budget]
 _Key: TypeAlias = tuple[_RequestType, _Priority]
 
 
 def _budget(scope: TomlTable) -> _Budget:
-    deliver, acknowledge, execute = (_duration(scope, name) for name in _PHASES)
+    deliver, acknowledge, execute = (_phase(scope, name) for name in _PHASES)
     for (earlier, shorter), (later, longer) in (
         (("deliver", deliver), ("acknowledge", acknowledge)),
         (("acknowledge", acknowledge), ("execute", execute)),
     ):
-        if longer < shorter:
-            # Every phase is counted from receipt, so a later phase cannot be due before an earlier one.
+        if isinstance(shorter, WorkingDays) and not isinstance(longer, WorkingDays):
+            # Working days stretch over weekends and holidays; a fixed duration after them would not.
             scope.fail(
                 later,
-                f"{later} ({format_duration(longer)}) is shorter than {earlier} "
-                f"({format_duration(shorter)}); every phase counts from the broker's receive time, "
+                f"{later} ({format_budget(longer)}) is a fixed duration after {earlier} in working days "
+                f"({format_budget(shorter)}), which a holiday could push past it; give {later} in "
+                "working days too",
+            )
+        if nominal(longer) < nominal(shorter):
+            # Every phase is counted from receipt, so a later phase cannot be due before an earlier one.
+            # N working days are at least N days, so "1d" <= "1wd" always holds.
+            scope.fail(
+                later,
+                f"{later} ({format_budget(longer)}) is shorter than {earlier} "
+                f"({format_budget(shorter)}); every phase counts from the broker's receive time, "
                 "so deliver <= acknowledge <= execute",
             )
     return deliver, acknowledge, execute
@@ -324,7 +375,71 @@ def _deadlines(root: TomlTable) -> dict[_Key, _Budget]:
     return budgets
 
 
-def _table(budgets: Mapping[_Key, _Budget], holds: Mapping[_RequestType, HoldRule]) -> DeadlineTable:
+def _dates(scope: TomlTable, name: str) -> frozenset[date]:
+    days: set[date] = set()
+    for i, text in enumerate(scope.strings(name, distinct=True, expected="an array of ISO dates")):
+        try:
+            if _ISO_DATE.fullmatch(text) is None:
+                raise ValueError
+            days.add(date.fromisoformat(text))
+        except ValueError:
+            scope.fail(f"{name}[{i}]", f'{text!r} is not a date: write it as YYYY-MM-DD, e.g. "2026-10-01"')
+    return frozenset(days)
+
+
+def _calendar(root: TomlTable) -> WorkingCalendar:
+    """The optional ``[calendar]``: absent, Monday to Friday in UTC without holidays."""
+    scope = root.optional_table("calendar")
+    if scope is None:
+        return WorkingCalendar()
+    scope.only(_CALENDAR)
+    time_zone = scope.optional_string("time_zone")
+    names = (
+        scope.strings("weekend", distinct=True, expected="an array of day names")
+        if scope.has("weekend")
+        else ("saturday", "sunday")
+    )
+    weekend: set[int] = set()
+    for i, name in enumerate(names):
+        if name not in WEEKDAYS:
+            scope.fail(f"weekend[{i}]", f"unknown day {name!r} (expected one of: {', '.join(WEEKDAYS)})")
+        weekend.add(WEEKDAYS.index(name) + 1)
+    if len(weekend) == len(WEEKDAYS):
+        scope.fail("weekend", "a weekend of all seven days leaves no working day")
+    holidays = _dates(scope, "holidays")
+    make_up_days = _dates(scope, "make_up_days")
+    for i, text in enumerate(scope.strings("make_up_days")):
+        day = date.fromisoformat(text)
+        if day in holidays:
+            scope.fail(f"make_up_days[{i}]", f"{text} is also listed in holidays")
+        if day.isoweekday() not in weekend:
+            scope.fail(
+                f"make_up_days[{i}]",
+                f"{text} is a {WEEKDAYS[day.isoweekday() - 1]}, not a weekend day: it is worked anyway",
+            )
+    try:
+        return WorkingCalendar(
+            time_zone="UTC" if time_zone is None else time_zone,
+            weekend=frozenset(weekend),
+            holidays=holidays,
+            make_up_days=make_up_days,
+        )
+    except ValueError as exc:
+        # Everything else was checked above, field by field; what is left is the zone.
+        scope.fail("time_zone", str(exc))
+
+
+def _returns(root: TomlTable) -> timedelta:
+    scope = root.optional_table("returns")
+    if scope is None:
+        return DEFAULT_RETURN_NOTICE_PERIOD
+    scope.only(_RETURNS)
+    return _duration(scope, "notice_period") if scope.has("notice_period") else DEFAULT_RETURN_NOTICE_PERIOD
+
+
+def _table(
+    budgets: Mapping[_Key, _Budget], holds: Mapping[_RequestType, HoldRule], calendar: WorkingCalendar
+) -> DeadlineTable:
     """The broker's :class:`DeadlineTable` for these budgets and holds.
 
     EXTEND's hold validity in the table is what one stop-payment extension adds, as the table has
@@ -338,6 +453,7 @@ def _table(budgets: Mapping[_Key, _Budget], holds: Mapping[_RequestType, HoldRul
             for key, (deliver, acknowledge, execute) in budgets.items()
         },
         holds=validity,
+        calendar=calendar,
     )
 
 
@@ -353,11 +469,15 @@ def load_sla_policy(path: Path) -> SlaPolicy:
     escalation = _escalation(root)
     holds = _holds(root)
     budgets = _deadlines(root)
+    calendar = _calendar(root)
+    notice_period = _returns(root)
     return SlaPolicy(
         jurisdiction=jurisdiction,
-        deadlines=_table(budgets, holds),
+        deadlines=_table(budgets, holds, calendar),
         holds=MappingProxyType(holds),
         escalation=escalation,
+        calendar=calendar,
+        return_notice_period=notice_period,
         description=description,
         source=str(path),
     )

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from greenchannel.v1 import common_pb2
 
 from agencies import DEFAULT_SLA_POLICY_PATH
-from broker.hub import PolicyError
+from broker.hub import PolicyError, WorkingCalendar, WorkingDays
 from broker.hub._sla_policy import (
     EscalationLadder,
     HoldRule,
@@ -17,6 +17,7 @@ from broker.hub._sla_policy import (
     format_duration,
     load_sla_policy,
     parse_duration,
+    parse_phase,
 )
 from tests._sla import DEFAULT_DEADLINES, DEFAULT_SLA_POLICY
 
@@ -43,7 +44,7 @@ def eu() -> SlaPolicy:
 
 def execute(
     policy: SlaPolicy, request_type: T.RequestType.ValueType, priority: T.Priority.ValueType
-) -> timedelta:
+) -> timedelta | WorkingDays:
     return policy.deadlines.budgets(request_type, priority).execute
 
 
@@ -74,9 +75,14 @@ def test_cn_green_is_seconds_to_minutes_and_standard_hours_to_days(cn: SlaPolicy
         standard = cn.deadlines.budgets(request_type, STANDARD)
         assert green.deliver == 30 * S
         assert green.acknowledge == 2 * M
-        # Appeals are decided within a week at standard priority; everything else within 3 days.
-        decided = 7 * D if request_type == T.REQUEST_TYPE_APPEAL else 3 * D
-        assert (standard.deliver, standard.acknowledge, standard.execute) == (1 * H, 8 * H, decided)
+        # Appeals are decided within a week at standard priority, returns within 3 working days,
+        # everything else within 3 days.
+        decided = {T.REQUEST_TYPE_APPEAL: 7 * D, T.REQUEST_TYPE_RETURN_FUNDS: WorkingDays(count=3)}
+        assert (standard.deliver, standard.acknowledge, standard.execute) == (
+            1 * H,
+            8 * H,
+            decided.get(request_type, 3 * D),
+        )
     assert execute(cn, T.REQUEST_TYPE_STOP_PAYMENT, GREEN) == 10 * M
     assert execute(cn, T.REQUEST_TYPE_DATA_REQUEST, GREEN) == 8 * H
     assert execute(cn, T.REQUEST_TYPE_DATA_REQUEST, STANDARD) == 3 * D
@@ -105,6 +111,74 @@ def test_cn_escalation_ladder(cn: SlaPolicy) -> None:
         reminder_at=0.5, breach_at=1.0, notify_duty_desk=True, notify_supervisor=True
     )
     assert cn.escalation.reminder_time(RECEIVED, RECEIVED + 10 * M) == RECEIVED + 5 * M
+
+
+def test_cn_returns_take_3_working_days_of_the_chinese_calendar(cn: SlaPolicy) -> None:
+    for priority in (GREEN, STANDARD):
+        assert execute(cn, T.REQUEST_TYPE_RETURN_FUNDS, priority) == WorkingDays(count=3)
+    calendar = cn.calendar
+    assert calendar is cn.deadlines.calendar
+    assert calendar.time_zone == "Asia/Shanghai"
+    assert calendar.weekend == {6, 7}
+    # 2026: 元旦, 春节 (9 days), 清明节, 劳动节 (5), 端午节, 中秋节, 国庆节 (7), and six make-up days.
+    assert len(calendar.holidays) == 3 + 9 + 3 + 5 + 3 + 3 + 7
+    assert {day.year for day in calendar.holidays | calendar.make_up_days} == {2026}
+    assert sorted(calendar.make_up_days) == [
+        date(2026, 1, 4),
+        date(2026, 2, 14),
+        date(2026, 2, 28),
+        date(2026, 5, 9),
+        date(2026, 9, 20),
+        date(2026, 10, 10),
+    ]
+    assert not calendar.is_working_day(date(2026, 10, 1))
+    assert calendar.is_working_day(date(2026, 10, 10))
+
+
+def test_eu_returns_take_3_business_days(eu: SlaPolicy) -> None:
+    assert execute(eu, T.REQUEST_TYPE_RETURN_FUNDS, STANDARD) == WorkingDays(count=3)
+    assert eu.calendar == WorkingCalendar(time_zone="Europe/Brussels")
+
+
+def test_the_return_notice_period(tmp_path: Path, cn: SlaPolicy, eu: SlaPolicy) -> None:
+    assert cn.return_notice_period == 30 * D
+    assert eu.return_notice_period == 30 * D  # the default: eu.toml names none
+    assert cn.scaled(0.001).return_notice_period == 30 * D * 0.001
+    path = tmp_path / "sla.toml"
+    path.write_text(GOOD + '\n[returns]\nnotice_period = "60d"\n', encoding="utf-8")
+    assert load_sla_policy(path).return_notice_period == 60 * D
+
+
+def test_without_a_calendar_weekdays_in_utc_count(tmp_path: Path) -> None:
+    path = tmp_path / "sla.toml"
+    path.write_text(GOOD.replace('execute = "3d"', 'execute = "3wd"'), encoding="utf-8")
+    policy = load_sla_policy(path)
+    assert policy.calendar == WorkingCalendar()
+    assert execute(policy, T.REQUEST_TYPE_FREEZE, STANDARD) == WorkingDays(count=3)
+    friday = datetime(2026, 3, 6, 10, 0, tzinfo=UTC)
+    phases = policy.deadlines.deadlines(T.REQUEST_TYPE_FREEZE, STANDARD, friday).phases
+    assert phases[-1].due_at.ToDatetime(tzinfo=UTC) == datetime(2026, 3, 11, 10, 0, tzinfo=UTC)
+
+
+def test_a_calendar_of_ones_own(tmp_path: Path) -> None:
+    path = tmp_path / "sla.toml"
+    path.write_text(
+        GOOD.replace('execute = "3d"', 'execute = "2wd"')
+        + '\n[calendar]\ntime_zone = "Asia/Dubai"\nweekend = ["friday", "saturday"]\n'
+        + 'holidays = ["2026-03-10"]\nmake_up_days = ["2026-03-07"]\n',
+        encoding="utf-8",
+    )
+    policy = load_sla_policy(path)
+    assert policy.calendar == WorkingCalendar(
+        time_zone="Asia/Dubai",
+        weekend=frozenset({5, 6}),
+        holidays=frozenset({date(2026, 3, 10)}),
+        make_up_days=frozenset({date(2026, 3, 7)}),
+    )
+    # Thursday 5 March 10:00 Dubai: Friday off, Saturday made up, Sunday; Tuesday 10 March a holiday.
+    thursday = datetime(2026, 3, 5, 6, 0, tzinfo=UTC)
+    phases = policy.deadlines.deadlines(T.REQUEST_TYPE_FREEZE, STANDARD, thursday).phases
+    assert phases[-1].due_at.ToDatetime(tzinfo=UTC) == datetime(2026, 3, 8, 6, 0, tzinfo=UTC)
 
 
 def test_eu_example_data_requests_follow_2023_977(eu: SlaPolicy) -> None:
@@ -192,6 +266,20 @@ def test_format_duration(value: timedelta, text: str) -> None:
 
 
 # -- the objects check themselves ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("3wd", WorkingDays(count=3)), ("1wd", WorkingDays(count=1)), ("3d", 3 * D), ("30s", 30 * S)],
+)
+def test_parse_phase(text: str, expected: timedelta | WorkingDays) -> None:
+    assert parse_phase(text) == expected
+
+
+@pytest.mark.parametrize("text", ["0wd", "3 wd", "3WD", "3w", "wd", "1.5wd", "-3wd", "99999wd"])
+def test_parse_phase_refuses(text: str) -> None:
+    with pytest.raises(ValueError, match="duration"):
+        parse_phase(text)
 
 
 def test_hold_rule_and_ladder_checks() -> None:
@@ -319,6 +407,54 @@ BROKEN = [
         "deadline",
         "array of tables",
     ),
+    (GOOD.replace('execute = "3d"', 'execute = "3 wd"'), "deadline[1].execute", "wd for working days"),
+    (GOOD.replace('validity = "48h"', 'validity = "2wd"'), "hold.stop_payment.validity", "not a duration"),
+    (
+        GOOD.replace('acknowledge = "8h"', 'acknowledge = "1wd"'),
+        "deadline[1].execute",
+        "fixed duration after acknowledge in working days",
+    ),
+    (
+        GOOD.replace('execute = "3d"', 'execute = "1wd"').replace('acknowledge = "8h"', 'acknowledge = "2d"'),
+        "deadline[1].execute",
+        "shorter than acknowledge",
+    ),
+    (GOOD + '\n[calendar]\ntime_zone = "Mars/Olympus_Mons"\n', "calendar.time_zone", "unknown time zone"),
+    (GOOD + "\n[calendar]\ntime_zone = 8\n", "calendar.time_zone", "expected a string"),
+    (GOOD + '\n[calendar]\ntime_zone = ""\n', "calendar.time_zone", "unknown time zone"),
+    (GOOD + '\n[calendar]\ntime_zone = "../etc/passwd"\n', "calendar.time_zone", "unknown time zone"),
+    (GOOD + '\n[calendar]\nweekend = ["caturday"]\n', "calendar.weekend[0]", "unknown day 'caturday'"),
+    (GOOD + '\n[calendar]\nweekend = ["sunday", "sunday"]\n', "calendar.weekend[1]", "listed twice"),
+    (
+        GOOD + '\n[calendar]\nweekend = ["monday", "tuesday", "wednesday", "thursday", "friday", '
+        '"saturday", "sunday"]\n',
+        "calendar.weekend",
+        "no working day",
+    ),
+    (GOOD + '\n[calendar]\nholidays = ["2026-13-01"]\n', "calendar.holidays[0]", "not a date"),
+    (GOOD + '\n[calendar]\nholidays = ["2026-10-01", "1 Oct 2026"]\n', "calendar.holidays[1]", "YYYY-MM-DD"),
+    (GOOD + "\n[calendar]\nholidays = [2026-10-01]\n", "calendar.holidays[0]", "expected a string"),
+    (GOOD + '\n[calendar]\nholidays = "2026-10-01"\n', "calendar.holidays", "array of ISO dates"),
+    (
+        GOOD + '\n[calendar]\nholidays = ["2026-10-01", "2026-10-01"]\n',
+        "calendar.holidays[1]",
+        "listed twice",
+    ),
+    (
+        GOOD + '\n[calendar]\nmake_up_days = ["2026-10-09"]\n',
+        "calendar.make_up_days[0]",
+        "is a friday, not a weekend day",
+    ),
+    (
+        GOOD + '\n[calendar]\nholidays = ["2026-10-03"]\nmake_up_days = ["2026-10-03"]\n',
+        "calendar.make_up_days[0]",
+        "also listed in holidays",
+    ),
+    (GOOD + '\n[calendar]\nholiday = ["2026-10-01"]\n', "calendar.holiday", "unknown field"),
+    ('calendar = "cn"\n' + GOOD, "calendar", "expected a table"),
+    (GOOD + '\n[returns]\nnotice_period = "30 days"\n', "returns.notice_period", "not a duration"),
+    (GOOD + '\n[returns]\nnotice_period = "3wd"\n', "returns.notice_period", "not a duration"),
+    (GOOD + '\n[returns]\nnotice = "30d"\n', "returns.notice", "unknown field"),
 ]
 
 
