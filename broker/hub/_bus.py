@@ -40,6 +40,7 @@ from ._events import BrokerEvents, Refused
 from ._grpc_status import guard_stream, guard_unary, to_hub_error
 from ._policy import Policy
 from ._refusals import RefusalSink, note_message_type
+from ._returns_service import ReturnsService
 from ._store import RequestStore
 from ._submit import Intake
 from ._trail_service import TrailService
@@ -98,6 +99,7 @@ class BusServicer(bus_pb2_grpc.BusServiceServicer):
         broker_events: BrokerEvents,
         clock: Clock,
         trail: TrailService,
+        returns: ReturnsService | None = None,
         page_bytes: int = PAGE_BYTES,
         admission: Admission | None = None,
         refusals: RefusalSink | None = None,
@@ -106,6 +108,7 @@ class BusServicer(bus_pb2_grpc.BusServiceServicer):
         """Where refused calls are reported (the guards read it)."""
         self._admission = admission or Admission()
         self._trail = trail
+        self._returns = returns
         self._page_bytes = page_bytes
         self._auth = auth
         self._intake = intake
@@ -228,6 +231,14 @@ class BusServicer(bus_pb2_grpc.BusServiceServicer):
         self, request: bus_pb2.SetChasingRequest, context: grpc.aio.ServicerContext
     ) -> bus_pb2.SetChasingResponse:
         return await self._trail.SetChasing(request, context)
+
+    async def GetAllocation(
+        self, request: bus_pb2.GetAllocationRequest, context: grpc.aio.ServicerContext
+    ) -> bus_pb2.GetAllocationResponse:
+        if self._returns is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this broker keeps no allocations")
+        assert self._returns is not None
+        return await self._returns.GetAllocation(request, context)
 
     # -- acting ----------------------------------------------------------------------------
 
