@@ -5,6 +5,7 @@ settlement, and the payouts sealed to the requester only."""
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -12,7 +13,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import x25519
 from greenchannel.v1 import common_pb2, lifecycle_pb2, requests_pb2, results_pb2, trail_pb2
 
-from broker.hub._allocation import allocate
+from broker.hub._allocation import Allocation, allocate
 from broker.hub._errors import AlreadyExistsError, HubError
 from broker.hub._policy import DEFAULT_CHASE, load_policy
 from broker.hub._returns_rules import (
@@ -39,7 +40,8 @@ from broker.protocol import (
     seal_result_details,
     to_timestamp,
 )
-from tests.unit.test_trail import CASE, NOW, POLICE, ctx_for, money, onward, outcome_status
+from tests.integration.trail_world import POLICE
+from tests.unit.test_trail import CASE, NOW, ctx_for, money, onward, outcome_status
 
 ROOT = Path(__file__).resolve().parents[2]
 DIRECTORY = ROOT / "agencies" / "directory.toml"
@@ -147,25 +149,24 @@ def test_frozen_is_what_still_holding_holds_held_less_partial_releases() -> None
 # -- checking an order ------------------------------------------------------------------------------
 
 
-def _allocation(frozen: int = 700) -> tuple[object, list[object]]:
+def _allocation(frozen: int = 700) -> Allocation:
     a = trail_of(CASE, claim_request("a1", 600, victim="va", at=NOW - timedelta(hours=3)))
     b = trail_of(OTHER, claim_request("b1", 300, victim="vb", at=NOW - timedelta(hours=1)))
     c = trail_of(OTHER, claim_request("b2", 500, victim="vc", at=None))
-    claims = claims_on([a, b, c], "mule")
-    return allocate(frozen, claims, notice_ends_at=NOW + timedelta(days=30)), claims
+    return allocate(frozen, claims_on([a, b, c], "mule"), notice_ends_at=NOW + timedelta(days=30))
 
 
 def _check(
     payouts: list[Payout],
-    entries: list[trail_pb2.ReturnEntry] = (),
+    entries: Sequence[trail_pb2.ReturnEntry] = (),
     *,
     case: common_pb2.CaseRef = CASE,
     now: datetime = NOW,
-    key: str = "k",  # type: ignore[assignment]
+    key: str = "k",
 ) -> None:
-    allocation, _ = _allocation()
+    allocation = _allocation()
     check_order(
-        allocation,  # type: ignore[arg-type]
+        allocation,
         entries,
         case=(case.issuing_agency, case.case_number),
         payouts=payouts,
@@ -205,9 +206,9 @@ def test_the_shares_are_payable_and_pro_rata_after_the_notice_period() -> None:
     with pytest.raises(HubError) as refused:
         _check([_payout("vc", 1)], case=OTHER, now=NOW + timedelta(days=31))
     assert refused.value.reason == "EXCEEDS_SHARE"
-    allocation, _ = _allocation(frozen=1_000)
+    allocation = _allocation(frozen=1_000)
     check_order(
-        allocation,  # type: ignore[arg-type]
+        allocation,
         [],
         case=(OTHER.issuing_agency, OTHER.case_number),
         payouts=[_payout("vc", 100)],
@@ -285,13 +286,13 @@ def test_an_outcome_settles_the_reservation_once() -> None:
 
 
 def test_the_allocation_message_spreads_a_victims_returns_over_its_claims() -> None:
-    allocation, _ = _allocation()
+    allocation = _allocation()
     record = trail_pb2.AccountReturns(node_id="mule")
     _reserve(record, "paid", "k1", 300)
     settle(record, _ended("paid", S.REQUEST_STATE_EXECUTED, (0, 300)))
     _reserve(record, "open", "k2", 50)
     message = allocation_message(
-        allocation,  # type: ignore[arg-type]
+        allocation,
         record.entries,
         node_id="mule",
         bank="bank-icbc",
