@@ -9,6 +9,7 @@ One stack for the module; the checks run in order on the same account.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -19,7 +20,7 @@ import grpc
 import nats.js.errors
 import pytest
 import pytest_asyncio
-from greenchannel.v1 import common_pb2, lifecycle_pb2, requests_pb2, trail_pb2
+from greenchannel.v1 import bus_pb2, common_pb2, lifecycle_pb2, requests_pb2, trail_pb2
 
 from adapters import AdapterConfig
 from agencies.bank import BankCore
@@ -331,7 +332,28 @@ async def test_a_hostile_return_is_refused_with_its_reason_and_stores_nothing(
 async def test_the_police_order_the_return_the_bank_pays_and_holds_less(world: World) -> None:
     stack, bank = world.stack, world.bank
     async with stack.client(OWNER_A) as a, stack.client(OWNER_B) as b:
-        accepted = await a.submit(return_order(CASE_A, OWNER_A, (VICTIM_A_REF, SHARE_A)))
+        # Two orders for the whole share at once: the account's reservation lets one through.
+        order = return_order(CASE_A, OWNER_A, (VICTIM_A_REF, SHARE_A))
+        raced = await asyncio.gather(
+            a.submit(order, idempotency_key="return-a-1"),
+            a.submit(order, idempotency_key="return-a-2"),
+            return_exceptions=True,
+        )
+        accepted_ones = [r for r in raced if isinstance(r, bus_pb2.SubmitResponse)]
+        refused = [r for r in raced if isinstance(r, grpc.aio.AioRpcError)]
+        assert len(accepted_ones) == 1, raced
+        assert [error_details(r).reason for r in refused] == ["EXCEEDS_SHARE"]
+        accepted = accepted_ones[0]
+        # A retry of the accepted order is the same request, reserved once.
+        key = "return-a-1" if raced[0] is accepted else "return-a-2"
+        retried = await a.submit(order, idempotency_key=key)
+        assert retried.duplicate
+        assert retried.status.id == accepted.status.id
+        record = await _reservation(stack, world.node_id)
+        assert record is not None
+        assert [(e.request_id, e.amount.minor_units) for e in record.entries] == [
+            (accepted.status.id, SHARE_A)
+        ]
         assert accepted.status.allocation.node_id == world.node_id
         reserved = _shares(accepted.status.allocation)[OWNER_A]
         assert reserved.reserved.minor_units == SHARE_A
