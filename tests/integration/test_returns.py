@@ -424,3 +424,14 @@ async def test_the_index_and_the_reservations_hold_no_personal_data(world: World
                     assert secret.encode() not in blob
     finally:
         await nc.close()
+
+
+async def test_a_return_under_another_agencys_case_is_not_the_senders_to_order(world: World) -> None:
+    stack = world.stack
+    journal_before = await _journal_count(stack, OWNER_A, CASE_A)
+    async with stack.client(STRANGER) as stranger:
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stranger.submit(return_order(CASE_A, OWNER_A, (VICTIM_A_REF, 100)))
+    assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert error_details(refused.value).reason == "NOT_CASE_OWNER"
+    assert await _journal_count(stack, OWNER_A, CASE_A) == journal_before
