@@ -20,7 +20,6 @@ and skips the round trip.
 
 from __future__ import annotations
 
-import asyncio
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -30,7 +29,7 @@ from nats.js.client import JetStreamContext
 from nats.js.kv import KeyValue
 
 from ._errors import UnavailableError
-from ._store import open_bucket
+from ._store import LazyBucket
 
 __all__ = ["ACCOUNT_CASES_BUCKET", "AccountCases", "CaseKey"]
 
@@ -53,17 +52,11 @@ class AccountCases:
 
     def __init__(self, js: JetStreamContext, *, replicas: int = 1) -> None:
         self._js = js
-        self._replicas = replicas
-        self._kv: KeyValue | None = None
-        self._opening = asyncio.Lock()
+        self._kv = LazyBucket(js, ACCOUNT_CASES_BUCKET, replicas=replicas)
         self._known: OrderedDict[str, None] = OrderedDict()
 
     async def _bucket(self) -> KeyValue:
-        if self._kv is None:
-            async with self._opening:
-                if self._kv is None:
-                    self._kv = await open_bucket(self._js, ACCOUNT_CASES_BUCKET, replicas=self._replicas)
-        return self._kv
+        return await self._kv.get()
 
     async def add(self, node_id: str, case: CaseKey) -> None:
         """Index ``case`` as holding money on ``node_id``; idempotent."""

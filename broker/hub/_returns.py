@@ -64,7 +64,7 @@ from ._returns_rules import (
     settle,
     stale_entries,
 )
-from ._store import RequestStore, open_bucket
+from ._store import LazyBucket, RequestStore
 from ._trail import CaseRequests, TrailRecorder
 from ._trail_store import TrailStore
 
@@ -83,17 +83,10 @@ class ReturnRecords:
     """``AccountReturns`` per account in KV, changed by compare-and-set."""
 
     def __init__(self, js: JetStreamContext, *, replicas: int = 1) -> None:
-        self._js = js
-        self._replicas = replicas
-        self._kv: KeyValue | None = None
-        self._opening = asyncio.Lock()
+        self._kv = LazyBucket(js, RETURNS_BUCKET, replicas=replicas)
 
     async def _bucket(self) -> KeyValue:
-        if self._kv is None:
-            async with self._opening:
-                if self._kv is None:
-                    self._kv = await open_bucket(self._js, RETURNS_BUCKET, replicas=self._replicas)
-        return self._kv
+        return await self._kv.get()
 
     async def get(self, node_id: str) -> tuple[trail_pb2.AccountReturns, int | None]:
         """The account's record (empty when none) and its revision (None when none)."""
