@@ -68,7 +68,7 @@ from ._store import LazyBucket, RequestStore
 from ._trail import CaseRequests, TrailRecorder
 from ._trail_store import TrailStore
 
-__all__ = ["RETURNS_BUCKET", "ReturnPlan", "ReturnRecords", "Returns"]
+__all__ = ["RETURNS_BUCKET", "Reconciled", "ReturnPlan", "ReturnRecords", "Returns"]
 
 log = structlog.get_logger(__name__)
 
@@ -138,12 +138,30 @@ class AccountView:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Reconciled:
+    """Reserved entries of orders that ended (to settle) or never reached the journal (to release)."""
+
+    ended: tuple[lifecycle_pb2.RequestStatus, ...] = ()
+    unstored: tuple[str, ...] = ()
+
+    def apply(self, record: trail_pb2.AccountReturns) -> bool:
+        """Settle and release them in ``record``; whether that changed it."""
+        changed = False
+        for status in self.ended:
+            changed = settle(record, status) or changed
+        for request_id in self.unstored:
+            changed = release(record, request_id) or changed
+        return changed
+
+
+@dataclass(frozen=True, kw_only=True)
 class ReturnPlan:
     """An order that passed every check, ready to be reserved."""
 
     view: AccountView
     case: CaseKey
     payouts: tuple[Payout, ...]
+    reconciled: Reconciled
 
 
 class Returns:
@@ -255,7 +273,7 @@ class Returns:
                 f"case {case.case_number} of {case.issuing_agency} holds no money on that account",
                 reason="ACCOUNT_NOT_IN_CASE",
             )
-        record, _ = await self._records.get(node_id)
+        record, _ = await self._reconciled(node_id, "")
         return self._message(view, record)
 
     def _message(self, view: AccountView, record: trail_pb2.AccountReturns) -> trail_pb2.Allocation:
@@ -296,7 +314,7 @@ class Returns:
             )
             for i, p in enumerate(order.payouts)
         )
-        record, _ = await self._records.get(node_id)
+        record, reconciled = await self._reconciled(node_id, order_key)
         check_order(
             view.allocation,
             record.entries,
@@ -307,7 +325,7 @@ class Returns:
             order_key=order_key,
         )
         del sender  # the policy checked case_ref.issuing_agency == sender already
-        return ReturnPlan(view=view, case=case, payouts=payouts)
+        return ReturnPlan(view=view, case=case, payouts=payouts, reconciled=reconciled)
 
     async def reserve(
         self, plan: ReturnPlan, *, request_id: str, order_key: str, content: str
@@ -315,17 +333,11 @@ class Returns:
         """Reserve the order's payouts (checked again in the compare-and-set); the request id to
         store it under (a retry's first id) and the allocation with the reservation."""
         node_id = plan.view.node_id
-        current, _ = await self._records.get(node_id)
-        ended, unstored = await self._reconcile(current, order_key)
         now = self._clock.now()
         case = (plan.case.issuing_agency, plan.case.case_number)
 
         def change(record: trail_pb2.AccountReturns) -> bool:
-            changed = False
-            for status in ended:
-                changed = settle(record, status) or changed
-            for stale in unstored:
-                changed = release(record, stale) or changed
+            changed = plan.reconciled.apply(record)
             check_order(
                 plan.view.allocation,
                 record.entries,
@@ -352,9 +364,16 @@ class Returns:
         bound = next((e.request_id for e in record.entries if e.order_key == order_key), request_id)
         return bound, self._message(plan.view, record)
 
-    async def _reconcile(
-        self, record: trail_pb2.AccountReturns, order_key: str
-    ) -> tuple[list[lifecycle_pb2.RequestStatus], list[str]]:
+    async def _reconciled(self, node_id: str, order_key: str) -> tuple[trail_pb2.AccountReturns, Reconciled]:
+        """The account's record as it stands once the orders that ended since (an outcome hook
+        not run yet, a cancellation) and those never stored are accounted for: checked against,
+        and written with the next reservation."""
+        record, _ = await self._records.get(node_id)
+        reconciled = await self._reconcile(record, order_key)
+        reconciled.apply(record)
+        return record, reconciled
+
+    async def _reconcile(self, record: trail_pb2.AccountReturns, order_key: str) -> Reconciled:
         """Reserved entries whose order ended (to settle) or never reached the journal (to release)."""
         mine = {e.request_id for e in record.entries if e.order_key == order_key}
         pending = [i for i in stale_entries(record) if i not in mine]
@@ -373,7 +392,7 @@ class Returns:
                 stored.status.state in FINAL_STATES or stored.status.state == common_pb2.REQUEST_STATE_EXPIRED
             ):
                 ended.append(stored.status)
-        return ended, unstored
+        return Reconciled(ended=tuple(ended), unstored=tuple(unstored))
 
     async def abandon(self, plan: ReturnPlan, request_id: str) -> None:
         """Intake could not store the order: release its entries unless the journal has it."""
