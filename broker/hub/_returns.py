@@ -230,19 +230,27 @@ class Returns:
         entries = holds_in(trail, node_id)
         if not entries:
             return []
-        statuses = await asyncio.gather(*(self._requests.get(e.request_id) for e in entries))
+        statuses = await asyncio.gather(
+            *(self._requests.get(e.request_id) for e in entries), return_exceptions=True
+        )
         ids = {e.request_id for e in entries}
         released = await self._released(trail.case_ref, ids)
-        return [
-            HoldView(
-                request_id=e.request_id,
-                held=e.held.minor_units,
-                state=s.status.state,
-                released=released.get(e.request_id, 0),
-                outcome_at=e.outcome_at.ToDatetime(tzinfo=UTC),
+        holds: list[HoldView] = []
+        for entry, stored in zip(entries, statuses, strict=True):
+            if isinstance(stored, NotFoundError):
+                continue  # a trail entry without a journal record holds nothing we can vouch for
+            if isinstance(stored, BaseException):
+                raise stored
+            holds.append(
+                HoldView(
+                    request_id=entry.request_id,
+                    held=entry.held.minor_units,
+                    state=stored.status.state,
+                    released=released.get(entry.request_id, 0),
+                    outcome_at=entry.outcome_at.ToDatetime(tzinfo=UTC),
+                )
             )
-            for e, s in zip(entries, statuses, strict=True)
-        ]
+        return holds
 
     async def _released(self, case: common_pb2.CaseRef, targets: set[str]) -> dict[str, int]:
         """Minor units executed partial releases lifted from each of ``targets``."""

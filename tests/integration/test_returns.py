@@ -56,6 +56,7 @@ MULE = "6222020900001234"
 VICTIM_A = "6222020900005678"  # at the same bank: credited there
 VICTIM_B = "6217000900009012"  # at another bank: an outgoing transfer
 STRANGER_ACCOUNT = "6222020900007777"
+UNTRACED_MULE = "6222020900008888"  # a hold whose victim's deposit time nobody knows
 
 # The mule holds 700.00; case A freezes 600.00 (all there), case B 300.00 (only 100.00 left).
 # Deposit order, latest first: B's victim (300.00) is paid first, A's victim gets the rest (400.00).
@@ -92,28 +93,38 @@ def _case(case_number: str, owner: str, kind: common_pb2.LegalInstrumentType.Val
 
 
 def freeze(
-    case_number: str, owner: str, amount: int, victim: common_pb2.BankAccountRef, deposited: datetime
+    case_number: str,
+    owner: str,
+    amount: int,
+    victim: common_pb2.BankAccountRef,
+    deposited: datetime | None,
+    *,
+    account: common_pb2.BankAccountRef = MULE_REF,
 ) -> requests_pb2.Request:
     return requests_pb2.Request(
         case_ref=_case(case_number, owner, common_pb2.LEGAL_INSTRUMENT_TYPE_FREEZE_NOTICE),
         priority=common_pb2.PRIORITY_GREEN,
         freeze=requests_pb2.Freeze(
-            account=MULE_REF,
+            account=account,
             amount=common_pb2.Money(currency="CNY", minor_units=amount),
             victim_account=victim,
-            deposited_at=to_timestamp(deposited),
+            deposited_at=to_timestamp(deposited) if deposited is not None else None,
         ),
     )
 
 
 def return_order(
-    case_number: str, owner: str, *payouts: tuple[common_pb2.BankAccountRef, int], currency: str = "CNY"
+    case_number: str,
+    owner: str,
+    *payouts: tuple[common_pb2.BankAccountRef, int],
+    currency: str = "CNY",
+    account: common_pb2.BankAccountRef = MULE_REF,
 ) -> requests_pb2.Request:
     return requests_pb2.Request(
         case_ref=_case(case_number, owner, common_pb2.LEGAL_INSTRUMENT_TYPE_RETURN_NOTICE),
         priority=common_pb2.PRIORITY_STANDARD,
         return_funds=requests_pb2.ReturnFunds(
-            account=MULE_REF,
+            account=account,
             payouts=[
                 requests_pb2.VictimPayout(
                     victim_account=victim, amount=common_pb2.Money(currency=currency, minor_units=amount)
@@ -172,6 +183,7 @@ async def world(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World
         bank.open_account(MULE, "马某某", balance=BALANCE, opened_at=opened)
         bank.open_account(VICTIM_A, "张某某", balance=0, opened_at=opened)
         bank.open_account(STRANGER_ACCOUNT, "王某某", balance=0, opened_at=opened)
+        bank.open_account(UNTRACED_MULE, "赵某某", balance=5_000, opened_at=opened)
         world = World(stack=stack, bank=bank)
         now = datetime.now(UTC)
         async with stack.client(OWNER_A) as police_a, stack.client(OWNER_B) as police_b:
@@ -446,3 +458,32 @@ async def test_a_return_under_another_agencys_case_is_not_the_senders_to_order(w
     assert refused.value.code() == grpc.StatusCode.PERMISSION_DENIED
     assert error_details(refused.value).reason == "NOT_CASE_OWNER"
     assert await _journal_count(stack, OWNER_A, CASE_A) == journal_before
+
+
+async def test_untraced_money_is_shared_pro_rata_only_after_the_notice_period(world: World) -> None:
+    stack = world.stack
+    mule = _ref(UNTRACED_MULE, "赵某某")
+    async with stack.client(OWNER_A) as a:
+        held = await a.submit(freeze(CASE_A, OWNER_A, 5_000, VICTIM_A_REF, None, account=mule))
+        assert (await settled(a, held.status.id)).state == common_pb2.REQUEST_STATE_EXECUTED
+
+        async def indexed() -> trail_pb2.Allocation | None:
+            try:
+                return await a.allocation(CASE_A, mule)
+            except grpc.aio.AioRpcError:
+                return None
+
+        allocation = await found(indexed, "the untraced hold is indexed")
+        (claim,) = allocation.claims
+        assert claim.rule == trail_pb2.ALLOCATION_RULE_PRO_RATA
+        assert claim.share.minor_units == 5_000
+        assert not claim.HasField("deposited_at")
+        ends = allocation.notice_ends_at.ToDatetime(tzinfo=UTC)
+        assert claim.payable_after == allocation.notice_ends_at
+        assert timedelta(days=29) < ends - datetime.now(UTC) <= timedelta(days=30)
+        journal_before = await _journal_count(stack, OWNER_A, CASE_A)
+        with pytest.raises(grpc.aio.AioRpcError) as early:
+            await a.submit(return_order(CASE_A, OWNER_A, (VICTIM_A_REF, 1_000), account=mule))
+        assert error_details(early.value).reason == "NOTICE_PERIOD"
+        assert await _journal_count(stack, OWNER_A, CASE_A) == journal_before
+        assert await _reservation(stack, allocation.node_id) is None
