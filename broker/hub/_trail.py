@@ -56,7 +56,14 @@ a second processing (redelivery, restart, another replica) finds the outcome rec
 sends what is still planned (a child already sent and not yet answered included: its
 idempotency key gives back the request the bus accepted the first time), so the bank gets each
 child once. A transient failure raises, so the event is not acknowledged and is processed again.
-Each hold costs one write, at its outcome; a child refused by the bus one more (its lead).
+Each hold costs one write, at its outcome; a child refused by the bus one more (its lead); the
+first hold of a case holding money on an account one more, in the account -> cases index
+(:mod:`broker.hub._account_cases`) that RETURN_FUNDS reads.
+
+**Victims.** A police hold naming the victim's account (``victim_account``, ``deposited_at``)
+records it as ``victim_id`` (the same keyed digest as node ids) and ``arrived_at`` on its entry;
+a chase child carries its parent path's victim and arrives with the onward transfer (its ``at``).
+Each entry is thus a claim on its account's frozen money (:mod:`broker.hub._returns`).
 
 **Switching.** Police switch chasing off and on per case, and may narrow its bounds within the
 policy (:meth:`TrailChaser.set_chasing`); switching it on again decides once more on the leads
