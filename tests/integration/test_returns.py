@@ -25,7 +25,7 @@ from greenchannel.v1 import bus_pb2, common_pb2, lifecycle_pb2, requests_pb2, tr
 from adapters import AdapterConfig
 from agencies.bank import BankCore
 from agencies.demo import Stack, StackConfig
-from broker.client import BusClient, error_details, open_result_details
+from broker.client import BusClient, error_details, open_account, open_result_details
 from broker.hub._account_cases import ACCOUNT_CASES_BUCKET
 from broker.hub._returns import RETURNS_BUCKET
 from broker.protocol import (
@@ -197,7 +197,15 @@ async def world(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World
             partial = await settled(police_b, second.status.id)
             assert partial.state == common_pb2.REQUEST_STATE_PARTIALLY_EXECUTED
             assert partial.trail_seed.victim_id
-            assert partial.trail_seed.HasField("victim_account")
+            # The victim's account is kept only sealed to the case owner, bound to its digest.
+            victim = open_account(
+                partial.trail_seed.victim_account,
+                load_agency_encryption_key(stack._config.keys_dir, OWNER_B),
+                case_ref=partial.case_ref,
+                node_id=partial.trail_seed.victim_id,
+            )
+            assert victim.account_number == VICTIM_B
+            assert partial.trail_seed.deposited_at.ToDatetime(tzinfo=UTC) == now - timedelta(hours=1)
 
             async def both_indexed() -> trail_pb2.Allocation | None:
                 try:
