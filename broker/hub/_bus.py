@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 from collections.abc import AsyncIterator, Callable
 
 import grpc
@@ -35,7 +36,7 @@ from broker.protocol import (
 
 from ._admission import Admission
 from ._auth import Authenticator, Caller
-from ._errors import IllegalTransitionError, InvalidRequestError, PermissionDeniedError
+from ._errors import HubError, IllegalTransitionError, InvalidRequestError, PermissionDeniedError
 from ._events import BrokerEvents, Refused
 from ._grpc_status import guard_stream, guard_unary, to_hub_error
 from ._policy import Policy
@@ -310,6 +311,11 @@ class BusServicer(bus_pb2_grpc.BusServiceServicer):
                 reason=refused.reason,
             ) from refused
         log.info("request.cancelled", request_id=cancellation.request_id, sender=caller.agency.id)
+        if self._returns is not None:
+            # A cancelled return frees its reservation now (the next order on the account would
+            # find it ended anyway, should this write fail).
+            with contextlib.suppress(HubError):
+                await self._returns.returns.after_outcome(status)
         return bus_pb2.CancelResponse(status=status)
 
 

@@ -32,6 +32,11 @@ class ReturnsService:
         self._auth = auth
         self._returns = returns
 
+    @property
+    def returns(self) -> Returns:
+        """The broker's returns (the Bus API's Cancel settles a cancelled order through it)."""
+        return self._returns
+
     @guard_unary
     async def GetAllocation(
         self, request: bus_pb2.GetAllocationRequest, context: grpc.aio.ServicerContext
