@@ -1,7 +1,8 @@
 """The terminal answer to a request: the agency's result checked, sealed and redacted, or a failure.
 
 Only the adapter seals: a data answer is sealed to the requester; onward transfers are redacted,
-their full copy sealed to the requester and to the broker (which chases the money).
+their full copy sealed to the requester and to the broker (which chases the money); the payouts of
+a return of funds are redacted (no victim's account), their full copy sealed to the requester.
 """
 
 from __future__ import annotations
@@ -99,12 +100,13 @@ class AnswerBuilder:
                     "the answer could not be sealed to the requester",
                     error=type(exc).__name__,
                 )
-        if result.onward_transfers:
+        if result.onward_transfers or result.returns:
             result = self._seal_details(opened, result)
         return Answer(result=result)
 
     def _seal_details(self, opened: OpenedEnvelope, result: results_pb2.Result) -> results_pb2.Result:
-        """Redact the onward transfers; seal their full copy to the requester and to the broker.
+        """Redact the onward transfers and payouts; seal their full copy to the requester (and the
+        transfers to the broker).
 
         The agency has already acted (a hold is in place), so a copy that cannot be sealed is left
         out and logged rather than turning the answer into a failure; the transfers are redacted

@@ -104,6 +104,7 @@ _BANK = _calls(
         "freeze": _Call("Freeze", bank_pb2.FreezeRequest),
         "release": _Call("ReleaseHold", bank_pb2.ReleaseHoldRequest),
         "extend": _Call("ExtendHold", bank_pb2.ExtendHoldRequest),
+        "return_funds": _Call("ReturnFunds", bank_pb2.ReturnFundsRequest),
         "data_request": _Call("QueryBankData", bank_pb2.QueryBankDataRequest, answer_field="answer"),
     }
 )

@@ -83,6 +83,15 @@ class BankCore(AgencyCore):
             partial(orders.extend_hold, self._config),
         )
 
+    def return_funds(self, request: bank_pb2.ReturnFundsRequest) -> bank_pb2.ReturnFundsResponse:
+        """资金返还: pay the victims from the money held on the account; hold that much less."""
+        return self._run(
+            "BankService.ReturnFunds",
+            request,
+            bank_pb2.ReturnFundsResponse,
+            partial(orders.return_funds, self._config),
+        )
+
     def query_bank_data(self, request: bank_pb2.QueryBankDataRequest) -> bank_pb2.QueryBankDataResponse:
         """Account holder identity or transactions in a period, in clear (the adapter seals them)."""
         return self._run(

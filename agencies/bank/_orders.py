@@ -28,7 +28,7 @@ from . import _store as store
 from ._config import BankConfig
 from ._model import Account, AccountStatus, Hold, HoldKind, HoldStatus, Transfer, same_holder
 
-__all__ = ["Env", "extend_hold", "freeze", "query_bank_data", "release_hold", "stop_payment"]
+__all__ = ["Env", "extend_hold", "freeze", "query_bank_data", "release_hold", "return_funds", "stop_payment"]
 
 _MAX_ONWARD = 1000  # the contract's cap on Result.onward_transfers
 
@@ -62,9 +62,7 @@ def stop_payment(
     result = _shortfall_result(conn, env, acct, asked, held, order.fraud_transfer_id)
     result.amount_held.CopyFrom(money(acct.currency, held))
     if held:
-        hold = _place(
-            conn, env, ctx.request_id, acct, held, HoldKind.STOP_PAYMENT, until, converted_from=None
-        )
+        hold = _place(conn, env, ctx, acct, held, HoldKind.STOP_PAYMENT, until, converted_from=None)
         result.hold_until.CopyFrom(to_timestamp(hold.expires_at))
         result.agency_reference = hold.hold_id
     return bank_pb2.StopPaymentResponse(result=result)
@@ -105,7 +103,7 @@ def freeze(
         hold = _place(
             conn,
             env,
-            ctx.request_id,
+            ctx,
             acct,
             frozen,
             HoldKind.FREEZE,
@@ -175,6 +173,111 @@ def extend_hold(
     result.hold_until.CopyFrom(to_timestamp(until))
     _set_amount(result, hold.kind, money(acct.currency, hold.amount))
     return bank_pb2.ExtendHoldResponse(result=result)
+
+
+def return_funds(
+    config: BankConfig,
+    conn: sqlite3.Connection,
+    now: datetime,
+    ctx: agency_pb2.OrderContext,
+    order: requests_pb2.ReturnFunds,
+) -> bank_pb2.ReturnFundsResponse:
+    """资金返还: pay each victim from the money held on the account, in the order's order, and
+    hold that much less (the paying case's holds first, oldest first, then the others')."""
+    env = Env(config=config, now=now)
+    currency = order.payouts[0].amount.currency
+    # A closed mule account still has its frozen money to give back.
+    acct = _checked_account(conn, env, order.account, currency=currency, must_be_open=False)
+    if isinstance(acct, results_pb2.Result):
+        return bank_pb2.ReturnFundsResponse(result=acct)
+    case = (ctx.case_ref.issuing_agency, ctx.case_ref.case_number)
+    holds = sorted(
+        (h for h in store.holds_on(conn, acct.account_number, env.now) if h.status is HoldStatus.ACTIVE),
+        key=lambda h: (store.hold_case(conn, h.hold_id) != case, h.created_at, h.hold_id),
+    )
+    if not holds:
+        return bank_pb2.ReturnFundsResponse(
+            result=rejected(results_pb2.REASON_CODE_NO_ACTIVE_HOLD, "no money is held on the account")
+        )
+    left = {h.hold_id: h.amount for h in holds}
+    payable = min(sum(left.values()), acct.balance)
+    paid_out: list[results_pb2.ReturnedPayout] = []
+    for index, payout in enumerate(order.payouts):
+        pay = min(payout.amount.minor_units, payable)
+        if pay <= 0:
+            continue
+        payable -= pay
+        tid = _pay_victim(conn, env, acct, payout.victim_account, pay, index)
+        _lift(conn, env, holds, left, pay)
+        paid_out.append(
+            results_pb2.ReturnedPayout(
+                payout_index=index,
+                amount=money(acct.currency, pay),
+                transfer_id=tid,
+                victim_account=payout.victim_account,
+            )
+        )
+    asked = sum(p.amount.minor_units for p in order.payouts)
+    returned = sum(p.amount.minor_units for p in paid_out)
+    if returned == asked:
+        result = executed("frozen money returned")
+    elif returned:
+        result = results_pb2.Result(
+            outcome=common_pb2.REQUEST_STATE_PARTIALLY_EXECUTED,
+            reason=results_pb2.REASON_CODE_INSUFFICIENT_FUNDS,
+            detail="less held on the account than ordered; returned what was held",
+        )
+    else:
+        result = rejected(results_pb2.REASON_CODE_INSUFFICIENT_FUNDS, "nothing held on the account to return")
+    result.amount_returned.CopyFrom(money(acct.currency, returned))
+    result.returns.extend(paid_out)
+    result.amount_frozen.CopyFrom(money(acct.currency, sum(left.values())))
+    return bank_pb2.ReturnFundsResponse(result=result)
+
+
+def _pay_victim(
+    conn: sqlite3.Connection,
+    env: Env,
+    acct: Account,
+    victim: common_pb2.BankAccountRef,
+    amount: int,
+    index: int,
+) -> str:
+    """Debit the held account and pay the victim: credited here if the account is this bank's,
+    else an outgoing transfer to the victim's bank. The transfer id."""
+    local = store.account(conn, victim.account_number) if victim.bank in ("", env.config.agency_id) else None
+    store.adjust_balance(conn, acct.account_number, -amount)
+    if local is not None:
+        store.adjust_balance(conn, local.account_number, amount)
+    tid = f"{new_reference('RT', env.now)}{index:02d}"
+    store.insert_transfer(
+        conn,
+        Transfer(
+            transfer_id=tid,
+            from_account=acct.account_number,
+            from_bank=env.config.agency_id,
+            to_account=victim.account_number,
+            to_bank=env.config.agency_id if local is not None else victim.bank,
+            to_bank_code="",
+            to_holder=local.holder_name if local is not None else victim.holder_name,
+            amount=amount,
+            currency=acct.currency,
+            at=env.now,
+        ),
+    )
+    return tid
+
+
+def _lift(conn: sqlite3.Connection, env: Env, holds: list[Hold], left: dict[str, int], amount: int) -> None:
+    """Hold ``amount`` less over ``holds``, in their order: the money paid out is no longer held."""
+    for hold in holds:
+        if amount <= 0:
+            return
+        take = min(left[hold.hold_id], amount)
+        if take:
+            store.reduce_hold(conn, hold.hold_id, take, env.now)
+            left[hold.hold_id] -= take
+            amount -= take
 
 
 def query_bank_data(
@@ -292,7 +395,7 @@ def _hold_until(ctx: agency_pb2.OrderContext, env: Env, default: timedelta) -> d
 def _place(
     conn: sqlite3.Connection,
     env: Env,
-    request_id: str,
+    ctx: agency_pb2.OrderContext,
     acct: Account,
     amount: int,
     kind: HoldKind,
@@ -302,7 +405,7 @@ def _place(
 ) -> Hold:
     hold = Hold(
         hold_id=new_reference("SP" if kind is HoldKind.STOP_PAYMENT else "FZ", env.now),
-        request_id=request_id,
+        request_id=ctx.request_id,
         account_number=acct.account_number,
         amount=amount,
         kind=kind,
@@ -312,6 +415,7 @@ def _place(
         converted_from=converted_from,
     )
     store.insert_hold(conn, hold)
+    store.insert_hold_case(conn, hold.hold_id, ctx.case_ref.issuing_agency, ctx.case_ref.case_number)
     return hold
 
 

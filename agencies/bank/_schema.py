@@ -50,6 +50,13 @@ CREATE TABLE IF NOT EXISTS holds (
     ended_at_us    INTEGER
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS holds_by_account ON holds (account_number, status, expires_at_us);
+
+-- The case each hold was placed under (RETURN_FUNDS lifts the paying case's own holds first).
+CREATE TABLE IF NOT EXISTS hold_cases (
+    hold_id     TEXT PRIMARY KEY REFERENCES holds (hold_id),
+    case_owner  TEXT NOT NULL,
+    case_number TEXT NOT NULL
+) WITHOUT ROWID;
 """
     + JOURNAL_SCHEMA
 )

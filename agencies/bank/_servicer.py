@@ -44,3 +44,8 @@ class BankServicer(bank_pb2_grpc.BankServiceServicer):
         self, request: bank_pb2.QueryBankDataRequest, context: Any
     ) -> bank_pb2.QueryBankDataResponse:
         return await answer(self._core.query_bank_data, request, context, method="QueryBankData")
+
+    async def ReturnFunds(
+        self, request: bank_pb2.ReturnFundsRequest, context: Any
+    ) -> bank_pb2.ReturnFundsResponse:
+        return await answer(self._core.return_funds, request, context, method="ReturnFunds")

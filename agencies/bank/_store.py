@@ -15,11 +15,14 @@ __all__ = [
     "available",
     "expire_due",
     "hold_by_request",
+    "hold_case",
     "holds_on",
     "insert_account",
     "insert_hold",
+    "insert_hold_case",
     "insert_transfer",
     "outgoing",
+    "reduce_hold",
     "set_account_status",
     "set_hold_expiry",
     "set_hold_status",
@@ -226,3 +229,29 @@ def expire_due(conn: sqlite3.Connection, now: datetime) -> list[str]:
         (to_us(now),),
     ).fetchall()
     return [row["request_id"] for row in sorted(rows, key=lambda r: (r["expires_at_us"], r["request_id"]))]
+
+
+def insert_hold_case(conn: sqlite3.Connection, hold_id: str, case_owner: str, case_number: str) -> None:
+    conn.execute(
+        "INSERT INTO hold_cases (hold_id, case_owner, case_number) VALUES (?, ?, ?)",
+        (hold_id, case_owner, case_number),
+    )
+
+
+def hold_case(conn: sqlite3.Connection, hold_id: str) -> tuple[str, str] | None:
+    """The (case owner, case number) a hold was placed under; None for holds placed before it was kept."""
+    row = conn.execute(
+        "SELECT case_owner, case_number FROM hold_cases WHERE hold_id = ?", (hold_id,)
+    ).fetchone()
+    return (row["case_owner"], row["case_number"]) if row is not None else None
+
+
+def reduce_hold(conn: sqlite3.Connection, hold_id: str, by: int, at: datetime) -> None:
+    """Hold ``by`` minor units less; a hold reduced to nothing is released (its row keeps the last amount)."""
+    row = conn.execute("SELECT amount FROM holds WHERE hold_id = ?", (hold_id,)).fetchone()
+    if row is None or by <= 0:
+        return
+    if by >= row["amount"]:
+        set_hold_status(conn, hold_id, HoldStatus.RELEASED, at)
+    else:
+        conn.execute("UPDATE holds SET amount = amount - ? WHERE hold_id = ?", (by, hold_id))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 from collections.abc import AsyncIterator, Callable
 
 import grpc
@@ -35,11 +36,12 @@ from broker.protocol import (
 
 from ._admission import Admission
 from ._auth import Authenticator, Caller
-from ._errors import IllegalTransitionError, InvalidRequestError, PermissionDeniedError
+from ._errors import HubError, IllegalTransitionError, InvalidRequestError, PermissionDeniedError
 from ._events import BrokerEvents, Refused
 from ._grpc_status import guard_stream, guard_unary, to_hub_error
 from ._policy import Policy
 from ._refusals import RefusalSink, note_message_type
+from ._returns_service import ReturnsService
 from ._store import RequestStore
 from ._submit import Intake
 from ._trail_service import TrailService
@@ -98,6 +100,7 @@ class BusServicer(bus_pb2_grpc.BusServiceServicer):
         broker_events: BrokerEvents,
         clock: Clock,
         trail: TrailService,
+        returns: ReturnsService | None = None,
         page_bytes: int = PAGE_BYTES,
         admission: Admission | None = None,
         refusals: RefusalSink | None = None,
@@ -106,6 +109,7 @@ class BusServicer(bus_pb2_grpc.BusServiceServicer):
         """Where refused calls are reported (the guards read it)."""
         self._admission = admission or Admission()
         self._trail = trail
+        self._returns = returns
         self._page_bytes = page_bytes
         self._auth = auth
         self._intake = intake
@@ -229,6 +233,14 @@ class BusServicer(bus_pb2_grpc.BusServiceServicer):
     ) -> bus_pb2.SetChasingResponse:
         return await self._trail.SetChasing(request, context)
 
+    async def GetAllocation(
+        self, request: bus_pb2.GetAllocationRequest, context: grpc.aio.ServicerContext
+    ) -> bus_pb2.GetAllocationResponse:
+        if self._returns is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this broker keeps no allocations")
+        assert self._returns is not None
+        return await self._returns.GetAllocation(request, context)
+
     # -- acting ----------------------------------------------------------------------------
 
     @guard_unary
@@ -299,6 +311,11 @@ class BusServicer(bus_pb2_grpc.BusServiceServicer):
                 reason=refused.reason,
             ) from refused
         log.info("request.cancelled", request_id=cancellation.request_id, sender=caller.agency.id)
+        if self._returns is not None:
+            # A cancelled return frees its reservation now (the next order on the account would
+            # find it ended anyway, should this write fail).
+            with contextlib.suppress(HubError):
+                await self._returns.returns.after_outcome(status)
         return bus_pb2.CancelResponse(status=status)
 
 

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
+from typing import Protocol
 
 import nats.errors
 import structlog
@@ -56,6 +57,7 @@ __all__ = [
     "EventProcessor",
     "EventProcessorConfig",
     "HoldLifecycle",
+    "OutcomeHook",
     "Refused",
     "apply_event",
 ]
@@ -97,6 +99,12 @@ class EventProcessorConfig:
     """How often an event for a request not (yet) stored is put back before it is refused."""
     unknown_request_delay: float = 0.5
     """Seconds before such an event is offered again."""
+
+
+class OutcomeHook(Protocol):
+    """What an applied outcome sets off (hold timers, the chase, a return's settlement); idempotent."""
+
+    async def after_outcome(self, status: lifecycle_pb2.RequestStatus) -> None: ...
 
 
 class Refused(Exception):
@@ -252,7 +260,9 @@ class EventProcessor:
         holds: HoldLifecycle | None = None,
         trail: TrailChaser | None = None,
         ledger: LedgerWriter | None = None,
+        returns: OutcomeHook | None = None,
     ) -> None:
+        self._returns = returns
         self._holds = holds
         self._trail = trail
         self._ledger = ledger
@@ -321,7 +331,9 @@ class EventProcessor:
         # The update was the one write (state, Watch record, ledger source); a redelivered event
         # finds its id in the timeline and writes nothing.
         if is_outcome(event.state):
-            hooks = [hook for hook in (self._holds, self._trail) if hook is not None]
+            hooks: list[OutcomeHook] = [
+                hook for hook in (self._holds, self._trail, self._returns) if hook is not None
+            ]
             # The hold's timers and the chase of its onward transfers are independent and both
             # idempotent: side by side, and both again if either fails.
             outcomes = await asyncio.gather(

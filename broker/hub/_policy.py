@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import timedelta
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from types import MappingProxyType
@@ -34,13 +35,16 @@ from broker.protocol import (
 )
 
 from ._errors import PermissionDeniedError, PolicyError
+from ._sla_policy import parse_duration
 
 __all__ = [
     "DEFAULT_CHASE",
+    "DEFAULT_RETURN",
     "POLICY_VERSION",
     "ChasePolicy",
     "Policy",
     "PolicyRule",
+    "ReturnPolicy",
     "load_policy",
 ]
 
@@ -48,7 +52,8 @@ POLICY_VERSION = 1
 
 _log = structlog.get_logger(__name__)
 
-_TOP = frozenset({"policy", "rule", "chase"})
+_TOP = frozenset({"policy", "rule", "chase", "return"})
+_RETURN = frozenset({"notice_period", "description"})
 _HEADER = frozenset({"version", "description"})
 _RULE = frozenset({"description", "senders", "types", "recipients", "recipient_regions"})
 _CHASE = frozenset({"enabled", "max_depth", "min_amount", "max_accounts", "max_requests", "description"})
@@ -130,14 +135,34 @@ DEFAULT_CHASE = ChasePolicy()
 """The bounds used when a policy file has no ``[chase]`` table."""
 
 
+@dataclass(frozen=True, kw_only=True)
+class ReturnPolicy:
+    """How frozen money is returned to victims (RETURN_FUNDS)."""
+
+    notice_period: timedelta = timedelta(days=30)
+    """How long after an account's first hold untraced claims wait before their pro rata shares
+    may be paid: the time other victims have to come forward."""
+
+
+DEFAULT_RETURN = ReturnPolicy()
+"""The rules used when a policy file has no ``[return]`` table."""
+
+
 class Policy:
     """Immutable authorization rules; everything no rule allows is denied."""
 
-    __slots__ = ("_by_route", "_chase", "_rules")
+    __slots__ = ("_by_route", "_chase", "_returns", "_rules")
 
-    def __init__(self, rules: Iterable[PolicyRule], *, chase: ChasePolicy = DEFAULT_CHASE) -> None:
+    def __init__(
+        self,
+        rules: Iterable[PolicyRule],
+        *,
+        chase: ChasePolicy = DEFAULT_CHASE,
+        returns: ReturnPolicy = DEFAULT_RETURN,
+    ) -> None:
         self._rules = tuple(rules)
         self._chase = chase
+        self._returns = returns
         by_route: dict[_Route, list[PolicyRule]] = {}
         for rule in self._rules:
             for sender in rule.senders:
@@ -156,6 +181,11 @@ class Policy:
     def chase(self) -> ChasePolicy:
         """Bounds of the broker's own chasing of onward transfers."""
         return self._chase
+
+    @property
+    def returns(self) -> ReturnPolicy:
+        """How frozen money is returned to victims."""
+        return self._returns
 
     def authorize_submit(
         self,
@@ -304,6 +334,18 @@ def _parse_chase(scope: TomlTable) -> ChasePolicy:
     )
 
 
+def _parse_return(scope: TomlTable) -> ReturnPolicy:
+    scope.only(_RETURN)
+    scope.optional_string("description")
+    if not scope.has("notice_period"):
+        return DEFAULT_RETURN
+    return ReturnPolicy(
+        notice_period=scope.parsed(
+            "notice_period", parse_duration, expected='a duration string such as "30d"'
+        )
+    )
+
+
 def load_policy(path: Path) -> Policy:
     """Read and check a policy file; raise :class:`PolicyError` naming the file and field on any problem."""
     root = read_toml(path, PolicyError, what="the policy file")
@@ -322,7 +364,9 @@ def load_policy(path: Path) -> Policy:
     rules = [_parse_rule(scope) for scope in rule_tables]
     chase_table = root.optional_table("chase")
     chase = DEFAULT_CHASE if chase_table is None else _parse_chase(chase_table)
-    policy = Policy(rules, chase=chase)
+    return_table = root.optional_table("return")
+    returns = DEFAULT_RETURN if return_table is None else _parse_return(return_table)
+    policy = Policy(rules, chase=chase, returns=returns)
     _log.info(
         "policy.loaded",
         file=str(path),

@@ -41,6 +41,7 @@ from broker.protocol import (
     stream_specs,
 )
 
+from ._account_cases import AccountCases
 from ._admission import Admission, AdmissionConfig
 from ._auth import Authenticator, open_replay_cache
 from ._bus import BusServicer
@@ -54,6 +55,8 @@ from ._ledger_service import LedgerServicer
 from ._policy import Policy, load_policy
 from ._reflection import enable_reflection
 from ._refusals import RefusalAudit, RefusalAuditConfig
+from ._returns import ReturnRecords, Returns
+from ._returns_service import ReturnsService
 from ._sla_policy import SlaPolicy
 from ._store import IdempotencyStore, RequestStore
 from ._submit import Intake
@@ -204,7 +207,21 @@ class Broker:
             broker_key=broker_key,
             clock=config.clock,
         )
+        trail_store = trail_recorder.store
+        account_cases = AccountCases(js, replicas=config.replicas)
+        returns = Returns(
+            records=ReturnRecords(js, replicas=config.replicas),
+            index=account_cases,
+            trails=trail_store,
+            requests=requests,
+            cases=watchlog,
+            recorder=trail_recorder,
+            registry=registry,
+            policy=policy.returns,
+            clock=config.clock,
+        )
         intake = Intake(
+            returns=returns,
             trail=trail_recorder,
             registry=registry,
             policy=policy,
@@ -223,6 +240,7 @@ class Broker:
             sender=intake,
             source=sealed_onward_transfers(load_broker_encryption_key(config.state_dir)),
             cases=watchlog,
+            index=account_cases,
         )
         broker_events = BrokerEvents(requests=requests, broker_key=broker_key, clock=config.clock)
         self._events = EventProcessor(
@@ -234,6 +252,7 @@ class Broker:
             ledger=ledger,
             holds=HoldLifecycle(requests=requests, broker_events=broker_events, scheduler=scheduler),
             trail=trail_chaser,
+            returns=returns,
         )
         await self._events.__aenter__()
         self._deadlines = DeadlineWatch(
@@ -270,6 +289,7 @@ class Broker:
                 broker_events=broker_events,
                 clock=config.clock,
                 trail=TrailService(auth=auth, chaser=trail_chaser, policy=policy, refusals=refusals),
+                returns=ReturnsService(auth=auth, returns=returns, refusals=refusals),
                 admission=self.admission,
                 refusals=refusals,
             ),

@@ -31,6 +31,7 @@ After a crash nothing needs rebuilding: the stream is the state, and a replica's
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable
@@ -56,7 +57,15 @@ from broker.protocol import (
 
 from ._errors import ConflictError, NotFoundError, UnavailableError
 
-__all__ = ["Created", "IdempotencyStore", "RequestStore", "StoredStatus", "idempotency_msg_id", "open_bucket"]
+__all__ = [
+    "Created",
+    "IdempotencyStore",
+    "LazyBucket",
+    "RequestStore",
+    "StoredStatus",
+    "idempotency_msg_id",
+    "open_bucket",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -93,6 +102,25 @@ async def open_bucket(
         return await js.key_value(name)
     except nats.errors.Error as exc:
         raise UnavailableError(f"cannot create KV bucket {name}: {exc}") from exc
+
+
+class LazyBucket:
+    """A KV bucket opened (and created if need be) on first use, so components that keep one can
+    be wired synchronously; concurrent first uses open it once."""
+
+    def __init__(self, js: JetStreamContext, name: str, *, replicas: int = 1) -> None:
+        self._js = js
+        self._name = name
+        self._replicas = replicas
+        self._kv: KeyValue | None = None
+        self._opening = asyncio.Lock()
+
+    async def get(self) -> KeyValue:
+        if self._kv is None:
+            async with self._opening:
+                if self._kv is None:
+                    self._kv = await open_bucket(self._js, self._name, replicas=self._replicas)
+        return self._kv
 
 
 @dataclass(frozen=True)

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import nats.errors
 import structlog
-from greenchannel.v1 import common_pb2, envelope_pb2, lifecycle_pb2, requests_pb2
+from greenchannel.v1 import common_pb2, envelope_pb2, lifecycle_pb2, requests_pb2, trail_pb2
 from nats.js.client import JetStreamContext
 
 from broker.protocol import (
@@ -70,6 +70,7 @@ from ._store import Created, IdempotencyStore, RequestStore, idempotency_msg_id
 from ._timers import DeadlineScheduler
 
 if TYPE_CHECKING:
+    from ._returns import ReturnPlan, Returns
     from ._sla_policy import HoldRule
     from ._trail import TrailRecorder
 
@@ -122,7 +123,9 @@ class Intake:
         holds: Mapping[common_pb2.RequestType.ValueType, HoldRule],
         scheduler: DeadlineScheduler,
         trail: TrailRecorder | None = None,
+        returns: Returns | None = None,
     ) -> None:
+        self._returns = returns
         self._trail = trail
         self._holds = holds
         self._scheduler = scheduler
@@ -241,14 +244,15 @@ class Intake:
         # Without a key of its own, a signed request is its own key: the same signed bytes sent
         # again (a retry, or a replayed bearer token bound to them) are the same request.
         key = verified.request.idempotency_key or f"jti:{verified.claims.jti}"
-        outcome = await self._accept(
-            new_uuid7(self._clock),
-            verified,
-            recipient,
-            target,
-            msg_id=idempotency_msg_id(caller.agency.id, key),
-            content=content_digest(verified.request),
-        )
+        msg_id = idempotency_msg_id(caller.agency.id, key)
+        content = content_digest(verified.request)
+        plan = await self._check_return(caller, verified, recipient, order_key=msg_id)
+        if plan is None:
+            outcome = await self._accept(
+                new_uuid7(self._clock), verified, recipient, target, msg_id=msg_id, content=content
+            )
+        else:
+            outcome = await self._accept_return(plan, verified, recipient, msg_id=msg_id, content=content)
         if not outcome.duplicate:
             status = outcome.status
             log.info(
@@ -262,6 +266,36 @@ class Intake:
             )
         return outcome
 
+    async def _check_return(
+        self, caller: Caller, verified: VerifiedRequest, recipient: Agency, *, order_key: str
+    ) -> ReturnPlan | None:
+        """A RETURN_FUNDS order's checks against the allocation (None for any other request)."""
+        if verified.request.WhichOneof("body") != "return_funds":
+            return None
+        if self._returns is None:
+            raise UnavailableError("this broker does not take RETURN_FUNDS orders")
+        return await self._returns.plan(caller.agency, verified.request, recipient, order_key=order_key)
+
+    async def _accept_return(
+        self, plan: ReturnPlan, verified: VerifiedRequest, recipient: Agency, *, msg_id: str, content: str
+    ) -> SubmitOutcome:
+        """Reserve the payouts, then store and send the order; a reservation whose order did not
+        get stored is released (see :mod:`broker.hub._returns` for why none can leak)."""
+        assert self._returns is not None
+        request_id, allocation = await self._returns.reserve(
+            plan, request_id=new_uuid7(self._clock), order_key=msg_id, content=content
+        )
+        try:
+            outcome = await self._accept(
+                request_id, verified, recipient, None, msg_id=msg_id, content=content, allocation=allocation
+            )
+        except BaseException:
+            await asyncio.shield(self._returns.abandon(plan, request_id))
+            raise
+        if outcome.status.id != request_id:
+            await self._returns.abandon(plan, request_id)
+        return outcome
+
     async def _accept(
         self,
         request_id: str,
@@ -271,6 +305,7 @@ class Intake:
         *,
         msg_id: str,
         content: str = "",
+        allocation: trail_pb2.Allocation | None = None,
     ) -> SubmitOutcome:
         """Notarize, store (the SUBMITTED record binds the idempotency key), publish, set the timer."""
         request = verified.request
@@ -314,6 +349,7 @@ class Intake:
             trail_seed=self._trail.seed(request, sender=verified.claims.iss, recipient=recipient.id)
             if self._trail is not None
             else None,
+            allocation=allocation,
         )
         created = await self._requests.create(status, msg_id=msg_id, content=content)
         if not created.stored:

@@ -56,7 +56,14 @@ a second processing (redelivery, restart, another replica) finds the outcome rec
 sends what is still planned (a child already sent and not yet answered included: its
 idempotency key gives back the request the bus accepted the first time), so the bank gets each
 child once. A transient failure raises, so the event is not acknowledged and is processed again.
-Each hold costs one write, at its outcome; a child refused by the bus one more (its lead).
+Each hold costs one write, at its outcome; a child refused by the bus one more (its lead); the
+first hold of a case holding money on an account one more, in the account -> cases index
+(:mod:`broker.hub._account_cases`) that RETURN_FUNDS reads.
+
+**Victims.** A police hold naming the victim's account (``victim_account``, ``deposited_at``)
+records it as ``victim_id`` (the same keyed digest as node ids) and ``arrived_at`` on its entry;
+a chase child carries its parent path's victim and arrives with the onward transfer (its ``at``).
+Each entry is thus a claim on its account's frozen money (:mod:`broker.hub._returns`).
 
 **Switching.** Police switch chasing off and on per case, and may narrow its bounds within the
 policy (:meth:`TrailChaser.set_chasing`); switching it on again decides once more on the leads
@@ -91,17 +98,19 @@ from broker.protocol import (
     SigningKey,
 )
 
+from ._account_cases import AccountCases, CaseKey
 from ._errors import ConflictError, HubError, InvalidRequestError, NotFoundError, UnavailableError
 from ._policy import ChasePolicy, Policy
 from ._result_privacy import onward_transfers_for_broker
 from ._store import RequestStore
-from ._trail_accounts import AccountBook, BrokerAccountBook
+from ._trail_accounts import AccountBook, BrokerAccountBook, with_bank
 from ._trail_rules import (
     HOLDING,
     ChaseContext,
     UnboundChildError,
     bounds_of,
     child_key,
+    find_request,
     narrow_bounds,
     new_trail,
     not_sent,
@@ -278,7 +287,24 @@ class TrailRecorder:
         """What the trail will record about ``request`` if it is a hold (None otherwise): intake
         stores it in the request's status, and :meth:`record` records the hold from it at the
         outcome. No I/O; the account is digested and sealed here, never kept in clear."""
+        body = request.WhichOneof("body")
+        if body in ("stop_payment", "freeze"):
+            order = getattr(request, body)
+            if order.HasField("victim_account") and not order.victim_account.bank:
+                named = requests_pb2.Request()
+                named.CopyFrom(request)
+                getattr(named, body).victim_account.CopyFrom(with_bank(self._registry, order.victim_account))
+                request = named
         return trail_seed(request, sender=sender, recipient=recipient, book=self._book)
+
+    def victim_id(self, account: common_pb2.BankAccountRef) -> str:
+        """The keyed digest a hold's seed gives the victim's ``account`` (:meth:`seed`)."""
+        named = with_bank(self._registry, account)
+        return self._book.node_id(named.bank, named.account_number)
+
+    def node_id(self, account: common_pb2.BankAccountRef, *, bank: str) -> str:
+        """The trail's node id of ``account`` at ``bank`` (the bank the order was routed to)."""
+        return self._book.node_id(account.bank or bank, account.account_number)
 
     async def record(
         self, status: lifecycle_pb2.RequestStatus, transfers: Sequence[results_pb2.OnwardTransfer]
@@ -345,7 +371,9 @@ class TrailChaser:
         sender: ChildSender,
         source: TrailSource = clear_onward_transfers,
         cases: CaseRequests | None = None,
+        index: AccountCases | None = None,
     ) -> None:
+        self._index = index
         self._recorder = recorder
         self._requests = requests
         self._sender = sender
@@ -373,7 +401,31 @@ class TrailChaser:
         transfers = self._transfers(status)
         trail = await self._recorder.record(status, transfers)
         if trail is not None:
+            await self._index_account(trail, status)
             await self._send_planned(trail, status, transfers)
+
+    async def _index_account(self, trail: trail_pb2.Trail, status: lifecycle_pb2.RequestStatus) -> None:
+        """The first hold of the case holding money on its account indexes the account (once;
+        again only when this outcome is processed again)."""
+        if self._index is None:
+            return
+        found = find_request(trail, status.id)
+        if found is None:
+            return
+        node, _ = found
+        first = next(
+            (
+                r
+                for r in node.requests
+                if r.request_id and r.HasField("outcome_at") and r.held.minor_units > 0
+            ),
+            None,
+        )
+        if first is not None and first.request_id == status.id:
+            case = trail.case_ref
+            await self._index.add(
+                node.node_id, CaseKey(issuing_agency=case.issuing_agency, case_number=case.case_number)
+            )
 
     async def _send_planned(
         self,

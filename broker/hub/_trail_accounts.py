@@ -44,6 +44,7 @@ __all__ = [
     "DIGEST_INFO",
     "AccountBook",
     "BrokerAccountBook",
+    "with_bank",
 ]
 
 log = structlog.get_logger(__name__)
@@ -115,3 +116,18 @@ class BrokerAccountBook:
             # The trail keeps the digest and the amounts; only the people-readable account is lost.
             log.warning("trail.account_not_sealed", case_owner=owner, node=node_id, error=type(exc).__name__)
             return None
+
+
+def with_bank(registry: Registry, account: common_pb2.BankAccountRef) -> common_pb2.BankAccountRef:
+    """``account`` naming its bank: as given, else the directory bank its number routes to.
+
+    A victim's account is digested twice, when a hold names it and when a return pays it; both
+    must name the same bank, whether or not the police wrote it out each time.
+    """
+    if account.bank:
+        return account
+    found = registry.bank_for_account(account.account_number)
+    named = common_pb2.BankAccountRef()
+    named.CopyFrom(account)
+    named.bank = found.id if found is not None else ""
+    return named

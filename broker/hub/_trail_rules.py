@@ -288,6 +288,16 @@ def trail_seed(
     sealed = book.seal(request.case_ref, seed.node_id, account)
     if sealed is not None:
         seed.account.CopyFrom(sealed)
+    if order.HasField("victim_account") and order.victim_account.account_number:
+        # The victim is named like any account: its keyed digest (what RETURN_FUNDS payouts are
+        # matched against) and sealed to the case owner, never in clear.
+        victim = order.victim_account
+        seed.victim_id = book.node_id(victim.bank, victim.account_number)
+        sealed_victim = book.seal(request.case_ref, seed.victim_id, victim)
+        if sealed_victim is not None:
+            seed.victim_account.CopyFrom(sealed_victim)
+    if order.HasField("deposited_at"):
+        seed.deposited_at.CopyFrom(order.deposited_at)
     return seed
 
 
@@ -345,6 +355,8 @@ def record_seed(trail: trail_pb2.Trail, status: lifecycle_pb2.RequestStatus, *, 
             held=_money(seed.amount.currency, 0),
             state=_S.REQUEST_STATE_SUBMITTED,
             sent_at=status.submitted_at,
+            victim_id=seed.victim_id,
+            arrived_at=seed.deposited_at if seed.HasField("deposited_at") else None,
         )
     )
     _retotal(node)
@@ -695,6 +707,9 @@ def _plan(
             held=_money(transfer.amount.currency, 0),
             state=_PLANNED,
             sent_at=to_timestamp(ctx.now),
+            # The path's money reached this account with the transfer; its victim is the root's.
+            arrived_at=transfer.at if transfer.HasField("at") else None,
+            victim_id=request.victim_id,
         )
     )
     _retotal(target)

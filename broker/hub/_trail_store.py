@@ -35,7 +35,7 @@ from nats.js.client import JetStreamContext
 from nats.js.kv import KeyValue
 
 from ._errors import ConflictError, UnavailableError
-from ._store import open_bucket
+from ._store import LazyBucket
 
 __all__ = ["TRAILS_BUCKET", "StoredTrail", "TrailChange", "TrailStore", "trail_key"]
 
@@ -98,10 +98,7 @@ class TrailStore:
     """The ``gc_trails`` bucket, opened on first use (so the broker can wire it synchronously)."""
 
     def __init__(self, js: JetStreamContext, *, replicas: int = 1) -> None:
-        self._js = js
-        self._replicas = replicas
-        self._kv: KeyValue | None = None
-        self._opening = asyncio.Lock()
+        self._kv = LazyBucket(js, TRAILS_BUCKET, replicas=replicas)
         self._recent: OrderedDict[str, StoredTrail] = OrderedDict()
         self._lanes: dict[str, _Lane] = {}
 
@@ -115,11 +112,7 @@ class TrailStore:
             self._recent.popitem(last=False)
 
     async def _bucket(self) -> KeyValue:
-        if self._kv is None:
-            async with self._opening:
-                if self._kv is None:
-                    self._kv = await open_bucket(self._js, TRAILS_BUCKET, replicas=self._replicas)
-        return self._kv
+        return await self._kv.get()
 
     async def get(self, case_owner: str, case_number: str) -> StoredTrail | None:
         """The case's trail, or None when the case has none."""

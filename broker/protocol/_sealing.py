@@ -237,6 +237,10 @@ def _public_view(transfer: results_pb2.OnwardTransfer) -> tuple[object, ...]:
     )
 
 
+def _payout_view(payout: results_pb2.ReturnedPayout) -> tuple[object, ...]:
+    return (payout.payout_index, payout.transfer_id, payout.amount.currency, payout.amount.minor_units)
+
+
 def seal_result_details(
     result: results_pb2.Result,
     *,
@@ -246,34 +250,42 @@ def seal_result_details(
     requester_key: PublicKey | None,
     broker_key: PublicKey | None,
 ) -> results_pb2.Result:
-    """A copy of ``result`` whose onward transfers are redacted, their full copy sealed alongside.
+    """A copy of ``result`` whose onward transfers and returned payouts are redacted, their full
+    copy sealed alongside.
 
-    ``sender`` is the agency that answers, ``recipient`` the requester. The full transfers go
-    into ``sealed_details`` (to ``requester_key``) and ``broker_details`` (to ``broker_key``), both
-    with the same associated data (request id, sender, recipient); a key that is None leaves its
-    copy out, but the transfers are redacted all the same. A result without onward transfers is
+    ``sender`` is the agency that answers, ``recipient`` the requester. The full transfers and
+    payouts go into ``sealed_details`` (to ``requester_key``); the transfers alone into
+    ``broker_details`` (to ``broker_key``, which chases them and has no use for victims' accounts).
+    Both copies have the same associated data (request id, sender, recipient); a key that is None
+    leaves its copy out, but everything is redacted all the same. A result with neither is
     returned unchanged.
     """
     sealed = results_pb2.Result()
     sealed.CopyFrom(result)
     sealed.ClearField("sealed_details")
     sealed.ClearField("broker_details")
-    if not result.onward_transfers:
+    if not result.onward_transfers and not result.returns:
         return sealed
-    plaintext = results_pb2.ResultDetails(onward_transfers=result.onward_transfers).SerializeToString()
+    plaintext = results_pb2.ResultDetails(
+        onward_transfers=result.onward_transfers, returns=result.returns
+    ).SerializeToString()
     # A redacted transfer keeps how much went to which bank, when, and under which id: enough to
     # follow the case and to match the sealed copy; never the receiving account or the name.
     for transfer in sealed.onward_transfers:
         transfer.to_account = ""
         transfer.to_holder_name = ""
+    # A redacted payout keeps its index, amount and transfer id; never the victim's account.
+    for payout in sealed.returns:
+        payout.ClearField("victim_account")
     binding = {"request_id": request_id, "sender": sender, "recipient": recipient}
     if requester_key is not None:
         sealed.sealed_details.CopyFrom(
             seal(plaintext, requester_key, content_type=RESULT_DETAILS_CONTENT_TYPE, **binding)
         )
-    if broker_key is not None:
+    if broker_key is not None and result.onward_transfers:
+        for_broker = results_pb2.ResultDetails(onward_transfers=result.onward_transfers).SerializeToString()
         sealed.broker_details.CopyFrom(
-            seal(plaintext, broker_key, content_type=RESULT_DETAILS_CONTENT_TYPE, **binding)
+            seal(for_broker, broker_key, content_type=RESULT_DETAILS_CONTENT_TYPE, **binding)
         )
     return sealed
 
@@ -304,4 +316,8 @@ def open_details(
     listed = [_public_view(t) for t in result.onward_transfers]
     if [_public_view(t) for t in details.onward_transfers] != listed:
         raise SealingError("the sealed details do not match the onward transfers the result lists")
+    if details.returns and [_payout_view(p) for p in details.returns] != [
+        _payout_view(p) for p in result.returns
+    ]:
+        raise SealingError("the sealed details do not match the payouts the result lists")
     return details

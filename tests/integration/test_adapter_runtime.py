@@ -230,6 +230,9 @@ class CountingBank(bank_pb2_grpc.BankServiceServicer):
     async def ExtendHold(self, request: Any, context: Any) -> bank_pb2.ExtendHoldResponse:
         await unimplemented(context)
 
+    async def ReturnFunds(self, request: Any, context: Any) -> bank_pb2.ReturnFundsResponse:
+        await unimplemented(context)
+
 
 async def unimplemented(context: Any) -> NoReturn:
     await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not in this test bank")

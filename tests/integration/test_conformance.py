@@ -346,6 +346,9 @@ class BrokenBank(bank_pb2_grpc.BankServiceServicer):
     async def QueryBankData(self, request: Any, context: Any) -> Any:
         return await self._pick("QueryBankData")(request, context)
 
+    async def ReturnFunds(self, request: Any, context: Any) -> Any:
+        return await self._pick("ReturnFunds")(request, context)
+
 
 @asynccontextmanager
 async def broken_bank(

@@ -323,6 +323,9 @@ class CountingBank(bank_pb2_grpc.BankServiceServicer):
     async def QueryBankData(self, request: Any, context: Any) -> Any:
         return await self._refuse(context)
 
+    async def ReturnFunds(self, request: Any, context: Any) -> Any:
+        return await self._refuse(context)
+
 
 def _notarized(world: World) -> envelope_pb2.Envelope:
     """A stop-payment police -> bank-icbc as the broker publishes it: notarized, body sealed."""

@@ -135,6 +135,32 @@ after the notice period.
 """
 Global___AllocationRule: _TypeAlias = AllocationRule  # noqa: Y015
 
+class _ReturnState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ReturnStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ReturnState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RETURN_STATE_UNSPECIFIED: _ReturnState.ValueType  # 0
+    RETURN_STATE_RESERVED: _ReturnState.ValueType  # 1
+    """Ordered and not yet answered by the bank: counted against the victim's share."""
+    RETURN_STATE_RETURNED: _ReturnState.ValueType  # 2
+    """The bank paid it (amount returned as it reported)."""
+    RETURN_STATE_RELEASED: _ReturnState.ValueType  # 3
+    """The order ended without payment (rejected, failed, cancelled, or never stored)."""
+
+class ReturnState(_ReturnState, metaclass=_ReturnStateEnumTypeWrapper):
+    """Where one payout of a RETURN_FUNDS order stands."""
+
+RETURN_STATE_UNSPECIFIED: ReturnState.ValueType  # 0
+RETURN_STATE_RESERVED: ReturnState.ValueType  # 1
+"""Ordered and not yet answered by the bank: counted against the victim's share."""
+RETURN_STATE_RETURNED: ReturnState.ValueType  # 2
+"""The bank paid it (amount returned as it reported)."""
+RETURN_STATE_RELEASED: ReturnState.ValueType  # 3
+"""The order ended without payment (rejected, failed, cancelled, or never stored)."""
+Global___ReturnState: _TypeAlias = ReturnState  # noqa: Y015
+
 @_typing.final
 class ChaseBounds(_message.Message):
     """The bounds a case is chased within: the case's authorization, from the broker's policy."""
@@ -597,3 +623,101 @@ class Allocation(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Allocation: _TypeAlias = Allocation  # noqa: Y015
+
+@_typing.final
+class ReturnEntry(_message.Message):
+    """One payout of a RETURN_FUNDS order, as the broker counts it against the victim's share."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ORDER_KEY_FIELD_NUMBER: _builtins.int
+    CONTENT_FIELD_NUMBER: _builtins.int
+    PAYOUT_INDEX_FIELD_NUMBER: _builtins.int
+    VICTIM_ID_FIELD_NUMBER: _builtins.int
+    CASE_NUMBER_FIELD_NUMBER: _builtins.int
+    ISSUING_AGENCY_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    RETURNED_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    RESERVED_AT_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """The RETURN_FUNDS request."""
+    order_key: _builtins.str
+    """The order's idempotency binding (sender and key, hashed): a retry of the order finds its entries."""
+    content: _builtins.str
+    """Digest of what the order asks: the same key with another body is not a retry."""
+    payout_index: _builtins.int
+    """Position of the payout in the order."""
+    victim_id: _builtins.str
+    """Keyed digest of the victim's account paid."""
+    case_number: _builtins.str
+    """The case that ordered it."""
+    issuing_agency: _builtins.str
+    """Police agency owning that case."""
+    state: Global___ReturnState.ValueType
+    """Where it stands."""
+    @_builtins.property
+    def amount(self) -> _common_pb2.Money:
+        """Ordered."""
+
+    @_builtins.property
+    def returned(self) -> _common_pb2.Money:
+        """Paid, as the bank reported (RETURNED)."""
+
+    @_builtins.property
+    def reserved_at(self) -> _timestamp_pb2.Timestamp:
+        """When the broker reserved it."""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        order_key: _builtins.str = ...,
+        content: _builtins.str = ...,
+        payout_index: _builtins.int = ...,
+        victim_id: _builtins.str = ...,
+        case_number: _builtins.str = ...,
+        issuing_agency: _builtins.str = ...,
+        amount: _common_pb2.Money | None = ...,
+        returned: _common_pb2.Money | None = ...,
+        state: Global___ReturnState.ValueType = ...,
+        reserved_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "reserved_at", b"reserved_at", "returned", b"returned"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "case_number", b"case_number", "content", b"content", "issuing_agency", b"issuing_agency", "order_key", b"order_key", "payout_index", b"payout_index", "request_id", b"request_id", "reserved_at", b"reserved_at", "returned", b"returned", "state", b"state", "victim_id", b"victim_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReturnEntry: _TypeAlias = ReturnEntry  # noqa: Y015
+
+@_typing.final
+class AccountReturns(_message.Message):
+    """The returns of one account's frozen money (KV, one record per account, changed only by
+    compare-and-set): two concurrent orders can never reserve the same share twice.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NODE_ID_FIELD_NUMBER: _builtins.int
+    ENTRIES_FIELD_NUMBER: _builtins.int
+    node_id: _builtins.str
+    """Keyed digest of bank and account number."""
+    @_builtins.property
+    def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReturnEntry]:
+        """Every payout ordered from the account, oldest first."""
+
+    def __init__(
+        self,
+        *,
+        node_id: _builtins.str = ...,
+        entries: _abc.Iterable[Global___ReturnEntry] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries", "node_id", b"node_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___AccountReturns: _TypeAlias = AccountReturns  # noqa: Y015
