@@ -206,6 +206,7 @@ class Broker:
         )
         intake = Intake(
             trail=trail_recorder,
+            cases=watchlog,
             registry=registry,
             policy=policy,
             deadlines=config.sla.deadlines,
