@@ -323,6 +323,14 @@ def _result_lines(
     pairs = [("outcome", outcome)]
     if result.detail:
         pairs.append(("detail", result.detail))
+    if result.HasField("amount_released"):
+        pairs.append(("released", money(result.amount_released)))
+    if result.HasField("amount_returned"):
+        pairs.append(("returned", money(result.amount_returned)))
+    if result.appeal:
+        pairs.append(
+            ("appeal", results_pb2.AppealDecision.Name(result.appeal).removeprefix("APPEAL_DECISION_"))
+        )
     if result.HasField("amount_held"):
         pairs.append(("held", money(result.amount_held)))
     if result.HasField("amount_frozen"):

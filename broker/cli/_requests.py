@@ -240,12 +240,32 @@ def _release_options(parser: argparse.ArgumentParser) -> None:
     )
     _account_options(parser)
     parser.add_argument("--reason", default="", help="reason given to the bank (no personal data)")
+    parser.add_argument(
+        "--amount",
+        type=parse_amount,
+        help="lift only this much, e.g. 3000.00 (the rest stays held); default: all of it",
+    )
+    parser.add_argument(
+        "--currency", default="CNY", help="ISO 4217 code of --amount, the hold's (default CNY)"
+    )
+    parser.add_argument(
+        "--living-expenses",
+        action="store_true",
+        help="release --amount for the holder's living expenses (within the policy's caps)",
+    )
 
 
 def _release(request: requests_pb2.Request, args: argparse.Namespace) -> None:
-    request.release.CopyFrom(
-        requests_pb2.Release(target_request_id=args.target, account=_bank_account(args), reason=args.reason)
+    body = requests_pb2.Release(
+        target_request_id=args.target, account=_bank_account(args), reason=args.reason
     )
+    if args.living_expenses:
+        if args.amount is None:
+            raise CliError("--living-expenses needs --amount: the policy caps what is released", exit_code=2)
+        body.purpose = requests_pb2.RELEASE_PURPOSE_LIVING_EXPENSES
+    if args.amount is not None:
+        body.amount.CopyFrom(_money(args))
+    request.release.CopyFrom(body)
 
 
 def _extend_options(parser: argparse.ArgumentParser) -> None:
@@ -468,7 +488,7 @@ REQUEST_KINDS: dict[str, RequestKind] = {
         ),
         RequestKind(
             name="release",
-            help="lift a hold or freeze",
+            help="lift a hold or freeze, or part of it (--amount; --living-expenses)",
             instrument=_I.LEGAL_INSTRUMENT_TYPE_RELEASE_NOTICE,
             add_options=_release_options,
             fill=_release,
