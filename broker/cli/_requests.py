@@ -61,6 +61,14 @@ from ._render import (
     status_lines,
     submitted_lines,
 )
+from ._render_closing import (
+    allocation_document,
+    allocation_lines,
+    lifting_document,
+    lifting_lines,
+    returns_document,
+    returns_lines,
+)
 
 __all__ = [
     "DEFAULT_BROKER",
@@ -70,11 +78,18 @@ __all__ = [
     "RequestKind",
     "add_parser",
     "build_request",
+    "client",
+    "connection_options",
+    "guarded",
+    "own_details",
     "parse_amount",
+    "positive_seconds",
+    "print_json",
     "run",
     "run_status",
     "run_submit",
     "run_watch",
+    "say",
 ]
 
 DEFAULT_BROKER = _env.DEFAULT_BROKER
@@ -117,7 +132,7 @@ def parse_amount(text: str) -> int:
     return int(minor)
 
 
-def _positive_seconds(text: str) -> float:
+def positive_seconds(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
@@ -584,7 +599,7 @@ def build_request(args: argparse.Namespace, *, now: datetime) -> requests_pb2.Re
 # -- argparse -------------------------------------------------------------------------------------
 
 
-def _connection_options(parser: argparse.ArgumentParser, default_broker: str) -> None:
+def connection_options(parser: argparse.ArgumentParser, default_broker: str) -> None:
     parser.add_argument(
         "--as",
         dest="agency",
@@ -613,7 +628,7 @@ NOT_EXECUTED: frozenset[common_pb2.RequestState.ValueType] = frozenset(
 
 def _submit_common(default_broker: str) -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    _connection_options(common, default_broker)
+    connection_options(common, default_broker)
     common.add_argument("--case", required=True, metavar="CASE_NUMBER", help="case number (owned by --as)")
     common.add_argument(
         "--instrument-id", metavar="ID", help="legal instrument number (default: the case number)"
@@ -642,7 +657,7 @@ def _submit_common(default_broker: str) -> argparse.ArgumentParser:
     )
     common.add_argument(
         "--timeout",
-        type=_positive_seconds,
+        type=positive_seconds,
         default=60.0,
         metavar="SECONDS",
         help="how long --wait waits (default 60)",
@@ -666,7 +681,7 @@ def add_parser(
             kind.add_options(parser)
     elif name == "watch":
         watch = commands.add_parser("watch", help=help)
-        _connection_options(watch, default_broker)
+        connection_options(watch, default_broker)
         scope = watch.add_mutually_exclusive_group()
         scope.add_argument("--request", metavar="ID", help="one request")
         scope.add_argument(
@@ -682,7 +697,7 @@ def add_parser(
     elif name == "status":
         status = commands.add_parser("status", help=help)
         status.add_argument("id", metavar="ID", help="request id")
-        _connection_options(status, default_broker)
+        connection_options(status, default_broker)
         status.add_argument(
             "--decrypt",
             action="store_true",
@@ -713,12 +728,12 @@ def run(args: argparse.Namespace) -> int:
 # -- running --------------------------------------------------------------------------------------
 
 
-def _say(lines: Sequence[str]) -> None:
+def say(lines: Sequence[str]) -> None:
     for line in lines:
         print(line, flush=True)
 
 
-def _json(document: object) -> None:
+def print_json(document: object) -> None:
     print(json.dumps(document, ensure_ascii=False), flush=True)
 
 
@@ -729,7 +744,7 @@ def _complain(command: str, lines: Sequence[str]) -> None:
             print(line, file=sys.stderr)
 
 
-def _client(args: argparse.Namespace) -> BusClient:
+def client(args: argparse.Namespace) -> BusClient:
     key = load_agency_signing_key(args.state_dir, args.agency)
     return BusClient(args.broker, agency_id=args.agency, signing_key=key)
 
@@ -739,11 +754,11 @@ def _fail(
 ) -> None:
     """Report a failure on stderr; with ``--json`` also as ``{"error": ...}`` on stdout."""
     if args.json:
-        _json(document or {"error": {"code": "FAILED", "reason": None, "message": lines[0]}})
+        print_json(document or {"error": {"code": "FAILED", "reason": None, "message": lines[0]}})
     _complain(command, lines)
 
 
-def _guarded(
+def guarded(
     command: str, args: argparse.Namespace, work: Callable[[], Awaitable[int]], *, stopped_exit: int = 130
 ) -> int:
     """Run ``work``; every expected failure becomes a message on stderr and an exit status.
@@ -819,19 +834,19 @@ async def _until_signalled(work: Awaitable[int], *, stopped_exit: int) -> int:
 
 def run_submit(args: argparse.Namespace) -> int:
     """``greenchannel submit <type> ...``."""
-    return _guarded("submit", args, lambda: _submit(args))
+    return guarded("submit", args, lambda: _submit(args))
 
 
 async def _submit(args: argparse.Namespace) -> int:
     clock = SystemClock()
     request = build_request(args, now=clock.now())
-    async with _client(args) as bus:
+    async with client(args) as bus:
         accepted = await bus.submit(request)
         if not args.wait:
             if args.json:
-                _json(status_document(accepted.status, duplicate=accepted.duplicate))
+                print_json(status_document(accepted.status, duplicate=accepted.duplicate))
             else:
-                _say(submitted_lines(accepted, agency=args.agency))
+                say(submitted_lines(accepted, agency=args.agency))
             return 0
         request_id = accepted.status.id
         # On stderr, so stdout stays one document; tells the id even if the wait is interrupted.
@@ -847,11 +862,11 @@ async def _submit(args: argparse.Namespace) -> int:
         except TimeoutError:
             status = await bus.get(request_id)
             waited_out = True
-    details = _own_details(status, args)
+    details = own_details(status, args)
     if args.json:
-        _json(status_document(status, duplicate=accepted.duplicate, details=details))
+        print_json(status_document(status, duplicate=accepted.duplicate, details=details))
     else:
-        _say(status_lines(status, details=details))
+        say(status_lines(status, details=details))
     if waited_out:
         # Not a CliError: stdout already has its one document (the status as it stands).
         _complain(
@@ -872,7 +887,7 @@ async def _submit(args: argparse.Namespace) -> int:
 
 def run_watch(args: argparse.Namespace) -> int:
     """``greenchannel watch ...``: one line (or JSON object) per event until Ctrl-C."""
-    return _guarded("watch", args, lambda: _watch(args), stopped_exit=0)
+    return guarded("watch", args, lambda: _watch(args), stopped_exit=0)
 
 
 async def _watch(args: argparse.Namespace) -> int:
@@ -880,7 +895,7 @@ async def _watch(args: argparse.Namespace) -> int:
     cursor: int = args.after
     seen = False
     delay = 0.0
-    async with _client(args) as bus:
+    async with client(args) as bus:
 
         async def type_of(request_id: str) -> str:
             # Events do not carry the request type; one Get per request tells it.
@@ -899,7 +914,7 @@ async def _watch(args: argparse.Namespace) -> int:
                     cursor, seen, delay = update.cursor, True, 0.0
                     request_type = await type_of(update.request_id)
                     if args.json:
-                        _json(event_document(update, request_type=request_type))
+                        print_json(event_document(update, request_type=request_type))
                     else:
                         print(event_line(update, request_type=request_type), flush=True)
                 why = "the broker ended the stream"
@@ -924,7 +939,7 @@ def run_status(args: argparse.Namespace) -> int:
     """``greenchannel status ID ...``."""
     if args.key is not None:
         args.decrypt = True
-    return _guarded("status", args, lambda: _status(args))
+    return guarded("status", args, lambda: _status(args))
 
 
 def _own_keys(args: argparse.Namespace) -> tuple[x25519.X25519PrivateKey, ...] | None:
@@ -935,7 +950,7 @@ def _own_keys(args: argparse.Namespace) -> tuple[x25519.X25519PrivateKey, ...] |
         return None
 
 
-def _own_details(
+def own_details(
     status: lifecycle_pb2.RequestStatus, args: argparse.Namespace
 ) -> results_pb2.ResultDetails | None:
     """The onward transfers in full when the caller's own key opens them; None otherwise.
@@ -1008,19 +1023,50 @@ async def _status(args: argparse.Namespace) -> int:
         else:
             key = load_agency_encryption_keys(args.state_dir, args.agency)
             key_name = f"{args.agency}'s key in {args.state_dir}"
-    async with _client(args) as bus:
+    lifting: list[lifecycle_pb2.RequestStatus] | None = None
+    async with client(args) as bus:
         status = await bus.get(args.id)
+        if status.type == common_pb2.REQUEST_TYPE_APPEAL:
+            lifting = await _lifting_orders(bus, status)
     answer: results_pb2.DataAnswer | None = None
     if key is not None:
         answer = _open_answer(status, key, key_name=key_name)
         details = _open_details(status, key, key_name=key_name)
     else:
-        details = _own_details(status, args)
+        details = own_details(status, args)
+    now = SystemClock().now()
     if args.json:
-        _json(status_document(status, answer=answer, details=details))
+        document = status_document(status, answer=answer, details=details)
+        if status.HasField("allocation"):
+            document["allocation"] = allocation_document(status.allocation, now=now)
+        if status.type == common_pb2.REQUEST_TYPE_RETURN_FUNDS and status.HasField("result"):
+            document["returned"] = returns_document(status.result)
+        if status.type == common_pb2.REQUEST_TYPE_APPEAL:
+            document["appeal"] = lifting_document(status, lifting)
+        print_json(document)
     else:
         lines = status_lines(status, details=details)
+        if status.HasField("allocation"):
+            lines += ["", *allocation_lines(status.allocation, now=now)]
+        if status.type == common_pb2.REQUEST_TYPE_RETURN_FUNDS and status.HasField("result"):
+            lines += ["", *returns_lines(status.result, details)]
+        if status.type == common_pb2.REQUEST_TYPE_APPEAL:
+            lines += ["", *lifting_lines(status, lifting)]
         if answer is not None:
             lines += ["", *answer_lines(answer)]
-        _say(lines)
+        say(lines)
     return 0
+
+
+async def _lifting_orders(
+    bus: BusClient, appeal: lifecycle_pb2.RequestStatus
+) -> list[lifecycle_pb2.RequestStatus] | None:
+    """The orders the broker sent for an appeal decided LIFTED: the case's requests whose parent is
+    the appeal. None when the caller may not list the case (it sees only its own requests)."""
+    try:
+        listed = await bus.list_all(case_number=appeal.case_ref.case_number)
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.NOT_FOUND):
+            return None
+        raise
+    return sorted((s for s in listed if s.parent_id == appeal.id), key=lambda s: s.id)
