@@ -27,6 +27,7 @@ __all__ = [
     "set_hold_status",
     "transfer",
     "transfers_between",
+    "upgrade",
 ]
 
 _HOLD_COLUMNS = (
@@ -37,6 +38,14 @@ _TRANSFER_COLUMNS = (
     "transfer_id, from_account, from_bank, to_account, to_bank, to_bank_code, to_holder,"
     " amount, currency, at_us"
 )
+
+
+def upgrade(conn: sqlite3.Connection) -> None:
+    """Bring a database made by an earlier release up to the schema (``CREATE ... IF NOT EXISTS``
+    adds no column to a table that exists): holds gained ``released`` with partial releases."""
+    columns = {row["name"] for row in conn.execute("PRAGMA table_info(holds)")}
+    if "released" not in columns:
+        conn.execute("ALTER TABLE holds ADD COLUMN released INTEGER NOT NULL DEFAULT 0 CHECK (released >= 0)")
 
 
 def account(conn: sqlite3.Connection, number: str) -> Account | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import unicodedata
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -17,6 +18,7 @@ from greenchannel.v1 import agency_pb2, bank_pb2, common_pb2, requests_pb2, resu
 from agencies import _seed as story
 from agencies._common import InsufficientFundsError, UnknownAccountError
 from agencies.bank import BankConfig, BankCore, HoldKind, HoldStatus
+from agencies.bank._schema import BANK_SCHEMA
 from broker.protocol import ManualClock, load_directory, new_uuid7, validate_message
 
 DIRECTORY = Path(__file__).resolve().parents[2] / "agencies" / "directory.toml"
@@ -903,3 +905,24 @@ def test_the_seeded_trail_runs_four_levels_deep_over_four_banks(
     assert {registry.bank_for_account(n).id for n in held} == set(BANKS)  # type: ignore[union-attr]
     # 45,000 of the 50,000 secured; the 5,000 that left the directory is the rest.
     assert sum(held.values()) == story.FRAUD_AMOUNT - 500_000
+
+
+def test_a_database_from_before_partial_releases_is_upgraded(tmp_path: Path, clock: ManualClock) -> None:
+    path = tmp_path / "bank.sqlite3"
+    # The holds table as it was: without the released column.
+    start = BANK_SCHEMA.index(",\n    -- Lifted by releases")
+    end = BANK_SCHEMA.index("(released >= 0)") + len("(released >= 0)")
+    old_schema = BANK_SCHEMA[:start] + BANK_SCHEMA[end:]
+    assert "released       INTEGER" not in old_schema
+    conn = sqlite3.connect(path)
+    conn.executescript(old_schema)
+    conn.close()
+    with BankCore(BankConfig(agency_id=ME, database=str(path)), clock=clock) as core:
+        fund(core, clock, 100_000)
+        fz = freeze(clock, 80_000)
+        core.freeze(fz)
+        result = core.release_hold(release(clock, fz.context.request_id, amount=cny(30_000))).result
+        assert (result.outcome, result.amount_frozen) == (EXECUTED, cny(50_000))
+    # Opening it again finds the column there: the upgrade runs once.
+    with BankCore(BankConfig(agency_id=ME, database=str(path)), clock=clock) as core:
+        assert core.holds_for(fz.context.request_id)[0].released == 30_000
