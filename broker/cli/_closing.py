@@ -11,31 +11,29 @@ from __future__ import annotations
 
 import argparse
 import re
-import sys
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
 from typing import Protocol, cast
 
 from greenchannel.v1 import common_pb2, lifecycle_pb2, requests_pb2, results_pb2
 
-from broker.protocol import FINAL_STATES, SystemClock, state_name, to_timestamp, validate_message
+from broker.protocol import SystemClock, state_name, to_timestamp, validate_message
 
 from . import _env
 from ._options import CliError
 from ._render import status_document, status_lines
 from ._render_closing import allocation_document, allocation_lines, returns_document, returns_lines
 from ._requests import (
-    EXIT_NOT_EXECUTED,
-    NOT_EXECUTED,
     client,
     connection_options,
     guarded,
     own_details,
     parse_amount,
-    positive_seconds,
     print_json,
     say,
+    wait_exit,
+    wait_final,
+    wait_options,
 )
 
 __all__ = ["Payout", "add_parser", "parse_payout", "run"]
@@ -100,19 +98,6 @@ def _account_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _wait_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--wait",
-        action="store_true",
-        help="follow the request until it reaches a final state; exit status 0 when it was executed,"
-        f" {EXIT_NOT_EXECUTED} when it ended rejected, failed or cancelled, 1 when it reached no final"
-        " state within --timeout",
-    )
-    parser.add_argument(
-        "--timeout", type=positive_seconds, default=60.0, metavar="SECONDS", help="how long --wait waits"
-    )
-
-
 def add_parser(
     commands: argparse._SubParsersAction[argparse.ArgumentParser],
     name: str,
@@ -154,7 +139,7 @@ def add_parser(
             default="standard",
             help="SLA lane (default standard)",
         )
-        _wait_options(order)
+        wait_options(order)
     elif name == "appeal":
         file = actions.add_parser(
             "file",
@@ -265,24 +250,12 @@ def build_return(args: argparse.Namespace) -> requests_pb2.Request:
 async def _order(args: argparse.Namespace) -> int:
     request = build_return(args)
     async with client(args) as bus:
-        accepted = await bus.submit(request)
-        status = accepted.status
+        status = (await bus.submit(request)).status
+        waited_out = False
         if args.wait:
-            print(f"submitted {status.id}; waiting up to {args.timeout:g} s", file=sys.stderr, flush=True)
-            try:
-                status = await bus.wait_for(status.id, FINAL_STATES, within=timedelta(seconds=args.timeout))
-            except TimeoutError:
-                status = await bus.get(status.id)
-                _show_return(status, args)
-                raise CliError(
-                    f"{status.id} did not reach a final state within {args.timeout:g} s "
-                    f"(now {state_name(status.state)}); it goes on"
-                ) from None
+            status, waited_out = await wait_final(bus, status.id, args)
     _show_return(status, args)
-    if args.wait and status.state in NOT_EXECUTED:
-        print(f"greenchannel return order: {status.id} ended {state_name(status.state)}", file=sys.stderr)
-        return EXIT_NOT_EXECUTED
-    return 0
+    return wait_exit("return order", status, args, waited_out=waited_out) if args.wait else 0
 
 
 def _show_return(status: lifecycle_pb2.RequestStatus, args: argparse.Namespace) -> None:

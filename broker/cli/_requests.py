@@ -90,6 +90,9 @@ __all__ = [
     "run_submit",
     "run_watch",
     "say",
+    "wait_exit",
+    "wait_final",
+    "wait_options",
 ]
 
 DEFAULT_BROKER = _env.DEFAULT_BROKER
@@ -626,6 +629,24 @@ NOT_EXECUTED: frozenset[common_pb2.RequestState.ValueType] = frozenset(
 """Final states in which the agency did not act: scripts must not take them for success."""
 
 
+def wait_options(parser: argparse.ArgumentParser) -> None:
+    """``--wait`` and ``--timeout``, for commands that submit a request (see :func:`wait_final`)."""
+    parser.add_argument(
+        "--wait",
+        action="store_true",
+        help="follow the request until it reaches a final state; exit status 0 when it was executed"
+        f" (in full or in part), {EXIT_NOT_EXECUTED} when it ended rejected, failed or cancelled,"
+        " 1 when it reached no final state within --timeout",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=positive_seconds,
+        default=60.0,
+        metavar="SECONDS",
+        help="how long --wait waits (default 60)",
+    )
+
+
 def _submit_common(default_broker: str) -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     connection_options(common, default_broker)
@@ -648,20 +669,7 @@ def _submit_common(default_broker: str) -> argparse.ArgumentParser:
     common.add_argument(
         "--idempotency-key", metavar="K", help="resubmitting with the same key returns the first request"
     )
-    common.add_argument(
-        "--wait",
-        action="store_true",
-        help="follow the request until it reaches a final state; exit status 0 when it was executed"
-        f" (in full or in part), {EXIT_NOT_EXECUTED} when it ended rejected, failed or cancelled,"
-        " 1 when it reached no final state within --timeout",
-    )
-    common.add_argument(
-        "--timeout",
-        type=positive_seconds,
-        default=60.0,
-        metavar="SECONDS",
-        help="how long --wait waits (default 60)",
-    )
+    wait_options(common)
     return common
 
 
@@ -848,39 +856,51 @@ async def _submit(args: argparse.Namespace) -> int:
             else:
                 say(submitted_lines(accepted, agency=args.agency))
             return 0
-        request_id = accepted.status.id
-        # On stderr, so stdout stays one document; tells the id even if the wait is interrupted.
-        print(
-            f"submitted {request_id}; waiting up to {args.timeout:g} s for a final state "
-            "(Ctrl-C stops the waiting, not the request)",
-            file=sys.stderr,
-            flush=True,
-        )
-        try:
-            status = await bus.wait_for(request_id, FINAL_STATES, within=timedelta(seconds=args.timeout))
-            waited_out = False
-        except TimeoutError:
-            status = await bus.get(request_id)
-            waited_out = True
+        status, waited_out = await wait_final(bus, accepted.status.id, args)
     details = own_details(status, args)
     if args.json:
         print_json(status_document(status, duplicate=accepted.duplicate, details=details))
     else:
         say(status_lines(status, details=details))
+    return wait_exit("submit", status, args, waited_out=waited_out)
+
+
+async def wait_final(
+    bus: BusClient, request_id: str, args: argparse.Namespace
+) -> tuple[lifecycle_pb2.RequestStatus, bool]:
+    """Follow a submitted request for ``--timeout`` seconds: its status, and whether time ran out."""
+    # On stderr, so stdout stays one document; tells the id even if the wait is interrupted.
+    print(
+        f"submitted {request_id}; waiting up to {args.timeout:g} s for a final state "
+        "(Ctrl-C stops the waiting, not the request)",
+        file=sys.stderr,
+        flush=True,
+    )
+    try:
+        return await bus.wait_for(request_id, FINAL_STATES, within=timedelta(seconds=args.timeout)), False
+    except TimeoutError:
+        return await bus.get(request_id), True
+
+
+def wait_exit(
+    command: str, status: lifecycle_pb2.RequestStatus, args: argparse.Namespace, *, waited_out: bool
+) -> int:
+    """The exit status of ``--wait`` once the status is printed: 0 executed, 1 no final state in
+    time, :data:`EXIT_NOT_EXECUTED` rejected, failed or cancelled."""
     if waited_out:
         # Not a CliError: stdout already has its one document (the status as it stands).
         _complain(
-            "submit",
+            command,
             [
-                f"{request_id} did not reach a final state within {args.timeout:g} s "
+                f"{status.id} did not reach a final state within {args.timeout:g} s "
                 f"(now {state_name(status.state)}); it goes on: "
-                f"greenchannel watch --as {args.agency} --request {request_id}"
+                f"greenchannel watch --as {args.agency} --request {status.id}"
             ],
         )
         return 1
     if status.state in NOT_EXECUTED:
         # Not a _CliError either: the status (with the agency's reason) is on stdout already.
-        _complain("submit", [f"{request_id} ended {state_name(status.state)}: not executed"])
+        _complain(command, [f"{status.id} ended {state_name(status.state)}: not executed"])
         return EXIT_NOT_EXECUTED
     return 0
 

@@ -47,6 +47,13 @@ def ts(when: datetime) -> Timestamp:
     return stamp
 
 
+@pytest.fixture(autouse=True)
+def _keep_logging(monkeypatch: pytest.MonkeyPatch) -> None:
+    # main() points structlog at this test's captured stderr; later tests in the same process
+    # (a broker logging a refusal) would then write to a closed file.
+    monkeypatch.setattr("broker.cli._main.configure_logging", lambda *args, **kwargs: None)
+
+
 def exit_code(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
     try:
         code = main(argv)
