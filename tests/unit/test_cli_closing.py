@@ -20,6 +20,7 @@ from greenchannel.v1 import common_pb2, lifecycle_pb2, requests_pb2, results_pb2
 from broker.cli import main
 from broker.cli._closing import Payout, build_return, parse_payout
 from broker.cli._main import parser_for
+from broker.cli._render import status_lines
 from broker.cli._render_closing import (
     allocation_document,
     allocation_lines,
@@ -389,3 +390,20 @@ def test_an_appeal_with_its_lifting_orders() -> None:
     assert lifting_lines(undecided, [])[0] == "appeal decision  not decided yet"
     assert lifting_document(undecided, None) == {"decision": None, "lifting": None}
     assert "not readable" in lifting_lines(undecided, None)[-1]
+
+
+def test_a_release_shows_what_it_asked() -> None:
+    seed = lifecycle_pb2.ReleaseSeed(
+        amount=cny(200_000), purpose=requests_pb2.RELEASE_PURPOSE_LIVING_EXPENSES
+    )
+    status = lifecycle_pb2.RequestStatus(type=common_pb2.REQUEST_TYPE_RELEASE, release_seed=seed)
+    status.result.amount_released.CopyFrom(cny(200_000))
+    status.result.amount_frozen.CopyFrom(cny(800_000))
+    lines = status_lines(status)
+    assert any(line.split() == ["release", "2,000.00", "CNY", "for", "living", "expenses"] for line in lines)
+    assert any(line.split() == ["released", "2,000.00", "CNY"] for line in lines)
+    assert any(line.split() == ["frozen", "8,000.00", "CNY"] for line in lines)
+    whole = lifecycle_pb2.RequestStatus(
+        type=common_pb2.REQUEST_TYPE_RELEASE, release_seed=lifecycle_pb2.ReleaseSeed()
+    )
+    assert any(line.split() == ["release", "all", "of", "the", "hold"] for line in status_lines(whole))
