@@ -12,10 +12,11 @@ import argparse
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
-from greenchannel.v1 import common_pb2, lifecycle_pb2, requests_pb2, results_pb2, trail_pb2
+from greenchannel.v1 import bus_pb2, common_pb2, lifecycle_pb2, requests_pb2, results_pb2, trail_pb2
 
 from broker.cli import main
 from broker.cli._closing import Payout, build_return, parse_payout
@@ -407,3 +408,141 @@ def test_a_release_shows_what_it_asked() -> None:
         type=common_pb2.REQUEST_TYPE_RELEASE, release_seed=lifecycle_pb2.ReleaseSeed()
     )
     assert any(line.split() == ["release", "all", "of", "the", "hold"] for line in status_lines(whole))
+
+
+# -- the commands against a stand-in client (the broker side lands with the other parts) ------------
+
+
+class StandIn:
+    """Answers the calls the closing commands make, recording them; stands in for BusClient."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, tuple[Any, ...]]] = []
+
+    async def __aenter__(self) -> StandIn:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        return None
+
+    async def allocation(self, case_number: str, account: common_pb2.BankAccountRef) -> trail_pb2.Allocation:
+        self.calls.append(("allocation", (case_number, account)))
+        return allocation()
+
+    # The signature of BusClient.file_appeal (the appeals part), for this test only.
+    async def file_appeal(
+        self,
+        restriction_request_id: str,
+        *,
+        ground: requests_pb2.AppealGround.ValueType,
+        statement: requests_pb2.AppealStatement,
+        ticket: str,
+    ) -> lifecycle_pb2.RequestStatus:
+        self.calls.append(("file_appeal", (restriction_request_id, ground, statement, ticket)))
+        return lifecycle_pb2.RequestStatus(
+            id="0190aaaa-0000-7000-8000-0000000000a0",
+            type=common_pb2.REQUEST_TYPE_APPEAL,
+            sender="bank-icbc",
+            recipient=POLICE,
+            state=common_pb2.REQUEST_STATE_SUBMITTED,
+        )
+
+    async def decide_appeal(
+        self, appeal_id: str, decision: results_pb2.AppealDecision.ValueType, reason: str
+    ) -> bus_pb2.DecideAppealResponse:
+        self.calls.append(("decide_appeal", (appeal_id, decision, reason)))
+        status = lifecycle_pb2.RequestStatus(
+            id=appeal_id,
+            type=common_pb2.REQUEST_TYPE_APPEAL,
+            state=common_pb2.REQUEST_STATE_EXECUTED,
+            result=results_pb2.Result(outcome=common_pb2.REQUEST_STATE_EXECUTED, appeal=decision),
+        )
+        lift = lifecycle_pb2.RequestStatus(
+            id="0190aaaa-0000-7000-8000-0000000000a1",
+            type=common_pb2.REQUEST_TYPE_RELEASE,
+            recipient="bank-icbc",
+            target_id="0190aaaa-0000-7000-8000-0000000000f0",
+            parent_id=appeal_id,
+            state=common_pb2.REQUEST_STATE_SUBMITTED,
+        )
+        lifting = [lift] if decision == results_pb2.APPEAL_DECISION_LIFTED else []
+        return bus_pb2.DecideAppealResponse(status=status, lifting=lifting)
+
+
+@pytest.fixture
+def stand_in(monkeypatch: pytest.MonkeyPatch) -> StandIn:
+    bus = StandIn()
+    monkeypatch.setattr("broker.cli._closing.client", lambda args: bus)
+    return bus
+
+
+def test_return_plan_prints_the_allocation(stand_in: StandIn, capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["return", "plan", "--as", POLICE, "--case", CASE, *ACCOUNT, "--bank", "bank-icbc", "--json"]
+    code, out, _ = exit_code(argv, capsys)
+    assert code == 0
+    document = json.loads(out)
+    assert document["case_number"] == CASE
+    assert [claim["rule"] for claim in document["claims"]] == ["DEPOSIT_ORDER", "PRO_RATA"]
+    (name, (case_number, account)), *_ = stand_in.calls
+    assert (name, case_number, account.bank, account.holder_name) == ("allocation", CASE, "bank-icbc", "赵某")
+    code, out, _ = exit_code(argv[:-1], capsys)
+    assert code == 0
+    assert "payable now" in out
+
+
+def test_appeal_file_passes_the_statement_and_documents(
+    stand_in: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    statement = tmp_path / "statement.txt"
+    statement.write_text("  这笔钱是我的工资。\n", encoding="utf-8")
+    payslip = tmp_path / "payslip.pdf"
+    payslip.write_bytes(b"%PDF-1.7 ...")
+    argv = [
+        "appeal",
+        "file",
+        "--as",
+        "bank-icbc",
+        "--restriction",
+        "0190aaaa-0000-7000-8000-0000000000f0",
+        "--ground",
+        "legitimate-funds",
+        "--statement-file",
+        str(statement),
+        "--document",
+        str(payslip),
+        "--ticket",
+        "ICBC-AP-0001",
+        "--json",
+    ]
+    code, out, _ = exit_code(argv, capsys)
+    assert code == 0
+    assert json.loads(out)["type"] == "APPEAL"
+    ((name, (restriction, ground, sent, ticket)),) = stand_in.calls
+    assert (name, restriction, ticket) == (
+        "file_appeal",
+        "0190aaaa-0000-7000-8000-0000000000f0",
+        "ICBC-AP-0001",
+    )
+    assert ground == requests_pb2.APPEAL_GROUND_LEGITIMATE_FUNDS
+    assert isinstance(sent, requests_pb2.AppealStatement)
+    assert sent.statement == "这笔钱是我的工资。"
+    assert [(d.name, d.media_type, d.content) for d in sent.documents] == [
+        ("payslip.pdf", "application/pdf", b"%PDF-1.7 ...")
+    ]
+
+
+def test_appeal_decide_prints_the_decision_and_the_lifting_orders(
+    stand_in: StandIn, capsys: pytest.CaptureFixture[str]
+) -> None:
+    appeal_id = "0190aaaa-0000-7000-8000-0000000000a0"
+    argv = ["appeal", "decide", "--as", POLICE, appeal_id, "--lift", "--reason", "wages", "--json"]
+    code, out, _ = exit_code(argv, capsys)
+    assert code == 0
+    document = json.loads(out)
+    assert document["status"]["result"]["appeal"] == "APPEAL_DECISION_LIFTED"
+    assert [order["target_id"] for order in document["lifting"]] == ["0190aaaa-0000-7000-8000-0000000000f0"]
+    assert stand_in.calls == [("decide_appeal", (appeal_id, results_pb2.APPEAL_DECISION_LIFTED, "wages"))]
+    code, out, _ = exit_code([*argv[:5], "--uphold", "--reason", "checked"], capsys)
+    assert code == 0
+    assert "UPHELD" in out
+    assert "lifting orders" not in out
