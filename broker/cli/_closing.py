@@ -17,12 +17,19 @@ from typing import Protocol, cast
 
 from greenchannel.v1 import common_pb2, lifecycle_pb2, requests_pb2, results_pb2
 
-from broker.protocol import SystemClock, state_name, to_timestamp, validate_message
+from broker.protocol import SystemClock, to_timestamp, validate_message
 
 from . import _env
 from ._options import CliError
 from ._render import status_document, status_lines
-from ._render_closing import allocation_document, allocation_lines, returns_document, returns_lines
+from ._render_closing import (
+    allocation_document,
+    allocation_lines,
+    lifting_document,
+    lifting_lines,
+    returns_document,
+    returns_lines,
+)
 from ._requests import (
     client,
     connection_options,
@@ -36,7 +43,7 @@ from ._requests import (
     wait_options,
 )
 
-__all__ = ["Payout", "add_parser", "parse_payout", "run"]
+__all__ = ["Payout", "add_parser", "build_return", "parse_payout", "run"]
 
 _GROUNDS = [
     name.removeprefix("APPEAL_GROUND_").lower().replace("_", "-")
@@ -318,14 +325,8 @@ async def _decide(args: argparse.Namespace) -> int:
         reply = await bus.decide_appeal(args.appeal_id, decision, args.reason)
     if args.json:
         document = status_document(reply.status)
-        document["lifting"] = [status_document(order) for order in reply.lifting]
+        document["appeal"] = lifting_document(reply.status, reply.lifting)
         print_json(document)
     else:
-        lines = status_lines(reply.status)
-        if reply.lifting:
-            lines += ["", f"lifting orders sent: {len(reply.lifting)}"]
-            lines += [
-                f"  {o.id}  {o.recipient}  lifts {o.target_id}  {state_name(o.state)}" for o in reply.lifting
-            ]
-        say(lines)
+        say([*status_lines(reply.status), "", *lifting_lines(reply.status, reply.lifting)])
     return 0

@@ -540,9 +540,12 @@ def test_appeal_decide_prints_the_decision_and_the_lifting_orders(
     assert code == 0
     document = json.loads(out)
     assert document["status"]["result"]["appeal"] == "APPEAL_DECISION_LIFTED"
-    assert [order["target_id"] for order in document["lifting"]] == ["0190aaaa-0000-7000-8000-0000000000f0"]
+    assert document["appeal"]["decision"] == "LIFTED"
+    assert [order["target_id"] for order in document["appeal"]["lifting"]] == [
+        "0190aaaa-0000-7000-8000-0000000000f0"
+    ]
     assert stand_in.calls == [("decide_appeal", (appeal_id, results_pb2.APPEAL_DECISION_LIFTED, "wages"))]
     code, out, _ = exit_code([*argv[:5], "--uphold", "--reason", "checked"], capsys)
     assert code == 0
-    assert "UPHELD" in out
-    assert "lifting orders" not in out
+    assert "appeal decision  UPHELD" in out
+    assert "lifting orders: none (the restriction stays)" in out
