@@ -43,6 +43,8 @@ class BankCore(AgencyCore):
             agency_id=config.agency_id, database=config.database, schema=BANK_SCHEMA, clock=clock
         )
         self._config = config
+        with self._db.transaction() as conn:
+            store.upgrade(conn)
 
     @property
     def config(self) -> BankConfig:

@@ -103,6 +103,8 @@ class Hold:
     """Effective status at the time it was read (an active hold past its end reads as expired)."""
     converted_from: str | None
     """For a freeze that converted a stop-payment hold: that hold's id."""
+    released: int = 0
+    """Minor units lifted by releases so far (partial ones lowered ``amount`` by as much)."""
 
 
 def _normalized(name: str) -> str:

@@ -136,10 +136,31 @@ def release_hold(
     if isinstance(target, results_pb2.Result):
         return bank_pb2.ReleaseHoldResponse(result=target)
     hold, acct = target
-    store.set_hold_status(conn, hold.hold_id, HoldStatus.RELEASED, env.now)
-    result = executed("hold released" if hold.kind is HoldKind.STOP_PAYMENT else "freeze released")
+    what = "hold" if hold.kind is HoldKind.STOP_PAYMENT else "freeze"
+    lifted = hold.amount
+    if order.HasField("amount"):
+        if order.amount.currency != acct.currency:
+            return bank_pb2.ReleaseHoldResponse(
+                result=rejected(results_pb2.REASON_CODE_MISMATCH, "currency does not match the account")
+            )
+        if order.amount.minor_units > hold.amount:
+            return bank_pb2.ReleaseHoldResponse(
+                result=rejected(
+                    results_pb2.REASON_CODE_INSUFFICIENT_FUNDS,
+                    f"the {what} holds less than the amount to release",
+                )
+            )
+        lifted = order.amount.minor_units
+    if lifted < hold.amount:
+        # A partial release (living expenses): the rest stays held, under the same hold and end.
+        store.release_part(conn, hold.hold_id, lifted)
+        result = executed(f"{what} partly released")
+    else:
+        store.set_hold_released(conn, hold.hold_id, env.now)
+        result = executed(f"{what} released")
     result.agency_reference = hold.hold_id
-    _set_amount(result, hold.kind, money(acct.currency, 0))
+    result.amount_released.CopyFrom(money(acct.currency, lifted))
+    _set_amount(result, hold.kind, money(acct.currency, hold.amount - lifted))
     return bank_pb2.ReleaseHoldResponse(result=result)
 
 

@@ -47,7 +47,9 @@ CREATE TABLE IF NOT EXISTS holds (
     expires_at_us  INTEGER NOT NULL,
     status         TEXT NOT NULL CHECK (status IN ('active', 'released', 'expired', 'converted')),
     converted_from TEXT REFERENCES holds (hold_id),
-    ended_at_us    INTEGER
+    ended_at_us    INTEGER,
+    -- Lifted by releases so far; a partial release lowers amount by as much (amount stays > 0).
+    released       INTEGER NOT NULL DEFAULT 0 CHECK (released >= 0)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS holds_by_account ON holds (account_number, status, expires_at_us);
 

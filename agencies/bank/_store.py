@@ -23,20 +23,32 @@ __all__ = [
     "insert_transfer",
     "outgoing",
     "reduce_hold",
+    "release_part",
     "set_account_status",
     "set_hold_expiry",
+    "set_hold_released",
     "set_hold_status",
     "transfer",
     "transfers_between",
+    "upgrade",
 ]
 
 _HOLD_COLUMNS = (
-    "hold_id, request_id, account_number, amount, kind, created_at_us, expires_at_us, status, converted_from"
+    "hold_id, request_id, account_number, amount, kind, created_at_us, expires_at_us, status, converted_from,"
+    " released"
 )
 _TRANSFER_COLUMNS = (
     "transfer_id, from_account, from_bank, to_account, to_bank, to_bank_code, to_holder,"
     " amount, currency, at_us"
 )
+
+
+def upgrade(conn: sqlite3.Connection) -> None:
+    """Bring a database made by an earlier release up to the schema (``CREATE ... IF NOT EXISTS``
+    adds no column to a table that exists): holds gained ``released`` with partial releases."""
+    columns = {row["name"] for row in conn.execute("PRAGMA table_info(holds)")}
+    if "released" not in columns:
+        conn.execute("ALTER TABLE holds ADD COLUMN released INTEGER NOT NULL DEFAULT 0 CHECK (released >= 0)")
 
 
 def account(conn: sqlite3.Connection, number: str) -> Account | None:
@@ -162,7 +174,7 @@ def _transfer(row: sqlite3.Row) -> Transfer:
 
 def insert_hold(conn: sqlite3.Connection, hold: Hold) -> None:
     conn.execute(
-        f"INSERT INTO holds ({_HOLD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
+        f"INSERT INTO holds ({_HOLD_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
         (
             hold.hold_id,
             hold.request_id,
@@ -173,6 +185,7 @@ def insert_hold(conn: sqlite3.Connection, hold: Hold) -> None:
             to_us(hold.expires_at),
             hold.status.value,
             hold.converted_from,
+            hold.released,
         ),
     )
 
@@ -208,12 +221,30 @@ def _hold(row: sqlite3.Row, now: datetime) -> Hold:
         expires_at=expires_at,
         status=status,
         converted_from=row["converted_from"],
+        released=row["released"],
     )
 
 
 def set_hold_status(conn: sqlite3.Connection, hold_id: str, status: HoldStatus, at: datetime) -> None:
     conn.execute(
         "UPDATE holds SET status = ?, ended_at_us = ? WHERE hold_id = ?", (status.value, to_us(at), hold_id)
+    )
+
+
+def release_part(conn: sqlite3.Connection, hold_id: str, amount: int) -> None:
+    """Lift ``amount`` (less than the hold holds) from an active hold, which stays active with the rest."""
+    conn.execute(
+        "UPDATE holds SET amount = amount - ?, released = released + ? WHERE hold_id = ?",
+        (amount, amount, hold_id),
+    )
+
+
+def set_hold_released(conn: sqlite3.Connection, hold_id: str, at: datetime) -> None:
+    """Lift all that is left of a hold: it ends RELEASED, and ``released`` counts it too."""
+    conn.execute(
+        "UPDATE holds SET status = 'released', ended_at_us = ?, released = released + amount"
+        " WHERE hold_id = ?",
+        (to_us(at), hold_id),
     )
 
 

@@ -62,6 +62,14 @@ COMMANDS: dict[str, Command] = {
     "status": Command(
         module="broker.cli._requests", help="one request: state, deadlines, result and timeline"
     ),
+    "return": Command(
+        module="broker.cli._closing",
+        help="资金返还: an account's allocation over every claim (plan), pay victims back (order)",
+    ),
+    "appeal": Command(
+        module="broker.cli._closing",
+        help="申诉: pass a holder's appeal to the police (file); the police's decision (decide)",
+    ),
     "sla": Command(module="broker.cli._sla", help="green-channel SLA compliance"),
     "trail": Command(
         module="broker.cli._trail",

@@ -16,7 +16,7 @@ from typing import Any
 
 from google.protobuf.json_format import MessageToDict
 from google.protobuf.timestamp_pb2 import Timestamp
-from greenchannel.v1 import bus_pb2, common_pb2, lifecycle_pb2, results_pb2
+from greenchannel.v1 import bus_pb2, common_pb2, lifecycle_pb2, requests_pb2, results_pb2
 
 from broker.client import ErrorDetails
 from broker.protocol import FINAL_STATES, phase_slug, reason_name, request_type_name, state_name
@@ -323,6 +323,14 @@ def _result_lines(
     pairs = [("outcome", outcome)]
     if result.detail:
         pairs.append(("detail", result.detail))
+    if result.HasField("amount_released"):
+        pairs.append(("released", money(result.amount_released)))
+    if result.HasField("amount_returned"):
+        pairs.append(("returned", money(result.amount_returned)))
+    if result.appeal:
+        pairs.append(
+            ("appeal", results_pb2.AppealDecision.Name(result.appeal).removeprefix("APPEAL_DECISION_"))
+        )
     if result.HasField("amount_held"):
         pairs.append(("held", money(result.amount_held)))
     if result.HasField("amount_frozen"):
@@ -366,6 +374,15 @@ def _timeline_lines(status: lifecycle_pb2.RequestStatus) -> list[str]:
     return ["timeline", *table(("seq", "state", "actor", "at", "+ms", "note"), rows, indent="  ")]
 
 
+def _release_asked(seed: lifecycle_pb2.ReleaseSeed) -> str:
+    """``2,000.00 CNY for living expenses``: what a RELEASE asked to lift."""
+    asked = money(seed.amount) if seed.HasField("amount") else "all of the hold"
+    if seed.purpose == requests_pb2.RELEASE_PURPOSE_UNSPECIFIED:
+        return asked
+    why = requests_pb2.ReleasePurpose.Name(seed.purpose).removeprefix("RELEASE_PURPOSE_")
+    return f"{asked} for {why.lower().replace('_', ' ')}"
+
+
 def status_lines(
     status: lifecycle_pb2.RequestStatus, *, details: results_pb2.ResultDetails | None = None
 ) -> list[str]:
@@ -393,6 +410,7 @@ def status_lines(
         ("state", state),
         ("chain", f"parent {status.parent_id or _NONE}, hop {status.hop}"),
         *([("target", status.target_id)] if status.target_id else []),
+        *([("release", _release_asked(status.release_seed))] if status.HasField("release_seed") else []),
         (
             "submitted",
             f"{_local(status.submitted_at)} (times are local, UTC{offset})",

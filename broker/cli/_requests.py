@@ -61,6 +61,14 @@ from ._render import (
     status_lines,
     submitted_lines,
 )
+from ._render_closing import (
+    allocation_document,
+    allocation_lines,
+    lifting_document,
+    lifting_lines,
+    returns_document,
+    returns_lines,
+)
 
 __all__ = [
     "DEFAULT_BROKER",
@@ -70,11 +78,21 @@ __all__ = [
     "RequestKind",
     "add_parser",
     "build_request",
+    "client",
+    "connection_options",
+    "guarded",
+    "own_details",
     "parse_amount",
+    "positive_seconds",
+    "print_json",
     "run",
     "run_status",
     "run_submit",
     "run_watch",
+    "say",
+    "wait_exit",
+    "wait_final",
+    "wait_options",
 ]
 
 DEFAULT_BROKER = _env.DEFAULT_BROKER
@@ -117,7 +135,7 @@ def parse_amount(text: str) -> int:
     return int(minor)
 
 
-def _positive_seconds(text: str) -> float:
+def positive_seconds(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
@@ -240,12 +258,32 @@ def _release_options(parser: argparse.ArgumentParser) -> None:
     )
     _account_options(parser)
     parser.add_argument("--reason", default="", help="reason given to the bank (no personal data)")
+    parser.add_argument(
+        "--amount",
+        type=parse_amount,
+        help="lift only this much, e.g. 3000.00 (the rest stays held); default: all of it",
+    )
+    parser.add_argument(
+        "--currency", default="CNY", help="ISO 4217 code of --amount, the hold's (default CNY)"
+    )
+    parser.add_argument(
+        "--living-expenses",
+        action="store_true",
+        help="release --amount for the holder's living expenses (within the policy's caps)",
+    )
 
 
 def _release(request: requests_pb2.Request, args: argparse.Namespace) -> None:
-    request.release.CopyFrom(
-        requests_pb2.Release(target_request_id=args.target, account=_bank_account(args), reason=args.reason)
+    body = requests_pb2.Release(
+        target_request_id=args.target, account=_bank_account(args), reason=args.reason
     )
+    if args.living_expenses:
+        if args.amount is None:
+            raise CliError("--living-expenses needs --amount: the policy caps what is released", exit_code=2)
+        body.purpose = requests_pb2.RELEASE_PURPOSE_LIVING_EXPENSES
+    if args.amount is not None:
+        body.amount.CopyFrom(_money(args))
+    request.release.CopyFrom(body)
 
 
 def _extend_options(parser: argparse.ArgumentParser) -> None:
@@ -468,7 +506,7 @@ REQUEST_KINDS: dict[str, RequestKind] = {
         ),
         RequestKind(
             name="release",
-            help="lift a hold or freeze",
+            help="lift a hold or freeze, or part of it (--amount; --living-expenses)",
             instrument=_I.LEGAL_INSTRUMENT_TYPE_RELEASE_NOTICE,
             add_options=_release_options,
             fill=_release,
@@ -564,7 +602,7 @@ def build_request(args: argparse.Namespace, *, now: datetime) -> requests_pb2.Re
 # -- argparse -------------------------------------------------------------------------------------
 
 
-def _connection_options(parser: argparse.ArgumentParser, default_broker: str) -> None:
+def connection_options(parser: argparse.ArgumentParser, default_broker: str) -> None:
     parser.add_argument(
         "--as",
         dest="agency",
@@ -591,9 +629,27 @@ NOT_EXECUTED: frozenset[common_pb2.RequestState.ValueType] = frozenset(
 """Final states in which the agency did not act: scripts must not take them for success."""
 
 
+def wait_options(parser: argparse.ArgumentParser) -> None:
+    """``--wait`` and ``--timeout``, for commands that submit a request (see :func:`wait_final`)."""
+    parser.add_argument(
+        "--wait",
+        action="store_true",
+        help="follow the request until it reaches a final state; exit status 0 when it was executed"
+        f" (in full or in part), {EXIT_NOT_EXECUTED} when it ended rejected, failed or cancelled,"
+        " 1 when it reached no final state within --timeout",
+    )
+    parser.add_argument(
+        "--timeout",
+        type=positive_seconds,
+        default=60.0,
+        metavar="SECONDS",
+        help="how long --wait waits (default 60)",
+    )
+
+
 def _submit_common(default_broker: str) -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    _connection_options(common, default_broker)
+    connection_options(common, default_broker)
     common.add_argument("--case", required=True, metavar="CASE_NUMBER", help="case number (owned by --as)")
     common.add_argument(
         "--instrument-id", metavar="ID", help="legal instrument number (default: the case number)"
@@ -613,20 +669,7 @@ def _submit_common(default_broker: str) -> argparse.ArgumentParser:
     common.add_argument(
         "--idempotency-key", metavar="K", help="resubmitting with the same key returns the first request"
     )
-    common.add_argument(
-        "--wait",
-        action="store_true",
-        help="follow the request until it reaches a final state; exit status 0 when it was executed"
-        f" (in full or in part), {EXIT_NOT_EXECUTED} when it ended rejected, failed or cancelled,"
-        " 1 when it reached no final state within --timeout",
-    )
-    common.add_argument(
-        "--timeout",
-        type=_positive_seconds,
-        default=60.0,
-        metavar="SECONDS",
-        help="how long --wait waits (default 60)",
-    )
+    wait_options(common)
     return common
 
 
@@ -646,7 +689,7 @@ def add_parser(
             kind.add_options(parser)
     elif name == "watch":
         watch = commands.add_parser("watch", help=help)
-        _connection_options(watch, default_broker)
+        connection_options(watch, default_broker)
         scope = watch.add_mutually_exclusive_group()
         scope.add_argument("--request", metavar="ID", help="one request")
         scope.add_argument(
@@ -662,7 +705,7 @@ def add_parser(
     elif name == "status":
         status = commands.add_parser("status", help=help)
         status.add_argument("id", metavar="ID", help="request id")
-        _connection_options(status, default_broker)
+        connection_options(status, default_broker)
         status.add_argument(
             "--decrypt",
             action="store_true",
@@ -693,12 +736,12 @@ def run(args: argparse.Namespace) -> int:
 # -- running --------------------------------------------------------------------------------------
 
 
-def _say(lines: Sequence[str]) -> None:
+def say(lines: Sequence[str]) -> None:
     for line in lines:
         print(line, flush=True)
 
 
-def _json(document: object) -> None:
+def print_json(document: object) -> None:
     print(json.dumps(document, ensure_ascii=False), flush=True)
 
 
@@ -709,7 +752,7 @@ def _complain(command: str, lines: Sequence[str]) -> None:
             print(line, file=sys.stderr)
 
 
-def _client(args: argparse.Namespace) -> BusClient:
+def client(args: argparse.Namespace) -> BusClient:
     key = load_agency_signing_key(args.state_dir, args.agency)
     return BusClient(args.broker, agency_id=args.agency, signing_key=key)
 
@@ -719,11 +762,11 @@ def _fail(
 ) -> None:
     """Report a failure on stderr; with ``--json`` also as ``{"error": ...}`` on stdout."""
     if args.json:
-        _json(document or {"error": {"code": "FAILED", "reason": None, "message": lines[0]}})
+        print_json(document or {"error": {"code": "FAILED", "reason": None, "message": lines[0]}})
     _complain(command, lines)
 
 
-def _guarded(
+def guarded(
     command: str, args: argparse.Namespace, work: Callable[[], Awaitable[int]], *, stopped_exit: int = 130
 ) -> int:
     """Run ``work``; every expected failure becomes a message on stderr and an exit status.
@@ -799,60 +842,72 @@ async def _until_signalled(work: Awaitable[int], *, stopped_exit: int) -> int:
 
 def run_submit(args: argparse.Namespace) -> int:
     """``greenchannel submit <type> ...``."""
-    return _guarded("submit", args, lambda: _submit(args))
+    return guarded("submit", args, lambda: _submit(args))
 
 
 async def _submit(args: argparse.Namespace) -> int:
     clock = SystemClock()
     request = build_request(args, now=clock.now())
-    async with _client(args) as bus:
+    async with client(args) as bus:
         accepted = await bus.submit(request)
         if not args.wait:
             if args.json:
-                _json(status_document(accepted.status, duplicate=accepted.duplicate))
+                print_json(status_document(accepted.status, duplicate=accepted.duplicate))
             else:
-                _say(submitted_lines(accepted, agency=args.agency))
+                say(submitted_lines(accepted, agency=args.agency))
             return 0
-        request_id = accepted.status.id
-        # On stderr, so stdout stays one document; tells the id even if the wait is interrupted.
-        print(
-            f"submitted {request_id}; waiting up to {args.timeout:g} s for a final state "
-            "(Ctrl-C stops the waiting, not the request)",
-            file=sys.stderr,
-            flush=True,
-        )
-        try:
-            status = await bus.wait_for(request_id, FINAL_STATES, within=timedelta(seconds=args.timeout))
-            waited_out = False
-        except TimeoutError:
-            status = await bus.get(request_id)
-            waited_out = True
-    details = _own_details(status, args)
+        status, waited_out = await wait_final(bus, accepted.status.id, args)
+    details = own_details(status, args)
     if args.json:
-        _json(status_document(status, duplicate=accepted.duplicate, details=details))
+        print_json(status_document(status, duplicate=accepted.duplicate, details=details))
     else:
-        _say(status_lines(status, details=details))
+        say(status_lines(status, details=details))
+    return wait_exit("submit", status, args, waited_out=waited_out)
+
+
+async def wait_final(
+    bus: BusClient, request_id: str, args: argparse.Namespace
+) -> tuple[lifecycle_pb2.RequestStatus, bool]:
+    """Follow a submitted request for ``--timeout`` seconds: its status, and whether time ran out."""
+    # On stderr, so stdout stays one document; tells the id even if the wait is interrupted.
+    print(
+        f"submitted {request_id}; waiting up to {args.timeout:g} s for a final state "
+        "(Ctrl-C stops the waiting, not the request)",
+        file=sys.stderr,
+        flush=True,
+    )
+    try:
+        return await bus.wait_for(request_id, FINAL_STATES, within=timedelta(seconds=args.timeout)), False
+    except TimeoutError:
+        return await bus.get(request_id), True
+
+
+def wait_exit(
+    command: str, status: lifecycle_pb2.RequestStatus, args: argparse.Namespace, *, waited_out: bool
+) -> int:
+    """The exit status of ``--wait`` once the status is printed: 0 executed, 1 no final state in
+    time, :data:`EXIT_NOT_EXECUTED` rejected, failed or cancelled."""
     if waited_out:
         # Not a CliError: stdout already has its one document (the status as it stands).
         _complain(
-            "submit",
+            command,
             [
-                f"{request_id} did not reach a final state within {args.timeout:g} s "
+                f"{status.id} did not reach a final state within {args.timeout:g} s "
                 f"(now {state_name(status.state)}); it goes on: "
-                f"greenchannel watch --as {args.agency} --request {request_id}"
+                f"greenchannel watch --as {args.agency} --request {status.id}"
             ],
         )
         return 1
     if status.state in NOT_EXECUTED:
         # Not a _CliError either: the status (with the agency's reason) is on stdout already.
-        _complain("submit", [f"{request_id} ended {state_name(status.state)}: not executed"])
+        _complain(command, [f"{status.id} ended {state_name(status.state)}: not executed"])
         return EXIT_NOT_EXECUTED
     return 0
 
 
 def run_watch(args: argparse.Namespace) -> int:
     """``greenchannel watch ...``: one line (or JSON object) per event until Ctrl-C."""
-    return _guarded("watch", args, lambda: _watch(args), stopped_exit=0)
+    return guarded("watch", args, lambda: _watch(args), stopped_exit=0)
 
 
 async def _watch(args: argparse.Namespace) -> int:
@@ -860,7 +915,7 @@ async def _watch(args: argparse.Namespace) -> int:
     cursor: int = args.after
     seen = False
     delay = 0.0
-    async with _client(args) as bus:
+    async with client(args) as bus:
 
         async def type_of(request_id: str) -> str:
             # Events do not carry the request type; one Get per request tells it.
@@ -879,7 +934,7 @@ async def _watch(args: argparse.Namespace) -> int:
                     cursor, seen, delay = update.cursor, True, 0.0
                     request_type = await type_of(update.request_id)
                     if args.json:
-                        _json(event_document(update, request_type=request_type))
+                        print_json(event_document(update, request_type=request_type))
                     else:
                         print(event_line(update, request_type=request_type), flush=True)
                 why = "the broker ended the stream"
@@ -904,7 +959,7 @@ def run_status(args: argparse.Namespace) -> int:
     """``greenchannel status ID ...``."""
     if args.key is not None:
         args.decrypt = True
-    return _guarded("status", args, lambda: _status(args))
+    return guarded("status", args, lambda: _status(args))
 
 
 def _own_keys(args: argparse.Namespace) -> tuple[x25519.X25519PrivateKey, ...] | None:
@@ -915,7 +970,7 @@ def _own_keys(args: argparse.Namespace) -> tuple[x25519.X25519PrivateKey, ...] |
         return None
 
 
-def _own_details(
+def own_details(
     status: lifecycle_pb2.RequestStatus, args: argparse.Namespace
 ) -> results_pb2.ResultDetails | None:
     """The onward transfers in full when the caller's own key opens them; None otherwise.
@@ -988,19 +1043,50 @@ async def _status(args: argparse.Namespace) -> int:
         else:
             key = load_agency_encryption_keys(args.state_dir, args.agency)
             key_name = f"{args.agency}'s key in {args.state_dir}"
-    async with _client(args) as bus:
+    lifting: list[lifecycle_pb2.RequestStatus] | None = None
+    async with client(args) as bus:
         status = await bus.get(args.id)
+        if status.type == common_pb2.REQUEST_TYPE_APPEAL:
+            lifting = await _lifting_orders(bus, status)
     answer: results_pb2.DataAnswer | None = None
     if key is not None:
         answer = _open_answer(status, key, key_name=key_name)
         details = _open_details(status, key, key_name=key_name)
     else:
-        details = _own_details(status, args)
+        details = own_details(status, args)
+    now = SystemClock().now()
     if args.json:
-        _json(status_document(status, answer=answer, details=details))
+        document = status_document(status, answer=answer, details=details)
+        if status.HasField("allocation"):
+            document["allocation"] = allocation_document(status.allocation, now=now)
+        if status.type == common_pb2.REQUEST_TYPE_RETURN_FUNDS and status.HasField("result"):
+            document["returned"] = returns_document(status.result)
+        if status.type == common_pb2.REQUEST_TYPE_APPEAL:
+            document["appeal"] = lifting_document(status, lifting)
+        print_json(document)
     else:
         lines = status_lines(status, details=details)
+        if status.HasField("allocation"):
+            lines += ["", *allocation_lines(status.allocation, now=now)]
+        if status.type == common_pb2.REQUEST_TYPE_RETURN_FUNDS and status.HasField("result"):
+            lines += ["", *returns_lines(status.result, details)]
+        if status.type == common_pb2.REQUEST_TYPE_APPEAL:
+            lines += ["", *lifting_lines(status, lifting)]
         if answer is not None:
             lines += ["", *answer_lines(answer)]
-        _say(lines)
+        say(lines)
     return 0
+
+
+async def _lifting_orders(
+    bus: BusClient, appeal: lifecycle_pb2.RequestStatus
+) -> list[lifecycle_pb2.RequestStatus] | None:
+    """The orders the broker sent for an appeal decided LIFTED: the case's requests whose parent is
+    the appeal. None when the caller may not list the case (it sees only its own requests)."""
+    try:
+        listed = await bus.list_all(case_number=appeal.case_ref.case_number)
+    except grpc.aio.AioRpcError as exc:
+        if exc.code() in (grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.NOT_FOUND):
+            return None
+        raise
+    return sorted((s for s in listed if s.parent_id == appeal.id), key=lambda s: s.id)

@@ -7,7 +7,9 @@ file order from 0. Unknown fields are rejected: a typo must not silently widen o
 allowed.
 
 Besides who may send what, the policy bounds how far the broker chases money on its own
-(``[chase]``, :class:`ChasePolicy`): the authorization every case's money trail runs under.
+(``[chase]``, :class:`ChasePolicy`): the authorization every case's money trail runs under; and how
+much of a hold the police may release for the holder's living expenses (``[release]``,
+:class:`ReleasePolicy`).
 """
 
 from __future__ import annotations
@@ -39,11 +41,13 @@ from ._sla_policy import parse_duration
 
 __all__ = [
     "DEFAULT_CHASE",
+    "DEFAULT_RELEASE",
     "DEFAULT_RETURN",
     "POLICY_VERSION",
     "ChasePolicy",
     "Policy",
     "PolicyRule",
+    "ReleasePolicy",
     "ReturnPolicy",
     "load_policy",
 ]
@@ -52,11 +56,14 @@ POLICY_VERSION = 1
 
 _log = structlog.get_logger(__name__)
 
-_TOP = frozenset({"policy", "rule", "chase", "return"})
+_TOP = frozenset({"policy", "rule", "chase", "return", "release"})
 _RETURN = frozenset({"notice_period", "description"})
 _HEADER = frozenset({"version", "description"})
 _RULE = frozenset({"description", "senders", "types", "recipients", "recipient_regions"})
 _CHASE = frozenset({"enabled", "max_depth", "min_amount", "max_accounts", "max_requests", "description"})
+_RELEASE = frozenset({"living_expenses", "description"})
+_LIVING_EXPENSES = frozenset({"cap", "share", "description"})
+_SHARE = re.compile(r"0(\.[0-9]{1,4})?|1(\.0{1,4})?")
 _REGION_PREFIX = re.compile(r"[0-9]{2,6}")
 _CURRENCY = re.compile(r"[A-Z]{3}")
 _DECIMAL = re.compile(r"[0-9]+(\.[0-9]{1,2})?")
@@ -148,10 +155,46 @@ DEFAULT_RETURN = ReturnPolicy()
 """The rules used when a policy file has no ``[return]`` table."""
 
 
+@dataclass(frozen=True, kw_only=True)
+class ReleasePolicy:
+    """How much of a hold the police may release for the holder's living expenses (purpose
+    LIVING_EXPENSES), in total over every such release of the hold."""
+
+    living_expenses_caps: Mapping[str, int] = field(
+        default_factory=lambda: MappingProxyType({"CNY": 500_000})
+    )
+    """Most that may be released for living expenses per hold, in minor units per ISO 4217 currency;
+    in a currency not listed no living-expense release is allowed."""
+    living_expenses_share: Decimal | None = None
+    """If set, also at most this share (0 to 1) of what the hold held at its outcome."""
+
+    def __post_init__(self) -> None:
+        for currency, minor_units in self.living_expenses_caps.items():
+            if not _CURRENCY.fullmatch(currency) or not 0 < minor_units <= _MAX_MINOR_UNITS:
+                raise ValueError(
+                    f"living_expenses_caps[{currency!r}] must be a positive amount of an ISO 4217 code"
+                )
+        if self.living_expenses_share is not None and not 0 <= self.living_expenses_share <= 1:
+            raise ValueError("living_expenses_share must lie between 0 and 1")
+        object.__setattr__(self, "living_expenses_caps", MappingProxyType(dict(self.living_expenses_caps)))
+
+    def living_expenses_cap(self, currency: str, held_at_outcome: int) -> int:
+        """Most minor units that may be released for living expenses, in total, from a hold of
+        ``held_at_outcome`` in ``currency`` (0: none)."""
+        cap = self.living_expenses_caps.get(currency, 0)
+        if self.living_expenses_share is not None:
+            cap = min(cap, int(held_at_outcome * self.living_expenses_share))
+        return cap
+
+
+DEFAULT_RELEASE = ReleasePolicy()
+"""The caps used when a policy file has no ``[release]`` table."""
+
+
 class Policy:
     """Immutable authorization rules; everything no rule allows is denied."""
 
-    __slots__ = ("_by_route", "_chase", "_returns", "_rules")
+    __slots__ = ("_by_route", "_chase", "_release", "_returns", "_rules")
 
     def __init__(
         self,
@@ -159,10 +202,12 @@ class Policy:
         *,
         chase: ChasePolicy = DEFAULT_CHASE,
         returns: ReturnPolicy = DEFAULT_RETURN,
+        release: ReleasePolicy = DEFAULT_RELEASE,
     ) -> None:
         self._rules = tuple(rules)
         self._chase = chase
         self._returns = returns
+        self._release = release
         by_route: dict[_Route, list[PolicyRule]] = {}
         for rule in self._rules:
             for sender in rule.senders:
@@ -186,6 +231,11 @@ class Policy:
     def returns(self) -> ReturnPolicy:
         """How frozen money is returned to victims."""
         return self._returns
+
+    @property
+    def release(self) -> ReleasePolicy:
+        """Caps on partial releases for living expenses."""
+        return self._release
 
     def authorize_submit(
         self,
@@ -299,10 +349,12 @@ def _parse_rule(scope: TomlTable) -> PolicyRule:
     )
 
 
-def _min_amounts(scope: TomlTable) -> Mapping[str, int]:
-    amounts = scope.optional_table("min_amount", expected='a table of currency = "amount"')
+def _amounts(scope: TomlTable, name: str) -> Mapping[str, int] | None:
+    """A table of currency = "decimal amount" (``[chase.min_amount]``, ``[release.living_expenses.cap]``)
+    in minor units; None when the table is absent."""
+    amounts = scope.optional_table(name, expected='a table of currency = "amount"')
     if amounts is None:
-        return DEFAULT_CHASE.min_amounts
+        return None
     found: dict[str, int] = {}
     for currency, text in amounts.items():
         if not _CURRENCY.fullmatch(currency):
@@ -322,13 +374,17 @@ def _min_amounts(scope: TomlTable) -> Mapping[str, int]:
     return found
 
 
+def _or_default(found: Mapping[str, int] | None, default: Mapping[str, int]) -> Mapping[str, int]:
+    return default if found is None else found
+
+
 def _parse_chase(scope: TomlTable) -> ChasePolicy:
     scope.only(_CHASE)
     scope.optional_string("description")
     return ChasePolicy(
         enabled=scope.boolean("enabled", default=DEFAULT_CHASE.enabled),
         max_depth=scope.integer("max_depth", default=DEFAULT_CHASE.max_depth, low=0, high=_MAX_HOP),
-        min_amounts=_min_amounts(scope),
+        min_amounts=_or_default(_amounts(scope, "min_amount"), DEFAULT_CHASE.min_amounts),
         max_accounts=scope.integer("max_accounts", default=DEFAULT_CHASE.max_accounts, low=1, high=100_000),
         max_requests=scope.integer("max_requests", default=DEFAULT_CHASE.max_requests, low=0, high=1_000_000),
     )
@@ -343,6 +399,27 @@ def _parse_return(scope: TomlTable) -> ReturnPolicy:
         notice_period=scope.parsed(
             "notice_period", parse_duration, expected='a duration string such as "30d"'
         )
+    )
+
+
+def _parse_release(scope: TomlTable) -> ReleasePolicy:
+    scope.only(_RELEASE)
+    scope.optional_string("description")
+    living = scope.optional_table("living_expenses")
+    if living is None:
+        return DEFAULT_RELEASE
+    living.only(_LIVING_EXPENSES)
+    living.optional_string("description")
+    caps = _amounts(living, "cap")
+    share_text = living.optional_string("share")
+    share = None
+    if share_text is not None:
+        if not _SHARE.fullmatch(share_text):
+            living.fail("share", f'{share_text!r} is not a decimal share between 0 and 1 such as "0.20"')
+        share = Decimal(share_text)
+    return ReleasePolicy(
+        living_expenses_caps=_or_default(caps, DEFAULT_RELEASE.living_expenses_caps),
+        living_expenses_share=share,
     )
 
 
@@ -366,7 +443,9 @@ def load_policy(path: Path) -> Policy:
     chase = DEFAULT_CHASE if chase_table is None else _parse_chase(chase_table)
     return_table = root.optional_table("return")
     returns = DEFAULT_RETURN if return_table is None else _parse_return(return_table)
-    policy = Policy(rules, chase=chase, returns=returns)
+    release_table = root.optional_table("release")
+    release = DEFAULT_RELEASE if release_table is None else _parse_release(release_table)
+    policy = Policy(rules, chase=chase, returns=returns, release=release)
     _log.info(
         "policy.loaded",
         file=str(path),

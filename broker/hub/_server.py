@@ -223,6 +223,7 @@ class Broker:
         intake = Intake(
             returns=returns,
             trail=trail_recorder,
+            cases=watchlog,
             registry=registry,
             policy=policy,
             deadlines=config.sla.deadlines,

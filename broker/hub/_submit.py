@@ -64,6 +64,7 @@ from ._errors import (
     UnavailableError,
 )
 from ._grpc_status import to_hub_error
+from ._partial_release import check_partial_release, release_seed
 from ._policy import Policy
 from ._routing import resolve_recipient
 from ._store import Created, IdempotencyStore, RequestStore, idempotency_msg_id
@@ -72,7 +73,7 @@ from ._timers import DeadlineScheduler
 if TYPE_CHECKING:
     from ._returns import ReturnPlan, Returns
     from ._sla_policy import HoldRule
-    from ._trail import TrailRecorder
+    from ._trail import CaseRequests, TrailRecorder
 
 __all__ = ["Intake", "SubmitOutcome"]
 
@@ -124,9 +125,11 @@ class Intake:
         scheduler: DeadlineScheduler,
         trail: TrailRecorder | None = None,
         returns: Returns | None = None,
+        cases: CaseRequests | None = None,
     ) -> None:
         self._returns = returns
         self._trail = trail
+        self._cases = cases
         self._holds = holds
         self._scheduler = scheduler
         self._registry = registry
@@ -222,7 +225,17 @@ class Intake:
             raise IllegalTransitionError(
                 "the SLA policy does not let stop-payments become freezes", reason="NOT_CONVERTIBLE"
             )
+        if body == "release":
+            await check_partial_release(
+                request, target, policy=self._policy.release, ids=self._case_request_ids, get=self._status
+            )
         return target
+
+    async def _case_request_ids(self, case_owner: str, case_number: str) -> list[str]:
+        return [] if self._cases is None else await self._cases.request_ids(case_owner, case_number)
+
+    async def _status(self, request_id: str) -> lifecycle_pb2.RequestStatus:
+        return (await self._requests.get(request_id)).status
 
     def _may_send_at_all(self, sender: Agency, request_type: common_pb2.RequestType.ValueType) -> None:
         """Refuse before routing when no rule lets this kind of agency send this type to anyone:
@@ -350,6 +363,7 @@ class Intake:
             if self._trail is not None
             else None,
             allocation=allocation,
+            release_seed=release_seed(request),
         )
         created = await self._requests.create(status, msg_id=msg_id, content=content)
         if not created.stored:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import unicodedata
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -17,6 +18,7 @@ from greenchannel.v1 import agency_pb2, bank_pb2, common_pb2, requests_pb2, resu
 from agencies import _seed as story
 from agencies._common import InsufficientFundsError, UnknownAccountError
 from agencies.bank import BankConfig, BankCore, HoldKind, HoldStatus
+from agencies.bank._schema import BANK_SCHEMA
 from broker.protocol import ManualClock, load_directory, new_uuid7, validate_message
 
 DIRECTORY = Path(__file__).resolve().parents[2] / "agencies" / "directory.toml"
@@ -107,12 +109,17 @@ def freeze(
 
 
 def release(
-    clock: ManualClock, target: str, *, account: common_pb2.BankAccountRef | None = None
+    clock: ManualClock,
+    target: str,
+    *,
+    account: common_pb2.BankAccountRef | None = None,
+    amount: common_pb2.Money | None = None,
 ) -> bank_pb2.ReleaseHoldRequest:
-    return bank_pb2.ReleaseHoldRequest(
-        context=context(clock),
-        order=requests_pb2.Release(target_request_id=target, account=account or ref(), reason="case closed"),
-    )
+    order = requests_pb2.Release(target_request_id=target, account=account or ref(), reason="case closed")
+    if amount is not None:
+        order.amount.CopyFrom(amount)
+        order.purpose = requests_pb2.RELEASE_PURPOSE_LIVING_EXPENSES
+    return bank_pb2.ReleaseHoldRequest(context=context(clock), order=order)
 
 
 def extend(
@@ -560,7 +567,7 @@ def test_release_lifts_the_hold_once(core: BankCore, clock: ManualClock) -> None
     request = release(clock, sp.context.request_id)
     result = valid(core.release_hold(request)).result
     assert result.outcome == EXECUTED
-    assert result.amount_held == cny(0)
+    assert (result.amount_held, result.amount_released) == (cny(0), cny(100_000))
     assert result.agency_reference == core.holds_for(sp.context.request_id)[0].hold_id
     assert core.holds_for(sp.context.request_id)[0].status is HoldStatus.RELEASED
     assert core.available(ACCT) == 100_000
@@ -568,6 +575,49 @@ def test_release_lifts_the_hold_once(core: BankCore, clock: ManualClock) -> None
     assert core.release_hold(request) == core.release_hold(request)
     again = core.release_hold(release(clock, sp.context.request_id)).result
     assert (again.outcome, again.reason) == (REJECTED, results_pb2.REASON_CODE_NO_ACTIVE_HOLD)
+
+
+def test_partial_release_keeps_the_rest_held(core: BankCore, clock: ManualClock) -> None:
+    fund(core, clock, 100_000)
+    fz = freeze(clock, 80_000)
+    core.freeze(fz)
+    rid = fz.context.request_id
+    request = release(clock, rid, amount=cny(30_000))
+    result = valid(core.release_hold(request)).result
+    assert (result.outcome, result.amount_released, result.amount_frozen) == (
+        EXECUTED,
+        cny(30_000),
+        cny(50_000),
+    )
+    hold = core.holds_for(rid)[0]
+    assert (hold.status, hold.amount, hold.released) == (HoldStatus.ACTIVE, 50_000, 30_000)
+    assert core.available(ACCT) == 50_000
+    # Idempotent by request id: the replay lifts nothing more.
+    assert core.release_hold(request) == core.release_hold(request)
+    assert core.available(ACCT) == 50_000
+    # More than is left, or in another currency: refused, nothing changes.
+    more = core.release_hold(release(clock, rid, amount=cny(50_001))).result
+    usd = core.release_hold(
+        release(clock, rid, amount=common_pb2.Money(currency="USD", minor_units=1))
+    ).result
+    assert (more.outcome, more.reason) == (REJECTED, results_pb2.REASON_CODE_INSUFFICIENT_FUNDS)
+    assert (usd.outcome, usd.reason) == (REJECTED, results_pb2.REASON_CODE_MISMATCH)
+    assert core.holds_for(rid)[0].amount == 50_000
+    # A full release lifts the rest and says how much.
+    rest = core.release_hold(release(clock, rid)).result
+    assert (rest.outcome, rest.amount_released, rest.amount_frozen) == (EXECUTED, cny(50_000), cny(0))
+    hold = core.holds_for(rid)[0]
+    assert (hold.status, hold.released) == (HoldStatus.RELEASED, 80_000)
+    assert core.available(ACCT) == 100_000
+
+
+def test_release_of_exactly_what_is_held_is_a_full_release(core: BankCore, clock: ManualClock) -> None:
+    fund(core, clock, 100_000)
+    sp = stop(clock, 40_000)
+    core.stop_payment(sp)
+    result = core.release_hold(release(clock, sp.context.request_id, amount=cny(40_000))).result
+    assert (result.amount_released, result.amount_held) == (cny(40_000), cny(0))
+    assert core.holds_for(sp.context.request_id)[0].status is HoldStatus.RELEASED
 
 
 def test_release_of_a_freeze(core: BankCore, clock: ManualClock) -> None:
@@ -855,3 +905,24 @@ def test_the_seeded_trail_runs_four_levels_deep_over_four_banks(
     assert {registry.bank_for_account(n).id for n in held} == set(BANKS)  # type: ignore[union-attr]
     # 45,000 of the 50,000 secured; the 5,000 that left the directory is the rest.
     assert sum(held.values()) == story.FRAUD_AMOUNT - 500_000
+
+
+def test_a_database_from_before_partial_releases_is_upgraded(tmp_path: Path, clock: ManualClock) -> None:
+    path = tmp_path / "bank.sqlite3"
+    # The holds table as it was: without the released column.
+    start = BANK_SCHEMA.index(",\n    -- Lifted by releases")
+    end = BANK_SCHEMA.index("(released >= 0)") + len("(released >= 0)")
+    old_schema = BANK_SCHEMA[:start] + BANK_SCHEMA[end:]
+    assert "released       INTEGER" not in old_schema
+    conn = sqlite3.connect(path)
+    conn.executescript(old_schema)
+    conn.close()
+    with BankCore(BankConfig(agency_id=ME, database=str(path)), clock=clock) as core:
+        fund(core, clock, 100_000)
+        fz = freeze(clock, 80_000)
+        core.freeze(fz)
+        result = core.release_hold(release(clock, fz.context.request_id, amount=cny(30_000))).result
+        assert (result.outcome, result.amount_frozen) == (EXECUTED, cny(50_000))
+    # Opening it again finds the column there: the upgrade runs once.
+    with BankCore(BankConfig(agency_id=ME, database=str(path)), clock=clock) as core:
+        assert core.holds_for(fz.context.request_id)[0].released == 30_000

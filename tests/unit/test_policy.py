@@ -10,7 +10,7 @@ import pytest
 from greenchannel.v1 import common_pb2
 
 from broker.hub import PermissionDeniedError, PolicyError
-from broker.hub._policy import Policy, PolicyRule, load_policy
+from broker.hub._policy import DEFAULT_RELEASE, Policy, PolicyRule, ReleasePolicy, load_policy
 from broker.protocol import AgencyKind, Registry, load_directory, request_type_slug
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -571,3 +571,58 @@ def test_loaded_rules_match_the_file(tmp_path: Path, registry: Registry) -> None
     with pytest.raises(PermissionDeniedError) as info:
         submit(policy, registry, "police-310115", T.REQUEST_TYPE_FREEZE, "bank-cmb")  # region 440304
     assert info.value.reason == "REGION_NOT_ALLOWED"
+
+
+# -- [release.living_expenses] ----------------------------------------------------------------------
+
+
+def test_sample_policy_caps_living_expenses(policy: Policy) -> None:
+    release = policy.release
+    assert release.living_expenses_caps == {"CNY": 500_000}
+    # At most CNY 5000 and half of what the hold held.
+    assert release.living_expenses_cap("CNY", 2_000_000) == 500_000
+    assert release.living_expenses_cap("CNY", 600_000) == 300_000
+    assert release.living_expenses_cap("USD", 2_000_000) == 0
+
+
+def test_release_table_read_and_defaulted(tmp_path: Path) -> None:
+    path = tmp_path / "policy.toml"
+    path.write_text(HEADER + GOOD_RULE, encoding="utf-8")
+    assert load_policy(path).release == DEFAULT_RELEASE
+    path.write_text(
+        HEADER + GOOD_RULE + '[release.living_expenses]\n[release.living_expenses.cap]\nEUR = "300.50"\n',
+        encoding="utf-8",
+    )
+    release = load_policy(path).release
+    assert release == ReleasePolicy(living_expenses_caps={"EUR": 30_050})
+    assert release.living_expenses_cap("EUR", 1) == 30_050  # no share: the cap alone
+
+
+@pytest.mark.parametrize(
+    ("text", "field", "words"),
+    [
+        pytest.param("[release]\nother = 1\n", "release.other", "other", id="unknown-field"),
+        pytest.param(
+            '[release.living_expenses]\nshare = "1.5"\n', "release.living_expenses.share", "between 0 and 1"
+        ),
+        pytest.param(
+            "[release.living_expenses.cap]\nCNY = 5000.0\n",
+            "release.living_expenses.cap.CNY",
+            "decimal string",
+            id="float-cap",
+        ),
+        pytest.param(
+            '[release.living_expenses.cap]\ncny = "5000.00"\n',
+            "release.living_expenses.cap.cny",
+            "ISO 4217",
+            id="lowercase-currency",
+        ),
+    ],
+)
+def test_bad_release_table(tmp_path: Path, text: str, field: str, words: str) -> None:
+    path = tmp_path / "policy.toml"
+    path.write_text(HEADER + GOOD_RULE + text, encoding="utf-8")
+    with pytest.raises(PolicyError) as info:
+        load_policy(path)
+    assert info.value.field == field
+    assert words in str(info.value)

@@ -11,6 +11,7 @@ from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from greenchannel.v1 import common_pb2 as _common_pb2
 from greenchannel.v1 import envelope_pb2 as _envelope_pb2
+from greenchannel.v1 import requests_pb2 as _requests_pb2
 from greenchannel.v1 import results_pb2 as _results_pb2
 from greenchannel.v1 import trail_pb2 as _trail_pb2
 import builtins as _builtins
@@ -168,6 +169,7 @@ class RequestStatus(_message.Message):
     TARGET_ID_FIELD_NUMBER: _builtins.int
     TRAIL_SEED_FIELD_NUMBER: _builtins.int
     ALLOCATION_FIELD_NUMBER: _builtins.int
+    RELEASE_SEED_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Request id."""
     type: _common_pb2.RequestType.ValueType
@@ -226,6 +228,12 @@ class RequestStatus(_message.Message):
     def allocation(self) -> _trail_pb2.Allocation:
         """RETURN_FUNDS: the broker's allocation of the account's frozen money when it accepted the order."""
 
+    @_builtins.property
+    def release_seed(self) -> Global___ReleaseSeed:
+        """RELEASE: what the order asked to lift and why, from the body at intake (only then is the body at
+        hand), so the next release of the same hold is checked against earlier ones (policy caps).
+        """
+
     def __init__(
         self,
         *,
@@ -249,14 +257,43 @@ class RequestStatus(_message.Message):
         target_id: _builtins.str = ...,
         trail_seed: Global___TrailSeed | None = ...,
         allocation: _trail_pb2.Allocation | None = ...,
+        release_seed: Global___ReleaseSeed | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["allocation", b"allocation", "case_ref", b"case_ref", "deadlines", b"deadlines", "result", b"result", "submitted_at", b"submitted_at", "trail_seed", b"trail_seed", "updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["allocation", b"allocation", "case_ref", b"case_ref", "deadlines", b"deadlines", "release_seed", b"release_seed", "result", b"result", "submitted_at", b"submitted_at", "trail_seed", b"trail_seed", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocation", b"allocation", "case_ref", b"case_ref", "deadlines", b"deadlines", "events", b"events", "hop", b"hop", "id", b"id", "notarized_header", b"notarized_header", "notary_signature", b"notary_signature", "parent_id", b"parent_id", "priority", b"priority", "reason", b"reason", "recipient", b"recipient", "result", b"result", "sender", b"sender", "state", b"state", "submitted_at", b"submitted_at", "target_id", b"target_id", "trail_seed", b"trail_seed", "type", b"type", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocation", b"allocation", "case_ref", b"case_ref", "deadlines", b"deadlines", "events", b"events", "hop", b"hop", "id", b"id", "notarized_header", b"notarized_header", "notary_signature", b"notary_signature", "parent_id", b"parent_id", "priority", b"priority", "reason", b"reason", "recipient", b"recipient", "release_seed", b"release_seed", "result", b"result", "sender", b"sender", "state", b"state", "submitted_at", b"submitted_at", "target_id", b"target_id", "trail_seed", b"trail_seed", "type", b"type", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RequestStatus: _TypeAlias = RequestStatus  # noqa: Y015
+
+@_typing.final
+class ReleaseSeed(_message.Message):
+    """A release as the broker keeps it: no account, only how much and why."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    PURPOSE_FIELD_NUMBER: _builtins.int
+    purpose: _requests_pb2.ReleasePurpose.ValueType
+    """Why (LIVING_EXPENSES counts against the policy's caps)."""
+    @_builtins.property
+    def amount(self) -> _common_pb2.Money:
+        """How much the order asked to lift; unset: all of it."""
+
+    def __init__(
+        self,
+        *,
+        amount: _common_pb2.Money | None = ...,
+        purpose: _requests_pb2.ReleasePurpose.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "purpose", b"purpose"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReleaseSeed: _TypeAlias = ReleaseSeed  # noqa: Y015
 
 @_typing.final
 class TrailSeed(_message.Message):

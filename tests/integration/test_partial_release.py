@@ -1,0 +1,222 @@
+"""Partial release for living expenses, end to end: broker, NATS, the reference bank behind its adapter.
+
+The bank's own books are the proof (what stays held, what is available); the broker's refusals
+store nothing (no new request of the case, nothing in the bank's inbox). One stack for the module;
+the command line runs as a child process against it (``submit release --amount``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import pytest_asyncio
+from greenchannel.v1 import common_pb2, lifecycle_pb2, requests_pb2
+
+from adapters import AdapterConfig
+from agencies.bank import BankCore
+from agencies.demo import Stack, StackConfig
+from broker.client import BusClient, error_details
+from broker.protocol import FINAL_STATES, INBOX_STREAM, connect
+from tests._wait import eventually
+
+pytestmark = pytest.mark.integration
+
+POLICE = "police-310115"
+BANK = "bank-icbc"
+CASE = "SH-PD-2026-1203-0013"
+ACCOUNT = "6222020200007770013"
+HOLDER = "赵某"
+BALANCE = 2_000_000  # CNY 20,000.00
+FROZEN = 1_000_000  # the sample policy: at most CNY 5,000.00 and half of it for living expenses
+EXECUTED = common_pb2.REQUEST_STATE_EXECUTED
+
+
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("partial-release")
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="session")
+async def stack(root: Path) -> AsyncIterator[Stack]:
+    template = AdapterConfig(
+        agency_id=BANK,
+        agency_target="127.0.0.1:1",
+        state_dir=Path(),
+        retry_initial=0.05,
+        retry_max=0.3,
+        reconnect_backoff_max=0.3,
+        ack_wait=3.0,
+        idle_fetch_timeout=0.2,
+    )
+    config = StackConfig(keys_dir=root / "keys", data_dir=root / "data", adapter=template)
+    async with Stack(config) as running:
+        core = running.agencies[BANK].core
+        assert isinstance(core, BankCore)
+        core.open_account(ACCOUNT, HOLDER, balance=BALANCE)
+        yield running
+
+
+def bank(stack: Stack) -> BankCore:
+    core = stack.agencies[BANK].core
+    assert isinstance(core, BankCore)
+    return core
+
+
+def case_ref(instrument: common_pb2.LegalInstrumentType.ValueType) -> common_pb2.CaseRef:
+    return common_pb2.CaseRef(
+        case_number=CASE,
+        issuing_agency=POLICE,
+        legal_instrument_id="沪公(浦)冻字[2026]1203号",
+        legal_instrument_type=instrument,
+    )
+
+
+def account() -> common_pb2.BankAccountRef:
+    return common_pb2.BankAccountRef(account_number=ACCOUNT, holder_name=HOLDER, bank=BANK)
+
+
+def release(
+    target: str,
+    minor_units: int | None,
+    *,
+    living: bool = True,
+    currency: str = "CNY",
+) -> requests_pb2.Request:
+    body = requests_pb2.Release(target_request_id=target, account=account(), reason="living expenses")
+    if minor_units is not None:
+        body.amount.CopyFrom(common_pb2.Money(currency=currency, minor_units=minor_units))
+    if living:
+        body.purpose = requests_pb2.RELEASE_PURPOSE_LIVING_EXPENSES
+    return requests_pb2.Request(
+        case_ref=case_ref(common_pb2.LEGAL_INSTRUMENT_TYPE_RELEASE_NOTICE),
+        priority=common_pb2.PRIORITY_GREEN,
+        release=body,
+    )
+
+
+async def done(police: BusClient, request_id: str) -> lifecycle_pb2.RequestStatus:
+    return await police.wait_for(request_id, FINAL_STATES)
+
+
+async def inbox_last_seq(stack: Stack) -> int:
+    """The last sequence of every agency's inbox: anything sent moves it."""
+    nc = await connect(stack.nats_settings("test-inbox"))
+    try:
+        return int((await nc.jetstream().stream_info(INBOX_STREAM)).state.last_seq)
+    finally:
+        await nc.drain()
+
+
+async def cli(stack: Stack, state_dir: Path, *args: str) -> tuple[int, str, str]:
+    """``greenchannel ARGS`` in a child process (this loop runs the stack meanwhile)."""
+    env = {k: v for k, v in os.environ.items() if k != "GREENCHANNEL_NATS_URL"}
+    process = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "broker.cli",
+        "--state-dir",
+        str(state_dir),
+        *args,
+        "--broker",
+        stack.broker_address,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
+    out, err = await asyncio.wait_for(process.communicate(), timeout=60)
+    assert process.returncode is not None
+    return process.returncode, out.decode(), err.decode()
+
+
+async def test_living_expenses_released_in_part_then_the_rest(stack: Stack, root: Path) -> None:
+    core = bank(stack)
+    async with stack.client(POLICE) as police:
+        freeze = requests_pb2.Request(
+            case_ref=case_ref(common_pb2.LEGAL_INSTRUMENT_TYPE_FREEZE_NOTICE),
+            priority=common_pb2.PRIORITY_GREEN,
+            freeze=requests_pb2.Freeze(
+                account=account(), amount=common_pb2.Money(currency="CNY", minor_units=FROZEN)
+            ),
+        )
+        hold = await done(police, (await police.submit(freeze)).status.id)
+        assert hold.state == EXECUTED
+        assert core.available(ACCOUNT) == BALANCE - FROZEN
+
+        # The command line: CNY 2,000.00 for living expenses, waited for, as JSON.
+        code, out, err = await cli(
+            stack,
+            root / "keys",
+            "submit",
+            "release",
+            "--as",
+            POLICE,
+            "--case",
+            CASE,
+            "--target",
+            hold.id,
+            "--account",
+            ACCOUNT,
+            "--name",
+            HOLDER,
+            "--bank",
+            BANK,
+            "--amount",
+            "2000.00",
+            "--living-expenses",
+            "--wait",
+            "--json",
+        )
+        assert code == 0, err
+        document: dict[str, Any] = json.loads(out)
+        assert document["state"] == "EXECUTED"
+        result = document["status"]["result"]
+        assert result["amount_released"] == {"currency": "CNY", "minor_units": "200000"}
+        assert result["amount_frozen"] == {"currency": "CNY", "minor_units": "800000"}
+        assert document["status"]["release_seed"]["purpose"] == "RELEASE_PURPOSE_LIVING_EXPENSES"
+        # The hold stays active with the rest; the holder can spend what was released.
+        assert (await police.get(hold.id)).state == EXECUTED
+        assert core.available(ACCOUNT) == BALANCE - FROZEN + 200_000
+        assert core.holds_for(hold.id)[0].amount == 800_000
+
+        # Refusals, each with its reason, none stored or sent.
+        before_ids = {s.id for s in await police.list_all(case_number=CASE)}
+        before_inbox = await inbox_last_seq(stack)
+        refused = {
+            # 2,000 + 3,001 over the CNY 5,000 cap (half of 10,000 is 5,000 too).
+            "LIVING_EXPENSES_CAP": release(hold.id, 300_100),
+            "AMOUNT_REQUIRED": release(hold.id, None),
+            "MORE_THAN_HELD": release(hold.id, 800_001, living=False),
+            "CURRENCY_MISMATCH": release(hold.id, 100, currency="USD"),
+        }
+        for reason, request in refused.items():
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await police.submit(request)
+            assert error_details(info.value).reason == reason, reason
+        assert {s.id for s in await police.list_all(case_number=CASE)} == before_ids
+        assert await inbox_last_seq(stack) == before_inbox
+        assert core.holds_for(hold.id)[0].amount == 800_000
+
+        # Within the cap once more (2,000 + 3,000 = 5,000), through the Release call.
+        more = await done(police, (await police.release(release(hold.id, 300_000))).id)
+        assert (more.state, more.result.amount_released.minor_units) == (EXECUTED, 300_000)
+        assert (await police.get(hold.id)).state == EXECUTED
+
+        # A full release after the partial ones releases the rest and moves the hold to RELEASED.
+        rest = await done(police, (await police.submit(release(hold.id, None, living=False))).status.id)
+        assert rest.state == EXECUTED
+        assert rest.result.amount_released.minor_units == FROZEN - 500_000
+        assert rest.result.amount_frozen.minor_units == 0
+
+        async def released() -> bool:
+            return (await police.get(hold.id)).state == common_pb2.REQUEST_STATE_RELEASED
+
+        await eventually(released, what="the hold RELEASED")
+    assert core.available(ACCOUNT) == BALANCE
