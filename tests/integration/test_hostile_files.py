@@ -107,7 +107,7 @@ max_depth = 8
 
 _ALL_TYPES = (
     '"stop_payment", "freeze", "release", "extend", "number_block", "account_block", '
-    '"data_request", "assistance", "warning", "fraud_report"'
+    '"data_request", "assistance", "warning", "return_funds", "appeal", "fraud_report"'
 )
 SLA = f"""\
 [sla]
@@ -476,7 +476,7 @@ SLA_CASES = [
     _sla(
         "unknown_request_type",
         edit(SLA, '"fraud_report"]\npriority = "green"', '"fraud_report", "refund"]\npriority = "green"'),
-        "deadline[0].types[10]",
+        "deadline[0].types[12]",
         "unknown request type 'refund'",
     ),
     _sla(
@@ -488,7 +488,7 @@ SLA_CASES = [
     _sla(
         "type_without_deadline",
         edit(SLA, '"fraud_report"]\npriority = "standard"', ']\npriority = "standard"').replace(
-            '"warning", ]', '"warning"]'
+            '"appeal", ]', '"appeal"]'
         ),
         "deadline",
         "no deadline for fraud_report at standard",
