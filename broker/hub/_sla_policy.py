@@ -26,7 +26,6 @@ from ._deadlines import Budget, DeadlineTable, PhaseBudget, nominal
 from ._errors import PolicyError
 
 __all__ = [
-    "DEFAULT_RETURN_NOTICE_PERIOD",
     "SLA_POLICY_VERSION",
     "EscalationLadder",
     "HoldRule",
@@ -49,10 +48,7 @@ _HOLD_TYPES: Mapping[str, _RequestType] = {
     "freeze": _T.REQUEST_TYPE_FREEZE,
 }
 
-_TOP = frozenset({"sla", "escalation", "hold", "deadline", "calendar", "returns"})
-_RETURNS = frozenset({"notice_period"})
-# The notice period before untraced claims on an account are paid pro rata, when a policy names none.
-DEFAULT_RETURN_NOTICE_PERIOD = timedelta(days=30)
+_TOP = frozenset({"sla", "escalation", "hold", "deadline", "calendar"})
 _HEADER = frozenset({"version", "jurisdiction", "description"})
 _ESCALATION = frozenset({"reminder_at", "breach_at", "notify_duty_desk", "notify_supervisor"})
 _HOLD = frozenset({"validity", "extension", "max_extensions", "convertible_to_freeze"})
@@ -201,9 +197,6 @@ class SlaPolicy:
     """Reminder and breach thresholds and who is told."""
     calendar: WorkingCalendar = field(default_factory=WorkingCalendar)
     """The working days that phase budgets in working days (``"3wd"``) count."""
-    return_notice_period: timedelta = DEFAULT_RETURN_NOTICE_PERIOD
-    """RETURN_FUNDS: how long after an account's first hold untraced claims wait before their pro
-    rata shares may be paid, so other victims can come forward (the allocation's ``notice_ends_at``)."""
     description: str = ""
     """For people."""
     source: str = ""
@@ -220,7 +213,6 @@ class SlaPolicy:
             self,
             deadlines=self.deadlines.scaled(factor),
             holds=MappingProxyType({key: rule.scaled(factor) for key, rule in self.holds.items()}),
-            return_notice_period=self.return_notice_period * factor,
         )
 
 
@@ -429,14 +421,6 @@ def _calendar(root: TomlTable) -> WorkingCalendar:
         scope.fail("time_zone", str(exc))
 
 
-def _returns(root: TomlTable) -> timedelta:
-    scope = root.optional_table("returns")
-    if scope is None:
-        return DEFAULT_RETURN_NOTICE_PERIOD
-    scope.only(_RETURNS)
-    return _duration(scope, "notice_period") if scope.has("notice_period") else DEFAULT_RETURN_NOTICE_PERIOD
-
-
 def _table(
     budgets: Mapping[_Key, _Budget], holds: Mapping[_RequestType, HoldRule], calendar: WorkingCalendar
 ) -> DeadlineTable:
@@ -470,14 +454,12 @@ def load_sla_policy(path: Path) -> SlaPolicy:
     holds = _holds(root)
     budgets = _deadlines(root)
     calendar = _calendar(root)
-    notice_period = _returns(root)
     return SlaPolicy(
         jurisdiction=jurisdiction,
         deadlines=_table(budgets, holds, calendar),
         holds=MappingProxyType(holds),
         escalation=escalation,
         calendar=calendar,
-        return_notice_period=notice_period,
         description=description,
         source=str(path),
     )

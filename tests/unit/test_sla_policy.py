@@ -140,15 +140,6 @@ def test_eu_returns_take_3_business_days(eu: SlaPolicy) -> None:
     assert eu.calendar == WorkingCalendar(time_zone="Europe/Brussels")
 
 
-def test_the_return_notice_period(tmp_path: Path, cn: SlaPolicy, eu: SlaPolicy) -> None:
-    assert cn.return_notice_period == 30 * D
-    assert eu.return_notice_period == 30 * D  # the default: eu.toml names none
-    assert cn.scaled(0.001).return_notice_period == 30 * D * 0.001
-    path = tmp_path / "sla.toml"
-    path.write_text(GOOD + '\n[returns]\nnotice_period = "60d"\n', encoding="utf-8")
-    assert load_sla_policy(path).return_notice_period == 60 * D
-
-
 def test_without_a_calendar_weekdays_in_utc_count(tmp_path: Path) -> None:
     path = tmp_path / "sla.toml"
     path.write_text(GOOD.replace('execute = "3d"', 'execute = "3wd"'), encoding="utf-8")
@@ -452,9 +443,6 @@ BROKEN = [
     ),
     (GOOD + '\n[calendar]\nholiday = ["2026-10-01"]\n', "calendar.holiday", "unknown field"),
     ('calendar = "cn"\n' + GOOD, "calendar", "expected a table"),
-    (GOOD + '\n[returns]\nnotice_period = "30 days"\n', "returns.notice_period", "not a duration"),
-    (GOOD + '\n[returns]\nnotice_period = "3wd"\n', "returns.notice_period", "not a duration"),
-    (GOOD + '\n[returns]\nnotice = "30d"\n', "returns.notice", "unknown field"),
 ]
 
 
