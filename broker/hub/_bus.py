@@ -19,6 +19,7 @@ from greenchannel.v1 import (
 )
 
 from broker.protocol import (
+    APPEAL_RULING_TYPE,
     BROKER_ID,
     CANCELLATION_TYPE,
     AgencyKind,
@@ -34,6 +35,7 @@ from broker.protocol import (
 )
 
 from ._admission import Admission
+from ._appeals import AppealDesk
 from ._auth import Authenticator, Caller
 from ._errors import IllegalTransitionError, InvalidRequestError, PermissionDeniedError
 from ._events import BrokerEvents, Refused
@@ -101,7 +103,9 @@ class BusServicer(bus_pb2_grpc.BusServiceServicer):
         page_bytes: int = PAGE_BYTES,
         admission: Admission | None = None,
         refusals: RefusalSink | None = None,
+        appeals: AppealDesk | None = None,
     ) -> None:
+        self._appeals = appeals
         self.refusals = refusals
         """Where refused calls are reported (the guards read it)."""
         self._admission = admission or Admission()
@@ -300,6 +304,17 @@ class BusServicer(bus_pb2_grpc.BusServiceServicer):
             ) from refused
         log.info("request.cancelled", request_id=cancellation.request_id, sender=caller.agency.id)
         return bus_pb2.CancelResponse(status=status)
+
+    @guard_unary
+    async def DecideAppeal(
+        self, request: bus_pb2.DecideAppealRequest, context: grpc.aio.ServicerContext
+    ) -> bus_pb2.DecideAppealResponse:
+        note_message_type(APPEAL_RULING_TYPE)
+        caller = await self._auth.authenticate(context)
+        _validated(request)
+        if self._appeals is None:
+            raise PermissionDeniedError("this broker decides no appeals", reason="NOT_APPEAL_RECIPIENT")
+        return await self._appeals.decide(caller, request.ruling)
 
 
 def _bounded_page(

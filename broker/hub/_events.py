@@ -15,6 +15,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
+from typing import Protocol
 
 import nats.errors
 import structlog
@@ -56,6 +57,7 @@ __all__ = [
     "EventProcessor",
     "EventProcessorConfig",
     "HoldLifecycle",
+    "OutcomeHook",
     "Refused",
     "apply_event",
 ]
@@ -97,6 +99,12 @@ class EventProcessorConfig:
     """How often an event for a request not (yet) stored is put back before it is refused."""
     unknown_request_delay: float = 0.5
     """Seconds before such an event is offered again."""
+
+
+class OutcomeHook(Protocol):
+    """What a request's outcome sets off; idempotent, raises to have the outcome processed again."""
+
+    async def after_outcome(self, status: lifecycle_pb2.RequestStatus) -> None: ...
 
 
 class Refused(Exception):
@@ -206,12 +214,16 @@ class BrokerEvents:
         phase: common_pb2.Phase.ValueType = common_pb2.PHASE_UNSPECIFIED,
         event_id: str | None = None,
         also: Callable[[lifecycle_pb2.RequestStatus], None] | None = None,
+        result: results_pb2.Result | None = None,
+        ruling: envelope_pb2.SignedMessage | None = None,
     ) -> lifecycle_pb2.RequestStatus:
         """Apply a broker event; raises Refused when the state machine does not allow it now.
 
         ``event_id`` makes the step idempotent when the same cause can be handled twice (a timer
         redelivered after a crash): the second application finds the id and changes nothing.
         ``also`` changes more of the status in the same compare-and-set (e.g. a new hold expiry).
+        ``result`` and ``ruling``: an outcome the broker records (an appeal's decision, with the
+        police's signed ruling it was made from).
         """
         current = (await self._requests.get(request_id)).status
         now = self._clock.now()
@@ -226,6 +238,10 @@ class BrokerEvents:
             detail=detail,
             phase=phase,
         )
+        if result is not None:
+            event.result.CopyFrom(result)
+        if ruling is not None:
+            event.ruling.CopyFrom(ruling)
         signed = sign_event(event, key=self._broker_key, clock=self._clock)
 
         def change(stored: lifecycle_pb2.RequestStatus) -> lifecycle_pb2.RequestStatus | None:
@@ -252,7 +268,9 @@ class EventProcessor:
         holds: HoldLifecycle | None = None,
         trail: TrailChaser | None = None,
         ledger: LedgerWriter | None = None,
+        appeals: OutcomeHook | None = None,
     ) -> None:
+        self._appeals = appeals
         self._holds = holds
         self._trail = trail
         self._ledger = ledger
@@ -321,9 +339,9 @@ class EventProcessor:
         # The update was the one write (state, Watch record, ledger source); a redelivered event
         # finds its id in the timeline and writes nothing.
         if is_outcome(event.state):
-            hooks = [hook for hook in (self._holds, self._trail) if hook is not None]
-            # The hold's timers and the chase of its onward transfers are independent and both
-            # idempotent: side by side, and both again if either fails.
+            hooks = [hook for hook in (self._holds, self._trail, self._appeals) if hook is not None]
+            # The hold's timers, the chase of its onward transfers and an appeal's lifting order
+            # are independent and idempotent: side by side, and all again if any fails.
             outcomes = await asyncio.gather(
                 *(hook.after_outcome(status) for hook in hooks), return_exceptions=True
             )

@@ -42,6 +42,7 @@ from broker.protocol import (
 )
 
 from ._admission import Admission, AdmissionConfig
+from ._appeals import AppealCheck, AppealDesk
 from ._auth import Authenticator, open_replay_cache
 from ._bus import BusServicer
 from ._deadlines_watch import DeadlineWatch, DeadlineWatchConfig
@@ -216,6 +217,7 @@ class Broker:
             js=js,
             broker_key=broker_key,
             clock=config.clock,
+            appeals=AppealCheck(requests=requests, watchlog=watchlog),
         )
         trail_chaser = TrailChaser(
             recorder=trail_recorder,
@@ -225,6 +227,14 @@ class Broker:
             cases=watchlog,
         )
         broker_events = BrokerEvents(requests=requests, broker_key=broker_key, clock=config.clock)
+        appeals = AppealDesk(
+            requests=requests,
+            broker_events=broker_events,
+            intake=intake,
+            registry=registry,
+            js=js,
+            clock=config.clock,
+        )
         self._events = EventProcessor(
             js=js,
             registry=registry,
@@ -234,6 +244,7 @@ class Broker:
             ledger=ledger,
             holds=HoldLifecycle(requests=requests, broker_events=broker_events, scheduler=scheduler),
             trail=trail_chaser,
+            appeals=appeals,
         )
         await self._events.__aenter__()
         self._deadlines = DeadlineWatch(
@@ -272,6 +283,7 @@ class Broker:
                 trail=TrailService(auth=auth, chaser=trail_chaser, policy=policy, refusals=refusals),
                 admission=self.admission,
                 refusals=refusals,
+                appeals=appeals,
             ),
             server,
         )
