@@ -16,7 +16,15 @@ from pathlib import Path
 import grpc
 import pytest
 import pytest_asyncio
-from greenchannel.v1 import common_pb2, envelope_pb2, lifecycle_pb2, requests_pb2, results_pb2
+from greenchannel.v1 import (
+    bus_pb2,
+    bus_pb2_grpc,
+    common_pb2,
+    envelope_pb2,
+    lifecycle_pb2,
+    requests_pb2,
+    results_pb2,
+)
 from nats.js.api import AckPolicy, ConsumerConfig
 
 from adapters import AdapterConfig
@@ -26,7 +34,7 @@ from agencies.bank import BankCore, HoldStatus
 from agencies.carrier import CarrierCore
 from agencies.demo import Stack, StackConfig
 from agencies.police import PoliceDesk
-from broker.client import BusClient, error_details
+from broker.client import BusClient, bearer_metadata, error_details
 from broker.hub import load_sla_policy
 from broker.protocol import (
     APPEAL_RULING_TYPE,
@@ -42,8 +50,13 @@ from broker.protocol import (
     connect,
     current_encryption_key,
     fetch_batch,
+    inbox_consumer,
+    inbox_subject,
+    load_agency_signing_key,
     seal,
+    sign_message,
     status_filter,
+    to_timestamp,
     verify_detached,
 )
 from tests._wait import eventually
@@ -78,9 +91,13 @@ def short_standard_appeals(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("appeals")
+
+
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
-async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
-    root = tmp_path_factory.mktemp("appeals")
+async def stack(root: Path) -> AsyncIterator[Stack]:
     template = AdapterConfig(
         agency_id="bank-icbc",
         agency_target="127.0.0.1:1",
@@ -228,6 +245,10 @@ async def test_an_upheld_freeze_stays_and_an_appeal_is_decided_once(stack: Stack
         assert record.statement == STATEMENT  # opened by the police adapter, with the police's key
         assert record.sender == "bank-ccb"
         assert record.restriction_request_id == frozen.id
+        # Redelivered: filed once, and the bus records the filing once.
+        await redeliver_last_appeal(stack)
+        assert desk(stack).execution_count(filed.id) == 1
+        assert len((await police.get(filed.id)).events) == len(acknowledged.events)
         assert record.ground == "LEGITIMATE_FUNDS"
         assert record.documents == 1
 
@@ -280,7 +301,25 @@ async def test_an_upheld_freeze_stays_and_an_appeal_is_decided_once(stack: Stack
         assert after.result.appeal == results_pb2.APPEAL_DECISION_UPHELD
 
 
-async def test_a_lifted_number_block_is_unblocked_by_the_broker(stack: Stack) -> None:
+async def redeliver_last_appeal(stack: Stack) -> None:
+    """Put the police's last appeal on its inbox again, as a redelivery would; wait until answered."""
+    nc = await connect(NatsSettings.from_url(stack.nats_url, name="test-redeliver"))
+    try:
+        js = nc.jetstream()
+        subject = inbox_subject(POLICE, "green", "appeal")
+        msg = await js.get_last_msg(INBOX_STREAM, subject)
+        await js.publish(subject, msg.data or b"", headers={"Nats-Msg-Id": str(uuid.uuid4())})
+
+        async def answered() -> bool:
+            info = await js.consumer_info(INBOX_STREAM, inbox_consumer(POLICE, "green"))
+            return bool(info.num_pending == 0 and info.num_ack_pending == 0)
+
+        await eventually(answered, what="the police adapter answered the redelivery")
+    finally:
+        await nc.drain()
+
+
+async def test_a_lifted_number_block_is_unblocked_by_the_broker(stack: Stack, root: Path) -> None:
     carrier = stack.agencies["carrier-cmcc"].core
     assert isinstance(carrier, CarrierCore)
     async with stack.client(POLICE) as police, stack.client("carrier-cmcc") as cmcc:
@@ -290,7 +329,34 @@ async def test_a_lifted_number_block_is_unblocked_by_the_broker(stack: Stack) ->
         assert line.number_blocked
         filed = await appeal(cmcc, blocked.id)
         await police.wait_for(filed.id, FILED)
-        decided = await police.decide_appeal(filed.id, results_pb2.APPEAL_DECISION_LIFTED, "wrong number")
+        # The same signed ruling sent twice (an answer lost on the way): one decision, one lifting order.
+        key = load_agency_signing_key(root / "keys", POLICE)
+        ruling = lifecycle_pb2.AppealRuling(
+            appeal_request_id=filed.id,
+            decision=results_pb2.APPEAL_DECISION_LIFTED,
+            reason="wrong number",
+            issued_at=to_timestamp(SystemClock().now()),
+        )
+        signed = sign_message(
+            ruling.SerializeToString(),
+            key=key,
+            issuer=POLICE,
+            audience=BROKER_ID,
+            message_type=APPEAL_RULING_TYPE,
+            clock=SystemClock(),
+        )
+        async with grpc.aio.insecure_channel(stack.broker_address) as channel:
+            stub = bus_pb2_grpc.BusServiceStub(channel)
+            answers = [
+                await stub.DecideAppeal(
+                    bus_pb2.DecideAppealRequest(ruling=signed),
+                    metadata=bearer_metadata(key, agency_id=POLICE, clock=SystemClock()),
+                )
+                for _ in range(2)
+            ]
+        decided, again = answers
+        assert [o.id for o in again.lifting] == [o.id for o in decided.lifting]
+        assert len(again.status.events) == len(decided.status.events)
         assert decided.status.result.appeal == results_pb2.APPEAL_DECISION_LIFTED
         (lifting,) = decided.lifting
         assert lifting.type == S.REQUEST_TYPE_RELEASE
@@ -308,9 +374,6 @@ async def test_a_lifted_number_block_is_unblocked_by_the_broker(stack: Stack) ->
             return (await police.get(blocked.id)).state == S.REQUEST_STATE_RELEASED
 
         await eventually(released, what="the number block RELEASED")
-        # The same ruling sent again (a lost answer) is the decision it made: the same lifting order.
-        again = await police.get(filed.id)
-        assert again.state == S.REQUEST_STATE_EXECUTED
 
 
 async def test_a_lifted_freeze_is_released_and_nothing_else_is_refused_quietly(stack: Stack) -> None:
