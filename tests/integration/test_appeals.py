@@ -33,6 +33,7 @@ from agencies import _seed as seed
 from agencies.bank import BankCore, HoldStatus
 from agencies.carrier import CarrierCore
 from agencies.demo import Stack, StackConfig
+from agencies.platform import PlatformCore, Restriction
 from agencies.police import PoliceDesk
 from broker.client import BusClient, bearer_metadata, error_details
 from broker.hub import load_sla_policy
@@ -374,6 +375,40 @@ async def test_a_lifted_number_block_is_unblocked_by_the_broker(stack: Stack, ro
             return (await police.get(blocked.id)).state == S.REQUEST_STATE_RELEASED
 
         await eventually(released, what="the number block RELEASED")
+
+
+async def test_a_lifted_account_restriction_is_restored(stack: Stack) -> None:
+    platform = stack.agencies["platform-wechat"].core
+    assert isinstance(platform, PlatformCore)
+    ref = common_pb2.PlatformAccountRef(platform=seed.WECHAT, account_id=seed.FRAUDSTER_WECHAT_ID)
+    async with stack.client(POLICE) as police, stack.client("platform-wechat") as wechat:
+        request = requests_pb2.Request(
+            case_ref=case_ref(S.LEGAL_INSTRUMENT_TYPE_BLOCK_ORDER),
+            priority=S.PRIORITY_GREEN,
+            account_block=requests_pb2.AccountBlock(
+                account=ref, level=requests_pb2.RESTRICTION_LEVEL_PAYMENTS
+            ),
+        )
+        blocked = await police.wait_for((await police.submit(request)).status.id, DONE)
+        assert blocked.state == S.REQUEST_STATE_EXECUTED, blocked
+        account = platform.account(seed.WECHAT, seed.FRAUDSTER_WECHAT_ID)
+        assert account is not None
+        assert account.restriction == Restriction.PAYMENTS
+        filed = await appeal(wechat, blocked.id)
+        await police.wait_for(filed.id, FILED)
+        decided = await police.decide_appeal(filed.id, results_pb2.APPEAL_DECISION_LIFTED, "hijacked account")
+        (lifting,) = decided.lifting
+        assert lifting.recipient == "platform-wechat"
+        executed = await police.wait_for(lifting.id, DONE)
+        assert executed.state == S.REQUEST_STATE_EXECUTED, executed
+        account = platform.account(seed.WECHAT, seed.FRAUDSTER_WECHAT_ID)
+        assert account is not None
+        assert account.restriction == Restriction.NONE
+
+        async def released() -> bool:
+            return (await police.get(blocked.id)).state == S.REQUEST_STATE_RELEASED
+
+        await eventually(released, what="the account block RELEASED")
 
 
 async def test_a_lifted_freeze_is_released_and_nothing_else_is_refused_quietly(stack: Stack) -> None:
