@@ -50,11 +50,14 @@ from broker.protocol import (
     appeal_sealing_context,
     connect,
     current_encryption_key,
+    event_subject,
     fetch_batch,
     inbox_consumer,
     inbox_subject,
     load_agency_signing_key,
+    load_broker_signing_key,
     seal,
+    sign_event,
     sign_message,
     status_filter,
     to_timestamp,
@@ -175,7 +178,7 @@ async def appeal(
     )
 
 
-def forged_appeal(stack: Stack, restriction_id: str) -> requests_pb2.Request:
+def forged_appeal(stack: Stack, restriction_id: str, *, recipient: str = POLICE) -> requests_pb2.Request:
     """An appeal as a client that cannot read the restriction would build it: by hand."""
     police = stack.registry.get(POLICE)  # type: ignore[union-attr]
     statement = seal(
@@ -194,7 +197,7 @@ def forged_appeal(stack: Stack, restriction_id: str) -> requests_pb2.Request:
             legal_instrument_type=S.LEGAL_INSTRUMENT_TYPE_APPEAL,
         ),
         priority=S.PRIORITY_GREEN,
-        recipient=POLICE,
+        recipient=recipient,
         appeal=requests_pb2.Appeal(
             restriction_request_id=restriction_id,
             ground=requests_pb2.APPEAL_GROUND_NOT_INVOLVED,
@@ -427,6 +430,12 @@ async def test_a_lifted_freeze_is_released_and_nothing_else_is_refused_quietly(s
             grpc.StatusCode.PERMISSION_DENIED,
             "NOT_RESTRICTING_AGENCY",
         )
+        # Hostile: the restricting bank, but to police who do not own the restriction's case.
+        await refused(
+            abc.submit(forged_appeal(stack, frozen.id, recipient=OTHER_POLICE)),
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "WRONG_CASE",
+        )
         filed = await appeal(abc, frozen.id)
         await refused(appeal(abc, frozen.id), grpc.StatusCode.FAILED_PRECONDITION, "APPEAL_PENDING")
         assert await journal_size(stack) == size + 1  # only the one appeal
@@ -454,6 +463,61 @@ async def test_a_lifted_freeze_is_released_and_nothing_else_is_refused_quietly(s
             "NO_SUCH_RESTRICTION",
         )
         assert await journal_size(stack) == size
+
+
+async def test_a_decision_whose_lifting_order_went_missing_gets_it(stack: Stack, root: Path) -> None:
+    """The broker stopped after recording a LIFTED decision and before sending the lifting order.
+
+    Simulated by putting the broker's decision event on GC_EVENTS without the order: the events
+    consumer records it and its hook sends the order, once.
+    """
+    bank_core = stack.agencies["bank-cmb"].core
+    assert isinstance(bank_core, BankCore)
+    async with stack.client(POLICE) as police, stack.client("bank-cmb") as cmb:
+        frozen = await freeze(police, seed.MULE_CMB_ACCOUNT, seed.MULE_CMB_HOLDER)
+        filed = await appeal(cmb, frozen.id)
+        taken = await police.wait_for(filed.id, FILED)
+        header = envelope_pb2.EnvelopeHeader.FromString(taken.notarized_header)
+        event = lifecycle_pb2.LifecycleEvent(
+            event_id=str(uuid.uuid4()),
+            request_id=filed.id,
+            state=S.REQUEST_STATE_EXECUTED,
+            actor=BROKER_ID,
+            at=to_timestamp(SystemClock().now()),
+            request_digest=header.body_digest,
+            detail="lifted",
+            result=results_pb2.Result(
+                outcome=S.REQUEST_STATE_EXECUTED, appeal=results_pb2.APPEAL_DECISION_LIFTED, detail="lifted"
+            ),
+        )
+        signed = sign_event(event, key=load_broker_signing_key(root / "keys"), clock=SystemClock())
+        nc = await connect(NatsSettings.from_url(stack.nats_url, name="test-decision"))
+        try:
+            await nc.jetstream().publish(
+                event_subject(BROKER_ID, filed.id),
+                signed.SerializeToString(),
+                headers={"Nats-Msg-Id": event.event_id},
+            )
+        finally:
+            await nc.drain()
+        liftings: list[lifecycle_pb2.RequestStatus] = []
+
+        async def lifting_sent() -> bool:
+            liftings[:] = [
+                status
+                for status in await police.list_all(types=[S.REQUEST_TYPE_RELEASE])
+                if status.parent_id == filed.id
+            ]
+            return bool(liftings)
+
+        await eventually(lifting_sent, what="the lifting order sent by the events consumer")
+        (lifting,) = liftings
+        assert lifting.sender == BROKER_ID
+        assert lifting.target_id == frozen.id
+        executed = await police.wait_for(lifting.id, DONE)
+        assert executed.state == S.REQUEST_STATE_EXECUTED, executed
+        assert [h.status for h in bank_core.holds_for(frozen.id)] == [HoldStatus.RELEASED]
+        assert (await police.get(filed.id)).result.appeal == results_pb2.APPEAL_DECISION_LIFTED
 
 
 async def test_the_statement_travels_sealed(stack: Stack) -> None:
