@@ -46,18 +46,15 @@ from broker.protocol import (
     Clock,
     Registry,
     body_digest,
-    decode_message,
     event_subject,
     type_name,
-    validate_message,
-    verify_detached,
 )
 
 from ._auth import Caller
 from ._errors import IllegalTransitionError, InvalidRequestError, NotFoundError, PermissionDeniedError
 from ._events import BrokerEvents, Refused
-from ._grpc_status import to_hub_error
 from ._lifecycle import is_outcome
+from ._signed import signed_by_caller
 from ._store import RequestStore
 from ._submit import Intake
 from ._watchlog import WatchLog
@@ -226,20 +223,15 @@ class AppealDesk:
         self, caller: Caller, signed: envelope_pb2.SignedMessage
     ) -> bus_pb2.DecideAppealResponse:
         """Record the caller's signed ruling as the appeal's outcome (once); LIFTED sends the lifting."""
-        try:
-            ruling = decode_message(lifecycle_pb2.AppealRuling, signed.payload, prefix="ruling.")
-            claims = verify_detached(
-                signed.signature,
-                signed.payload,
-                keys=self._registry,
-                audience=BROKER_ID,
-                clock=self._clock,
-                expected_issuer=caller.agency.id,
-                expected_type=APPEAL_RULING_TYPE,
-            )
-            validate_message(ruling, prefix="ruling.")
-        except Exception as exc:
-            raise to_hub_error(exc, signature_field="ruling.signature") from exc
+        ruling, claims = signed_by_caller(
+            lifecycle_pb2.AppealRuling,
+            signed,
+            jws_type=APPEAL_RULING_TYPE,
+            caller=caller,
+            keys=self._registry,
+            clock=self._clock,
+            field="ruling",
+        )
         appeal = (await self._requests.get(ruling.appeal_request_id)).status
         if appeal.recipient != caller.agency.id:
             raise PermissionDeniedError(

@@ -20,18 +20,15 @@ from greenchannel.v1 import (
 
 from broker.protocol import (
     APPEAL_RULING_TYPE,
-    BROKER_ID,
     CANCELLATION_TYPE,
     AgencyKind,
     Clock,
     Registry,
-    decode_message,
     request_type_of,
     status_filter,
     status_parties,
     type_name,
     validate_message,
-    verify_detached,
 )
 
 from ._admission import Admission
@@ -42,6 +39,7 @@ from ._events import BrokerEvents, Refused
 from ._grpc_status import guard_stream, guard_unary, to_hub_error
 from ._policy import Policy
 from ._refusals import RefusalSink, note_message_type
+from ._signed import signed_by_caller
 from ._store import RequestStore
 from ._submit import Intake
 from ._trail_service import TrailService
@@ -272,21 +270,15 @@ class BusServicer(bus_pb2_grpc.BusServiceServicer):
         note_message_type(CANCELLATION_TYPE)
         caller = await self._auth.authenticate(context)
         _validated(request)
-        signed = request.cancellation
-        try:
-            cancellation = decode_message(lifecycle_pb2.Cancellation, signed.payload, prefix="cancellation.")
-            verify_detached(
-                signed.signature,
-                signed.payload,
-                keys=self._registry,
-                audience=BROKER_ID,
-                clock=self._clock,
-                expected_issuer=caller.agency.id,
-                expected_type=CANCELLATION_TYPE,
-            )
-            validate_message(cancellation, prefix="cancellation.")
-        except Exception as exc:
-            raise to_hub_error(exc, signature_field="cancellation.signature") from exc
+        cancellation, _ = signed_by_caller(
+            lifecycle_pb2.Cancellation,
+            request.cancellation,
+            jws_type=CANCELLATION_TYPE,
+            caller=caller,
+            keys=self._registry,
+            clock=self._clock,
+            field="cancellation",
+        )
         current = (await self._requests.get(cancellation.request_id)).status
         if current.sender != caller.agency.id:
             raise PermissionDeniedError("only the sender of a request may cancel it", reason="NOT_SENDER")
