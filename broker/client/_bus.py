@@ -387,6 +387,15 @@ class BusClient:
         accepted = await self.submit(request)
         return accepted.status
 
+    async def lifting_orders(
+        self, appeal: lifecycle_pb2.RequestStatus
+    ) -> builtins.list[lifecycle_pb2.RequestStatus]:
+        """The broker's lifting orders of an appeal decided LIFTED: the RELEASEs whose parent it is."""
+        releases = await self.list_all(
+            case_number=appeal.case_ref.case_number, types=[common_pb2.REQUEST_TYPE_RELEASE]
+        )
+        return [status for status in releases if status.parent_id == appeal.id]
+
     async def decide_appeal(
         self,
         appeal_request_id: str,

@@ -378,6 +378,8 @@ async def test_a_lifted_number_block_is_unblocked_by_the_broker(stack: Stack, ro
             return (await police.get(blocked.id)).state == S.REQUEST_STATE_RELEASED
 
         await eventually(released, what="the number block RELEASED")
+        # Asked for three times (two rulings' answers, the events consumer's hook): sent once.
+        assert [o.id for o in await police.lifting_orders(await police.get(filed.id))] == [lifting.id]
 
 
 async def test_a_lifted_account_restriction_is_restored(stack: Stack) -> None:
@@ -503,11 +505,7 @@ async def test_a_decision_whose_lifting_order_went_missing_gets_it(stack: Stack,
         liftings: list[lifecycle_pb2.RequestStatus] = []
 
         async def lifting_sent() -> bool:
-            liftings[:] = [
-                status
-                for status in await police.list_all(types=[S.REQUEST_TYPE_RELEASE])
-                if status.parent_id == filed.id
-            ]
+            liftings[:] = await police.lifting_orders(await police.get(filed.id))
             return bool(liftings)
 
         await eventually(lifting_sent, what="the lifting order sent by the events consumer")
