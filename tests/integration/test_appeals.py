@@ -48,6 +48,7 @@ from broker.protocol import (
     NatsSettings,
     SystemClock,
     appeal_sealing_context,
+    body_digest,
     connect,
     current_encryption_key,
     event_subject,
@@ -279,6 +280,19 @@ async def test_an_upheld_freeze_stays_and_an_appeal_is_decided_once(stack: Stack
         )
         assert claims.iss == POLICE
         assert lifecycle_pb2.AppealRuling.FromString(outcome.ruling.payload).appeal_request_id == filed.id
+        decision_digest = body_digest(decided.status.events[-1].event.payload)
+
+        async def in_the_ledger() -> bool:
+            page = await police.ledger_entries(0)
+            return any(
+                entry.request_id == filed.id
+                and entry.state == S.REQUEST_STATE_EXECUTED
+                and entry.subject_digest == decision_digest
+                for entry in page.entries
+            )
+
+        # The chained entry's digest covers the broker's event, and so the police's signed ruling in it.
+        await eventually(in_the_ledger, what="the decision chained into the ledger")
 
         # The freeze stays.
         assert (await police.get(frozen.id)).state == frozen.state
