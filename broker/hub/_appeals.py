@@ -53,7 +53,6 @@ from broker.protocol import (
 from ._auth import Caller
 from ._errors import IllegalTransitionError, InvalidRequestError, NotFoundError, PermissionDeniedError
 from ._events import BrokerEvents, Refused
-from ._lifecycle import is_outcome
 from ._signed import signed_by_caller
 from ._store import RequestStore
 from ._submit import Intake
@@ -243,7 +242,7 @@ class AppealDesk:
                 f"the request is a {type_name(appeal.type)}, not an appeal", reason="NOT_AN_APPEAL"
             )
         event_id = str(uuid.uuid5(_DECISION_NAMESPACE, f"{appeal.id}/{claims.jti}"))
-        if is_outcome(appeal.state) or appeal.state not in _OPEN:
+        if appeal.state not in _OPEN:
             if _recorded_event(appeal, event_id) is None:
                 raise IllegalTransitionError(
                     f"the appeal is no longer open (it is {_S.RequestState.Name(appeal.state)}): it is"
