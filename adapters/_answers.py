@@ -48,6 +48,8 @@ class Answer:
     """Reason name to dead-letter the request under, when the adapter (not the agency) failed it."""
     error: str = ""
     """Name of the error behind an adapter-made failure, for the dead letter."""
+    filed: bool = False
+    """The agency filed the request for a later decision (an appeal): recorded as ACKNOWLEDGED."""
 
 
 def failure(
@@ -102,7 +104,7 @@ class AnswerBuilder:
                 )
         if result.onward_transfers or result.returns:
             result = self._seal_details(opened, result)
-        return Answer(result=result)
+        return Answer(result=result, filed=outcome.filed)
 
     def _seal_details(self, opened: OpenedEnvelope, result: results_pb2.Result) -> results_pb2.Result:
         """Redact the onward transfers and payouts; seal their full copy to the requester (and the

@@ -1,10 +1,13 @@
 """The agency's own system as the adapter calls it: one gRPC service per agency kind.
 
 Each kind maps the request types it handles to one call of its service (``BankService`` for
-banks, and so on). Everything else a kind is sent is refused by the runtime before anything is
-called. gRPC errors are translated here, once: transient ones become
-:class:`AgencyUnavailableError` (retried), the rest :class:`AgencyCallError`. Status details
-are never copied into errors or logs: the agency system may describe a customer there.
+banks, and so on). A call declares what is special about it: a sealed part of the order the
+adapter opens with the agency's own key and passes in clear (an appeal's statement), and whether
+EXECUTED means the agency *filed* the request for a decision that comes later through the Bus API
+(an appeal: the adapter then records ACKNOWLEDGED, not an outcome). Everything else a kind is
+sent is refused by the runtime before anything is called. gRPC errors are translated here, once:
+transient ones become :class:`AgencyUnavailableError` (retried), the rest :class:`AgencyCallError`.
+Status details are never copied into errors or logs: the agency system may describe a customer there.
 """
 
 from __future__ import annotations
@@ -27,12 +30,23 @@ from greenchannel.v1 import (
     platform_pb2_grpc,
     police_pb2,
     police_pb2_grpc,
+    requests_pb2,
     results_pb2,
 )
 
-from broker.protocol import AgencyKind, OpenedEnvelope, type_name
+from broker.protocol import (
+    AgencyKind,
+    InvalidMessageError,
+    OpenedEnvelope,
+    SealingError,
+    appeal_sealing_context,
+    open_sealed,
+    parse_and_validate,
+    type_name,
+)
 
 from ._errors import AdapterConfigError, AgencyCallError, AgencyUnavailableError, UnsupportedRequestError
+from ._opening import KeyRing
 
 __all__ = [
     "TRANSIENT_CODES",
@@ -58,6 +72,9 @@ class BackendOutcome:
     ``encrypted_payload``, ``sealed_details`` and ``broker_details``."""
     answer: results_pb2.DataAnswer | None = None
     """Personal data in clear (data answers, assistance reports); sealed before it leaves the adapter."""
+    filed: bool = False
+    """The call files the request for a decision made later (an appeal): its EXECUTED means filed,
+    and the adapter records ACKNOWLEDGED instead of an outcome."""
 
 
 class AgencyBackend(Protocol):
@@ -82,6 +99,10 @@ class AgencyBackend(Protocol):
         ...
 
 
+OpenPart = Callable[[OpenedEnvelope, KeyRing | None], tuple[str, Message]]
+"""Opens a sealed part of an order with the agency's keys: ``(request message field, clear part)``."""
+
+
 @dataclass(frozen=True)
 class _Call:
     """One request type's service call: ``method(RequestMessage(context=..., <order_field>=body))``."""
@@ -91,6 +112,32 @@ class _Call:
     request: Callable[..., Message]
     order_field: str = "order"
     answer_field: str | None = None
+    opens: OpenPart | None = None
+    """A sealed part of the order, opened by the adapter and passed beside it in clear."""
+    files: bool = False
+    """EXECUTED means filed for a later decision: ACKNOWLEDGED, not an outcome (BackendOutcome.filed)."""
+
+
+def _appeal_statement(opened: OpenedEnvelope, keys: KeyRing | None) -> tuple[str, Message]:
+    """The holder's statement, sealed by the restricting agency to this police agency's key."""
+    appeal = opened.request.appeal
+    if keys is None:
+        raise AgencyCallError("no decryption key to open the appeal statement", code="INVALID_ARGUMENT")
+    try:
+        clear = open_sealed(
+            appeal.statement,
+            keys,
+            request_id=appeal_sealing_context(appeal.restriction_request_id),
+            sender=opened.header.sender,
+            recipient=opened.header.recipient,
+        )
+        statement = parse_and_validate(requests_pb2.AppealStatement, clear, prefix="statement.")
+    except (SealingError, InvalidMessageError) as exc:
+        # Names what failed, never content: the statement is the holder's personal data.
+        raise AgencyCallError(
+            f"the appeal statement does not open ({type(exc).__name__})", code="INVALID_ARGUMENT"
+        ) from exc
+    return "statement", statement
 
 
 def _calls(table: dict[str, _Call]) -> Mapping[str, _Call]:
@@ -108,9 +155,11 @@ _BANK = _calls(
         "data_request": _Call("QueryBankData", bank_pb2.QueryBankDataRequest, answer_field="answer"),
     }
 )
+# A carrier's and a platform's "release" is the broker's lifting order after an appeal was lifted.
 _CARRIER = _calls(
     {
         "number_block": _Call("BlockNumber", carrier_pb2.BlockNumberRequest),
+        "release": _Call("LiftBlock", carrier_pb2.LiftBlockRequest),
         "warning": _Call("WarnSubscriber", carrier_pb2.WarnSubscriberRequest),
         "data_request": _Call(
             "QuerySubscriberData", carrier_pb2.QuerySubscriberDataRequest, answer_field="answer"
@@ -120,6 +169,7 @@ _CARRIER = _calls(
 _PLATFORM = _calls(
     {
         "account_block": _Call("BlockAccount", platform_pb2.BlockAccountRequest),
+        "release": _Call("LiftRestriction", platform_pb2.LiftRestrictionRequest),
         "warning": _Call("WarnUser", platform_pb2.WarnUserRequest),
         "data_request": _Call(
             "QueryPlatformData", platform_pb2.QueryPlatformDataRequest, answer_field="answer"
@@ -132,6 +182,7 @@ _POLICE = _calls(
         "fraud_report": _Call(
             "ReceiveFraudReport", police_pb2.ReceiveFraudReportRequest, order_field="report"
         ),
+        "appeal": _Call("FileAppeal", police_pb2.FileAppealRequest, opens=_appeal_statement, files=True),
     }
 )
 
@@ -152,10 +203,13 @@ def _token(request_type: common_pb2.RequestType.ValueType) -> str:
 class GrpcAgencyBackend:
     """An agency service reached over a gRPC channel, one call per supported request type."""
 
-    def __init__(self, kind: AgencyKind, stub: Any, calls: Mapping[str, _Call]) -> None:
+    def __init__(
+        self, kind: AgencyKind, stub: Any, calls: Mapping[str, _Call], *, keys: KeyRing | None = None
+    ) -> None:
         self._kind = kind
         self._stub = stub
         self._calls = calls
+        self._keys = keys
 
     @property
     def kind(self) -> AgencyKind:
@@ -177,7 +231,11 @@ class GrpcAgencyBackend:
             raise UnsupportedRequestError(
                 f"{self._kind} agencies do not handle {body or 'an empty'} requests"
             )
-        request = call.request(context=context, **{call.order_field: getattr(opened.request, body)})
+        fields: dict[str, Any] = {call.order_field: getattr(opened.request, body)}
+        if call.opens is not None:
+            name, part = call.opens(opened, self._keys)
+            fields[name] = part
+        request = call.request(context=context, **fields)
         try:
             response = await getattr(self._stub, call.method)(request, timeout=timeout)
         except grpc.aio.AioRpcError as exc:
@@ -185,7 +243,8 @@ class GrpcAgencyBackend:
         answer = None
         if call.answer_field is not None and response.HasField(call.answer_field):
             answer = getattr(response, call.answer_field)
-        return BackendOutcome(result=response.result, answer=answer)
+        filed = call.files and response.result.outcome == common_pb2.REQUEST_STATE_EXECUTED
+        return BackendOutcome(result=response.result, answer=answer, filed=filed)
 
 
 def _translate(exc: grpc.aio.AioRpcError, method: str) -> AgencyCallError:
@@ -197,15 +256,16 @@ def _translate(exc: grpc.aio.AioRpcError, method: str) -> AgencyCallError:
     return AgencyCallError(message, code=name)
 
 
-def backend_for(kind: AgencyKind, channel: grpc.aio.Channel) -> AgencyBackend:
-    """The backend for an agency of ``kind`` whose system answers on ``channel``."""
+def backend_for(kind: AgencyKind, channel: grpc.aio.Channel, *, keys: KeyRing | None = None) -> AgencyBackend:
+    """The backend for an agency of ``kind`` whose system answers on ``channel``; ``keys`` (the
+    agency's X25519 keys) open the sealed parts of orders some calls take in clear."""
     try:
         stub_type, calls = _SERVICES[kind]
     except KeyError:
         raise AdapterConfigError(
             f"agencies of kind {kind!r} receive no orders; there is no service"
         ) from None
-    return GrpcAgencyBackend(kind, stub_type(channel), calls)
+    return GrpcAgencyBackend(kind, stub_type(channel), calls, keys=keys)
 
 
 def open_agency_channel(

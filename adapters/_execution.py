@@ -7,6 +7,10 @@ In this order::
       ACKNOWLEDGED only if it has not answered within the grace (_acknowledge)
     sign the terminal event; record it; publish it (after ACKNOWLEDGED's PubAck); ack the inbox message
 
+The terminal event is the outcome, except for a request the agency *filed* for a decision made
+later through the Bus API (an appeal, ``BackendOutcome.filed``): then it is ACKNOWLEDGED, under the
+same event id as any ACKNOWLEDGED sent before it, so the bus records the filing once.
+
 No DELIVERED: the broker takes ACKNOWLEDGED or the outcome straight from SUBMITTED, and either one
 also meets the deliver deadline. A redelivery finds the terminal event recorded and publishes the
 same bytes again; one that finds only "started" (a crash or shutdown mid-call) calls again with
@@ -232,7 +236,11 @@ class Executor:
         """Sign, record, publish the terminal event; dead-letter adapter-made failures; ack."""
         request_id = opened.header.id
         result = answer.result
-        event = self._publisher.build(request_id, result.outcome, digest, result=result)
+        if answer.filed:
+            # Filed, not decided: the decision is the police's, through the Bus API.
+            event = self._publisher.build(request_id, common_pb2.REQUEST_STATE_ACKNOWLEDGED, digest)
+        else:
+            event = self._publisher.build(request_id, result.outcome, digest, result=result)
         signed = self._publisher.sign(event)
         # Recorded (durably) before it is published: from here on a redelivery replays it, never
         # re-executes.
@@ -253,7 +261,7 @@ class Executor:
             await publish
         _log.info(
             "adapter.answered",
-            state=state_name(result.outcome),
+            state=state_name(event.state),
             reason=reason_name(result.reason),
             sealed=result.HasField("encrypted_payload"),
             onward_transfers=len(result.onward_transfers),

@@ -141,7 +141,7 @@ class AdapterRuntime:
                     config.agency_target, reconnect_backoff_max=config.reconnect_backoff_max
                 )
                 self._channel = channel
-                self._backend = backend_for(agency.kind, channel)
+                self._backend = backend_for(agency.kind, channel, keys=self._decryption_keys)
             if self._nc is None:
                 if config.nats is None:
                     raise AdapterConfigError("AdapterConfig.nats is required when no NATS client is given")

@@ -11,10 +11,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from google.protobuf.message import Message
-from greenchannel.v1 import common_pb2, results_pb2
+from greenchannel.v1 import common_pb2, requests_pb2, results_pb2
 
 from ._generic import Check, Sample, deadline_check, malformed_check, replay_check, snake_case
-from ._probe import CheckFailed, Probe, expect, expect_no_data, expect_outcome
+from ._probe import CheckFailed, Probe, expect, expect_no_data, expect_outcome, new_request_id
 
 __all__ = ["BlockingService", "blocking_checks"]
 
@@ -46,6 +46,20 @@ class BlockingService:
     """A data request about the fixture's unknown subject."""
     subject: str
     """What is blocked, for people: ``number`` or ``account``."""
+    lift_method: str
+    """The broker's lifting order after an appeal, e.g. ``LiftBlock``."""
+    lift_request: type[Message]
+    """The lifting order's request message, e.g. ``LiftBlockRequest``."""
+
+    def lift(self, probe: Probe, target_request_id: str) -> Message:
+        """A lifting order of the block ``target_request_id`` made (names only that request)."""
+        make: Callable[..., Message] = self.lift_request
+        return make(
+            context=probe.context(instrument=common_pb2.LEGAL_INSTRUMENT_TYPE_APPEAL),
+            order=requests_pb2.Release(
+                target_request_id=target_request_id, purpose=requests_pb2.RELEASE_PURPOSE_APPEAL_LIFTED
+            ),
+        )
 
     async def unblock(self, probe: Probe, role: str) -> None:
         """Lift the block so the next run finds the record as seeded; failures stay silent."""
@@ -71,6 +85,20 @@ def blocking_checks(service: BlockingService) -> tuple[Check, ...]:
         finally:
             await s.unblock(probe, "block")
         return f"blocked {', '.join(blocked)}, then lifted"
+
+    async def lift(probe: Probe) -> str:
+        request_id = new_request_id()
+        try:
+            answer = await probe.call(s.block_method, s.block(probe, "block", request_id, False))
+            expect_outcome(answer.result, EXECUTED, what=s.block_method)
+            lifted = await probe.call(s.lift_method, s.lift(probe, request_id))
+            expect_outcome(lifted.result, EXECUTED, what=s.lift_method)
+            expect(
+                len(lifted.result.block.blocked) > 0, f"{s.lift_method}: result.block.blocked names nothing"
+            )
+        finally:
+            await s.unblock(probe, "block")
+        return f"the block made by a request lifted by {s.lift_method} naming only that request"
 
     async def warn(probe: Probe) -> str:
         answer = await probe.call(s.warn_method, s.warn(probe, "warn", None))
@@ -121,4 +149,9 @@ def blocking_checks(service: BlockingService) -> tuple[Check, ...]:
         replay_check(k, s.sample("idempotent"), cleanup=unblock_idempotent),
         malformed_check(k, errors, after=unblock_errors),
         deadline_check(k, s.sample("deadline"), cleanup=unblock_deadline),
+        Check(
+            name=f"{k}.{snake_case(s.lift_method)}",
+            proves=f"the {s.subject} a request blocked is unblocked by a lifting order naming that request",
+            run=lift,
+        ),
     )

@@ -80,6 +80,8 @@ _CARRIER = BlockingService(
     block_unknown=_block_unknown,
     data_unknown=_data_unknown,
     subject="number",
+    lift_method="LiftBlock",
+    lift_request=carrier_pb2.LiftBlockRequest,
 )
 
 

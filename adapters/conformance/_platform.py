@@ -82,5 +82,7 @@ PLATFORM_CHECKS: tuple[Check, ...] = blocking_checks(
         block_unknown=_block_unknown,
         data_unknown=_data_unknown,
         subject="account",
+        lift_method="LiftRestriction",
+        lift_request=platform_pb2.LiftRestrictionRequest,
     )
 )

@@ -1,4 +1,4 @@
-"""Checks of a ``PoliceService``: assistance requests and fraud reports."""
+"""Checks of a ``PoliceService``: assistance requests, fraud reports and appeals."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from greenchannel.v1 import common_pb2, police_pb2, police_pb2_grpc, requests_pb2, results_pb2
 
 from ._generic import Check, Sample, deadline_check, malformed_check, replay_check
-from ._probe import Probe, expect, expect_outcome, timestamp
+from ._probe import Probe, expect, expect_outcome, new_request_id, timestamp
 
 __all__ = ["POLICE_CHECKS", "police_stub"]
 
@@ -43,6 +43,27 @@ def _report_request(probe: Probe, *, request_id: str | None = None) -> police_pb
     )
 
 
+def _appeal_request(probe: Probe, *, request_id: str | None = None) -> police_pb2.FileAppealRequest:
+    # The sealed statement travels as the restricting agency sealed it (the desk never opens it:
+    # the adapter did); its clear copy comes beside it.
+    sealed = results_pb2.EncryptedPayload(
+        ephemeral_public_key=bytes(32),
+        nonce=bytes(12),
+        ciphertext=bytes(16),
+        recipient_kid="A" * 43,
+        content_type=requests_pb2.AppealStatement.DESCRIPTOR.full_name,
+    )
+    return police_pb2.FileAppealRequest(
+        context=probe.context(request_id=request_id, instrument=common_pb2.LEGAL_INSTRUMENT_TYPE_APPEAL),
+        order=requests_pb2.Appeal(
+            restriction_request_id=new_request_id(),
+            ground=requests_pb2.APPEAL_GROUND_NOT_INVOLVED,
+            statement=sealed,
+        ),
+        statement=requests_pb2.AppealStatement(statement="conformance check: a fictional holder's appeal"),
+    )
+
+
 async def _check_assistance(probe: Probe) -> str:
     answer = await probe.call("HandleAssistance", _assistance_request(probe))
     result = answer.result
@@ -65,6 +86,13 @@ async def _check_report(probe: Probe) -> str:
     return "filed"
 
 
+async def _check_appeal(probe: Probe) -> str:
+    answer = await probe.call("FileAppeal", _appeal_request(probe))
+    expect_outcome(answer.result, EXECUTED, what="FileAppeal")
+    return "filed"
+
+
+_APPEAL = Sample(method="FileAppeal", build=lambda probe, rid: _appeal_request(probe, request_id=rid))
 _ASSISTANCE = Sample(
     method="HandleAssistance", build=lambda probe, rid: _assistance_request(probe, request_id=rid)
 )
@@ -81,7 +109,13 @@ POLICE_CHECKS: tuple[Check, ...] = (
         run=_check_assistance,
     ),
     Check(name="police.receive_fraud_report", proves="a fraud report is filed", run=_check_report),
+    Check(
+        name="police.file_appeal",
+        proves="a holder's appeal is filed for decision (EXECUTED means filed)",
+        run=_check_appeal,
+    ),
     replay_check("police", _REPORT),
+    replay_check("police", _APPEAL),
     # Declining is a legitimate answer; whatever it is, a repeat must get the same one.
     replay_check("police", _ASSISTANCE, outcome=None),
     malformed_check("police", (_ASSISTANCE, _REPORT)),

@@ -39,6 +39,12 @@ class CarrierCore(AgencyCore):
             "CarrierService.BlockNumber", request, carrier_pb2.BlockNumberResponse, orders.block_number
         )
 
+    def lift_block(self, request: carrier_pb2.LiftBlockRequest) -> carrier_pb2.LiftBlockResponse:
+        """Lift the block an earlier request made (the broker's lifting order after an appeal)."""
+        return self._run(
+            "CarrierService.LiftBlock", request, carrier_pb2.LiftBlockResponse, orders.lift_block
+        )
+
     def warn_subscriber(
         self, request: carrier_pb2.WarnSubscriberRequest
     ) -> carrier_pb2.WarnSubscriberResponse:

@@ -24,7 +24,7 @@ from agencies._common import (
 from . import _store as store
 from ._model import Line, LineStatus, SentWarning
 
-__all__ = ["block_number", "query_subscriber_data", "warn_subscriber"]
+__all__ = ["block_number", "lift_block", "query_subscriber_data", "warn_subscriber"]
 
 _SCOPE_KINDS = MappingProxyType(
     {
@@ -71,6 +71,34 @@ def block_number(
         result.reason = results_pb2.REASON_CODE_ALREADY_DONE
         result.detail = f"already {verb}"
     return carrier_pb2.BlockNumberResponse(result=result)
+
+
+def lift_block(
+    conn: sqlite3.Connection, now: datetime, ctx: agency_pb2.OrderContext, order: requests_pb2.Release
+) -> carrier_pb2.LiftBlockResponse:
+    """Lift the block made by ``order.target_request_id`` (an appeal lifted): what it blocked."""
+    action = store.block_action(conn, order.target_request_id)
+    if action is None or action[2]:
+        return carrier_pb2.LiftBlockResponse(
+            result=rejected(results_pb2.REASON_CODE_NOT_FOUND, "no block made by that request")
+        )
+    e164, kinds, _ = action
+    ln = store.line(conn, e164)
+    if ln is None:
+        return carrier_pb2.LiftBlockResponse(
+            result=rejected(results_pb2.REASON_CODE_NOT_FOUND, "no such number")
+        )
+    current = set(ln.blocked_kinds())
+    changing = tuple(kind for kind in kinds if kind in current)
+    store.set_flags(conn, e164, changing, False)
+    store.insert_block_action(conn, ctx.request_id, e164, changing, True, now)
+    result = executed("block lifted")
+    result.block.blocked.extend(kinds)
+    result.agency_reference = new_reference("LB", now)
+    if not changing:
+        result.reason = results_pb2.REASON_CODE_ALREADY_DONE
+        result.detail = "already unblocked"
+    return carrier_pb2.LiftBlockResponse(result=result)
 
 
 def warn_subscriber(

@@ -36,3 +36,8 @@ class CarrierServicer(carrier_pb2_grpc.CarrierServiceServicer):
         self, request: carrier_pb2.QuerySubscriberDataRequest, context: Any
     ) -> carrier_pb2.QuerySubscriberDataResponse:
         return await answer(self._core.query_subscriber_data, request, context, method="QuerySubscriberData")
+
+    async def LiftBlock(
+        self, request: carrier_pb2.LiftBlockRequest, context: Any
+    ) -> carrier_pb2.LiftBlockResponse:
+        return await answer(self._core.lift_block, request, context, method="LiftBlock")

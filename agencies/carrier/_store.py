@@ -10,6 +10,7 @@ from agencies._common import from_us, to_us
 from ._model import CallRecord, Line, LineStatus, SentWarning
 
 __all__ = [
+    "block_action",
     "calls_between",
     "insert_block_action",
     "insert_call",
@@ -132,3 +133,14 @@ def warnings_to(conn: sqlite3.Connection, e164: str) -> list[SentWarning]:
         )
         for row in rows
     ]
+
+
+def block_action(conn: sqlite3.Connection, request_id: str) -> tuple[str, tuple[str, ...], bool] | None:
+    """What the block order ``request_id`` did: ``(number, kinds changed, unblock)``; None if none."""
+    row = conn.execute(
+        "SELECT e164, kinds, unblock FROM block_actions WHERE request_id = ?", (request_id,)
+    ).fetchone()
+    if row is None:
+        return None
+    kinds = tuple(kind for kind in str(row["kinds"]).split(",") if kind)
+    return row["e164"], kinds, bool(row["unblock"])

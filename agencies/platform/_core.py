@@ -43,6 +43,17 @@ class PlatformCore(AgencyCore):
             partial(orders.block_account, self._config),
         )
 
+    def lift_restriction(
+        self, request: platform_pb2.LiftRestrictionRequest
+    ) -> platform_pb2.LiftRestrictionResponse:
+        """Restore an account an earlier request restricted (the broker's lifting order after an appeal)."""
+        return self._run(
+            "PlatformService.LiftRestriction",
+            request,
+            platform_pb2.LiftRestrictionResponse,
+            orders.lift_restriction,
+        )
+
     def warn_user(self, request: platform_pb2.WarnUserRequest) -> platform_pb2.WarnUserResponse:
         """预警劝阻: reach the user in the app (or by app call) with an approved template, now."""
         return self._run(

@@ -14,7 +14,7 @@ from . import _store as store
 from ._config import PlatformConfig
 from ._model import PlatformAccount, PlatformAccountStatus, Restriction, SentWarning, restricted_features
 
-__all__ = ["block_account", "query_platform_data", "warn_user"]
+__all__ = ["block_account", "lift_restriction", "query_platform_data", "warn_user"]
 
 # A platform reaches its users in its app, or by the app's own voice call.
 _CHANNELS = MappingProxyType(
@@ -52,6 +52,38 @@ def block_account(
             "no such restriction in place" if order.unblock else "already restricted at that level"
         )
     return platform_pb2.BlockAccountResponse(result=result)
+
+
+def lift_restriction(
+    conn: sqlite3.Connection, now: datetime, ctx: agency_pb2.OrderContext, order: requests_pb2.Release
+) -> platform_pb2.LiftRestrictionResponse:
+    """Restore the account the order ``order.target_request_id`` restricted (an appeal lifted).
+
+    Back to the level before that order, unless the account stands elsewhere now (another order
+    restricted it further, or it was lifted already): that is left as it is.
+    """
+    action = store.restriction_action(conn, order.target_request_id)
+    if action is None:
+        return platform_pb2.LiftRestrictionResponse(
+            result=rejected(results_pb2.REASON_CODE_NOT_FOUND, "no restriction made by that request")
+        )
+    platform, account_id, before, after = action
+    acct = store.account(conn, platform, account_id)
+    if acct is None:
+        return platform_pb2.LiftRestrictionResponse(
+            result=rejected(results_pb2.REASON_CODE_NOT_FOUND, "no such account")
+        )
+    target = before if acct.restriction == after and before < after else acct.restriction
+    lifted = tuple(f for f in restricted_features(acct.restriction) if f not in restricted_features(target))
+    store.insert_restriction_action(conn, ctx.request_id, acct, target, now)
+    store.set_restriction(conn, platform, account_id, target)
+    result = executed("restriction lifted")
+    result.block.blocked.extend(lifted)
+    result.agency_reference = new_reference("LR", now)
+    if target == acct.restriction:
+        result.reason = results_pb2.REASON_CODE_ALREADY_DONE
+        result.detail = "no such restriction in place"
+    return platform_pb2.LiftRestrictionResponse(result=result)
 
 
 def warn_user(

@@ -36,3 +36,8 @@ class PlatformServicer(platform_pb2_grpc.PlatformServiceServicer):
         self, request: platform_pb2.QueryPlatformDataRequest, context: Any
     ) -> platform_pb2.QueryPlatformDataResponse:
         return await answer(self._core.query_platform_data, request, context, method="QueryPlatformData")
+
+    async def LiftRestriction(
+        self, request: platform_pb2.LiftRestrictionRequest, context: Any
+    ) -> platform_pb2.LiftRestrictionResponse:
+        return await answer(self._core.lift_restriction, request, context, method="LiftRestriction")

@@ -16,6 +16,7 @@ __all__ = [
     "insert_restriction_action",
     "insert_warning",
     "logins_between",
+    "restriction_action",
     "set_restriction",
     "set_status",
     "warnings_to",
@@ -145,3 +146,16 @@ def warnings_to(conn: sqlite3.Connection, platform: str, account_id: str) -> lis
         )
         for row in rows
     ]
+
+
+def restriction_action(
+    conn: sqlite3.Connection, request_id: str
+) -> tuple[str, str, Restriction, Restriction] | None:
+    """What the order ``request_id`` did: ``(platform, account id, level before, level after)``."""
+    row = conn.execute(
+        "SELECT platform, account_id, level_from, level_to FROM restriction_actions WHERE request_id = ?",
+        (request_id,),
+    ).fetchone()
+    if row is None:
+        return None
+    return row["platform"], row["account_id"], Restriction(row["level_from"]), Restriction(row["level_to"])

@@ -2,13 +2,14 @@
 
 from ._config import AssistanceRule, PoliceDeskConfig
 from ._core import PoliceDesk
-from ._model import AssistanceCase, FiledReport
+from ._model import AssistanceCase, FiledAppeal, FiledReport
 from ._servicer import POLICE_SERVICE, PoliceServicer
 
 __all__ = [
     "POLICE_SERVICE",
     "AssistanceCase",
     "AssistanceRule",
+    "FiledAppeal",
     "FiledReport",
     "PoliceDesk",
     "PoliceDeskConfig",

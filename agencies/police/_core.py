@@ -12,7 +12,7 @@ from broker.protocol import Clock
 from . import _orders as orders
 from . import _store as store
 from ._config import PoliceDeskConfig
-from ._model import AssistanceCase, FiledReport
+from ._model import AssistanceCase, FiledAppeal, FiledReport
 from ._schema import POLICE_SCHEMA
 
 __all__ = ["PoliceDesk"]
@@ -56,6 +56,15 @@ class PoliceDesk(AgencyCore):
             body="report",
         )
 
+    def file_appeal(self, request: police_pb2.FileAppealRequest) -> police_pb2.FileAppealResponse:
+        """File a holder's appeal (its statement opened by the adapter) for the desk to decide."""
+        return self._run(
+            "PoliceService.FileAppeal",
+            request,
+            police_pb2.FileAppealResponse,
+            partial(orders.file_appeal, request.statement),
+        )
+
     # -- the desk's own records -------------------------------------------------------------------
 
     def assistance_cases(self) -> tuple[AssistanceCase, ...]:
@@ -67,3 +76,8 @@ class PoliceDesk(AgencyCore):
         """Fraud reports filed, oldest first."""
         with self._db.transaction() as conn:
             return tuple(store.fraud_reports(conn))
+
+    def appeals(self) -> tuple[FiledAppeal, ...]:
+        """Appeals filed, oldest first."""
+        with self._db.transaction() as conn:
+            return tuple(store.appeals(conn))

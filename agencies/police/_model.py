@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-__all__ = ["AssistanceCase", "FiledReport"]
+__all__ = ["AssistanceCase", "FiledAppeal", "FiledReport"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -60,5 +60,31 @@ class FiledReport:
     """When it was seen, if given."""
     region: str
     """Region the report concerns, if given."""
+    received_at: datetime
+    """When the desk filed it."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class FiledAppeal:
+    """A holder's appeal the desk filed for decision (the decision goes back through the Bus API)."""
+
+    request_id: str
+    """The appeal's request id: what the desk decides on (``BusClient.decide_appeal``)."""
+    reference: str
+    """The desk's filing number."""
+    sender: str
+    """The bank, carrier or platform that applied the restriction and passed the appeal on."""
+    case_number: str
+    """The desk's case the restriction belongs to."""
+    ticket: str
+    """The restricting agency's appeal ticket (the appeal's legal instrument id)."""
+    restriction_request_id: str
+    """The restriction appealed."""
+    ground: str
+    """``AppealGround`` name without its prefix, e.g. ``NOT_INVOLVED``."""
+    statement: str
+    """The holder's statement, opened by the police adapter: only the police read it."""
+    documents: int
+    """Number of supporting documents."""
     received_at: datetime
     """When the desk filed it."""

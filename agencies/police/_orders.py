@@ -11,9 +11,9 @@ from agencies._common import executed, from_timestamp, new_reference, rejected, 
 
 from . import _store as store
 from ._config import PoliceDeskConfig
-from ._model import AssistanceCase, FiledReport
+from ._model import AssistanceCase, FiledAppeal, FiledReport
 
-__all__ = ["handle_assistance", "receive_fraud_report"]
+__all__ = ["file_appeal", "handle_assistance", "receive_fraud_report"]
 
 
 def handle_assistance(
@@ -95,3 +95,32 @@ def receive_fraud_report(
     result = executed("report filed")
     result.agency_reference = reference
     return police_pb2.ReceiveFraudReportResponse(result=result)
+
+
+def file_appeal(
+    statement: requests_pb2.AppealStatement,
+    conn: sqlite3.Connection,
+    now: datetime,
+    ctx: agency_pb2.OrderContext,
+    appeal: requests_pb2.Appeal,
+) -> police_pb2.FileAppealResponse:
+    """File the appeal for decision; EXECUTED means filed (the decision comes later, by people)."""
+    reference = new_reference("SS", now)  # 申诉
+    store.insert_appeal(
+        conn,
+        FiledAppeal(
+            request_id=ctx.request_id,
+            reference=reference,
+            sender=ctx.sender,
+            case_number=ctx.case_ref.case_number,
+            ticket=ctx.case_ref.legal_instrument_id,
+            restriction_request_id=appeal.restriction_request_id,
+            ground=requests_pb2.AppealGround.Name(appeal.ground).removeprefix("APPEAL_GROUND_"),
+            statement=statement.statement,
+            documents=len(statement.documents),
+            received_at=now,
+        ),
+    )
+    result = executed("appeal filed for decision")
+    result.agency_reference = reference
+    return police_pb2.FileAppealResponse(result=result)

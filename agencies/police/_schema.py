@@ -1,4 +1,4 @@
-"""The desk's tables: assistance requests taken and fraud reports filed."""
+"""The desk's tables: assistance requests taken, fraud reports and appeals filed."""
 
 from __future__ import annotations
 
@@ -34,6 +34,19 @@ CREATE TABLE IF NOT EXISTS fraud_reports (
     observed_at_us    INTEGER,
     region            TEXT NOT NULL DEFAULT '',
     received_at_us    INTEGER NOT NULL
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS appeals (
+    request_id             TEXT PRIMARY KEY,
+    reference              TEXT NOT NULL UNIQUE,
+    sender                 TEXT NOT NULL,
+    case_number            TEXT NOT NULL,
+    ticket                 TEXT NOT NULL,
+    restriction_request_id TEXT NOT NULL,
+    ground                 TEXT NOT NULL,
+    statement              TEXT NOT NULL,
+    documents              INTEGER NOT NULL,
+    received_at_us         INTEGER NOT NULL
 ) WITHOUT ROWID;
 """
     + JOURNAL_SCHEMA

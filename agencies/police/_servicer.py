@@ -31,3 +31,8 @@ class PoliceServicer(police_pb2_grpc.PoliceServiceServicer):
         self, request: police_pb2.ReceiveFraudReportRequest, context: Any
     ) -> police_pb2.ReceiveFraudReportResponse:
         return await answer(self._desk.receive_fraud_report, request, context, method="ReceiveFraudReport")
+
+    async def FileAppeal(
+        self, request: police_pb2.FileAppealRequest, context: Any
+    ) -> police_pb2.FileAppealResponse:
+        return await answer(self._desk.file_appeal, request, context, method="FileAppeal")

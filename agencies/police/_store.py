@@ -6,9 +6,16 @@ import sqlite3
 
 from agencies._common import from_us, to_us
 
-from ._model import AssistanceCase, FiledReport
+from ._model import AssistanceCase, FiledAppeal, FiledReport
 
-__all__ = ["assistance_cases", "fraud_reports", "insert_assistance", "insert_report"]
+__all__ = [
+    "appeals",
+    "assistance_cases",
+    "fraud_reports",
+    "insert_appeal",
+    "insert_assistance",
+    "insert_report",
+]
 
 _CASE_COLUMNS = "request_id, reference, sender, case_number, kind, region, task, decision, at_us"
 _REPORT_COLUMNS = (
@@ -91,6 +98,51 @@ def fraud_reports(conn: sqlite3.Connection) -> list[FiledReport]:
             currency=row["currency"],
             observed_at=from_us(row["observed_at_us"]) if row["observed_at_us"] is not None else None,
             region=row["region"],
+            received_at=from_us(row["received_at_us"]),
+        )
+        for row in rows
+    ]
+
+
+_APPEAL_COLUMNS = (
+    "request_id, reference, sender, case_number, ticket, restriction_request_id, ground, statement,"
+    " documents, received_at_us"
+)
+
+
+def insert_appeal(conn: sqlite3.Connection, appeal: FiledAppeal) -> None:
+    conn.execute(
+        f"INSERT INTO appeals ({_APPEAL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
+        (
+            appeal.request_id,
+            appeal.reference,
+            appeal.sender,
+            appeal.case_number,
+            appeal.ticket,
+            appeal.restriction_request_id,
+            appeal.ground,
+            appeal.statement,
+            appeal.documents,
+            to_us(appeal.received_at),
+        ),
+    )
+
+
+def appeals(conn: sqlite3.Connection) -> list[FiledAppeal]:
+    rows = conn.execute(
+        f"SELECT {_APPEAL_COLUMNS} FROM appeals ORDER BY received_at_us, request_id"  # noqa: S608
+    ).fetchall()
+    return [
+        FiledAppeal(
+            request_id=row["request_id"],
+            reference=row["reference"],
+            sender=row["sender"],
+            case_number=row["case_number"],
+            ticket=row["ticket"],
+            restriction_request_id=row["restriction_request_id"],
+            ground=row["ground"],
+            statement=row["statement"],
+            documents=row["documents"],
             received_at=from_us(row["received_at_us"]),
         )
         for row in rows

@@ -52,6 +52,7 @@ from broker.protocol import (
     to_timestamp,
 )
 
+from ._appeals import seal_statement
 from ._errors import error_details
 from ._metadata import bearer_metadata
 
@@ -342,6 +343,58 @@ class BusClient:
         return reply.allocation
 
     # -- appeals ---------------------------------------------------------------------------
+
+    async def file_appeal(
+        self,
+        restriction_request_id: str,
+        *,
+        ground: requests_pb2.AppealGround.ValueType,
+        statement: requests_pb2.AppealStatement,
+        ticket: str,
+        priority: common_pb2.Priority.ValueType | None = None,
+    ) -> lifecycle_pb2.RequestStatus:
+        """File a holder's appeal against a restriction this agency applied (``APPEAL``).
+
+        The statement is sealed to the current X25519 key of the police owning the restriction's
+        case (the broker and NATS see ciphertext only); the appeal goes to them under that case,
+        with the agency's appeal ``ticket`` as its legal instrument. ``priority`` defaults to the
+        restriction's (the SLA policy gives GREEN appeals 48 hours, STANDARD ones 7 days).
+        Returns the appeal's status as accepted.
+        """
+        restriction = await self.get(restriction_request_id)
+        police_id = restriction.case_ref.issuing_agency
+        police = await self.agency(police_id)
+        sealed = seal_statement(
+            statement,
+            police,
+            restriction_request_id=restriction_request_id,
+            sender=self.agency_id,
+            at=self._clock.now(),
+        )
+        request = requests_pb2.Request(
+            case_ref=common_pb2.CaseRef(
+                case_number=restriction.case_ref.case_number,
+                issuing_agency=police_id,
+                legal_instrument_id=ticket,
+                legal_instrument_type=common_pb2.LEGAL_INSTRUMENT_TYPE_APPEAL,
+            ),
+            priority=restriction.priority if priority is None else priority,
+            recipient=police_id,
+            appeal=requests_pb2.Appeal(
+                restriction_request_id=restriction_request_id, ground=ground, statement=sealed
+            ),
+        )
+        accepted = await self.submit(request)
+        return accepted.status
+
+    async def lifting_orders(
+        self, appeal: lifecycle_pb2.RequestStatus
+    ) -> builtins.list[lifecycle_pb2.RequestStatus]:
+        """The broker's lifting orders of an appeal decided LIFTED: the RELEASEs whose parent it is."""
+        releases = await self.list_all(
+            case_number=appeal.case_ref.case_number, types=[common_pb2.REQUEST_TYPE_RELEASE]
+        )
+        return [status for status in releases if status.parent_id == appeal.id]
 
     async def decide_appeal(
         self,

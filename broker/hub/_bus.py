@@ -20,21 +20,20 @@ from greenchannel.v1 import (
 )
 
 from broker.protocol import (
-    BROKER_ID,
+    APPEAL_RULING_TYPE,
     CANCELLATION_TYPE,
     AgencyKind,
     Clock,
     Registry,
-    decode_message,
     request_type_of,
     status_filter,
     status_parties,
     type_name,
     validate_message,
-    verify_detached,
 )
 
 from ._admission import Admission
+from ._appeals import AppealDesk
 from ._auth import Authenticator, Caller
 from ._errors import HubError, IllegalTransitionError, InvalidRequestError, PermissionDeniedError
 from ._events import BrokerEvents, Refused
@@ -42,6 +41,7 @@ from ._grpc_status import guard_stream, guard_unary, to_hub_error
 from ._policy import Policy
 from ._refusals import RefusalSink, note_message_type
 from ._returns_service import ReturnsService
+from ._signed import signed_by_caller
 from ._store import RequestStore
 from ._submit import Intake
 from ._trail_service import TrailService
@@ -104,7 +104,9 @@ class BusServicer(bus_pb2_grpc.BusServiceServicer):
         page_bytes: int = PAGE_BYTES,
         admission: Admission | None = None,
         refusals: RefusalSink | None = None,
+        appeals: AppealDesk | None = None,
     ) -> None:
+        self._appeals = appeals
         self.refusals = refusals
         """Where refused calls are reported (the guards read it)."""
         self._admission = admission or Admission()
@@ -280,21 +282,15 @@ class BusServicer(bus_pb2_grpc.BusServiceServicer):
         note_message_type(CANCELLATION_TYPE)
         caller = await self._auth.authenticate(context)
         _validated(request)
-        signed = request.cancellation
-        try:
-            cancellation = decode_message(lifecycle_pb2.Cancellation, signed.payload, prefix="cancellation.")
-            verify_detached(
-                signed.signature,
-                signed.payload,
-                keys=self._registry,
-                audience=BROKER_ID,
-                clock=self._clock,
-                expected_issuer=caller.agency.id,
-                expected_type=CANCELLATION_TYPE,
-            )
-            validate_message(cancellation, prefix="cancellation.")
-        except Exception as exc:
-            raise to_hub_error(exc, signature_field="cancellation.signature") from exc
+        cancellation, _ = signed_by_caller(
+            lifecycle_pb2.Cancellation,
+            request.cancellation,
+            jws_type=CANCELLATION_TYPE,
+            caller=caller,
+            keys=self._registry,
+            clock=self._clock,
+            field="cancellation",
+        )
         current = (await self._requests.get(cancellation.request_id)).status
         if current.sender != caller.agency.id:
             raise PermissionDeniedError("only the sender of a request may cancel it", reason="NOT_SENDER")
@@ -317,6 +313,17 @@ class BusServicer(bus_pb2_grpc.BusServiceServicer):
             with contextlib.suppress(HubError):
                 await self._returns.returns.after_outcome(status)
         return bus_pb2.CancelResponse(status=status)
+
+    @guard_unary
+    async def DecideAppeal(
+        self, request: bus_pb2.DecideAppealRequest, context: grpc.aio.ServicerContext
+    ) -> bus_pb2.DecideAppealResponse:
+        note_message_type(APPEAL_RULING_TYPE)
+        caller = await self._auth.authenticate(context)
+        _validated(request)
+        if self._appeals is None:
+            raise PermissionDeniedError("this broker decides no appeals", reason="NOT_APPEAL_RECIPIENT")
+        return await self._appeals.decide(caller, request.ruling)
 
 
 def _bounded_page(

@@ -102,7 +102,8 @@ class EventProcessorConfig:
 
 
 class OutcomeHook(Protocol):
-    """What an applied outcome sets off (hold timers, the chase, a return's settlement); idempotent."""
+    """What a request's outcome sets off (hold timers, the chase, a return's settlement, an appeal's
+    lifting order); idempotent, raises to have the outcome processed again."""
 
     async def after_outcome(self, status: lifecycle_pb2.RequestStatus) -> None: ...
 
@@ -214,12 +215,16 @@ class BrokerEvents:
         phase: common_pb2.Phase.ValueType = common_pb2.PHASE_UNSPECIFIED,
         event_id: str | None = None,
         also: Callable[[lifecycle_pb2.RequestStatus], None] | None = None,
+        result: results_pb2.Result | None = None,
+        ruling: envelope_pb2.SignedMessage | None = None,
     ) -> lifecycle_pb2.RequestStatus:
         """Apply a broker event; raises Refused when the state machine does not allow it now.
 
         ``event_id`` makes the step idempotent when the same cause can be handled twice (a timer
         redelivered after a crash): the second application finds the id and changes nothing.
         ``also`` changes more of the status in the same compare-and-set (e.g. a new hold expiry).
+        ``result`` and ``ruling``: an outcome the broker records (an appeal's decision, with the
+        police's signed ruling it was made from).
         """
         current = (await self._requests.get(request_id)).status
         now = self._clock.now()
@@ -234,6 +239,10 @@ class BrokerEvents:
             detail=detail,
             phase=phase,
         )
+        if result is not None:
+            event.result.CopyFrom(result)
+        if ruling is not None:
+            event.ruling.CopyFrom(ruling)
         signed = sign_event(event, key=self._broker_key, clock=self._clock)
 
         def change(stored: lifecycle_pb2.RequestStatus) -> lifecycle_pb2.RequestStatus | None:
@@ -261,8 +270,10 @@ class EventProcessor:
         trail: TrailChaser | None = None,
         ledger: LedgerWriter | None = None,
         returns: OutcomeHook | None = None,
+        appeals: OutcomeHook | None = None,
     ) -> None:
         self._returns = returns
+        self._appeals = appeals
         self._holds = holds
         self._trail = trail
         self._ledger = ledger
@@ -332,10 +343,11 @@ class EventProcessor:
         # finds its id in the timeline and writes nothing.
         if is_outcome(event.state):
             hooks: list[OutcomeHook] = [
-                hook for hook in (self._holds, self._trail, self._returns) if hook is not None
+                hook for hook in (self._holds, self._trail, self._returns, self._appeals) if hook is not None
             ]
-            # The hold's timers and the chase of its onward transfers are independent and both
-            # idempotent: side by side, and both again if either fails.
+            # The hold's timers, the chase of its onward transfers, a return's settlement and an
+            # appeal's lifting order are independent and idempotent: side by side, and all again if
+            # any fails.
             outcomes = await asyncio.gather(
                 *(hook.after_outcome(status) for hook in hooks), return_exceptions=True
             )

@@ -11,7 +11,13 @@ A cancellation is final except against the recipient's own outcome, which record
 did although the bus had cancelled the request meanwhile.
 
 Holds (STOP_PAYMENT, FREEZE) live on after execution: the broker may then record EXTENDED
-(repeatedly), RELEASED or EXPIRED. ESCALATED and REMINDED annotate any non-final state without changing it.
+(repeatedly), RELEASED or EXPIRED. A number or account block (NUMBER_BLOCK, ACCOUNT_BLOCK) that an
+appeal lifted is RELEASED by the broker once its lifting order executed. ESCALATED and REMINDED
+annotate any non-final state without changing it.
+
+An APPEAL's outcome is the police's decision, recorded by the broker from their signed ruling
+(``BusService.DecideAppeal``): EXECUTED on an appeal is the broker's to record, never the
+adapter's (the police adapter records the filing as ACKNOWLEDGED; it may still refuse or fail it).
 
 Checks run in a fixed order, so one event gets one answer: the actor first (an event from the
 wrong party is refused whatever the state), then final states, then order.
@@ -52,6 +58,8 @@ _ALWAYS_FINAL = frozenset(
     }
 )
 _HOLD_EVENTS = frozenset({_S.REQUEST_STATE_EXTENDED, _S.REQUEST_STATE_RELEASED, _S.REQUEST_STATE_EXPIRED})
+# Restrictions that are not holds but can be lifted (by an appeal's lifting order).
+_LIFTABLE = frozenset({_S.REQUEST_TYPE_NUMBER_BLOCK, _S.REQUEST_TYPE_ACCOUNT_BLOCK})
 _CANCELLABLE = frozenset({_S.REQUEST_STATE_SUBMITTED, _S.REQUEST_STATE_DELIVERED})
 
 _OUTCOME_RANK = 4
@@ -117,7 +125,7 @@ def next_state(
     broker, so an event signed by the sender is ``WRONG_ACTOR`` unless it is also the broker.
     Reasons: ``WRONG_ACTOR``, ``ILLEGAL_TRANSITION``, ``OUT_OF_ORDER``.
     """
-    _check_actor(event, actor, recipient)
+    _check_actor(event, actor, recipient, request_type)
     kind = request_type_name(request_type)
     what = f"{state_name(event)} on a {kind} request in state {state_name(current)}"
     if current == _S.REQUEST_STATE_UNSPECIFIED:
@@ -129,6 +137,9 @@ def next_state(
         # before telling the bus so (its ACKNOWLEDGED waits while a quick answer is expected, or
         # its adapter was offline with the request in hand) acted on it all the same. What it did
         # stands, so the sender learns of a hold it must release rather than believe none exists.
+        return event
+    if event == _S.REQUEST_STATE_RELEASED and request_type in _LIFTABLE and current in EXECUTED_STATES:
+        # The block was applied; the broker's lifting order (an appeal lifted) took it off.
         return event
     if is_final(current, request_type):
         raise _illegal(what, f"{state_name(current)} is final")
@@ -163,8 +174,10 @@ def _illegal(what: str, why: str) -> IllegalTransitionError:
     return IllegalTransitionError(f"{what}: {why}", reason="ILLEGAL_TRANSITION")
 
 
-def _check_actor(event: _State, actor: str, recipient: str) -> None:
+def _check_actor(event: _State, actor: str, recipient: str, request_type: _RequestType) -> None:
     allowed = _ACTORS.get(event)
+    if request_type == _S.REQUEST_TYPE_APPEAL and event in EXECUTED_STATES:
+        allowed = _BROKER  # the decision, from the police's signed ruling through DecideAppeal
     if allowed is None:
         return  # not an event at all; the state checks refuse it with a better message
     ok = (allowed != _BROKER and actor == recipient) or (allowed != _RECIPIENT and actor == BROKER_ID)

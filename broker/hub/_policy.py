@@ -244,11 +244,16 @@ class Policy:
         request_type: _RequestType,
         recipient: Agency,
         case_ref: common_pb2.CaseRef,
+        appealed_case: common_pb2.CaseRef | None = None,
     ) -> None:
         """Raise :class:`PermissionDeniedError` unless ``sender`` may send this request to ``recipient``.
 
         Reasons, checked in this order: ``READ_ONLY``, ``NOT_CASE_OWNER``, ``SELF_ADDRESSED``,
         ``TYPE_NOT_ALLOWED``, ``REGION_NOT_ALLOWED``.
+
+        ``appealed_case``: for an APPEAL only, the case of the restriction intake verified the
+        sender applied. The one exception to "an agency submits only under its own case
+        references": an appeal is filed under the police's case it appeals against.
         """
         type_name = request_type_slug(request_type)
         if sender.kind is AgencyKind.REGULATOR:
@@ -256,7 +261,7 @@ class Policy:
                 f"{sender.id!r} is a regulator: regulators read and watch, they never submit requests",
                 reason="READ_ONLY",
             )
-        if case_ref.issuing_agency != sender.id:
+        if case_ref.issuing_agency != sender.id and not _appeal_under(request_type, case_ref, appealed_case):
             raise PermissionDeniedError(
                 f"case_ref.issuing_agency is {case_ref.issuing_agency!r} but the sender is {sender.id!r}: "
                 "an agency submits only under its own case references",
@@ -300,6 +305,18 @@ class Policy:
         return "; ".join(
             f"{', '.join(sorted(names))} to {recipient}" for recipient, names in sorted(allowed.items())
         )
+
+
+def _appeal_under(
+    request_type: _RequestType, case_ref: common_pb2.CaseRef, appealed_case: common_pb2.CaseRef | None
+) -> bool:
+    """An APPEAL filed under exactly the case of the restriction intake verified."""
+    return (
+        request_type == common_pb2.REQUEST_TYPE_APPEAL
+        and appealed_case is not None
+        and case_ref.issuing_agency == appealed_case.issuing_agency
+        and case_ref.case_number == appealed_case.case_number
+    )
 
 
 # -- the file -----------------------------------------------------------------------------------

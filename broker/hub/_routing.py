@@ -51,6 +51,8 @@ def resolve_recipient(request: requests_pb2.Request, registry: Registry) -> Agen
     body = request.WhichOneof("body")
     if body is None:
         raise UnroutableError("the request has no body to route", subject="request.body", reason="NO_ROUTE")
+    if body == "release" and not request.release.HasField("account") and request.recipient:
+        return _lifting_recipient(request.recipient, registry)
     target = _target(request, body)
     if request.recipient:
         return _named(request.recipient, target, body, registry)
@@ -97,14 +99,18 @@ def _target(request: requests_pb2.Request, body: str) -> _Target:
     )
 
 
-def _named(recipient_id: str, target: _Target, body: str, registry: Registry) -> Agency:
+def _in_directory(recipient_id: str, registry: Registry) -> Agency:
     if recipient_id not in registry:
         raise UnroutableError(
             f"recipient {recipient_id!r} is not in the agency directory",
             subject="request.recipient",
             reason="UNKNOWN_RECIPIENT",
         )
-    recipient = registry.get(recipient_id)
+    return registry.get(recipient_id)
+
+
+def _named(recipient_id: str, target: _Target, body: str, registry: Registry) -> Agency:
+    recipient = _in_directory(recipient_id, registry)
     _check_kind(recipient, target.kind, body, "request.recipient")
     ref = target.ref
     if isinstance(ref, common_pb2.BankAccountRef) and ref.bank and ref.bank != recipient.id:
@@ -121,6 +127,24 @@ def _named(recipient_id: str, target: _Target, body: str, registry: Registry) ->
             "a platform code it does not serve",
             subject=f"{target.path}.platform",
             reason="RECIPIENT_MISMATCH",
+        )
+    return recipient
+
+
+_LIFTING_KINDS = frozenset({AgencyKind.BANK, AgencyKind.CARRIER, AgencyKind.PLATFORM})
+
+
+def _lifting_recipient(recipient_id: str, registry: Registry) -> Agency:
+    """The broker's own releases (a lapsed hold, an appeal lifted) name only the restriction and
+    the agency that applied it: a bank, carrier or platform. Agencies' releases must name the
+    account (intake refuses them otherwise), so only the broker's reach this route."""
+    recipient = _in_directory(recipient_id, registry)
+    if recipient.kind not in _LIFTING_KINDS:
+        raise UnroutableError(
+            f"a release goes to the bank, carrier or platform that applied the restriction, "
+            f"but {recipient.id!r} is a {recipient.kind}",
+            subject="request.recipient",
+            reason="WRONG_RECIPIENT_KIND",
         )
     return recipient
 

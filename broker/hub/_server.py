@@ -26,6 +26,7 @@ from greenchannel.v1 import (
 )
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from nats.aio.client import Client
+from nats.js.client import JetStreamContext
 
 from broker.protocol import (
     Clock,
@@ -43,6 +44,7 @@ from broker.protocol import (
 
 from ._account_cases import AccountCases
 from ._admission import Admission, AdmissionConfig
+from ._appeals import AppealCheck, AppealDesk
 from ._auth import Authenticator, open_replay_cache
 from ._bus import BusServicer
 from ._deadlines_watch import DeadlineWatch, DeadlineWatchConfig
@@ -234,6 +236,7 @@ class Broker:
             js=js,
             broker_key=broker_key,
             clock=config.clock,
+            appeals=AppealCheck(requests=requests, watchlog=watchlog),
         )
         trail_chaser = TrailChaser(
             recorder=trail_recorder,
@@ -244,6 +247,14 @@ class Broker:
             index=account_cases,
         )
         broker_events = BrokerEvents(requests=requests, broker_key=broker_key, clock=config.clock)
+        appeals = AppealDesk(
+            requests=requests,
+            broker_events=broker_events,
+            intake=intake,
+            registry=registry,
+            js=js,
+            clock=config.clock,
+        )
         self._events = EventProcessor(
             js=js,
             registry=registry,
@@ -254,6 +265,7 @@ class Broker:
             holds=HoldLifecycle(requests=requests, broker_events=broker_events, scheduler=scheduler),
             trail=trail_chaser,
             returns=returns,
+            appeals=appeals,
         )
         await self._events.__aenter__()
         self._deadlines = DeadlineWatch(
@@ -272,6 +284,36 @@ class Broker:
         self._ledger = LedgerSequencer(js, broker_key, config.clock, config.ledger)
         await self._ledger.__aenter__()
 
+        bus = BusServicer(
+            auth=auth,
+            intake=intake,
+            requests=requests,
+            watchlog=watchlog,
+            policy=policy,
+            registry=registry,
+            broker_events=broker_events,
+            clock=config.clock,
+            trail=TrailService(auth=auth, chaser=trail_chaser, policy=policy, refusals=refusals),
+            returns=ReturnsService(auth=auth, returns=returns, refusals=refusals),
+            admission=self.admission,
+            refusals=refusals,
+            appeals=appeals,
+        )
+        await self._listen(bus, auth=auth, registry=registry, js=js, refusals=refusals)
+        await reloader.__aenter__()
+        log.info("broker.started", address=self.address, tls=config.tls is not None, agencies=len(registry))
+
+    async def _listen(
+        self,
+        bus: BusServicer,
+        *,
+        auth: Authenticator,
+        registry: Registry,
+        js: JetStreamContext,
+        refusals: RefusalAudit,
+    ) -> None:
+        """Serve the Bus, Registry, Ledger, health and reflection services on the configured port."""
+        config = self._config
         server = grpc.aio.server(
             interceptors=[DecodeGuard(refusals)],
             options=[
@@ -279,23 +321,7 @@ class Broker:
                 ("grpc.max_send_message_length", 4 * config.max_message_bytes),
             ],
         )
-        bus_pb2_grpc.add_BusServiceServicer_to_server(
-            BusServicer(
-                auth=auth,
-                intake=intake,
-                requests=requests,
-                watchlog=watchlog,
-                policy=policy,
-                registry=registry,
-                broker_events=broker_events,
-                clock=config.clock,
-                trail=TrailService(auth=auth, chaser=trail_chaser, policy=policy, refusals=refusals),
-                returns=ReturnsService(auth=auth, returns=returns, refusals=refusals),
-                admission=self.admission,
-                refusals=refusals,
-            ),
-            server,
-        )
+        bus_pb2_grpc.add_BusServiceServicer_to_server(bus, server)
         registry_pb2_grpc.add_RegistryServiceServicer_to_server(
             RegistryServicer(auth=auth, registry=registry, refusals=refusals), server
         )
@@ -316,8 +342,6 @@ class Broker:
         self._server = server
         for name in ("", *SERVICE_NAMES):
             await self._health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        await reloader.__aenter__()
-        log.info("broker.started", address=self.address, tls=config.tls is not None, agencies=len(registry))
 
     async def aclose(self) -> None:
         """Graceful and idempotent: stop intake, finish in-flight work, then close NATS."""

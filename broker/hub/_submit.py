@@ -71,6 +71,7 @@ from ._store import Created, IdempotencyStore, RequestStore, idempotency_msg_id
 from ._timers import DeadlineScheduler
 
 if TYPE_CHECKING:
+    from ._appeals import AppealCheck
     from ._returns import ReturnPlan, Returns
     from ._sla_policy import HoldRule
     from ._trail import CaseRequests, TrailRecorder
@@ -126,10 +127,12 @@ class Intake:
         trail: TrailRecorder | None = None,
         returns: Returns | None = None,
         cases: CaseRequests | None = None,
+        appeals: AppealCheck | None = None,
     ) -> None:
         self._returns = returns
         self._trail = trail
         self._cases = cases
+        self._appeals = appeals
         self._holds = holds
         self._scheduler = scheduler
         self._registry = registry
@@ -156,12 +159,24 @@ class Intake:
             )
         self._may_send_at_all(caller.agency, verified.request_type)
         recipient = resolve_recipient(verified.request, self._registry)
+        appealed: lifecycle_pb2.RequestStatus | None = None
+        if verified.request.WhichOneof("body") == "appeal":
+            # Before the policy: an appeal is filed under the case of the restriction it names,
+            # which the policy lets the restricting agency use only once this check has passed.
+            if self._appeals is None:
+                raise PermissionDeniedError("this broker takes no appeals", reason="TYPE_NOT_ALLOWED")
+            appealed = await self._appeals.check(
+                caller.agency, verified.request, recipient, signed_payload=verified.signed.payload
+            )
         self._policy.authorize_submit(
             sender=caller.agency,
             request_type=verified.request_type,
             recipient=recipient,
             case_ref=verified.request.case_ref,
+            appealed_case=appealed.case_ref if appealed is not None else None,
         )
+        if appealed is not None:
+            return verified, recipient, appealed
         if verified.request.WhichOneof("body") == "release" and not verified.request.release.HasField(
             "account"
         ):

@@ -108,13 +108,17 @@ class WatchLog:
         self._js = js
         self._config = config or WatchConfig()
 
-    async def _case_subjects(self, case_number: str, case_owner: str = "*") -> list[StatusSubject]:
+    async def _case_subjects(
+        self, case_number: str, case_owner: str = "*", *, sender: str = "*", recipient: str = "*"
+    ) -> list[StatusSubject]:
         """The subjects the watch log holds for a case: one per request, naming its id and parties.
 
         One stream-info call; no record is read.
         """
         try:
-            case = status_filter(case_owner=case_owner, case_number=case_number)
+            case = status_filter(
+                case_owner=case_owner, case_number=case_number, sender=sender, recipient=recipient
+            )
             info = await self._js.stream_info(WATCH_STREAM, subjects_filter=case)
         except (nats.errors.Error, TimeoutError) as exc:
             raise UnavailableError(f"cannot read the watch log: {exc}") from exc
@@ -130,10 +134,14 @@ class WatchLog:
             for party in (subject.sender, subject.recipient, subject.case_owner)
         }
 
-    async def request_ids(self, case_owner: str, case_number: str) -> list[str]:
+    async def request_ids(
+        self, case_owner: str, case_number: str, *, sender: str = "*", recipient: str = "*"
+    ) -> list[str]:
         """The ids of the case's requests, oldest first (UUIDv7 ids sort by submission time: a
-        conversion comes after the hold it converts). The money trail shows pending holds by them."""
-        return sorted({subject.request_id for subject in await self._case_subjects(case_number, case_owner)})
+        conversion comes after the hold it converts). The money trail shows pending holds by them;
+        intake finds a restriction's open appeal among those from ``sender`` to ``recipient``."""
+        subjects = await self._case_subjects(case_number, case_owner, sender=sender, recipient=recipient)
+        return sorted({subject.request_id for subject in subjects})
 
     async def follow(
         self,

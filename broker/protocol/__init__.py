@@ -1,5 +1,6 @@
 """The protocol core shared by the broker, the adapters and the agencies."""
 
+from ._appeal_sealing import APPEAL_STATEMENT_CONTENT_TYPE, appeal_sealing_context
 from ._clock import Clock, ManualClock, SystemClock
 from ._consumer import (
     BatchHandler,
@@ -149,6 +150,7 @@ from ._sealing import (
     current_broker_encryption_key,
     current_encryption_key,
     encryption_kid,
+    newest_encryption_key,
     open_details,
     open_sealed,
     seal,
@@ -215,6 +217,7 @@ __all__ = [
     "AGENCY_ID",
     "AGENCY_JS_API_PREFIX",
     "APPEAL_RULING_TYPE",
+    "APPEAL_STATEMENT_CONTENT_TYPE",
     "BROKER_ACCOUNT",
     "BROKER_AUDIENCE",
     "BROKER_ID",
@@ -315,6 +318,7 @@ __all__ = [
     "agency_inbox_prefix",
     "agency_keys",
     "agency_permissions",
+    "appeal_sealing_context",
     "b64url_decode",
     "b64url_encode",
     "body_digest",
@@ -366,6 +370,7 @@ __all__ = [
     "nats_seed_path",
     "nats_settings_for",
     "new_uuid7",
+    "newest_encryption_key",
     "notarize",
     "notice_subject",
     "open_details",

@@ -49,6 +49,7 @@ __all__ = [
     "current_broker_encryption_key",
     "current_encryption_key",
     "encryption_kid",
+    "newest_encryption_key",
     "open_details",
     "open_sealed",
     "seal",
@@ -206,6 +207,12 @@ def _newest_encryption_key(keys: Sequence[PublicKey], *, at: datetime, owner: st
     if not candidates:
         raise SealingError(f"{owner} has no encryption key valid at {at.isoformat()}")
     return max(candidates, key=lambda c: c[:2])[2]
+
+
+def newest_encryption_key(keys: Sequence[PublicKey], *, at: datetime, owner: str) -> PublicKey:
+    """The newest ``enc`` key among ``keys`` valid at ``at`` (as :func:`current_encryption_key`),
+    for a client holding an agency's keys as the registry service listed them."""
+    return _newest_encryption_key(keys, at=at, owner=owner)
 
 
 def current_encryption_key(agency: Agency, *, at: datetime) -> PublicKey:

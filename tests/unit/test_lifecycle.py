@@ -133,12 +133,18 @@ def test_matrix(request_type: RequestType, current: State, event: State, expecte
         assert step(current, event, actor_for(event), request_type) == expected
 
 
+LIFTABLE_TYPES = [T.REQUEST_TYPE_NUMBER_BLOCK, T.REQUEST_TYPE_ACCOUNT_BLOCK]
+
+
 @pytest.mark.parametrize("request_type", HOLD_TYPES + PLAIN_TYPES)
 def test_hold_events_only_for_holds(request_type: RequestType) -> None:
     for current in (EXE, PEX):
         for event in (EXT, REL, EXP):
             if request_type in HOLD_TYPES:
                 assert step(current, event, BROKER_ID, request_type) == event
+            elif event == REL and request_type in LIFTABLE_TYPES:
+                # A block an appeal lifted: the broker records RELEASED once its lifting order executed.
+                assert step(current, event, BROKER_ID, request_type) == REL
             else:
                 with pytest.raises(IllegalTransitionError) as info:
                     step(current, event, BROKER_ID, request_type)
@@ -265,3 +271,28 @@ def test_only_the_recipients_outcome_overrides_a_cancellation() -> None:
         assert info.value.reason == "ILLEGAL_TRANSITION"
         with pytest.raises(IllegalTransitionError):
             step(CAN, ACK, RECIPIENT, request_type)  # progress without an outcome changes nothing
+
+
+def test_an_appeal_is_decided_by_the_broker_only() -> None:
+    appeal = T.REQUEST_TYPE_APPEAL
+    # The police adapter files it (ACKNOWLEDGED) and may refuse it; the decision is the broker's record.
+    assert step(ACK, EXE, BROKER_ID, appeal) == EXE
+    for outcome in (EXE, PEX):
+        with pytest.raises(IllegalTransitionError) as info:
+            step(ACK, outcome, RECIPIENT, appeal)
+        assert info.value.reason == "WRONG_ACTOR"
+    assert step(ACK, REJ, RECIPIENT, appeal) == REJ
+    # Decided once.
+    with pytest.raises(IllegalTransitionError) as info:
+        step(EXE, EXE, BROKER_ID, appeal)
+    assert info.value.reason == "ILLEGAL_TRANSITION"
+
+
+def test_a_lifted_block_is_final() -> None:
+    for request_type in LIFTABLE_TYPES:
+        assert step(EXE, REL, BROKER_ID, request_type) == REL
+        with pytest.raises(IllegalTransitionError):
+            step(REL, REL, BROKER_ID, request_type)
+        with pytest.raises(IllegalTransitionError) as info:
+            step(EXE, REL, RECIPIENT, request_type)
+        assert info.value.reason == "WRONG_ACTOR"

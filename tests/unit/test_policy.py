@@ -626,3 +626,38 @@ def test_bad_release_table(tmp_path: Path, text: str, field: str, words: str) ->
         load_policy(path)
     assert info.value.field == field
     assert words in str(info.value)
+
+
+# -- appeals: the one case reference that is not the sender's -------------------------------------
+
+
+def test_an_appeal_is_filed_under_the_verified_restrictions_case(policy: Policy, registry: Registry) -> None:
+    police_case = case_of("police-310115")
+    appeal = {
+        "sender": registry.get("bank-icbc"),
+        "request_type": T.REQUEST_TYPE_APPEAL,
+        "recipient": registry.get("police-310115"),
+        "case_ref": police_case,
+    }
+    # Only once intake verified the restriction (it passes the restriction's case)...
+    policy.authorize_submit(**appeal, appealed_case=police_case)  # type: ignore[arg-type]
+    with pytest.raises(PermissionDeniedError) as info:
+        policy.authorize_submit(**appeal)  # type: ignore[arg-type]
+    assert info.value.reason == "NOT_CASE_OWNER"
+    # ...under exactly that case...
+    other = common_pb2.CaseRef()
+    other.CopyFrom(police_case)
+    other.case_number = "SH-2026-0002"
+    with pytest.raises(PermissionDeniedError) as info:
+        policy.authorize_submit(**appeal, appealed_case=other)  # type: ignore[arg-type]
+    assert info.value.reason == "NOT_CASE_OWNER"
+    # ...and only for appeals.
+    with pytest.raises(PermissionDeniedError) as info:
+        policy.authorize_submit(
+            sender=registry.get("bank-icbc"),
+            request_type=T.REQUEST_TYPE_FRAUD_REPORT,
+            recipient=registry.get("police-310115"),
+            case_ref=police_case,
+            appealed_case=police_case,
+        )
+    assert info.value.reason == "NOT_CASE_OWNER"

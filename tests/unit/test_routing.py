@@ -81,6 +81,21 @@ ROUTES: list[tuple[str, Build, str]] = [
         lambda: request("police-310115", appeal=requests_pb2.Appeal(restriction_request_id="x")),
         "police-310115",
     ),
+    (
+        "broker-lifting-order-to-named-carrier",
+        lambda: request("carrier-cmcc", release=requests_pb2.Release(target_request_id="x")),
+        "carrier-cmcc",
+    ),
+    (
+        "broker-lifting-order-to-named-platform",
+        lambda: request("platform-wechat", release=requests_pb2.Release(target_request_id="x")),
+        "platform-wechat",
+    ),
+    (
+        "broker-lifting-order-to-named-bank",
+        lambda: request("bank-abc", release=requests_pb2.Release(target_request_id="x")),
+        "bank-abc",
+    ),
     ("stop_payment-by-prefix", stop_payment, "bank-icbc"),
     ("stop_payment-by-longest-prefix", lambda: stop_payment(account(CMB_ACCOUNT)), "bank-cmb"),
     (
@@ -201,6 +216,30 @@ def test_every_body_kind_is_routed() -> None:
 
 UNROUTABLE: list[tuple[str, Build, str, str]] = [
     ("no-body", request, "NO_ROUTE", "request.body"),
+    (
+        "lifting-order-to-police",
+        lambda: request("police-310115", release=requests_pb2.Release(target_request_id="x")),
+        "WRONG_RECIPIENT_KIND",
+        "request.recipient",
+    ),
+    (
+        "lifting-order-to-unknown",
+        lambda: request("carrier-nowhere", release=requests_pb2.Release(target_request_id="x")),
+        "UNKNOWN_RECIPIENT",
+        "request.recipient",
+    ),
+    (
+        "release-with-account-to-carrier",
+        lambda: request("carrier-cmcc", release=requests_pb2.Release(account=account())),
+        "WRONG_RECIPIENT_KIND",
+        "request.recipient",
+    ),
+    (
+        "appeal-without-recipient",
+        lambda: request(appeal=requests_pb2.Appeal()),
+        "NO_ROUTE",
+        "request.recipient",
+    ),
     (
         "unknown-recipient",
         lambda: stop_payment(recipient="bank-nowhere"),

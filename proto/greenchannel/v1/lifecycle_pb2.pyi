@@ -63,6 +63,7 @@ class LifecycleEvent(_message.Message):
     DETAIL_FIELD_NUMBER: _builtins.int
     RESULT_FIELD_NUMBER: _builtins.int
     PHASE_FIELD_NUMBER: _builtins.int
+    RULING_FIELD_NUMBER: _builtins.int
     event_id: _builtins.str
     """UUIDv7 of this event; the NATS message id, so a redelivered event is stored once."""
     request_id: _builtins.str
@@ -87,6 +88,12 @@ class LifecycleEvent(_message.Message):
     def result(self) -> _results_pb2.Result:
         """The agency's answer, on terminal states."""
 
+    @_builtins.property
+    def ruling(self) -> _envelope_pb2.SignedMessage:
+        """APPEAL outcome: the deciding police's signed AppealRuling (BusService.DecideAppeal), kept in
+        the broker's event so the ledger proves who decided, and how.
+        """
+
     def __init__(
         self,
         *,
@@ -100,10 +107,11 @@ class LifecycleEvent(_message.Message):
         detail: _builtins.str = ...,
         result: _results_pb2.Result | None = ...,
         phase: _common_pb2.Phase.ValueType = ...,
+        ruling: _envelope_pb2.SignedMessage | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "result", b"result"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "result", b"result", "ruling", b"ruling"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "at", b"at", "detail", b"detail", "event_id", b"event_id", "phase", b"phase", "reason", b"reason", "request_digest", b"request_digest", "request_id", b"request_id", "result", b"result", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "at", b"at", "detail", b"detail", "event_id", b"event_id", "phase", b"phase", "reason", b"reason", "request_digest", b"request_digest", "request_id", b"request_id", "result", b"result", "ruling", b"ruling", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

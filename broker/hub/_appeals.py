@@ -1,0 +1,331 @@
+"""Appeals (申诉): the checks at intake, the police's decision, and the lifting orders after it.
+
+A holder appeals through the agency that applied the restriction (bank, carrier, platform); the
+appeal goes to the police owning the restriction's case. The police adapter files it
+(ACKNOWLEDGED); the police decide later through ``BusService.DecideAppeal`` with a signed
+``AppealRuling``. The decision is the appeal's outcome, recorded by the broker (EXECUTED with
+``result.appeal``), its event carrying the police's signed ruling, so the ledger proves who decided.
+
+On LIFTED the broker sends the lifting order itself: a RELEASE (purpose APPEAL_LIFTED) of the
+restriction, to the agency that applied it, naming only the restriction (the broker keeps no
+account data). It is sent under an idempotency key derived from the appeal id, so it goes out once
+however often it is asked for; it is asked for
+
+* by the decision itself (``DecideAppealResponse.lifting`` lists it);
+* by the events consumer: the decision's event is also published to GC_EVENTS, and every outcome
+  processed there runs :meth:`AppealDesk.after_outcome` (as the trail chaser's hook does), which
+  is retried until it succeeds, so a lifting order that failed after the decision was recorded is
+  sent again;
+* by a retry of the same signed ruling (a decision whose response was lost, or whose broker died
+  before publishing the event): the same ruling is answered as the decision it made.
+
+A second, different ruling is refused (``APPEAL_ALREADY_DECIDED``) and stores nothing.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import nats.errors
+import structlog
+from greenchannel.v1 import (
+    bus_pb2,
+    common_pb2,
+    envelope_pb2,
+    lifecycle_pb2,
+    requests_pb2,
+    results_pb2,
+)
+from nats.js.client import JetStreamContext
+
+from broker.protocol import (
+    APPEAL_RULING_TYPE,
+    BROKER_ID,
+    EXECUTED_STATES,
+    Agency,
+    Clock,
+    Registry,
+    body_digest,
+    event_subject,
+    type_name,
+)
+
+from ._auth import Caller
+from ._errors import IllegalTransitionError, InvalidRequestError, NotFoundError, PermissionDeniedError
+from ._events import BrokerEvents, Refused
+from ._signed import signed_by_caller
+from ._store import RequestStore
+from ._submit import Intake
+from ._watchlog import WatchLog
+
+__all__ = ["RESTRICTION_TYPES", "AppealCheck", "AppealDesk", "lifting_order_for"]
+
+log = structlog.get_logger(__name__)
+
+_S = common_pb2
+RESTRICTION_TYPES = frozenset(
+    {
+        _S.REQUEST_TYPE_STOP_PAYMENT,
+        _S.REQUEST_TYPE_FREEZE,
+        _S.REQUEST_TYPE_NUMBER_BLOCK,
+        _S.REQUEST_TYPE_ACCOUNT_BLOCK,
+    }
+)
+"""What a holder may appeal: the requests that restrict an account, card, number or platform account."""
+_IN_EFFECT = frozenset(
+    {_S.REQUEST_STATE_EXECUTED, _S.REQUEST_STATE_PARTIALLY_EXECUTED, _S.REQUEST_STATE_EXTENDED}
+)
+_OPEN = frozenset({_S.REQUEST_STATE_SUBMITTED, _S.REQUEST_STATE_DELIVERED, _S.REQUEST_STATE_ACKNOWLEDGED})
+# uuid5 namespace of the broker's decision events: one id per (appeal, ruling), so the same signed
+# ruling applied twice is one event, and another ruling is a second outcome (refused).
+_DECISION_NAMESPACE = uuid.UUID("3b1f8c52-7d4e-5a09-b6c1-2e8f4a7d9c30")
+
+
+def lifting_key(appeal_id: str) -> str:
+    """The broker's idempotency key of the lifting order of an appeal: sent once, whoever asks."""
+    return f"appeal-lift-{appeal_id}"
+
+
+def lifting_order_for(
+    restriction: lifecycle_pb2.RequestStatus, appeal: lifecycle_pb2.RequestStatus
+) -> requests_pb2.Request:
+    """The broker's RELEASE of a restriction an appeal lifted: names only the restriction."""
+    return requests_pb2.Request(
+        case_ref=appeal.case_ref,
+        priority=_S.PRIORITY_GREEN,
+        recipient=restriction.recipient,
+        parent_id=appeal.id,
+        hop=restriction.hop,
+        release=requests_pb2.Release(
+            target_request_id=restriction.id,
+            reason="appeal decided LIFTED",
+            purpose=requests_pb2.RELEASE_PURPOSE_APPEAL_LIFTED,
+        ),
+    )
+
+
+class AppealCheck:
+    """Intake's checks of an APPEAL: the restriction it names, and who may appeal it, when."""
+
+    def __init__(self, *, requests: RequestStore, watchlog: WatchLog) -> None:
+        self._requests = requests
+        self._watchlog = watchlog
+
+    async def check(
+        self, sender: Agency, request: requests_pb2.Request, recipient: Agency, *, signed_payload: bytes
+    ) -> lifecycle_pb2.RequestStatus:
+        """The restriction appealed, once every check passed; raise with a specific reason.
+
+        ``signed_payload``: the request's signed bytes; an open appeal made of the very same bytes
+        is the client's retry, left to the idempotency of intake rather than refused as pending.
+        """
+        case_ref = request.case_ref
+        if case_ref.legal_instrument_type != _S.LEGAL_INSTRUMENT_TYPE_APPEAL:
+            raise InvalidRequestError(
+                "an appeal is filed under the appeal itself: case_ref.legal_instrument_type must be"
+                " LEGAL_INSTRUMENT_TYPE_APPEAL and legal_instrument_id the agency's appeal ticket",
+                reason="WRONG_INSTRUMENT",
+            )
+        try:
+            restriction = (await self._requests.get(request.appeal.restriction_request_id)).status
+        except NotFoundError as exc:
+            raise IllegalTransitionError(
+                "there is no request with that restriction id", reason="NO_SUCH_RESTRICTION"
+            ) from exc
+        # Who applied it is checked before what it is: an agency learns nothing about requests
+        # that were not addressed to it.
+        if restriction.recipient != sender.id:
+            raise PermissionDeniedError(
+                "only the agency that applied a restriction may pass on an appeal against it",
+                reason="NOT_RESTRICTING_AGENCY",
+            )
+        if restriction.type not in RESTRICTION_TYPES:
+            raise IllegalTransitionError(
+                f"the request is a {type_name(restriction.type)}, not a restriction (stop-payment,"
+                " freeze, number block or account block)",
+                reason="NOT_A_RESTRICTION",
+            )
+        if restriction.state not in _IN_EFFECT:
+            raise IllegalTransitionError(
+                f"the restriction is not in effect (it is {_S.RequestState.Name(restriction.state)})",
+                reason="NOT_RESTRICTED",
+            )
+        owner = restriction.case_ref
+        if (
+            recipient.id != owner.issuing_agency
+            or case_ref.issuing_agency != owner.issuing_agency
+            or case_ref.case_number != owner.case_number
+        ):
+            raise IllegalTransitionError(
+                "an appeal goes to the police owning the restriction's case, under that case"
+                f" (recipient and case_ref must name {owner.issuing_agency!r} and its case)",
+                reason="WRONG_CASE",
+            )
+        await self._no_open_appeal(sender.id, restriction, body_digest(signed_payload))
+        return restriction
+
+    async def _no_open_appeal(
+        self, sender: str, restriction: lifecycle_pb2.RequestStatus, digest: str
+    ) -> None:
+        """At most one open appeal per restriction.
+
+        Found from the journal's subjects, which name sender, recipient and case: the requests this
+        agency sent to the police in this case are its appeals, a handful, so one stream-info call
+        and a read of each. Appeals are filed by people, one at a time: two filed in the same
+        instant could both pass, which the police then see side by side.
+        """
+        owner = restriction.case_ref
+        ids = await self._watchlog.request_ids(
+            owner.issuing_agency, owner.case_number, sender=sender, recipient=owner.issuing_agency
+        )
+        for request_id in ids:
+            try:
+                status = (await self._requests.get(request_id)).status
+            except NotFoundError:
+                continue
+            if (
+                status.type != _S.REQUEST_TYPE_APPEAL
+                or status.target_id != restriction.id
+                or status.state not in _OPEN
+            ):
+                continue
+            header = envelope_pb2.EnvelopeHeader.FromString(status.notarized_header)
+            if header.body_digest == digest:
+                continue  # this very request again: intake answers it as a duplicate
+            raise IllegalTransitionError(
+                f"appeal {status.id} against this restriction is still open; it is decided first",
+                reason="APPEAL_PENDING",
+            )
+
+
+class AppealDesk:
+    """The police's decisions on appeals, and the lifting orders they make the broker send."""
+
+    def __init__(
+        self,
+        *,
+        requests: RequestStore,
+        broker_events: BrokerEvents,
+        intake: Intake,
+        registry: Registry,
+        js: JetStreamContext,
+        clock: Clock,
+    ) -> None:
+        self._requests = requests
+        self._events = broker_events
+        self._intake = intake
+        self._registry = registry
+        self._js = js
+        self._clock = clock
+
+    async def decide(
+        self, caller: Caller, signed: envelope_pb2.SignedMessage
+    ) -> bus_pb2.DecideAppealResponse:
+        """Record the caller's signed ruling as the appeal's outcome (once); LIFTED sends the lifting."""
+        ruling, claims = signed_by_caller(
+            lifecycle_pb2.AppealRuling,
+            signed,
+            jws_type=APPEAL_RULING_TYPE,
+            caller=caller,
+            keys=self._registry,
+            clock=self._clock,
+            field="ruling",
+        )
+        appeal = (await self._requests.get(ruling.appeal_request_id)).status
+        if appeal.recipient != caller.agency.id:
+            raise PermissionDeniedError(
+                "only the police agency an appeal is addressed to may decide it",
+                reason="NOT_APPEAL_RECIPIENT",
+            )
+        if appeal.type != _S.REQUEST_TYPE_APPEAL:
+            raise IllegalTransitionError(
+                f"the request is a {type_name(appeal.type)}, not an appeal", reason="NOT_AN_APPEAL"
+            )
+        event_id = str(uuid.uuid5(_DECISION_NAMESPACE, f"{appeal.id}/{claims.jti}"))
+        if appeal.state not in _OPEN:
+            if _recorded_event(appeal, event_id) is None:
+                raise IllegalTransitionError(
+                    f"the appeal is no longer open (it is {_S.RequestState.Name(appeal.state)}): it is"
+                    " decided once",
+                    reason="APPEAL_ALREADY_DECIDED",
+                )
+            status = appeal  # this very ruling, sent again: answered as the decision it made
+        else:
+            result = results_pb2.Result(
+                outcome=_S.REQUEST_STATE_EXECUTED, appeal=ruling.decision, detail=ruling.reason
+            )
+            try:
+                status = await self._events.emit(
+                    appeal.id,
+                    _S.REQUEST_STATE_EXECUTED,
+                    detail=ruling.reason,
+                    event_id=event_id,
+                    result=result,
+                    ruling=signed,
+                )
+            except Refused as refused:
+                # Another ruling was recorded in between.
+                raise IllegalTransitionError(
+                    "the appeal was decided meanwhile: it is decided once", reason="APPEAL_ALREADY_DECIDED"
+                ) from refused
+            if _recorded_event(status, event_id) is None:
+                raise IllegalTransitionError(
+                    "the appeal was decided meanwhile: it is decided once", reason="APPEAL_ALREADY_DECIDED"
+                )
+            log.info(
+                "appeal.decided",
+                request_id=appeal.id,
+                police=caller.agency.id,
+                decision=results_pb2.AppealDecision.Name(ruling.decision),
+            )
+        await self._announce(status, event_id)
+        lifting = await self.lift(status)
+        return bus_pb2.DecideAppealResponse(status=status, lifting=lifting)
+
+    async def _announce(self, status: lifecycle_pb2.RequestStatus, event_id: str) -> None:
+        """Put the decision's event on GC_EVENTS: the consumer's hook sends the lifting order until
+        it is sent. Applying it there changes nothing (its id is in the timeline already)."""
+        recorded = _recorded_event(status, event_id)
+        if recorded is None:
+            return
+        try:
+            await self._js.publish(
+                event_subject(BROKER_ID, status.id),
+                recorded.event.SerializeToString(),
+                headers={"Nats-Msg-Id": event_id},
+            )
+        except nats.errors.Error:
+            # The lifting below is tried all the same; a retry of the ruling announces it again.
+            log.warning("appeal.decision_not_announced", request_id=status.id)
+
+    async def after_outcome(self, status: lifecycle_pb2.RequestStatus) -> None:
+        """Events hook: a decided LIFTED appeal whose lifting order is missing gets it (idempotent)."""
+        await self.lift(status)
+
+    async def lift(self, status: lifecycle_pb2.RequestStatus) -> list[lifecycle_pb2.RequestStatus]:
+        """Send (once) the lifting order of an appeal decided LIFTED; the orders, as accepted."""
+        if (
+            status.type != _S.REQUEST_TYPE_APPEAL
+            or status.state not in EXECUTED_STATES
+            or status.result.appeal != results_pb2.APPEAL_DECISION_LIFTED
+            or not status.target_id
+        ):
+            return []
+        restriction = (await self._requests.get(status.target_id)).status
+        if restriction.state not in _IN_EFFECT | {_S.REQUEST_STATE_RELEASED}:
+            # Expired meanwhile: nothing is left to lift. RELEASED is usually this very lifting
+            # order's doing: asking again returns it (the key is bound to it).
+            log.info("appeal.nothing_to_lift", request_id=status.id, restriction=restriction.id)
+            return []
+        order = await self._intake.originate(
+            lifting_order_for(restriction, status), idempotency_key=lifting_key(status.id)
+        )
+        log.info("appeal.lifting_sent", request_id=status.id, lifting=order.id, recipient=order.recipient)
+        return [order]
+
+
+def _recorded_event(status: lifecycle_pb2.RequestStatus, event_id: str) -> lifecycle_pb2.RecordedEvent | None:
+    for recorded in status.events:
+        if lifecycle_pb2.LifecycleEvent.FromString(recorded.event.payload).event_id == event_id:
+            return recorded
+    return None
