@@ -85,7 +85,7 @@ async def test_the_scenario_ends_in_every_expected_state(tmp_path: Path) -> None
     assert got_money == ACCOUNTING
     assert all(e.balances for e in report.accounting.values())
     assert report.refusals == ["EXCEEDS_SHARE"]
-    first = report.requests[0]
+    first = next(r for r in report.requests if r.label == "stop the fraud account")
     children = [r for r in report.requests if r.parent == first.id]
     assert {r.hop for r in children if r.type == "STOP_PAYMENT"} == {1}
     senders = {r.label: r.sender for r in report.requests}
