@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 import grpc
@@ -32,6 +32,7 @@ from agencies import _seed as seed
 from agencies._seed import seed_anchor
 from agencies.bank import BankCore
 from broker.client import error_details
+from broker.hub import claim_payable
 from broker.protocol import FINAL_STATES, to_timestamp
 
 if TYPE_CHECKING:
@@ -185,7 +186,7 @@ class Closing:
             account=seed.MULE_CMB_ACCOUNT,
         )
         self.say(
-            f"12. Pudong police release {_yuan(LIVING_EXPENSES)} of a frozen account for living expenses."
+            f"10. Pudong police release {_yuan(LIVING_EXPENSES)} of a frozen account for living expenses."
         )
         target = holds[seed.MULE_ICBC_ACCOUNT][0]
         release = await self.s.client(POLICE).release(
@@ -290,7 +291,9 @@ class Closing:
         allocation = await bus.allocation(_case_number(owner), account)
         now = self.s.config.clock.now()
         payable = sum(
-            _payable(claim, now) for claim in allocation.claims if claim.case_number == _case_number(owner)
+            claim_payable(claim, at=now)
+            for claim in allocation.claims
+            if claim.case_number == _case_number(owner)
         )
         shares = ", ".join(
             f"{c.case_number}: {_yuan(c.share.minor_units)}" for c in allocation.claims if c.share.minor_units
@@ -350,14 +353,6 @@ def _frozen(node: trail_pb2.TrailNode) -> int:
     """What the holds on a node held when placed, a converted stop-payment counted once (as its freeze)."""
     converted = {r.parent_id for r in node.requests if r.role == trail_pb2.TRAIL_ROLE_CONVERSION}
     return sum(r.held.minor_units for r in node.requests if r.request_id not in converted)
-
-
-def _payable(claim: trail_pb2.ClaimShare, now: datetime) -> int:
-    if claim.rule == trail_pb2.ALLOCATION_RULE_PRO_RATA and (
-        not claim.HasField("payable_after") or claim.payable_after.ToDatetime(tzinfo=UTC) > now
-    ):
-        return 0
-    return max(0, claim.share.minor_units - claim.returned.minor_units - claim.reserved.minor_units)
 
 
 def _case_number(owner: str) -> str:
