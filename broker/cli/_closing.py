@@ -13,16 +13,16 @@ import argparse
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, cast
 
 from greenchannel.v1 import common_pb2, lifecycle_pb2, requests_pb2, results_pb2
 
-from broker.protocol import SystemClock, to_timestamp, validate_message
+from broker.protocol import FINAL_STATES, SystemClock, to_timestamp, validate_message
 
 from . import _env
 from ._options import CliError
 from ._render import status_document, status_lines
 from ._render_closing import (
+    ORDERED_ALLOCATION,
     allocation_document,
     allocation_lines,
     lifting_document,
@@ -52,6 +52,8 @@ _GROUNDS = [
 ]
 _MEDIA_TYPES = {".pdf": "application/pdf", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png"}
 _ACCOUNT_NUMBER = re.compile(r"[0-9A-Za-z-]{4,34}")
+# An appeal is filed when the police desk acknowledges it; its outcome is the decision, later.
+_FILED = FINAL_STATES | {common_pb2.REQUEST_STATE_ACKNOWLEDGED}
 
 
 @dataclass(frozen=True)
@@ -74,19 +76,6 @@ def parse_payout(text: str) -> Payout:
     if not _ACCOUNT_NUMBER.fullmatch(account):
         raise argparse.ArgumentTypeError(f"{account!r} is not an account number")
     return Payout(account=account, holder=holder, minor_units=parse_amount(amount))
-
-
-class _AppealFiler(Protocol):
-    """``BusClient.file_appeal``: seals the statement to the police owning the restriction's case."""
-
-    async def file_appeal(
-        self,
-        restriction_request_id: str,
-        *,
-        ground: requests_pb2.AppealGround.ValueType,
-        statement: requests_pb2.AppealStatement,
-        ticket: str,
-    ) -> lifecycle_pb2.RequestStatus: ...
 
 
 # -- argparse -------------------------------------------------------------------------------------
@@ -177,6 +166,11 @@ def add_parser(
         )
         file.add_argument(
             "--ticket", required=True, help="this agency's appeal ticket number (the instrument)"
+        )
+        wait_options(
+            file,
+            until="the police have filed the appeal (ACKNOWLEDGED) or it ended",
+            done="it was filed or decided",
         )
         decide = actions.add_parser(
             "decide", help="decide an appeal addressed to this police agency, once (--json for programs)"
@@ -278,7 +272,7 @@ def _show_return(status: lifecycle_pb2.RequestStatus, args: argparse.Namespace) 
         return
     lines = status_lines(status, details=details)
     if status.HasField("allocation"):
-        lines += ["", *allocation_lines(status.allocation, now=now)]
+        lines += ["", *allocation_lines(status.allocation, now=now, note=ORDERED_ALLOCATION)]
     if status.HasField("result"):
         lines += returns_lines(status.result, details)
     say(lines)
@@ -309,14 +303,19 @@ async def _file(args: argparse.Namespace) -> int:
     statement = _statement(args)
     ground = requests_pb2.AppealGround.Value("APPEAL_GROUND_" + args.ground.upper().replace("-", "_"))
     async with client(args) as bus:
-        status = await cast(_AppealFiler, bus).file_appeal(
+        status = await bus.file_appeal(
             args.restriction, ground=ground, statement=statement, ticket=args.ticket
         )
+        waited_out = False
+        if args.wait:
+            status, waited_out = await wait_final(
+                bus, status.id, args, states=_FILED, until="the police to file the appeal"
+            )
     if args.json:
         print_json(status_document(status))
     else:
         say(status_lines(status))
-    return 0
+    return wait_exit("appeal file", status, args, waited_out=waited_out) if args.wait else 0
 
 
 async def _decide(args: argparse.Namespace) -> int:

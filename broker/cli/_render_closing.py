@@ -19,6 +19,7 @@ from broker.protocol import request_type_name, state_name
 from ._render import mask_account, money, short_reason, table
 
 __all__ = [
+    "ORDERED_ALLOCATION",
     "allocation_document",
     "allocation_lines",
     "appeal_decision",
@@ -64,11 +65,17 @@ def _in(currency: str, minor_units: int) -> common_pb2.Money:
     return common_pb2.Money(currency=currency, minor_units=minor_units)
 
 
-def allocation_lines(allocation: trail_pb2.Allocation, *, now: datetime) -> list[str]:
-    """The allocation: the account's frozen money, then one row per claim."""
+ORDERED_ALLOCATION = "as when the order was accepted (what it reserved); `return plan` shows it now"
+"""What a RETURN_FUNDS status's allocation is: the broker's at intake, not refreshed by the outcome."""
+
+
+def allocation_lines(allocation: trail_pb2.Allocation, *, now: datetime, note: str = "") -> list[str]:
+    """The allocation: the account's frozen money, then one row per claim (``note``: when it was
+    computed, for people)."""
     currency = allocation.frozen.currency
     head = [
-        f"allocation of account {short_digest(allocation.node_id)} at {allocation.bank or _NONE}",
+        f"allocation of account {short_digest(allocation.node_id)} at {allocation.bank or _NONE}"
+        + (f", {note}" if note else ""),
         f"  frozen {money(allocation.frozen)}, unallocated {money(allocation.unallocated)}"
         f", notice period ends {_local(allocation.notice_ends_at)}"
         f", computed {_local(allocation.computed_at)}",

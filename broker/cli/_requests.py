@@ -62,6 +62,7 @@ from ._render import (
     submitted_lines,
 )
 from ._render_closing import (
+    ORDERED_ALLOCATION,
     allocation_document,
     allocation_lines,
     lifting_document,
@@ -222,18 +223,60 @@ def _money_options(parser: argparse.ArgumentParser, *, required: bool = True) ->
     parser.add_argument("--currency", default="CNY", help="ISO 4217 code (default CNY)")
 
 
+def parse_victim_account(text: str) -> common_pb2.BankAccountRef:
+    """``6225880137706512:陈某某[:bank-cmb]``: the victim's account that paid, its holder, its bank."""
+    parts = [part.strip() for part in text.split(":")]
+    if len(parts) not in (2, 3) or not all(parts):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not ACCOUNT:HOLDER[:BANK], e.g. 6225880137706512:陈某某:bank-cmb"
+        )
+    return common_pb2.BankAccountRef(
+        account_number=parts[0], holder_name=parts[1], bank=parts[2] if len(parts) == 3 else ""
+    )
+
+
+def _victim_options(parser: argparse.ArgumentParser) -> None:
+    """Who the held money came from: what a later ``return order`` pays back to (RETURN_FUNDS)."""
+    parser.add_argument(
+        "--victim-account",
+        type=parse_victim_account,
+        metavar="ACCOUNT:HOLDER[:BANK]",
+        help="the victim's account that paid into this one, its holder and (default: routed by"
+        " the number) its bank; frozen money is returned to it (`greenchannel return`)",
+    )
+    parser.add_argument(
+        "--deposited-at",
+        type=_instant,
+        metavar="RFC3339",
+        help="when the victim's money reached this account, e.g. 2026-11-21T09:30:00+08:00 (no offset:"
+        " this machine's local time); orders competing claims. Without it the deposit is untraced"
+        " and its claim is paid pro rata only after the return notice period",
+    )
+
+
+def _name_victim(body: requests_pb2.StopPayment | requests_pb2.Freeze, args: argparse.Namespace) -> None:
+    """Fill ``victim_account`` / ``deposited_at`` of a hold as the options give them."""
+    if args.deposited_at is not None and args.victim_account is None:
+        raise CliError("--deposited-at needs --victim-account: it dates that victim's deposit", exit_code=2)
+    if args.victim_account is not None:
+        body.victim_account.CopyFrom(args.victim_account)
+    if args.deposited_at is not None:
+        body.deposited_at.CopyFrom(to_timestamp(args.deposited_at))
+
+
 def _stop_payment_options(parser: argparse.ArgumentParser) -> None:
     _account_options(parser)
     _money_options(parser)
     parser.add_argument("--fraud-transfer-id", help="the victim's payment (bank transfer id), if known")
+    _victim_options(parser)
 
 
 def _stop_payment(request: requests_pb2.Request, args: argparse.Namespace) -> None:
-    request.stop_payment.CopyFrom(
-        requests_pb2.StopPayment(
-            account=_bank_account(args), amount=_money(args), fraud_transfer_id=args.fraud_transfer_id or ""
-        )
+    body = requests_pb2.StopPayment(
+        account=_bank_account(args), amount=_money(args), fraud_transfer_id=args.fraud_transfer_id or ""
     )
+    _name_victim(body, args)
+    request.stop_payment.CopyFrom(body)
 
 
 def _freeze_options(parser: argparse.ArgumentParser) -> None:
@@ -242,14 +285,15 @@ def _freeze_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--converts", metavar="REQUEST_ID", help="the stop-payment whose hold this freeze converts"
     )
+    _victim_options(parser)
 
 
 def _freeze(request: requests_pb2.Request, args: argparse.Namespace) -> None:
-    request.freeze.CopyFrom(
-        requests_pb2.Freeze(
-            account=_bank_account(args), amount=_money(args), converts_request_id=args.converts or ""
-        )
+    body = requests_pb2.Freeze(
+        account=_bank_account(args), amount=_money(args), converts_request_id=args.converts or ""
     )
+    _name_victim(body, args)
+    request.freeze.CopyFrom(body)
 
 
 def _release_options(parser: argparse.ArgumentParser) -> None:
@@ -629,14 +673,20 @@ NOT_EXECUTED: frozenset[common_pb2.RequestState.ValueType] = frozenset(
 """Final states in which the agency did not act: scripts must not take them for success."""
 
 
-def wait_options(parser: argparse.ArgumentParser) -> None:
-    """``--wait`` and ``--timeout``, for commands that submit a request (see :func:`wait_final`)."""
+def wait_options(
+    parser: argparse.ArgumentParser,
+    *,
+    until: str = "it reaches a final state",
+    done: str = "it was executed (in full or in part)",
+) -> None:
+    """``--wait`` and ``--timeout``, for commands that submit a request (see :func:`wait_final`);
+    ``until`` / ``done`` say what is waited for and what exits 0, for the help."""
     parser.add_argument(
         "--wait",
         action="store_true",
-        help="follow the request until it reaches a final state; exit status 0 when it was executed"
-        f" (in full or in part), {EXIT_NOT_EXECUTED} when it ended rejected, failed or cancelled,"
-        " 1 when it reached no final state within --timeout",
+        help=f"follow the request until {until}; exit status 0 when {done},"
+        f" {EXIT_NOT_EXECUTED} when it ended rejected, failed or cancelled,"
+        " 1 when it got no further within --timeout",
     )
     parser.add_argument(
         "--timeout",
@@ -866,18 +916,24 @@ async def _submit(args: argparse.Namespace) -> int:
 
 
 async def wait_final(
-    bus: BusClient, request_id: str, args: argparse.Namespace
+    bus: BusClient,
+    request_id: str,
+    args: argparse.Namespace,
+    *,
+    states: frozenset[common_pb2.RequestState.ValueType] = FINAL_STATES,
+    until: str = "a final state",
 ) -> tuple[lifecycle_pb2.RequestStatus, bool]:
-    """Follow a submitted request for ``--timeout`` seconds: its status, and whether time ran out."""
+    """Follow a submitted request for ``--timeout`` seconds until it reaches one of ``states``
+    (``until`` says which, for people): its status, and whether time ran out."""
     # On stderr, so stdout stays one document; tells the id even if the wait is interrupted.
     print(
-        f"submitted {request_id}; waiting up to {args.timeout:g} s for a final state "
+        f"submitted {request_id}; waiting up to {args.timeout:g} s for {until} "
         "(Ctrl-C stops the waiting, not the request)",
         file=sys.stderr,
         flush=True,
     )
     try:
-        return await bus.wait_for(request_id, FINAL_STATES, within=timedelta(seconds=args.timeout)), False
+        return await bus.wait_for(request_id, states, within=timedelta(seconds=args.timeout)), False
     except TimeoutError:
         return await bus.get(request_id), True
 
@@ -1067,7 +1123,7 @@ async def _status(args: argparse.Namespace) -> int:
     else:
         lines = status_lines(status, details=details)
         if status.HasField("allocation"):
-            lines += ["", *allocation_lines(status.allocation, now=now)]
+            lines += ["", *allocation_lines(status.allocation, now=now, note=ORDERED_ALLOCATION)]
         if status.type == common_pb2.REQUEST_TYPE_RETURN_FUNDS and status.HasField("result"):
             lines += ["", *returns_lines(status.result, details)]
         if status.type == common_pb2.REQUEST_TYPE_APPEAL:

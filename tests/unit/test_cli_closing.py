@@ -32,6 +32,7 @@ from broker.cli._render_closing import (
     returns_lines,
 )
 from broker.cli._requests import build_request
+from tests._readme import readme_examples
 
 NOW = datetime(2026, 12, 3, 18, 0, tzinfo=UTC)
 POLICE = "police-310115"
@@ -212,6 +213,85 @@ def test_release_with_an_amount_for_living_expenses() -> None:
     release = build_request(args, now=NOW).release
     assert not release.HasField("amount")
     assert release.purpose == requests_pb2.RELEASE_PURPOSE_UNSPECIFIED
+
+
+def stop_payment(*extra: str) -> list[str]:
+    return [
+        "submit",
+        "stop-payment",
+        "--as",
+        POLICE,
+        "--case",
+        CASE,
+        "--account",
+        "6222020200001234567",
+        "--name",
+        "李某",
+        "--amount",
+        "48000.00",
+        *extra,
+    ]
+
+
+@pytest.mark.parametrize("kind", ["stop-payment", "freeze"])
+def test_a_hold_names_the_victim_and_when_the_money_arrived(kind: str) -> None:
+    argv = stop_payment(
+        "--victim-account", "6225880137706512:陈某某:bank-cmb", "--deposited-at", "2026-11-21T09:30:00+08:00"
+    )
+    argv[1] = kind
+    request = build_request(parsed(argv), now=NOW)
+    body = request.stop_payment if kind == "stop-payment" else request.freeze
+    assert body.victim_account == common_pb2.BankAccountRef(
+        account_number="6225880137706512", holder_name="陈某某", bank="bank-cmb"
+    )
+    assert body.deposited_at.ToDatetime(tzinfo=UTC) == datetime(2026, 11, 21, 1, 30, tzinfo=UTC)
+    # The bank is optional (routed by the number); without the options nothing is named, as before.
+    named = parsed(stop_payment("--victim-account", "6225880137706512:陈某某"))
+    body = build_request(named, now=NOW).stop_payment
+    assert (body.victim_account.holder_name, body.victim_account.bank) == ("陈某某", "")
+    assert not body.HasField("deposited_at")
+    body = build_request(parsed(stop_payment()), now=NOW).stop_payment
+    assert not body.HasField("victim_account")
+    assert not body.HasField("deposited_at")
+
+
+@pytest.mark.parametrize(
+    ("extra", "words"),
+    [
+        (["--victim-account", "6225880137706512"], "ACCOUNT:HOLDER[:BANK]"),
+        (["--victim-account", "6225880137706512::bank-cmb"], "ACCOUNT:HOLDER[:BANK]"),
+        (["--victim-account", "6225880137706512:陈某某", "--deposited-at", "yesterday"], "ISO 8601"),
+        (["--deposited-at", "2026-11-21T09:30:00+08:00"], "--deposited-at needs --victim-account"),
+    ],
+)
+def test_stop_payment_refuses_a_bad_victim(
+    extra: list[str], words: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, out, err = exit_code(["--state-dir", str(tmp_path), *stop_payment(*extra)], capsys)
+    assert code == 2
+    assert words in err
+    assert out == ""
+
+
+def test_stop_payment_helps_with_the_victim_options(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = exit_code(["submit", "stop-payment", "--help"], capsys)
+    assert code == 0
+    assert "--victim-account ACCOUNT:HOLDER[:BANK]" in out
+    assert "--deposited-at RFC3339" in out
+
+
+def test_the_readme_examples_use_options_that_exist() -> None:
+    examples = readme_examples()
+    assert {tuple(argv[:2]) for argv in examples} >= {
+        ("return", "plan"),
+        ("return", "order"),
+        ("appeal", "file"),
+        ("appeal", "decide"),
+        ("submit", "stop-payment"),
+        ("submit", "release"),
+    }
+    for argv in examples:
+        parser_for(argv).parse_args(argv)  # exits 2 on an option that does not exist
 
 
 def test_return_order_builds_a_return_under_a_return_notice() -> None:
