@@ -10,7 +10,6 @@ or a key said no, 2 a usage error, 3 ``--wait`` saw the request end without bein
 from __future__ import annotations
 
 import argparse
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -31,6 +30,7 @@ from ._render_closing import (
     returns_lines,
 )
 from ._requests import (
+    ACCOUNT_NUMBER,
     client,
     connection_options,
     guarded,
@@ -51,7 +51,6 @@ _GROUNDS = [
     if value != requests_pb2.APPEAL_GROUND_UNSPECIFIED
 ]
 _MEDIA_TYPES = {".pdf": "application/pdf", ".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png"}
-_ACCOUNT_NUMBER = re.compile(r"[0-9A-Za-z-]{4,34}")
 # An appeal is filed when the police desk acknowledges it; its outcome is the decision, later.
 _FILED = FINAL_STATES | {common_pb2.REQUEST_STATE_ACKNOWLEDGED}
 
@@ -73,7 +72,7 @@ def parse_payout(text: str) -> Payout:
             f"{text!r} is not VICTIM_ACCOUNT:HOLDER:AMOUNT, e.g. 6222020200001234567:王某:3000.00"
         )
     account, holder, amount = (part.strip() for part in parts)
-    if not _ACCOUNT_NUMBER.fullmatch(account):
+    if not ACCOUNT_NUMBER.fullmatch(account):
         raise argparse.ArgumentTypeError(f"{account!r} is not an account number")
     return Payout(account=account, holder=holder, minor_units=parse_amount(amount))
 

@@ -72,6 +72,7 @@ from ._render_closing import (
 )
 
 __all__ = [
+    "ACCOUNT_NUMBER",
     "DEFAULT_BROKER",
     "EXIT_NOT_EXECUTED",
     "NOT_EXECUTED",
@@ -100,6 +101,8 @@ DEFAULT_BROKER = _env.DEFAULT_BROKER
 """Where ``up`` listens by default, and so where the request commands look by default."""
 
 _PLAIN_DECIMAL = re.compile(r"\+?[0-9]+(\.[0-9]*)?")
+ACCOUNT_NUMBER = re.compile(r"[0-9A-Za-z-]{4,34}")
+"""What an account number given in an option value may look like (IBAN length at most)."""
 _MAX_MINOR_UNITS = 2**63 - 1  # Money.minor_units is an int64
 # BusClient.watch already retries a few times within about a second; beyond that `watch` keeps
 # trying, at most this far apart, until the broker is back or the person stops it.
@@ -230,6 +233,8 @@ def parse_victim_account(text: str) -> common_pb2.BankAccountRef:
         raise argparse.ArgumentTypeError(
             f"{text!r} is not ACCOUNT:HOLDER[:BANK], e.g. 6225880137706512:陈某某:bank-cmb"
         )
+    if not ACCOUNT_NUMBER.fullmatch(parts[0]):
+        raise argparse.ArgumentTypeError(f"{parts[0]!r} is not an account number")
     return common_pb2.BankAccountRef(
         account_number=parts[0], holder_name=parts[1], bank=parts[2] if len(parts) == 3 else ""
     )

@@ -260,6 +260,7 @@ def test_a_hold_names_the_victim_and_when_the_money_arrived(kind: str) -> None:
     [
         (["--victim-account", "6225880137706512"], "ACCOUNT:HOLDER[:BANK]"),
         (["--victim-account", "6225880137706512::bank-cmb"], "ACCOUNT:HOLDER[:BANK]"),
+        (["--victim-account", "62 25:陈某某"], "not an account number"),
         (["--victim-account", "6225880137706512:陈某某", "--deposited-at", "yesterday"], "ISO 8601"),
         (["--deposited-at", "2026-11-21T09:30:00+08:00"], "--deposited-at needs --victim-account"),
     ],
