@@ -18,7 +18,7 @@ from greenchannel.v1 import common_pb2, lifecycle_pb2, requests_pb2, results_pb2
 from broker.protocol import FINAL_STATES, SystemClock, to_timestamp, validate_message
 
 from . import _env
-from ._options import CliError
+from ._options import CliError, agency_option
 from ._render import status_document, status_lines
 from ._render_closing import (
     ORDERED_ALLOCATION,
@@ -109,6 +109,12 @@ def add_parser(
         )
         connection_options(plan, default_broker)
         _account_options(plan)
+        plan.add_argument(
+            "--owner",
+            type=agency_option,
+            metavar="POLICE_AGENCY",
+            help="the police agency owning --case, for regulators (police read their own cases)",
+        )
         order = actions.add_parser(
             "order",
             help="order the bank to pay victims back (RETURN_FUNDS; --json for programs)",
@@ -210,7 +216,7 @@ def _account(args: argparse.Namespace) -> common_pb2.BankAccountRef:
 
 async def _plan(args: argparse.Namespace) -> int:
     async with client(args) as bus:
-        allocation = await bus.allocation(args.case, _account(args))
+        allocation = await bus.allocation(args.case, _account(args), issuing_agency=args.owner or "")
     now = SystemClock().now()
     if args.json:
         print_json({"case_number": args.case, **allocation_document(allocation, now=now)})

@@ -139,6 +139,11 @@ async def test_stop_payment_names_the_victim_and_the_police_return_the_money(wor
     assert (claim["share"], claim["returned"], claim["reserved"]) == (HELD, 0, 0)
     assert claim["payable_now"] == HELD
     assert claim["currency"] == "CNY"
+    # A regulator reads it too, naming the case's owner.
+    as_regulator = readme_example("return", "plan")
+    as_regulator[as_regulator.index("--as") + 1] = "regulator-pboc"
+    watched = await cli_json(world, *as_regulator, "--owner", POLICE)
+    assert watched["claims"] == plan["claims"]
 
     # The order: 3,000.00 back to the victim, executed; the bank holds that much less.
     order = readme_example("return", "order")

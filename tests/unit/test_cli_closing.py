@@ -506,8 +506,10 @@ class StandIn:
     async def __aexit__(self, *exc: object) -> None:
         return None
 
-    async def allocation(self, case_number: str, account: common_pb2.BankAccountRef) -> trail_pb2.Allocation:
-        self.calls.append(("allocation", (case_number, account)))
+    async def allocation(
+        self, case_number: str, account: common_pb2.BankAccountRef, *, issuing_agency: str = ""
+    ) -> trail_pb2.Allocation:
+        self.calls.append(("allocation", (case_number, account, issuing_agency)))
         return allocation()
 
     # The signature of BusClient.file_appeal (the appeals part), for this test only.
@@ -564,11 +566,16 @@ def test_return_plan_prints_the_allocation(stand_in: StandIn, capsys: pytest.Cap
     document = json.loads(out)
     assert document["case_number"] == CASE
     assert [claim["rule"] for claim in document["claims"]] == ["DEPOSIT_ORDER", "PRO_RATA"]
-    (name, (case_number, account)), *_ = stand_in.calls
+    (name, (case_number, account, owner)), *_ = stand_in.calls
     assert (name, case_number, account.bank, account.holder_name) == ("allocation", CASE, "bank-icbc", "赵某")
+    assert owner == ""  # the caller's own case
     code, out, _ = exit_code(argv[:-1], capsys)
     assert code == 0
     assert "payable now" in out
+    # A regulator names the case's owner.
+    argv[argv.index("--as") + 1] = "regulator-pboc"
+    assert exit_code([*argv, "--owner", POLICE], capsys)[0] == 0
+    assert stand_in.calls[-1][1][2] == POLICE
 
 
 def test_appeal_file_passes_the_statement_and_documents(
