@@ -10,11 +10,15 @@ or a key said no, 2 a usage error, 3 ``--wait`` saw the request end without bein
 from __future__ import annotations
 
 import argparse
+import asyncio
+import sys
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 from greenchannel.v1 import common_pb2, lifecycle_pb2, requests_pb2, results_pb2
 
+from broker.client import BusClient
 from broker.protocol import FINAL_STATES, SystemClock, to_timestamp, validate_message
 
 from . import _env
@@ -190,6 +194,11 @@ def add_parser(
             help="the restriction is lifted: the broker sends the lifting orders",
         )
         decide.add_argument("--reason", required=True, help="why, for the holder and the restricting agency")
+        wait_options(
+            decide,
+            until="the lifting orders the broker sends (--lift) reach a final state",
+            done="they were executed (at once with --uphold)",
+        )
     else:
         raise ValueError(f"not a closing command: {name}")
 
@@ -327,10 +336,40 @@ async def _decide(args: argparse.Namespace) -> int:
     decision = results_pb2.APPEAL_DECISION_LIFTED if args.lift else results_pb2.APPEAL_DECISION_UPHELD
     async with client(args) as bus:
         reply = await bus.decide_appeal(args.appeal_id, decision, args.reason)
+        lifting = list(reply.lifting)
+        waited_out = False
+        if args.wait and lifting:
+            lifting, waited_out = await _follow(bus, lifting, args)
     if args.json:
         document = status_document(reply.status)
-        document["appeal"] = lifting_document(reply.status, reply.lifting)
+        document["appeal"] = lifting_document(reply.status, lifting)
         print_json(document)
     else:
-        say([*status_lines(reply.status), "", *lifting_lines(reply.status, reply.lifting)])
+        say([*status_lines(reply.status), "", *lifting_lines(reply.status, lifting)])
+    if args.wait:
+        for order in lifting:
+            # The first order not executed (or still going when time ran out) decides the status.
+            code = wait_exit(
+                "appeal decide", order, args, waited_out=waited_out and order.state not in FINAL_STATES
+            )
+            if code:
+                return code
     return 0
+
+
+async def _follow(
+    bus: BusClient, orders: list[lifecycle_pb2.RequestStatus], args: argparse.Namespace
+) -> tuple[list[lifecycle_pb2.RequestStatus], bool]:
+    """The lifting orders once final, within one ``--timeout`` for all; whether time ran out."""
+    print(
+        f"waiting up to {args.timeout:g} s for {len(orders)} lifting order(s) to reach a final state"
+        " (Ctrl-C stops the waiting, not the orders)",
+        file=sys.stderr,
+        flush=True,
+    )
+    within = timedelta(seconds=args.timeout)
+    try:
+        async with asyncio.timeout(args.timeout):
+            return [await bus.wait_for(order.id, FINAL_STATES, within=within) for order in orders], False
+    except TimeoutError:
+        return [await bus.get(order.id) for order in orders], True

@@ -2,14 +2,15 @@
 checks (exit 2, nothing sent), the request built, and what is printed for an allocation, returns
 and an appeal's lifting orders (human and JSON).
 
-The end-to-end runs against a broker are in tests/integration (test_partial_release.py for the
-partial release; return and appeal once their broker side is merged).
+The end-to-end runs against a broker are in tests/integration: test_partial_release.py for the
+partial release, test_cli_closing.py for return and appeal (README.md's examples as written).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Collection
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,7 @@ from broker.cli._render_closing import (
     returns_lines,
 )
 from broker.cli._requests import build_request
+from broker.protocol import FINAL_STATES
 from tests._readme import readme_examples
 
 NOW = datetime(2026, 12, 3, 18, 0, tzinfo=UTC)
@@ -499,6 +501,16 @@ class StandIn:
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, tuple[Any, ...]]] = []
+        self.reached = common_pb2.REQUEST_STATE_EXECUTED
+        """The state ``wait_for`` finds any request in."""
+
+    async def wait_for(
+        self, request_id: str, states: Collection[common_pb2.RequestState.ValueType], *, within: timedelta
+    ) -> lifecycle_pb2.RequestStatus:
+        self.calls.append(("wait_for", (request_id, frozenset(states))))
+        return lifecycle_pb2.RequestStatus(
+            id=request_id, type=common_pb2.REQUEST_TYPE_RELEASE, recipient="bank-icbc", state=self.reached
+        )
 
     async def __aenter__(self) -> StandIn:
         return self
@@ -637,3 +649,41 @@ def test_appeal_decide_prints_the_decision_and_the_lifting_orders(
     assert code == 0
     assert "appeal decision  UPHELD" in out
     assert "lifting orders: none (the restriction stays)" in out
+
+
+def test_appeal_decide_waits_for_the_lifting_orders(
+    stand_in: StandIn, capsys: pytest.CaptureFixture[str]
+) -> None:
+    appeal_id = "0190aaaa-0000-7000-8000-0000000000a0"
+    argv = ["appeal", "decide", "--as", POLICE, appeal_id, "--lift", "--reason", "wages", "--wait", "--json"]
+    code, out, err = exit_code(argv, capsys)
+    assert code == 0
+    assert [order["state"] for order in json.loads(out)["appeal"]["lifting"]] == ["EXECUTED"]
+    assert "lifting order(s)" in err
+    assert stand_in.calls[-1] == ("wait_for", ("0190aaaa-0000-7000-8000-0000000000a1", FINAL_STATES))
+    # A lifting order the bank did not execute: the decision stands, the exit status says so.
+    stand_in.reached = common_pb2.REQUEST_STATE_FAILED
+    code, out, err = exit_code(argv, capsys)
+    assert code == 3
+    assert [order["state"] for order in json.loads(out)["appeal"]["lifting"]] == ["FAILED"]
+    assert "not executed" in err
+
+
+def test_appeal_file_waits_until_the_police_filed_it(
+    stand_in: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    statement = tmp_path / "statement.txt"
+    statement.write_text("mine", encoding="utf-8")
+    argv = [
+        *("appeal", "file", "--as", "bank-icbc", "--restriction", "0190aaaa-0000-7000-8000-0000000000f0"),
+        *("--ground", "not-involved", "--statement-file", str(statement), "--ticket", "T-1", "--wait"),
+    ]
+    stand_in.reached = common_pb2.REQUEST_STATE_ACKNOWLEDGED
+    code, out, err = exit_code(argv, capsys)
+    assert code == 0
+    assert "ACKNOWLEDGED" in out
+    assert "waiting up to 60 s for the police to file the appeal" in err
+    _, (_, states) = stand_in.calls[-1]
+    assert states == FINAL_STATES | {common_pb2.REQUEST_STATE_ACKNOWLEDGED}
+    stand_in.reached = common_pb2.REQUEST_STATE_REJECTED
+    assert exit_code(argv, capsys)[0] == 3
