@@ -15,10 +15,7 @@ One stack for the module; the checks run in order on the same account.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import sys
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +29,7 @@ from agencies import _seed as seed
 from agencies.bank import BankCore, HoldStatus
 from agencies.demo import Stack, StackConfig
 from tests._readme import readme_example
+from tests.integration.cli_child import run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -78,30 +76,9 @@ def bank(world: World) -> BankCore:
 
 
 async def cli(world: World, *args: str) -> tuple[int, str, str]:
-    """``greenchannel ARGS --broker ...`` in a child process (this loop runs the stack meanwhile),
-    in the state directory's parent (where README.md's ``statement.txt`` is)."""
-    env = {k: v for k, v in os.environ.items() if k not in ("GREENCHANNEL_NATS_URL", "GREENCHANNEL_BROKER")}
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "broker.cli",
-        "--state-dir",
-        str(world.state_dir),
-        *args,
-        "--broker",
-        world.stack.broker_address,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=env,
-        cwd=world.state_dir.parent,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), timeout=60)
-    assert process.returncode is not None
-    if os.environ.get("CLIDEBUG"):
-        print("\n$ greenchannel", " ".join(args), "->", process.returncode)
-        print(out.decode() if "--json" not in args else out.decode()[:300])
-        print("stderr:", err.decode())
-    return process.returncode, out.decode(), err.decode()
+    """``greenchannel ARGS`` in a child process, in the state directory's parent (where README.md's
+    ``statement.txt`` is)."""
+    return await run_cli(world.stack.broker_address, world.state_dir, *args, cwd=world.state_dir.parent)
 
 
 async def cli_json(world: World, *args: str, code: int = 0) -> dict[str, Any]:

@@ -7,10 +7,7 @@ the command line runs as a child process against it (``submit release --amount``
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
-import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -26,6 +23,7 @@ from agencies.demo import Stack, StackConfig
 from broker.client import BusClient, error_details
 from broker.protocol import FINAL_STATES, INBOX_STREAM, connect
 from tests._wait import eventually
+from tests.integration.cli_child import run_cli
 
 pytestmark = pytest.mark.integration
 
@@ -117,23 +115,7 @@ async def inbox_last_seq(stack: Stack) -> int:
 
 async def cli(stack: Stack, state_dir: Path, *args: str) -> tuple[int, str, str]:
     """``greenchannel ARGS`` in a child process (this loop runs the stack meanwhile)."""
-    env = {k: v for k, v in os.environ.items() if k != "GREENCHANNEL_NATS_URL"}
-    process = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "broker.cli",
-        "--state-dir",
-        str(state_dir),
-        *args,
-        "--broker",
-        stack.broker_address,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
-        env=env,
-    )
-    out, err = await asyncio.wait_for(process.communicate(), timeout=60)
-    assert process.returncode is not None
-    return process.returncode, out.decode(), err.decode()
+    return await run_cli(stack.broker_address, state_dir, *args)
 
 
 async def test_living_expenses_released_in_part_then_the_rest(stack: Stack, root: Path) -> None:
