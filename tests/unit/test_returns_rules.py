@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric import x25519
 from greenchannel.v1 import common_pb2, lifecycle_pb2, requests_pb2, results_pb2, trail_pb2
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from broker.hub import allocation_message
 from broker.hub._allocation import Allocation, Claim, allocate
@@ -29,6 +31,7 @@ from broker.hub._returns_rules import (
     settle,
     share_out,
     stale_entries,
+    taken,
 )
 from broker.hub._trail_rules import new_trail, planned_children, record_outcome, record_submission
 from broker.protocol import (
@@ -375,6 +378,88 @@ def test_money_returned_stays_with_its_claim_and_a_later_claim_gets_only_the_res
     shrunk = share_out(300, claims, record.entries, notice_ends_at=notice)
     assert {s.claim.claim_id: s.amount for s in shrunk.allocation.shares} == {"a1": 600, "b1": 400}
     assert shrunk.allocation.unallocated == 0
+
+
+Victim = tuple[str, str, str]  # police, case, victim digest
+_victims = st.sampled_from([("p1", "C1", "va"), ("p1", "C1", "vb"), ("p2", "C2", "va"), ("p2", "C2", "vc")])
+_claim_specs = st.lists(
+    st.tuples(_victims, st.integers(1, 500), st.one_of(st.none(), st.integers(0, 4))), min_size=1, max_size=7
+)
+
+
+def _passes(
+    allocation: Allocation, entries: Sequence[trail_pb2.ReturnEntry], who: Victim, units: int, at: datetime
+) -> bool:
+    try:
+        check_order(
+            allocation,
+            entries,
+            case=(who[0], who[1]),
+            payouts=[_payout(who[2], units)],
+            currency="CNY",
+            now=at,
+            order_key=f"k{len(entries)}",
+        )
+    except HubError:
+        return False
+    return True
+
+
+@given(
+    specs=_claim_specs,
+    frozen=st.integers(0, 2_000),
+    early=st.integers(0, 7),
+    paid=st.lists(st.integers(0, 4), min_size=14, max_size=14),
+)
+@settings(max_examples=80, deadline=None)
+def test_whatever_is_paid_before_later_claims_arrive_no_more_than_frozen_is_ever_paid(
+    specs: list[tuple[Victim, int, int | None]], frozen: int, early: int, paid: list[int]
+) -> None:
+    """Claims arrive in two waves (a second case, later deposits); after each, every victim is paid
+    part or all of what the check lets through. What the check lets through is exactly what the
+    victim's shares leave, and the total paid never exceeds what is frozen."""
+    notice = NOW + timedelta(days=30)
+    after = notice + timedelta(days=1)
+    claims = [
+        Claim(
+            claim_id=f"c{i}",
+            issuing_agency=agency,
+            case_number=case,
+            victim_id=victim,
+            claimed=units,
+            deposited_at=None if minute is None else NOW + timedelta(minutes=minute),
+        )
+        for i, ((agency, case, victim), units, minute) in enumerate(specs)
+    ]
+    entries: list[trail_pb2.ReturnEntry] = []
+    fractions = iter(paid)
+    for wave in (claims[:early], claims):
+        for who in sorted({(c.issuing_agency, c.case_number, c.victim_id) for c in wave}):
+            allocation = share_out(frozen, wave, entries, notice_ends_at=notice).allocation
+            due = sum(
+                s.amount
+                for s in allocation.shares
+                if (s.claim.issuing_agency, s.claim.case_number, s.claim.victim_id) == who
+            )
+            used = sum(taken(e) for e in entries if (e.issuing_agency, e.case_number, e.victim_id) == who)
+            left = max(0, due - used)
+            assert not _passes(allocation, entries, who, left + 1, after)
+            pay = left * next(fractions) // 4
+            if pay:
+                assert _passes(allocation, entries, who, pay, after)
+                entries.append(
+                    trail_pb2.ReturnEntry(
+                        request_id=f"r{len(entries)}",
+                        order_key=f"k{len(entries)}",
+                        issuing_agency=who[0],
+                        case_number=who[1],
+                        victim_id=who[2],
+                        amount=money(pay),
+                        returned=money(pay),
+                        state=R.RETURN_STATE_RETURNED,
+                    )
+                )
+            assert sum(taken(e) for e in entries) <= frozen
 
 
 # -- the payouts sealed to the requester only ---------------------------------------------------------
