@@ -5,7 +5,11 @@ order's payouts against it, and the reservation that keeps two orders from payin
 contributes its trail's requests on the account's node as claims, and its holds there as the
 frozen money (:mod:`broker.hub._returns_rules`); :func:`broker.hub._allocation.allocate` shares
 the money over the claims. The notice period of untraced claims runs from the account's first
-hold (``[return] notice_period`` in the policy).
+hold (``[return] notice_period`` in the policy). Money the account's record says was returned or
+is reserved stays with its claims (:func:`~broker.hub._returns_rules.share_out`), in every
+allocation computed here: the intake check, its re-check in the compare-and-set, the allocation
+shown. So a claim that arrives after a return (another case freezing the account, a later deposit)
+is shared only what is left, never money already paid out.
 
 **Reservation.** One record per account (``AccountReturns`` in KV ``gc_returns``, key = node id),
 changed only by compare-and-set: an order's payouts are checked against the shares less what the
@@ -32,7 +36,7 @@ per payout (``result.returns``), or RELEASED. Idempotent: a settled entry is not
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -46,13 +50,14 @@ from nats.js.kv import KeyValue
 from broker.protocol import EXECUTED_STATES, FINAL_STATES, Agency, Clock, Registry
 
 from ._account_cases import AccountCases, CaseKey
-from ._allocation import Allocation, allocate
+from ._allocation import Claim
+from ._allocation_wire import allocation_message
 from ._errors import ConflictError, NotFoundError, PermissionDeniedError, UnavailableError
 from ._policy import ReturnPolicy
 from ._returns_rules import (
     HoldView,
     Payout,
-    allocation_message,
+    Shared,
     check_order,
     claims_on,
     currency_on,
@@ -62,6 +67,7 @@ from ._returns_rules import (
     release,
     reserve,
     settle,
+    share_out,
     stale_entries,
 )
 from ._store import LazyBucket, RequestStore
@@ -134,7 +140,12 @@ class AccountView:
     holds: tuple[HoldView, ...]
     currency: str
     notice_ends_at: datetime
-    allocation: Allocation
+    frozen: int
+    claims: tuple[Claim, ...]
+
+    def shared(self, entries: Sequence[trail_pb2.ReturnEntry]) -> Shared:
+        """The allocation with the record's ``entries`` (returned, reserved) kept with their claims."""
+        return share_out(self.frozen, self.claims, entries, notice_ends_at=self.notice_ends_at)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -213,7 +224,6 @@ class Returns:
         now = self._clock.now()
         first = first_hold_at(holds)
         notice_ends_at = (first or now) + self._policy.notice_period
-        allocation = allocate(frozen_on(holds), claims_on(trails, node_id), notice_ends_at=notice_ends_at)
         return AccountView(
             node_id=node_id,
             bank=bank,
@@ -222,7 +232,8 @@ class Returns:
             holds=holds,
             currency=currency_on(trails, node_id),
             notice_ends_at=notice_ends_at,
-            allocation=allocation,
+            frozen=frozen_on(holds),
+            claims=tuple(claims_on(trails, node_id)),
         )
 
     async def _holds(self, trail: trail_pb2.Trail, node_id: str) -> list[HoldView]:
@@ -282,17 +293,17 @@ class Returns:
                 reason="ACCOUNT_NOT_IN_CASE",
             )
         record, _ = await self._reconciled(node_id, "")
-        return self._message(view, record)
+        return self._message(view, view.shared(record.entries))
 
-    def _message(self, view: AccountView, record: trail_pb2.AccountReturns) -> trail_pb2.Allocation:
+    def _message(self, view: AccountView, shared: Shared) -> trail_pb2.Allocation:
         return allocation_message(
-            view.allocation,
-            record.entries,
+            shared.allocation,
             node_id=view.node_id,
             bank=view.bank,
             currency=view.currency,
+            returned=shared.returned,
+            reserved=shared.reserved,
             computed_at=self._clock.now(),
-            notice_ends_at=view.notice_ends_at,
         )
 
     # -- intake -----------------------------------------------------------------------------------
@@ -324,7 +335,7 @@ class Returns:
         )
         record, reconciled = await self._reconciled(node_id, order_key)
         check_order(
-            view.allocation,
+            view.shared(record.entries).allocation,
             record.entries,
             case=(case.issuing_agency, case.case_number),
             payouts=payouts,
@@ -347,7 +358,7 @@ class Returns:
         def change(record: trail_pb2.AccountReturns) -> bool:
             changed = plan.reconciled.apply(record)
             check_order(
-                plan.view.allocation,
+                plan.view.shared(record.entries).allocation,
                 record.entries,
                 case=case,
                 payouts=plan.payouts,
@@ -370,7 +381,7 @@ class Returns:
 
         record = await self._records.update(node_id, change)
         bound = next((e.request_id for e in record.entries if e.order_key == order_key), request_id)
-        return bound, self._message(plan.view, record)
+        return bound, self._message(plan.view, plan.view.shared(record.entries))
 
     async def _reconciled(self, node_id: str, order_key: str) -> tuple[trail_pb2.AccountReturns, Reconciled]:
         """The account's record as it stands once the orders that ended since (an outcome hook
