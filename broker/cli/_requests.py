@@ -18,7 +18,7 @@ import signal
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
@@ -259,10 +259,17 @@ def _victim_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _name_victim(body: requests_pb2.StopPayment | requests_pb2.Freeze, args: argparse.Namespace) -> None:
+def _name_victim(
+    body: requests_pb2.StopPayment | requests_pb2.Freeze, args: argparse.Namespace, *, issued_at: datetime
+) -> None:
     """Fill ``victim_account`` / ``deposited_at`` of a hold as the options give them."""
     if args.deposited_at is not None and args.victim_account is None:
         raise CliError("--deposited-at needs --victim-account: it dates that victim's deposit", exit_code=2)
+    # A deposit "later" than the order would be paid first under deposit order (latest first).
+    if args.deposited_at is not None and args.deposited_at > issued_at:
+        raise CliError(
+            "--deposited-at is in the future: the money reached the account before the order", exit_code=2
+        )
     if args.victim_account is not None:
         body.victim_account.CopyFrom(args.victim_account)
     if args.deposited_at is not None:
@@ -280,7 +287,7 @@ def _stop_payment(request: requests_pb2.Request, args: argparse.Namespace) -> No
     body = requests_pb2.StopPayment(
         account=_bank_account(args), amount=_money(args), fraud_transfer_id=args.fraud_transfer_id or ""
     )
-    _name_victim(body, args)
+    _name_victim(body, args, issued_at=request.issued_at.ToDatetime(tzinfo=UTC))
     request.stop_payment.CopyFrom(body)
 
 
@@ -297,7 +304,7 @@ def _freeze(request: requests_pb2.Request, args: argparse.Namespace) -> None:
     body = requests_pb2.Freeze(
         account=_bank_account(args), amount=_money(args), converts_request_id=args.converts or ""
     )
-    _name_victim(body, args)
+    _name_victim(body, args, issued_at=request.issued_at.ToDatetime(tzinfo=UTC))
     request.freeze.CopyFrom(body)
 
 

@@ -265,6 +265,10 @@ def test_a_hold_names_the_victim_and_when_the_money_arrived(kind: str) -> None:
         (["--victim-account", "62 25:陈某某"], "not an account number"),
         (["--victim-account", "6225880137706512:陈某某", "--deposited-at", "yesterday"], "ISO 8601"),
         (["--deposited-at", "2026-11-21T09:30:00+08:00"], "--deposited-at needs --victim-account"),
+        (
+            ["--victim-account", "6225880137706512:陈某某", "--deposited-at", "2999-01-01T00:00Z"],
+            "in the future",
+        ),
     ],
 )
 def test_stop_payment_refuses_a_bad_victim(
