@@ -231,9 +231,9 @@ def check_order(
             )
         if p.amount > due_now - used:
             raise IllegalTransitionError(
-                f"payout {p.index} asks {p.amount}; the victim's share of the frozen money leaves"
-                f" {max(0, due_now - used)} to pay (shares over every case holding the account;"
-                " already returned and ordered deducted)",
+                f"payout {p.index} asks {p.amount} minor units of {p.currency}; the victim's share of"
+                f" the frozen money leaves {max(0, due_now - used)} to pay (shares over every case"
+                " holding the account; already returned and ordered deducted)",
                 reason="EXCEEDS_SHARE",
             )
 

@@ -48,7 +48,22 @@ def _set(path: str, value: object) -> Callable[[requests_pb2.Request], None]:
     return mutate
 
 
+def _deposited_in(seconds: int) -> Callable[[requests_pb2.Request], None]:
+    def mutate(request: requests_pb2.Request) -> None:
+        # Relative to now: the rule is "before now" whenever it is checked.
+        request.stop_payment.deposited_at.GetCurrentTime()
+        request.stop_payment.deposited_at.seconds += seconds
+
+    return mutate
+
+
 CASES: list[tuple[str, Callable[[requests_pb2.Request], None], str, str]] = [
+    (
+        "deposit in the future",
+        _deposited_in(3600),
+        "stop_payment.deposited_at",
+        "timestamp.lt_now",
+    ),
     ("zero amount", _set("stop_payment.amount.minor_units", 0), "stop_payment.amount", "amount.positive"),
     (
         "negative amount",
@@ -117,6 +132,9 @@ def test_each_rule_names_the_field(
 
 def test_valid_request_passes() -> None:
     validate_message(valid_request())
+    past = valid_request()
+    _deposited_in(-3600)(past)
+    validate_message(past)
 
 
 def test_missing_body_and_case_are_reported_together() -> None:

@@ -426,6 +426,7 @@ class StopPayment(_message.Message):
     def deposited_at(self) -> _timestamp_pb2.Timestamp:
         """When the victim's money reached this account: orders competing claims on the account (deposit
         order). Unset: the deposit is untraced, and its claim is paid pro rata after the notice period.
+        Never in the future: the latest deposit is paid first, so a future time would jump the queue.
         """
 
     def __init__(
@@ -475,7 +476,7 @@ class Freeze(_message.Message):
 
     @_builtins.property
     def deposited_at(self) -> _timestamp_pb2.Timestamp:
-        """When the victim's money reached this account, as for StopPayment.deposited_at."""
+        """When the victim's money reached this account, as for StopPayment.deposited_at; never in the future."""
 
     def __init__(
         self,
