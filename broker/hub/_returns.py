@@ -24,6 +24,14 @@ mistaken for one), or that ended unpaid (rejected, failed, cancelled, expired), 
 released; one the bank paid is settled. Keying by request id alone would leave a retry unable to
 find its reservation; releasing only on failure would leak at a crash: the two together close both.
 
+**Partial releases share the record.** A RELEASE naming an amount is reserved in the same record
+(a ``ReleaseEntry``, :mod:`broker.hub._partial_release`) before it is stored, by the same
+compare-and-set, and checked there against the hold's other releases. A return counts reserved
+releases as no longer frozen (the allocation is computed again inside the compare-and-set, from
+the record it writes), so a release and a return on one account are checked one after the other,
+whichever comes first. Release entries are reconciled, settled and released exactly as return
+entries are (their outcome runs :meth:`Returns.after_outcome` too).
+
 **Settlement.** When the order reaches an outcome (:meth:`Returns.after_outcome`, called as every
 outcome hook is, at least once), its entries become RETURNED with the amounts the bank reported
 per payout (``result.returns``), or RELEASED. Idempotent: a settled entry is not settled again.
@@ -33,7 +41,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 import nats.errors
@@ -43,11 +51,19 @@ from greenchannel.v1 import common_pb2, lifecycle_pb2, requests_pb2, trail_pb2
 from nats.js.client import JetStreamContext
 from nats.js.kv import KeyValue
 
-from broker.protocol import EXECUTED_STATES, FINAL_STATES, Agency, Clock, Registry
+from broker.protocol import FINAL_STATES, Agency, Clock, Registry
 
 from ._account_cases import AccountCases, CaseKey
-from ._allocation import Allocation, allocate
+from ._allocation import Allocation, Claim, allocate
 from ._errors import ConflictError, NotFoundError, PermissionDeniedError, UnavailableError
+from ._partial_release import (
+    ReleasePlan,
+    check_release,
+    released_from,
+    reserve_release,
+    settle_release,
+    void_release,
+)
 from ._policy import ReturnPolicy
 from ._returns_rules import (
     HoldView,
@@ -64,7 +80,7 @@ from ._returns_rules import (
     settle,
     stale_entries,
 )
-from ._store import LazyBucket, RequestStore
+from ._store import IN_FLIGHT_GRACE, LazyBucket, RequestStore
 from ._trail import CaseRequests, TrailRecorder
 from ._trail_store import TrailStore
 
@@ -76,7 +92,6 @@ RETURNS_BUCKET = "gc_returns"
 """KV bucket of the per-account return records."""
 
 _CAS_ATTEMPTS = 16
-_GRACE = timedelta(seconds=60)  # an order reserved this recently may still be on its way to the journal
 
 
 class ReturnRecords:
@@ -132,9 +147,27 @@ class AccountView:
     cases: tuple[CaseKey, ...]
     trails: tuple[trail_pb2.Trail, ...]
     holds: tuple[HoldView, ...]
+    """The holds, their ``released`` counted from the journal alone (see :meth:`allocation_for`)."""
+    releases: tuple[lifecycle_pb2.RequestStatus, ...]
+    """The releases of those holds in the journal, in any state."""
+    claims: tuple[Claim, ...]
     currency: str
     notice_ends_at: datetime
-    allocation: Allocation
+
+    def allocation_for(self, record: trail_pb2.AccountReturns) -> Allocation:
+        """The allocation of the money frozen once the releases the account's record reserved or
+        lifted are counted (pending releases count as lifted already)."""
+        holds = []
+        for hold in self.holds:
+            lifted = released_from(hold.request_id, self.releases, record.releases)
+            released = hold.held if lifted.all_pending else lifted.released
+            holds.append(replace(hold, released=released))
+        return allocate(frozen_on(holds), list(self.claims), notice_ends_at=self.notice_ends_at)
+
+    @property
+    def allocation(self) -> Allocation:
+        """The allocation counted from the journal alone (no record at hand)."""
+        return self.allocation_for(trail_pb2.AccountReturns())
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -148,9 +181,13 @@ class Reconciled:
         """Settle and release them in ``record``; whether that changed it."""
         changed = False
         for status in self.ended:
-            changed = settle(record, status) or changed
+            if status.type == common_pb2.REQUEST_TYPE_RELEASE:
+                changed = settle_release(record, status) or changed
+            else:
+                changed = settle(record, status) or changed
         for request_id in self.unstored:
             changed = release(record, request_id) or changed
+            changed = void_release(record, request_id) or changed
         return changed
 
 
@@ -179,7 +216,7 @@ class Returns:
         registry: Registry,
         policy: ReturnPolicy,
         clock: Clock,
-        grace: timedelta = _GRACE,
+        grace: timedelta = IN_FLIGHT_GRACE,
     ) -> None:
         self._records = records
         self._index = index
@@ -207,34 +244,36 @@ class Returns:
         cases = tuple(await self._index.cases(node_id))
         stored = await asyncio.gather(*(self._trails.get(c.issuing_agency, c.case_number) for c in cases))
         trails = tuple(s.trail for s in stored if s is not None)
-        holds = tuple(
-            h for group in await asyncio.gather(*(self._holds(t, node_id) for t in trails)) for h in group
-        )
+        found = await asyncio.gather(*(self._holds(t, node_id) for t in trails))
+        holds = tuple(h for group, _ in found for h in group)
+        releases = tuple(r for _, group in found for r in group)
         now = self._clock.now()
         first = first_hold_at(holds)
         notice_ends_at = (first or now) + self._policy.notice_period
-        allocation = allocate(frozen_on(holds), claims_on(trails, node_id), notice_ends_at=notice_ends_at)
         return AccountView(
             node_id=node_id,
             bank=bank,
             cases=cases,
             trails=trails,
             holds=holds,
+            releases=releases,
+            claims=tuple(claims_on(trails, node_id)),
             currency=currency_on(trails, node_id),
             notice_ends_at=notice_ends_at,
-            allocation=allocation,
         )
 
-    async def _holds(self, trail: trail_pb2.Trail, node_id: str) -> list[HoldView]:
-        """The case's holds on the account with their current states and partial releases."""
+    async def _holds(
+        self, trail: trail_pb2.Trail, node_id: str
+    ) -> tuple[list[HoldView], list[lifecycle_pb2.RequestStatus]]:
+        """The case's holds on the account with their current states, and their releases."""
         entries = holds_in(trail, node_id)
         if not entries:
-            return []
+            return [], []
         statuses = await asyncio.gather(
             *(self._requests.get(e.request_id) for e in entries), return_exceptions=True
         )
         ids = {e.request_id for e in entries}
-        released = await self._released(trail.case_ref, ids)
+        releases = await self._releases(trail.case_ref, ids)
         holds: list[HoldView] = []
         for entry, stored in zip(entries, statuses, strict=True):
             if isinstance(stored, NotFoundError):
@@ -246,30 +285,25 @@ class Returns:
                     request_id=entry.request_id,
                     held=entry.held.minor_units,
                     state=stored.status.state,
-                    released=released.get(entry.request_id, 0),
+                    released=0,
                     outcome_at=entry.outcome_at.ToDatetime(tzinfo=UTC),
                 )
             )
-        return holds
+        return holds, releases
 
-    async def _released(self, case: common_pb2.CaseRef, targets: set[str]) -> dict[str, int]:
-        """Minor units executed partial releases lifted from each of ``targets``."""
+    async def _releases(
+        self, case: common_pb2.CaseRef, targets: set[str]
+    ) -> list[lifecycle_pb2.RequestStatus]:
+        """The case's releases of any of ``targets``, in any state."""
         ids = await self._cases.request_ids(case.issuing_agency, case.case_number)
         found = await asyncio.gather(*(self._requests.get(i) for i in ids), return_exceptions=True)
-        lifted: dict[str, int] = {}
-        for stored in found:
-            if isinstance(stored, BaseException):
-                continue
-            status = stored.status
-            if (
-                status.type == common_pb2.REQUEST_TYPE_RELEASE
-                and status.target_id in targets
-                and status.state in EXECUTED_STATES
-            ):
-                lifted[status.target_id] = (
-                    lifted.get(status.target_id, 0) + status.result.amount_released.minor_units
-                )
-        return lifted
+        return [
+            stored.status
+            for stored in found
+            if not isinstance(stored, BaseException)
+            and stored.status.type == common_pb2.REQUEST_TYPE_RELEASE
+            and stored.status.target_id in targets
+        ]
 
     async def read(self, case: CaseKey, account: common_pb2.BankAccountRef) -> trail_pb2.Allocation:
         """``GetAllocation``: the allocation of the account held in ``case``; NotFoundError when
@@ -286,7 +320,7 @@ class Returns:
 
     def _message(self, view: AccountView, record: trail_pb2.AccountReturns) -> trail_pb2.Allocation:
         return allocation_message(
-            view.allocation,
+            view.allocation_for(record),
             record.entries,
             node_id=view.node_id,
             bank=view.bank,
@@ -324,7 +358,7 @@ class Returns:
         )
         record, reconciled = await self._reconciled(node_id, order_key)
         check_order(
-            view.allocation,
+            view.allocation_for(record),
             record.entries,
             case=(case.issuing_agency, case.case_number),
             payouts=payouts,
@@ -346,8 +380,9 @@ class Returns:
 
         def change(record: trail_pb2.AccountReturns) -> bool:
             changed = plan.reconciled.apply(record)
+            # Computed again from the record written: a release reserved since counts as lifted.
             check_order(
-                plan.view.allocation,
+                plan.view.allocation_for(record),
                 record.entries,
                 case=case,
                 payouts=plan.payouts,
@@ -383,11 +418,12 @@ class Returns:
 
     async def _reconcile(self, record: trail_pb2.AccountReturns, order_key: str) -> Reconciled:
         """Reserved entries whose order ended (to settle) or never reached the journal (to release)."""
-        mine = {e.request_id for e in record.entries if e.order_key == order_key}
+        entries: list[trail_pb2.ReturnEntry | trail_pb2.ReleaseEntry] = [*record.entries, *record.releases]
+        mine = {e.request_id for e in entries if e.order_key == order_key}
         pending = [i for i in stale_entries(record) if i not in mine]
         found = await asyncio.gather(*(self._requests.get(i) for i in pending), return_exceptions=True)
         now = self._clock.now()
-        reserved_at = {e.request_id: e.reserved_at.ToDatetime(tzinfo=UTC) for e in record.entries}
+        reserved_at = {e.request_id: e.reserved_at.ToDatetime(tzinfo=UTC) for e in entries}
         ended: list[lifecycle_pb2.RequestStatus] = []
         unstored: list[str] = []
         for request_id, stored in zip(pending, found, strict=True):
@@ -402,8 +438,8 @@ class Returns:
                 ended.append(stored.status)
         return Reconciled(ended=tuple(ended), unstored=tuple(unstored))
 
-    async def abandon(self, plan: ReturnPlan, request_id: str) -> None:
-        """Intake could not store the order: release its entries unless the journal has it."""
+    async def abandon(self, node_id: str, request_id: str) -> None:
+        """Intake could not store the order or release: free its entries unless the journal has it."""
         try:
             await self._requests.get(request_id)
             return
@@ -411,16 +447,58 @@ class Returns:
             pass
         except Exception:
             return
+
+        def free(record: trail_pb2.AccountReturns) -> bool:
+            released = release(record, request_id)
+            return void_release(record, request_id) or released
+
         try:
-            await self._records.update(plan.view.node_id, lambda record: release(record, request_id))
+            await self._records.update(node_id, free)
         except Exception as exc:
             log.warning("returns.not_released", request_id=request_id, error=type(exc).__name__)
+
+    # -- partial releases -------------------------------------------------------------------------
+
+    def release_node(
+        self, hold: lifecycle_pb2.RequestStatus, account: common_pb2.BankAccountRef, *, bank: str
+    ) -> str:
+        """The account record a release of ``hold`` is reserved in: the hold's own node when its
+        seed names it (however the release spells the account), else the account the release names
+        (the broker's own stop-payments and conversions; the bank refuses a release naming another
+        account than the hold's)."""
+        return hold.trail_seed.node_id or self.node_of(account, bank=bank)[0]
+
+    async def reserve_release(
+        self, plan: ReleasePlan, *, node_id: str, request_id: str, order_key: str, content: str
+    ) -> str:
+        """Reserve a release naming an amount in the account's record, checked again against the
+        hold's other releases in the compare-and-set; the request id to store it under (a retry's
+        first id). Raises ``MORE_THAN_HELD`` or ``LIVING_EXPENSES_CAP`` (nothing written then)."""
+        _, reconciled = await self._reconciled(node_id, order_key)
+        now = self._clock.now()
+
+        def change(record: trail_pb2.AccountReturns) -> bool:
+            changed = reconciled.apply(record)
+            check_release(plan, record.releases, order_key=order_key)
+            reserved = reserve_release(
+                record, plan, request_id=request_id, order_key=order_key, content=content, now=now
+            )
+            return reserved or changed
+
+        record = await self._records.update(node_id, change)
+        return next((e.request_id for e in record.releases if e.order_key == order_key), request_id)
 
     # -- outcomes ---------------------------------------------------------------------------------
 
     async def after_outcome(self, status: lifecycle_pb2.RequestStatus) -> None:
-        """An order reached an outcome: its reservation becomes returned or released. Idempotent;
+        """An order (or a partial release) reached an outcome: its reservation becomes returned or
+        released (lifted or void). Idempotent;
         raises (so the event is processed again) when NATS fails."""
+        if status.type == common_pb2.REQUEST_TYPE_RELEASE and status.release_seed.node_id:
+            await self._records.update(
+                status.release_seed.node_id, lambda record: settle_release(record, status)
+            )
+            return
         if status.type != common_pb2.REQUEST_TYPE_RETURN_FUNDS or not status.allocation.node_id:
             return
         record = await self._records.update(status.allocation.node_id, lambda record: settle(record, status))
