@@ -55,7 +55,13 @@ from broker.protocol import FINAL_STATES, Agency, Clock, Registry
 
 from ._account_cases import AccountCases, CaseKey
 from ._allocation import Allocation, Claim, allocate
-from ._errors import ConflictError, NotFoundError, PermissionDeniedError, UnavailableError
+from ._errors import (
+    ConflictError,
+    IllegalTransitionError,
+    NotFoundError,
+    PermissionDeniedError,
+    UnavailableError,
+)
 from ._partial_release import (
     ReleasePlan,
     check_release,
@@ -75,10 +81,12 @@ from ._returns_rules import (
     first_hold_at,
     frozen_on,
     holds_in,
+    overcommitted,
     release,
     reserve,
     settle,
     stale_entries,
+    taken,
 )
 from ._store import IN_FLIGHT_GRACE, LazyBucket, RequestStore
 from ._trail import CaseRequests, TrailRecorder
@@ -136,6 +144,15 @@ class ReturnRecords:
                 raise UnavailableError(f"cannot store the account's returns: {exc}") from exc
             return record
         raise ConflictError("the account's returns kept changing under concurrent updates")
+
+
+class _NeedsAllocation(Exception):
+    """A release's compare-and-set found returns on the account it had not read the allocation for."""
+
+
+def _returning(record: trail_pb2.AccountReturns) -> bool:
+    """Whether money on the account was returned or is reserved for a return."""
+    return any(taken(e) > 0 for e in record.entries)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -469,23 +486,43 @@ class Returns:
         return hold.trail_seed.node_id or self.node_of(account, bank=bank)[0]
 
     async def reserve_release(
-        self, plan: ReleasePlan, *, node_id: str, request_id: str, order_key: str, content: str
+        self, plan: ReleasePlan, *, node_id: str, bank: str, request_id: str, order_key: str, content: str
     ) -> str:
-        """Reserve a release naming an amount in the account's record, checked again against the
-        hold's other releases in the compare-and-set; the request id to store it under (a retry's
-        first id). Raises ``MORE_THAN_HELD`` or ``LIVING_EXPENSES_CAP`` (nothing written then)."""
-        _, reconciled = await self._reconciled(node_id, order_key)
+        """Reserve a release naming an amount in the account's record, checked again in the
+        compare-and-set against the hold's other releases and against the returns of the account
+        (it may not take money returned or reserved for victims); the request id to store it under
+        (a retry's first id). Raises ``MORE_THAN_HELD`` or ``LIVING_EXPENSES_CAP`` (nothing
+        written then)."""
+        record, reconciled = await self._reconciled(node_id, order_key)
         now = self._clock.now()
+        # The allocation is needed only on an account with returns, which are rare: read it then.
+        view = await self.view(node_id, bank) if _returning(record) else None
 
         def change(record: trail_pb2.AccountReturns) -> bool:
             changed = reconciled.apply(record)
             check_release(plan, record.releases, order_key=order_key)
-            reserved = reserve_release(
+            before = overcommitted(view.allocation_for(record), record.entries) if view else 0
+            if not reserve_release(
                 record, plan, request_id=request_id, order_key=order_key, content=content, now=now
-            )
-            return reserved or changed
+            ):
+                return changed  # a retry: checked when it was reserved
+            if _returning(record):
+                if view is None:
+                    raise _NeedsAllocation
+                if overcommitted(view.allocation_for(record), record.entries) > before:
+                    raise IllegalTransitionError(
+                        "releasing that much would leave less frozen on the account than was returned"
+                        " or ordered back to victims; release less, or after the returns",
+                        reason="MORE_THAN_HELD",
+                    )
+            return True
 
-        record = await self._records.update(node_id, change)
+        try:
+            record = await self._records.update(node_id, change)
+        except _NeedsAllocation:
+            # A return was reserved on the account meanwhile: check against it too.
+            view = await self.view(node_id, bank)
+            record = await self._records.update(node_id, change)
         return next((e.request_id for e in record.releases if e.order_key == order_key), request_id)
 
     # -- outcomes ---------------------------------------------------------------------------------

@@ -39,6 +39,7 @@ __all__ = [
     "first_hold_at",
     "frozen_on",
     "holds_in",
+    "overcommitted",
     "release",
     "reserve",
     "settle",
@@ -233,6 +234,20 @@ def check_order(
                 " already returned and ordered deducted)",
                 reason="EXCEEDS_SHARE",
             )
+
+
+def overcommitted(allocation: Allocation, entries: Sequence[trail_pb2.ReturnEntry]) -> int:
+    """Minor units returned or reserved to victims beyond their shares in ``allocation``, in all:
+    0 unless the frozen money shrank under the returns (a partial release would do that)."""
+    share_of: dict[tuple[str, str, str], int] = {}
+    for share in allocation.shares:
+        key = (*_case_of(share.claim), share.claim.victim_id)
+        share_of[key] = share_of.get(key, 0) + share.amount
+    taken_by: dict[tuple[str, str, str], int] = {}
+    for e in entries:
+        key = (e.issuing_agency, e.case_number, e.victim_id)
+        taken_by[key] = taken_by.get(key, 0) + taken(e)
+    return sum(max(0, used - share_of.get(key, 0)) for key, used in taken_by.items())
 
 
 def reserve(

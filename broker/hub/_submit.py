@@ -345,7 +345,12 @@ class Intake:
         assert self._returns is not None
         node_id = self._returns.release_node(plan.hold, verified.request.release.account, bank=recipient.id)
         request_id = await self._returns.reserve_release(
-            plan, node_id=node_id, request_id=new_uuid7(self._clock), order_key=msg_id, content=content
+            plan,
+            node_id=node_id,
+            bank=recipient.id,
+            request_id=new_uuid7(self._clock),
+            order_key=msg_id,
+            content=content,
         )
         return await self._accept_reserved(
             request_id,
