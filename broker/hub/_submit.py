@@ -100,6 +100,14 @@ class SubmitOutcome:
     duplicate: bool
 
 
+def _order_key(caller: Caller, verified: VerifiedRequest) -> str:
+    """The request's idempotency binding (the journal's ``Nats-Msg-Id`` of its SUBMITTED record).
+    Without a key of its own, a signed request is its own key: the same signed bytes sent again (a
+    retry, or a replayed bearer token bound to them) are the same request."""
+    key = verified.request.idempotency_key or f"jti:{verified.claims.jti}"
+    return idempotency_msg_id(caller.agency.id, key)
+
+
 def content_digest(request: requests_pb2.Request) -> str:
     """Digest of what a request asks, without when it was signed: a retry signed anew (a new
     ``issued_at``) is the same request, another body under the same idempotency key is not."""
@@ -167,7 +175,7 @@ class Intake:
             if self._appeals is None:
                 raise PermissionDeniedError("this broker takes no appeals", reason="TYPE_NOT_ALLOWED")
             appealed = await self._appeals.check(
-                caller.agency, verified.request, recipient, signed_payload=verified.signed.payload
+                caller.agency, verified.request, recipient, order_key=_order_key(caller, verified)
             )
         self._policy.authorize_submit(
             sender=caller.agency,
@@ -266,15 +274,14 @@ class Intake:
         self, caller: Caller, signed: envelope_pb2.SignedMessage, *, body: str | None = None
     ) -> SubmitOutcome:
         verified, recipient, target = await self.check(caller, signed, body=body)
-        # Without a key of its own, a signed request is its own key: the same signed bytes sent
-        # again (a retry, or a replayed bearer token bound to them) are the same request.
-        key = verified.request.idempotency_key or f"jti:{verified.claims.jti}"
-        msg_id = idempotency_msg_id(caller.agency.id, key)
+        msg_id = _order_key(caller, verified)
         content = content_digest(verified.request)
         plan = await self._check_return(caller, verified, recipient, order_key=msg_id)
         release_plan = await self._check_release(verified, target)
         if plan is not None:
             outcome = await self._accept_return(plan, verified, recipient, msg_id=msg_id, content=content)
+        elif verified.request.WhichOneof("body") == "appeal" and target is not None:
+            outcome = await self._accept_appeal(target, verified, recipient, msg_id=msg_id, content=content)
         elif release_plan is not None and self._returns is not None:
             outcome = await self._accept_release(
                 release_plan, verified, recipient, msg_id=msg_id, content=content
@@ -361,6 +368,31 @@ class Intake:
             msg_id=msg_id,
             content=content,
             release_node=node_id,
+        )
+
+    async def _accept_appeal(
+        self,
+        restriction: lifecycle_pb2.RequestStatus,
+        verified: VerifiedRequest,
+        recipient: Agency,
+        *,
+        msg_id: str,
+        content: str,
+    ) -> SubmitOutcome:
+        """Name the appeal as the restriction's open one (two at once: one passes), then store and
+        send it (see :mod:`broker.hub._open_appeals` for why the key cannot block for good)."""
+        assert self._appeals is not None
+        request_id = await self._appeals.claim(
+            restriction.id, request_id=new_uuid7(self._clock), order_key=msg_id
+        )
+        return await self._accept_reserved(
+            request_id,
+            partial(self._appeals.abandon, restriction.id),
+            verified,
+            recipient,
+            restriction,
+            msg_id=msg_id,
+            content=content,
         )
 
     async def _accept_reserved(
