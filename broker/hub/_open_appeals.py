@@ -35,7 +35,7 @@ from nats.js.kv import KeyValue
 from broker.protocol import Clock
 
 from ._errors import ConflictError, IllegalTransitionError, NotFoundError, UnavailableError
-from ._store import IN_FLIGHT_GRACE, LazyBucket, RequestStore
+from ._store import IN_FLIGHT_GRACE, LazyBucket, RequestStore, never_stored
 
 __all__ = ["OPEN_APPEALS_BUCKET", "OPEN_APPEAL_STATES", "OpenAppeal", "OpenAppeals"]
 
@@ -137,12 +137,7 @@ class OpenAppeals:
     async def abandon(self, restriction_id: str, request_id: str) -> None:
         """Intake could not store the appeal: free the key unless the journal has it (best effort;
         a key left behind stops blocking after the grace period anyway)."""
-        try:
-            await self._requests.get(request_id)
-            return
-        except NotFoundError:
-            pass
-        except Exception:
+        if not await never_stored(self._requests, request_id):
             return
         try:
             named, revision = await self.current(restriction_id)

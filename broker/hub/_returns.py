@@ -88,7 +88,7 @@ from ._returns_rules import (
     stale_entries,
     taken,
 )
-from ._store import IN_FLIGHT_GRACE, LazyBucket, RequestStore
+from ._store import IN_FLIGHT_GRACE, LazyBucket, RequestStore, never_stored
 from ._trail import CaseRequests, TrailRecorder
 from ._trail_store import TrailStore
 
@@ -457,12 +457,7 @@ class Returns:
 
     async def abandon(self, node_id: str, request_id: str) -> None:
         """Intake could not store the order or release: free its entries unless the journal has it."""
-        try:
-            await self._requests.get(request_id)
-            return
-        except NotFoundError:
-            pass
-        except Exception:
+        if not await never_stored(self._requests, request_id):
             return
 
         def free(record: trail_pb2.AccountReturns) -> bool:

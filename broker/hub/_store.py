@@ -65,6 +65,7 @@ __all__ = [
     "RequestStore",
     "StoredStatus",
     "idempotency_msg_id",
+    "never_stored",
     "open_bucket",
 ]
 
@@ -109,6 +110,18 @@ IN_FLIGHT_GRACE = timedelta(seconds=60)
 """How long a reservation made for a request about to be stored (a return's payouts, a partial
 release, an open appeal) is taken to be in flight when the journal does not have the request: after
 that, it was never stored (intake failed or the broker died) and no longer counts."""
+
+
+async def never_stored(requests: RequestStore, request_id: str) -> bool:
+    """Whether the journal says it has no such request (False when it cannot say): a reservation
+    made for it is freed only then."""
+    try:
+        await requests.get(request_id)
+    except NotFoundError:
+        return True
+    except Exception:
+        return False
+    return False
 
 
 class LazyBucket:

@@ -297,10 +297,13 @@ async def test_two_living_expense_releases_at_once_over_the_cap_one_is_accepted(
         assert {s.id for s in await police.list_all(case_number=RACED_CASE)} == before_ids | {status.id}
         record = await account_record(stack, node_id)
         states = {e.request_id: e.state for e in record.releases}
-        assert states == {
-            lost.releases[0].request_id: trail_pb2.RELEASE_ENTRY_STATE_VOID,
-            status.id: trail_pb2.RELEASE_ENTRY_STATE_RESERVED,
-        }
+        assert states.pop(lost.releases[0].request_id) == trail_pb2.RELEASE_ENTRY_STATE_VOID
+        # Reserved, or lifted already if the bank was quick: one entry, the accepted release's.
+        assert list(states) == [status.id]
+        assert states[status.id] in (
+            trail_pb2.RELEASE_ENTRY_STATE_RESERVED,
+            trail_pb2.RELEASE_ENTRY_STATE_LIFTED,
+        )
 
         executed = await done(police, status.id)
         assert (executed.state, executed.result.amount_released.minor_units) == (EXECUTED, 300_000)
