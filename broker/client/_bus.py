@@ -25,6 +25,7 @@ from types import TracebackType
 from typing import TypeVar
 
 import grpc
+from google.protobuf.message import Message
 from greenchannel.v1 import (
     bus_pb2,
     bus_pb2_grpc,
@@ -185,19 +186,22 @@ class BusClient:
         )
         return reply.status
 
+    def _sign_for_broker(self, message: Message, message_type: str) -> envelope_pb2.SignedMessage:
+        """A message this agency signs for the broker itself (a cancellation, an appeal ruling)."""
+        return sign_message(
+            message.SerializeToString(),
+            key=self._key,
+            issuer=self.agency_id,
+            audience=BROKER_ID,
+            message_type=message_type,
+            clock=self._clock,
+        )
+
     async def cancel(self, request_id: str, reason: str = "") -> lifecycle_pb2.RequestStatus:
         cancellation = lifecycle_pb2.Cancellation(
             request_id=request_id, reason=reason, issued_at=to_timestamp(self._clock.now())
         )
-        signed = sign_message(
-            cancellation.SerializeToString(),
-            key=self._key,
-            issuer=self.agency_id,
-            audience=BROKER_ID,
-            message_type=CANCELLATION_TYPE,
-            clock=self._clock,
-        )
-        message = bus_pb2.CancelRequest(cancellation=signed)
+        message = bus_pb2.CancelRequest(cancellation=self._sign_for_broker(cancellation, CANCELLATION_TYPE))
         reply: bus_pb2.CancelResponse = await self._call(
             lambda md: self._bus.Cancel(message, metadata=md, timeout=self._timeout)
         )
@@ -409,15 +413,7 @@ class BusClient:
             reason=reason,
             issued_at=to_timestamp(self._clock.now()),
         )
-        signed = sign_message(
-            ruling.SerializeToString(),
-            key=self._key,
-            issuer=self.agency_id,
-            audience=BROKER_ID,
-            message_type=APPEAL_RULING_TYPE,
-            clock=self._clock,
-        )
-        message = bus_pb2.DecideAppealRequest(ruling=signed)
+        message = bus_pb2.DecideAppealRequest(ruling=self._sign_for_broker(ruling, APPEAL_RULING_TYPE))
         reply: bus_pb2.DecideAppealResponse = await self._call(
             lambda md: self._bus.DecideAppeal(message, metadata=md, timeout=self._timeout)
         )

@@ -5,7 +5,11 @@ order's payouts against it, and the reservation that keeps two orders from payin
 contributes its trail's requests on the account's node as claims, and its holds there as the
 frozen money (:mod:`broker.hub._returns_rules`); :func:`broker.hub._allocation.allocate` shares
 the money over the claims. The notice period of untraced claims runs from the account's first
-hold (``[return] notice_period`` in the policy).
+hold (``[return] notice_period`` in the policy). Money the account's record says was returned or
+is reserved stays with its claims (:func:`~broker.hub._returns_rules.share_out`), in every
+allocation computed here: the intake check, its re-check in the compare-and-set, the allocation
+shown. So a claim that arrives after a return (another case freezing the account, a later deposit)
+is shared only what is left, never money already paid out.
 
 **Reservation.** One record per account (``AccountReturns`` in KV ``gc_returns``, key = node id),
 changed only by compare-and-set: an order's payouts are checked against the shares less what the
@@ -54,7 +58,8 @@ from nats.js.kv import KeyValue
 from broker.protocol import FINAL_STATES, Agency, Clock, Registry
 
 from ._account_cases import AccountCases, CaseKey
-from ._allocation import Allocation, Claim, allocate
+from ._allocation import Claim
+from ._allocation_wire import allocation_message
 from ._errors import (
     ConflictError,
     IllegalTransitionError,
@@ -74,19 +79,20 @@ from ._policy import ReturnPolicy
 from ._returns_rules import (
     HoldView,
     Payout,
-    allocation_message,
+    Shared,
     check_order,
     claims_on,
     currency_on,
     first_hold_at,
     frozen_on,
     holds_in,
-    overcommitted,
     release,
     reserve,
     settle,
+    share_out,
     stale_entries,
     taken,
+    uncovered,
 )
 from ._store import IN_FLIGHT_GRACE, LazyBucket, RequestStore, never_stored
 from ._trail import CaseRequests, TrailRecorder
@@ -164,27 +170,29 @@ class AccountView:
     cases: tuple[CaseKey, ...]
     trails: tuple[trail_pb2.Trail, ...]
     holds: tuple[HoldView, ...]
-    """The holds, their ``released`` counted from the journal alone (see :meth:`allocation_for`)."""
+    """The holds, their ``released`` not counted yet (see :meth:`frozen_for`)."""
     releases: tuple[lifecycle_pb2.RequestStatus, ...]
     """The releases of those holds in the journal, in any state."""
     claims: tuple[Claim, ...]
     currency: str
     notice_ends_at: datetime
 
-    def allocation_for(self, record: trail_pb2.AccountReturns) -> Allocation:
-        """The allocation of the money frozen once the releases the account's record reserved or
-        lifted are counted (pending releases count as lifted already)."""
+    def frozen_for(self, record: trail_pb2.AccountReturns) -> int:
+        """The money frozen once the releases the account's record reserved or lifted are counted
+        (a pending release counts as lifted already)."""
         holds = []
         for hold in self.holds:
             lifted = released_from(hold.request_id, self.releases, record.releases)
             released = hold.held if lifted.all_pending else lifted.released
             holds.append(replace(hold, released=released))
-        return allocate(frozen_on(holds), list(self.claims), notice_ends_at=self.notice_ends_at)
+        return frozen_on(holds)
 
-    @property
-    def allocation(self) -> Allocation:
-        """The allocation counted from the journal alone (no record at hand)."""
-        return self.allocation_for(trail_pb2.AccountReturns())
+    def shared(self, record: trail_pb2.AccountReturns) -> Shared:
+        """The allocation of what is frozen (:meth:`frozen_for`), with the record's entries
+        (returned, reserved) kept with their claims."""
+        return share_out(
+            self.frozen_for(record), self.claims, record.entries, notice_ends_at=self.notice_ends_at
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -333,17 +341,17 @@ class Returns:
                 reason="ACCOUNT_NOT_IN_CASE",
             )
         record, _ = await self._reconciled(node_id, "")
-        return self._message(view, record)
+        return self._message(view, view.shared(record))
 
-    def _message(self, view: AccountView, record: trail_pb2.AccountReturns) -> trail_pb2.Allocation:
+    def _message(self, view: AccountView, shared: Shared) -> trail_pb2.Allocation:
         return allocation_message(
-            view.allocation_for(record),
-            record.entries,
+            shared.allocation,
             node_id=view.node_id,
             bank=view.bank,
             currency=view.currency,
+            returned=shared.returned,
+            reserved=shared.reserved,
             computed_at=self._clock.now(),
-            notice_ends_at=view.notice_ends_at,
         )
 
     # -- intake -----------------------------------------------------------------------------------
@@ -375,7 +383,7 @@ class Returns:
         )
         record, reconciled = await self._reconciled(node_id, order_key)
         check_order(
-            view.allocation_for(record),
+            view.shared(record).allocation,
             record.entries,
             case=(case.issuing_agency, case.case_number),
             payouts=payouts,
@@ -399,7 +407,7 @@ class Returns:
             changed = plan.reconciled.apply(record)
             # Computed again from the record written: a release reserved since counts as lifted.
             check_order(
-                plan.view.allocation_for(record),
+                plan.view.shared(record).allocation,
                 record.entries,
                 case=case,
                 payouts=plan.payouts,
@@ -422,7 +430,7 @@ class Returns:
 
         record = await self._records.update(node_id, change)
         bound = next((e.request_id for e in record.entries if e.order_key == order_key), request_id)
-        return bound, self._message(plan.view, record)
+        return bound, self._message(plan.view, plan.view.shared(record))
 
     async def _reconciled(self, node_id: str, order_key: str) -> tuple[trail_pb2.AccountReturns, Reconciled]:
         """The account's record as it stands once the orders that ended since (an outcome hook
@@ -496,7 +504,7 @@ class Returns:
         def change(record: trail_pb2.AccountReturns) -> bool:
             changed = reconciled.apply(record)
             check_release(plan, record.releases, order_key=order_key)
-            before = overcommitted(view.allocation_for(record), record.entries) if view else 0
+            before = uncovered(view.frozen_for(record), record.entries) if view else 0
             if not reserve_release(
                 record, plan, request_id=request_id, order_key=order_key, content=content, now=now
             ):
@@ -504,7 +512,7 @@ class Returns:
             if _returning(record):
                 if view is None:
                     raise _NeedsAllocation
-                if overcommitted(view.allocation_for(record), record.entries) > before:
+                if uncovered(view.frozen_for(record), record.entries) > before:
                     raise IllegalTransitionError(
                         "releasing that much would leave less frozen on the account than was returned"
                         " or ordered back to victims; release less, or after the returns",

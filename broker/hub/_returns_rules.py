@@ -10,14 +10,16 @@
   reserved or returned; the refusals, each with its own reason.
 * :func:`reserve`, :func:`settle`: the account's :class:`~greenchannel.v1.trail_pb2.AccountReturns`
   record, changed by compare-and-set in :mod:`broker.hub._returns`.
-* :func:`allocation_message`: the allocation as it travels (``trail_pb2.Allocation``).
+* :func:`share_out`: the allocation with the record's returns and reservations kept with their
+  claims (the record is per victim, the allocation per claim), and the per-claim amounts the wire
+  form (:func:`broker.hub._allocation_wire.allocation_message`) shows.
 
 No I/O, no clock: every function depends only on its arguments.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -26,25 +28,26 @@ from greenchannel.v1 import common_pb2, lifecycle_pb2, trail_pb2
 
 from broker.protocol import EXECUTED_STATES, FINAL_STATES, HOLDING_STATES, to_timestamp
 
-from ._allocation import Allocation, AllocationRule, Claim, Share
+from ._allocation import Allocation, Claim, Share, allocate
 from ._errors import AlreadyExistsError, IllegalTransitionError, InvalidRequestError
 
 __all__ = [
     "HoldView",
     "Payout",
-    "allocation_message",
+    "Shared",
     "check_order",
     "claims_on",
     "currency_on",
     "first_hold_at",
     "frozen_on",
     "holds_in",
-    "overcommitted",
     "release",
     "reserve",
     "settle",
+    "share_out",
     "stale_entries",
     "taken",
+    "uncovered",
 ]
 
 _R = trail_pb2
@@ -236,18 +239,10 @@ def check_order(
             )
 
 
-def overcommitted(allocation: Allocation, entries: Sequence[trail_pb2.ReturnEntry]) -> int:
-    """Minor units returned or reserved to victims beyond their shares in ``allocation``, in all:
-    0 unless the frozen money shrank under the returns (a partial release would do that)."""
-    share_of: dict[tuple[str, str, str], int] = {}
-    for share in allocation.shares:
-        key = (*_case_of(share.claim), share.claim.victim_id)
-        share_of[key] = share_of.get(key, 0) + share.amount
-    taken_by: dict[tuple[str, str, str], int] = {}
-    for e in entries:
-        key = (e.issuing_agency, e.case_number, e.victim_id)
-        taken_by[key] = taken_by.get(key, 0) + taken(e)
-    return sum(max(0, used - share_of.get(key, 0)) for key, used in taken_by.items())
+def uncovered(frozen: int, entries: Iterable[trail_pb2.ReturnEntry]) -> int:
+    """Minor units returned or reserved to victims that ``frozen`` no longer covers: 0 unless the
+    frozen money shrank under the returns (a partial release would do that)."""
+    return max(0, sum(taken(e) for e in entries) - frozen)
 
 
 def reserve(
@@ -331,56 +326,71 @@ def stale_entries(record: trail_pb2.AccountReturns, *, except_request: str = "")
     return list(seen)
 
 
-def allocation_message(
-    allocation: Allocation,
+@dataclass(frozen=True, kw_only=True)
+class Shared:
+    """An account's allocation with what its return record says was paid or reserved in it."""
+
+    allocation: Allocation
+    """The shares, each at least what is committed to its claim (rule 0 of the allocation)."""
+    returned: Mapping[str, int]
+    """Per claim id: what was paid back to the claim (absent: 0)."""
+    reserved: Mapping[str, int]
+    """Per claim id: what orders not answered yet reserved for it (absent: 0)."""
+
+
+def share_out(
+    frozen: int,
+    claims: Sequence[Claim],
     entries: Sequence[trail_pb2.ReturnEntry],
     *,
-    node_id: str,
-    bank: str,
-    currency: str,
-    computed_at: datetime,
     notice_ends_at: datetime,
-) -> trail_pb2.Allocation:
-    """The allocation as it travels, each claim with what was returned and reserved of its share
-    (a victim's entries fill its claims in allocation order)."""
-    message = trail_pb2.Allocation(
-        node_id=node_id,
-        bank=bank,
-        frozen=common_pb2.Money(currency=currency, minor_units=allocation.frozen),
-        unallocated=common_pb2.Money(currency=currency, minor_units=allocation.unallocated),
-        computed_at=to_timestamp(computed_at),
-        notice_ends_at=to_timestamp(notice_ends_at),
-    )
+) -> Shared:
+    """The allocation of ``frozen`` over ``claims``, money already returned or reserved staying
+    with its claims, so a claim that arrives later (another case, a later deposit) is shared only
+    the rest.
+
+    The record is per victim of a case, the allocation per claim: a victim's returned money, then
+    its reserved money, fills that victim's claims in the allocation's order, each first up to its
+    share without commitments (so a record within the shares changes none of them), then up to its
+    claim. Money that fits no claim (none should: orders are checked against the shares) is taken
+    off the frozen money shared, as it left the account; and the frozen money shared is never less
+    than what left or is leaving it (a hold released after a return), so no commitment is refused.
+    """
+    plain = allocate(frozen, claims, notice_ends_at=notice_ends_at)
+    returned, reserved, unplaced = _spread(plain.shares, entries)
+    committed = {
+        cid: returned.get(cid, 0) + reserved.get(cid, 0) for cid in returned.keys() | reserved.keys()
+    }
+    shared = max(frozen, sum(taken(e) for e in entries)) - unplaced
+    allocation = allocate(shared, claims, notice_ends_at=notice_ends_at, committed=committed)
+    return Shared(allocation=allocation, returned=returned, reserved=reserved)
+
+
+def _spread(
+    shares: Sequence[Share], entries: Iterable[trail_pb2.ReturnEntry]
+) -> tuple[dict[str, int], dict[str, int], int]:
+    """Per claim id, what each victim's entries returned and reserved, spread over its claims in
+    ``shares``' order (each up to its share, then up to its claim); and what fitted no claim."""
     left: dict[tuple[str, str, str], list[int]] = {}
     for e in entries:
-        key = (e.issuing_agency, e.case_number, e.victim_id)
-        bucket = left.setdefault(key, [0, 0])
+        bucket = left.setdefault((e.issuing_agency, e.case_number, e.victim_id), [0, 0])
         if e.state == _R.RETURN_STATE_RETURNED:
             bucket[0] += e.returned.minor_units
         elif e.state == _R.RETURN_STATE_RESERVED:
             bucket[1] += e.amount.minor_units
-    for share in allocation.shares:
-        claim = share.claim
-        bucket = left.get((claim.issuing_agency, claim.case_number, claim.victim_id), [0, 0])
-        returned = min(share.amount, bucket[0])
-        bucket[0] -= returned
-        reserved = min(share.amount - returned, bucket[1])
-        bucket[1] -= reserved
-        item = message.claims.add(
-            case_number=claim.case_number,
-            issuing_agency=claim.issuing_agency,
-            victim_id=claim.victim_id,
-            claim_id=claim.claim_id,
-            claimed=common_pb2.Money(currency=currency, minor_units=claim.claimed),
-            rule=_R.ALLOCATION_RULE_DEPOSIT_ORDER
-            if share.rule is AllocationRule.DEPOSIT_ORDER
-            else _R.ALLOCATION_RULE_PRO_RATA,
-            share=common_pb2.Money(currency=currency, minor_units=share.amount),
-            returned=common_pb2.Money(currency=currency, minor_units=returned),
-            reserved=common_pb2.Money(currency=currency, minor_units=reserved),
-        )
-        if claim.deposited_at is not None:
-            item.deposited_at.CopyFrom(to_timestamp(claim.deposited_at))
-        if share.payable_after is not None:
-            item.payable_after.CopyFrom(to_timestamp(share.payable_after))
-    return message
+    room = {s.claim.claim_id: s.amount for s in shares}
+    beyond = {s.claim.claim_id: s.claim.claimed - s.amount for s in shares}
+    placed: tuple[dict[str, int], dict[str, int]] = ({}, {})
+    for kind, out in enumerate(placed):
+        for capacity in (room, beyond):
+            for share in shares:
+                claim = share.claim
+                victim = left.get((claim.issuing_agency, claim.case_number, claim.victim_id))
+                if victim is None:
+                    continue
+                put = min(victim[kind], capacity[claim.claim_id])
+                if put > 0:
+                    victim[kind] -= put
+                    capacity[claim.claim_id] -= put
+                    out[claim.claim_id] = out.get(claim.claim_id, 0) + put
+    return placed[0], placed[1], sum(sum(bucket) for bucket in left.values())

@@ -61,6 +61,11 @@ RACED_MULE = "6222020900009999"  # a partial release and a return at once
 CASE_R = "RET-R-2026-0004"
 RACED_BALANCE = 80_000
 RACED_FROZEN = 60_000
+LATE_MULE = "6222020900006666"  # paid back to one victim before a second case finds it
+VICTIM_C = "6222020900003456"
+VICTIM_D = "6217000900004567"
+CASE_C = "RET-C-2026-0004"
+CASE_D = "RET-D-2026-0005"
 
 # The mule holds 700.00; case A freezes 600.00 (all there), case B 300.00 (only 100.00 left).
 # Deposit order, latest first: B's victim (300.00) is paid first, A's victim gets the rest (400.00).
@@ -189,6 +194,8 @@ async def world(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World
         bank.open_account(STRANGER_ACCOUNT, "王某某", balance=0, opened_at=opened)
         bank.open_account(UNTRACED_MULE, "赵某某", balance=5_000, opened_at=opened)
         bank.open_account(RACED_MULE, "孙某某", balance=RACED_BALANCE, opened_at=opened)
+        bank.open_account(LATE_MULE, "孙某某", balance=10_000, opened_at=opened)
+        bank.open_account(VICTIM_C, "周某某", balance=0, opened_at=opened)
         world = World(stack=stack, bank=bank)
         now = datetime.now(UTC)
         async with stack.client(OWNER_A) as police_a, stack.client(OWNER_B) as police_b:
@@ -588,3 +595,67 @@ async def test_a_partial_release_and_a_return_on_one_account_never_count_the_sam
         rest = await a.submit(partial_release(CASE_R, hold.id, 10_000, mule))
         assert (await settled(a, rest.status.id)).state == common_pb2.REQUEST_STATE_EXECUTED
         assert world.bank.balance(RACED_MULE) == RACED_BALANCE - 30_000
+
+
+async def test_a_claim_arriving_after_a_return_is_shared_only_what_is_left(world: World) -> None:
+    """Case C freezes 60.00 of the 100.00 on an account and its victim is paid back in full. Then
+    case D freezes the same account with a LATER deposit of 50.00 (the bank holds the 40.00 still
+    there). By deposit order alone D's victim would come first and be owed 50.00: 110.00 ordered
+    from 100.00. What was paid stays C's; D's share is the 40.00 left, and no more is accepted."""
+    stack, bank = world.stack, world.bank
+    mule = _ref(LATE_MULE, "孙某某")
+    victim_c, victim_d = _ref(VICTIM_C, "周某某", BANK), _ref(VICTIM_D, "吴某某", OTHER_BANK)
+    now = datetime.now(UTC)
+    async with stack.client(OWNER_A) as c, stack.client(OWNER_B) as d:
+        held = await c.submit(
+            freeze(CASE_C, OWNER_A, 6_000, victim_c, now - timedelta(hours=3), account=mule)
+        )
+        assert (await settled(c, held.status.id)).state == common_pb2.REQUEST_STATE_EXECUTED
+
+        async def indexed(client: BusClient, case_number: str, claims: int) -> trail_pb2.Allocation | None:
+            try:
+                allocation = await client.allocation(case_number, mule)
+            except grpc.aio.AioRpcError:
+                return None
+            return allocation if len(allocation.claims) == claims else None
+
+        await found(lambda: indexed(c, CASE_C, 1), "case C holds the account")
+        paid = await c.submit(return_order(CASE_C, OWNER_A, (victim_c, 6_000), account=mule))
+        assert (await settled(c, paid.status.id)).state == common_pb2.REQUEST_STATE_EXECUTED
+        assert bank.balance(VICTIM_C) == 6_000
+
+        late = await d.submit(
+            freeze(CASE_D, OWNER_B, 5_000, victim_d, now - timedelta(hours=1), account=mule)
+        )
+        assert (await settled(d, late.status.id)).state == common_pb2.REQUEST_STATE_PARTIALLY_EXECUTED
+
+        async def both_settled() -> trail_pb2.Allocation | None:
+            allocation = await indexed(d, CASE_D, 2)
+            if allocation is None or _shares(allocation)[OWNER_A].returned.minor_units != 6_000:
+                return None
+            return allocation
+
+        allocation = await found(both_settled, "case D holds the account and C's return is settled")
+        shares = _shares(allocation)
+        assert allocation.frozen.minor_units == 10_000  # 60.00 held (and paid out) + 40.00 held
+        assert [claim.issuing_agency for claim in allocation.claims] == [
+            OWNER_B,
+            OWNER_A,
+        ]  # D's deposit is later
+        assert shares[OWNER_A].share.minor_units == 6_000  # paid: it stays C's
+        assert shares[OWNER_B].share.minor_units == 4_000  # the rest, not D's 50.00
+        assert sum(claim.share.minor_units for claim in allocation.claims) <= allocation.frozen.minor_units
+
+        journal_before = await _journal_count(stack, OWNER_B, CASE_D)
+        reserved_before = await _reservation(stack, allocation.node_id)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await d.submit(return_order(CASE_D, OWNER_B, (victim_d, 5_000), account=mule))
+        assert error_details(refused.value).reason == "EXCEEDS_SHARE"
+        assert await _journal_count(stack, OWNER_B, CASE_D) == journal_before
+        assert await _reservation(stack, allocation.node_id) == reserved_before
+
+        rest = await d.submit(return_order(CASE_D, OWNER_B, (victim_d, 4_000), account=mule))
+        status = await settled(d, rest.status.id)
+        assert status.state == common_pb2.REQUEST_STATE_EXECUTED
+        assert status.result.amount_returned.minor_units == 4_000
+        assert bank.balance(LATE_MULE) == 0  # 60.00 + 40.00 returned: exactly what was frozen

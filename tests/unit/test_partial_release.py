@@ -5,14 +5,13 @@ requests are given as a dict, the record is a message."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal
 
 import pytest
 from greenchannel.v1 import common_pb2, lifecycle_pb2, requests_pb2, results_pb2, trail_pb2
 
 from broker.hub import HubError
-from broker.hub._allocation import Claim, allocate
 from broker.hub._errors import AlreadyExistsError
 from broker.hub._partial_release import (
     ReleasePlan,
@@ -26,7 +25,7 @@ from broker.hub._partial_release import (
     void_release,
 )
 from broker.hub._policy import ReleasePolicy
-from broker.hub._returns_rules import overcommitted, stale_entries
+from broker.hub._returns_rules import stale_entries, uncovered
 
 POLICE = "police-310115"
 CASE = "SH-PD-2026-1203-0013"
@@ -277,22 +276,9 @@ async def test_a_reserved_release_is_stale_until_reconciled_and_a_return_counts_
     record = trail_pb2.AccountReturns()
     reserved(record, await plan_of(request(400_000, purpose=requests_pb2.RELEASE_PURPOSE_UNSPECIFIED)), "a")
     assert stale_entries(record) == ["req-a"]
-    # The return side: frozen money shrinks by the reserved release, and what victims were
-    # returned or reserved beyond their shares is what a release may not cause.
-    claims = [
-        Claim(
-            claim_id="c1",
-            case_number=CASE,
-            issuing_agency=POLICE,
-            victim_id="v1",
-            claimed=1_000_000,
-            deposited_at=NOW - timedelta(hours=1),
-        )
-    ]
-    before = allocate(1_000_000, claims, notice_ends_at=NOW)
-    after = allocate(
-        1_000_000 - released_from(HOLD, [], record.releases).released, claims, notice_ends_at=NOW
-    )
+    # The return side: the frozen money shrinks by the reserved release, and what victims were
+    # returned or reserved beyond it is what a release may not cause.
+    frozen = 1_000_000 - released_from(HOLD, [], record.releases).released
     returned = trail_pb2.ReturnEntry(
         issuing_agency=POLICE,
         case_number=CASE,
@@ -300,5 +286,7 @@ async def test_a_reserved_release_is_stale_until_reconciled_and_a_return_counts_
         amount=cny(700_000),
         state=trail_pb2.RETURN_STATE_RESERVED,
     )
-    assert overcommitted(before, [returned]) == 0
-    assert overcommitted(after, [returned]) == 100_000  # 7,000 reserved, 6,000 left to share
+    assert uncovered(1_000_000, [returned]) == 0
+    assert uncovered(frozen, [returned]) == 100_000  # 7,000 reserved, 6,000 still frozen
+    returned.state = trail_pb2.RETURN_STATE_RELEASED  # the return ended unpaid: it takes nothing
+    assert uncovered(frozen, [returned]) == 0

@@ -12,14 +12,16 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric import x25519
 from greenchannel.v1 import common_pb2, lifecycle_pb2, requests_pb2, results_pb2, trail_pb2
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from broker.hub._allocation import Allocation, allocate
+from broker.hub import allocation_message
+from broker.hub._allocation import Allocation, Claim, allocate
 from broker.hub._errors import AlreadyExistsError, HubError
 from broker.hub._policy import DEFAULT_CHASE, load_policy
 from broker.hub._returns_rules import (
     HoldView,
     Payout,
-    allocation_message,
     check_order,
     claims_on,
     first_hold_at,
@@ -27,7 +29,9 @@ from broker.hub._returns_rules import (
     release,
     reserve,
     settle,
+    share_out,
     stale_entries,
+    taken,
 )
 from broker.hub._trail_rules import new_trail, planned_children, record_outcome, record_submission
 from broker.protocol import (
@@ -285,28 +289,177 @@ def test_an_outcome_settles_the_reservation_once() -> None:
     assert not release(record, "late")
 
 
-def test_the_allocation_message_spreads_a_victims_returns_over_its_claims() -> None:
-    allocation = _allocation()
+def _claims() -> list[Claim]:
+    a = trail_of(CASE, claim_request("a1", 600, victim="va", at=NOW - timedelta(hours=3)))
+    b = trail_of(OTHER, claim_request("b1", 300, victim="vb", at=NOW - timedelta(hours=1)))
+    c = trail_of(OTHER, claim_request("b2", 500, victim="vc", at=None))
+    return claims_on([a, b, c], "mule")
+
+
+def test_the_wire_form_spreads_a_victims_returns_over_its_claims() -> None:
     record = trail_pb2.AccountReturns(node_id="mule")
     _reserve(record, "paid", "k1", 300)
     settle(record, _ended("paid", S.REQUEST_STATE_EXECUTED, (0, 300)))
     _reserve(record, "open", "k2", 50)
+    shared = share_out(700, _claims(), record.entries, notice_ends_at=NOW + timedelta(days=30))
+    # Within the shares, the record changes no share.
+    assert shared.allocation == _allocation()
+    assert (dict(shared.returned), dict(shared.reserved)) == ({"a1": 300}, {"a1": 50})
     message = allocation_message(
-        allocation,
-        record.entries,
+        shared.allocation,
         node_id="mule",
         bank="bank-icbc",
         currency="CNY",
+        returned=shared.returned,
+        reserved=shared.reserved,
         computed_at=NOW,
-        notice_ends_at=NOW + timedelta(days=30),
     )
     by_claim = {c.claim_id: c for c in message.claims}
     assert [c.claim_id for c in message.claims] == ["b1", "a1", "b2"]  # latest deposit first
     assert (by_claim["a1"].share.minor_units, by_claim["a1"].returned.minor_units) == (400, 300)
     assert by_claim["a1"].reserved.minor_units == 50
+    assert (by_claim["b1"].returned.minor_units, by_claim["b1"].reserved.minor_units) == (0, 0)
     assert by_claim["b2"].rule == R.ALLOCATION_RULE_PRO_RATA
     assert by_claim["b2"].HasField("payable_after")
     assert message.frozen.minor_units == 700
+
+
+def test_money_returned_stays_with_its_claim_and_a_later_claim_gets_only_the_rest() -> None:
+    """Victim A's 600 went back; then case B finds the account with a LATER deposit of 500. By
+    deposit order alone B would come first (500 of the 1,000) and A get 500 of the 600 already
+    paid: 1,100 ordered from 1,000. What was paid stays A's; B is shared the 400 left."""
+    a = trail_of(CASE, claim_request("a1", 600, victim="va", at=NOW - timedelta(hours=3)))
+    b = trail_of(OTHER, claim_request("b1", 500, victim="vb", at=NOW - timedelta(hours=1)))
+    claims = claims_on([a, b], "mule")
+    record = trail_pb2.AccountReturns(node_id="mule")
+    _reserve(record, "paid", "k1", 600)
+    settle(record, _ended("paid", S.REQUEST_STATE_EXECUTED, (0, 600)))
+    notice = NOW + timedelta(days=30)
+    shared = share_out(1_000, claims, record.entries, notice_ends_at=notice)
+    assert {s.claim.claim_id: s.amount for s in shared.allocation.shares} == {"a1": 600, "b1": 400}
+    assert dict(shared.returned) == {"a1": 600}
+
+    def order(units: int, entries: Sequence[trail_pb2.ReturnEntry], key: str = "kb") -> None:
+        check_order(
+            share_out(1_000, claims, entries, notice_ends_at=notice).allocation,
+            entries,
+            case=(OTHER.issuing_agency, OTHER.case_number),
+            payouts=[_payout("vb", units)],
+            currency="CNY",
+            now=NOW,
+            order_key=key,
+        )
+
+    with pytest.raises(HubError) as refused:
+        order(401, record.entries)
+    assert refused.value.reason == "EXCEEDS_SHARE"
+    order(400, record.entries)
+    # A reservation counts as much as a return: while A's 600 is only reserved, B gets 400 too.
+    reserved_only = trail_pb2.AccountReturns(node_id="mule")
+    _reserve(reserved_only, "open", "k1", 600)
+    with pytest.raises(HubError):
+        order(401, reserved_only.entries)
+    # Never more ordered than frozen, whatever was paid: A's 600 and B's 400 are the 1,000.
+    reserve(
+        record,
+        request_id="b-open",
+        order_key="kb",
+        content="c",
+        case=(OTHER.issuing_agency, OTHER.case_number),
+        payouts=[_payout("vb", 400)],
+        now=NOW,
+    )
+    with pytest.raises(HubError):
+        order(1, record.entries, key="kb2")
+    final = share_out(1_000, claims, record.entries, notice_ends_at=notice)
+    assert sum(s.amount for s in final.allocation.shares) == 1_000
+    # A hold released after the return shrinks what is frozen below what left: nothing is refused
+    # as inconsistent, and nothing more is payable.
+    shrunk = share_out(300, claims, record.entries, notice_ends_at=notice)
+    assert {s.claim.claim_id: s.amount for s in shrunk.allocation.shares} == {"a1": 600, "b1": 400}
+    assert shrunk.allocation.unallocated == 0
+
+
+Victim = tuple[str, str, str]  # police, case, victim digest
+_victims = st.sampled_from([("p1", "C1", "va"), ("p1", "C1", "vb"), ("p2", "C2", "va"), ("p2", "C2", "vc")])
+_claim_specs = st.lists(
+    st.tuples(_victims, st.integers(1, 500), st.one_of(st.none(), st.integers(0, 4))), min_size=1, max_size=7
+)
+
+
+def _passes(
+    allocation: Allocation, entries: Sequence[trail_pb2.ReturnEntry], who: Victim, units: int, at: datetime
+) -> bool:
+    try:
+        check_order(
+            allocation,
+            entries,
+            case=(who[0], who[1]),
+            payouts=[_payout(who[2], units)],
+            currency="CNY",
+            now=at,
+            order_key=f"k{len(entries)}",
+        )
+    except HubError:
+        return False
+    return True
+
+
+@given(
+    specs=_claim_specs,
+    frozen=st.integers(0, 2_000),
+    early=st.integers(0, 7),
+    paid=st.lists(st.integers(0, 4), min_size=14, max_size=14),
+)
+@settings(max_examples=80, deadline=None)
+def test_whatever_is_paid_before_later_claims_arrive_no_more_than_frozen_is_ever_paid(
+    specs: list[tuple[Victim, int, int | None]], frozen: int, early: int, paid: list[int]
+) -> None:
+    """Claims arrive in two waves (a second case, later deposits); after each, every victim is paid
+    part or all of what the check lets through. What the check lets through is exactly what the
+    victim's shares leave, and the total paid never exceeds what is frozen."""
+    notice = NOW + timedelta(days=30)
+    after = notice + timedelta(days=1)
+    claims = [
+        Claim(
+            claim_id=f"c{i}",
+            issuing_agency=agency,
+            case_number=case,
+            victim_id=victim,
+            claimed=units,
+            deposited_at=None if minute is None else NOW + timedelta(minutes=minute),
+        )
+        for i, ((agency, case, victim), units, minute) in enumerate(specs)
+    ]
+    entries: list[trail_pb2.ReturnEntry] = []
+    fractions = iter(paid)
+    for wave in (claims[:early], claims):
+        for who in sorted({(c.issuing_agency, c.case_number, c.victim_id) for c in wave}):
+            allocation = share_out(frozen, wave, entries, notice_ends_at=notice).allocation
+            due = sum(
+                s.amount
+                for s in allocation.shares
+                if (s.claim.issuing_agency, s.claim.case_number, s.claim.victim_id) == who
+            )
+            used = sum(taken(e) for e in entries if (e.issuing_agency, e.case_number, e.victim_id) == who)
+            left = max(0, due - used)
+            assert not _passes(allocation, entries, who, left + 1, after)
+            pay = left * next(fractions) // 4
+            if pay:
+                assert _passes(allocation, entries, who, pay, after)
+                entries.append(
+                    trail_pb2.ReturnEntry(
+                        request_id=f"r{len(entries)}",
+                        order_key=f"k{len(entries)}",
+                        issuing_agency=who[0],
+                        case_number=who[1],
+                        victim_id=who[2],
+                        amount=money(pay),
+                        returned=money(pay),
+                        state=R.RETURN_STATE_RETURNED,
+                    )
+                )
+            assert sum(taken(e) for e in entries) <= frozen
 
 
 # -- the payouts sealed to the requester only ---------------------------------------------------------
