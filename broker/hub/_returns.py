@@ -30,10 +30,11 @@ find its reservation; releasing only on failure would leak at a crash: the two t
 
 **Partial releases share the record.** A RELEASE naming an amount is reserved in the same record
 (a ``ReleaseEntry``, :mod:`broker.hub._partial_release`) before it is stored, by the same
-compare-and-set, and checked there against the hold's other releases. A return counts reserved
-releases as no longer frozen (the allocation is computed again inside the compare-and-set, from
-the record it writes), so a release and a return on one account are checked one after the other,
-whichever comes first. Release entries are reconciled, settled and released exactly as return
+compare-and-set, and checked there against the hold's other releases, and against the returns:
+it may not leave less frozen on the account than was returned or is reserved for victims
+(``MORE_THAN_HELD``). A return counts reserved releases as no longer frozen (the allocation is
+computed again inside the compare-and-set, from the record it writes). So a release and a return
+on one account are checked one after the other, whichever comes first. Release entries are reconciled, settled and released exactly as return
 entries are (their outcome runs :meth:`Returns.after_outcome` too).
 
 **Settlement.** When the order reaches an outcome (:meth:`Returns.after_outcome`, called as every
