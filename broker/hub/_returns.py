@@ -34,8 +34,9 @@ compare-and-set, and checked there against the hold's other releases, and agains
 it may not leave less frozen on the account than was returned or is reserved for victims
 (``MORE_THAN_HELD``). A return counts reserved releases as no longer frozen (the allocation is
 computed again inside the compare-and-set, from the record it writes). So a release and a return
-on one account are checked one after the other, whichever comes first. Release entries are reconciled, settled and released exactly as return
-entries are (their outcome runs :meth:`Returns.after_outcome` too).
+on one account are checked one after the other, whichever comes first. Release entries are
+reconciled, settled and released exactly as return entries are (their outcome runs
+:meth:`Returns.after_outcome` too).
 
 **Settlement.** When the order reaches an outcome (:meth:`Returns.after_outcome`, called as every
 outcome hook is, at least once), its entries become RETURNED with the amounts the bank reported
