@@ -258,6 +258,20 @@ async def _reservation(stack: Stack, node_id: str) -> trail_pb2.AccountReturns |
         await nc.close()
 
 
+async def _indexed(
+    client: BusClient, case_number: str, account: common_pb2.BankAccountRef, what: str
+) -> trail_pb2.Allocation:
+    """The allocation of ``account`` in ``case_number``, once the case's hold there is indexed."""
+
+    async def indexed() -> trail_pb2.Allocation | None:
+        try:
+            return await client.allocation(case_number, account)
+        except grpc.aio.AioRpcError:
+            return None
+
+    return await found(indexed, what)
+
+
 def _shares(allocation: trail_pb2.Allocation) -> dict[str, trail_pb2.ClaimShare]:
     return {claim.issuing_agency: claim for claim in allocation.claims}
 
@@ -487,13 +501,7 @@ async def test_untraced_money_is_shared_pro_rata_only_after_the_notice_period(wo
         held = await a.submit(freeze(CASE_A, OWNER_A, 5_000, VICTIM_A_REF, None, account=mule))
         assert (await settled(a, held.status.id)).state == common_pb2.REQUEST_STATE_EXECUTED
 
-        async def indexed() -> trail_pb2.Allocation | None:
-            try:
-                return await a.allocation(CASE_A, mule)
-            except grpc.aio.AioRpcError:
-                return None
-
-        allocation = await found(indexed, "the untraced hold is indexed")
+        allocation = await _indexed(a, CASE_A, mule, "the untraced hold is indexed")
         (claim,) = allocation.claims
         assert claim.rule == trail_pb2.ALLOCATION_RULE_PRO_RATA
         assert claim.share.minor_units == 5_000
@@ -544,13 +552,7 @@ async def test_a_partial_release_and_a_return_on_one_account_never_count_the_sam
         hold = await settled(a, held.status.id)
         assert hold.state == common_pb2.REQUEST_STATE_EXECUTED
 
-        async def indexed() -> trail_pb2.Allocation | None:
-            try:
-                return await a.allocation(CASE_R, mule)
-            except grpc.aio.AioRpcError:
-                return None
-
-        allocation = await found(indexed, "the hold is indexed")
+        allocation = await _indexed(a, CASE_R, mule, "the hold is indexed")
         assert _shares(allocation)[OWNER_A].share.minor_units == RACED_FROZEN
 
         # At the same instant: the whole share back, and 200.00 released. One passes.
