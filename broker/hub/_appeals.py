@@ -45,7 +45,6 @@ from broker.protocol import (
     Agency,
     Clock,
     Registry,
-    body_digest,
     event_subject,
     type_name,
 )
@@ -53,10 +52,10 @@ from broker.protocol import (
 from ._auth import Caller
 from ._errors import IllegalTransitionError, InvalidRequestError, NotFoundError, PermissionDeniedError
 from ._events import BrokerEvents, Refused
+from ._open_appeals import OPEN_APPEAL_STATES, OpenAppeals
 from ._signed import signed_by_caller
 from ._store import RequestStore
 from ._submit import Intake
-from ._watchlog import WatchLog
 
 __all__ = ["RESTRICTION_TYPES", "AppealCheck", "AppealDesk", "lifting_order_for"]
 
@@ -75,7 +74,7 @@ RESTRICTION_TYPES = frozenset(
 _IN_EFFECT = frozenset(
     {_S.REQUEST_STATE_EXECUTED, _S.REQUEST_STATE_PARTIALLY_EXECUTED, _S.REQUEST_STATE_EXTENDED}
 )
-_OPEN = frozenset({_S.REQUEST_STATE_SUBMITTED, _S.REQUEST_STATE_DELIVERED, _S.REQUEST_STATE_ACKNOWLEDGED})
+_OPEN = OPEN_APPEAL_STATES
 # uuid5 namespace of the broker's decision events: one id per (appeal, ruling), so the same signed
 # ruling applied twice is one event, and another ruling is a second outcome (refused).
 _DECISION_NAMESPACE = uuid.UUID("3b1f8c52-7d4e-5a09-b6c1-2e8f4a7d9c30")
@@ -107,17 +106,17 @@ def lifting_order_for(
 class AppealCheck:
     """Intake's checks of an APPEAL: the restriction it names, and who may appeal it, when."""
 
-    def __init__(self, *, requests: RequestStore, watchlog: WatchLog) -> None:
+    def __init__(self, *, requests: RequestStore, open_appeals: OpenAppeals) -> None:
         self._requests = requests
-        self._watchlog = watchlog
+        self._open = open_appeals
 
     async def check(
-        self, sender: Agency, request: requests_pb2.Request, recipient: Agency, *, signed_payload: bytes
+        self, sender: Agency, request: requests_pb2.Request, recipient: Agency, *, order_key: str
     ) -> lifecycle_pb2.RequestStatus:
         """The restriction appealed, once every check passed; raise with a specific reason.
 
-        ``signed_payload``: the request's signed bytes; an open appeal made of the very same bytes
-        is the client's retry, left to the idempotency of intake rather than refused as pending.
+        ``order_key``: the appeal's idempotency binding; an open appeal with the same one is the
+        client's retry, left to the idempotency of intake rather than refused as pending.
         """
         case_ref = request.case_ref
         if case_ref.legal_instrument_type != _S.LEGAL_INSTRUMENT_TYPE_APPEAL:
@@ -161,41 +160,19 @@ class AppealCheck:
                 f" (recipient and case_ref must name {owner.issuing_agency!r} and its case)",
                 reason="WRONG_CASE",
             )
-        await self._no_open_appeal(sender.id, restriction, body_digest(signed_payload))
+        # At most one open appeal per restriction: checked here, and again as intake claims the
+        # restriction's key before storing the appeal (two at the same instant: one passes).
+        await self._open.refuse_if_open(restriction.id, order_key=order_key)
         return restriction
 
-    async def _no_open_appeal(
-        self, sender: str, restriction: lifecycle_pb2.RequestStatus, digest: str
-    ) -> None:
-        """At most one open appeal per restriction.
+    async def claim(self, restriction_id: str, *, request_id: str, order_key: str) -> str:
+        """Name the appeal as the restriction's open one before it is stored (``APPEAL_PENDING``
+        when another is open); the request id to store it under (see :mod:`broker.hub._open_appeals`)."""
+        return await self._open.claim(restriction_id, request_id=request_id, order_key=order_key)
 
-        Found from the journal's subjects, which name sender, recipient and case: the requests this
-        agency sent to the police in this case are its appeals, a handful, so one stream-info call
-        and a read of each. Appeals are filed by people, one at a time: two filed in the same
-        instant could both pass, which the police then see side by side.
-        """
-        owner = restriction.case_ref
-        ids = await self._watchlog.request_ids(
-            owner.issuing_agency, owner.case_number, sender=sender, recipient=owner.issuing_agency
-        )
-        for request_id in ids:
-            try:
-                status = (await self._requests.get(request_id)).status
-            except NotFoundError:
-                continue
-            if (
-                status.type != _S.REQUEST_TYPE_APPEAL
-                or status.target_id != restriction.id
-                or status.state not in _OPEN
-            ):
-                continue
-            header = envelope_pb2.EnvelopeHeader.FromString(status.notarized_header)
-            if header.body_digest == digest:
-                continue  # this very request again: intake answers it as a duplicate
-            raise IllegalTransitionError(
-                f"appeal {status.id} against this restriction is still open; it is decided first",
-                reason="APPEAL_PENDING",
-            )
+    async def abandon(self, restriction_id: str, request_id: str) -> None:
+        """Intake could not store the appeal: free the restriction's key."""
+        await self._open.abandon(restriction_id, request_id)
 
 
 class AppealDesk:

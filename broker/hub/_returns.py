@@ -28,6 +28,16 @@ mistaken for one), or that ended unpaid (rejected, failed, cancelled, expired), 
 released; one the bank paid is settled. Keying by request id alone would leave a retry unable to
 find its reservation; releasing only on failure would leak at a crash: the two together close both.
 
+**Partial releases share the record.** A RELEASE naming an amount is reserved in the same record
+(a ``ReleaseEntry``, :mod:`broker.hub._partial_release`) before it is stored, by the same
+compare-and-set, and checked there against the hold's other releases, and against the returns:
+it may not leave less frozen on the account than was returned or is reserved for victims
+(``MORE_THAN_HELD``). A return counts reserved releases as no longer frozen (the allocation is
+computed again inside the compare-and-set, from the record it writes). So a release and a return
+on one account are checked one after the other, whichever comes first. Release entries are
+reconciled, settled and released exactly as return entries are (their outcome runs
+:meth:`Returns.after_outcome` too).
+
 **Settlement.** When the order reaches an outcome (:meth:`Returns.after_outcome`, called as every
 outcome hook is, at least once), its entries become RETURNED with the amounts the bank reported
 per payout (``result.returns``), or RELEASED. Idempotent: a settled entry is not settled again.
@@ -36,8 +46,8 @@ per payout (``result.returns``), or RELEASED. Idempotent: a settled entry is not
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 
 import nats.errors
@@ -47,12 +57,26 @@ from greenchannel.v1 import common_pb2, lifecycle_pb2, requests_pb2, trail_pb2
 from nats.js.client import JetStreamContext
 from nats.js.kv import KeyValue
 
-from broker.protocol import EXECUTED_STATES, FINAL_STATES, Agency, Clock, Registry
+from broker.protocol import FINAL_STATES, Agency, Clock, Registry
 
 from ._account_cases import AccountCases, CaseKey
 from ._allocation import Claim
 from ._allocation_wire import allocation_message
-from ._errors import ConflictError, NotFoundError, PermissionDeniedError, UnavailableError
+from ._errors import (
+    ConflictError,
+    IllegalTransitionError,
+    NotFoundError,
+    PermissionDeniedError,
+    UnavailableError,
+)
+from ._partial_release import (
+    ReleasePlan,
+    check_release,
+    released_from,
+    reserve_release,
+    settle_release,
+    void_release,
+)
 from ._policy import ReturnPolicy
 from ._returns_rules import (
     HoldView,
@@ -69,8 +93,10 @@ from ._returns_rules import (
     settle,
     share_out,
     stale_entries,
+    taken,
+    uncovered,
 )
-from ._store import LazyBucket, RequestStore
+from ._store import IN_FLIGHT_GRACE, LazyBucket, RequestStore, never_stored
 from ._trail import CaseRequests, TrailRecorder
 from ._trail_store import TrailStore
 
@@ -82,7 +108,6 @@ RETURNS_BUCKET = "gc_returns"
 """KV bucket of the per-account return records."""
 
 _CAS_ATTEMPTS = 16
-_GRACE = timedelta(seconds=60)  # an order reserved this recently may still be on its way to the journal
 
 
 class ReturnRecords:
@@ -129,6 +154,15 @@ class ReturnRecords:
         raise ConflictError("the account's returns kept changing under concurrent updates")
 
 
+class _NeedsAllocation(Exception):
+    """A release's compare-and-set found returns on the account it had not read the allocation for."""
+
+
+def _returning(record: trail_pb2.AccountReturns) -> bool:
+    """Whether money on the account was returned or is reserved for a return."""
+    return any(taken(e) > 0 for e in record.entries)
+
+
 @dataclass(frozen=True, kw_only=True)
 class AccountView:
     """What the broker knows about the money frozen on one account, over every case holding it."""
@@ -138,14 +172,29 @@ class AccountView:
     cases: tuple[CaseKey, ...]
     trails: tuple[trail_pb2.Trail, ...]
     holds: tuple[HoldView, ...]
+    """The holds, their ``released`` not counted yet (see :meth:`frozen_for`)."""
+    releases: tuple[lifecycle_pb2.RequestStatus, ...]
+    """The releases of those holds in the journal, in any state."""
+    claims: tuple[Claim, ...]
     currency: str
     notice_ends_at: datetime
-    frozen: int
-    claims: tuple[Claim, ...]
 
-    def shared(self, entries: Sequence[trail_pb2.ReturnEntry]) -> Shared:
-        """The allocation with the record's ``entries`` (returned, reserved) kept with their claims."""
-        return share_out(self.frozen, self.claims, entries, notice_ends_at=self.notice_ends_at)
+    def frozen_for(self, record: trail_pb2.AccountReturns) -> int:
+        """The money frozen once the releases the account's record reserved or lifted are counted
+        (a pending release counts as lifted already)."""
+        holds = []
+        for hold in self.holds:
+            lifted = released_from(hold.request_id, self.releases, record.releases)
+            released = hold.held if lifted.all_pending else lifted.released
+            holds.append(replace(hold, released=released))
+        return frozen_on(holds)
+
+    def shared(self, record: trail_pb2.AccountReturns) -> Shared:
+        """The allocation of what is frozen (:meth:`frozen_for`), with the record's entries
+        (returned, reserved) kept with their claims."""
+        return share_out(
+            self.frozen_for(record), self.claims, record.entries, notice_ends_at=self.notice_ends_at
+        )
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -159,9 +208,13 @@ class Reconciled:
         """Settle and release them in ``record``; whether that changed it."""
         changed = False
         for status in self.ended:
-            changed = settle(record, status) or changed
+            if status.type == common_pb2.REQUEST_TYPE_RELEASE:
+                changed = settle_release(record, status) or changed
+            else:
+                changed = settle(record, status) or changed
         for request_id in self.unstored:
             changed = release(record, request_id) or changed
+            changed = void_release(record, request_id) or changed
         return changed
 
 
@@ -190,7 +243,7 @@ class Returns:
         registry: Registry,
         policy: ReturnPolicy,
         clock: Clock,
-        grace: timedelta = _GRACE,
+        grace: timedelta = IN_FLIGHT_GRACE,
     ) -> None:
         self._records = records
         self._index = index
@@ -218,9 +271,9 @@ class Returns:
         cases = tuple(await self._index.cases(node_id))
         stored = await asyncio.gather(*(self._trails.get(c.issuing_agency, c.case_number) for c in cases))
         trails = tuple(s.trail for s in stored if s is not None)
-        holds = tuple(
-            h for group in await asyncio.gather(*(self._holds(t, node_id) for t in trails)) for h in group
-        )
+        found = await asyncio.gather(*(self._holds(t, node_id) for t in trails))
+        holds = tuple(h for group, _ in found for h in group)
+        releases = tuple(r for _, group in found for r in group)
         now = self._clock.now()
         first = first_hold_at(holds)
         notice_ends_at = (first or now) + self._policy.notice_period
@@ -230,22 +283,24 @@ class Returns:
             cases=cases,
             trails=trails,
             holds=holds,
+            releases=releases,
+            claims=tuple(claims_on(trails, node_id)),
             currency=currency_on(trails, node_id),
             notice_ends_at=notice_ends_at,
-            frozen=frozen_on(holds),
-            claims=tuple(claims_on(trails, node_id)),
         )
 
-    async def _holds(self, trail: trail_pb2.Trail, node_id: str) -> list[HoldView]:
-        """The case's holds on the account with their current states and partial releases."""
+    async def _holds(
+        self, trail: trail_pb2.Trail, node_id: str
+    ) -> tuple[list[HoldView], list[lifecycle_pb2.RequestStatus]]:
+        """The case's holds on the account with their current states, and their releases."""
         entries = holds_in(trail, node_id)
         if not entries:
-            return []
+            return [], []
         statuses = await asyncio.gather(
             *(self._requests.get(e.request_id) for e in entries), return_exceptions=True
         )
         ids = {e.request_id for e in entries}
-        released = await self._released(trail.case_ref, ids)
+        releases = await self._releases(trail.case_ref, ids)
         holds: list[HoldView] = []
         for entry, stored in zip(entries, statuses, strict=True):
             if isinstance(stored, NotFoundError):
@@ -257,30 +312,25 @@ class Returns:
                     request_id=entry.request_id,
                     held=entry.held.minor_units,
                     state=stored.status.state,
-                    released=released.get(entry.request_id, 0),
+                    released=0,
                     outcome_at=entry.outcome_at.ToDatetime(tzinfo=UTC),
                 )
             )
-        return holds
+        return holds, releases
 
-    async def _released(self, case: common_pb2.CaseRef, targets: set[str]) -> dict[str, int]:
-        """Minor units executed partial releases lifted from each of ``targets``."""
+    async def _releases(
+        self, case: common_pb2.CaseRef, targets: set[str]
+    ) -> list[lifecycle_pb2.RequestStatus]:
+        """The case's releases of any of ``targets``, in any state."""
         ids = await self._cases.request_ids(case.issuing_agency, case.case_number)
         found = await asyncio.gather(*(self._requests.get(i) for i in ids), return_exceptions=True)
-        lifted: dict[str, int] = {}
-        for stored in found:
-            if isinstance(stored, BaseException):
-                continue
-            status = stored.status
-            if (
-                status.type == common_pb2.REQUEST_TYPE_RELEASE
-                and status.target_id in targets
-                and status.state in EXECUTED_STATES
-            ):
-                lifted[status.target_id] = (
-                    lifted.get(status.target_id, 0) + status.result.amount_released.minor_units
-                )
-        return lifted
+        return [
+            stored.status
+            for stored in found
+            if not isinstance(stored, BaseException)
+            and stored.status.type == common_pb2.REQUEST_TYPE_RELEASE
+            and stored.status.target_id in targets
+        ]
 
     async def read(self, case: CaseKey, account: common_pb2.BankAccountRef) -> trail_pb2.Allocation:
         """``GetAllocation``: the allocation of the account held in ``case``; NotFoundError when
@@ -293,7 +343,7 @@ class Returns:
                 reason="ACCOUNT_NOT_IN_CASE",
             )
         record, _ = await self._reconciled(node_id, "")
-        return self._message(view, view.shared(record.entries))
+        return self._message(view, view.shared(record))
 
     def _message(self, view: AccountView, shared: Shared) -> trail_pb2.Allocation:
         return allocation_message(
@@ -335,7 +385,7 @@ class Returns:
         )
         record, reconciled = await self._reconciled(node_id, order_key)
         check_order(
-            view.shared(record.entries).allocation,
+            view.shared(record).allocation,
             record.entries,
             case=(case.issuing_agency, case.case_number),
             payouts=payouts,
@@ -357,8 +407,9 @@ class Returns:
 
         def change(record: trail_pb2.AccountReturns) -> bool:
             changed = plan.reconciled.apply(record)
+            # Computed again from the record written: a release reserved since counts as lifted.
             check_order(
-                plan.view.shared(record.entries).allocation,
+                plan.view.shared(record).allocation,
                 record.entries,
                 case=case,
                 payouts=plan.payouts,
@@ -381,7 +432,7 @@ class Returns:
 
         record = await self._records.update(node_id, change)
         bound = next((e.request_id for e in record.entries if e.order_key == order_key), request_id)
-        return bound, self._message(plan.view, plan.view.shared(record.entries))
+        return bound, self._message(plan.view, plan.view.shared(record))
 
     async def _reconciled(self, node_id: str, order_key: str) -> tuple[trail_pb2.AccountReturns, Reconciled]:
         """The account's record as it stands once the orders that ended since (an outcome hook
@@ -394,11 +445,12 @@ class Returns:
 
     async def _reconcile(self, record: trail_pb2.AccountReturns, order_key: str) -> Reconciled:
         """Reserved entries whose order ended (to settle) or never reached the journal (to release)."""
-        mine = {e.request_id for e in record.entries if e.order_key == order_key}
+        entries: list[trail_pb2.ReturnEntry | trail_pb2.ReleaseEntry] = [*record.entries, *record.releases]
+        mine = {e.request_id for e in entries if e.order_key == order_key}
         pending = [i for i in stale_entries(record) if i not in mine]
         found = await asyncio.gather(*(self._requests.get(i) for i in pending), return_exceptions=True)
         now = self._clock.now()
-        reserved_at = {e.request_id: e.reserved_at.ToDatetime(tzinfo=UTC) for e in record.entries}
+        reserved_at = {e.request_id: e.reserved_at.ToDatetime(tzinfo=UTC) for e in entries}
         ended: list[lifecycle_pb2.RequestStatus] = []
         unstored: list[str] = []
         for request_id, stored in zip(pending, found, strict=True):
@@ -413,25 +465,82 @@ class Returns:
                 ended.append(stored.status)
         return Reconciled(ended=tuple(ended), unstored=tuple(unstored))
 
-    async def abandon(self, plan: ReturnPlan, request_id: str) -> None:
-        """Intake could not store the order: release its entries unless the journal has it."""
-        try:
-            await self._requests.get(request_id)
+    async def abandon(self, node_id: str, request_id: str) -> None:
+        """Intake could not store the order or release: free its entries unless the journal has it."""
+        if not await never_stored(self._requests, request_id):
             return
-        except NotFoundError:
-            pass
-        except Exception:
-            return
+
+        def free(record: trail_pb2.AccountReturns) -> bool:
+            released = release(record, request_id)
+            return void_release(record, request_id) or released
+
         try:
-            await self._records.update(plan.view.node_id, lambda record: release(record, request_id))
+            await self._records.update(node_id, free)
         except Exception as exc:
             log.warning("returns.not_released", request_id=request_id, error=type(exc).__name__)
+
+    # -- partial releases -------------------------------------------------------------------------
+
+    def release_node(
+        self, hold: lifecycle_pb2.RequestStatus, account: common_pb2.BankAccountRef, *, bank: str
+    ) -> str:
+        """The account record a release of ``hold`` is reserved in: the hold's own node when its
+        seed names it (however the release spells the account), else the account the release names
+        (the broker's own stop-payments and conversions; the bank refuses a release naming another
+        account than the hold's)."""
+        return hold.trail_seed.node_id or self.node_of(account, bank=bank)[0]
+
+    async def reserve_release(
+        self, plan: ReleasePlan, *, node_id: str, bank: str, request_id: str, order_key: str, content: str
+    ) -> str:
+        """Reserve a release naming an amount in the account's record, checked again in the
+        compare-and-set against the hold's other releases and against the returns of the account
+        (it may not take money returned or reserved for victims); the request id to store it under
+        (a retry's first id). Raises ``MORE_THAN_HELD`` or ``LIVING_EXPENSES_CAP`` (nothing
+        written then)."""
+        record, reconciled = await self._reconciled(node_id, order_key)
+        now = self._clock.now()
+        # The allocation is needed only on an account with returns, which are rare: read it then.
+        view = await self.view(node_id, bank) if _returning(record) else None
+
+        def change(record: trail_pb2.AccountReturns) -> bool:
+            changed = reconciled.apply(record)
+            check_release(plan, record.releases, order_key=order_key)
+            before = uncovered(view.frozen_for(record), record.entries) if view else 0
+            if not reserve_release(
+                record, plan, request_id=request_id, order_key=order_key, content=content, now=now
+            ):
+                return changed  # a retry: checked when it was reserved
+            if _returning(record):
+                if view is None:
+                    raise _NeedsAllocation
+                if uncovered(view.frozen_for(record), record.entries) > before:
+                    raise IllegalTransitionError(
+                        "releasing that much would leave less frozen on the account than was returned"
+                        " or ordered back to victims; release less, or after the returns",
+                        reason="MORE_THAN_HELD",
+                    )
+            return True
+
+        try:
+            record = await self._records.update(node_id, change)
+        except _NeedsAllocation:
+            # A return was reserved on the account meanwhile: check against it too.
+            view = await self.view(node_id, bank)
+            record = await self._records.update(node_id, change)
+        return next((e.request_id for e in record.releases if e.order_key == order_key), request_id)
 
     # -- outcomes ---------------------------------------------------------------------------------
 
     async def after_outcome(self, status: lifecycle_pb2.RequestStatus) -> None:
-        """An order reached an outcome: its reservation becomes returned or released. Idempotent;
+        """An order (or a partial release) reached an outcome: its reservation becomes returned or
+        released (lifted or void). Idempotent;
         raises (so the event is processed again) when NATS fails."""
+        if status.type == common_pb2.REQUEST_TYPE_RELEASE and status.release_seed.node_id:
+            await self._records.update(
+                status.release_seed.node_id, lambda record: settle_release(record, status)
+            )
+            return
         if status.type != common_pb2.REQUEST_TYPE_RETURN_FUNDS or not status.allocation.node_id:
             return
         record = await self._records.update(status.allocation.node_id, lambda record: settle(record, status))

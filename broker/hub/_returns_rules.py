@@ -47,6 +47,7 @@ __all__ = [
     "share_out",
     "stale_entries",
     "taken",
+    "uncovered",
 ]
 
 _R = trail_pb2
@@ -238,6 +239,12 @@ def check_order(
             )
 
 
+def uncovered(frozen: int, entries: Iterable[trail_pb2.ReturnEntry]) -> int:
+    """Minor units returned or reserved to victims that ``frozen`` no longer covers: 0 unless the
+    frozen money shrank under the returns (a partial release would do that)."""
+    return max(0, sum(taken(e) for e in entries) - frozen)
+
+
 def reserve(
     record: trail_pb2.AccountReturns,
     *,
@@ -307,11 +314,15 @@ def release(record: trail_pb2.AccountReturns, request_id: str) -> bool:
 
 
 def stale_entries(record: trail_pb2.AccountReturns, *, except_request: str = "") -> list[str]:
-    """Request ids with reserved entries: checked against the journal before a new reservation."""
+    """Request ids with reserved entries (returns and partial releases): checked against the
+    journal before a new reservation."""
     seen: dict[str, None] = {}
     for entry in record.entries:
         if entry.state == _R.RETURN_STATE_RESERVED and entry.request_id != except_request:
             seen.setdefault(entry.request_id, None)
+    for reserved in record.releases:
+        if reserved.state == _R.RELEASE_ENTRY_STATE_RESERVED and reserved.request_id != except_request:
+            seen.setdefault(reserved.request_id, None)
     return list(seen)
 
 

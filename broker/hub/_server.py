@@ -54,6 +54,7 @@ from ._directory_service import RegistryServicer
 from ._events import BrokerEvents, EventProcessor, EventProcessorConfig, HoldLifecycle
 from ._ledger import LedgerConfig, LedgerSequencer, LedgerWriter, ensure_ledger_streams
 from ._ledger_service import LedgerServicer
+from ._open_appeals import OpenAppeals
 from ._policy import Policy, load_policy
 from ._reflection import enable_reflection
 from ._refusals import RefusalAudit, RefusalAuditConfig
@@ -236,7 +237,10 @@ class Broker:
             js=js,
             broker_key=broker_key,
             clock=config.clock,
-            appeals=AppealCheck(requests=requests, watchlog=watchlog),
+            appeals=AppealCheck(
+                requests=requests,
+                open_appeals=OpenAppeals(js, requests=requests, clock=config.clock, replicas=config.replicas),
+            ),
         )
         trail_chaser = TrailChaser(
             recorder=trail_recorder,

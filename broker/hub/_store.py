@@ -58,12 +58,14 @@ from broker.protocol import (
 from ._errors import ConflictError, NotFoundError, UnavailableError
 
 __all__ = [
+    "IN_FLIGHT_GRACE",
     "Created",
     "IdempotencyStore",
     "LazyBucket",
     "RequestStore",
     "StoredStatus",
     "idempotency_msg_id",
+    "never_stored",
     "open_bucket",
 ]
 
@@ -102,6 +104,24 @@ async def open_bucket(
         return await js.key_value(name)
     except nats.errors.Error as exc:
         raise UnavailableError(f"cannot create KV bucket {name}: {exc}") from exc
+
+
+IN_FLIGHT_GRACE = timedelta(seconds=60)
+"""How long a reservation made for a request about to be stored (a return's payouts, a partial
+release, an open appeal) is taken to be in flight when the journal does not have the request: after
+that, it was never stored (intake failed or the broker died) and no longer counts."""
+
+
+async def never_stored(requests: RequestStore, request_id: str) -> bool:
+    """Whether the journal says it has no such request (False when it cannot say): a reservation
+    made for it is freed only then."""
+    try:
+        await requests.get(request_id)
+    except NotFoundError:
+        return True
+    except Exception:
+        return False
+    return False
 
 
 class LazyBucket:

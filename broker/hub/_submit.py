@@ -19,9 +19,10 @@ signed bytes. If the first publish did land, JetStream's duplicate window drops 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine, Mapping
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import nats.errors
@@ -64,7 +65,7 @@ from ._errors import (
     UnavailableError,
 )
 from ._grpc_status import to_hub_error
-from ._partial_release import check_partial_release, release_seed
+from ._partial_release import ReleasePlan, check_partial_release, release_seed
 from ._policy import Policy
 from ._routing import resolve_recipient
 from ._store import Created, IdempotencyStore, RequestStore, idempotency_msg_id
@@ -97,6 +98,14 @@ log = structlog.get_logger(__name__)
 class SubmitOutcome:
     status: lifecycle_pb2.RequestStatus
     duplicate: bool
+
+
+def _order_key(caller: Caller, verified: VerifiedRequest) -> str:
+    """The request's idempotency binding (the journal's ``Nats-Msg-Id`` of its SUBMITTED record).
+    Without a key of its own, a signed request is its own key: the same signed bytes sent again (a
+    retry, or a replayed bearer token bound to them) are the same request."""
+    key = verified.request.idempotency_key or f"jti:{verified.claims.jti}"
+    return idempotency_msg_id(caller.agency.id, key)
 
 
 def content_digest(request: requests_pb2.Request) -> str:
@@ -166,7 +175,7 @@ class Intake:
             if self._appeals is None:
                 raise PermissionDeniedError("this broker takes no appeals", reason="TYPE_NOT_ALLOWED")
             appealed = await self._appeals.check(
-                caller.agency, verified.request, recipient, signed_payload=verified.signed.payload
+                caller.agency, verified.request, recipient, order_key=_order_key(caller, verified)
             )
         self._policy.authorize_submit(
             sender=caller.agency,
@@ -240,10 +249,6 @@ class Intake:
             raise IllegalTransitionError(
                 "the SLA policy does not let stop-payments become freezes", reason="NOT_CONVERTIBLE"
             )
-        if body == "release":
-            await check_partial_release(
-                request, target, policy=self._policy.release, ids=self._case_request_ids, get=self._status
-            )
         return target
 
     async def _case_request_ids(self, case_owner: str, case_number: str) -> list[str]:
@@ -269,18 +274,22 @@ class Intake:
         self, caller: Caller, signed: envelope_pb2.SignedMessage, *, body: str | None = None
     ) -> SubmitOutcome:
         verified, recipient, target = await self.check(caller, signed, body=body)
-        # Without a key of its own, a signed request is its own key: the same signed bytes sent
-        # again (a retry, or a replayed bearer token bound to them) are the same request.
-        key = verified.request.idempotency_key or f"jti:{verified.claims.jti}"
-        msg_id = idempotency_msg_id(caller.agency.id, key)
+        msg_id = _order_key(caller, verified)
         content = content_digest(verified.request)
         plan = await self._check_return(caller, verified, recipient, order_key=msg_id)
-        if plan is None:
+        release_plan = await self._check_release(verified, target)
+        if plan is not None:
+            outcome = await self._accept_return(plan, verified, recipient, msg_id=msg_id, content=content)
+        elif verified.request.WhichOneof("body") == "appeal" and target is not None:
+            outcome = await self._accept_appeal(target, verified, recipient, msg_id=msg_id, content=content)
+        elif release_plan is not None and self._returns is not None:
+            outcome = await self._accept_release(
+                release_plan, verified, recipient, msg_id=msg_id, content=content
+            )
+        else:
             outcome = await self._accept(
                 new_uuid7(self._clock), verified, recipient, target, msg_id=msg_id, content=content
             )
-        else:
-            outcome = await self._accept_return(plan, verified, recipient, msg_id=msg_id, content=content)
         if not outcome.duplicate:
             status = outcome.status
             log.info(
@@ -307,21 +316,117 @@ class Intake:
     async def _accept_return(
         self, plan: ReturnPlan, verified: VerifiedRequest, recipient: Agency, *, msg_id: str, content: str
     ) -> SubmitOutcome:
-        """Reserve the payouts, then store and send the order; a reservation whose order did not
-        get stored is released (see :mod:`broker.hub._returns` for why none can leak)."""
+        """Reserve the payouts, then store and send the order (see :mod:`broker.hub._returns` for
+        why no reservation can leak)."""
         assert self._returns is not None
         request_id, allocation = await self._returns.reserve(
             plan, request_id=new_uuid7(self._clock), order_key=msg_id, content=content
         )
+        return await self._accept_reserved(
+            request_id,
+            partial(self._returns.abandon, plan.view.node_id),
+            verified,
+            recipient,
+            None,
+            msg_id=msg_id,
+            content=content,
+            allocation=allocation,
+        )
+
+    async def _check_release(
+        self, verified: VerifiedRequest, target: lifecycle_pb2.RequestStatus | None
+    ) -> ReleasePlan | None:
+        """A release naming an amount: its checks on the journal (None for any other request)."""
+        request = verified.request
+        if request.WhichOneof("body") != "release" or target is None:
+            return None
+        return await check_partial_release(
+            request, target, policy=self._policy.release, ids=self._case_request_ids, get=self._status
+        )
+
+    async def _accept_release(
+        self, plan: ReleasePlan, verified: VerifiedRequest, recipient: Agency, *, msg_id: str, content: str
+    ) -> SubmitOutcome:
+        """Reserve the amount in the account's record (checked again there, so two releases at
+        once cannot both pass), then store and send the release."""
+        assert self._returns is not None
+        node_id = self._returns.release_node(plan.hold, verified.request.release.account, bank=recipient.id)
+        request_id = await self._returns.reserve_release(
+            plan,
+            node_id=node_id,
+            bank=recipient.id,
+            request_id=new_uuid7(self._clock),
+            order_key=msg_id,
+            content=content,
+        )
+        return await self._accept_reserved(
+            request_id,
+            partial(self._returns.abandon, node_id),
+            verified,
+            recipient,
+            plan.hold,
+            msg_id=msg_id,
+            content=content,
+            release_node=node_id,
+        )
+
+    async def _accept_appeal(
+        self,
+        restriction: lifecycle_pb2.RequestStatus,
+        verified: VerifiedRequest,
+        recipient: Agency,
+        *,
+        msg_id: str,
+        content: str,
+    ) -> SubmitOutcome:
+        """Name the appeal as the restriction's open one (two at once: one passes), then store and
+        send it (see :mod:`broker.hub._open_appeals` for why the key cannot block for good)."""
+        assert self._appeals is not None
+        request_id = await self._appeals.claim(
+            restriction.id, request_id=new_uuid7(self._clock), order_key=msg_id
+        )
+        return await self._accept_reserved(
+            request_id,
+            partial(self._appeals.abandon, restriction.id),
+            verified,
+            recipient,
+            restriction,
+            msg_id=msg_id,
+            content=content,
+        )
+
+    async def _accept_reserved(
+        self,
+        request_id: str,
+        abandon: Callable[[str], Awaitable[None]],
+        verified: VerifiedRequest,
+        recipient: Agency,
+        target: lifecycle_pb2.RequestStatus | None,
+        *,
+        msg_id: str,
+        content: str,
+        allocation: trail_pb2.Allocation | None = None,
+        release_node: str = "",
+    ) -> SubmitOutcome:
+        """Store and send a request whose reservation is made under ``request_id``; a reservation
+        whose request did not get stored under that id is freed at once (``abandon``), and
+        otherwise by the next reservation on the account after a grace period."""
         try:
             outcome = await self._accept(
-                request_id, verified, recipient, None, msg_id=msg_id, content=content, allocation=allocation
+                request_id,
+                verified,
+                recipient,
+                target,
+                msg_id=msg_id,
+                content=content,
+                allocation=allocation,
+                release_node=release_node,
             )
         except BaseException:
-            await asyncio.shield(self._returns.abandon(plan, request_id))
+            await asyncio.shield(abandon(request_id))
             raise
         if outcome.status.id != request_id:
-            await self._returns.abandon(plan, request_id)
+            await abandon(request_id)
         return outcome
 
     async def _accept(
@@ -334,8 +439,10 @@ class Intake:
         msg_id: str,
         content: str = "",
         allocation: trail_pb2.Allocation | None = None,
+        release_node: str = "",
     ) -> SubmitOutcome:
-        """Notarize, store (the SUBMITTED record binds the idempotency key), publish, set the timer."""
+        """Notarize, store (the SUBMITTED record binds the idempotency key), publish, set the timer.
+        ``release_node``: the account record a partial release's amount is reserved in."""
         request = verified.request
         received_at = self._clock.now()
         deadlines = self._deadlines.deadlines(verified.request_type, request.priority, received_at)
@@ -378,7 +485,7 @@ class Intake:
             if self._trail is not None
             else None,
             allocation=allocation,
-            release_seed=release_seed(request),
+            release_seed=release_seed(request, node_id=release_node),
         )
         created = await self._requests.create(status, msg_id=msg_id, content=content)
         if not created.stored:

@@ -139,7 +139,7 @@ class WatchLog:
     ) -> list[str]:
         """The ids of the case's requests, oldest first (UUIDv7 ids sort by submission time: a
         conversion comes after the hold it converts). The money trail shows pending holds by them;
-        intake finds a restriction's open appeal among those from ``sender`` to ``recipient``."""
+        ``sender`` and ``recipient`` narrow the list to one pair of parties."""
         subjects = await self._case_subjects(case_number, case_owner, sender=sender, recipient=recipient)
         return sorted({subject.request_id for subject in subjects})
 

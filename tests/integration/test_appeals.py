@@ -9,8 +9,10 @@ appeals a few seconds, so an undecided one escalates while the test watches.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 
 import grpc
@@ -37,6 +39,8 @@ from agencies.platform import PlatformCore, Restriction
 from agencies.police import PoliceDesk
 from broker.client import BusClient, bearer_metadata, error_details
 from broker.hub import load_sla_policy
+from broker.hub._open_appeals import OPEN_APPEALS_BUCKET, OpenAppeal
+from broker.hub._store import open_bucket
 from broker.protocol import (
     APPEAL_RULING_TYPE,
     APPEAL_STATEMENT_CONTENT_TYPE,
@@ -593,3 +597,42 @@ async def test_an_undecided_appeal_escalates_to_the_supervisor(stack: Stack) -> 
         await eventually(supervisor_told, what="the supervisor police told of the overdue decision")
     finally:
         await nc.drain()
+
+
+async def test_two_appeals_at_the_same_instant_one_is_filed(stack: Stack) -> None:
+    """Both pass the early check (neither is stored when the other is checked); the restriction's
+    key, claimed before storing, lets one through. A key left by an appeal that never reached the
+    journal (a broker that died in between) does not block; nor does one naming a decided appeal."""
+    async with stack.client(POLICE) as police, stack.client("bank-icbc") as icbc:
+        frozen = await freeze(police, seed.FRAUD_ACCOUNT, seed.FRAUD_HOLDER)
+        lost = OpenAppeal(
+            request_id=str(uuid.uuid4()),
+            order_key="lost",
+            claimed_at=SystemClock().now() - timedelta(minutes=10),
+        )
+        nc = await connect(NatsSettings.from_url(stack.nats_url, name="test-open-appeals"))
+        try:
+            kv = await open_bucket(nc.jetstream(), OPEN_APPEALS_BUCKET)  # as the broker opens it
+            await kv.put(frozen.id, lost.encode())
+            size = await journal_size(stack)
+            raced = await asyncio.gather(
+                appeal(icbc, frozen.id), appeal(icbc, frozen.id), return_exceptions=True
+            )
+            filed = [r for r in raced if isinstance(r, lifecycle_pb2.RequestStatus)]
+            refusals = [r for r in raced if isinstance(r, grpc.aio.AioRpcError)]
+            assert len(filed) == 1, raced
+            assert [error_details(r).reason for r in refusals] == ["APPEAL_PENDING"]
+            assert await journal_size(stack) == size + 1  # the refused one stored nothing
+            first = filed[0]
+            named = OpenAppeal.decode((await kv.get(frozen.id)).value or b"")
+            assert named.request_id == first.id
+
+            # Decided: the key still names it, and blocks no more; the next appeal takes the key.
+            await police.wait_for(first.id, FILED)
+            await police.decide_appeal(first.id, results_pb2.APPEAL_DECISION_UPHELD, "funds traced to fraud")
+            second = await appeal(icbc, frozen.id)
+            assert second.id != first.id
+            assert OpenAppeal.decode((await kv.get(frozen.id)).value or b"").request_id == second.id
+            await refused(appeal(icbc, frozen.id), grpc.StatusCode.FAILED_PRECONDITION, "APPEAL_PENDING")
+        finally:
+            await nc.drain()

@@ -7,21 +7,25 @@ the command line runs as a child process against it (``submit release --amount``
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 import pytest_asyncio
-from greenchannel.v1 import common_pb2, lifecycle_pb2, requests_pb2
+from greenchannel.v1 import bus_pb2, common_pb2, lifecycle_pb2, requests_pb2, trail_pb2
 
 from adapters import AdapterConfig
 from agencies.bank import BankCore
 from agencies.demo import Stack, StackConfig
 from broker.client import BusClient, error_details
-from broker.protocol import FINAL_STATES, INBOX_STREAM, connect
+from broker.hub._returns import RETURNS_BUCKET
+from broker.hub._store import open_bucket
+from broker.protocol import FINAL_STATES, INBOX_STREAM, connect, to_timestamp
 from tests._wait import eventually
 from tests.integration.cli_child import run_cli
 
@@ -35,6 +39,8 @@ HOLDER = "赵某"
 BALANCE = 2_000_000  # CNY 20,000.00
 FROZEN = 1_000_000  # the sample policy: at most CNY 5,000.00 and half of it for living expenses
 EXECUTED = common_pb2.REQUEST_STATE_EXECUTED
+RACED_CASE = "SH-PD-2026-1203-0014"
+RACED_ACCOUNT = "6222020200007770014"
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +65,7 @@ async def stack(root: Path) -> AsyncIterator[Stack]:
         core = running.agencies[BANK].core
         assert isinstance(core, BankCore)
         core.open_account(ACCOUNT, HOLDER, balance=BALANCE)
+        core.open_account(RACED_ACCOUNT, HOLDER, balance=BALANCE)
         yield running
 
 
@@ -77,8 +84,8 @@ def case_ref(instrument: common_pb2.LegalInstrumentType.ValueType) -> common_pb2
     )
 
 
-def account() -> common_pb2.BankAccountRef:
-    return common_pb2.BankAccountRef(account_number=ACCOUNT, holder_name=HOLDER, bank=BANK)
+def account(number: str = ACCOUNT) -> common_pb2.BankAccountRef:
+    return common_pb2.BankAccountRef(account_number=number, holder_name=HOLDER, bank=BANK)
 
 
 def release(
@@ -87,17 +94,17 @@ def release(
     *,
     living: bool = True,
     currency: str = "CNY",
+    number: str = ACCOUNT,
+    case_number: str = CASE,
 ) -> requests_pb2.Request:
-    body = requests_pb2.Release(target_request_id=target, account=account(), reason="living expenses")
+    body = requests_pb2.Release(target_request_id=target, account=account(number), reason="living expenses")
     if minor_units is not None:
         body.amount.CopyFrom(common_pb2.Money(currency=currency, minor_units=minor_units))
     if living:
         body.purpose = requests_pb2.RELEASE_PURPOSE_LIVING_EXPENSES
-    return requests_pb2.Request(
-        case_ref=case_ref(common_pb2.LEGAL_INSTRUMENT_TYPE_RELEASE_NOTICE),
-        priority=common_pb2.PRIORITY_GREEN,
-        release=body,
-    )
+    ref = case_ref(common_pb2.LEGAL_INSTRUMENT_TYPE_RELEASE_NOTICE)
+    ref.case_number = case_number
+    return requests_pb2.Request(case_ref=ref, priority=common_pb2.PRIORITY_GREEN, release=body)
 
 
 async def done(police: BusClient, request_id: str) -> lifecycle_pb2.RequestStatus:
@@ -202,3 +209,101 @@ async def test_living_expenses_released_in_part_then_the_rest(stack: Stack, root
 
         await eventually(released, what="the hold RELEASED")
     assert core.available(ACCOUNT) == BALANCE
+
+
+async def account_record(stack: Stack, node_id: str) -> trail_pb2.AccountReturns:
+    nc = await connect(stack.nats_settings("test-records"))
+    try:
+        kv = await nc.jetstream().key_value(RETURNS_BUCKET)
+        entry = await kv.get(node_id)
+        return trail_pb2.AccountReturns.FromString(entry.value or b"")
+    finally:
+        await nc.drain()
+
+
+async def put_record(stack: Stack, record: trail_pb2.AccountReturns) -> None:
+    nc = await connect(stack.nats_settings("test-records"))
+    try:
+        kv = await open_bucket(nc.jetstream(), RETURNS_BUCKET)  # as the broker opens it, on first use
+        await kv.put(record.node_id, record.SerializeToString())
+    finally:
+        await nc.drain()
+
+
+async def test_two_living_expense_releases_at_once_over_the_cap_one_is_accepted(stack: Stack) -> None:
+    """Both pass the journal's count (neither is stored when the other is checked); the account's
+    record, changed by compare-and-set, lets exactly one through. A reservation left by a release
+    that never reached the journal (a broker that died before storing it) does not count."""
+    core = bank(stack)
+    async with stack.client(POLICE) as police:
+        ref = case_ref(common_pb2.LEGAL_INSTRUMENT_TYPE_FREEZE_NOTICE)
+        ref.case_number = RACED_CASE
+        freeze = requests_pb2.Request(
+            case_ref=ref,
+            priority=common_pb2.PRIORITY_GREEN,
+            freeze=requests_pb2.Freeze(
+                account=account(RACED_ACCOUNT), amount=common_pb2.Money(currency="CNY", minor_units=FROZEN)
+            ),
+        )
+        hold = await done(police, (await police.submit(freeze)).status.id)
+        assert hold.state == EXECUTED
+        node_id = hold.trail_seed.node_id
+        assert node_id
+        # A broker died after reserving CNY 4,000.00 and before storing the release, long ago.
+        lost = trail_pb2.AccountReturns(node_id=node_id)
+        lost.releases.add(
+            request_id="0190aaaa-0000-7000-8000-00000000dead",
+            order_key="lost",
+            hold_id=hold.id,
+            amount=common_pb2.Money(currency="CNY", minor_units=400_000),
+            living_expenses=True,
+            state=trail_pb2.RELEASE_ENTRY_STATE_RESERVED,
+            reserved_at=to_timestamp(datetime.now(UTC) - timedelta(minutes=10)),
+        )
+        await put_record(stack, lost)
+        before_ids = {s.id for s in await police.list_all(case_number=RACED_CASE)}
+
+        # CNY 3,000.00 twice at once: 6,000 over the CNY 5,000 cap, each within it alone.
+        order = release(hold.id, 300_000, number=RACED_ACCOUNT, case_number=RACED_CASE)
+        raced = await asyncio.gather(
+            police.submit(order, idempotency_key="living-1"),
+            police.submit(order, idempotency_key="living-2"),
+            return_exceptions=True,
+        )
+        accepted = [r for r in raced if isinstance(r, bus_pb2.SubmitResponse)]
+        refused = [r for r in raced if isinstance(r, grpc.aio.AioRpcError)]
+        assert len(accepted) == 1, raced
+        assert [error_details(r).reason for r in refused] == ["LIVING_EXPENSES_CAP"]
+        status = accepted[0].status
+        assert status.release_seed.node_id == node_id
+        # Nothing of the refused one is stored; the lost reservation was voided, not counted.
+        assert {s.id for s in await police.list_all(case_number=RACED_CASE)} == before_ids | {status.id}
+        record = await account_record(stack, node_id)
+        states = {e.request_id: e.state for e in record.releases}
+        assert states.pop(lost.releases[0].request_id) == trail_pb2.RELEASE_ENTRY_STATE_VOID
+        # Reserved, or lifted already if the bank was quick: one entry, the accepted release's.
+        assert list(states) == [status.id]
+        assert states[status.id] in (
+            trail_pb2.RELEASE_ENTRY_STATE_RESERVED,
+            trail_pb2.RELEASE_ENTRY_STATE_LIFTED,
+        )
+
+        executed = await done(police, status.id)
+        assert (executed.state, executed.result.amount_released.minor_units) == (EXECUTED, 300_000)
+        assert core.holds_for(hold.id)[0].amount == FROZEN - 300_000
+
+        async def settled() -> bool:
+            entries = {e.request_id: e for e in (await account_record(stack, node_id)).releases}
+            entry = entries[status.id]
+            return (
+                entry.state == trail_pb2.RELEASE_ENTRY_STATE_LIFTED and entry.released.minor_units == 300_000
+            )
+
+        await eventually(settled, what="the release's entry settled at its outcome")
+        # Once lifted it still counts: 3,000 + 2,001 is over the cap, 3,000 + 2,000 is not.
+        with pytest.raises(grpc.aio.AioRpcError) as over:
+            await police.submit(release(hold.id, 200_001, number=RACED_ACCOUNT, case_number=RACED_CASE))
+        assert error_details(over.value).reason == "LIVING_EXPENSES_CAP"
+        rest = await police.submit(release(hold.id, 200_000, number=RACED_ACCOUNT, case_number=RACED_CASE))
+        assert (await done(police, rest.status.id)).state == EXECUTED
+    assert core.holds_for(hold.id)[0].amount == FROZEN - 500_000

@@ -57,6 +57,10 @@ VICTIM_A = "6222020900005678"  # at the same bank: credited there
 VICTIM_B = "6217000900009012"  # at another bank: an outgoing transfer
 STRANGER_ACCOUNT = "6222020900007777"
 UNTRACED_MULE = "6222020900008888"  # a hold whose victim's deposit time nobody knows
+RACED_MULE = "6222020900009999"  # a partial release and a return at once
+CASE_R = "RET-R-2026-0004"
+RACED_BALANCE = 80_000
+RACED_FROZEN = 60_000
 LATE_MULE = "6222020900006666"  # paid back to one victim before a second case finds it
 VICTIM_C = "6222020900003456"
 VICTIM_D = "6217000900004567"
@@ -189,6 +193,7 @@ async def world(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World
         bank.open_account(VICTIM_A, "张某某", balance=0, opened_at=opened)
         bank.open_account(STRANGER_ACCOUNT, "王某某", balance=0, opened_at=opened)
         bank.open_account(UNTRACED_MULE, "赵某某", balance=5_000, opened_at=opened)
+        bank.open_account(RACED_MULE, "孙某某", balance=RACED_BALANCE, opened_at=opened)
         bank.open_account(LATE_MULE, "孙某某", balance=10_000, opened_at=opened)
         bank.open_account(VICTIM_C, "周某某", balance=0, opened_at=opened)
         world = World(stack=stack, bank=bank)
@@ -251,6 +256,20 @@ async def _reservation(stack: Stack, node_id: str) -> trail_pb2.AccountReturns |
         return None
     finally:
         await nc.close()
+
+
+async def _indexed(
+    client: BusClient, case_number: str, account: common_pb2.BankAccountRef, what: str
+) -> trail_pb2.Allocation:
+    """The allocation of ``account`` in ``case_number``, once the case's hold there is indexed."""
+
+    async def indexed() -> trail_pb2.Allocation | None:
+        try:
+            return await client.allocation(case_number, account)
+        except grpc.aio.AioRpcError:
+            return None
+
+    return await found(indexed, what)
 
 
 def _shares(allocation: trail_pb2.Allocation) -> dict[str, trail_pb2.ClaimShare]:
@@ -482,13 +501,7 @@ async def test_untraced_money_is_shared_pro_rata_only_after_the_notice_period(wo
         held = await a.submit(freeze(CASE_A, OWNER_A, 5_000, VICTIM_A_REF, None, account=mule))
         assert (await settled(a, held.status.id)).state == common_pb2.REQUEST_STATE_EXECUTED
 
-        async def indexed() -> trail_pb2.Allocation | None:
-            try:
-                return await a.allocation(CASE_A, mule)
-            except grpc.aio.AioRpcError:
-                return None
-
-        allocation = await found(indexed, "the untraced hold is indexed")
+        allocation = await _indexed(a, CASE_A, mule, "the untraced hold is indexed")
         (claim,) = allocation.claims
         assert claim.rule == trail_pb2.ALLOCATION_RULE_PRO_RATA
         assert claim.share.minor_units == 5_000
@@ -502,6 +515,88 @@ async def test_untraced_money_is_shared_pro_rata_only_after_the_notice_period(wo
         assert error_details(early.value).reason == "NOTICE_PERIOD"
         assert await _journal_count(stack, OWNER_A, CASE_A) == journal_before
         assert await _reservation(stack, allocation.node_id) is None
+
+
+def partial_release(
+    case_number: str, hold_id: str, amount: int, account: common_pb2.BankAccountRef
+) -> requests_pb2.Request:
+    return requests_pb2.Request(
+        case_ref=_case(case_number, OWNER_A, common_pb2.LEGAL_INSTRUMENT_TYPE_RELEASE_NOTICE),
+        priority=common_pb2.PRIORITY_GREEN,
+        release=requests_pb2.Release(
+            target_request_id=hold_id,
+            account=account,
+            amount=common_pb2.Money(currency="CNY", minor_units=amount),
+            reason="part of the hold is not the victim's",
+        ),
+    )
+
+
+async def test_a_partial_release_and_a_return_on_one_account_never_count_the_same_money(world: World) -> None:
+    """The release is reserved in the account's return record: a return counts it as lifted
+    already, and a release may not take money reserved for a victim. At the same instant, one of
+    the two passes; one after the other, each is checked against the other."""
+    stack = world.stack
+    mule = _ref(RACED_MULE, "孙某某")
+    async with stack.client(OWNER_A) as a:
+        held = await a.submit(
+            freeze(
+                CASE_R,
+                OWNER_A,
+                RACED_FROZEN,
+                VICTIM_A_REF,
+                datetime.now(UTC) - timedelta(hours=2),
+                account=mule,
+            )
+        )
+        hold = await settled(a, held.status.id)
+        assert hold.state == common_pb2.REQUEST_STATE_EXECUTED
+
+        allocation = await _indexed(a, CASE_R, mule, "the hold is indexed")
+        assert _shares(allocation)[OWNER_A].share.minor_units == RACED_FROZEN
+
+        # At the same instant: the whole share back, and 200.00 released. One passes.
+        raced = await asyncio.gather(
+            a.submit(return_order(CASE_R, OWNER_A, (VICTIM_A_REF, RACED_FROZEN), account=mule)),
+            a.submit(partial_release(CASE_R, hold.id, 20_000, mule)),
+            return_exceptions=True,
+        )
+        accepted = [r for r in raced if isinstance(r, bus_pb2.SubmitResponse)]
+        refused = [r for r in raced if isinstance(r, grpc.aio.AioRpcError)]
+        assert len(accepted) == 1, raced
+        reason = error_details(refused[0]).reason
+        assert reason == (
+            "EXCEEDS_SHARE"
+            if accepted[0].status.type == common_pb2.REQUEST_TYPE_RELEASE
+            else "MORE_THAN_HELD"
+        )
+        first = await settled(a, accepted[0].status.id)
+        assert first.state == common_pb2.REQUEST_STATE_EXECUTED
+
+        if first.type == common_pb2.REQUEST_TYPE_RETURN_FUNDS:
+            # Everything was returned: no release of a unit more.
+            with pytest.raises(grpc.aio.AioRpcError) as more:
+                await a.submit(partial_release(CASE_R, hold.id, 1, mule))
+            # (NO_ACTIVE_HOLD should the hold count as lifted once paid out in full.)
+            assert error_details(more.value).reason in ("MORE_THAN_HELD", "NO_ACTIVE_HOLD")
+            assert world.bank.balance(RACED_MULE) == RACED_BALANCE - RACED_FROZEN
+            return
+        # 200.00 released: the victim's share is the rest, no more.
+        with pytest.raises(grpc.aio.AioRpcError) as over:
+            await a.submit(return_order(CASE_R, OWNER_A, (VICTIM_A_REF, RACED_FROZEN), account=mule))
+        assert error_details(over.value).reason == "EXCEEDS_SHARE"
+        paid = await a.submit(return_order(CASE_R, OWNER_A, (VICTIM_A_REF, 30_000), account=mule))
+        assert (await settled(a, paid.status.id)).state == common_pb2.REQUEST_STATE_EXECUTED
+        # The hold still holds 100.00 by its own count, but a release of more would leave less frozen
+        # than was returned to the victim: refused on the account, nothing stored.
+        journal_before = await _journal_count(stack, OWNER_A, CASE_R)
+        with pytest.raises(grpc.aio.AioRpcError) as eats_the_return:
+            await a.submit(partial_release(CASE_R, hold.id, 10_001, mule))
+        assert error_details(eats_the_return.value).reason == "MORE_THAN_HELD"
+        assert await _journal_count(stack, OWNER_A, CASE_R) == journal_before
+        rest = await a.submit(partial_release(CASE_R, hold.id, 10_000, mule))
+        assert (await settled(a, rest.status.id)).state == common_pb2.REQUEST_STATE_EXECUTED
+        assert world.bank.balance(RACED_MULE) == RACED_BALANCE - 30_000
 
 
 async def test_a_claim_arriving_after_a_return_is_shared_only_what_is_left(world: World) -> None:

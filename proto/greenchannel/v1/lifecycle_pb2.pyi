@@ -283,8 +283,13 @@ class ReleaseSeed(_message.Message):
 
     AMOUNT_FIELD_NUMBER: _builtins.int
     PURPOSE_FIELD_NUMBER: _builtins.int
+    NODE_ID_FIELD_NUMBER: _builtins.int
     purpose: _requests_pb2.ReleasePurpose.ValueType
     """Why (LIVING_EXPENSES counts against the policy's caps)."""
+    node_id: _builtins.str
+    """Keyed digest of the held account whose return record (AccountReturns) reserved the amount;
+    empty when nothing was reserved (a release of all).
+    """
     @_builtins.property
     def amount(self) -> _common_pb2.Money:
         """How much the order asked to lift; unset: all of it."""
@@ -294,10 +299,11 @@ class ReleaseSeed(_message.Message):
         *,
         amount: _common_pb2.Money | None = ...,
         purpose: _requests_pb2.ReleasePurpose.ValueType = ...,
+        node_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "purpose", b"purpose"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "node_id", b"node_id", "purpose", b"purpose"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

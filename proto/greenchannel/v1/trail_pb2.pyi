@@ -161,6 +161,32 @@ RETURN_STATE_RELEASED: ReturnState.ValueType  # 3
 """The order ended without payment (rejected, failed, cancelled, or never stored)."""
 Global___ReturnState: _TypeAlias = ReturnState  # noqa: Y015
 
+class _ReleaseEntryState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ReleaseEntryStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ReleaseEntryState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RELEASE_ENTRY_STATE_UNSPECIFIED: _ReleaseEntryState.ValueType  # 0
+    RELEASE_ENTRY_STATE_RESERVED: _ReleaseEntryState.ValueType  # 1
+    """Asked and not yet answered by the bank: counted as lifted already."""
+    RELEASE_ENTRY_STATE_LIFTED: _ReleaseEntryState.ValueType  # 2
+    """The bank lifted it (``released``, as it reported)."""
+    RELEASE_ENTRY_STATE_VOID: _ReleaseEntryState.ValueType  # 3
+    """It lifted nothing (rejected, failed, cancelled, or never stored)."""
+
+class ReleaseEntryState(_ReleaseEntryState, metaclass=_ReleaseEntryStateEnumTypeWrapper):
+    """Where a reserved partial release stands."""
+
+RELEASE_ENTRY_STATE_UNSPECIFIED: ReleaseEntryState.ValueType  # 0
+RELEASE_ENTRY_STATE_RESERVED: ReleaseEntryState.ValueType  # 1
+"""Asked and not yet answered by the bank: counted as lifted already."""
+RELEASE_ENTRY_STATE_LIFTED: ReleaseEntryState.ValueType  # 2
+"""The bank lifted it (``released``, as it reported)."""
+RELEASE_ENTRY_STATE_VOID: ReleaseEntryState.ValueType  # 3
+"""It lifted nothing (rejected, failed, cancelled, or never stored)."""
+Global___ReleaseEntryState: _TypeAlias = ReleaseEntryState  # noqa: Y015
+
 @_typing.final
 class ChaseBounds(_message.Message):
     """The bounds a case is chased within: the case's authorization, from the broker's policy."""
@@ -702,22 +728,90 @@ class AccountReturns(_message.Message):
 
     NODE_ID_FIELD_NUMBER: _builtins.int
     ENTRIES_FIELD_NUMBER: _builtins.int
+    RELEASES_FIELD_NUMBER: _builtins.int
     node_id: _builtins.str
     """Keyed digest of bank and account number."""
     @_builtins.property
     def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReturnEntry]:
         """Every payout ordered from the account, oldest first."""
 
+    @_builtins.property
+    def releases(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReleaseEntry]:
+        """Every partial release of a hold on the account, oldest first: reserved in the same record, so
+        a release and a return (or two releases) are checked one after the other, never side by side.
+        """
+
     def __init__(
         self,
         *,
         node_id: _builtins.str = ...,
         entries: _abc.Iterable[Global___ReturnEntry] | None = ...,
+        releases: _abc.Iterable[Global___ReleaseEntry] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries", "node_id", b"node_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["entries", b"entries", "node_id", b"node_id", "releases", b"releases"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AccountReturns: _TypeAlias = AccountReturns  # noqa: Y015
+
+@_typing.final
+class ReleaseEntry(_message.Message):
+    """One RELEASE naming an amount, as the broker counts it against its hold and the account."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    ORDER_KEY_FIELD_NUMBER: _builtins.int
+    CONTENT_FIELD_NUMBER: _builtins.int
+    HOLD_ID_FIELD_NUMBER: _builtins.int
+    AMOUNT_FIELD_NUMBER: _builtins.int
+    LIVING_EXPENSES_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    RELEASED_FIELD_NUMBER: _builtins.int
+    RESERVED_AT_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.str
+    """The RELEASE request."""
+    order_key: _builtins.str
+    """The release's idempotency binding (sender and key, hashed): a retry finds its entry."""
+    content: _builtins.str
+    """Digest of what the release asks: the same key with another body is not a retry."""
+    hold_id: _builtins.str
+    """The stop-payment or freeze it lifts part of."""
+    living_expenses: _builtins.bool
+    """For living expenses (counts against the policy's caps)."""
+    state: Global___ReleaseEntryState.ValueType
+    """Where it stands."""
+    @_builtins.property
+    def amount(self) -> _common_pb2.Money:
+        """Asked."""
+
+    @_builtins.property
+    def released(self) -> _common_pb2.Money:
+        """Lifted, as the bank reported (LIFTED)."""
+
+    @_builtins.property
+    def reserved_at(self) -> _timestamp_pb2.Timestamp:
+        """When the broker reserved it."""
+
+    def __init__(
+        self,
+        *,
+        request_id: _builtins.str = ...,
+        order_key: _builtins.str = ...,
+        content: _builtins.str = ...,
+        hold_id: _builtins.str = ...,
+        amount: _common_pb2.Money | None = ...,
+        living_expenses: _builtins.bool = ...,
+        state: Global___ReleaseEntryState.ValueType = ...,
+        released: _common_pb2.Money | None = ...,
+        reserved_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "released", b"released", "reserved_at", b"reserved_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "content", b"content", "hold_id", b"hold_id", "living_expenses", b"living_expenses", "order_key", b"order_key", "released", b"released", "request_id", b"request_id", "reserved_at", b"reserved_at", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReleaseEntry: _TypeAlias = ReleaseEntry  # noqa: Y015
