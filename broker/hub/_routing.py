@@ -73,7 +73,7 @@ def _target(request: requests_pb2.Request, body: str) -> _Target:
             return _Target(request.assistance.region, "request.assistance.region")
         case "fraud_report":
             return _Target(request.fraud_report.region, "request.fraud_report.region")
-        case "appeal":
+        case "appeal" | "follow_up":
             # The police that ordered the restriction, named by the appealing agency; intake checks
             # it against the restriction's case.
             return _Target("", "request.recipient")

@@ -87,6 +87,7 @@ _BODY_TYPES: dict[str, common_pb2.RequestType.ValueType] = {
     "fraud_report": common_pb2.REQUEST_TYPE_FRAUD_REPORT,
     "return_funds": common_pb2.REQUEST_TYPE_RETURN_FUNDS,
     "appeal": common_pb2.REQUEST_TYPE_APPEAL,
+    "follow_up": common_pb2.REQUEST_TYPE_FOLLOW_UP,
 }
 
 

@@ -114,6 +114,7 @@ REQUEST_TYPES = (
     "fraud_report",
     "return_funds",
     "appeal",
+    "follow_up",
 )
 
 _AGENCY_RE = re.compile(r"[a-z0-9][a-z0-9-]*")

@@ -107,7 +107,7 @@ max_depth = 8
 
 _ALL_TYPES = (
     '"stop_payment", "freeze", "release", "extend", "number_block", "account_block", '
-    '"data_request", "assistance", "warning", "return_funds", "appeal", "fraud_report"'
+    '"data_request", "assistance", "warning", "return_funds", "appeal", "follow_up", "fraud_report"'
 )
 SLA = f"""\
 [sla]
@@ -476,7 +476,7 @@ SLA_CASES = [
     _sla(
         "unknown_request_type",
         edit(SLA, '"fraud_report"]\npriority = "green"', '"fraud_report", "refund"]\npriority = "green"'),
-        "deadline[0].types[12]",
+        "deadline[0].types[13]",
         "unknown request type 'refund'",
     ),
     _sla(

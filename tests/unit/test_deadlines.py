@@ -38,11 +38,18 @@ TABLE: list[tuple[RequestType, Priority, tuple[Budget, Budget, Budget]]] = [
     (T.REQUEST_TYPE_RETURN_FUNDS, STANDARD, (1 * H, 8 * H, WD3)),
     (T.REQUEST_TYPE_APPEAL, GREEN, (30 * S, 2 * M, 48 * H)),
     (T.REQUEST_TYPE_APPEAL, STANDARD, (1 * H, 8 * H, 7 * D)),
+    (T.REQUEST_TYPE_FOLLOW_UP, GREEN, (30 * S, 2 * M, WD3)),
+    (T.REQUEST_TYPE_FOLLOW_UP, STANDARD, (1 * H, 8 * H, WD3)),
     *(
         (request_type, STANDARD, (1 * H, 8 * H, 3 * D))
         for request_type in common_pb2.RequestType.values()
         if request_type
-        not in (T.REQUEST_TYPE_UNSPECIFIED, T.REQUEST_TYPE_APPEAL, T.REQUEST_TYPE_RETURN_FUNDS)
+        not in (
+            T.REQUEST_TYPE_UNSPECIFIED,
+            T.REQUEST_TYPE_APPEAL,
+            T.REQUEST_TYPE_RETURN_FUNDS,
+            T.REQUEST_TYPE_FOLLOW_UP,
+        )
     ),
 ]
 

@@ -77,6 +77,11 @@ ROUTES: list[tuple[str, Build, str]] = [
         "bank-icbc",
     ),
     (
+        "follow_up-to-named-police",
+        lambda: request("police-310115", follow_up=requests_pb2.FollowUp(return_request_id="x")),
+        "police-310115",
+    ),
+    (
         "appeal-to-named-police",
         lambda: request("police-310115", appeal=requests_pb2.Appeal(restriction_request_id="x")),
         "police-310115",

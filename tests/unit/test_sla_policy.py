@@ -75,9 +75,13 @@ def test_cn_green_is_seconds_to_minutes_and_standard_hours_to_days(cn: SlaPolicy
         standard = cn.deadlines.budgets(request_type, STANDARD)
         assert green.deliver == 30 * S
         assert green.acknowledge == 2 * M
-        # Appeals are decided within a week at standard priority, returns within 3 working days,
-        # everything else within 3 days.
-        decided = {T.REQUEST_TYPE_APPEAL: 7 * D, T.REQUEST_TYPE_RETURN_FUNDS: WorkingDays(count=3)}
+        # Appeals are decided within a week at standard priority, returns and victim follow-ups
+        # within 3 working days, everything else within 3 days.
+        decided = {
+            T.REQUEST_TYPE_APPEAL: 7 * D,
+            T.REQUEST_TYPE_RETURN_FUNDS: WorkingDays(count=3),
+            T.REQUEST_TYPE_FOLLOW_UP: WorkingDays(count=3),
+        }
         assert (standard.deliver, standard.acknowledge, standard.execute) == (
             1 * H,
             8 * H,
@@ -291,7 +295,7 @@ ESCALATION = "[escalation]\nreminder_at = 0.5\n"
 HOLDS = '[hold.stop_payment]\nvalidity = "48h"\nmax_extensions = 2\n\n[hold.freeze]\nvalidity = "183d"\n'
 EVERYTHING = (
     '[[deadline]]\ntypes = ["stop_payment", "freeze", "release", "extend", "number_block",\n'
-    '  "account_block", "data_request", "assistance", "warning", "return_funds", "appeal",\n'
+    '  "account_block", "data_request", "assistance", "warning", "return_funds", "appeal", "follow_up",\n'
     '  "fraud_report"]\n'
 )
 GREEN_ALL = EVERYTHING + 'priority = "green"\ndeliver = "30s"\nacknowledge = "2m"\nexecute = "10m"\n'
@@ -380,7 +384,7 @@ BROKEN = [
     (GOOD.replace('priority = "green"', 'priority = "GREEN"'), "deadline[0].priority", "unknown priority"),
     (
         GOOD.replace('"fraud_report"]\npriority = "standard"', '"fraud_reprt"]\npriority = "standard"'),
-        "deadline[1].types[11]",
+        "deadline[1].types[12]",
         "unknown request type 'fraud_reprt'",
     ),
     (
@@ -477,7 +481,7 @@ def test_a_missing_pair_is_named(tmp_path: Path) -> None:
     path = tmp_path / "sla.toml"
     path.write_text(
         GOOD.replace(
-            '"appeal",\n  "fraud_report"]\npriority = "standard"', '"appeal"]\npriority = "standard"'
+            '"follow_up",\n  "fraud_report"]\npriority = "standard"', '"follow_up"]\npriority = "standard"'
         )
     )
     with pytest.raises(PolicyError, match="no deadline for fraud_report at standard") as caught:

@@ -87,6 +87,8 @@ class _RequestTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RequestTy
     """资金返还: the police owning a case order a bank to pay frozen money back to the victims."""
     REQUEST_TYPE_APPEAL: _RequestType.ValueType  # 12
     """申诉: a holder appeals a restriction through the agency that applied it, to the police that ordered it."""
+    REQUEST_TYPE_FOLLOW_UP: _RequestType.ValueType  # 13
+    """回访: the police call a victim back after the case's money was returned, and record how it went."""
 
 class RequestType(_RequestType, metaclass=_RequestTypeEnumTypeWrapper):
     """Every request type the bus carries."""
@@ -116,6 +118,8 @@ REQUEST_TYPE_RETURN_FUNDS: RequestType.ValueType  # 11
 """资金返还: the police owning a case order a bank to pay frozen money back to the victims."""
 REQUEST_TYPE_APPEAL: RequestType.ValueType  # 12
 """申诉: a holder appeals a restriction through the agency that applied it, to the police that ordered it."""
+REQUEST_TYPE_FOLLOW_UP: RequestType.ValueType  # 13
+"""回访: the police call a victim back after the case's money was returned, and record how it went."""
 Global___RequestType: _TypeAlias = RequestType  # noqa: Y015
 
 class _Priority:

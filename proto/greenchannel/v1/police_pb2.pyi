@@ -192,3 +192,57 @@ class FileAppealResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___FileAppealResponse: _TypeAlias = FileAppealResponse  # noqa: Y015
+
+@_typing.final
+class FollowUpVictimRequest(_message.Message):
+    """A victim to call back."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTEXT_FIELD_NUMBER: _builtins.int
+    ORDER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def context(self) -> _agency_pb2.OrderContext:
+        """Verified context."""
+
+    @_builtins.property
+    def order(self) -> _requests_pb2.FollowUp:
+        """The order."""
+
+    def __init__(
+        self,
+        *,
+        context: _agency_pb2.OrderContext | None = ...,
+        order: _requests_pb2.FollowUp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "order", b"order"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "order", b"order"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FollowUpVictimRequest: _TypeAlias = FollowUpVictimRequest  # noqa: Y015
+
+@_typing.final
+class FollowUpVictimResponse(_message.Message):
+    """The desk's answer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def result(self) -> _results_pb2.Result:
+        """EXECUTED with result.follow_up (REACHED / NOT_REACHED) and the advice given in detail."""
+
+    def __init__(
+        self,
+        *,
+        result: _results_pb2.Result | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FollowUpVictimResponse: _TypeAlias = FollowUpVictimResponse  # noqa: Y015

@@ -50,6 +50,11 @@ class PoliceServiceStub:
                 request_serializer=greenchannel_dot_v1_dot_police__pb2.FileAppealRequest.SerializeToString,
                 response_deserializer=greenchannel_dot_v1_dot_police__pb2.FileAppealResponse.FromString,
                 _registered_method=True)
+        self.FollowUpVictim = channel.unary_unary(
+                '/greenchannel.v1.PoliceService/FollowUpVictim',
+                request_serializer=greenchannel_dot_v1_dot_police__pb2.FollowUpVictimRequest.SerializeToString,
+                response_deserializer=greenchannel_dot_v1_dot_police__pb2.FollowUpVictimResponse.FromString,
+                _registered_method=True)
 
 
 class PoliceServiceServicer:
@@ -78,6 +83,13 @@ class PoliceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FollowUpVictim(self, request, context):
+        """Call a victim back (回访) and record how it went: result.follow_up.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PoliceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -95,6 +107,11 @@ def add_PoliceServiceServicer_to_server(servicer, server):
                     servicer.FileAppeal,
                     request_deserializer=greenchannel_dot_v1_dot_police__pb2.FileAppealRequest.FromString,
                     response_serializer=greenchannel_dot_v1_dot_police__pb2.FileAppealResponse.SerializeToString,
+            ),
+            'FollowUpVictim': grpc.unary_unary_rpc_method_handler(
+                    servicer.FollowUpVictim,
+                    request_deserializer=greenchannel_dot_v1_dot_police__pb2.FollowUpVictimRequest.FromString,
+                    response_serializer=greenchannel_dot_v1_dot_police__pb2.FollowUpVictimResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -179,6 +196,33 @@ class PoliceService:
             '/greenchannel.v1.PoliceService/FileAppeal',
             greenchannel_dot_v1_dot_police__pb2.FileAppealRequest.SerializeToString,
             greenchannel_dot_v1_dot_police__pb2.FileAppealResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FollowUpVictim(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/greenchannel.v1.PoliceService/FollowUpVictim',
+            greenchannel_dot_v1_dot_police__pb2.FollowUpVictimRequest.SerializeToString,
+            greenchannel_dot_v1_dot_police__pb2.FollowUpVictimResponse.FromString,
             options,
             channel_credentials,
             insecure,

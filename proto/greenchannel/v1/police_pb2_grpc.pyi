@@ -41,6 +41,8 @@ class PoliceServiceStub:
     """File a holder's appeal for decision. EXECUTED means filed: the decision comes later, from the
     police through the Bus API (BusService.DecideAppeal), within the SLA policy's deadline.
     """
+    FollowUpVictim: _grpc.UnaryUnaryMultiCallable[_police_pb2.FollowUpVictimRequest, _police_pb2.FollowUpVictimResponse]
+    """Call a victim back (回访) and record how it went: result.follow_up."""
 
 @_typing.type_check_only
 class PoliceServiceAsyncStub(PoliceServiceStub):
@@ -55,6 +57,8 @@ class PoliceServiceAsyncStub(PoliceServiceStub):
     """File a holder's appeal for decision. EXECUTED means filed: the decision comes later, from the
     police through the Bus API (BusService.DecideAppeal), within the SLA policy's deadline.
     """
+    FollowUpVictim: _aio.UnaryUnaryMultiCallable[_police_pb2.FollowUpVictimRequest, _police_pb2.FollowUpVictimResponse]  # type: ignore[assignment]
+    """Call a victim back (回访) and record how it went: result.follow_up."""
 
 class PoliceServiceServicer(metaclass=_abc_1.ABCMeta):
     """A police desk as the bus sees it. Every call is idempotent by context.request_id."""
@@ -84,5 +88,13 @@ class PoliceServiceServicer(metaclass=_abc_1.ABCMeta):
         """File a holder's appeal for decision. EXECUTED means filed: the decision comes later, from the
         police through the Bus API (BusService.DecideAppeal), within the SLA policy's deadline.
         """
+
+    @_abc_1.abstractmethod
+    def FollowUpVictim(
+        self,
+        request: _police_pb2.FollowUpVictimRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_police_pb2.FollowUpVictimResponse, _abc.Awaitable[_police_pb2.FollowUpVictimResponse]]:
+        """Call a victim back (回访) and record how it went: result.follow_up."""
 
 def add_PoliceServiceServicer_to_server(servicer: PoliceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

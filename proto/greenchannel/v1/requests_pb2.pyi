@@ -122,6 +122,10 @@ class _DataCategoryEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_DataCate
     """Platform account registration data."""
     DATA_CATEGORY_LOGIN_IPS: _DataCategory.ValueType  # 6
     """Platform login IP addresses."""
+    DATA_CATEGORY_LOCATION: _DataCategory.ValueType  # 7
+    """Current or recent network location of a line or handset (serving cell and base station,
+    location area, coordinates and accuracy, last activity), from the carrier serving it.
+    """
 
 class DataCategory(_DataCategory, metaclass=_DataCategoryEnumTypeWrapper):
     """What data is asked for."""
@@ -139,6 +143,10 @@ DATA_CATEGORY_PLATFORM_ACCOUNT: DataCategory.ValueType  # 5
 """Platform account registration data."""
 DATA_CATEGORY_LOGIN_IPS: DataCategory.ValueType  # 6
 """Platform login IP addresses."""
+DATA_CATEGORY_LOCATION: DataCategory.ValueType  # 7
+"""Current or recent network location of a line or handset (serving cell and base station,
+location area, coordinates and accuracy, last activity), from the carrier serving it.
+"""
 Global___DataCategory: _TypeAlias = DataCategory  # noqa: Y015
 
 class _AssistanceKind:
@@ -296,6 +304,7 @@ class Request(_message.Message):
     FRAUD_REPORT_FIELD_NUMBER: _builtins.int
     RETURN_FUNDS_FIELD_NUMBER: _builtins.int
     APPEAL_FIELD_NUMBER: _builtins.int
+    FOLLOW_UP_FIELD_NUMBER: _builtins.int
     priority: _common_pb2.Priority.ValueType
     """GREEN or STANDARD."""
     recipient: _builtins.str
@@ -362,6 +371,10 @@ class Request(_message.Message):
     def appeal(self) -> Global___Appeal:
         """申诉: a holder appeals a restriction."""
 
+    @_builtins.property
+    def follow_up(self) -> Global___FollowUp:
+        """回访: call a victim back (sent by the broker to the police owning the case)."""
+
     def __init__(
         self,
         *,
@@ -384,12 +397,13 @@ class Request(_message.Message):
         fraud_report: Global___FraudReport | None = ...,
         return_funds: Global___ReturnFunds | None = ...,
         appeal: Global___Appeal | None = ...,
+        follow_up: Global___FollowUp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["account_block", b"account_block", "appeal", b"appeal", "assistance", b"assistance", "body", b"body", "case_ref", b"case_ref", "data_request", b"data_request", "extend", b"extend", "fraud_report", b"fraud_report", "freeze", b"freeze", "issued_at", b"issued_at", "number_block", b"number_block", "release", b"release", "return_funds", b"return_funds", "stop_payment", b"stop_payment", "warning", b"warning"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["account_block", b"account_block", "appeal", b"appeal", "assistance", b"assistance", "body", b"body", "case_ref", b"case_ref", "data_request", b"data_request", "extend", b"extend", "follow_up", b"follow_up", "fraud_report", b"fraud_report", "freeze", b"freeze", "issued_at", b"issued_at", "number_block", b"number_block", "release", b"release", "return_funds", b"return_funds", "stop_payment", b"stop_payment", "warning", b"warning"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_block", b"account_block", "appeal", b"appeal", "assistance", b"assistance", "body", b"body", "case_ref", b"case_ref", "data_request", b"data_request", "extend", b"extend", "fraud_report", b"fraud_report", "freeze", b"freeze", "hop", b"hop", "idempotency_key", b"idempotency_key", "issued_at", b"issued_at", "number_block", b"number_block", "parent_id", b"parent_id", "priority", b"priority", "recipient", b"recipient", "release", b"release", "return_funds", b"return_funds", "stop_payment", b"stop_payment", "warning", b"warning"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_block", b"account_block", "appeal", b"appeal", "assistance", b"assistance", "body", b"body", "case_ref", b"case_ref", "data_request", b"data_request", "extend", b"extend", "follow_up", b"follow_up", "fraud_report", b"fraud_report", "freeze", b"freeze", "hop", b"hop", "idempotency_key", b"idempotency_key", "issued_at", b"issued_at", "number_block", b"number_block", "parent_id", b"parent_id", "priority", b"priority", "recipient", b"recipient", "release", b"release", "return_funds", b"return_funds", "stop_payment", b"stop_payment", "warning", b"warning"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["stop_payment", "freeze", "release", "extend", "number_block", "account_block", "data_request", "assistance", "warning", "fraud_report", "return_funds", "appeal"]  # noqa: Y015
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["stop_payment", "freeze", "release", "extend", "number_block", "account_block", "data_request", "assistance", "warning", "fraud_report", "return_funds", "appeal", "follow_up"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 
@@ -578,20 +592,32 @@ Global___Extend: _TypeAlias = Extend  # noqa: Y015
 
 @_typing.final
 class NumberBlock(_message.Message):
-    """Block a phone number, SIM or handset."""
+    """Block a phone number, SIM or handset; or many at once (a batch, or a selector the carrier resolves)."""
 
     DESCRIPTOR: _descriptor.Descriptor
 
     PHONE_FIELD_NUMBER: _builtins.int
     SCOPE_FIELD_NUMBER: _builtins.int
     UNBLOCK_FIELD_NUMBER: _builtins.int
+    PHONES_FIELD_NUMBER: _builtins.int
+    SELECTOR_FIELD_NUMBER: _builtins.int
     scope: Global___BlockScope.ValueType
     """What to block."""
     unblock: _builtins.bool
     """True lifts an earlier block instead."""
     @_builtins.property
     def phone(self) -> _common_pb2.PhoneRef:
-        """The line or handset."""
+        """The line or handset (one item)."""
+
+    @_builtins.property
+    def phones(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.PhoneRef]:
+        """A batch: many lines or handsets in one signed order. The policy bounds its size; the broker
+        splits a batch that spans several carriers (by number segment) into one child per carrier.
+        """
+
+    @_builtins.property
+    def selector(self) -> Global___NumberSelector:
+        """Lines the carrier finds itself (one issuing batch, or seen on one cell in a time window)."""
 
     def __init__(
         self,
@@ -599,14 +625,74 @@ class NumberBlock(_message.Message):
         phone: _common_pb2.PhoneRef | None = ...,
         scope: Global___BlockScope.ValueType = ...,
         unblock: _builtins.bool = ...,
+        phones: _abc.Iterable[_common_pb2.PhoneRef] | None = ...,
+        selector: Global___NumberSelector | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["phone", b"phone"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["phone", b"phone", "selector", b"selector"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["phone", b"phone", "scope", b"scope", "unblock", b"unblock"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["phone", b"phone", "phones", b"phones", "scope", b"scope", "selector", b"selector", "unblock", b"unblock"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___NumberBlock: _TypeAlias = NumberBlock  # noqa: Y015
+
+@_typing.final
+class NumberSelector(_message.Message):
+    """Lines a carrier resolves from its own records. The order must name the carrier (recipient)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ISSUING_BATCH_FIELD_NUMBER: _builtins.int
+    CELL_FIELD_NUMBER: _builtins.int
+    issuing_batch: _builtins.str
+    """The SIM issuing batch (the carrier's batch id)."""
+    @_builtins.property
+    def cell(self) -> Global___CellWindow:
+        """Lines seen on one cell in a time window."""
+
+    def __init__(
+        self,
+        *,
+        issuing_batch: _builtins.str = ...,
+        cell: Global___CellWindow | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cell", b"cell", "issuing_batch", b"issuing_batch", "kind", b"kind"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cell", b"cell", "issuing_batch", b"issuing_batch", "kind", b"kind"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["issuing_batch", "cell"]  # noqa: Y015
+    _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
+
+Global___NumberSelector: _TypeAlias = NumberSelector  # noqa: Y015
+
+@_typing.final
+class CellWindow(_message.Message):
+    """A cell and a time window."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CELL_ID_FIELD_NUMBER: _builtins.int
+    WINDOW_FIELD_NUMBER: _builtins.int
+    cell_id: _builtins.str
+    """The serving cell's id as the carrier names it (e.g. "460-00-22801-40961": MCC-MNC-LAC-CI)."""
+    @_builtins.property
+    def window(self) -> _common_pb2.TimeRange:
+        """When the lines were seen there."""
+
+    def __init__(
+        self,
+        *,
+        cell_id: _builtins.str = ...,
+        window: _common_pb2.TimeRange | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["window", b"window"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cell_id", b"cell_id", "window", b"window"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CellWindow: _TypeAlias = CellWindow  # noqa: Y015
 
 @_typing.final
 class AccountBlock(_message.Message):
@@ -996,3 +1082,41 @@ class AppealDocument(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AppealDocument: _TypeAlias = AppealDocument  # noqa: Y015
+
+@_typing.final
+class FollowUp(_message.Message):
+    """回访: after a RETURN_FUNDS paid a victim back, the broker asks the police owning the case to call
+    the victim back and record how it went, within the SLA policy's deadline. One per victim payout.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RETURN_REQUEST_ID_FIELD_NUMBER: _builtins.int
+    PAYOUT_INDEX_FIELD_NUMBER: _builtins.int
+    VICTIM_ID_FIELD_NUMBER: _builtins.int
+    RETURNED_FIELD_NUMBER: _builtins.int
+    return_request_id: _builtins.str
+    """The RETURN_FUNDS that paid the victim."""
+    payout_index: _builtins.int
+    """The payout's position in that order."""
+    victim_id: _builtins.str
+    """Keyed digest of the victim's account (the trail's victim id)."""
+    @_builtins.property
+    def returned(self) -> _common_pb2.Money:
+        """What was returned to the victim."""
+
+    def __init__(
+        self,
+        *,
+        return_request_id: _builtins.str = ...,
+        payout_index: _builtins.int = ...,
+        victim_id: _builtins.str = ...,
+        returned: _common_pb2.Money | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["returned", b"returned"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["payout_index", b"payout_index", "return_request_id", b"return_request_id", "returned", b"returned", "victim_id", b"victim_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FollowUp: _TypeAlias = FollowUp  # noqa: Y015

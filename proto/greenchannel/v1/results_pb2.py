@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from greenchannel.v1 import common_pb2 as greenchannel_dot_v1_dot_common__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dgreenchannel/v1/results.proto\x12\x0fgreenchannel.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1cgreenchannel/v1/common.proto\"\xb7\x02\n\x0eOnwardTransfer\x12.\n\nto_account\x18\x01 \x01(\tB\x1a\xbaH\x17r\x15\x32\x13^([0-9A-Z]{6,34})?$\x12\x34\n\x07to_bank\x18\x02 \x01(\tB#\xbaH r\x1e\x32\x1c^([a-z0-9][a-z0-9-]{1,62})?$\x12.\n\x06\x61mount\x18\x03 \x01(\x0b\x32\x16.greenchannel.v1.MoneyB\x06\xbaH\x03\xc8\x01\x01\x12.\n\x02\x61t\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x06\xbaH\x03\xc8\x01\x01\x12\x1e\n\x0btransfer_id\x18\x05 \x01(\tB\t\xbaH\x06r\x04\x10\x01\x18@\x12\x1d\n\x0cto_bank_code\x18\x06 \x01(\tB\x07\xbaH\x04r\x02\x18@\x12 \n\x0eto_holder_name\x18\x07 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x01\"\xc6\x01\n\x10\x45ncryptedPayload\x12%\n\x14\x65phemeral_public_key\x18\x01 \x01(\x0c\x42\x07\xbaH\x04z\x02h \x12\x16\n\x05nonce\x18\x02 \x01(\x0c\x42\x07\xbaH\x04z\x02h\x0c\x12 \n\nciphertext\x18\x03 \x01(\x0c\x42\x0c\xbaH\tz\x07\x10\x10\x18\x80\x80\x80\x02\x12\x31\n\rrecipient_kid\x18\x04 \x01(\tB\x1a\xbaH\x17r\x15\x32\x13^[A-Za-z0-9_-]{43}$\x12\x1e\n\x0c\x63ontent_type\x18\x05 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x01\"/\n\x0c\x42lockOutcome\x12\x0f\n\x07\x62locked\x18\x01 \x03(\t\x12\x0e\n\x06warned\x18\x02 \x01(\x08\"\xad\x01\n\x0eReturnedPayout\x12\x14\n\x0cpayout_index\x18\x01 \x01(\r\x12.\n\x06\x61mount\x18\x02 \x01(\x0b\x32\x16.greenchannel.v1.MoneyB\x06\xbaH\x03\xc8\x01\x01\x12\x1c\n\x0btransfer_id\x18\x03 \x01(\tB\x07\xbaH\x04r\x02\x18@\x12\x37\n\x0evictim_account\x18\x04 \x01(\x0b\x32\x1f.greenchannel.v1.BankAccountRef\"\x8d\x07\n\x06Result\x12>\n\x07outcome\x18\x01 \x01(\x0e\x32\x1d.greenchannel.v1.RequestStateB\x0e\xbaH\x0b\x82\x01\x08\x18\x05\x18\x06\x18\x07\x18\x08\x12\x35\n\x06reason\x18\x02 \x01(\x0e\x32\x1b.greenchannel.v1.ReasonCodeB\x08\xbaH\x05\x82\x01\x02\x10\x01\x12\x18\n\x06\x64\x65tail\x18\x03 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x08\x12+\n\x0b\x61mount_held\x18\x04 \x01(\x0b\x32\x16.greenchannel.v1.Money\x12-\n\ramount_frozen\x18\x05 \x01(\x0b\x32\x16.greenchannel.v1.Money\x12.\n\nhold_until\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x44\n\x10onward_transfers\x18\x07 \x03(\x0b\x32\x1f.greenchannel.v1.OnwardTransferB\t\xbaH\x06\x92\x01\x03\x10\xe8\x07\x12<\n\x11\x65ncrypted_payload\x18\x08 \x01(\x0b\x32!.greenchannel.v1.EncryptedPayload\x12\"\n\x10\x61gency_reference\x18\t \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x01\x12,\n\x05\x62lock\x18\n \x01(\x0b\x32\x1d.greenchannel.v1.BlockOutcome\x12\x41\n\nassistance\x18\x0b \x01(\x0e\x32#.greenchannel.v1.AssistanceDecisionB\x08\xbaH\x05\x82\x01\x02\x10\x01\x12\x39\n\x0esealed_details\x18\x0c \x01(\x0b\x32!.greenchannel.v1.EncryptedPayload\x12\x39\n\x0e\x62roker_details\x18\r \x01(\x0b\x32!.greenchannel.v1.EncryptedPayload\x12/\n\x0f\x61mount_returned\x18\x0e \x01(\x0b\x32\x16.greenchannel.v1.Money\x12/\n\x0f\x61mount_released\x18\x0f \x01(\x0b\x32\x16.greenchannel.v1.Money\x12\x39\n\x06\x61ppeal\x18\x10 \x01(\x0e\x32\x1f.greenchannel.v1.AppealDecisionB\x08\xbaH\x05\x82\x01\x02\x10\x01\x12:\n\x07returns\x18\x11 \x03(\x0b\x32\x1f.greenchannel.v1.ReturnedPayoutB\x08\xbaH\x05\x92\x01\x02\x10@\"\x91\x01\n\rResultDetails\x12\x44\n\x10onward_transfers\x18\x01 \x03(\x0b\x32\x1f.greenchannel.v1.OnwardTransferB\t\xbaH\x06\x92\x01\x03\x10\xe8\x07\x12:\n\x07returns\x18\x02 \x03(\x0b\x32\x1f.greenchannel.v1.ReturnedPayoutB\x08\xbaH\x05\x92\x01\x02\x10@\"\xa2\x01\n\nDataAnswer\x12\x37\n\x06holder\x18\x01 \x03(\x0b\x32\'.greenchannel.v1.DataAnswer.HolderEntry\x12,\n\x07records\x18\x02 \x03(\x0b\x32\x1b.greenchannel.v1.DataRecord\x1a-\n\x0bHolderEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"t\n\nDataRecord\x12\x37\n\x06\x66ields\x18\x01 \x03(\x0b\x32\'.greenchannel.v1.DataRecord.FieldsEntry\x1a-\n\x0b\x46ieldsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*\xac\x04\n\nReasonCode\x12\x1b\n\x17REASON_CODE_UNSPECIFIED\x10\x00\x12\x18\n\x14REASON_CODE_MISMATCH\x10\x01\x12\x19\n\x15REASON_CODE_NOT_FOUND\x10\x02\x12\x1e\n\x1aREASON_CODE_NOT_AUTHORIZED\x10\x03\x12\"\n\x1eREASON_CODE_INSUFFICIENT_FUNDS\x10\x04\x12\x1e\n\x1aREASON_CODE_ACCOUNT_CLOSED\x10\x05\x12\x1c\n\x18REASON_CODE_ALREADY_DONE\x10\x06\x12\x1f\n\x1bREASON_CODE_INVALID_REQUEST\x10\x07\x12!\n\x1dREASON_CODE_SIGNATURE_INVALID\x10\x08\x12\"\n\x1eREASON_CODE_AGENCY_UNAVAILABLE\x10\t\x12\x18\n\x14REASON_CODE_DECLINED\x10\n\x12\x1c\n\x18REASON_CODE_POLICY_LIMIT\x10\x0b\x12\x1e\n\x1aREASON_CODE_NO_ACTIVE_HOLD\x10\x0c\x12\x19\n\x15REASON_CODE_CANCELLED\x10\r\x12\x17\n\x13REASON_CODE_EXPIRED\x10\x0e\x12\x18\n\x14REASON_CODE_INTERNAL\x10\x0f\x12\x19\n\x15REASON_CODE_CONVERTED\x10\x10\x12!\n\x1dREASON_CODE_DEADLINE_BREACHED\x10\x11*\xa0\x01\n\x12\x41ssistanceDecision\x12#\n\x1f\x41SSISTANCE_DECISION_UNSPECIFIED\x10\x00\x12 \n\x1c\x41SSISTANCE_DECISION_ACCEPTED\x10\x01\x12 \n\x1c\x41SSISTANCE_DECISION_DECLINED\x10\x02\x12!\n\x1d\x41SSISTANCE_DECISION_COMPLETED\x10\x03*i\n\x0e\x41ppealDecision\x12\x1f\n\x1b\x41PPEAL_DECISION_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x41PPEAL_DECISION_UPHELD\x10\x01\x12\x1a\n\x16\x41PPEAL_DECISION_LIFTED\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1dgreenchannel/v1/results.proto\x12\x0fgreenchannel.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1cgreenchannel/v1/common.proto\"\xb7\x02\n\x0eOnwardTransfer\x12.\n\nto_account\x18\x01 \x01(\tB\x1a\xbaH\x17r\x15\x32\x13^([0-9A-Z]{6,34})?$\x12\x34\n\x07to_bank\x18\x02 \x01(\tB#\xbaH r\x1e\x32\x1c^([a-z0-9][a-z0-9-]{1,62})?$\x12.\n\x06\x61mount\x18\x03 \x01(\x0b\x32\x16.greenchannel.v1.MoneyB\x06\xbaH\x03\xc8\x01\x01\x12.\n\x02\x61t\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x06\xbaH\x03\xc8\x01\x01\x12\x1e\n\x0btransfer_id\x18\x05 \x01(\tB\t\xbaH\x06r\x04\x10\x01\x18@\x12\x1d\n\x0cto_bank_code\x18\x06 \x01(\tB\x07\xbaH\x04r\x02\x18@\x12 \n\x0eto_holder_name\x18\x07 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x01\"\xc6\x01\n\x10\x45ncryptedPayload\x12%\n\x14\x65phemeral_public_key\x18\x01 \x01(\x0c\x42\x07\xbaH\x04z\x02h \x12\x16\n\x05nonce\x18\x02 \x01(\x0c\x42\x07\xbaH\x04z\x02h\x0c\x12 \n\nciphertext\x18\x03 \x01(\x0c\x42\x0c\xbaH\tz\x07\x10\x10\x18\x80\x80\x80\x02\x12\x31\n\rrecipient_kid\x18\x04 \x01(\tB\x1a\xbaH\x17r\x15\x32\x13^[A-Za-z0-9_-]{43}$\x12\x1e\n\x0c\x63ontent_type\x18\x05 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x01\"J\n\tBlockItem\x12\r\n\x05index\x18\x01 \x01(\r\x12.\n\x05state\x18\x02 \x01(\x0e\x32\x1f.greenchannel.v1.BlockItemState\"\\\n\x0b\x42lockTotals\x12\x0f\n\x07\x62locked\x18\x01 \x01(\r\x12\x11\n\tnot_found\x18\x02 \x01(\r\x12\x10\n\x08not_ours\x18\x03 \x01(\r\x12\x17\n\x0f\x61lready_blocked\x18\x04 \x01(\r\"\x93\x01\n\x0c\x42lockOutcome\x12\x0f\n\x07\x62locked\x18\x01 \x03(\t\x12\x0e\n\x06warned\x18\x02 \x01(\x08\x12\x34\n\x05items\x18\x03 \x03(\x0b\x32\x1a.greenchannel.v1.BlockItemB\t\xbaH\x06\x92\x01\x03\x10\x90N\x12,\n\x06totals\x18\x04 \x01(\x0b\x32\x1c.greenchannel.v1.BlockTotals\"\xad\x01\n\x0eReturnedPayout\x12\x14\n\x0cpayout_index\x18\x01 \x01(\r\x12.\n\x06\x61mount\x18\x02 \x01(\x0b\x32\x16.greenchannel.v1.MoneyB\x06\xbaH\x03\xc8\x01\x01\x12\x1c\n\x0btransfer_id\x18\x03 \x01(\tB\x07\xbaH\x04r\x02\x18@\x12\x37\n\x0evictim_account\x18\x04 \x01(\x0b\x32\x1f.greenchannel.v1.BankAccountRef\"\xcc\x07\n\x06Result\x12>\n\x07outcome\x18\x01 \x01(\x0e\x32\x1d.greenchannel.v1.RequestStateB\x0e\xbaH\x0b\x82\x01\x08\x18\x05\x18\x06\x18\x07\x18\x08\x12\x35\n\x06reason\x18\x02 \x01(\x0e\x32\x1b.greenchannel.v1.ReasonCodeB\x08\xbaH\x05\x82\x01\x02\x10\x01\x12\x18\n\x06\x64\x65tail\x18\x03 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x08\x12+\n\x0b\x61mount_held\x18\x04 \x01(\x0b\x32\x16.greenchannel.v1.Money\x12-\n\ramount_frozen\x18\x05 \x01(\x0b\x32\x16.greenchannel.v1.Money\x12.\n\nhold_until\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x44\n\x10onward_transfers\x18\x07 \x03(\x0b\x32\x1f.greenchannel.v1.OnwardTransferB\t\xbaH\x06\x92\x01\x03\x10\xe8\x07\x12<\n\x11\x65ncrypted_payload\x18\x08 \x01(\x0b\x32!.greenchannel.v1.EncryptedPayload\x12\"\n\x10\x61gency_reference\x18\t \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x01\x12,\n\x05\x62lock\x18\n \x01(\x0b\x32\x1d.greenchannel.v1.BlockOutcome\x12\x41\n\nassistance\x18\x0b \x01(\x0e\x32#.greenchannel.v1.AssistanceDecisionB\x08\xbaH\x05\x82\x01\x02\x10\x01\x12\x39\n\x0esealed_details\x18\x0c \x01(\x0b\x32!.greenchannel.v1.EncryptedPayload\x12\x39\n\x0e\x62roker_details\x18\r \x01(\x0b\x32!.greenchannel.v1.EncryptedPayload\x12/\n\x0f\x61mount_returned\x18\x0e \x01(\x0b\x32\x16.greenchannel.v1.Money\x12/\n\x0f\x61mount_released\x18\x0f \x01(\x0b\x32\x16.greenchannel.v1.Money\x12\x39\n\x06\x61ppeal\x18\x10 \x01(\x0e\x32\x1f.greenchannel.v1.AppealDecisionB\x08\xbaH\x05\x82\x01\x02\x10\x01\x12:\n\x07returns\x18\x11 \x03(\x0b\x32\x1f.greenchannel.v1.ReturnedPayoutB\x08\xbaH\x05\x92\x01\x02\x10@\x12=\n\tfollow_up\x18\x12 \x01(\x0e\x32 .greenchannel.v1.FollowUpOutcomeB\x08\xbaH\x05\x82\x01\x02\x10\x01\"\x91\x01\n\rResultDetails\x12\x44\n\x10onward_transfers\x18\x01 \x03(\x0b\x32\x1f.greenchannel.v1.OnwardTransferB\t\xbaH\x06\x92\x01\x03\x10\xe8\x07\x12:\n\x07returns\x18\x02 \x03(\x0b\x32\x1f.greenchannel.v1.ReturnedPayoutB\x08\xbaH\x05\x92\x01\x02\x10@\"\xa2\x01\n\nDataAnswer\x12\x37\n\x06holder\x18\x01 \x03(\x0b\x32\'.greenchannel.v1.DataAnswer.HolderEntry\x12,\n\x07records\x18\x02 \x03(\x0b\x32\x1b.greenchannel.v1.DataRecord\x1a-\n\x0bHolderEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"t\n\nDataRecord\x12\x37\n\x06\x66ields\x18\x01 \x03(\x0b\x32\'.greenchannel.v1.DataRecord.FieldsEntry\x1a-\n\x0b\x46ieldsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*\xac\x04\n\nReasonCode\x12\x1b\n\x17REASON_CODE_UNSPECIFIED\x10\x00\x12\x18\n\x14REASON_CODE_MISMATCH\x10\x01\x12\x19\n\x15REASON_CODE_NOT_FOUND\x10\x02\x12\x1e\n\x1aREASON_CODE_NOT_AUTHORIZED\x10\x03\x12\"\n\x1eREASON_CODE_INSUFFICIENT_FUNDS\x10\x04\x12\x1e\n\x1aREASON_CODE_ACCOUNT_CLOSED\x10\x05\x12\x1c\n\x18REASON_CODE_ALREADY_DONE\x10\x06\x12\x1f\n\x1bREASON_CODE_INVALID_REQUEST\x10\x07\x12!\n\x1dREASON_CODE_SIGNATURE_INVALID\x10\x08\x12\"\n\x1eREASON_CODE_AGENCY_UNAVAILABLE\x10\t\x12\x18\n\x14REASON_CODE_DECLINED\x10\n\x12\x1c\n\x18REASON_CODE_POLICY_LIMIT\x10\x0b\x12\x1e\n\x1aREASON_CODE_NO_ACTIVE_HOLD\x10\x0c\x12\x19\n\x15REASON_CODE_CANCELLED\x10\r\x12\x17\n\x13REASON_CODE_EXPIRED\x10\x0e\x12\x18\n\x14REASON_CODE_INTERNAL\x10\x0f\x12\x19\n\x15REASON_CODE_CONVERTED\x10\x10\x12!\n\x1dREASON_CODE_DEADLINE_BREACHED\x10\x11*\xb5\x01\n\x0e\x42lockItemState\x12 \n\x1c\x42LOCK_ITEM_STATE_UNSPECIFIED\x10\x00\x12\x1c\n\x18\x42LOCK_ITEM_STATE_BLOCKED\x10\x01\x12\x1e\n\x1a\x42LOCK_ITEM_STATE_NOT_FOUND\x10\x02\x12\x1d\n\x19\x42LOCK_ITEM_STATE_NOT_OURS\x10\x03\x12$\n BLOCK_ITEM_STATE_ALREADY_BLOCKED\x10\x04*v\n\x0f\x46ollowUpOutcome\x12!\n\x1d\x46OLLOW_UP_OUTCOME_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x46OLLOW_UP_OUTCOME_REACHED\x10\x01\x12!\n\x1d\x46OLLOW_UP_OUTCOME_NOT_REACHED\x10\x02*\xa0\x01\n\x12\x41ssistanceDecision\x12#\n\x1f\x41SSISTANCE_DECISION_UNSPECIFIED\x10\x00\x12 \n\x1c\x41SSISTANCE_DECISION_ACCEPTED\x10\x01\x12 \n\x1c\x41SSISTANCE_DECISION_DECLINED\x10\x02\x12!\n\x1d\x41SSISTANCE_DECISION_COMPLETED\x10\x03*i\n\x0e\x41ppealDecision\x12\x1f\n\x1b\x41PPEAL_DECISION_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x41PPEAL_DECISION_UPHELD\x10\x01\x12\x1a\n\x16\x41PPEAL_DECISION_LIFTED\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -58,6 +58,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ENCRYPTEDPAYLOAD'].fields_by_name['recipient_kid']._serialized_options = b'\272H\027r\0252\023^[A-Za-z0-9_-]{43}$'
   _globals['_ENCRYPTEDPAYLOAD'].fields_by_name['content_type']._loaded_options = None
   _globals['_ENCRYPTEDPAYLOAD'].fields_by_name['content_type']._serialized_options = b'\272H\005r\003\030\200\001'
+  _globals['_BLOCKOUTCOME'].fields_by_name['items']._loaded_options = None
+  _globals['_BLOCKOUTCOME'].fields_by_name['items']._serialized_options = b'\272H\006\222\001\003\020\220N'
   _globals['_RETURNEDPAYOUT'].fields_by_name['amount']._loaded_options = None
   _globals['_RETURNEDPAYOUT'].fields_by_name['amount']._serialized_options = b'\272H\003\310\001\001'
   _globals['_RETURNEDPAYOUT'].fields_by_name['transfer_id']._loaded_options = None
@@ -78,6 +80,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RESULT'].fields_by_name['appeal']._serialized_options = b'\272H\005\202\001\002\020\001'
   _globals['_RESULT'].fields_by_name['returns']._loaded_options = None
   _globals['_RESULT'].fields_by_name['returns']._serialized_options = b'\272H\005\222\001\002\020@'
+  _globals['_RESULT'].fields_by_name['follow_up']._loaded_options = None
+  _globals['_RESULT'].fields_by_name['follow_up']._serialized_options = b'\272H\005\202\001\002\020\001'
   _globals['_RESULTDETAILS'].fields_by_name['onward_transfers']._loaded_options = None
   _globals['_RESULTDETAILS'].fields_by_name['onward_transfers']._serialized_options = b'\272H\006\222\001\003\020\350\007'
   _globals['_RESULTDETAILS'].fields_by_name['returns']._loaded_options = None
@@ -86,30 +90,38 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_DATAANSWER_HOLDERENTRY']._serialized_options = b'8\001'
   _globals['_DATARECORD_FIELDSENTRY']._loaded_options = None
   _globals['_DATARECORD_FIELDSENTRY']._serialized_options = b'8\001'
-  _globals['_REASONCODE']._serialized_start=2226
-  _globals['_REASONCODE']._serialized_end=2782
-  _globals['_ASSISTANCEDECISION']._serialized_start=2785
-  _globals['_ASSISTANCEDECISION']._serialized_end=2945
-  _globals['_APPEALDECISION']._serialized_start=2947
-  _globals['_APPEALDECISION']._serialized_end=3052
+  _globals['_REASONCODE']._serialized_start=2560
+  _globals['_REASONCODE']._serialized_end=3116
+  _globals['_BLOCKITEMSTATE']._serialized_start=3119
+  _globals['_BLOCKITEMSTATE']._serialized_end=3300
+  _globals['_FOLLOWUPOUTCOME']._serialized_start=3302
+  _globals['_FOLLOWUPOUTCOME']._serialized_end=3420
+  _globals['_ASSISTANCEDECISION']._serialized_start=3423
+  _globals['_ASSISTANCEDECISION']._serialized_end=3583
+  _globals['_APPEALDECISION']._serialized_start=3585
+  _globals['_APPEALDECISION']._serialized_end=3690
   _globals['_ONWARDTRANSFER']._serialized_start=143
   _globals['_ONWARDTRANSFER']._serialized_end=454
   _globals['_ENCRYPTEDPAYLOAD']._serialized_start=457
   _globals['_ENCRYPTEDPAYLOAD']._serialized_end=655
-  _globals['_BLOCKOUTCOME']._serialized_start=657
-  _globals['_BLOCKOUTCOME']._serialized_end=704
-  _globals['_RETURNEDPAYOUT']._serialized_start=707
-  _globals['_RETURNEDPAYOUT']._serialized_end=880
-  _globals['_RESULT']._serialized_start=883
-  _globals['_RESULT']._serialized_end=1792
-  _globals['_RESULTDETAILS']._serialized_start=1795
-  _globals['_RESULTDETAILS']._serialized_end=1940
-  _globals['_DATAANSWER']._serialized_start=1943
-  _globals['_DATAANSWER']._serialized_end=2105
-  _globals['_DATAANSWER_HOLDERENTRY']._serialized_start=2060
-  _globals['_DATAANSWER_HOLDERENTRY']._serialized_end=2105
-  _globals['_DATARECORD']._serialized_start=2107
-  _globals['_DATARECORD']._serialized_end=2223
-  _globals['_DATARECORD_FIELDSENTRY']._serialized_start=2178
-  _globals['_DATARECORD_FIELDSENTRY']._serialized_end=2223
+  _globals['_BLOCKITEM']._serialized_start=657
+  _globals['_BLOCKITEM']._serialized_end=731
+  _globals['_BLOCKTOTALS']._serialized_start=733
+  _globals['_BLOCKTOTALS']._serialized_end=825
+  _globals['_BLOCKOUTCOME']._serialized_start=828
+  _globals['_BLOCKOUTCOME']._serialized_end=975
+  _globals['_RETURNEDPAYOUT']._serialized_start=978
+  _globals['_RETURNEDPAYOUT']._serialized_end=1151
+  _globals['_RESULT']._serialized_start=1154
+  _globals['_RESULT']._serialized_end=2126
+  _globals['_RESULTDETAILS']._serialized_start=2129
+  _globals['_RESULTDETAILS']._serialized_end=2274
+  _globals['_DATAANSWER']._serialized_start=2277
+  _globals['_DATAANSWER']._serialized_end=2439
+  _globals['_DATAANSWER_HOLDERENTRY']._serialized_start=2394
+  _globals['_DATAANSWER_HOLDERENTRY']._serialized_end=2439
+  _globals['_DATARECORD']._serialized_start=2441
+  _globals['_DATARECORD']._serialized_end=2557
+  _globals['_DATARECORD_FIELDSENTRY']._serialized_start=2512
+  _globals['_DATARECORD_FIELDSENTRY']._serialized_end=2557
 # @@protoc_insertion_point(module_scope)

@@ -103,6 +103,58 @@ REASON_CODE_DEADLINE_BREACHED: ReasonCode.ValueType  # 17
 """A phase deadline passed."""
 Global___ReasonCode: _TypeAlias = ReasonCode  # noqa: Y015
 
+class _BlockItemState:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _BlockItemStateEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_BlockItemState.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    BLOCK_ITEM_STATE_UNSPECIFIED: _BlockItemState.ValueType  # 0
+    BLOCK_ITEM_STATE_BLOCKED: _BlockItemState.ValueType  # 1
+    """Blocked now (or unblocked, for an unblock order)."""
+    BLOCK_ITEM_STATE_NOT_FOUND: _BlockItemState.ValueType  # 2
+    """No such line or handset."""
+    BLOCK_ITEM_STATE_NOT_OURS: _BlockItemState.ValueType  # 3
+    """Not served by this carrier."""
+    BLOCK_ITEM_STATE_ALREADY_BLOCKED: _BlockItemState.ValueType  # 4
+    """Already blocked (by an earlier order): nothing done twice."""
+
+class BlockItemState(_BlockItemState, metaclass=_BlockItemStateEnumTypeWrapper):
+    """What happened to one item of a batch NUMBER_BLOCK."""
+
+BLOCK_ITEM_STATE_UNSPECIFIED: BlockItemState.ValueType  # 0
+BLOCK_ITEM_STATE_BLOCKED: BlockItemState.ValueType  # 1
+"""Blocked now (or unblocked, for an unblock order)."""
+BLOCK_ITEM_STATE_NOT_FOUND: BlockItemState.ValueType  # 2
+"""No such line or handset."""
+BLOCK_ITEM_STATE_NOT_OURS: BlockItemState.ValueType  # 3
+"""Not served by this carrier."""
+BLOCK_ITEM_STATE_ALREADY_BLOCKED: BlockItemState.ValueType  # 4
+"""Already blocked (by an earlier order): nothing done twice."""
+Global___BlockItemState: _TypeAlias = BlockItemState  # noqa: Y015
+
+class _FollowUpOutcome:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _FollowUpOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FollowUpOutcome.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    FOLLOW_UP_OUTCOME_UNSPECIFIED: _FollowUpOutcome.ValueType  # 0
+    FOLLOW_UP_OUTCOME_REACHED: _FollowUpOutcome.ValueType  # 1
+    """The victim was reached and advised."""
+    FOLLOW_UP_OUTCOME_NOT_REACHED: _FollowUpOutcome.ValueType  # 2
+    """The victim could not be reached."""
+
+class FollowUpOutcome(_FollowUpOutcome, metaclass=_FollowUpOutcomeEnumTypeWrapper):
+    """How a victim follow-up went."""
+
+FOLLOW_UP_OUTCOME_UNSPECIFIED: FollowUpOutcome.ValueType  # 0
+FOLLOW_UP_OUTCOME_REACHED: FollowUpOutcome.ValueType  # 1
+"""The victim was reached and advised."""
+FOLLOW_UP_OUTCOME_NOT_REACHED: FollowUpOutcome.ValueType  # 2
+"""The victim could not be reached."""
+Global___FollowUpOutcome: _TypeAlias = FollowUpOutcome  # noqa: Y015
+
 class _AssistanceDecision:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -245,6 +297,66 @@ class EncryptedPayload(_message.Message):
 Global___EncryptedPayload: _TypeAlias = EncryptedPayload  # noqa: Y015
 
 @_typing.final
+class BlockItem(_message.Message):
+    """One item's answer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    STATE_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    """Position in NumberBlock.phones (for a selector: in the carrier's resolved list)."""
+    state: Global___BlockItemState.ValueType
+    """What happened."""
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        state: Global___BlockItemState.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["index", b"index", "state", b"state"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BlockItem: _TypeAlias = BlockItem  # noqa: Y015
+
+@_typing.final
+class BlockTotals(_message.Message):
+    """How a batch ended, item by item counted: the four add up to the items of the order."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BLOCKED_FIELD_NUMBER: _builtins.int
+    NOT_FOUND_FIELD_NUMBER: _builtins.int
+    NOT_OURS_FIELD_NUMBER: _builtins.int
+    ALREADY_BLOCKED_FIELD_NUMBER: _builtins.int
+    blocked: _builtins.int
+    """Blocked now."""
+    not_found: _builtins.int
+    """Not found."""
+    not_ours: _builtins.int
+    """Not this carrier's."""
+    already_blocked: _builtins.int
+    """Already blocked before."""
+    def __init__(
+        self,
+        *,
+        blocked: _builtins.int = ...,
+        not_found: _builtins.int = ...,
+        not_ours: _builtins.int = ...,
+        already_blocked: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["already_blocked", b"already_blocked", "blocked", b"blocked", "not_found", b"not_found", "not_ours", b"not_ours"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BlockTotals: _TypeAlias = BlockTotals  # noqa: Y015
+
+@_typing.final
 class BlockOutcome(_message.Message):
     """What happened to a number, SIM, handset or platform account."""
 
@@ -252,21 +364,33 @@ class BlockOutcome(_message.Message):
 
     BLOCKED_FIELD_NUMBER: _builtins.int
     WARNED_FIELD_NUMBER: _builtins.int
+    ITEMS_FIELD_NUMBER: _builtins.int
+    TOTALS_FIELD_NUMBER: _builtins.int
     warned: _builtins.bool
     """A warning was delivered."""
     @_builtins.property
     def blocked(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Identifiers that are now blocked (or unblocked)."""
 
+    @_builtins.property
+    def items(self) -> _containers.RepeatedCompositeFieldContainer[Global___BlockItem]:
+        """A batch or selector: each item's answer, by index (no identifiers)."""
+
+    @_builtins.property
+    def totals(self) -> Global___BlockTotals:
+        """A batch or selector: the totals."""
+
     def __init__(
         self,
         *,
         blocked: _abc.Iterable[_builtins.str] | None = ...,
         warned: _builtins.bool = ...,
+        items: _abc.Iterable[Global___BlockItem] | None = ...,
+        totals: Global___BlockTotals | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["totals", b"totals"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["blocked", b"blocked", "warned", b"warned"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["blocked", b"blocked", "items", b"items", "totals", b"totals", "warned", b"warned"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -336,6 +460,7 @@ class Result(_message.Message):
     AMOUNT_RELEASED_FIELD_NUMBER: _builtins.int
     APPEAL_FIELD_NUMBER: _builtins.int
     RETURNS_FIELD_NUMBER: _builtins.int
+    FOLLOW_UP_FIELD_NUMBER: _builtins.int
     outcome: _common_pb2.RequestState.ValueType
     """EXECUTED, PARTIALLY_EXECUTED, REJECTED or FAILED."""
     reason: Global___ReasonCode.ValueType
@@ -348,6 +473,8 @@ class Result(_message.Message):
     """Assistance answers."""
     appeal: Global___AppealDecision.ValueType
     """APPEAL: the decision."""
+    follow_up: Global___FollowUpOutcome.ValueType
+    """FOLLOW_UP: whether the victim was reached (the advice given is in detail, never personal data)."""
     @_builtins.property
     def amount_held(self) -> _common_pb2.Money:
         """Amount now held (stop-payment) on the account."""
@@ -416,10 +543,11 @@ class Result(_message.Message):
         amount_released: _common_pb2.Money | None = ...,
         appeal: Global___AppealDecision.ValueType = ...,
         returns: _abc.Iterable[Global___ReturnedPayout] | None = ...,
+        follow_up: Global___FollowUpOutcome.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["amount_frozen", b"amount_frozen", "amount_held", b"amount_held", "amount_released", b"amount_released", "amount_returned", b"amount_returned", "block", b"block", "broker_details", b"broker_details", "encrypted_payload", b"encrypted_payload", "hold_until", b"hold_until", "sealed_details", b"sealed_details"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agency_reference", b"agency_reference", "amount_frozen", b"amount_frozen", "amount_held", b"amount_held", "amount_released", b"amount_released", "amount_returned", b"amount_returned", "appeal", b"appeal", "assistance", b"assistance", "block", b"block", "broker_details", b"broker_details", "detail", b"detail", "encrypted_payload", b"encrypted_payload", "hold_until", b"hold_until", "onward_transfers", b"onward_transfers", "outcome", b"outcome", "reason", b"reason", "returns", b"returns", "sealed_details", b"sealed_details"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agency_reference", b"agency_reference", "amount_frozen", b"amount_frozen", "amount_held", b"amount_held", "amount_released", b"amount_released", "amount_returned", b"amount_returned", "appeal", b"appeal", "assistance", b"assistance", "block", b"block", "broker_details", b"broker_details", "detail", b"detail", "encrypted_payload", b"encrypted_payload", "follow_up", b"follow_up", "hold_until", b"hold_until", "onward_transfers", b"onward_transfers", "outcome", b"outcome", "reason", b"reason", "returns", b"returns", "sealed_details", b"sealed_details"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
