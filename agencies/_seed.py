@@ -10,7 +10,9 @@ banks, and secures 45,000.00: everything but the 5,000.00 that left the director
 
 Meanwhile 李某's phone (carrier-cmcc), which talked the victim into paying, keeps calling a potential
 victim, 周某, on carrier-ctcc; and 李某's platform-wechat account, which posed as customer service,
-keeps logging in. 周某 has a platform-wechat account too, where a warning can reach her.
+keeps logging in. 周某 has a platform-wechat account too, where a warning can reach her. The carriers
+know their cells and where each line was last seen: 李某's phone on the cell of its latest call
+(``FRAUDSTER_CELL``), two minutes before the anchor.
 
 Account numbers and phone numbers route by the directory's bank prefixes and number segments
 (``agencies/directory.toml``). Every seed function inserts only the rows of one agency, and every
@@ -25,12 +27,14 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from agencies.bank import BankCore
-from agencies.carrier import CarrierCore
+from agencies.carrier import CarrierCore, Cell
 from agencies.platform import PlatformCore
 
 __all__ = [
     "ACCOUNTS",
     "CALLS",
+    "CELLS",
+    "FRAUDSTER_CELL",
     "FRAUDSTER_ICCID",
     "FRAUDSTER_IMEI",
     "FRAUDSTER_IMSI",
@@ -42,6 +46,7 @@ __all__ = [
     "FRAUD_HOLDER",
     "FRAUD_MINUTES_BEFORE",
     "FRAUD_TRANSFER_ID",
+    "LAST_SEEN",
     "LINES",
     "MULE_ABC_ACCOUNT",
     "MULE_ABC_HOLDER",
@@ -67,6 +72,8 @@ __all__ = [
     "WECHAT",
     "SeedAccount",
     "SeedCall",
+    "SeedCell",
+    "SeedLastSeen",
     "SeedLine",
     "SeedPlatformAccount",
     "SeedTransfer",
@@ -120,6 +127,8 @@ POTENTIAL_VICTIM_HOLDER = "周某"
 WECHAT = "wechat"
 FRAUDSTER_WECHAT_ID = "wxid_k7m2q9x4a1b2"
 POTENTIAL_VICTIM_WECHAT_ID = "wxid_p3n8v2c6d0e4"
+FRAUDSTER_CELL = "460-00-22801-40962"
+"""Where the network last saw the fraudster's line: the cell of its latest call."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -347,6 +356,28 @@ class SeedCall:
 
 
 @dataclass(frozen=True, kw_only=True)
+class SeedCell:
+    """A cell of a carrier's network (fictional coordinates in Shenzhen)."""
+
+    carrier: str
+    """Agency id of the carrier that runs it."""
+    cell: Cell
+    """The cell."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class SeedLastSeen:
+    """Where and when a carrier's network last saw one of its lines active."""
+
+    e164: str
+    """The line."""
+    cell_id: str
+    """Its serving cell then."""
+    minutes_before: int
+    """How long before the anchor."""
+
+
+@dataclass(frozen=True, kw_only=True)
 class SeedPlatformAccount:
     """A platform account of the story, with its logins."""
 
@@ -427,6 +458,38 @@ CALLS: tuple[SeedCall, ...] = (
         duration_s=604,
         caller_cell="460-00-22801-40962",
     ),
+)
+
+
+def _cell(carrier: str, cell_id: str, base_station: str, lat: float, lon: float, accuracy_m: int) -> SeedCell:
+    return SeedCell(
+        carrier=carrier,
+        cell=Cell(
+            cell_id=cell_id,
+            base_station_id=base_station,
+            location_area=cell_id.rsplit("-", 1)[0],
+            latitude=lat,
+            longitude=lon,
+            accuracy_m=accuracy_m,
+        ),
+    )
+
+
+CELLS: tuple[SeedCell, ...] = (
+    # Two sectors of one base station: the fraudster's calls came from both.
+    _cell("carrier-cmcc", "460-00-22801-40961", "CMCC-SZ-eNB-160", 22.543096, 114.057865, 350),
+    _cell("carrier-cmcc", FRAUDSTER_CELL, "CMCC-SZ-eNB-160", 22.544210, 114.059930, 300),
+    # The victim's home cell.
+    _cell("carrier-cmcc", "460-00-22805-11201", "CMCC-SZ-eNB-043", 22.533013, 113.930476, 500),
+    # The potential victim's cell on carrier-ctcc.
+    _cell("carrier-ctcc", "460-11-33012-20481", "CTCC-SZ-eNB-080", 22.548457, 114.131249, 450),
+)
+
+LAST_SEEN: tuple[SeedLastSeen, ...] = (
+    # The end of the fraudster's latest call (12 minutes before the anchor, 604 s long).
+    SeedLastSeen(e164=FRAUDSTER_PHONE, cell_id=FRAUDSTER_CELL, minutes_before=2),
+    SeedLastSeen(e164=VICTIM_PHONE, cell_id="460-00-22805-11201", minutes_before=25),
+    SeedLastSeen(e164=POTENTIAL_VICTIM_PHONE, cell_id="460-11-33012-20481", minutes_before=2),
 )
 
 PLATFORM_ACCOUNTS: tuple[SeedPlatformAccount, ...] = (
@@ -512,7 +575,8 @@ def _book(core: BankCore, agency_id: str, anchor: datetime, mine: list[SeedAccou
 
 
 def seed_carrier(core: CarrierCore, agency_id: str, *, at: datetime | None = None) -> int:
-    """Register the story's lines on ``agency_id`` with their side of each call; rows inserted."""
+    """Register the story's lines on ``agency_id`` with their side of each call, its cells and where
+    each line was last seen; rows inserted."""
     anchor = at or seed_anchor(core.clock.now())
     mine = {ln.e164: ln for ln in LINES if ln.carrier == agency_id}
     if not mine or core.line(next(iter(mine))) is not None:
@@ -551,7 +615,16 @@ def _register_lines(core: CarrierCore, anchor: datetime, mine: dict[str, SeedLin
                 call.callee, call.caller, direction="in", started_at=started, duration_s=call.duration_s
             )
             recorded += 1
-    return len(mine) + recorded
+    located = 0
+    for seed_cell in CELLS:
+        if seed_cell.carrier in {ln.carrier for ln in mine.values()}:
+            core.add_cell(seed_cell.cell)
+            located += 1
+    for seen in LAST_SEEN:
+        if seen.e164 in mine:
+            core.record_last_seen(seen.e164, seen.cell_id, anchor - timedelta(minutes=seen.minutes_before))
+            located += 1
+    return len(mine) + recorded + located
 
 
 def seed_platform(core: PlatformCore, agency_id: str, *, at: datetime | None = None) -> int:

@@ -2,7 +2,7 @@
 
 from ._config import CarrierConfig
 from ._core import CarrierCore
-from ._model import CallRecord, Line, LineStatus, SentWarning
+from ._model import CallRecord, Cell, LastSeen, Line, LineStatus, SentWarning
 from ._servicer import CARRIER_SERVICE, CarrierServicer
 
 __all__ = [
@@ -11,6 +11,8 @@ __all__ = [
     "CarrierConfig",
     "CarrierCore",
     "CarrierServicer",
+    "Cell",
+    "LastSeen",
     "Line",
     "LineStatus",
     "SentWarning",

@@ -9,10 +9,11 @@ from greenchannel.v1 import carrier_pb2
 from agencies._common import AgencyCore, CarrierError
 from broker.protocol import Clock
 
+from . import _cells as cells
 from . import _orders as orders
 from . import _store as store
 from ._config import CarrierConfig
-from ._model import CallRecord, Line, LineStatus, SentWarning
+from ._model import CallRecord, Cell, LastSeen, Line, LineStatus, SentWarning
 from ._schema import CARRIER_SCHEMA
 
 __all__ = ["CarrierCore"]
@@ -59,7 +60,8 @@ class CarrierCore(AgencyCore):
     def query_subscriber_data(
         self, request: carrier_pb2.QuerySubscriberDataRequest
     ) -> carrier_pb2.QuerySubscriberDataResponse:
-        """Subscriber identity or call records in a period, in clear (the adapter seals them)."""
+        """Subscriber identity, call records in a period or the line's last known location, in clear
+        (the adapter seals them)."""
         return self._run(
             "CarrierService.QuerySubscriberData",
             request,
@@ -135,6 +137,24 @@ class CarrierCore(AgencyCore):
                     cell_id=cell_id,
                 ),
             )
+
+    def add_cell(self, c: Cell) -> None:
+        """Add a cell of the network, or correct what is known about it."""
+        with self._db.transaction() as conn:
+            cells.upsert_cell(conn, c)
+
+    def record_last_seen(self, e164: str, cell_id: str, at: datetime) -> None:
+        """The network saw the line active on ``cell_id`` at ``at`` (kept unless seen later already)."""
+        with self._db.transaction() as conn:
+            if store.line(conn, e164) is None:
+                raise CarrierError("no such number")
+            if cells.cell(conn, cell_id) is None:
+                raise CarrierError("no such cell")
+            cells.upsert_last_seen(conn, e164, cell_id, at)
+
+    def last_seen(self, e164: str) -> LastSeen | None:
+        with self._db.transaction() as conn:
+            return cells.last_seen(conn, e164)
 
     def line(self, e164: str) -> Line | None:
         with self._db.transaction() as conn:

@@ -6,7 +6,7 @@ import enum
 from dataclasses import dataclass
 from datetime import datetime
 
-__all__ = ["CallRecord", "Line", "LineStatus", "SentWarning"]
+__all__ = ["CallRecord", "Cell", "LastSeen", "Line", "LineStatus", "SentWarning"]
 
 
 class LineStatus(enum.StrEnum):
@@ -80,3 +80,33 @@ class SentWarning:
     """The approved message template."""
     at: datetime
     """When it went out."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class Cell:
+    """A cell of the carrier's radio network and where it serves."""
+
+    cell_id: str
+    """Global cell identity, ``MCC-MNC-LAC-CI`` (``460-00-22801-40961``)."""
+    base_station_id: str
+    """The base station (eNodeB / gNodeB) the cell belongs to."""
+    location_area: str
+    """Location or tracking area, ``MCC-MNC-LAC``."""
+    latitude: float
+    """WGS 84 latitude of the cell's estimated serving area, degrees."""
+    longitude: float
+    """WGS 84 longitude, degrees."""
+    accuracy_m: int
+    """Radius of the serving area around the coordinates, metres."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class LastSeen:
+    """Where and when the network last saw a line active."""
+
+    e164: str
+    """The carrier's own line."""
+    cell: Cell
+    """The serving cell at that time."""
+    at: datetime
+    """Time of the last activity (call, text, data session, location update)."""

@@ -21,6 +21,7 @@ from agencies._common import (
     rfc3339,
 )
 
+from . import _cells as cells
 from . import _store as store
 from ._model import Line, LineStatus, SentWarning
 
@@ -35,6 +36,13 @@ _SCOPE_KINDS = MappingProxyType(
     }
 )
 # A carrier reaches people through its network; in-app notices are the platforms' channel.
+_CATEGORIES = frozenset(
+    {
+        requests_pb2.DATA_CATEGORY_SUBSCRIBER,
+        requests_pb2.DATA_CATEGORY_CALL_RECORDS,
+        requests_pb2.DATA_CATEGORY_LOCATION,
+    }
+)
 _CHANNELS = MappingProxyType(
     {requests_pb2.WARNING_CHANNEL_CALL: "call", requests_pb2.WARNING_CHANNEL_SMS: "sms"}
 )
@@ -132,15 +140,17 @@ def query_subscriber_data(
             result=invalid_request("a carrier answers about phone lines")
         )
     category = order.category
-    if category not in (requests_pb2.DATA_CATEGORY_SUBSCRIBER, requests_pb2.DATA_CATEGORY_CALL_RECORDS):
+    if category not in _CATEGORIES:
         return carrier_pb2.QuerySubscriberDataResponse(
-            result=invalid_request("a carrier answers SUBSCRIBER and CALL_RECORDS requests")
+            result=invalid_request("a carrier answers SUBSCRIBER, CALL_RECORDS and LOCATION requests")
         )
     if category == requests_pb2.DATA_CATEGORY_CALL_RECORDS and not order.HasField("period"):
         return carrier_pb2.QuerySubscriberDataResponse(result=invalid_request("CALL_RECORDS needs a period"))
     ln = _checked_line(conn, order.phone, must_be_active=False)
     if isinstance(ln, results_pb2.Result):
         return carrier_pb2.QuerySubscriberDataResponse(result=ln)
+    if category == requests_pb2.DATA_CATEGORY_LOCATION:
+        return _location(conn, ln)
     answer = results_pb2.DataAnswer()
     if category == requests_pb2.DATA_CATEGORY_SUBSCRIBER:
         answer.holder.update(
@@ -170,6 +180,32 @@ def query_subscriber_data(
                     "cell_id": call.cell_id,
                 }
             )
+    return carrier_pb2.QuerySubscriberDataResponse(result=executed(), answer=answer)
+
+
+def _location(conn: sqlite3.Connection, ln: Line) -> carrier_pb2.QuerySubscriberDataResponse:
+    """Where the network last saw the line: its serving cell then, and when."""
+    seen = cells.last_seen(conn, ln.e164)
+    if seen is None:
+        return carrier_pb2.QuerySubscriberDataResponse(
+            result=rejected(results_pb2.REASON_CODE_NOT_FOUND, "no location known for the line")
+        )
+    answer = results_pb2.DataAnswer()
+    answer.holder["e164"] = ln.e164
+    answer.records.add().fields.update(
+        {
+            "source": "last_seen",
+            "cell_id": seen.cell.cell_id,
+            "base_station_id": seen.cell.base_station_id,
+            "location_area": seen.cell.location_area,
+            "latitude": f"{seen.cell.latitude:.6f}",
+            "longitude": f"{seen.cell.longitude:.6f}",
+            "accuracy_m": str(seen.cell.accuracy_m),
+            "last_activity_at": rfc3339(seen.at),
+            "imsi": ln.imsi,
+            "imei": ln.imei,
+        }
+    )
     return carrier_pb2.QuerySubscriberDataResponse(result=executed(), answer=answer)
 
 

@@ -1,8 +1,11 @@
-"""The carrier's tables: its lines, their call records, warnings sent and block orders applied."""
+"""The carrier's tables: its lines, their call records, warnings sent, block orders applied, cells and
+where each line was last seen."""
 
 from __future__ import annotations
 
 from agencies._common import JOURNAL_SCHEMA
+
+from ._cells import CELLS_SCHEMA
 
 __all__ = ["CARRIER_SCHEMA"]
 
@@ -50,5 +53,6 @@ CREATE TABLE IF NOT EXISTS block_actions (
     at_us      INTEGER NOT NULL
 ) WITHOUT ROWID;
 """
+    + CELLS_SCHEMA
     + JOURNAL_SCHEMA
 )

@@ -24,6 +24,8 @@ __all__ = ["Budget", "DeadlineTable", "PhaseBudget", "nominal"]
 
 _RequestType: TypeAlias = common_pb2.RequestType.ValueType
 _Priority: TypeAlias = common_pb2.Priority.ValueType
+_Key: TypeAlias = tuple[_RequestType, _Priority]
+_NarrowKey: TypeAlias = tuple[_RequestType, _Priority, int]
 
 Budget: TypeAlias = timedelta | WorkingDays
 """How long a phase may take: a fixed duration, or working days of the table's calendar."""
@@ -72,27 +74,51 @@ class PhaseBudget:
 
 
 class DeadlineTable:
-    """Phase budgets per (request type, priority) and hold validity per request type."""
+    """Phase budgets per (request type, priority) and hold validity per request type.
 
-    __slots__ = ("_budgets", "_calendar", "_holds")
+    A budget may be narrowed to one data category of a type (``(DATA_REQUEST, GREEN, LOCATION)``):
+    a request of that category gets the narrowed budget; every other category, and a request with
+    no category, gets the (type, priority) budget, which the table must have as well.
+    """
+
+    __slots__ = ("_budgets", "_by_category", "_calendar", "_holds")
 
     def __init__(
         self,
         *,
-        budgets: Mapping[tuple[_RequestType, _Priority], PhaseBudget],
+        budgets: Mapping[_Key, PhaseBudget],
         holds: Mapping[_RequestType, timedelta],
         calendar: WorkingCalendar | None = None,
+        by_category: Mapping[_NarrowKey, PhaseBudget] | None = None,
     ) -> None:
         """``holds`` lists only the types that place or extend a hold; ``calendar`` counts budgets
-        given in working days (default: Monday to Friday in UTC, no holidays)."""
+        given in working days (default: Monday to Friday in UTC, no holidays); ``by_category``
+        narrows budgets to a data category (``(type, priority, category)``), each of whose
+        (type, priority) must be in ``budgets`` too."""
         self._calendar = calendar if calendar is not None else WorkingCalendar()
         if any(validity <= timedelta(0) for validity in holds.values()):
             raise ValueError("hold validity must be positive")
-        self._budgets: Mapping[tuple[_RequestType, _Priority], PhaseBudget] = MappingProxyType(dict(budgets))
+        narrowed = dict(by_category or {})
+        for request_type, priority, category in narrowed:
+            if (request_type, priority) not in budgets:
+                raise ValueError(
+                    f"a budget narrowed to category {category} needs one for request type "
+                    f"{request_type} at priority {priority} for every other category"
+                )
+            if category == 0:
+                raise ValueError("a budget is narrowed to a category, not to UNSPECIFIED")
+        self._budgets: Mapping[_Key, PhaseBudget] = MappingProxyType(dict(budgets))
+        self._by_category: Mapping[_NarrowKey, PhaseBudget] = MappingProxyType(narrowed)
         self._holds: Mapping[_RequestType, timedelta] = MappingProxyType(dict(holds))
 
-    def budgets(self, request_type: _RequestType, priority: _Priority) -> PhaseBudget:
-        """Raise ``ValueError`` for a type or priority the table does not cover (UNSPECIFIED)."""
+    def budgets(self, request_type: _RequestType, priority: _Priority, category: int = 0) -> PhaseBudget:
+        """The budget of a request of ``category`` (a ``DataCategory``; 0 for none): the narrowed one
+        if the table has it, else the type's. Raise ``ValueError`` for a type or priority the table
+        does not cover (UNSPECIFIED)."""
+        if category:
+            narrowed = self._by_category.get((request_type, priority, category))
+            if narrowed is not None:
+                return narrowed
         try:
             return self._budgets[(request_type, priority)]
         except KeyError:
@@ -110,7 +136,7 @@ class DeadlineTable:
         return self._holds.get(request_type)
 
     def deadlines(
-        self, request_type: _RequestType, priority: _Priority, received_at: datetime
+        self, request_type: _RequestType, priority: _Priority, received_at: datetime, *, category: int = 0
     ) -> envelope_pb2.Deadlines:
         """Phase deadlines counted from the broker's receive time, plus the hold expiry for holds.
 
@@ -118,11 +144,12 @@ class DeadlineTable:
         notarized up front, and for a green request the difference is minutes on 48 hours. A phase
         in working days is counted in the table's calendar; no phase is ever due before the one
         before it (a fixed duration next to working days, across a daylight-saving change).
+        ``category``: the data category of a data request (see :meth:`budgets`).
         """
         if received_at.utcoffset() is None:
             # protobuf would read a naive time as UTC; a local clock would shift every deadline.
             raise ValueError("received_at must be timezone-aware")
-        budget = self.budgets(request_type, priority)
+        budget = self.budgets(request_type, priority, category)
         result = envelope_pb2.Deadlines()
         earliest = received_at
         for phase, allowed in (
@@ -153,4 +180,5 @@ class DeadlineTable:
             budgets={key: budget.scaled(factor) for key, budget in self._budgets.items()},
             holds={key: validity * factor for key, validity in self._holds.items()},
             calendar=self._calendar,
+            by_category={key: budget.scaled(factor) for key, budget in self._by_category.items()},
         )

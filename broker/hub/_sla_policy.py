@@ -17,7 +17,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TypeAlias
 
-from greenchannel.v1 import common_pb2
+from greenchannel.v1 import common_pb2, requests_pb2
 
 from broker.protocol import REQUEST_TYPES_BY_SLUG, TomlTable, read_toml, request_type_slug
 
@@ -53,7 +53,17 @@ _HEADER = frozenset({"version", "jurisdiction", "description"})
 _ESCALATION = frozenset({"reminder_at", "breach_at", "notify_duty_desk", "notify_supervisor"})
 _HOLD = frozenset({"validity", "extension", "max_extensions", "convertible_to_freeze"})
 _FREEZE_HOLD = _HOLD - {"convertible_to_freeze"}
-_DEADLINE = frozenset({"description", "types", "priority", "deliver", "acknowledge", "execute"})
+_DEADLINE = frozenset({"description", "types", "categories", "priority", "deliver", "acknowledge", "execute"})
+_CATEGORY_PREFIX = "DATA_CATEGORY_"
+_CATEGORIES_BY_NAME: Mapping[str, int] = MappingProxyType(
+    {
+        name.removeprefix(_CATEGORY_PREFIX).lower(): number
+        for name, number in requests_pb2.DataCategory.items()
+        if number != requests_pb2.DATA_CATEGORY_UNSPECIFIED
+    }
+)
+# The types whose body names a data category, which a deadline entry may narrow to.
+_CATEGORY_TYPES = frozenset({_T.REQUEST_TYPE_DATA_REQUEST})
 _PHASES = ("deliver", "acknowledge", "execute")
 _CALENDAR = frozenset({"time_zone", "weekend", "holidays", "make_up_days"})
 _ISO_DATE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
@@ -304,8 +314,34 @@ def _deadline_types(scope: TomlTable) -> list[_RequestType]:
     return types
 
 
+def _deadline_categories(scope: TomlTable, types: list[_RequestType]) -> list[int]:
+    """The optional ``categories`` narrowing an entry to some data categories; empty: all of them."""
+    if not scope.has("categories"):
+        return []
+    names = scope.strings(
+        "categories", non_empty=True, distinct=True, expected="an array of data category names"
+    )
+    for position, request_type in enumerate(types):
+        if request_type not in _CATEGORY_TYPES:
+            allowed = ", ".join(request_type_slug(t) for t in sorted(_CATEGORY_TYPES))
+            scope.fail(
+                f"types[{position}]",
+                f"{request_type_slug(request_type)} has no data category; an entry with categories "
+                f"names only {allowed}",
+            )
+    categories: list[int] = []
+    for i, item in enumerate(names):
+        category = _CATEGORIES_BY_NAME.get(item)
+        if category is None:
+            expected = ", ".join(_CATEGORIES_BY_NAME)
+            scope.fail(f"categories[{i}]", f"unknown data category {item!r} (expected one of: {expected})")
+        categories.append(category)
+    return categories
+
+
 _Budget: TypeAlias = tuple[Budget, Budget, Budget]
 _Key: TypeAlias = tuple[_RequestType, _Priority]
+_NarrowKey: TypeAlias = tuple[_RequestType, _Priority, int]
 
 
 def _budget(scope: TomlTable) -> _Budget:
@@ -334,28 +370,44 @@ def _budget(scope: TomlTable) -> _Budget:
     return deliver, acknowledge, execute
 
 
-def _deadlines(root: TomlTable) -> dict[_Key, _Budget]:
+def _deadlines(root: TomlTable) -> tuple[dict[_Key, _Budget], dict[_NarrowKey, _Budget]]:
+    """Budgets per (type, priority), and those narrowed to a data category per (type, priority,
+    category). Every (type, priority) needs an entry without categories, which covers every category
+    no narrowed entry names; a narrowed (type, priority, category) is covered at most once."""
     budgets: dict[_Key, _Budget] = {}
-    covered_by: dict[_Key, int] = {}
+    narrowed: dict[_NarrowKey, _Budget] = {}
+    covered_by: dict[_Key | _NarrowKey, int] = {}
     for index, scope in enumerate(root.tables("deadline", required=True)):
         scope.only(_DEADLINE)
         scope.optional_string("description")
         types = _deadline_types(scope)
+        categories = _deadline_categories(scope, types)
         priority_name = scope.string("priority")
         priority = _PRIORITIES_BY_NAME.get(priority_name)
         if priority is None:
             scope.fail("priority", f"unknown priority {priority_name!r} (expected one of: green, standard)")
         budget = _budget(scope)
         for position, request_type in enumerate(types):
-            key = (request_type, priority)
-            if key in covered_by:
-                scope.fail(
-                    f"types[{position}]",
-                    f"{request_type_slug(request_type)} at priority {priority_name} is already covered by "
-                    f"deadline[{covered_by[key]}]; each (type, priority) pair is covered exactly once",
-                )
-            covered_by[key] = index
-            budgets[key] = budget
+            keys: list[_Key | _NarrowKey] = (
+                [(request_type, priority, category) for category in categories]
+                if categories
+                else [(request_type, priority)]
+            )
+            for key in keys:
+                if key in covered_by:
+                    what = f"{request_type_slug(request_type)} at priority {priority_name}"
+                    if len(key) == 3:
+                        what += f" for category {_category_name(key[2])}"
+                    scope.fail(
+                        f"types[{position}]",
+                        f"{what} is already covered by deadline[{covered_by[key]}]; each (type, priority) "
+                        "pair is covered exactly once, and each (type, priority, category) at most once",
+                    )
+                covered_by[key] = index
+                if len(key) == 3:
+                    narrowed[key] = budget
+                else:
+                    budgets[key] = budget
     missing = [
         f"{type_name} at {priority_name}"
         for type_name, request_type in REQUEST_TYPES_BY_SLUG.items()
@@ -363,8 +415,16 @@ def _deadlines(root: TomlTable) -> dict[_Key, _Budget]:
         if (request_type, priority) not in budgets
     ]
     if missing:
-        root.fail("deadline", f"no deadline for {', '.join(missing)}: every type needs one per priority")
-    return budgets
+        root.fail(
+            "deadline",
+            f"no deadline for {', '.join(missing)}: every type needs one per priority "
+            "(an entry with categories covers only those categories)",
+        )
+    return budgets, narrowed
+
+
+def _category_name(category: int) -> str:
+    return next(name for name, number in _CATEGORIES_BY_NAME.items() if number == category)
 
 
 def _dates(scope: TomlTable, name: str) -> frozenset[date]:
@@ -421,8 +481,16 @@ def _calendar(root: TomlTable) -> WorkingCalendar:
         scope.fail("time_zone", str(exc))
 
 
+def _phase_budget(budget: _Budget) -> PhaseBudget:
+    deliver, acknowledge, execute = budget
+    return PhaseBudget(deliver=deliver, acknowledge=acknowledge, execute=execute)
+
+
 def _table(
-    budgets: Mapping[_Key, _Budget], holds: Mapping[_RequestType, HoldRule], calendar: WorkingCalendar
+    budgets: Mapping[_Key, _Budget],
+    narrowed: Mapping[_NarrowKey, _Budget],
+    holds: Mapping[_RequestType, HoldRule],
+    calendar: WorkingCalendar,
 ) -> DeadlineTable:
     """The broker's :class:`DeadlineTable` for these budgets and holds.
 
@@ -432,12 +500,10 @@ def _table(
     validity = {request_type: rule.validity for request_type, rule in holds.items()}
     validity[_T.REQUEST_TYPE_EXTEND] = holds[_T.REQUEST_TYPE_STOP_PAYMENT].extension
     return DeadlineTable(
-        budgets={
-            key: PhaseBudget(deliver=deliver, acknowledge=acknowledge, execute=execute)
-            for key, (deliver, acknowledge, execute) in budgets.items()
-        },
+        budgets={key: _phase_budget(budget) for key, budget in budgets.items()},
         holds=validity,
         calendar=calendar,
+        by_category={key: _phase_budget(budget) for key, budget in narrowed.items()},
     )
 
 
@@ -452,11 +518,11 @@ def load_sla_policy(path: Path) -> SlaPolicy:
     jurisdiction, description = _header(root)
     escalation = _escalation(root)
     holds = _holds(root)
-    budgets = _deadlines(root)
+    budgets, narrowed = _deadlines(root)
     calendar = _calendar(root)
     return SlaPolicy(
         jurisdiction=jurisdiction,
-        deadlines=_table(budgets, holds, calendar),
+        deadlines=_table(budgets, narrowed, holds, calendar),
         holds=MappingProxyType(holds),
         escalation=escalation,
         calendar=calendar,

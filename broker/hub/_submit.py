@@ -445,7 +445,11 @@ class Intake:
         ``release_node``: the account record a partial release's amount is reserved in."""
         request = verified.request
         received_at = self._clock.now()
-        deadlines = self._deadlines.deadlines(verified.request_type, request.priority, received_at)
+        # A data request's category may narrow its deadlines (a location is asked for in minutes).
+        category = request.data_request.category if request.WhichOneof("body") == "data_request" else 0
+        deadlines = self._deadlines.deadlines(
+            verified.request_type, request.priority, received_at, category=category
+        )
         if request.WhichOneof("body") == "extend" and target is not None:
             # The bank is told the new end: the current end of the hold plus one extension.
             rule = self._holds.get(target.type)

@@ -12,7 +12,7 @@ from greenchannel.v1 import agency_pb2, carrier_pb2, common_pb2, requests_pb2, r
 
 from agencies import _seed as story
 from agencies._common import CarrierError
-from agencies.carrier import CarrierConfig, CarrierCore
+from agencies.carrier import CarrierConfig, CarrierCore, Cell
 from broker.protocol import ManualClock, load_directory, new_uuid7, validate_message
 
 DIRECTORY = Path(__file__).resolve().parents[2] / "agencies" / "directory.toml"
@@ -330,6 +330,63 @@ def test_data_request_refusals(core: CarrierCore, clock: ManualClock) -> None:
     assert not mismatch.answer.holder
 
 
+CELL = Cell(
+    cell_id="460-00-22801-40962",
+    base_station_id="CMCC-SZ-eNB-160",
+    location_area="460-00-22801",
+    latitude=22.54421,
+    longitude=114.05993,
+    accuracy_m=300,
+)
+
+
+def test_location_is_the_last_seen_cell(core: CarrierCore, clock: ManualClock) -> None:
+    core.add_cell(CELL)
+    core.add_cell(Cell(**{**CELL.__dict__, "cell_id": "460-00-22801-40961"}))
+    core.record_last_seen(PHONE, CELL.cell_id, START - timedelta(minutes=2))
+    # An older sighting does not move the line back.
+    core.record_last_seen(PHONE, "460-00-22801-40961", START - timedelta(minutes=30))
+    for ref in (phone(), phone(imsi=IMSI), phone(imei=IMEI)):
+        response = core.query_subscriber_data(query(clock, requests_pb2.DATA_CATEGORY_LOCATION, ref=ref))
+        validate_message(response)
+        assert response.result.outcome == EXECUTED
+        assert dict(response.answer.holder) == {"e164": PHONE}
+        assert [dict(r.fields) for r in response.answer.records] == [
+            {
+                "source": "last_seen",
+                "cell_id": "460-00-22801-40962",
+                "base_station_id": "CMCC-SZ-eNB-160",
+                "location_area": "460-00-22801",
+                "latitude": "22.544210",
+                "longitude": "114.059930",
+                "accuracy_m": "300",
+                "last_activity_at": "2026-03-02T09:28:00Z",
+                "imsi": IMSI,
+                "imei": IMEI,
+            }
+        ]
+        assert "22.5" not in response.result.detail
+
+
+def test_location_refusals(core: CarrierCore, clock: ManualClock) -> None:
+    never_seen = core.query_subscriber_data(query(clock, requests_pb2.DATA_CATEGORY_LOCATION))
+    core.add_cell(CELL)
+    core.record_last_seen(PHONE, CELL.cell_id, START)
+    unknown = core.query_subscriber_data(
+        query(clock, requests_pb2.DATA_CATEGORY_LOCATION, ref=phone("+8613900000000"))
+    )
+    other_handset = core.query_subscriber_data(
+        query(clock, requests_pb2.DATA_CATEGORY_LOCATION, ref=phone(imei="356938035643800"))
+    )
+    assert never_seen.result.reason == results_pb2.REASON_CODE_NOT_FOUND
+    assert unknown.result.reason == results_pb2.REASON_CODE_NOT_FOUND
+    assert other_handset.result.reason == results_pb2.REASON_CODE_MISMATCH
+    assert not unknown.answer.records
+    assert not other_handset.answer.records
+    with pytest.raises(CarrierError):
+        core.record_last_seen(PHONE, "460-00-00000-00000", START)
+
+
 def test_direct_calls_refuse_unknown_and_duplicate_lines(core: CarrierCore) -> None:
     with pytest.raises(CarrierError):
         core.register_line(PHONE, iccid=ICCID, imsi=IMSI, subscriber_name="李某")
@@ -374,3 +431,12 @@ def test_seeded_lines_route_to_their_carriers_and_tell_the_story(clock: ManualCl
         assert [(c.started_at, c.duration_s) for c in out] == [(c.started_at, c.duration_s) for c in incoming]
         assert {c.direction for c in incoming} == {"in"}
         assert len(incoming) == 2
+        # The fraudster's line was last seen on the cell of its latest call.
+        latest = max(cmcc.calls_of(story.FRAUDSTER_PHONE, *window), key=lambda c: c.started_at)
+        seen = cmcc.last_seen(story.FRAUDSTER_PHONE)
+        assert seen is not None
+        assert seen.cell.cell_id == latest.cell_id == story.FRAUDSTER_CELL
+        assert seen.at >= latest.started_at
+        for ln in story.LINES:
+            carrier = cmcc if ln.carrier == "carrier-cmcc" else ctcc
+            assert carrier.last_seen(ln.e164) is not None

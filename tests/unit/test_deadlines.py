@@ -306,3 +306,27 @@ def test_working_day_checks() -> None:
         WorkingCalendar().add_working_days(datetime(2026, 3, 6, 10, 0), 1)
     with pytest.raises(ValueError, match="1 or more"):
         WorkingCalendar().add_working_days(RECEIVED, 0)
+
+
+def test_a_budget_narrowed_to_a_data_category() -> None:
+    location, subscriber = 7, 1  # DATA_CATEGORY_LOCATION, DATA_CATEGORY_SUBSCRIBER
+    data = T.REQUEST_TYPE_DATA_REQUEST
+    hours = PhaseBudget(deliver=30 * S, acknowledge=2 * M, execute=8 * H)
+    minutes = PhaseBudget(deliver=30 * S, acknowledge=2 * M, execute=15 * M)
+    table = DeadlineTable(
+        budgets={(data, GREEN): hours}, holds={}, by_category={(data, GREEN, location): minutes}
+    )
+    assert table.budgets(data, GREEN, location) is minutes
+    assert table.budgets(data, GREEN, subscriber) is hours
+    assert table.budgets(data, GREEN) is hours
+    execute = table.deadlines(data, GREEN, RECEIVED, category=location).phases[-1]
+    assert execute.phase == T.PHASE_EXECUTE
+    assert execute.due_at.ToDatetime(tzinfo=UTC) == RECEIVED + 15 * M
+    other = table.deadlines(data, GREEN, RECEIVED, category=subscriber).phases[-1]
+    assert other.due_at.ToDatetime(tzinfo=UTC) == RECEIVED + 8 * H
+    assert table.scaled(2).budgets(data, GREEN, location).execute == 30 * M
+    # A narrowed budget never stands alone: every other category needs the type's own.
+    with pytest.raises(ValueError, match="every other category"):
+        DeadlineTable(budgets={}, holds={}, by_category={(data, GREEN, location): minutes})
+    with pytest.raises(ValueError, match="UNSPECIFIED"):
+        DeadlineTable(budgets={(data, GREEN): hours}, holds={}, by_category={(data, GREEN, 0): minutes})

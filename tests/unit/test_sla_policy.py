@@ -6,7 +6,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from greenchannel.v1 import common_pb2
+from greenchannel.v1 import common_pb2, requests_pb2
 
 from agencies import DEFAULT_SLA_POLICY_PATH
 from broker.hub import PolicyError, WorkingCalendar, WorkingDays
@@ -309,6 +309,10 @@ def deadline(types: str = '["stop_payment"]', priority: str = '"green"', **phase
     return f"[[deadline]]\ntypes = {types}\npriority = {priority}\n{body}\n"
 
 
+def location(categories: str = '["location"]', types: str = '["data_request"]', **phases: str) -> str:
+    return deadline(types=types, categories=categories, **phases)
+
+
 def test_the_minimal_good_file_loads(tmp_path: Path) -> None:
     path = tmp_path / "sla.toml"
     path.write_text(GOOD, encoding="utf-8")
@@ -393,6 +397,22 @@ BROKEN = [
         "listed twice",
     ),
     (GOOD + "\n" + deadline(), "deadline[2].types[0]", "already covered by deadline[0]"),
+    (GOOD + "\n" + location() + "\n" + location(), "deadline[3].types[0]", "for category location"),
+    (GOOD + "\n" + location('["place"]'), "deadline[2].categories[0]", "unknown data category 'place'"),
+    (GOOD + "\n" + location('["LOCATION"]'), "deadline[2].categories[0]", "unknown data category"),
+    (GOOD + "\n" + location("[]"), "deadline[2].categories", "must not be empty"),
+    (GOOD + "\n" + location('"location"'), "deadline[2].categories", "array of data category names"),
+    (GOOD + "\n" + location('["location", "location"]'), "deadline[2].categories[1]", "listed twice"),
+    (
+        GOOD + "\n" + location(types='["data_request", "freeze"]'),
+        "deadline[2].types[1]",
+        "freeze has no data category",
+    ),
+    (
+        GOOD.replace(GREEN_ALL, GREEN_ALL.replace('"data_request", ', "") + "\n" + location()),
+        "deadline",
+        "no deadline for data_request at green",
+    ),
     (GOOD + "\n" + deadline(types="[]"), "deadline[2].types", "must not be empty"),
     (GOOD + "\n" + deadline(types='"freeze"'), "deadline[2].types", "expected an array"),
     (GOOD + "\n" + deadline(types="[1]"), "deadline[2].types[0]", "expected a string"),
@@ -487,3 +507,38 @@ def test_a_missing_pair_is_named(tmp_path: Path) -> None:
     with pytest.raises(PolicyError, match="no deadline for fraud_report at standard") as caught:
         load_sla_policy(path)
     assert caught.value.field == "deadline"
+
+
+# -- deadlines narrowed to a data category ------------------------------------------------------
+
+LOCATION = requests_pb2.DATA_CATEGORY_LOCATION
+DATA = T.REQUEST_TYPE_DATA_REQUEST
+
+
+@pytest.mark.parametrize("name", ["cn", "eu"])
+def test_shipped_location_deadlines_are_minutes(name: str, request: pytest.FixtureRequest) -> None:
+    policy: SlaPolicy = request.getfixturevalue(name)
+    located = policy.deadlines.budgets(DATA, GREEN, LOCATION)
+    assert (located.deliver, located.acknowledge, located.execute) == (30 * S, 2 * M, 15 * M)
+    assert policy.deadlines.budgets(DATA, STANDARD, LOCATION).execute == 4 * H
+    # Every other category, and no category at all, keeps the data request's own deadline.
+    for category in requests_pb2.DataCategory.values():
+        if category != LOCATION:
+            assert policy.deadlines.budgets(DATA, GREEN, category).execute == 8 * H
+            assert policy.deadlines.budgets(DATA, STANDARD, category) == policy.deadlines.budgets(
+                DATA, STANDARD
+            )
+
+
+def test_a_narrowed_entry_covers_only_its_categories(tmp_path: Path) -> None:
+    path = tmp_path / "sla.toml"
+    path.write_text(GOOD + "\n" + location('["location", "login_ips"]', execute='"5m"'), encoding="utf-8")
+    deadlines = load_sla_policy(path).deadlines
+    assert deadlines.budgets(DATA, GREEN, LOCATION).execute == 5 * M
+    assert deadlines.budgets(DATA, GREEN, requests_pb2.DATA_CATEGORY_LOGIN_IPS).execute == 5 * M
+    assert deadlines.budgets(DATA, GREEN, requests_pb2.DATA_CATEGORY_SUBSCRIBER).execute == 10 * M
+    assert deadlines.budgets(DATA, STANDARD, LOCATION).execute == 3 * D
+    # Scaling keeps the narrowing.
+    assert deadlines.scaled(0.5).budgets(DATA, GREEN, LOCATION).execute == 150 * S
+    due = deadlines.deadlines(DATA, GREEN, RECEIVED, category=LOCATION).phases[-1].due_at
+    assert due.ToDatetime(tzinfo=UTC) == RECEIVED + 5 * M
