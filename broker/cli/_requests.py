@@ -429,7 +429,7 @@ def _one_subject(args: argparse.Namespace, *, allow_account: bool) -> str:
 def _data_request_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--category", required=True, choices=_CATEGORIES, help="what data")
     _account_options(parser, required=False)
-    parser.add_argument("--phone", help="E.164 number (subscriber, call records)")
+    parser.add_argument("--phone", help="E.164 number (subscriber, call records, location)")
     _platform_options(parser, required=False)
     parser.add_argument(
         "--from", dest="period_from", type=_instant, help="period start, ISO 8601 (local time)"

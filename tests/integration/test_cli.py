@@ -280,6 +280,32 @@ def test_status_decrypts_a_data_answer_with_the_requesters_key(up: Up, data_requ
     assert seed.FRAUD_HOLDER in human.stdout
 
 
+def test_police_locate_a_line_and_decrypt_where_it_was_last_seen(up: Up) -> None:
+    located = up.run_json(
+        "submit",
+        "data-request",
+        "--as",
+        POLICE,
+        "--category",
+        "location",
+        "--phone",
+        seed.FRAUDSTER_PHONE,
+        "--case",
+        CASE,
+        "--wait",
+    )
+    assert located["state"] == "EXECUTED"
+    key = _x25519_pem(up.state_dir, POLICE)
+    document = up.run_json("status", located["id"], "--as", POLICE, "--decrypt", "--key", str(key))
+    [record] = document["answer"]["records"]
+    assert record["cell_id"] == seed.FRAUDSTER_CELL
+    assert record["source"] == "last_seen"
+    human = up.run("status", located["id"], "--as", POLICE, "--decrypt", "--key", str(key))
+    assert human.returncode == 0, human.stderr
+    assert "1 records" in human.stdout
+    assert seed.FRAUDSTER_CELL in human.stdout
+
+
 @pytest.mark.parametrize(
     ("key_of", "message"),
     [

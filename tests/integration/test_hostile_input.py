@@ -545,6 +545,43 @@ async def bank_submits_freeze(arena: Arena) -> object:
     return None
 
 
+def _locate(issuing_agency: str = POLICE, **subject: Any) -> requests_pb2.Request:
+    """A location request (DATA_CATEGORY_LOCATION) of ``subject``, by default the China Mobile line."""
+    return _issued(
+        requests_pb2.Request(
+            case_ref=common_pb2.CaseRef(
+                case_number="HX-LOCATE-0001",
+                issuing_agency=issuing_agency,
+                legal_instrument_id="沪公(浦)调证字[2026]0017号",
+                legal_instrument_type=common_pb2.LEGAL_INSTRUMENT_TYPE_EVIDENCE_NOTICE,
+            ),
+            priority=common_pb2.PRIORITY_GREEN,
+            data_request=requests_pb2.DataRequest(
+                category=requests_pb2.DATA_CATEGORY_LOCATION,
+                **(subject or {"phone": common_pb2.PhoneRef(e164=LINE)}),
+            ),
+        )
+    )
+
+
+async def bank_locates_a_line(arena: Arena) -> object:
+    await arena.client_submit(_locate(issuing_agency=BANK), BANK)
+    return None
+
+
+async def location_of_a_bank_account(arena: Arena) -> object:
+    account = common_pb2.BankAccountRef(account_number="6217000000000000001", holder_name="王某")
+    await arena.client_submit(_locate(account=account))
+    return None
+
+
+async def location_sent_to_a_bank(arena: Arena) -> object:
+    request = _locate()
+    request.recipient = BANK
+    await arena.client_submit(request)
+    return None
+
+
 async def regulator_submits(arena: Arena) -> object:
     await arena.client_submit(
         _stop_payment(issuing_agency=REGULATOR, case_number="PBOC-2026-0001"), REGULATOR
@@ -717,6 +754,17 @@ RPC_CASES = [
     Case("no_token", no_token, _unauthenticated("MISSING_TOKEN")),
     Case("bank_submits_freeze", bank_submits_freeze, _denied("TYPE_NOT_ALLOWED")),
     Case("regulator_submits", regulator_submits, _denied("READ_ONLY")),
+    Case("bank_locates_a_line", bank_locates_a_line, _denied("TYPE_NOT_ALLOWED")),
+    Case(
+        "location_of_a_bank_account",
+        location_of_a_bank_account,
+        _invalid("INVALID_REQUEST", ("request.data_request", "data_request.location_of_a_line")),
+    ),
+    Case(
+        "location_sent_to_a_bank",
+        location_sent_to_a_bank,
+        _unroutable("WRONG_RECIPIENT_KIND", "request.recipient"),
+    ),
     Case("foreign_case_reference", foreign_case_reference, _denied("NOT_CASE_OWNER")),
     Case(
         "carrier_watches_another_carriers_request",

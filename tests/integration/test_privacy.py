@@ -5,7 +5,8 @@ structlog event (debug and up) and every stdlib log record is captured meanwhile
 message of every stream on that server is read back by sequence (the GC_* streams, the KV_*
 streams behind the KV buckets, the ledger) and its subject, headers and data searched, as are the
 logs and nats-server's own log files, for each name, account number, phone number, id number,
-SIM / handset identifier, platform account id, login address and cell of the demo's story
+SIM / handset identifier, platform account id, login address, cell, base station and coordinates of
+the demo's story
 (agencies/_seed.py). A hit is reported by stream, sequence and kind, the item masked.
 """
 
@@ -80,6 +81,12 @@ def personal_data() -> list[Item]:
         add("phone number", call.caller)
         add("phone number", call.callee)
         add("cell id", call.caller_cell)
+    for seed_cell in seed.CELLS:
+        add("cell id", seed_cell.cell.cell_id)
+        add("base station", seed_cell.cell.base_station_id)
+        # As the carrier writes them in a location answer.
+        add("coordinates", f"{seed_cell.cell.latitude:.6f}")
+        add("coordinates", f"{seed_cell.cell.longitude:.6f}")
     for platform_account in seed.PLATFORM_ACCOUNTS:
         add("platform account id", platform_account.account_id)
         add("name", platform_account.real_name)
