@@ -17,10 +17,10 @@ import pytest
 import pytest_asyncio
 from greenchannel.v1 import common_pb2, lifecycle_pb2, requests_pb2, results_pb2
 
-from adapters import AdapterConfig
 from agencies import _seed as seed
-from agencies.demo import Stack, StackConfig
+from agencies.demo import Stack
 from broker.protocol import SealingError, load_agency_encryption_key, open_sealed
+from tests.integration.stack_config import quick_stack_config
 from tests.integration.test_privacy import all_logs, describe, hits, scan_streams
 
 pytestmark = pytest.mark.integration
@@ -45,17 +45,7 @@ def keys_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def stack(tmp_path_factory: pytest.TempPathFactory, keys_dir: Path) -> AsyncIterator[Stack]:
     root = tmp_path_factory.mktemp("locate")
-    template = AdapterConfig(
-        agency_id=CARRIER,
-        agency_target="127.0.0.1:1",
-        state_dir=Path(),
-        retry_initial=0.05,
-        retry_max=0.3,
-        reconnect_backoff_max=0.3,
-        ack_wait=3.0,
-        idle_fetch_timeout=0.2,
-    )
-    async with Stack(StackConfig(keys_dir=keys_dir, data_dir=root / "data", adapter=template)) as running:
+    async with Stack(quick_stack_config(keys_dir, root / "data")) as running:
         yield running
 
 
