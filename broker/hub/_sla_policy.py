@@ -200,7 +200,8 @@ class SlaPolicy:
     jurisdiction: str
     """ISO 3166-1 alpha-2 code (``CN``; ``EU`` for the Union), optionally with a subdivision."""
     deadlines: DeadlineTable
-    """Phase budgets per (type, priority) and the hold validity the broker notarizes."""
+    """Phase budgets per (type, priority), some narrowed to a data category, and the hold validity
+    the broker notarizes."""
     holds: Mapping[_RequestType, HoldRule]
     """Hold rules of the types that place a hold: STOP_PAYMENT and FREEZE."""
     escalation: EscalationLadder
