@@ -1,4 +1,5 @@
-"""Checks of a ``CarrierService``: blocks, warnings, subscriber data, MISMATCH on SIM identifiers.
+"""Checks of a ``CarrierService``: blocks, warnings, subscriber data, location, MISMATCH on SIM
+identifiers.
 
 Every check acts on its own fixture line and lifts the blocks it placed.
 """
@@ -105,6 +106,42 @@ async def _check_mismatch(probe: Probe) -> str:
     return "BlockNumber and QuerySubscriberData: REJECTED/MISMATCH, nothing done, nothing told"
 
 
+# What every record of a location answer carries, at least.
+_LOCATION_FIELDS = ("cell_id", "last_activity_at")
+
+
+def _locate(probe: Probe, e164: str) -> carrier_pb2.QuerySubscriberDataRequest:
+    request = _data(probe, "data", None)
+    request.order.category = requests_pb2.DATA_CATEGORY_LOCATION
+    request.order.phone.e164 = e164
+    return request
+
+
+async def _check_location(probe: Probe) -> str:
+    what = "QuerySubscriberData LOCATION of an unknown number"
+    unknown = await probe.call("QuerySubscriberData", _locate(probe, probe.fixture.unknown_number))
+    expect_outcome(
+        unknown.result, common_pb2.REQUEST_STATE_REJECTED, results_pb2.REASON_CODE_NOT_FOUND, what=what
+    )
+    expect_no_data(unknown, what=what)
+    what = "QuerySubscriberData LOCATION of a line"
+    known = await probe.call("QuerySubscriberData", _locate(probe, probe.fixture.lines["data"].e164))
+    if known.result.outcome == common_pb2.REQUEST_STATE_REJECTED:
+        # A line the network has not seen lately has no location to give.
+        expect_outcome(
+            known.result, common_pb2.REQUEST_STATE_REJECTED, results_pb2.REASON_CODE_NOT_FOUND, what=what
+        )
+        expect_no_data(known, what=what)
+        return "unknown number REJECTED/NOT_FOUND; the fixture line has no known location (NOT_FOUND)"
+    expect_outcome(known.result, common_pb2.REQUEST_STATE_EXECUTED, what=what)
+    records = [dict(record.fields) for record in known.answer.records]
+    expect(len(records) > 0, f"{what}: EXECUTED without a record")
+    for record in records:
+        missing = [name for name in _LOCATION_FIELDS if not record.get(name)]
+        expect(not missing, f"{what}: a record without {', '.join(missing)}")
+    return f"unknown number REJECTED/NOT_FOUND; {len(records)} location record(s) answered in clear"
+
+
 _SHARED = blocking_checks(_CARRIER)
 
 CARRIER_CHECKS: tuple[Check, ...] = (
@@ -113,6 +150,11 @@ CARRIER_CHECKS: tuple[Check, ...] = (
         name="carrier.mismatch.sim",
         proves="a SIM that is not the number's is MISMATCH before anything is done",
         run=_check_mismatch,
+    ),
+    Check(
+        name="carrier.location",
+        proves="a LOCATION request is answered with cell records, and an unknown number is NOT_FOUND",
+        run=_check_location,
     ),
     *_SHARED[4:],
 )

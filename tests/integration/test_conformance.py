@@ -33,7 +33,7 @@ from adapters.conformance import (
 )
 from agencies import AgencyServer, ReferenceAgency, build_reference_agency, serve_agency
 from agencies.bank import BankCore
-from agencies.carrier import CarrierCore
+from agencies.carrier import CarrierCore, Cell
 from agencies.platform import PlatformCore
 from broker.cli import main as cli_main
 from broker.protocol import Registry, SystemClock, load_directory
@@ -91,11 +91,22 @@ def seed_bank(core: BankCore, fx: ConformanceFixture, at: datetime) -> None:
 
 
 def seed_carrier(core: CarrierCore, fx: ConformanceFixture) -> None:
+    """The fixture's lines, each last seen on one cell (so ``carrier.location`` gets records)."""
+    cell = Cell(
+        cell_id="460-00-10001-00001",
+        base_station_id="CONFORMANCE-eNB-1",
+        location_area="460-00-10001",
+        latitude=31.2304,
+        longitude=121.4737,
+        accuracy_m=500,
+    )
     with core.batch():
+        core.add_cell(cell)
         for line in fx.lines.values():
             core.register_line(
                 line.e164, iccid=line.iccid, imsi=line.imsi, imei=line.imei, subscriber_name=line.subscriber
             )
+            core.record_last_seen(line.e164, cell.cell_id, core.clock.now())
 
 
 def seed_platform(core: PlatformCore, fx: ConformanceFixture) -> None:
@@ -148,6 +159,9 @@ async def test_reference_agency_passes_every_check(
         assert report.passed
         assert len(report.outcomes) >= 5
         assert all(o.name.startswith(f"{kind}.") for o in report.outcomes)
+        if kind == "carrier":
+            [located] = [o for o in report.outcomes if o.name == "carrier.location"]
+            assert "1 location record(s) answered" in located.detail
         # Each check undid what it did: the same seeded system passes a second run.
         again = await check(kind, server.address, fixture)
         assert failures(again) == {}, again.render_table()
