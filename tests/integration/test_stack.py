@@ -10,22 +10,21 @@ import json
 import uuid
 from collections.abc import AsyncIterator
 from datetime import timedelta
-from pathlib import Path
 
 import pytest
 import pytest_asyncio
 from greenchannel.v1 import common_pb2, envelope_pb2, requests_pb2
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
-from adapters import AdapterConfig
 from agencies import _seed as seed
 from agencies.bank import BankCore
-from agencies.demo import Stack, StackConfig
+from agencies.demo import Stack
 from agencies.police import PoliceDesk
 from broker.client import FraudReporter
 from broker.protocol import DEADLETTER_STREAM, INBOX_STREAM, NatsSettings, connect, fetch_batch, inbox_filter
 from tests._wait import eventually
 from tests.integration.broker_world import stop_payment
+from tests.integration.stack_config import quick_stack_config
 
 pytestmark = pytest.mark.integration
 
@@ -40,17 +39,7 @@ DONE = {
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
     root = tmp_path_factory.mktemp("stack")
-    template = AdapterConfig(
-        agency_id="bank-icbc",
-        agency_target="127.0.0.1:1",
-        state_dir=Path(),
-        retry_initial=0.05,
-        retry_max=0.3,
-        reconnect_backoff_max=0.3,
-        ack_wait=3.0,
-        idle_fetch_timeout=0.2,
-    )
-    config = StackConfig(keys_dir=root / "keys", data_dir=root / "data", adapter=template)
+    config = quick_stack_config(root / "keys", root / "data")
     async with Stack(config) as running:
         yield running
 

@@ -23,9 +23,8 @@ from greenchannel.v1 import common_pb2, envelope_pb2, lifecycle_pb2, requests_pb
 from nats.aio.msg import Msg
 from nats.js.client import JetStreamContext
 
-from adapters import AdapterConfig
 from agencies import _seed as demo
-from agencies.demo import Stack, StackConfig
+from agencies.demo import Stack
 from broker.cli._trail import trail_command
 from broker.client import fetch_trail, open_accounts, switch_chasing
 from broker.hub import load_policy
@@ -51,6 +50,7 @@ from broker.protocol import (
     to_timestamp,
 )
 from tests._wait import eventually
+from tests.integration.stack_config import quick_stack_config
 from tests.integration.trail_world import (
     POLICE,
     GraphAccount,
@@ -78,17 +78,7 @@ L = trail_pb2
 @pytest_asyncio.fixture(scope="module", loop_scope="session")
 async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
     root = tmp_path_factory.mktemp("trail-stack")
-    template = AdapterConfig(
-        agency_id="bank-icbc",
-        agency_target="127.0.0.1:1",
-        state_dir=Path(),
-        retry_initial=0.05,
-        retry_max=0.3,
-        reconnect_backoff_max=0.3,
-        ack_wait=3.0,
-        idle_fetch_timeout=0.2,
-    )
-    config = StackConfig(keys_dir=root / "keys", data_dir=root / "data", adapter=template)
+    config = quick_stack_config(root / "keys", root / "data")
     async with trail_stack(config) as running:
         yield running
 
