@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import TypeAlias
 
 import pytest
-from greenchannel.v1 import common_pb2
+from greenchannel.v1 import common_pb2, requests_pb2
 
 from broker.hub import DeadlineTable, PhaseBudget, WorkingCalendar, WorkingDays
 from tests._sla import DEFAULT_DEADLINES
@@ -309,7 +309,7 @@ def test_working_day_checks() -> None:
 
 
 def test_a_budget_narrowed_to_a_data_category() -> None:
-    location, subscriber = 7, 1  # DATA_CATEGORY_LOCATION, DATA_CATEGORY_SUBSCRIBER
+    location, subscriber = requests_pb2.DATA_CATEGORY_LOCATION, requests_pb2.DATA_CATEGORY_SUBSCRIBER
     data = T.REQUEST_TYPE_DATA_REQUEST
     hours = PhaseBudget(deliver=30 * S, acknowledge=2 * M, execute=8 * H)
     minutes = PhaseBudget(deliver=30 * S, acknowledge=2 * M, execute=15 * M)
