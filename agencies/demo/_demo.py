@@ -120,6 +120,10 @@ class DemoRequest:
     acknowledge_ms: float | None
     finish_ms: float | None
     expected: tuple[str, ...]
+    kind: str = ""
+    """DATA_REQUEST: the category asked (the bus keeps no bodies; the demo knows what it sent)."""
+    items: int | None = None
+    """NUMBER_BLOCK: how many lines the order named, as the carriers' totals count them."""
 
     @property
     def ok(self) -> bool:
@@ -138,6 +142,8 @@ class DemoRequest:
             "parent": self.parent,
             "hop": self.hop,
             "expected": list(self.expected),
+            "kind": self.kind,
+            "items": self.items,
             "timings_ms": {
                 "deliver": self.deliver_ms,
                 "acknowledge": self.acknowledge_ms,
@@ -174,6 +180,8 @@ class DemoReport:
     """Node id -> each frozen account's money at the end: frozen = returned + released + held."""
     refusals: list[str] = field(default_factory=list)
     """ErrorInfo reasons of the orders the broker refused on purpose (an over-claim)."""
+    located: bool = False
+    """Whether the carrier located the fraudster's line on the cell of the latest fraud call."""
 
     @property
     def ok(self) -> bool:
@@ -185,6 +193,7 @@ class DemoReport:
             and bool(self.accounting)
             and all(entry.balances for entry in self.accounting.values())
             and self.refusals == ["EXCEEDS_SHARE"]
+            and self.located
         )
 
 
@@ -248,15 +257,26 @@ class _Scenario:
         bus = self.client(sender)
         accepted = await bus.submit(request)
         status = await bus.wait_for(accepted.status.id, FINAL_STATES, within=self.config.wait)
-        return self._record(label, status, expect)
+        kind = ""
+        if request.WhichOneof("body") == "data_request":
+            kind = requests_pb2.DataCategory.Name(request.data_request.category).removeprefix(
+                "DATA_CATEGORY_"
+            )
+        return self._record(label, status, expect, kind=kind)
 
     def _record(
         self,
         label: str,
         status: lifecycle_pb2.RequestStatus,
         expect: Collection[common_pb2.RequestState.ValueType],
+        *,
+        kind: str = "",
     ) -> lifecycle_pb2.RequestStatus:
+        totals = status.result.block.totals
+        counted = totals.blocked + totals.not_found + totals.not_ours + totals.already_blocked
         entry = DemoRequest(
+            kind=kind,
+            items=counted if status.result.block.HasField("totals") else None,
             label=label,
             id=status.id,
             type=type_name(status.type),
@@ -395,7 +415,19 @@ class _Scenario:
             expect=[common_pb2.REQUEST_STATE_EXECUTED],
         )
 
-        say("4. The carrier blocks the fraudster's number; the next potential victim is warned.")
+        say("4. The carrier locates the fraudster's line and blocks it; the next potential victim is warned.")
+        located = await self.send(
+            "locate the fraudster's line",
+            self._request(
+                _case(common_pb2.LEGAL_INSTRUMENT_TYPE_EVIDENCE_NOTICE, "沪公(浦)定位字[2026]1121号"),
+                data_request=requests_pb2.DataRequest(
+                    category=requests_pb2.DATA_CATEGORY_LOCATION,
+                    phone=common_pb2.PhoneRef(e164=seed.FRAUDSTER_PHONE),
+                ),
+            ),
+            expect=[common_pb2.REQUEST_STATE_EXECUTED],
+        )
+        self._read_location(located)
         await self.send(
             "block the fraudster's line",
             self._request(
@@ -485,20 +517,37 @@ class _Scenario:
         self.report.accounting = await Closing(self).run(trail)
         return self.report
 
-    def _read_answer(self, status: lifecycle_pb2.RequestStatus) -> None:
+    def _open_answer(self, status: lifecycle_pb2.RequestStatus) -> results_pb2.DataAnswer | None:
         sealed = status.result.encrypted_payload
         if not sealed.ciphertext:
             self.say("   !! the answer carried no sealed payload")
-            return
+            return None
         key = load_agency_encryption_key(self.config.state_dir, POLICE)
         clear = open_sealed(
             sealed, key, request_id=status.id, sender=status.recipient, recipient=status.sender
         )
-        answer = results_pb2.DataAnswer.FromString(clear)
+        return results_pb2.DataAnswer.FromString(clear)
+
+    def _read_answer(self, status: lifecycle_pb2.RequestStatus) -> None:
+        answer = self._open_answer(status)
+        if answer is None:
+            return
         self.report.data_answer_fields = len(answer.holder)
         self.say(
             f"   decrypted by {POLICE} only: {len(answer.holder)} holder fields "
             f"({', '.join(sorted(answer.holder))}); the bus carried ciphertext"
+        )
+
+    def _read_location(self, status: lifecycle_pb2.RequestStatus) -> None:
+        answer = self._open_answer(status)
+        if answer is None:
+            return
+        cells = {record.fields.get("cell_id", "") for record in answer.records}
+        self.report.located = seed.FRAUDSTER_CELL in cells
+        # The cell is personal data (where a person is): the demo says whether it matched, not where.
+        self.say(
+            f"   decrypted by {POLICE} only: {len(answer.records)} location record(s); "
+            f"last seen on the cell of the latest fraud call: {'yes' if self.report.located else 'no'}"
         )
 
     def _held(self) -> int:

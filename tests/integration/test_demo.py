@@ -28,6 +28,7 @@ EXPECTED = [
     ("chased by the broker (hop 2)", "STOP_PAYMENT", "bank-icbc", "PARTIALLY_EXECUTED", "INSUFFICIENT_FUNDS"),
     ("chased by the broker (hop 3)", "STOP_PAYMENT", "bank-ccb", "EXECUTED", ""),
     ("convert the hold into a freeze", "FREEZE", "bank-icbc", "EXECUTED", ""),
+    ("locate the fraudster's line", "DATA_REQUEST", "carrier-cmcc", "EXECUTED", ""),
     ("block the fraudster's line", "NUMBER_BLOCK", "carrier-cmcc", "EXECUTED", ""),
     ("warn the potential victim", "WARNING", "carrier-ctcc", "EXECUTED", ""),
     ("restrict the fraudster's account", "ACCOUNT_BLOCK", "platform-wechat", "EXECUTED", ""),
@@ -85,6 +86,10 @@ async def test_the_scenario_ends_in_every_expected_state(tmp_path: Path) -> None
     assert got_money == ACCOUNTING
     assert all(e.balances for e in report.accounting.values())
     assert report.refusals == ["EXCEEDS_SHARE"]
+    # The carrier located the fraudster's line on the cell of the latest fraud call; the demo
+    # does not print where that is.
+    assert report.located
+    assert not any("22801" in line or "114.05" in line for line in lines)
     first = next(r for r in report.requests if r.label == "stop the fraud account")
     children = [r for r in report.requests if r.parent == first.id]
     assert {r.hop for r in children if r.type == "STOP_PAYMENT"} == {1}
@@ -97,7 +102,9 @@ async def test_the_scenario_ends_in_every_expected_state(tmp_path: Path) -> None
     assert all(
         r.sender == ("greenchannel-broker" if r.label.startswith("chased") else "police-310115")
         for r in report.requests
-        if r.label.startswith(("chased", "stop", "convert", "block", "warn", "restrict", "who", "assist"))
+        if r.label.startswith(
+            ("chased", "stop", "convert", "locate", "block", "warn", "restrict", "who", "assist")
+        )
     )
     assert {r.hop for r in report.requests if r.label.startswith("chased")} == {1, 2, 3}
     assert all(r.finish_ms is not None and r.deliver_ms is not None for r in report.requests)
@@ -141,6 +148,7 @@ def test_cli_demo_json_prints_one_object_and_exits_zero(tmp_path: Path) -> None:
     assert report["sla"]["met"] > 0
     assert len(report["requests"]) == len(EXPECTED)
     types = {entry["type"]: entry["state"] for entry in report["requests"]}
+    assert any(e["type"] == "DATA_REQUEST" and e["kind"] == "LOCATION" for e in report["requests"])
     assert types["RETURN_FUNDS"] == "EXECUTED"
     assert types["APPEAL"] == "EXECUTED"
     accounting = report["accounting"]
