@@ -30,7 +30,7 @@ from agencies.bank import BankCore
 from agencies.demo import Stack, StackConfig
 from agencies.police import FollowUpRule, PoliceDesk
 from broker.cli._sla import sla_report_command
-from broker.client import BusClient
+from broker.client import BusClient, error_details
 from broker.hub import load_sla_policy
 from broker.hub._events import EVENTS_CONSUMER
 from broker.protocol import (
@@ -381,3 +381,32 @@ async def test_an_unanswered_follow_up_escalates_to_the_supervisor_and_the_repor
     )
     assert code == 0
     assert "victim follow-ups: 3 due, 2 done (reached 2, not reached 0), 1 overdue" in table.getvalue()
+
+
+async def test_agencies_cannot_send_follow_ups_and_nothing_is_stored(world: World) -> None:
+    """Only the broker sends FOLLOW_UPs (no policy rule allows an agency to); a malformed one is
+    refused by the contract first. Either way, a clear status with a reason and nothing stored."""
+    order = requests_pb2.Request(
+        case_ref=_case("HF-2026-0099", "police-440300", S.LEGAL_INSTRUMENT_TYPE_RETURN_NOTICE),
+        priority=S.PRIORITY_STANDARD,
+        recipient=OWNER,
+        follow_up=requests_pb2.FollowUp(
+            return_request_id=str(uuid.uuid4()),
+            payout_index=0,
+            victim_id="vd-forged",
+            returned=S.Money(currency="CNY", minor_units=100),
+        ),
+    )
+    malformed = requests_pb2.Request()
+    malformed.CopyFrom(order)
+    malformed.follow_up.return_request_id = "not-a-uuid"
+    async with world.stack.client("police-440300") as police:
+        for request, code, reason in (
+            (order, grpc.StatusCode.PERMISSION_DENIED, "TYPE_NOT_ALLOWED"),
+            (malformed, grpc.StatusCode.INVALID_ARGUMENT, "INVALID_REQUEST"),
+        ):
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await police.submit(request)
+            assert refused.value.code() == code
+            assert error_details(refused.value).reason == reason
+        assert await police.list_all(case_number="HF-2026-0099") == []
