@@ -21,8 +21,7 @@ from pathlib import Path
 import grpc
 import pytest
 import pytest_asyncio
-from greenchannel.v1 import common_pb2, envelope_pb2, lifecycle_pb2, requests_pb2, results_pb2, trail_pb2
-from nats.js.api import AckPolicy, ConsumerConfig
+from greenchannel.v1 import common_pb2, lifecycle_pb2, requests_pb2, results_pb2, trail_pb2
 
 from adapters import AdapterConfig
 from agencies import DEFAULT_SLA_POLICY_PATH
@@ -36,13 +35,12 @@ from broker.hub._events import EVENTS_CONSUMER
 from broker.protocol import (
     BROKER_ID,
     EVENTS_STREAM,
-    NOTICES_STREAM,
     connect,
     event_subject,
-    fetch_batch,
     to_timestamp,
 )
 from tests._wait import eventually
+from tests.integration.escalations import execute_escalated, supervisor_notices, supervisor_told
 from tests.integration.trail_world import bank_cores, trail_stack
 
 pytestmark = pytest.mark.integration
@@ -307,14 +305,7 @@ async def test_an_unanswered_follow_up_escalates_to_the_supervisor_and_the_repor
     stack = world.stack
     # The late owner's police desk is not reachable: its adapter stops.
     await stack.adapters[LATE_OWNER].aclose()
-    nc = await connect(stack.nats_settings("test-notices"))
-    try:
-        notices = await nc.jetstream().pull_subscribe(
-            f"gc.notice.{LATE_SUPERVISOR}",
-            durable=f"notices-{uuid.uuid4().hex[:6]}",
-            stream=NOTICES_STREAM,
-            config=ConsumerConfig(ack_policy=AckPolicy.NONE),
-        )
+    async with supervisor_notices(stack.nats_settings("test-notices"), LATE_SUPERVISOR) as notices:
         now = datetime.now(UTC)
         async with stack.client(LATE_OWNER) as police:
             await held(
@@ -324,38 +315,13 @@ async def test_an_unanswered_follow_up_escalates_to_the_supervisor_and_the_repor
             order = await returned(police, return_order(LATE_CASE, LATE_OWNER, LATE_MULE, (VICTIM_3, 20_000)))
             (late,) = await follow_ups_of(police, order, 1)
             assert late.recipient == LATE_OWNER
-
-            async def execute_breached() -> bool:
-                status = await police.get(late.id)
-                return any(p.phase == S.PHASE_EXECUTE and p.breached for p in status.deadlines.phases)
-
-            await eventually(execute_breached, within=30.0, what="the follow-up's execute deadline breached")
-            status = await police.get(late.id)
-            assert status.state not in DONE  # escalation annotates, it calls nobody back
-            breach = next(
-                e
-                for e in map(
-                    lifecycle_pb2.LifecycleEvent.FromString, (r.event.payload for r in status.events)
-                )
-                if e.state == S.REQUEST_STATE_ESCALATED and e.phase == S.PHASE_EXECUTE
+            status, breach = await execute_escalated(
+                police, late.id, what="the follow-up's execute deadline breached"
             )
+            assert status.state not in DONE  # escalation annotates, it calls nobody back
             assert breach.actor == BROKER_ID
             assert LATE_SUPERVISOR in breach.detail
-
-        told: list[int] = []
-
-        async def supervisor_told() -> bool:
-            for msg in await fetch_batch(notices, 50, 0.25):
-                notice = lifecycle_pb2.EscalationNotice.FromString(
-                    envelope_pb2.SignedMessage.FromString(msg.data).payload
-                )
-                if notice.request_id == late.id and notice.phase == S.PHASE_EXECUTE:
-                    told.append(notice.kind)
-            return lifecycle_pb2.NOTICE_KIND_BREACH in told
-
-        await eventually(supervisor_told, what="the supervisor police told of the overdue follow-up")
-    finally:
-        await nc.drain()
+        await supervisor_told(notices, late.id, what="the supervisor police told of the overdue follow-up")
     assert desk(stack, LATE_OWNER).follow_ups() == ()
 
     # The SLA report, as a regulator: three follow-ups due, two done (reached), one overdue.
