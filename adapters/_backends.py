@@ -183,6 +183,7 @@ _POLICE = _calls(
             "ReceiveFraudReport", police_pb2.ReceiveFraudReportRequest, order_field="report"
         ),
         "appeal": _Call("FileAppeal", police_pb2.FileAppealRequest, opens=_appeal_statement, files=True),
+        "follow_up": _Call("FollowUpVictim", police_pb2.FollowUpVictimRequest),
     }
 )
 

@@ -1,4 +1,4 @@
-"""Checks of a ``PoliceService``: assistance requests, fraud reports and appeals."""
+"""Checks of a ``PoliceService``: assistance requests, fraud reports, appeals and victim follow-ups."""
 
 from __future__ import annotations
 
@@ -64,6 +64,20 @@ def _appeal_request(probe: Probe, *, request_id: str | None = None) -> police_pb
     )
 
 
+def _follow_up_request(probe: Probe, *, request_id: str | None = None) -> police_pb2.FollowUpVictimRequest:
+    return police_pb2.FollowUpVictimRequest(
+        context=probe.context(
+            request_id=request_id, instrument=common_pb2.LEGAL_INSTRUMENT_TYPE_RETURN_NOTICE
+        ),
+        order=requests_pb2.FollowUp(
+            return_request_id=new_request_id(),
+            payout_index=0,
+            victim_id="conformance-check-victim-digest",
+            returned=common_pb2.Money(currency="CNY", minor_units=100),
+        ),
+    )
+
+
 async def _check_assistance(probe: Probe) -> str:
     answer = await probe.call("HandleAssistance", _assistance_request(probe))
     result = answer.result
@@ -92,6 +106,20 @@ async def _check_appeal(probe: Probe) -> str:
     return "filed"
 
 
+async def _check_follow_up(probe: Probe) -> str:
+    answer = await probe.call("FollowUpVictim", _follow_up_request(probe))
+    expect_outcome(answer.result, EXECUTED, what="FollowUpVictim")
+    outcome = answer.result.follow_up
+    expect(
+        outcome in (results_pb2.FOLLOW_UP_OUTCOME_REACHED, results_pb2.FOLLOW_UP_OUTCOME_NOT_REACHED),
+        "FollowUpVictim: result.follow_up says neither reached nor not reached",
+    )
+    return results_pb2.FollowUpOutcome.Name(outcome).removeprefix("FOLLOW_UP_OUTCOME_")
+
+
+_FOLLOW_UP = Sample(
+    method="FollowUpVictim", build=lambda probe, rid: _follow_up_request(probe, request_id=rid)
+)
 _APPEAL = Sample(method="FileAppeal", build=lambda probe, rid: _appeal_request(probe, request_id=rid))
 _ASSISTANCE = Sample(
     method="HandleAssistance", build=lambda probe, rid: _assistance_request(probe, request_id=rid)
@@ -114,8 +142,14 @@ POLICE_CHECKS: tuple[Check, ...] = (
         proves="a holder's appeal is filed for decision (EXECUTED means filed)",
         run=_check_appeal,
     ),
+    Check(
+        name="police.follow_up_victim",
+        proves="a victim follow-up is recorded: EXECUTED, the victim reached or not",
+        run=_check_follow_up,
+    ),
     replay_check("police", _REPORT),
     replay_check("police", _APPEAL),
+    replay_check("police", _FOLLOW_UP),
     # Declining is a legitimate answer; whatever it is, a repeat must get the same one.
     replay_check("police", _ASSISTANCE, outcome=None),
     malformed_check("police", (_ASSISTANCE, _REPORT)),

@@ -20,6 +20,7 @@ first three from the broker's records, the last from the banks' own books.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -33,7 +34,7 @@ from agencies._seed import seed_anchor
 from agencies.bank import BankCore
 from broker.client import error_details
 from broker.hub import claim_payable
-from broker.protocol import FINAL_STATES, to_timestamp
+from broker.protocol import EXECUTED_STATES, FINAL_STATES, to_timestamp
 
 if TYPE_CHECKING:
     from ._demo import _Scenario
@@ -305,6 +306,28 @@ class Closing:
         accepted = await bus.submit(self._return_request(owner, account, victim, payable))
         done = await self._finished(f"return to the victim of {_case_number(owner)}", accepted.status, owner)
         self._count(self.returned, number, done.result.amount_returned.minor_units)
+        await self._followed_up(owner, done)
+
+    async def _followed_up(self, owner: str, returned: lifecycle_pb2.RequestStatus) -> None:
+        """The broker's victim follow-ups (回访) of a return, one per paid payout, answered by the police."""
+        paid = sum(1 for p in returned.result.returns if p.amount.minor_units > 0)
+        if returned.state not in EXECUTED_STATES or not paid:
+            return
+        bus = self.s.client(owner)
+        deadline = asyncio.get_running_loop().time() + self.s.config.wait.total_seconds()
+        # Sent once the broker processed the return's outcome: asked again until they are there.
+        while len(sent := await bus.follow_ups(returned)) < paid:
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError(f"no follow-up of return {returned.id} within {self.s.config.wait}")
+            await asyncio.sleep(0.1)
+        for follow_up in sorted(sent, key=lambda s: s.id):
+            done = await self._finished(
+                f"victim follow-up after the return of {_case_number(owner)}", follow_up, owner
+            )
+            outcome = results_pb2.FollowUpOutcome.Name(done.result.follow_up).removeprefix(
+                "FOLLOW_UP_OUTCOME_"
+            )
+            self.say(f"   the victim is called back (回访) by {owner}: {outcome.lower().replace('_', ' ')}")
 
     async def _finished(
         self, label: str, status: lifecycle_pb2.RequestStatus, reader: str

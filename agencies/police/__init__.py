@@ -1,8 +1,8 @@
 """A reference police desk implementing ``greenchannel.v1.PoliceService``."""
 
-from ._config import AssistanceRule, PoliceDeskConfig
+from ._config import AssistanceRule, FollowUpRule, PoliceDeskConfig
 from ._core import PoliceDesk
-from ._model import AssistanceCase, FiledAppeal, FiledReport
+from ._model import AssistanceCase, FiledAppeal, FiledReport, VictimFollowUp
 from ._servicer import POLICE_SERVICE, PoliceServicer
 
 __all__ = [
@@ -11,7 +11,9 @@ __all__ = [
     "AssistanceRule",
     "FiledAppeal",
     "FiledReport",
+    "FollowUpRule",
     "PoliceDesk",
     "PoliceDeskConfig",
     "PoliceServicer",
+    "VictimFollowUp",
 ]

@@ -11,7 +11,7 @@ from greenchannel.v1 import requests_pb2
 
 from agencies._common import MEMORY
 
-__all__ = ["AssistanceRule", "PoliceDeskConfig"]
+__all__ = ["AssistanceRule", "FollowUpRule", "PoliceDeskConfig"]
 
 _DETAIL_MAX = 1024
 
@@ -43,6 +43,22 @@ class AssistanceRule:
 
 
 @dataclass(frozen=True, kw_only=True)
+class FollowUpRule:
+    """How the desk's victim follow-ups (回访) go."""
+
+    reached: bool = True
+    """The victim is reached (``FOLLOW_UP_OUTCOME_REACHED``) or not (``NOT_REACHED``)."""
+    advice: str = "victim called back: told the money was returned and warned against follow-on scams"
+    """What the desk records as the advice given; travels in ``Result.detail``, so never personal data."""
+
+    def __post_init__(self) -> None:
+        if not self.advice.strip():
+            raise ValueError("a follow-up rule needs the advice given (or why the victim was not reached)")
+        if len(self.advice) > _DETAIL_MAX:
+            raise ValueError(f"a follow-up's advice has at most {_DETAIL_MAX} characters")
+
+
+@dataclass(frozen=True, kw_only=True)
 class PoliceDeskConfig:
     """A police desk's identity, store and assistance rules."""
 
@@ -58,6 +74,8 @@ class PoliceDeskConfig:
     """Rule for kinds without their own."""
     regions: tuple[str, ...] = ()
     """Region-code prefixes the desk serves (its ``police_regions``); others are declined. Empty: all."""
+    follow_up: FollowUpRule = field(default_factory=FollowUpRule)
+    """How victim follow-ups go (default: reached, with a short advice)."""
 
     def rule_for(self, kind: requests_pb2.AssistanceKind.ValueType) -> AssistanceRule:
         return self.rules.get(kind, self.default_rule)

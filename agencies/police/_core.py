@@ -1,4 +1,5 @@
-"""The reference police desk: takes assistance requests by rule and files fraud reports, in SQLite."""
+"""The reference police desk: takes assistance requests by rule, files fraud reports and appeals,
+records victim follow-ups, in SQLite."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from broker.protocol import Clock
 from . import _orders as orders
 from . import _store as store
 from ._config import PoliceDeskConfig
-from ._model import AssistanceCase, FiledAppeal, FiledReport
+from ._model import AssistanceCase, FiledAppeal, FiledReport, VictimFollowUp
 from ._schema import POLICE_SCHEMA
 
 __all__ = ["PoliceDesk"]
@@ -65,6 +66,17 @@ class PoliceDesk(AgencyCore):
             partial(orders.file_appeal, request.statement),
         )
 
+    def follow_up_victim(
+        self, request: police_pb2.FollowUpVictimRequest
+    ) -> police_pb2.FollowUpVictimResponse:
+        """Call a victim back after a return (by the configured rule) and record it."""
+        return self._run(
+            "PoliceService.FollowUpVictim",
+            request,
+            police_pb2.FollowUpVictimResponse,
+            partial(orders.follow_up_victim, self._config),
+        )
+
     # -- the desk's own records -------------------------------------------------------------------
 
     def assistance_cases(self) -> tuple[AssistanceCase, ...]:
@@ -81,3 +93,8 @@ class PoliceDesk(AgencyCore):
         """Appeals filed, oldest first."""
         with self._db.transaction() as conn:
             return tuple(store.appeals(conn))
+
+    def follow_ups(self) -> tuple[VictimFollowUp, ...]:
+        """Victim follow-ups recorded, oldest first."""
+        with self._db.transaction() as conn:
+            return tuple(store.follow_ups(conn))

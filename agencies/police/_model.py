@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-__all__ = ["AssistanceCase", "FiledAppeal", "FiledReport"]
+__all__ = ["AssistanceCase", "FiledAppeal", "FiledReport", "VictimFollowUp"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -88,3 +88,31 @@ class FiledAppeal:
     """Number of supporting documents."""
     received_at: datetime
     """When the desk filed it."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class VictimFollowUp:
+    """A victim follow-up (回访) the desk made after a return, as the broker asked."""
+
+    request_id: str
+    """The FOLLOW_UP's request id."""
+    reference: str
+    """The desk's record number."""
+    case_number: str
+    """The desk's case the return belongs to."""
+    return_request_id: str
+    """The RETURN_FUNDS that paid the victim."""
+    payout_index: int
+    """The payout's position in that order."""
+    victim_id: str
+    """Keyed digest of the victim's account (never the account)."""
+    returned: int
+    """Money returned, minor units."""
+    currency: str
+    """Its currency."""
+    outcome: str
+    """``REACHED`` or ``NOT_REACHED``."""
+    advice: str
+    """The advice given (or why the victim was not reached)."""
+    at: datetime
+    """When the desk recorded it."""

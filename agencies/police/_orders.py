@@ -11,9 +11,9 @@ from agencies._common import executed, from_timestamp, new_reference, rejected, 
 
 from . import _store as store
 from ._config import PoliceDeskConfig
-from ._model import AssistanceCase, FiledAppeal, FiledReport
+from ._model import AssistanceCase, FiledAppeal, FiledReport, VictimFollowUp
 
-__all__ = ["file_appeal", "handle_assistance", "receive_fraud_report"]
+__all__ = ["file_appeal", "follow_up_victim", "handle_assistance", "receive_fraud_report"]
 
 
 def handle_assistance(
@@ -124,3 +124,38 @@ def file_appeal(
     result = executed("appeal filed for decision")
     result.agency_reference = reference
     return police_pb2.FileAppealResponse(result=result)
+
+
+def follow_up_victim(
+    config: PoliceDeskConfig,
+    conn: sqlite3.Connection,
+    now: datetime,
+    ctx: agency_pb2.OrderContext,
+    order: requests_pb2.FollowUp,
+) -> police_pb2.FollowUpVictimResponse:
+    """Call the victim back (by the desk's rule) and record it; EXECUTED with the outcome."""
+    rule = config.follow_up
+    outcome = (
+        results_pb2.FOLLOW_UP_OUTCOME_REACHED if rule.reached else results_pb2.FOLLOW_UP_OUTCOME_NOT_REACHED
+    )
+    reference = new_reference("HF", now)  # 回访
+    store.insert_follow_up(
+        conn,
+        VictimFollowUp(
+            request_id=ctx.request_id,
+            reference=reference,
+            case_number=ctx.case_ref.case_number,
+            return_request_id=order.return_request_id,
+            payout_index=order.payout_index,
+            victim_id=order.victim_id,
+            returned=order.returned.minor_units,
+            currency=order.returned.currency,
+            outcome=results_pb2.FollowUpOutcome.Name(outcome).removeprefix("FOLLOW_UP_OUTCOME_"),
+            advice=rule.advice,
+            at=now,
+        ),
+    )
+    result = executed(rule.advice)
+    result.follow_up = outcome
+    result.agency_reference = reference
+    return police_pb2.FollowUpVictimResponse(result=result)

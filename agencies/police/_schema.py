@@ -1,4 +1,4 @@
-"""The desk's tables: assistance requests taken, fraud reports and appeals filed."""
+"""The desk's tables: assistance requests taken, fraud reports and appeals filed, victim follow-ups."""
 
 from __future__ import annotations
 
@@ -47,6 +47,20 @@ CREATE TABLE IF NOT EXISTS appeals (
     statement              TEXT NOT NULL,
     documents              INTEGER NOT NULL,
     received_at_us         INTEGER NOT NULL
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS follow_ups (
+    request_id        TEXT PRIMARY KEY,
+    reference         TEXT NOT NULL UNIQUE,
+    case_number       TEXT NOT NULL,
+    return_request_id TEXT NOT NULL,
+    payout_index      INTEGER NOT NULL,
+    victim_id         TEXT NOT NULL,
+    returned          INTEGER NOT NULL,
+    currency          TEXT NOT NULL,
+    outcome           TEXT NOT NULL CHECK (outcome IN ('REACHED', 'NOT_REACHED')),
+    advice            TEXT NOT NULL,
+    at_us             INTEGER NOT NULL
 ) WITHOUT ROWID;
 """
     + JOURNAL_SCHEMA

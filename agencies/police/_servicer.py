@@ -36,3 +36,8 @@ class PoliceServicer(police_pb2_grpc.PoliceServiceServicer):
         self, request: police_pb2.FileAppealRequest, context: Any
     ) -> police_pb2.FileAppealResponse:
         return await answer(self._desk.file_appeal, request, context, method="FileAppeal")
+
+    async def FollowUpVictim(
+        self, request: police_pb2.FollowUpVictimRequest, context: Any
+    ) -> police_pb2.FollowUpVictimResponse:
+        return await answer(self._desk.follow_up_victim, request, context, method="FollowUpVictim")

@@ -6,14 +6,16 @@ import sqlite3
 
 from agencies._common import from_us, to_us
 
-from ._model import AssistanceCase, FiledAppeal, FiledReport
+from ._model import AssistanceCase, FiledAppeal, FiledReport, VictimFollowUp
 
 __all__ = [
     "appeals",
     "assistance_cases",
+    "follow_ups",
     "fraud_reports",
     "insert_appeal",
     "insert_assistance",
+    "insert_follow_up",
     "insert_report",
 ]
 
@@ -144,6 +146,51 @@ def appeals(conn: sqlite3.Connection) -> list[FiledAppeal]:
             statement=row["statement"],
             documents=row["documents"],
             received_at=from_us(row["received_at_us"]),
+        )
+        for row in rows
+    ]
+
+
+_FOLLOW_UP_COLUMNS = (
+    "request_id, reference, case_number, return_request_id, payout_index, victim_id, returned, currency,"
+    " outcome, advice, at_us"
+)
+
+
+def insert_follow_up(conn: sqlite3.Connection, follow_up: VictimFollowUp) -> None:
+    conn.execute(
+        f"INSERT INTO follow_ups ({_FOLLOW_UP_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
+        (
+            follow_up.request_id,
+            follow_up.reference,
+            follow_up.case_number,
+            follow_up.return_request_id,
+            follow_up.payout_index,
+            follow_up.victim_id,
+            follow_up.returned,
+            follow_up.currency,
+            follow_up.outcome,
+            follow_up.advice,
+            to_us(follow_up.at),
+        ),
+    )
+
+
+def follow_ups(conn: sqlite3.Connection) -> list[VictimFollowUp]:
+    rows = conn.execute(f"SELECT {_FOLLOW_UP_COLUMNS} FROM follow_ups ORDER BY at_us, request_id").fetchall()  # noqa: S608
+    return [
+        VictimFollowUp(
+            request_id=row["request_id"],
+            reference=row["reference"],
+            case_number=row["case_number"],
+            return_request_id=row["return_request_id"],
+            payout_index=row["payout_index"],
+            victim_id=row["victim_id"],
+            returned=row["returned"],
+            currency=row["currency"],
+            outcome=row["outcome"],
+            advice=row["advice"],
+            at=from_us(row["at_us"]),
         )
         for row in rows
     ]

@@ -331,6 +331,13 @@ def _result_lines(
         pairs.append(
             ("appeal", results_pb2.AppealDecision.Name(result.appeal).removeprefix("APPEAL_DECISION_"))
         )
+    if result.follow_up:
+        pairs.append(
+            (
+                "follow-up",
+                results_pb2.FollowUpOutcome.Name(result.follow_up).removeprefix("FOLLOW_UP_OUTCOME_"),
+            )
+        )
     if result.HasField("amount_held"):
         pairs.append(("held", money(result.amount_held)))
     if result.HasField("amount_frozen"):

@@ -30,10 +30,12 @@ from ._reporting import FraudReporter
 from ._results import open_result_details
 from ._sla_report import (
     PHASES,
+    FollowUpCounts,
     PhaseCounts,
     PhaseOutcome,
     SlaReport,
     SlaRow,
+    follow_up_line,
     human_duration,
     nearest_rank,
     phase_outcome,
@@ -51,6 +53,7 @@ __all__ = [
     "BusClient",
     "ErrorDetails",
     "ExportSummary",
+    "FollowUpCounts",
     "FraudReporter",
     "LedgerFile",
     "LedgerFileError",
@@ -62,6 +65,7 @@ __all__ = [
     "error_details",
     "export_ledger",
     "fetch_trail",
+    "follow_up_line",
     "human_duration",
     "nearest_rank",
     "open_account",

@@ -400,6 +400,16 @@ class BusClient:
         )
         return [status for status in releases if status.parent_id == appeal.id]
 
+    async def follow_ups(
+        self, returned: lifecycle_pb2.RequestStatus
+    ) -> builtins.list[lifecycle_pb2.RequestStatus]:
+        """The broker's victim follow-ups (回访) of a return: the FOLLOW_UPs whose parent it is,
+        one per payout the bank paid (sent once the return's outcome is processed)."""
+        found = await self.list_all(
+            case_number=returned.case_ref.case_number, types=[common_pb2.REQUEST_TYPE_FOLLOW_UP]
+        )
+        return [status for status in found if status.parent_id == returned.id]
+
     async def decide_appeal(
         self,
         appeal_request_id: str,

@@ -12,6 +12,11 @@ How a phase deadline counts:
 A request cancelled before a phase was done stops its clock at the cancellation: a phase already
 past due then is breached, the others count neither way (nobody owes them any more).
 
+Victim follow-ups (回访, FOLLOW_UP requests the broker sends the police after a return) are also
+counted on their own (:class:`FollowUpCounts`), so a supervisor sees who was never called back:
+how many are due, how many were done (the victim reached or not), and how many are overdue (not
+done and past their execute deadline, or flagged breached by the broker).
+
 Time to finish runs from the broker's receive time (``submitted_at``) to the end of the execute
 phase (its ``done_at``; failing that, when the broker recorded the first outcome event). Median and
 95th percentile use the **nearest-rank** definition: the p-th percentile of n sorted values is the
@@ -31,16 +36,18 @@ from typing import Any, TypeAlias
 
 from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
-from greenchannel.v1 import common_pb2, envelope_pb2, lifecycle_pb2
+from greenchannel.v1 import common_pb2, envelope_pb2, lifecycle_pb2, results_pb2
 
-from broker.protocol import OUTCOME_STATES, phase_slug, request_type_slug, to_timestamp
+from broker.protocol import EXECUTED_STATES, OUTCOME_STATES, phase_slug, request_type_slug, to_timestamp
 
 __all__ = [
     "PHASES",
+    "FollowUpCounts",
     "PhaseCounts",
     "PhaseOutcome",
     "SlaReport",
     "SlaRow",
+    "follow_up_line",
     "human_duration",
     "nearest_rank",
     "phase_outcome",
@@ -120,6 +127,22 @@ class SlaRow:
 
 
 @dataclass(frozen=True, kw_only=True)
+class FollowUpCounts:
+    """Victim follow-ups (FOLLOW_UP requests): who was called back, who was not, who is overdue."""
+
+    due: int = 0
+    """Follow-ups owed: every FOLLOW_UP not cancelled."""
+    done: int = 0
+    """Answered EXECUTED by the police (the call was made and recorded)."""
+    reached: int = 0
+    """Of those, the victim was reached."""
+    not_reached: int = 0
+    """Of those, the victim could not be reached."""
+    overdue: int = 0
+    """Not done and past the execute deadline (or flagged breached): never called back in time."""
+
+
+@dataclass(frozen=True, kw_only=True)
 class SlaReport:
     """SLA compliance over a set of requests, as of ``generated_at``."""
 
@@ -137,6 +160,8 @@ class SlaReport:
     """Phase deadlines still open, over every row."""
     breaches_by_agency: Mapping[str, int] = field(default_factory=lambda: MappingProxyType({}))
     """Breached phase deadlines per responsible agency; agencies without breaches are left out."""
+    follow_ups: FollowUpCounts = field(default_factory=FollowUpCounts)
+    """Victim follow-ups after returns."""
 
 
 def _ns(stamp: Timestamp) -> int:
@@ -206,6 +231,35 @@ def _cancelled_at(status: lifecycle_pb2.RequestStatus) -> int | None:
     return at if at is not None else _ns(status.updated_at)
 
 
+def _follow_up(status: lifecycle_pb2.RequestStatus, now_ns: int) -> FollowUpCounts:
+    """One FOLLOW_UP counted (cancelled ones are owed by nobody and count nowhere)."""
+    if status.state == common_pb2.REQUEST_STATE_CANCELLED:
+        return FollowUpCounts()
+    if status.state in EXECUTED_STATES:
+        outcome = status.result.follow_up
+        return FollowUpCounts(
+            due=1,
+            done=1,
+            reached=int(outcome == results_pb2.FOLLOW_UP_OUTCOME_REACHED),
+            not_reached=int(outcome == results_pb2.FOLLOW_UP_OUTCOME_NOT_REACHED),
+        )
+    overdue = any(
+        d.phase == common_pb2.PHASE_EXECUTE
+        and d.HasField("due_at")
+        and _outcome(d, now_ns) is PhaseOutcome.BREACHED
+        for d in status.deadlines.phases
+    )
+    return FollowUpCounts(due=1, overdue=int(overdue))
+
+
+def _sum_follow_ups(counts: Iterable[FollowUpCounts]) -> FollowUpCounts:
+    totals = dict.fromkeys(("due", "done", "reached", "not_reached", "overdue"), 0)
+    for c in counts:
+        for name in totals:
+            totals[name] += getattr(c, name)
+    return FollowUpCounts(**totals)
+
+
 @dataclass
 class _Tally:
     requests: int = 0
@@ -237,10 +291,13 @@ def sla_report(statuses: Iterable[lifecycle_pb2.RequestStatus], *, now: datetime
     now_ns = _ns_of(now)
     tallies: dict[tuple[str, _RequestType], _Tally] = {}
     seen: set[str] = set()
+    follow_ups: list[FollowUpCounts] = []
     for status in statuses:
         if status.id in seen:
             continue  # pages of a live listing can overlap; a request counts once
         seen.add(status.id)
+        if status.type == common_pb2.REQUEST_TYPE_FOLLOW_UP:
+            follow_ups.append(_follow_up(status, now_ns))
         tally = tallies.setdefault((status.recipient, status.type), _Tally())
         tally.requests += 1
         stopped = _cancelled_at(status)
@@ -274,6 +331,7 @@ def sla_report(statuses: Iterable[lifecycle_pb2.RequestStatus], *, now: datetime
         breached=sum(row.breached for row in rows),
         open=sum(row.open for row in rows),
         breaches_by_agency=MappingProxyType(breaches),
+        follow_ups=_sum_follow_ups(follow_ups),
     )
 
 
@@ -288,6 +346,13 @@ def report_to_json(report: SlaReport) -> dict[str, Any]:
         "requests": report.requests,
         "totals": {"met": report.met, "breached": report.breached, "open": report.open},
         "breaches_by_agency": dict(report.breaches_by_agency),
+        "follow_ups": {
+            "due": report.follow_ups.due,
+            "done": report.follow_ups.done,
+            "reached": report.follow_ups.reached,
+            "not_reached": report.follow_ups.not_reached,
+            "overdue": report.follow_ups.overdue,
+        },
         "rows": [
             {
                 "agency": row.agency,
@@ -386,4 +451,14 @@ def render_table(report: SlaReport) -> str:
         lines.append("breaches by agency: " + ", ".join(f"{agency} {count}" for agency, count in ranked))
     else:
         lines.append("breaches by agency: none")
+    if report.follow_ups.due:
+        lines.append(follow_up_line(report.follow_ups))
     return "\n".join(lines) + "\n"
+
+
+def follow_up_line(counts: FollowUpCounts) -> str:
+    """``victim follow-ups: N due, M done (reached R, not reached U), K overdue``."""
+    return (
+        f"victim follow-ups: {counts.due} due, {counts.done} done (reached {counts.reached},"
+        f" not reached {counts.not_reached}), {counts.overdue} overdue"
+    )

@@ -271,9 +271,11 @@ class EventProcessor:
         ledger: LedgerWriter | None = None,
         returns: OutcomeHook | None = None,
         appeals: OutcomeHook | None = None,
+        follow_ups: OutcomeHook | None = None,
     ) -> None:
         self._returns = returns
         self._appeals = appeals
+        self._follow_ups = follow_ups
         self._holds = holds
         self._trail = trail
         self._ledger = ledger
@@ -343,11 +345,13 @@ class EventProcessor:
         # finds its id in the timeline and writes nothing.
         if is_outcome(event.state):
             hooks: list[OutcomeHook] = [
-                hook for hook in (self._holds, self._trail, self._returns, self._appeals) if hook is not None
+                hook
+                for hook in (self._holds, self._trail, self._returns, self._appeals, self._follow_ups)
+                if hook is not None
             ]
-            # The hold's timers, the chase of its onward transfers, a return's settlement and an
-            # appeal's lifting order are independent and idempotent: side by side, and all again if
-            # any fails.
+            # The hold's timers, the chase of its onward transfers, a return's settlement and its
+            # victim follow-ups, and an appeal's lifting order are independent and idempotent: side
+            # by side, and all again if any fails.
             outcomes = await asyncio.gather(
                 *(hook.after_outcome(status) for hook in hooks), return_exceptions=True
             )

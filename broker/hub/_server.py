@@ -52,6 +52,7 @@ from ._decode_guard import DecodeGuard
 from ._directory_reload import DirectoryReloadConfig, DirectoryReloader, ReloadListener
 from ._directory_service import RegistryServicer
 from ._events import BrokerEvents, EventProcessor, EventProcessorConfig, HoldLifecycle
+from ._follow_ups import FollowUps
 from ._ledger import LedgerConfig, LedgerSequencer, LedgerWriter, ensure_ledger_streams
 from ._ledger_service import LedgerServicer
 from ._open_appeals import OpenAppeals
@@ -212,8 +213,9 @@ class Broker:
         )
         trail_store = trail_recorder.store
         account_cases = AccountCases(js, replicas=config.replicas)
+        return_records = ReturnRecords(js, replicas=config.replicas)
         returns = Returns(
-            records=ReturnRecords(js, replicas=config.replicas),
+            records=return_records,
             index=account_cases,
             trails=trail_store,
             requests=requests,
@@ -270,6 +272,7 @@ class Broker:
             trail=trail_chaser,
             returns=returns,
             appeals=appeals,
+            follow_ups=FollowUps(records=return_records, intake=intake),
         )
         await self._events.__aenter__()
         self._deadlines = DeadlineWatch(

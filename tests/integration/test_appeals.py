@@ -27,7 +27,6 @@ from greenchannel.v1 import (
     requests_pb2,
     results_pb2,
 )
-from nats.js.api import AckPolicy, ConsumerConfig
 
 from adapters import AdapterConfig
 from agencies import DEFAULT_SLA_POLICY_PATH
@@ -47,7 +46,6 @@ from broker.protocol import (
     BROKER_ID,
     EVENTS_STREAM,
     INBOX_STREAM,
-    NOTICES_STREAM,
     WATCH_STREAM,
     NatsSettings,
     SystemClock,
@@ -56,7 +54,6 @@ from broker.protocol import (
     connect,
     current_encryption_key,
     event_subject,
-    fetch_batch,
     inbox_consumer,
     inbox_subject,
     load_agency_signing_key,
@@ -69,6 +66,7 @@ from broker.protocol import (
     verify_detached,
 )
 from tests._wait import eventually
+from tests.integration.escalations import execute_escalated, supervisor_notices, supervisor_told
 
 pytestmark = pytest.mark.integration
 
@@ -554,49 +552,18 @@ async def test_the_statement_travels_sealed(stack: Stack) -> None:
 
 
 async def test_an_undecided_appeal_escalates_to_the_supervisor(stack: Stack) -> None:
-    nc = await connect(NatsSettings.from_url(stack.nats_url, name="test-notices"))
-    try:
-        notices = await nc.jetstream().pull_subscribe(
-            f"gc.notice.{SUPERVISOR}",
-            durable=f"notices-{uuid.uuid4().hex[:6]}",
-            stream=NOTICES_STREAM,
-            config=ConsumerConfig(ack_policy=AckPolicy.NONE),
-        )
+    settings = NatsSettings.from_url(stack.nats_url, name="test-notices")
+    async with supervisor_notices(settings, SUPERVISOR) as notices:
         async with stack.client(POLICE) as police, stack.client("bank-icbc") as icbc:
             frozen = await freeze(police, seed.MULE_ICBC_ACCOUNT, seed.MULE_ICBC_HOLDER)
             filed = await appeal(icbc, frozen.id, priority=S.PRIORITY_STANDARD)
-
-            async def execute_breached() -> bool:
-                status = await police.get(filed.id)
-                return any(p.phase == S.PHASE_EXECUTE and p.breached for p in status.deadlines.phases)
-
-            await eventually(execute_breached, what="the appeal's decision deadline breached")
-            status = await police.get(filed.id)
-            assert status.state == S.REQUEST_STATE_ACKNOWLEDGED  # escalation annotates, it decides nothing
-            breach = next(
-                e
-                for e in map(
-                    lifecycle_pb2.LifecycleEvent.FromString, (r.event.payload for r in status.events)
-                )
-                if e.state == S.REQUEST_STATE_ESCALATED and e.phase == S.PHASE_EXECUTE
+            status, breach = await execute_escalated(
+                police, filed.id, what="the appeal's decision deadline breached"
             )
+            assert status.state == S.REQUEST_STATE_ACKNOWLEDGED  # escalation annotates, it decides nothing
             assert breach.actor == BROKER_ID
             assert SUPERVISOR in breach.detail
-
-        told: list[int] = []
-
-        async def supervisor_told() -> bool:
-            for msg in await fetch_batch(notices, 50, 0.25):
-                notice = lifecycle_pb2.EscalationNotice.FromString(
-                    envelope_pb2.SignedMessage.FromString(msg.data).payload
-                )
-                if notice.request_id == filed.id and notice.phase == S.PHASE_EXECUTE:
-                    told.append(notice.kind)
-            return lifecycle_pb2.NOTICE_KIND_BREACH in told
-
-        await eventually(supervisor_told, what="the supervisor police told of the overdue decision")
-    finally:
-        await nc.drain()
+        await supervisor_told(notices, filed.id, what="the supervisor police told of the overdue decision")
 
 
 async def test_two_appeals_at_the_same_instant_one_is_filed(stack: Stack) -> None:

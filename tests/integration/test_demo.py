@@ -40,11 +40,29 @@ EXPECTED = [
     ("lifting order sent by the broker", "RELEASE", "bank-ccb", "EXECUTED", ""),
     ("appeal by the holder at bank-cmb (upheld)", "APPEAL", "police-310115", "EXECUTED", ""),
     ("release for living expenses", "RELEASE", "bank-icbc", "EXECUTED", ""),
+    # Each return, then the broker's victim follow-up (回访), answered by the police owning the case.
     *[
-        ("return to the victim of SH-PD-2026-1121-0001", "RETURN_FUNDS", bank, "EXECUTED", "")
+        row
         for bank in ("bank-icbc", "bank-ccb", "bank-icbc", "bank-abc")
+        for row in (
+            ("return to the victim of SH-PD-2026-1121-0001", "RETURN_FUNDS", bank, "EXECUTED", ""),
+            (
+                "victim follow-up after the return of SH-PD-2026-1121-0001",
+                "FOLLOW_UP",
+                "police-310115",
+                "EXECUTED",
+                "",
+            ),
+        )
     ],
     ("return to the victim of SZ-NS-2026-1121-0007", "RETURN_FUNDS", "bank-abc", "EXECUTED", ""),
+    (
+        "victim follow-up after the return of SZ-NS-2026-1121-0007",
+        "FOLLOW_UP",
+        "police-440305",
+        "EXECUTED",
+        "",
+    ),
 ]
 
 # Frozen over both cases (53,000.00) = returned to the two victims (31,000.00 + 8,000.00)
@@ -99,6 +117,7 @@ async def test_the_scenario_ends_in_every_expected_state(tmp_path: Path) -> None
     assert senders["appeal by the holder at bank-cmb (upheld)"] == "bank-cmb"
     assert senders["lifting order sent by the broker"] == "greenchannel-broker"
     assert senders["return to the victim of SZ-NS-2026-1121-0007"] == "police-440305"
+    assert senders["victim follow-up after the return of SZ-NS-2026-1121-0007"] == "greenchannel-broker"
     assert all(
         r.sender == ("greenchannel-broker" if r.label.startswith("chased") else "police-310115")
         for r in report.requests

@@ -691,3 +691,13 @@ def test_appeal_file_waits_until_the_police_filed_it(
     assert states == FINAL_STATES | {common_pb2.REQUEST_STATE_ACKNOWLEDGED}
     stand_in.reached = common_pb2.REQUEST_STATE_REJECTED
     assert exit_code(argv, capsys)[0] == 3
+
+
+def test_a_follow_up_shows_whether_the_victim_was_reached_and_the_advice() -> None:
+    status = lifecycle_pb2.RequestStatus(type=common_pb2.REQUEST_TYPE_FOLLOW_UP)
+    status.result.outcome = common_pb2.REQUEST_STATE_EXECUTED
+    status.result.follow_up = results_pb2.FOLLOW_UP_OUTCOME_NOT_REACHED
+    status.result.detail = "no answer after three calls"
+    lines = status_lines(status)
+    assert any(line.split() == ["follow-up", "NOT_REACHED"] for line in lines)
+    assert any(line.split() == ["detail", "no", "answer", "after", "three", "calls"] for line in lines)

@@ -1,7 +1,9 @@
-"""The reference police desk: assistance by rule (complete with a report, or decline), fraud reports."""
+"""The reference police desk: assistance by rule (complete with a report, or decline), fraud reports,
+victim follow-ups (reached or not, by the desk's rule)."""
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -9,7 +11,7 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from greenchannel.v1 import agency_pb2, common_pb2, police_pb2, requests_pb2, results_pb2
 
-from agencies.police import AssistanceRule, PoliceDesk, PoliceDeskConfig
+from agencies.police import AssistanceRule, FollowUpRule, PoliceDesk, PoliceDeskConfig
 from broker.protocol import ManualClock, new_uuid7, validate_message
 
 START = datetime(2026, 3, 2, 9, 30, tzinfo=UTC)
@@ -189,3 +191,64 @@ def test_invalid_fraud_report_is_rejected(desk: PoliceDesk, clock: ManualClock) 
     missing = police_pb2.ReceiveFraudReportRequest(context=request.context)
     assert desk.receive_fraud_report(missing).result.reason == results_pb2.REASON_CODE_INVALID_REQUEST
     assert desk.fraud_reports() == ()
+
+
+def follow_up_request(clock: ManualClock, index: int = 0) -> police_pb2.FollowUpVictimRequest:
+    ctx = context(clock)
+    ctx.case_ref.legal_instrument_type = common_pb2.LEGAL_INSTRUMENT_TYPE_RETURN_NOTICE
+    return police_pb2.FollowUpVictimRequest(
+        context=ctx,
+        order=requests_pb2.FollowUp(
+            return_request_id=str(uuid.uuid4()),
+            payout_index=index,
+            victim_id="vd-" + "a" * 40,
+            returned=common_pb2.Money(currency="CNY", minor_units=40_000),
+        ),
+    )
+
+
+def test_a_follow_up_is_recorded_and_answered_reached_with_the_advice(
+    desk: PoliceDesk, clock: ManualClock
+) -> None:
+    request = follow_up_request(clock, 1)
+    response = desk.follow_up_victim(request)
+    validate_message(response)
+    result = response.result
+    assert result.outcome == common_pb2.REQUEST_STATE_EXECUTED
+    assert result.follow_up == results_pb2.FOLLOW_UP_OUTCOME_REACHED
+    assert result.detail == FollowUpRule().advice
+    (record,) = desk.follow_ups()
+    assert record.request_id == request.context.request_id
+    assert record.reference == result.agency_reference
+    assert (record.return_request_id, record.payout_index) == (request.order.return_request_id, 1)
+    assert (record.victim_id, record.returned, record.currency) == (request.order.victim_id, 40_000, "CNY")
+    assert (record.outcome, record.case_number) == ("REACHED", "SH-PD-2026-0302-0007")
+    # Delivered again: recorded once, answered the same.
+    clock.advance(timedelta(minutes=5))
+    again = desk.follow_up_victim(request)
+    assert again.SerializeToString(deterministic=True) == response.SerializeToString(deterministic=True)
+    assert len(desk.follow_ups()) == 1
+
+
+def test_the_desks_rule_decides_not_reached_and_the_advice(clock: ManualClock) -> None:
+    rule = FollowUpRule(reached=False, advice="no answer after three calls; letter sent")
+    with PoliceDesk(PoliceDeskConfig(agency_id="police-310000", follow_up=rule), clock=clock) as desk:
+        result = desk.follow_up_victim(follow_up_request(clock)).result
+        assert (result.follow_up, result.detail) == (
+            results_pb2.FOLLOW_UP_OUTCOME_NOT_REACHED,
+            "no answer after three calls; letter sent",
+        )
+        assert [r.outcome for r in desk.follow_ups()] == ["NOT_REACHED"]
+
+
+def test_an_invalid_follow_up_is_rejected_and_not_recorded(desk: PoliceDesk, clock: ManualClock) -> None:
+    request = follow_up_request(clock)
+    request.order.return_request_id = "not-a-uuid"
+    result = desk.follow_up_victim(request).result
+    assert result.reason == results_pb2.REASON_CODE_INVALID_REQUEST
+    assert desk.follow_ups() == ()
+
+
+def test_a_follow_up_rule_needs_its_advice() -> None:
+    with pytest.raises(ValueError, match="advice"):
+        FollowUpRule(advice=" ")

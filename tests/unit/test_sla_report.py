@@ -1,4 +1,5 @@
-"""The SLA report on hand-built request statuses: met, late, overdue, open, cancelled, percentiles."""
+"""The SLA report on hand-built request statuses: met, late, overdue, open, cancelled, percentiles,
+victim follow-ups."""
 
 from __future__ import annotations
 
@@ -8,11 +9,13 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
-from greenchannel.v1 import common_pb2, envelope_pb2, lifecycle_pb2
+from greenchannel.v1 import common_pb2, envelope_pb2, lifecycle_pb2, results_pb2
 
 from broker.client import (
+    FollowUpCounts,
     PhaseCounts,
     PhaseOutcome,
+    follow_up_line,
     human_duration,
     nearest_rank,
     phase_outcome,
@@ -359,3 +362,63 @@ def test_table_is_aligned_and_complete() -> None:
 )
 def test_human_duration(ms: float | None, text: str) -> None:
     assert human_duration(ms) == text
+
+
+# -- victim follow-ups ------------------------------------------------------------------------
+
+
+def follow_up(
+    state: T.RequestState.ValueType,
+    *,
+    outcome: results_pb2.FollowUpOutcome.ValueType = results_pb2.FOLLOW_UP_OUTCOME_UNSPECIFIED,
+    done: tuple[timedelta | None, timedelta | None, timedelta | None] = (None, None, None),
+    breached_flag: tuple[bool, bool, bool] = (False, False, False),
+) -> lifecycle_pb2.RequestStatus:
+    """A FOLLOW_UP owed by the police within 3 days (execute)."""
+    result = status(
+        recipient="police-310115",
+        request_type=T.REQUEST_TYPE_FOLLOW_UP,
+        budget=(1 * H, 8 * H, 72 * H),
+        done=done,
+        breached_flag=breached_flag,
+        state=state,
+    )
+    result.result.follow_up = outcome
+    return result
+
+
+def test_follow_ups_are_counted_due_done_reached_not_reached_and_overdue() -> None:
+    statuses = [
+        follow_up(T.REQUEST_STATE_EXECUTED, outcome=results_pb2.FOLLOW_UP_OUTCOME_REACHED, done=(S, S, H)),
+        follow_up(T.REQUEST_STATE_EXECUTED, outcome=results_pb2.FOLLOW_UP_OUTCOME_REACHED, done=(S, S, H)),
+        # Done late still counts as done (the SLA rows show the breach).
+        follow_up(
+            T.REQUEST_STATE_EXECUTED, outcome=results_pb2.FOLLOW_UP_OUTCOME_NOT_REACHED, done=(S, S, 80 * H)
+        ),
+        follow_up(T.REQUEST_STATE_DELIVERED, done=(S, None, None)),  # past its 3 days, never called back
+        follow_up(T.REQUEST_STATE_ACKNOWLEDGED, breached_flag=(False, False, True)),  # flagged by the broker
+        follow_up(T.REQUEST_STATE_CANCELLED),  # owed by nobody
+        executed(10 * S),  # not a follow-up
+    ]
+    open_one = follow_up(T.REQUEST_STATE_SUBMITTED)
+    open_one.submitted_at.CopyFrom(stamp(T0 + 60 * H))
+    open_one.deadlines.phases[2].due_at.CopyFrom(stamp(T0 + 132 * H))  # due after now: not overdue
+    statuses.append(open_one)
+    report = sla_report([*statuses, statuses[0]], now=T0 + 100 * H)  # listed twice: counted once
+    assert report.follow_ups == FollowUpCounts(due=6, done=3, reached=2, not_reached=1, overdue=2)
+    assert report_to_json(report)["follow_ups"] == {
+        "due": 6,
+        "done": 3,
+        "reached": 2,
+        "not_reached": 1,
+        "overdue": 2,
+    }
+    assert "victim follow-ups: 6 due, 3 done (reached 2, not reached 1), 2 overdue" in render_table(report)
+    assert follow_up_line(report.follow_ups) in render_table(report)
+
+
+def test_a_report_without_follow_ups_has_no_follow_up_line() -> None:
+    report = sla_report([executed(10 * S)], now=T0 + H)
+    assert report.follow_ups == FollowUpCounts()
+    assert report_to_json(report)["follow_ups"]["due"] == 0
+    assert "victim follow-ups" not in render_table(report)
