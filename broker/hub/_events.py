@@ -271,7 +271,9 @@ class EventProcessor:
         ledger: LedgerWriter | None = None,
         returns: OutcomeHook | None = None,
         appeals: OutcomeHook | None = None,
+        batches: OutcomeHook | None = None,
     ) -> None:
+        self._batches = batches
         self._returns = returns
         self._appeals = appeals
         self._holds = holds
@@ -343,11 +345,13 @@ class EventProcessor:
         # finds its id in the timeline and writes nothing.
         if is_outcome(event.state):
             hooks: list[OutcomeHook] = [
-                hook for hook in (self._holds, self._trail, self._returns, self._appeals) if hook is not None
+                hook
+                for hook in (self._holds, self._trail, self._returns, self._appeals, self._batches)
+                if hook is not None
             ]
-            # The hold's timers, the chase of its onward transfers, a return's settlement and an
-            # appeal's lifting order are independent and idempotent: side by side, and all again if
-            # any fails.
+            # The hold's timers, the chase of its onward transfers, a return's settlement, an
+            # appeal's lifting order and a split batch's answer are independent and idempotent:
+            # side by side, and all again if any fails.
             outcomes = await asyncio.gather(
                 *(hook.after_outcome(status) for hook in hooks), return_exceptions=True
             )
