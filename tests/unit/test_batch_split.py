@@ -121,7 +121,7 @@ def test_children_carry_their_carriers_lines_one_hop_further(registry: Registry)
     assert child_key("parent", "carrier-cmcc") != child_key("parent", "carrier-ctcc")
 
 
-def answered(*states: int) -> lifecycle_pb2.RequestStatus:
+def answered(*states: results_pb2.BlockItemState.ValueType) -> lifecycle_pb2.RequestStatus:
     child = lifecycle_pb2.RequestStatus(state=common_pb2.REQUEST_STATE_EXECUTED)
     child.result.block.items.extend(results_pb2.BlockItem(index=i, state=s) for i, s in enumerate(states))
     return child
