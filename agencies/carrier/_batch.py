@@ -14,6 +14,7 @@ from typing import TypeAlias
 from greenchannel.v1 import agency_pb2, common_pb2, requests_pb2, results_pb2
 
 from agencies._common import from_timestamp, new_reference
+from broker.protocol import block_items_result
 
 from . import _store as store
 from ._model import LineStatus
@@ -84,39 +85,12 @@ def _one(
 
 
 def _answer(states: list[_State], now: datetime, *, verb: str) -> results_pb2.Result:
-    totals = totals_of(states)
-    done = totals.blocked + totals.already_blocked
-    result = results_pb2.Result(agency_reference=new_reference("NB", now))
-    result.block.items.extend(results_pb2.BlockItem(index=i, state=s) for i, s in enumerate(states))
-    result.block.totals.CopyFrom(totals)
-    if states and done == len(states):
-        result.outcome = common_pb2.REQUEST_STATE_EXECUTED
-        result.detail = f"{verb} every item"
-        if not totals.blocked:
-            result.reason = results_pb2.REASON_CODE_ALREADY_DONE
-            result.detail = f"every item already {verb}"
-    elif done:
-        result.outcome = common_pb2.REQUEST_STATE_PARTIALLY_EXECUTED
-        result.reason = results_pb2.REASON_CODE_NOT_FOUND
+    result = block_items_result(states)
+    result.agency_reference = new_reference("NB", now)
+    if result.outcome == common_pb2.REQUEST_STATE_EXECUTED:
+        result.detail = f"every item already {verb}" if result.reason else f"{verb} every item"
+    elif result.outcome == common_pb2.REQUEST_STATE_PARTIALLY_EXECUTED:
         result.detail = f"{verb} some items; the others are not this carrier's lines"
     else:
-        result.outcome = common_pb2.REQUEST_STATE_REJECTED
-        result.reason = results_pb2.REASON_CODE_NOT_FOUND
         result.detail = "no item is a line of this carrier" if states else "the selector found no line"
     return result
-
-
-def totals_of(states: list[_State]) -> results_pb2.BlockTotals:
-    """Count item states into the four totals."""
-    totals = results_pb2.BlockTotals()
-    for state in states:
-        match state:
-            case results_pb2.BLOCK_ITEM_STATE_BLOCKED:
-                totals.blocked += 1
-            case results_pb2.BLOCK_ITEM_STATE_NOT_FOUND:
-                totals.not_found += 1
-            case results_pb2.BLOCK_ITEM_STATE_NOT_OURS:
-                totals.not_ours += 1
-            case results_pb2.BLOCK_ITEM_STATE_ALREADY_BLOCKED:
-                totals.already_blocked += 1
-    return totals

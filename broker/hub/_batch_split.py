@@ -22,7 +22,7 @@ from collections.abc import Callable
 import structlog
 from greenchannel.v1 import common_pb2, lifecycle_pb2, requests_pb2, results_pb2
 
-from broker.protocol import BROKER_ID
+from broker.protocol import BROKER_ID, block_items_result
 
 from ._batch_routing import BatchRoute
 from ._errors import NotFoundError
@@ -85,31 +85,12 @@ def parent_result(
         answered = {item.index: item.state for item in children[part.child_id].result.block.items}
         for position, index in enumerate(part.indexes):
             states[index] = answered.get(position, results_pb2.BLOCK_ITEM_STATE_NOT_FOUND)
-    result = results_pb2.Result()
-    totals = result.block.totals
-    for index, state in enumerate(states):
-        result.block.items.add(index=index, state=state)
-        match state:
-            case results_pb2.BLOCK_ITEM_STATE_BLOCKED:
-                totals.blocked += 1
-            case results_pb2.BLOCK_ITEM_STATE_ALREADY_BLOCKED:
-                totals.already_blocked += 1
-            case results_pb2.BLOCK_ITEM_STATE_NOT_OURS:
-                totals.not_ours += 1
-            case _:
-                totals.not_found += 1
-    done = totals.blocked + totals.already_blocked
-    if done == split.items:
-        result.outcome = common_pb2.REQUEST_STATE_EXECUTED
-        result.detail = "every line blocked by its carrier"
-    elif done:
-        result.outcome = common_pb2.REQUEST_STATE_PARTIALLY_EXECUTED
-        result.reason = results_pb2.REASON_CODE_NOT_FOUND
-        result.detail = "some lines blocked; the others were not found or no carrier serves them"
-    else:
-        result.outcome = common_pb2.REQUEST_STATE_REJECTED
-        result.reason = results_pb2.REASON_CODE_NOT_FOUND
-        result.detail = "no line blocked"
+    result = block_items_result(states)
+    result.detail = {
+        common_pb2.REQUEST_STATE_EXECUTED: "every line blocked by its carrier",
+        common_pb2.REQUEST_STATE_PARTIALLY_EXECUTED: "some lines blocked; the others were not found or no"
+        " carrier serves them",
+    }.get(result.outcome, "no line blocked")
     return result
 
 

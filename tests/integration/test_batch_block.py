@@ -9,7 +9,6 @@ One stack for the module, with a policy bounding batches at 1,000 lines.
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -25,15 +24,9 @@ from agencies.demo import Stack, StackConfig
 from broker.client import BusClient, error_details
 from broker.protocol import (
     BROKER_ID,
-    INBOX_STREAM,
-    WATCH_STREAM,
-    NatsSettings,
-    connect,
-    inbox_consumer,
-    inbox_subject,
-    status_filter,
 )
 from tests._wait import eventually
+from tests.integration.stack_journal import journal_size, redeliver_last
 
 pytestmark = pytest.mark.integration
 
@@ -120,15 +113,6 @@ def block(
     )
 
 
-async def journal_size(stack: Stack) -> int:
-    nc = await connect(NatsSettings.from_url(stack.nats_url, name="test-journal"))
-    try:
-        info = await nc.jetstream().stream_info(WATCH_STREAM, subjects_filter=status_filter())
-        return len(info.state.subjects or {})
-    finally:
-        await nc.drain()
-
-
 async def children_of(police: BusClient, parent_id: str, carriers: int) -> list[str]:
     listed: list[str] = []
 
@@ -171,25 +155,8 @@ async def test_a_batch_across_two_carriers_is_split_and_answered_item_by_item(st
 
         # A child redelivered to its carrier: the first answer again, its record unchanged.
         cmcc_child = next(c for c in children if c.recipient == "carrier-cmcc")
-        await redeliver_last(stack, "carrier-cmcc")
+        await redeliver_last(stack, "carrier-cmcc", "number_block")
         assert (await police.get(cmcc_child.id)).result == cmcc_child.result
-
-
-async def redeliver_last(stack: Stack, carrier: str) -> None:
-    nc = await connect(NatsSettings.from_url(stack.nats_url, name="test-redeliver"))
-    try:
-        js = nc.jetstream()
-        subject = inbox_subject(carrier, "green", "number_block")
-        msg = await js.get_last_msg(INBOX_STREAM, subject)
-        await js.publish(subject, msg.data or b"", headers={"Nats-Msg-Id": str(uuid.uuid4())})
-
-        async def answered() -> bool:
-            info = await js.consumer_info(INBOX_STREAM, inbox_consumer(carrier, "green"))
-            return bool(info.num_pending == 0 and info.num_ack_pending == 0)
-
-        await eventually(answered, what="the carrier's adapter answered the redelivery")
-    finally:
-        await nc.drain()
 
 
 async def test_unrouted_lines_are_not_ours_at_the_parent(stack: Stack) -> None:
