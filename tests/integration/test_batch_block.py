@@ -128,7 +128,8 @@ async def children_of(police: BusClient, parent_id: str, carriers: int) -> list[
 async def test_a_batch_across_two_carriers_is_split_and_answered_item_by_item(stack: Stack) -> None:
     numbers = [n for i in range(500) for n in (cmcc(i), ctcc(i))]  # interleaved: 1,000 lines
     async with stack.client(POLICE) as police:
-        submitted = (await police.submit(block(*numbers))).status
+        signed = police.sign(block(*numbers))
+        submitted = (await police.submit_signed(signed)).status
         assert submitted.recipient == BROKER_ID
         parent = await police.wait_for(submitted.id, DONE, within=timedelta(seconds=60))
         assert parent.state == S.REQUEST_STATE_EXECUTED, parent
@@ -136,6 +137,10 @@ async def test_a_batch_across_two_carriers_is_split_and_answered_item_by_item(st
         assert [item.index for item in parent.result.block.items] == list(range(1_000))
         assert {item.state for item in parent.result.block.items} == {results_pb2.BLOCK_ITEM_STATE_BLOCKED}
         children = [await police.get(child) for child in await children_of(police, submitted.id, 2)]
+        # The same order sent again (a retry): the same parent, and still one child per carrier.
+        retried = await police.submit_signed(signed)
+        assert (retried.duplicate, retried.status.id) == (True, submitted.id)
+        assert len(await children_of(police, submitted.id, 2)) == 2
         assert sorted(c.recipient for c in children) == ["carrier-cmcc", "carrier-ctcc"]
         for child in children:
             assert (child.sender, child.hop, child.case_ref) == (BROKER_ID, 1, parent.case_ref)
