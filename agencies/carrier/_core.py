@@ -26,6 +26,8 @@ class CarrierCore(AgencyCore):
             agency_id=config.agency_id, database=config.database, schema=CARRIER_SCHEMA, clock=clock
         )
         self._config = config
+        with self._db.transaction() as conn:
+            store.upgrade(conn)
 
     @property
     def config(self) -> CarrierConfig:

@@ -24,7 +24,6 @@ CREATE TABLE IF NOT EXISTS numbers (
     imei_blocked    INTEGER NOT NULL DEFAULT 0 CHECK (imei_blocked IN (0, 1)),
     issuing_batch   TEXT NOT NULL DEFAULT ''
 ) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS numbers_by_issuing_batch ON numbers (issuing_batch) WHERE issuing_batch != '';
 
 CREATE TABLE IF NOT EXISTS call_records (
     record_id     INTEGER PRIMARY KEY,

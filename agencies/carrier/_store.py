@@ -22,6 +22,7 @@ __all__ = [
     "lines_seen_on_cell",
     "set_flag_many",
     "set_flags",
+    "upgrade",
     "warnings_to",
 ]
 
@@ -30,6 +31,18 @@ _LINE_COLUMNS = (
     " number_blocked, sim_blocked, imei_blocked, issuing_batch"
 )
 _FLAG_COLUMNS = {"number": "number_blocked", "sim": "sim_blocked", "imei": "imei_blocked"}
+
+
+def upgrade(conn: sqlite3.Connection) -> None:
+    """Bring a database made by an earlier release up to the schema (``CREATE ... IF NOT EXISTS``
+    adds no column to a table that exists): lines gained ``issuing_batch`` with selector blocks."""
+    columns = {row["name"] for row in conn.execute("PRAGMA table_info(numbers)")}
+    if "issuing_batch" not in columns:
+        conn.execute("ALTER TABLE numbers ADD COLUMN issuing_batch TEXT NOT NULL DEFAULT ''")
+    conn.execute(
+        "CREATE INDEX IF NOT EXISTS numbers_by_issuing_batch ON numbers (issuing_batch)"
+        " WHERE issuing_batch != ''"
+    )
 
 
 def line(conn: sqlite3.Connection, e164: str) -> Line | None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 from greenchannel.v1 import agency_pb2, carrier_pb2, common_pb2, requests_pb2, results_pb2
@@ -133,3 +135,24 @@ def test_ten_thousand_items_in_one_order(clock: ManualClock) -> None:
         result = carrier.block_number(order(clock, batch(*(number(i) for i in range(10_000))))).result
     validate_message(result)
     assert result.block.totals == results_pb2.BlockTotals(blocked=10_000)
+
+
+def test_a_database_of_an_earlier_release_gains_the_issuing_batch(tmp_path: Path, clock: ManualClock) -> None:
+    database = tmp_path / "carrier.db"
+    with sqlite3.connect(database) as conn:
+        conn.execute(
+            "CREATE TABLE numbers (e164 TEXT PRIMARY KEY, iccid TEXT NOT NULL, imsi TEXT NOT NULL,"
+            " imei TEXT NOT NULL DEFAULT '', subscriber_name TEXT NOT NULL, id_type TEXT NOT NULL DEFAULT '',"
+            " id_number TEXT NOT NULL DEFAULT '', status TEXT NOT NULL, activated_at_us INTEGER NOT NULL,"
+            " number_blocked INTEGER NOT NULL DEFAULT 0, sim_blocked INTEGER NOT NULL DEFAULT 0,"
+            " imei_blocked INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID"
+        )
+        conn.execute(
+            "INSERT INTO numbers (e164, iccid, imsi, subscriber_name, status, activated_at_us)"
+            " VALUES ('+8615000000009', '1', '2', 'x', 'active', 0)"
+        )
+    conn.close()
+    with CarrierCore(CarrierConfig(agency_id="carrier-cmcc", database=database), clock=clock) as carrier:
+        line = carrier.line("+8615000000009")
+        assert line is not None
+        assert line.issuing_batch == ""
