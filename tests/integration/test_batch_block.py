@@ -42,6 +42,7 @@ DONE = {
 }
 POLICY = Path(__file__).resolve().parents[2] / "agencies" / "policy.toml"
 CELL = "460-00-22801-40961"
+SEEN_AT = datetime(2026, 11, 1, 8, 30, tzinfo=UTC)
 
 
 def cmcc(i: int) -> str:
@@ -84,6 +85,9 @@ async def stack(root: Path) -> AsyncIterator[Stack]:
                     subscriber_name="某",
                     issuing_batch="B-2026-11" if carrier == "carrier-cmcc" and i >= 490 else "",
                 )
+        core(running, "carrier-cmcc").record_call(
+            cmcc(495), "+8613900000000", started_at=SEEN_AT, duration_s=40, cell_id=CELL
+        )
         yield running
 
 
@@ -189,6 +193,18 @@ async def test_an_issuing_batch_selector_is_resolved_by_the_named_carrier(stack:
         done = await police.wait_for(submitted.id, DONE, within=timedelta(seconds=30))
         assert done.state == S.REQUEST_STATE_EXECUTED
         assert done.result.block.totals.already_blocked + done.result.block.totals.blocked == 10
+
+
+async def test_a_cell_selector_blocks_the_lines_seen_there(stack: Stack) -> None:
+    window = S.TimeRange()
+    window.start.FromDatetime(SEEN_AT - timedelta(minutes=10))
+    window.end.FromDatetime(SEEN_AT + timedelta(minutes=10))
+    selector = requests_pb2.NumberSelector(cell=requests_pb2.CellWindow(cell_id=CELL, window=window))
+    async with stack.client(POLICE) as police:
+        submitted = (await police.submit(block(recipient="carrier-cmcc", selector=selector))).status
+        done = await police.wait_for(submitted.id, DONE, within=timedelta(seconds=30))
+    assert done.state == S.REQUEST_STATE_EXECUTED
+    assert len(done.result.block.items) == 1
 
 
 def empty_window() -> requests_pb2.NumberSelector:
