@@ -36,10 +36,14 @@ def block_many(
     states: list[_State] = []
     changed: list[tuple[int, str, tuple[str, ...]]] = []
     flags: dict[str, list[tuple[int, str]]] = {kind: [] for kind in kinds}
+    seen: set[str] = set()  # a line named twice in one order is changed once
     for index, ref in enumerate(_items(conn, order)):
         state, changing = _one(conn, ref, kinds, blocking=blocking)
+        if changing and ref.e164 in seen:
+            state, changing = results_pb2.BLOCK_ITEM_STATE_ALREADY_BLOCKED, ()
         states.append(state)
         if changing:
+            seen.add(ref.e164)
             changed.append((index, ref.e164, changing))
             for kind in changing:
                 flags[kind].append((int(blocking), ref.e164))

@@ -89,6 +89,12 @@ def test_a_new_order_blocks_nothing_twice_and_a_replay_gets_the_same_answer(
     assert again.block.totals == results_pb2.BlockTotals(already_blocked=2)
 
 
+def test_a_line_named_twice_is_blocked_once(core: CarrierCore, clock: ManualClock) -> None:
+    result = core.block_number(order(clock, batch(number(2), number(2)))).result
+    assert states(result) == [BLOCKED, ALREADY]
+    assert result.outcome == common_pb2.REQUEST_STATE_EXECUTED
+
+
 def test_none_blocked_is_rejected(core: CarrierCore, clock: ManualClock) -> None:
     result = core.block_number(order(clock, batch("+8615099999998", "+8615099999999"))).result
     assert result.outcome == common_pb2.REQUEST_STATE_REJECTED
