@@ -50,6 +50,7 @@ bench: $(STAMP)
 	$(BIN)/python -m tests.bench.bench_submit --n 1000 --json build/bench-submit.json
 	$(BIN)/python -m tests.bench.bench_timers --n 1000 --json build/bench-timers.json
 	$(BIN)/python -m tests.bench.bench_trail --reps 7 --json build/bench-trail.json
+	$(BIN)/python -m tests.bench.bench_batch --reps 3 --json build/bench-batch.json
 	$(BIN)/python -m tests.bench.bench_floor --json build/bench-floor.json
 	$(BIN)/python -m tests.bench.bench_open_requests --sizes 10000,100000 --json build/bench-open-requests.json
 	$(BIN)/python -m tests.bench.bench_adapter --n 1000 --rounds 3 --variant concurrent=. --variant serial=.,concurrency=1 --json build/bench-adapter.json

@@ -142,6 +142,38 @@ async def _check_location(probe: Probe) -> str:
     return f"unknown number REJECTED/NOT_FOUND; {len(records)} location record(s) answered in clear"
 
 
+async def _check_batch(probe: Probe) -> str:
+    """A batch of the block line twice and an unknown number: answered by index, totals adding up,
+    the line blocked once, no number in the answer."""
+    known = _phone(probe, "block")
+    request = _block(probe, "block", None, False)
+    request.order.ClearField("phone")
+    request.order.phones.extend([known, common_pb2.PhoneRef(e164=probe.fixture.unknown_number), known])
+    what = "BlockNumber with a batch"
+    try:
+        answer = await probe.call("BlockNumber", request)
+        result = answer.result
+        expect_outcome(result, common_pb2.REQUEST_STATE_PARTIALLY_EXECUTED, what=what)
+        items = [(item.index, item.state) for item in result.block.items]
+        expect(
+            items
+            == [
+                (0, results_pb2.BLOCK_ITEM_STATE_BLOCKED),
+                (1, results_pb2.BLOCK_ITEM_STATE_NOT_FOUND),
+                (2, results_pb2.BLOCK_ITEM_STATE_ALREADY_BLOCKED),
+            ],
+            f"{what}: items are not BLOCKED, NOT_FOUND, ALREADY_BLOCKED by index",
+        )
+        expect(
+            result.block.totals == results_pb2.BlockTotals(blocked=1, not_found=1, already_blocked=1),
+            f"{what}: totals do not add up to the items",
+        )
+        expect(known.e164 not in str(result), f"{what}: the answer names a number")
+    finally:
+        await _CARRIER.unblock(probe, "block")
+    return "PARTIALLY_EXECUTED, items by index (BLOCKED, NOT_FOUND, ALREADY_BLOCKED), totals add up"
+
+
 _SHARED = blocking_checks(_CARRIER)
 
 CARRIER_CHECKS: tuple[Check, ...] = (
@@ -155,6 +187,11 @@ CARRIER_CHECKS: tuple[Check, ...] = (
         name="carrier.location",
         proves="a LOCATION request is answered with cell records, and an unknown number is NOT_FOUND",
         run=_check_location,
+    ),
+    Check(
+        name="carrier.batch.items",
+        proves="a batch is answered item by item, by index, with totals, each line blocked once",
+        run=_check_batch,
     ),
     *_SHARED[4:],
 )

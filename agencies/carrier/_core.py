@@ -27,6 +27,8 @@ class CarrierCore(AgencyCore):
             agency_id=config.agency_id, database=config.database, schema=CARRIER_SCHEMA, clock=clock
         )
         self._config = config
+        with self._db.transaction() as conn:
+            store.upgrade(conn)
 
     @property
     def config(self) -> CarrierConfig:
@@ -82,8 +84,9 @@ class CarrierCore(AgencyCore):
         id_type: str = "",
         id_number: str = "",
         activated_at: datetime | None = None,
+        issuing_batch: str = "",
     ) -> Line:
-        """Activate a line under real-name registration."""
+        """Activate a line under real-name registration (``issuing_batch``: its SIM's batch)."""
         ln = Line(
             e164=e164,
             iccid=iccid,
@@ -97,6 +100,7 @@ class CarrierCore(AgencyCore):
             number_blocked=False,
             sim_blocked=False,
             imei_blocked=False,
+            issuing_batch=issuing_batch,
         )
         with self._db.transaction() as conn:
             if store.line(conn, e164) is not None:

@@ -42,6 +42,8 @@ class Line:
     """The SIM card is barred from the network."""
     imei_blocked: bool
     """The handset is barred from the network (EIR blacklist)."""
+    issuing_batch: str = ""
+    """The SIM issuing batch the line's card came from; empty if not recorded."""
 
     def blocked_kinds(self) -> tuple[str, ...]:
         flags = (("number", self.number_blocked), ("sim", self.sim_blocked), ("imei", self.imei_blocked))

@@ -23,6 +23,7 @@ from agencies._common import (
 
 from . import _cells as cells
 from . import _store as store
+from ._batch import block_many
 from ._model import Line, LineStatus, SentWarning
 
 __all__ = ["block_number", "lift_block", "query_subscriber_data", "warn_subscriber"]
@@ -51,6 +52,10 @@ _CHANNELS = MappingProxyType(
 def block_number(
     conn: sqlite3.Connection, now: datetime, ctx: agency_pb2.OrderContext, order: requests_pb2.NumberBlock
 ) -> carrier_pb2.BlockNumberResponse:
+    if order.phones or order.HasField("selector"):
+        return carrier_pb2.BlockNumberResponse(
+            result=block_many(conn, now, ctx, order, _SCOPE_KINDS[order.scope])
+        )
     ln = _checked_line(conn, order.phone, must_be_active=not order.unblock)
     if isinstance(ln, results_pb2.Result):
         return carrier_pb2.BlockNumberResponse(result=ln)

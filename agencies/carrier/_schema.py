@@ -1,5 +1,6 @@
-"""The carrier's tables: its lines, their call records, warnings sent, block orders applied, cells and
-where each line was last seen."""
+"""The carrier's tables: its lines (with their SIM issuing batch), their call records, warnings sent,
+block orders applied (single, and item by item for batches and selectors), cells and where each
+line was last seen."""
 
 from __future__ import annotations
 
@@ -23,7 +24,8 @@ CREATE TABLE IF NOT EXISTS numbers (
     activated_at_us INTEGER NOT NULL,
     number_blocked  INTEGER NOT NULL DEFAULT 0 CHECK (number_blocked IN (0, 1)),
     sim_blocked     INTEGER NOT NULL DEFAULT 0 CHECK (sim_blocked IN (0, 1)),
-    imei_blocked    INTEGER NOT NULL DEFAULT 0 CHECK (imei_blocked IN (0, 1))
+    imei_blocked    INTEGER NOT NULL DEFAULT 0 CHECK (imei_blocked IN (0, 1)),
+    issuing_batch   TEXT NOT NULL DEFAULT ''
 ) WITHOUT ROWID;
 
 CREATE TABLE IF NOT EXISTS call_records (
@@ -36,6 +38,7 @@ CREATE TABLE IF NOT EXISTS call_records (
     cell_id       TEXT NOT NULL DEFAULT ''
 );
 CREATE INDEX IF NOT EXISTS call_records_by_line ON call_records (e164, started_at_us);
+CREATE INDEX IF NOT EXISTS call_records_by_cell ON call_records (cell_id, started_at_us);
 
 CREATE TABLE IF NOT EXISTS warnings (
     request_id  TEXT PRIMARY KEY,
@@ -51,6 +54,17 @@ CREATE TABLE IF NOT EXISTS block_actions (
     kinds      TEXT NOT NULL,
     unblock    INTEGER NOT NULL CHECK (unblock IN (0, 1)),
     at_us      INTEGER NOT NULL
+) WITHOUT ROWID;
+
+-- What each item of a batch or selector block order did (``item``: its index in the order).
+CREATE TABLE IF NOT EXISTS block_items (
+    request_id TEXT NOT NULL,
+    item       INTEGER NOT NULL,
+    e164       TEXT NOT NULL REFERENCES numbers (e164),
+    kinds      TEXT NOT NULL,
+    unblock    INTEGER NOT NULL CHECK (unblock IN (0, 1)),
+    at_us      INTEGER NOT NULL,
+    PRIMARY KEY (request_id, item)
 ) WITHOUT ROWID;
 """
     + CELLS_SCHEMA

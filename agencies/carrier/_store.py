@@ -13,19 +13,36 @@ __all__ = [
     "block_action",
     "calls_between",
     "insert_block_action",
+    "insert_block_items",
     "insert_call",
     "insert_line",
     "insert_warning",
     "line",
+    "lines_in_issuing_batch",
+    "lines_seen_on_cell",
+    "set_flag_many",
     "set_flags",
+    "upgrade",
     "warnings_to",
 ]
 
 _LINE_COLUMNS = (
     "e164, iccid, imsi, imei, subscriber_name, id_type, id_number, status, activated_at_us,"
-    " number_blocked, sim_blocked, imei_blocked"
+    " number_blocked, sim_blocked, imei_blocked, issuing_batch"
 )
 _FLAG_COLUMNS = {"number": "number_blocked", "sim": "sim_blocked", "imei": "imei_blocked"}
+
+
+def upgrade(conn: sqlite3.Connection) -> None:
+    """Bring a database made by an earlier release up to the schema (``CREATE ... IF NOT EXISTS``
+    adds no column to a table that exists): lines gained ``issuing_batch`` with selector blocks."""
+    columns = {row["name"] for row in conn.execute("PRAGMA table_info(numbers)")}
+    if "issuing_batch" not in columns:
+        conn.execute("ALTER TABLE numbers ADD COLUMN issuing_batch TEXT NOT NULL DEFAULT ''")
+    conn.execute(
+        "CREATE INDEX IF NOT EXISTS numbers_by_issuing_batch ON numbers (issuing_batch)"
+        " WHERE issuing_batch != ''"
+    )
 
 
 def line(conn: sqlite3.Connection, e164: str) -> Line | None:
@@ -45,12 +62,13 @@ def line(conn: sqlite3.Connection, e164: str) -> Line | None:
         number_blocked=bool(row["number_blocked"]),
         sim_blocked=bool(row["sim_blocked"]),
         imei_blocked=bool(row["imei_blocked"]),
+        issuing_batch=row["issuing_batch"],
     )
 
 
 def insert_line(conn: sqlite3.Connection, ln: Line) -> None:
     conn.execute(
-        f"INSERT INTO numbers ({_LINE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
+        f"INSERT INTO numbers ({_LINE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
         (
             ln.e164,
             ln.iccid,
@@ -64,6 +82,7 @@ def insert_line(conn: sqlite3.Connection, ln: Line) -> None:
             int(ln.number_blocked),
             int(ln.sim_blocked),
             int(ln.imei_blocked),
+            ln.issuing_batch,
         ),
     )
 
@@ -72,6 +91,12 @@ def set_flags(conn: sqlite3.Connection, e164: str, kinds: tuple[str, ...], block
     for kind in kinds:
         column = _FLAG_COLUMNS[kind]  # a fixed column name, never caller text
         conn.execute(f"UPDATE numbers SET {column} = ? WHERE e164 = ?", (int(blocked), e164))  # noqa: S608
+
+
+def set_flag_many(conn: sqlite3.Connection, kind: str, rows: list[tuple[int, str]]) -> None:
+    """Set one flag on many lines: ``(blocked, number)`` rows."""
+    column = _FLAG_COLUMNS[kind]  # a fixed column name, never caller text
+    conn.executemany(f"UPDATE numbers SET {column} = ? WHERE e164 = ?", rows)  # noqa: S608
 
 
 def insert_block_action(
@@ -144,3 +169,33 @@ def block_action(conn: sqlite3.Connection, request_id: str) -> tuple[str, tuple[
         return None
     kinds = tuple(kind for kind in str(row["kinds"]).split(",") if kind)
     return row["e164"], kinds, bool(row["unblock"])
+
+
+def insert_block_items(
+    conn: sqlite3.Connection,
+    request_id: str,
+    items: list[tuple[int, str, tuple[str, ...]]],
+    unblock: bool,
+    at: datetime,
+) -> None:
+    """Record what each item of a batch order changed: ``(index, number, kinds changed)``."""
+    conn.executemany(
+        "INSERT INTO block_items (request_id, item, e164, kinds, unblock, at_us) VALUES (?, ?, ?, ?, ?, ?)",
+        [(request_id, index, e164, ",".join(kinds), int(unblock), to_us(at)) for index, e164, kinds in items],
+    )
+
+
+def lines_in_issuing_batch(conn: sqlite3.Connection, batch: str) -> list[str]:
+    """Numbers whose SIM came from the issuing batch, in number order."""
+    rows = conn.execute("SELECT e164 FROM numbers WHERE issuing_batch = ? ORDER BY e164", (batch,))
+    return [row["e164"] for row in rows]
+
+
+def lines_seen_on_cell(conn: sqlite3.Connection, cell_id: str, start: datetime, end: datetime) -> list[str]:
+    """Numbers with a call record on the cell that started in ``[start, end)``, in number order."""
+    rows = conn.execute(
+        "SELECT DISTINCT e164 FROM call_records"
+        " WHERE cell_id = ? AND started_at_us >= ? AND started_at_us < ? ORDER BY e164",
+        (cell_id, to_us(start), to_us(end)),
+    )
+    return [row["e164"] for row in rows]

@@ -226,6 +226,15 @@ def status_document(
         "timeline": [entry.as_json() for entry in timeline(status)],
         "status": MessageToDict(status, preserving_proto_field_name=True),
     }
+    if status.result.block.items:
+        totals = status.result.block.totals
+        document["block_totals"] = {
+            "items": len(status.result.block.items),
+            "blocked": totals.blocked,
+            "already_blocked": totals.already_blocked,
+            "not_found": totals.not_found,
+            "not_ours": totals.not_ours,
+        }
     if duplicate is not None:
         document["duplicate"] = duplicate
     if answer is not None:
@@ -349,6 +358,15 @@ def _result_lines(
     if result.HasField("block"):
         blocked = ", ".join(result.block.blocked) or _NONE
         pairs.append(("blocked", f"{blocked}; warned: {_yes_no(result.block.warned)}"))
+        if result.block.items:
+            totals = result.block.totals
+            pairs.append(
+                (
+                    "items",
+                    f"{len(result.block.items)}: {totals.blocked} blocked, {totals.already_blocked} already"
+                    f" blocked, {totals.not_found} not found, {totals.not_ours} not ours",
+                )
+            )
     if result.assistance:
         pairs.append(("assistance", results_pb2.AssistanceDecision.Name(result.assistance).split("_")[-1]))
     if result.HasField("encrypted_payload"):

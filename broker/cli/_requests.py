@@ -364,7 +364,24 @@ def _extend(request: requests_pb2.Request, args: argparse.Namespace) -> None:
 
 
 def _number_block_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--phone", required=True, help="E.164 number, e.g. +8615012340001")
+    parser.add_argument("--phone", help="E.164 number, e.g. +8615012340001 (one line)")
+    parser.add_argument(
+        "--numbers-file",
+        type=Path,
+        metavar="FILE",
+        help="a batch: one E.164 number per line (blank lines and # comments skipped); the broker splits"
+        " it by carrier unless --recipient names one",
+    )
+    parser.add_argument(
+        "--issuing-batch",
+        metavar="ID",
+        help="every line of a SIM issuing batch (name the carrier: --recipient)",
+    )
+    parser.add_argument(
+        "--cell", metavar="ID", help="lines seen on a cell in --from/--to (name the carrier: --recipient)"
+    )
+    parser.add_argument("--from", dest="window_from", type=_instant, metavar="TIME", help="cell window start")
+    parser.add_argument("--to", dest="window_to", type=_instant, metavar="TIME", help="cell window end")
     parser.add_argument("--iccid", help="SIM serial")
     parser.add_argument("--imsi", help="subscriber identity")
     parser.add_argument("--imei", help="handset identity")
@@ -373,13 +390,48 @@ def _number_block_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _number_block(request: requests_pb2.Request, args: argparse.Namespace) -> None:
-    request.number_block.CopyFrom(
-        requests_pb2.NumberBlock(
-            phone=_phone(args),
-            scope=requests_pb2.BlockScope.Value(_constant("BLOCK_SCOPE_", args.scope)),
-            unblock=args.unblock,
+    given = [
+        name
+        for name, value in (
+            ("--phone", args.phone),
+            ("--numbers-file", args.numbers_file),
+            ("--issuing-batch", args.issuing_batch),
+            ("--cell", args.cell),
         )
+        if value
+    ]
+    if len(given) != 1:
+        raise CliError("name exactly one of --phone, --numbers-file, --issuing-batch or --cell", exit_code=2)
+    if (args.window_from is not None or args.window_to is not None) and not args.cell:
+        raise CliError("--from and --to go with --cell", exit_code=2)
+    order = requests_pb2.NumberBlock(
+        scope=requests_pb2.BlockScope.Value(_constant("BLOCK_SCOPE_", args.scope)), unblock=args.unblock
     )
+    if args.phone:
+        order.phone.CopyFrom(_phone(args))
+    elif args.numbers_file:
+        order.phones.extend(common_pb2.PhoneRef(e164=number) for number in _numbers(args.numbers_file))
+    elif args.issuing_batch:
+        order.selector.issuing_batch = args.issuing_batch
+    else:
+        if args.window_from is None or args.window_to is None:
+            raise CliError("--cell needs --from and --to", exit_code=2)
+        order.selector.cell.cell_id = args.cell
+        order.selector.cell.window.start.FromDatetime(args.window_from)
+        order.selector.cell.window.end.FromDatetime(args.window_to)
+    request.number_block.CopyFrom(order)
+
+
+def _numbers(path: Path) -> list[str]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CliError(f"cannot read --numbers-file: {type(exc).__name__}", exit_code=2) from exc
+    numbers = [line.strip() for line in text.splitlines()]
+    numbers = [number for number in numbers if number and not number.startswith("#")]
+    if not numbers:
+        raise CliError("--numbers-file names no number", exit_code=2)
+    return numbers
 
 
 def _platform_options(parser: argparse.ArgumentParser, *, required: bool) -> None:

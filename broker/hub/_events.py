@@ -272,7 +272,9 @@ class EventProcessor:
         returns: OutcomeHook | None = None,
         appeals: OutcomeHook | None = None,
         follow_ups: OutcomeHook | None = None,
+        batches: OutcomeHook | None = None,
     ) -> None:
+        self._batches = batches
         self._returns = returns
         self._appeals = appeals
         self._follow_ups = follow_ups
@@ -346,12 +348,19 @@ class EventProcessor:
         if is_outcome(event.state):
             hooks: list[OutcomeHook] = [
                 hook
-                for hook in (self._holds, self._trail, self._returns, self._appeals, self._follow_ups)
+                for hook in (
+                    self._holds,
+                    self._trail,
+                    self._returns,
+                    self._appeals,
+                    self._follow_ups,
+                    self._batches,
+                )
                 if hook is not None
             ]
             # The hold's timers, the chase of its onward transfers, a return's settlement and its
-            # victim follow-ups, and an appeal's lifting order are independent and idempotent: side
-            # by side, and all again if any fails.
+            # victim follow-ups, an appeal's lifting order and a split batch's answer are
+            # independent and idempotent: side by side, and all again if any fails.
             outcomes = await asyncio.gather(
                 *(hook.after_outcome(status) for hook in hooks), return_exceptions=True
             )

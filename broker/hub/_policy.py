@@ -9,7 +9,8 @@ allowed.
 Besides who may send what, the policy bounds how far the broker chases money on its own
 (``[chase]``, :class:`ChasePolicy`): the authorization every case's money trail runs under; and how
 much of a hold the police may release for the holder's living expenses (``[release]``,
-:class:`ReleasePolicy`).
+:class:`ReleasePolicy`); and how many lines one batch NUMBER_BLOCK may name (``[number_block]``,
+:class:`NumberBlockPolicy`).
 """
 
 from __future__ import annotations
@@ -41,10 +42,12 @@ from ._sla_policy import parse_duration
 
 __all__ = [
     "DEFAULT_CHASE",
+    "DEFAULT_NUMBER_BLOCK",
     "DEFAULT_RELEASE",
     "DEFAULT_RETURN",
     "POLICY_VERSION",
     "ChasePolicy",
+    "NumberBlockPolicy",
     "Policy",
     "PolicyRule",
     "ReleasePolicy",
@@ -56,7 +59,9 @@ POLICY_VERSION = 1
 
 _log = structlog.get_logger(__name__)
 
-_TOP = frozenset({"policy", "rule", "chase", "return", "release"})
+_TOP = frozenset({"policy", "rule", "chase", "return", "release", "number_block"})
+_NUMBER_BLOCK = frozenset({"max_items", "description"})
+_MAX_BATCH = 10_000  # the contract's bound on NumberBlock.phones
 _RETURN = frozenset({"notice_period", "description"})
 _HEADER = frozenset({"version", "description"})
 _RULE = frozenset({"description", "senders", "types", "recipients", "recipient_regions"})
@@ -191,10 +196,27 @@ DEFAULT_RELEASE = ReleasePolicy()
 """The caps used when a policy file has no ``[release]`` table."""
 
 
+@dataclass(frozen=True, kw_only=True)
+class NumberBlockPolicy:
+    """Bounds of batch NUMBER_BLOCK orders."""
+
+    max_items: int = _MAX_BATCH
+    """Most lines one batch may name (``NumberBlock.phones``), 1 to the contract's 10,000; a larger
+    batch is refused ``BATCH_TOO_LARGE`` and nothing is stored."""
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.max_items <= _MAX_BATCH:
+            raise ValueError(f"max_items must be between 1 and {_MAX_BATCH}")
+
+
+DEFAULT_NUMBER_BLOCK = NumberBlockPolicy()
+"""The bounds used when a policy file has no ``[number_block]`` table."""
+
+
 class Policy:
     """Immutable authorization rules; everything no rule allows is denied."""
 
-    __slots__ = ("_by_route", "_chase", "_release", "_returns", "_rules")
+    __slots__ = ("_by_route", "_chase", "_number_block", "_release", "_returns", "_rules")
 
     def __init__(
         self,
@@ -203,7 +225,9 @@ class Policy:
         chase: ChasePolicy = DEFAULT_CHASE,
         returns: ReturnPolicy = DEFAULT_RETURN,
         release: ReleasePolicy = DEFAULT_RELEASE,
+        number_block: NumberBlockPolicy = DEFAULT_NUMBER_BLOCK,
     ) -> None:
+        self._number_block = number_block
         self._rules = tuple(rules)
         self._chase = chase
         self._returns = returns
@@ -236,6 +260,11 @@ class Policy:
     def release(self) -> ReleasePolicy:
         """Caps on partial releases for living expenses."""
         return self._release
+
+    @property
+    def number_block(self) -> NumberBlockPolicy:
+        """Bounds of batch number blocks."""
+        return self._number_block
 
     def authorize_submit(
         self,
@@ -440,6 +469,14 @@ def _parse_release(scope: TomlTable) -> ReleasePolicy:
     )
 
 
+def _parse_number_block(scope: TomlTable) -> NumberBlockPolicy:
+    scope.only(_NUMBER_BLOCK)
+    scope.optional_string("description")
+    return NumberBlockPolicy(
+        max_items=scope.integer("max_items", default=DEFAULT_NUMBER_BLOCK.max_items, low=1, high=_MAX_BATCH)
+    )
+
+
 def load_policy(path: Path) -> Policy:
     """Read and check a policy file; raise :class:`PolicyError` naming the file and field on any problem."""
     root = read_toml(path, PolicyError, what="the policy file")
@@ -462,7 +499,11 @@ def load_policy(path: Path) -> Policy:
     returns = DEFAULT_RETURN if return_table is None else _parse_return(return_table)
     release_table = root.optional_table("release")
     release = DEFAULT_RELEASE if release_table is None else _parse_release(release_table)
-    policy = Policy(rules, chase=chase, returns=returns, release=release)
+    number_block_table = root.optional_table("number_block")
+    number_block = (
+        DEFAULT_NUMBER_BLOCK if number_block_table is None else _parse_number_block(number_block_table)
+    )
+    policy = Policy(rules, chase=chase, returns=returns, release=release, number_block=number_block)
     _log.info(
         "policy.loaded",
         file=str(path),

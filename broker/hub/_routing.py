@@ -13,6 +13,7 @@ from greenchannel.v1 import common_pb2, requests_pb2
 
 from broker.protocol import Agency, AgencyKind, Registry
 
+from ._batch_routing import batch_recipient
 from ._errors import UnroutableError
 
 __all__ = ["resolve_recipient"]
@@ -46,13 +47,19 @@ def resolve_recipient(request: requests_pb2.Request, registry: Registry) -> Agen
 
     Reasons: ``UNKNOWN_RECIPIENT`` (a named agency is not in the directory), ``RECIPIENT_MISMATCH``
     (the named recipient contradicts the bank or platform the body names), ``WRONG_RECIPIENT_KIND``
-    (the agency is not of the kind the body needs), ``NO_ROUTE`` (nothing in the directory matches).
+    (the agency is not of the kind the body needs), ``NO_ROUTE`` (nothing in the directory matches);
+    for a batch or selector NUMBER_BLOCK also those of :func:`batch_recipient`.
     """
     body = request.WhichOneof("body")
     if body is None:
         raise UnroutableError("the request has no body to route", subject="request.body", reason="NO_ROUTE")
     if body == "release" and not request.release.HasField("account") and request.recipient:
         return _lifting_recipient(request.recipient, registry)
+    if body == "number_block" and not request.number_block.HasField("phone"):
+        named = _in_directory(request.recipient, registry) if request.recipient else None
+        if named is not None:
+            _check_kind(named, AgencyKind.CARRIER, body, "request.recipient")
+        return batch_recipient(request, registry, named)
     target = _target(request, body)
     if request.recipient:
         return _named(request.recipient, target, body, registry)

@@ -46,6 +46,7 @@ from ._account_cases import AccountCases
 from ._admission import Admission, AdmissionConfig
 from ._appeals import AppealCheck, AppealDesk
 from ._auth import Authenticator, open_replay_cache
+from ._batch_split import BatchOutcomes
 from ._bus import BusServicer
 from ._deadlines_watch import DeadlineWatch, DeadlineWatchConfig
 from ._decode_guard import DecodeGuard
@@ -273,6 +274,7 @@ class Broker:
             returns=returns,
             appeals=appeals,
             follow_ups=FollowUps(records=return_records, intake=intake),
+            batches=BatchOutcomes(requests=requests, broker_events=broker_events),
         )
         await self._events.__aenter__()
         self._deadlines = DeadlineWatch(

@@ -54,6 +54,8 @@ from broker.protocol import (
 )
 
 from ._auth import Caller
+from ._batch_routing import BatchRoute, route_batch
+from ._batch_split import batch_children, batch_split, child_key
 from ._deadlines import DeadlineTable
 from ._deadlines_watch import release_request_for
 from ._errors import (
@@ -155,8 +157,9 @@ class Intake:
 
     async def check(
         self, caller: Caller, signed: envelope_pb2.SignedMessage, *, body: str | None = None
-    ) -> tuple[VerifiedRequest, Agency, lifecycle_pb2.RequestStatus | None]:
-        """Every check, no side effect. ``body`` restricts the request body kind (Extend, Release)."""
+    ) -> tuple[VerifiedRequest, Agency | BatchRoute, lifecycle_pb2.RequestStatus | None]:
+        """Every check, no side effect. ``body`` restricts the request body kind (Extend, Release).
+        The recipient is a :class:`BatchRoute` for a batch NUMBER_BLOCK the broker splits by carrier."""
         try:
             verified = verify_request(signed, keys=self._registry, sender=caller.agency.id, clock=self._clock)
         except Exception as exc:
@@ -167,6 +170,9 @@ class Intake:
                 reason="WRONG_BODY",
             )
         self._may_send_at_all(caller.agency, verified.request_type)
+        route = self._split_route(caller.agency, verified)
+        if route is not None:
+            return verified, route, None
         recipient = resolve_recipient(verified.request, self._registry)
         appealed: lifecycle_pb2.RequestStatus | None = None
         if verified.request.WhichOneof("body") == "appeal":
@@ -199,6 +205,40 @@ class Intake:
             )
         target = await self._check_target(caller.agency, verified, recipient)
         return verified, recipient, target
+
+    def _split_route(self, sender: Agency, verified: VerifiedRequest) -> BatchRoute | None:
+        """A batch NUMBER_BLOCK within the policy's bound; its route by carrier when the broker splits
+        it (no named recipient; several carriers, or some lines no carrier serves), else None.
+        Each carrier must be one the sender may send number blocks to."""
+        request = verified.request
+        if request.WhichOneof("body") != "number_block":
+            return None
+        size, limit = len(request.number_block.phones), self._policy.number_block.max_items
+        if size > limit:
+            raise InvalidRequestError(
+                f"the batch names {size} lines; the policy allows at most {limit} in one order",
+                (
+                    FieldViolation(
+                        field="request.number_block.phones",
+                        rule="policy.number_block.max_items",
+                        description=f"at most {limit} items",
+                    ),
+                ),
+                reason="BATCH_TOO_LARGE",
+            )
+        if not size or request.recipient:
+            return None
+        route = route_batch(request.number_block, self._registry)
+        if not route.parts or (len(route.parts) == 1 and not route.unrouted):
+            return None
+        for carrier in route.parts:
+            self._policy.authorize_submit(
+                sender=sender,
+                request_type=verified.request_type,
+                recipient=self._registry.get(carrier),
+                case_ref=request.case_ref,
+            )
+        return route
 
     async def _check_target(
         self, sender: Agency, verified: VerifiedRequest, recipient: Agency
@@ -276,6 +316,10 @@ class Intake:
         verified, recipient, target = await self.check(caller, signed, body=body)
         msg_id = _order_key(caller, verified)
         content = content_digest(verified.request)
+        if isinstance(recipient, BatchRoute):
+            outcome = await self._accept_split(verified, recipient, msg_id=msg_id, content=content)
+            self._log_submitted(outcome)
+            return outcome
         plan = await self._check_return(caller, verified, recipient, order_key=msg_id)
         release_plan = await self._check_release(verified, target)
         if plan is not None:
@@ -288,8 +332,13 @@ class Intake:
             )
         else:
             outcome = await self._accept(
-                new_uuid7(self._clock), verified, recipient, target, msg_id=msg_id, content=content
+                new_uuid7(self._clock), verified, recipient.id, target, msg_id=msg_id, content=content
             )
+        self._log_submitted(outcome)
+        return outcome
+
+    @staticmethod
+    def _log_submitted(outcome: SubmitOutcome) -> None:
         if not outcome.duplicate:
             status = outcome.status
             log.info(
@@ -301,7 +350,6 @@ class Intake:
                 recipient=status.recipient,
                 priority=common_pb2.Priority.Name(status.priority),
             )
-        return outcome
 
     async def _check_return(
         self, caller: Caller, verified: VerifiedRequest, recipient: Agency, *, order_key: str
@@ -415,7 +463,7 @@ class Intake:
             outcome = await self._accept(
                 request_id,
                 verified,
-                recipient,
+                recipient.id,
                 target,
                 msg_id=msg_id,
                 content=content,
@@ -433,16 +481,18 @@ class Intake:
         self,
         request_id: str,
         verified: VerifiedRequest,
-        recipient: Agency,
+        recipient: str,
         target: lifecycle_pb2.RequestStatus | None,
         *,
         msg_id: str,
         content: str = "",
         allocation: trail_pb2.Allocation | None = None,
         release_node: str = "",
+        split: lifecycle_pb2.BatchSplit | None = None,
     ) -> SubmitOutcome:
         """Notarize, store (the SUBMITTED record binds the idempotency key), publish, set the timer.
-        ``release_node``: the account record a partial release's amount is reserved in."""
+        ``release_node``: the account record a partial release's amount is reserved in. ``split``:
+        a batch the broker splits by carrier (``recipient`` is then the broker: nothing to publish)."""
         request = verified.request
         received_at = self._clock.now()
         # A data request's category may narrow its deadlines (a location is asked for in minutes).
@@ -459,7 +509,7 @@ class Intake:
         envelope = notarize(
             verified,
             request_id=request_id,
-            recipient=recipient.id,
+            recipient=recipient,
             deadlines=deadlines,
             broker_key=self._broker_key,
             clock=self._clock,
@@ -470,7 +520,7 @@ class Intake:
             id=request_id,
             type=verified.request_type,
             sender=verified.claims.iss,
-            recipient=recipient.id,
+            recipient=recipient,
             case_ref=request.case_ref,
             priority=request.priority,
             parent_id=request.parent_id,
@@ -485,18 +535,22 @@ class Intake:
             target_id=target.id if target is not None else "",
             # The money trail records a hold once, at its outcome, from this seed: only intake
             # has the body (account, amount), and the seed carries it digested and sealed.
-            trail_seed=self._trail.seed(request, sender=verified.claims.iss, recipient=recipient.id)
+            trail_seed=self._trail.seed(request, sender=verified.claims.iss, recipient=recipient)
             if self._trail is not None
             else None,
             allocation=allocation,
             release_seed=release_seed(request, node_id=release_node),
+            batch_split=split,
         )
         created = await self._requests.create(status, msg_id=msg_id, content=content)
         if not created.stored:
             return await self._resubmit(created, request_id, verified, content)
         # Both idempotent (Nats-Msg-Id; one schedule per subject). The SUBMITTED record is stored
         # already: the bank's answer can never reach the journal before the request.
-        await asyncio.gather(self._scheduler.schedule_next(status), self._publish(status, envelope))
+        if split is not None:
+            await asyncio.gather(self._scheduler.schedule_next(status), self._send_children(status, request))
+        else:
+            await asyncio.gather(self._scheduler.schedule_next(status), self._publish(status, envelope))
         return SubmitOutcome(status=status, duplicate=False)
 
     async def _resubmit(
@@ -534,7 +588,9 @@ class Intake:
         request yet, and only with the very bytes that were notarized), and the request's timer.
         """
         writes: list[Coroutine[Any, Any, object]] = []
-        if stored.state == common_pb2.REQUEST_STATE_SUBMITTED:
+        if stored.HasField("batch_split"):
+            writes.append(self._send_children(stored, verified.request))
+        elif stored.state == common_pb2.REQUEST_STATE_SUBMITTED:
             header = envelope_pb2.EnvelopeHeader.FromString(stored.notarized_header)
             same_bytes = header.body_digest == body_digest(verified.signed.payload) and (
                 header.body_signature_digest == body_digest(verified.signed.signature.encode("ascii"))
@@ -552,7 +608,7 @@ class Intake:
         await asyncio.gather(*writes)
 
     async def originate(
-        self, request: requests_pb2.Request, *, idempotency_key: str
+        self, request: requests_pb2.Request, *, idempotency_key: str, request_id: str = ""
     ) -> lifecycle_pb2.RequestStatus:
         """A request the broker itself sends (the release of a lapsed hold), signed by the broker key.
 
@@ -568,7 +624,7 @@ class Intake:
         target = None
         if prepared.WhichOneof("body") == "release":
             target = (await self._requests.get(prepared.release.target_request_id)).status
-        request_id = new_uuid7(self._clock)
+        request_id = request_id or new_uuid7(self._clock)
         bound, _ = await self._idempotency.claim(BROKER_ID, idempotency_key, request_id)
         msg_id = idempotency_msg_id(BROKER_ID, idempotency_key)
         if bound != request_id:
@@ -580,8 +636,30 @@ class Intake:
             else:
                 await self._finish(stored, verified)
                 return stored
-        outcome = await self._accept(bound, verified, recipient, target, msg_id=msg_id)
+        outcome = await self._accept(bound, verified, recipient.id, target, msg_id=msg_id)
         return outcome.status
+
+    async def _send_children(
+        self, parent: lifecycle_pb2.RequestStatus, request: requests_pb2.Request
+    ) -> None:
+        """A split batch's child per carrier, each once (its key and id come from the parent)."""
+        await asyncio.gather(
+            *(
+                self.originate(
+                    child, idempotency_key=child_key(parent.id, part.carrier), request_id=part.child_id
+                )
+                for part, child in batch_children(parent, request.number_block)
+            )
+        )
+
+    async def _accept_split(
+        self, verified: VerifiedRequest, route: BatchRoute, *, msg_id: str, content: str
+    ) -> SubmitOutcome:
+        """A batch spanning several carriers: the parent, addressed to the broker, then its children."""
+        split = batch_split(route, len(verified.request.number_block.phones), partial(new_uuid7, self._clock))
+        return await self._accept(
+            new_uuid7(self._clock), verified, BROKER_ID, None, msg_id=msg_id, content=content, split=split
+        )
 
     async def release_lapsed(self, target: lifecycle_pb2.RequestStatus) -> None:
         """Tell the bank to lift a hold that lapsed (HoldReleaser)."""

@@ -1,6 +1,7 @@
 """The protocol core shared by the broker, the adapters and the agencies."""
 
 from ._appeal_sealing import APPEAL_STATEMENT_CONTENT_TYPE, appeal_sealing_context
+from ._block_items import block_items_result
 from ._clock import Clock, ManualClock, SystemClock
 from ._consumer import (
     BatchHandler,
@@ -321,6 +322,7 @@ __all__ = [
     "appeal_sealing_context",
     "b64url_decode",
     "b64url_encode",
+    "block_items_result",
     "body_digest",
     "build_entry",
     "channel_credentials",

@@ -54,19 +54,17 @@ from broker.protocol import (
     connect,
     current_encryption_key,
     event_subject,
-    inbox_consumer,
-    inbox_subject,
     load_agency_signing_key,
     load_broker_signing_key,
     seal,
     sign_event,
     sign_message,
-    status_filter,
     to_timestamp,
     verify_detached,
 )
 from tests._wait import eventually
 from tests.integration.escalations import execute_escalated, supervisor_notices, supervisor_told
+from tests.integration.stack_journal import journal_size, redeliver_last
 
 pytestmark = pytest.mark.integration
 
@@ -213,16 +211,6 @@ def last_event(status: lifecycle_pb2.RequestStatus) -> lifecycle_pb2.LifecycleEv
     return lifecycle_pb2.LifecycleEvent.FromString(status.events[-1].event.payload)
 
 
-async def journal_size(stack: Stack) -> int:
-    """Requests in the journal: one subject each (events of existing ones do not count)."""
-    nc = await connect(NatsSettings.from_url(stack.nats_url, name="test-journal"))
-    try:
-        info = await nc.jetstream().stream_info(WATCH_STREAM, subjects_filter=status_filter())
-        return len(info.state.subjects or {})
-    finally:
-        await nc.drain()
-
-
 async def refused(call: object, code: grpc.StatusCode, reason: str) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as info:
         await call  # type: ignore[misc]
@@ -323,20 +311,7 @@ async def test_an_upheld_freeze_stays_and_an_appeal_is_decided_once(stack: Stack
 
 async def redeliver_last_appeal(stack: Stack) -> None:
     """Put the police's last appeal on its inbox again, as a redelivery would; wait until answered."""
-    nc = await connect(NatsSettings.from_url(stack.nats_url, name="test-redeliver"))
-    try:
-        js = nc.jetstream()
-        subject = inbox_subject(POLICE, "green", "appeal")
-        msg = await js.get_last_msg(INBOX_STREAM, subject)
-        await js.publish(subject, msg.data or b"", headers={"Nats-Msg-Id": str(uuid.uuid4())})
-
-        async def answered() -> bool:
-            info = await js.consumer_info(INBOX_STREAM, inbox_consumer(POLICE, "green"))
-            return bool(info.num_pending == 0 and info.num_ack_pending == 0)
-
-        await eventually(answered, what="the police adapter answered the redelivery")
-    finally:
-        await nc.drain()
+    await redeliver_last(stack, POLICE, "appeal")
 
 
 async def test_a_lifted_number_block_is_unblocked_by_the_broker(stack: Stack, root: Path) -> None:

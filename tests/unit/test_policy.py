@@ -10,7 +10,15 @@ import pytest
 from greenchannel.v1 import common_pb2
 
 from broker.hub import PermissionDeniedError, PolicyError
-from broker.hub._policy import DEFAULT_RELEASE, Policy, PolicyRule, ReleasePolicy, load_policy
+from broker.hub._policy import (
+    DEFAULT_NUMBER_BLOCK,
+    DEFAULT_RELEASE,
+    NumberBlockPolicy,
+    Policy,
+    PolicyRule,
+    ReleasePolicy,
+    load_policy,
+)
 from broker.protocol import AgencyKind, Registry, load_directory, request_type_slug
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -661,3 +669,35 @@ def test_an_appeal_is_filed_under_the_verified_restrictions_case(policy: Policy,
             appealed_case=police_case,
         )
     assert info.value.reason == "NOT_CASE_OWNER"
+
+
+# -- [number_block] ---------------------------------------------------------------------------------
+
+
+def test_sample_policy_bounds_batches(policy: Policy) -> None:
+    assert policy.number_block.max_items == 10_000
+
+
+def test_number_block_table_read_and_defaulted(tmp_path: Path) -> None:
+    path = tmp_path / "policy.toml"
+    path.write_text(HEADER + GOOD_RULE, encoding="utf-8")
+    assert load_policy(path).number_block == DEFAULT_NUMBER_BLOCK
+    path.write_text(HEADER + GOOD_RULE + "[number_block]\nmax_items = 500\n", encoding="utf-8")
+    assert load_policy(path).number_block == NumberBlockPolicy(max_items=500)
+
+
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        pytest.param("[number_block]\nmax_items = 10001\n", "number_block.max_items", id="over-contract"),
+        pytest.param("[number_block]\nmax_items = 0\n", "number_block.max_items", id="zero"),
+        pytest.param('[number_block]\nmax_items = "9"\n', "number_block.max_items", id="string"),
+        pytest.param("[number_block]\nother = 1\n", "number_block.other", id="unknown-field"),
+    ],
+)
+def test_bad_number_block_table(tmp_path: Path, text: str, field: str) -> None:
+    path = tmp_path / "policy.toml"
+    path.write_text(HEADER + GOOD_RULE + text, encoding="utf-8")
+    with pytest.raises(PolicyError) as info:
+        load_policy(path)
+    assert info.value.field == field

@@ -178,6 +178,7 @@ class RequestStatus(_message.Message):
     TRAIL_SEED_FIELD_NUMBER: _builtins.int
     ALLOCATION_FIELD_NUMBER: _builtins.int
     RELEASE_SEED_FIELD_NUMBER: _builtins.int
+    BATCH_SPLIT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Request id."""
     type: _common_pb2.RequestType.ValueType
@@ -242,6 +243,12 @@ class RequestStatus(_message.Message):
         hand), so the next release of the same hold is checked against earlier ones (policy caps).
         """
 
+    @_builtins.property
+    def batch_split(self) -> Global___BatchSplit:
+        """A batch NUMBER_BLOCK spanning several carriers (its recipient is the broker): how the broker split
+        it into one child per carrier. The parent's outcome is recorded once every child has one.
+        """
+
     def __init__(
         self,
         *,
@@ -266,14 +273,81 @@ class RequestStatus(_message.Message):
         trail_seed: Global___TrailSeed | None = ...,
         allocation: _trail_pb2.Allocation | None = ...,
         release_seed: Global___ReleaseSeed | None = ...,
+        batch_split: Global___BatchSplit | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["allocation", b"allocation", "case_ref", b"case_ref", "deadlines", b"deadlines", "release_seed", b"release_seed", "result", b"result", "submitted_at", b"submitted_at", "trail_seed", b"trail_seed", "updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["allocation", b"allocation", "batch_split", b"batch_split", "case_ref", b"case_ref", "deadlines", b"deadlines", "release_seed", b"release_seed", "result", b"result", "submitted_at", b"submitted_at", "trail_seed", b"trail_seed", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocation", b"allocation", "case_ref", b"case_ref", "deadlines", b"deadlines", "events", b"events", "hop", b"hop", "id", b"id", "notarized_header", b"notarized_header", "notary_signature", b"notary_signature", "parent_id", b"parent_id", "priority", b"priority", "reason", b"reason", "recipient", b"recipient", "release_seed", b"release_seed", "result", b"result", "sender", b"sender", "state", b"state", "submitted_at", b"submitted_at", "target_id", b"target_id", "trail_seed", b"trail_seed", "type", b"type", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocation", b"allocation", "batch_split", b"batch_split", "case_ref", b"case_ref", "deadlines", b"deadlines", "events", b"events", "hop", b"hop", "id", b"id", "notarized_header", b"notarized_header", "notary_signature", b"notary_signature", "parent_id", b"parent_id", "priority", b"priority", "reason", b"reason", "recipient", b"recipient", "release_seed", b"release_seed", "result", b"result", "sender", b"sender", "state", b"state", "submitted_at", b"submitted_at", "target_id", b"target_id", "trail_seed", b"trail_seed", "type", b"type", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RequestStatus: _TypeAlias = RequestStatus  # noqa: Y015
+
+@_typing.final
+class BatchSplit(_message.Message):
+    """How the broker split a batch NUMBER_BLOCK by carrier (indexes into NumberBlock.phones, no numbers)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ITEMS_FIELD_NUMBER: _builtins.int
+    UNROUTED_FIELD_NUMBER: _builtins.int
+    PARTS_FIELD_NUMBER: _builtins.int
+    items: _builtins.int
+    """How many lines the batch names."""
+    @_builtins.property
+    def unrouted(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """Lines no carrier in the directory serves: NOT_OURS in the parent's answer."""
+
+    @_builtins.property
+    def parts(self) -> _containers.RepeatedCompositeFieldContainer[Global___BatchPart]:
+        """One child per carrier."""
+
+    def __init__(
+        self,
+        *,
+        items: _builtins.int = ...,
+        unrouted: _abc.Iterable[_builtins.int] | None = ...,
+        parts: _abc.Iterable[Global___BatchPart] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["items", b"items", "parts", b"parts", "unrouted", b"unrouted"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchSplit: _TypeAlias = BatchSplit  # noqa: Y015
+
+@_typing.final
+class BatchPart(_message.Message):
+    """One carrier's share of a split batch."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CARRIER_FIELD_NUMBER: _builtins.int
+    INDEXES_FIELD_NUMBER: _builtins.int
+    CHILD_ID_FIELD_NUMBER: _builtins.int
+    carrier: _builtins.str
+    """The carrier's agency id (the child's recipient)."""
+    child_id: _builtins.str
+    """The child NUMBER_BLOCK's request id (chosen at the parent's intake)."""
+    @_builtins.property
+    def indexes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The parent's indexes of the lines sent to it, ascending; the child's item i is indexes[i]."""
+
+    def __init__(
+        self,
+        *,
+        carrier: _builtins.str = ...,
+        indexes: _abc.Iterable[_builtins.int] | None = ...,
+        child_id: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["carrier", b"carrier", "child_id", b"child_id", "indexes", b"indexes"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___BatchPart: _TypeAlias = BatchPart  # noqa: Y015
 
 @_typing.final
 class ReleaseSeed(_message.Message):
