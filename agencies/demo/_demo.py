@@ -44,6 +44,7 @@ from agencies import DEFAULT_DIRECTORY
 from agencies import _seed as seed
 from agencies._seed import seed_anchor
 from agencies.bank import BankCore
+from agencies.carrier import CarrierCore
 from broker.client import (
     BusClient,
     LedgerFile,
@@ -77,6 +78,7 @@ from broker.protocol import (
 )
 
 from ._closing import AccountMoney, Closing, deposit_second_victim, nanshan_freeze
+from ._ring import register_ring_lines
 from ._stack import Stack, StackConfig
 
 __all__ = ["DemoConfig", "DemoReport", "DemoRequest", "run_demo"]
@@ -441,6 +443,7 @@ class _Scenario:
             ),
             expect=[common_pb2.REQUEST_STATE_EXECUTED],
         )
+        await self._block_the_ring()
         await self.send(
             "warn the potential victim",
             self._request(
@@ -536,6 +539,34 @@ class _Scenario:
         self.say(
             f"   decrypted by {POLICE} only: {len(answer.holder)} holder fields "
             f"({', '.join(sorted(answer.holder))}); the bus carried ciphertext"
+        )
+
+    async def _block_the_ring(self) -> None:
+        """One signed batch order for the ring's other lines at two carriers: the broker splits it."""
+        carriers = {
+            a.agency.id: a.core for a in self.stack.agencies.values() if isinstance(a.core, CarrierCore)
+        }
+        numbers = register_ring_lines(carriers, self.config.clock.now())
+        parent = await self.send(
+            "block the ring's lines (one batch)",
+            self._request(
+                _case(common_pb2.LEGAL_INSTRUMENT_TYPE_BLOCK_ORDER, "沪公(浦)停机字[2026]1121-2号"),
+                number_block=requests_pb2.NumberBlock(
+                    phones=[common_pb2.PhoneRef(e164=number) for number in numbers],
+                    scope=requests_pb2.BLOCK_SCOPE_NUMBER,
+                ),
+            ),
+            expect=[common_pb2.REQUEST_STATE_EXECUTED],
+        )
+        police = self.client(POLICE)
+        for part in parent.batch_split.parts:
+            child = await police.wait_for(part.child_id, FINAL_STATES, within=self.config.wait)
+            self._record(f"batch block at {part.carrier}", child, [common_pb2.REQUEST_STATE_EXECUTED])
+        totals = parent.result.block.totals
+        self.say(
+            f"   {len(numbers)} lines in one order, split over {len(parent.batch_split.parts)} carriers: "
+            f"{totals.blocked} blocked, {totals.already_blocked} already blocked, "
+            f"{totals.not_found} not found, {totals.not_ours} not theirs"
         )
 
     def _read_location(self, status: lifecycle_pb2.RequestStatus) -> None:

@@ -30,6 +30,10 @@ EXPECTED = [
     ("convert the hold into a freeze", "FREEZE", "bank-icbc", "EXECUTED", ""),
     ("locate the fraudster's line", "DATA_REQUEST", "carrier-cmcc", "EXECUTED", ""),
     ("block the fraudster's line", "NUMBER_BLOCK", "carrier-cmcc", "EXECUTED", ""),
+    # One batch for the ring's other lines, split by the broker into one child per carrier.
+    ("block the ring's lines (one batch)", "NUMBER_BLOCK", "greenchannel-broker", "EXECUTED", ""),
+    ("batch block at carrier-cmcc", "NUMBER_BLOCK", "carrier-cmcc", "EXECUTED", ""),
+    ("batch block at carrier-ctcc", "NUMBER_BLOCK", "carrier-ctcc", "EXECUTED", ""),
     ("warn the potential victim", "WARNING", "carrier-ctcc", "EXECUTED", ""),
     ("restrict the fraudster's account", "ACCOUNT_BLOCK", "platform-wechat", "EXECUTED", ""),
     ("who holds the fraud account", "DATA_REQUEST", "bank-icbc", "EXECUTED", ""),
@@ -168,6 +172,10 @@ def test_cli_demo_json_prints_one_object_and_exits_zero(tmp_path: Path) -> None:
     assert len(report["requests"]) == len(EXPECTED)
     types = {entry["type"]: entry["state"] for entry in report["requests"]}
     assert any(e["type"] == "DATA_REQUEST" and e["kind"] == "LOCATION" for e in report["requests"])
+    batches = sorted(e["items"] for e in report["requests"] if e["type"] == "NUMBER_BLOCK" and e["items"])
+    assert batches == [4, 8, 12]  # the parent names 12 lines; its children 8 at cmcc and 4 at ctcc
+    follow_ups = [e for e in report["requests"] if e["type"] == "FOLLOW_UP"]
+    assert follow_ups and all(e["state"] == "EXECUTED" for e in follow_ups)
     assert types["RETURN_FUNDS"] == "EXECUTED"
     assert types["APPEAL"] == "EXECUTED"
     accounting = report["accounting"]
