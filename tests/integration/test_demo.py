@@ -175,7 +175,8 @@ def test_cli_demo_json_prints_one_object_and_exits_zero(tmp_path: Path) -> None:
     batches = sorted(e["items"] for e in report["requests"] if e["type"] == "NUMBER_BLOCK" and e["items"])
     assert batches == [4, 8, 12]  # the parent names 12 lines; its children 8 at cmcc and 4 at ctcc
     follow_ups = [e for e in report["requests"] if e["type"] == "FOLLOW_UP"]
-    assert follow_ups and all(e["state"] == "EXECUTED" for e in follow_ups)
+    assert follow_ups
+    assert all(e["state"] == "EXECUTED" for e in follow_ups)
     assert types["RETURN_FUNDS"] == "EXECUTED"
     assert types["APPEAL"] == "EXECUTED"
     accounting = report["accounting"]
