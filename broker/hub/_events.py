@@ -410,10 +410,16 @@ class EventProcessor:
 _FOLLOW_UP_NAMESPACE = uuid.UUID("6a0f4b8e-2c1d-5e7f-9a3b-4c5d6e7f8a9b")
 
 
-def _holds_rest(result: results_pb2.Result) -> bool:
-    """A release that lifted only part of a hold: the bank says money stays held, so the hold stays
-    active (its amount_released is what the next release and a return count against)."""
-    return result.amount_held.minor_units > 0 or result.amount_frozen.minor_units > 0
+def _holds_rest(status: lifecycle_pb2.RequestStatus) -> bool:
+    """A release that lifted only part of a restriction: the bank says money stays held, so the hold
+    stays active (its amount_released is what the next release and a return count against); or it
+    lifted one item of a batch number block (an appeal), so the other items stay blocked."""
+    result = status.result
+    return (
+        result.amount_held.minor_units > 0
+        or result.amount_frozen.minor_units > 0
+        or status.release_seed.HasField("item_index")
+    )
 
 
 class HoldLifecycle:
@@ -451,7 +457,7 @@ class HoldLifecycle:
                     also=extend,
                 )
                 await self._scheduler.schedule_expiry(target)
-            elif status.type == common_pb2.REQUEST_TYPE_RELEASE and not _holds_rest(status.result):
+            elif status.type == common_pb2.REQUEST_TYPE_RELEASE and not _holds_rest(status):
                 await self._events.emit(
                     status.target_id,
                     common_pb2.REQUEST_STATE_RELEASED,
