@@ -10,8 +10,9 @@ On LIFTED the broker sends the lifting order itself: a RELEASE (purpose APPEAL_L
 restriction, to the agency that applied it, naming only the restriction (the broker keeps no
 account data) and, for a batch NUMBER_BLOCK, the one item appealed (``Release.item_index``): a
 holder's appeal lifts their own line of a batch, the others stay blocked, and the batch is not
-RELEASED (see :class:`broker.hub._events.HoldLifecycle`). It is sent under an idempotency key
-derived from the appeal id, so it goes out once however often it is asked for; it is asked for
+RELEASED until every item it blocked is lifted (see :mod:`broker.hub._item_lifts`). It is sent
+under an idempotency key derived from the appeal id, so it goes out once however often it is asked
+for; it is asked for
 
 * by the decision itself (``DecideAppealResponse.lifting`` lists it);
 * by the events consumer: the decision's event is also published to GC_EVENTS, and every outcome

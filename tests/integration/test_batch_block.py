@@ -327,6 +327,29 @@ async def test_an_appeal_lifts_the_holders_own_line_of_a_batch(stack: Stack) -> 
         assert (await police.get(batch.id)).state == S.REQUEST_STATE_EXECUTED  # not RELEASED
         # The other holder's appeal is still open, and theirs is decided on its own.
         assert (await police.get(second.id)).state == S.REQUEST_STATE_ACKNOWLEDGED
+        await lift_appealed(police, second.id)
+        await events_settled(stack)
+        assert (await police.get(batch.id)).state == S.REQUEST_STATE_EXECUTED  # item 0 still blocked
+        # The last blocked item lifted: the batch is lifted in all, RELEASED like a single block.
+        last = await appeal_item(carrier, batch.id, 0)
+        await police.wait_for(last.id, FILED)
+        await lift_appealed(police, last.id)
+        assert not any(line.number_blocked for line in map(core(stack, "carrier-cmcc").line, numbers) if line)
+
+        async def released() -> bool:
+            return (await police.get(batch.id)).state == S.REQUEST_STATE_RELEASED
+
+        await eventually(released, what="the batch RELEASED once every item is lifted")
+
+
+async def lift_appealed(police: BusClient, appeal_id: str) -> lifecycle_pb2.RequestStatus:
+    """Decide an appeal LIFTED; its lifting order, executed."""
+    (lifting,) = (
+        await police.decide_appeal(appeal_id, results_pb2.APPEAL_DECISION_LIFTED, "not involved")
+    ).lifting
+    lifted = await police.wait_for(lifting.id, DONE, within=timedelta(seconds=30))
+    assert lifted.state == S.REQUEST_STATE_EXECUTED, lifted
+    return lifted
 
 
 async def test_a_split_batch_is_appealed_against_the_carriers_child(stack: Stack) -> None:
@@ -339,10 +362,7 @@ async def test_a_split_batch_is_appealed_against_the_carriers_child(stack: Stack
         child = next(c for c in children if c.recipient == "carrier-cmcc")
         filed = await appeal_item(carrier, child.id, 0)
         await police.wait_for(filed.id, FILED)
-        decided = await police.decide_appeal(filed.id, results_pb2.APPEAL_DECISION_LIFTED, "not involved")
-        (lifting,) = decided.lifting
-        lifted = await police.wait_for(lifting.id, DONE, within=timedelta(seconds=30))
-        assert lifted.state == S.REQUEST_STATE_EXECUTED, lifted
+        await lift_appealed(police, filed.id)
         line = core(stack, "carrier-cmcc").line(numbers[0])
         assert line is not None
         assert not line.number_blocked

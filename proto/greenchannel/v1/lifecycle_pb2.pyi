@@ -375,7 +375,8 @@ class ReleaseSeed(_message.Message):
     """
     item_index: _builtins.int
     """The lifting order of an appeal against one item of a batch NUMBER_BLOCK: that item
-    (Release.item_index). Lifting one item leaves the batch in effect (not RELEASED).
+    (Release.item_index). The batch stays in effect (not RELEASED) until every item it blocked
+    is lifted.
     """
     @_builtins.property
     def amount(self) -> _common_pb2.Money:
