@@ -305,6 +305,12 @@ async def test_an_appeal_lifts_the_holders_own_line_of_a_batch(stack: Stack) -> 
         # Two holders of one batch appeal at once: one open appeal per item, not per batch.
         first = await appeal_item(carrier, batch.id, 1)
         second = await appeal_item(carrier, batch.id, 2)
+        # The same item appealed again while its appeal is open: pending, nothing stored.
+        before = await journal_size(stack)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await appeal_item(carrier, batch.id, 1)
+        assert error_details(info.value).reason == "APPEAL_PENDING"
+        assert await journal_size(stack) == before
         await police.wait_for(first.id, FILED)
         await police.wait_for(second.id, FILED)
         decided = await police.decide_appeal(first.id, results_pb2.APPEAL_DECISION_LIFTED, "not involved")
