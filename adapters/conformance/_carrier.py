@@ -10,7 +10,7 @@ from greenchannel.v1 import carrier_pb2, carrier_pb2_grpc, common_pb2, requests_
 
 from ._blocking import BlockingService, blocking_checks
 from ._generic import Check
-from ._probe import Probe, expect, expect_no_data, expect_outcome
+from ._probe import Probe, expect, expect_no_data, expect_outcome, new_request_id
 
 __all__ = ["CARRIER_CHECKS", "carrier_stub"]
 
@@ -174,6 +174,42 @@ async def _check_batch(probe: Probe) -> str:
     return "PARTIALLY_EXECUTED, items by index (BLOCKED, NOT_FOUND, ALREADY_BLOCKED), totals add up"
 
 
+async def _check_batch_lift(probe: Probe) -> str:
+    """A lifting order naming one item of a batch (an appeal against one line): that item only,
+    answered for it; an item the batch did not block is NOT_FOUND."""
+    known = _phone(probe, "block")
+    request_id = new_request_id()
+    request = _block(probe, "block", request_id, False)
+    request.order.ClearField("phone")
+    request.order.phones.extend([common_pb2.PhoneRef(e164=probe.fixture.unknown_number), known])
+    what = "LiftBlock of one item of a batch"
+    try:
+        blocked = await probe.call("BlockNumber", request)
+        expect_outcome(
+            blocked.result, common_pb2.REQUEST_STATE_PARTIALLY_EXECUTED, what="BlockNumber with a batch"
+        )
+        not_blocked = _CARRIER.lift(probe, request_id)
+        not_blocked.order.item_index = 0  # type: ignore[attr-defined]
+        answer = await probe.call("LiftBlock", not_blocked)
+        expect_outcome(
+            answer.result, common_pb2.REQUEST_STATE_REJECTED, results_pb2.REASON_CODE_NOT_FOUND, what=what
+        )
+        lift = _CARRIER.lift(probe, request_id)
+        lift.order.item_index = 1  # type: ignore[attr-defined]
+        result = (await probe.call("LiftBlock", lift)).result
+        expect_outcome(result, common_pb2.REQUEST_STATE_EXECUTED, what=what)
+        expect(
+            [(item.index, item.state) for item in result.block.items]
+            == [(1, results_pb2.BLOCK_ITEM_STATE_BLOCKED)]
+            and result.block.totals == results_pb2.BlockTotals(blocked=1),
+            f"{what}: not answered for that one item (index 1 BLOCKED, totals blocked=1)",
+        )
+        expect(known.e164 not in str(result), f"{what}: the answer names a number")
+    finally:
+        await _CARRIER.unblock(probe, "block")
+    return "the item's lift EXECUTED for that item alone; an item the batch did not block NOT_FOUND"
+
+
 _SHARED = blocking_checks(_CARRIER)
 
 CARRIER_CHECKS: tuple[Check, ...] = (
@@ -192,6 +228,11 @@ CARRIER_CHECKS: tuple[Check, ...] = (
         name="carrier.batch.items",
         proves="a batch is answered item by item, by index, with totals, each line blocked once",
         run=_check_batch,
+    ),
+    Check(
+        name="carrier.batch.lift_item",
+        proves="a lifting order naming one item of a batch lifts that line only, answered for it",
+        run=_check_batch_lift,
     ),
     *_SHARED[4:],
 )

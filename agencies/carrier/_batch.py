@@ -1,5 +1,8 @@
 """A batch or selector NUMBER_BLOCK at the carrier: every item in one transaction, answered by index.
 
+An appeal lifts one item of it (:func:`lift_item`): what the order changed on that line is undone,
+the other items stay blocked.
+
 Per item, nothing is done twice: an item whose scope is already blocked (by any earlier order) is
 ALREADY_BLOCKED; the same request delivered again gets the journal's first answer (request-level
 idempotency in :class:`AgencyCore`). The answer names no number: indexes and states only.
@@ -13,13 +16,13 @@ from typing import TypeAlias
 
 from greenchannel.v1 import agency_pb2, common_pb2, requests_pb2, results_pb2
 
-from agencies._common import from_timestamp, new_reference
+from agencies._common import from_timestamp, new_reference, rejected
 from broker.protocol import block_items_result
 
 from . import _store as store
 from ._model import LineStatus
 
-__all__ = ["block_many"]
+__all__ = ["block_many", "lift_item"]
 
 _State: TypeAlias = results_pb2.BlockItemState.ValueType
 
@@ -52,6 +55,30 @@ def block_many(
             store.set_flag_many(conn, kind, rows)
     store.insert_block_items(conn, ctx.request_id, changed, order.unblock, now)
     return _answer(states, now, verb="blocked" if blocking else "unblocked")
+
+
+def lift_item(
+    conn: sqlite3.Connection, now: datetime, ctx: agency_pb2.OrderContext, order: requests_pb2.Release
+) -> results_pb2.Result:
+    """Lift item ``order.item_index`` of the batch ``order.target_request_id``: answered for that item."""
+    item = order.item_index
+    action = store.block_item(conn, order.target_request_id, item)
+    if action is None or action[2]:
+        return rejected(results_pb2.REASON_CODE_NOT_FOUND, "no such item blocked by that request")
+    e164, kinds, _ = action
+    ln = store.line(conn, e164)
+    current = set(() if ln is None else ln.blocked_kinds())
+    changing = tuple(kind for kind in kinds if kind in current)
+    if changing:
+        store.set_flags(conn, e164, changing, False)
+    store.insert_block_items(conn, ctx.request_id, [(item, e164, changing)], True, now)
+    state = results_pb2.BLOCK_ITEM_STATE_BLOCKED if changing else results_pb2.BLOCK_ITEM_STATE_ALREADY_BLOCKED
+    result = block_items_result([state])
+    result.block.items[0].index = item
+    result.block.blocked.extend(kinds)
+    result.agency_reference = new_reference("LB", now)
+    result.detail = "item unblocked" if changing else "item already unblocked"
+    return result
 
 
 def _items(conn: sqlite3.Connection, order: requests_pb2.NumberBlock) -> list[common_pb2.PhoneRef]:

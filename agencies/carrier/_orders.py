@@ -23,7 +23,7 @@ from agencies._common import (
 
 from . import _cells as cells
 from . import _store as store
-from ._batch import block_many
+from ._batch import block_many, lift_item
 from ._model import Line, LineStatus, SentWarning
 
 __all__ = ["block_number", "lift_block", "query_subscriber_data", "warn_subscriber"]
@@ -89,7 +89,10 @@ def block_number(
 def lift_block(
     conn: sqlite3.Connection, now: datetime, ctx: agency_pb2.OrderContext, order: requests_pb2.Release
 ) -> carrier_pb2.LiftBlockResponse:
-    """Lift the block made by ``order.target_request_id`` (an appeal lifted): what it blocked."""
+    """Lift the block made by ``order.target_request_id`` (an appeal lifted): what it blocked; with
+    ``order.item_index``, only that item of a batch."""
+    if order.HasField("item_index"):
+        return carrier_pb2.LiftBlockResponse(result=lift_item(conn, now, ctx, order))
     action = store.block_action(conn, order.target_request_id)
     if action is None or action[2]:
         return carrier_pb2.LiftBlockResponse(

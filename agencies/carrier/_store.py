@@ -11,6 +11,7 @@ from ._model import CallRecord, Line, LineStatus, SentWarning
 
 __all__ = [
     "block_action",
+    "block_item",
     "calls_between",
     "insert_block_action",
     "insert_block_items",
@@ -164,6 +165,20 @@ def block_action(conn: sqlite3.Connection, request_id: str) -> tuple[str, tuple[
     """What the block order ``request_id`` did: ``(number, kinds changed, unblock)``; None if none."""
     row = conn.execute(
         "SELECT e164, kinds, unblock FROM block_actions WHERE request_id = ?", (request_id,)
+    ).fetchone()
+    if row is None:
+        return None
+    kinds = tuple(kind for kind in str(row["kinds"]).split(",") if kind)
+    return row["e164"], kinds, bool(row["unblock"])
+
+
+def block_item(
+    conn: sqlite3.Connection, request_id: str, item: int
+) -> tuple[str, tuple[str, ...], bool] | None:
+    """What item ``item`` of the batch order ``request_id`` changed: ``(number, kinds, unblock)``;
+    None if it changed nothing."""
+    row = conn.execute(
+        "SELECT e164, kinds, unblock FROM block_items WHERE request_id = ? AND item = ?", (request_id, item)
     ).fetchone()
     if row is None:
         return None

@@ -401,7 +401,10 @@ def _timeline_lines(status: lifecycle_pb2.RequestStatus) -> list[str]:
 
 def _release_asked(seed: lifecycle_pb2.ReleaseSeed) -> str:
     """``2,000.00 CNY for living expenses``: what a RELEASE asked to lift."""
-    asked = money(seed.amount) if seed.HasField("amount") else "all of the hold"
+    if seed.HasField("item_index"):
+        asked = f"item {seed.item_index} of the batch"
+    else:
+        asked = money(seed.amount) if seed.HasField("amount") else "all of the hold"
     if seed.purpose == requests_pb2.RELEASE_PURPOSE_UNSPECIFIED:
         return asked
     why = requests_pb2.ReleasePurpose.Name(seed.purpose).removeprefix("RELEASE_PURPOSE_")

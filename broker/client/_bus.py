@@ -356,6 +356,7 @@ class BusClient:
         statement: requests_pb2.AppealStatement,
         ticket: str,
         priority: common_pb2.Priority.ValueType | None = None,
+        item_index: int | None = None,
     ) -> lifecycle_pb2.RequestStatus:
         """File a holder's appeal against a restriction this agency applied (``APPEAL``).
 
@@ -363,7 +364,8 @@ class BusClient:
         case (the broker and NATS see ciphertext only); the appeal goes to them under that case,
         with the agency's appeal ``ticket`` as its legal instrument. ``priority`` defaults to the
         restriction's (the SLA policy gives GREEN appeals 48 hours, STANDARD ones 7 days).
-        Returns the appeal's status as accepted.
+        ``item_index``: against a batch number block, the holder's item (its index in the order);
+        required there, refused on any other restriction. Returns the appeal's status as accepted.
         """
         restriction = await self.get(restriction_request_id)
         police_id = restriction.case_ref.issuing_agency
@@ -385,7 +387,10 @@ class BusClient:
             priority=restriction.priority if priority is None else priority,
             recipient=police_id,
             appeal=requests_pb2.Appeal(
-                restriction_request_id=restriction_request_id, ground=ground, statement=sealed
+                restriction_request_id=restriction_request_id,
+                ground=ground,
+                statement=sealed,
+                item_index=item_index,
             ),
         )
         accepted = await self.submit(request)

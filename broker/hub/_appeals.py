@@ -8,8 +8,11 @@ appeal goes to the police owning the restriction's case. The police adapter file
 
 On LIFTED the broker sends the lifting order itself: a RELEASE (purpose APPEAL_LIFTED) of the
 restriction, to the agency that applied it, naming only the restriction (the broker keeps no
-account data). It is sent under an idempotency key derived from the appeal id, so it goes out once
-however often it is asked for; it is asked for
+account data) and, for a batch NUMBER_BLOCK, the one item appealed (``Release.item_index``): a
+holder's appeal lifts their own line of a batch, the others stay blocked, and the batch is not
+RELEASED until every item it blocked is lifted (see :mod:`broker.hub._item_lifts`). It is sent
+under an idempotency key derived from the appeal id, so it goes out once however often it is asked
+for; it is asked for
 
 * by the decision itself (``DecideAppealResponse.lifting`` lists it);
 * by the events consumer: the decision's event is also published to GC_EVENTS, and every outcome
@@ -57,7 +60,7 @@ from ._signed import signed_by_caller
 from ._store import RequestStore
 from ._submit import Intake
 
-__all__ = ["RESTRICTION_TYPES", "AppealCheck", "AppealDesk", "lifting_order_for"]
+__all__ = ["RESTRICTION_TYPES", "AppealCheck", "AppealDesk", "lifting_order_for", "open_appeal_key"]
 
 log = structlog.get_logger(__name__)
 
@@ -85,11 +88,20 @@ def lifting_key(appeal_id: str) -> str:
     return f"appeal-lift-{appeal_id}"
 
 
+def open_appeal_key(restriction_id: str, appeal: requests_pb2.Appeal) -> str:
+    """The open-appeal key of what an appeal names: the restriction, or one item of a batch (so two
+    holders of one batch may appeal at once, each their own line)."""
+    if appeal.HasField("item_index"):
+        return f"{restriction_id}.{appeal.item_index}"
+    return restriction_id
+
+
 def lifting_order_for(
     restriction: lifecycle_pb2.RequestStatus, appeal: lifecycle_pb2.RequestStatus
 ) -> requests_pb2.Request:
-    """The broker's RELEASE of a restriction an appeal lifted: names only the restriction."""
-    return requests_pb2.Request(
+    """The broker's RELEASE of a restriction an appeal lifted: names only the restriction (and the
+    item appealed, for a batch)."""
+    order = requests_pb2.Request(
         case_ref=appeal.case_ref,
         priority=_S.PRIORITY_GREEN,
         recipient=restriction.recipient,
@@ -101,6 +113,9 @@ def lifting_order_for(
             purpose=requests_pb2.RELEASE_PURPOSE_APPEAL_LIFTED,
         ),
     )
+    if appeal.HasField("appealed_item"):
+        order.release.item_index = appeal.appealed_item
+    return order
 
 
 class AppealCheck:
@@ -160,19 +175,58 @@ class AppealCheck:
                 f" (recipient and case_ref must name {owner.issuing_agency!r} and its case)",
                 reason="WRONG_CASE",
             )
-        # At most one open appeal per restriction: checked here, and again as intake claims the
-        # restriction's key before storing the appeal (two at the same instant: one passes).
-        await self._open.refuse_if_open(restriction.id, order_key=order_key)
+        _check_item(restriction, request.appeal)
+        # At most one open appeal per restriction (per item of a batch): checked here, and again as
+        # intake claims the key before storing the appeal (two at the same instant: one passes).
+        await self._open.refuse_if_open(open_appeal_key(restriction.id, request.appeal), order_key=order_key)
         return restriction
 
-    async def claim(self, restriction_id: str, *, request_id: str, order_key: str) -> str:
-        """Name the appeal as the restriction's open one before it is stored (``APPEAL_PENDING``
-        when another is open); the request id to store it under (see :mod:`broker.hub._open_appeals`)."""
-        return await self._open.claim(restriction_id, request_id=request_id, order_key=order_key)
+    async def claim(
+        self, restriction_id: str, appeal: requests_pb2.Appeal, *, request_id: str, order_key: str
+    ) -> str:
+        """Name the appeal as the restriction's (item's) open one before it is stored
+        (``APPEAL_PENDING`` when another is open); the request id to store it under (see
+        :mod:`broker.hub._open_appeals`)."""
+        key = open_appeal_key(restriction_id, appeal)
+        return await self._open.claim(key, request_id=request_id, order_key=order_key)
 
-    async def abandon(self, restriction_id: str, request_id: str) -> None:
-        """Intake could not store the appeal: free the restriction's key."""
-        await self._open.abandon(restriction_id, request_id)
+    async def abandon(self, restriction_id: str, appeal: requests_pb2.Appeal, request_id: str) -> None:
+        """Intake could not store the appeal: free the restriction's (item's) key."""
+        await self._open.abandon(open_appeal_key(restriction_id, appeal), request_id)
+
+
+def _is_batch(restriction: lifecycle_pb2.RequestStatus) -> bool:
+    """A batch or selector NUMBER_BLOCK: answered item by item."""
+    block = restriction.result.block
+    return restriction.type == _S.REQUEST_TYPE_NUMBER_BLOCK and (
+        len(block.items) > 0 or block.HasField("totals")
+    )
+
+
+def _check_item(restriction: lifecycle_pb2.RequestStatus, appeal: requests_pb2.Appeal) -> None:
+    """A batch is appealed one item at a time, an item it blocked; anything else names no item."""
+    if not _is_batch(restriction):
+        if appeal.HasField("item_index"):
+            raise IllegalTransitionError(
+                "the restriction is not a batch: an appeal against it names no item",
+                reason="NOT_A_BATCH",
+            )
+        return
+    if not appeal.HasField("item_index"):
+        raise InvalidRequestError(
+            "the restriction is a batch number block: the appeal names the holder's item"
+            " (appeal.item_index, its index in the order)",
+            reason="ITEM_REQUIRED",
+        )
+    answered = {item.index: item.state for item in restriction.result.block.items}
+    state = answered.get(appeal.item_index)
+    if state is None:
+        raise IllegalTransitionError("the batch has no item with that index", reason="NO_SUCH_ITEM")
+    if state != results_pb2.BLOCK_ITEM_STATE_BLOCKED:
+        raise IllegalTransitionError(
+            f"the batch did not block that item (it was {results_pb2.BlockItemState.Name(state)})",
+            reason="ITEM_NOT_BLOCKED",
+        )
 
 
 class AppealDesk:

@@ -45,6 +45,7 @@ from broker.protocol import (
 )
 
 from ._errors import IllegalTransitionError, NotFoundError
+from ._item_lifts import PartyRequests, items_left_blocked
 from ._ledger import LedgerWriter
 from ._lifecycle import is_outcome, next_state
 from ._store import RequestStore
@@ -419,14 +420,29 @@ def _holds_rest(result: results_pb2.Result) -> bool:
 class HoldLifecycle:
     """What an outcome means for holds: a placed hold starts its expiry timer; an executed
     extension, release or conversion changes the hold it targets. Every step has a stable event
-    id, so an outcome processed twice changes the target once."""
+    id, so an outcome processed twice changes the target once. A release of one item of a batch
+    number block (an appeal) releases the batch only once every item it blocked is lifted
+    (``cases``: where the broker finds the other item lifts)."""
 
     def __init__(
-        self, *, requests: RequestStore, broker_events: BrokerEvents, scheduler: DeadlineScheduler
+        self,
+        *,
+        requests: RequestStore,
+        broker_events: BrokerEvents,
+        scheduler: DeadlineScheduler,
+        cases: PartyRequests | None = None,
     ) -> None:
         self._requests = requests
         self._events = broker_events
         self._scheduler = scheduler
+        self._cases = cases
+
+    async def _restricts_rest(self, release: lifecycle_pb2.RequestStatus) -> bool:
+        """An executed release that leaves part of its target in effect: money still held, or
+        lines of a batch still blocked."""
+        return _holds_rest(release.result) or await items_left_blocked(
+            release, requests=self._requests, cases=self._cases
+        )
 
     async def after_outcome(self, status: lifecycle_pb2.RequestStatus) -> None:
         if status.type in HOLD_TYPES and status.state in EXECUTED_STATES:
@@ -451,7 +467,7 @@ class HoldLifecycle:
                     also=extend,
                 )
                 await self._scheduler.schedule_expiry(target)
-            elif status.type == common_pb2.REQUEST_TYPE_RELEASE and not _holds_rest(status.result):
+            elif status.type == common_pb2.REQUEST_TYPE_RELEASE and not await self._restricts_rest(status):
                 await self._events.emit(
                     status.target_id,
                     common_pb2.REQUEST_STATE_RELEASED,

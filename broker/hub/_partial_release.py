@@ -62,6 +62,8 @@ def release_seed(request: requests_pb2.Request, *, node_id: str = "") -> lifecyc
     seed = lifecycle_pb2.ReleaseSeed(purpose=release.purpose, node_id=node_id)
     if release.HasField("amount"):
         seed.amount.CopyFrom(release.amount)
+    if release.HasField("item_index"):
+        seed.item_index = release.item_index
     return seed
 
 

@@ -269,7 +269,9 @@ class Broker:
             clock=config.clock,
             config=config.events,
             ledger=ledger,
-            holds=HoldLifecycle(requests=requests, broker_events=broker_events, scheduler=scheduler),
+            holds=HoldLifecycle(
+                requests=requests, broker_events=broker_events, scheduler=scheduler, cases=watchlog
+            ),
             trail=trail_chaser,
             returns=returns,
             appeals=appeals,

@@ -430,12 +430,13 @@ class Intake:
         """Name the appeal as the restriction's open one (two at once: one passes), then store and
         send it (see :mod:`broker.hub._open_appeals` for why the key cannot block for good)."""
         assert self._appeals is not None
+        appeal = verified.request.appeal
         request_id = await self._appeals.claim(
-            restriction.id, request_id=new_uuid7(self._clock), order_key=msg_id
+            restriction.id, appeal, request_id=new_uuid7(self._clock), order_key=msg_id
         )
         return await self._accept_reserved(
             request_id,
-            partial(self._appeals.abandon, restriction.id),
+            partial(self._appeals.abandon, restriction.id, appeal),
             verified,
             recipient,
             restriction,
@@ -541,6 +542,7 @@ class Intake:
             allocation=allocation,
             release_seed=release_seed(request, node_id=release_node),
             batch_split=split,
+            appealed_item=_appealed_item(request),
         )
         created = await self._requests.create(status, msg_id=msg_id, content=content)
         if not created.stored:
@@ -698,3 +700,10 @@ class Intake:
             await self._js.publish(subject, envelope.SerializeToString(), headers={"Nats-Msg-Id": status.id})
         except nats.errors.Error as exc:
             raise UnavailableError(f"cannot publish to the recipient's inbox: {exc}") from exc
+
+
+def _appealed_item(request: requests_pb2.Request) -> int | None:
+    """An appeal against one item of a batch: that item (the lifting order names it)."""
+    if request.WhichOneof("body") == "appeal" and request.appeal.HasField("item_index"):
+        return request.appeal.item_index
+    return None

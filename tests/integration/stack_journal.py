@@ -1,11 +1,14 @@
-"""Looking at a running stack's NATS from a test: the request journal's size, and a redelivery."""
+"""Looking at a running stack's NATS from a test: the request journal's size, a redelivery, and
+whether the broker's events consumer has processed every event so far."""
 
 from __future__ import annotations
 
 import uuid
 
 from agencies.demo import Stack
+from broker.hub._events import EVENTS_CONSUMER
 from broker.protocol import (
+    EVENTS_STREAM,
     INBOX_STREAM,
     WATCH_STREAM,
     NatsSettings,
@@ -16,7 +19,7 @@ from broker.protocol import (
 )
 from tests._wait import eventually
 
-__all__ = ["journal_size", "redeliver_last"]
+__all__ = ["events_settled", "journal_size", "redeliver_last"]
 
 
 async def journal_size(stack: Stack) -> int:
@@ -44,5 +47,21 @@ async def redeliver_last(stack: Stack, agency: str, kind: str) -> None:
             return bool(info.num_pending == 0 and info.num_ack_pending == 0)
 
         await eventually(answered, what=f"{agency}'s adapter answered the redelivery")
+    finally:
+        await nc.drain()
+
+
+async def events_settled(stack: Stack) -> None:
+    """Wait until the broker's events consumer has processed (and acked) every event so far: the
+    outcome hooks of every outcome published before have run."""
+    nc = await connect(NatsSettings.from_url(stack.nats_url, name="test-events"))
+    try:
+        js = nc.jetstream()
+
+        async def processed_all() -> bool:
+            info = await js.consumer_info(EVENTS_STREAM, EVENTS_CONSUMER)
+            return bool(info.num_pending == 0 and info.num_ack_pending == 0)
+
+        await eventually(processed_all, what="the broker's events consumer settled")
     finally:
         await nc.drain()

@@ -4,6 +4,8 @@ A batch spanning two carriers is one parent (addressed to the broker) and one ch
 each carrier blocks item by item; the parent's answer maps the children's back and sums the totals.
 Nothing is blocked twice: a new order of the same lines is ALREADY_BLOCKED throughout, and a
 redelivered child gets the carrier's first answer. Hostile orders are refused, nothing stored.
+A holder's appeal lifts their own line of a batch only: the others stay blocked, the batch is not
+RELEASED; appeals naming no item, another's item or an item of a single block are refused.
 One stack for the module, with a policy bounding batches at 1,000 lines.
 """
 
@@ -16,7 +18,7 @@ from pathlib import Path
 import grpc
 import pytest
 import pytest_asyncio
-from greenchannel.v1 import common_pb2, requests_pb2, results_pb2
+from greenchannel.v1 import common_pb2, lifecycle_pb2, requests_pb2, results_pb2
 
 from adapters import AdapterConfig
 from agencies.carrier import CarrierCore
@@ -26,7 +28,7 @@ from broker.protocol import (
     BROKER_ID,
 )
 from tests._wait import eventually
-from tests.integration.stack_journal import journal_size, redeliver_last
+from tests.integration.stack_journal import events_settled, journal_size, redeliver_last
 
 pytestmark = pytest.mark.integration
 
@@ -267,3 +269,142 @@ async def test_hostile_batches_are_refused_and_nothing_is_stored(
     assert where in [field for field, _ in details.field_violations] + list(details.precondition_subjects)
     assert "+86" not in (info.value.details() or "")
     assert await journal_size(stack) == before
+
+
+async def appeal_item(
+    carrier: BusClient, restriction_id: str, item: int | None
+) -> lifecycle_pb2.RequestStatus:
+    return await carrier.file_appeal(
+        restriction_id,
+        ground=requests_pb2.APPEAL_GROUND_NOT_INVOLVED,
+        statement=requests_pb2.AppealStatement(statement="the line is my own since 2019"),
+        ticket=f"CM-{restriction_id[-8:]}-{item}",
+        item_index=item,
+    )
+
+
+def register(stack: Stack, *indexes: int) -> list[str]:
+    numbers = [cmcc(i) for i in indexes]
+    for i, number in zip(indexes, numbers, strict=True):
+        core(stack, "carrier-cmcc").register_line(
+            number, iccid=f"8986{i:016d}", imsi=f"46000{i:010d}", subscriber_name="某"
+        )
+    return numbers
+
+
+FILED = {S.REQUEST_STATE_ACKNOWLEDGED, *DONE}
+
+
+async def test_an_appeal_lifts_the_holders_own_line_of_a_batch(stack: Stack) -> None:
+    numbers = register(stack, 600, 601, 602)
+    async with stack.client(POLICE) as police, stack.client("carrier-cmcc") as carrier:
+        submitted = (await police.submit(block(*numbers))).status
+        batch = await police.wait_for(submitted.id, DONE, within=timedelta(seconds=30))
+        assert batch.recipient == "carrier-cmcc"
+        assert batch.result.block.totals == results_pb2.BlockTotals(blocked=3)
+        # Two holders of one batch appeal at once: one open appeal per item, not per batch.
+        first = await appeal_item(carrier, batch.id, 1)
+        second = await appeal_item(carrier, batch.id, 2)
+        # The same item appealed again while its appeal is open: pending, nothing stored.
+        before = await journal_size(stack)
+        with pytest.raises(grpc.aio.AioRpcError) as info:
+            await appeal_item(carrier, batch.id, 1)
+        assert error_details(info.value).reason == "APPEAL_PENDING"
+        assert await journal_size(stack) == before
+        await police.wait_for(first.id, FILED)
+        await police.wait_for(second.id, FILED)
+        decided = await police.decide_appeal(first.id, results_pb2.APPEAL_DECISION_LIFTED, "not involved")
+        (lifting,) = decided.lifting
+        assert (lifting.type, lifting.recipient, lifting.target_id) == (
+            S.REQUEST_TYPE_RELEASE,
+            "carrier-cmcc",
+            batch.id,
+        )
+        assert lifting.release_seed.item_index == 1
+        lifted = await police.wait_for(lifting.id, DONE, within=timedelta(seconds=30))
+        assert lifted.state == S.REQUEST_STATE_EXECUTED, lifted
+        assert list(lifted.result.block.items) == [
+            results_pb2.BlockItem(index=1, state=results_pb2.BLOCK_ITEM_STATE_BLOCKED)
+        ]
+        assert lifted.result.block.totals == results_pb2.BlockTotals(blocked=1)
+        blocked = [core(stack, "carrier-cmcc").line(number) for number in numbers]
+        assert [line.number_blocked for line in blocked if line is not None] == [True, False, True]
+        await events_settled(stack)
+        assert (await police.get(batch.id)).state == S.REQUEST_STATE_EXECUTED  # not RELEASED
+        # The other holder's appeal is still open, and theirs is decided on its own.
+        assert (await police.get(second.id)).state == S.REQUEST_STATE_ACKNOWLEDGED
+        await lift_appealed(police, second.id)
+        await events_settled(stack)
+        assert (await police.get(batch.id)).state == S.REQUEST_STATE_EXECUTED  # item 0 still blocked
+        # The last blocked item lifted: the batch is lifted in all, RELEASED like a single block.
+        last = await appeal_item(carrier, batch.id, 0)
+        await police.wait_for(last.id, FILED)
+        await lift_appealed(police, last.id)
+        assert not any(line.number_blocked for line in map(core(stack, "carrier-cmcc").line, numbers) if line)
+
+        async def released() -> bool:
+            return (await police.get(batch.id)).state == S.REQUEST_STATE_RELEASED
+
+        await eventually(released, what="the batch RELEASED once every item is lifted")
+
+
+async def lift_appealed(police: BusClient, appeal_id: str) -> lifecycle_pb2.RequestStatus:
+    """Decide an appeal LIFTED; its lifting order, executed."""
+    (lifting,) = (
+        await police.decide_appeal(appeal_id, results_pb2.APPEAL_DECISION_LIFTED, "not involved")
+    ).lifting
+    lifted = await police.wait_for(lifting.id, DONE, within=timedelta(seconds=30))
+    assert lifted.state == S.REQUEST_STATE_EXECUTED, lifted
+    return lifted
+
+
+async def test_a_split_batch_is_appealed_against_the_carriers_child(stack: Stack) -> None:
+    numbers = [*register(stack, 610), ctcc(1)]  # ctcc(1) is blocked already by the first test
+    async with stack.client(POLICE) as police, stack.client("carrier-cmcc") as carrier:
+        submitted = (await police.submit(block(*numbers))).status
+        assert submitted.recipient == BROKER_ID
+        await police.wait_for(submitted.id, DONE, within=timedelta(seconds=30))
+        children = [await police.get(c) for c in await children_of(police, submitted.id, 2)]
+        child = next(c for c in children if c.recipient == "carrier-cmcc")
+        filed = await appeal_item(carrier, child.id, 0)
+        await police.wait_for(filed.id, FILED)
+        await lift_appealed(police, filed.id)
+        line = core(stack, "carrier-cmcc").line(numbers[0])
+        assert line is not None
+        assert not line.number_blocked
+
+
+async def test_hostile_item_appeals_are_refused_and_nothing_is_stored(stack: Stack) -> None:
+    numbers = register(stack, 620, 621)
+    async with stack.client(POLICE) as police, stack.client("carrier-cmcc") as carrier:
+        # Item 2 is nobody's line (NOT_FOUND), item 1 was blocked before (ALREADY_BLOCKED).
+        order = block(numbers[0], cmcc(1), cmcc(990), numbers[1])
+        batch = (await police.submit(order)).status
+        batch = await police.wait_for(batch.id, DONE, within=timedelta(seconds=30))
+        assert batch.state == S.REQUEST_STATE_PARTIALLY_EXECUTED, batch
+        single = requests_pb2.Request()
+        single.CopyFrom(block())
+        single.number_block.ClearField("phones")
+        single.number_block.phone.e164 = cmcc(2)
+        one = (await police.submit(single)).status
+        one = await police.wait_for(one.id, DONE, within=timedelta(seconds=30))
+        assert one.state == S.REQUEST_STATE_EXECUTED, one
+        before = await journal_size(stack)
+        for restriction, item, code, reason in (
+            (batch.id, 9, grpc.StatusCode.FAILED_PRECONDITION, "NO_SUCH_ITEM"),
+            (batch.id, 2, grpc.StatusCode.FAILED_PRECONDITION, "ITEM_NOT_BLOCKED"),
+            (batch.id, 1, grpc.StatusCode.FAILED_PRECONDITION, "ITEM_NOT_BLOCKED"),
+            (batch.id, None, grpc.StatusCode.INVALID_ARGUMENT, "ITEM_REQUIRED"),
+            (one.id, 0, grpc.StatusCode.FAILED_PRECONDITION, "NOT_A_BATCH"),
+        ):
+            with pytest.raises(grpc.aio.AioRpcError) as info:
+                await appeal_item(carrier, restriction, item)
+            assert (info.value.code(), error_details(info.value).reason) == (code, reason), (
+                item,
+                info.value.details(),
+            )
+            assert "+86" not in (info.value.details() or "")
+        assert await journal_size(stack) == before
+        # The blocked items themselves may be appealed.
+        filed = await appeal_item(carrier, batch.id, 3)
+        assert filed.type == S.REQUEST_TYPE_APPEAL

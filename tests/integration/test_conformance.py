@@ -162,6 +162,7 @@ async def test_reference_agency_passes_every_check(
         if kind == "carrier":
             [located] = [o for o in report.outcomes if o.name == "carrier.location"]
             assert "1 location record(s) answered" in located.detail
+            assert "carrier.batch.lift_item" in {o.name for o in report.outcomes}
         # Each check undid what it did: the same seeded system passes a second run.
         again = await check(kind, server.address, fixture)
         assert failures(again) == {}, again.render_table()

@@ -162,3 +162,42 @@ def test_a_database_of_an_earlier_release_gains_the_issuing_batch(tmp_path: Path
         line = carrier.line("+8615000000009")
         assert line is not None
         assert line.issuing_batch == ""
+
+
+def lift(clock: ManualClock, target: str, item: int | None) -> carrier_pb2.LiftBlockRequest:
+    ctx = agency_pb2.OrderContext(request_id=new_uuid7(clock), sender="broker")
+    release = requests_pb2.Release(
+        target_request_id=target, purpose=requests_pb2.RELEASE_PURPOSE_APPEAL_LIFTED, item_index=item
+    )
+    return carrier_pb2.LiftBlockRequest(context=ctx, order=release)
+
+
+def test_an_appeal_lifts_one_item_of_a_batch(core: CarrierCore, clock: ManualClock) -> None:
+    blocking = order(clock, batch(number(0), "+8615099999999", number(1)))
+    core.block_number(blocking)
+    target = blocking.context.request_id
+    result = core.lift_block(lift(clock, target, 2)).result
+    validate_message(result)
+    assert result.outcome == common_pb2.REQUEST_STATE_EXECUTED
+    assert list(result.block.items) == [results_pb2.BlockItem(index=2, state=BLOCKED)]
+    assert result.block.totals == results_pb2.BlockTotals(blocked=1)
+    assert "+86" not in str(result)
+    lines = [core.line(number(i)) for i in (0, 1)]
+    assert [line.number_blocked for line in lines if line is not None] == [True, False]
+    # Lifted again (another order): nothing to undo. An item the batch did not block, and the
+    # batch as a whole (no item): no such block here.
+    again = core.lift_block(lift(clock, target, 2)).result
+    assert (again.outcome, again.reason) == (
+        common_pb2.REQUEST_STATE_EXECUTED,
+        results_pb2.REASON_CODE_ALREADY_DONE,
+    )
+    assert list(again.block.items) == [results_pb2.BlockItem(index=2, state=ALREADY)]
+    for item in (1, None):
+        refused = core.lift_block(lift(clock, target, item)).result
+        assert (refused.outcome, refused.reason) == (
+            common_pb2.REQUEST_STATE_REJECTED,
+            results_pb2.REASON_CODE_NOT_FOUND,
+        )
+    line = core.line(number(0))
+    assert line is not None
+    assert line.number_blocked

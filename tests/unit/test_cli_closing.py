@@ -495,6 +495,16 @@ def test_a_release_shows_what_it_asked() -> None:
         type=common_pb2.REQUEST_TYPE_RELEASE, release_seed=lifecycle_pb2.ReleaseSeed()
     )
     assert any(line.split() == ["release", "all", "of", "the", "hold"] for line in status_lines(whole))
+    item = lifecycle_pb2.RequestStatus(
+        type=common_pb2.REQUEST_TYPE_RELEASE,
+        release_seed=lifecycle_pb2.ReleaseSeed(
+            item_index=3, purpose=requests_pb2.RELEASE_PURPOSE_APPEAL_LIFTED
+        ),
+    )
+    assert any(
+        line.split() == ["release", "item", "3", "of", "the", "batch", "for", "appeal", "lifted"]
+        for line in status_lines(item)
+    )
 
 
 # -- the commands against a stand-in client (the broker side lands with the other parts) ------------

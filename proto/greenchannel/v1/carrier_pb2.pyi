@@ -201,7 +201,9 @@ class LiftBlockRequest(_message.Message):
 
     @_builtins.property
     def order(self) -> _requests_pb2.Release:
-        """The order: target_request_id names the NUMBER_BLOCK whose block is lifted."""
+        """The order: target_request_id names the NUMBER_BLOCK whose block is lifted; item_index, when set,
+        only that item of a batch (answered in result.block.items for that one item).
+        """
 
     def __init__(
         self,

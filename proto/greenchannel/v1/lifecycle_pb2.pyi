@@ -179,6 +179,7 @@ class RequestStatus(_message.Message):
     ALLOCATION_FIELD_NUMBER: _builtins.int
     RELEASE_SEED_FIELD_NUMBER: _builtins.int
     BATCH_SPLIT_FIELD_NUMBER: _builtins.int
+    APPEALED_ITEM_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Request id."""
     type: _common_pb2.RequestType.ValueType
@@ -203,6 +204,10 @@ class RequestStatus(_message.Message):
     """Broker's detached JWS over notarized_header."""
     target_id: _builtins.str
     """EXTEND and RELEASE: the hold they act on. A FREEZE that converts a stop-payment: that stop-payment."""
+    appealed_item: _builtins.int
+    """APPEAL against one item of a batch NUMBER_BLOCK: that item (Appeal.item_index), from the body
+    at intake (only then is the body at hand), so the lifting order names it (Release.item_index).
+    """
     @_builtins.property
     def case_ref(self) -> _common_pb2.CaseRef:
         """Case and instrument."""
@@ -274,12 +279,15 @@ class RequestStatus(_message.Message):
         allocation: _trail_pb2.Allocation | None = ...,
         release_seed: Global___ReleaseSeed | None = ...,
         batch_split: Global___BatchSplit | None = ...,
+        appealed_item: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["allocation", b"allocation", "batch_split", b"batch_split", "case_ref", b"case_ref", "deadlines", b"deadlines", "release_seed", b"release_seed", "result", b"result", "submitted_at", b"submitted_at", "trail_seed", b"trail_seed", "updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_appealed_item", b"_appealed_item", "allocation", b"allocation", "appealed_item", b"appealed_item", "batch_split", b"batch_split", "case_ref", b"case_ref", "deadlines", b"deadlines", "release_seed", b"release_seed", "result", b"result", "submitted_at", b"submitted_at", "trail_seed", b"trail_seed", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["allocation", b"allocation", "batch_split", b"batch_split", "case_ref", b"case_ref", "deadlines", b"deadlines", "events", b"events", "hop", b"hop", "id", b"id", "notarized_header", b"notarized_header", "notary_signature", b"notary_signature", "parent_id", b"parent_id", "priority", b"priority", "reason", b"reason", "recipient", b"recipient", "release_seed", b"release_seed", "result", b"result", "sender", b"sender", "state", b"state", "submitted_at", b"submitted_at", "target_id", b"target_id", "trail_seed", b"trail_seed", "type", b"type", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_appealed_item", b"_appealed_item", "allocation", b"allocation", "appealed_item", b"appealed_item", "batch_split", b"batch_split", "case_ref", b"case_ref", "deadlines", b"deadlines", "events", b"events", "hop", b"hop", "id", b"id", "notarized_header", b"notarized_header", "notary_signature", b"notary_signature", "parent_id", b"parent_id", "priority", b"priority", "reason", b"reason", "recipient", b"recipient", "release_seed", b"release_seed", "result", b"result", "sender", b"sender", "state", b"state", "submitted_at", b"submitted_at", "target_id", b"target_id", "trail_seed", b"trail_seed", "type", b"type", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__appealed_item: _TypeAlias = _typing.Literal["appealed_item"]  # noqa: Y015
+    _WhichOneofArgType__appealed_item: _TypeAlias = _typing.Literal["_appealed_item", b"_appealed_item"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__appealed_item) -> _WhichOneofReturnType__appealed_item | None: ...
 
 Global___RequestStatus: _TypeAlias = RequestStatus  # noqa: Y015
 
@@ -358,11 +366,17 @@ class ReleaseSeed(_message.Message):
     AMOUNT_FIELD_NUMBER: _builtins.int
     PURPOSE_FIELD_NUMBER: _builtins.int
     NODE_ID_FIELD_NUMBER: _builtins.int
+    ITEM_INDEX_FIELD_NUMBER: _builtins.int
     purpose: _requests_pb2.ReleasePurpose.ValueType
     """Why (LIVING_EXPENSES counts against the policy's caps)."""
     node_id: _builtins.str
     """Keyed digest of the held account whose return record (AccountReturns) reserved the amount;
     empty when nothing was reserved (a release of all).
+    """
+    item_index: _builtins.int
+    """The lifting order of an appeal against one item of a batch NUMBER_BLOCK: that item
+    (Release.item_index). The batch stays in effect (not RELEASED) until every item it blocked
+    is lifted.
     """
     @_builtins.property
     def amount(self) -> _common_pb2.Money:
@@ -374,12 +388,15 @@ class ReleaseSeed(_message.Message):
         amount: _common_pb2.Money | None = ...,
         purpose: _requests_pb2.ReleasePurpose.ValueType = ...,
         node_id: _builtins.str = ...,
+        item_index: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_item_index", b"_item_index", "amount", b"amount", "item_index", b"item_index"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["amount", b"amount", "node_id", b"node_id", "purpose", b"purpose"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_item_index", b"_item_index", "amount", b"amount", "item_index", b"item_index", "node_id", b"node_id", "purpose", b"purpose"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__item_index: _TypeAlias = _typing.Literal["item_index"]  # noqa: Y015
+    _WhichOneofArgType__item_index: _TypeAlias = _typing.Literal["_item_index", b"_item_index"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__item_index) -> _WhichOneofReturnType__item_index | None: ...
 
 Global___ReleaseSeed: _TypeAlias = ReleaseSeed  # noqa: Y015
 

@@ -523,12 +523,17 @@ class Release(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     AMOUNT_FIELD_NUMBER: _builtins.int
     PURPOSE_FIELD_NUMBER: _builtins.int
+    ITEM_INDEX_FIELD_NUMBER: _builtins.int
     target_request_id: _builtins.str
     """The stop-payment, freeze, number block or account block to lift."""
     reason: _builtins.str
     """Reason given to the recipient."""
     purpose: Global___ReleasePurpose.ValueType
     """Why. LIVING_EXPENSES needs an amount, within the policy's caps."""
+    item_index: _builtins.int
+    """A batch NUMBER_BLOCK only: lift just this item (its index in the order's phones); the other
+    items stay blocked. Set by the broker on the lifting order of an appeal against one item.
+    """
     @_builtins.property
     def account(self) -> _common_pb2.BankAccountRef:
         """The account, checked again by the bank. Agencies must name it; the broker's own releases (a
@@ -547,12 +552,15 @@ class Release(_message.Message):
         reason: _builtins.str = ...,
         amount: _common_pb2.Money | None = ...,
         purpose: Global___ReleasePurpose.ValueType = ...,
+        item_index: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "amount", b"amount"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_item_index", b"_item_index", "account", b"account", "amount", b"amount", "item_index", b"item_index"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account", b"account", "amount", b"amount", "purpose", b"purpose", "reason", b"reason", "target_request_id", b"target_request_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_item_index", b"_item_index", "account", b"account", "amount", b"amount", "item_index", b"item_index", "purpose", b"purpose", "reason", b"reason", "target_request_id", b"target_request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__item_index: _TypeAlias = _typing.Literal["item_index"]  # noqa: Y015
+    _WhichOneofArgType__item_index: _TypeAlias = _typing.Literal["_item_index", b"_item_index"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__item_index) -> _WhichOneofReturnType__item_index | None: ...
 
 Global___Release: _TypeAlias = Release  # noqa: Y015
 
@@ -1000,10 +1008,17 @@ class Appeal(_message.Message):
     RESTRICTION_REQUEST_ID_FIELD_NUMBER: _builtins.int
     GROUND_FIELD_NUMBER: _builtins.int
     STATEMENT_FIELD_NUMBER: _builtins.int
+    ITEM_INDEX_FIELD_NUMBER: _builtins.int
     restriction_request_id: _builtins.str
     """The restriction appealed: a STOP_PAYMENT, FREEZE, NUMBER_BLOCK or ACCOUNT_BLOCK the sender executed."""
     ground: Global___AppealGround.ValueType
     """On what ground."""
+    item_index: _builtins.int
+    """For a batch NUMBER_BLOCK (required there, refused on any other restriction): the item
+    appealed, its index in the order's phones; it must have been BLOCKED by that order
+    (BlockOutcome.items). A split batch is appealed against the carrier's child, by the child's
+    index. Lifting it lifts that line only.
+    """
     @_builtins.property
     def statement(self) -> _results_pb2.EncryptedPayload:
         """The holder's statement and documents (an AppealStatement), sealed to the police that ordered
@@ -1016,12 +1031,15 @@ class Appeal(_message.Message):
         restriction_request_id: _builtins.str = ...,
         ground: Global___AppealGround.ValueType = ...,
         statement: _results_pb2.EncryptedPayload | None = ...,
+        item_index: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["statement", b"statement"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_item_index", b"_item_index", "item_index", b"item_index", "statement", b"statement"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ground", b"ground", "restriction_request_id", b"restriction_request_id", "statement", b"statement"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_item_index", b"_item_index", "ground", b"ground", "item_index", b"item_index", "restriction_request_id", b"restriction_request_id", "statement", b"statement"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__item_index: _TypeAlias = _typing.Literal["item_index"]  # noqa: Y015
+    _WhichOneofArgType__item_index: _TypeAlias = _typing.Literal["_item_index", b"_item_index"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__item_index) -> _WhichOneofReturnType__item_index | None: ...
 
 Global___Appeal: _TypeAlias = Appeal  # noqa: Y015
 
