@@ -232,11 +232,15 @@ async def world(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[World
 
 
 async def _journal_count(stack: Stack, owner: str, case_number: str) -> int:
+    """Journal records of the requests the case's police sent. The broker's own requests of the
+    case (a victim follow-up after a paid return) arrive on their own time and are not counted:
+    what a refusal must not add is a request of the sender's."""
     nc = await connect(stack.nats_settings("returns-test"))
     try:
         js = nc.jetstream()
         info = await js.stream_info(
-            WATCH_STREAM, subjects_filter=status_filter(case_owner=owner, case_number=case_number)
+            WATCH_STREAM,
+            subjects_filter=status_filter(sender=owner, case_owner=owner, case_number=case_number),
         )
         return sum((info.state.subjects or {}).values())
     finally:
