@@ -31,16 +31,15 @@ from agencies.police import FollowUpRule, PoliceDesk
 from broker.cli._sla import sla_report_command
 from broker.client import BusClient, error_details
 from broker.hub import load_sla_policy
-from broker.hub._events import EVENTS_CONSUMER
 from broker.protocol import (
     BROKER_ID,
-    EVENTS_STREAM,
     connect,
     event_subject,
     to_timestamp,
 )
 from tests._wait import eventually
 from tests.integration.escalations import execute_escalated, supervisor_notices, supervisor_told
+from tests.integration.stack_journal import events_settled
 from tests.integration.trail_world import bank_cores, trail_stack
 
 pytestmark = pytest.mark.integration
@@ -285,14 +284,9 @@ async def test_the_follow_up_is_in_the_ledger_and_sent_once_however_often_the_ou
                 outcome.SerializeToString(),
                 headers={"Nats-Msg-Id": str(uuid.uuid4())},
             )
-
-            async def processed() -> bool:
-                info = await js.consumer_info(EVENTS_STREAM, EVENTS_CONSUMER)
-                return bool(info.num_pending == 0 and info.num_ack_pending == 0)
-
-            await eventually(processed, what="the redelivered outcome processed")
         finally:
             await nc.drain()
+        await events_settled(stack)
         again = await police.follow_ups(order)
         assert sorted(s.id for s in again) == sorted(f.id for f in follow_ups)
     assert len([r for r in desk(stack).follow_ups() if r.return_request_id == order.id]) == 2
