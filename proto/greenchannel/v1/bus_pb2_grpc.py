@@ -91,6 +91,11 @@ class BusServiceStub:
                 request_serializer=greenchannel_dot_v1_dot_bus__pb2.DecideAppealRequest.SerializeToString,
                 response_deserializer=greenchannel_dot_v1_dot_bus__pb2.DecideAppealResponse.FromString,
                 _registered_method=True)
+        self.GiveFeedback = channel.unary_unary(
+                '/greenchannel.v1.BusService/GiveFeedback',
+                request_serializer=greenchannel_dot_v1_dot_bus__pb2.GiveFeedbackRequest.SerializeToString,
+                response_deserializer=greenchannel_dot_v1_dot_bus__pb2.GiveFeedbackResponse.FromString,
+                _registered_method=True)
 
 
 class BusServiceServicer:
@@ -178,6 +183,14 @@ class BusServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GiveFeedback(self, request, context):
+        """Give feedback on a fraud report addressed to the caller (a signed FraudReportFeedback).
+        Once: a second feedback is refused. The report's execute deadline runs until it comes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_BusServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -235,6 +248,11 @@ def add_BusServiceServicer_to_server(servicer, server):
                     servicer.DecideAppeal,
                     request_deserializer=greenchannel_dot_v1_dot_bus__pb2.DecideAppealRequest.FromString,
                     response_serializer=greenchannel_dot_v1_dot_bus__pb2.DecideAppealResponse.SerializeToString,
+            ),
+            'GiveFeedback': grpc.unary_unary_rpc_method_handler(
+                    servicer.GiveFeedback,
+                    request_deserializer=greenchannel_dot_v1_dot_bus__pb2.GiveFeedbackRequest.FromString,
+                    response_serializer=greenchannel_dot_v1_dot_bus__pb2.GiveFeedbackResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -536,6 +554,33 @@ class BusService:
             '/greenchannel.v1.BusService/DecideAppeal',
             greenchannel_dot_v1_dot_bus__pb2.DecideAppealRequest.SerializeToString,
             greenchannel_dot_v1_dot_bus__pb2.DecideAppealResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GiveFeedback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/greenchannel.v1.BusService/GiveFeedback',
+            greenchannel_dot_v1_dot_bus__pb2.GiveFeedbackRequest.SerializeToString,
+            greenchannel_dot_v1_dot_bus__pb2.GiveFeedbackResponse.FromString,
             options,
             channel_credentials,
             insecure,

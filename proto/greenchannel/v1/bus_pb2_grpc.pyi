@@ -63,6 +63,10 @@ class BusServiceStub:
     """Decide an appeal addressed to the caller (a signed AppealRuling). Once: a second decision is
     refused. LIFTED makes the broker send the lifting orders (RELEASE) itself.
     """
+    GiveFeedback: _grpc.UnaryUnaryMultiCallable[_bus_pb2.GiveFeedbackRequest, _bus_pb2.GiveFeedbackResponse]
+    """Give feedback on a fraud report addressed to the caller (a signed FraudReportFeedback).
+    Once: a second feedback is refused. The report's execute deadline runs until it comes.
+    """
 
 @_typing.type_check_only
 class BusServiceAsyncStub(BusServiceStub):
@@ -98,6 +102,10 @@ class BusServiceAsyncStub(BusServiceStub):
     DecideAppeal: _aio.UnaryUnaryMultiCallable[_bus_pb2.DecideAppealRequest, _bus_pb2.DecideAppealResponse]  # type: ignore[assignment]
     """Decide an appeal addressed to the caller (a signed AppealRuling). Once: a second decision is
     refused. LIFTED makes the broker send the lifting orders (RELEASE) itself.
+    """
+    GiveFeedback: _aio.UnaryUnaryMultiCallable[_bus_pb2.GiveFeedbackRequest, _bus_pb2.GiveFeedbackResponse]  # type: ignore[assignment]
+    """Give feedback on a fraud report addressed to the caller (a signed FraudReportFeedback).
+    Once: a second feedback is refused. The report's execute deadline runs until it comes.
     """
 
 class BusServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -197,6 +205,16 @@ class BusServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_bus_pb2.DecideAppealResponse, _abc.Awaitable[_bus_pb2.DecideAppealResponse]]:
         """Decide an appeal addressed to the caller (a signed AppealRuling). Once: a second decision is
         refused. LIFTED makes the broker send the lifting orders (RELEASE) itself.
+        """
+
+    @_abc_1.abstractmethod
+    def GiveFeedback(
+        self,
+        request: _bus_pb2.GiveFeedbackRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_bus_pb2.GiveFeedbackResponse, _abc.Awaitable[_bus_pb2.GiveFeedbackResponse]]:
+        """Give feedback on a fraud report addressed to the caller (a signed FraudReportFeedback).
+        Once: a second feedback is refused. The report's execute deadline runs until it comes.
         """
 
 def add_BusServiceServicer_to_server(servicer: BusServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

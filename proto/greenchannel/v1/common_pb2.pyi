@@ -89,6 +89,14 @@ class _RequestTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RequestTy
     """申诉: a holder appeals a restriction through the agency that applied it, to the police that ordered it."""
     REQUEST_TYPE_FOLLOW_UP: _RequestType.ValueType  # 13
     """回访: the police call a victim back after the case's money was returned, and record how it went."""
+    REQUEST_TYPE_LINKAGE_NOTICE: _RequestType.ValueType  # 14
+    """串并通知: the broker tells a case owner (and the coordinator) that another case touched an
+    identifier of its case: the link, never the other case's personal data.
+    """
+    REQUEST_TYPE_DISSUASION: _RequestType.ValueType  # 15
+    """见面劝阻: a warning ended with the person unreachable or continuing; the broker asks the police
+    of the person's region to dissuade in person.
+    """
 
 class RequestType(_RequestType, metaclass=_RequestTypeEnumTypeWrapper):
     """Every request type the bus carries."""
@@ -120,6 +128,14 @@ REQUEST_TYPE_APPEAL: RequestType.ValueType  # 12
 """申诉: a holder appeals a restriction through the agency that applied it, to the police that ordered it."""
 REQUEST_TYPE_FOLLOW_UP: RequestType.ValueType  # 13
 """回访: the police call a victim back after the case's money was returned, and record how it went."""
+REQUEST_TYPE_LINKAGE_NOTICE: RequestType.ValueType  # 14
+"""串并通知: the broker tells a case owner (and the coordinator) that another case touched an
+identifier of its case: the link, never the other case's personal data.
+"""
+REQUEST_TYPE_DISSUASION: RequestType.ValueType  # 15
+"""见面劝阻: a warning ended with the person unreachable or continuing; the broker asks the police
+of the person's region to dissuade in person.
+"""
 Global___RequestType: _TypeAlias = RequestType  # noqa: Y015
 
 class _Priority:

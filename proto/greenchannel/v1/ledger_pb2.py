@@ -28,13 +28,17 @@ from greenchannel.v1 import common_pb2 as greenchannel_dot_v1_dot_common__pb2
 from greenchannel.v1 import envelope_pb2 as greenchannel_dot_v1_dot_envelope__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cgreenchannel/v1/ledger.proto\x12\x0fgreenchannel.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1cgreenchannel/v1/common.proto\x1a\x1egreenchannel/v1/envelope.proto\"\xcd\x02\n\x0bLedgerEntry\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12&\n\x02\x61t\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12.\n\x04kind\x18\x04 \x01(\x0e\x32 .greenchannel.v1.LedgerEntryKind\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x13\n\x0b\x63\x61se_number\x18\x06 \x01(\t\x12\x0f\n\x07parties\x18\x07 \x03(\t\x12,\n\x05state\x18\x08 \x01(\x0e\x32\x1d.greenchannel.v1.RequestState\x12\x16\n\x0esubject_digest\x18\t \x01(\t\x12\x11\n\tprev_hash\x18\n \x01(\t\x12\x0c\n\x04hash\x18\x0b \x01(\t\x12)\n\x07refusal\x18\x0c \x01(\x0b\x32\x18.greenchannel.v1.Refusal\"\x87\x01\n\x07Refusal\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x14\n\x0cmessage_type\x18\x02 \x01(\t\x12\x0c\n\x04\x63ode\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\r\n\x05\x63ount\x18\x05 \x01(\r\x12)\n\x05since\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"K\n\x0cLedgerRecord\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0c\n\x04hash\x18\x02 \x01(\t\x12\x11\n\tprev_hash\x18\x03 \x01(\t\x12\r\n\x05\x65ntry\x18\x04 \x01(\x0c\"\xa5\x01\n\x0bLedgerBlock\x12\x0f\n\x07\x65ntries\x18\x01 \x03(\x0c\x12\x12\n\nrecord_ids\x18\x02 \x03(\t\x12?\n\nchained_to\x18\x03 \x03(\x0b\x32+.greenchannel.v1.LedgerBlock.ChainedToEntry\x1a\x30\n\x0e\x43hainedToEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"h\n\nCheckpoint\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x11\n\thead_hash\x18\x02 \x01(\t\x12&\n\x02\x61t\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nbroker_kid\x18\x04 \x01(\t\"\x9e\x01\n\x12ListEntriesRequest\x12\x11\n\tafter_seq\x18\x01 \x01(\x04\x12\x17\n\x05limit\x18\x02 \x01(\rB\x08\xbaH\x05*\x03\x18\x88\'\x12\\\n\nrequest_id\x18\x03 \x01(\tBH\xbaHErC2A^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})?$\"\x9e\x01\n\x13ListEntriesResponse\x12-\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1c.greenchannel.v1.LedgerEntry\x12\x10\n\x08head_seq\x18\x02 \x01(\x04\x12.\n\x07records\x18\x03 \x03(\x0b\x32\x1d.greenchannel.v1.LedgerRecord\x12\x16\n\x0enext_after_seq\x18\x04 \x01(\x04\"D\n\x16ListCheckpointsRequest\x12\x11\n\tafter_seq\x18\x01 \x01(\x04\x12\x17\n\x05limit\x18\x02 \x01(\rB\x08\xbaH\x05*\x03\x18\x88\'\"N\n\x17ListCheckpointsResponse\x12\x33\n\x0b\x63heckpoints\x18\x01 \x03(\x0b\x32\x1e.greenchannel.v1.SignedMessage*\xaf\x01\n\x0fLedgerEntryKind\x12!\n\x1dLEDGER_ENTRY_KIND_UNSPECIFIED\x10\x00\x12\x1d\n\x19LEDGER_ENTRY_KIND_REQUEST\x10\x01\x12\x1b\n\x17LEDGER_ENTRY_KIND_EVENT\x10\x02\x12\x1f\n\x1bLEDGER_ENTRY_KIND_REJECTION\x10\x03\x12\x1c\n\x18LEDGER_ENTRY_KIND_BREACH\x10\x04\x32\xcf\x01\n\rLedgerService\x12X\n\x0bListEntries\x12#.greenchannel.v1.ListEntriesRequest\x1a$.greenchannel.v1.ListEntriesResponse\x12\x64\n\x0fListCheckpoints\x12\'.greenchannel.v1.ListCheckpointsRequest\x1a(.greenchannel.v1.ListCheckpointsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1cgreenchannel/v1/ledger.proto\x12\x0fgreenchannel.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1cgreenchannel/v1/common.proto\x1a\x1egreenchannel/v1/envelope.proto\"\x83\x03\n\x0bLedgerEntry\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12&\n\x02\x61t\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\r\n\x05\x61\x63tor\x18\x03 \x01(\t\x12.\n\x04kind\x18\x04 \x01(\x0e\x32 .greenchannel.v1.LedgerEntryKind\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x12\x13\n\x0b\x63\x61se_number\x18\x06 \x01(\t\x12\x0f\n\x07parties\x18\x07 \x03(\t\x12,\n\x05state\x18\x08 \x01(\x0e\x32\x1d.greenchannel.v1.RequestState\x12\x16\n\x0esubject_digest\x18\t \x01(\t\x12\x11\n\tprev_hash\x18\n \x01(\t\x12\x0c\n\x04hash\x18\x0b \x01(\t\x12)\n\x07refusal\x18\x0c \x01(\x0b\x32\x18.greenchannel.v1.Refusal\x12\x18\n\x07mark_id\x18\r \x01(\tB\x07\xbaH\x04r\x02\x18@\x12\x1a\n\tmark_step\x18\x0e \x01(\tB\x07\xbaH\x04r\x02\x18 \"\x87\x01\n\x07Refusal\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x14\n\x0cmessage_type\x18\x02 \x01(\t\x12\x0c\n\x04\x63ode\x18\x03 \x01(\t\x12\x0e\n\x06reason\x18\x04 \x01(\t\x12\r\n\x05\x63ount\x18\x05 \x01(\r\x12)\n\x05since\x18\x06 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"K\n\x0cLedgerRecord\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x0c\n\x04hash\x18\x02 \x01(\t\x12\x11\n\tprev_hash\x18\x03 \x01(\t\x12\r\n\x05\x65ntry\x18\x04 \x01(\x0c\"\xa5\x01\n\x0bLedgerBlock\x12\x0f\n\x07\x65ntries\x18\x01 \x03(\x0c\x12\x12\n\nrecord_ids\x18\x02 \x03(\t\x12?\n\nchained_to\x18\x03 \x03(\x0b\x32+.greenchannel.v1.LedgerBlock.ChainedToEntry\x1a\x30\n\x0e\x43hainedToEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x04:\x02\x38\x01\"h\n\nCheckpoint\x12\x0b\n\x03seq\x18\x01 \x01(\x04\x12\x11\n\thead_hash\x18\x02 \x01(\t\x12&\n\x02\x61t\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\nbroker_kid\x18\x04 \x01(\t\"\x9e\x01\n\x12ListEntriesRequest\x12\x11\n\tafter_seq\x18\x01 \x01(\x04\x12\x17\n\x05limit\x18\x02 \x01(\rB\x08\xbaH\x05*\x03\x18\x88\'\x12\\\n\nrequest_id\x18\x03 \x01(\tBH\xbaHErC2A^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})?$\"\x9e\x01\n\x13ListEntriesResponse\x12-\n\x07\x65ntries\x18\x01 \x03(\x0b\x32\x1c.greenchannel.v1.LedgerEntry\x12\x10\n\x08head_seq\x18\x02 \x01(\x04\x12.\n\x07records\x18\x03 \x03(\x0b\x32\x1d.greenchannel.v1.LedgerRecord\x12\x16\n\x0enext_after_seq\x18\x04 \x01(\x04\"D\n\x16ListCheckpointsRequest\x12\x11\n\tafter_seq\x18\x01 \x01(\x04\x12\x17\n\x05limit\x18\x02 \x01(\rB\x08\xbaH\x05*\x03\x18\x88\'\"N\n\x17ListCheckpointsResponse\x12\x33\n\x0b\x63heckpoints\x18\x01 \x03(\x0b\x32\x1e.greenchannel.v1.SignedMessage*\xcb\x01\n\x0fLedgerEntryKind\x12!\n\x1dLEDGER_ENTRY_KIND_UNSPECIFIED\x10\x00\x12\x1d\n\x19LEDGER_ENTRY_KIND_REQUEST\x10\x01\x12\x1b\n\x17LEDGER_ENTRY_KIND_EVENT\x10\x02\x12\x1f\n\x1bLEDGER_ENTRY_KIND_REJECTION\x10\x03\x12\x1c\n\x18LEDGER_ENTRY_KIND_BREACH\x10\x04\x12\x1a\n\x16LEDGER_ENTRY_KIND_MARK\x10\x05\x32\xcf\x01\n\rLedgerService\x12X\n\x0bListEntries\x12#.greenchannel.v1.ListEntriesRequest\x1a$.greenchannel.v1.ListEntriesResponse\x12\x64\n\x0fListCheckpoints\x12\'.greenchannel.v1.ListCheckpointsRequest\x1a(.greenchannel.v1.ListCheckpointsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'greenchannel.v1.ledger_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_LEDGERENTRY'].fields_by_name['mark_id']._loaded_options = None
+  _globals['_LEDGERENTRY'].fields_by_name['mark_id']._serialized_options = b'\272H\004r\002\030@'
+  _globals['_LEDGERENTRY'].fields_by_name['mark_step']._loaded_options = None
+  _globals['_LEDGERENTRY'].fields_by_name['mark_step']._serialized_options = b'\272H\004r\002\030 '
   _globals['_LEDGERBLOCK_CHAINEDTOENTRY']._loaded_options = None
   _globals['_LEDGERBLOCK_CHAINEDTOENTRY']._serialized_options = b'8\001'
   _globals['_LISTENTRIESREQUEST'].fields_by_name['limit']._loaded_options = None
@@ -43,28 +47,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTENTRIESREQUEST'].fields_by_name['request_id']._serialized_options = b'\272HErC2A^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})?$'
   _globals['_LISTCHECKPOINTSREQUEST'].fields_by_name['limit']._loaded_options = None
   _globals['_LISTCHECKPOINTSREQUEST'].fields_by_name['limit']._serialized_options = b'\272H\005*\003\030\210\''
-  _globals['_LEDGERENTRYKIND']._serialized_start=1471
-  _globals['_LEDGERENTRYKIND']._serialized_end=1646
+  _globals['_LEDGERENTRYKIND']._serialized_start=1525
+  _globals['_LEDGERENTRYKIND']._serialized_end=1728
   _globals['_LEDGERENTRY']._serialized_start=174
-  _globals['_LEDGERENTRY']._serialized_end=507
-  _globals['_REFUSAL']._serialized_start=510
-  _globals['_REFUSAL']._serialized_end=645
-  _globals['_LEDGERRECORD']._serialized_start=647
-  _globals['_LEDGERRECORD']._serialized_end=722
-  _globals['_LEDGERBLOCK']._serialized_start=725
-  _globals['_LEDGERBLOCK']._serialized_end=890
-  _globals['_LEDGERBLOCK_CHAINEDTOENTRY']._serialized_start=842
-  _globals['_LEDGERBLOCK_CHAINEDTOENTRY']._serialized_end=890
-  _globals['_CHECKPOINT']._serialized_start=892
-  _globals['_CHECKPOINT']._serialized_end=996
-  _globals['_LISTENTRIESREQUEST']._serialized_start=999
-  _globals['_LISTENTRIESREQUEST']._serialized_end=1157
-  _globals['_LISTENTRIESRESPONSE']._serialized_start=1160
-  _globals['_LISTENTRIESRESPONSE']._serialized_end=1318
-  _globals['_LISTCHECKPOINTSREQUEST']._serialized_start=1320
-  _globals['_LISTCHECKPOINTSREQUEST']._serialized_end=1388
-  _globals['_LISTCHECKPOINTSRESPONSE']._serialized_start=1390
-  _globals['_LISTCHECKPOINTSRESPONSE']._serialized_end=1468
-  _globals['_LEDGERSERVICE']._serialized_start=1649
-  _globals['_LEDGERSERVICE']._serialized_end=1856
+  _globals['_LEDGERENTRY']._serialized_end=561
+  _globals['_REFUSAL']._serialized_start=564
+  _globals['_REFUSAL']._serialized_end=699
+  _globals['_LEDGERRECORD']._serialized_start=701
+  _globals['_LEDGERRECORD']._serialized_end=776
+  _globals['_LEDGERBLOCK']._serialized_start=779
+  _globals['_LEDGERBLOCK']._serialized_end=944
+  _globals['_LEDGERBLOCK_CHAINEDTOENTRY']._serialized_start=896
+  _globals['_LEDGERBLOCK_CHAINEDTOENTRY']._serialized_end=944
+  _globals['_CHECKPOINT']._serialized_start=946
+  _globals['_CHECKPOINT']._serialized_end=1050
+  _globals['_LISTENTRIESREQUEST']._serialized_start=1053
+  _globals['_LISTENTRIESREQUEST']._serialized_end=1211
+  _globals['_LISTENTRIESRESPONSE']._serialized_start=1214
+  _globals['_LISTENTRIESRESPONSE']._serialized_end=1372
+  _globals['_LISTCHECKPOINTSREQUEST']._serialized_start=1374
+  _globals['_LISTCHECKPOINTSREQUEST']._serialized_end=1442
+  _globals['_LISTCHECKPOINTSRESPONSE']._serialized_start=1444
+  _globals['_LISTCHECKPOINTSRESPONSE']._serialized_end=1522
+  _globals['_LEDGERSERVICE']._serialized_start=1731
+  _globals['_LEDGERSERVICE']._serialized_end=1938
 # @@protoc_insertion_point(module_scope)

@@ -37,6 +37,10 @@ class _LedgerEntryKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Ledge
     """Something the broker refused (forged event, illegal transition, refused API call)."""
     LEDGER_ENTRY_KIND_BREACH: _LedgerEntryKind.ValueType  # 4
     """A deadline breach."""
+    LEDGER_ENTRY_KIND_MARK: _LedgerEntryKind.ValueType  # 5
+    """A risk mark made, confirmed, refused, lifted or expired (risk.proto): actor, case and mark id,
+    the digest of the signed mark decision; never the identifier.
+    """
 
 class LedgerEntryKind(_LedgerEntryKind, metaclass=_LedgerEntryKindEnumTypeWrapper):
     """What a ledger entry records."""
@@ -50,6 +54,10 @@ LEDGER_ENTRY_KIND_REJECTION: LedgerEntryKind.ValueType  # 3
 """Something the broker refused (forged event, illegal transition, refused API call)."""
 LEDGER_ENTRY_KIND_BREACH: LedgerEntryKind.ValueType  # 4
 """A deadline breach."""
+LEDGER_ENTRY_KIND_MARK: LedgerEntryKind.ValueType  # 5
+"""A risk mark made, confirmed, refused, lifted or expired (risk.proto): actor, case and mark id,
+the digest of the signed mark decision; never the identifier.
+"""
 Global___LedgerEntryKind: _TypeAlias = LedgerEntryKind  # noqa: Y015
 
 @_typing.final
@@ -70,6 +78,8 @@ class LedgerEntry(_message.Message):
     PREV_HASH_FIELD_NUMBER: _builtins.int
     HASH_FIELD_NUMBER: _builtins.int
     REFUSAL_FIELD_NUMBER: _builtins.int
+    MARK_ID_FIELD_NUMBER: _builtins.int
+    MARK_STEP_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
     """Position in the chain, from 1."""
     actor: _builtins.str
@@ -91,6 +101,10 @@ class LedgerEntry(_message.Message):
     stored, which hold prev_hash and every other field but leave this one empty. Filled only in
     API responses, for convenience; verifiers recompute it from LedgerRecord.entry.
     """
+    mark_id: _builtins.str
+    """Set on MARK entries: the mark id."""
+    mark_step: _builtins.str
+    """Set on MARK entries: what happened to the mark (e.g. "MARKED", "PROPOSED", "CONFIRMED", "UNMARKED")."""
     @_builtins.property
     def at(self) -> _timestamp_pb2.Timestamp:
         """When the broker recorded what the entry records, by its clock. Set before the entry is
@@ -122,10 +136,12 @@ class LedgerEntry(_message.Message):
         prev_hash: _builtins.str = ...,
         hash: _builtins.str = ...,
         refusal: Global___Refusal | None = ...,
+        mark_id: _builtins.str = ...,
+        mark_step: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["at", b"at", "refusal", b"refusal"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "at", b"at", "case_number", b"case_number", "hash", b"hash", "kind", b"kind", "parties", b"parties", "prev_hash", b"prev_hash", "refusal", b"refusal", "request_id", b"request_id", "seq", b"seq", "state", b"state", "subject_digest", b"subject_digest"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actor", b"actor", "at", b"at", "case_number", b"case_number", "hash", b"hash", "kind", b"kind", "mark_id", b"mark_id", "mark_step", b"mark_step", "parties", b"parties", "prev_hash", b"prev_hash", "refusal", b"refusal", "request_id", b"request_id", "seq", b"seq", "state", b"state", "subject_digest", b"subject_digest"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

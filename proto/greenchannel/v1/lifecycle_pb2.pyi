@@ -91,7 +91,8 @@ class LifecycleEvent(_message.Message):
     @_builtins.property
     def ruling(self) -> _envelope_pb2.SignedMessage:
         """APPEAL outcome: the deciding police's signed AppealRuling (BusService.DecideAppeal), kept in
-        the broker's event so the ledger proves who decided, and how.
+        the broker's event so the ledger proves who decided, and how. FRAUD_REPORT outcome: the police's
+        signed FraudReportFeedback (BusService.GiveFeedback), likewise.
         """
 
     def __init__(
@@ -180,6 +181,7 @@ class RequestStatus(_message.Message):
     RELEASE_SEED_FIELD_NUMBER: _builtins.int
     BATCH_SPLIT_FIELD_NUMBER: _builtins.int
     APPEALED_ITEM_FIELD_NUMBER: _builtins.int
+    WARNING_SEED_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Request id."""
     type: _common_pb2.RequestType.ValueType
@@ -254,6 +256,13 @@ class RequestStatus(_message.Message):
         it into one child per carrier. The parent's outcome is recorded once every child has one.
         """
 
+    @_builtins.property
+    def warning_seed(self) -> Global___WarningSeed:
+        """WARNING: whom it warns, from the body at intake (only then is the body at hand), sealed to the
+        broker's own key, so that a warning ending UNREACHABLE or CONTINUING can be escalated to
+        in-person dissuasion (DISSUASION) naming the person, without the broker keeping them in clear.
+        """
+
     def __init__(
         self,
         *,
@@ -280,16 +289,45 @@ class RequestStatus(_message.Message):
         release_seed: Global___ReleaseSeed | None = ...,
         batch_split: Global___BatchSplit | None = ...,
         appealed_item: _builtins.int | None = ...,
+        warning_seed: Global___WarningSeed | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_appealed_item", b"_appealed_item", "allocation", b"allocation", "appealed_item", b"appealed_item", "batch_split", b"batch_split", "case_ref", b"case_ref", "deadlines", b"deadlines", "release_seed", b"release_seed", "result", b"result", "submitted_at", b"submitted_at", "trail_seed", b"trail_seed", "updated_at", b"updated_at"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_appealed_item", b"_appealed_item", "allocation", b"allocation", "appealed_item", b"appealed_item", "batch_split", b"batch_split", "case_ref", b"case_ref", "deadlines", b"deadlines", "release_seed", b"release_seed", "result", b"result", "submitted_at", b"submitted_at", "trail_seed", b"trail_seed", "updated_at", b"updated_at", "warning_seed", b"warning_seed"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_appealed_item", b"_appealed_item", "allocation", b"allocation", "appealed_item", b"appealed_item", "batch_split", b"batch_split", "case_ref", b"case_ref", "deadlines", b"deadlines", "events", b"events", "hop", b"hop", "id", b"id", "notarized_header", b"notarized_header", "notary_signature", b"notary_signature", "parent_id", b"parent_id", "priority", b"priority", "reason", b"reason", "recipient", b"recipient", "release_seed", b"release_seed", "result", b"result", "sender", b"sender", "state", b"state", "submitted_at", b"submitted_at", "target_id", b"target_id", "trail_seed", b"trail_seed", "type", b"type", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_appealed_item", b"_appealed_item", "allocation", b"allocation", "appealed_item", b"appealed_item", "batch_split", b"batch_split", "case_ref", b"case_ref", "deadlines", b"deadlines", "events", b"events", "hop", b"hop", "id", b"id", "notarized_header", b"notarized_header", "notary_signature", b"notary_signature", "parent_id", b"parent_id", "priority", b"priority", "reason", b"reason", "recipient", b"recipient", "release_seed", b"release_seed", "result", b"result", "sender", b"sender", "state", b"state", "submitted_at", b"submitted_at", "target_id", b"target_id", "trail_seed", b"trail_seed", "type", b"type", "updated_at", b"updated_at", "warning_seed", b"warning_seed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__appealed_item: _TypeAlias = _typing.Literal["appealed_item"]  # noqa: Y015
     _WhichOneofArgType__appealed_item: _TypeAlias = _typing.Literal["_appealed_item", b"_appealed_item"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType__appealed_item) -> _WhichOneofReturnType__appealed_item | None: ...
 
 Global___RequestStatus: _TypeAlias = RequestStatus  # noqa: Y015
+
+@_typing.final
+class WarningSeed(_message.Message):
+    """A warning as the broker keeps it for escalation: the person only sealed to the broker."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WARNING_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    region: _builtins.str
+    """Where the person is looked for: Warning.region, else the case owner's region."""
+    @_builtins.property
+    def warning(self) -> _results_pb2.EncryptedPayload:
+        """The Warning body (a serialized greenchannel.v1.Warning) sealed to the broker's X25519 key."""
+
+    def __init__(
+        self,
+        *,
+        warning: _results_pb2.EncryptedPayload | None = ...,
+        region: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["warning", b"warning"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["region", b"region", "warning", b"warning"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WarningSeed: _TypeAlias = WarningSeed  # noqa: Y015
 
 @_typing.final
 class BatchSplit(_message.Message):
@@ -601,3 +639,45 @@ class AppealRuling(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___AppealRuling: _TypeAlias = AppealRuling  # noqa: Y015
+
+@_typing.final
+class FraudReportFeedback(_message.Message):
+    """The police's feedback on a fraud report that reached them (art. 26), signed by those police and
+    given through BusService.GiveFeedback. Once: the FRAUD_REPORT ends EXECUTED with result.feedback.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REPORT_REQUEST_ID_FIELD_NUMBER: _builtins.int
+    DECISION_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    CASE_NUMBER_FIELD_NUMBER: _builtins.int
+    ISSUED_AT_FIELD_NUMBER: _builtins.int
+    report_request_id: _builtins.str
+    """The FRAUD_REPORT request."""
+    decision: _results_pb2.FeedbackDecision.ValueType
+    """Acted on, or not actionable."""
+    reason: _builtins.str
+    """Why, for the reporting agency; never personal data."""
+    case_number: _builtins.str
+    """The police's own case the report went into, if any."""
+    @_builtins.property
+    def issued_at(self) -> _timestamp_pb2.Timestamp:
+        """When the police decided."""
+
+    def __init__(
+        self,
+        *,
+        report_request_id: _builtins.str = ...,
+        decision: _results_pb2.FeedbackDecision.ValueType = ...,
+        reason: _builtins.str = ...,
+        case_number: _builtins.str = ...,
+        issued_at: _timestamp_pb2.Timestamp | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["issued_at", b"issued_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_number", b"case_number", "decision", b"decision", "issued_at", b"issued_at", "reason", b"reason", "report_request_id", b"report_request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FraudReportFeedback: _TypeAlias = FraudReportFeedback  # noqa: Y015

@@ -246,3 +246,111 @@ class FollowUpVictimResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___FollowUpVictimResponse: _TypeAlias = FollowUpVictimResponse  # noqa: Y015
+
+@_typing.final
+class ReceiveLinkageNoticeRequest(_message.Message):
+    """A linkage notice."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTEXT_FIELD_NUMBER: _builtins.int
+    NOTICE_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def context(self) -> _agency_pb2.OrderContext:
+        """Verified context."""
+
+    @_builtins.property
+    def notice(self) -> _requests_pb2.LinkageNotice:
+        """The notice, as the broker signed it."""
+
+    def __init__(
+        self,
+        *,
+        context: _agency_pb2.OrderContext | None = ...,
+        notice: _requests_pb2.LinkageNotice | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "notice", b"notice"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "notice", b"notice"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReceiveLinkageNoticeRequest: _TypeAlias = ReceiveLinkageNoticeRequest  # noqa: Y015
+
+@_typing.final
+class ReceiveLinkageNoticeResponse(_message.Message):
+    """The desk's answer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def result(self) -> _results_pb2.Result:
+        """EXECUTED: recorded against the desk's case."""
+
+    def __init__(
+        self,
+        *,
+        result: _results_pb2.Result | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReceiveLinkageNoticeResponse: _TypeAlias = ReceiveLinkageNoticeResponse  # noqa: Y015
+
+@_typing.final
+class DissuadeInPersonRequest(_message.Message):
+    """A person to dissuade in person."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CONTEXT_FIELD_NUMBER: _builtins.int
+    ORDER_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def context(self) -> _agency_pb2.OrderContext:
+        """Verified context."""
+
+    @_builtins.property
+    def order(self) -> _requests_pb2.Dissuasion:
+        """The order."""
+
+    def __init__(
+        self,
+        *,
+        context: _agency_pb2.OrderContext | None = ...,
+        order: _requests_pb2.Dissuasion | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "order", b"order"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["context", b"context", "order", b"order"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DissuadeInPersonRequest: _TypeAlias = DissuadeInPersonRequest  # noqa: Y015
+
+@_typing.final
+class DissuadeInPersonResponse(_message.Message):
+    """The desk's answer."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RESULT_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def result(self) -> _results_pb2.Result:
+        """EXECUTED with result.warning (DISSUADED / CONTINUING / UNREACHABLE)."""
+
+    def __init__(
+        self,
+        *,
+        result: _results_pb2.Result | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["result", b"result"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___DissuadeInPersonResponse: _TypeAlias = DissuadeInPersonResponse  # noqa: Y015

@@ -55,6 +55,16 @@ class PoliceServiceStub:
                 request_serializer=greenchannel_dot_v1_dot_police__pb2.FollowUpVictimRequest.SerializeToString,
                 response_deserializer=greenchannel_dot_v1_dot_police__pb2.FollowUpVictimResponse.FromString,
                 _registered_method=True)
+        self.ReceiveLinkageNotice = channel.unary_unary(
+                '/greenchannel.v1.PoliceService/ReceiveLinkageNotice',
+                request_serializer=greenchannel_dot_v1_dot_police__pb2.ReceiveLinkageNoticeRequest.SerializeToString,
+                response_deserializer=greenchannel_dot_v1_dot_police__pb2.ReceiveLinkageNoticeResponse.FromString,
+                _registered_method=True)
+        self.DissuadeInPerson = channel.unary_unary(
+                '/greenchannel.v1.PoliceService/DissuadeInPerson',
+                request_serializer=greenchannel_dot_v1_dot_police__pb2.DissuadeInPersonRequest.SerializeToString,
+                response_deserializer=greenchannel_dot_v1_dot_police__pb2.DissuadeInPersonResponse.FromString,
+                _registered_method=True)
 
 
 class PoliceServiceServicer:
@@ -90,6 +100,20 @@ class PoliceServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ReceiveLinkageNotice(self, request, context):
+        """Take a linkage notice (串并): another case touched an identifier of one of ours.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DissuadeInPerson(self, request, context):
+        """Dissuade a person in person (见面劝阻) after a warning failed; result.warning says how it ended.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_PoliceServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -112,6 +136,16 @@ def add_PoliceServiceServicer_to_server(servicer, server):
                     servicer.FollowUpVictim,
                     request_deserializer=greenchannel_dot_v1_dot_police__pb2.FollowUpVictimRequest.FromString,
                     response_serializer=greenchannel_dot_v1_dot_police__pb2.FollowUpVictimResponse.SerializeToString,
+            ),
+            'ReceiveLinkageNotice': grpc.unary_unary_rpc_method_handler(
+                    servicer.ReceiveLinkageNotice,
+                    request_deserializer=greenchannel_dot_v1_dot_police__pb2.ReceiveLinkageNoticeRequest.FromString,
+                    response_serializer=greenchannel_dot_v1_dot_police__pb2.ReceiveLinkageNoticeResponse.SerializeToString,
+            ),
+            'DissuadeInPerson': grpc.unary_unary_rpc_method_handler(
+                    servicer.DissuadeInPerson,
+                    request_deserializer=greenchannel_dot_v1_dot_police__pb2.DissuadeInPersonRequest.FromString,
+                    response_serializer=greenchannel_dot_v1_dot_police__pb2.DissuadeInPersonResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -223,6 +257,60 @@ class PoliceService:
             '/greenchannel.v1.PoliceService/FollowUpVictim',
             greenchannel_dot_v1_dot_police__pb2.FollowUpVictimRequest.SerializeToString,
             greenchannel_dot_v1_dot_police__pb2.FollowUpVictimResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ReceiveLinkageNotice(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/greenchannel.v1.PoliceService/ReceiveLinkageNotice',
+            greenchannel_dot_v1_dot_police__pb2.ReceiveLinkageNoticeRequest.SerializeToString,
+            greenchannel_dot_v1_dot_police__pb2.ReceiveLinkageNoticeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DissuadeInPerson(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/greenchannel.v1.PoliceService/DissuadeInPerson',
+            greenchannel_dot_v1_dot_police__pb2.DissuadeInPersonRequest.SerializeToString,
+            greenchannel_dot_v1_dot_police__pb2.DissuadeInPersonResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -43,6 +43,10 @@ class PoliceServiceStub:
     """
     FollowUpVictim: _grpc.UnaryUnaryMultiCallable[_police_pb2.FollowUpVictimRequest, _police_pb2.FollowUpVictimResponse]
     """Call a victim back (回访) and record how it went: result.follow_up."""
+    ReceiveLinkageNotice: _grpc.UnaryUnaryMultiCallable[_police_pb2.ReceiveLinkageNoticeRequest, _police_pb2.ReceiveLinkageNoticeResponse]
+    """Take a linkage notice (串并): another case touched an identifier of one of ours."""
+    DissuadeInPerson: _grpc.UnaryUnaryMultiCallable[_police_pb2.DissuadeInPersonRequest, _police_pb2.DissuadeInPersonResponse]
+    """Dissuade a person in person (见面劝阻) after a warning failed; result.warning says how it ended."""
 
 @_typing.type_check_only
 class PoliceServiceAsyncStub(PoliceServiceStub):
@@ -59,6 +63,10 @@ class PoliceServiceAsyncStub(PoliceServiceStub):
     """
     FollowUpVictim: _aio.UnaryUnaryMultiCallable[_police_pb2.FollowUpVictimRequest, _police_pb2.FollowUpVictimResponse]  # type: ignore[assignment]
     """Call a victim back (回访) and record how it went: result.follow_up."""
+    ReceiveLinkageNotice: _aio.UnaryUnaryMultiCallable[_police_pb2.ReceiveLinkageNoticeRequest, _police_pb2.ReceiveLinkageNoticeResponse]  # type: ignore[assignment]
+    """Take a linkage notice (串并): another case touched an identifier of one of ours."""
+    DissuadeInPerson: _aio.UnaryUnaryMultiCallable[_police_pb2.DissuadeInPersonRequest, _police_pb2.DissuadeInPersonResponse]  # type: ignore[assignment]
+    """Dissuade a person in person (见面劝阻) after a warning failed; result.warning says how it ended."""
 
 class PoliceServiceServicer(metaclass=_abc_1.ABCMeta):
     """A police desk as the bus sees it. Every call is idempotent by context.request_id."""
@@ -96,5 +104,21 @@ class PoliceServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_police_pb2.FollowUpVictimResponse, _abc.Awaitable[_police_pb2.FollowUpVictimResponse]]:
         """Call a victim back (回访) and record how it went: result.follow_up."""
+
+    @_abc_1.abstractmethod
+    def ReceiveLinkageNotice(
+        self,
+        request: _police_pb2.ReceiveLinkageNoticeRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_police_pb2.ReceiveLinkageNoticeResponse, _abc.Awaitable[_police_pb2.ReceiveLinkageNoticeResponse]]:
+        """Take a linkage notice (串并): another case touched an identifier of one of ours."""
+
+    @_abc_1.abstractmethod
+    def DissuadeInPerson(
+        self,
+        request: _police_pb2.DissuadeInPersonRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_police_pb2.DissuadeInPersonResponse, _abc.Awaitable[_police_pb2.DissuadeInPersonResponse]]:
+        """Dissuade a person in person (见面劝阻) after a warning failed; result.warning says how it ended."""
 
 def add_PoliceServiceServicer_to_server(servicer: PoliceServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

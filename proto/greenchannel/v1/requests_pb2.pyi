@@ -277,6 +277,62 @@ APPEAL_GROUND_OTHER: AppealGround.ValueType  # 5
 """Anything else, in the statement."""
 Global___AppealGround: _TypeAlias = AppealGround  # noqa: Y015
 
+class _IdentifierKind:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _IdentifierKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_IdentifierKind.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    IDENTIFIER_KIND_UNSPECIFIED: _IdentifierKind.ValueType  # 0
+    IDENTIFIER_KIND_BANK_ACCOUNT: _IdentifierKind.ValueType  # 1
+    """A bank account or card number."""
+    IDENTIFIER_KIND_PHONE: _IdentifierKind.ValueType  # 2
+    """A phone number (E.164)."""
+    IDENTIFIER_KIND_IMEI: _IdentifierKind.ValueType  # 3
+    """A handset (IMEI)."""
+    IDENTIFIER_KIND_PLATFORM_ACCOUNT: _IdentifierKind.ValueType  # 4
+    """An account on an internet platform."""
+
+class IdentifierKind(_IdentifierKind, metaclass=_IdentifierKindEnumTypeWrapper):
+    """The kind of identifier a risk mark or a case link is about."""
+
+IDENTIFIER_KIND_UNSPECIFIED: IdentifierKind.ValueType  # 0
+IDENTIFIER_KIND_BANK_ACCOUNT: IdentifierKind.ValueType  # 1
+"""A bank account or card number."""
+IDENTIFIER_KIND_PHONE: IdentifierKind.ValueType  # 2
+"""A phone number (E.164)."""
+IDENTIFIER_KIND_IMEI: IdentifierKind.ValueType  # 3
+"""A handset (IMEI)."""
+IDENTIFIER_KIND_PLATFORM_ACCOUNT: IdentifierKind.ValueType  # 4
+"""An account on an internet platform."""
+Global___IdentifierKind: _TypeAlias = IdentifierKind  # noqa: Y015
+
+class _LinkageSource:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _LinkageSourceEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_LinkageSource.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    LINKAGE_SOURCE_UNSPECIFIED: _LinkageSource.ValueType  # 0
+    LINKAGE_SOURCE_REQUEST: _LinkageSource.ValueType  # 1
+    """A request of the case (stop-payment, freeze, block, data request, warning...)."""
+    LINKAGE_SOURCE_FRAUD_REPORT: _LinkageSource.ValueType  # 2
+    """A fraud report."""
+    LINKAGE_SOURCE_MARK: _LinkageSource.ValueType  # 3
+    """A risk mark (risk.proto)."""
+
+class LinkageSource(_LinkageSource, metaclass=_LinkageSourceEnumTypeWrapper):
+    """What made the broker see an identifier in a case."""
+
+LINKAGE_SOURCE_UNSPECIFIED: LinkageSource.ValueType  # 0
+LINKAGE_SOURCE_REQUEST: LinkageSource.ValueType  # 1
+"""A request of the case (stop-payment, freeze, block, data request, warning...)."""
+LINKAGE_SOURCE_FRAUD_REPORT: LinkageSource.ValueType  # 2
+"""A fraud report."""
+LINKAGE_SOURCE_MARK: LinkageSource.ValueType  # 3
+"""A risk mark (risk.proto)."""
+Global___LinkageSource: _TypeAlias = LinkageSource  # noqa: Y015
+
 @_typing.final
 class Request(_message.Message):
     """The signed order: everything the sender asserts. Travels as serialized bytes in
@@ -305,6 +361,8 @@ class Request(_message.Message):
     RETURN_FUNDS_FIELD_NUMBER: _builtins.int
     APPEAL_FIELD_NUMBER: _builtins.int
     FOLLOW_UP_FIELD_NUMBER: _builtins.int
+    LINKAGE_NOTICE_FIELD_NUMBER: _builtins.int
+    DISSUASION_FIELD_NUMBER: _builtins.int
     priority: _common_pb2.Priority.ValueType
     """GREEN or STANDARD."""
     recipient: _builtins.str
@@ -375,6 +433,14 @@ class Request(_message.Message):
     def follow_up(self) -> Global___FollowUp:
         """回访: call a victim back (sent by the broker to the police owning the case)."""
 
+    @_builtins.property
+    def linkage_notice(self) -> Global___LinkageNotice:
+        """串并通知: a link between cases (sent by the broker)."""
+
+    @_builtins.property
+    def dissuasion(self) -> Global___Dissuasion:
+        """见面劝阻: dissuade a person in person (sent by the broker after a failed warning)."""
+
     def __init__(
         self,
         *,
@@ -398,12 +464,14 @@ class Request(_message.Message):
         return_funds: Global___ReturnFunds | None = ...,
         appeal: Global___Appeal | None = ...,
         follow_up: Global___FollowUp | None = ...,
+        linkage_notice: Global___LinkageNotice | None = ...,
+        dissuasion: Global___Dissuasion | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["account_block", b"account_block", "appeal", b"appeal", "assistance", b"assistance", "body", b"body", "case_ref", b"case_ref", "data_request", b"data_request", "extend", b"extend", "follow_up", b"follow_up", "fraud_report", b"fraud_report", "freeze", b"freeze", "issued_at", b"issued_at", "number_block", b"number_block", "release", b"release", "return_funds", b"return_funds", "stop_payment", b"stop_payment", "warning", b"warning"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["account_block", b"account_block", "appeal", b"appeal", "assistance", b"assistance", "body", b"body", "case_ref", b"case_ref", "data_request", b"data_request", "dissuasion", b"dissuasion", "extend", b"extend", "follow_up", b"follow_up", "fraud_report", b"fraud_report", "freeze", b"freeze", "issued_at", b"issued_at", "linkage_notice", b"linkage_notice", "number_block", b"number_block", "release", b"release", "return_funds", b"return_funds", "stop_payment", b"stop_payment", "warning", b"warning"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_block", b"account_block", "appeal", b"appeal", "assistance", b"assistance", "body", b"body", "case_ref", b"case_ref", "data_request", b"data_request", "extend", b"extend", "follow_up", b"follow_up", "fraud_report", b"fraud_report", "freeze", b"freeze", "hop", b"hop", "idempotency_key", b"idempotency_key", "issued_at", b"issued_at", "number_block", b"number_block", "parent_id", b"parent_id", "priority", b"priority", "recipient", b"recipient", "release", b"release", "return_funds", b"return_funds", "stop_payment", b"stop_payment", "warning", b"warning"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["account_block", b"account_block", "appeal", b"appeal", "assistance", b"assistance", "body", b"body", "case_ref", b"case_ref", "data_request", b"data_request", "dissuasion", b"dissuasion", "extend", b"extend", "follow_up", b"follow_up", "fraud_report", b"fraud_report", "freeze", b"freeze", "hop", b"hop", "idempotency_key", b"idempotency_key", "issued_at", b"issued_at", "linkage_notice", b"linkage_notice", "number_block", b"number_block", "parent_id", b"parent_id", "priority", b"priority", "recipient", b"recipient", "release", b"release", "return_funds", b"return_funds", "stop_payment", b"stop_payment", "warning", b"warning"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["stop_payment", "freeze", "release", "extend", "number_block", "account_block", "data_request", "assistance", "warning", "fraud_report", "return_funds", "appeal", "follow_up"]  # noqa: Y015
+    _WhichOneofReturnType_body: _TypeAlias = _typing.Literal["stop_payment", "freeze", "release", "extend", "number_block", "account_block", "data_request", "assistance", "warning", "fraud_report", "return_funds", "appeal", "follow_up", "linkage_notice", "dissuasion"]  # noqa: Y015
     _WhichOneofArgType_body: _TypeAlias = _typing.Literal["body", b"body"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_body) -> _WhichOneofReturnType_body | None: ...
 
@@ -840,10 +908,16 @@ class Warning(_message.Message):
     PLATFORM_ACCOUNT_FIELD_NUMBER: _builtins.int
     CHANNEL_FIELD_NUMBER: _builtins.int
     TEMPLATE_ID_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
     channel: Global___WarningChannel.ValueType
     """How."""
     template_id: _builtins.str
     """Approved message template (the text is the agency's own)."""
+    region: _builtins.str
+    """GB/T 2260 region code where the person lives, if known: when the warning ends UNREACHABLE or
+    CONTINUING, the broker asks that region's police to dissuade in person (DISSUASION); without
+    it, the police of the case owner's region.
+    """
     @_builtins.property
     def phone(self) -> _common_pb2.PhoneRef:
         """A subscriber of a carrier."""
@@ -859,10 +933,11 @@ class Warning(_message.Message):
         platform_account: _common_pb2.PlatformAccountRef | None = ...,
         channel: Global___WarningChannel.ValueType = ...,
         template_id: _builtins.str = ...,
+        region: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["phone", b"phone", "platform_account", b"platform_account", "target", b"target"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "phone", b"phone", "platform_account", b"platform_account", "target", b"target", "template_id", b"template_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["channel", b"channel", "phone", b"phone", "platform_account", b"platform_account", "region", b"region", "target", b"target", "template_id", b"template_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType_target: _TypeAlias = _typing.Literal["phone", "platform_account"]  # noqa: Y015
     _WhichOneofArgType_target: _TypeAlias = _typing.Literal["target", b"target"]  # noqa: Y015
@@ -1138,3 +1213,148 @@ class FollowUp(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___FollowUp: _TypeAlias = FollowUp  # noqa: Y015
+
+@_typing.final
+class LinkedCase(_message.Message):
+    """A case as a link names it: no personal data."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CASE_NUMBER_FIELD_NUMBER: _builtins.int
+    OWNER_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    FIRST_SEEN_FIELD_NUMBER: _builtins.int
+    SOURCE_FIELD_NUMBER: _builtins.int
+    case_number: _builtins.str
+    """Police case number."""
+    owner: _builtins.str
+    """The police agency owning the case."""
+    region: _builtins.str
+    """The owner's GB/T 2260 region code."""
+    source: Global___LinkageSource.ValueType
+    """What touched it first in this case."""
+    @_builtins.property
+    def first_seen(self) -> _timestamp_pb2.Timestamp:
+        """When this case first touched the identifier."""
+
+    def __init__(
+        self,
+        *,
+        case_number: _builtins.str = ...,
+        owner: _builtins.str = ...,
+        region: _builtins.str = ...,
+        first_seen: _timestamp_pb2.Timestamp | None = ...,
+        source: Global___LinkageSource.ValueType = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["first_seen", b"first_seen"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_number", b"case_number", "first_seen", b"first_seen", "owner", b"owner", "region", b"region", "source", b"source"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LinkedCase: _TypeAlias = LinkedCase  # noqa: Y015
+
+@_typing.final
+class LinkageNotice(_message.Message):
+    """串并通知: two (or more) cases touched the same identifier. Signed by the broker and sent to each
+    case owner and, when the owners are in different regions, to the coordinator too. It names the
+    identifier only by its keyed digest, and the other cases only by number, owner and region.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LINK_ID_FIELD_NUMBER: _builtins.int
+    KIND_FIELD_NUMBER: _builtins.int
+    IDENTIFIER_DIGEST_FIELD_NUMBER: _builtins.int
+    CASES_FIELD_NUMBER: _builtins.int
+    MADE_BY_FIELD_NUMBER: _builtins.int
+    LINKED_AT_FIELD_NUMBER: _builtins.int
+    CROSS_REGION_FIELD_NUMBER: _builtins.int
+    COORDINATOR_FIELD_NUMBER: _builtins.int
+    link_id: _builtins.str
+    """The link (stable: every notice of the same identifier and cases carries the same id)."""
+    kind: Global___IdentifierKind.ValueType
+    """What kind of identifier the cases share."""
+    identifier_digest: _builtins.str
+    """The broker's keyed digest of the identifier (hex), as the money trail names accounts."""
+    made_by: _builtins.str
+    """The request or mark whose arrival made the link."""
+    cross_region: _builtins.bool
+    """True when the owners are in different regions."""
+    coordinator: _builtins.str
+    """The police agency suggested to coordinate (the owners' common supervisor in the directory);
+    empty when the owners are in one region.
+    """
+    @_builtins.property
+    def cases(self) -> _containers.RepeatedCompositeFieldContainer[Global___LinkedCase]:
+        """Every case known to have touched the identifier, the recipient's own included."""
+
+    @_builtins.property
+    def linked_at(self) -> _timestamp_pb2.Timestamp:
+        """When the broker linked them."""
+
+    def __init__(
+        self,
+        *,
+        link_id: _builtins.str = ...,
+        kind: Global___IdentifierKind.ValueType = ...,
+        identifier_digest: _builtins.str = ...,
+        cases: _abc.Iterable[Global___LinkedCase] | None = ...,
+        made_by: _builtins.str = ...,
+        linked_at: _timestamp_pb2.Timestamp | None = ...,
+        cross_region: _builtins.bool = ...,
+        coordinator: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["linked_at", b"linked_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cases", b"cases", "coordinator", b"coordinator", "cross_region", b"cross_region", "identifier_digest", b"identifier_digest", "kind", b"kind", "link_id", b"link_id", "linked_at", b"linked_at", "made_by", b"made_by"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LinkageNotice: _TypeAlias = LinkageNotice  # noqa: Y015
+
+@_typing.final
+class Dissuasion(_message.Message):
+    """见面劝阻: a warning did not dissuade the person (UNREACHABLE or CONTINUING); the police of the
+    person's region go and dissuade them in person, within the SLA policy's deadline.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WARNING_REQUEST_ID_FIELD_NUMBER: _builtins.int
+    WARNING_OUTCOME_FIELD_NUMBER: _builtins.int
+    PHONE_FIELD_NUMBER: _builtins.int
+    PLATFORM_ACCOUNT_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    warning_request_id: _builtins.str
+    """The WARNING that failed."""
+    warning_outcome: _results_pb2.WarningOutcome.ValueType
+    """How it ended."""
+    region: _builtins.str
+    """GB/T 2260 region code where the person is looked for."""
+    @_builtins.property
+    def phone(self) -> _common_pb2.PhoneRef:
+        """A subscriber of a carrier."""
+
+    @_builtins.property
+    def platform_account(self) -> _common_pb2.PlatformAccountRef:
+        """A user of a platform."""
+
+    def __init__(
+        self,
+        *,
+        warning_request_id: _builtins.str = ...,
+        warning_outcome: _results_pb2.WarningOutcome.ValueType = ...,
+        phone: _common_pb2.PhoneRef | None = ...,
+        platform_account: _common_pb2.PlatformAccountRef | None = ...,
+        region: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["phone", b"phone", "platform_account", b"platform_account", "target", b"target"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["phone", b"phone", "platform_account", b"platform_account", "region", b"region", "target", b"target", "warning_outcome", b"warning_outcome", "warning_request_id", b"warning_request_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_target: _TypeAlias = _typing.Literal["phone", "platform_account"]  # noqa: Y015
+    _WhichOneofArgType_target: _TypeAlias = _typing.Literal["target", b"target"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_target) -> _WhichOneofReturnType_target | None: ...
+
+Global___Dissuasion: _TypeAlias = Dissuasion  # noqa: Y015

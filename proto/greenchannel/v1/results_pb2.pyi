@@ -203,6 +203,54 @@ APPEAL_DECISION_LIFTED: AppealDecision.ValueType  # 2
 """The restriction is lifted: the broker sends the lifting orders itself."""
 Global___AppealDecision: _TypeAlias = AppealDecision  # noqa: Y015
 
+class _WarningOutcome:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _WarningOutcomeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_WarningOutcome.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    WARNING_OUTCOME_UNSPECIFIED: _WarningOutcome.ValueType  # 0
+    WARNING_OUTCOME_DISSUADED: _WarningOutcome.ValueType  # 1
+    """Reached, and they stopped: no payment."""
+    WARNING_OUTCOME_CONTINUING: _WarningOutcome.ValueType  # 2
+    """Reached, but they go on (the broker escalates by policy)."""
+    WARNING_OUTCOME_UNREACHABLE: _WarningOutcome.ValueType  # 3
+    """Not reached (the broker escalates by policy)."""
+
+class WarningOutcome(_WarningOutcome, metaclass=_WarningOutcomeEnumTypeWrapper):
+    """How reaching a person to warn them ended (预警劝阻)."""
+
+WARNING_OUTCOME_UNSPECIFIED: WarningOutcome.ValueType  # 0
+WARNING_OUTCOME_DISSUADED: WarningOutcome.ValueType  # 1
+"""Reached, and they stopped: no payment."""
+WARNING_OUTCOME_CONTINUING: WarningOutcome.ValueType  # 2
+"""Reached, but they go on (the broker escalates by policy)."""
+WARNING_OUTCOME_UNREACHABLE: WarningOutcome.ValueType  # 3
+"""Not reached (the broker escalates by policy)."""
+Global___WarningOutcome: _TypeAlias = WarningOutcome  # noqa: Y015
+
+class _FeedbackDecision:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _FeedbackDecisionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FeedbackDecision.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    FEEDBACK_DECISION_UNSPECIFIED: _FeedbackDecision.ValueType  # 0
+    FEEDBACK_DECISION_ACTED_ON: _FeedbackDecision.ValueType  # 1
+    """Accepted and acted on (a case opened or joined)."""
+    FEEDBACK_DECISION_NOT_ACTIONABLE: _FeedbackDecision.ValueType  # 2
+    """Not actionable; the reason says why."""
+
+class FeedbackDecision(_FeedbackDecision, metaclass=_FeedbackDecisionEnumTypeWrapper):
+    """The police's feedback on a fraud report (Anti-Telecom Fraud Law art. 26)."""
+
+FEEDBACK_DECISION_UNSPECIFIED: FeedbackDecision.ValueType  # 0
+FEEDBACK_DECISION_ACTED_ON: FeedbackDecision.ValueType  # 1
+"""Accepted and acted on (a case opened or joined)."""
+FEEDBACK_DECISION_NOT_ACTIONABLE: FeedbackDecision.ValueType  # 2
+"""Not actionable; the reason says why."""
+Global___FeedbackDecision: _TypeAlias = FeedbackDecision  # noqa: Y015
+
 @_typing.final
 class OnwardTransfer(_message.Message):
     """Money that left the account before the hold: the trail to chase.
@@ -461,6 +509,8 @@ class Result(_message.Message):
     APPEAL_FIELD_NUMBER: _builtins.int
     RETURNS_FIELD_NUMBER: _builtins.int
     FOLLOW_UP_FIELD_NUMBER: _builtins.int
+    WARNING_FIELD_NUMBER: _builtins.int
+    FEEDBACK_FIELD_NUMBER: _builtins.int
     outcome: _common_pb2.RequestState.ValueType
     """EXECUTED, PARTIALLY_EXECUTED, REJECTED or FAILED."""
     reason: Global___ReasonCode.ValueType
@@ -475,6 +525,10 @@ class Result(_message.Message):
     """APPEAL: the decision."""
     follow_up: Global___FollowUpOutcome.ValueType
     """FOLLOW_UP: whether the victim was reached (the advice given is in detail, never personal data)."""
+    warning: Global___WarningOutcome.ValueType
+    """WARNING and DISSUASION: how reaching the person ended."""
+    feedback: Global___FeedbackDecision.ValueType
+    """FRAUD_REPORT: the police's feedback (the reason is in detail)."""
     @_builtins.property
     def amount_held(self) -> _common_pb2.Money:
         """Amount now held (stop-payment) on the account."""
@@ -544,10 +598,12 @@ class Result(_message.Message):
         appeal: Global___AppealDecision.ValueType = ...,
         returns: _abc.Iterable[Global___ReturnedPayout] | None = ...,
         follow_up: Global___FollowUpOutcome.ValueType = ...,
+        warning: Global___WarningOutcome.ValueType = ...,
+        feedback: Global___FeedbackDecision.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["amount_frozen", b"amount_frozen", "amount_held", b"amount_held", "amount_released", b"amount_released", "amount_returned", b"amount_returned", "block", b"block", "broker_details", b"broker_details", "encrypted_payload", b"encrypted_payload", "hold_until", b"hold_until", "sealed_details", b"sealed_details"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agency_reference", b"agency_reference", "amount_frozen", b"amount_frozen", "amount_held", b"amount_held", "amount_released", b"amount_released", "amount_returned", b"amount_returned", "appeal", b"appeal", "assistance", b"assistance", "block", b"block", "broker_details", b"broker_details", "detail", b"detail", "encrypted_payload", b"encrypted_payload", "follow_up", b"follow_up", "hold_until", b"hold_until", "onward_transfers", b"onward_transfers", "outcome", b"outcome", "reason", b"reason", "returns", b"returns", "sealed_details", b"sealed_details"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agency_reference", b"agency_reference", "amount_frozen", b"amount_frozen", "amount_held", b"amount_held", "amount_released", b"amount_released", "amount_returned", b"amount_returned", "appeal", b"appeal", "assistance", b"assistance", "block", b"block", "broker_details", b"broker_details", "detail", b"detail", "encrypted_payload", b"encrypted_payload", "feedback", b"feedback", "follow_up", b"follow_up", "hold_until", b"hold_until", "onward_transfers", b"onward_transfers", "outcome", b"outcome", "reason", b"reason", "returns", b"returns", "sealed_details", b"sealed_details", "warning", b"warning"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
