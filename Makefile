@@ -53,6 +53,7 @@ bench: $(STAMP)
 	$(BIN)/python -m tests.bench.bench_batch --reps 3 --json build/bench-batch.json
 	$(BIN)/python -m tests.bench.bench_floor --json build/bench-floor.json
 	$(BIN)/python -m tests.bench.bench_open_requests --sizes 10000,100000 --json build/bench-open-requests.json
+	$(BIN)/python -m tests.bench.bench_risk --rate 1000 --seconds 10 --json build/bench-risk.json
 	$(BIN)/python -m tests.bench.bench_adapter --n 1000 --rounds 3 --variant concurrent=. --variant serial=.,concurrency=1 --json build/bench-adapter.json
 	@# Last: it ends with the one-line summary. With py-spy in the venv it also profiles (build/bench-profile).
 	$(BIN)/python -m tests.bench.bench_e2e --json build/bench-e2e.json $(if $(wildcard $(BIN)/py-spy),--profile build/bench-profile)

@@ -32,6 +32,7 @@ from ._file_config import (
     load_adapter_materials,
 )
 from ._idempotency import ExecutionRecord, ExecutionState, IdempotencyStore
+from ._metrics import AdapterMetrics, PrometheusAdapterMetrics
 from ._runtime import LANES, TASK_PREFIX, AdapterRuntime
 from ._standalone import ADAPTER_HEALTH_SERVICE, StandaloneAdapter, wait_for_inbox
 
@@ -46,6 +47,7 @@ __all__ = [
     "AdapterError",
     "AdapterFileConfig",
     "AdapterMaterials",
+    "AdapterMetrics",
     "AdapterRuntime",
     "AgencyBackend",
     "AgencyCallError",
@@ -56,6 +58,7 @@ __all__ = [
     "GrpcAgencyBackend",
     "IdempotencyConflictError",
     "IdempotencyStore",
+    "PrometheusAdapterMetrics",
     "ServiceTls",
     "StandaloneAdapter",
     "UnsupportedRequestError",

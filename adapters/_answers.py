@@ -67,6 +67,14 @@ def failure(
     )
 
 
+def _missing_required(result: results_pb2.Result, field: str | None) -> str | None:
+    """The required field an EXECUTED result leaves unset (a warning without its outcome), or None."""
+    if field is None or result.outcome != common_pb2.REQUEST_STATE_EXECUTED:
+        return None
+    value = getattr(result, field)
+    return None if value else field
+
+
 class AnswerBuilder:
     """Turns what the agency system answered into the result the adapter signs."""
 
@@ -91,6 +99,14 @@ class AnswerBuilder:
                 results_pb2.REASON_CODE_INTERNAL,
                 "agency system answered with a result that breaks the contract",
                 error=type(exc).__name__,
+            )
+        missing = _missing_required(result, outcome.requires)
+        if missing is not None:
+            _log.warning("adapter.agency_result_incomplete", field=missing)
+            return failure(
+                results_pb2.REASON_CODE_INTERNAL,
+                f"agency system answered EXECUTED without result.{missing}, which the contract requires",
+                error="MissingResultFieldError",
             )
         if outcome.answer is not None:
             try:

@@ -2,12 +2,14 @@
 
 Each kind maps the request types it handles to one call of its service (``BankService`` for
 banks, and so on). A call declares what is special about it: a sealed part of the order the
-adapter opens with the agency's own key and passes in clear (an appeal's statement), and whether
-EXECUTED means the agency *filed* the request for a decision that comes later through the Bus API
-(an appeal: the adapter then records ACKNOWLEDGED, not an outcome). Everything else a kind is
-sent is refused by the runtime before anything is called. gRPC errors are translated here, once:
-transient ones become :class:`AgencyUnavailableError` (retried), the rest :class:`AgencyCallError`.
-Status details are never copied into errors or logs: the agency system may describe a customer there.
+adapter opens with the agency's own key and passes in clear (an appeal's statement); whether
+EXECUTED means the agency *filed* the request for a decision that comes later through the Bus
+API (an appeal, a fraud report awaiting feedback: the adapter then records ACKNOWLEDGED, not an
+outcome); and which result field an EXECUTED answer must carry (a warning's outcome). Everything
+else a kind is sent is refused by the runtime before anything is called. gRPC errors are
+translated here, once: transient ones become :class:`AgencyUnavailableError` (retried), the rest
+:class:`AgencyCallError`. Status details are never copied into errors or logs: the agency system
+may describe a customer there.
 """
 
 from __future__ import annotations
@@ -73,8 +75,12 @@ class BackendOutcome:
     answer: results_pb2.DataAnswer | None = None
     """Personal data in clear (data answers, assistance reports); sealed before it leaves the adapter."""
     filed: bool = False
-    """The call files the request for a decision made later (an appeal): its EXECUTED means filed,
-    and the adapter records ACKNOWLEDGED instead of an outcome."""
+    """The call files the request for a decision made later (an appeal, a fraud report awaiting
+    the police's feedback): its EXECUTED means filed, and the adapter records ACKNOWLEDGED instead
+    of an outcome."""
+    requires: str | None = None
+    """The ``Result`` field an EXECUTED answer must set (a warning's ``warning`` outcome); an
+    EXECUTED answer without it breaks the contract and the adapter fails the request."""
 
 
 class AgencyBackend(Protocol):
@@ -116,6 +122,8 @@ class _Call:
     """A sealed part of the order, opened by the adapter and passed beside it in clear."""
     files: bool = False
     """EXECUTED means filed for a later decision: ACKNOWLEDGED, not an outcome (BackendOutcome.filed)."""
+    requires: str | None = None
+    """The ``Result`` field EXECUTED must set (BackendOutcome.requires)."""
 
 
 def _appeal_statement(opened: OpenedEnvelope, keys: KeyRing | None) -> tuple[str, Message]:
@@ -160,7 +168,7 @@ _CARRIER = _calls(
     {
         "number_block": _Call("BlockNumber", carrier_pb2.BlockNumberRequest),
         "release": _Call("LiftBlock", carrier_pb2.LiftBlockRequest),
-        "warning": _Call("WarnSubscriber", carrier_pb2.WarnSubscriberRequest),
+        "warning": _Call("WarnSubscriber", carrier_pb2.WarnSubscriberRequest, requires="warning"),
         "data_request": _Call(
             "QuerySubscriberData", carrier_pb2.QuerySubscriberDataRequest, answer_field="answer"
         ),
@@ -170,7 +178,7 @@ _PLATFORM = _calls(
     {
         "account_block": _Call("BlockAccount", platform_pb2.BlockAccountRequest),
         "release": _Call("LiftRestriction", platform_pb2.LiftRestrictionRequest),
-        "warning": _Call("WarnUser", platform_pb2.WarnUserRequest),
+        "warning": _Call("WarnUser", platform_pb2.WarnUserRequest, requires="warning"),
         "data_request": _Call(
             "QueryPlatformData", platform_pb2.QueryPlatformDataRequest, answer_field="answer"
         ),
@@ -179,11 +187,13 @@ _PLATFORM = _calls(
 _POLICE = _calls(
     {
         "assistance": _Call("HandleAssistance", police_pb2.HandleAssistanceRequest, answer_field="report"),
+        # Received, not answered: the police's feedback comes later through BusService.GiveFeedback.
         "fraud_report": _Call(
-            "ReceiveFraudReport", police_pb2.ReceiveFraudReportRequest, order_field="report"
+            "ReceiveFraudReport", police_pb2.ReceiveFraudReportRequest, order_field="report", files=True
         ),
         "appeal": _Call("FileAppeal", police_pb2.FileAppealRequest, opens=_appeal_statement, files=True),
         "follow_up": _Call("FollowUpVictim", police_pb2.FollowUpVictimRequest),
+        "dissuasion": _Call("DissuadeInPerson", police_pb2.DissuadeInPersonRequest, requires="warning"),
     }
 )
 
@@ -245,7 +255,7 @@ class GrpcAgencyBackend:
         if call.answer_field is not None and response.HasField(call.answer_field):
             answer = getattr(response, call.answer_field)
         filed = call.files and response.result.outcome == common_pb2.REQUEST_STATE_EXECUTED
-        return BackendOutcome(result=response.result, answer=answer, filed=filed)
+        return BackendOutcome(result=response.result, answer=answer, filed=filed, requires=call.requires)
 
 
 def _translate(exc: grpc.aio.AioRpcError, method: str) -> AgencyCallError:

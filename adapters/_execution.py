@@ -26,7 +26,7 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import structlog
-from greenchannel.v1 import common_pb2, results_pb2
+from greenchannel.v1 import agency_pb2, common_pb2, results_pb2
 from nats.aio.msg import Msg
 
 from broker.protocol import Clock, ConsumerLoop, OpenedEnvelope, reason_name, request_type_name, state_name
@@ -44,6 +44,7 @@ from ._errors import (
 )
 from ._idempotency import ExecutionRecord, ExecutionState, GroupCommitJournal
 from ._inbox import Settle
+from ._metrics import AdapterMetrics
 from ._opening import Opened
 from ._publisher import EventPublisher
 from ._retry import Backoff
@@ -74,7 +75,9 @@ class Executor:
         loop: ConsumerLoop,
         settle: Callable[[Msg, Settle], Awaitable[None]],
         clock: Clock,
+        metrics: AdapterMetrics | None = None,
     ) -> None:
+        self._metrics = metrics or AdapterMetrics()
         self._config = config
         self._clock = clock
         self._journal = journal
@@ -157,6 +160,7 @@ class Executor:
         except IdempotencyConflictError:
             # The same id with another body: answering either way would misattribute a result.
             _log.error("adapter.request_id_conflict")
+            self._metrics.refused(self._config.agency_id, "CONFLICTING_REQUEST")
             await self._publisher.deadletter(
                 msg, request_id, "CONFLICTING_REQUEST", "IdempotencyConflictError"
             )
@@ -184,6 +188,7 @@ class Executor:
 
     async def _replay(self, msg: Msg, record: ExecutionRecord) -> None:
         await self._publisher.terminal(record)
+        self._metrics.replayed(self._config.agency_id)
         _log.info("adapter.replayed_terminal_event", event_id=record.event_id)
         await self._settle(msg, "ack")
 
@@ -193,6 +198,16 @@ class Executor:
         context = order_context(opened)
         loop = asyncio.get_running_loop()
         started = loop.time()
+        answer = await self._call_with_retries(opened, context, started)
+        # Whatever the answer (result, refusal, budget spent); not when shutdown interrupted it.
+        self._metrics.called(config.agency_id, request_type_name(opened.header.type), loop.time() - started)
+        return answer
+
+    async def _call_with_retries(
+        self, opened: OpenedEnvelope, context: agency_pb2.OrderContext, started: float
+    ) -> Answer:
+        config = self._config
+        loop = asyncio.get_running_loop()
         backoff = Backoff(config.retry_initial, config.retry_max)
         attempt = 0
         while True:
@@ -208,6 +223,7 @@ class Executor:
                         f"agency system unavailable: {attempt} attempts in {elapsed:.1f} s, last {exc.code}",
                         error=type(exc).__name__,
                     )
+                self._metrics.retried(config.agency_id, str(exc.code))
                 delay = min(backoff.next(), config.retry_budget - elapsed)
                 _log.info("adapter.agency_retry", attempt=attempt, code=exc.code, delay=round(delay, 3))
                 await self._loop.wait_stopping(delay)
@@ -259,6 +275,9 @@ class Executor:
             )
         else:
             await publish
+        self._metrics.answered(
+            self._config.agency_id, request_type_name(opened.header.type), state_name(event.state)
+        )
         _log.info(
             "adapter.answered",
             state=state_name(event.state),

@@ -57,14 +57,17 @@ The format, every field (``*`` required)::
 
     [health]                                optional: without it no health service
     listen* = "127.0.0.1:8081"              gRPC health service (grpc.health.v1); port 0 picks one
+
+    [metrics]                               optional: without it no metrics (docs/metrics.md)
+    listen* = "127.0.0.1:9465"              Prometheus endpoint, GET /metrics; port 0 picks one
+    interval = 5.0                          seconds between reads of the inbox lag
 """
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any, NoReturn
@@ -78,6 +81,7 @@ from broker.protocol import (
     Agency,
     AgencyKind,
     KeyFileError,
+    MetricsConfig,
     NatsSettings,
     Registry,
     RegistryError,
@@ -86,6 +90,8 @@ from broker.protocol import (
     agency_inbox_prefix,
     channel_credentials,
     encryption_kid,
+    is_loopback,
+    listen_problem,
     load_directory,
     load_nats_public_key,
     load_signing_key,
@@ -200,6 +206,10 @@ _TABLES: Mapping[str, Mapping[str, _Field]] = MappingProxyType(
         "health": {
             "listen": _Field("string", required=True, check=_host_port),
         },
+        "metrics": {
+            "listen": _Field("string", required=True, check=listen_problem),
+            "interval": _Field("number", default=5.0, check=_positive),
+        },
     }
 )
 FIELDS: Mapping[str, tuple[str, ...]] = MappingProxyType({table: tuple(f) for table, f in _TABLES.items()})
@@ -251,6 +261,14 @@ class AdapterFileConfig:
     """Seconds to wait at start for the broker to have created the agency's inbox consumers."""
     health_listen: str | None
     """Address of the gRPC health service; None: no health service."""
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    """Prometheus metrics: off without a ``[metrics]`` table."""
+
+    def with_metrics(self, listen: str) -> AdapterFileConfig:
+        """This config with metrics served on ``listen`` (a command-line override)."""
+        if (problem := listen_problem(listen)) is not None:
+            raise AdapterConfigError(f"--metrics-listen: {problem}")
+        return replace(self, metrics=replace(self.metrics, listen=listen))
 
     def with_health(self, listen: str) -> AdapterFileConfig:
         """This config with the health service on ``listen`` (a command-line override)."""
@@ -327,13 +345,7 @@ def _field(scope: TomlTable, key: str, spec: _Field, *, base: Path) -> Any:
 
 
 def _is_loopback(target: str) -> bool:
-    host = target.rsplit(":", 1)[0].strip("[]")
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+    return is_loopback(target.rsplit(":", 1)[0])
 
 
 def load_adapter_file(path: Path) -> AdapterFileConfig:
@@ -352,6 +364,8 @@ def load_adapter_file(path: Path) -> AdapterFileConfig:
     adapter = _fields(root.table("adapter"), "adapter", base=base)
     health_scope = root.optional_table("health")
     health = None if health_scope is None else _fields(health_scope, "health", base=base)
+    metrics_scope = root.optional_table("metrics")
+    metrics = None if metrics_scope is None else _fields(metrics_scope, "metrics", base=base)
     tls_scope = service_scope.optional_table("tls")
     tls_table = None if tls_scope is None else _fields(tls_scope, "service.tls", base=base)
 
@@ -418,6 +432,7 @@ def load_adapter_file(path: Path) -> AdapterFileConfig:
         ack_wait=adapter["ack_wait"],
         inbox_timeout=nats["inbox_timeout"],
         health_listen=health["listen"] if health is not None else None,
+        metrics=MetricsConfig() if metrics is None else MetricsConfig(**metrics),
     )
 
 

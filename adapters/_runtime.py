@@ -38,6 +38,7 @@ from broker.protocol import (
     Clock,
     ConsumerLoop,
     DecryptionKeys,
+    GaugeTimer,
     NatsError,
     Registry,
     RegistryError,
@@ -45,6 +46,7 @@ from broker.protocol import (
     close_connection,
     connect,
     encryption_kid,
+    reason_name,
     request_type_name,
 )
 
@@ -55,6 +57,7 @@ from ._errors import AdapterConfigError, AdapterError
 from ._execution import Executor, Interrupted
 from ._idempotency import GroupCommitJournal, IdempotencyStore
 from ._inbox import LANES, TASK_PREFIX, Settle, inbox_spec, settle
+from ._metrics import AdapterMetrics
 from ._opening import Refusal, key_ring, open_inbox_message
 from ._publisher import EventPublisher
 
@@ -78,6 +81,8 @@ class AdapterRuntime:
     (the runtime then owns and drains it). What is handed in is never closed here.
     ``decryption_keys`` are the agency's X25519 private keys, which open sealed request bodies;
     without them every sealed request is refused (FAILED, SIGNATURE_INVALID), only clear ones run.
+    ``metrics``: where the adapter counts (default: nowhere); with real metrics the inbox's lag is
+    read every ``metrics_interval`` seconds.
     """
 
     def __init__(
@@ -90,7 +95,12 @@ class AdapterRuntime:
         backend: AgencyBackend | None = None,
         nats_client: Client | None = None,
         decryption_keys: DecryptionKeys | None = None,
+        metrics: AdapterMetrics | None = None,
+        metrics_interval: float = 5.0,
     ) -> None:
+        self._metrics = metrics or AdapterMetrics()
+        self._metrics_timer: GaugeTimer | None = None
+        self._metrics_interval = metrics_interval
         self._config = config
         self._registry = registry
         self._key = signing_key
@@ -157,7 +167,8 @@ class AdapterRuntime:
                 clock=self._clock,
                 publish_timeout=config.publish_timeout,
             )
-            self._loop = ConsumerLoop(js, inbox_spec(config), self._handle)
+            metrics = self._metrics
+            self._loop = ConsumerLoop(js, inbox_spec(config), self._handle, observer=metrics.consumers)
             self._executor = Executor(
                 config,
                 journal=self._journal,
@@ -167,8 +178,17 @@ class AdapterRuntime:
                 loop=self._loop,
                 settle=self._settle,
                 clock=self._clock,
+                metrics=metrics,
             )
             await self._loop.start()
+            if metrics.consumers is not None:
+                loop = self._loop
+                self._metrics_timer = GaugeTimer(
+                    self._metrics_interval,
+                    [lambda: metrics.read_inbox(loop)],
+                    name=f"adapter-{self.agency_id}",
+                )
+                self._metrics_timer.start()
         except BaseException:
             await self._release()
             self._phase = _Phase.CLOSED
@@ -204,6 +224,8 @@ class AdapterRuntime:
 
     async def _release(self) -> None:
         """Nak what is held, unbind, close what the runtime opened. Safe on a half-started runtime."""
+        if self._metrics_timer is not None:
+            await self._metrics_timer.aclose()
         if self._loop is not None:
             await self._loop.aclose()
         if self._store is not None:
@@ -268,6 +290,7 @@ class AdapterRuntime:
             clock=self._clock,
         )
         if isinstance(order, Refusal):
+            self._metrics.refused(self.agency_id, reason_name(order.reason))
             await self._publisher.refusal(
                 msg, order.envelope, order.reason, error=order.error, fields=list(order.fields)
             )

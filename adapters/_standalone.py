@@ -36,16 +36,19 @@ from broker.protocol import (
     INBOX_STREAM,
     PRIORITIES,
     Clock,
+    MetricsEndpoint,
     NatsError,
     close_connection,
     connect,
     inbox_consumer,
+    new_registry,
     requires_auth,
 )
 
 from ._backends import backend_for, open_agency_channel
 from ._errors import AdapterConfigError
 from ._file_config import AdapterFileConfig, AdapterMaterials
+from ._metrics import AdapterMetrics, PrometheusAdapterMetrics
 from ._runtime import AdapterRuntime
 
 __all__ = ["ADAPTER_HEALTH_SERVICE", "StandaloneAdapter", "wait_for_inbox"]
@@ -74,6 +77,8 @@ class StandaloneAdapter:
         self._nats_connected = True  # connect() returns connected; the listener tells changes
         self.runtime: AdapterRuntime | None = None
         self.health_address: str | None = None
+        self.metrics_address: str | None = None
+        """``host:port`` of the metrics endpoint once serving; None without ``[metrics]``."""
 
     async def __aenter__(self) -> Self:
         try:
@@ -118,6 +123,13 @@ class StandaloneAdapter:
             server_name=config.tls.server_name if config.tls is not None else None,
         )
         self._exit.push_async_callback(channel.close)
+        metrics = AdapterMetrics()
+        if config.metrics.listen is not None:
+            metrics = PrometheusAdapterMetrics(new_registry())
+            endpoint = await self._exit.enter_async_context(
+                MetricsEndpoint(config.metrics.listen, metrics.registry)
+            )
+            self.metrics_address = endpoint.address
         runtime = AdapterRuntime(
             runtime_config,
             registry=self._materials.registry,
@@ -126,13 +138,17 @@ class StandaloneAdapter:
             backend=backend_for(self._materials.agency.kind, channel),
             nats_client=nc,
             decryption_keys=self._materials.decryption_keys or None,
+            metrics=metrics,
+            metrics_interval=config.metrics.interval,
         )
         self.runtime = runtime
         await runtime.start()
         self._exit.push_async_callback(runtime.aclose)
         if config.health_listen is not None:
             await self._serve_health(config.health_listen)
-        _log.info("adapter.online", agency=self.agency_id, health=self.health_address)
+        _log.info(
+            "adapter.online", agency=self.agency_id, health=self.health_address, metrics=self.metrics_address
+        )
 
     async def _serve_health(self, listen: str) -> None:
         server: Any = grpc.aio.server()

@@ -10,7 +10,9 @@ banks, and secures 45,000.00: everything but the 5,000.00 that left the director
 
 Meanwhile 李某's phone (carrier-cmcc), which talked the victim into paying, keeps calling a potential
 victim, 周某, on carrier-ctcc; and 李某's platform-wechat account, which posed as customer service,
-keeps logging in. 周某 has a platform-wechat account too, where a warning can reach her. The carriers
+keeps logging in. 周某 has a platform-wechat account too, where a warning can reach her. Another
+potential victim, 孙某 (``UNREACHABLE_PHONE``, carrier-ctcc), cannot be reached: her phone is off, and
+the carrier records the line unreachable, so a warning to her ends UNREACHABLE. The carriers
 know their cells and where each line was last seen: 李某's phone on the cell of its latest call
 (``FRAUDSTER_CELL``), two minutes before the anchor.
 
@@ -26,6 +28,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from agencies._common import Reach
 from agencies.bank import BankCore
 from agencies.carrier import CarrierCore, Cell
 from agencies.platform import PlatformCore
@@ -65,6 +68,8 @@ __all__ = [
     "POTENTIAL_VICTIM_PHONE",
     "POTENTIAL_VICTIM_WECHAT_ID",
     "TRANSFERS",
+    "UNREACHABLE_HOLDER",
+    "UNREACHABLE_PHONE",
     "VICTIM_ACCOUNT",
     "VICTIM_BANK",
     "VICTIM_HOLDER",
@@ -127,6 +132,11 @@ POTENTIAL_VICTIM_HOLDER = "周某"
 WECHAT = "wechat"
 FRAUDSTER_WECHAT_ID = "wxid_k7m2q9x4a1b2"
 POTENTIAL_VICTIM_WECHAT_ID = "wxid_p3n8v2c6d0e4"
+UNREACHABLE_PHONE = "+8618912340009"
+"""Another potential victim on carrier-ctcc, 孙某, whose phone is off: the carrier records the line
+unreachable, so a warning to it ends UNREACHABLE and the broker asks the police of her region to
+dissuade her in person (DISSUASION)."""
+UNREACHABLE_HOLDER = "孙某"
 FRAUDSTER_CELL = "460-00-22801-40962"
 """Where the network last saw the fraudster's line: the cell of its latest call."""
 
@@ -337,6 +347,9 @@ class SeedLine:
     """Fictional identity card number."""
     activated_days_before: int
     """How long before the anchor the line was activated."""
+    reach: Reach | None = None
+    """What the carrier knows of reaching the subscriber: a warning to the line ends UNREACHABLE
+    or CONTINUING; None: reached and dissuaded."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -432,6 +445,17 @@ LINES: tuple[SeedLine, ...] = (
         id_number="440304196703150048",
         activated_days_before=4200,
     ),
+    SeedLine(
+        carrier="carrier-ctcc",
+        e164=UNREACHABLE_PHONE,
+        iccid="89860312345678909012",
+        imsi="460110123456790",
+        imei="861234567890456",
+        subscriber=UNREACHABLE_HOLDER,
+        id_number="440303195811200021",
+        activated_days_before=5100,
+        reach=Reach.UNREACHABLE,
+    ),
 )
 
 CALLS: tuple[SeedCall, ...] = (
@@ -490,6 +514,8 @@ LAST_SEEN: tuple[SeedLastSeen, ...] = (
     SeedLastSeen(e164=FRAUDSTER_PHONE, cell_id=FRAUDSTER_CELL, minutes_before=2),
     SeedLastSeen(e164=VICTIM_PHONE, cell_id="460-00-22805-11201", minutes_before=25),
     SeedLastSeen(e164=POTENTIAL_VICTIM_PHONE, cell_id="460-11-33012-20481", minutes_before=2),
+    # 孙某's phone went off five hours ago.
+    SeedLastSeen(e164=UNREACHABLE_PHONE, cell_id="460-11-33012-20481", minutes_before=300),
 )
 
 PLATFORM_ACCOUNTS: tuple[SeedPlatformAccount, ...] = (
@@ -597,6 +623,8 @@ def _register_lines(core: CarrierCore, anchor: datetime, mine: dict[str, SeedLin
             id_number=ln.id_number,
             activated_at=anchor - timedelta(days=ln.activated_days_before),
         )
+        if ln.reach is not None:
+            core.set_reach(ln.e164, ln.reach)
     recorded = 0
     for call in CALLS:
         started = anchor - timedelta(minutes=call.minutes_before)

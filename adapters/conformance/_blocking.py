@@ -16,9 +16,16 @@ from greenchannel.v1 import common_pb2, requests_pb2, results_pb2
 from ._generic import Check, Sample, deadline_check, malformed_check, replay_check, snake_case
 from ._probe import CheckFailed, Probe, expect, expect_no_data, expect_outcome, new_request_id
 
-__all__ = ["BlockingService", "blocking_checks"]
+__all__ = ["BlockingService", "blocking_checks", "warning_outcome"]
 
 EXECUTED = common_pb2.REQUEST_STATE_EXECUTED
+_WARNING_OUTCOMES = frozenset(
+    {
+        results_pb2.WARNING_OUTCOME_DISSUADED,
+        results_pb2.WARNING_OUTCOME_CONTINUING,
+        results_pb2.WARNING_OUTCOME_UNREACHABLE,
+    }
+)
 REJECTED = common_pb2.REQUEST_STATE_REJECTED
 
 
@@ -70,6 +77,17 @@ class BlockingService:
         return Sample(method=self.block_method, build=lambda probe, rid: self.block(probe, role, rid, False))
 
 
+def warning_outcome(result: results_pb2.Result, *, what: str) -> str:
+    """How a warning (or an in-person dissuasion) ended, which an EXECUTED answer must say."""
+    outcome = result.warning
+    expect(
+        outcome in _WARNING_OUTCOMES,
+        f"{what}: EXECUTED without result.warning, how reaching the person ended (DISSUADED,"
+        " CONTINUING or UNREACHABLE): the broker escalates a failed warning by it",
+    )
+    return results_pb2.WarningOutcome.Name(outcome).removeprefix("WARNING_OUTCOME_")
+
+
 def blocking_checks(service: BlockingService) -> tuple[Check, ...]:
     """Block and lift, warn, data, NOT_FOUND, replay, malformed requests, deadlines."""
     s = service
@@ -103,8 +121,10 @@ def blocking_checks(service: BlockingService) -> tuple[Check, ...]:
     async def warn(probe: Probe) -> str:
         answer = await probe.call(s.warn_method, s.warn(probe, "warn", None))
         expect_outcome(answer.result, EXECUTED, what=s.warn_method)
-        expect(answer.result.block.warned, f"{s.warn_method}: result.block.warned is not set")
-        return "EXECUTED, warned"
+        outcome = warning_outcome(answer.result, what=s.warn_method)
+        if answer.result.warning != results_pb2.WARNING_OUTCOME_UNREACHABLE:
+            expect(answer.result.block.warned, f"{s.warn_method}: result.block.warned is not set")
+        return f"EXECUTED, {outcome}"
 
     async def data(probe: Probe) -> str:
         answer = await probe.call(s.data_method, s.data(probe, "data", None))
@@ -143,7 +163,11 @@ def blocking_checks(service: BlockingService) -> tuple[Check, ...]:
             proves=f"a {s.subject} is blocked and unblocked",
             run=block,
         ),
-        Check(name=f"{k}.{snake_case(s.warn_method)}", proves="a person is warned", run=warn),
+        Check(
+            name=f"{k}.{snake_case(s.warn_method)}",
+            proves="a person is warned, and the answer says how it ended (result.warning)",
+            run=warn,
+        ),
         Check(name=f"{k}.{snake_case(s.data_method)}", proves="identity data is answered in clear", run=data),
         Check(name=f"{k}.not_found", proves=f"an unknown {s.subject} is REJECTED/NOT_FOUND", run=not_found),
         replay_check(k, s.sample("idempotent"), cleanup=unblock_idempotent),

@@ -1,4 +1,5 @@
-"""Checks of a ``PoliceService``: assistance requests, fraud reports, appeals and victim follow-ups."""
+"""Checks of a ``PoliceService``: assistance requests, fraud reports, appeals, victim follow-ups and
+in-person dissuasion."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from datetime import UTC, datetime
 
 from greenchannel.v1 import common_pb2, police_pb2, police_pb2_grpc, requests_pb2, results_pb2
 
+from ._blocking import warning_outcome
 from ._generic import Check, Sample, deadline_check, malformed_check, replay_check
 from ._probe import Probe, expect, expect_outcome, new_request_id, timestamp
 
@@ -78,6 +80,18 @@ def _follow_up_request(probe: Probe, *, request_id: str | None = None) -> police
     )
 
 
+def _dissuasion_request(probe: Probe, *, request_id: str | None = None) -> police_pb2.DissuadeInPersonRequest:
+    return police_pb2.DissuadeInPersonRequest(
+        context=probe.context(request_id=request_id, instrument=common_pb2.LEGAL_INSTRUMENT_TYPE_BLOCK_ORDER),
+        order=requests_pb2.Dissuasion(
+            warning_request_id=new_request_id(),
+            warning_outcome=results_pb2.WARNING_OUTCOME_UNREACHABLE,
+            phone=common_pb2.PhoneRef(e164="+8617000000002"),
+            region=probe.fixture.police_region,
+        ),
+    )
+
+
 async def _check_assistance(probe: Probe) -> str:
     answer = await probe.call("HandleAssistance", _assistance_request(probe))
     result = answer.result
@@ -97,7 +111,13 @@ async def _check_assistance(probe: Probe) -> str:
 async def _check_report(probe: Probe) -> str:
     answer = await probe.call("ReceiveFraudReport", _report_request(probe))
     expect_outcome(answer.result, EXECUTED, what="ReceiveFraudReport")
-    return "filed"
+    return "received (the feedback follows through BusService.GiveFeedback)"
+
+
+async def _check_dissuasion(probe: Probe) -> str:
+    answer = await probe.call("DissuadeInPerson", _dissuasion_request(probe))
+    expect_outcome(answer.result, EXECUTED, what="DissuadeInPerson")
+    return warning_outcome(answer.result, what="DissuadeInPerson")
 
 
 async def _check_appeal(probe: Probe) -> str:
@@ -120,6 +140,9 @@ async def _check_follow_up(probe: Probe) -> str:
 _FOLLOW_UP = Sample(
     method="FollowUpVictim", build=lambda probe, rid: _follow_up_request(probe, request_id=rid)
 )
+_DISSUASION = Sample(
+    method="DissuadeInPerson", build=lambda probe, rid: _dissuasion_request(probe, request_id=rid)
+)
 _APPEAL = Sample(method="FileAppeal", build=lambda probe, rid: _appeal_request(probe, request_id=rid))
 _ASSISTANCE = Sample(
     method="HandleAssistance", build=lambda probe, rid: _assistance_request(probe, request_id=rid)
@@ -136,7 +159,11 @@ POLICE_CHECKS: tuple[Check, ...] = (
         proves="an assistance request is accepted, declined or completed with a report",
         run=_check_assistance,
     ),
-    Check(name="police.receive_fraud_report", proves="a fraud report is filed", run=_check_report),
+    Check(
+        name="police.receive_fraud_report",
+        proves="a fraud report is received (EXECUTED means received; the feedback comes later)",
+        run=_check_report,
+    ),
     Check(
         name="police.file_appeal",
         proves="a holder's appeal is filed for decision (EXECUTED means filed)",
@@ -147,9 +174,15 @@ POLICE_CHECKS: tuple[Check, ...] = (
         proves="a victim follow-up is recorded: EXECUTED, the victim reached or not",
         run=_check_follow_up,
     ),
+    Check(
+        name="police.dissuade_in_person",
+        proves="an in-person dissuasion is recorded: EXECUTED, with how it ended (result.warning)",
+        run=_check_dissuasion,
+    ),
     replay_check("police", _REPORT),
     replay_check("police", _APPEAL),
     replay_check("police", _FOLLOW_UP),
+    replay_check("police", _DISSUASION),
     # Declining is a legitimate answer; whatever it is, a repeat must get the same one.
     replay_check("police", _ASSISTANCE, outcome=None),
     malformed_check("police", (_ASSISTANCE, _REPORT)),

@@ -16,7 +16,16 @@ from ._errors import (
 )
 from ._grpc import answer
 from ._journal import JOURNAL_SCHEMA, Execution, ExecutionJournal
-from ._results import describe_violations, executed, invalid_request, money, new_reference, rejected
+from ._results import (
+    Reach,
+    describe_violations,
+    executed,
+    invalid_request,
+    money,
+    new_reference,
+    rejected,
+    warned,
+)
 from ._time import from_timestamp, from_us, rfc3339, to_timestamp, to_us
 
 __all__ = [
@@ -34,6 +43,7 @@ __all__ = [
     "ExecutionJournal",
     "InsufficientFundsError",
     "PlatformError",
+    "Reach",
     "Rule",
     "StorageError",
     "UnknownAccountError",
@@ -49,4 +59,5 @@ __all__ = [
     "rfc3339",
     "to_timestamp",
     "to_us",
+    "warned",
 ]

@@ -6,6 +6,7 @@ always a fixed phrase chosen here or by a core, never a name, number or other pe
 
 from __future__ import annotations
 
+import enum
 import secrets
 from datetime import datetime
 
@@ -13,7 +14,16 @@ from greenchannel.v1 import common_pb2, results_pb2
 
 from broker.protocol import InvalidMessageError
 
-__all__ = ["describe_violations", "executed", "invalid_request", "money", "new_reference", "rejected"]
+__all__ = [
+    "Reach",
+    "describe_violations",
+    "executed",
+    "invalid_request",
+    "money",
+    "new_reference",
+    "rejected",
+    "warned",
+]
 
 _DETAIL_MAX = 1024
 
@@ -29,6 +39,36 @@ def money(currency: str, minor_units: int) -> common_pb2.Money:
 
 def executed(detail: str = "") -> results_pb2.Result:
     return results_pb2.Result(outcome=common_pb2.REQUEST_STATE_EXECUTED, detail=detail)
+
+
+class Reach(enum.StrEnum):
+    """What a carrier or platform knows of reaching a person it is asked to warn (its own record of
+    the line or account); without a record, a warning reaches them and they stop."""
+
+    UNREACHABLE = "unreachable"
+    """The line is powered off / the number or account is flagged unreachable: nobody answers."""
+    CONTINUING = "continuing"
+    """Reached before and told: they say they will pay all the same."""
+
+
+_OUTCOMES = {
+    None: results_pb2.WARNING_OUTCOME_DISSUADED,
+    Reach.UNREACHABLE: results_pb2.WARNING_OUTCOME_UNREACHABLE,
+    Reach.CONTINUING: results_pb2.WARNING_OUTCOME_CONTINUING,
+}
+_SAID = {
+    None: "reached and dissuaded",
+    Reach.UNREACHABLE: "not reached",
+    Reach.CONTINUING: "reached, but continuing",
+}
+
+
+def warned(channel: str, reach: Reach | None) -> results_pb2.Result:
+    """A warning's answer: EXECUTED with its outcome (``result.warning``) from the agency's record."""
+    result = executed(f"warning sent by {channel}: {_SAID[reach]}")
+    result.block.warned = reach is not Reach.UNREACHABLE
+    result.warning = _OUTCOMES[reach]
+    return result
 
 
 def rejected(reason: results_pb2.ReasonCode.ValueType, detail: str) -> results_pb2.Result:

@@ -3,6 +3,7 @@
 from ._config import BankConfig
 from ._core import BankCore
 from ._model import Account, AccountStatus, Hold, HoldKind, HoldStatus, Transfer, same_holder
+from ._payments import Payment, PaymentDesk, RiskScreen, TransferRefusedError
 from ._servicer import BANK_SERVICE, BankServicer
 
 __all__ = [
@@ -15,6 +16,10 @@ __all__ = [
     "Hold",
     "HoldKind",
     "HoldStatus",
+    "Payment",
+    "PaymentDesk",
+    "RiskScreen",
     "Transfer",
+    "TransferRefusedError",
     "same_holder",
 ]

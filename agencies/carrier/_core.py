@@ -6,7 +6,7 @@ from datetime import datetime
 
 from greenchannel.v1 import carrier_pb2
 
-from agencies._common import AgencyCore, CarrierError
+from agencies._common import AgencyCore, CarrierError, Reach
 from broker.protocol import Clock
 
 from . import _cells as cells
@@ -167,6 +167,19 @@ class CarrierCore(AgencyCore):
     def calls_of(self, e164: str, start: datetime, end: datetime) -> tuple[CallRecord, ...]:
         with self._db.transaction() as conn:
             return tuple(store.calls_between(conn, e164, start, end))
+
+    def set_reach(self, e164: str, reach: Reach | None) -> None:
+        """Record how a warning to the line ends: UNREACHABLE (powered off, flagged), CONTINUING (the
+        subscriber said they would pay all the same), or None: reached and dissuaded."""
+        with self._db.transaction() as conn:
+            if store.line(conn, e164) is None:
+                raise CarrierError("no such number")
+            store.set_reach(conn, e164, reach)
+
+    def reach(self, e164: str) -> Reach | None:
+        """The carrier's record of reaching the line's subscriber (None: reached)."""
+        with self._db.transaction() as conn:
+            return store.reach(conn, e164)
 
     def warnings_to(self, e164: str) -> tuple[SentWarning, ...]:
         """Warnings delivered to the line, oldest first."""

@@ -19,6 +19,7 @@ from agencies._common import (
     new_reference,
     rejected,
     rfc3339,
+    warned,
 )
 
 from . import _cells as cells
@@ -134,8 +135,9 @@ def warn_subscriber(
             request_id=ctx.request_id, e164=ln.e164, channel=channel, template_id=order.template_id, at=now
         ),
     )
-    result = executed(f"warning delivered by {channel}")
-    result.block.warned = True
+    # How it ended, from the carrier's own record of the line (powered off, a subscriber who said
+    # they would pay all the same); no record: reached and dissuaded.
+    result = warned(channel, store.reach(conn, ln.e164))
     result.agency_reference = new_reference("WN", now)
     return carrier_pb2.WarnSubscriberResponse(result=result)
 

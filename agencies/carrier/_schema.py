@@ -1,4 +1,5 @@
-"""The carrier's tables: its lines (with their SIM issuing batch), their call records, warnings sent,
+"""The carrier's tables: its lines (with their SIM issuing batch), their call records, warnings sent
+and whether a warning reaches the subscriber,
 block orders applied (single, and item by item for batches and selectors), cells and where each
 line was last seen."""
 
@@ -46,6 +47,14 @@ CREATE TABLE IF NOT EXISTS warnings (
     channel     TEXT NOT NULL,
     template_id TEXT NOT NULL,
     at_us       INTEGER NOT NULL
+) WITHOUT ROWID;
+
+-- What the carrier knows of reaching a subscriber it is asked to warn: a line powered off or
+-- flagged unreachable, or a subscriber who said they would pay all the same. No row: reached and
+-- dissuaded.
+CREATE TABLE IF NOT EXISTS reachability (
+    e164  TEXT PRIMARY KEY REFERENCES numbers (e164),
+    reach TEXT NOT NULL CHECK (reach IN ('unreachable', 'continuing'))
 ) WITHOUT ROWID;
 
 CREATE TABLE IF NOT EXISTS block_actions (

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 from datetime import datetime
 
-from agencies._common import from_us, to_us
+from agencies._common import Reach, from_us, to_us
 
 from ._model import CallRecord, Line, LineStatus, SentWarning
 
@@ -21,8 +21,10 @@ __all__ = [
     "line",
     "lines_in_issuing_batch",
     "lines_seen_on_cell",
+    "reach",
     "set_flag_many",
     "set_flags",
+    "set_reach",
     "upgrade",
     "warnings_to",
 ]
@@ -135,6 +137,18 @@ def calls_between(conn: sqlite3.Connection, e164: str, start: datetime, end: dat
         )
         for row in rows
     ]
+
+
+def reach(conn: sqlite3.Connection, e164: str) -> Reach | None:
+    """The carrier's record of reaching the line's subscriber; None: reached."""
+    row = conn.execute("SELECT reach FROM reachability WHERE e164 = ?", (e164,)).fetchone()
+    return None if row is None else Reach(row["reach"])
+
+
+def set_reach(conn: sqlite3.Connection, e164: str, reach: Reach | None) -> None:
+    conn.execute("DELETE FROM reachability WHERE e164 = ?", (e164,))
+    if reach is not None:
+        conn.execute("INSERT INTO reachability (e164, reach) VALUES (?, ?)", (e164, reach.value))
 
 
 def insert_warning(conn: sqlite3.Connection, warning: SentWarning) -> None:

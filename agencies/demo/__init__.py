@@ -10,16 +10,19 @@ never imported by them.
 
 from ._demo import DemoConfig, DemoReport, DemoRequest, run_demo
 from ._fleet import AgenciesConfig, AgencyFleet, select_agencies
+from ._pre_payment import CustomerTransfer, customer_transfer
 from ._stack import Stack, StackConfig
 
 __all__ = [
     "AgenciesConfig",
     "AgencyFleet",
+    "CustomerTransfer",
     "DemoConfig",
     "DemoReport",
     "DemoRequest",
     "Stack",
     "StackConfig",
+    "customer_transfer",
     "run_demo",
     "select_agencies",
 ]

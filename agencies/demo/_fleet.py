@@ -11,20 +11,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
 import structlog
 from nats.aio.client import Client
 
-from adapters import AdapterConfig, AdapterRuntime, wait_for_inbox
+from adapters import AdapterConfig, AdapterMetrics, AdapterRuntime, PrometheusAdapterMetrics, wait_for_inbox
 from agencies import build_reference_agency
 from broker.protocol import (
     AGENCY_JS_API_PREFIX,
     DEFAULT_INBOX_ACK_WAIT,
     Agency,
     AgencyKind,
+    MetricsConfig,
+    MetricsEndpoint,
     ProtocolError,
     Registry,
     SystemClock,
@@ -36,6 +38,7 @@ from broker.protocol import (
     load_agency_signing_key,
     load_directory,
     nats_settings_for,
+    new_registry,
     requires_auth,
 )
 
@@ -69,6 +72,8 @@ class AgenciesConfig:
     """Seconds an idle adapter's pull waits; bounds how long a graceful stop waits for each."""
     streams_timeout: float = 60.0
     """Seconds to wait for the broker to have created the inbox stream."""
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    """The adapters' Prometheus metrics, every agency on one endpoint (off by default)."""
 
 
 class AgencyFleet:
@@ -84,6 +89,8 @@ class AgencyFleet:
         self.adapters: dict[str, AdapterRuntime] = {}
         self.addresses: dict[str, str] = {}
         self._nats: dict[str, str] = {}
+        self.metrics_address: str | None = None
+        """``host:port`` of the adapters' metrics endpoint; None when off."""
 
     async def __aenter__(self) -> AgencyFleet:
         try:
@@ -141,6 +148,11 @@ class AgencyFleet:
             self.addresses[agency.id] = servers[agency.id].address
         # Registered after the servers, so it runs before them: adapters stop first, together.
         self._exit.push_async_callback(self._close_adapters)
+        metrics = AdapterMetrics()
+        if config.metrics.listen is not None:
+            metrics = PrometheusAdapterMetrics(new_registry())
+            endpoint = MetricsEndpoint(config.metrics.listen, metrics.registry)
+            self.metrics_address = (await self._exit.enter_async_context(endpoint)).address
         for agency in served:
             adapter = AdapterRuntime(
                 AdapterConfig(
@@ -156,6 +168,8 @@ class AgencyFleet:
                 clock=clock,
                 nats_client=clients[agency.id],
                 decryption_keys=load_agency_encryption_keys(config.keys_dir, agency.id) or None,
+                metrics=metrics,
+                metrics_interval=config.metrics.interval,
             )
             self.adapters[agency.id] = adapter
             await adapter.start()

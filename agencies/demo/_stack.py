@@ -18,7 +18,7 @@ from types import TracebackType
 import structlog
 from nats.aio.client import Client
 
-from adapters import AdapterConfig, AdapterRuntime
+from adapters import AdapterConfig, AdapterMetrics, AdapterRuntime, PrometheusAdapterMetrics
 from agencies import (
     DEFAULT_DIRECTORY,
     DEFAULT_POLICY,
@@ -35,6 +35,8 @@ from broker.protocol import (
     DEFAULT_INBOX_ACK_WAIT,
     AgencyKind,
     Clock,
+    MetricsConfig,
+    MetricsEndpoint,
     NatsSettings,
     Registry,
     SystemClock,
@@ -47,6 +49,7 @@ from broker.protocol import (
     load_directory,
     nats_authorization,
     nats_settings_for,
+    new_registry,
 )
 
 __all__ = ["Stack", "StackConfig"]
@@ -80,6 +83,10 @@ class StackConfig:
     """Anchor of the demo story's records; None is the current minute."""
     clock: Clock = field(default_factory=SystemClock)
     """Time source."""
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    """The broker's Prometheus metrics (off by default)."""
+    adapter_metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    """The adapters' metrics, every agency of this process on one endpoint (off by default)."""
     nats_auth: bool = False
     """Per-agency NATS users on the embedded server (``greenchannel up`` / ``demo``): the broker and
     each adapter connect with their own nkey seed from ``keys_dir``. Ignored with ``nats_url``,
@@ -99,6 +106,8 @@ class Stack:
         self.agencies: dict[str, ReferenceAgency] = {}
         self.servers: dict[str, AgencyServer] = {}
         self.adapters: dict[str, AdapterRuntime] = {}
+        self.adapter_metrics_address: str | None = None
+        """``host:port`` of the adapters' metrics endpoint; None when off."""
 
     async def __aenter__(self) -> Stack:
         try:
@@ -112,6 +121,11 @@ class Stack:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await self._exit.aclose()
+
+    @property
+    def broker_metrics_address(self) -> str | None:
+        """``host:port`` of the broker's metrics endpoint; None when off."""
+        return None if self.broker is None else self.broker.metrics_address
 
     @property
     def broker_address(self) -> str:
@@ -161,6 +175,7 @@ class Stack:
             sla=config.sla,
             ledger=config.ledger,
             events=EventProcessorConfig(fetch_timeout=0.5),
+            metrics=config.metrics,
             clock=clock,
         )
         self.broker = await self._exit.enter_async_context(Broker(broker_config))
@@ -195,6 +210,11 @@ class Stack:
         # Adapters stop first, all at once: each waits out its current pull, and one after the
         # other that would make a shutdown take as long as all of them together.
         self._exit.push_async_callback(self._close_adapters)
+        metrics = AdapterMetrics()
+        if config.adapter_metrics.listen is not None:
+            metrics = PrometheusAdapterMetrics(new_registry())
+            endpoint = MetricsEndpoint(config.adapter_metrics.listen, metrics.registry)
+            self.adapter_metrics_address = (await self._exit.enter_async_context(endpoint)).address
         for agency in served:
             adapter = AdapterRuntime(
                 self._adapter_config(agency.id, self.servers[agency.id].address),
@@ -203,6 +223,8 @@ class Stack:
                 decryption_keys=load_agency_encryption_keys(config.keys_dir, agency.id),
                 clock=clock,
                 nats_client=clients[agency.id],
+                metrics=metrics,
+                metrics_interval=config.adapter_metrics.interval,
             )
             self.adapters[agency.id] = adapter
             await adapter.start()

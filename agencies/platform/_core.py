@@ -7,7 +7,7 @@ from functools import partial
 
 from greenchannel.v1 import platform_pb2
 
-from agencies._common import AgencyCore, PlatformError
+from agencies._common import AgencyCore, PlatformError, Reach
 from broker.protocol import Clock
 
 from . import _orders as orders
@@ -128,6 +128,19 @@ class PlatformCore(AgencyCore):
     def logins_of(self, platform: str, account_id: str, start: datetime, end: datetime) -> tuple[Login, ...]:
         with self._db.transaction() as conn:
             return tuple(store.logins_between(conn, platform, account_id, start, end))
+
+    def set_reach(self, platform: str, account_id: str, reach: Reach | None) -> None:
+        """Record how a warning to the account ends: UNREACHABLE (flagged), CONTINUING (the user said
+        they would pay all the same), or None: reached and dissuaded."""
+        with self._db.transaction() as conn:
+            if store.account(conn, platform, account_id) is None:
+                raise PlatformError("no such account")
+            store.set_reach(conn, platform, account_id, reach)
+
+    def reach(self, platform: str, account_id: str) -> Reach | None:
+        """The platform's record of reaching the account's user (None: reached)."""
+        with self._db.transaction() as conn:
+            return store.reach(conn, platform, account_id)
 
     def warnings_to(self, platform: str, account_id: str) -> tuple[SentWarning, ...]:
         """Warnings delivered to the account, oldest first."""

@@ -8,7 +8,15 @@ from types import MappingProxyType
 
 from greenchannel.v1 import agency_pb2, common_pb2, platform_pb2, requests_pb2, results_pb2
 
-from agencies._common import executed, from_timestamp, invalid_request, new_reference, rejected, rfc3339
+from agencies._common import (
+    executed,
+    from_timestamp,
+    invalid_request,
+    new_reference,
+    rejected,
+    rfc3339,
+    warned,
+)
 
 from . import _store as store
 from ._config import PlatformConfig
@@ -114,8 +122,8 @@ def warn_user(
             at=now,
         ),
     )
-    result = executed(f"warning delivered by {channel.replace('_', '-')}")
-    result.block.warned = True
+    # How it ended, from the platform's own record of the user; no record: reached and dissuaded.
+    result = warned(channel.replace("_", "-"), store.reach(conn, acct.platform, acct.account_id))
     result.agency_reference = new_reference("WN", now)
     return platform_pb2.WarnUserResponse(result=result)
 

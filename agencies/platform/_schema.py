@@ -1,4 +1,5 @@
-"""The platform's tables: accounts, their logins, warnings sent and restriction orders applied."""
+"""The platform's tables: accounts, their logins, warnings sent (and whether a warning reaches the
+user), and restriction orders applied."""
 
 from __future__ import annotations
 
@@ -39,6 +40,17 @@ CREATE TABLE IF NOT EXISTS warnings (
     channel     TEXT NOT NULL,
     template_id TEXT NOT NULL,
     at_us       INTEGER NOT NULL
+) WITHOUT ROWID;
+
+-- What the platform knows of reaching a user it is asked to warn: an account flagged unreachable
+-- (no session for long, notifications off), or a user who said they would pay all the same. No
+-- row: reached and dissuaded.
+CREATE TABLE IF NOT EXISTS reachability (
+    platform   TEXT NOT NULL,
+    account_id TEXT NOT NULL,
+    reach      TEXT NOT NULL CHECK (reach IN ('unreachable', 'continuing')),
+    PRIMARY KEY (platform, account_id),
+    FOREIGN KEY (platform, account_id) REFERENCES accounts (platform, account_id)
 ) WITHOUT ROWID;
 
 CREATE TABLE IF NOT EXISTS restriction_actions (

@@ -5,7 +5,7 @@ from __future__ import annotations
 import sqlite3
 from datetime import datetime
 
-from agencies._common import from_us, to_us
+from agencies._common import Reach, from_us, to_us
 
 from ._model import Login, PlatformAccount, PlatformAccountStatus, Restriction, SentWarning
 
@@ -16,7 +16,9 @@ __all__ = [
     "insert_restriction_action",
     "insert_warning",
     "logins_between",
+    "reach",
     "restriction_action",
+    "set_reach",
     "set_restriction",
     "set_status",
     "warnings_to",
@@ -159,3 +161,20 @@ def restriction_action(
     if row is None:
         return None
     return row["platform"], row["account_id"], Restriction(row["level_from"]), Restriction(row["level_to"])
+
+
+def reach(conn: sqlite3.Connection, platform: str, account_id: str) -> Reach | None:
+    """The platform's record of reaching the account's user; None: reached."""
+    row = conn.execute(
+        "SELECT reach FROM reachability WHERE platform = ? AND account_id = ?", (platform, account_id)
+    ).fetchone()
+    return None if row is None else Reach(row["reach"])
+
+
+def set_reach(conn: sqlite3.Connection, platform: str, account_id: str, reach: Reach | None) -> None:
+    conn.execute("DELETE FROM reachability WHERE platform = ? AND account_id = ?", (platform, account_id))
+    if reach is not None:
+        conn.execute(
+            "INSERT INTO reachability (platform, account_id, reach) VALUES (?, ?, ?)",
+            (platform, account_id, reach.value),
+        )

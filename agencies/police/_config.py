@@ -7,11 +7,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
-from greenchannel.v1 import requests_pb2
+from greenchannel.v1 import requests_pb2, results_pb2
 
 from agencies._common import MEMORY
 
-__all__ = ["AssistanceRule", "FollowUpRule", "PoliceDeskConfig"]
+__all__ = ["AssistanceRule", "DissuasionRule", "FollowUpRule", "PoliceDeskConfig"]
 
 _DETAIL_MAX = 1024
 
@@ -59,6 +59,22 @@ class FollowUpRule:
 
 
 @dataclass(frozen=True, kw_only=True)
+class DissuasionRule:
+    """How the desk's in-person dissuasions (见面劝阻) go."""
+
+    outcome: results_pb2.WarningOutcome.ValueType = results_pb2.WARNING_OUTCOME_DISSUADED
+    """How the visit ends: DISSUADED (default), CONTINUING or UNREACHABLE."""
+    note: str = "officers met the person at home: payment stopped, scam explained"
+    """What the desk records; travels in ``Result.detail``, so never personal data."""
+
+    def __post_init__(self) -> None:
+        if self.outcome == results_pb2.WARNING_OUTCOME_UNSPECIFIED:
+            raise ValueError("a dissuasion rule needs an outcome")
+        if not self.note.strip() or len(self.note) > _DETAIL_MAX:
+            raise ValueError(f"a dissuasion rule needs a note of at most {_DETAIL_MAX} characters")
+
+
+@dataclass(frozen=True, kw_only=True)
 class PoliceDeskConfig:
     """A police desk's identity, store and assistance rules."""
 
@@ -76,6 +92,8 @@ class PoliceDeskConfig:
     """Region-code prefixes the desk serves (its ``police_regions``); others are declined. Empty: all."""
     follow_up: FollowUpRule = field(default_factory=FollowUpRule)
     """How victim follow-ups go (default: reached, with a short advice)."""
+    dissuasion: DissuasionRule = field(default_factory=DissuasionRule)
+    """How in-person dissuasions go (default: the person is dissuaded)."""
 
     def rule_for(self, kind: requests_pb2.AssistanceKind.ValueType) -> AssistanceRule:
         return self.rules.get(kind, self.default_rule)

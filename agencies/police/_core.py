@@ -1,5 +1,5 @@
 """The reference police desk: takes assistance requests by rule, files fraud reports and appeals,
-records victim follow-ups, in SQLite."""
+records victim follow-ups and in-person dissuasions, in SQLite."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from broker.protocol import Clock
 from . import _orders as orders
 from . import _store as store
 from ._config import PoliceDeskConfig
-from ._model import AssistanceCase, FiledAppeal, FiledReport, VictimFollowUp
+from ._model import AssistanceCase, FiledAppeal, FiledReport, InPersonDissuasion, VictimFollowUp
 from ._schema import POLICE_SCHEMA
 
 __all__ = ["PoliceDesk"]
@@ -77,6 +77,17 @@ class PoliceDesk(AgencyCore):
             partial(orders.follow_up_victim, self._config),
         )
 
+    def dissuade_in_person(
+        self, request: police_pb2.DissuadeInPersonRequest
+    ) -> police_pb2.DissuadeInPersonResponse:
+        """Dissuade a person in person after a failed warning (by the configured rule); record it."""
+        return self._run(
+            "PoliceService.DissuadeInPerson",
+            request,
+            police_pb2.DissuadeInPersonResponse,
+            partial(orders.dissuade_in_person, self._config),
+        )
+
     # -- the desk's own records -------------------------------------------------------------------
 
     def assistance_cases(self) -> tuple[AssistanceCase, ...]:
@@ -98,3 +109,8 @@ class PoliceDesk(AgencyCore):
         """Victim follow-ups recorded, oldest first."""
         with self._db.transaction() as conn:
             return tuple(store.follow_ups(conn))
+
+    def dissuasions(self) -> tuple[InPersonDissuasion, ...]:
+        """In-person dissuasions recorded, oldest first."""
+        with self._db.transaction() as conn:
+            return tuple(store.dissuasions(conn))

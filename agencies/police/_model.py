@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-__all__ = ["AssistanceCase", "FiledAppeal", "FiledReport", "VictimFollowUp"]
+__all__ = ["AssistanceCase", "FiledAppeal", "FiledReport", "InPersonDissuasion", "VictimFollowUp"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -114,5 +114,29 @@ class VictimFollowUp:
     """``REACHED`` or ``NOT_REACHED``."""
     advice: str
     """The advice given (or why the victim was not reached)."""
+    at: datetime
+    """When the desk recorded it."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class InPersonDissuasion:
+    """An in-person dissuasion (见面劝阻) the desk made after a warning failed, as the broker asked."""
+
+    request_id: str
+    """The DISSUASION's request id."""
+    reference: str
+    """The desk's record number."""
+    case_number: str
+    """The case the failed warning belongs to."""
+    warning_request_id: str
+    """The WARNING that did not dissuade."""
+    warning_outcome: str
+    """How that warning ended: ``UNREACHABLE`` or ``CONTINUING``."""
+    region: str
+    """Where the person was looked for."""
+    target: str
+    """Whom: the phone number, or ``platform:account``."""
+    outcome: str
+    """How the visit ended: ``DISSUADED``, ``CONTINUING`` or ``UNREACHABLE``."""
     at: datetime
     """When the desk recorded it."""

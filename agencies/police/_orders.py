@@ -11,9 +11,15 @@ from agencies._common import executed, from_timestamp, new_reference, rejected, 
 
 from . import _store as store
 from ._config import PoliceDeskConfig
-from ._model import AssistanceCase, FiledAppeal, FiledReport, VictimFollowUp
+from ._model import AssistanceCase, FiledAppeal, FiledReport, InPersonDissuasion, VictimFollowUp
 
-__all__ = ["file_appeal", "follow_up_victim", "handle_assistance", "receive_fraud_report"]
+__all__ = [
+    "dissuade_in_person",
+    "file_appeal",
+    "follow_up_victim",
+    "handle_assistance",
+    "receive_fraud_report",
+]
 
 
 def handle_assistance(
@@ -92,7 +98,8 @@ def receive_fraud_report(
             received_at=now,
         ),
     )
-    result = executed("report filed")
+    # Received: the desk's feedback (acted on / not actionable) comes later, through the Bus API.
+    result = executed("report received")
     result.agency_reference = reference
     return police_pb2.ReceiveFraudReportResponse(result=result)
 
@@ -159,3 +166,39 @@ def follow_up_victim(
     result.follow_up = outcome
     result.agency_reference = reference
     return police_pb2.FollowUpVictimResponse(result=result)
+
+
+def dissuade_in_person(
+    config: PoliceDeskConfig,
+    conn: sqlite3.Connection,
+    now: datetime,
+    ctx: agency_pb2.OrderContext,
+    order: requests_pb2.Dissuasion,
+) -> police_pb2.DissuadeInPersonResponse:
+    """Go and dissuade the person (by the desk's rule) and record it; EXECUTED with the outcome."""
+    rule = config.dissuasion
+    if order.WhichOneof("target") == "phone":
+        target = order.phone.e164
+    else:
+        target = f"{order.platform_account.platform}:{order.platform_account.account_id}"
+    reference = new_reference("QZ", now)  # 劝阻
+    store.insert_dissuasion(
+        conn,
+        InPersonDissuasion(
+            request_id=ctx.request_id,
+            reference=reference,
+            case_number=ctx.case_ref.case_number,
+            warning_request_id=order.warning_request_id,
+            warning_outcome=results_pb2.WarningOutcome.Name(order.warning_outcome).removeprefix(
+                "WARNING_OUTCOME_"
+            ),
+            region=order.region,
+            target=target,
+            outcome=results_pb2.WarningOutcome.Name(rule.outcome).removeprefix("WARNING_OUTCOME_"),
+            at=now,
+        ),
+    )
+    result = executed(rule.note)
+    result.warning = rule.outcome
+    result.agency_reference = reference
+    return police_pb2.DissuadeInPersonResponse(result=result)

@@ -1,4 +1,5 @@
-"""The desk's tables: assistance requests taken, fraud reports and appeals filed, victim follow-ups."""
+"""The desk's tables: assistance requests taken, fraud reports and appeals filed, victim follow-ups, in-person
+dissuasions."""
 
 from __future__ import annotations
 
@@ -61,6 +62,18 @@ CREATE TABLE IF NOT EXISTS follow_ups (
     outcome           TEXT NOT NULL CHECK (outcome IN ('REACHED', 'NOT_REACHED')),
     advice            TEXT NOT NULL,
     at_us             INTEGER NOT NULL
+) WITHOUT ROWID;
+
+CREATE TABLE IF NOT EXISTS dissuasions (
+    request_id         TEXT PRIMARY KEY,
+    reference          TEXT NOT NULL UNIQUE,
+    case_number        TEXT NOT NULL,
+    warning_request_id TEXT NOT NULL,
+    warning_outcome    TEXT NOT NULL CHECK (warning_outcome IN ('UNREACHABLE', 'CONTINUING')),
+    region             TEXT NOT NULL,
+    target             TEXT NOT NULL,
+    outcome            TEXT NOT NULL CHECK (outcome IN ('DISSUADED', 'CONTINUING', 'UNREACHABLE')),
+    at_us              INTEGER NOT NULL
 ) WITHOUT ROWID;
 """
     + JOURNAL_SCHEMA

@@ -41,3 +41,8 @@ class PoliceServicer(police_pb2_grpc.PoliceServiceServicer):
         self, request: police_pb2.FollowUpVictimRequest, context: Any
     ) -> police_pb2.FollowUpVictimResponse:
         return await answer(self._desk.follow_up_victim, request, context, method="FollowUpVictim")
+
+    async def DissuadeInPerson(
+        self, request: police_pb2.DissuadeInPersonRequest, context: Any
+    ) -> police_pb2.DissuadeInPersonResponse:
+        return await answer(self._desk.dissuade_in_person, request, context, method="DissuadeInPerson")

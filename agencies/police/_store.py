@@ -6,15 +6,17 @@ import sqlite3
 
 from agencies._common import from_us, to_us
 
-from ._model import AssistanceCase, FiledAppeal, FiledReport, VictimFollowUp
+from ._model import AssistanceCase, FiledAppeal, FiledReport, InPersonDissuasion, VictimFollowUp
 
 __all__ = [
     "appeals",
     "assistance_cases",
+    "dissuasions",
     "follow_ups",
     "fraud_reports",
     "insert_appeal",
     "insert_assistance",
+    "insert_dissuasion",
     "insert_follow_up",
     "insert_report",
 ]
@@ -190,6 +192,47 @@ def follow_ups(conn: sqlite3.Connection) -> list[VictimFollowUp]:
             currency=row["currency"],
             outcome=row["outcome"],
             advice=row["advice"],
+            at=from_us(row["at_us"]),
+        )
+        for row in rows
+    ]
+
+
+_DISSUASION_COLUMNS = (
+    "request_id, reference, case_number, warning_request_id, warning_outcome, region, target, outcome, at_us"
+)
+
+
+def insert_dissuasion(conn: sqlite3.Connection, visit: InPersonDissuasion) -> None:
+    conn.execute(
+        f"INSERT INTO dissuasions ({_DISSUASION_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
+        (
+            visit.request_id,
+            visit.reference,
+            visit.case_number,
+            visit.warning_request_id,
+            visit.warning_outcome,
+            visit.region,
+            visit.target,
+            visit.outcome,
+            to_us(visit.at),
+        ),
+    )
+
+
+def dissuasions(conn: sqlite3.Connection) -> list[InPersonDissuasion]:
+    query = f"SELECT {_DISSUASION_COLUMNS} FROM dissuasions ORDER BY at_us, request_id"  # noqa: S608
+    rows = conn.execute(query).fetchall()
+    return [
+        InPersonDissuasion(
+            request_id=row["request_id"],
+            reference=row["reference"],
+            case_number=row["case_number"],
+            warning_request_id=row["warning_request_id"],
+            warning_outcome=row["warning_outcome"],
+            region=row["region"],
+            target=row["target"],
+            outcome=row["outcome"],
             at=from_us(row["at_us"]),
         )
         for row in rows

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
-import sys
 from pathlib import Path
 
 import structlog
@@ -28,6 +27,7 @@ from adapters import (
 from broker.protocol import ProtocolError, SystemClock
 
 from ._loop import run as run_loop
+from ._output import EXIT_REFUSED, announce, complain, json_option
 
 __all__ = ["READY_PREFIX", "add_parser", "run", "run_adapter"]
 
@@ -54,8 +54,15 @@ def add_parser(
         help="serve gRPC health here (overrides [health] listen; port 0 picks a free port)",
     )
     adapter.add_argument(
+        "--metrics-listen",
+        default=None,
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics here (overrides [metrics] listen; port 0 picks a free port)",
+    )
+    adapter.add_argument(
         "--check", action="store_true", help="check the file and what it points at, start nothing"
     )
+    json_option(adapter, help="status lines as JSON objects, one per line (adapter.checked, adapter.ready)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -69,22 +76,33 @@ def run_adapter(args: argparse.Namespace) -> int:
         config = load_adapter_file(args.config)
         if args.health_listen is not None:
             config = config.with_health(args.health_listen)
+        # getattr: a parser without --metrics-listen (an older cli.py) means the file's setting.
+        if getattr(args, "metrics_listen", None) is not None:
+            config = config.with_metrics(args.metrics_listen)
         materials = load_adapter_materials(config)
     except AdapterError as exc:
-        print(f"greenchannel adapter: {exc}", file=sys.stderr)
-        return 1
+        complain("adapter", args, [str(exc)])
+        return EXIT_REFUSED
     if args.check:
-        print(f"{READY_PREFIX}{config.source}: ok ({materials.agency.kind} {materials.agency.id})")
+        announce(
+            args,
+            "adapter.checked",
+            f"{READY_PREFIX}{config.source}: ok ({materials.agency.kind} {materials.agency.id})",
+            config=str(config.source),
+            agency=materials.agency.id,
+            kind=str(materials.agency.kind),
+            ok=True,
+        )
         return 0
     try:
-        return run_loop(_serve(config, materials))
+        return run_loop(_serve(config, materials, args))
     except (ProtocolError, AdapterError, OSError, RuntimeError) as exc:
         # grpc reports a health port in use as RuntimeError("Failed to bind to address ...").
-        print(f"greenchannel adapter: cannot start: {exc}", file=sys.stderr)
-        return 1
+        complain("adapter", args, [f"cannot start: {exc}"])
+        return EXIT_REFUSED
 
 
-async def _serve(config: AdapterFileConfig, materials: AdapterMaterials) -> int:
+async def _serve(config: AdapterFileConfig, materials: AdapterMaterials, args: argparse.Namespace) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     # Installed before starting: a signal during start-up finishes starting, then stops cleanly.
@@ -92,10 +110,16 @@ async def _serve(config: AdapterFileConfig, materials: AdapterMaterials) -> int:
         loop.add_signal_handler(signum, stop.set)
     async with StandaloneAdapter(config, materials, clock=SystemClock()) as adapter:
         health = f"; health on {adapter.health_address}" if adapter.health_address else ""
-        print(
+        if adapter.metrics_address:
+            health += f"; metrics on http://{adapter.metrics_address}/metrics"
+        announce(
+            args,
+            "adapter.ready",
             f"{READY_PREFIX}{adapter.agency_id} online, calling {config.adapter.agency_target}{health}; "
             "Ctrl-C to stop",
-            flush=True,
+            agency=adapter.agency_id,
+            target=config.adapter.agency_target,
+            health=adapter.health_address,
         )
         await stop.wait()
         log.info("adapter.stopping", agency=adapter.agency_id)

@@ -24,10 +24,11 @@ import structlog
 
 from agencies.demo import AgenciesConfig, AgencyFleet
 from broker._logging import configure_logging
-from broker.protocol import DEFAULT_INBOX_ACK_WAIT, ProtocolError
+from broker.protocol import DEFAULT_INBOX_ACK_WAIT, MetricsConfig, ProtocolError, listen_problem
 
 from . import _env
 from ._loop import run as run_loop
+from ._output import EXIT_REFUSED, announce, complain, json_option
 from ._samples import sample_directory
 
 __all__ = ["READY_PREFIX", "add_parser", "main", "run", "run_agencies"]
@@ -84,6 +85,13 @@ def _add_options(parser: argparse.ArgumentParser) -> None:
             f"(default {DEFAULT_INBOX_ACK_WAIT:g}; held messages are kept alive every third of it)"
         ),
     )
+    parser.add_argument(
+        "--metrics-listen",
+        default=None,
+        metavar="HOST:PORT",
+        help="serve the adapters' Prometheus metrics here, on one endpoint (default: off; docs/metrics.md)",
+    )
+    json_option(parser, help="status lines as JSON objects, one per line (agencies.ready)")
 
 
 def add_parser(
@@ -100,15 +108,26 @@ def run(args: argparse.Namespace) -> int:
     return run_agencies(args, nats_url=_env.nats_url())
 
 
+def _metrics(args: argparse.Namespace) -> MetricsConfig:
+    # getattr: a parser without --metrics-listen (an older cli.py) means no metrics.
+    listen: str | None = getattr(args, "metrics_listen", None)
+    if listen is not None and (problem := listen_problem(listen)) is not None:
+        raise SystemExit(f"greenchannel agencies: --metrics-listen: {problem}")
+    return MetricsConfig(listen=listen)
+
+
 def run_agencies(args: argparse.Namespace, *, nats_url: str | None) -> int:
     """Run until SIGINT / SIGTERM; 0 after a graceful stop, 1 when they could not start."""
     if not nats_url:
-        print(
-            f"greenchannel agencies: set ${_env.NATS_URL_ENV} to the broker's NATS "
-            "(`greenchannel up` runs broker and agencies together)",
-            file=sys.stderr,
+        complain(
+            "agencies",
+            args,
+            [
+                f"set ${_env.NATS_URL_ENV} to the broker's NATS "
+                "(`greenchannel up` runs broker and agencies together)"
+            ],
         )
-        return 1
+        return EXIT_REFUSED
     state_dir: Path = args.state_dir
     config = AgenciesConfig(
         keys_dir=state_dir,
@@ -117,25 +136,32 @@ def run_agencies(args: argparse.Namespace, *, nats_url: str | None) -> int:
         nats_url=nats_url,
         only=tuple(args.only),
         ack_wait=args.ack_wait,
+        metrics=_metrics(args),
     )
     try:
-        return run_loop(_serve(config))
+        return run_loop(_serve(config, args))
     except (ProtocolError, OSError) as exc:
-        print(f"greenchannel agencies: cannot start: {exc}", file=sys.stderr)
-        return 1
+        complain("agencies", args, [f"cannot start: {exc}"])
+        return EXIT_REFUSED
 
 
-async def _serve(config: AgenciesConfig) -> int:
+async def _serve(config: AgenciesConfig, args: argparse.Namespace) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     # Installed before starting: a signal during start-up finishes starting, then stops cleanly.
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     async with AgencyFleet(config) as fleet:
-        print(
+        announce(
+            args,
+            "agencies.ready",
             f"{READY_PREFIX}{len(fleet.adapters)} agencies online ({', '.join(fleet.adapters)}); "
-            f"data in {config.data_dir}; Ctrl-C to stop",
-            flush=True,
+            f"data in {config.data_dir}"
+            + (f"; metrics on http://{fleet.metrics_address}/metrics" if fleet.metrics_address else "")
+            + "; Ctrl-C to stop",
+            agencies=list(fleet.adapters),
+            data_dir=str(config.data_dir),
+            metrics=fleet.metrics_address,
         )
         await stop.wait()
         log.info("agencies.stopping")

@@ -13,6 +13,7 @@ import contextlib
 import signal
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import structlog
 
@@ -28,6 +29,7 @@ from broker.hub import (
 )
 from broker.protocol import (
     AgencyKind,
+    MetricsConfig,
     NatsSettings,
     Registry,
     SystemClock,
@@ -35,6 +37,7 @@ from broker.protocol import (
     connect,
     ensure_agency_keys,
     ensure_inbox_consumers,
+    listen_problem,
     load_directory,
     nats_authorization,
     nats_settings_for,
@@ -42,6 +45,7 @@ from broker.protocol import (
 
 from . import _env
 from ._loop import run as run_loop
+from ._output import EXIT_REFUSED, EXIT_USAGE, announce, json_option
 from ._samples import sample_policy, sample_sla_policy
 
 __all__ = ["add_parser", "run", "run_broker"]
@@ -49,12 +53,26 @@ __all__ = ["add_parser", "run", "run_broker"]
 log = structlog.get_logger(__name__)
 
 
+def _usage_error(message: str) -> NoReturn:
+    """A bad option combination: the message on stderr, exit status 2 (as argparse's own)."""
+    print(f"greenchannel broker: {message}", file=sys.stderr)
+    raise SystemExit(EXIT_USAGE)
+
+
+def _metrics(args: argparse.Namespace) -> MetricsConfig:
+    # getattr: a parser without --metrics-listen (an older cli.py) means no metrics.
+    listen: str | None = getattr(args, "metrics_listen", None)
+    if listen is not None and (problem := listen_problem(listen)) is not None:
+        _usage_error(f"--metrics-listen: {problem}")
+    return MetricsConfig(listen=listen)
+
+
 def _tls(args: argparse.Namespace) -> TlsFiles | None:
     given = [args.tls_cert, args.tls_key, args.tls_ca]
     if not any(given):
         return None
     if not all(given):
-        raise SystemExit("greenchannel broker: --tls-cert, --tls-key and --tls-ca go together")
+        _usage_error("--tls-cert, --tls-key and --tls-ca go together")
     return TlsFiles(cert=args.tls_cert, key=args.tls_key, ca=args.tls_ca)
 
 
@@ -100,11 +118,18 @@ def add_parser(
     serve.add_argument("--tls-key", type=Path, help="server private key (PEM)")
     serve.add_argument("--tls-ca", type=Path, help="CA that signs client certificates (PEM)")
     serve.add_argument(
+        "--metrics-listen",
+        default=None,
+        metavar="HOST:PORT",
+        help="serve Prometheus metrics on http://HOST:PORT/metrics (default: off; docs/metrics.md)",
+    )
+    serve.add_argument(
         "--sla-policy",
         type=Path,
         default=None,
         help="SLA policy TOML (default: agencies/sla/cn.toml; agencies/sla/eu.toml is an EU-style example)",
     )
+    json_option(serve, help="status lines as JSON objects, one per line (broker.listening, ...)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -116,10 +141,11 @@ def run(args: argparse.Namespace) -> int:
             load_policy(args.policy)
         if args.sla_policy is not None:
             load_sla_policy(args.sla_policy)
+        _tls(args)  # options that go together, before NATS starts
         run_loop(run_broker(args, nats_url=_env.nats_url()))
     except PolicyError as exc:  # not a ProtocolError: the hub's own root
         print(f"greenchannel: {exc}", file=sys.stderr)
-        return 1
+        return EXIT_REFUSED
     return 0
 
 
@@ -169,7 +195,7 @@ async def run_broker(args: argparse.Namespace, *, nats_url: str | None) -> None:
     # getattr: a parser without --replicas (an older cli.py) means a single replica.
     replicas: int = getattr(args, "replicas", 1)
     if not 1 <= replicas <= _MAX_REPLICAS:
-        raise SystemExit(f"greenchannel broker: --replicas must be 1 to {_MAX_REPLICAS}, got {replicas}")
+        _usage_error(f"--replicas must be 1 to {_MAX_REPLICAS}, got {replicas}")
     poll: float = getattr(args, "directory_poll", 2.0)
     registry, key_overlays = _load_directory(args, state_dir)
     # Per-agency NATS users: written into the embedded server's config; with $GREENCHANNEL_NATS_URL
@@ -200,6 +226,7 @@ async def run_broker(args: argparse.Namespace, *, nats_url: str | None) -> None:
             reflection=not args.no_reflection,
             tls=_tls(args),
             replicas=replicas,
+            metrics=_metrics(args),
         )
         broker = Broker(config)
         _follow_reloads(broker, server, settings, state_dir)
@@ -213,8 +240,17 @@ async def run_broker(args: argparse.Namespace, *, nats_url: str | None) -> None:
                 task.add_done_callback(reloads.discard)
 
             loop.add_signal_handler(signal.SIGHUP, reload)
-            print(
-                f"greenchannel broker listening on {broker.address} (NATS {url}); Ctrl-C to stop", flush=True
+            metrics = (
+                f"; metrics on http://{broker.metrics_address}/metrics" if broker.metrics_address else ""
+            )
+            announce(
+                args,
+                "broker.listening",
+                f"greenchannel broker listening on {broker.address} (NATS {url}){metrics}; Ctrl-C to stop",
+                address=broker.address,
+                nats=url,
+                embedded_nats=server is not None,
+                metrics=broker.metrics_address,
             )
             await stop.wait()
             loop.remove_signal_handler(signal.SIGHUP)

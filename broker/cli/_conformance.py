@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import grpc
+
+from ._output import emit, json_option, print_json
 
 if TYPE_CHECKING:
     from adapters.conformance import ConformanceFixture, ConformanceReport
@@ -53,7 +54,7 @@ def add_parser(
         "--call-timeout", type=float, default=10.0, help="gRPC deadline of each call, as the adapter's (10 s)"
     )
     parser.add_argument("--check", action="append", default=[], help="run only this check (repeatable)")
-    parser.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    json_option(parser, help="print the report as one JSON object")
     parser.add_argument("--print-fixture", action="store_true", help="print the shipped fixture and exit")
     parser.add_argument("--list-checks", action="store_true", help="list the kind's checks and exit")
 
@@ -92,8 +93,11 @@ def run(args: argparse.Namespace) -> int:
         return 0
     _stub, checks = CHECKS[args.kind]
     if args.list_checks:
-        for check in checks:
-            print(f"{check.name}: {check.proves}")
+        emit(
+            args,
+            {"kind": args.kind, "checks": [{"name": c.name, "proves": c.proves} for c in checks]},
+            [f"{check.name}: {check.proves}" for check in checks],
+        )
         return 0
     unknown = sorted(set(args.check) - {check.name for check in checks})
     if unknown:
@@ -111,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
         return _usage_error(str(exc))
     report = asyncio.run(_run(args, credentials, fixture))
     if args.json:
-        print(json.dumps(report.to_json(), ensure_ascii=False, indent=2))
+        print_json(report.to_json())
     else:
         print(report.render_table())
     return 0 if report.passed else 1

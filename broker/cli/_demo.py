@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from collections.abc import Sequence
 
 from agencies.demo import DemoConfig, DemoReport, run_demo
@@ -11,6 +10,7 @@ from broker.client import render_table
 
 from . import _env
 from ._loop import run as run_loop
+from ._output import json_option, print_json
 from ._trail import render_trail
 
 __all__ = ["add_parser", "render_report", "run"]
@@ -23,7 +23,7 @@ def add_parser(
 ) -> None:
     """Register ``demo`` on the ``greenchannel`` parser."""
     demo = commands.add_parser(name, help=help)
-    demo.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    json_option(demo, help="print the report as one JSON object")
 
 
 def _requests_table(report: DemoReport) -> list[str]:
@@ -108,7 +108,7 @@ def run(args: argparse.Namespace) -> int:
     say = (lambda _text: None) if args.json else print
     report = run_loop(run_demo(config, say=say))
     if args.json:
-        print(json.dumps(_document(report), ensure_ascii=False))
+        print_json(_document(report))
     else:
         for line in render_report(report):
             print(line)

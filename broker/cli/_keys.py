@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -45,9 +44,11 @@ from broker.protocol import (
     rotate_agency_key,
 )
 
+from ._output import EXIT_USAGE, complain, json_option, print_json
+
 __all__ = ["add_parser", "run"]
 
-USAGE_ERROR = 2
+USAGE_ERROR = EXIT_USAGE
 """Exit status of a refused command (as argparse's own): nothing was written."""
 
 
@@ -95,7 +96,10 @@ def add_parser(
     """Register ``keys init | generate | rotate | revoke`` on the ``greenchannel`` parser."""
     keys = commands.add_parser(name, help=help)
     sub = keys.add_subparsers(dest="keys_command", required=True)
-    sub.add_parser("init", help="demo: generate missing keys for every agency and the broker in --state-dir")
+    init = sub.add_parser(
+        "init", help="demo: generate missing keys for every agency and the broker in --state-dir"
+    )
+    json_option(init, help='print {"overlay": FILE} for machines')
 
     def output_flags(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(
@@ -103,7 +107,7 @@ def add_parser(
             action="store_true",
             help="print overlay [[key]] tables (with agency =) instead of [[agency.key]] tables",
         )
-        parser.add_argument("--json", action="store_true", help="print one JSON document for machines")
+        json_option(parser, help="print one JSON document for machines")
 
     generate = sub.add_parser("generate", help="create an agency's signing and encryption keys on this host")
     generate.add_argument("--agency", required=True, type=_agency_id, help="the agency id, e.g. bank-icbc")
@@ -221,7 +225,7 @@ def _emit(
             **({"adapter": adapter} if adapter is not None else {}),
             **(extra or {}),
         }
-        print(json.dumps(document, indent=2))
+        print_json(document)
     elif getattr(args, "jwks", False):
         print(json.dumps(jwk_set(keys), indent=2))
     else:
@@ -358,7 +362,10 @@ def _revoke(args: argparse.Namespace) -> None:
 
 def _init(args: argparse.Namespace) -> None:
     overlay = ensure_agency_keys(args.directory, args.state_dir, clock=SystemClock())
-    print(f"keys ready; public keys in {overlay}")
+    if args.json:
+        print_json({"state_dir": str(args.state_dir), "overlay": str(overlay)})
+    else:
+        print(f"keys ready; public keys in {overlay}")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -367,11 +374,11 @@ def run(args: argparse.Namespace) -> int:
     try:
         command(args)
     except _UsageError as exc:
-        print(f"greenchannel keys {args.keys_command}: {exc}", file=sys.stderr)
+        complain(f"keys {args.keys_command}", args, [str(exc)], code="USAGE")
         return USAGE_ERROR
     except (ProtocolError, ValueError) as exc:
         if args.keys_command == "init":
             raise
-        print(f"greenchannel keys {args.keys_command}: {exc}", file=sys.stderr)
+        complain(f"keys {args.keys_command}", args, [str(exc)], code="USAGE")
         return USAGE_ERROR
     return 0

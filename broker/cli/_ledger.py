@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 from pathlib import Path
 from typing import Any, TextIO
@@ -46,6 +45,7 @@ from broker.protocol import (
 )
 
 from . import _env
+from ._output import complain, json_option, print_json
 
 __all__ = ["add_parser", "ledger_export_command", "ledger_verify_command", "run"]
 
@@ -138,11 +138,13 @@ def ledger_verify_command(
     try:
         ledger = read_ledger_file(path)
     except LedgerFileError as exc:
+        if as_json:
+            print_json({"error": {"code": "UNREADABLE", "reason": None, "message": str(exc)}}, file=out)
         print(f"greenchannel ledger verify: {exc}", file=err)
         return 1
     report = verify_chain(ledger.records, ledger.checkpoints, keys=keys)
     if as_json:
-        print(json.dumps(_verdict_document(path, ledger, report)), file=out)
+        print_json(_verdict_document(path, ledger, report), file=out)
     else:
         print("\n".join(_verdict_lines(path, ledger, report)), file=out)
     return 0 if report.ok and not ledger.unreadable else 1
@@ -157,15 +159,24 @@ async def ledger_export_command(
     clock: Clock | None = None,
     out: TextIO | None = None,
     err: TextIO | None = None,
+    as_json: bool = False,
 ) -> int:
-    """Export as ``agency_id`` (its key from ``state_dir``); 0 on success, 1 on failure."""
+    """Export as ``agency_id`` (its key from ``state_dir``); 0 on success, 1 on failure.
+
+    ``as_json``: the summary (or ``{"error": ...}``) as one JSON object on ``out``."""
     out = out or sys.stdout
     err = err or sys.stderr
+
+    def refused(message: str, code: str = "FAILED", reason: str | None = None) -> int:
+        if as_json:
+            print_json({"error": {"code": code, "reason": reason, "message": message}}, file=out)
+        print(f"greenchannel ledger export: {message}", file=err)
+        return 1
+
     try:
         key = load_agency_signing_key(state_dir, agency_id)
     except ProtocolError as exc:
-        print(f"greenchannel ledger export: {exc}", file=err)
-        return 1
+        return refused(str(exc))
     try:
         summary = await export_ledger(
             broker=broker, agency_id=agency_id, signing_key=key, out=out_path, clock=clock
@@ -173,14 +184,26 @@ async def ledger_export_command(
     except grpc.aio.AioRpcError as exc:
         details = error_details(exc)
         reason = f" ({details.reason})" if details.reason else ""
-        print(
-            f"greenchannel ledger export: the broker answered {details.code.name}{reason}: {details.message}",
-            file=err,
+        return refused(
+            f"the broker answered {details.code.name}{reason}: {details.message}",
+            code=details.code.name,
+            reason=details.reason or None,
         )
-        return 1
     except OSError as exc:
-        print(f"greenchannel ledger export: cannot write {out_path}: {exc}", file=err)
-        return 1
+        return refused(f"cannot write {out_path}: {exc}")
+    if as_json:
+        print_json(
+            {
+                "file": str(summary.path),
+                "exported_by": agency_id,
+                "records": summary.records,
+                "withheld": summary.withheld,
+                "head_seq": summary.head_seq,
+                "checkpoints": summary.checkpoints,
+            },
+            file=out,
+        )
+        return 0
     withheld = f" ({summary.withheld} withheld from {agency_id})" if summary.withheld else ""
     print(
         f"exported entries 1..{summary.head_seq}{withheld} and {summary.checkpoints} checkpoint(s) "
@@ -220,13 +243,14 @@ def add_parser(subparsers: Any, name: str = "ledger", help: str = "") -> None:
         help=f"broker address (default {default_broker})",
     )
     export.add_argument("--out", type=Path, required=True, metavar="FILE", help="where to write the export")
+    json_option(export, help="print what was exported as one JSON object")
     verify = commands.add_parser(
         "verify",
         help="prove an export offline: every link and checkpoint signature "
         "(public keys from --directory and --state-dir)",
     )
     verify.add_argument("file", type=Path, metavar="FILE", help="an export written by `ledger export`")
-    verify.add_argument("--json", action="store_true", help="print the verdict as one JSON object")
+    json_option(verify, help="print the verdict as one JSON object")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -234,14 +258,18 @@ def run(args: argparse.Namespace) -> int:
     if args.ledger_command == "export":
         return asyncio.run(
             ledger_export_command(
-                broker=args.broker, agency_id=args.agency_id, state_dir=args.state_dir, out_path=args.out
+                broker=args.broker,
+                agency_id=args.agency_id,
+                state_dir=args.state_dir,
+                out_path=args.out,
+                as_json=args.json,
             )
         )
     if args.ledger_command == "verify":
         try:
             keys = registry_keys(args.directory, args.state_dir)
         except ProtocolError as exc:
-            print(f"greenchannel ledger verify: cannot load the registry's keys: {exc}", file=sys.stderr)
+            complain("ledger verify", args, [f"cannot load the registry's keys: {exc}"])
             return 1
         return ledger_verify_command(path=args.file, keys=keys, as_json=args.json)
     return 2

@@ -62,6 +62,14 @@ COMMANDS: dict[str, Command] = {
     "status": Command(
         module="broker.cli._requests", help="one request: state, deadlines, result and timeline"
     ),
+    "list": Command(
+        module="broker.cli._list",
+        help="this agency's requests, newest first: open, about to breach, by type, case or role",
+    ),
+    "cancel": Command(
+        module="broker.cli._cancel",
+        help="withdraw a request this agency sent, before the recipient takes it",
+    ),
     "return": Command(
         module="broker.cli._closing",
         help="资金返还: an account's allocation over every claim (plan), pay victims back (order)",
@@ -70,12 +78,23 @@ COMMANDS: dict[str, Command] = {
         module="broker.cli._closing",
         help="申诉: pass a holder's appeal to the police (file); the police's decision (decide)",
     ),
+    "feedback": Command(
+        module="broker.cli._feedback",
+        help="the police's feedback on a fraud report that reached them (give), once",
+    ),
     "sla": Command(module="broker.cli._sla", help="green-channel SLA compliance"),
     "trail": Command(
         module="broker.cli._trail",
         help="a case's money trail: accounts held with amounts, and what escaped the chase",
     ),
+    "risk": Command(
+        module="broker.cli._risk",
+        help="risk registry: check identifiers before a payment, mark, decide, unmark, marks, counts",
+    ),
     "ledger": Command(module="broker.cli._ledger", help="export and verify the tamper-evident ledger"),
+    "console": Command(
+        module="broker.cli._console", help="the agency's web console: open requests live, cases, SLA, actions"
+    ),
     "conformance": Command(
         module="broker.cli._conformance",
         help="certify an agency's own BankService / CarrierService / PlatformService / PoliceService",
@@ -120,6 +139,16 @@ def _command_of(argv: Sequence[str]) -> str | None:
     return command if command in COMMANDS else None
 
 
+def _describe(parser: argparse.ArgumentParser) -> None:
+    """Each subcommand's ``--help`` opens with the line its parent's ``--help`` lists for it."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            lines = {choice.dest: choice.help for choice in action._choices_actions}
+            for name, sub in action.choices.items():
+                sub.description = sub.description or lines.get(name)
+                _describe(sub)
+
+
 def parser_for(argv: Sequence[str]) -> argparse.ArgumentParser:
     """The full parser for ``argv``: the named command's real parser, the others as names only."""
     chosen = _command_of(argv)
@@ -131,6 +160,8 @@ def parser_for(argv: Sequence[str]) -> argparse.ArgumentParser:
         if loaded is not None and command.module == COMMANDS[chosen or ""].module:
             if name == chosen:
                 loaded.add_parser(commands, name, command.help)
+                commands.choices[name].description = commands.choices[name].description or command.help
+                _describe(commands.choices[name])
             else:  # a sibling command of the same module: a name in the list only
                 commands.add_parser(name, help=command.help, add_help=False)
         else:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 
 from broker.protocol import (
     SystemClock,
@@ -12,6 +11,8 @@ from broker.protocol import (
     nats_authorization,
     render_authorization_conf,
 )
+
+from ._output import json_option, print_json
 
 __all__ = ["add_parser", "run"]
 
@@ -29,6 +30,7 @@ def add_parser(
         default="conf",
         help="nats-server.conf block or JSON (default conf)",
     )
+    json_option(nats_auth, help="the accounts as one JSON object (the same as --format json)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -37,8 +39,8 @@ def run(args: argparse.Namespace) -> int:
     registry = load_directory(args.directory, key_overlays=[overlay])
     # Only public keys print.
     authorization = nats_authorization(args.state_dir, [agency.id for agency in registry.agencies()])
-    if args.format == "json":
-        print(json.dumps({"accounts": authorization.accounts_config()}, indent=2))
+    if args.json or args.format == "json":
+        print_json({"accounts": authorization.accounts_config()})
     else:
         print(render_authorization_conf(authorization), end="")
     return 0

@@ -347,6 +347,17 @@ def _result_lines(
                 results_pb2.FollowUpOutcome.Name(result.follow_up).removeprefix("FOLLOW_UP_OUTCOME_"),
             )
         )
+    if result.warning:
+        pairs.append(
+            ("warning", results_pb2.WarningOutcome.Name(result.warning).removeprefix("WARNING_OUTCOME_"))
+        )
+    if result.feedback:
+        pairs.append(
+            (
+                "feedback",
+                results_pb2.FeedbackDecision.Name(result.feedback).removeprefix("FEEDBACK_DECISION_"),
+            )
+        )
     if result.HasField("amount_held"):
         pairs.append(("held", money(result.amount_held)))
     if result.HasField("amount_frozen"):

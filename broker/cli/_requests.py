@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import re
 import signal
@@ -51,6 +50,7 @@ from broker.protocol import (
 
 from . import _env
 from ._options import CliError, agency_option, non_negative_int, positive_int, read_x25519
+from ._output import EXIT_NOT_EXECUTED, complain, json_option, print_json
 from ._render import (
     answer_lines,
     error_document,
@@ -532,12 +532,19 @@ def _warning_options(parser: argparse.ArgumentParser) -> None:
     _platform_options(parser, required=False)
     parser.add_argument("--channel", required=True, choices=_CHANNELS, help="how to reach them")
     parser.add_argument("--template", required=True, help="approved message template id")
+    parser.add_argument(
+        "--region",
+        default="",
+        help="GB/T 2260 region code where the person lives: if the warning does not dissuade them,"
+        " that region's police go in person (default: the case owner's region)",
+    )
 
 
 def _warning(request: requests_pb2.Request, args: argparse.Namespace) -> None:
     body = requests_pb2.Warning(
         channel=requests_pb2.WarningChannel.Value(_constant("WARNING_CHANNEL_", args.channel)),
         template_id=args.template,
+        region=args.region,
     )
     if _one_subject(args, allow_account=False) == "phone":
         body.phone.CopyFrom(common_pb2.PhoneRef(e164=args.phone))
@@ -725,11 +732,8 @@ def connection_options(parser: argparse.ArgumentParser, default_broker: str) -> 
         metavar="HOST:PORT",
         help=f"broker address (default: $GREENCHANNEL_BROKER or {DEFAULT_BROKER}; now {default_broker})",
     )
-    parser.add_argument("--json", action="store_true", help="machine-readable JSON on stdout")
+    json_option(parser)
 
-
-EXIT_NOT_EXECUTED = 3
-"""``submit --wait`` exit status when the request ended without being executed (NOT_EXECUTED)."""
 
 NOT_EXECUTED: frozenset[common_pb2.RequestState.ValueType] = frozenset(
     {common_pb2.REQUEST_STATE_REJECTED, common_pb2.REQUEST_STATE_FAILED, common_pb2.REQUEST_STATE_CANCELLED}
@@ -855,15 +859,9 @@ def say(lines: Sequence[str]) -> None:
         print(line, flush=True)
 
 
-def print_json(document: object) -> None:
-    print(json.dumps(document, ensure_ascii=False), flush=True)
-
-
 def _complain(command: str, lines: Sequence[str]) -> None:
-    if lines:
-        print(f"greenchannel {command}: {lines[0]}", file=sys.stderr)
-        for line in lines[1:]:
-            print(line, file=sys.stderr)
+    """On stderr only: stdout already holds the command's one document."""
+    complain(command, argparse.Namespace(), lines)
 
 
 def client(args: argparse.Namespace) -> BusClient:
@@ -875,9 +873,7 @@ def _fail(
     command: str, args: argparse.Namespace, lines: Sequence[str], document: dict[str, object] | None = None
 ) -> None:
     """Report a failure on stderr; with ``--json`` also as ``{"error": ...}`` on stdout."""
-    if args.json:
-        print_json(document or {"error": {"code": "FAILED", "reason": None, "message": lines[0]}})
-    _complain(command, lines)
+    complain(command, args, lines, document=document)
 
 
 def guarded(

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import sys
 from collections.abc import Iterator
 from datetime import datetime
@@ -23,6 +22,8 @@ from broker.protocol import Clock, ProtocolError, SystemClock, load_agency_signi
 
 from . import _env
 from ._options import agency_option
+from ._output import json_option, print_json
+from ._render import error_document
 
 __all__ = ["add_parser", "run", "sla_report_command"]
 
@@ -62,12 +63,14 @@ async def sla_report_command(
         async with BusClient(broker, agency_id=agency_id, signing_key=key, clock=clock) as bus:
             statuses = await bus.list_all()
     except grpc.aio.AioRpcError as exc:
+        if as_json:
+            print_json(error_document(error_details(exc)), file=out)
         for line in _error_lines(exc):
             print(line, file=err)
         return 1
     report = sla_report(statuses, now=now or clock.now())
     if as_json:
-        print(json.dumps(report_to_json(report), ensure_ascii=False), file=out)
+        print_json(report_to_json(report), file=out)
     else:
         print(render_table(report), end="", file=out)
     return 0
@@ -99,7 +102,7 @@ def add_parser(subparsers: Any, name: str = "sla", help: str = "") -> None:
         metavar="HOST:PORT",
         help=f"broker address (default {default_broker})",
     )
-    report.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    json_option(report, help="print the report as one JSON object")
 
 
 def run(args: argparse.Namespace) -> int:

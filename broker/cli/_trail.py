@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import re
 import sys
 from collections.abc import Mapping, Sequence
@@ -39,6 +38,7 @@ from broker.protocol import (
 
 from . import _env
 from ._options import CliError, agency_option, non_negative_int, read_x25519
+from ._output import json_option, print_json
 from ._render import error_document, error_lines
 from ._requests import parse_amount
 
@@ -285,7 +285,7 @@ async def trail_command(
     except grpc.aio.AioRpcError as exc:
         details = error_details(exc)
         if as_json:
-            print(json.dumps(error_document(details), ensure_ascii=False), file=out)
+            print_json(error_document(details), file=out)
         for line in error_lines(details):
             print(f"greenchannel trail: {line}", file=err)
         return 1
@@ -296,7 +296,7 @@ async def trail_command(
             print("greenchannel trail: no encryption key here; accounts are shown as digests", file=err)
     accounts = open_accounts(trail, key) if key is not None else {}
     if as_json:
-        print(json.dumps(trail_document(trail, accounts), ensure_ascii=False), file=out)
+        print_json(trail_document(trail, accounts), file=out)
     else:
         print("\n".join(render_trail(trail, accounts)), file=out)
     return 0
@@ -330,7 +330,7 @@ def add_parser(subparsers: Any, name: str = "trail", help: str = "") -> None:
         metavar="HOST:PORT",
         help=f"broker address (default {default_broker})",
     )
-    trail.add_argument("--json", action="store_true", help="print the trail as one JSON object")
+    json_option(trail, help="print the trail as one JSON object")
     trail.add_argument(
         "--key", type=Path, metavar="FILE", help="X25519 private key, PKCS#8 PEM (default: the owner's key)"
     )

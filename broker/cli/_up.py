@@ -12,17 +12,18 @@ import argparse
 import asyncio
 import contextlib
 import signal
-import sys
 from pathlib import Path
 
 import structlog
 
 from adapters import AdapterConfig
 from agencies.demo import Stack, StackConfig
+from broker.protocol import MetricsConfig, listen_problem
 
 from . import _env
 from ._env import DEFAULT_BROKER
 from ._loop import run as run_loop
+from ._output import EXIT_REFUSED, announce, complain, json_option
 
 __all__ = ["RUN_DIR", "add_parser", "run", "run_up"]
 
@@ -46,6 +47,19 @@ def add_parser(
         help=f"broker gRPC address (default {DEFAULT_BROKER})",
     )
     up.add_argument("--policy", type=Path, default=None, help="authorization policy TOML (default: sample)")
+    up.add_argument(
+        "--metrics-listen",
+        default=None,
+        metavar="HOST:PORT",
+        help="serve the broker's Prometheus metrics here (default: off; docs/metrics.md)",
+    )
+    up.add_argument(
+        "--adapter-metrics-listen",
+        default=None,
+        metavar="HOST:PORT",
+        help="serve every adapter's Prometheus metrics here, on one endpoint (default: off)",
+    )
+    json_option(up, help="status lines as JSON objects, one per line (up.ready)")
 
 
 _IDLE_FETCH_TIMEOUT = 0.25
@@ -67,8 +81,8 @@ def run_up(args: argparse.Namespace, *, nats_url: str | None) -> int:
     try:
         return run_loop(_up(args, nats_url=nats_url))
     except _StartError as exc:
-        print(f"greenchannel up: cannot start: {exc.__cause__}", file=sys.stderr)
-        return 1
+        complain("up", args, [f"cannot start: {exc.__cause__}"])
+        return EXIT_REFUSED
 
 
 async def _up(args: argparse.Namespace, *, nats_url: str | None) -> int:
@@ -79,6 +93,8 @@ async def _up(args: argparse.Namespace, *, nats_url: str | None) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     config = StackConfig(
+        metrics=_metrics(args, "metrics_listen"),
+        adapter_metrics=_metrics(args, "adapter_metrics_listen"),
         keys_dir=state_dir,
         data_dir=state_dir / RUN_DIR,
         directory=args.directory,
@@ -102,16 +118,40 @@ async def _up(args: argparse.Namespace, *, nats_url: str | None) -> int:
             raise _StartError from exc
         address = stack.broker_address
         nats = "embedded NATS" if not nats_url else "NATS from $GREENCHANNEL_NATS_URL"
-        print(
-            f"greenchannel up: broker on {address}, {len(stack.adapters)} agencies online "
-            f"({nats}, data in {config.data_dir}); Ctrl-C to stop",
-            flush=True,
+        served = [
+            f"{role} on http://{where}/metrics"
+            for role, where in (
+                ("broker", stack.broker_metrics_address),
+                ("adapters", stack.adapter_metrics_address),
+            )
+            if where
+        ]
+        announce(
+            args,
+            "up.ready",
+            [
+                f"greenchannel up: broker on {address}, {len(stack.adapters)} agencies online "
+                f"({nats}, data in {config.data_dir}); Ctrl-C to stop",
+                *([f"greenchannel up: metrics: {', '.join(served)}"] if served else []),
+                *_hint(state_dir, address),
+            ],
+            metrics=served,
+            broker=address,
+            agencies=list(stack.adapters),
+            nats="embedded" if not nats_url else "GREENCHANNEL_NATS_URL",
+            data_dir=str(config.data_dir),
         )
-        for line in _hint(state_dir, address):
-            print(line, flush=True)
         await stop.wait()
         log.info("up.stopping")
     return 0
+
+
+def _metrics(args: argparse.Namespace, flag: str) -> MetricsConfig:
+    # getattr: a parser without the flag (an older cli.py) means no metrics.
+    listen: str | None = getattr(args, flag, None)
+    if listen is not None and (problem := listen_problem(listen)) is not None:
+        raise SystemExit(f"greenchannel up: --{flag.replace('_', '-')}: {problem}")
+    return MetricsConfig(listen=listen)
 
 
 def _hint(state_dir: Path, address: str) -> list[str]:

@@ -8,8 +8,11 @@
 * :func:`open_result_details`, :func:`open_accounts`: the sealed parts of answers and trails,
   opened with the caller's own X25519 key;
 * :func:`sla_report`: SLA compliance computed from the statuses a caller may read;
+* :data:`OPEN_STATES`, :func:`next_deadline`, :func:`about_to_breach`: what still waits for an
+  answer and what falls due next (``greenchannel list``, the console);
 * :func:`export_ledger`, :func:`read_ledger_file`: the ledger as a file, for offline proof;
-* :class:`FraudReporter`: an agency's fraud reports to the police.
+* :class:`FraudReporter`: an agency's fraud reports to the police;
+* :class:`RiskClient` (``BusClient.risk``): the risk registry and the pre-payment check.
 
 Never imports :mod:`broker.hub`: a client runs on an agency's host, without the broker.
 """
@@ -26,15 +29,20 @@ from ._ledger import (
     registry_keys,
 )
 from ._metadata import AUTHORIZATION_HEADER, bearer_metadata
+from ._open import OPEN_STATES, about_to_breach, next_deadline
 from ._reporting import FraudReporter
 from ._results import open_result_details
+from ._risk import RiskClient
 from ._sla_report import (
     PHASES,
+    FeedbackCounts,
     FollowUpCounts,
     PhaseCounts,
     PhaseOutcome,
     SlaReport,
     SlaRow,
+    WarningCounts,
+    feedback_line,
     follow_up_line,
     human_duration,
     nearest_rank,
@@ -42,6 +50,7 @@ from ._sla_report import (
     render_table,
     report_to_json,
     sla_report,
+    warning_line,
 )
 from ._trail import fetch_trail, open_account, open_accounts, switch_chasing
 
@@ -49,25 +58,32 @@ __all__ = [
     "AUTHORIZATION_HEADER",
     "FORMAT",
     "LEDGER_PAGE",
+    "OPEN_STATES",
     "PHASES",
     "BusClient",
     "ErrorDetails",
     "ExportSummary",
+    "FeedbackCounts",
     "FollowUpCounts",
     "FraudReporter",
     "LedgerFile",
     "LedgerFileError",
     "PhaseCounts",
     "PhaseOutcome",
+    "RiskClient",
     "SlaReport",
     "SlaRow",
+    "WarningCounts",
+    "about_to_breach",
     "bearer_metadata",
     "error_details",
     "export_ledger",
+    "feedback_line",
     "fetch_trail",
     "follow_up_line",
     "human_duration",
     "nearest_rank",
+    "next_deadline",
     "open_account",
     "open_accounts",
     "open_result_details",
@@ -78,4 +94,5 @@ __all__ = [
     "report_to_json",
     "sla_report",
     "switch_chasing",
+    "warning_line",
 ]

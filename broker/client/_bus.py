@@ -45,6 +45,7 @@ from broker.protocol import (
     APPEAL_RULING_TYPE,
     BROKER_ID,
     CANCELLATION_TYPE,
+    FRAUD_REPORT_FEEDBACK_TYPE,
     Clock,
     SigningKey,
     SystemClock,
@@ -56,6 +57,7 @@ from broker.protocol import (
 from ._appeals import seal_statement
 from ._errors import error_details
 from ._metadata import bearer_metadata
+from ._risk import RiskClient
 
 __all__ = ["LEDGER_PAGE", "BusClient"]
 
@@ -94,6 +96,21 @@ class BusClient:
         self._bus = bus_pb2_grpc.BusServiceStub(self._channel)
         self._registry = registry_pb2_grpc.RegistryServiceStub(self._channel)
         self._ledger = ledger_pb2_grpc.LedgerServiceStub(self._channel)
+        self.risk = RiskClient(self)
+        """RiskService on this channel: check, mark, decide_mark, unmark, list_marks, check_counts."""
+
+    @property
+    def channel(self) -> grpc.aio.Channel:
+        """The one channel every stub of this client uses."""
+        return self._channel
+
+    @property
+    def timeout(self) -> float:
+        return self._timeout
+
+    @property
+    def clock(self) -> Clock:
+        return self._clock
 
     async def __aenter__(self) -> BusClient:
         return self
@@ -113,6 +130,21 @@ class BusClient:
             clock=self._clock,
             request_payload=None if request is None else request.payload,
         )
+
+    async def call(
+        self,
+        invoke: Callable[[tuple[tuple[str, str], ...]], Awaitable[T]],
+        *,
+        bound_to: Message | None = None,
+    ) -> T:
+        """A unary call of another service on this channel, under this client's retry policy.
+
+        ``bound_to``: the call's request, where the service accepts a token bound to its bytes
+        (RiskService.Check and CheckCounts): the broker then needs no replay-cache write."""
+        bound = None
+        if bound_to is not None:
+            bound = envelope_pb2.SignedMessage(payload=bound_to.SerializeToString(deterministic=True))
+        return await self._call(invoke, request=bound)
 
     async def _call(
         self,
@@ -186,8 +218,8 @@ class BusClient:
         )
         return reply.status
 
-    def _sign_for_broker(self, message: Message, message_type: str) -> envelope_pb2.SignedMessage:
-        """A message this agency signs for the broker itself (a cancellation, an appeal ruling)."""
+    def sign_for_broker(self, message: Message, message_type: str) -> envelope_pb2.SignedMessage:
+        """A message this agency signs for the broker itself (a cancellation, a ruling, a mark)."""
         return sign_message(
             message.SerializeToString(),
             key=self._key,
@@ -201,7 +233,7 @@ class BusClient:
         cancellation = lifecycle_pb2.Cancellation(
             request_id=request_id, reason=reason, issued_at=to_timestamp(self._clock.now())
         )
-        message = bus_pb2.CancelRequest(cancellation=self._sign_for_broker(cancellation, CANCELLATION_TYPE))
+        message = bus_pb2.CancelRequest(cancellation=self.sign_for_broker(cancellation, CANCELLATION_TYPE))
         reply: bus_pb2.CancelResponse = await self._call(
             lambda md: self._bus.Cancel(message, metadata=md, timeout=self._timeout)
         )
@@ -428,11 +460,47 @@ class BusClient:
             reason=reason,
             issued_at=to_timestamp(self._clock.now()),
         )
-        message = bus_pb2.DecideAppealRequest(ruling=self._sign_for_broker(ruling, APPEAL_RULING_TYPE))
+        message = bus_pb2.DecideAppealRequest(ruling=self.sign_for_broker(ruling, APPEAL_RULING_TYPE))
         reply: bus_pb2.DecideAppealResponse = await self._call(
             lambda md: self._bus.DecideAppeal(message, metadata=md, timeout=self._timeout)
         )
         return reply
+
+    async def give_feedback(
+        self,
+        report_request_id: str,
+        decision: results_pb2.FeedbackDecision.ValueType,
+        reason: str,
+        *,
+        case_number: str = "",
+    ) -> lifecycle_pb2.RequestStatus:
+        """``BusService.GiveFeedback``: answer a fraud report that reached this police agency, once
+        (acted on / not actionable, why; ``case_number``: the case it went into). The report, EXECUTED
+        with ``result.feedback``; the same call again is answered alike, another feedback refused."""
+        feedback = lifecycle_pb2.FraudReportFeedback(
+            report_request_id=report_request_id,
+            decision=decision,
+            reason=reason,
+            case_number=case_number,
+            issued_at=to_timestamp(self._clock.now()),
+        )
+        message = bus_pb2.GiveFeedbackRequest(
+            feedback=self.sign_for_broker(feedback, FRAUD_REPORT_FEEDBACK_TYPE)
+        )
+        reply: bus_pb2.GiveFeedbackResponse = await self._call(
+            lambda md: self._bus.GiveFeedback(message, metadata=md, timeout=self._timeout)
+        )
+        return reply.status
+
+    async def dissuasions(
+        self, warning: lifecycle_pb2.RequestStatus
+    ) -> builtins.list[lifecycle_pb2.RequestStatus]:
+        """The broker's in-person dissuasions (见面劝阻) of a warning that failed: the DISSUASIONs whose
+        parent it is (sent once the warning's outcome is processed, if policy escalates it)."""
+        found = await self.list_all(
+            case_number=warning.case_ref.case_number, types=[common_pb2.REQUEST_TYPE_DISSUASION]
+        )
+        return [status for status in found if status.parent_id == warning.id]
 
     # -- ledger ----------------------------------------------------------------------------
 

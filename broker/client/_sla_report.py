@@ -15,7 +15,10 @@ past due then is breached, the others count neither way (nobody owes them any mo
 Victim follow-ups (回访, FOLLOW_UP requests the broker sends the police after a return) are also
 counted on their own (:class:`FollowUpCounts`), so a supervisor sees who was never called back:
 how many are due, how many were done (the victim reached or not), and how many are overdue (not
-done and past their execute deadline, or flagged breached by the broker).
+done and past their execute deadline, or flagged breached by the broker). Warnings are counted
+by how they ended (:class:`WarningCounts`: dissuaded, continuing, unreachable) beside the in-person
+dissuasions the broker sent for the failed ones; fraud reports by the police's feedback
+(:class:`FeedbackCounts`: given in time, given late, overdue).
 
 Time to finish runs from the broker's receive time (``submitted_at``) to the end of the execute
 phase (its ``done_at``; failing that, when the broker recorded the first outcome event). Median and
@@ -42,11 +45,14 @@ from broker.protocol import EXECUTED_STATES, OUTCOME_STATES, phase_slug, request
 
 __all__ = [
     "PHASES",
+    "FeedbackCounts",
     "FollowUpCounts",
     "PhaseCounts",
     "PhaseOutcome",
     "SlaReport",
     "SlaRow",
+    "WarningCounts",
+    "feedback_line",
     "follow_up_line",
     "human_duration",
     "nearest_rank",
@@ -54,6 +60,7 @@ __all__ = [
     "render_table",
     "report_to_json",
     "sla_report",
+    "warning_line",
 ]
 
 _RequestType: TypeAlias = common_pb2.RequestType.ValueType
@@ -143,6 +150,48 @@ class FollowUpCounts:
 
 
 @dataclass(frozen=True, kw_only=True)
+class WarningCounts:
+    """Warnings (预警劝阻) by how they ended, and the in-person dissuasions (见面劝阻) sent after them."""
+
+    warnings: int = 0
+    """WARNINGs not cancelled."""
+    dissuaded: int = 0
+    """Ended DISSUADED: the person was reached and stopped."""
+    continuing: int = 0
+    """Ended CONTINUING: reached, but going on."""
+    unreachable: int = 0
+    """Ended UNREACHABLE: not reached."""
+    dissuasions: int = 0
+    """DISSUASIONs the broker sent to the police (not cancelled)."""
+    dissuasions_done: int = 0
+    """Of those, answered EXECUTED by the police (the visit was made and recorded)."""
+
+    def __add__(self, other: WarningCounts) -> WarningCounts:
+        return WarningCounts(
+            **{name: getattr(self, name) + getattr(other, name) for name in self.__dataclass_fields__}
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class FeedbackCounts:
+    """Fraud reports (FRAUD_REPORT) by the police's feedback (Anti-Telecom Fraud Law art. 26)."""
+
+    due: int = 0
+    """Reports owed feedback: every FRAUD_REPORT not cancelled, refused or failed."""
+    in_time: int = 0
+    """Feedback given by the execute deadline."""
+    late: int = 0
+    """Feedback given after the execute deadline."""
+    overdue: int = 0
+    """No feedback, and past the execute deadline (or flagged breached)."""
+
+    def __add__(self, other: FeedbackCounts) -> FeedbackCounts:
+        return FeedbackCounts(
+            **{name: getattr(self, name) + getattr(other, name) for name in self.__dataclass_fields__}
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
 class SlaReport:
     """SLA compliance over a set of requests, as of ``generated_at``."""
 
@@ -162,6 +211,10 @@ class SlaReport:
     """Breached phase deadlines per responsible agency; agencies without breaches are left out."""
     follow_ups: FollowUpCounts = field(default_factory=FollowUpCounts)
     """Victim follow-ups after returns."""
+    warnings: WarningCounts = field(default_factory=WarningCounts)
+    """Warning outcomes and the in-person dissuasions they set off."""
+    feedback: FeedbackCounts = field(default_factory=FeedbackCounts)
+    """The police's feedback on fraud reports."""
 
 
 def _ns(stamp: Timestamp) -> int:
@@ -252,6 +305,47 @@ def _follow_up(status: lifecycle_pb2.RequestStatus, now_ns: int) -> FollowUpCoun
     return FollowUpCounts(due=1, overdue=int(overdue))
 
 
+def _execute_deadline(status: lifecycle_pb2.RequestStatus) -> envelope_pb2.PhaseDeadline | None:
+    return next(
+        (d for d in status.deadlines.phases if d.phase == common_pb2.PHASE_EXECUTE and d.HasField("due_at")),
+        None,
+    )
+
+
+_WARNING_OUTCOME_FIELDS = {
+    results_pb2.WARNING_OUTCOME_DISSUADED: "dissuaded",
+    results_pb2.WARNING_OUTCOME_CONTINUING: "continuing",
+    results_pb2.WARNING_OUTCOME_UNREACHABLE: "unreachable",
+}
+
+
+def _warning(status: lifecycle_pb2.RequestStatus) -> WarningCounts:
+    """One WARNING or DISSUASION counted (cancelled ones count nowhere)."""
+    if status.state == common_pb2.REQUEST_STATE_CANCELLED:
+        return WarningCounts()
+    executed = status.state in EXECUTED_STATES
+    if status.type == common_pb2.REQUEST_TYPE_DISSUASION:
+        return WarningCounts(dissuasions=1, dissuasions_done=int(executed))
+    outcome = _WARNING_OUTCOME_FIELDS.get(status.result.warning) if executed else None
+    return WarningCounts(warnings=1, **({outcome: 1} if outcome else {}))
+
+
+def _feedback(status: lifecycle_pb2.RequestStatus, now_ns: int) -> FeedbackCounts:
+    """One FRAUD_REPORT counted: owed feedback unless it ended without reaching the police."""
+    if status.state in (
+        common_pb2.REQUEST_STATE_CANCELLED,
+        common_pb2.REQUEST_STATE_REJECTED,
+        common_pb2.REQUEST_STATE_FAILED,
+    ):
+        return FeedbackCounts()
+    deadline = _execute_deadline(status)
+    judged = _outcome(deadline, now_ns) if deadline is not None else PhaseOutcome.OPEN
+    if status.state in EXECUTED_STATES:
+        late = deadline is not None and judged is PhaseOutcome.BREACHED
+        return FeedbackCounts(due=1, in_time=int(not late), late=int(late))
+    return FeedbackCounts(due=1, overdue=int(judged is PhaseOutcome.BREACHED))
+
+
 def _sum_follow_ups(counts: Iterable[FollowUpCounts]) -> FollowUpCounts:
     totals = dict.fromkeys(("due", "done", "reached", "not_reached", "overdue"), 0)
     for c in counts:
@@ -292,12 +386,18 @@ def sla_report(statuses: Iterable[lifecycle_pb2.RequestStatus], *, now: datetime
     tallies: dict[tuple[str, _RequestType], _Tally] = {}
     seen: set[str] = set()
     follow_ups: list[FollowUpCounts] = []
+    warnings = WarningCounts()
+    feedback = FeedbackCounts()
     for status in statuses:
         if status.id in seen:
             continue  # pages of a live listing can overlap; a request counts once
         seen.add(status.id)
         if status.type == common_pb2.REQUEST_TYPE_FOLLOW_UP:
             follow_ups.append(_follow_up(status, now_ns))
+        elif status.type in (common_pb2.REQUEST_TYPE_WARNING, common_pb2.REQUEST_TYPE_DISSUASION):
+            warnings += _warning(status)
+        elif status.type == common_pb2.REQUEST_TYPE_FRAUD_REPORT:
+            feedback += _feedback(status, now_ns)
         tally = tallies.setdefault((status.recipient, status.type), _Tally())
         tally.requests += 1
         stopped = _cancelled_at(status)
@@ -332,6 +432,8 @@ def sla_report(statuses: Iterable[lifecycle_pb2.RequestStatus], *, now: datetime
         open=sum(row.open for row in rows),
         breaches_by_agency=MappingProxyType(breaches),
         follow_ups=_sum_follow_ups(follow_ups),
+        warnings=warnings,
+        feedback=feedback,
     )
 
 
@@ -352,6 +454,20 @@ def report_to_json(report: SlaReport) -> dict[str, Any]:
             "reached": report.follow_ups.reached,
             "not_reached": report.follow_ups.not_reached,
             "overdue": report.follow_ups.overdue,
+        },
+        "warnings": {
+            "warnings": report.warnings.warnings,
+            "dissuaded": report.warnings.dissuaded,
+            "continuing": report.warnings.continuing,
+            "unreachable": report.warnings.unreachable,
+            "dissuasions_sent": report.warnings.dissuasions,
+            "dissuasions_done": report.warnings.dissuasions_done,
+        },
+        "fraud_report_feedback": {
+            "due": report.feedback.due,
+            "in_time": report.feedback.in_time,
+            "late": report.feedback.late,
+            "overdue": report.feedback.overdue,
         },
         "rows": [
             {
@@ -453,6 +569,10 @@ def render_table(report: SlaReport) -> str:
         lines.append("breaches by agency: none")
     if report.follow_ups.due:
         lines.append(follow_up_line(report.follow_ups))
+    if report.warnings.warnings or report.warnings.dissuasions:
+        lines.append(warning_line(report.warnings))
+    if report.feedback.due:
+        lines.append(feedback_line(report.feedback))
     return "\n".join(lines) + "\n"
 
 
@@ -461,4 +581,21 @@ def follow_up_line(counts: FollowUpCounts) -> str:
     return (
         f"victim follow-ups: {counts.due} due, {counts.done} done (reached {counts.reached},"
         f" not reached {counts.not_reached}), {counts.overdue} overdue"
+    )
+
+
+def warning_line(counts: WarningCounts) -> str:
+    """``warnings: N (dissuaded D, continuing C, unreachable U); in-person dissuasions: S sent, E done``."""
+    return (
+        f"warnings: {counts.warnings} (dissuaded {counts.dissuaded}, continuing {counts.continuing},"
+        f" unreachable {counts.unreachable}); in-person dissuasions: {counts.dissuasions} sent,"
+        f" {counts.dissuasions_done} done"
+    )
+
+
+def feedback_line(counts: FeedbackCounts) -> str:
+    """``fraud-report feedback: N due, I given in time, L late, O overdue``."""
+    return (
+        f"fraud-report feedback: {counts.due} due, {counts.in_time} given in time, {counts.late} late,"
+        f" {counts.overdue} overdue"
     )

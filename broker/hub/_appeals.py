@@ -53,14 +53,21 @@ from broker.protocol import (
 )
 
 from ._auth import Caller
+from ._decisions import decided_request, record_decision, recorded_event
 from ._errors import IllegalTransitionError, InvalidRequestError, NotFoundError, PermissionDeniedError
-from ._events import BrokerEvents, Refused
+from ._events import BrokerEvents
 from ._open_appeals import OPEN_APPEAL_STATES, OpenAppeals
 from ._signed import signed_by_caller
 from ._store import RequestStore
 from ._submit import Intake
 
-__all__ = ["RESTRICTION_TYPES", "AppealCheck", "AppealDesk", "lifting_order_for", "open_appeal_key"]
+__all__ = [
+    "RESTRICTION_TYPES",
+    "AppealCheck",
+    "AppealDesk",
+    "lifting_order_for",
+    "open_appeal_key",
+]
 
 log = structlog.get_logger(__name__)
 
@@ -262,47 +269,29 @@ class AppealDesk:
             clock=self._clock,
             field="ruling",
         )
-        appeal = (await self._requests.get(ruling.appeal_request_id)).status
-        if appeal.recipient != caller.agency.id:
-            raise PermissionDeniedError(
-                "only the police agency an appeal is addressed to may decide it",
-                reason="NOT_APPEAL_RECIPIENT",
-            )
-        if appeal.type != _S.REQUEST_TYPE_APPEAL:
-            raise IllegalTransitionError(
-                f"the request is a {type_name(appeal.type)}, not an appeal", reason="NOT_AN_APPEAL"
-            )
+        appeal = await decided_request(
+            self._requests,
+            caller,
+            ruling.appeal_request_id,
+            request_type=_S.REQUEST_TYPE_APPEAL,
+            what="an appeal",
+            not_recipient="NOT_APPEAL_RECIPIENT",
+            not_type="NOT_AN_APPEAL",
+        )
         event_id = str(uuid.uuid5(_DECISION_NAMESPACE, f"{appeal.id}/{claims.jti}"))
-        if appeal.state not in _OPEN:
-            if _recorded_event(appeal, event_id) is None:
-                raise IllegalTransitionError(
-                    f"the appeal is no longer open (it is {_S.RequestState.Name(appeal.state)}): it is"
-                    " decided once",
-                    reason="APPEAL_ALREADY_DECIDED",
-                )
-            status = appeal  # this very ruling, sent again: answered as the decision it made
-        else:
-            result = results_pb2.Result(
-                outcome=_S.REQUEST_STATE_EXECUTED, appeal=ruling.decision, detail=ruling.reason
-            )
-            try:
-                status = await self._events.emit(
-                    appeal.id,
-                    _S.REQUEST_STATE_EXECUTED,
-                    detail=ruling.reason,
-                    event_id=event_id,
-                    result=result,
-                    ruling=signed,
-                )
-            except Refused as refused:
-                # Another ruling was recorded in between.
-                raise IllegalTransitionError(
-                    "the appeal was decided meanwhile: it is decided once", reason="APPEAL_ALREADY_DECIDED"
-                ) from refused
-            if _recorded_event(status, event_id) is None:
-                raise IllegalTransitionError(
-                    "the appeal was decided meanwhile: it is decided once", reason="APPEAL_ALREADY_DECIDED"
-                )
+        result = results_pb2.Result(
+            outcome=_S.REQUEST_STATE_EXECUTED, appeal=ruling.decision, detail=ruling.reason
+        )
+        status, decided = await record_decision(
+            self._events,
+            appeal,
+            event_id=event_id,
+            result=result,
+            signed=signed,
+            what="appeal",
+            reason="APPEAL_ALREADY_DECIDED",
+        )
+        if decided:
             log.info(
                 "appeal.decided",
                 request_id=appeal.id,
@@ -316,7 +305,7 @@ class AppealDesk:
     async def _announce(self, status: lifecycle_pb2.RequestStatus, event_id: str) -> None:
         """Put the decision's event on GC_EVENTS: the consumer's hook sends the lifting order until
         it is sent. Applying it there changes nothing (its id is in the timeline already)."""
-        recorded = _recorded_event(status, event_id)
+        recorded = recorded_event(status, event_id)
         if recorded is None:
             return
         try:
@@ -353,10 +342,3 @@ class AppealDesk:
         )
         log.info("appeal.lifting_sent", request_id=status.id, lifting=order.id, recipient=order.recipient)
         return [order]
-
-
-def _recorded_event(status: lifecycle_pb2.RequestStatus, event_id: str) -> lifecycle_pb2.RecordedEvent | None:
-    for recorded in status.events:
-        if lifecycle_pb2.LifecycleEvent.FromString(recorded.event.payload).event_id == event_id:
-            return recorded
-    return None

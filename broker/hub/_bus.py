@@ -22,6 +22,7 @@ from greenchannel.v1 import (
 from broker.protocol import (
     APPEAL_RULING_TYPE,
     CANCELLATION_TYPE,
+    FRAUD_REPORT_FEEDBACK_TYPE,
     AgencyKind,
     Clock,
     Registry,
@@ -37,6 +38,7 @@ from ._appeals import AppealDesk
 from ._auth import Authenticator, Caller
 from ._errors import HubError, IllegalTransitionError, InvalidRequestError, PermissionDeniedError
 from ._events import BrokerEvents, Refused
+from ._feedback import FeedbackDesk
 from ._grpc_status import guard_stream, guard_unary, to_hub_error
 from ._policy import Policy
 from ._refusals import RefusalSink, note_message_type
@@ -105,8 +107,10 @@ class BusServicer(bus_pb2_grpc.BusServiceServicer):
         admission: Admission | None = None,
         refusals: RefusalSink | None = None,
         appeals: AppealDesk | None = None,
+        feedback: FeedbackDesk | None = None,
     ) -> None:
         self._appeals = appeals
+        self._feedback = feedback
         self.refusals = refusals
         """Where refused calls are reported (the guards read it)."""
         self._admission = admission or Admission()
@@ -324,6 +328,17 @@ class BusServicer(bus_pb2_grpc.BusServiceServicer):
         if self._appeals is None:
             raise PermissionDeniedError("this broker decides no appeals", reason="NOT_APPEAL_RECIPIENT")
         return await self._appeals.decide(caller, request.ruling)
+
+    @guard_unary
+    async def GiveFeedback(
+        self, request: bus_pb2.GiveFeedbackRequest, context: grpc.aio.ServicerContext
+    ) -> bus_pb2.GiveFeedbackResponse:
+        note_message_type(FRAUD_REPORT_FEEDBACK_TYPE)
+        caller = await self._auth.authenticate(context)
+        _validated(request)
+        if self._feedback is None:
+            raise PermissionDeniedError("this broker takes no feedback", reason="NOT_REPORT_RECIPIENT")
+        return await self._feedback.give(caller, request.feedback)
 
 
 def _bounded_page(

@@ -39,6 +39,7 @@ from broker.protocol import (
 from ._errors import NotFoundError, UnavailableError
 from ._events import BrokerEvents, Refused
 from ._lifecycle import is_final
+from ._metrics import BrokerMetrics
 from ._sla_policy import EscalationLadder
 from ._store import RequestStore
 from ._timers import DeadlineScheduler, TimerKind, TimerPayload
@@ -96,7 +97,9 @@ class DeadlineWatch:
         clock: Clock,
         escalation: EscalationLadder | None = None,
         config: DeadlineWatchConfig | None = None,
+        metrics: BrokerMetrics | None = None,
     ) -> None:
+        self._metrics = metrics or BrokerMetrics()
         self._escalation = escalation or EscalationLadder(reminder_at=0.5)
         self._js = js
         self._registry = registry
@@ -120,6 +123,7 @@ class DeadlineWatch:
             ),
             self.handle,
             key=subject_token(3),  # gc.deadline.fired.<request_id>.<phase>
+            observer=self._metrics.consumers,
         )
 
     async def __aenter__(self) -> DeadlineWatch:
@@ -134,6 +138,10 @@ class DeadlineWatch:
     async def aclose(self) -> None:
         """Stop pulling; the message in hand is finished first (it is short), then the loop ends."""
         await self._loop.aclose()
+
+    @property
+    def consumer(self) -> ConsumerLoop:
+        return self._loop
 
     async def handle(self, msg: Msg) -> None:
         try:
@@ -182,6 +190,7 @@ class DeadlineWatch:
             except Refused as refused:
                 log.info("deadline.not_recorded", request_id=status.id, reason=refused.reason)
             else:
+                self._metrics.deadline("breached" if breach else "reminded", status, payload.phase)
                 await self._notify(status, payload)
                 log.warning(
                     "deadline.breached" if breach else "deadline.reminder",

@@ -89,6 +89,9 @@ class DecodeGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc shi
 
     def __init__(self, refusals: RefusalSink | None = None) -> None:
         self._refusals = refusals
+        # The wrapped handler of each method, built once: grpc hands back the same handler object
+        # for a method on every call, so wrapping it anew per call only cost time.
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     def _audit(self, method: str) -> _Audit:
         name = method.rsplit("/", 1)[-1]
@@ -112,16 +115,25 @@ class DecodeGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]  # grpc shi
         handler = await continuation(handler_call_details)
         if handler is None or handler.request_streaming:
             return handler
+        method = handler_call_details.method
+        known = self._wrapped.get(method)
+        if known is not None and known[0] is handler:
+            return known[1]
+        wrapped = self._wrap(handler, method)
+        self._wrapped[method] = (handler, wrapped)
+        return wrapped
+
+    def _wrap(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
         decode = _tolerant(handler.request_deserializer)
         if handler.unary_unary is not None:
             return grpc.unary_unary_rpc_method_handler(
-                _unary(handler.unary_unary, self._audit(handler_call_details.method)),
+                _unary(handler.unary_unary, self._audit(method)),
                 request_deserializer=decode,
                 response_serializer=handler.response_serializer,
             )
         if handler.unary_stream is not None:
             return grpc.unary_stream_rpc_method_handler(
-                _streaming(handler.unary_stream, self._audit(handler_call_details.method)),
+                _streaming(handler.unary_stream, self._audit(method)),
                 request_deserializer=decode,
                 response_serializer=handler.response_serializer,
             )

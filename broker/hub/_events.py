@@ -48,6 +48,7 @@ from ._errors import IllegalTransitionError, NotFoundError
 from ._item_lifts import PartyRequests, items_left_blocked
 from ._ledger import LedgerWriter
 from ._lifecycle import is_outcome, next_state
+from ._metrics import BrokerMetrics
 from ._store import RequestStore
 from ._timers import DeadlineScheduler
 from ._trail import TrailChaser, TrailNotReadyError
@@ -274,7 +275,11 @@ class EventProcessor:
         appeals: OutcomeHook | None = None,
         follow_ups: OutcomeHook | None = None,
         batches: OutcomeHook | None = None,
+        dissuasions: OutcomeHook | None = None,
+        metrics: BrokerMetrics | None = None,
     ) -> None:
+        self._dissuasions = dissuasions
+        self._metrics = metrics or BrokerMetrics()
         self._batches = batches
         self._returns = returns
         self._appeals = appeals
@@ -300,6 +305,7 @@ class EventProcessor:
             ),
             self.handle,
             key=subject_token(3),  # gc.events.<agency>.<request_id>
+            observer=self._metrics.consumers,
         )
 
     async def __aenter__(self) -> EventProcessor:
@@ -314,6 +320,10 @@ class EventProcessor:
     async def aclose(self) -> None:
         """Stop pulling; the events in hand are finished first, then the loop ends."""
         await self._loop.aclose()
+
+    @property
+    def consumer(self) -> ConsumerLoop:
+        return self._loop
 
     async def handle(self, msg: Msg) -> None:
         tokens = msg.subject.split(".")
@@ -356,12 +366,14 @@ class EventProcessor:
                     self._appeals,
                     self._follow_ups,
                     self._batches,
+                    self._dissuasions,
                 )
                 if hook is not None
             ]
             # The hold's timers, the chase of its onward transfers, a return's settlement and its
-            # victim follow-ups, an appeal's lifting order and a split batch's answer are
-            # independent and idempotent: side by side, and all again if any fails.
+            # victim follow-ups, an appeal's lifting order, a split batch's answer and a failed
+            # warning's in-person dissuasion are independent and idempotent: side by side, and all
+            # again if any fails.
             outcomes = await asyncio.gather(
                 *(hook.after_outcome(status) for hook in hooks), return_exceptions=True
             )
@@ -392,6 +404,7 @@ class EventProcessor:
             "at": self._clock.now().isoformat(),
         }
         log.warning("request.event_refused", reason=reason, actor=actor, request_id=request_id)
+        self._metrics.event_refused(reason)
         if self._ledger is not None:
             await self._ledger.record_rejection(
                 record_id=f"rejection:{msg.metadata.sequence.stream}",

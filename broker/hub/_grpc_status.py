@@ -169,6 +169,9 @@ def _duration(delta: timedelta) -> duration_pb2.Duration:
 
 
 def _retry_after(error: HubError) -> timedelta | None:
+    own = getattr(error, "retry_after", None)  # an error that knows its own delay (a rate limit)
+    if isinstance(own, timedelta):
+        return own
     return next((delay for cls, delay in _RETRY_AFTER.items() if isinstance(error, cls)), None)
 
 

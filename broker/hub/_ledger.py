@@ -69,6 +69,7 @@ from broker.protocol import (
     WATCH_STREAM,
     Clock,
     ConsumerLoop,
+    ConsumerObserver,
     ConsumerSpec,
     Lane,
     LaneOrder,
@@ -101,11 +102,13 @@ from ._ledger_blocks import (
 
 __all__ = [
     "LedgerConfig",
+    "LedgerFigures",
     "LedgerReader",
     "LedgerSequencer",
     "LedgerWriter",
     "StoredEntry",
     "ensure_ledger_streams",
+    "read_ledger_figures",
     "timeline_record",
 ]
 
@@ -329,6 +332,32 @@ class LedgerWriter:
         )
         await self._publish(record_id, data)
 
+    async def record_mark(
+        self,
+        *,
+        record_id: str,
+        actor: str,
+        mark_id: str,
+        mark_step: str,
+        case_number: str,
+        parties: Sequence[str],
+        subject_digest: str,
+        at: datetime,
+    ) -> None:
+        """Queue one MARK entry: a risk mark made, proposed, confirmed, refused, lifted or expired.
+        Holds the mark id, the case and the digest of the signed message, never the identifier."""
+        data = build_entry(
+            kind=ledger_pb2.LEDGER_ENTRY_KIND_MARK,
+            actor=actor,
+            at=at,
+            case_number=case_number,
+            parties=parties,
+            subject_digest=subject_digest,
+            mark_id=mark_id,
+            mark_step=mark_step,
+        )
+        await self._publish(record_id, data)
+
     async def record_refusal(
         self, *, record_id: str, caller: str | None, refusal: ledger_pb2.Refusal, at: datetime
     ) -> None:
@@ -468,6 +497,8 @@ class LedgerSequencer:
         broker_key: SigningKey,
         clock: Clock,
         config: LedgerConfig | None = None,
+        *,
+        observer: ConsumerObserver | None = None,
     ) -> None:
         self._js = js
         self._key = broker_key
@@ -476,7 +507,7 @@ class LedgerSequencer:
         self._head: _Head | None = None
         self._checkpointed = 0
         self._last_checkpoint_at = clock.now()
-        self._loop = ConsumerLoop(js, self._loop_spec(), batch_handler=self._round)
+        self._loop = ConsumerLoop(js, self._loop_spec(), batch_handler=self._round, observer=observer)
         self._delay = self._config.retry_delay
         self._closed = False
         # The block being built: records taken, not yet appended, by record id.
@@ -488,6 +519,10 @@ class LedgerSequencer:
         """Entries this sequencer appended (for metrics and tests)."""
         self.blocks = 0
         """Blocks (GC_LEDGER messages) this sequencer appended."""
+
+    @property
+    def consumer(self) -> ConsumerLoop:
+        return self._loop
 
     @property
     def head(self) -> tuple[int, str] | None:
@@ -890,6 +925,30 @@ def _checkpoint_seq(data: bytes) -> int:
         return int(ledger_pb2.Checkpoint.FromString(signed.payload).seq)
     except DecodeError:
         return 0
+
+
+@dataclass(frozen=True)
+class LedgerFigures:
+    """How long the chain is and how far its signed checkpoints reach (for metrics)."""
+
+    entries: int
+    checkpoint_seq: int
+    checkpoint_at: datetime | None
+    """When the last checkpoint was stored; None before the first."""
+
+
+async def read_ledger_figures(js: JetStreamContext) -> LedgerFigures:
+    """Two reads: the head's block and the last checkpoint."""
+    entries = await LedgerReader(js).head_seq()
+    try:
+        message = await js.get_last_msg(LEDGER_STREAM, LEDGER_CHECKPOINT_SUBJECT)
+    except nats.js.errors.NotFoundError:
+        return LedgerFigures(entries=entries, checkpoint_seq=0, checkpoint_at=None)
+    except (nats.errors.Error, TimeoutError) as exc:
+        raise nats_error(exc, "read the last ledger checkpoint") from exc
+    return LedgerFigures(
+        entries=entries, checkpoint_seq=_checkpoint_seq(message.data or b""), checkpoint_at=message.time
+    )
 
 
 # -- reader -------------------------------------------------------------------------------------

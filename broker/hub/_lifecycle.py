@@ -18,6 +18,7 @@ annotate any non-final state without changing it.
 An APPEAL's outcome is the police's decision, recorded by the broker from their signed ruling
 (``BusService.DecideAppeal``): EXECUTED on an appeal is the broker's to record, never the
 adapter's (the police adapter records the filing as ACKNOWLEDGED; it may still refuse or fail it).
+A FRAUD_REPORT likewise: its outcome is the police's feedback (``BusService.GiveFeedback``).
 
 Checks run in a fixed order, so one event gets one answer: the actor first (an event from the
 wrong party is refused whatever the state), then final states, then order.
@@ -60,6 +61,9 @@ _ALWAYS_FINAL = frozenset(
 _HOLD_EVENTS = frozenset({_S.REQUEST_STATE_EXTENDED, _S.REQUEST_STATE_RELEASED, _S.REQUEST_STATE_EXPIRED})
 # Restrictions that are not holds but can be lifted (by an appeal's lifting order).
 _LIFTABLE = frozenset({_S.REQUEST_TYPE_NUMBER_BLOCK, _S.REQUEST_TYPE_ACCOUNT_BLOCK})
+# Outcomes the broker records from the police's signed decision through the Bus API; the police
+# adapter records the filing (ACKNOWLEDGED).
+_DECIDED_BY_BROKER = frozenset({_S.REQUEST_TYPE_APPEAL, _S.REQUEST_TYPE_FRAUD_REPORT})
 _CANCELLABLE = frozenset({_S.REQUEST_STATE_SUBMITTED, _S.REQUEST_STATE_DELIVERED})
 
 _OUTCOME_RANK = 4
@@ -176,8 +180,9 @@ def _illegal(what: str, why: str) -> IllegalTransitionError:
 
 def _check_actor(event: _State, actor: str, recipient: str, request_type: _RequestType) -> None:
     allowed = _ACTORS.get(event)
-    if request_type == _S.REQUEST_TYPE_APPEAL and event in EXECUTED_STATES:
-        allowed = _BROKER  # the decision, from the police's signed ruling through DecideAppeal
+    if request_type in _DECIDED_BY_BROKER and event in EXECUTED_STATES:
+        # The decision, from the police's signed ruling (DecideAppeal) or feedback (GiveFeedback).
+        allowed = _BROKER
     if allowed is None:
         return  # not an event at all; the state checks refuse it with a better message
     ok = (allowed != _BROKER and actor == recipient) or (allowed != _RECIPIENT and actor == BROKER_ID)

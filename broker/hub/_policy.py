@@ -9,8 +9,9 @@ allowed.
 Besides who may send what, the policy bounds how far the broker chases money on its own
 (``[chase]``, :class:`ChasePolicy`): the authorization every case's money trail runs under; and how
 much of a hold the police may release for the holder's living expenses (``[release]``,
-:class:`ReleasePolicy`); and how many lines one batch NUMBER_BLOCK may name (``[number_block]``,
-:class:`NumberBlockPolicy`).
+:class:`ReleasePolicy`); how many lines one batch NUMBER_BLOCK may name (``[number_block]``,
+:class:`NumberBlockPolicy`); and which warning outcomes make the broker ask the police of the
+person's region to dissuade them in person (``[warning]``, :class:`WarningPolicy`).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from types import MappingProxyType
 from typing import TypeAlias
 
 import structlog
-from greenchannel.v1 import common_pb2
+from greenchannel.v1 import common_pb2, results_pb2
 
 from broker.protocol import (
     REQUEST_TYPES_BY_SLUG,
@@ -38,6 +39,7 @@ from broker.protocol import (
 )
 
 from ._errors import PermissionDeniedError, PolicyError
+from ._risk_policy import DEFAULT_RISK, RiskPolicy, parse_risk
 from ._sla_policy import parse_duration
 
 __all__ = [
@@ -45,6 +47,7 @@ __all__ = [
     "DEFAULT_NUMBER_BLOCK",
     "DEFAULT_RELEASE",
     "DEFAULT_RETURN",
+    "DEFAULT_WARNING",
     "POLICY_VERSION",
     "ChasePolicy",
     "NumberBlockPolicy",
@@ -52,6 +55,8 @@ __all__ = [
     "PolicyRule",
     "ReleasePolicy",
     "ReturnPolicy",
+    "RiskPolicy",
+    "WarningPolicy",
     "load_policy",
 ]
 
@@ -59,7 +64,19 @@ POLICY_VERSION = 1
 
 _log = structlog.get_logger(__name__)
 
-_TOP = frozenset({"policy", "rule", "chase", "return", "release", "number_block"})
+_TOP = frozenset({"policy", "rule", "chase", "return", "release", "number_block", "warning", "risk"})
+_WARNING = frozenset({"escalate_on", "priority", "description"})
+# What a warning may end with, as [warning] escalate_on spells it.
+_WARNING_OUTCOMES: Mapping[str, results_pb2.WarningOutcome.ValueType] = MappingProxyType(
+    {
+        name.removeprefix("WARNING_OUTCOME_").lower(): value
+        for name, value in results_pb2.WarningOutcome.items()
+        if value != results_pb2.WARNING_OUTCOME_UNSPECIFIED
+    }
+)
+_PRIORITIES: Mapping[str, common_pb2.Priority.ValueType] = MappingProxyType(
+    {"green": common_pb2.PRIORITY_GREEN, "standard": common_pb2.PRIORITY_STANDARD}
+)
 _NUMBER_BLOCK = frozenset({"max_items", "description"})
 _MAX_BATCH = 10_000  # the contract's bound on NumberBlock.phones
 _RETURN = frozenset({"notice_period", "description"})
@@ -213,10 +230,43 @@ DEFAULT_NUMBER_BLOCK = NumberBlockPolicy()
 """The bounds used when a policy file has no ``[number_block]`` table."""
 
 
+@dataclass(frozen=True, kw_only=True)
+class WarningPolicy:
+    """What a failed warning (预警劝阻) sets off: in-person dissuasion (见面劝阻) by the police of the
+    person's region (a DISSUASION the broker sends, deadlined by the SLA policy)."""
+
+    escalate_on: frozenset[results_pb2.WarningOutcome.ValueType] = frozenset(
+        {results_pb2.WARNING_OUTCOME_UNREACHABLE, results_pb2.WARNING_OUTCOME_CONTINUING}
+    )
+    """Warning outcomes that make the broker send a DISSUASION; empty: none does."""
+    priority: common_pb2.Priority.ValueType = common_pb2.PRIORITY_GREEN
+    """The DISSUASION's SLA lane (its deadlines come from the SLA policy)."""
+
+    def __post_init__(self) -> None:
+        if results_pb2.WARNING_OUTCOME_DISSUADED in self.escalate_on:
+            raise ValueError("a dissuaded person needs no visit: DISSUADED cannot escalate")
+
+    def escalates(self, outcome: results_pb2.WarningOutcome.ValueType) -> bool:
+        return outcome in self.escalate_on
+
+
+DEFAULT_WARNING = WarningPolicy()
+"""What a policy file without a ``[warning]`` table sets off: unreachable and continuing escalate."""
+
+
 class Policy:
     """Immutable authorization rules; everything no rule allows is denied."""
 
-    __slots__ = ("_by_route", "_chase", "_number_block", "_release", "_returns", "_rules")
+    __slots__ = (
+        "_by_route",
+        "_chase",
+        "_number_block",
+        "_release",
+        "_returns",
+        "_risk",
+        "_rules",
+        "_warning",
+    )
 
     def __init__(
         self,
@@ -226,7 +276,11 @@ class Policy:
         returns: ReturnPolicy = DEFAULT_RETURN,
         release: ReleasePolicy = DEFAULT_RELEASE,
         number_block: NumberBlockPolicy = DEFAULT_NUMBER_BLOCK,
+        warning: WarningPolicy = DEFAULT_WARNING,
+        risk: RiskPolicy = DEFAULT_RISK,
     ) -> None:
+        self._warning = warning
+        self._risk = risk
         self._number_block = number_block
         self._rules = tuple(rules)
         self._chase = chase
@@ -265,6 +319,16 @@ class Policy:
     def number_block(self) -> NumberBlockPolicy:
         """Bounds of batch number blocks."""
         return self._number_block
+
+    @property
+    def warning(self) -> WarningPolicy:
+        """Which warning outcomes the broker escalates to in-person dissuasion."""
+        return self._warning
+
+    @property
+    def risk(self) -> RiskPolicy:
+        """Who may check and mark the risk registry, and its bounds."""
+        return self._risk
 
     def authorize_submit(
         self,
@@ -477,6 +541,29 @@ def _parse_number_block(scope: TomlTable) -> NumberBlockPolicy:
     )
 
 
+def _parse_warning(scope: TomlTable) -> WarningPolicy:
+    scope.only(_WARNING)
+    scope.optional_string("description")
+    escalate_on = DEFAULT_WARNING.escalate_on
+    if scope.has("escalate_on"):
+        found: set[results_pb2.WarningOutcome.ValueType] = set()
+        for i, name in enumerate(scope.strings("escalate_on", distinct=True)):
+            if name not in _WARNING_OUTCOMES or name == "dissuaded":
+                scope.fail(
+                    f"escalate_on[{i}]",
+                    f"{name!r} is not a warning outcome that escalates (expected unreachable or continuing)",
+                )
+            found.add(_WARNING_OUTCOMES[name])
+        escalate_on = frozenset(found)
+    priority = DEFAULT_WARNING.priority
+    priority_name = scope.optional_string("priority")
+    if priority_name is not None:
+        if priority_name not in _PRIORITIES:
+            scope.fail("priority", f"unknown priority {priority_name!r} (expected green or standard)")
+        priority = _PRIORITIES[priority_name]
+    return WarningPolicy(escalate_on=escalate_on, priority=priority)
+
+
 def load_policy(path: Path) -> Policy:
     """Read and check a policy file; raise :class:`PolicyError` naming the file and field on any problem."""
     root = read_toml(path, PolicyError, what="the policy file")
@@ -503,7 +590,19 @@ def load_policy(path: Path) -> Policy:
     number_block = (
         DEFAULT_NUMBER_BLOCK if number_block_table is None else _parse_number_block(number_block_table)
     )
-    policy = Policy(rules, chase=chase, returns=returns, release=release, number_block=number_block)
+    warning_table = root.optional_table("warning")
+    warning = DEFAULT_WARNING if warning_table is None else _parse_warning(warning_table)
+    risk_table = root.optional_table("risk")
+    risk = DEFAULT_RISK if risk_table is None else parse_risk(risk_table)
+    policy = Policy(
+        rules,
+        chase=chase,
+        returns=returns,
+        release=release,
+        number_block=number_block,
+        warning=warning,
+        risk=risk,
+    )
     _log.info(
         "policy.loaded",
         file=str(path),

@@ -44,6 +44,8 @@ from greenchannel.v1 import ledger_pb2
 
 from broker.protocol import Clock, to_timestamp
 
+from ._metrics import BrokerMetrics
+
 __all__ = [
     "AUDITED_CODES",
     "CallFacts",
@@ -188,7 +190,15 @@ class RefusalAudit:
     ``shutdown_timeout``), then stops.
     """
 
-    def __init__(self, writer: RefusalWriter, clock: Clock, config: RefusalAuditConfig | None = None) -> None:
+    def __init__(
+        self,
+        writer: RefusalWriter,
+        clock: Clock,
+        config: RefusalAuditConfig | None = None,
+        *,
+        metrics: BrokerMetrics | None = None,
+    ) -> None:
+        self._metrics = metrics or BrokerMetrics()
         self._writer = writer
         self._clock = clock
         self._config = config or RefusalAuditConfig()
@@ -221,6 +231,7 @@ class RefusalAudit:
         if code not in AUDITED_CODES:
             return
         self.counted += 1
+        self._metrics.refused(method=method, code=code.name, reason=reason)
         now = self._clock.now()
         key: _Key = (facts.caller, method, code.name, reason)
         window = self._windows.get(key)

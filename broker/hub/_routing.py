@@ -80,9 +80,10 @@ def _target(request: requests_pb2.Request, body: str) -> _Target:
             return _Target(request.assistance.region, "request.assistance.region")
         case "fraud_report":
             return _Target(request.fraud_report.region, "request.fraud_report.region")
-        case "appeal" | "follow_up":
-            # The police that ordered the restriction, named by the appealing agency; intake checks
-            # it against the restriction's case.
+        case "appeal" | "follow_up" | "linkage_notice" | "dissuasion":
+            # Named by the sender: the police that ordered the restriction (an appeal; intake checks
+            # it against the restriction's case), or the police the broker addresses itself
+            # (follow-ups, linkage notices, in-person dissuasion).
             return _Target("", "request.recipient")
         case "data_request":
             choice = request.data_request.WhichOneof("subject")

@@ -8,6 +8,7 @@ in-flight calls finish, stop the event consumer after its current event, drain N
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +24,8 @@ from greenchannel.v1 import (
     ledger_pb2_grpc,
     registry_pb2,
     registry_pb2_grpc,
+    risk_pb2,
+    risk_pb2_grpc,
 )
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from nats.aio.client import Client
@@ -30,6 +33,10 @@ from nats.js.client import JetStreamContext
 
 from broker.protocol import (
     Clock,
+    ConsumerLoop,
+    GaugeTimer,
+    MetricsConfig,
+    MetricsEndpoint,
     NatsSettings,
     Registry,
     SystemClock,
@@ -39,6 +46,7 @@ from broker.protocol import (
     key_overlay_path,
     load_broker_encryption_key,
     load_broker_signing_key,
+    new_registry,
     stream_specs,
 )
 
@@ -52,16 +60,20 @@ from ._deadlines_watch import DeadlineWatch, DeadlineWatchConfig
 from ._decode_guard import DecodeGuard
 from ._directory_reload import DirectoryReloadConfig, DirectoryReloader, ReloadListener
 from ._directory_service import RegistryServicer
+from ._dissuasions import Dissuasions
 from ._events import BrokerEvents, EventProcessor, EventProcessorConfig, HoldLifecycle
+from ._feedback import FeedbackDesk
 from ._follow_ups import FollowUps
 from ._ledger import LedgerConfig, LedgerSequencer, LedgerWriter, ensure_ledger_streams
 from ._ledger_service import LedgerServicer
+from ._metrics import BrokerMetrics, PrometheusBrokerMetrics
 from ._open_appeals import OpenAppeals
 from ._policy import Policy, load_policy
 from ._reflection import enable_reflection
 from ._refusals import RefusalAudit, RefusalAuditConfig
 from ._returns import ReturnRecords, Returns
 from ._returns_service import ReturnsService
+from ._risk import RiskConfig, RiskParts, open_risk
 from ._sla_policy import SlaPolicy
 from ._store import IdempotencyStore, RequestStore
 from ._submit import Intake
@@ -80,6 +92,7 @@ SERVICE_NAMES = (
     bus_pb2.DESCRIPTOR.services_by_name["BusService"].full_name,
     registry_pb2.DESCRIPTOR.services_by_name["RegistryService"].full_name,
     ledger_pb2.DESCRIPTOR.services_by_name["LedgerService"].full_name,
+    risk_pb2.DESCRIPTOR.services_by_name["RiskService"].full_name,
 )
 
 
@@ -121,6 +134,8 @@ class BrokerConfig:
     """How the ledger's sequencer chains records and how often it signs checkpoints."""
     refusals: RefusalAuditConfig = field(default_factory=RefusalAuditConfig)
     """How refused calls are bounded on their way into the ledger (per key and window)."""
+    risk: RiskConfig = field(default_factory=RiskConfig)
+    """How the risk registry counts checks (flush interval) and waits for its index at start."""
     admission: AdmissionConfig = field(default_factory=AdmissionConfig)
     """How many submissions are worked on at once; beyond, RESOURCE_EXHAUSTED at once."""
     max_message_bytes: int = 2 * 1024 * 1024
@@ -129,6 +144,8 @@ class BrokerConfig:
     """Seconds in-flight calls get to finish on shutdown."""
     replicas: int = 1
     """JetStream replicas for streams and buckets (3 on a cluster)."""
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
+    """Prometheus metrics: off (the default), or served on ``metrics.listen`` (docs/metrics.md)."""
     clock: Clock = field(default_factory=SystemClock)
     """Time source."""
 
@@ -147,6 +164,13 @@ class Broker:
         self._refusals: RefusalAudit | None = None
         self._reloader: DirectoryReloader | None = None
         self._reload_listeners: list[ReloadListener] = []
+        self._metrics_timer: GaugeTimer | None = None
+        self._metrics_endpoint: MetricsEndpoint | None = None
+        self.metrics_address: str | None = None
+        """``host:port`` of the metrics endpoint once serving; None when metrics are off."""
+        self._risk: RiskParts | None = None
+        self.risk: RiskParts | None = None
+        """The risk registry's parts once started (``risk.desk.observer`` takes case linkage)."""
         self.admission = Admission(config.admission)
         """Submissions in hand, and the bound beyond which they are shed."""
         self._port = 0
@@ -192,14 +216,15 @@ class Broker:
         broker_key = load_broker_signing_key(config.state_dir)
         self.registry, self.policy = registry, policy
 
+        metrics = PrometheusBrokerMetrics(new_registry()) if config.metrics.enabled else BrokerMetrics()
         self._nc = await connect(config.nats)
         js = self._nc.jetstream()
         await ensure_streams(js, stream_specs(config.replicas))
         await ensure_ledger_streams(js, replicas=config.replicas)
         ledger = LedgerWriter(js)
-        refusals = self._refusals = RefusalAudit(ledger, config.clock, config.refusals)
+        refusals = self._refusals = RefusalAudit(ledger, config.clock, config.refusals, metrics=metrics)
         await refusals.__aenter__()
-        requests = RequestStore(js)
+        requests = RequestStore(js, metrics=metrics)
         idempotency = await IdempotencyStore.open(js, replicas=config.replicas)
         replay = await open_replay_cache(js, replicas=config.replicas)
         watchlog = WatchLog(js)
@@ -277,6 +302,13 @@ class Broker:
             appeals=appeals,
             follow_ups=FollowUps(records=return_records, intake=intake),
             batches=BatchOutcomes(requests=requests, broker_events=broker_events),
+            dissuasions=Dissuasions(
+                intake=intake,
+                registry=registry,
+                policy=policy.warning,
+                broker_key=load_broker_encryption_key(config.state_dir),
+            ),
+            metrics=metrics,
         )
         await self._events.__aenter__()
         self._deadlines = DeadlineWatch(
@@ -290,9 +322,12 @@ class Broker:
             clock=config.clock,
             escalation=config.sla.escalation,
             config=config.timers,
+            metrics=metrics,
         )
         await self._deadlines.__aenter__()
-        self._ledger = LedgerSequencer(js, broker_key, config.clock, config.ledger)
+        self._ledger = LedgerSequencer(
+            js, broker_key, config.clock, config.ledger, observer=metrics.consumers
+        )
         await self._ledger.__aenter__()
 
         bus = BusServicer(
@@ -309,10 +344,46 @@ class Broker:
             admission=self.admission,
             refusals=refusals,
             appeals=appeals,
+            feedback=FeedbackDesk(
+                requests=requests, broker_events=broker_events, registry=registry, clock=config.clock
+            ),
+        )
+        self._risk = self.risk = await open_risk(
+            js,
+            config=config.risk,
+            auth=auth,
+            registry=registry,
+            policy=policy,
+            watchlog=watchlog,
+            ledger=ledger,
+            broker_key=broker_key,
+            clock=config.clock,
+            refusals=refusals,
+            replicas=config.replicas,
         )
         await self._listen(bus, auth=auth, registry=registry, js=js, refusals=refusals)
+        if isinstance(metrics, PrometheusBrokerMetrics):
+            loops = (self._events.consumer, self._deadlines.consumer, self._ledger.consumer)
+            await self._serve_metrics(metrics, js, registry, loops)
         await reloader.__aenter__()
         log.info("broker.started", address=self.address, tls=config.tls is not None, agencies=len(registry))
+
+    async def _serve_metrics(
+        self,
+        metrics: PrometheusBrokerMetrics,
+        js: JetStreamContext,
+        registry: Registry,
+        loops: tuple[ConsumerLoop, ...],
+    ) -> None:
+        """The gauges that cost a NATS request on a timer; the endpoint in a thread of its own."""
+        reads = [*(functools.partial(metrics.read_consumer, loop) for loop in loops)]
+        reads.append(functools.partial(metrics.read_inboxes, js, registry))
+        reads.append(functools.partial(metrics.read_ledger, js))
+        self._metrics_timer = GaugeTimer(self._config.metrics.interval, reads, name="broker")
+        self._metrics_timer.start()
+        assert self._config.metrics.listen is not None
+        self._metrics_endpoint = MetricsEndpoint(self._config.metrics.listen, metrics.registry)
+        self.metrics_address = self._metrics_endpoint.start()
 
     async def _listen(
         self,
@@ -339,6 +410,8 @@ class Broker:
         ledger_pb2_grpc.add_LedgerServiceServicer_to_server(
             LedgerServicer(auth=auth, js=js, refusals=refusals), server
         )
+        if self._risk is not None:
+            risk_pb2_grpc.add_RiskServiceServicer_to_server(self._risk.servicer, server)
         self._health = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self._health, server)
         if config.reflection:
@@ -362,10 +435,15 @@ class Broker:
         nats = "none"
         if self._reloader is not None:
             await self._reloader.aclose()
+        if self._metrics_timer is not None:
+            await self._metrics_timer.aclose()
         if self._health is not None:
             await self._health.enter_graceful_shutdown()
         if self._server is not None:
             await self._server.stop(self._config.shutdown_grace)
+        if self._risk is not None:
+            # No check comes in any more: the last counts go to KV now.
+            await self._risk.aclose()
         if self._refusals is not None:
             # No call comes in any more: the last summaries go to the ledger intake now.
             await self._refusals.aclose()
@@ -382,6 +460,8 @@ class Broker:
         await asyncio.gather(*stopping)
         if self._nc is not None and not self._nc.is_closed:
             nats = await close_connection(self._nc, timeout=self._config.shutdown_grace)
+        if self._metrics_endpoint is not None:
+            await asyncio.to_thread(self._metrics_endpoint.close)
         if nats in ("unreachable", "closed"):
             log.warning("broker.stopped", nats=nats)
         else:

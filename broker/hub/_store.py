@@ -56,6 +56,7 @@ from broker.protocol import (
 )
 
 from ._errors import ConflictError, NotFoundError, UnavailableError
+from ._metrics import BrokerMetrics
 
 __all__ = [
     "IN_FLIGHT_GRACE",
@@ -191,9 +192,13 @@ def _wrong_last_sequence(exc: nats.errors.Error) -> bool:
 class RequestStore:
     """Request statuses as the last record of each request's subject on GC_WATCH."""
 
-    def __init__(self, js: JetStreamContext, *, stream: str = WATCH_STREAM) -> None:
+    def __init__(
+        self, js: JetStreamContext, *, stream: str = WATCH_STREAM, metrics: BrokerMetrics | None = None
+    ) -> None:
         self._js = js
         self._stream = stream
+        # Every state a request enters is written here, once: the one place that counts them.
+        self._metrics = metrics or BrokerMetrics()
         self._written: OrderedDict[str, StoredStatus] = OrderedDict()
 
     def _remember(self, status: lifecycle_pb2.RequestStatus, revision: int) -> None:
@@ -230,6 +235,7 @@ class RequestStore:
             bound, bound_content = await self._at(ack.seq)
             return Created(stored=False, bound=bound, bound_content=bound_content)
         self._remember(status, ack.seq)
+        self._metrics.status_written(None, status)
         return Created(stored=True)
 
     async def _at(self, seq: int) -> tuple[StoredStatus, str | None]:
@@ -271,21 +277,26 @@ class RequestStore:
         adds last in ``events``), or None to leave the request as it is (e.g. the event was
         already applied). It may raise to refuse.
         """
+        metrics = self._metrics
         guess = self._remembered(request_id)
         if guess is not None:
+            before = metrics.before(guess.status)
             try:
                 updated = change(guess.status)
             except Exception:  # decided again below, on the current state
                 updated = None
             if updated is not None and await self._write(updated, guess.revision):
+                metrics.status_written(before, updated)
                 return updated
         for _ in range(_CAS_ATTEMPTS):
             current = await self.get(request_id)
+            before = metrics.before(current.status)
             updated = change(current.status)
             if updated is None:
                 self._remember(current.status, current.revision)
                 return current.status
             if await self._write(updated, current.revision):
+                metrics.status_written(before, updated)
                 return updated
         raise ConflictError(f"request {request_id} kept changing under concurrent updates")
 

@@ -72,6 +72,7 @@ from ._policy import Policy
 from ._routing import resolve_recipient
 from ._store import Created, IdempotencyStore, RequestStore, idempotency_msg_id
 from ._timers import DeadlineScheduler
+from ._warning_seed import warning_seed
 
 if TYPE_CHECKING:
     from ._appeals import AppealCheck
@@ -543,6 +544,9 @@ class Intake:
             release_seed=release_seed(request, node_id=release_node),
             batch_split=split,
             appealed_item=_appealed_item(request),
+            warning_seed=warning_seed(
+                request, request_id=request_id, registry=self._registry, now=received_at
+            ),
         )
         created = await self._requests.create(status, msg_id=msg_id, content=content)
         if not created.stored:

@@ -57,8 +57,10 @@ from ._nats import fetch_batch, nats_error
 __all__ = [
     "BatchHandler",
     "ConsumerLoop",
+    "ConsumerObserver",
     "ConsumerSpec",
     "Lane",
+    "LaneBacklog",
     "LaneBinder",
     "LaneOrder",
     "MessageHandler",
@@ -74,6 +76,24 @@ MessageHandler = Callable[[Msg], Awaitable[None]]
 
 BatchHandler = Callable[["Lane", list[Msg]], Awaitable[None]]
 """Handles one pull of a lane (possibly empty: an idle round) and settles its messages."""
+
+
+class ConsumerObserver(Protocol):
+    """Told of every message a loop takes, before its handler runs (metrics: in memory, no I/O)."""
+
+    def delivered(self, lane: Lane, msg: Msg) -> None: ...
+
+
+@dataclass(frozen=True)
+class LaneBacklog:
+    """What a lane's durable consumer has waiting, as JetStream counts it."""
+
+    lane: str
+    """The lane's durable consumer."""
+    pending: int
+    """Messages not yet delivered (the consumer's lag)."""
+    ack_pending: int
+    """Messages delivered and not yet acknowledged, by any instance."""
 
 
 class LaneBinder(Protocol):
@@ -240,6 +260,7 @@ class ConsumerLoop:
         *,
         key: Callable[[Msg], str] | None = None,
         batch_handler: BatchHandler | None = None,
+        observer: ConsumerObserver | None = None,
     ) -> None:
         if (handler is None) == (batch_handler is None):
             raise ValueError("ConsumerLoop takes exactly one of handler and batch_handler")
@@ -249,6 +270,7 @@ class ConsumerLoop:
         self._handler = handler
         self._batch_handler = batch_handler
         self._key = key
+        self._observer = observer
         self._subs: list[JetStreamContext.PullSubscription] = []
         self._task: asyncio.Task[None] | None = None
         self._heartbeat: asyncio.Task[None] | None = None
@@ -453,7 +475,20 @@ class ConsumerLoop:
             raise nats_error(exc, "consumer info") from exc
         return bool(info.num_pending) or (info.num_ack_pending or 0) > held
 
+    async def backlog(self) -> list[LaneBacklog]:
+        """Each lane's backlog (one consumer-info request per lane), for metrics read on a timer."""
+        backlog = []
+        for lane, sub in zip(self._lanes, list(self._subs), strict=False):
+            try:
+                info = await sub.consumer_info()
+            except (nats.errors.Error, TimeoutError) as exc:
+                raise nats_error(exc, "consumer info") from exc
+            backlog.append(LaneBacklog(lane.durable, info.num_pending or 0, info.num_ack_pending or 0))
+        return backlog
+
     def _start(self, msg: Msg, lane: int) -> None:
+        if self._observer is not None:
+            self._observer.delivered(self._lanes[lane], msg)
         key = None if self._key is None else self._key(msg)
         previous = None if key is None else self._tails.get(key)
         task = asyncio.create_task(self._handle_after(previous, msg), name=f"{self._spec.name}-message")
@@ -517,6 +552,8 @@ class ConsumerLoop:
                         continue
                     for msg in msgs:
                         self._held[id(msg)] = _Held(msg=msg, lane=index, holds_back=False)
+                        if self._observer is not None:
+                            self._observer.delivered(self._lanes[index], msg)
                     try:
                         await handler(self._lanes[index], msgs)
                     except Exception:

@@ -46,6 +46,10 @@ __all__ = [
     "APPEAL_RULING_TYPE",
     "BROKER_ID",
     "BUS_AUDIENCE",
+    "FRAUD_REPORT_FEEDBACK_TYPE",
+    "MARK_DECISION_TYPE",
+    "RISK_MARK_TYPE",
+    "RISK_UNMARK_TYPE",
     "OpenedEnvelope",
     "SealedBodyError",
     "VerifiedRequest",
@@ -69,6 +73,10 @@ EVENT_TYPE = "EVENT"
 NOTARIZATION_TYPE = "NOTARIZATION"
 CANCELLATION_TYPE = "CANCELLATION"
 APPEAL_RULING_TYPE = "APPEAL_RULING"
+FRAUD_REPORT_FEEDBACK_TYPE = "FRAUD_REPORT_FEEDBACK"
+RISK_MARK_TYPE = "RISK_MARK"
+MARK_DECISION_TYPE = "MARK_DECISION"
+RISK_UNMARK_TYPE = "RISK_UNMARK"
 
 # A notarization must stay verifiable for as long as the request can matter: a freeze lasts six
 # months and can be renewed, so a year with margin.
@@ -88,6 +96,8 @@ _BODY_TYPES: dict[str, common_pb2.RequestType.ValueType] = {
     "return_funds": common_pb2.REQUEST_TYPE_RETURN_FUNDS,
     "appeal": common_pb2.REQUEST_TYPE_APPEAL,
     "follow_up": common_pb2.REQUEST_TYPE_FOLLOW_UP,
+    "linkage_notice": common_pb2.REQUEST_TYPE_LINKAGE_NOTICE,
+    "dissuasion": common_pb2.REQUEST_TYPE_DISSUASION,
 }
 
 

@@ -84,10 +84,13 @@ def build_entry(
     state: common_pb2.RequestState.ValueType = common_pb2.REQUEST_STATE_UNSPECIFIED,
     subject_digest: str = "",
     refusal: ledger_pb2.Refusal | None = None,
+    mark_id: str = "",
+    mark_step: str = "",
 ) -> bytes:
     """The serialized, not yet linked entry (``seq`` 0, no ``prev_hash``) that the intake holds.
 
-    ``refusal`` goes with REJECTION entries that record refused API calls.
+    ``refusal`` goes with REJECTION entries that record refused API calls; ``mark_id`` and
+    ``mark_step`` with MARK entries.
     """
     if kind == ledger_pb2.LEDGER_ENTRY_KIND_UNSPECIFIED:
         raise ValueError("a ledger entry needs a kind")
@@ -103,6 +106,8 @@ def build_entry(
         state=state,
         subject_digest=subject_digest,
         refusal=refusal,
+        mark_id=mark_id,
+        mark_step=mark_step,
     )
     return entry.SerializeToString(deterministic=True)
 

@@ -115,6 +115,8 @@ REQUEST_TYPES = (
     "return_funds",
     "appeal",
     "follow_up",
+    "linkage_notice",
+    "dissuasion",
 )
 
 _AGENCY_RE = re.compile(r"[a-z0-9][a-z0-9-]*")

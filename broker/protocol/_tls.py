@@ -10,6 +10,7 @@ Errors are ``ValueError`` naming the file, never quoting it (it could be a priva
 
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 
 import grpc
@@ -17,7 +18,19 @@ from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
-__all__ = ["channel_credentials", "read_certificates", "read_key_pair"]
+__all__ = ["channel_credentials", "is_loopback", "read_certificates", "read_key_pair"]
+
+
+def is_loopback(host: str) -> bool:
+    """``localhost`` or a loopback address (``127.0.0.0/8``, ``::1``; brackets allowed): where
+    plaintext and unauthenticated listeners stay on the host itself."""
+    host = host.strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _read(path: Path, what: str) -> bytes:

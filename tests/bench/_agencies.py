@@ -20,12 +20,13 @@ import os
 import signal
 from pathlib import Path
 
-from adapters import AdapterConfig, AdapterRuntime
+from adapters import AdapterConfig, AdapterMetrics, AdapterRuntime, PrometheusAdapterMetrics
 from agencies import build_reference_agency
 from agencies.bank import BankCore
 from broker._logging import configure_logging
 from broker.cli._loop import run as run_loop
 from broker.protocol import (
+    MetricsEndpoint,
     NatsSettings,
     SystemClock,
     connect,
@@ -33,6 +34,7 @@ from broker.protocol import (
     load_agency_encryption_keys,
     load_agency_signing_key,
     load_directory,
+    new_registry,
 )
 
 __all__ = ["BENCH_BALANCE", "BENCH_HOLDER", "bench_account", "main"]
@@ -73,6 +75,10 @@ async def _run(args: argparse.Namespace) -> None:
         nc = await connect(NatsSettings.from_url(args.nats, name="bench-agencies"))
         stack.push_async_callback(nc.drain)
         adapters: list[AdapterRuntime] = []
+        metrics = AdapterMetrics()
+        if args.metrics:
+            metrics = PrometheusAdapterMetrics(new_registry())
+            await stack.enter_async_context(MetricsEndpoint("127.0.0.1:0", metrics.registry))
         for bank_id in args.bank:
             reference = build_reference_agency(registry.get(bank_id), data_dir=args.data_dir, clock=clock)
             stack.callback(reference.close)
@@ -90,6 +96,7 @@ async def _run(args: argparse.Namespace) -> None:
                 clock=clock,
                 nats_client=nc,
                 decryption_keys=load_agency_encryption_keys(args.keys_dir, bank_id),
+                metrics=metrics,
             )
             await adapter.start()
             adapters.append(adapter)
@@ -111,6 +118,7 @@ def main() -> None:
     parser.add_argument("--data-dir", type=Path, required=True, help="banks' databases and adapters' state")
     parser.add_argument("--bank", action="append", default=[], help="bank agency id (repeatable)")
     parser.add_argument("--accounts", type=int, default=1000, help="benchmark accounts per bank")
+    parser.add_argument("--metrics", action="store_true", help="count and serve Prometheus metrics")
     args = parser.parse_args()
     args.bank = args.bank or ["bank-icbc"]
     # As ``greenchannel broker`` runs by default: warnings and errors on stderr.

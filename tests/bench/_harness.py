@@ -224,6 +224,9 @@ class WorldConfig:
     sync_always: bool = True
     """nats-server fsyncs every write before its PubAck, as the broker runs it; False measures what
     that costs (the server then syncs in the background, as nats-server does by default)."""
+    metrics: bool = False
+    """The broker and the adapters count Prometheus metrics and serve them (on free ports): what
+    that costs on the hot path (docs/metrics.md)."""
 
 
 async def _ready_line(proc: asyncio.subprocess.Process, marker: str, within: float, log: Path) -> str:
@@ -289,6 +292,7 @@ class BenchWorld:
             [
                 *("-m", "broker.cli", "--state-dir", str(self.keys_dir), "--directory", str(DIRECTORY)),
                 *("broker", "--listen", "127.0.0.1:0", "--no-reflection"),
+                *(("--metrics-listen", "127.0.0.1:0") if self.config.metrics else ()),
             ],
             env,
             marker="listening on",
@@ -302,6 +306,7 @@ class BenchWorld:
                 *("-m", "tests.bench._agencies", "--nats", self.nats.url),
                 *("--keys-dir", str(self.keys_dir), "--data-dir", str(root / "agencies")),
                 *("--accounts", str(self.config.accounts), *banks),
+                *(("--metrics",) if self.config.metrics else ()),
             ],
             env,
             marker="ready",

@@ -180,7 +180,9 @@ async def _profile_under_load(
 
 async def measure(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
-        config = WorldConfig(root=Path(tmp), accounts=args.accounts, sync_always=not args.no_fsync)
+        config = WorldConfig(
+            root=Path(tmp), accounts=args.accounts, sync_always=not args.no_fsync, metrics=args.metrics
+        )
         async with BenchWorld(config) as world:
             floor = await measure_jetstream(
                 world.nats_url, server_pid=world.pids["nats-server"], n=args.floor_n
@@ -195,6 +197,7 @@ async def measure(args: argparse.Namespace) -> dict[str, Any]:
     floor_p50 = floor["jetstream_round_trip_p50_ms"]
     return {
         "nats_sync_always": not args.no_fsync,
+        "metrics": args.metrics,
         "floor": floor,
         **steps,
         "e2e_p50_ms": e2e_p50,
@@ -296,6 +299,9 @@ def main() -> None:
         "--no-fsync",
         action="store_true",
         help="what-if: nats-server without sync_interval=always (NOT how the bus runs; labelled)",
+    )
+    parser.add_argument(
+        "--metrics", action="store_true", help="broker and adapter count and serve Prometheus metrics"
     )
     parser.add_argument("--quick", action="store_true", help="short runs: a smoke test of the bench itself")
     args = parser.parse_args()

@@ -30,6 +30,7 @@ from broker.protocol import (
 REPO = Path(__file__).resolve().parents[2]
 DIRECTORY = REPO / "agencies" / "directory.toml"
 _BROKER_LINE = re.compile(rb"listening on (?P<address>\S+) \(NATS (?P<nats>\S+)\)")
+_METRICS_LINE = re.compile(rb"metrics on http://(?P<address>\S+)/metrics")
 _READY_TIMEOUT = 90.0  # bounds a start that never comes; not a timing assertion
 
 
@@ -38,6 +39,7 @@ class BrokerProcess:
     state_dir: Path
     address: str
     nats_url: str
+    metrics_address: str | None = None
 
 
 def _env() -> dict[str, str]:
@@ -56,8 +58,10 @@ async def _stop(process: asyncio.subprocess.Process) -> int:
 
 
 @contextlib.asynccontextmanager
-async def broker_process(state_dir: Path) -> AsyncIterator[BrokerProcess]:
-    """``greenchannel broker`` on a free port with embedded NATS; stopped with SIGTERM after."""
+async def broker_process(state_dir: Path, *, metrics: bool = False) -> AsyncIterator[BrokerProcess]:
+    """``greenchannel broker`` on a free port with embedded NATS; stopped with SIGTERM after.
+
+    ``metrics``: with ``--metrics-listen`` on a free port too (``metrics_address``)."""
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -67,6 +71,7 @@ async def broker_process(state_dir: Path) -> AsyncIterator[BrokerProcess]:
         "broker",
         "--listen",
         "127.0.0.1:0",
+        *(["--metrics-listen", "127.0.0.1:0"] if metrics else []),
         stdout=asyncio.subprocess.PIPE,
         env=_env(),
     )
@@ -75,7 +80,13 @@ async def broker_process(state_dir: Path) -> AsyncIterator[BrokerProcess]:
         line = await asyncio.wait_for(process.stdout.readline(), _READY_TIMEOUT)
         match = _BROKER_LINE.search(line)
         assert match is not None, f"broker did not start: {line!r}"
-        yield BrokerProcess(state_dir, match["address"].decode(), match["nats"].decode())
+        served = _METRICS_LINE.search(line)
+        yield BrokerProcess(
+            state_dir,
+            match["address"].decode(),
+            match["nats"].decode(),
+            served["address"].decode() if served else None,
+        )
     finally:
         assert await _stop(process) == 0
 
@@ -93,6 +104,7 @@ def adapter_toml(
     health: bool = True,
     tls: dict[str, Path] | None = None,
     ack_wait: float | None = None,
+    metrics: bool = False,
 ) -> str:
     """An agency's adapter.toml pointing at its keys in the broker's state directory.
 
@@ -105,6 +117,8 @@ def adapter_toml(
         key_file(state, agency, encryption_kid(k)) for k in load_agency_encryption_keys(state, agency)
     ]
     health_table = '\n[health]\nlisten = "127.0.0.1:0"\n' if health else ""
+    if metrics:
+        health_table += '\n[metrics]\nlisten = "127.0.0.1:0"\ninterval = 0.2\n'
     if tls is None:
         transport = "allow_plaintext = true\n"
     else:
@@ -137,6 +151,12 @@ class AdapterProcess:
     process: asyncio.subprocess.Process
     ready_line: str
     log: Path
+
+    @property
+    def metrics_address(self) -> str:
+        match = re.search(r"metrics on http://(\S+)/metrics", self.ready_line)
+        assert match is not None, self.ready_line
+        return match[1]
 
     @property
     def health_address(self) -> str:

@@ -7,7 +7,12 @@ import os
 import sys
 from pathlib import Path
 
-__all__ = ["run_cli"]
+__all__ = ["cli_env", "run_cli"]
+
+
+def cli_env() -> dict[str, str]:
+    """This environment without the NATS URL and broker address (a child's options name them)."""
+    return {k: v for k, v in os.environ.items() if k not in ("GREENCHANNEL_NATS_URL", "GREENCHANNEL_BROKER")}
 
 
 async def run_cli(broker: str, state_dir: Path, *args: str, cwd: Path | None = None) -> tuple[int, str, str]:
@@ -15,7 +20,7 @@ async def run_cli(broker: str, state_dir: Path, *args: str, cwd: Path | None = N
 
     Awaited, so the loop goes on serving the stack meanwhile; the environment's NATS URL and broker
     address are dropped (the options name them)."""
-    env = {k: v for k, v in os.environ.items() if k not in ("GREENCHANNEL_NATS_URL", "GREENCHANNEL_BROKER")}
+    env = cli_env()
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",

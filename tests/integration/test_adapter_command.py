@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import sys
 import tomllib
 from datetime import timedelta
@@ -212,6 +213,17 @@ async def test_the_reference_bank_runs_behind_greenchannel_adapter(tmp_path: Pat
                 out, _ = await check.communicate()
                 assert check.returncode == 0
                 assert b"ok (bank bank-icbc)" in out
+                # --json: the same status as one JSON object.
+                check = await asyncio.create_subprocess_exec(
+                    sys.executable, "-m", "broker.cli", "adapter", "--config", str(config),
+                    "--check", "--json", stdout=asyncio.subprocess.PIPE,
+                )  # fmt: skip
+                out, _ = await check.communicate()
+                assert check.returncode == 0
+                checked = json.loads(out)
+                assert (checked["event"], checked["agency"], checked["kind"], checked["ok"]) == (
+                    "adapter.checked", BANK, "bank", True
+                )  # fmt: skip
                 assert not journal.exists()  # --check starts nothing
 
                 # The broker made the inbox consumers with its ack wait: another one is refused.

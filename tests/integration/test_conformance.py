@@ -21,7 +21,7 @@ from typing import Any
 
 import grpc
 import pytest
-from greenchannel.v1 import bank_pb2, bank_pb2_grpc, common_pb2
+from greenchannel.v1 import bank_pb2, bank_pb2_grpc, carrier_pb2_grpc, common_pb2
 
 from adapters.conformance import (
     CHECKS,
@@ -507,3 +507,40 @@ def test_the_shipped_fixture_is_complete(fixture: ConformanceFixture) -> None:
     assert fixture.incoming_transfer().to_account == onward.number
     assert fixture.unknown_account not in {a.number for a in fixture.bank_accounts.values()}
     assert datetime.now(UTC)  # the fixture carries no absolute times: seeding is relative
+
+
+class SilentWarnings(carrier_pb2_grpc.CarrierServiceServicer):
+    """A carrier that warns but never says how it ended (no result.warning); the rest is the reference."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+
+    async def WarnSubscriber(self, request: Any, context: Any) -> Any:
+        response = await self._inner.WarnSubscriber(request, context)
+        response.result.ClearField("warning")
+        return response
+
+    async def BlockNumber(self, request: Any, context: Any) -> Any:
+        return await self._inner.BlockNumber(request, context)
+
+    async def LiftBlock(self, request: Any, context: Any) -> Any:
+        return await self._inner.LiftBlock(request, context)
+
+    async def QuerySubscriberData(self, request: Any, context: Any) -> Any:
+        return await self._inner.QuerySubscriberData(request, context)
+
+
+async def test_a_carrier_without_warning_outcomes_fails_with_a_clear_message(
+    registry: Registry, fixture: ConformanceFixture, tmp_path: Path
+) -> None:
+    async with (
+        reference(registry, "carrier", tmp_path, fixture) as (agency, _server),
+        serve_agency(
+            carrier_pb2_grpc.add_CarrierServiceServicer_to_server, SilentWarnings(agency.servicer), grace=0.5
+        ) as server,
+    ):
+        report = await check("carrier", server.address, fixture)
+    found = failures(report)
+    assert "carrier.warn_subscriber" in found, report.render_table()
+    assert "EXECUTED without result.warning" in found["carrier.warn_subscriber"]
+    assert "carrier.block_number" not in found, report.render_table()

@@ -107,7 +107,8 @@ max_depth = 8
 
 _ALL_TYPES = (
     '"stop_payment", "freeze", "release", "extend", "number_block", "account_block", '
-    '"data_request", "assistance", "warning", "return_funds", "appeal", "follow_up", "fraud_report"'
+    '"data_request", "assistance", "warning", "return_funds", "appeal", "follow_up", "linkage_notice", '
+    '"dissuasion", "fraud_report"'
 )
 SLA = f"""\
 [sla]
@@ -476,7 +477,7 @@ SLA_CASES = [
     _sla(
         "unknown_request_type",
         edit(SLA, '"fraud_report"]\npriority = "green"', '"fraud_report", "refund"]\npriority = "green"'),
-        "deadline[0].types[13]",
+        "deadline[0].types[15]",
         "unknown request type 'refund'",
     ),
     _sla(

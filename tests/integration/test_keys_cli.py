@@ -12,6 +12,7 @@ import base64
 import hashlib
 import json
 import os
+import re
 import stat
 import subprocess
 import sys
@@ -367,3 +368,54 @@ journal_dir = "journal"
     assert adapter["signing_key"] == str(
         out.resolve() / "keys" / AGENCY / f"{document['keys'][0]['kid']}.pem"
     )
+
+
+def _cli(state: Path, *argv: str) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GREENCHANNEL_")}
+    return subprocess.run(
+        [sys.executable, "-m", "broker.cli", "--state-dir", str(state), *argv],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_revoke_init_and_nats_authorization_print_one_json_object(tmp_path: Path, out: Path) -> None:
+    ok("generate", "--agency", AGENCY, "--out", out)
+    kid = load_agency_signing_key(out, AGENCY).kid
+    revoked = json.loads(
+        ok(
+            "revoke",
+            "--agency",
+            AGENCY,
+            f"--kid={kid}",
+            "--at",
+            "2026-12-03T01:00:00Z",
+            "--dir",
+            out,
+            "--json",
+        )
+    )
+    assert revoked["agency"] == AGENCY
+    [key] = revoked["keys"]
+    assert (key["kid"], key["revoked_at"]) == (kid, "2026-12-03T01:00:00Z")
+    assert tomllib.loads(revoked["toml"])["agency"]["key"][0]["kid"] == kid
+    # A refusal with --json: exit 2, an error object on stdout, the message on stderr.
+    done = keys("revoke", "--agency", AGENCY, "--kid=nope", "--dir", out, "--json")
+    assert done.returncode == 2
+    assert json.loads(done.stdout)["error"]["message"] == done.stderr.split(": ", 1)[1].strip()
+
+    state = tmp_path / "state"
+    init = _cli(state, "keys", "init", "--json")
+    assert init.returncode == 0, init.stderr
+    overlay = Path(json.loads(init.stdout)["overlay"])
+    assert overlay.is_file()
+    assert overlay.is_relative_to(state)
+    nats = _cli(state, "nats-authorization", "--json")
+    assert nats.returncode == 0, nats.stderr
+    accounts = json.loads(nats.stdout)["accounts"]
+    assert accounts
+    assert "PRIVATE" not in nats.stdout
+    assert not re.search(r"SU[A-Z2-7]{40}", nats.stdout)  # no nkey seed, only public keys

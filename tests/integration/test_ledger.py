@@ -621,9 +621,12 @@ async def test_service_refuses_unauthenticated_and_invalid_calls(env: Env, js: J
 # -- export and verify --------------------------------------------------------------------------
 
 
-async def export_as_regulator(service: Service, path: Path) -> Path:
-    """``greenchannel ledger export --as regulator-pboc``, into ``path``."""
-    out = io.StringIO()
+async def export_as_regulator(
+    service: Service, path: Path, *, as_json: bool = False, out: io.StringIO | None = None
+) -> Path:
+    """``greenchannel ledger export --as regulator-pboc [--json]``, into ``path``; what it prints
+    goes to ``out``."""
+    out = out or io.StringIO()
     code = await ledger_export_command(
         broker=service.address,
         agency_id=REGULATOR,
@@ -631,6 +634,7 @@ async def export_as_regulator(service: Service, path: Path) -> Path:
         out_path=path,
         out=out,
         err=out,
+        as_json=as_json,
     )
     assert code == 0, out.getvalue()
     return path
@@ -673,6 +677,14 @@ async def test_export_verify_round_trip_and_tampered_files(
             signing_key=load_agency_signing_key(env.state_dir, UNRELATED),
             out=tmp_path / "outsider.jsonl",
         )
+        # --json: what was exported, as one JSON object.
+        printed = io.StringIO()
+        again = await export_as_regulator(service, tmp_path / "again.jsonl", as_json=True, out=printed)
+        summary = json.loads(printed.getvalue())
+        assert Path(summary["file"]).name == again.name
+        assert summary["exported_by"] == REGULATOR
+        assert summary["records"] == summary["head_seq"] > 0
+        assert summary["withheld"] == 0
     code, verdict = verify_file(env, path)
     assert code == 0, verdict
     assert "VERIFIED" in verdict

@@ -11,7 +11,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from greenchannel.v1 import agency_pb2, carrier_pb2, common_pb2, requests_pb2, results_pb2
 
 from agencies import _seed as story
-from agencies._common import CarrierError
+from agencies._common import CarrierError, Reach
 from agencies.carrier import CarrierConfig, CarrierCore, Cell
 from broker.protocol import ManualClock, load_directory, new_uuid7, validate_message
 
@@ -232,6 +232,7 @@ def test_warning_is_recorded_and_reported(core: CarrierCore, clock: ManualClock)
     validate_message(response)
     assert response.result.outcome == EXECUTED
     assert response.result.block.warned
+    assert response.result.warning == results_pb2.WARNING_OUTCOME_DISSUADED  # no record: reached
     assert core.warn_subscriber(request) == response
     (sent,) = core.warnings_to(PHONE)
     assert (sent.request_id, sent.channel, sent.template_id, sent.at) == (
@@ -240,6 +241,24 @@ def test_warning_is_recorded_and_reported(core: CarrierCore, clock: ManualClock)
         "fraud-call-warning",
         START,
     )
+
+
+def test_a_warning_ends_as_the_carriers_record_of_the_line_says(
+    core: CarrierCore, clock: ManualClock
+) -> None:
+    core.set_reach(PHONE, Reach.UNREACHABLE)  # powered off
+    assert core.reach(PHONE) is Reach.UNREACHABLE
+    unreachable = core.warn_subscriber(warn(clock)).result
+    assert (unreachable.outcome, unreachable.warning) == (EXECUTED, results_pb2.WARNING_OUTCOME_UNREACHABLE)
+    assert not unreachable.block.warned
+    core.set_reach(PHONE, Reach.CONTINUING)
+    continuing = core.warn_subscriber(warn(clock)).result
+    assert (continuing.warning, continuing.block.warned) == (results_pb2.WARNING_OUTCOME_CONTINUING, True)
+    core.set_reach(PHONE, None)
+    assert core.warn_subscriber(warn(clock)).result.warning == results_pb2.WARNING_OUTCOME_DISSUADED
+    assert len(core.warnings_to(PHONE)) == 3
+    with pytest.raises(CarrierError):
+        core.set_reach("+8613900000000", Reach.UNREACHABLE)
 
 
 def test_warning_refusals(core: CarrierCore, clock: ManualClock) -> None:

@@ -40,6 +40,9 @@ TABLE: list[tuple[RequestType, Priority, tuple[Budget, Budget, Budget]]] = [
     (T.REQUEST_TYPE_APPEAL, STANDARD, (1 * H, 8 * H, 7 * D)),
     (T.REQUEST_TYPE_FOLLOW_UP, GREEN, (30 * S, 2 * M, WD3)),
     (T.REQUEST_TYPE_FOLLOW_UP, STANDARD, (1 * H, 8 * H, WD3)),
+    (T.REQUEST_TYPE_LINKAGE_NOTICE, GREEN, (30 * S, 2 * M, 1 * H)),
+    (T.REQUEST_TYPE_DISSUASION, GREEN, (30 * S, 2 * M, 2 * H)),
+    (T.REQUEST_TYPE_DISSUASION, STANDARD, (1 * H, 8 * H, 24 * H)),
     *(
         (request_type, STANDARD, (1 * H, 8 * H, 3 * D))
         for request_type in common_pb2.RequestType.values()
@@ -49,6 +52,7 @@ TABLE: list[tuple[RequestType, Priority, tuple[Budget, Budget, Budget]]] = [
             T.REQUEST_TYPE_APPEAL,
             T.REQUEST_TYPE_RETURN_FUNDS,
             T.REQUEST_TYPE_FOLLOW_UP,
+            T.REQUEST_TYPE_DISSUASION,
         )
     ),
 ]

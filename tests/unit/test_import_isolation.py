@@ -65,6 +65,12 @@ def test_the_core_roles_need_no_server_extras(module: str) -> None:
     assert under(loaded, *REFLECTION) == []
 
 
+@pytest.mark.parametrize("module", ["adapters", "broker.client", "broker.protocol", "broker.hub"])
+def test_metrics_are_imported_only_when_switched_on(module: str) -> None:
+    """prometheus-client is an extra: no role loads it until metrics are switched on."""
+    assert under(loaded_after(f"import {module}"), "prometheus_client") == []
+
+
 @pytest.mark.parametrize("module", ["broker.client", "broker.protocol"])
 def test_a_client_needs_no_health_service(module: str) -> None:
     """Health is served by the broker, the agencies and the standalone adapter, not by a client."""

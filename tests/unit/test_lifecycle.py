@@ -273,8 +273,9 @@ def test_only_the_recipients_outcome_overrides_a_cancellation() -> None:
             step(CAN, ACK, RECIPIENT, request_type)  # progress without an outcome changes nothing
 
 
-def test_an_appeal_is_decided_by_the_broker_only() -> None:
-    appeal = T.REQUEST_TYPE_APPEAL
+@pytest.mark.parametrize("appeal", [T.REQUEST_TYPE_APPEAL, T.REQUEST_TYPE_FRAUD_REPORT])
+def test_an_appeal_is_decided_by_the_broker_only(appeal: RequestType) -> None:
+    # A fraud report likewise: received by the police adapter, its feedback the broker's record.
     # The police adapter files it (ACKNOWLEDGED) and may refuse it; the decision is the broker's record.
     assert step(ACK, EXE, BROKER_ID, appeal) == EXE
     for outcome in (EXE, PEX):

@@ -11,7 +11,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from greenchannel.v1 import agency_pb2, common_pb2, platform_pb2, requests_pb2, results_pb2
 
 from agencies import _seed as story
-from agencies._common import PlatformError
+from agencies._common import PlatformError, Reach
 from agencies.platform import PlatformConfig, PlatformCore, Restriction
 from broker.protocol import ManualClock, load_directory, new_uuid7, validate_message
 
@@ -191,6 +191,7 @@ def test_warning_is_recorded_and_reported(core: PlatformCore, clock: ManualClock
     response = core.warn_user(request)
     validate_message(response)
     assert (response.result.outcome, response.result.block.warned) == (EXECUTED, True)
+    assert response.result.warning == results_pb2.WARNING_OUTCOME_DISSUADED
     assert core.warn_user(request) == response
     (sent,) = core.warnings_to("wechat", ACCOUNT)
     assert (sent.request_id, sent.channel, sent.template_id) == (
@@ -198,6 +199,19 @@ def test_warning_is_recorded_and_reported(core: PlatformCore, clock: ManualClock
         "in_app",
         "scam-contact",
     )
+
+
+def test_a_warning_ends_as_the_platforms_record_of_the_user_says(
+    core: PlatformCore, clock: ManualClock
+) -> None:
+    core.set_reach("wechat", ACCOUNT, Reach.CONTINUING)
+    continuing = core.warn_user(warn(clock)).result
+    assert (continuing.outcome, continuing.warning) == (EXECUTED, results_pb2.WARNING_OUTCOME_CONTINUING)
+    core.set_reach("wechat", ACCOUNT, Reach.UNREACHABLE)
+    assert core.warn_user(warn(clock)).result.warning == results_pb2.WARNING_OUTCOME_UNREACHABLE
+    assert core.reach("wechat", ACCOUNT) is Reach.UNREACHABLE
+    with pytest.raises(PlatformError):
+        core.set_reach("wechat", "wxid_nobody", Reach.UNREACHABLE)
 
 
 def test_warning_refusals(core: PlatformCore, clock: ManualClock) -> None:

@@ -11,7 +11,7 @@ import pytest
 from google.protobuf.timestamp_pb2 import Timestamp
 from greenchannel.v1 import agency_pb2, common_pb2, police_pb2, requests_pb2, results_pb2
 
-from agencies.police import AssistanceRule, FollowUpRule, PoliceDesk, PoliceDeskConfig
+from agencies.police import AssistanceRule, DissuasionRule, FollowUpRule, PoliceDesk, PoliceDeskConfig
 from broker.protocol import ManualClock, new_uuid7, validate_message
 
 START = datetime(2026, 3, 2, 9, 30, tzinfo=UTC)
@@ -252,3 +252,51 @@ def test_an_invalid_follow_up_is_rejected_and_not_recorded(desk: PoliceDesk, clo
 def test_a_follow_up_rule_needs_its_advice() -> None:
     with pytest.raises(ValueError, match="advice"):
         FollowUpRule(advice=" ")
+
+
+def dissuasion_request(clock: ManualClock) -> police_pb2.DissuadeInPersonRequest:
+    return police_pb2.DissuadeInPersonRequest(
+        context=context(clock),
+        order=requests_pb2.Dissuasion(
+            warning_request_id=str(uuid.uuid4()),
+            warning_outcome=results_pb2.WARNING_OUTCOME_UNREACHABLE,
+            phone=common_pb2.PhoneRef(e164="+8618912340009"),
+            region="310115",
+        ),
+    )
+
+
+def test_an_in_person_dissuasion_is_recorded_and_answered_with_its_outcome(
+    desk: PoliceDesk, clock: ManualClock
+) -> None:
+    request = dissuasion_request(clock)
+    response = desk.dissuade_in_person(request)
+    validate_message(response)
+    result = response.result
+    assert (result.outcome, result.warning) == (
+        common_pb2.REQUEST_STATE_EXECUTED,
+        results_pb2.WARNING_OUTCOME_DISSUADED,
+    )
+    assert result.detail == DissuasionRule().note
+    (record,) = desk.dissuasions()
+    assert (record.request_id, record.reference) == (request.context.request_id, result.agency_reference)
+    assert (record.warning_request_id, record.warning_outcome) == (
+        request.order.warning_request_id,
+        "UNREACHABLE",
+    )
+    assert (record.region, record.target, record.outcome) == ("310115", "+8618912340009", "DISSUADED")
+    # Delivered again: recorded once, answered the same.
+    assert desk.dissuade_in_person(request) == response
+    assert len(desk.dissuasions()) == 1
+
+
+def test_the_desks_rule_decides_how_the_visit_ends(clock: ManualClock) -> None:
+    rule = DissuasionRule(outcome=results_pb2.WARNING_OUTCOME_CONTINUING, note="visited; insists on paying")
+    with PoliceDesk(PoliceDeskConfig(agency_id="police-310115", dissuasion=rule), clock=clock) as desk:
+        result = desk.dissuade_in_person(dissuasion_request(clock)).result
+        assert (result.warning, result.detail) == (
+            results_pb2.WARNING_OUTCOME_CONTINUING,
+            "visited; insists on paying",
+        )
+    with pytest.raises(ValueError, match="outcome"):
+        DissuasionRule(outcome=results_pb2.WARNING_OUTCOME_UNSPECIFIED)

@@ -7,16 +7,18 @@ from pathlib import Path
 from typing import TypeAlias
 
 import pytest
-from greenchannel.v1 import common_pb2
+from greenchannel.v1 import common_pb2, results_pb2
 
 from broker.hub import PermissionDeniedError, PolicyError
 from broker.hub._policy import (
     DEFAULT_NUMBER_BLOCK,
     DEFAULT_RELEASE,
+    DEFAULT_WARNING,
     NumberBlockPolicy,
     Policy,
     PolicyRule,
     ReleasePolicy,
+    WarningPolicy,
     load_policy,
 )
 from broker.protocol import AgencyKind, Registry, load_directory, request_type_slug
@@ -696,6 +698,53 @@ def test_number_block_table_read_and_defaulted(tmp_path: Path) -> None:
     ],
 )
 def test_bad_number_block_table(tmp_path: Path, text: str, field: str) -> None:
+    path = tmp_path / "policy.toml"
+    path.write_text(HEADER + GOOD_RULE + text, encoding="utf-8")
+    with pytest.raises(PolicyError) as info:
+        load_policy(path)
+    assert info.value.field == field
+
+
+# -- [warning] --------------------------------------------------------------------------------------
+
+W = results_pb2
+
+
+def test_sample_policy_escalates_unreachable_and_continuing_warnings(policy: Policy) -> None:
+    assert policy.warning.escalate_on == {W.WARNING_OUTCOME_UNREACHABLE, W.WARNING_OUTCOME_CONTINUING}
+    assert not policy.warning.escalates(W.WARNING_OUTCOME_DISSUADED)
+    assert policy.warning.priority == common_pb2.PRIORITY_GREEN
+
+
+def test_warning_table_read_and_defaulted(tmp_path: Path) -> None:
+    path = tmp_path / "policy.toml"
+    path.write_text(HEADER + GOOD_RULE, encoding="utf-8")
+    assert load_policy(path).warning == DEFAULT_WARNING
+    path.write_text(
+        HEADER + GOOD_RULE + '[warning]\nescalate_on = ["unreachable"]\npriority = "standard"\n',
+        encoding="utf-8",
+    )
+    assert load_policy(path).warning == WarningPolicy(
+        escalate_on=frozenset({W.WARNING_OUTCOME_UNREACHABLE}), priority=common_pb2.PRIORITY_STANDARD
+    )
+    path.write_text(HEADER + GOOD_RULE + "[warning]\nescalate_on = []\n", encoding="utf-8")
+    assert not load_policy(path).warning.escalates(W.WARNING_OUTCOME_UNREACHABLE)
+
+
+@pytest.mark.parametrize(
+    ("text", "field"),
+    [
+        pytest.param('[warning]\nescalate_on = ["dissuaded"]\n', "warning.escalate_on[0]", id="dissuaded"),
+        pytest.param('[warning]\nescalate_on = ["unreachble"]\n', "warning.escalate_on[0]", id="typo"),
+        pytest.param(
+            '[warning]\nescalate_on = ["continuing", "continuing"]\n', "warning.escalate_on[1]", id="twice"
+        ),
+        pytest.param('[warning]\nescalate_on = "unreachable"\n', "warning.escalate_on", id="not-a-list"),
+        pytest.param('[warning]\npriority = "urgent"\n', "warning.priority", id="priority"),
+        pytest.param("[warning]\nother = 1\n", "warning.other", id="unknown-field"),
+    ],
+)
+def test_bad_warning_table(tmp_path: Path, text: str, field: str) -> None:
     path = tmp_path / "policy.toml"
     path.write_text(HEADER + GOOD_RULE + text, encoding="utf-8")
     with pytest.raises(PolicyError) as info:

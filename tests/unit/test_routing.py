@@ -77,6 +77,16 @@ ROUTES: list[tuple[str, Build, str]] = [
         "bank-icbc",
     ),
     (
+        "linkage_notice-to-named-police",
+        lambda: request("police-440305", linkage_notice=requests_pb2.LinkageNotice(link_id="x")),
+        "police-440305",
+    ),
+    (
+        "dissuasion-to-named-police",
+        lambda: request("police-310115", dissuasion=requests_pb2.Dissuasion(warning_request_id="x")),
+        "police-310115",
+    ),
+    (
         "follow_up-to-named-police",
         lambda: request("police-310115", follow_up=requests_pb2.FollowUp(return_request_id="x")),
         "police-310115",

@@ -76,11 +76,12 @@ def test_cn_green_is_seconds_to_minutes_and_standard_hours_to_days(cn: SlaPolicy
         assert green.deliver == 30 * S
         assert green.acknowledge == 2 * M
         # Appeals are decided within a week at standard priority, returns and victim follow-ups
-        # within 3 working days, everything else within 3 days.
+        # within 3 working days, in-person dissuasion within a day, everything else within 3 days.
         decided = {
             T.REQUEST_TYPE_APPEAL: 7 * D,
             T.REQUEST_TYPE_RETURN_FUNDS: WorkingDays(count=3),
             T.REQUEST_TYPE_FOLLOW_UP: WorkingDays(count=3),
+            T.REQUEST_TYPE_DISSUASION: 24 * H,
         }
         assert (standard.deliver, standard.acknowledge, standard.execute) == (
             1 * H,
@@ -296,7 +297,7 @@ HOLDS = '[hold.stop_payment]\nvalidity = "48h"\nmax_extensions = 2\n\n[hold.free
 EVERYTHING = (
     '[[deadline]]\ntypes = ["stop_payment", "freeze", "release", "extend", "number_block",\n'
     '  "account_block", "data_request", "assistance", "warning", "return_funds", "appeal", "follow_up",\n'
-    '  "fraud_report"]\n'
+    '  "linkage_notice", "dissuasion", "fraud_report"]\n'
 )
 GREEN_ALL = EVERYTHING + 'priority = "green"\ndeliver = "30s"\nacknowledge = "2m"\nexecute = "10m"\n'
 STANDARD_ALL = EVERYTHING + 'priority = "standard"\ndeliver = "1h"\nacknowledge = "8h"\nexecute = "3d"\n'
@@ -388,7 +389,7 @@ BROKEN = [
     (GOOD.replace('priority = "green"', 'priority = "GREEN"'), "deadline[0].priority", "unknown priority"),
     (
         GOOD.replace('"fraud_report"]\npriority = "standard"', '"fraud_reprt"]\npriority = "standard"'),
-        "deadline[1].types[12]",
+        "deadline[1].types[14]",
         "unknown request type 'fraud_reprt'",
     ),
     (
@@ -501,7 +502,7 @@ def test_a_missing_pair_is_named(tmp_path: Path) -> None:
     path = tmp_path / "sla.toml"
     path.write_text(
         GOOD.replace(
-            '"follow_up",\n  "fraud_report"]\npriority = "standard"', '"follow_up"]\npriority = "standard"'
+            '"dissuasion", "fraud_report"]\npriority = "standard"', '"dissuasion"]\npriority = "standard"'
         )
     )
     with pytest.raises(PolicyError, match="no deadline for fraud_report at standard") as caught:

@@ -12,9 +12,12 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from greenchannel.v1 import common_pb2, envelope_pb2, lifecycle_pb2, results_pb2
 
 from broker.client import (
+    FeedbackCounts,
     FollowUpCounts,
     PhaseCounts,
     PhaseOutcome,
+    WarningCounts,
+    feedback_line,
     follow_up_line,
     human_duration,
     nearest_rank,
@@ -22,6 +25,7 @@ from broker.client import (
     render_table,
     report_to_json,
     sla_report,
+    warning_line,
 )
 
 T = common_pb2
@@ -422,3 +426,59 @@ def test_a_report_without_follow_ups_has_no_follow_up_line() -> None:
     assert report.follow_ups == FollowUpCounts()
     assert report_to_json(report)["follow_ups"]["due"] == 0
     assert "victim follow-ups" not in render_table(report)
+
+
+# -- warning outcomes and fraud-report feedback -----------------------------------------------------
+
+
+def warning_or_report(
+    request_type: T.RequestType.ValueType,
+    state: T.RequestState.ValueType,
+    *,
+    warning: results_pb2.WarningOutcome.ValueType = results_pb2.WARNING_OUTCOME_UNSPECIFIED,
+    done: tuple[timedelta | None, timedelta | None, timedelta | None] = (None, None, None),
+) -> lifecycle_pb2.RequestStatus:
+    """A WARNING, DISSUASION or FRAUD_REPORT due within an hour (execute)."""
+    result = status(
+        recipient="police-440305",
+        request_type=request_type,
+        budget=(S, 2 * S, 1 * H),
+        done=done,
+        state=state,
+    )
+    result.result.warning = warning
+    return result
+
+
+def test_warning_outcomes_dissuasions_and_feedback_are_counted() -> None:
+    W, FR, D = T.REQUEST_TYPE_WARNING, T.REQUEST_TYPE_FRAUD_REPORT, T.REQUEST_TYPE_DISSUASION
+    EXE = T.REQUEST_STATE_EXECUTED
+    statuses = [
+        warning_or_report(W, EXE, warning=results_pb2.WARNING_OUTCOME_DISSUADED, done=(S, S, S)),
+        warning_or_report(W, EXE, warning=results_pb2.WARNING_OUTCOME_UNREACHABLE, done=(S, S, S)),
+        warning_or_report(W, EXE, warning=results_pb2.WARNING_OUTCOME_CONTINUING, done=(S, S, S)),
+        warning_or_report(W, T.REQUEST_STATE_SUBMITTED),  # no outcome yet
+        warning_or_report(W, T.REQUEST_STATE_CANCELLED),  # counts nowhere
+        warning_or_report(D, EXE, warning=results_pb2.WARNING_OUTCOME_DISSUADED, done=(S, S, S)),
+        warning_or_report(D, T.REQUEST_STATE_ACKNOWLEDGED, done=(S, S, None)),
+        warning_or_report(FR, EXE, done=(S, S, 30 * M)),  # feedback in time
+        warning_or_report(FR, EXE, done=(S, S, 2 * H)),  # feedback late
+        warning_or_report(FR, T.REQUEST_STATE_ACKNOWLEDGED, done=(S, S, None)),  # overdue at now
+        warning_or_report(FR, T.REQUEST_STATE_REJECTED, done=(S, S, S)),  # never reached the police
+    ]
+    report = sla_report(statuses, now=T0 + 10 * H)
+    assert report.warnings == WarningCounts(
+        warnings=4, dissuaded=1, continuing=1, unreachable=1, dissuasions=2, dissuasions_done=1
+    )
+    assert report.feedback == FeedbackCounts(due=3, in_time=1, late=1, overdue=1)
+    document = report_to_json(report)
+    assert document["warnings"]["dissuasions_sent"] == 2
+    assert document["fraud_report_feedback"] == {"due": 3, "in_time": 1, "late": 1, "overdue": 1}
+    table = render_table(report)
+    assert warning_line(report.warnings) in table
+    assert (
+        "warnings: 4 (dissuaded 1, continuing 1, unreachable 1); in-person dissuasions: 2 sent, 1 done"
+        in table
+    )
+    assert feedback_line(report.feedback) in table
+    assert "fraud-report feedback: 3 due, 1 given in time, 1 late, 1 overdue" in table
