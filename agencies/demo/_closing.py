@@ -1,6 +1,7 @@
 """Closing the case: a competing claim, appeals, a living-expense release, the return of the money.
 
-The demo's second act, after the freeze (the first act is :mod:`agencies.demo._demo`):
+The demo's second act, after the freeze and the risk signals (the first act is
+:mod:`agencies.demo._demo`, the signals :mod:`agencies.demo._signals`):
 
 - a second victim, in Shenzhen Nanshan, paid 8,000.00 CNY into the bank-abc mule account shortly
   before the police acted, so the hold the broker placed there for the Pudong case also holds her
@@ -167,7 +168,7 @@ class Closing:
     async def run(self, trail: trail_pb2.Trail) -> dict[str, AccountMoney]:
         """Appeals, a living-expense release and the returns; the accounting per frozen account."""
         holds = _holds(trail, self.s.report.trail_accounts)
-        self.say("9. Holders appeal through the banks that restricted them.")
+        self.say("11. Holders appeal through the banks that restricted them.")
         await self._appeal(
             holds[seed.MULE_CCB2_ACCOUNT][0],
             bank="bank-ccb",
@@ -187,7 +188,7 @@ class Closing:
             account=seed.MULE_CMB_ACCOUNT,
         )
         self.say(
-            f"10. Pudong police release {_yuan(LIVING_EXPENSES)} of a frozen account for living expenses."
+            f"12. Pudong police release {_yuan(LIVING_EXPENSES)} of a frozen account for living expenses."
         )
         target = holds[seed.MULE_ICBC_ACCOUNT][0]
         release = await self.s.client(POLICE).release(
@@ -206,7 +207,7 @@ class Closing:
         )
         done = await self._finished("release for living expenses", release, POLICE)
         self._count(self.released, seed.MULE_ICBC_ACCOUNT, done.result.amount_released.minor_units)
-        self.say("11. The police order the return of the frozen money; the banks pay the victims back.")
+        self.say("13. The police order the return of the frozen money; the banks pay the victims back.")
         await self._refused_overclaim()
         for number, holder in (
             (seed.FRAUD_ACCOUNT, seed.FRAUD_HOLDER),

@@ -14,10 +14,17 @@ its own adapter, signed and notarized messages, money held in SQLite bank cores.
 5. the platform restricts the fraudster's account;
 6. a data request brings back the fraud account holder's details, sealed to the police;
 7. police in Pudong ask police in Shenzhen Nanshan (440305) for assistance: done;
-8. a stop-payment naming the wrong holder is refused with MISMATCH.
+8. a stop-payment naming the wrong holder is refused with MISMATCH;
+9. police mark the fraud account HIGH in the shared risk registry: the victim's bank refuses her
+   next payment to it;
+10. a warning that cannot reach another potential victim ends UNREACHABLE, and the broker sends
+    the police of her region to dissuade her in person;
+11. to 13. the case is closed (:mod:`agencies.demo._closing`);
+14. and 15. the regulator verifies the ledger and reads the SLA report.
 
 :func:`run_demo` narrates as it goes (``say``) and returns a :class:`DemoReport`: every request
-with its final state and times, the money trail, the SLA report. ``greenchannel demo`` renders it.
+with its final state and times, the money trail, the SLA report, the risk signals. ``greenchannel
+demo`` renders it.
 """
 
 from __future__ import annotations
@@ -79,6 +86,7 @@ from broker.protocol import (
 
 from ._closing import AccountMoney, Closing, deposit_second_victim, nanshan_freeze
 from ._ring import register_ring_lines
+from ._signals import Signals
 from ._stack import Stack, StackConfig
 
 __all__ = ["DemoConfig", "DemoReport", "DemoRequest", "run_demo"]
@@ -184,6 +192,14 @@ class DemoReport:
     """ErrorInfo reasons of the orders the broker refused on purpose (an over-claim)."""
     located: bool = False
     """Whether the carrier located the fraudster's line on the cell of the latest fraud call."""
+    risk_checks: list[dict[str, object]] = field(default_factory=list)
+    """Customer payments screened by the risk registry (:mod:`agencies.demo._signals`): bank,
+    destination (masked), grade, whether the money moved, and ``ok`` when it ended as the story says."""
+    warnings: list[dict[str, object]] = field(default_factory=list)
+    """Warnings that ended without dissuading: the outcome, the broker's DISSUASION (recipient,
+    state, outcome), and ``ok`` when the police of the region executed it."""
+    links: list[dict[str, object]] = field(default_factory=list)
+    """Case linkage notices (串并) between the run's cases; case linkage fills it, empty until then."""
 
     @property
     def ok(self) -> bool:
@@ -196,6 +212,10 @@ class DemoReport:
             and all(entry.balances for entry in self.accounting.values())
             and self.refusals == ["EXCEEDS_SHARE"]
             and self.located
+            and bool(self.risk_checks)
+            and all(check["ok"] for check in self.risk_checks)
+            and bool(self.warnings)
+            and all(warning["ok"] for warning in self.warnings)
         )
 
 
@@ -516,6 +536,7 @@ class _Scenario:
             ),
             expect=[common_pb2.REQUEST_STATE_REJECTED],
         )
+        await Signals(self).run()
         self.report.held_minor_units = self._held()
         self.report.accounting = await Closing(self).run(trail)
         return self.report
@@ -631,7 +652,7 @@ async def _prove(
     report.ledger_verified = checked.ok and checked.uncovered == 0
     verdict = "VERIFIED" if report.ledger_verified else "NOT VERIFIED"
     say(
-        f"12. The regulator exports the ledger ({len(ledger.records)} entries, "
+        f"14. The regulator exports the ledger ({len(ledger.records)} entries, "
         f"{len(ledger.checkpoints)} signed checkpoints) and verifies it offline: {verdict}."
     )
     for problem in checked.problems:
@@ -641,7 +662,7 @@ async def _prove(
     sla = sla_report(statuses, now=config.clock.now())
     report.sla = sla
     report.sla_met, report.sla_breached = sla.met, sla.breached
-    say(f"13. SLA report: {sla.met} phase deadlines met, {sla.breached} breached.")
+    say(f"15. SLA report: {sla.met} phase deadlines met, {sla.breached} breached.")
 
 
 async def _covered_export(stack: Stack, key: SigningKey, out: Path, agency: str) -> LedgerFile:

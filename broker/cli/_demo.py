@@ -99,6 +99,9 @@ def _document(report: DemoReport) -> dict[str, object]:
         "sla": {"met": report.sla_met, "breached": report.sla_breached},
         "accounting": {node_id: entry.as_json() for node_id, entry in report.accounting.items()},
         "refusals": list(report.refusals),
+        "risk_checks": list(report.risk_checks),
+        "warnings": list(report.warnings),
+        "links": list(report.links),
     }
 
 

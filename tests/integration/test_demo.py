@@ -39,6 +39,10 @@ EXPECTED = [
     ("who holds the fraud account", "DATA_REQUEST", "bank-icbc", "EXECUTED", ""),
     ("assistance from Shenzhen Nanshan", "ASSISTANCE", "police-440305", "EXECUTED", ""),
     ("stop with a wrong holder name", "STOP_PAYMENT", "bank-abc", "REJECTED", "MISMATCH"),
+    # Shared risk signals: a warning that cannot reach its person, then the broker's in-person
+    # dissuasion by the police of her region.
+    ("warn a potential victim who cannot be reached", "WARNING", "carrier-ctcc", "EXECUTED", ""),
+    ("in-person dissuasion sent by the broker", "DISSUASION", "police-440305", "EXECUTED", ""),
     # Closing the case.
     ("appeal by the holder at bank-ccb (lifted)", "APPEAL", "police-310115", "EXECUTED", ""),
     ("lifting order sent by the broker", "RELEASE", "bank-ccb", "EXECUTED", ""),
@@ -97,8 +101,31 @@ async def test_the_scenario_ends_in_every_expected_state(tmp_path: Path) -> None
     # only for an agency system slower than their grace).
     assert report.ledger_entries >= 2 * len(report.requests)
     assert report.sla_met > 0
-    assert any(line.startswith("12. ") and "VERIFIED" in line for line in lines)
-    assert any(line.startswith("13. SLA report") for line in lines)
+    assert any(line.startswith("14. ") and "VERIFIED" in line for line in lines)
+    assert any(line.startswith("15. SLA report") for line in lines)
+    # The steps are numbered in order, none twice.
+    steps = [int(line.split(".", 1)[0]) for line in lines if line.split(".", 1)[0].isdigit()]
+    assert steps == list(range(16))
+    # The police's HIGH mark made the victim's bank refuse her next payment to the fraud account.
+    assert [
+        (c["bank"], c["to_bank"], c["made"], c["grade"], c["mark_state"]) for c in report.risk_checks
+    ] == [("bank-cmb", "bank-icbc", False, "RISK_GRADE_HIGH", "MARK_STATE_ACTIVE")]
+    # The unreachable person's warning ended UNREACHABLE, and Nanshan police dissuaded her in person.
+    assert [
+        (
+            w["recipient"],
+            w["outcome"],
+            w["dissuasion_recipient"],
+            w["dissuasion_state"],
+            w["dissuasion_outcome"],
+        )
+        for w in report.warnings
+    ] == [("carrier-ctcc", "UNREACHABLE", "police-440305", "EXECUTED", "DISSUADED")]
+    dissuasion = next(r for r in report.requests if r.type == "DISSUASION")
+    warning = next(r for r in report.requests if r.label == "warn a potential victim who cannot be reached")
+    assert (dissuasion.sender, dissuasion.parent) == ("greenchannel-broker", warning.id)
+    # Neither her phone nor the fraud account's full number is printed.
+    assert not any("+8618912340009" in line or "6222020200001234567" in line for line in lines)
     # Before closing: everything but the 5,000.00 that left the directory: 15,000 frozen on the
     # fraud account and what the five accounts the broker chased still had, and Nanshan's 8,000.
     assert report.held_minor_units == 5_300_000
@@ -179,6 +206,11 @@ def test_cli_demo_json_prints_one_object_and_exits_zero(tmp_path: Path) -> None:
     assert all(e["state"] == "EXECUTED" for e in follow_ups)
     assert types["RETURN_FUNDS"] == "EXECUTED"
     assert types["APPEAL"] == "EXECUTED"
+    assert [(c["made"], c["grade"]) for c in report["risk_checks"]] == [(False, "RISK_GRADE_HIGH")]
+    assert [(w["outcome"], w["dissuasion_recipient"], w["dissuasion_state"]) for w in report["warnings"]] == [
+        ("UNREACHABLE", "police-440305", "EXECUTED")
+    ]
+    assert isinstance(report["links"], list)
     accounting = report["accounting"]
     assert len(accounting) == len(ACCOUNTING)
     for entry in accounting.values():
