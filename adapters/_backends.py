@@ -194,6 +194,9 @@ _POLICE = _calls(
         "appeal": _Call("FileAppeal", police_pb2.FileAppealRequest, opens=_appeal_statement, files=True),
         "follow_up": _Call("FollowUpVictim", police_pb2.FollowUpVictimRequest),
         "dissuasion": _Call("DissuadeInPerson", police_pb2.DissuadeInPersonRequest, requires="warning"),
+        "linkage_notice": _Call(
+            "ReceiveLinkageNotice", police_pb2.ReceiveLinkageNoticeRequest, order_field="notice"
+        ),
     }
 )
 

@@ -2,7 +2,14 @@
 
 from ._config import AssistanceRule, DissuasionRule, FollowUpRule, PoliceDeskConfig
 from ._core import PoliceDesk
-from ._model import AssistanceCase, FiledAppeal, FiledReport, InPersonDissuasion, VictimFollowUp
+from ._model import (
+    AssistanceCase,
+    FiledAppeal,
+    FiledReport,
+    InPersonDissuasion,
+    LinkageRecord,
+    VictimFollowUp,
+)
 from ._servicer import POLICE_SERVICE, PoliceServicer
 
 __all__ = [
@@ -14,6 +21,7 @@ __all__ = [
     "FiledReport",
     "FollowUpRule",
     "InPersonDissuasion",
+    "LinkageRecord",
     "PoliceDesk",
     "PoliceDeskConfig",
     "PoliceServicer",

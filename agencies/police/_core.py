@@ -13,7 +13,14 @@ from broker.protocol import Clock
 from . import _orders as orders
 from . import _store as store
 from ._config import PoliceDeskConfig
-from ._model import AssistanceCase, FiledAppeal, FiledReport, InPersonDissuasion, VictimFollowUp
+from ._model import (
+    AssistanceCase,
+    FiledAppeal,
+    FiledReport,
+    InPersonDissuasion,
+    LinkageRecord,
+    VictimFollowUp,
+)
 from ._schema import POLICE_SCHEMA
 
 __all__ = ["PoliceDesk"]
@@ -88,6 +95,18 @@ class PoliceDesk(AgencyCore):
             partial(orders.dissuade_in_person, self._config),
         )
 
+    def receive_linkage_notice(
+        self, request: police_pb2.ReceiveLinkageNoticeRequest
+    ) -> police_pb2.ReceiveLinkageNoticeResponse:
+        """Record the broker's linkage notice (串并) against the desk's case."""
+        return self._run(
+            "PoliceService.ReceiveLinkageNotice",
+            request,
+            police_pb2.ReceiveLinkageNoticeResponse,
+            orders.receive_linkage_notice,
+            body="notice",
+        )
+
     # -- the desk's own records -------------------------------------------------------------------
 
     def assistance_cases(self) -> tuple[AssistanceCase, ...]:
@@ -109,6 +128,11 @@ class PoliceDesk(AgencyCore):
         """Victim follow-ups recorded, oldest first."""
         with self._db.transaction() as conn:
             return tuple(store.follow_ups(conn))
+
+    def linkage_notices(self) -> tuple[LinkageRecord, ...]:
+        """Linkage notices taken, oldest first."""
+        with self._db.transaction() as conn:
+            return tuple(store.linkage_notices(conn))
 
     def dissuasions(self) -> tuple[InPersonDissuasion, ...]:
         """In-person dissuasions recorded, oldest first."""

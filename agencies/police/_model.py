@@ -119,6 +119,32 @@ class VictimFollowUp:
 
 
 @dataclass(frozen=True, kw_only=True)
+class LinkageRecord:
+    """A linkage notice (串并) the desk took: another case touched an identifier of one of ours."""
+
+    request_id: str
+    """The LINKAGE_NOTICE's request id."""
+    reference: str
+    """The desk's record number."""
+    case_number: str
+    """The desk's case the notice came under (the coordinator's copy: the case that made the link)."""
+    link_id: str
+    """The link (the same for every notice of one identifier and set of cases)."""
+    kind: str
+    """What the cases share: ``BANK_ACCOUNT``, ``PHONE``, ``IMEI`` or ``PLATFORM_ACCOUNT``."""
+    digest: str
+    """The broker's keyed digest of the identifier (never the identifier)."""
+    cases: tuple[str, ...]
+    """Every linked case as ``owner/case number``."""
+    cross_region: bool
+    """True when the owners are in different regions."""
+    coordinator: str
+    """The police agency suggested to coordinate, or empty."""
+    at: datetime
+    """When the desk recorded it."""
+
+
+@dataclass(frozen=True, kw_only=True)
 class InPersonDissuasion:
     """An in-person dissuasion (见面劝阻) the desk made after a warning failed, as the broker asked."""
 

@@ -11,7 +11,14 @@ from agencies._common import executed, from_timestamp, new_reference, rejected, 
 
 from . import _store as store
 from ._config import PoliceDeskConfig
-from ._model import AssistanceCase, FiledAppeal, FiledReport, InPersonDissuasion, VictimFollowUp
+from ._model import (
+    AssistanceCase,
+    FiledAppeal,
+    FiledReport,
+    InPersonDissuasion,
+    LinkageRecord,
+    VictimFollowUp,
+)
 
 __all__ = [
     "dissuade_in_person",
@@ -19,6 +26,7 @@ __all__ = [
     "follow_up_victim",
     "handle_assistance",
     "receive_fraud_report",
+    "receive_linkage_notice",
 ]
 
 
@@ -202,3 +210,32 @@ def dissuade_in_person(
     result.warning = rule.outcome
     result.agency_reference = reference
     return police_pb2.DissuadeInPersonResponse(result=result)
+
+
+def receive_linkage_notice(
+    conn: sqlite3.Connection,
+    now: datetime,
+    ctx: agency_pb2.OrderContext,
+    order: requests_pb2.LinkageNotice,
+) -> police_pb2.ReceiveLinkageNoticeResponse:
+    """Record a linkage notice against the case it came under; EXECUTED (the desk's analysts take
+    it from there: the notice names the other cases, never their people)."""
+    reference = new_reference("CB", now)  # 串并
+    store.insert_linkage(
+        conn,
+        LinkageRecord(
+            request_id=ctx.request_id,
+            reference=reference,
+            case_number=ctx.case_ref.case_number,
+            link_id=order.link_id,
+            kind=requests_pb2.IdentifierKind.Name(order.kind).removeprefix("IDENTIFIER_KIND_"),
+            digest=order.identifier_digest,
+            cases=tuple(f"{case.owner}/{case.case_number}" for case in order.cases),
+            cross_region=order.cross_region,
+            coordinator=order.coordinator,
+            at=now,
+        ),
+    )
+    result = executed(f"linked with {len(order.cases) - 1} other case(s)")
+    result.agency_reference = reference
+    return police_pb2.ReceiveLinkageNoticeResponse(result=result)

@@ -64,6 +64,19 @@ CREATE TABLE IF NOT EXISTS follow_ups (
     at_us             INTEGER NOT NULL
 ) WITHOUT ROWID;
 
+CREATE TABLE IF NOT EXISTS linkage_notices (
+    request_id   TEXT PRIMARY KEY,
+    reference    TEXT NOT NULL UNIQUE,
+    case_number  TEXT NOT NULL,
+    link_id      TEXT NOT NULL,
+    kind         TEXT NOT NULL,
+    digest       TEXT NOT NULL,
+    cases        TEXT NOT NULL,
+    cross_region INTEGER NOT NULL CHECK (cross_region IN (0, 1)),
+    coordinator  TEXT NOT NULL,
+    at_us        INTEGER NOT NULL
+) WITHOUT ROWID;
+
 CREATE TABLE IF NOT EXISTS dissuasions (
     request_id         TEXT PRIMARY KEY,
     reference          TEXT NOT NULL UNIQUE,

@@ -46,3 +46,10 @@ class PoliceServicer(police_pb2_grpc.PoliceServiceServicer):
         self, request: police_pb2.DissuadeInPersonRequest, context: Any
     ) -> police_pb2.DissuadeInPersonResponse:
         return await answer(self._desk.dissuade_in_person, request, context, method="DissuadeInPerson")
+
+    async def ReceiveLinkageNotice(
+        self, request: police_pb2.ReceiveLinkageNoticeRequest, context: Any
+    ) -> police_pb2.ReceiveLinkageNoticeResponse:
+        return await answer(
+            self._desk.receive_linkage_notice, request, context, method="ReceiveLinkageNotice"
+        )

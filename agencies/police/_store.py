@@ -6,7 +6,14 @@ import sqlite3
 
 from agencies._common import from_us, to_us
 
-from ._model import AssistanceCase, FiledAppeal, FiledReport, InPersonDissuasion, VictimFollowUp
+from ._model import (
+    AssistanceCase,
+    FiledAppeal,
+    FiledReport,
+    InPersonDissuasion,
+    LinkageRecord,
+    VictimFollowUp,
+)
 
 __all__ = [
     "appeals",
@@ -18,7 +25,9 @@ __all__ = [
     "insert_assistance",
     "insert_dissuasion",
     "insert_follow_up",
+    "insert_linkage",
     "insert_report",
+    "linkage_notices",
 ]
 
 _CASE_COLUMNS = "request_id, reference, sender, case_number, kind, region, task, decision, at_us"
@@ -236,4 +245,46 @@ def dissuasions(conn: sqlite3.Connection) -> list[InPersonDissuasion]:
             at=from_us(row["at_us"]),
         )
         for row in rows
+    ]
+
+
+_LINKAGE_COLUMNS = (
+    "request_id, reference, case_number, link_id, kind, digest, cases, cross_region, coordinator, at_us"
+)
+
+
+def insert_linkage(conn: sqlite3.Connection, record: LinkageRecord) -> None:
+    conn.execute(
+        f"INSERT INTO linkage_notices ({_LINKAGE_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
+        (
+            record.request_id,
+            record.reference,
+            record.case_number,
+            record.link_id,
+            record.kind,
+            record.digest,
+            " ".join(record.cases),
+            int(record.cross_region),
+            record.coordinator,
+            to_us(record.at),
+        ),
+    )
+
+
+def linkage_notices(conn: sqlite3.Connection) -> list[LinkageRecord]:
+    query = f"SELECT {_LINKAGE_COLUMNS} FROM linkage_notices ORDER BY at_us, request_id"  # noqa: S608
+    return [
+        LinkageRecord(
+            request_id=row["request_id"],
+            reference=row["reference"],
+            case_number=row["case_number"],
+            link_id=row["link_id"],
+            kind=row["kind"],
+            digest=row["digest"],
+            cases=tuple(row["cases"].split()),
+            cross_region=bool(row["cross_region"]),
+            coordinator=row["coordinator"],
+            at=from_us(row["at_us"]),
+        )
+        for row in conn.execute(query).fetchall()
     ]

@@ -87,6 +87,10 @@ COMMANDS: dict[str, Command] = {
         module="broker.cli._trail",
         help="a case's money trail: accounts held with amounts, and what escaped the chase",
     ),
+    "cases": Command(
+        module="broker.cli._cases",
+        help="串并: the other cases that touched an account, number, handset or platform account of a case",
+    ),
     "risk": Command(
         module="broker.cli._risk",
         help="risk registry: check identifiers before a payment, mark, decide, unmark, marks, counts",

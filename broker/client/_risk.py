@@ -17,7 +17,7 @@ from datetime import timedelta
 from typing import TYPE_CHECKING
 
 from google.protobuf import duration_pb2
-from greenchannel.v1 import common_pb2, risk_pb2, risk_pb2_grpc
+from greenchannel.v1 import common_pb2, requests_pb2, risk_pb2, risk_pb2_grpc
 
 from broker.protocol import MARK_DECISION_TYPE, RISK_MARK_TYPE, RISK_UNMARK_TYPE, to_timestamp
 
@@ -124,6 +124,15 @@ class RiskClient:
             lambda md: self._stub.ListMarks(message, metadata=md, timeout=self._timeout)
         )
         return list(reply.marks)
+
+    async def links(self, case_number: str) -> list[requests_pb2.LinkageNotice]:
+        """``RiskService.ListLinks``: the links (串并) of one of this police agency's cases, each as
+        the last linkage notice about it said, most recent first."""
+        message = _R.ListLinksRequest(case_number=case_number)
+        reply: risk_pb2.ListLinksResponse = await self._bus.call(
+            lambda md: self._stub.ListLinks(message, metadata=md, timeout=self._timeout)
+        )
+        return list(reply.links)
 
     async def check_counts(self, agency: str = "") -> list[risk_pb2.AgencyCheckCount]:
         """``RiskService.CheckCounts``: this agency's counts (a regulator: any agency's, or all)."""

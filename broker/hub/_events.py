@@ -11,11 +11,11 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
-from typing import Protocol
+from typing import Any, Protocol
 
 import nats.errors
 import structlog
@@ -56,6 +56,7 @@ from ._trail import TrailChaser, TrailNotReadyError
 __all__ = [
     "EVENTS_CONSUMER",
     "BrokerEvents",
+    "EventHook",
     "EventProcessor",
     "EventProcessorConfig",
     "HoldLifecycle",
@@ -108,6 +109,13 @@ class OutcomeHook(Protocol):
     lifting order); idempotent, raises to have the outcome processed again."""
 
     async def after_outcome(self, status: lifecycle_pb2.RequestStatus) -> None: ...
+
+
+class EventHook(Protocol):
+    """What any applied event of a request sets off (case linkage, once per request); idempotent,
+    raises to have the event processed again."""
+
+    async def after_event(self, status: lifecycle_pb2.RequestStatus) -> None: ...
 
 
 class Refused(Exception):
@@ -276,8 +284,10 @@ class EventProcessor:
         follow_ups: OutcomeHook | None = None,
         batches: OutcomeHook | None = None,
         dissuasions: OutcomeHook | None = None,
+        linkage: EventHook | None = None,
         metrics: BrokerMetrics | None = None,
     ) -> None:
+        self._linkage = linkage
         self._dissuasions = dissuasions
         self._metrics = metrics or BrokerMetrics()
         self._batches = batches
@@ -356,6 +366,9 @@ class EventProcessor:
             return
         # The update was the one write (state, Watch record, ledger source); a redelivered event
         # finds its id in the timeline and writes nothing.
+        work: list[Coroutine[Any, Any, None]] = []
+        if self._linkage is not None:
+            work.append(self._linkage.after_event(status))
         if is_outcome(event.state):
             hooks: list[OutcomeHook] = [
                 hook
@@ -370,13 +383,13 @@ class EventProcessor:
                 )
                 if hook is not None
             ]
-            # The hold's timers, the chase of its onward transfers, a return's settlement and its
-            # victim follow-ups, an appeal's lifting order, a split batch's answer and a failed
-            # warning's in-person dissuasion are independent and idempotent: side by side, and all
-            # again if any fails.
-            outcomes = await asyncio.gather(
-                *(hook.after_outcome(status) for hook in hooks), return_exceptions=True
-            )
+            work.extend(hook.after_outcome(status) for hook in hooks)
+        if work:
+            # Case linkage, the hold's timers, the chase of its onward transfers, a return's
+            # settlement and its victim follow-ups, an appeal's lifting order, a split batch's
+            # answer and a failed warning's in-person dissuasion are independent and idempotent:
+            # side by side, and all again if any fails.
+            outcomes = await asyncio.gather(*work, return_exceptions=True)
             failures = [outcome for outcome in outcomes if isinstance(outcome, BaseException)]
             if any(isinstance(failure, TrailNotReadyError) for failure in failures):
                 await msg.nak(delay=self._config.unknown_request_delay)

@@ -10,6 +10,7 @@ from nats.js.client import JetStreamContext
 from broker.protocol import Clock, Registry, SigningKey
 
 from ._auth import Authenticator
+from ._case_links import CaseLinks
 from ._identifiers import IdentifierDigests
 from ._ledger import LedgerWriter
 from ._policy import Policy
@@ -65,6 +66,8 @@ async def open_risk(
     clock: Clock,
     refusals: RefusalSink | None,
     replicas: int = 1,
+    digests: IdentifierDigests | None = None,
+    links: CaseLinks | None = None,
 ) -> RiskParts:
     """Open the buckets, start the index (waiting for the current marks) and the count flusher."""
     store = MarkStore(LazyBucket(js, RISK_MARKS_BUCKET, replicas=replicas))
@@ -78,7 +81,7 @@ async def open_risk(
     )
     await counter.__aenter__()
     # The trail's own book: the same key, so a mark and a hold on one account share the digest.
-    digests = IdentifierDigests(
+    digests = digests or IdentifierDigests(
         book=BrokerAccountBook(broker_key=broker_key, registry=registry, clock=clock), registry=registry
     )
     desk = MarkDesk(
@@ -100,5 +103,6 @@ async def open_risk(
         policy=policy,
         clock=clock,
         refusals=refusals,
+        links=links,
     )
     return RiskParts(desk=desk, index=index, counter=counter, servicer=servicer, digests=digests)

@@ -20,8 +20,10 @@ from greenchannel.v1 import envelope_pb2, risk_pb2, risk_pb2_grpc
 
 from broker.protocol import AgencyKind, Clock, to_timestamp, validate_message
 
+from ._account_cases import CaseKey
 from ._auth import Authenticator
-from ._errors import OverloadedError, PermissionDeniedError
+from ._case_links import CaseLinks
+from ._errors import OverloadedError, PermissionDeniedError, UnavailableError
 from ._grpc_status import guard_unary, to_hub_error
 from ._identifiers import IdentifierDigests
 from ._policy import Policy
@@ -76,7 +78,9 @@ class RiskServicer(risk_pb2_grpc.RiskServiceServicer):
         policy: Policy,
         clock: Clock,
         refusals: RefusalSink | None = None,
+        links: CaseLinks | None = None,
     ) -> None:
+        self._links = links
         self.refusals = refusals
         """Where refused calls are reported (the guards read it)."""
         self._auth = auth
@@ -162,12 +166,23 @@ class RiskServicer(risk_pb2_grpc.RiskServiceServicer):
         _validated(request)
         return await self._desk.list_marks(caller, request.case_number)
 
+    @guard_unary
     async def ListLinks(
         self, request: risk_pb2.ListLinksRequest, context: grpc.aio.ServicerContext
     ) -> risk_pb2.ListLinksResponse:
-        # Case linkage (another part of issue 14) answers this; until it is wired, nothing here does.
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "case links are not served by this broker yet")
-        raise AssertionError("abort returned")  # pragma: no cover
+        caller = await self._auth.authenticate(context)
+        _validated(request)
+        me = caller.agency
+        if me.kind is not AgencyKind.POLICE:
+            # A case's links name other police forces' cases: only the police owning it read them.
+            raise PermissionDeniedError(
+                f"the links of a case are read by the police owning it; {me.id!r} is a {me.kind}",
+                reason="NOT_CASE_PARTY",
+            )
+        if self._links is None:
+            raise UnavailableError("this broker does not link cases")
+        links = await self._links.of_case(CaseKey(me.id, request.case_number))
+        return _R.ListLinksResponse(links=links)
 
     @guard_unary
     async def CheckCounts(

@@ -50,12 +50,13 @@ from broker.protocol import (
     stream_specs,
 )
 
-from ._account_cases import AccountCases
+from ._account_cases import IDENTIFIER_CASES_BUCKET, AccountCases, CaseIndex
 from ._admission import Admission, AdmissionConfig
 from ._appeals import AppealCheck, AppealDesk
 from ._auth import Authenticator, open_replay_cache
 from ._batch_split import BatchOutcomes
 from ._bus import BusServicer
+from ._case_links import CaseLinks
 from ._deadlines_watch import DeadlineWatch, DeadlineWatchConfig
 from ._decode_guard import DecodeGuard
 from ._directory_reload import DirectoryReloadConfig, DirectoryReloader, ReloadListener
@@ -64,8 +65,10 @@ from ._dissuasions import Dissuasions
 from ._events import BrokerEvents, EventProcessor, EventProcessorConfig, HoldLifecycle
 from ._feedback import FeedbackDesk
 from ._follow_ups import FollowUps
+from ._identifiers import IdentifierDigests
 from ._ledger import LedgerConfig, LedgerSequencer, LedgerWriter, ensure_ledger_streams
 from ._ledger_service import LedgerServicer
+from ._linkage import CaseLinker
 from ._metrics import BrokerMetrics, PrometheusBrokerMetrics
 from ._open_appeals import OpenAppeals
 from ._policy import Policy, load_policy
@@ -80,6 +83,7 @@ from ._submit import Intake
 from ._timers import DeadlineScheduler
 from ._tls import TlsFiles, server_credentials
 from ._trail import TrailChaser, TrailRecorder, sealed_onward_transfers
+from ._trail_accounts import BrokerAccountBook
 from ._trail_service import TrailService
 from ._trail_store import TrailStore
 from ._watchlog import WatchLog
@@ -239,6 +243,12 @@ class Broker:
         )
         trail_store = trail_recorder.store
         account_cases = AccountCases(js, replicas=config.replicas)
+        # The trail's own book: a mark, a hold and a block on one account share the digest.
+        digests = IdentifierDigests(
+            book=BrokerAccountBook(broker_key=broker_key, registry=registry, clock=config.clock),
+            registry=registry,
+        )
+        case_links = CaseLinks(js, replicas=config.replicas)
         return_records = ReturnRecords(js, replicas=config.replicas)
         returns = Returns(
             records=return_records,
@@ -269,6 +279,16 @@ class Broker:
                 requests=requests,
                 open_appeals=OpenAppeals(js, requests=requests, clock=config.clock, replicas=config.replicas),
             ),
+            digests=digests,
+        )
+        linker = CaseLinker(
+            index=CaseIndex(js, IDENTIFIER_CASES_BUCKET, replicas=config.replicas),
+            links=case_links,
+            intake=intake,
+            requests=requests,
+            cases=watchlog,
+            registry=registry,
+            clock=config.clock,
         )
         trail_chaser = TrailChaser(
             recorder=trail_recorder,
@@ -308,6 +328,7 @@ class Broker:
                 policy=policy.warning,
                 broker_key=load_broker_encryption_key(config.state_dir),
             ),
+            linkage=linker,
             metrics=metrics,
         )
         await self._events.__aenter__()
@@ -360,7 +381,10 @@ class Broker:
             clock=config.clock,
             refusals=refusals,
             replicas=config.replicas,
+            digests=digests,
+            links=case_links,
         )
+        self._risk.desk.observer = linker
         await self._listen(bus, auth=auth, registry=registry, js=js, refusals=refusals)
         if isinstance(metrics, PrometheusBrokerMetrics):
             loops = (self._events.consumer, self._deadlines.consumer, self._ledger.consumer)

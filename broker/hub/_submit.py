@@ -67,8 +67,10 @@ from ._errors import (
     UnavailableError,
 )
 from ._grpc_status import to_hub_error
+from ._identifiers import IdentifierDigests
 from ._partial_release import ReleasePlan, check_partial_release, release_seed
 from ._policy import Policy
+from ._request_identifiers import request_identifiers
 from ._routing import resolve_recipient
 from ._store import Created, IdempotencyStore, RequestStore, idempotency_msg_id
 from ._timers import DeadlineScheduler
@@ -140,7 +142,9 @@ class Intake:
         returns: Returns | None = None,
         cases: CaseRequests | None = None,
         appeals: AppealCheck | None = None,
+        digests: IdentifierDigests | None = None,
     ) -> None:
+        self._digests = digests
         self._returns = returns
         self._trail = trail
         self._cases = cases
@@ -548,6 +552,11 @@ class Intake:
                 request, request_id=request_id, registry=self._registry, now=received_at
             ),
         )
+        if self._digests is not None:
+            # Case linkage (串并) links on these at the request's first event: only intake has the body.
+            identifiers, skipped = request_identifiers(request, self._digests)
+            status.identifiers.extend(identifiers)
+            status.identifiers_skipped = skipped
         created = await self._requests.create(status, msg_id=msg_id, content=content)
         if not created.stored:
             return await self._resubmit(created, request_id, verified, content)

@@ -182,6 +182,8 @@ class RequestStatus(_message.Message):
     BATCH_SPLIT_FIELD_NUMBER: _builtins.int
     APPEALED_ITEM_FIELD_NUMBER: _builtins.int
     WARNING_SEED_FIELD_NUMBER: _builtins.int
+    IDENTIFIERS_FIELD_NUMBER: _builtins.int
+    IDENTIFIERS_SKIPPED_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Request id."""
     type: _common_pb2.RequestType.ValueType
@@ -210,6 +212,8 @@ class RequestStatus(_message.Message):
     """APPEAL against one item of a batch NUMBER_BLOCK: that item (Appeal.item_index), from the body
     at intake (only then is the body at hand), so the lifting order names it (Release.item_index).
     """
+    identifiers_skipped: _builtins.int
+    """How many more the body named beyond the 256 listed (not linked)."""
     @_builtins.property
     def case_ref(self) -> _common_pb2.CaseRef:
         """Case and instrument."""
@@ -263,6 +267,13 @@ class RequestStatus(_message.Message):
         in-person dissuasion (DISSUASION) naming the person, without the broker keeping them in clear.
         """
 
+    @_builtins.property
+    def identifiers(self) -> _containers.RepeatedCompositeFieldContainer[Global___CaseIdentifier]:
+        """The suspect identifiers the body names (accounts, numbers, handsets, platform accounts), as
+        keyed digests taken at intake (only then is the body at hand), for case linkage (串并). At
+        most 256; victims' accounts and warned persons are not suspects and are not listed.
+        """
+
     def __init__(
         self,
         *,
@@ -290,16 +301,76 @@ class RequestStatus(_message.Message):
         batch_split: Global___BatchSplit | None = ...,
         appealed_item: _builtins.int | None = ...,
         warning_seed: Global___WarningSeed | None = ...,
+        identifiers: _abc.Iterable[Global___CaseIdentifier] | None = ...,
+        identifiers_skipped: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_appealed_item", b"_appealed_item", "allocation", b"allocation", "appealed_item", b"appealed_item", "batch_split", b"batch_split", "case_ref", b"case_ref", "deadlines", b"deadlines", "release_seed", b"release_seed", "result", b"result", "submitted_at", b"submitted_at", "trail_seed", b"trail_seed", "updated_at", b"updated_at", "warning_seed", b"warning_seed"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_appealed_item", b"_appealed_item", "allocation", b"allocation", "appealed_item", b"appealed_item", "batch_split", b"batch_split", "case_ref", b"case_ref", "deadlines", b"deadlines", "events", b"events", "hop", b"hop", "id", b"id", "notarized_header", b"notarized_header", "notary_signature", b"notary_signature", "parent_id", b"parent_id", "priority", b"priority", "reason", b"reason", "recipient", b"recipient", "release_seed", b"release_seed", "result", b"result", "sender", b"sender", "state", b"state", "submitted_at", b"submitted_at", "target_id", b"target_id", "trail_seed", b"trail_seed", "type", b"type", "updated_at", b"updated_at", "warning_seed", b"warning_seed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_appealed_item", b"_appealed_item", "allocation", b"allocation", "appealed_item", b"appealed_item", "batch_split", b"batch_split", "case_ref", b"case_ref", "deadlines", b"deadlines", "events", b"events", "hop", b"hop", "id", b"id", "identifiers", b"identifiers", "identifiers_skipped", b"identifiers_skipped", "notarized_header", b"notarized_header", "notary_signature", b"notary_signature", "parent_id", b"parent_id", "priority", b"priority", "reason", b"reason", "recipient", b"recipient", "release_seed", b"release_seed", "result", b"result", "sender", b"sender", "state", b"state", "submitted_at", b"submitted_at", "target_id", b"target_id", "trail_seed", b"trail_seed", "type", b"type", "updated_at", b"updated_at", "warning_seed", b"warning_seed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__appealed_item: _TypeAlias = _typing.Literal["appealed_item"]  # noqa: Y015
     _WhichOneofArgType__appealed_item: _TypeAlias = _typing.Literal["_appealed_item", b"_appealed_item"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType__appealed_item) -> _WhichOneofReturnType__appealed_item | None: ...
 
 Global___RequestStatus: _TypeAlias = RequestStatus  # noqa: Y015
+
+@_typing.final
+class CaseIdentifier(_message.Message):
+    """An identifier a request of a case named, as the broker compares them: kind and keyed digest."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    KIND_FIELD_NUMBER: _builtins.int
+    DIGEST_FIELD_NUMBER: _builtins.int
+    kind: _requests_pb2.IdentifierKind.ValueType
+    """What kind of identifier."""
+    digest: _builtins.str
+    """The broker's keyed digest (hex), as LinkageNotice.identifier_digest names it."""
+    def __init__(
+        self,
+        *,
+        kind: _requests_pb2.IdentifierKind.ValueType = ...,
+        digest: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["digest", b"digest", "kind", b"kind"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___CaseIdentifier: _TypeAlias = CaseIdentifier  # noqa: Y015
+
+@_typing.final
+class IndexedCase(_message.Message):
+    """A case as the identifier index keeps it (value of gc_identifier_cases): enough to send its
+    owner a linkage notice under its own case reference. No personal data.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CASE_REF_FIELD_NUMBER: _builtins.int
+    LINKED_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def case_ref(self) -> _common_pb2.CaseRef:
+        """The case's reference as its first request touching the identifier gave it."""
+
+    @_builtins.property
+    def linked(self) -> _requests_pb2.LinkedCase:
+        """The case as a link names it."""
+
+    def __init__(
+        self,
+        *,
+        case_ref: _common_pb2.CaseRef | None = ...,
+        linked: _requests_pb2.LinkedCase | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["case_ref", b"case_ref", "linked", b"linked"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_ref", b"case_ref", "linked", b"linked"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___IndexedCase: _TypeAlias = IndexedCase  # noqa: Y015
 
 @_typing.final
 class WarningSeed(_message.Message):
