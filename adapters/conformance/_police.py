@@ -1,5 +1,5 @@
-"""Checks of a ``PoliceService``: assistance requests, fraud reports, appeals, victim follow-ups and
-in-person dissuasion."""
+"""Checks of a ``PoliceService``: assistance requests, fraud reports, appeals, victim follow-ups,
+in-person dissuasion and linkage notices."""
 
 from __future__ import annotations
 
@@ -92,6 +92,41 @@ def _dissuasion_request(probe: Probe, *, request_id: str | None = None) -> polic
     )
 
 
+def _linkage_request(
+    probe: Probe, *, request_id: str | None = None
+) -> police_pb2.ReceiveLinkageNoticeRequest:
+    seen = timestamp(datetime.now(UTC))
+    cases = [
+        requests_pb2.LinkedCase(
+            case_number=number,
+            owner=owner,
+            first_seen=seen,
+            source=requests_pb2.LINKAGE_SOURCE_REQUEST,
+        )
+        for number, owner in (
+            ("CONFORMANCE-0001", "police-conformance-a"),
+            ("CONFORMANCE-0002", "police-conformance-b"),
+        )
+    ]
+    return police_pb2.ReceiveLinkageNoticeRequest(
+        context=probe.context(request_id=request_id, instrument=common_pb2.LEGAL_INSTRUMENT_TYPE_NONE),
+        notice=requests_pb2.LinkageNotice(
+            link_id=new_request_id(),
+            kind=requests_pb2.IDENTIFIER_KIND_BANK_ACCOUNT,
+            identifier_digest="0" * 64,
+            cases=cases,
+            made_by=new_request_id(),
+            linked_at=seen,
+        ),
+    )
+
+
+async def _check_linkage(probe: Probe) -> str:
+    answer = await probe.call("ReceiveLinkageNotice", _linkage_request(probe))
+    expect_outcome(answer.result, EXECUTED, what="ReceiveLinkageNotice")
+    return "recorded"
+
+
 async def _check_assistance(probe: Probe) -> str:
     answer = await probe.call("HandleAssistance", _assistance_request(probe))
     result = answer.result
@@ -143,6 +178,11 @@ _FOLLOW_UP = Sample(
 _DISSUASION = Sample(
     method="DissuadeInPerson", build=lambda probe, rid: _dissuasion_request(probe, request_id=rid)
 )
+_LINKAGE = Sample(
+    method="ReceiveLinkageNotice",
+    build=lambda probe, rid: _linkage_request(probe, request_id=rid),
+    order_field="notice",
+)
 _APPEAL = Sample(method="FileAppeal", build=lambda probe, rid: _appeal_request(probe, request_id=rid))
 _ASSISTANCE = Sample(
     method="HandleAssistance", build=lambda probe, rid: _assistance_request(probe, request_id=rid)
@@ -179,10 +219,16 @@ POLICE_CHECKS: tuple[Check, ...] = (
         proves="an in-person dissuasion is recorded: EXECUTED, with how it ended (result.warning)",
         run=_check_dissuasion,
     ),
+    Check(
+        name="police.receive_linkage_notice",
+        proves="a linkage notice (串并) is recorded against the case it came under: EXECUTED",
+        run=_check_linkage,
+    ),
     replay_check("police", _REPORT),
     replay_check("police", _APPEAL),
     replay_check("police", _FOLLOW_UP),
     replay_check("police", _DISSUASION),
+    replay_check("police", _LINKAGE),
     # Declining is a legitimate answer; whatever it is, a repeat must get the same one.
     replay_check("police", _ASSISTANCE, outcome=None),
     malformed_check("police", (_ASSISTANCE, _REPORT)),
