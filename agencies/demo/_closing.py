@@ -168,7 +168,7 @@ class Closing:
     async def run(self, trail: trail_pb2.Trail) -> dict[str, AccountMoney]:
         """Appeals, a living-expense release and the returns; the accounting per frozen account."""
         holds = _holds(trail, self.s.report.trail_accounts)
-        self.say("11. Holders appeal through the banks that restricted them.")
+        self.say("12. Holders appeal through the banks that restricted them.")
         await self._appeal(
             holds[seed.MULE_CCB2_ACCOUNT][0],
             bank="bank-ccb",
@@ -188,7 +188,7 @@ class Closing:
             account=seed.MULE_CMB_ACCOUNT,
         )
         self.say(
-            f"12. Pudong police release {_yuan(LIVING_EXPENSES)} of a frozen account for living expenses."
+            f"13. Pudong police release {_yuan(LIVING_EXPENSES)} of a frozen account for living expenses."
         )
         target = holds[seed.MULE_ICBC_ACCOUNT][0]
         release = await self.s.client(POLICE).release(
@@ -207,7 +207,7 @@ class Closing:
         )
         done = await self._finished("release for living expenses", release, POLICE)
         self._count(self.released, seed.MULE_ICBC_ACCOUNT, done.result.amount_released.minor_units)
-        self.say("13. The police order the return of the frozen money; the banks pay the victims back.")
+        self.say("14. The police order the return of the frozen money; the banks pay the victims back.")
         await self._refused_overclaim()
         for number, holder in (
             (seed.FRAUD_ACCOUNT, seed.FRAUD_HOLDER),

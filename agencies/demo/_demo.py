@@ -85,6 +85,7 @@ from broker.protocol import (
 )
 
 from ._closing import AccountMoney, Closing, deposit_second_victim, nanshan_freeze
+from ._links import record_links
 from ._ring import register_ring_lines
 from ._signals import Signals
 from ._stack import Stack, StackConfig
@@ -199,7 +200,8 @@ class DemoReport:
     """Warnings that ended without dissuading: the outcome, the broker's DISSUASION (recipient,
     state, outcome), and ``ok`` when the police of the region executed it."""
     links: list[dict[str, object]] = field(default_factory=list)
-    """Case linkage notices (串并) between the run's cases; case linkage fills it, empty until then."""
+    """Case links (串并) between the run's cases (:mod:`agencies.demo._links`): the cases by owner
+    and number, the coordinator, each recipient's notice state, and ``ok`` when all executed."""
 
     @property
     def ok(self) -> bool:
@@ -216,6 +218,8 @@ class DemoReport:
             and all(check["ok"] for check in self.risk_checks)
             and bool(self.warnings)
             and all(warning["ok"] for warning in self.warnings)
+            and bool(self.links)
+            and all(link["ok"] for link in self.links)
         )
 
 
@@ -537,6 +541,7 @@ class _Scenario:
             expect=[common_pb2.REQUEST_STATE_REJECTED],
         )
         await Signals(self).run()
+        await record_links(self)
         self.report.held_minor_units = self._held()
         self.report.accounting = await Closing(self).run(trail)
         return self.report
@@ -652,7 +657,7 @@ async def _prove(
     report.ledger_verified = checked.ok and checked.uncovered == 0
     verdict = "VERIFIED" if report.ledger_verified else "NOT VERIFIED"
     say(
-        f"14. The regulator exports the ledger ({len(ledger.records)} entries, "
+        f"15. The regulator exports the ledger ({len(ledger.records)} entries, "
         f"{len(ledger.checkpoints)} signed checkpoints) and verifies it offline: {verdict}."
     )
     for problem in checked.problems:
@@ -662,7 +667,7 @@ async def _prove(
     sla = sla_report(statuses, now=config.clock.now())
     report.sla = sla
     report.sla_met, report.sla_breached = sla.met, sla.breached
-    say(f"15. SLA report: {sla.met} phase deadlines met, {sla.breached} breached.")
+    say(f"16. SLA report: {sla.met} phase deadlines met, {sla.breached} breached.")
 
 
 async def _covered_export(stack: Stack, key: SigningKey, out: Path, agency: str) -> LedgerFile:

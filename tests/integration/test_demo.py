@@ -43,6 +43,10 @@ EXPECTED = [
     # dissuasion by the police of her region.
     ("warn a potential victim who cannot be reached", "WARNING", "carrier-ctcc", "EXECUTED", ""),
     ("in-person dissuasion sent by the broker", "DISSUASION", "police-440305", "EXECUTED", ""),
+    # 串并: Nanshan's freeze and the broker's chase under Pudong's case hit one mule account.
+    ("linkage notice to the case owner", "LINKAGE_NOTICE", "police-310115", "EXECUTED", ""),
+    ("linkage notice to the coordinator", "LINKAGE_NOTICE", "police-440300", "EXECUTED", ""),
+    ("linkage notice to the case owner", "LINKAGE_NOTICE", "police-440305", "EXECUTED", ""),
     # Closing the case.
     ("appeal by the holder at bank-ccb (lifted)", "APPEAL", "police-310115", "EXECUTED", ""),
     ("lifting order sent by the broker", "RELEASE", "bank-ccb", "EXECUTED", ""),
@@ -101,11 +105,11 @@ async def test_the_scenario_ends_in_every_expected_state(tmp_path: Path) -> None
     # only for an agency system slower than their grace).
     assert report.ledger_entries >= 2 * len(report.requests)
     assert report.sla_met > 0
-    assert any(line.startswith("14. ") and "VERIFIED" in line for line in lines)
-    assert any(line.startswith("15. SLA report") for line in lines)
+    assert any(line.startswith("15. ") and "VERIFIED" in line for line in lines)
+    assert any(line.startswith("16. SLA report") for line in lines)
     # The steps are numbered in order, none twice.
     steps = [int(line.split(".", 1)[0]) for line in lines if line.split(".", 1)[0].isdigit()]
-    assert steps == list(range(16))
+    assert steps == list(range(17))
     # The police's HIGH mark made the victim's bank refuse her next payment to the fraud account.
     assert [
         (c["bank"], c["to_bank"], c["made"], c["grade"], c["mark_state"]) for c in report.risk_checks
@@ -124,6 +128,16 @@ async def test_the_scenario_ends_in_every_expected_state(tmp_path: Path) -> None
     dissuasion = next(r for r in report.requests if r.type == "DISSUASION")
     warning = next(r for r in report.requests if r.label == "warn a potential victim who cannot be reached")
     assert (dissuasion.sender, dissuasion.parent) == ("greenchannel-broker", warning.id)
+    # Nanshan's case (the earlier on the mule account) and Pudong's are linked across regions; the
+    # police supervising Nanshan coordinate. The link names cases, never the account.
+    assert [(link["kind"], link["cases"], link["coordinator"]) for link in report.links] == [
+        (
+            "BANK_ACCOUNT",
+            ["police-440305/SZ-NS-2026-1121-0007", "police-310115/SH-PD-2026-1121-0001"],
+            "police-440300",
+        )
+    ]
+    assert all(link["cross_region"] and link["ok"] for link in report.links)
     # Neither her phone nor the fraud account's full number is printed.
     assert not any("+8618912340009" in line or "6222020200001234567" in line for line in lines)
     # Before closing: everything but the 5,000.00 that left the directory: 15,000 frozen on the
@@ -210,7 +224,7 @@ def test_cli_demo_json_prints_one_object_and_exits_zero(tmp_path: Path) -> None:
     assert [(w["outcome"], w["dissuasion_recipient"], w["dissuasion_state"]) for w in report["warnings"]] == [
         ("UNREACHABLE", "police-440305", "EXECUTED")
     ]
-    assert isinstance(report["links"], list)
+    assert [link["coordinator"] for link in report["links"]] == ["police-440300"]
     accounting = report["accounting"]
     assert len(accounting) == len(ACCOUNTING)
     for entry in accounting.values():

@@ -221,7 +221,8 @@ async def test_after_the_demo_no_personal_data_is_in_clear_on_nats_or_in_the_log
     # the bus itself and never put on an inbox), and whatever the broker sent on its own (a chase).
     delivered = [r for r in report.requests if r.recipient != "greenchannel-broker"]
     assert scan.messages[INBOX_STREAM] >= len(delivered)
-    for stream in ("GC_EVENTS", "GC_WATCH"):
+    # The risk registry's marks and case linkage's index and links (串并) are scanned too.
+    for stream in ("GC_EVENTS", "GC_WATCH", "KV_gc_risk_marks", "KV_gc_identifier_cases", "KV_gc_case_links"):
         assert scan.messages.get(stream, 0) > 0, scan.messages
     assert any(name.startswith("GC_LEDGER") and count for name, count in scan.messages.items()), scan.messages
 
