@@ -418,4 +418,6 @@ def test_revoke_init_and_nats_authorization_print_one_json_object(tmp_path: Path
     accounts = json.loads(nats.stdout)["accounts"]
     assert accounts
     assert "PRIVATE" not in nats.stdout
-    assert not re.search(r"SU[A-Z2-7]{40}", nats.stdout)  # no nkey seed, only public keys
+    # No nkey seed (58 characters, "SU..." for a user), only public keys (56, "U..."): a public
+    # key may hold "SU" followed by 40 characters, so the seed is matched whole.
+    assert not re.search(r"(?<![A-Z2-7])SU[A-Z2-7]{56}(?![A-Z2-7])", nats.stdout)

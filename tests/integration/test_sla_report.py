@@ -23,7 +23,7 @@ from broker.cli._sla import run as run_sla
 from broker.cli._sla import sla_report_command
 from broker.client import BusClient
 from broker.protocol import ManualClock, OpenedEnvelope, SystemClock, event_subject, sign_event
-from tests.integration.broker_world import BANK, POLICE, World, broker_world, stop_payment
+from tests.integration.broker_world import BANK, FRAUD_ACCOUNT, POLICE, World, broker_world, stop_payment
 
 pytestmark = pytest.mark.integration
 
@@ -33,8 +33,20 @@ S, M = timedelta(seconds=1), timedelta(minutes=1)
 T = common_pb2
 
 
+def own_account(case_number: str) -> str:
+    """An account of the fraud account's bank for each case: cases sharing one would be linked
+    (串并), and the linkage notices would be requests of this report too."""
+    return FRAUD_ACCOUNT[:-4] + case_number[-4:]
+
+
+def own_stop(case_number: str) -> requests_pb2.Request:
+    return stop_payment(case_number=case_number, account=own_account(case_number))
+
+
 def freeze(case_number: str) -> requests_pb2.Request:
-    request = stop_payment(case_number=case_number, priority=T.PRIORITY_STANDARD)
+    request = stop_payment(
+        case_number=case_number, account=own_account(case_number), priority=T.PRIORITY_STANDARD
+    )
     request.case_ref.legal_instrument_type = T.LEGAL_INSTRUMENT_TYPE_FREEZE_NOTICE
     request.freeze.CopyFrom(
         requests_pb2.Freeze(account=request.stop_payment.account, amount=request.stop_payment.amount)
@@ -104,11 +116,11 @@ async def test_sla_report_as_regulator_counts_what_happened(tmp_path: Path) -> N
         async with police:
             # Every request is received at t0 (the clock stands still), under the CN default SLA:
             # green 30 s / 2 min / 10 min, standard 1 h / 8 h / 3 d.
-            on_time = (await police.submit(stop_payment(case_number="SH-PD-2026-0001"))).status.id
-            late = (await police.submit(stop_payment(case_number="SH-PD-2026-0002"))).status.id
-            silent = (await police.submit(stop_payment(case_number="SH-PD-2026-0003"))).status.id
+            on_time = (await police.submit(own_stop("SH-PD-2026-0001"))).status.id
+            late = (await police.submit(own_stop("SH-PD-2026-0002"))).status.id
+            silent = (await police.submit(own_stop("SH-PD-2026-0003"))).status.id
             standard = (await police.submit(freeze("SH-PD-2026-0004"))).status.id
-            withdrawn = (await police.submit(stop_payment(case_number="SH-PD-2026-0005"))).status.id
+            withdrawn = (await police.submit(own_stop("SH-PD-2026-0005"))).status.id
             blocked = (await police.submit(number_block("SH-PD-2026-0006"))).status.id
             await police.cancel(withdrawn, "the victim's payment never left")
 
