@@ -6,12 +6,15 @@ identifiers its risk marks name (:class:`broker.hub._risk_registry.MarkObserver`
 the identifier index (``gc_identifier_cases``, :class:`~broker.hub._account_cases.CaseIndex`),
 keyed by the trail's digest, so a mark, a hold and a block on one account all meet.
 
-When an identifier's index holds two cases or more, the broker sends each case owner a signed
-LINKAGE_NOTICE (:meth:`broker.hub._submit.Intake.originate`, as the victim follow-ups) under that
-owner's own case reference: the link (kind, digest, the cases by number, owner and region), never
-the other case's personal data. Owners in different regions get a coordinator: the lowest police
-agency supervising all of them in the directory, else the police supervising the owner of the
-earliest case; it gets the notice too, under the case that made the link.
+When an identifier's index holds cases of two police forces or more, the broker sends each case
+owner a signed LINKAGE_NOTICE (:meth:`broker.hub._submit.Intake.originate`, as the victim
+follow-ups) under that owner's own case reference: the link (kind, digest, the cases by number,
+owner and region), never the other case's personal data. Owners in different regions get a
+coordinator: the lowest police agency supervising all of them in the directory, else the police
+supervising the owner of the earliest case; it gets the notice too, under the case that made the
+link. Cases of one force only are linked without a notice (it sees its own cases). Either way the
+link is listed (:meth:`CaseLinker.links_of`, from the index as it stands; ``gc_case_links`` only
+records which identifiers link a case).
 
 **Once.** A link's id is derived from the identifier and the set of cases, and each notice goes
 out under the idempotency key ``link-<link id>-<recipient>``: processing an event again, or a
@@ -184,19 +187,38 @@ class CaseLinker:
         linked = await self._entries(identifier, keys, case)
         if len(linked) < 2:
             return
-        notice = self._notice(identifier, linked, made_by=made_by)
-        await self._links.save(notice, [CaseKey(e.linked.owner, e.linked.case_number) for e in linked])
+        notice = self._notice(identifier, linked, made_by=made_by, at=self._clock.now())
+        owners = {e.linked.owner for e in linked}
+        if len(owners) > 1:
+            await asyncio.gather(
+                *(self._send(notice, to, ref) for to, ref in self._recipients(notice, linked, case).items())
+            )
+        # One police force's own cases linked with each other: listed (ListLinks), no notice; it
+        # sees its own cases' requests already, and the notices are for forces to find each other.
+        # Listed once the notices are out: a listed link's notices are on their way.
         await asyncio.gather(
-            *(self._send(notice, to, ref) for to, ref in self._recipients(notice, linked, case).items())
+            *(self._links.add(CaseKey(e.linked.owner, e.linked.case_number), identifier) for e in linked)
         )
         log.info(
             "linkage.linked",
             link_id=notice.link_id,
             cases=len(notice.cases),
+            owners=len(owners),
             cross_region=notice.cross_region,
             coordinator=notice.coordinator,
             made_by=made_by,
         )
+
+    async def links_of(self, case: CaseKey) -> list[requests_pb2.LinkageNotice]:
+        """The links of ``case`` as they stand (every case now on each identifier), most recently
+        joined first; ``made_by`` is left empty and ``linked_at`` is when the last case joined."""
+        found = []
+        for identifier in await self._links.identifiers(case):
+            linked = await self._entries(identifier, await self._index.cases(identifier.digest), case)
+            if len(linked) > 1:
+                joined = max(e.linked.first_seen.ToDatetime(tzinfo=UTC) for e in linked)
+                found.append(self._notice(identifier, linked, made_by="", at=joined))
+        return sorted(found, key=lambda link: link.linked_at.ToNanoseconds(), reverse=True)
 
     def _recipients(
         self, notice: requests_pb2.LinkageNotice, linked: Sequence[lifecycle_pb2.IndexedCase], case: CaseKey
@@ -238,7 +260,12 @@ class CaseLinker:
         return found
 
     def _notice(
-        self, identifier: Identifier, linked: Sequence[lifecycle_pb2.IndexedCase], *, made_by: str
+        self,
+        identifier: Identifier,
+        linked: Sequence[lifecycle_pb2.IndexedCase],
+        *,
+        made_by: str,
+        at: datetime,
     ) -> requests_pb2.LinkageNotice:
         owners = [e.linked.owner for e in linked]
         cross_region = len({e.linked.region for e in linked}) > 1
@@ -248,7 +275,7 @@ class CaseLinker:
             identifier_digest=identifier.digest,
             cases=[e.linked for e in linked],
             made_by=made_by[:64],
-            linked_at=to_timestamp(self._clock.now()),
+            linked_at=to_timestamp(at),
             cross_region=cross_region,
             coordinator=self._coordinator(owners) if cross_region else "",
         )

@@ -10,7 +10,7 @@ from nats.js.client import JetStreamContext
 from broker.protocol import Clock, Registry, SigningKey
 
 from ._auth import Authenticator
-from ._case_links import CaseLinks
+from ._case_links import LinkReader
 from ._identifiers import IdentifierDigests
 from ._ledger import LedgerWriter
 from ._policy import Policy
@@ -67,7 +67,7 @@ async def open_risk(
     refusals: RefusalSink | None,
     replicas: int = 1,
     digests: IdentifierDigests | None = None,
-    links: CaseLinks | None = None,
+    links: LinkReader | None = None,
 ) -> RiskParts:
     """Open the buckets, start the index (waiting for the current marks) and the count flusher."""
     store = MarkStore(LazyBucket(js, RISK_MARKS_BUCKET, replicas=replicas))

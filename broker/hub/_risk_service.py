@@ -22,7 +22,7 @@ from broker.protocol import AgencyKind, Clock, to_timestamp, validate_message
 
 from ._account_cases import CaseKey
 from ._auth import Authenticator
-from ._case_links import CaseLinks
+from ._case_links import LinkReader
 from ._errors import OverloadedError, PermissionDeniedError, UnavailableError
 from ._grpc_status import guard_unary, to_hub_error
 from ._identifiers import IdentifierDigests
@@ -78,7 +78,7 @@ class RiskServicer(risk_pb2_grpc.RiskServiceServicer):
         policy: Policy,
         clock: Clock,
         refusals: RefusalSink | None = None,
-        links: CaseLinks | None = None,
+        links: LinkReader | None = None,
     ) -> None:
         self._links = links
         self.refusals = refusals
@@ -181,7 +181,7 @@ class RiskServicer(risk_pb2_grpc.RiskServiceServicer):
             )
         if self._links is None:
             raise UnavailableError("this broker does not link cases")
-        links = await self._links.of_case(CaseKey(me.id, request.case_number))
+        links = await self._links.links_of(CaseKey(me.id, request.case_number))
         return _R.ListLinksResponse(links=links)
 
     @guard_unary

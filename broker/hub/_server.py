@@ -382,7 +382,7 @@ class Broker:
             refusals=refusals,
             replicas=config.replicas,
             digests=digests,
-            links=case_links,
+            links=linker,
         )
         self._risk.desk.observer = linker
         await self._listen(bus, auth=auth, registry=registry, js=js, refusals=refusals)

@@ -134,6 +134,11 @@ async def test_a_second_case_on_a_marked_account_notifies_both_owners_and_the_co
         assert desk(stack, agency).execution_count(found[0].request_id) == 1
         async with stack.client(agency) as bus:
             status = await bus.get(found[0].request_id)
+            listed = await bus.list_all(
+                types=[S.REQUEST_TYPE_LINKAGE_NOTICE], case_number=found[0].case_number
+            )
+        # Listed with the case's requests (the owner of case B also sees the coordinator's copy).
+        assert found[0].request_id in {s.id for s in listed}
         assert status.type == S.REQUEST_TYPE_LINKAGE_NOTICE
         assert status.state == S.REQUEST_STATE_EXECUTED
         assert status.sender == "greenchannel-broker"
@@ -167,20 +172,22 @@ async def _has_links(bus: BusClient, case_number: str) -> bool:
 
 
 @pytest.mark.asyncio(loop_scope="session")
-async def test_a_link_within_one_region_has_no_coordinator(stack: Stack) -> None:
-    before = {agency: len(notices(stack, agency)) for agency in (PUDONG, SHANGHAI)}
+async def test_a_link_between_one_forces_own_cases_is_listed_without_a_notice(stack: Stack) -> None:
     async with stack.client(PUDONG) as pudong:
         await settled(pudong, freeze(CASE_C, PUDONG, seed.MULE_CCB_ACCOUNT, seed.MULE_CCB_HOLDER))
-        await eventually(
-            lambda: len(notices(stack, PUDONG)) > before[PUDONG], within=60, what="Pudong's second notice"
-        )
-        links = await pudong.risk.links(CASE_C)
-    fresh = notices(stack, PUDONG)[before[PUDONG] :]
-    # One notice to Pudong (it owns both cases), under the case that made the link.
-    assert [(n.case_number, n.cross_region, n.coordinator) for n in fresh] == [(CASE_C, False, "")]
-    assert sorted(fresh[0].cases) == sorted([f"{PUDONG}/{CASE_A}", f"{PUDONG}/{CASE_C}"])
-    assert [link.link_id for link in links] == [fresh[0].link_id]
-    assert len(notices(stack, SHANGHAI)) == before[SHANGHAI]
+        await eventually(lambda: _has_links(pudong, CASE_C), within=60, what="case C lists its link")
+        (link,) = await pudong.risk.links(CASE_C)
+        # A link is listed once its notices (if any) are submitted: none went out for this one.
+        sent = await pudong.list_all(types=[S.REQUEST_TYPE_LINKAGE_NOTICE], case_number=CASE_C)
+    assert sorted(f"{c.owner}/{c.case_number}" for c in link.cases) == [
+        f"{PUDONG}/{CASE_A}",
+        f"{PUDONG}/{CASE_C}",
+    ]
+    assert (link.cross_region, link.coordinator) == (False, "")
+    assert sent == []
+    # The earlier case lists both of its links now: the marked account and the frozen one.
+    async with stack.client(PUDONG) as pudong:
+        assert len(await pudong.risk.links(CASE_A)) == 2
 
 
 @pytest.mark.asyncio(loop_scope="session")
