@@ -10,9 +10,11 @@ hostile appeal gets its own status and reason, and stores nothing. One stack for
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import nats.js.errors
@@ -30,6 +32,7 @@ from broker.hub._store import open_bucket
 from broker.protocol import NatsSettings, connect
 from tests._wait import eventually
 from tests.integration.appeal_calls import police_desk, refused
+from tests.integration.cli_child import run_cli
 from tests.integration.marks_case import open_case_for_marks
 from tests.integration.stack_config import quick_stack_config
 from tests.integration.stack_journal import journal_size
@@ -53,6 +56,7 @@ CCB_CUSTOMER = seed.MULE_CCB_ACCOUNT
 CCB_OTHER = seed.MULE_CCB_ACCOUNT[:-4] + "1111"
 CCB_UNMARKED = seed.MULE_CCB_ACCOUNT[:-4] + "2222"
 CCB_PENDING = seed.MULE_CCB_ACCOUNT[:-4] + "3333"
+CCB_BY_CLI = seed.MULE_CCB_ACCOUNT[:-4] + "4444"
 PHONE = "+8613900004321"
 
 
@@ -307,3 +311,27 @@ async def test_a_second_open_appeal_on_a_mark_is_refused(stack: Stack) -> None:
         await police.decide_appeal(first.id, results_pb2.APPEAL_DECISION_UPHELD, "rented out, confirmed")
         second = await appeal(ccb, status.mark_id, held_account(CCB_PENDING))
         assert second.id != first.id
+
+
+async def test_the_appeal_commands_on_a_mark(stack: Stack, root: Path) -> None:
+    async def cli(*args: str) -> dict[str, Any]:
+        code, out, err = await run_cli(stack.broker_address, root / "keys", "appeal", *args, "--json")
+        assert code == 0, err
+        document: dict[str, Any] = json.loads(out)
+        return document
+
+    statement = root / "statement.txt"
+    statement.write_text(STATEMENT, encoding="utf-8")
+    marked = R.RiskIdentifier(bank_account=CCB_BY_CLI)
+    async with stack.client(POLICE) as police, stack.client("bank-icbc") as icbc:
+        status = await mark(police, marked)
+        filed = await cli(
+            *("file", "--as", "bank-ccb", "--mark", status.mark_id, "--identifier", f"account:{CCB_BY_CLI}"),
+            *("--police", POLICE, "--case", CASE, "--ground", "mistaken-identity"),
+            *("--statement-file", str(statement), "--ticket", "CCB-AP-0001", "--wait"),
+        )
+        assert (filed["type"], filed["state"], filed["mark_id"]) == ("APPEAL", "ACKNOWLEDGED", status.mark_id)
+        decided = await cli("decide", "--as", POLICE, filed["id"], "--lift", "--reason", "salary account")
+        assert decided["appeal"] == {"decision": "LIFTED", "mark_id": status.mark_id, "lifting": []}
+        assert await grade(icbc, marked) == R.RISK_GRADE_UNSPECIFIED
+        assert (await listed(police, status.mark_id)).lifted_by_appeal == filed["id"]
