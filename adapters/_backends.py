@@ -135,7 +135,7 @@ def _appeal_statement(opened: OpenedEnvelope, keys: KeyRing | None) -> tuple[str
         clear = open_sealed(
             appeal.statement,
             keys,
-            request_id=appeal_sealing_context(appeal.restriction_request_id),
+            request_id=appeal_sealing_context(appeal.restriction_request_id, mark_id=appeal.mark_id),
             sender=opened.header.sender,
             recipient=opened.header.recipient,
         )

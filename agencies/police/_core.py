@@ -34,6 +34,8 @@ class PoliceDesk(AgencyCore):
             agency_id=config.agency_id, database=config.database, schema=POLICE_SCHEMA, clock=clock
         )
         self._config = config
+        with self._db.transaction() as conn:
+            store.upgrade(conn)
 
     @property
     def config(self) -> PoliceDeskConfig:

@@ -79,7 +79,7 @@ class FiledAppeal:
     ticket: str
     """The restricting agency's appeal ticket (the appeal's legal instrument id)."""
     restriction_request_id: str
-    """The restriction appealed."""
+    """The restriction appealed; empty when a risk mark is."""
     ground: str
     """``AppealGround`` name without its prefix, e.g. ``NOT_INVOLVED``."""
     statement: str
@@ -88,6 +88,8 @@ class FiledAppeal:
     """Number of supporting documents."""
     received_at: datetime
     """When the desk filed it."""
+    mark_id: str = ""
+    """The risk mark appealed (the holder's identifier is in the appeal the desk received)."""
 
 
 @dataclass(frozen=True, kw_only=True)

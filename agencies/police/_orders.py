@@ -134,6 +134,7 @@ def file_appeal(
             statement=statement.statement,
             documents=len(statement.documents),
             received_at=now,
+            mark_id=appeal.mark_id,
         ),
     )
     result = executed("appeal filed for decision")

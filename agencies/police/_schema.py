@@ -47,7 +47,8 @@ CREATE TABLE IF NOT EXISTS appeals (
     ground                 TEXT NOT NULL,
     statement              TEXT NOT NULL,
     documents              INTEGER NOT NULL,
-    received_at_us         INTEGER NOT NULL
+    received_at_us         INTEGER NOT NULL,
+    mark_id                TEXT NOT NULL DEFAULT ''
 ) WITHOUT ROWID;
 
 CREATE TABLE IF NOT EXISTS follow_ups (

@@ -28,6 +28,7 @@ __all__ = [
     "insert_linkage",
     "insert_report",
     "linkage_notices",
+    "upgrade",
 ]
 
 _CASE_COLUMNS = "request_id, reference, sender, case_number, kind, region, task, decision, at_us"
@@ -119,13 +120,21 @@ def fraud_reports(conn: sqlite3.Connection) -> list[FiledReport]:
 
 _APPEAL_COLUMNS = (
     "request_id, reference, sender, case_number, ticket, restriction_request_id, ground, statement,"
-    " documents, received_at_us"
+    " documents, received_at_us, mark_id"
 )
+
+
+def upgrade(conn: sqlite3.Connection) -> None:
+    """Bring a database made by an earlier release up to the schema (``CREATE ... IF NOT EXISTS``
+    adds no column to a table that exists): appeals gained ``mark_id`` with appeals against marks."""
+    columns = {row["name"] for row in conn.execute("PRAGMA table_info(appeals)")}
+    if "mark_id" not in columns:
+        conn.execute("ALTER TABLE appeals ADD COLUMN mark_id TEXT NOT NULL DEFAULT ''")
 
 
 def insert_appeal(conn: sqlite3.Connection, appeal: FiledAppeal) -> None:
     conn.execute(
-        f"INSERT INTO appeals ({_APPEAL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
+        f"INSERT INTO appeals ({_APPEAL_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",  # noqa: S608
         (
             appeal.request_id,
             appeal.reference,
@@ -137,6 +146,7 @@ def insert_appeal(conn: sqlite3.Connection, appeal: FiledAppeal) -> None:
             appeal.statement,
             appeal.documents,
             to_us(appeal.received_at),
+            appeal.mark_id,
         ),
     )
 
@@ -157,6 +167,7 @@ def appeals(conn: sqlite3.Connection) -> list[FiledAppeal]:
             statement=row["statement"],
             documents=row["documents"],
             received_at=from_us(row["received_at_us"]),
+            mark_id=row["mark_id"],
         )
         for row in rows
     ]

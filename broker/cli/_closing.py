@@ -2,7 +2,8 @@
 
 ``return plan`` shows how an account's frozen money is allocated over every claim on it;
 ``return order`` orders the bank to pay victims back (RETURN_FUNDS under a return notice).
-``appeal file`` passes a holder's appeal against a restriction to the police that ordered it;
+``appeal file`` passes a holder's appeal against a restriction (or a risk mark) to the police that
+ordered it;
 ``appeal decide`` is the police's decision. Exit status as the request commands: 0 done, 1 the bus
 or a key said no, 2 a usage error, 3 ``--wait`` saw the request end without being executed.
 """
@@ -46,6 +47,7 @@ from ._requests import (
     wait_final,
     wait_options,
 )
+from ._risk import mark_id_option, parse_holder_identifier
 
 __all__ = ["Payout", "add_parser", "build_return", "parse_payout", "run"]
 
@@ -148,15 +150,34 @@ def add_parser(
     elif name == "appeal":
         file = actions.add_parser(
             "file",
-            help="pass a holder's appeal against a restriction this agency applied to the police (--json)",
+            help="pass a holder's appeal against a restriction this agency applied, or a risk mark on an"
+            " identifier it serves, to the police (--json)",
         )
         connection_options(file, default_broker)
-        file.add_argument(
-            "--restriction",
-            required=True,
-            metavar="REQUEST_ID",
-            help="the stop-payment, freeze or block appealed",
+        appealed = file.add_mutually_exclusive_group(required=True)
+        appealed.add_argument(
+            "--restriction", metavar="REQUEST_ID", help="the stop-payment, freeze or block appealed"
         )
+        appealed.add_argument(
+            "--mark",
+            type=mark_id_option,
+            metavar="MARK_ID",
+            help="the risk mark appealed (with --identifier, --police, --case)",
+        )
+        file.add_argument(
+            "--identifier",
+            type=parse_holder_identifier,
+            metavar="KIND:VALUE",
+            help="with --mark: the holder's identifier this agency serves"
+            " (account:NUMBER, phone:+86..., platform:CODE:ACCOUNT_ID)",
+        )
+        file.add_argument(
+            "--police",
+            type=agency_option,
+            metavar="POLICE",
+            help="with --mark: the police owning the mark's case",
+        )
+        file.add_argument("--case", metavar="CASE_NUMBER", help="with --mark: the mark's case")
         file.add_argument("--ground", required=True, choices=_GROUNDS, help="on what ground")
         file.add_argument(
             "--statement-file",
@@ -313,13 +334,36 @@ def _statement(args: argparse.Namespace) -> requests_pb2.AppealStatement:
     return statement
 
 
+def _mark_options(args: argparse.Namespace) -> None:
+    """--mark needs whose identifier and which case; a restriction names its own."""
+    given = {"--identifier": args.identifier, "--police": args.police, "--case": args.case}
+    if args.mark is not None:
+        missing = [name for name, value in given.items() if value is None]
+        if missing:
+            raise CliError(f"--mark needs {', '.join(missing)}", exit_code=2)
+    elif any(value is not None for value in given.values()):
+        raise CliError("--identifier, --police and --case go with --mark", exit_code=2)
+
+
 async def _file(args: argparse.Namespace) -> int:
+    _mark_options(args)
     statement = _statement(args)
     ground = requests_pb2.AppealGround.Value("APPEAL_GROUND_" + args.ground.upper().replace("-", "_"))
     async with client(args) as bus:
-        status = await bus.file_appeal(
-            args.restriction, ground=ground, statement=statement, ticket=args.ticket
-        )
+        if args.mark is not None:
+            status = await bus.file_mark_appeal(
+                args.mark,
+                args.identifier,
+                police=args.police,
+                case_number=args.case,
+                ground=ground,
+                statement=statement,
+                ticket=args.ticket,
+            )
+        else:
+            status = await bus.file_appeal(
+                args.restriction, ground=ground, statement=statement, ticket=args.ticket
+            )
         waited_out = False
         if args.wait:
             status, waited_out = await wait_final(

@@ -235,6 +235,8 @@ def status_document(
             "not_found": totals.not_found,
             "not_ours": totals.not_ours,
         }
+    if status.appealed_mark_id:
+        document["mark_id"] = status.appealed_mark_id
     if duplicate is not None:
         document["duplicate"] = duplicate
     if answer is not None:
@@ -449,6 +451,7 @@ def status_lines(
         ("state", state),
         ("chain", f"parent {status.parent_id or _NONE}, hop {status.hop}"),
         *([("target", status.target_id)] if status.target_id else []),
+        *([("mark", f"risk mark {status.appealed_mark_id}")] if status.appealed_mark_id else []),
         *([("release", _release_asked(status.release_seed))] if status.HasField("release_seed") else []),
         (
             "submitted",

@@ -175,6 +175,10 @@ def lifting_lines(
     """The decision and the lifting orders the broker sent for it (``None``: they could not be read)."""
     decision = appeal_decision(appeal.result) or "not decided yet"
     lines = [f"appeal decision  {decision}"]
+    if appeal.appealed_mark_id:
+        # A mark is lifted in the registry by the broker itself: no order goes out.
+        done = "lifted by the broker" if decision == "LIFTED" else "stays"
+        return [*lines, f"  risk mark {appeal.appealed_mark_id}: {done}"]
     if lifting is None:
         return [*lines, "  lifting orders: not readable by this agency"]
     if not lifting:
@@ -202,6 +206,7 @@ def lifting_document(
 ) -> dict[str, object]:
     return {
         "decision": appeal_decision(appeal.result) or None,
+        "mark_id": appeal.appealed_mark_id or None,
         "lifting": None
         if lifting is None
         else [

@@ -15,13 +15,13 @@ from collections.abc import Sequence
 from datetime import timedelta
 
 from google.protobuf.json_format import MessageToDict
-from greenchannel.v1 import common_pb2, risk_pb2
+from greenchannel.v1 import common_pb2, requests_pb2, risk_pb2
 
 from . import _env
 from ._options import positive_int
 from ._requests import client, connection_options, guarded, print_json, say
 
-__all__ = ["add_parser", "parse_identifier", "run"]
+__all__ = ["add_parser", "mark_id_option", "parse_holder_identifier", "parse_identifier", "run"]
 
 _R = risk_pb2
 _GRADES = {n.removeprefix("RISK_GRADE_").lower(): v for n, v in _R.RiskGrade.items() if v}
@@ -55,7 +55,20 @@ def parse_identifier(text: str) -> risk_pb2.RiskIdentifier:
     )
 
 
-def _mark_id(text: str) -> str:
+def parse_holder_identifier(text: str) -> requests_pb2.HolderIdentifier:
+    """A marked holder's identifier, for an appeal: as :func:`parse_identifier`, but no handset
+    (no agency serves an IMEI: its holder asks the police)."""
+    identifier = parse_identifier(text)
+    if identifier.WhichOneof("id") == "imei":
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: a handset mark is not appealed through an agency; the holder asks the police"
+        )
+    # The contract gives HolderIdentifier RiskIdentifier's fields and numbers.
+    return requests_pb2.HolderIdentifier.FromString(identifier.SerializeToString())
+
+
+def mark_id_option(text: str) -> str:
+    """A mark id (argparse type)."""
     if not _UUID.fullmatch(text):
         raise argparse.ArgumentTypeError(f"{text!r} is not a mark id (a UUID)")
     return text
@@ -85,11 +98,13 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser], na
     mark.add_argument(
         "--valid-days", type=positive_int, metavar="DAYS", help="how long the mark lasts (default: policy)"
     )
-    mark.add_argument("--mark-id", type=_mark_id, metavar="UUID", help="choose the id (default: a new one)")
+    mark.add_argument(
+        "--mark-id", type=mark_id_option, metavar="UUID", help="choose the id (default: a new one)"
+    )
 
     decide = actions.add_parser("decide", help="confirm or refuse a proposed mark of a case you own")
     connection_options(decide, default_broker)
-    decide.add_argument("mark_id", type=_mark_id, metavar="MARK_ID")
+    decide.add_argument("mark_id", type=mark_id_option, metavar="MARK_ID")
     verdict = decide.add_mutually_exclusive_group(required=True)
     verdict.add_argument("--confirm", action="store_true")
     verdict.add_argument("--refuse", action="store_true")
@@ -97,7 +112,7 @@ def add_parser(commands: argparse._SubParsersAction[argparse.ArgumentParser], na
 
     unmark = actions.add_parser("unmark", help="lift a mark of a case you own")
     connection_options(unmark, default_broker)
-    unmark.add_argument("mark_id", type=_mark_id, metavar="MARK_ID")
+    unmark.add_argument("mark_id", type=mark_id_option, metavar="MARK_ID")
     unmark.add_argument("--reason", required=True, help="why (never personal data)")
 
     marks = actions.add_parser("marks", help="every mark of a case (its police, regulators)")
@@ -140,6 +155,7 @@ def _mark_lines(statuses: Sequence[risk_pb2.MarkStatus]) -> list[str]:
             f"{_name(_R.RiskGrade, m.grade, 'RISK_GRADE_'):<6} "
             f"{_name(_R.RiskReason, m.reason, 'RISK_REASON_')}"
             f"  case {m.case_number} ({m.case_owner})  by {m.marked_by}  until {until}"
+            + (f"  lifted on appeal {m.lifted_by_appeal}" if m.lifted_by_appeal else "")
         )
     return lines
 

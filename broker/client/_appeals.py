@@ -23,11 +23,13 @@ def seal_statement(
     statement: requests_pb2.AppealStatement,
     police: registry_pb2.Agency,
     *,
-    restriction_request_id: str,
+    restriction_request_id: str = "",
+    mark_id: str = "",
     sender: str,
     at: datetime,
 ) -> results_pb2.EncryptedPayload:
-    """``statement`` sealed to the police's current X25519 key: only they can read it."""
+    """``statement`` sealed to the police's current X25519 key: only they can read it; bound to the
+    restriction or the mark (``mark_id``) appealed."""
     keys = [
         PublicKey(
             kid=key.kid,
@@ -44,7 +46,7 @@ def seal_statement(
     return seal(
         statement.SerializeToString(),
         key,
-        request_id=appeal_sealing_context(restriction_request_id),
+        request_id=appeal_sealing_context(restriction_request_id, mark_id=mark_id),
         sender=sender,
         recipient=police.id,
         content_type=APPEAL_STATEMENT_CONTENT_TYPE,

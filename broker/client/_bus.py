@@ -400,30 +400,72 @@ class BusClient:
         required there, refused on any other restriction. Returns the appeal's status as accepted.
         """
         restriction = await self.get(restriction_request_id)
-        police_id = restriction.case_ref.issuing_agency
-        police = await self.agency(police_id)
-        sealed = seal_statement(
+        appeal = requests_pb2.Appeal(
+            restriction_request_id=restriction_request_id, ground=ground, item_index=item_index
+        )
+        return await self._appeal(
+            appeal,
             statement,
-            police,
-            restriction_request_id=restriction_request_id,
-            sender=self.agency_id,
-            at=self._clock.now(),
+            police_id=restriction.case_ref.issuing_agency,
+            case_number=restriction.case_ref.case_number,
+            ticket=ticket,
+            priority=restriction.priority if priority is None else priority,
+        )
+
+    async def file_mark_appeal(
+        self,
+        mark_id: str,
+        identifier: requests_pb2.HolderIdentifier,
+        *,
+        police: str,
+        case_number: str,
+        ground: requests_pb2.AppealGround.ValueType,
+        statement: requests_pb2.AppealStatement,
+        ticket: str,
+        priority: common_pb2.Priority.ValueType = common_pb2.PRIORITY_STANDARD,
+    ) -> lifecycle_pb2.RequestStatus:
+        """File a holder's appeal against a risk mark on an identifier this agency serves (``APPEAL``
+        naming ``mark_id``): ``identifier`` is the holder's, in clear (the broker checks it is the
+        marked one and that this agency serves it, and keeps only its digest). The appeal goes to
+        ``police``, owning the mark's case ``case_number`` (as their notice to the holder names them),
+        its statement sealed to them. Decided LIFTED, the broker lifts the mark."""
+        appeal = requests_pb2.Appeal(mark_id=mark_id, identifier=identifier, ground=ground)
+        return await self._appeal(
+            appeal, statement, police_id=police, case_number=case_number, ticket=ticket, priority=priority
+        )
+
+    async def _appeal(
+        self,
+        appeal: requests_pb2.Appeal,
+        statement: requests_pb2.AppealStatement,
+        *,
+        police_id: str,
+        case_number: str,
+        ticket: str,
+        priority: common_pb2.Priority.ValueType,
+    ) -> lifecycle_pb2.RequestStatus:
+        """Seal the statement to the police, file the appeal under their case; its status as accepted."""
+        police = await self.agency(police_id)
+        appeal.statement.CopyFrom(
+            seal_statement(
+                statement,
+                police,
+                restriction_request_id=appeal.restriction_request_id,
+                mark_id=appeal.mark_id,
+                sender=self.agency_id,
+                at=self._clock.now(),
+            )
         )
         request = requests_pb2.Request(
             case_ref=common_pb2.CaseRef(
-                case_number=restriction.case_ref.case_number,
+                case_number=case_number,
                 issuing_agency=police_id,
                 legal_instrument_id=ticket,
                 legal_instrument_type=common_pb2.LEGAL_INSTRUMENT_TYPE_APPEAL,
             ),
-            priority=restriction.priority if priority is None else priority,
+            priority=priority,
             recipient=police_id,
-            appeal=requests_pb2.Appeal(
-                restriction_request_id=restriction_request_id,
-                ground=ground,
-                statement=sealed,
-                item_index=item_index,
-            ),
+            appeal=appeal,
         )
         accepted = await self.submit(request)
         return accepted.status

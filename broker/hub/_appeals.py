@@ -23,11 +23,19 @@ for; it is asked for
   before publishing the event): the same ruling is answered as the decision it made.
 
 A second, different ruling is refused (``APPEAL_ALREADY_DECIDED``) and stores nothing.
+
+A holder appeals a **risk mark** by the same rules (``Appeal.mark_id``): passed on by the agency
+serving the marked identifier (:mod:`broker.hub._mark_appeals` checks who), to the police owning
+the mark's case, at most one open appeal per mark, decided by the same ``DecideAppeal``. LIFTED
+lifts the mark itself: the broker has no order to send, the registry is its own
+(:meth:`MarkLifter.lift_on_appeal`, asked for by the same three callers, idempotent as well).
 """
 
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
+from typing import Protocol
 
 import nats.errors
 import structlog
@@ -38,6 +46,7 @@ from greenchannel.v1 import (
     lifecycle_pb2,
     requests_pb2,
     results_pb2,
+    risk_pb2,
 )
 from nats.js.client import JetStreamContext
 
@@ -53,9 +62,10 @@ from broker.protocol import (
 )
 
 from ._auth import Caller
-from ._decisions import decided_request, record_decision, recorded_event
+from ._decisions import decided_request, record_decision, recorded_event, ruling_of
 from ._errors import IllegalTransitionError, InvalidRequestError, NotFoundError, PermissionDeniedError
 from ._events import BrokerEvents
+from ._mark_appeals import MarkAppealCheck
 from ._open_appeals import OPEN_APPEAL_STATES, OpenAppeals
 from ._signed import signed_by_caller
 from ._store import RequestStore
@@ -65,6 +75,8 @@ __all__ = [
     "RESTRICTION_TYPES",
     "AppealCheck",
     "AppealDesk",
+    "Appealed",
+    "MarkLifter",
     "lifting_order_for",
     "open_appeal_key",
 ]
@@ -95,12 +107,36 @@ def lifting_key(appeal_id: str) -> str:
     return f"appeal-lift-{appeal_id}"
 
 
-def open_appeal_key(restriction_id: str, appeal: requests_pb2.Appeal) -> str:
-    """The open-appeal key of what an appeal names: the restriction, or one item of a batch (so two
-    holders of one batch may appeal at once, each their own line)."""
+def open_appeal_key(appeal: requests_pb2.Appeal) -> str:
+    """The open-appeal key of what an appeal names: the restriction, one item of a batch (so two
+    holders of one batch may appeal at once, each their own line), or a mark (``mark-`` keeps mark
+    ids apart from request ids)."""
+    if appeal.mark_id:
+        return f"mark-{appeal.mark_id}"
     if appeal.HasField("item_index"):
-        return f"{restriction_id}.{appeal.item_index}"
-    return restriction_id
+        return f"{appeal.restriction_request_id}.{appeal.item_index}"
+    return appeal.restriction_request_id
+
+
+@dataclass(frozen=True)
+class Appealed:
+    """What an appeal names, once intake's checks passed."""
+
+    case_ref: common_pb2.CaseRef
+    """The case it is filed under: the restriction's, or the mark's (owner and case number)."""
+    restriction: lifecycle_pb2.RequestStatus | None
+    """The restriction appealed (the appeal's target); None for a mark."""
+
+
+class MarkLifter(Protocol):
+    """The risk registry's side of a mark appeal decided LIFTED (``MarkDesk`` implements it)."""
+
+    async def lift_on_appeal(
+        self, mark_id: str, *, appeal_id: str, police: str, ruling: envelope_pb2.SignedMessage
+    ) -> risk_pb2.MarkStatus | None:
+        """Lift the mark on the police's signed ruling, once; the mark, or None when nothing was left
+        to lift (it expired or was unmarked meanwhile)."""
+        ...
 
 
 def lifting_order_for(
@@ -126,16 +162,19 @@ def lifting_order_for(
 
 
 class AppealCheck:
-    """Intake's checks of an APPEAL: the restriction it names, and who may appeal it, when."""
+    """Intake's checks of an APPEAL: the restriction or mark it names, and who may appeal it, when."""
 
-    def __init__(self, *, requests: RequestStore, open_appeals: OpenAppeals) -> None:
+    def __init__(
+        self, *, requests: RequestStore, open_appeals: OpenAppeals, marks: MarkAppealCheck | None = None
+    ) -> None:
         self._requests = requests
         self._open = open_appeals
+        self._marks = marks
 
     async def check(
         self, sender: Agency, request: requests_pb2.Request, recipient: Agency, *, order_key: str
-    ) -> lifecycle_pb2.RequestStatus:
-        """The restriction appealed, once every check passed; raise with a specific reason.
+    ) -> Appealed:
+        """What the appeal names, once every check passed; raise with a specific reason.
 
         ``order_key``: the appeal's idempotency binding; an open appeal with the same one is the
         client's retry, left to the idempotency of intake rather than refused as pending.
@@ -147,6 +186,8 @@ class AppealCheck:
                 " LEGAL_INSTRUMENT_TYPE_APPEAL and legal_instrument_id the agency's appeal ticket",
                 reason="WRONG_INSTRUMENT",
             )
+        if request.appeal.mark_id:
+            return await self._check_mark(sender, request, recipient, order_key=order_key)
         try:
             restriction = (await self._requests.get(request.appeal.restriction_request_id)).status
         except NotFoundError as exc:
@@ -171,35 +212,54 @@ class AppealCheck:
                 f"the restriction is not in effect (it is {_S.RequestState.Name(restriction.state)})",
                 reason="NOT_RESTRICTED",
             )
-        owner = restriction.case_ref
-        if (
-            recipient.id != owner.issuing_agency
-            or case_ref.issuing_agency != owner.issuing_agency
-            or case_ref.case_number != owner.case_number
-        ):
-            raise IllegalTransitionError(
-                "an appeal goes to the police owning the restriction's case, under that case"
-                f" (recipient and case_ref must name {owner.issuing_agency!r} and its case)",
-                reason="WRONG_CASE",
-            )
+        _check_filed_under(restriction.case_ref, request, recipient, what="the restriction's")
         _check_item(restriction, request.appeal)
         # At most one open appeal per restriction (per item of a batch): checked here, and again as
         # intake claims the key before storing the appeal (two at the same instant: one passes).
-        await self._open.refuse_if_open(open_appeal_key(restriction.id, request.appeal), order_key=order_key)
-        return restriction
+        await self._open.refuse_if_open(open_appeal_key(request.appeal), order_key=order_key)
+        return Appealed(case_ref=restriction.case_ref, restriction=restriction)
 
-    async def claim(
-        self, restriction_id: str, appeal: requests_pb2.Appeal, *, request_id: str, order_key: str
-    ) -> str:
-        """Name the appeal as the restriction's (item's) open one before it is stored
-        (``APPEAL_PENDING`` when another is open); the request id to store it under (see
+    async def _check_mark(
+        self, sender: Agency, request: requests_pb2.Request, recipient: Agency, *, order_key: str
+    ) -> Appealed:
+        """An appeal against a risk mark: the sender serves the marked identifier, the mark is in
+        force, the appeal goes to its case owner under its case, and no other is open on it."""
+        if self._marks is None:
+            raise PermissionDeniedError(
+                "this broker keeps no risk marks to appeal", reason="TYPE_NOT_ALLOWED"
+            )
+        mark = await self._marks.check(sender, request.appeal)
+        owner = common_pb2.CaseRef(issuing_agency=mark.case_owner, case_number=mark.case_number)
+        _check_filed_under(owner, request, recipient, what="the mark's")
+        await self._open.refuse_if_open(open_appeal_key(request.appeal), order_key=order_key)
+        return Appealed(case_ref=owner, restriction=None)
+
+    async def claim(self, appeal: requests_pb2.Appeal, *, request_id: str, order_key: str) -> str:
+        """Name the appeal as the open one of what it names (restriction, item or mark) before it is
+        stored (``APPEAL_PENDING`` when another is open); the request id to store it under (see
         :mod:`broker.hub._open_appeals`)."""
-        key = open_appeal_key(restriction_id, appeal)
-        return await self._open.claim(key, request_id=request_id, order_key=order_key)
+        return await self._open.claim(open_appeal_key(appeal), request_id=request_id, order_key=order_key)
 
-    async def abandon(self, restriction_id: str, appeal: requests_pb2.Appeal, request_id: str) -> None:
-        """Intake could not store the appeal: free the restriction's (item's) key."""
-        await self._open.abandon(open_appeal_key(restriction_id, appeal), request_id)
+    async def abandon(self, appeal: requests_pb2.Appeal, request_id: str) -> None:
+        """Intake could not store the appeal: free the key of what it names."""
+        await self._open.abandon(open_appeal_key(appeal), request_id)
+
+
+def _check_filed_under(
+    owner: common_pb2.CaseRef, request: requests_pb2.Request, recipient: Agency, *, what: str
+) -> None:
+    """An appeal goes to the police owning the appealed case, under that case (``WRONG_CASE``)."""
+    case_ref = request.case_ref
+    if (
+        recipient.id != owner.issuing_agency
+        or case_ref.issuing_agency != owner.issuing_agency
+        or case_ref.case_number != owner.case_number
+    ):
+        raise IllegalTransitionError(
+            f"an appeal goes to the police owning {what} case, under that case"
+            f" (recipient and case_ref must name {owner.issuing_agency!r} and its case)",
+            reason="WRONG_CASE",
+        )
 
 
 def _is_batch(restriction: lifecycle_pb2.RequestStatus) -> bool:
@@ -248,6 +308,7 @@ class AppealDesk:
         registry: Registry,
         js: JetStreamContext,
         clock: Clock,
+        marks: MarkLifter | None = None,
     ) -> None:
         self._requests = requests
         self._events = broker_events
@@ -255,6 +316,8 @@ class AppealDesk:
         self._registry = registry
         self._js = js
         self._clock = clock
+        self.marks = marks
+        """Lifts marks on appeals decided LIFTED; the broker wires the risk registry's desk here."""
 
     async def decide(
         self, caller: Caller, signed: envelope_pb2.SignedMessage
@@ -323,13 +386,18 @@ class AppealDesk:
         await self.lift(status)
 
     async def lift(self, status: lifecycle_pb2.RequestStatus) -> list[lifecycle_pb2.RequestStatus]:
-        """Send (once) the lifting order of an appeal decided LIFTED; the orders, as accepted."""
+        """Send (once) the lifting order of an appeal decided LIFTED; the orders, as accepted. A mark
+        appealed is lifted in the registry instead: no order."""
         if (
             status.type != _S.REQUEST_TYPE_APPEAL
             or status.state not in EXECUTED_STATES
             or status.result.appeal != results_pb2.APPEAL_DECISION_LIFTED
-            or not status.target_id
         ):
+            return []
+        if status.appealed_mark_id:
+            await self._lift_mark(status)
+            return []
+        if not status.target_id:
             return []
         restriction = (await self._requests.get(status.target_id)).status
         if restriction.state not in _IN_EFFECT | {_S.REQUEST_STATE_RELEASED}:
@@ -342,3 +410,20 @@ class AppealDesk:
         )
         log.info("appeal.lifting_sent", request_id=status.id, lifting=order.id, recipient=order.recipient)
         return [order]
+
+    async def _lift_mark(self, status: lifecycle_pb2.RequestStatus) -> None:
+        """Lift the appealed mark on the police's signed ruling (the mark desk does it once)."""
+        ruling = ruling_of(status)
+        if self.marks is None or ruling is None:
+            # A broker without a risk registry, or an outcome recorded without a ruling (DecideAppeal
+            # never does that): nothing here can lift the mark.
+            log.warning("appeal.mark_not_lifted", request_id=status.id, mark_id=status.appealed_mark_id)
+            return
+        lifted = await self.marks.lift_on_appeal(
+            status.appealed_mark_id, appeal_id=status.id, police=status.recipient, ruling=ruling
+        )
+        log.info(
+            "appeal.mark_lifted" if lifted is not None else "appeal.nothing_to_lift",
+            request_id=status.id,
+            mark_id=status.appealed_mark_id,
+        )

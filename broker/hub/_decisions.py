@@ -19,7 +19,7 @@ from ._events import BrokerEvents, Refused
 from ._open_appeals import OPEN_APPEAL_STATES
 from ._store import RequestStore
 
-__all__ = ["decided_request", "record_decision", "recorded_event"]
+__all__ = ["decided_request", "record_decision", "recorded_event", "ruling_of"]
 
 
 async def decided_request(
@@ -52,6 +52,15 @@ def recorded_event(status: lifecycle_pb2.RequestStatus, event_id: str) -> lifecy
     for recorded in status.events:
         if lifecycle_pb2.LifecycleEvent.FromString(recorded.event.payload).event_id == event_id:
             return recorded
+    return None
+
+
+def ruling_of(status: lifecycle_pb2.RequestStatus) -> envelope_pb2.SignedMessage | None:
+    """The signed decision recorded as the request's outcome, or None (not decided yet)."""
+    for recorded in status.events:
+        event = lifecycle_pb2.LifecycleEvent.FromString(recorded.event.payload)
+        if event.state == common_pb2.REQUEST_STATE_EXECUTED and event.HasField("ruling"):
+            return event.ruling
     return None
 
 

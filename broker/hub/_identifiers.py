@@ -68,8 +68,12 @@ class IdentifierDigests:
             Kind.IDENTIFIER_KIND_PLATFORM_ACCOUNT, self._book.node_id(_PLATFORM + platform, account_id)
         )
 
-    def of(self, identifier: risk_pb2.RiskIdentifier) -> Identifier:
-        """A risk call's identifier; ValueError when none is set (validation refuses that first)."""
+    def of(self, identifier: risk_pb2.RiskIdentifier | requests_pb2.HolderIdentifier) -> Identifier:
+        """A risk call's identifier, or a marked holder's in an appeal; ValueError when none is set
+        (validation refuses that first)."""
+        if isinstance(identifier, requests_pb2.HolderIdentifier):
+            # The contract gives it RiskIdentifier's fields and numbers: one reading of both.
+            identifier = risk_pb2.RiskIdentifier.FromString(identifier.SerializeToString())
         match identifier.WhichOneof("id"):
             case "bank_account":
                 return self.account(identifier.bank_account)

@@ -42,6 +42,7 @@ class RiskParts:
     """The running registry; :meth:`aclose` stops the index and flushes the counts."""
 
     desk: MarkDesk
+    marks: MarkStore
     index: MarkIndex
     counter: CheckCounter
     servicer: RiskServicer
@@ -105,4 +106,4 @@ async def open_risk(
         refusals=refusals,
         links=links,
     )
-    return RiskParts(desk=desk, index=index, counter=counter, servicer=servicer, digests=digests)
+    return RiskParts(desk=desk, marks=store, index=index, counter=counter, servicer=servicer, digests=digests)

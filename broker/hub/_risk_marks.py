@@ -4,7 +4,8 @@ A record holds the mark's :class:`~greenchannel.v1.risk_pb2.MarkStatus` (kind, k
 identifier, grade, reason, case, marker, times, state), the digest of its content (what makes a
 second Mark with the same id a duplicate), and the proofs: the signed mark **sealed to the police
 owning the case** (it names the identifier in clear, so it never lies in NATS readable), and the
-signed decision and unmark as sent (they name only the mark id). Nothing else; never the identifier.
+signed decision and unmark as sent (they name only the mark id), or the police's signed ruling on
+the appeal that lifted it (it names only the appeal). Nothing else; never the identifier.
 
 Writes are compare-and-set (``create`` for a new mark, ``update(last=revision)`` for a step), so
 two replicas deciding one mark at once cannot both win.
@@ -43,6 +44,11 @@ def _unb64(text: str) -> bytes:
     return base64.b64decode(text.encode("ascii"))
 
 
+def _signed(data: dict[str, str], name: str) -> envelope_pb2.SignedMessage | None:
+    """A signed message the record keeps under ``name``, if any."""
+    return envelope_pb2.SignedMessage.FromString(_unb64(data[name])) if data.get(name) else None
+
+
 @dataclass(frozen=True, kw_only=True)
 class MarkRecord:
     """One mark as the bucket holds it."""
@@ -61,6 +67,8 @@ class MarkRecord:
     """The signed MarkDecision that confirmed or refused it."""
     unmark: envelope_pb2.SignedMessage | None = None
     """The signed RiskUnmark that lifted it."""
+    ruling: envelope_pb2.SignedMessage | None = None
+    """The police's signed AppealRuling (LIFTED) that lifted it, on a holder's appeal."""
     extra: dict[str, str] = field(default_factory=dict)
     """Fields a newer broker wrote that this one does not know: kept on rewrite."""
 
@@ -76,10 +84,9 @@ class MarkRecord:
         )
         if self.proof is not None:
             data["proof"] = _b64(self.proof.SerializeToString(deterministic=True))
-        if self.decision is not None:
-            data["decision"] = _b64(self.decision.SerializeToString(deterministic=True))
-        if self.unmark is not None:
-            data["unmark"] = _b64(self.unmark.SerializeToString(deterministic=True))
+        for name, signed in (("decision", self.decision), ("unmark", self.unmark), ("ruling", self.ruling)):
+            if signed is not None:
+                data[name] = _b64(signed.SerializeToString(deterministic=True))
         return json.dumps(data, sort_keys=True).encode("ascii")
 
     @classmethod
@@ -87,7 +94,7 @@ class MarkRecord:
         data = json.loads(raw)
         if not isinstance(data, dict):
             raise ValueError("a mark record is a JSON object")
-        known = {"status", "content", "valid_for", "mark_digest", "proof", "decision", "unmark"}
+        known = {"status", "content", "valid_for", "mark_digest", "proof", "decision", "unmark", "ruling"}
         return cls(
             status=_S.MarkStatus.FromString(_unb64(data["status"])),
             content=data["content"],
@@ -96,12 +103,9 @@ class MarkRecord:
             proof=results_pb2.EncryptedPayload.FromString(_unb64(data["proof"]))
             if data.get("proof")
             else None,
-            decision=envelope_pb2.SignedMessage.FromString(_unb64(data["decision"]))
-            if data.get("decision")
-            else None,
-            unmark=envelope_pb2.SignedMessage.FromString(_unb64(data["unmark"]))
-            if data.get("unmark")
-            else None,
+            decision=_signed(data, "decision"),
+            unmark=_signed(data, "unmark"),
+            ruling=_signed(data, "ruling"),
             extra={k: v for k, v in data.items() if k not in known and isinstance(v, str)},
         )
 

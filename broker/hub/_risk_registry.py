@@ -3,8 +3,10 @@
 A police mark on a case the police own is ACTIVE at once. A bank, carrier or platform mark is
 allowed only where policy says so (``[risk] propose``), on a case the broker knows, owned by
 police, that the proposer is party to; it is PROPOSED until the police owning the case confirm it
-(:meth:`MarkDesk.decide`). Unmarking and deciding are the case owner's. Every refusal stores
-nothing. Every step is a MARK ledger entry (actor, case, mark id, digest of the signed message;
+(:meth:`MarkDesk.decide`). Unmarking and deciding are the case owner's; so is deciding a holder's
+appeal against a mark (the appeal rules, :mod:`broker.hub._appeals`), which, decided LIFTED,
+unmarks it here on the police's signed ruling (:meth:`MarkDesk.lift_on_appeal`). Every refusal
+stores nothing. Every step is a MARK ledger entry (actor, case, mark id, digest of the signed message;
 never the identifier).
 
 Expiry is lazy: Check compares each mark's ``expires_at`` with the clock at check time, and a mark
@@ -68,6 +70,9 @@ log = structlog.get_logger(__name__)
 
 _R = risk_pb2
 _Step = TypeVar("_Step", risk_pb2.MarkDecision, risk_pb2.RiskUnmark)
+# The ledger step of a mark unmarked on an appeal decided LIFTED (its entry names the ruling's digest).
+_APPEAL_LIFTED = "APPEAL_LIFTED"
+_LIFT_ATTEMPTS = 8
 RISK_MARK_CONTENT_TYPE = "greenchannel.v1.SignedMessage+RiskMark"
 """Content type of a signed mark sealed to the case owner (the proof kept in the registry)."""
 
@@ -313,7 +318,7 @@ class MarkDesk:
                 reason="MARK_NOT_PROPOSED",
             )
         new = await self._step(
-            caller,
+            caller.agency.id,
             stored,
             state=_R.MARK_STATE_ACTIVE if decision.confirm else _R.MARK_STATE_REFUSED,
             step="CONFIRMED" if decision.confirm else "REFUSED",
@@ -337,10 +342,57 @@ class MarkDesk:
                 reason="MARK_NOT_ACTIVE",
             )
         new = await self._step(
-            caller, stored, state=_R.MARK_STATE_UNMARKED, step="UNMARKED", digest=digest, unmark=signed
+            caller.agency.id,
+            stored,
+            state=_R.MARK_STATE_UNMARKED,
+            step="UNMARKED",
+            digest=digest,
+            unmark=signed,
         )
         log.info("risk.unmarked", mark_id=new.mark_id, police=caller.agency.id)
         return _R.UnmarkResponse(status=new)
+
+    async def lift_on_appeal(
+        self, mark_id: str, *, appeal_id: str, police: str, ruling: envelope_pb2.SignedMessage
+    ) -> risk_pb2.MarkStatus | None:
+        """UNMARK a mark a holder's appeal got lifted, on the police's signed ruling (the appeal
+        checks verified the police own the mark's case at intake, and DecideAppeal that they signed
+        it). Once: asked again (the decision, the events hook, a retried ruling, another replica at
+        the same moment) it returns the mark as lifted and records the ledger entry again (the
+        first answer may have been lost before it). None when nothing is left to lift."""
+        digest = body_digest(ruling.payload)
+        for _ in range(_LIFT_ATTEMPTS):
+            stored = await self._settle(await self._store.get(mark_id))
+            status = stored.record.status
+            if status.lifted_by_appeal == appeal_id:
+                await self._record(
+                    status,
+                    step=_APPEAL_LIFTED,
+                    actor=police,
+                    digest=digest,
+                    at=from_timestamp(status.decided_at),
+                )
+                return status
+            if status.state != _R.MARK_STATE_ACTIVE:
+                # Expired or unmarked since the appeal was filed: it restricts nothing any more.
+                return None
+            try:
+                new = await self._step(
+                    police,
+                    stored,
+                    state=_R.MARK_STATE_UNMARKED,
+                    step=_APPEAL_LIFTED,
+                    digest=digest,
+                    ruling=ruling,
+                    appeal_id=appeal_id,
+                )
+            except ConflictError:
+                continue  # changed meanwhile (maybe this very lifting, elsewhere): read it again
+            log.info("risk.unmarked_on_appeal", mark_id=mark_id, police=police, appeal_id=appeal_id)
+            return new
+        raise ConflictError(
+            "the mark kept changing while its appeal was lifting it; retry", reason="MARK_CHANGED"
+        )
 
     async def _opened(
         self,
@@ -367,7 +419,7 @@ class MarkDesk:
 
     async def _step(
         self,
-        caller: Caller,
+        actor: str,
         stored: StoredMark,
         *,
         state: risk_pb2.MarkState.ValueType,
@@ -375,14 +427,18 @@ class MarkDesk:
         digest: str,
         decision: envelope_pb2.SignedMessage | None = None,
         unmark: envelope_pb2.SignedMessage | None = None,
+        ruling: envelope_pb2.SignedMessage | None = None,
+        appeal_id: str = "",
     ) -> risk_pb2.MarkStatus:
-        """Move the mark to ``state`` as the caller decided (compare-and-set), index and record it."""
+        """Move the mark to ``state`` as the police ``actor`` decided (compare-and-set), index and
+        record it. ``ruling`` and ``appeal_id``: the appeal decision that lifted it."""
         now = self._clock.now()
         new = _R.MarkStatus()
         new.CopyFrom(stored.record.status)
         new.state = state
-        new.decided_by = caller.agency.id
+        new.decided_by = actor
         new.decided_at.CopyFrom(to_timestamp(now))
+        new.lifted_by_appeal = appeal_id
         if state == _R.MARK_STATE_ACTIVE:
             new.expires_at.CopyFrom(to_timestamp(now + timedelta(seconds=stored.record.valid_for_seconds)))
         changed = stored.record.but(status=new)
@@ -390,9 +446,11 @@ class MarkDesk:
             changed = changed.but(decision=decision)
         if unmark is not None:
             changed = changed.but(unmark=unmark)
+        if ruling is not None:
+            changed = changed.but(ruling=ruling)
         updated = await self._store.update(changed, revision=stored.revision)
         self._index.apply(updated.record, updated.revision)
-        await self._record(new, step=step, actor=caller.agency.id, digest=digest, at=now)
+        await self._record(new, step=step, actor=actor, digest=digest, at=now)
         return new
 
     async def _owned(self, caller: Caller, mark_id: str, *, what: str) -> StoredMark:

@@ -80,7 +80,8 @@ class RiskServicer(risk_pb2_grpc.RiskServiceServicer):
         refusals: RefusalSink | None = None,
         links: LinkReader | None = None,
     ) -> None:
-        self._links = links
+        self.links = links
+        """Case linkage, answering ListLinks (wired once the broker has made it)."""
         self.refusals = refusals
         """Where refused calls are reported (the guards read it)."""
         self._auth = auth
@@ -179,9 +180,9 @@ class RiskServicer(risk_pb2_grpc.RiskServiceServicer):
                 f"the links of a case are read by the police owning it; {me.id!r} is a {me.kind}",
                 reason="NOT_CASE_PARTY",
             )
-        if self._links is None:
+        if self.links is None:
             raise UnavailableError("this broker does not link cases")
-        links = await self._links.links_of(CaseKey(me.id, request.case_number))
+        links = await self.links.links_of(CaseKey(me.id, request.case_number))
         return _R.ListLinksResponse(links=links)
 
     @guard_unary

@@ -69,6 +69,7 @@ from ._identifiers import IdentifierDigests
 from ._ledger import LedgerConfig, LedgerSequencer, LedgerWriter, ensure_ledger_streams
 from ._ledger_service import LedgerServicer
 from ._linkage import CaseLinker
+from ._mark_appeals import MarkAppealCheck
 from ._metrics import BrokerMetrics, PrometheusBrokerMetrics
 from ._open_appeals import OpenAppeals
 from ._policy import Policy, load_policy
@@ -250,6 +251,21 @@ class Broker:
         )
         case_links = CaseLinks(js, replicas=config.replicas)
         return_records = ReturnRecords(js, replicas=config.replicas)
+        # Before intake: a holder's appeal against a mark is checked against the registry.
+        self._risk = self.risk = await open_risk(
+            js,
+            config=config.risk,
+            auth=auth,
+            registry=registry,
+            policy=policy,
+            watchlog=watchlog,
+            ledger=ledger,
+            broker_key=broker_key,
+            clock=config.clock,
+            refusals=refusals,
+            replicas=config.replicas,
+            digests=digests,
+        )
         returns = Returns(
             records=return_records,
             index=account_cases,
@@ -278,6 +294,9 @@ class Broker:
             appeals=AppealCheck(
                 requests=requests,
                 open_appeals=OpenAppeals(js, requests=requests, clock=config.clock, replicas=config.replicas),
+                marks=MarkAppealCheck(
+                    marks=self._risk.marks, digests=digests, registry=registry, clock=config.clock
+                ),
             ),
             digests=digests,
         )
@@ -306,6 +325,7 @@ class Broker:
             registry=registry,
             js=js,
             clock=config.clock,
+            marks=self._risk.desk,
         )
         self._events = EventProcessor(
             js=js,
@@ -369,22 +389,9 @@ class Broker:
                 requests=requests, broker_events=broker_events, registry=registry, clock=config.clock
             ),
         )
-        self._risk = self.risk = await open_risk(
-            js,
-            config=config.risk,
-            auth=auth,
-            registry=registry,
-            policy=policy,
-            watchlog=watchlog,
-            ledger=ledger,
-            broker_key=broker_key,
-            clock=config.clock,
-            refusals=refusals,
-            replicas=config.replicas,
-            digests=digests,
-            links=linker,
-        )
+        # Case linkage hears of ACTIVE marks and answers ListLinks (it is made after intake).
         self._risk.desk.observer = linker
+        self._risk.servicer.links = linker
         await self._listen(bus, auth=auth, registry=registry, js=js, refusals=refusals)
         if isinstance(metrics, PrometheusBrokerMetrics):
             loops = (self._events.consumer, self._deadlines.consumer, self._ledger.consumer)

@@ -77,7 +77,7 @@ from ._timers import DeadlineScheduler
 from ._warning_seed import warning_seed
 
 if TYPE_CHECKING:
-    from ._appeals import AppealCheck
+    from ._appeals import AppealCheck, Appealed
     from ._returns import ReturnPlan, Returns
     from ._sla_policy import HoldRule
     from ._trail import CaseRequests, TrailRecorder
@@ -179,10 +179,10 @@ class Intake:
         if route is not None:
             return verified, route, None
         recipient = resolve_recipient(verified.request, self._registry)
-        appealed: lifecycle_pb2.RequestStatus | None = None
+        appealed: Appealed | None = None
         if verified.request.WhichOneof("body") == "appeal":
-            # Before the policy: an appeal is filed under the case of the restriction it names,
-            # which the policy lets the restricting agency use only once this check has passed.
+            # Before the policy: an appeal is filed under the case of the restriction (or mark) it
+            # names, which the policy lets the holder's agency use only once this check has passed.
             if self._appeals is None:
                 raise PermissionDeniedError("this broker takes no appeals", reason="TYPE_NOT_ALLOWED")
             appealed = await self._appeals.check(
@@ -196,7 +196,7 @@ class Intake:
             appealed_case=appealed.case_ref if appealed is not None else None,
         )
         if appealed is not None:
-            return verified, recipient, appealed
+            return verified, recipient, appealed.restriction
         if verified.request.WhichOneof("body") == "release" and not verified.request.release.HasField(
             "account"
         ):
@@ -329,7 +329,7 @@ class Intake:
         release_plan = await self._check_release(verified, target)
         if plan is not None:
             outcome = await self._accept_return(plan, verified, recipient, msg_id=msg_id, content=content)
-        elif verified.request.WhichOneof("body") == "appeal" and target is not None:
+        elif verified.request.WhichOneof("body") == "appeal":
             outcome = await self._accept_appeal(target, verified, recipient, msg_id=msg_id, content=content)
         elif release_plan is not None and self._returns is not None:
             outcome = await self._accept_release(
@@ -425,23 +425,22 @@ class Intake:
 
     async def _accept_appeal(
         self,
-        restriction: lifecycle_pb2.RequestStatus,
+        restriction: lifecycle_pb2.RequestStatus | None,
         verified: VerifiedRequest,
         recipient: Agency,
         *,
         msg_id: str,
         content: str,
     ) -> SubmitOutcome:
-        """Name the appeal as the restriction's open one (two at once: one passes), then store and
-        send it (see :mod:`broker.hub._open_appeals` for why the key cannot block for good)."""
+        """Name the appeal as the open one of the restriction or mark it names (two at once: one
+        passes), then store and send it (see :mod:`broker.hub._open_appeals` for why the key cannot
+        block for good). ``restriction``: the appeal's target; None for a mark."""
         assert self._appeals is not None
         appeal = verified.request.appeal
-        request_id = await self._appeals.claim(
-            restriction.id, appeal, request_id=new_uuid7(self._clock), order_key=msg_id
-        )
+        request_id = await self._appeals.claim(appeal, request_id=new_uuid7(self._clock), order_key=msg_id)
         return await self._accept_reserved(
             request_id,
-            partial(self._appeals.abandon, restriction.id, appeal),
+            partial(self._appeals.abandon, appeal),
             verified,
             recipient,
             restriction,
@@ -548,6 +547,7 @@ class Intake:
             release_seed=release_seed(request, node_id=release_node),
             batch_split=split,
             appealed_item=_appealed_item(request),
+            appealed_mark_id=request.appeal.mark_id if request.WhichOneof("body") == "appeal" else "",
             warning_seed=warning_seed(
                 request, request_id=request_id, registry=self._registry, now=received_at
             ),

@@ -63,6 +63,7 @@ from broker.protocol import (
     verify_detached,
 )
 from tests._wait import eventually
+from tests.integration.appeal_calls import police_desk, refused
 from tests.integration.escalations import execute_escalated, supervisor_notices, supervisor_told
 from tests.integration.stack_journal import journal_size, redeliver_last
 
@@ -211,17 +212,8 @@ def last_event(status: lifecycle_pb2.RequestStatus) -> lifecycle_pb2.LifecycleEv
     return lifecycle_pb2.LifecycleEvent.FromString(status.events[-1].event.payload)
 
 
-async def refused(call: object, code: grpc.StatusCode, reason: str) -> None:
-    with pytest.raises(grpc.aio.AioRpcError) as info:
-        await call  # type: ignore[misc]
-    assert info.value.code() == code, info.value.details()
-    assert error_details(info.value).reason == reason
-
-
 def desk(stack: Stack) -> PoliceDesk:
-    core = stack.agencies[POLICE].core
-    assert isinstance(core, PoliceDesk)
-    return core
+    return police_desk(stack, POLICE)
 
 
 async def test_an_upheld_freeze_stays_and_an_appeal_is_decided_once(stack: Stack) -> None:

@@ -39,6 +39,7 @@ from broker.hub._store import LazyBucket
 from broker.protocol import NatsSettings, SystemClock, connect, generate_signing_key, load_agency_signing_key
 from tests._wait import eventually
 from tests.integration.cli_child import run_cli
+from tests.integration.marks_case import open_case_for_marks
 from tests.integration.stack_config import quick_stack_config
 
 pytestmark = pytest.mark.integration
@@ -107,20 +108,7 @@ async def stack(root: Path) -> AsyncIterator[Stack]:
     async with Stack(config) as running:
         async with running.client(POLICE) as police:
             # The case the marks rest on: a freeze of the mule account at bank-ccb.
-            request = requests_pb2.Request(
-                case_ref=case_ref(),
-                priority=S.PRIORITY_GREEN,
-                freeze=requests_pb2.Freeze(
-                    account=S.BankAccountRef(
-                        account_number=seed.MULE_CCB_ACCOUNT, holder_name=seed.MULE_CCB_HOLDER
-                    ),
-                    amount=S.Money(currency="CNY", minor_units=10_000),
-                ),
-            )
-            accepted = await police.submit(request)
-            await police.wait_for(
-                accepted.status.id, {S.REQUEST_STATE_EXECUTED, S.REQUEST_STATE_PARTIALLY_EXECUTED}
-            )
+            await open_case_for_marks(police, case_ref())
         yield running
 
 

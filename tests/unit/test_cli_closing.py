@@ -476,7 +476,7 @@ def test_an_appeal_with_its_lifting_orders() -> None:
     ]
     undecided = lifecycle_pb2.RequestStatus(id=appeal.id, type=common_pb2.REQUEST_TYPE_APPEAL)
     assert lifting_lines(undecided, [])[0] == "appeal decision  not decided yet"
-    assert lifting_document(undecided, None) == {"decision": None, "lifting": None}
+    assert lifting_document(undecided, None) == {"decision": None, "mark_id": None, "lifting": None}
     assert "not readable" in lifting_lines(undecided, None)[-1]
 
 
@@ -554,6 +554,27 @@ class StandIn:
             sender="bank-icbc",
             recipient=POLICE,
             state=common_pb2.REQUEST_STATE_SUBMITTED,
+        )
+
+    async def file_mark_appeal(
+        self,
+        mark_id: str,
+        identifier: requests_pb2.HolderIdentifier,
+        *,
+        police: str,
+        case_number: str,
+        ground: requests_pb2.AppealGround.ValueType,
+        statement: requests_pb2.AppealStatement,
+        ticket: str,
+    ) -> lifecycle_pb2.RequestStatus:
+        self.calls.append(("file_mark_appeal", (mark_id, identifier, police, case_number, ground, ticket)))
+        return lifecycle_pb2.RequestStatus(
+            id="0190aaaa-0000-7000-8000-0000000000a0",
+            type=common_pb2.REQUEST_TYPE_APPEAL,
+            sender="bank-icbc",
+            recipient=police,
+            state=common_pb2.REQUEST_STATE_SUBMITTED,
+            appealed_mark_id=mark_id,
         )
 
     async def decide_appeal(
@@ -711,3 +732,67 @@ def test_a_follow_up_shows_whether_the_victim_was_reached_and_the_advice() -> No
     lines = status_lines(status)
     assert any(line.split() == ["follow-up", "NOT_REACHED"] for line in lines)
     assert any(line.split() == ["detail", "no", "answer", "after", "three", "calls"] for line in lines)
+
+
+MARK = "0190aaaa-0000-7000-8000-0000000000b0"
+
+
+def _mark_appeal_argv(tmp_path: Path, *extra: str) -> list[str]:
+    statement = tmp_path / "statement.txt"
+    statement.write_text("the account is my own salary account", encoding="utf-8")
+    return [
+        *("appeal", "file", "--as", "bank-icbc", "--mark", MARK),
+        *("--ground", "not-involved", "--statement-file", str(statement), "--ticket", "ICBC-AP-0002"),
+        *extra,
+    ]
+
+
+def test_appeal_file_names_a_mark_and_the_holders_identifier(
+    stand_in: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = _mark_appeal_argv(
+        tmp_path, "--identifier", "account:6222020200001234567", "--police", POLICE, "--case", CASE, "--json"
+    )
+    code, out, _ = exit_code(argv, capsys)
+    assert code == 0
+    assert json.loads(out)["mark_id"] == MARK
+    ((name, (mark_id, identifier, police, case_number, ground, ticket)),) = stand_in.calls
+    assert (name, mark_id, police, case_number, ticket) == (
+        "file_mark_appeal",
+        MARK,
+        POLICE,
+        CASE,
+        "ICBC-AP-0002",
+    )
+    assert identifier == requests_pb2.HolderIdentifier(bank_account="6222020200001234567")
+    assert ground == requests_pb2.APPEAL_GROUND_NOT_INVOLVED
+
+
+@pytest.mark.parametrize(
+    ("extra", "said"),
+    [
+        (("--identifier", "account:6222020200001234567", "--case", CASE), "--mark needs --police"),
+        (("--identifier", "imei:356938035643809", "--police", POLICE, "--case", CASE), "handset"),
+    ],
+    ids=["no police", "a handset"],
+)
+def test_appeal_file_refuses_an_incomplete_mark_appeal_before_any_call(
+    stand_in: StandIn, tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: tuple[str, ...], said: str
+) -> None:
+    code, _, err = exit_code(_mark_appeal_argv(tmp_path, *extra), capsys)
+    assert code == 2
+    assert said in err
+    assert stand_in.calls == []
+
+
+def test_a_mark_appeal_decided_shows_the_mark_not_lifting_orders() -> None:
+    appeal = lifecycle_pb2.RequestStatus(
+        type=common_pb2.REQUEST_TYPE_APPEAL,
+        appealed_mark_id=MARK,
+        result=results_pb2.Result(appeal=results_pb2.APPEAL_DECISION_LIFTED),
+    )
+    assert lifting_lines(appeal, []) == [
+        "appeal decision  LIFTED",
+        f"  risk mark {MARK}: lifted by the broker",
+    ]
+    assert lifting_document(appeal, [])["mark_id"] == MARK

@@ -183,3 +183,55 @@ def test_every_request_type_has_a_body() -> None:
         getattr(request, name).SetInParent()
         mapped.add(request_type_of(request))
     assert mapped == set(common_pb2.RequestType.values()) - {common_pb2.REQUEST_TYPE_UNSPECIFIED}
+
+
+_APPEALED = "0190f1a2-3b4c-7d5e-8f60-718293a4b5c6"
+
+
+def _appeal(**fields: object) -> requests_pb2.Appeal:
+    """An appeal with only the fields under test; the rest is left out of the verdict below."""
+    return requests_pb2.Appeal(ground=requests_pb2.APPEAL_GROUND_NOT_INVOLVED, **fields)  # type: ignore[arg-type]
+
+
+def _appeal_rules(appeal: requests_pb2.Appeal) -> set[str]:
+    """The rules the appeal itself breaks (its statement is left empty here and not judged)."""
+    try:
+        validate_message(appeal)
+    except InvalidMessageError as exc:
+        return {v.rule for v in exc.violations if not v.field.startswith("statement")}
+    return set()
+
+
+_HELD = requests_pb2.HolderIdentifier(bank_account="6222020200001234567")
+
+
+@pytest.mark.parametrize(
+    ("fields", "broken"),
+    [
+        ({"restriction_request_id": _APPEALED}, set()),
+        ({"mark_id": _APPEALED, "identifier": _HELD}, set()),
+        ({}, {"appeal.one_subject"}),
+        (
+            {"restriction_request_id": _APPEALED, "mark_id": _APPEALED, "identifier": _HELD},
+            {"appeal.one_subject"},
+        ),
+        ({"mark_id": _APPEALED}, {"appeal.mark_identifier"}),
+        ({"restriction_request_id": _APPEALED, "identifier": _HELD}, {"appeal.mark_identifier"}),
+        ({"mark_id": _APPEALED, "identifier": _HELD, "item_index": 0}, {"appeal.item_of_a_restriction"}),
+        ({"mark_id": "not-a-uuid", "identifier": _HELD}, {"string.uuid"}),
+        ({"mark_id": _APPEALED, "identifier": requests_pb2.HolderIdentifier()}, {"required"}),
+    ],
+    ids=[
+        "restriction",
+        "mark",
+        "neither",
+        "both",
+        "mark without identifier",
+        "identifier without mark",
+        "mark with an item",
+        "bad mark id",
+        "empty identifier",
+    ],
+)
+def test_an_appeal_names_a_restriction_or_a_mark(fields: dict[str, object], broken: set[str]) -> None:
+    assert _appeal_rules(_appeal(**fields)) == broken

@@ -184,6 +184,7 @@ class RequestStatus(_message.Message):
     WARNING_SEED_FIELD_NUMBER: _builtins.int
     IDENTIFIERS_FIELD_NUMBER: _builtins.int
     IDENTIFIERS_SKIPPED_FIELD_NUMBER: _builtins.int
+    APPEALED_MARK_ID_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     """Request id."""
     type: _common_pb2.RequestType.ValueType
@@ -214,6 +215,10 @@ class RequestStatus(_message.Message):
     """
     identifiers_skipped: _builtins.int
     """How many more the body named beyond the 256 listed (not linked)."""
+    appealed_mark_id: _builtins.str
+    """APPEAL against a risk mark: the mark (Appeal.mark_id), from the body at intake (only then is
+    the body at hand), so the broker lifts that mark when the appeal is decided LIFTED.
+    """
     @_builtins.property
     def case_ref(self) -> _common_pb2.CaseRef:
         """Case and instrument."""
@@ -303,10 +308,11 @@ class RequestStatus(_message.Message):
         warning_seed: Global___WarningSeed | None = ...,
         identifiers: _abc.Iterable[Global___CaseIdentifier] | None = ...,
         identifiers_skipped: _builtins.int = ...,
+        appealed_mark_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_appealed_item", b"_appealed_item", "allocation", b"allocation", "appealed_item", b"appealed_item", "batch_split", b"batch_split", "case_ref", b"case_ref", "deadlines", b"deadlines", "release_seed", b"release_seed", "result", b"result", "submitted_at", b"submitted_at", "trail_seed", b"trail_seed", "updated_at", b"updated_at", "warning_seed", b"warning_seed"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_appealed_item", b"_appealed_item", "allocation", b"allocation", "appealed_item", b"appealed_item", "batch_split", b"batch_split", "case_ref", b"case_ref", "deadlines", b"deadlines", "events", b"events", "hop", b"hop", "id", b"id", "identifiers", b"identifiers", "identifiers_skipped", b"identifiers_skipped", "notarized_header", b"notarized_header", "notary_signature", b"notary_signature", "parent_id", b"parent_id", "priority", b"priority", "reason", b"reason", "recipient", b"recipient", "release_seed", b"release_seed", "result", b"result", "sender", b"sender", "state", b"state", "submitted_at", b"submitted_at", "target_id", b"target_id", "trail_seed", b"trail_seed", "type", b"type", "updated_at", b"updated_at", "warning_seed", b"warning_seed"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_appealed_item", b"_appealed_item", "allocation", b"allocation", "appealed_item", b"appealed_item", "appealed_mark_id", b"appealed_mark_id", "batch_split", b"batch_split", "case_ref", b"case_ref", "deadlines", b"deadlines", "events", b"events", "hop", b"hop", "id", b"id", "identifiers", b"identifiers", "identifiers_skipped", b"identifiers_skipped", "notarized_header", b"notarized_header", "notary_signature", b"notary_signature", "parent_id", b"parent_id", "priority", b"priority", "reason", b"reason", "recipient", b"recipient", "release_seed", b"release_seed", "result", b"result", "sender", b"sender", "state", b"state", "submitted_at", b"submitted_at", "target_id", b"target_id", "trail_seed", b"trail_seed", "type", b"type", "updated_at", b"updated_at", "warning_seed", b"warning_seed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__appealed_item: _TypeAlias = _typing.Literal["appealed_item"]  # noqa: Y015
     _WhichOneofArgType__appealed_item: _TypeAlias = _typing.Literal["_appealed_item", b"_appealed_item"]  # noqa: Y015

@@ -1076,6 +1076,11 @@ class Appeal(_message.Message):
     agency that applied the restriction (its sender here), to the police that ordered it (the
     recipient, resolved by the broker). The case reference is the restriction's case; the legal
     instrument is the appeal (LEGAL_INSTRUMENT_TYPE_APPEAL, the agency's appeal ticket number).
+
+    A holder whose identifier carries a risk mark appeals the mark the same way, through the agency
+    serving the identifier (the bank its account routes to, the carrier of its number, the platform
+    of its account), to the police owning the mark's case, under that case: mark_id and identifier
+    instead of restriction_request_id. Exactly one of restriction_request_id and mark_id.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -1084,8 +1089,12 @@ class Appeal(_message.Message):
     GROUND_FIELD_NUMBER: _builtins.int
     STATEMENT_FIELD_NUMBER: _builtins.int
     ITEM_INDEX_FIELD_NUMBER: _builtins.int
+    MARK_ID_FIELD_NUMBER: _builtins.int
+    IDENTIFIER_FIELD_NUMBER: _builtins.int
     restriction_request_id: _builtins.str
-    """The restriction appealed: a STOP_PAYMENT, FREEZE, NUMBER_BLOCK or ACCOUNT_BLOCK the sender executed."""
+    """The restriction appealed: a STOP_PAYMENT, FREEZE, NUMBER_BLOCK or ACCOUNT_BLOCK the sender
+    executed. Empty on a mark appeal.
+    """
     ground: Global___AppealGround.ValueType
     """On what ground."""
     item_index: _builtins.int
@@ -1094,10 +1103,21 @@ class Appeal(_message.Message):
     (BlockOutcome.items). A split batch is appealed against the carrier's child, by the child's
     index. Lifting it lifts that line only.
     """
+    mark_id: _builtins.str
+    """The risk mark appealed (RiskMark.mark_id): an ACTIVE mark on the holder's identifier. Empty on
+    a restriction appeal. Decided LIFTED, the broker lifts the mark itself.
+    """
     @_builtins.property
     def statement(self) -> _results_pb2.EncryptedPayload:
         """The holder's statement and documents (an AppealStatement), sealed to the police that ordered
         the restriction: the broker and NATS see ciphertext only.
+        """
+
+    @_builtins.property
+    def identifier(self) -> Global___HolderIdentifier:
+        """With mark_id: the holder's identifier, in clear, as the sending agency serves it. The broker
+        digests it, checks it is the marked identifier and that the sender serves it, and keeps only
+        the digest; the police read it in the appeal they receive.
         """
 
     def __init__(
@@ -1107,16 +1127,55 @@ class Appeal(_message.Message):
         ground: Global___AppealGround.ValueType = ...,
         statement: _results_pb2.EncryptedPayload | None = ...,
         item_index: _builtins.int | None = ...,
+        mark_id: _builtins.str = ...,
+        identifier: Global___HolderIdentifier | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_item_index", b"_item_index", "item_index", b"item_index", "statement", b"statement"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_item_index", b"_item_index", "identifier", b"identifier", "item_index", b"item_index", "statement", b"statement"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_item_index", b"_item_index", "ground", b"ground", "item_index", b"item_index", "restriction_request_id", b"restriction_request_id", "statement", b"statement"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_item_index", b"_item_index", "ground", b"ground", "identifier", b"identifier", "item_index", b"item_index", "mark_id", b"mark_id", "restriction_request_id", b"restriction_request_id", "statement", b"statement"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__item_index: _TypeAlias = _typing.Literal["item_index"]  # noqa: Y015
     _WhichOneofArgType__item_index: _TypeAlias = _typing.Literal["_item_index", b"_item_index"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType__item_index) -> _WhichOneofReturnType__item_index | None: ...
 
 Global___Appeal: _TypeAlias = Appeal  # noqa: Y015
+
+@_typing.final
+class HolderIdentifier(_message.Message):
+    """The identifier of a marked holder, as the agency serving it knows it. Exactly one. Field names
+    and numbers as RiskIdentifier's, so the broker digests both alike; no handset (IMEI): no agency
+    on the bus serves a handset, so its holder asks the police owning the case, who may unmark it.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    BANK_ACCOUNT_FIELD_NUMBER: _builtins.int
+    PHONE_FIELD_NUMBER: _builtins.int
+    PLATFORM_ACCOUNT_FIELD_NUMBER: _builtins.int
+    bank_account: _builtins.str
+    """A bank account or card number: the sender must be the bank it routes to."""
+    phone: _builtins.str
+    """A phone number, E.164: the sender must be the carrier it routes to."""
+    @_builtins.property
+    def platform_account(self) -> _common_pb2.PlatformAccountRef:
+        """A platform account: the sender must be the platform serving its code."""
+
+    def __init__(
+        self,
+        *,
+        bank_account: _builtins.str = ...,
+        phone: _builtins.str = ...,
+        platform_account: _common_pb2.PlatformAccountRef | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["bank_account", b"bank_account", "id", b"id", "phone", b"phone", "platform_account", b"platform_account"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bank_account", b"bank_account", "id", b"id", "phone", b"phone", "platform_account", b"platform_account"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_id: _TypeAlias = _typing.Literal["bank_account", "phone", "platform_account"]  # noqa: Y015
+    _WhichOneofArgType_id: _TypeAlias = _typing.Literal["id", b"id"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_id) -> _WhichOneofReturnType_id | None: ...
+
+Global___HolderIdentifier: _TypeAlias = HolderIdentifier  # noqa: Y015
 
 @_typing.final
 class AppealStatement(_message.Message):

@@ -30,7 +30,7 @@ from greenchannel.v1 import envelope_pb2 as greenchannel_dot_v1_dot_envelope__pb
 from greenchannel.v1 import requests_pb2 as greenchannel_dot_v1_dot_requests__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1agreenchannel/v1/risk.proto\x12\x0fgreenchannel.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1cgreenchannel/v1/common.proto\x1a\x1egreenchannel/v1/envelope.proto\x1a\x1egreenchannel/v1/requests.proto\"\xe1\x01\n\x0eRiskIdentifier\x12/\n\x0c\x62\x61nk_account\x18\x01 \x01(\tB\x17\xbaH\x14r\x12\x32\x10^[0-9A-Z]{6,34}$H\x00\x12,\n\x05phone\x18\x02 \x01(\tB\x1b\xbaH\x18r\x16\x32\x14^\\+[1-9][0-9]{6,14}$H\x00\x12\"\n\x04imei\x18\x03 \x01(\tB\x12\xbaH\x0fr\r2\x0b^[0-9]{15}$H\x00\x12?\n\x10platform_account\x18\x04 \x01(\x0b\x32#.greenchannel.v1.PlatformAccountRefH\x00\x42\x0b\n\x02id\x12\x05\xbaH\x02\x08\x01\"\xe7\x02\n\x08RiskMark\x12\x19\n\x07mark_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\x12;\n\nidentifier\x18\x02 \x01(\x0b\x32\x1f.greenchannel.v1.RiskIdentifierB\x06\xbaH\x03\xc8\x01\x01\x12\x35\n\x05grade\x18\x03 \x01(\x0e\x32\x1a.greenchannel.v1.RiskGradeB\n\xbaH\x07\x82\x01\x04\x10\x01 \x00\x12\x37\n\x06reason\x18\x04 \x01(\x0e\x32\x1b.greenchannel.v1.RiskReasonB\n\xbaH\x07\x82\x01\x04\x10\x01 \x00\x12.\n\x04\x63\x61se\x18\x05 \x01(\x0b\x32\x18.greenchannel.v1.CaseRefB\x06\xbaH\x03\xc8\x01\x01\x12,\n\tvalid_for\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x35\n\tissued_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x06\xbaH\x03\xc8\x01\x01\"\x8b\x01\n\x0cMarkDecision\x12\x19\n\x07mark_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\x12\x0f\n\x07\x63onfirm\x18\x02 \x01(\x08\x12\x18\n\x06reason\x18\x03 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x08\x12\x35\n\tissued_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x06\xbaH\x03\xc8\x01\x01\"z\n\nRiskUnmark\x12\x19\n\x07mark_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\x12\x1a\n\x06reason\x18\x02 \x01(\tB\n\xbaH\x07r\x05\x10\x01\x18\x80\x08\x12\x35\n\tissued_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x06\xbaH\x03\xc8\x01\x01\"\xc9\x03\n\nMarkStatus\x12\x0f\n\x07mark_id\x18\x01 \x01(\t\x12)\n\x05state\x18\x02 \x01(\x0e\x32\x1a.greenchannel.v1.MarkState\x12-\n\x04kind\x18\x03 \x01(\x0e\x32\x1f.greenchannel.v1.IdentifierKind\x12\x19\n\x11identifier_digest\x18\x04 \x01(\t\x12)\n\x05grade\x18\x05 \x01(\x0e\x32\x1a.greenchannel.v1.RiskGrade\x12+\n\x06reason\x18\x06 \x01(\x0e\x32\x1b.greenchannel.v1.RiskReason\x12\x13\n\x0b\x63\x61se_number\x18\x07 \x01(\t\x12\x12\n\ncase_owner\x18\x08 \x01(\t\x12\x11\n\tmarked_by\x18\t \x01(\t\x12-\n\tmarked_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ndecided_by\x18\x0c \x01(\t\x12.\n\ndecided_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x8c\x01\n\x0c\x43heckRequest\x12@\n\x0bidentifiers\x18\x01 \x03(\x0b\x32\x1f.greenchannel.v1.RiskIdentifierB\n\xbaH\x07\x92\x01\x04\x08\x01\x10\x64\x12:\n\x07purpose\x18\x02 \x01(\x0e\x32\x1d.greenchannel.v1.CheckPurposeB\n\xbaH\x07\x82\x01\x04\x10\x01 \x00\"\xa6\x01\n\x0bRiskVerdict\x12\r\n\x05index\x18\x01 \x01(\r\x12)\n\x05grade\x18\x02 \x01(\x0e\x32\x1a.greenchannel.v1.RiskGrade\x12+\n\x06reason\x18\x03 \x01(\x0e\x32\x1b.greenchannel.v1.RiskReason\x12\x30\n\x0cmarked_until\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"?\n\rCheckResponse\x12.\n\x08verdicts\x18\x01 \x03(\x0b\x32\x1c.greenchannel.v1.RiskVerdict\"C\n\x0bMarkRequest\x12\x34\n\x04mark\x18\x01 \x01(\x0b\x32\x1e.greenchannel.v1.SignedMessageB\x06\xbaH\x03\xc8\x01\x01\"N\n\x0cMarkResponse\x12+\n\x06status\x18\x01 \x01(\x0b\x32\x1b.greenchannel.v1.MarkStatus\x12\x11\n\tduplicate\x18\x02 \x01(\x08\"M\n\x11\x44\x65\x63ideMarkRequest\x12\x38\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0b\x32\x1e.greenchannel.v1.SignedMessageB\x06\xbaH\x03\xc8\x01\x01\"A\n\x12\x44\x65\x63ideMarkResponse\x12+\n\x06status\x18\x01 \x01(\x0b\x32\x1b.greenchannel.v1.MarkStatus\"G\n\rUnmarkRequest\x12\x36\n\x06unmark\x18\x01 \x01(\x0b\x32\x1e.greenchannel.v1.SignedMessageB\x06\xbaH\x03\xc8\x01\x01\"=\n\x0eUnmarkResponse\x12+\n\x06status\x18\x01 \x01(\x0b\x32\x1b.greenchannel.v1.MarkStatus\"O\n\x10ListMarksRequest\x12;\n\x0b\x63\x61se_number\x18\x01 \x01(\tB&\xbaH#r!2\x1f^[A-Za-z0-9][A-Za-z0-9-]{3,63}$\"?\n\x11ListMarksResponse\x12*\n\x05marks\x18\x01 \x03(\x0b\x32\x1b.greenchannel.v1.MarkStatus\"O\n\x10ListLinksRequest\x12;\n\x0b\x63\x61se_number\x18\x01 \x01(\tB&\xbaH#r!2\x1f^[A-Za-z0-9][A-Za-z0-9-]{3,63}$\"B\n\x11ListLinksResponse\x12-\n\x05links\x18\x01 \x03(\x0b\x32\x1e.greenchannel.v1.LinkageNotice\"I\n\x12\x43heckCountsRequest\x12\x33\n\x06\x61gency\x18\x01 \x01(\tB#\xbaH r\x1e\x32\x1c^([a-z0-9][a-z0-9-]{1,62})?$\"\x81\x01\n\x10\x41gencyCheckCount\x12\x0e\n\x06\x61gency\x18\x01 \x01(\t\x12\x0f\n\x07\x63hecked\x18\x02 \x01(\x04\x12\x0e\n\x06marked\x18\x03 \x01(\x04\x12\x11\n\tthrottled\x18\x04 \x01(\x04\x12)\n\x05since\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"H\n\x13\x43heckCountsResponse\x12\x31\n\x06\x63ounts\x18\x01 \x03(\x0b\x32!.greenchannel.v1.AgencyCheckCount*g\n\tRiskGrade\x12\x1a\n\x16RISK_GRADE_UNSPECIFIED\x10\x00\x12\x12\n\x0eRISK_GRADE_LOW\x10\x01\x12\x15\n\x11RISK_GRADE_MEDIUM\x10\x02\x12\x13\n\x0fRISK_GRADE_HIGH\x10\x03*\xbd\x01\n\nRiskReason\x12\x1b\n\x17RISK_REASON_UNSPECIFIED\x10\x00\x12\x1c\n\x18RISK_REASON_MULE_ACCOUNT\x10\x01\x12\x1c\n\x18RISK_REASON_FRAUD_NUMBER\x10\x02\x12\x1c\n\x18RISK_REASON_FRAUD_DEVICE\x10\x03\x12\x1c\n\x18RISK_REASON_SCAM_ACCOUNT\x10\x04\x12\x1a\n\x16RISK_REASON_RENTED_OUT\x10\x05*\x81\x01\n\x0c\x43heckPurpose\x12\x1d\n\x19\x43HECK_PURPOSE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x43HECK_PURPOSE_PAYMENT\x10\x01\x12\x19\n\x15\x43HECK_PURPOSE_PORTING\x10\x02\x12\x1c\n\x18\x43HECK_PURPOSE_ONBOARDING\x10\x03*\xa0\x01\n\tMarkState\x12\x1a\n\x16MARK_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13MARK_STATE_PROPOSED\x10\x01\x12\x15\n\x11MARK_STATE_ACTIVE\x10\x02\x12\x16\n\x12MARK_STATE_REFUSED\x10\x03\x12\x17\n\x13MARK_STATE_UNMARKED\x10\x04\x12\x16\n\x12MARK_STATE_EXPIRED\x10\x05\x32\xbe\x04\n\x0bRiskService\x12\x46\n\x05\x43heck\x12\x1d.greenchannel.v1.CheckRequest\x1a\x1e.greenchannel.v1.CheckResponse\x12\x43\n\x04Mark\x12\x1c.greenchannel.v1.MarkRequest\x1a\x1d.greenchannel.v1.MarkResponse\x12U\n\nDecideMark\x12\".greenchannel.v1.DecideMarkRequest\x1a#.greenchannel.v1.DecideMarkResponse\x12I\n\x06Unmark\x12\x1e.greenchannel.v1.UnmarkRequest\x1a\x1f.greenchannel.v1.UnmarkResponse\x12R\n\tListMarks\x12!.greenchannel.v1.ListMarksRequest\x1a\".greenchannel.v1.ListMarksResponse\x12R\n\tListLinks\x12!.greenchannel.v1.ListLinksRequest\x1a\".greenchannel.v1.ListLinksResponse\x12X\n\x0b\x43heckCounts\x12#.greenchannel.v1.CheckCountsRequest\x1a$.greenchannel.v1.CheckCountsResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1agreenchannel/v1/risk.proto\x12\x0fgreenchannel.v1\x1a\x1b\x62uf/validate/validate.proto\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x1cgreenchannel/v1/common.proto\x1a\x1egreenchannel/v1/envelope.proto\x1a\x1egreenchannel/v1/requests.proto\"\xe1\x01\n\x0eRiskIdentifier\x12/\n\x0c\x62\x61nk_account\x18\x01 \x01(\tB\x17\xbaH\x14r\x12\x32\x10^[0-9A-Z]{6,34}$H\x00\x12,\n\x05phone\x18\x02 \x01(\tB\x1b\xbaH\x18r\x16\x32\x14^\\+[1-9][0-9]{6,14}$H\x00\x12\"\n\x04imei\x18\x03 \x01(\tB\x12\xbaH\x0fr\r2\x0b^[0-9]{15}$H\x00\x12?\n\x10platform_account\x18\x04 \x01(\x0b\x32#.greenchannel.v1.PlatformAccountRefH\x00\x42\x0b\n\x02id\x12\x05\xbaH\x02\x08\x01\"\xe7\x02\n\x08RiskMark\x12\x19\n\x07mark_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\x12;\n\nidentifier\x18\x02 \x01(\x0b\x32\x1f.greenchannel.v1.RiskIdentifierB\x06\xbaH\x03\xc8\x01\x01\x12\x35\n\x05grade\x18\x03 \x01(\x0e\x32\x1a.greenchannel.v1.RiskGradeB\n\xbaH\x07\x82\x01\x04\x10\x01 \x00\x12\x37\n\x06reason\x18\x04 \x01(\x0e\x32\x1b.greenchannel.v1.RiskReasonB\n\xbaH\x07\x82\x01\x04\x10\x01 \x00\x12.\n\x04\x63\x61se\x18\x05 \x01(\x0b\x32\x18.greenchannel.v1.CaseRefB\x06\xbaH\x03\xc8\x01\x01\x12,\n\tvalid_for\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x35\n\tissued_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x06\xbaH\x03\xc8\x01\x01\"\x8b\x01\n\x0cMarkDecision\x12\x19\n\x07mark_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\x12\x0f\n\x07\x63onfirm\x18\x02 \x01(\x08\x12\x18\n\x06reason\x18\x03 \x01(\tB\x08\xbaH\x05r\x03\x18\x80\x08\x12\x35\n\tissued_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x06\xbaH\x03\xc8\x01\x01\"z\n\nRiskUnmark\x12\x19\n\x07mark_id\x18\x01 \x01(\tB\x08\xbaH\x05r\x03\xb0\x01\x01\x12\x1a\n\x06reason\x18\x02 \x01(\tB\n\xbaH\x07r\x05\x10\x01\x18\x80\x08\x12\x35\n\tissued_at\x18\x03 \x01(\x0b\x32\x1a.google.protobuf.TimestampB\x06\xbaH\x03\xc8\x01\x01\"\xe3\x03\n\nMarkStatus\x12\x0f\n\x07mark_id\x18\x01 \x01(\t\x12)\n\x05state\x18\x02 \x01(\x0e\x32\x1a.greenchannel.v1.MarkState\x12-\n\x04kind\x18\x03 \x01(\x0e\x32\x1f.greenchannel.v1.IdentifierKind\x12\x19\n\x11identifier_digest\x18\x04 \x01(\t\x12)\n\x05grade\x18\x05 \x01(\x0e\x32\x1a.greenchannel.v1.RiskGrade\x12+\n\x06reason\x18\x06 \x01(\x0e\x32\x1b.greenchannel.v1.RiskReason\x12\x13\n\x0b\x63\x61se_number\x18\x07 \x01(\t\x12\x12\n\ncase_owner\x18\x08 \x01(\t\x12\x11\n\tmarked_by\x18\t \x01(\t\x12-\n\tmarked_at\x18\n \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12.\n\nexpires_at\x18\x0b \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x12\n\ndecided_by\x18\x0c \x01(\t\x12.\n\ndecided_at\x18\r \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x18\n\x10lifted_by_appeal\x18\x0e \x01(\t\"\x8c\x01\n\x0c\x43heckRequest\x12@\n\x0bidentifiers\x18\x01 \x03(\x0b\x32\x1f.greenchannel.v1.RiskIdentifierB\n\xbaH\x07\x92\x01\x04\x08\x01\x10\x64\x12:\n\x07purpose\x18\x02 \x01(\x0e\x32\x1d.greenchannel.v1.CheckPurposeB\n\xbaH\x07\x82\x01\x04\x10\x01 \x00\"\xa6\x01\n\x0bRiskVerdict\x12\r\n\x05index\x18\x01 \x01(\r\x12)\n\x05grade\x18\x02 \x01(\x0e\x32\x1a.greenchannel.v1.RiskGrade\x12+\n\x06reason\x18\x03 \x01(\x0e\x32\x1b.greenchannel.v1.RiskReason\x12\x30\n\x0cmarked_until\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"?\n\rCheckResponse\x12.\n\x08verdicts\x18\x01 \x03(\x0b\x32\x1c.greenchannel.v1.RiskVerdict\"C\n\x0bMarkRequest\x12\x34\n\x04mark\x18\x01 \x01(\x0b\x32\x1e.greenchannel.v1.SignedMessageB\x06\xbaH\x03\xc8\x01\x01\"N\n\x0cMarkResponse\x12+\n\x06status\x18\x01 \x01(\x0b\x32\x1b.greenchannel.v1.MarkStatus\x12\x11\n\tduplicate\x18\x02 \x01(\x08\"M\n\x11\x44\x65\x63ideMarkRequest\x12\x38\n\x08\x64\x65\x63ision\x18\x01 \x01(\x0b\x32\x1e.greenchannel.v1.SignedMessageB\x06\xbaH\x03\xc8\x01\x01\"A\n\x12\x44\x65\x63ideMarkResponse\x12+\n\x06status\x18\x01 \x01(\x0b\x32\x1b.greenchannel.v1.MarkStatus\"G\n\rUnmarkRequest\x12\x36\n\x06unmark\x18\x01 \x01(\x0b\x32\x1e.greenchannel.v1.SignedMessageB\x06\xbaH\x03\xc8\x01\x01\"=\n\x0eUnmarkResponse\x12+\n\x06status\x18\x01 \x01(\x0b\x32\x1b.greenchannel.v1.MarkStatus\"O\n\x10ListMarksRequest\x12;\n\x0b\x63\x61se_number\x18\x01 \x01(\tB&\xbaH#r!2\x1f^[A-Za-z0-9][A-Za-z0-9-]{3,63}$\"?\n\x11ListMarksResponse\x12*\n\x05marks\x18\x01 \x03(\x0b\x32\x1b.greenchannel.v1.MarkStatus\"O\n\x10ListLinksRequest\x12;\n\x0b\x63\x61se_number\x18\x01 \x01(\tB&\xbaH#r!2\x1f^[A-Za-z0-9][A-Za-z0-9-]{3,63}$\"B\n\x11ListLinksResponse\x12-\n\x05links\x18\x01 \x03(\x0b\x32\x1e.greenchannel.v1.LinkageNotice\"I\n\x12\x43heckCountsRequest\x12\x33\n\x06\x61gency\x18\x01 \x01(\tB#\xbaH r\x1e\x32\x1c^([a-z0-9][a-z0-9-]{1,62})?$\"\x81\x01\n\x10\x41gencyCheckCount\x12\x0e\n\x06\x61gency\x18\x01 \x01(\t\x12\x0f\n\x07\x63hecked\x18\x02 \x01(\x04\x12\x0e\n\x06marked\x18\x03 \x01(\x04\x12\x11\n\tthrottled\x18\x04 \x01(\x04\x12)\n\x05since\x18\x05 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"H\n\x13\x43heckCountsResponse\x12\x31\n\x06\x63ounts\x18\x01 \x03(\x0b\x32!.greenchannel.v1.AgencyCheckCount*g\n\tRiskGrade\x12\x1a\n\x16RISK_GRADE_UNSPECIFIED\x10\x00\x12\x12\n\x0eRISK_GRADE_LOW\x10\x01\x12\x15\n\x11RISK_GRADE_MEDIUM\x10\x02\x12\x13\n\x0fRISK_GRADE_HIGH\x10\x03*\xbd\x01\n\nRiskReason\x12\x1b\n\x17RISK_REASON_UNSPECIFIED\x10\x00\x12\x1c\n\x18RISK_REASON_MULE_ACCOUNT\x10\x01\x12\x1c\n\x18RISK_REASON_FRAUD_NUMBER\x10\x02\x12\x1c\n\x18RISK_REASON_FRAUD_DEVICE\x10\x03\x12\x1c\n\x18RISK_REASON_SCAM_ACCOUNT\x10\x04\x12\x1a\n\x16RISK_REASON_RENTED_OUT\x10\x05*\x81\x01\n\x0c\x43heckPurpose\x12\x1d\n\x19\x43HECK_PURPOSE_UNSPECIFIED\x10\x00\x12\x19\n\x15\x43HECK_PURPOSE_PAYMENT\x10\x01\x12\x19\n\x15\x43HECK_PURPOSE_PORTING\x10\x02\x12\x1c\n\x18\x43HECK_PURPOSE_ONBOARDING\x10\x03*\xa0\x01\n\tMarkState\x12\x1a\n\x16MARK_STATE_UNSPECIFIED\x10\x00\x12\x17\n\x13MARK_STATE_PROPOSED\x10\x01\x12\x15\n\x11MARK_STATE_ACTIVE\x10\x02\x12\x16\n\x12MARK_STATE_REFUSED\x10\x03\x12\x17\n\x13MARK_STATE_UNMARKED\x10\x04\x12\x16\n\x12MARK_STATE_EXPIRED\x10\x05\x32\xbe\x04\n\x0bRiskService\x12\x46\n\x05\x43heck\x12\x1d.greenchannel.v1.CheckRequest\x1a\x1e.greenchannel.v1.CheckResponse\x12\x43\n\x04Mark\x12\x1c.greenchannel.v1.MarkRequest\x1a\x1d.greenchannel.v1.MarkResponse\x12U\n\nDecideMark\x12\".greenchannel.v1.DecideMarkRequest\x1a#.greenchannel.v1.DecideMarkResponse\x12I\n\x06Unmark\x12\x1e.greenchannel.v1.UnmarkRequest\x1a\x1f.greenchannel.v1.UnmarkResponse\x12R\n\tListMarks\x12!.greenchannel.v1.ListMarksRequest\x1a\".greenchannel.v1.ListMarksResponse\x12R\n\tListLinks\x12!.greenchannel.v1.ListLinksRequest\x1a\".greenchannel.v1.ListLinksResponse\x12X\n\x0b\x43heckCounts\x12#.greenchannel.v1.CheckCountsRequest\x1a$.greenchannel.v1.CheckCountsResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -85,14 +85,14 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_LISTLINKSREQUEST'].fields_by_name['case_number']._serialized_options = b'\272H#r!2\037^[A-Za-z0-9][A-Za-z0-9-]{3,63}$'
   _globals['_CHECKCOUNTSREQUEST'].fields_by_name['agency']._loaded_options = None
   _globals['_CHECKCOUNTSREQUEST'].fields_by_name['agency']._serialized_options = b'\272H r\0362\034^([a-z0-9][a-z0-9-]{1,62})?$'
-  _globals['_RISKGRADE']._serialized_start=2935
-  _globals['_RISKGRADE']._serialized_end=3038
-  _globals['_RISKREASON']._serialized_start=3041
-  _globals['_RISKREASON']._serialized_end=3230
-  _globals['_CHECKPURPOSE']._serialized_start=3233
-  _globals['_CHECKPURPOSE']._serialized_end=3362
-  _globals['_MARKSTATE']._serialized_start=3365
-  _globals['_MARKSTATE']._serialized_end=3525
+  _globals['_RISKGRADE']._serialized_start=2961
+  _globals['_RISKGRADE']._serialized_end=3064
+  _globals['_RISKREASON']._serialized_start=3067
+  _globals['_RISKREASON']._serialized_end=3256
+  _globals['_CHECKPURPOSE']._serialized_start=3259
+  _globals['_CHECKPURPOSE']._serialized_end=3388
+  _globals['_MARKSTATE']._serialized_start=3391
+  _globals['_MARKSTATE']._serialized_end=3551
   _globals['_RISKIDENTIFIER']._serialized_start=236
   _globals['_RISKIDENTIFIER']._serialized_end=461
   _globals['_RISKMARK']._serialized_start=464
@@ -102,39 +102,39 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RISKUNMARK']._serialized_start=967
   _globals['_RISKUNMARK']._serialized_end=1089
   _globals['_MARKSTATUS']._serialized_start=1092
-  _globals['_MARKSTATUS']._serialized_end=1549
-  _globals['_CHECKREQUEST']._serialized_start=1552
-  _globals['_CHECKREQUEST']._serialized_end=1692
-  _globals['_RISKVERDICT']._serialized_start=1695
-  _globals['_RISKVERDICT']._serialized_end=1861
-  _globals['_CHECKRESPONSE']._serialized_start=1863
-  _globals['_CHECKRESPONSE']._serialized_end=1926
-  _globals['_MARKREQUEST']._serialized_start=1928
-  _globals['_MARKREQUEST']._serialized_end=1995
-  _globals['_MARKRESPONSE']._serialized_start=1997
-  _globals['_MARKRESPONSE']._serialized_end=2075
-  _globals['_DECIDEMARKREQUEST']._serialized_start=2077
-  _globals['_DECIDEMARKREQUEST']._serialized_end=2154
-  _globals['_DECIDEMARKRESPONSE']._serialized_start=2156
-  _globals['_DECIDEMARKRESPONSE']._serialized_end=2221
-  _globals['_UNMARKREQUEST']._serialized_start=2223
-  _globals['_UNMARKREQUEST']._serialized_end=2294
-  _globals['_UNMARKRESPONSE']._serialized_start=2296
-  _globals['_UNMARKRESPONSE']._serialized_end=2357
-  _globals['_LISTMARKSREQUEST']._serialized_start=2359
-  _globals['_LISTMARKSREQUEST']._serialized_end=2438
-  _globals['_LISTMARKSRESPONSE']._serialized_start=2440
-  _globals['_LISTMARKSRESPONSE']._serialized_end=2503
-  _globals['_LISTLINKSREQUEST']._serialized_start=2505
-  _globals['_LISTLINKSREQUEST']._serialized_end=2584
-  _globals['_LISTLINKSRESPONSE']._serialized_start=2586
-  _globals['_LISTLINKSRESPONSE']._serialized_end=2652
-  _globals['_CHECKCOUNTSREQUEST']._serialized_start=2654
-  _globals['_CHECKCOUNTSREQUEST']._serialized_end=2727
-  _globals['_AGENCYCHECKCOUNT']._serialized_start=2730
-  _globals['_AGENCYCHECKCOUNT']._serialized_end=2859
-  _globals['_CHECKCOUNTSRESPONSE']._serialized_start=2861
-  _globals['_CHECKCOUNTSRESPONSE']._serialized_end=2933
-  _globals['_RISKSERVICE']._serialized_start=3528
-  _globals['_RISKSERVICE']._serialized_end=4102
+  _globals['_MARKSTATUS']._serialized_end=1575
+  _globals['_CHECKREQUEST']._serialized_start=1578
+  _globals['_CHECKREQUEST']._serialized_end=1718
+  _globals['_RISKVERDICT']._serialized_start=1721
+  _globals['_RISKVERDICT']._serialized_end=1887
+  _globals['_CHECKRESPONSE']._serialized_start=1889
+  _globals['_CHECKRESPONSE']._serialized_end=1952
+  _globals['_MARKREQUEST']._serialized_start=1954
+  _globals['_MARKREQUEST']._serialized_end=2021
+  _globals['_MARKRESPONSE']._serialized_start=2023
+  _globals['_MARKRESPONSE']._serialized_end=2101
+  _globals['_DECIDEMARKREQUEST']._serialized_start=2103
+  _globals['_DECIDEMARKREQUEST']._serialized_end=2180
+  _globals['_DECIDEMARKRESPONSE']._serialized_start=2182
+  _globals['_DECIDEMARKRESPONSE']._serialized_end=2247
+  _globals['_UNMARKREQUEST']._serialized_start=2249
+  _globals['_UNMARKREQUEST']._serialized_end=2320
+  _globals['_UNMARKRESPONSE']._serialized_start=2322
+  _globals['_UNMARKRESPONSE']._serialized_end=2383
+  _globals['_LISTMARKSREQUEST']._serialized_start=2385
+  _globals['_LISTMARKSREQUEST']._serialized_end=2464
+  _globals['_LISTMARKSRESPONSE']._serialized_start=2466
+  _globals['_LISTMARKSRESPONSE']._serialized_end=2529
+  _globals['_LISTLINKSREQUEST']._serialized_start=2531
+  _globals['_LISTLINKSREQUEST']._serialized_end=2610
+  _globals['_LISTLINKSRESPONSE']._serialized_start=2612
+  _globals['_LISTLINKSRESPONSE']._serialized_end=2678
+  _globals['_CHECKCOUNTSREQUEST']._serialized_start=2680
+  _globals['_CHECKCOUNTSREQUEST']._serialized_end=2753
+  _globals['_AGENCYCHECKCOUNT']._serialized_start=2756
+  _globals['_AGENCYCHECKCOUNT']._serialized_end=2885
+  _globals['_CHECKCOUNTSRESPONSE']._serialized_start=2887
+  _globals['_CHECKCOUNTSRESPONSE']._serialized_end=2959
+  _globals['_RISKSERVICE']._serialized_start=3554
+  _globals['_RISKSERVICE']._serialized_end=4128
 # @@protoc_insertion_point(module_scope)

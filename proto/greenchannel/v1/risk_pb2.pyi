@@ -335,6 +335,7 @@ class MarkStatus(_message.Message):
     EXPIRES_AT_FIELD_NUMBER: _builtins.int
     DECIDED_BY_FIELD_NUMBER: _builtins.int
     DECIDED_AT_FIELD_NUMBER: _builtins.int
+    LIFTED_BY_APPEAL_FIELD_NUMBER: _builtins.int
     mark_id: _builtins.str
     """The mark."""
     state: Global___MarkState.ValueType
@@ -355,6 +356,10 @@ class MarkStatus(_message.Message):
     """Who marked it."""
     decided_by: _builtins.str
     """Who confirmed, refused or lifted it, and when."""
+    lifted_by_appeal: _builtins.str
+    """UNMARKED by an appeal the police decided LIFTED (Appeal.mark_id): that appeal's request id.
+    Empty when the police unmarked it themselves (Unmark).
+    """
     @_builtins.property
     def marked_at(self) -> _timestamp_pb2.Timestamp:
         """When the broker accepted it."""
@@ -383,10 +388,11 @@ class MarkStatus(_message.Message):
         expires_at: _timestamp_pb2.Timestamp | None = ...,
         decided_by: _builtins.str = ...,
         decided_at: _timestamp_pb2.Timestamp | None = ...,
+        lifted_by_appeal: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["decided_at", b"decided_at", "expires_at", b"expires_at", "marked_at", b"marked_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_number", b"case_number", "case_owner", b"case_owner", "decided_at", b"decided_at", "decided_by", b"decided_by", "expires_at", b"expires_at", "grade", b"grade", "identifier_digest", b"identifier_digest", "kind", b"kind", "mark_id", b"mark_id", "marked_at", b"marked_at", "marked_by", b"marked_by", "reason", b"reason", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["case_number", b"case_number", "case_owner", b"case_owner", "decided_at", b"decided_at", "decided_by", b"decided_by", "expires_at", b"expires_at", "grade", b"grade", "identifier_digest", b"identifier_digest", "kind", b"kind", "lifted_by_appeal", b"lifted_by_appeal", "mark_id", b"mark_id", "marked_at", b"marked_at", "marked_by", b"marked_by", "reason", b"reason", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
