@@ -23,7 +23,7 @@ from greenchannel.v1 import common_pb2, requests_pb2, risk_pb2
 from agencies import _seed as seed
 from agencies.demo import Stack
 from agencies.police import LinkageRecord, PoliceDesk
-from broker.client import BusClient, error_details
+from broker.client import BusClient, FraudReporter, error_details
 from broker.hub._account_cases import IDENTIFIER_CASES_BUCKET
 from broker.hub._case_links import CASE_LINKS_BUCKET
 from tests._wait import eventually
@@ -41,6 +41,7 @@ SHENZHEN = "police-440300"
 CASE_A = "SH-PD-2026-0901"
 CASE_B = "SZ-NS-2026-0902"
 CASE_C = "SH-PD-2026-0903"
+REPORT = "CCB-FR-2026-0904"
 
 
 def case_ref(number: str, owner: str) -> common_pb2.CaseRef:
@@ -200,6 +201,35 @@ async def test_only_police_read_a_cases_links(stack: Stack) -> None:
     # Another police force asking for a case number it does not own sees nothing of it.
     async with stack.client(SHENZHEN) as shenzhen:
         assert await shenzhen.risk.links(CASE_B) == []
+
+
+@pytest.mark.asyncio(loop_scope="session")
+async def test_a_bank_fraud_report_on_a_linked_account_links_the_police_it_reached(stack: Stack) -> None:
+    """A fraud report's case is the bank's reference, owned for linkage by the police it reached."""
+    report = requests_pb2.FraudReport(
+        kind=requests_pb2.FRAUD_REPORT_KIND_MULE_ACCOUNT,
+        summary="Account received small credits from unrelated payers and forwarded them at once.",
+        accounts=[S.BankAccountRef(account_number=seed.MULE_CCB_ACCOUNT, holder_name=seed.MULE_CCB_HOLDER)],
+        region="440305",
+    )
+    async with stack.client("bank-ccb") as bank:
+        sent = await FraudReporter(bank).send(report, reference=REPORT, priority=S.PRIORITY_GREEN)
+    assert sent.recipient == NANSHAN
+
+    def reached() -> list[LinkageRecord]:
+        return [n for n in notices(stack, NANSHAN) if n.case_number == REPORT]
+
+    await eventually(lambda: bool(reached()), within=60, what="Nanshan's notice of the report's link")
+    (notice,) = reached()
+    assert sorted(notice.cases) == sorted([f"{PUDONG}/{CASE_A}", f"{PUDONG}/{CASE_C}", f"{NANSHAN}/{REPORT}"])
+    # Pudong hears of it under one of its own cases; no account number travels in the notice.
+    assert any(n.link_id == notice.link_id for n in notices(stack, PUDONG))
+    async with stack.client(NANSHAN) as nanshan:
+        await eventually(lambda: _has_links(nanshan, REPORT), within=30, what="the report's link listed")
+        (link,) = await nanshan.risk.links(REPORT)
+    sources = {case.case_number: case.source for case in link.cases}
+    assert sources[REPORT] == requests_pb2.LINKAGE_SOURCE_FRAUD_REPORT
+    assert sources[CASE_C] == requests_pb2.LINKAGE_SOURCE_REQUEST
 
 
 @pytest.mark.asyncio(loop_scope="session")
