@@ -37,7 +37,7 @@ from broker.protocol import (
 )
 
 from ._errors import NotFoundError, UnavailableError
-from ._events import BrokerEvents, Refused
+from ._events import BrokerEvents, EventHook, Refused
 from ._lifecycle import is_final
 from ._metrics import BrokerMetrics
 from ._sla_policy import EscalationLadder
@@ -98,7 +98,9 @@ class DeadlineWatch:
         escalation: EscalationLadder | None = None,
         config: DeadlineWatchConfig | None = None,
         metrics: BrokerMetrics | None = None,
+        linkage: EventHook | None = None,
     ) -> None:
+        self._linkage = linkage
         self._metrics = metrics or BrokerMetrics()
         self._escalation = escalation or EscalationLadder(reminder_at=0.5)
         self._js = js
@@ -156,6 +158,10 @@ class DeadlineWatch:
             await msg.ack()
             return
         lateness_ms = (self._clock.now() - payload.fire_at).total_seconds() * 1000
+        if self._linkage is not None:
+            # A request its recipient never answers has no event to link it at: its first timer
+            # does (once per request; a linked request costs a set lookup).
+            await self._linkage.after_event(status)
         if payload.kind == TimerKind.EXPIRY:
             await self._expire(status, payload)
         else:

@@ -22,10 +22,11 @@ second replica doing the same, sends nothing twice. A third case on the identifi
 so a new link id: every owner hears of it. The index write and the reads are idempotent too.
 
 **When.** For a request, on the first event the events consumer applies for it (the recipient's
-acknowledgement or outcome; processed again until it succeeds), not at Submit, which stays one
-write: a request whose recipient never answers at all is not linked (a known limit). For a mark,
-when it becomes ACTIVE. Transient NATS failures raise (the event is processed again); a notice
-that cannot be sent for a lasting reason (a recipient without keys) is logged and skipped.
+acknowledgement or outcome) or on its first deadline timer, whichever comes first (both processed
+again until they succeed); not at Submit, which stays one write. A request its recipient never
+answers is linked by its deliver reminder. For a mark, when it becomes ACTIVE. Transient NATS
+failures raise (the event is processed again); a notice that cannot be sent for a lasting reason (a
+recipient without keys) is logged and skipped.
 """
 
 from __future__ import annotations

@@ -364,6 +364,7 @@ class Broker:
             escalation=config.sla.escalation,
             config=config.timers,
             metrics=metrics,
+            linkage=linker,
         )
         await self._deadlines.__aenter__()
         self._ledger = LedgerSequencer(
