@@ -11,29 +11,20 @@ Two indexes share this shape, each in its own KV bucket:
   reports or marks named an identifier, for case linkage (:mod:`broker.hub._linkage`). Its value
   says how the case first touched it (an ``IndexedCase``, no personal data).
 
-Keys are ``<digest>.<case owner>.<case number>``: case numbers and agency ids fit the KV key
-alphabet, and the digest is the trail's keyed node id (:mod:`broker.hub._identifiers`), so an
-index holds no personal data. A write is a ``create``: the first value stays (when the case first
-touched the identifier), and a write repeated after a crash, or by another replica, changes
-nothing. This replica also remembers what it wrote and skips the round trip.
-
-**Reads.** The cases of a digest are the subjects of the bucket's stream under
-``$KV.<bucket>.<digest>.>``: one stream-info call, no value read (as
-:meth:`broker.hub._watchlog.WatchLog.request_ids` reads a case's requests).
+Keys are ``<digest>.<case owner>.<case number>``, records of
+:class:`~broker.hub._key_records.KeyRecords` (written once, listed by prefix): case numbers and
+agency ids fit the KV key alphabet, and the digest is the trail's keyed node id
+(:mod:`broker.hub._identifiers`), so an index holds no personal data. The first value stays: when
+the case first touched the identifier.
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from dataclasses import dataclass
 
-import nats.errors
-import nats.js.errors
 from nats.js.client import JetStreamContext
-from nats.js.kv import KeyValue
 
-from ._errors import UnavailableError
-from ._store import LazyBucket
+from ._key_records import KeyRecords
 
 __all__ = ["ACCOUNT_CASES_BUCKET", "IDENTIFIER_CASES_BUCKET", "AccountCases", "CaseIndex", "CaseKey"]
 
@@ -42,8 +33,6 @@ ACCOUNT_CASES_BUCKET = "gc_account_cases"
 
 IDENTIFIER_CASES_BUCKET = "gc_identifier_cases"
 """KV bucket of the identifier -> cases (that named it) index of case linkage."""
-
-_REMEMBERED = 4096  # (digest, case) pairs this replica knows are indexed
 
 
 @dataclass(frozen=True, order=True)
@@ -58,13 +47,7 @@ class CaseIndex:
     """One digest -> cases index bucket, opened on first use."""
 
     def __init__(self, js: JetStreamContext, bucket: str, *, replicas: int = 1) -> None:
-        self._js = js
-        self._name = bucket
-        self._kv = LazyBucket(js, bucket, replicas=replicas)
-        self._known: OrderedDict[str, None] = OrderedDict()
-
-    async def _bucket(self) -> KeyValue:
-        return await self._kv.get()
+        self._records = KeyRecords(js, bucket, replicas=replicas)
 
     @staticmethod
     def _key(digest: str, case: CaseKey) -> str:
@@ -72,48 +55,20 @@ class CaseIndex:
 
     async def add(self, digest: str, case: CaseKey, value: bytes = b"") -> bool:
         """Index ``case`` under ``digest``; idempotent. True when this call made the entry."""
-        key = self._key(digest, case)
-        if key in self._known:
-            return False
-        kv = await self._bucket()
-        made = True
-        try:
-            await kv.create(key, value)
-        except nats.js.errors.KeyWrongLastSequenceError:
-            made = False  # indexed before (another request, another replica, or processed again)
-        except nats.errors.Error as exc:
-            raise UnavailableError(f"cannot index the case under {self._name}: {exc}") from exc
-        self._known[key] = None
-        while len(self._known) > _REMEMBERED:
-            self._known.popitem(last=False)
-        return made
+        return await self._records.create(self._key(digest, case), value)
 
     async def cases(self, digest: str) -> list[CaseKey]:
         """Every case indexed under ``digest``, sorted."""
-        await self._bucket()
-        try:
-            info = await self._js.stream_info(
-                f"KV_{self._name}", subjects_filter=f"$KV.{self._name}.{digest}.>"
-            )
-        except (nats.errors.Error, TimeoutError) as exc:
-            raise UnavailableError(f"cannot read the index {self._name}: {exc}") from exc
         found: set[CaseKey] = set()
-        for subject in info.state.subjects or {}:
-            parts = subject.split(".")
-            if len(parts) == 5:  # $KV.<bucket>.<digest>.<owner>.<case>
-                found.add(CaseKey(issuing_agency=parts[3], case_number=parts[4]))
+        for key in await self._records.keys(f"{digest}."):
+            parts = key.split(".")
+            if len(parts) == 3:  # <digest>.<owner>.<case>
+                found.add(CaseKey(issuing_agency=parts[1], case_number=parts[2]))
         return sorted(found)
 
     async def value(self, digest: str, case: CaseKey) -> bytes | None:
         """What the entry of ``case`` under ``digest`` says; None when there is none."""
-        kv = await self._bucket()
-        try:
-            entry = await kv.get(self._key(digest, case))
-        except nats.js.errors.KeyNotFoundError:
-            return None
-        except nats.errors.Error as exc:
-            raise UnavailableError(f"cannot read the index {self._name}: {exc}") from exc
-        return entry.value or b""
+        return await self._records.value(self._key(digest, case))
 
 
 class AccountCases(CaseIndex):
