@@ -7,10 +7,9 @@ from dataclasses import dataclass
 
 from nats.js.client import JetStreamContext
 
-from broker.protocol import Clock, Registry, SigningKey
+from broker.protocol import Clock, Registry
 
 from ._auth import Authenticator
-from ._case_links import LinkReader
 from ._identifiers import IdentifierDigests
 from ._ledger import LedgerWriter
 from ._policy import Policy
@@ -21,7 +20,6 @@ from ._risk_marks import RISK_MARKS_BUCKET, MarkStore
 from ._risk_registry import MarkDesk
 from ._risk_service import RiskServicer
 from ._store import LazyBucket
-from ._trail_accounts import BrokerAccountBook
 from ._watchlog import WatchLog
 
 __all__ = ["RiskConfig", "RiskParts", "open_risk"]
@@ -63,12 +61,10 @@ async def open_risk(
     policy: Policy,
     watchlog: WatchLog,
     ledger: LedgerWriter,
-    broker_key: SigningKey,
     clock: Clock,
     refusals: RefusalSink | None,
+    digests: IdentifierDigests,
     replicas: int = 1,
-    digests: IdentifierDigests | None = None,
-    links: LinkReader | None = None,
 ) -> RiskParts:
     """Open the buckets, start the index (waiting for the current marks) and the count flusher."""
     store = MarkStore(LazyBucket(js, RISK_MARKS_BUCKET, replicas=replicas))
@@ -81,10 +77,6 @@ async def open_risk(
         flush_interval=config.counts_flush_interval,
     )
     await counter.__aenter__()
-    # The trail's own book: the same key, so a mark and a hold on one account share the digest.
-    digests = digests or IdentifierDigests(
-        book=BrokerAccountBook(broker_key=broker_key, registry=registry, clock=clock), registry=registry
-    )
     desk = MarkDesk(
         store=store,
         index=index,
@@ -104,6 +96,5 @@ async def open_risk(
         policy=policy,
         clock=clock,
         refusals=refusals,
-        links=links,
     )
     return RiskParts(desk=desk, marks=store, index=index, counter=counter, servicer=servicer, digests=digests)

@@ -78,10 +78,9 @@ class RiskServicer(risk_pb2_grpc.RiskServiceServicer):
         policy: Policy,
         clock: Clock,
         refusals: RefusalSink | None = None,
-        links: LinkReader | None = None,
     ) -> None:
-        self.links = links
-        """Case linkage, answering ListLinks (wired once the broker has made it)."""
+        self.links: LinkReader | None = None
+        """Case linkage, answering ListLinks (the broker wires it once it has made it)."""
         self.refusals = refusals
         """Where refused calls are reported (the guards read it)."""
         self._auth = auth

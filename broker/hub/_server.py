@@ -84,7 +84,6 @@ from ._submit import Intake
 from ._timers import DeadlineScheduler
 from ._tls import TlsFiles, server_credentials
 from ._trail import TrailChaser, TrailRecorder, sealed_onward_transfers
-from ._trail_accounts import BrokerAccountBook
 from ._trail_service import TrailService
 from ._trail_store import TrailStore
 from ._watchlog import WatchLog
@@ -245,10 +244,7 @@ class Broker:
         trail_store = trail_recorder.store
         account_cases = AccountCases(js, replicas=config.replicas)
         # The trail's own book: a mark, a hold and a block on one account share the digest.
-        digests = IdentifierDigests(
-            book=BrokerAccountBook(broker_key=broker_key, registry=registry, clock=config.clock),
-            registry=registry,
-        )
+        digests = IdentifierDigests(book=trail_recorder.book, registry=registry)
         case_links = CaseLinks(js, replicas=config.replicas)
         return_records = ReturnRecords(js, replicas=config.replicas)
         # Before intake: a holder's appeal against a mark is checked against the registry.
@@ -260,7 +256,6 @@ class Broker:
             policy=policy,
             watchlog=watchlog,
             ledger=ledger,
-            broker_key=broker_key,
             clock=config.clock,
             refusals=refusals,
             replicas=config.replicas,

@@ -273,6 +273,11 @@ class TrailRecorder:
         return self._store
 
     @property
+    def book(self) -> AccountBook:
+        """The node ids' keyed digest, which the risk registry and case linkage share."""
+        return self._book
+
+    @property
     def chase_policy(self) -> ChasePolicy:
         return self._policy.chase
 
