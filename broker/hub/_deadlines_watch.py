@@ -158,9 +158,9 @@ class DeadlineWatch:
             await msg.ack()
             return
         lateness_ms = (self._clock.now() - payload.fire_at).total_seconds() * 1000
-        if self._linkage is not None:
-            # A request its recipient never answers has no event to link it at: its first timer
-            # does (once per request; a linked request costs a set lookup).
+        if self._linkage is not None and status.state == common_pb2.REQUEST_STATE_SUBMITTED:
+            # A request its recipient never answered has had no event to link it at: its timer
+            # does. Any other state came from an event, which the events consumer linked at.
             await self._linkage.after_event(status)
         if payload.kind == TimerKind.EXPIRY:
             await self._expire(status, payload)

@@ -366,9 +366,8 @@ class EventProcessor:
             return
         # The update was the one write (state, Watch record, ledger source); a redelivered event
         # finds its id in the timeline and writes nothing.
-        work: list[Coroutine[Any, Any, None]] = []
-        if self._linkage is not None:
-            work.append(self._linkage.after_event(status))
+        if self._linkage is not None and not is_outcome(event.state):
+            await self._linkage.after_event(status)  # nothing else to set off
         if is_outcome(event.state):
             hooks: list[OutcomeHook] = [
                 hook
@@ -383,8 +382,9 @@ class EventProcessor:
                 )
                 if hook is not None
             ]
-            work.extend(hook.after_outcome(status) for hook in hooks)
-        if work:
+            work: list[Coroutine[Any, Any, None]] = [hook.after_outcome(status) for hook in hooks]
+            if self._linkage is not None:
+                work.append(self._linkage.after_event(status))
             # Case linkage, the hold's timers, the chase of its onward transfers, a return's
             # settlement and its victim follow-ups, an appeal's lifting order, a split batch's
             # answer and a failed warning's in-person dissuasion are independent and idempotent:

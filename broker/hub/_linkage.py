@@ -291,19 +291,17 @@ class CaseLinker:
         return chains[0][0] if chains[0] else ""
 
     def _police_above(self, agency: str) -> list[str]:
-        """The police agencies above ``agency`` in the directory's supervisor chain, nearest first."""
+        """The police agencies above ``agency`` in the directory's supervisor chain, nearest first
+        (the directory refuses unknown supervisors and cycles)."""
+        try:
+            supervisor = self._registry.get(agency).supervisor
+        except RegistryError:
+            return []  # left the directory since its case was indexed
         chain: list[str] = []
-        current = agency
-        while len(chain) < 16:
-            try:
-                supervisor = self._registry.get(current).supervisor
-            except RegistryError:
-                break
-            if supervisor is None or supervisor in chain or supervisor == agency:
-                break
+        while supervisor is not None:
             if self._is_police(supervisor):
                 chain.append(supervisor)
-            current = supervisor
+            supervisor = self._registry.get(supervisor).supervisor
         return chain
 
     def _region(self, agency: str) -> str:
