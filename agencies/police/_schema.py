@@ -83,7 +83,7 @@ CREATE TABLE IF NOT EXISTS dissuasions (
     reference          TEXT NOT NULL UNIQUE,
     case_number        TEXT NOT NULL,
     warning_request_id TEXT NOT NULL,
-    warning_outcome    TEXT NOT NULL CHECK (warning_outcome IN ('UNREACHABLE', 'CONTINUING')),
+    warning_outcome    TEXT NOT NULL CHECK (warning_outcome IN ('DISSUADED', 'CONTINUING', 'UNREACHABLE')),
     region             TEXT NOT NULL,
     target             TEXT NOT NULL,
     outcome            TEXT NOT NULL CHECK (outcome IN ('DISSUADED', 'CONTINUING', 'UNREACHABLE')),
