@@ -18,7 +18,6 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
 
 import grpc
@@ -28,7 +27,7 @@ from google.protobuf.duration_pb2 import Duration
 from google.protobuf.message import DecodeError
 from greenchannel.v1 import common_pb2, lifecycle_pb2, requests_pb2, results_pb2
 
-from broker.client import BusClient, error_details, open_result_details
+from broker.client import BusClient, error_details, minor_units, open_result_details
 from broker.protocol import (
     DATA_ANSWER_CONTENT_TYPE,
     FINAL_STATES,
@@ -100,10 +99,8 @@ __all__ = [
 DEFAULT_BROKER = _env.DEFAULT_BROKER
 """Where ``up`` listens by default, and so where the request commands look by default."""
 
-_PLAIN_DECIMAL = re.compile(r"\+?[0-9]+(\.[0-9]*)?")
 ACCOUNT_NUMBER = re.compile(r"[0-9A-Za-z-]{4,34}")
 """What an account number given in an option value may look like (IBAN length at most)."""
-_MAX_MINOR_UNITS = 2**63 - 1  # Money.minor_units is an int64
 # BusClient.watch already retries a few times within about a second; beyond that `watch` keeps
 # trying, at most this far apart, until the broker is back or the person stops it.
 _RESUMABLE = {grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED}
@@ -117,26 +114,10 @@ _I = common_pb2.LegalInstrumentType
 
 def parse_amount(text: str) -> int:
     """A decimal amount (``48000.00``, ``48000``) in minor units (two decimals); never via float."""
-    garbage = argparse.ArgumentTypeError(f"{text!r} is not a decimal amount such as 48000.00")
     try:
-        amount = Decimal(text.strip())
-    except InvalidOperation:
-        raise garbage from None
-    if not amount.is_finite():
-        raise garbage
-    if amount.is_signed() and amount != 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is negative; give the amount as a positive number")
-    if amount == 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is zero; give the amount as a positive number")
-    # Decimal also reads "1e3" and "1_000": fine for programs, too easy to misread on a legal notice.
-    if not _PLAIN_DECIMAL.fullmatch(text.strip()):
-        raise garbage
-    minor = amount * 100
-    if minor != minor.to_integral_value():
-        raise argparse.ArgumentTypeError(f"{text!r} has more than 2 decimal places")
-    if minor > _MAX_MINOR_UNITS:
-        raise argparse.ArgumentTypeError(f"{text!r} is too large")
-    return int(minor)
+        return minor_units(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def positive_seconds(text: str) -> float:

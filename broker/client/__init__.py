@@ -17,6 +17,7 @@
 Never imports :mod:`broker.hub`: a client runs on an agency's host, without the broker.
 """
 
+from ._amounts import minor_units
 from ._bus import LEDGER_PAGE, BusClient
 from ._errors import ErrorDetails, error_details
 from ._ledger import (
@@ -82,6 +83,7 @@ __all__ = [
     "fetch_trail",
     "follow_up_line",
     "human_duration",
+    "minor_units",
     "nearest_rank",
     "next_deadline",
     "open_account",

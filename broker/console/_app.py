@@ -10,7 +10,6 @@ import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -26,7 +25,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
-from broker.client import BusClient, error_details, open_accounts
+from broker.client import BusClient, error_details, minor_units, open_accounts
 from broker.protocol import ProtocolError, load_agency_encryption_key, load_agency_signing_key, state_name
 
 from . import _actions, _csrf
@@ -267,12 +266,9 @@ def _amount(text: str) -> int | None:
     if not text:
         return None
     try:
-        value = Decimal(text)
-    except InvalidOperation as exc:
-        raise ConsoleError(f"{text!r} is not an amount") from exc
-    if value <= 0 or value != value.quantize(Decimal("0.01")):
-        raise ConsoleError(f"{text!r} is not a positive amount with at most two decimals")
-    return int(value.scaleb(2))
+        return minor_units(text)
+    except ValueError as exc:
+        raise ConsoleError(str(exc)) from None
 
 
 async def _act(console: _Console, name: str, request_id: str, form: Any) -> str:
