@@ -32,7 +32,7 @@ from ._file_config import (
     load_adapter_materials,
 )
 from ._idempotency import ExecutionRecord, ExecutionState, IdempotencyStore
-from ._metrics import AdapterMetrics, PrometheusAdapterMetrics
+from ._metrics import AdapterMetrics, PrometheusAdapterMetrics, serve_adapter_metrics
 from ._runtime import LANES, TASK_PREFIX, AdapterRuntime
 from ._standalone import ADAPTER_HEALTH_SERVICE, StandaloneAdapter, wait_for_inbox
 
@@ -69,5 +69,6 @@ __all__ = [
     "open_agency_channel",
     "order_context",
     "refusal_event_id",
+    "serve_adapter_metrics",
     "wait_for_inbox",
 ]

@@ -146,15 +146,12 @@ def _agency_id(value: str) -> str | None:
     return None if AGENCY_ID.fullmatch(value) else "must be an agency id such as 'bank-icbc' ([a-z0-9-])"
 
 
-_HOST_PORT = re.compile(r"(?P<host>\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+):(?P<port>[0-9]{1,5})")
 _NATS_URL = re.compile(r"(nats|tls)://([^\s/@]+@)?(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+)(:[0-9]{1,5})?")
 
 
 def _host_port(value: str) -> str | None:
-    match = _HOST_PORT.fullmatch(value)
-    if match is None or int(match["port"]) > 65535:
-        return "must be host:port (e.g. '127.0.0.1:50061')"
-    return None
+    # The metrics' check of a host:port, with an example fit for a service or health address.
+    return None if listen_problem(value) is None else "must be host:port (e.g. '127.0.0.1:50061')"
 
 
 def _nats_urls(values: tuple[str, ...]) -> str | None:

@@ -13,14 +13,15 @@ account or number.
 
 from __future__ import annotations
 
+import contextlib
 from typing import TYPE_CHECKING
 
-from broker.protocol import ConsumerLoop, ConsumerMetrics, ConsumerObserver
+from broker.protocol import ConsumerLoop, ConsumerMetrics, ConsumerObserver, MetricsEndpoint, new_registry
 
 if TYPE_CHECKING:
     from prometheus_client import CollectorRegistry
 
-__all__ = ["CALL_BUCKETS", "AdapterMetrics", "PrometheusAdapterMetrics"]
+__all__ = ["CALL_BUCKETS", "AdapterMetrics", "PrometheusAdapterMetrics", "serve_adapter_metrics"]
 
 CALL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 """Seconds of one order at the agency's system, retries included."""
@@ -109,3 +110,15 @@ class PrometheusAdapterMetrics(AdapterMetrics):
 
     async def read_inbox(self, loop: ConsumerLoop) -> None:
         await self._consumers.refresh(loop)
+
+
+async def serve_adapter_metrics(
+    listen: str | None, exit_stack: contextlib.AsyncExitStack
+) -> tuple[AdapterMetrics, str | None]:
+    """Adapters' metrics: counted and served on ``listen`` until ``exit_stack`` closes (with the
+    address bound), or, without ``listen``, not kept at all."""
+    if listen is None:
+        return AdapterMetrics(), None
+    metrics = PrometheusAdapterMetrics(new_registry())
+    endpoint = await exit_stack.enter_async_context(MetricsEndpoint(listen, metrics.registry))
+    return metrics, endpoint.address

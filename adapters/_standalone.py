@@ -36,19 +36,17 @@ from broker.protocol import (
     INBOX_STREAM,
     PRIORITIES,
     Clock,
-    MetricsEndpoint,
     NatsError,
     close_connection,
     connect,
     inbox_consumer,
-    new_registry,
     requires_auth,
 )
 
 from ._backends import backend_for, open_agency_channel
 from ._errors import AdapterConfigError
 from ._file_config import AdapterFileConfig, AdapterMaterials
-from ._metrics import AdapterMetrics, PrometheusAdapterMetrics
+from ._metrics import serve_adapter_metrics
 from ._runtime import AdapterRuntime
 
 __all__ = ["ADAPTER_HEALTH_SERVICE", "StandaloneAdapter", "wait_for_inbox"]
@@ -123,13 +121,7 @@ class StandaloneAdapter:
             server_name=config.tls.server_name if config.tls is not None else None,
         )
         self._exit.push_async_callback(channel.close)
-        metrics = AdapterMetrics()
-        if config.metrics.listen is not None:
-            metrics = PrometheusAdapterMetrics(new_registry())
-            endpoint = await self._exit.enter_async_context(
-                MetricsEndpoint(config.metrics.listen, metrics.registry)
-            )
-            self.metrics_address = endpoint.address
+        metrics, self.metrics_address = await serve_adapter_metrics(config.metrics.listen, self._exit)
         runtime = AdapterRuntime(
             runtime_config,
             registry=self._materials.registry,

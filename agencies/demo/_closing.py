@@ -21,7 +21,6 @@ first three from the broker's records, the last from the banks' own books.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -315,12 +314,11 @@ class Closing:
         if returned.state not in EXECUTED_STATES or not paid:
             return
         bus = self.s.client(owner)
-        deadline = asyncio.get_running_loop().time() + self.s.config.wait.total_seconds()
-        # Sent once the broker processed the return's outcome: asked again until they are there.
-        while len(sent := await bus.follow_ups(returned)) < paid:
-            if asyncio.get_running_loop().time() > deadline:
-                raise TimeoutError(f"no follow-up of return {returned.id} within {self.s.config.wait}")
-            await asyncio.sleep(0.1)
+        sent = await self.s.until(
+            lambda: bus.follow_ups(returned),
+            lambda sent: len(sent) >= paid,
+            what=f"the follow-ups of return {returned.id}",
+        )
         for follow_up in sorted(sent, key=lambda s: s.id):
             done = await self._finished(
                 f"victim follow-up after the return of {_case_number(owner)}", follow_up, owner

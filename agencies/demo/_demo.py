@@ -31,11 +31,11 @@ from __future__ import annotations
 
 import asyncio
 import tempfile
-from collections.abc import Callable, Collection
+from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from greenchannel.v1 import (
     common_pb2,
@@ -223,6 +223,8 @@ class DemoReport:
         )
 
 
+T = TypeVar("T")
+
 _ACKNOWLEDGED_BY = frozenset({common_pb2.REQUEST_STATE_ACKNOWLEDGED, *FINAL_STATES})
 
 
@@ -267,6 +269,17 @@ class _Scenario:
         if agency not in self.clients:
             self.clients[agency] = self.stack.client(agency)
         return self.clients[agency]
+
+    async def until(self, read: Callable[[], Awaitable[T]], ready: Callable[[T], bool], *, what: str) -> T:
+        """``read()`` again until ``ready`` takes its answer (what the broker sends by itself, after
+        it processed an outcome, may come after that outcome is visible); TimeoutError after the
+        run's wait."""
+        deadline = asyncio.get_running_loop().time() + self.config.wait.total_seconds()
+        while not ready(answer := await read()):
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError(f"{what} not there within {self.config.wait}")
+            await asyncio.sleep(0.05)
+        return answer
 
     async def close(self) -> None:
         for client in self.clients.values():

@@ -18,7 +18,7 @@ from types import TracebackType
 import structlog
 from nats.aio.client import Client
 
-from adapters import AdapterConfig, AdapterMetrics, AdapterRuntime, PrometheusAdapterMetrics, wait_for_inbox
+from adapters import AdapterConfig, AdapterRuntime, serve_adapter_metrics, wait_for_inbox
 from agencies import build_reference_agency
 from broker.protocol import (
     AGENCY_JS_API_PREFIX,
@@ -26,7 +26,6 @@ from broker.protocol import (
     Agency,
     AgencyKind,
     MetricsConfig,
-    MetricsEndpoint,
     ProtocolError,
     Registry,
     SystemClock,
@@ -38,7 +37,6 @@ from broker.protocol import (
     load_agency_signing_key,
     load_directory,
     nats_settings_for,
-    new_registry,
     requires_auth,
 )
 
@@ -148,11 +146,7 @@ class AgencyFleet:
             self.addresses[agency.id] = servers[agency.id].address
         # Registered after the servers, so it runs before them: adapters stop first, together.
         self._exit.push_async_callback(self._close_adapters)
-        metrics = AdapterMetrics()
-        if config.metrics.listen is not None:
-            metrics = PrometheusAdapterMetrics(new_registry())
-            endpoint = MetricsEndpoint(config.metrics.listen, metrics.registry)
-            self.metrics_address = (await self._exit.enter_async_context(endpoint)).address
+        metrics, self.metrics_address = await serve_adapter_metrics(config.metrics.listen, self._exit)
         for agency in served:
             adapter = AdapterRuntime(
                 AdapterConfig(

@@ -11,7 +11,6 @@ numbers, owners, regions: never an account number).
 
 from __future__ import annotations
 
-import asyncio
 from typing import TYPE_CHECKING
 
 from greenchannel.v1 import common_pb2, lifecycle_pb2, requests_pb2
@@ -60,13 +59,7 @@ async def _listed(scenario: _Scenario) -> list[requests_pb2.LinkageNotice]:
     """Pudong's links, asked again until the broker has linked (it links as the chase's answers
     come in, which may be after the trail reads settled)."""
     police = scenario.client(POLICE)
-    wait = scenario.config.wait
-    deadline = asyncio.get_running_loop().time() + wait.total_seconds()
-    while not (links := await police.risk.links(CASE)):
-        if asyncio.get_running_loop().time() > deadline:
-            raise TimeoutError(f"no link of case {CASE} within {wait}")
-        await asyncio.sleep(0.05)
-    return links
+    return await scenario.until(lambda: police.risk.links(CASE), bool, what=f"a link of case {CASE}")
 
 
 async def _notices(
@@ -74,23 +67,22 @@ async def _notices(
 ) -> dict[str, lifecycle_pb2.RequestStatus]:
     """Each police agency's notice of ``link`` (its desk records the request id), at its outcome."""
     recipients = {case.owner for case in link.cases} | ({link.coordinator} if link.coordinator else set())
-    wait = scenario.config.wait
-    deadline = asyncio.get_running_loop().time() + wait.total_seconds()
-    found: dict[str, str] = {}
-    while len(found) < len(recipients):
-        for agency in recipients - found.keys():
+
+    async def received() -> dict[str, str]:
+        found: dict[str, str] = {}
+        for agency in recipients:
             desk = scenario.stack.agencies[agency].core
             if not isinstance(desk, PoliceDesk):
                 raise TypeError(f"{agency} is not a police desk")
             ids = [n.request_id for n in desk.linkage_notices() if n.link_id == link.link_id]
             if ids:
                 found[agency] = ids[0]
-        if len(found) < len(recipients):
-            if asyncio.get_running_loop().time() > deadline:
-                raise TimeoutError(
-                    f"linkage notices of {link.link_id} missing at {recipients - found.keys()}"
-                )
-            await asyncio.sleep(0.05)
+        return found
+
+    found = await scenario.until(
+        received, lambda found: found.keys() == recipients, what=f"the notices of link {link.link_id}"
+    )
+    wait = scenario.config.wait
     return {
         agency: await scenario.client(agency).wait_for(request_id, FINAL_STATES, within=wait)
         for agency, request_id in found.items()

@@ -16,7 +16,6 @@ prints as they are: account numbers masked to their last four digits, no phone n
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -171,10 +170,7 @@ class Signals:
         warning's final status is visible: asked again until it is there.
         """
         police = self.s.client(POLICE)
-        wait = self.s.config.wait
-        deadline = asyncio.get_running_loop().time() + wait.total_seconds()
-        while not (sent := await police.dissuasions(warned)):
-            if asyncio.get_running_loop().time() > deadline:
-                raise TimeoutError(f"no dissuasion of warning {warned.id} within {wait}")
-            await asyncio.sleep(0.05)
-        return await police.wait_for(sent[0].id, FINAL_STATES, within=wait)
+        sent = await self.s.until(
+            lambda: police.dissuasions(warned), bool, what=f"the dissuasion of warning {warned.id}"
+        )
+        return await police.wait_for(sent[0].id, FINAL_STATES, within=self.s.config.wait)

@@ -18,7 +18,7 @@ from types import TracebackType
 import structlog
 from nats.aio.client import Client
 
-from adapters import AdapterConfig, AdapterMetrics, AdapterRuntime, PrometheusAdapterMetrics
+from adapters import AdapterConfig, AdapterRuntime, serve_adapter_metrics
 from agencies import (
     DEFAULT_DIRECTORY,
     DEFAULT_POLICY,
@@ -36,7 +36,6 @@ from broker.protocol import (
     AgencyKind,
     Clock,
     MetricsConfig,
-    MetricsEndpoint,
     NatsSettings,
     Registry,
     SystemClock,
@@ -49,7 +48,6 @@ from broker.protocol import (
     load_directory,
     nats_authorization,
     nats_settings_for,
-    new_registry,
 )
 
 __all__ = ["Stack", "StackConfig"]
@@ -210,11 +208,9 @@ class Stack:
         # Adapters stop first, all at once: each waits out its current pull, and one after the
         # other that would make a shutdown take as long as all of them together.
         self._exit.push_async_callback(self._close_adapters)
-        metrics = AdapterMetrics()
-        if config.adapter_metrics.listen is not None:
-            metrics = PrometheusAdapterMetrics(new_registry())
-            endpoint = MetricsEndpoint(config.adapter_metrics.listen, metrics.registry)
-            self.adapter_metrics_address = (await self._exit.enter_async_context(endpoint)).address
+        metrics, self.adapter_metrics_address = await serve_adapter_metrics(
+            config.adapter_metrics.listen, self._exit
+        )
         for agency in served:
             adapter = AdapterRuntime(
                 self._adapter_config(agency.id, self.servers[agency.id].address),
