@@ -10,40 +10,29 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import sys
 from typing import Any
 
 from broker.protocol import ProtocolError
 
 from . import _env
-from ._options import agency_option
+from ._output import announce, complain
+from ._requests import connection_options
 
 __all__ = ["add_parser", "run"]
+
+_STARTUP_FAILURE = 3  # uvicorn's exit status when the app's start-up or the bind fails
 
 
 def add_parser(subparsers: Any, name: str = "console", help: str = "") -> None:
     """Register ``console --as AGENCY [--listen HOST:PORT] [--broker HOST:PORT] [--json]
     [--allow-remote]``."""
-    default_broker = _env.default_broker()
     console = subparsers.add_parser(name, help=help)
-    console.add_argument(
-        "--as", dest="agency", required=True, type=agency_option, metavar="AGENCY", help="agency to act as"
-    )
+    connection_options(console, _env.default_broker())
     console.add_argument(
         "--listen",
         default="127.0.0.1:8080",
         metavar="HOST:PORT",
         help="address of the console (default 127.0.0.1:8080; port 0 picks one)",
-    )
-    console.add_argument(
-        "--broker",
-        default=default_broker,
-        metavar="HOST:PORT",
-        help=f"broker address (default {default_broker})",
-    )
-    console.add_argument(
-        "--json", action="store_true", help="print the console's address (or why it did not start) as JSON"
     )
     console.add_argument(
         "--allow-remote",
@@ -57,10 +46,8 @@ def run(args: argparse.Namespace) -> int:
     from broker.console import ConsoleConfig, ConsoleError, parse_listen, serve
 
     def ready(url: str) -> None:
-        if args.json:
-            print(json.dumps({"console": url, "agency": args.agency, "broker": args.broker}), flush=True)
-        else:
-            print(f"console: {url}", flush=True)
+        fields = {"console": url, "agency": args.agency, "broker": args.broker}
+        announce(args, "console.ready", f"console: {url}", **fields)
 
     try:
         host, port = parse_listen(args.listen)
@@ -74,8 +61,12 @@ def run(args: argparse.Namespace) -> int:
         )
         asyncio.run(serve(config, ready=ready))
     except (ConsoleError, ProtocolError) as exc:
-        if args.json:
-            print(json.dumps({"error": {"message": str(exc)}}, ensure_ascii=False))
-        print(f"greenchannel console: {exc}", file=sys.stderr)
+        complain("console", args, [str(exc)])
+        return 1
+    except SystemExit as exc:
+        if exc.code != _STARTUP_FAILURE:
+            raise
+        # uvicorn has logged why (the broker unreachable, the address taken); say that it stopped.
+        complain("console", args, [f"the console did not start (listen {args.listen}, broker {args.broker})"])
         return 1
     return 0

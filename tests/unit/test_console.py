@@ -63,6 +63,17 @@ def test_the_command_refuses_a_public_address_before_serving(
     assert "--allow-remote" in json.loads(capsys.readouterr().out)["error"]["message"]
 
 
+def test_a_console_that_cannot_reach_its_broker_says_so_and_exits_1(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["keys", "generate", "--agency", "police-310115", "--out", str(tmp_path), "--overlay"]) == 0
+    capsys.readouterr()
+    argv = ["--state-dir", str(tmp_path), "console", "--as", "police-310115", "--listen", "127.0.0.1:0"]
+    # Port 1 on loopback: nothing listens, the start-up's call to the broker is refused at once.
+    assert main([*argv, "--broker", "127.0.0.1:1", "--json"]) == 1
+    assert "did not start" in json.loads(capsys.readouterr().out)["error"]["message"]
+
+
 # -- the Now page -----------------------------------------------------------------------------------
 
 
