@@ -16,14 +16,16 @@ from typing import Any
 
 from google.protobuf.message import DecodeError
 from google.protobuf.timestamp_pb2 import Timestamp
-from greenchannel.v1 import common_pb2, lifecycle_pb2, results_pb2, trail_pb2
+from greenchannel.v1 import common_pb2, lifecycle_pb2, trail_pb2
 
 from broker.client import PHASES, SlaReport, human_duration, report_to_json, sla_report
 from broker.protocol import (
+    CANCELLABLE_STATES,
     FINAL_STATES,
     HOLD_TYPES,
     HOLDING_STATES,
     phase_slug,
+    reason_name,
     request_type_name,
     state_name,
 )
@@ -102,10 +104,7 @@ def request_row(
         left = at.ToDatetime(tzinfo=UTC) - now
         warn = warn_hold if label == "hold lapses" else warn_phase
         urgency = "breached" if left.total_seconds() <= 0 else "soon" if left <= warn else "ok"
-    if status.state == common_pb2.REQUEST_STATE_ESCALATED:
-        urgency = "breached"
     holding = _holding(status, now)
-    answered = status.state in FINAL_STATES or status.state == common_pb2.REQUEST_STATE_EXTENDED
     return {
         "id": status.id,
         "type": request_type_name(status.type),
@@ -127,7 +126,7 @@ def request_row(
         "version": f"{status.state}:{urgency}:{_ms(due[1]) if due else 0}:{_ms(status.updated_at)}",
         "open": is_open(status, now=now),
         "holding": holding,
-        "can_cancel": not answered,
+        "can_cancel": status.state in CANCELLABLE_STATES,
         "can_hold_actions": holding,
         "can_convert": holding and status.type == common_pb2.REQUEST_TYPE_STOP_PAYMENT,
     }
@@ -152,9 +151,7 @@ def timeline(status: lifecycle_pb2.RequestStatus) -> list[dict[str, Any]]:
             event = lifecycle_pb2.LifecycleEvent.FromString(recorded.event.payload)
         except DecodeError:
             continue
-        reason = (
-            results_pb2.ReasonCode.Name(event.reason).removeprefix("REASON_CODE_") if event.reason else ""
-        )
+        reason = reason_name(event.reason) if event.reason else ""
         rows.append(
             {
                 "seq": recorded.seq,

@@ -33,6 +33,7 @@ from greenchannel.v1 import common_pb2
 
 from broker.protocol import (
     BROKER_ID,
+    CANCELLABLE_STATES,
     EXECUTED_STATES,
     HOLD_TYPES,
     HOLDING_STATES,
@@ -64,7 +65,6 @@ _LIFTABLE = frozenset({_S.REQUEST_TYPE_NUMBER_BLOCK, _S.REQUEST_TYPE_ACCOUNT_BLO
 # Outcomes the broker records from the police's signed decision through the Bus API; the police
 # adapter records the filing (ACKNOWLEDGED).
 _DECIDED_BY_BROKER = frozenset({_S.REQUEST_TYPE_APPEAL, _S.REQUEST_TYPE_FRAUD_REPORT})
-_CANCELLABLE = frozenset({_S.REQUEST_STATE_SUBMITTED, _S.REQUEST_STATE_DELIVERED})
 
 _OUTCOME_RANK = 4
 _RANK: Mapping[_State, int] = {
@@ -153,7 +153,7 @@ def next_state(
         # Annotations of the timeline (deadline reminders and breaches), not steps of it.
         return current
     if event == _S.REQUEST_STATE_CANCELLED:
-        if current not in _CANCELLABLE:
+        if current not in CANCELLABLE_STATES:
             raise _illegal(what, "once acknowledged, the agency has taken it; it can no longer be cancelled")
         return event
     if event in _HOLD_EVENTS:

@@ -179,7 +179,14 @@ from ._signing import (
     sign_detached,
     verify_detached,
 )
-from ._states import EXECUTED_STATES, FINAL_STATES, HOLD_TYPES, HOLDING_STATES, OUTCOME_STATES
+from ._states import (
+    CANCELLABLE_STATES,
+    EXECUTED_STATES,
+    FINAL_STATES,
+    HOLD_TYPES,
+    HOLDING_STATES,
+    OUTCOME_STATES,
+)
 from ._subjects import (
     DEADLETTER_STREAM,
     DEADLINES_STREAM,
@@ -236,6 +243,7 @@ __all__ = [
     "BROKER_ACCOUNT",
     "BROKER_AUDIENCE",
     "BROKER_ID",
+    "CANCELLABLE_STATES",
     "CANCELLATION_TYPE",
     "CHECKPOINT_AUDIENCE",
     "CHECKPOINT_TYPE",

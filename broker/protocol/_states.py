@@ -31,6 +31,9 @@ OUTCOME_STATES: frozenset[_State] = EXECUTED_STATES | {_S.REQUEST_STATE_REJECTED
 HOLDING_STATES: frozenset[_State] = EXECUTED_STATES | {_S.REQUEST_STATE_EXTENDED}
 """States in which a request's hold is in force."""
 
+CANCELLABLE_STATES: frozenset[_State] = frozenset({_S.REQUEST_STATE_SUBMITTED, _S.REQUEST_STATE_DELIVERED})
+"""States from which the sender may still cancel: once acknowledged, the agency has taken it."""
+
 FINAL_STATES: frozenset[_State] = OUTCOME_STATES | {_S.REQUEST_STATE_CANCELLED}
 """The answer, or a cancellation: where a caller waiting for a request stops. (A hold may still be
 extended, released or expire later; those are new events, not answers.)"""
