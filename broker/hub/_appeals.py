@@ -66,7 +66,7 @@ from ._decisions import decided_request, record_decision, recorded_event, ruling
 from ._errors import IllegalTransitionError, InvalidRequestError, NotFoundError, PermissionDeniedError
 from ._events import BrokerEvents
 from ._mark_appeals import MarkAppealCheck
-from ._open_appeals import OPEN_APPEAL_STATES, OpenAppeals
+from ._open_appeals import OpenAppeals
 from ._signed import signed_by_caller
 from ._store import RequestStore
 from ._submit import Intake
@@ -96,7 +96,6 @@ RESTRICTION_TYPES = frozenset(
 _IN_EFFECT = frozenset(
     {_S.REQUEST_STATE_EXECUTED, _S.REQUEST_STATE_PARTIALLY_EXECUTED, _S.REQUEST_STATE_EXTENDED}
 )
-_OPEN = OPEN_APPEAL_STATES
 # uuid5 namespace of the broker's decision events: one id per (appeal, ruling), so the same signed
 # ruling applied twice is one event, and another ruling is a second outcome (refused).
 _DECISION_NAMESPACE = uuid.UUID("3b1f8c52-7d4e-5a09-b6c1-2e8f4a7d9c30")

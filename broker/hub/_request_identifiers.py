@@ -27,12 +27,13 @@ Named = Callable[[], list[Identifier]]
 cap, not digested)."""
 
 
-def _named(request: requests_pb2.Request, digests: IdentifierDigests) -> Iterator[Named]:
+def _named(request: requests_pb2.Request, digests: IdentifierDigests, recipient: str) -> Iterator[Named]:
     match request.WhichOneof("body"):
-        case "stop_payment":
-            yield _account(request.stop_payment.account, digests)
-        case "freeze":
-            yield _account(request.freeze.account, digests)
+        case "stop_payment" | "freeze" as body:
+            # Under the bank the money trail names the held account by: as given, else the
+            # recipient (so a mark, a hold and a link on it share the digest).
+            held = request.stop_payment.account if body == "stop_payment" else request.freeze.account
+            yield lambda: [digests.account(held.account_number, held.bank or recipient)]
         case "number_block":
             block = request.number_block
             lines = [block.phone] if block.HasField("phone") else []
@@ -68,13 +69,13 @@ def _platform(ref: common_pb2.PlatformAccountRef, digests: IdentifierDigests) ->
 
 
 def request_identifiers(
-    request: requests_pb2.Request, digests: IdentifierDigests
+    request: requests_pb2.Request, digests: IdentifierDigests, *, recipient: str = ""
 ) -> tuple[list[lifecycle_pb2.CaseIdentifier], int]:
     """The request's distinct suspect identifiers (at most :data:`MAX_IDENTIFIERS`, in the order
     named) and how many more it named past the cap (counted as named, not deduplicated)."""
     kept: dict[Identifier, None] = {}
     skipped = 0
-    for named in _named(request, digests):
+    for named in _named(request, digests, recipient):
         if len(kept) >= MAX_IDENTIFIERS:
             skipped += 1
             continue

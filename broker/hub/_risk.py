@@ -44,7 +44,6 @@ class RiskParts:
     index: MarkIndex
     counter: CheckCounter
     servicer: RiskServicer
-    digests: IdentifierDigests
 
     async def aclose(self) -> None:
         await self.index.aclose()
@@ -97,4 +96,4 @@ async def open_risk(
         clock=clock,
         refusals=refusals,
     )
-    return RiskParts(desk=desk, marks=store, index=index, counter=counter, servicer=servicer, digests=digests)
+    return RiskParts(desk=desk, marks=store, index=index, counter=counter, servicer=servicer)

@@ -50,6 +50,8 @@ class RateLimiter:
 
     def take(self, agency: str, n: int) -> float | None:
         """Take ``n`` tokens; None when granted, else the seconds until they would be there."""
+        # A call asking more than the bucket holds costs the whole bucket: it can still pass.
+        n = min(n, int(self._burst))
         now = time.monotonic()
         tokens, last = self._buckets.get(agency, (self._burst, now))
         tokens = min(self._burst, tokens + (now - last) * self._rate)
@@ -57,7 +59,7 @@ class RateLimiter:
             self._buckets[agency] = (tokens - n, now)
             return None
         self._buckets[agency] = (tokens, now)
-        return (min(n, self._burst) - tokens) / self._rate
+        return (n - tokens) / self._rate
 
 
 @dataclass
@@ -117,26 +119,29 @@ class CheckCounter:
             await asyncio.sleep(self._interval)
             try:
                 await self.flush()
-            except (nats.errors.Error, TimeoutError) as exc:
-                log.warning("risk.counts_flush_failed", error=str(exc))
+            except Exception as exc:  # the loop must outlive any one flush; the counts are kept
+                log.warning("risk.counts_flush_failed", error=type(exc).__name__)
 
     async def flush(self) -> None:
         """Add what this replica counted since the last flush to each agency's KV record."""
         async with self._lock:
-            pending, self._pending = self._pending, {}
             kv = await self._bucket.get()
-            for agency, tally in pending.items():
-                if tally.empty():
-                    continue
-                try:
-                    await self._add(kv, agency, tally)
-                except (nats.errors.Error, TimeoutError):
-                    # Kept for the next flush, added to whatever was counted meanwhile.
+            pending, self._pending = self._pending, {}
+            left = list(pending.items())
+            try:
+                while left:
+                    agency, tally = left[0]
+                    if not tally.empty():
+                        await self._add(kv, agency, tally)
+                    left.pop(0)
+            finally:
+                # What was not written (this agency's and every later one's) is kept for the next
+                # flush, added to whatever was counted meanwhile.
+                for agency, tally in left:
                     again = self._tally(agency)
                     again.checked += tally.checked
                     again.marked += tally.marked
                     again.throttled += tally.throttled
-                    raise
 
     async def _add(self, kv: KeyValue, agency: str, tally: _Tally) -> None:
         for _ in range(_CAS_ATTEMPTS):

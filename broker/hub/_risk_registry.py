@@ -197,7 +197,7 @@ class MarkDesk:
             status=status,
             content=content,
             valid_for_seconds=int(valid.total_seconds()),
-            mark_digest=claims.digest or body_digest(signed.payload),
+            mark_digest=claims.digest,
             proof=self._seal_proof(signed, owner=owner, mark_id=mark.mark_id, at=now),
         )
         stored = await self._store.create(record)
@@ -415,7 +415,7 @@ class MarkDesk:
             field=field,
         )
         stored = await self._owned(caller, message.mark_id, what=what)
-        return message, stored, claims.digest or body_digest(signed.payload)
+        return message, stored, claims.digest
 
     async def _step(
         self,

@@ -304,11 +304,14 @@ class Broker:
             registry=registry,
             clock=config.clock,
         )
+        # The broker's own X25519 key: it opens the onward transfers it chases and the warnings it
+        # escalates, both sealed to it.
+        broker_x25519 = load_broker_encryption_key(config.state_dir)
         trail_chaser = TrailChaser(
             recorder=trail_recorder,
             requests=requests,
             sender=intake,
-            source=sealed_onward_transfers(load_broker_encryption_key(config.state_dir)),
+            source=sealed_onward_transfers(broker_x25519),
             cases=watchlog,
             index=account_cases,
         )
@@ -341,7 +344,7 @@ class Broker:
                 intake=intake,
                 registry=registry,
                 policy=policy.warning,
-                broker_key=load_broker_encryption_key(config.state_dir),
+                broker_key=broker_x25519,
             ),
             linkage=linker,
             metrics=metrics,

@@ -554,7 +554,7 @@ class Intake:
         )
         if self._digests is not None:
             # Case linkage (串并) links on these at the request's first event: only intake has the body.
-            identifiers, skipped = request_identifiers(request, self._digests)
+            identifiers, skipped = request_identifiers(request, self._digests, recipient=recipient)
             status.identifiers.extend(identifiers)
             status.identifiers_skipped = skipped
         created = await self._requests.create(status, msg_id=msg_id, content=content)

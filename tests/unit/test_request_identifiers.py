@@ -64,3 +64,9 @@ def test_a_large_batch_keeps_the_first_256_and_counts_the_rest() -> None:
     assert len(found) == MAX_IDENTIFIERS
     assert found[0][1] == "~phone|+8613800000000"
     assert skipped == 44
+
+
+def test_a_held_account_without_its_bank_is_named_under_the_recipient_as_the_trail_names_it() -> None:
+    freeze = requests_pb2.Freeze(account=S.BankAccountRef(account_number="9999000011112222"))
+    found, _ = request_identifiers(requests_pb2.Request(freeze=freeze), _digests(), recipient="bank-abc")
+    assert [i.digest for i in found] == ["bank-abc|9999000011112222"]
