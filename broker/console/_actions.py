@@ -14,7 +14,8 @@ from cryptography.hazmat.primitives.asymmetric import x25519
 from google.protobuf.duration_pb2 import Duration
 from greenchannel.v1 import common_pb2, lifecycle_pb2, requests_pb2
 
-from broker.client import BusClient, open_accounts
+from broker.client import BusClient, open_account
+from broker.protocol import SealingError
 
 from ._errors import ConsoleError
 
@@ -37,15 +38,19 @@ class HoldTarget:
 
 async def hold_target(bus: BusClient, request_id: str, key: x25519.X25519PrivateKey | None) -> HoldTarget:
     """The hold ``request_id`` with its account, from its case's trail; ConsoleError when unknown."""
-    status = await bus.get(request_id)
     if key is None:
         raise ConsoleError("this console has no encryption key: it cannot name the held account")
+    status = await bus.get(request_id)
     trail = await bus.trail(status.case_ref.case_number)
-    accounts = open_accounts(trail, key)
     for node in trail.nodes:
-        for request in node.requests:
-            if request.request_id == request_id and node.node_id in accounts:
-                return HoldTarget(status=status, account=accounts[node.node_id], held=request.held)
+        held = next((r.held for r in node.requests if r.request_id == request_id), None)
+        if held is None or not node.HasField("account"):
+            continue
+        try:  # only this node's account: opening the whole trail costs one X25519 per account
+            account = open_account(node.account, key, case_ref=trail.case_ref, node_id=node.node_id)
+        except SealingError:
+            break
+        return HoldTarget(status=status, account=account, held=held)
     raise ConsoleError("the case's money trail does not name this hold's account")
 
 

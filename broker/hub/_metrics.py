@@ -26,6 +26,7 @@ from nats.js.client import JetStreamContext
 from broker.protocol import (
     INBOX_STREAM,
     PRIORITIES,
+    AgencyKind,
     ConsumerLoop,
     ConsumerMetrics,
     ConsumerObserver,
@@ -198,7 +199,7 @@ class PrometheusBrokerMetrics(BrokerMetrics):
 
     async def read_inboxes(self, js: JetStreamContext, registry: Registry) -> None:
         for agency in registry.agencies():
-            if agency.kind.value == "regulator":
+            if agency.kind is AgencyKind.REGULATOR:  # no inbox: nothing is addressed to one
                 continue
             for priority in PRIORITIES:
                 try:
