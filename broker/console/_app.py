@@ -17,7 +17,7 @@ from urllib.parse import quote
 import grpc
 import structlog
 from cryptography.hazmat.primitives.asymmetric import x25519
-from greenchannel.v1 import common_pb2, lifecycle_pb2
+from greenchannel.v1 import bus_pb2, common_pb2, lifecycle_pb2
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, RedirectResponse, Response, StreamingResponse
@@ -82,7 +82,9 @@ class _Console:
         return status.recipient == me
 
     async def open_rows(self) -> list[dict[str, Any]]:
-        statuses = await self.bus.list_all(states=_OPEN_STATES)
+        # Banks, carriers and platforms see what they received: the broker filters, not the page.
+        role = bus_pb2.ROLE_UNSPECIFIED if self.kind in ("police", "regulator") else bus_pb2.ROLE_RECIPIENT
+        statuses = await self.bus.list_all(states=_OPEN_STATES, role=role)
         now = self.now()
         # The broker lists newest first; keep its order.
         return [self.row(s) for s in statuses if self.concerns(s) and is_open(s, now=now)]
