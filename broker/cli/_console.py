@@ -20,8 +20,6 @@ from ._requests import connection_options
 
 __all__ = ["add_parser", "run"]
 
-_STARTUP_FAILURE = 3  # uvicorn's exit status when the app's start-up or the bind fails
-
 
 def add_parser(subparsers: Any, name: str = "console", help: str = "") -> None:
     """Register ``console --as AGENCY [--listen HOST:PORT] [--broker HOST:PORT] [--json]
@@ -62,11 +60,5 @@ def run(args: argparse.Namespace) -> int:
         asyncio.run(serve(config, ready=ready))
     except (ConsoleError, ProtocolError) as exc:
         complain("console", args, [str(exc)])
-        return 1
-    except SystemExit as exc:
-        if exc.code != _STARTUP_FAILURE:
-            raise
-        # uvicorn has logged why (the broker unreachable, the address taken); say that it stopped.
-        complain("console", args, [f"the console did not start (listen {args.listen}, broker {args.broker})"])
         return 1
     return 0

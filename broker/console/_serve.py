@@ -9,6 +9,7 @@ import uvicorn
 
 from ._app import create_app
 from ._config import ConsoleConfig
+from ._errors import ConsoleError
 
 __all__ = ["serve"]
 
@@ -29,7 +30,18 @@ async def serve(config: ConsoleConfig, *, ready: Callable[[str], None] | None = 
             timeout_graceful_shutdown=3,
         )
     )
-    running = asyncio.create_task(server.serve())
+
+    async def serving() -> None:
+        try:
+            await server.serve()
+        except SystemExit:
+            # uvicorn ends the process when the app's start-up or the bind fails (it has logged
+            # why): here that is the console not starting, said by the command like any other.
+            raise ConsoleError(
+                f"the console did not start (listen {config.host}:{config.port}, broker {config.broker})"
+            ) from None
+
+    running = asyncio.create_task(serving())
     # uvicorn offers no "started" event to wait on, only the flag.
     while not server.started and not running.done():  # noqa: ASYNC110
         await asyncio.sleep(0.05)
